@@ -1,0 +1,1020 @@
+"""The transaction-stateful proxy core (RFC 3261 section 16), sans-IO.
+
+``ProxyCore`` is fed bytes with their :class:`Source` and the current time, and returns
+:class:`Send` instructions; the runtime arms one timer at :meth:`ProxyCore.next_deadline`.
+Nothing here calls time, asyncio or sockets.
+
+Request path: parse -> validate (16.3) -> server transaction (17.2) -> route information
+preprocessing (16.4) -> target set (16.5, CONTRACT routing order) -> forward each branch
+(16.6) with a client transaction (17.1). Response path: match the branch (17.1.3) -> response
+context (16.7): 1xx and 2xx forwarded at once, finals go through the one decision point
+:meth:`ProxyCore._branch_final`, which applies the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from proxy.core.context import Branch, BranchState, Response, ResponseContext, ServerEntry, select_best
+from proxy.core.registrar import (
+    Binding,
+    LocationStore,
+    RegistrarError,
+    binding_from_contact,
+    contact_lines,
+    register,
+)
+from proxy.core.types import LocalAddress, Send, Source, Target
+from proxy.policy import Action, Policy
+from proxy.sip import (
+    AbsoluteUri,
+    NameAddr,
+    ParseError,
+    SipMessage,
+    SipUri,
+    make_response,
+    parse_message,
+    parse_name_addr_list,
+    parse_uri,
+    rewrite,
+    strip_top_via,
+    validate_request,
+)
+from proxy.transaction import (
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    Retransmit,
+    SendAck,
+    Terminated,
+    Timeout,
+    TimerConfig,
+    TimerQueue,
+)
+
+log = logging.getLogger("proxy.core")
+
+#: Requests that may create a dialog, so that the proxy record-routes them (RFC 3261 16.6 step 4).
+DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, SUBSCRIBE, NOTIFY, REFER"
+ROUTE_SCHEMES = frozenset({"sip", "sips", "tel"})
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSettings:
+    """What the core needs from proxy.yaml, already resolved."""
+
+    upstreams: tuple[Target, ...] = ()
+    record_route: bool = True
+    registrar_local: bool = False
+    domains: frozenset[str] = frozenset()
+    force_rport: bool = False
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    max_message_size: int = 65535
+    max_headers: int = 256
+
+
+def _resolve_literal(host: str) -> str | None:
+    return host
+
+
+class ProxyCore:
+    """RFC 3261 section 16 proxy behaviour over section 17 transactions."""
+
+    def __init__(
+        self,
+        settings: CoreSettings,
+        policy: Policy,
+        local: Sequence[LocalAddress],
+        location: LocationStore,
+        resolve: Callable[[str], str | None] = _resolve_literal,
+    ) -> None:
+        if not local:
+            raise ValueError("the core needs at least one local address")
+        self.settings = settings
+        self.policy = policy
+        self.location = location
+        self.resolve = resolve
+        self.timers = settings.timers
+        self.draining = False
+        self.stats: Counter[str] = Counter()
+        self._local = tuple(local)
+        self._ours: set[tuple[str, int]] = {(a.host.lower(), a.port) for a in local}
+        for a in local:
+            host, _, port = a.advertised.rpartition(":")
+            self._ours.add((host.strip("[]").lower(), int(port)))
+        self._adv = tuple({a.advertised for a in local})
+        self._upstream_addrs = {(t.host, t.port) for t in settings.upstreams}
+        self._queue = TimerQueue()
+        self._server: dict[str, ServerEntry] = {}
+        self._client: dict[str, Branch] = {}
+        self._prefix = secrets.token_hex(3)
+        self._tag_prefix = secrets.token_hex(4)
+        self._n = 0
+
+    # ------------------------------------------------------------------ entry points
+
+    def on_message(self, data: bytes, src: Source, now: float) -> list[Send]:
+        """Handle one framed message (a datagram, or one message cut from a stream)."""
+        out: list[Send] = []
+        s = self.settings
+        try:
+            msg = parse_message(
+                data, max_size=s.max_message_size, max_headers=s.max_headers,
+                datagram=src.transport == "udp",
+            )
+        except ParseError as exc:
+            self._bad_message(data, src, exc, out)
+            return out
+        try:
+            if msg.is_request:
+                self.stats["requests_in"] += 1
+                self._on_request(msg, src, now, out)
+            else:
+                self.stats["responses_in"] += 1
+                self._on_response(msg, src, now, out)
+        except ParseError as exc:
+            if msg.is_request and msg.method != "ACK":
+                self.stats["requests_rejected"] += 1
+                log.info("bad request from %s:%s: %s", src.host, src.port, exc.message)
+                self._reject(msg, src, exc.status, out, reason=exc.message)
+            else:
+                self.stats["responses_dropped"] += 1
+                log.info("dropped bad %s from %s:%s: %s",
+                         "ACK" if msg.is_request else "response", src.host, src.port, exc.message)
+        return out
+
+    def on_timer(self, now: float) -> list[Send]:
+        """Fire every timer due at ``now`` (transaction timers A..M and Timer C)."""
+        out: list[Send] = []
+        for item in self._queue.pop_due(now):
+            if isinstance(item, Branch):
+                self._branch_timer(item, now, out)
+            else:
+                self._server_effects(item, item.txn.on_timer(now), now, out)
+        return out
+
+    def on_send_failure(self, token: object, now: float) -> list[Send]:
+        """A send failed (no route, connection refused or lost): RFC 3261 16.9, 17.1.4."""
+        out: list[Send] = []
+        if isinstance(token, Branch) and token.state is BranchState.PENDING:
+            self.stats["transport_errors"] += 1
+            br = token
+            effects = br.txn.on_transport_error(now)
+            self._client_effects(br, effects, None, now, out)
+            if br.state is BranchState.PENDING:
+                self._branch_final(br, 503, None, now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self._queue.next_deadline()
+
+    @property
+    def active_transactions(self) -> int:
+        return len(self._server) + len(self._client)
+
+    # ------------------------------------------------------------------ requests
+
+    def _on_request(self, msg: SipMessage, src: Source, now: float, out: list[Send]) -> None:
+        validate_request(msg)
+        method = msg.method
+        # RFC 3261 16.3 step 2: URI scheme.
+        uri = msg.uri
+        if isinstance(uri, AbsoluteUri) and uri.scheme not in ROUTE_SCHEMES:
+            if method != "ACK":
+                self._reject(msg, src, 416, out)
+            return
+        # 16.3 step 3: Max-Forwards.
+        mf = msg.max_forwards
+        if mf == 0:
+            if method != "ACK":
+                self._reject(msg, src, 483, out)
+            return
+        # 16.3 step 6: Proxy-Require; this proxy supports no option tag there.
+        if method != "ACK" and method != "CANCEL":
+            required = msg.get_all("proxy-require")
+            if required:
+                tags = ", ".join(t.strip() for v in required for t in v.split(",") if t.strip())
+                self._reject(msg, src, 420, out, headers=(f"Unsupported: {tags}",))
+                return
+        if method == "ACK":
+            self._on_ack(msg, src, now, out)
+            return
+        if method == "CANCEL":
+            self._on_cancel(msg, src, now, out)
+            return
+        key = self._server_key(msg, method)
+        entry = self._server.get(key)
+        if entry is not None:
+            # RFC 3261 17.2.1 / 17.2.2: a retransmission is absorbed by its transaction.
+            self.stats["retransmissions_in"] += 1
+            self._server_effects(entry, entry.txn.on_retransmission(now), now, out)
+            return
+        loop_hash = self._loop_hash(msg)
+        reliable = src.transport != "udp"
+        txn: InviteServerTransaction | NonInviteServerTransaction
+        if method == "INVITE":
+            txn = InviteServerTransaction(reliable=reliable, now=now, timers=self.timers)
+        else:
+            txn = NonInviteServerTransaction(reliable=reliable, now=now, timers=self.timers)
+        entry = ServerEntry(key, txn, self._reply_dest(msg, src))
+        self._server[key] = entry
+        if method == "INVITE":
+            # RFC 3261 16.2: a stateful proxy answers an INVITE with 100 at once.
+            self._send_response(entry, 100, make_response(msg, 100), now, out)
+        # 16.3 step 4: loop detection.
+        if self._looped(msg, loop_hash):
+            self._respond(entry, msg, 482, now, out)
+            return
+        if self.draining and msg.to_tag is None:
+            self._respond(entry, msg, 503, now, out, headers=("Retry-After: 5",))
+            return
+        self._route(entry, msg, src, loop_hash, now, out)
+
+    def _route(
+        self, entry: ServerEntry, msg: SipMessage, src: Source, loop_hash: str, now: float,
+        out: list[Send],
+    ) -> None:
+        """Build the target set in the CONTRACT's routing order and start forwarding."""
+        edits, append, next_hop = self._preprocess_routes(msg)
+        method = msg.method
+        uri = msg.uri
+        groups: list[list[Target]]
+        serial = False
+        from_location = False
+        aor: str | None = None
+        if next_hop is not None:
+            # 1. Loose routing (RFC 3261 16.4, 16.6 step 7): the next Route names the next hop.
+            target = self._target_for_uri(next_hop.uri, request_uri=None)
+            if target is None:
+                self._respond(entry, msg, 404, now, out, reason="Route Not Resolvable")
+                return
+            groups = [[target]]
+        elif method == "REGISTER" and self.settings.registrar_local:
+            # 2. The local registrar (RFC 3261 10.3).
+            self._local_register(entry, msg, src, now, out)
+            return
+        else:
+            is_local = self._is_local_uri(uri)
+            if (
+                is_local and method == "OPTIONS" and isinstance(uri, SipUri) and uri.user is None
+            ):
+                # An OPTIONS for the proxy itself (keep-alive pings of trunks): answer it.
+                self._respond(entry, msg, 200, now, out, headers=(f"Allow: {ALLOW}",
+                              "Accept: application/sdp"))
+                return
+            bindings: list[Binding] = []
+            if isinstance(uri, SipUri) and uri.user is not None:
+                aor = uri.aor
+                bindings = self.location.lookup(aor, now)
+            if bindings:
+                # 3. A registered address-of-record: its bindings, forked by q-value.
+                groups = self._binding_groups(bindings)
+                serial = True
+                from_location = True
+            elif msg.to_tag is not None and not is_local and isinstance(uri, SipUri):
+                # An in-dialog request not record-routed through us: follow its Request-URI.
+                target = self._target_for_uri(uri, request_uri=None)
+                if target is None:
+                    self._respond(entry, msg, 404, now, out)
+                    return
+                groups = [[target]]
+            elif is_local and (self.settings.registrar_local or self._from_upstream(msg, src)):
+                # The proxy is responsible for this URI and nobody is registered for it.
+                status = 480 if aor is not None and self.location.known(aor) else 404
+                self._respond(entry, msg, status, now, out)
+                return
+            elif self._from_upstream(msg, src) and isinstance(uri, SipUri):
+                # 4. From an upstream: to its Request-URI.
+                target = self._target_for_uri(uri, request_uri=None)
+                if target is None:
+                    self._respond(entry, msg, 404, now, out)
+                    return
+                groups = [[target]]
+            elif self.settings.upstreams:
+                # 5. Everything else: the upstreams, first one first (failover by policy).
+                groups = [[t] for t in self.settings.upstreams]
+            elif isinstance(uri, SipUri) and not is_local:
+                target = self._target_for_uri(uri, request_uri=None)
+                if target is None:
+                    self._respond(entry, msg, 404, now, out)
+                    return
+                groups = [[target]]
+            else:
+                self._respond(entry, msg, 404, now, out)
+                return
+        if method == "REGISTER" and not self.settings.registrar_local:
+            if self._supports(msg, "path"):
+                # RFC 3327 5.2: a proxy on the path of later requests adds Path when supported.
+                adv = self._local_for(groups[0][0])
+                append.append(f"Path: <sip:{adv.advertised};lr{self._tp(adv)}>")
+        ctx = ResponseContext(
+            entry, msg, src, self.policy, groups, from_location=from_location, serial=serial,
+            loop_hash=loop_hash,
+        )
+        ctx.aor = aor
+        ctx.edits = edits
+        ctx.append = append
+        entry.ctx = ctx
+        self._next_group(ctx, now, out)
+        if ctx.pending == 0 and not ctx.final_sent:
+            self._send_best(ctx, now, out)
+
+    def _preprocess_routes(
+        self, msg: SipMessage
+    ) -> tuple[dict[int, str | None], list[str], NameAddr | None]:
+        """RFC 3261 16.4: drop the Route values that name this proxy; return the next hop.
+
+        Returns the header edits (by header index), header lines to append, and the first
+        remaining Route, if any. Max-Forwards is decremented here too (16.6 step 3).
+        """
+        edits: dict[int, str | None] = {}
+        append: list[str] = []
+        next_hop: NameAddr | None = None
+        mf_index = -1
+        popping = True
+        for i, h in enumerate(msg.headers):
+            name = h.name
+            if name == "max-forwards":
+                mf_index = i
+            elif name == "route" and popping:
+                values = parse_name_addr_list(h.value)
+                kept = values
+                while kept and self._is_own_route(kept[0]):
+                    kept = kept[1:]
+                if len(kept) != len(values):
+                    edits[i] = None if not kept else "Route: " + ", ".join(str(v) for v in kept)
+                if kept:
+                    next_hop = kept[0]
+                    popping = False
+        mf = msg.max_forwards
+        if mf_index >= 0 and mf is not None:
+            edits[mf_index] = f"Max-Forwards: {mf - 1}"
+        else:
+            append.append("Max-Forwards: 70")
+        if msg.get("content-length") is None:
+            append.append(f"Content-Length: {len(msg.body)}")  # RFC 3261 18.3 on streams
+        return edits, append, next_hop
+
+    def _is_own_route(self, na: NameAddr) -> bool:
+        uri = na.uri
+        if not isinstance(uri, SipUri):
+            return False
+        host, port = uri.host_port()
+        return (host.lower(), port) in self._ours
+
+    def _is_local_uri(self, uri: SipUri | AbsoluteUri) -> bool:
+        if not isinstance(uri, SipUri):
+            return False
+        host, port = uri.host_port()
+        host = host.lower()
+        if (host, port) in self._ours:
+            return True
+        return host in self.settings.domains
+
+    def _from_upstream(self, msg: SipMessage, src: Source) -> bool:
+        ups = self._upstream_addrs
+        if (src.host, src.port) in ups:
+            return True
+        try:
+            return msg.top_via.sent_by() in ups
+        except ParseError:
+            return False
+
+    @staticmethod
+    def _supports(msg: SipMessage, tag: str) -> bool:
+        for v in msg.get_all("supported"):
+            if tag in (t.strip().lower() for t in v.split(",")):
+                return True
+        return False
+
+    def _binding_groups(self, bindings: list[Binding]) -> list[list[Target]]:
+        """RFC 3261 16.6 / 16.7 q-value forking; RFC 5626 7: one flow per instance, newest first."""
+        newest: dict[str, Binding] = {}
+        plain: list[Binding] = []
+        for b in bindings:
+            if b.instance is None:
+                plain.append(b)
+            else:
+                cur = newest.get(b.instance)
+                if cur is None or b.registered_at > cur.registered_at:
+                    newest[b.instance] = b
+        chosen = plain + list(newest.values())
+        by_q: dict[float, list[Target]] = {}
+        for b in chosen:
+            t = self._target_for_binding(b)
+            if t is not None:
+                by_q.setdefault(b.q, []).append(t)
+        return [by_q[q] for q in sorted(by_q, reverse=True)]
+
+    def _target_for_binding(self, b: Binding) -> Target | None:
+        ruri = b.uri.split("?", 1)[0]  # RFC 3261 19.1.5: no headers in a Request-URI
+        if b.reg_id is not None:
+            # RFC 5626 5.3: requests for an outbound binding go over its flow.
+            f = b.flow
+            return Target(f.transport, f.host, f.port, ruri, f.conn_id, b.q, b.contact)
+        try:
+            uri = parse_uri(ruri)
+        except ParseError:
+            return None
+        if not isinstance(uri, SipUri):
+            return None
+        return self._target_for_uri(uri, request_uri=ruri, q=b.q)
+
+    def _target_for_uri(
+        self, uri: SipUri | AbsoluteUri, *, request_uri: str | None, q: float = 1.0
+    ) -> Target | None:
+        """RFC 3263 in its simplest form: transport param, host and port, A/AAAA only."""
+        if not isinstance(uri, SipUri):
+            return None
+        host, port = uri.host_port()
+        transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+        ip = self.resolve(host)
+        if ip is None:
+            return None
+        return Target(transport, ip, port, request_uri, None, q, str(uri))
+
+    # ------------------------------------------------------------------ forwarding
+
+    def _next_group(self, ctx: ResponseContext, now: float, out: list[Send]) -> bool:
+        """Start the next group of targets; False when none is left."""
+        while ctx.groups:
+            group = ctx.groups.pop(0)
+            started = False
+            for target in group:
+                label = f"{target.request_uri or ''}@{target.host}:{target.port}/{target.transport}"
+                if label in ctx.tried:
+                    continue  # RFC 3261 16.5: each target at most once per response context
+                ctx.tried.add(label)
+                self._fork(ctx, target, now, out)
+                started = True
+            if started:
+                return True
+        return False
+
+    def _fork(self, ctx: ResponseContext, target: Target, now: float, out: list[Send]) -> None:
+        """RFC 3261 16.6: copy, rewrite and send the request on a new branch."""
+        msg = ctx.request
+        self._n += 1
+        bid = f"z9hG4bK{self._prefix}{ctx.loop_hash}{self._n:x}"
+        local = self._local_for(target)
+        insert = [f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"]
+        method = ctx.method
+        if self.settings.record_route and method in DIALOG_METHODS and msg.to_tag is None:
+            insert.extend(self._record_route(local, ctx.source))
+        start = f"{method} {target.request_uri} SIP/2.0" if target.request_uri else None
+        data = rewrite(msg, start_line=start, insert_top=insert, edits=ctx.edits, append=ctx.append)
+        reliable = target.transport != "udp"
+        txn: InviteClientTransaction | NonInviteClientTransaction
+        if method == "INVITE":
+            txn = InviteClientTransaction(data, reliable=reliable, now=now, timers=self.timers)
+        else:
+            txn = NonInviteClientTransaction(data, reliable=reliable, now=now, timers=self.timers)
+        dest = (target.transport, target.host, target.port, target.conn_id)
+        br = Branch(ctx, bid, target, txn, data, dest)
+        if method == "INVITE":
+            br.timer_c = now + self.timers.timer_c  # RFC 3261 16.6 step 11
+        self._client[bid + "|" + method] = br
+        ctx.branches.append(br)
+        ctx.pending += 1
+        self._schedule(br)
+        self.stats["branches"] += 1
+        out.append(Send(target.transport, target.host, target.port, data, target.conn_id, br))
+
+    def _record_route(self, out_local: LocalAddress, src: Source) -> list[str]:
+        """RFC 3261 16.6 step 4; two values when the request changes transport or address."""
+        lines = [f"Record-Route: <sip:{out_local.advertised};lr{self._tp(out_local)}>"]
+        in_local = self._local_for_source(src)
+        if in_local != out_local:
+            lines.append(f"Record-Route: <sip:{in_local.advertised};lr{self._tp(in_local)}>")
+        return lines
+
+    @staticmethod
+    def _tp(local: LocalAddress) -> str:
+        return "" if local.transport == "udp" else f";transport={local.transport}"
+
+    def _local_for(self, target: Target) -> LocalAddress:
+        v6 = ":" in target.host
+        for a in self._local:
+            if a.transport == target.transport and (":" in a.host) == v6:
+                return a
+        for a in self._local:
+            if a.transport == target.transport:
+                return a
+        return self._local[0]
+
+    def _local_for_source(self, src: Source) -> LocalAddress:
+        v6 = ":" in src.host
+        for a in self._local:
+            if a.transport == src.transport and (":" in a.host) == v6:
+                return a
+        return self._local[0]
+
+    # ------------------------------------------------------------------ ACK and CANCEL
+
+    def _on_ack(self, msg: SipMessage, src: Source, now: float, out: list[Send]) -> None:
+        entry = self._server.get(self._server_key(msg, "INVITE"))
+        if entry is not None and entry.txn.state.name != "ACCEPTED":
+            # RFC 3261 17.2.1: the ACK for a non-2xx final response ends at this hop.
+            self._server_effects(entry, entry.txn.on_ack(now), now, out)
+            return
+        # The ACK for a 2xx is end to end (RFC 3261 13.2.2.4): forward it statelessly (16.11).
+        edits, append, next_hop = self._preprocess_routes(msg)
+        uri = msg.uri
+        target: Target | None
+        if next_hop is not None:
+            target = self._target_for_uri(next_hop.uri, request_uri=None)
+        elif isinstance(uri, SipUri) and not self._is_local_uri(uri):
+            target = self._target_for_uri(uri, request_uri=None)
+        else:
+            target = None
+        if target is None:
+            self.stats["acks_dropped"] += 1
+            return
+        local = self._local_for(target)
+        top = msg.top_via
+        digest = zlib.crc32(f"{top.branch}|{top.host}|{top.port}".encode("latin-1", "replace"))
+        bid = f"z9hG4bK{self._prefix}s{digest:08x}"
+        data = rewrite(
+            msg,
+            insert_top=[f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"],
+            edits=edits, append=append,
+        )
+        out.append(Send(target.transport, target.host, target.port, data, target.conn_id))
+
+    def _on_cancel(self, msg: SipMessage, src: Source, now: float, out: list[Send]) -> None:
+        """RFC 3261 16.10: answer the CANCEL, then cancel every pending branch."""
+        ckey = self._server_key(msg, "CANCEL")
+        centry = self._server.get(ckey)
+        if centry is not None:
+            self._server_effects(centry, centry.txn.on_retransmission(now), now, out)
+            return
+        reliable = src.transport != "udp"
+        txn = NonInviteServerTransaction(reliable=reliable, now=now, timers=self.timers)
+        centry = ServerEntry(ckey, txn, self._reply_dest(msg, src))
+        self._server[ckey] = centry
+        inv = self._server.get(self._server_key(msg, "INVITE"))
+        ctx = inv.ctx if inv is not None else None
+        if ctx is None:
+            self._respond(centry, msg, 481, now, out)
+            return
+        self._respond(centry, msg, 200, now, out)
+        if ctx.final_sent:
+            return
+        ctx.cancelled = True
+        self._cancel_pending(ctx, now, out)
+        if ctx.pending == 0:
+            self._send_local(ctx, 487, now, out)
+
+    def _cancel_pending(self, ctx: ResponseContext, now: float, out: list[Send]) -> None:
+        for br in ctx.branches:
+            if br.state is BranchState.PENDING:
+                self._cancel_branch(br, now, out)
+
+    def _cancel_branch(self, br: Branch, now: float, out: list[Send]) -> None:
+        if br.cancel_txn is not None or br.ctx.method != "INVITE":
+            return
+        if not br.provisional:
+            br.cancel_wanted = True  # RFC 3261 9.1: wait for a provisional response
+            return
+        data = self._build_hop_request(br, "CANCEL", None)
+        reliable = br.dest[0] != "udp"
+        br.cancel_txn = NonInviteClientTransaction(data, reliable=reliable, now=now, timers=self.timers)
+        self._client[br.branch_id + "|CANCEL"] = br
+        br.timer_c = None
+        self._schedule(br)
+        t, h, p, c = br.dest
+        out.append(Send(t, h, p, data, c))
+
+    def _build_hop_request(self, br: Branch, method: str, response: SipMessage | None) -> bytes:
+        """CANCEL (RFC 3261 9.1) or ACK for a non-2xx final (17.1.1.3) on one branch."""
+        sent = parse_message(br.data, max_size=1 << 30, max_headers=1 << 16, datagram=True)
+        ruri = sent.request_uri
+        lines = [f"{method} {ruri} SIP/2.0"]
+        for h in sent.headers:
+            if h.name == "via":
+                lines.append(f"Via: {h.value}")
+                break
+        for h in sent.headers:
+            if h.name == "route":
+                lines.append(f"Route: {h.value}")
+        lines.append(f"From: {sent.get('from')}")
+        to = response.get("to") if response is not None else sent.get("to")
+        lines.append(f"To: {to}")
+        lines.append(f"Call-ID: {sent.get('call-id')}")
+        lines.append(f"CSeq: {sent.cseq[0]} {method}")
+        lines.append("Max-Forwards: 70")
+        lines.append("Content-Length: 0")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    # ------------------------------------------------------------------ responses
+
+    def _on_response(self, msg: SipMessage, src: Source, now: float, out: list[Send]) -> None:
+        via = msg.top_via
+        bid = via.branch
+        method = msg.cseq[1]
+        br = self._client.get(f"{bid}|{method}") if bid else None
+        if br is None:
+            self._stateless_response(msg, out)
+            return
+        status = msg.status
+        if method == "CANCEL" and br.ctx.method != "CANCEL":
+            ctxn = br.cancel_txn
+            if ctxn is not None:
+                _, effects = ctxn.on_response(status, now)
+                for e in effects:
+                    if isinstance(e, Terminated):
+                        self._client.pop(br.branch_id + "|CANCEL", None)
+                self._schedule(br)
+            return
+        deliver, effects = br.txn.on_response(status, now)
+        self._client_effects(br, effects, msg, now, out)
+        if not deliver:
+            self.stats["retransmissions_in"] += 1
+            return
+        ctx = br.ctx
+        if status < 200:
+            self._provisional(br, msg, status, now, out)
+            return
+        if status < 300:
+            self._success(br, msg, now, out)
+            return
+        if br.state is BranchState.PENDING:
+            self._branch_final(br, status, msg, now, out)
+
+    def _provisional(
+        self, br: Branch, msg: SipMessage, status: int, now: float, out: list[Send]
+    ) -> None:
+        ctx = br.ctx
+        br.provisional = True
+        if br.state is not BranchState.PENDING:
+            return
+        if br.cancel_wanted:
+            self._cancel_branch(br, now, out)
+        elif status > 100 and br.timer_c is not None:
+            br.timer_c = now + self.timers.timer_c  # RFC 3261 16.7 step 2: reset Timer C
+            self._schedule(br)
+        if status > 100 and not ctx.final_sent and not ctx.cancelled:
+            # 16.7 step 5: provisional responses other than 100 are forwarded at once.
+            self._forward_response(ctx, msg, status, now, out)
+
+    def _success(self, br: Branch, msg: SipMessage, now: float, out: list[Send]) -> None:
+        """RFC 3261 16.7 step 5: every 2xx is forwarded at once; step 10: CANCEL the rest."""
+        ctx = br.ctx
+        if br.state is BranchState.PENDING:
+            br.state = BranchState.DONE
+            br.timer_c = None
+            ctx.pending -= 1
+            self._schedule(br)
+        if ctx.method == "REGISTER" and not self.settings.registrar_local:
+            self._learn_bindings(ctx, msg, now)
+        if ctx.final_sent and not ctx.got_2xx:
+            return  # a non-2xx final went upstream already (policy stop): nothing can follow
+        ctx.got_2xx = True
+        ctx.final_sent = True
+        self._forward_response(ctx, msg, 200, now, out)
+        if ctx.method == "INVITE":
+            self._cancel_pending(ctx, now, out)
+
+    def _branch_final(
+        self, br: Branch, status: int, msg: SipMessage | None, now: float, out: list[Send]
+    ) -> None:
+        """The one decision point for a final response (RFC 3261 16.7 steps 4 to 6).
+
+        ``msg`` is None for a response the proxy synthesised: 408 for a timeout (Timer B, F or
+        C), 503 for a transport error (16.9). The policy of the context decides.
+        """
+        ctx = br.ctx
+        br.state = BranchState.DONE
+        br.final_status = status
+        br.timer_c = None
+        ctx.pending -= 1
+        self._schedule(br)
+        if ctx.final_sent:
+            return
+        decision = ctx.policy.evaluate(status, ctx.method)
+        ctx.responses.append(Response(status, msg, decision))
+        action = decision.action
+        if ctx.cancelled:
+            pass
+        elif action is Action.STOP:
+            # Global failure: CANCEL pending branches, no new branch, this response goes up now.
+            ctx.stopped = True
+            self.stats["policy_stop"] += 1
+            self._cancel_pending(ctx, now, out)
+            self._final_to_caller(ctx, Response(status, msg, decision), now, out)
+            return
+        elif action is Action.FAILOVER and ctx.may_branch:
+            self.stats["policy_failover"] += 1
+            if self._next_group(ctx, now, out):
+                return
+        if ctx.pending == 0 and not ctx.final_sent:
+            if ctx.serial and ctx.may_branch and self._next_group(ctx, now, out):
+                return
+            self._send_best(ctx, now, out)
+
+    def _send_best(self, ctx: ResponseContext, now: float, out: list[Send]) -> None:
+        best = select_best(ctx.responses)
+        if best is None:
+            self._send_local(ctx, 408, now, out)
+            return
+        if best.msg is None and ctx.from_location and all(r.msg is None for r in ctx.responses):
+            # Registered, but no binding could be reached.
+            self._send_local(ctx, 480, now, out)
+            return
+        self._final_to_caller(ctx, best, now, out)
+
+    def _final_to_caller(self, ctx: ResponseContext, r: Response, now: float, out: list[Send]) -> None:
+        status = r.status
+        if r.msg is None:
+            self._send_local(ctx, 500 if status == 503 else status, now, out)
+            return
+        ctx.final_sent = True
+        data = strip_top_via(r.msg)
+        if status == 503:
+            # RFC 3261 16.7 step 6: a 503 chosen as best becomes 500.
+            eol = data.find(b"\r\n")
+            data = b"SIP/2.0 500 Server Internal Error" + data[eol:]
+            status = 500
+        self._send_response(ctx.server, status, data, now, out)
+
+    def _forward_response(
+        self, ctx: ResponseContext, msg: SipMessage, status: int, now: float, out: list[Send]
+    ) -> None:
+        self._send_response(ctx.server, status, strip_top_via(msg), now, out)
+
+    def _send_local(self, ctx: ResponseContext, status: int, now: float, out: list[Send]) -> None:
+        ctx.final_sent = True
+        if ctx.to_tag is None:
+            ctx.to_tag = self._new_tag()
+        data = make_response(ctx.request, status, to_tag=ctx.to_tag)
+        self._send_response(ctx.server, status, data, now, out)
+
+    def _stateless_response(self, msg: SipMessage, out: list[Send]) -> None:
+        """RFC 3261 16.7 / 16.11: a response matching no branch is forwarded statelessly if its
+        top Via is ours, and dropped otherwise (RFC 3261 18.1.2)."""
+        vias = msg.vias
+        top = vias[0]
+        if top.sent_by() not in self._ours or len(vias) < 2:
+            self.stats["responses_dropped"] += 1
+            return
+        nxt = vias[1]
+        host = nxt.received or nxt.sent_by()[0]
+        rport = nxt.rport
+        port = rport if isinstance(rport, int) and rport is not True else nxt.sent_by()[1]
+        ip = self.resolve(host.strip("[]"))
+        if ip is None:
+            self.stats["responses_dropped"] += 1
+            return
+        out.append(Send(nxt.transport.lower(), ip, port, strip_top_via(msg)))
+
+    def _learn_bindings(self, ctx: ResponseContext, msg: SipMessage, now: float) -> None:
+        """registrar: upstream: learn the AOR's bindings from the registrar's 2xx."""
+        req = ctx.request
+        try:
+            uri = req.to.uri
+            if not isinstance(uri, SipUri):
+                return
+            aor = uri.aor
+            sent = {str(c.uri): c for c in req.contacts}
+            self.location.remove_all(aor)
+            for c in msg.contacts:
+                raw = c.params.get("expires")
+                expires = int(raw) if raw is not None and raw.isdigit() else (msg.expires or 0)
+                if expires <= 0:
+                    continue
+                orig = sent.get(str(c.uri), c)
+                self.location.save(
+                    binding_from_contact(aor, orig, expires, req, req.cseq[0], ctx.source, now)
+                )
+        except (ParseError, RegistrarError) as exc:
+            log.info("could not learn bindings from REGISTER 2xx: %s", exc)
+
+    # ------------------------------------------------------------------ local registrar
+
+    def _local_register(
+        self, entry: ServerEntry, msg: SipMessage, src: Source, now: float, out: list[Send]
+    ) -> None:
+        domains = self.settings.domains
+        try:
+            if domains:
+                to_uri = msg.to.uri
+                if isinstance(to_uri, SipUri) and to_uri.host not in domains:
+                    raise RegistrarError(404, "Domain Not Served")
+            _, bindings = register(self.location, msg, src, now)
+        except RegistrarError as exc:
+            self._respond(entry, msg, exc.status, now, out, reason=exc.reason, headers=exc.headers)
+            return
+        headers = contact_lines(bindings, now)
+        self._respond(entry, msg, 200, now, out, headers=tuple(headers))
+
+    # ------------------------------------------------------------------ transactions
+
+    def _server_key(self, msg: SipMessage, method: str) -> str:
+        """RFC 3261 17.2.3 matching key; the RFC 2543 fallback when the branch lacks the cookie."""
+        via = msg.top_via
+        branch = via.branch
+        if branch is not None and branch.startswith("z9hG4bK") and len(branch) > 7:
+            host, port = via.sent_by()
+            return f"{branch}|{host}:{port}|{method}"
+        return f"2543|{msg.call_id}|{msg.cseq[0]}|{msg.from_tag}|{msg.get('via')}|{method}"
+
+    def _reply_dest(self, msg: SipMessage, src: Source) -> tuple[str, str, int, int | None]:
+        """RFC 3261 18.2.2 and RFC 3581: where responses to this request go."""
+        if src.transport != "udp":
+            return (src.transport, src.host, src.port, src.conn_id)
+        via = msg.top_via
+        if self.settings.force_rport or via.rport is not None:
+            return ("udp", src.host, src.port, None)
+        return ("udp", src.host, via.port or 5060, None)
+
+    def _send_response(
+        self, entry: ServerEntry, status: int, data: bytes, now: float, out: list[Send]
+    ) -> None:
+        effects = entry.txn.send_response(status, data, now)
+        t, h, p, c = entry.reply
+        out.append(Send(t, h, p, data, c, entry))
+        self._server_effects(entry, effects, now, out)
+
+    def _respond(
+        self, entry: ServerEntry, msg: SipMessage, status: int, now: float, out: list[Send], *,
+        reason: str | None = None, headers: Sequence[str] = (),
+    ) -> None:
+        """A response generated by the proxy itself, through the server transaction."""
+        tag = self._new_tag() if msg.to_tag is None else None
+        data = make_response(msg, status, reason, to_tag=tag, headers=headers)
+        self._send_response(entry, status, data, now, out)
+
+    def _reject(
+        self, msg: SipMessage, src: Source, status: int, out: list[Send], *,
+        reason: str | None = None, headers: Sequence[str] = (),
+    ) -> None:
+        """A stateless error response to a request that fails validation (RFC 3261 16.3)."""
+        self.stats[f"rejected_{status}"] += 1
+        if reason is not None and len(reason) > 80:
+            reason = reason[:80]
+        try:
+            data = make_response(msg, status, reason, to_tag=self._new_tag(), headers=headers)
+            dest = self._reply_dest(msg, src)
+        except ParseError:
+            data = make_response(msg, status, reason, to_tag=self._new_tag(), headers=headers)
+            dest = (src.transport, src.host, src.port, src.conn_id)
+        t, h, p, c = dest
+        out.append(Send(t, h, p, data, c))
+
+    def _bad_message(self, data: bytes, src: Source, exc: ParseError, out: list[Send]) -> None:
+        """A message the parser refused: answer a request if we can, drop a response."""
+        if data[:4] == b"SIP/" or not data.strip():
+            self.stats["responses_dropped"] += 1
+            log.info("dropped unparsable response from %s:%s: %s", src.host, src.port, exc.message)
+            return
+        self.stats["requests_rejected"] += 1
+        log.info("bad request from %s:%s: %s", src.host, src.port, exc.message)
+        salvaged = _salvage_response(data, exc.status, exc.message)
+        if salvaged is not None:
+            out.append(Send(src.transport, src.host, src.port, salvaged, src.conn_id))
+
+    def _server_effects(
+        self, entry: ServerEntry, effects: list[object], now: float, out: list[Send]
+    ) -> None:
+        for e in effects:
+            if isinstance(e, Retransmit):
+                t, h, p, c = entry.reply
+                out.append(Send(t, h, p, e.data, c))
+            elif isinstance(e, Terminated):
+                if self._server.get(entry.key) is entry:
+                    del self._server[entry.key]
+                entry.deadline = None
+                return
+            elif isinstance(e, Timeout):
+                self.stats["timer_h"] += 1
+        self._schedule(entry)
+
+    def _client_effects(
+        self, br: Branch, effects: list[object], msg: SipMessage | None, now: float,
+        out: list[Send],
+    ) -> None:
+        for e in effects:
+            if isinstance(e, SendAck):
+                ack = self._build_hop_request(br, "ACK", msg)
+                br.txn.set_ack(ack)
+                t, h, p, c = br.dest
+                out.append(Send(t, h, p, ack, c))
+            elif isinstance(e, Retransmit):
+                t, h, p, c = br.dest
+                out.append(Send(t, h, p, e.data, c, br))
+            elif isinstance(e, Timeout):
+                if br.state is BranchState.PENDING:
+                    self._branch_final(br, 408, None, now, out)
+            elif isinstance(e, Terminated):
+                self._client.pop(br.branch_id + "|" + br.ctx.method, None)
+        self._schedule(br)
+
+    def _branch_timer(self, br: Branch, now: float, out: list[Send]) -> None:
+        c = br.timer_c
+        if c is not None and now >= c and br.state is BranchState.PENDING:
+            # RFC 3261 16.8: Timer C.
+            br.timer_c = None
+            self.stats["timer_c"] += 1
+            if br.provisional:
+                self._cancel_branch(br, now, out)
+            else:
+                self._branch_final(br, 408, None, now, out)
+        d = br.txn.deadline
+        if d is not None and now >= d:
+            self._client_effects(br, br.txn.on_timer(now), None, now, out)
+        ct = br.cancel_txn
+        if ct is not None and ct.deadline is not None and now >= ct.deadline:
+            for e in ct.on_timer(now):
+                if isinstance(e, Retransmit):
+                    t, h, p, cid = br.dest
+                    out.append(Send(t, h, p, e.data, cid))
+                elif isinstance(e, Terminated):
+                    self._client.pop(br.branch_id + "|CANCEL", None)
+        self._schedule(br)
+
+    def _schedule(self, item: Branch | ServerEntry) -> None:
+        old = item.deadline
+        if isinstance(item, Branch):
+            d = item.txn.deadline
+            c = item.timer_c
+            if c is not None and (d is None or c < d):
+                d = c
+            ct = item.cancel_txn
+            if ct is not None and ct.deadline is not None and (d is None or ct.deadline < d):
+                d = ct.deadline
+        else:
+            d = item.txn.deadline
+        item.deadline = d
+        if d is not None and d != old:
+            self._queue.schedule(item)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _new_tag(self) -> str:
+        self._n += 1
+        return f"{self._tag_prefix}{self._n:x}"
+
+    def _loop_hash(self, msg: SipMessage) -> str:
+        """RFC 3261 16.6 step 8: the loop-detection part of the branch."""
+        key = "\0".join((
+            msg.request_uri, msg.from_tag or "", msg.to_tag or "", msg.call_id, str(msg.cseq[0]),
+            "|".join(msg.get_all("route")), "|".join(msg.get_all("proxy-require")),
+        ))
+        return f"{zlib.crc32(key.encode('latin-1', 'replace')):08x}"
+
+    def _looped(self, msg: SipMessage, loop_hash: str) -> bool:
+        """RFC 3261 16.3 step 4: a Via of ours with the same loop hash means a loop."""
+        raw = msg.get_all("via")
+        if not any(adv in v for v in raw for adv in self._adv):
+            return False
+        for via in msg.vias:
+            b = via.branch
+            if (
+                b is not None and len(b) > 21 and b.startswith("z9hG4bK")
+                and b[13:21] == loop_hash and via.sent_by() in self._ours
+            ):
+                return True
+        return False
+
+
+_SALVAGE = {
+    "via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
+    "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq",
+}
+
+
+def _salvage_response(data: bytes, status: int, reason: str) -> bytes | None:
+    """Build an error response for a request too broken to parse (RFC 4475 3.1.2).
+
+    Copies the Via, From, To, Call-ID and CSeq lines as they are; without a Via there is no one
+    to answer, and the message is dropped.
+    """
+    from proxy.sip import REASONS
+
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    lines = head.split("\r\n")[1:]
+    kept: list[str] = []
+    have_via = False
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        canon = _SALVAGE.get(name.strip().lower())
+        if canon is None:
+            continue
+        have_via = have_via or canon == "Via"
+        kept.append(f"{canon}: {value.strip()}")
+    if not have_via:
+        return None
+    phrase = REASONS.get(status, "Bad Request")
+    text = f"SIP/2.0 {status} {phrase}\r\n" + "".join(k + "\r\n" for k in kept)
+    text += f"Warning: 399 sip-policy-proxy \"{reason[:80].replace(chr(34), '')}\"\r\n"
+    text += "Content-Length: 0\r\n\r\n"
+    return text.encode("latin-1", "replace")

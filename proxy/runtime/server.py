@@ -1,0 +1,322 @@
+"""The runtime: the only owner of the event loop.
+
+It binds the listeners, feeds the sans-IO :class:`ProxyCore` with received messages and the
+time, carries out its :class:`Send` instructions, keeps one ``loop.call_at`` armed at the
+core's next deadline, reloads the policy on SIGHUP or when the file changes, and drains on
+SIGTERM/SIGINT (stop taking new transactions, let running ones finish, bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from proxy.config import Config
+from proxy.core.proxy import CoreSettings, ProxyCore
+from proxy.core.registrar import MemoryLocation
+from proxy.core.types import LocalAddress, Send, Source, Target
+from proxy.diagnostics import ConfigError, Diagnostic
+from proxy.policy import Policy, load_policy
+from proxy.transaction import TimerConfig
+from proxy.transport.tcp import TcpManager
+from proxy.transport.udp import UdpEndpoint, open_udp
+
+log = logging.getLogger("proxy")
+
+
+class Resolver:
+    """Host name to address, for targets and upstreams (RFC 3263 reduced to A/AAAA lookups).
+
+    IP literals cost nothing; names are looked up once and cached for ``ttl`` seconds.
+    """
+
+    def __init__(self, ttl: float = 60.0) -> None:
+        self.ttl = ttl
+        self._cache: dict[str, tuple[str | None, float]] = {}
+
+    def __call__(self, host: str) -> str | None:
+        try:
+            ipaddress.ip_address(host)
+            return host
+        except ValueError:
+            pass
+        hit = self._cache.get(host)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+            ip: str | None = str(infos[0][4][0])
+        except OSError:
+            ip = None
+        self._cache[host] = (ip, now + self.ttl)
+        return ip
+
+
+def _advertised(host: str, port: int, advertise: str | None) -> str:
+    """The host:port written into Via and Record-Route for a listener."""
+    a = advertise or host
+    if a.startswith("["):
+        return a if "]:" in a else f"{a}:{port}"
+    if a.count(":") > 1:
+        return f"[{a}]:{port}"
+    if advertise and a.count(":") == 1:
+        return a
+    return f"{a}:{port}"
+
+
+class Runtime:
+    def __init__(self, config: Config, policy: Policy) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.resolve = Resolver()
+        self.udp: dict[int, UdpEndpoint] = {}  # by address family
+        self.tcp: TcpManager | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = float("inf")
+        self._stopping = asyncio.Event()
+        self._policy_stat: tuple[int, int] | None = None
+        self.errors = 0
+        t = config.timers
+        timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, timer_c=t.timer_c)
+        upstreams = []
+        for u in config.upstreams:
+            ip = self.resolve(u.host)
+            if ip is None:
+                raise ConfigError([Diagnostic(str(config.path), 1, 1,
+                                              f"upstream {u.uri}: cannot resolve {u.host}")])
+            upstreams.append(Target(u.transport, ip, u.port, None, None, 1.0, u.uri))
+        local = [
+            LocalAddress(li.transport, li.host, li.port,
+                         _advertised(li.host, li.port, config.advertise))
+            for li in config.listen
+        ]
+        settings = CoreSettings(
+            upstreams=tuple(upstreams),
+            record_route=config.record_route,
+            registrar_local=config.registrar == "local",
+            domains=frozenset(d.lower() for d in config.domains),
+            force_rport=config.force_rport,
+            timers=timers,
+            max_message_size=config.limits.max_message_size,
+            max_headers=config.limits.max_headers,
+        )
+        self.core = ProxyCore(settings, policy, local, MemoryLocation(), self.resolve)
+
+    # -------------------------------------------------------------- startup / shutdown
+
+    async def start(self) -> None:
+        cfg = self.config
+        for li in cfg.listen:
+            if li.transport == "udp":
+                ep = await open_udp(li.host, li.port, self.deliver)
+                fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
+                self.udp.setdefault(fam, ep)
+            elif li.transport == "tcp":
+                if self.tcp is None:
+                    self.tcp = TcpManager(
+                        self.deliver, self.failed, max_size=cfg.limits.max_message_size,
+                        partial_timeout=64 * cfg.timers.t1,
+                    )
+                await self.tcp.listen(li.host, li.port)
+            else:
+                raise ConfigError([Diagnostic(str(cfg.path), 1, 1,
+                                              f"listen {li.transport}: TLS is not supported yet")])
+            log.info("listening on %s:%s:%s", li.transport, li.host, li.port)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if cfg.watch_policy and cfg.policy_path is not None:
+            self._policy_stat = self._stat_policy()
+            self.loop.call_later(1.0, self._watch_policy)
+        p = self.core.policy
+        log.info("policy %s version %s (%d rules)", p.path or "builtin", p.version, len(p.rules))
+        log.info("sip-policy-proxy ready")
+
+    def request_stop(self) -> None:
+        if self._stopping.is_set():
+            log.warning("second stop signal: exiting now")
+            os._exit(0)
+        log.info("stopping: no new transactions, draining %d", self.core.active_transactions)
+        self.core.draining = True
+        self._stopping.set()
+
+    async def serve(self) -> None:
+        await self._stopping.wait()
+        deadline = self.loop.time() + self.config.drain_timeout
+        while self.core.active_transactions and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)  # polling the drain is bounded by drain_timeout
+        left = self.core.active_transactions
+        if left:
+            log.warning("drain timeout: %d transactions abandoned", left)
+        self.close()
+        log.info("stopped")
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for ep in self.udp.values():
+            if ep.transport is not None:
+                ep.transport.close()
+        if self.tcp is not None:
+            self.tcp.close()
+
+    # -------------------------------------------------------------- message flow
+
+    def deliver(self, data: bytes, src: Source) -> None:
+        try:
+            out = self.core.on_message(data, src, self.loop.time())
+        except Exception:  # noqa: BLE001 - the process must survive any message
+            self.errors += 1
+            log.exception("internal error handling a message from %s:%s", src.host, src.port)
+            return
+        if out:
+            self.dispatch(out)
+        self._arm()
+
+    def failed(self, token: object) -> None:
+        try:
+            out = self.core.on_send_failure(token, self.loop.time())
+        except Exception:  # noqa: BLE001
+            self.errors += 1
+            log.exception("internal error handling a transport failure")
+            return
+        self.dispatch(out)
+        self._arm()
+
+    def dispatch(self, out: list[Send]) -> None:
+        for s in out:
+            if s.transport == "udp":
+                ep = self.udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
+                try:
+                    if ep is None:
+                        raise OSError("no udp listener for this address family")
+                    ep.send(s.data, s.host, s.port)
+                except OSError as exc:
+                    log.info("udp send to %s:%s failed: %s", s.host, s.port, exc)
+                    if s.token is not None:
+                        self.loop.call_soon(self.failed, s.token)
+            elif s.transport == "tcp" and self.tcp is not None:
+                self.tcp.send(s)
+            else:
+                log.info("no %s transport for %s:%s", s.transport, s.host, s.port)
+                if s.token is not None:
+                    self.loop.call_soon(self.failed, s.token)
+
+    # -------------------------------------------------------------- timers
+
+    def _arm(self) -> None:
+        d = self.core.next_deadline()
+        if d is None or d >= self._armed_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_at = d
+        self._timer = self.loop.call_at(d, self._fire)
+
+    def _fire(self) -> None:
+        now = max(self.loop.time(), self._armed_at)
+        self._timer = None
+        self._armed_at = float("inf")
+        try:
+            out = self.core.on_timer(now)
+        except Exception:  # noqa: BLE001
+            self.errors += 1
+            log.exception("internal error in timers")
+            out = []
+        self.dispatch(out)
+        self._arm()
+
+    # -------------------------------------------------------------- policy reload
+
+    def _stat_policy(self) -> tuple[int, int] | None:
+        path = self.config.policy_path
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st is not None else None
+
+    def _watch_policy(self) -> None:
+        if self._stopping.is_set():
+            return
+        st = self._stat_policy()
+        if st is not None and st != self._policy_stat:
+            self._policy_stat = st
+            self.reload()
+        self.loop.call_later(1.0, self._watch_policy)
+
+    def reload(self) -> None:
+        """Swap the policy atomically; a broken file leaves the old policy in force."""
+        path = self.config.policy_path
+        old = self.core.policy
+        if path is None:
+            log.info("policy reload: the config names no policy file; builtin stays")
+            return
+        try:
+            new, warnings = load_policy(path)
+        except ConfigError as exc:
+            log.error("policy reload refused; version %s stays in force", old.version)
+            for d in exc.diagnostics:
+                log.error("%s", d)
+            return
+        for w in warnings:
+            log.warning("%s", w)
+        if new.version == old.version:
+            return
+        self.core.policy = new
+        log.info("policy reloaded: %s -> %s (%d rules)", old.version, new.version, len(new.rules))
+
+
+async def _main(config: Config, policy: Policy) -> int:
+    rt = Runtime(config, policy)
+    try:
+        await rt.start()
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        rt.close()
+        return 1
+    await rt.serve()
+    return 0
+
+
+def run_server(config: Config, policy: Policy | None = None, warnings: list[Diagnostic] | None = None) -> int:
+    """Run the proxy in the foreground until SIGTERM/SIGINT; returns the exit status."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, config.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for w in warnings or ():
+        log.warning("%s", w)
+    if policy is None:
+        from proxy.policy import BUILTIN_POLICY
+
+        if config.policy_path is not None:
+            try:
+                policy, _ = load_policy(Path(config.policy_path))
+            except ConfigError as exc:
+                for d in exc.diagnostics:
+                    log.error("%s", d)
+                return 1
+        else:
+            policy = BUILTIN_POLICY
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    try:
+        return runner(_main(config, policy))
+    except ConfigError as exc:
+        for d in exc.diagnostics:
+            log.error("%s", d)
+        return 1

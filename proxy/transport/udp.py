@@ -1,0 +1,57 @@
+"""UDP transport (RFC 3261 18.1.1 / 18.2.1): one datagram is one message."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from proxy.core.types import Source
+
+log = logging.getLogger("proxy.transport.udp")
+
+Deliver = Callable[[bytes, Source], None]
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    """A bound UDP socket: hands each datagram to ``deliver`` and sends datagrams."""
+
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        # CRLF keep-alives (RFC 5626 4.4.1 allows STUN on UDP; bare CRLFs are common) are ignored.
+        if len(data) <= 4 and not data.strip():
+            return
+        self._deliver(data, Source("udp", addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable) arrive here, detached from the datagram that caused
+        # them; the transaction layer's timers handle the missing answer.
+        log.debug("udp error: %s", exc)
+
+    def send(self, data: bytes, host: str, port: int) -> None:
+        if self.transport is None:
+            raise OSError("udp endpoint not bound")
+        self.transport.sendto(data, (host, port))
+
+
+async def open_udp(host: str, port: int, deliver: Deliver) -> UdpEndpoint:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: UdpEndpoint(deliver), local_addr=(host, port)
+    )
+    sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+    if sock is not None:
+        import socket
+
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            except OSError:
+                pass
+    return protocol

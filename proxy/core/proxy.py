@@ -881,7 +881,7 @@ class ProxyCore:
             out.append(Send(src.transport, src.host, src.port, salvaged, src.conn_id))
 
     def _server_effects(
-        self, entry: ServerEntry, effects: list[object], now: float, out: list[Send]
+        self, entry: ServerEntry, effects: Sequence[object], now: float, out: list[Send]
     ) -> None:
         for e in effects:
             if isinstance(e, Retransmit):
@@ -897,7 +897,7 @@ class ProxyCore:
         self._schedule(entry)
 
     def _client_effects(
-        self, br: Branch, effects: list[object], msg: SipMessage | None, now: float,
+        self, br: Branch, effects: Sequence[object], msg: SipMessage | None, now: float,
         out: list[Send],
     ) -> None:
         for e in effects:

@@ -1,0 +1,229 @@
+"""Transaction timer values (RFC 3261 17.1.1.1, Table 4; RFC 6026 Timers L and M) and the
+one timer heap the runtime keeps armed with a single ``loop.call_at``.
+
+Sans-IO: nothing here reads a clock. Every deadline is an absolute ``now``-based float
+(seconds, monotonic) handed in by the caller.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
+from typing import Any, Protocol
+
+__all__ = ["Timed", "TimerConfig", "TimerQueue"]
+
+
+@dataclass(frozen=True, slots=True)
+class TimerConfig:
+    """T1/T2/T4 and the timers derived from them (RFC 3261 17.1.1.1 and Table 4).
+
+    The ``timer_*`` properties give the value for an *unreliable* transport (UDP); use
+    :meth:`duration` for the value that applies to a given transport.
+    """
+
+    t1: float = 0.5
+    """RTT estimate (RFC 3261 17.1.1.1); the base of every retransmission and timeout timer."""
+    t2: float = 4.0
+    """Maximum retransmit interval for non-INVITE requests and INVITE responses (17.1.2.2)."""
+    t4: float = 5.0
+    """Maximum time a message stays in the network (17.1.2.2)."""
+    timer_c: float = 180.0
+    """Proxy INVITE timer (RFC 3261 16.8: greater than 3 minutes); used by the proxy core."""
+
+    def __post_init__(self) -> None:
+        for name in ("t1", "t2", "t4", "timer_c"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"TimerConfig.{name} must be a positive finite number, got {value!r}"
+                )
+        if self.t2 < self.t1:
+            raise ValueError(f"TimerConfig.t2 ({self.t2}) must not be smaller than t1 ({self.t1})")
+
+    # Retransmission timers: initial interval (unreliable transports only).
+    @property
+    def timer_a(self) -> float:
+        """INVITE request retransmit, initially T1, doubling (RFC 3261 17.1.1.2)."""
+        return self.t1
+
+    @property
+    def timer_e(self) -> float:
+        """Non-INVITE request retransmit, initially T1, capped at T2 (RFC 3261 17.1.2.2)."""
+        return self.t1
+
+    @property
+    def timer_g(self) -> float:
+        """INVITE response retransmit, initially T1, capped at T2 (RFC 3261 17.2.1)."""
+        return self.t1
+
+    # Transaction timeouts: 64*T1 on every transport.
+    @property
+    def timer_b(self) -> float:
+        """INVITE client transaction timeout (RFC 3261 17.1.1.2)."""
+        return 64 * self.t1
+
+    @property
+    def timer_f(self) -> float:
+        """Non-INVITE client transaction timeout (RFC 3261 17.1.2.2)."""
+        return 64 * self.t1
+
+    @property
+    def timer_h(self) -> float:
+        """Wait time for the ACK to a non-2xx final (RFC 3261 17.2.1)."""
+        return 64 * self.t1
+
+    @property
+    def timer_l(self) -> float:
+        """Wait time in Accepted for INVITE retransmissions / ACK (RFC 6026 7.1)."""
+        return 64 * self.t1
+
+    @property
+    def timer_m(self) -> float:
+        """Wait time in Accepted for 2xx retransmissions (RFC 6026 7.2)."""
+        return 64 * self.t1
+
+    # Wait timers: these values on unreliable transports, 0 on reliable ones.
+    @property
+    def timer_d(self) -> float:
+        """Wait time for response retransmissions in Completed (RFC 3261 17.1.1.2): "at least
+        32 seconds". The server retransmits its final until its Timer H (64*T1), so with a
+        T1 raised above 0.5 s the value grows to 64*T1 to keep absorbing them."""
+        return max(32.0, 64 * self.t1)
+
+    @property
+    def timer_i(self) -> float:
+        """Wait time for ACK retransmissions in Confirmed (RFC 3261 17.2.1)."""
+        return self.t4
+
+    @property
+    def timer_j(self) -> float:
+        """Wait time for non-INVITE request retransmissions (RFC 3261 17.2.2)."""
+        return 64 * self.t1
+
+    @property
+    def timer_k(self) -> float:
+        """Wait time for non-INVITE response retransmissions (RFC 3261 17.1.2.2)."""
+        return self.t4
+
+    def duration(self, timer: str, reliable: bool) -> float | None:
+        """The value of Timer ``timer`` ("A".."M") on a reliable or unreliable transport, as in
+        RFC 3261 Table 4 (+ RFC 6026 L, M; "C" is the proxy's Timer C, 16.8). ``None``: the
+        timer is not started at all (retransmission timers A, E, G on reliable transports)."""
+        match timer:
+            case "A" | "E" | "G":
+                return None if reliable else self.t1
+            case "B" | "F" | "H" | "L" | "M":
+                return 64 * self.t1
+            case "C":
+                return self.timer_c
+            case "D":
+                return 0.0 if reliable else self.timer_d
+            case "I" | "K":
+                return 0.0 if reliable else self.t4
+            case "J":
+                return 0.0 if reliable else 64 * self.t1
+        raise ValueError(f"unknown transaction timer {timer!r}")
+
+
+class Timed(Protocol):
+    """Anything the :class:`TimerQueue` can hold: it exposes its next deadline (or None)."""
+
+    @property
+    def deadline(self) -> float | None: ...
+
+
+_COMPACT_MIN = 256
+"""Below this many heap entries the queue never bothers compacting."""
+
+
+class TimerQueue:
+    """One heap of ``(deadline, seq, item)`` with lazy cancellation.
+
+    The runtime keeps ONE ``loop.call_at`` armed at :meth:`next_deadline`. Contract: call
+    :meth:`schedule` after every call that may have changed ``item.deadline`` (scheduling an
+    unchanged deadline again is cheap and pushes nothing). Cancelling is just setting the
+    item's deadline to ``None`` (or another value) and calling :meth:`schedule`: the old heap
+    entry becomes stale and is skipped silently when it reaches the head.
+
+    Entries are validated on the way out: an entry is live only if it is the latest one pushed
+    for that item and ``item.deadline`` still equals its deadline. Hence an item is returned at
+    most once per deadline, even when it was scheduled several times.
+
+    Items are keyed by identity, so they need not be hashable.
+    """
+
+    __slots__ = ("_heap", "_pending", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Any]] = []
+        self._pending: dict[int, float] = {}  # id(item) -> deadline of its latest heap entry
+        self._seq = itertools.count()
+
+    def schedule(self, item: Timed) -> None:
+        """Queue ``item`` at ``item.deadline``; ``None`` cancels whatever was queued for it."""
+        deadline = item.deadline
+        key = id(item)
+        if deadline is None:
+            self._pending.pop(key, None)
+            return
+        pending = self._pending
+        if pending.get(key) == deadline:
+            return  # already queued for exactly this deadline
+        pending[key] = deadline
+        heap = self._heap
+        heappush(heap, (deadline, next(self._seq), item))
+        if len(heap) > _COMPACT_MIN and len(heap) > 2 * len(pending):
+            self._compact()
+
+    def pop_due(self, now: float) -> list[Any]:
+        """Remove and return every item whose live deadline is ``<= now``, earliest first
+        (ties in scheduling order). Stale entries are dropped silently."""
+        heap = self._heap
+        pending = self._pending
+        due: list[Any] = []
+        while heap and heap[0][0] <= now:
+            deadline, _, item = heappop(heap)
+            key = id(item)
+            if pending.get(key) == deadline:
+                del pending[key]
+                if item.deadline == deadline:
+                    due.append(item)
+        return due
+
+    def next_deadline(self) -> float | None:
+        """The earliest live deadline, or ``None`` when nothing is queued. Stale entries at the
+        head are discarded while peeking."""
+        heap = self._heap
+        pending = self._pending
+        while heap:
+            deadline, _, item = heap[0]
+            key = id(item)
+            if pending.get(key) == deadline:
+                if item.deadline == deadline:
+                    return deadline
+                del pending[key]  # the item moved without being rescheduled: drop it
+            heappop(heap)
+        return None
+
+    def __len__(self) -> int:
+        """Number of items currently queued (stale heap entries are not counted)."""
+        return len(self._pending)
+
+    def _compact(self) -> None:
+        """Drop stale entries in one pass once they make up more than half of the heap
+        (amortised O(1) per push)."""
+        pending = self._pending
+        live = []
+        for entry in self._heap:
+            deadline, _, item = entry
+            key = id(item)
+            if pending.get(key) == deadline:
+                if item.deadline == deadline:
+                    live.append(entry)
+                else:
+                    del pending[key]
+        heapify(live)
+        self._heap = live

@@ -129,7 +129,8 @@ class Runtime:
             else:
                 raise ConfigError([Diagnostic(str(cfg.path), 1, 1,
                                               f"listen {li.transport}: TLS is not supported yet")])
-            log.info("listening on %s:%s:%s", li.transport, li.host, li.port)
+            host = f"[{li.host}]" if ":" in li.host else li.host
+            log.info("listening on %s:%s:%s", li.transport, host, li.port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)

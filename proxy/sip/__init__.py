@@ -1,0 +1,58 @@
+"""proxy.sip: the sans-IO SIP message layer (RFC 3261 7, 18.3, 19, 20, 25; RFC 4475; RFC 5118).
+
+No IO and no dependency outside the standard library: bytes in, parsed messages out; new
+messages are spliced out of the received bytes (:mod:`proxy.sip.build`).
+"""
+
+from __future__ import annotations
+
+from .build import REASONS, make_response, reason_phrase, rewrite, strip_top_via
+from .errors import FramingError, ParseError, SipError
+from .headers import (
+    NameAddr,
+    Via,
+    is_token,
+    parse_cseq,
+    parse_name_addr,
+    parse_name_addr_list,
+    parse_params,
+    parse_via,
+    parse_via_list,
+    split_header_values,
+)
+from .message import COMPACT, Header, SipMessage, StreamFramer, canonical_name, parse_message
+from .uri import AbsoluteUri, SipUri, parse_uri, unescape
+from .validate import KNOWN_METHODS, validate_request
+
+__all__ = [
+    "COMPACT",
+    "KNOWN_METHODS",
+    "REASONS",
+    "AbsoluteUri",
+    "FramingError",
+    "Header",
+    "NameAddr",
+    "ParseError",
+    "SipError",
+    "SipMessage",
+    "SipUri",
+    "StreamFramer",
+    "Via",
+    "canonical_name",
+    "is_token",
+    "make_response",
+    "parse_cseq",
+    "parse_message",
+    "parse_name_addr",
+    "parse_name_addr_list",
+    "parse_params",
+    "parse_uri",
+    "parse_via",
+    "parse_via_list",
+    "reason_phrase",
+    "rewrite",
+    "split_header_values",
+    "strip_top_via",
+    "unescape",
+    "validate_request",
+]

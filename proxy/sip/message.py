@@ -1,0 +1,650 @@
+"""SIP message parsing (RFC 3261 7, 18.3, 20) and stream framing; no IO.
+
+The eager work of :func:`parse_message` is kept to what every message needs: the start line,
+the split of the header section into lines (unfolding continuation lines, RFC 3261 7.3.1),
+compact -> full names (RFC 3261 7.3.3) and Content-Length framing (RFC 3261 18.3, 20.14).
+Structured headers are parsed on first access and cached.
+
+The start line and the header section are decoded as latin-1, so string offsets are byte
+offsets into ``raw`` and re-encoding with latin-1 gives back every byte (UTF-8 passes through
+unchanged).  :mod:`proxy.sip.build` splices new messages out of ``raw`` with those offsets.
+
+ABNF (RFC 3261 25.1)::
+
+    Request-Line   = Method SP Request-URI SP SIP-Version CRLF
+    Status-Line    = SIP-Version SP Status-Code SP Reason-Phrase CRLF
+    Status-Code    = 3DIGIT    (100..699: RFC 3261 7.2, 21)
+    message-header = field-name HCOLON field-value CRLF
+    HCOLON         = *( SP / HTAB ) ":" SWS
+    LWS            = [*WSP CRLF] 1*WSP   ; a CRLF followed by SP/HTAB continues the field
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from .errors import FramingError, ParseError
+from .headers import (
+    NameAddr,
+    Via,
+    is_token,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+    parse_via_list,
+    split_header_values,
+)
+from .uri import AbsoluteUri, SipUri, parse_uri
+
+__all__ = ["COMPACT", "Header", "SipMessage", "StreamFramer", "canonical_name", "parse_message"]
+
+# RFC 3261 7.3.3 and the registries of later RFCs: compact form -> full lower-case name.
+COMPACT: dict[str, str] = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",  # RFC 6665
+    "r": "refer-to",  # RFC 3515
+    "b": "referred-by",  # RFC 3892
+    "x": "session-expires",  # RFC 4028
+    "u": "allow-events",  # RFC 6665
+    "a": "accept-contact",  # RFC 3841
+    "d": "request-disposition",  # RFC 3841
+    "j": "reject-contact",  # RFC 3841
+    "y": "identity",  # RFC 8224
+    "n": "identity-info",  # RFC 4474
+}
+
+_MAX_MF = 255
+_MAX_DELTA = 2**32 - 1
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.IGNORECASE)
+_KNOWN_METHODS = frozenset({
+    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+})
+
+
+class Header(NamedTuple):
+    """One header field line (with its continuation lines) of a parsed message."""
+
+    name: str  # canonical full lower-case name ("via", "call-id", "x-unknown")
+    value: str  # unfolded (continuation lines joined by one space), stripped
+    start: int  # offset in raw of the first char of the header's first line
+    end: int  # offset just past the CRLF that ends its last line
+
+
+_tuple_new = tuple.__new__
+_FOLD = (" ", "\t")
+
+# field-name as written (up to ':') -> canonical name; bounded so hostile input cannot grow it.
+_NAME_CACHE: dict[str, str] = {}
+# name given by a caller of get()/count() -> canonical name (no validation).
+_LOOKUP_CACHE: dict[str, str] = {}
+_CACHE_LIMIT = 4096
+
+
+def _canon_field_name(raw_name: str) -> str:
+    name = raw_name.rstrip(" \t")  # HCOLON allows SP/HTAB before ':' (RFC 4475 wsinv)
+    if not is_token(name):
+        raise ParseError(f"bad header field name: {raw_name[:60]!r}")
+    lower = name.lower()
+    canon = COMPACT.get(lower, lower)
+    if len(_NAME_CACHE) < _CACHE_LIMIT:
+        _NAME_CACHE[raw_name] = canon
+    return canon
+
+
+def canonical_name(name: str) -> str:
+    """Header name in any case, full or compact -> canonical full lower-case name."""
+    canon = _LOOKUP_CACHE.get(name)
+    if canon is None:
+        lower = name.strip().lower()
+        canon = COMPACT.get(lower, lower)
+        if len(_LOOKUP_CACHE) < _CACHE_LIMIT:
+            _LOOKUP_CACHE[name] = canon
+    return canon
+
+
+class SipMessage:
+    """A parsed SIP request or response (RFC 3261 7).  Built by :func:`parse_message`.
+
+    Structured views (``vias``, ``cseq``, ``from_`` ...) are parsed on first access and cached;
+    they raise ParseError(400) when the header is malformed (or missing, where it is required).
+    """
+
+    __slots__ = (
+        "_contact_star",
+        "_contacts",
+        "_cseq",
+        "_from",
+        "_mf",
+        "_mf_done",
+        "_record_routes",
+        "_routes",
+        "_to",
+        "_top_via",
+        "_uri",
+        "_vias",
+        "body",
+        "content_length_index",
+        "header_end",
+        "headers",
+        "is_request",
+        "method",
+        "raw",
+        "reason",
+        "request_uri",
+        "start_line_end",
+        "status",
+        "version",
+    )
+
+    raw: bytes
+    is_request: bool
+    method: str
+    request_uri: str
+    status: int
+    reason: str
+    version: str
+    headers: list[Header]
+    header_end: int
+    body: bytes
+    start_line_end: int  # offset of the CRLF that ends the start line
+    content_length_index: int  # index in headers of Content-Length, -1 when absent
+
+    def __init__(self, raw: bytes, is_request: bool, method: str, request_uri: str,
+                 status: int, reason: str, version: str, headers: list[Header],
+                 header_end: int, body: bytes, start_line_end: int,
+                 content_length_index: int) -> None:
+        self.raw = raw
+        self.is_request = is_request
+        self.method = method
+        self.request_uri = request_uri
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.header_end = header_end
+        self.body = body
+        self.start_line_end = start_line_end
+        self.content_length_index = content_length_index
+        self._vias: list[Via] | None = None
+        self._top_via: Via | None = None
+        self._cseq: tuple[int, str] | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
+        self._uri: SipUri | AbsoluteUri | None = None
+        self._routes: list[NameAddr] | None = None
+        self._record_routes: list[NameAddr] | None = None
+        self._contacts: list[NameAddr] | None = None
+        self._contact_star = False
+        self._mf: int | None = None
+        self._mf_done = False
+
+    def __repr__(self) -> str:
+        if self.is_request:
+            return f"<SipMessage {self.method} {self.request_uri} ({len(self.raw)} bytes)>"
+        return f"<SipMessage {self.status} {self.reason} ({len(self.raw)} bytes)>"
+
+    # ---- raw header access -------------------------------------------------------------------
+
+    @property
+    def start_line(self) -> str:
+        return self.raw[:self.start_line_end].decode("latin-1")
+
+    def _get(self, canon: str) -> str | None:
+        for h in self.headers:
+            if h.name == canon:
+                return h.value
+        return None
+
+    def get(self, name: str) -> str | None:
+        """Value of the first header of that name (any case, full or compact), or None."""
+        return self._get(canonical_name(name))
+
+    def get_all(self, name: str) -> list[str]:
+        """Values of every header line of that name, in order (not comma-split)."""
+        canon = canonical_name(name)
+        return [h.value for h in self.headers if h.name == canon]
+
+    def count(self, name: str) -> int:
+        canon = canonical_name(name)
+        return sum(1 for h in self.headers if h.name == canon)
+
+    def find(self, name: str, start: int = 0) -> int:
+        """Index in ``headers`` of the first header of that name at or after ``start``; -1."""
+        canon = canonical_name(name)
+        headers = self.headers
+        for i in range(start, len(headers)):
+            if headers[i].name == canon:
+                return i
+        return -1
+
+    def find_all(self, name: str) -> list[int]:
+        """Indices in ``headers`` of every header of that name (keys for build.rewrite edits)."""
+        canon = canonical_name(name)
+        return [i for i, h in enumerate(self.headers) if h.name == canon]
+
+    # ---- lazily parsed views ------------------------------------------------------------------
+
+    @property
+    def vias(self) -> list[Via]:
+        """Every Via value in order, comma lists expanded (RFC 3261 20.42)."""
+        vias = self._vias
+        if vias is None:
+            vias = []
+            for h in self.headers:
+                if h.name == "via":
+                    vias.extend(parse_via_list(h.value))
+            self._vias = vias
+        return vias
+
+    @property
+    def top_via(self) -> Via:
+        """The first Via value; ParseError(400) if there is none."""
+        tv = self._top_via
+        if tv is None:
+            if self._vias is not None:
+                if not self._vias:
+                    raise ParseError("missing Via header field")
+                tv = self._vias[0]
+            else:
+                value = self._get("via")
+                if value is None:
+                    raise ParseError("missing Via header field")
+                tv = parse_via_list(value)[0] if "," in value else parse_via(value)
+            self._top_via = tv
+        return tv
+
+    @property
+    def call_id(self) -> str:
+        value = self._get("call-id")
+        if not value:
+            raise ParseError("missing or empty Call-ID header field")
+        return value
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        cseq = self._cseq
+        if cseq is None:
+            value = self._get("cseq")
+            if value is None:
+                raise ParseError("missing CSeq header field")
+            cseq = self._cseq = parse_cseq(value)
+        return cseq
+
+    @property
+    def from_(self) -> NameAddr:
+        na = self._from
+        if na is None:
+            value = self._get("from")
+            if value is None:
+                raise ParseError("missing From header field")
+            na = self._from = parse_name_addr(value)
+        return na
+
+    @property
+    def to(self) -> NameAddr:
+        na = self._to
+        if na is None:
+            value = self._get("to")
+            if value is None:
+                raise ParseError("missing To header field")
+            na = self._to = parse_name_addr(value)
+        return na
+
+    @property
+    def from_tag(self) -> str | None:
+        return self.from_.params.get("tag")
+
+    @property
+    def to_tag(self) -> str | None:
+        return self.to.params.get("tag")
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards (RFC 3261 20.22): None if absent; ParseError(400) unless 0..255.
+
+        RFC 4475 3.1.2.4 (scalar02) allows treating a value over 255 as absent; this parser
+        rejects it instead (the grammar is 1*DIGIT, RFC 3261 8.1.1.6 bounds it to 255)."""
+        if not self._mf_done:
+            value = self._get("max-forwards")
+            mf: int | None = None
+            if value is not None:
+                if not (value.isascii() and value.isdigit()) or len(value) > 10:
+                    raise ParseError(f"bad Max-Forwards: {value[:20]!r}")
+                mf = int(value)
+                if mf > _MAX_MF:
+                    raise ParseError(f"Max-Forwards over 255: {value[:20]!r}")
+            self._mf = mf
+            self._mf_done = True
+        return self._mf
+
+    def _name_addrs(self, canon: str) -> list[NameAddr]:
+        out: list[NameAddr] = []
+        for h in self.headers:
+            if h.name == canon:
+                for v in split_header_values(h.value) or _empty(canon):
+                    out.append(parse_name_addr(v))
+        return out
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        """All Route values in order (RFC 3261 20.34)."""
+        if self._routes is None:
+            self._routes = self._name_addrs("route")
+        return self._routes
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        """All Record-Route values in order (RFC 3261 20.30)."""
+        if self._record_routes is None:
+            self._record_routes = self._name_addrs("record-route")
+        return self._record_routes
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        """All Contact values in order, [] if none; a "*" value is not listed (see
+        ``contact_star``, RFC 3261 10.2.2)."""
+        contacts = self._contacts
+        if contacts is None:
+            contacts = []
+            star = False
+            for h in self.headers:
+                if h.name == "contact":
+                    for v in split_header_values(h.value) or _empty("contact"):
+                        if v == "*":
+                            star = True
+                        else:
+                            contacts.append(parse_name_addr(v))
+            self._contact_star = star
+            self._contacts = contacts
+        return contacts
+
+    @property
+    def contact_star(self) -> bool:
+        """True if a Contact value is the "*" wildcard (RFC 3261 10.2.2)."""
+        self.contacts  # noqa: B018 - parses and sets the flag
+        return self._contact_star
+
+    @property
+    def uri(self) -> SipUri | AbsoluteUri:
+        """The parsed Request-URI; ParseError(400) if malformed or not a request."""
+        uri = self._uri
+        if uri is None:
+            uri = self._uri = parse_uri(self.request_uri)
+        return uri
+
+    @property
+    def expires(self) -> int | None:
+        """Expires (RFC 3261 20.19): None if absent, ParseError(400) if not digits; values over
+        2**32-1 are clamped to 2**32-1 (RFC 4475 3.1.2.4 lets an element treat an overlarge
+        expiry as a default; clamping keeps the sender's intent of "very long")."""
+        value = self._get("expires")
+        if value is None:
+            return None
+        if not (value.isascii() and value.isdigit()):
+            raise ParseError(f"bad Expires: {value[:20]!r}")
+        if len(value) > 10:
+            return _MAX_DELTA
+        return min(int(value), _MAX_DELTA)
+
+
+def _empty(canon: str) -> list[str]:
+    raise ParseError(f"empty {canon} header field")
+
+
+def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
+                  datagram: bool = True) -> SipMessage:
+    """Parse one SIP message (RFC 3261 7) from a datagram or a frame cut by StreamFramer.
+
+    Raises ParseError with the status to answer:
+      * 513 when ``len(data) > max_size`` (RFC 3261 21.5.14);
+      * 505 for a request whose SIP-Version is not 2.0 (RFC 3261 8.2.2; RFC 4475 badvers);
+      * 400 for a malformed start line: extra or trailing SP, LWS or <> in the Request-URI
+        (RFC 4475 3.1.2.7-3.1.2.10), a status code that is not 3 digits 100..699 (3.1.2.19);
+        a header line without ':' or with a bad name; bare CR/LF in the header section; more
+        than ``max_headers`` header fields; several Content-Length fields (3.3.9) or a value that
+        is not digits (3.1.2.3); a Content-Length larger than the data (3.1.2.2).
+    Octets after Content-Length are not part of the message (RFC 3261 18.3; RFC 4475 3.1.1.8).
+    Datagram only: no Content-Length -> the body is the rest (RFC 3261 18.3, RFC 4475 3.4.1);
+    no blank line -> the end of the datagram ends the header section (RFC 4475 3.1.2.15).
+    Stream (``datagram=False``): Content-Length is mandatory.
+    CRLFs before the start line are skipped (RFC 3261 7.5).
+    """
+    n = len(data)
+    if n > max_size:
+        raise ParseError(f"message of {n} bytes exceeds the limit of {max_size}", 513)
+    if data[:2] == b"\r\n":
+        rest = data.lstrip(b"\r\n")
+        k = n - len(rest)
+        if k % 2 or data[:k] != b"\r\n" * (k // 2):
+            raise ParseError("bare CR or LF before the start line")
+        data = rest
+        n = len(data)
+    hend = data.find(b"\r\n\r\n")
+    if hend >= 0:
+        head = data[:hend + 2].decode("latin-1")
+        header_end = hend + 4
+        terminated = True
+    else:
+        if not datagram or not data:
+            raise ParseError("incomplete header section")
+        header_end = n
+        if data.endswith(b"\r\n"):
+            head = data.decode("latin-1")
+            terminated = True
+        else:
+            head = data.decode("latin-1") + "\r\n"
+            terminated = False
+    lines = head.split("\r\n")
+    lines.pop()  # '' after the final CRLF
+    nsep = len(lines)
+    if head.count("\n") != nsep or head.count("\r") != nsep:
+        raise ParseError("bare CR or LF in the header section")
+
+    # ---- start line (RFC 3261 7.1, 7.2) ----
+    first = lines[0]
+    sl_end = len(first)
+    method = ruri = reason = ""
+    status = 0
+    if first.startswith("SIP/"):  # a Method is a token: it cannot hold '/'
+        is_request = False
+        parts = first.split(" ", 2)
+        if len(parts) < 2:
+            raise ParseError("malformed Status-Line")
+        version, code = parts[0], parts[1]
+        if len(parts) == 3:
+            reason = parts[2]
+        if len(code) != 3 or not code.isdigit() or not "1" <= code[0] <= "6" or not code.isascii():
+            raise ParseError(f"bad status code: {code[:20]!r}")
+        status = int(code)
+        if version != "SIP/2.0":
+            if version.upper() != "SIP/2.0":
+                raise ParseError(f"unsupported SIP version {version[:20]!r}", 505)
+            version = "SIP/2.0"
+    else:
+        is_request = True
+        parts = first.split(" ")
+        if len(parts) != 3:
+            raise ParseError("malformed Request-Line (need Method SP Request-URI SP SIP-Version)")
+        method, ruri, version = parts
+        if version != "SIP/2.0":
+            if version.upper() == "SIP/2.0":
+                version = "SIP/2.0"
+            elif _VERSION_RE.match(version):
+                raise ParseError(f"unsupported SIP version {version[:20]!r}", 505)
+            else:
+                raise ParseError(f"bad SIP-Version {version[:20]!r}")
+        if method not in _KNOWN_METHODS and not is_token(method):
+            raise ParseError(f"bad Method {method[:40]!r}")
+        if not ruri or ruri[0] == "<" or ":" not in ruri:
+            raise ParseError(f"bad Request-URI {ruri[:80]!r}")
+
+    # ---- header fields (RFC 3261 7.3) ----
+    headers: list[Header] = []
+    append = headers.append
+    name_cache = _NAME_CACHE
+    cl_index = -1
+    pos = sl_end + 2
+    it = iter(lines)
+    next(it)
+    for line in it:
+        end = pos + len(line) + 2
+        if line[:1] in _FOLD:
+            # continuation line (RFC 3261 7.3.1): joined to the previous value by one space
+            if not headers:
+                raise ParseError("continuation line before the first header field")
+            prev = headers[-1]
+            cont = line.strip()
+            value = prev.value + " " + cont if prev.value and cont else prev.value or cont
+            headers[-1] = _tuple_new(Header, (prev.name, value, prev.start, end))
+        else:
+            raw_name, colon, value = line.partition(":")
+            if not colon:
+                raise ParseError(f"header line without ':': {line[:60]!r}")
+            name = name_cache.get(raw_name) or _canon_field_name(raw_name)
+            if name == "content-length":
+                if cl_index >= 0:
+                    raise ParseError("several Content-Length header fields")
+                cl_index = len(headers)
+            append(_tuple_new(Header, (name, value.strip(), pos, end)))
+        pos = end
+    if len(headers) > max_headers:
+        raise ParseError(f"more than {max_headers} header fields")
+    if not terminated and headers:  # the last line has no CRLF: it ends at the datagram end
+        last = headers[-1]
+        headers[-1] = _tuple_new(Header, (last.name, last.value, last.start, n))
+
+    # ---- framing (RFC 3261 18.3, 20.14) ----
+    if cl_index >= 0:
+        value = headers[cl_index].value
+        if not (value.isdigit() and value.isascii()) or len(value) > 10:
+            raise ParseError(f"bad Content-Length {value[:20]!r}")
+        end = header_end + int(value)
+        if end > n:
+            raise ParseError(f"Content-Length {value} exceeds the {n - header_end} body octets")
+        body = data[header_end:end]
+        raw = data if end == n else data[:end]
+    else:
+        if not datagram:
+            raise ParseError("missing Content-Length on a stream transport")
+        body = data[header_end:]
+        raw = data
+    return SipMessage(raw, is_request, method, ruri, status, reason, version, headers,
+                      header_end, body, sl_end, cl_index)
+
+
+def _stream_content_length(head: str) -> int:
+    """Content-Length of a header section (without its blank line) for stream framing."""
+    found: str | None = None
+    in_cl = False
+    for line in head.split("\r\n"):
+        c0 = line[:1]
+        if c0 == " " or c0 == "\t":
+            if in_cl and found is not None:
+                found += line
+            continue
+        in_cl = False
+        colon = line.find(":")
+        if colon <= 0:
+            continue
+        name = line[:colon].rstrip(" \t").lower()
+        if name == "content-length" or name == "l":
+            if found is not None:
+                raise FramingError("several Content-Length header fields on a stream")
+            found = line[colon + 1:]
+            in_cl = True
+    if found is None:
+        raise FramingError("missing Content-Length on a stream transport (RFC 3261 18.3)")
+    value = found.strip()
+    if not (value.isdigit() and value.isascii()):
+        raise FramingError(f"bad Content-Length {value[:20]!r} on a stream")
+    if len(value) > 10:
+        raise FramingError(f"Content-Length {value[:20]} too large", 513)
+    return int(value)
+
+
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into messages (RFC 3261 18.3); sans-IO.
+
+    ``feed(data)`` returns the messages completed by ``data``, each exactly its header section
+    plus Content-Length body octets, and ``None`` for each CRLFCRLF keep-alive ping seen between
+    messages (RFC 5626 4.4.1; answer it with a CRLF pong).  A lone CRLF between messages is
+    skipped (RFC 3261 7.5).  Missing or malformed Content-Length -> FramingError(400); a header
+    section or message over ``max_size`` -> FramingError(513).  After a FramingError the framer
+    stays broken (every later feed raises it again): close the connection.  Messages completed
+    earlier in the same ``feed`` call are lost with it.
+    """
+
+    __slots__ = ("_buf", "_error", "_need", "_scan", "max_size")
+
+    def __init__(self, max_size: int = 65535) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+        self._scan = 0  # where to resume the search for CRLFCRLF
+        self._need = -1  # total length of the message being completed, -1 when unknown
+        self._error: FramingError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a message."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._feed(data)
+        except FramingError as exc:
+            self._error = exc
+            self._buf.clear()
+            raise
+
+    def _feed(self, data: bytes) -> list[bytes | None]:
+        buf = self._buf
+        buf += data
+        out: list[bytes | None] = []
+        max_size = self.max_size
+        while buf:
+            if self._need < 0:
+                if buf[0] == 13:  # CR between messages: ping, lone CRLF, or junk
+                    nb = len(buf)
+                    if nb < 4 and b"\r\n\r\n".startswith(buf):
+                        break  # could still become a ping: wait
+                    if buf[:4] == b"\r\n\r\n":
+                        out.append(None)
+                        del buf[:4]
+                        continue
+                    if buf[:2] == b"\r\n":
+                        del buf[:2]
+                        continue
+                hend = buf.find(b"\r\n\r\n", self._scan)
+                if hend < 0:
+                    if len(buf) > max_size:
+                        raise FramingError(f"header section over {max_size} bytes", 513)
+                    self._scan = max(0, len(buf) - 3)
+                    break
+                head_len = hend + 4
+                if head_len > max_size:
+                    raise FramingError(f"header section over {max_size} bytes", 513)
+                total = head_len + _stream_content_length(buf[:hend].decode("latin-1"))
+                if total > max_size:
+                    raise FramingError(f"message of {total} bytes over {max_size}", 513)
+                self._need = total
+                self._scan = 0
+            total = self._need
+            if len(buf) < total:
+                break
+            out.append(bytes(buf[:total]))
+            del buf[:total]
+            self._need = -1
+        return out

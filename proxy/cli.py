@@ -1,0 +1,210 @@
+"""The command line: ``sip-policy-proxy run | check | explain`` (also ``python -m proxy``).
+
+Exit codes: 0 success; 1 an invalid configuration or policy file (its diagnostics on stderr,
+one ``FILE:LINE:COLUMN: message`` per line); 2 a usage error (bad option or argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from proxy.config import LOG_LEVELS, Config, load_config_and_policy
+from proxy.diagnostics import ConfigError, Diagnostic, display_path
+from proxy.policy import MAX_STATUS, MIN_STATUS, Action, Decision, Policy, load_policy
+
+__all__ = ["explain_chain", "main"]
+
+PROG = "sip-policy-proxy"
+DEFAULT_CONFIG = "proxy.yaml"
+_METHOD = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")  # RFC 3261 25.1 token
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (argparse's exits are returned too)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as exc:  # --help, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    code: int = args.func(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="A SIP proxy whose final-response handling is a YAML policy."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the proxy in the foreground")
+    run.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
+                     help=f"the configuration file (default: ./{DEFAULT_CONFIG})")
+    run.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                     help="override log_level of the configuration")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check", help="validate a configuration (and its policy) or a policy")
+    what = check.add_mutually_exclusive_group()
+    what.add_argument("--config", metavar="PATH",
+                      help=f"the configuration file (default: ./{DEFAULT_CONFIG})")
+    what.add_argument("--policy", metavar="PATH", help="check this policy file alone")
+    check.set_defaults(func=_cmd_check)
+
+    explain = sub.add_parser("explain", help="which rule decides a status, and what happens")
+    source = explain.add_mutually_exclusive_group()
+    source.add_argument("--policy", metavar="PATH", help="the policy file")
+    source.add_argument("--config", metavar="PATH",
+                        help="the configuration (its policy and upstreams; "
+                        f"default: ./{DEFAULT_CONFIG})")
+    explain.add_argument("status", type=_status, metavar="STATUS",
+                         help=f"a response status {MIN_STATUS}..{MAX_STATUS}")
+    explain.add_argument("--method", type=_method, default="INVITE",
+                         help="the request method (default: INVITE)")
+    explain.set_defaults(func=_cmd_explain)
+    return parser
+
+
+def _status(text: str) -> int:
+    if not text.isdigit() or not text.isascii() or not MIN_STATUS <= int(text) <= MAX_STATUS:
+        raise argparse.ArgumentTypeError(
+            f"invalid status {text!r}: expected an integer {MIN_STATUS}..{MAX_STATUS}"
+        )
+    return int(text)
+
+
+def _method(text: str) -> str:
+    if not _METHOD.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid method {text!r}: expected a token like INVITE")
+    if text != text.upper():
+        raise argparse.ArgumentTypeError(
+            f"method {text!r} must be uppercase (SIP methods are case-sensitive, RFC 3261 7.1)"
+        )
+    return text
+
+
+def _print_all(diagnostics: Sequence[Diagnostic], stream: TextIO) -> None:
+    for d in diagnostics:
+        print(d, file=stream)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config, policy, warnings = load_config_and_policy(args.config)
+    except ConfigError as exc:
+        _print_all(exc.diagnostics, sys.stderr)
+        return 1
+    if args.log_level is not None:
+        config = dataclasses.replace(config, log_level=args.log_level)
+    from proxy.runtime.server import run_server  # the only owner of the event loop
+
+    code: int = run_server(config, policy, warnings)
+    return code
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    if args.policy is not None:
+        try:
+            policy, warnings = load_policy(args.policy)
+        except ConfigError as exc:
+            _print_all(exc.diagnostics, sys.stderr)
+            return 1
+        _print_all(warnings, sys.stderr)
+        print(f"OK: {args.policy} (version {policy.version}, {_rules(policy)})")
+        return 0
+    config_arg = args.config if args.config is not None else DEFAULT_CONFIG
+    try:
+        config, policy, warnings = load_config_and_policy(config_arg)
+    except ConfigError as exc:
+        _print_all(exc.diagnostics, sys.stderr)
+        return 1
+    _print_all(warnings, sys.stderr)
+    print(f"OK: {config_arg} (policy {_policy_name(config)} version {policy.version}, "
+          f"{_rules(policy)})")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    status: int = args.status
+    method: str = args.method
+    if args.policy is not None:
+        try:
+            policy, warnings = load_policy(args.policy)
+        except ConfigError as exc:
+            _print_all(exc.diagnostics, sys.stderr)
+            return 1
+        _print_all(warnings, sys.stderr)
+        print(policy.explain(status, method))
+        return 0
+    try:
+        config, policy, warnings = load_config_and_policy(args.config or DEFAULT_CONFIG)
+    except ConfigError as exc:
+        _print_all(exc.diagnostics, sys.stderr)
+        return 1
+    _print_all(warnings, sys.stderr)
+    print(explain_chain(config, policy, status, method))
+    return 0
+
+
+def _rules(policy: Policy) -> str:
+    n = len(policy.rules)
+    return f"{n} rule" if n == 1 else f"{n} rules"
+
+
+def _policy_name(config: Config) -> str:
+    return display_path(config.policy_path) if config.policy_path is not None else "builtin"
+
+
+def explain_chain(config: Config, policy: Policy, status: int, method: str = "INVITE") -> str:
+    """The decision for ``status`` and what follows from it with ``config``, on one line.
+
+    E.g. ``unavailable: failover -> next upstream sip:127.0.0.1:5081; none left: forward``.
+    The failover chain is the one of a response from the first upstream.
+    """
+    decision = policy.evaluate(status, method)
+    head = decision.describe()
+    return f"{head} -> {_consequence(config, decision, status)}"
+
+
+def _consequence(config: Config, d: Decision, status: int) -> str:
+    if status < 200:
+        return "provisional: " + (
+            "not forwarded (RFC 3261 16.7 step 5)" if status == 100
+            else "forwarded to the caller at once (RFC 3261 16.7 step 5)"
+        )
+    if status < 300:
+        return "forwarded to the caller at once (RFC 3261 16.7 step 5)"
+    if d.action is Action.STOP:
+        return (f"CANCEL the pending branches, no new branch; the {status} goes to the caller "
+                "(RFC 3261 16.7 steps 5-6)")
+    if d.action is Action.FAILOVER:
+        rest = [u.uri for u in config.upstreams[1:]]
+        if not rest:
+            return "no other upstream; forward"
+        return f"next upstream {', then '.join(rest)}; none left: forward"
+    if d.action is Action.REDIRECT:
+        if not 300 <= status <= 399:
+            return f"a {status} carries no redirect: forward"
+        trusted = ", ".join(config.trusted_sources) or "(none)"
+        targets = ", ".join(config.allow_targets) or "(none)"
+        text = (f"follow the Contact if the {status} comes from {trusted} and the Contact "
+                f"points to {targets}, at most {d.max_redirects} "
+                f"redirect{'s' if d.max_redirects != 1 else ''}")
+        if d.permanent:
+            text += f"; remembered for at most {config.redirects.max_ttl} s"
+        return text + "; otherwise: forward"
+    if d.action is Action.RETRY_FLOWS:
+        return (f"remove the failed binding, try the instance's other flows (at most "
+                f"{d.max_attempts}); none left: forward")
+    return "best response once every branch has ended (RFC 3261 16.7 step 6)"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

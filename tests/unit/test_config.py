@@ -1,0 +1,722 @@
+"""proxy.yaml validation: values, defaults, and every error with FILE:LINE:COLUMN."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from proxy.config import (
+    Config,
+    Limits,
+    Listen,
+    Redirects,
+    Timers,
+    Upstream,
+    load_config,
+    load_config_and_policy,
+    parse_listen,
+    parse_upstream,
+)
+from proxy.diagnostics import ConfigError
+from proxy.policy import BUILTIN_POLICY
+
+REPO = Path(__file__).resolve().parents[2]
+
+BASE = """
+listen:
+  - udp:127.0.0.1:5060
+upstreams:
+  - sip:127.0.0.1:5080
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "proxy.yaml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def _config(tmp_path: Path, text: str) -> Config:
+    config, warnings = load_config(_write(tmp_path, text))
+    assert warnings == []
+    return config
+
+
+def _errors(tmp_path: Path, text: str) -> list[str]:
+    """The diagnostics, with the tmp folder replaced by "T"."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert all(d.is_error for d in info.value.diagnostics)
+    return [str(d).replace(str(tmp_path), "T") for d in info.value.diagnostics]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped example and the defaults
+
+
+def test_shipped_proxy_yaml() -> None:
+    config, warnings = load_config(REPO / "proxy.yaml")
+    assert warnings == []
+    assert config.path == REPO / "proxy.yaml"
+    assert config.listen == (Listen("udp", "127.0.0.1", 5060), Listen("tcp", "127.0.0.1", 5060))
+    assert config.upstreams == (
+        Upstream("sip:127.0.0.1:5080", "127.0.0.1", 5080, "udp"),
+        Upstream("sip:127.0.0.1:5081", "127.0.0.1", 5081, "udp"),
+    )
+    assert config.policy_path == REPO / "policies" / "default.yaml"
+    assert config.state == f"sqlite:{REPO / 'data' / 'state.db'}"
+    assert config.record_route is True
+    assert config.registrar == "upstream"
+
+
+def test_shipped_proxy_yaml_is_commented() -> None:
+    lines = (REPO / "proxy.yaml").read_text().splitlines()
+    comments = [ln for ln in lines if ln.lstrip().startswith("#")]
+    assert len(comments) >= 20
+    for key in ("listen:", "upstreams:", "policy:", "state:", "record_route:", "registrar:"):
+        i = next(n for n, ln in enumerate(lines) if ln.startswith(key))
+        assert lines[i - 1].startswith("#"), key  # each setting is explained above it
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = _config(tmp_path, BASE)
+    assert config.path == tmp_path / "proxy.yaml"
+    assert config.policy_path is None
+    assert config.state == "memory:"
+    assert config.state_kind == "memory"
+    assert config.record_route is True
+    assert config.registrar == "upstream"
+    assert config.domains == ()
+    assert config.redirects == Redirects((), (), 86400)
+    assert config.advertise is None
+    assert config.force_rport is False
+    assert config.limits == Limits(65535, 256)
+    assert config.timers == Timers(0.5, 4.0, 5.0, 180.0)
+    assert config.log_level == "info"
+    assert config.drain_timeout == 5.0
+    assert config.watch_policy is True
+    assert config.secret is None
+    assert config.tls is None
+
+
+def test_every_setting(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("x")
+    (tmp_path / "key.pem").write_text("x")
+    config = _config(tmp_path, """
+        listen: [udp:0.0.0.0:5060, "tls:[::]:5061"]
+        upstreams: [sip:pbx1.example.com, sip:10.0.0.2:5070;transport=tcp]
+        state: redis://127.0.0.1:6379/3
+        record_route: false
+        registrar: local
+        domains: [Example.COM, voip.example.org.]
+        redirects:
+          trusted_sources: [10.0.0.0/8, pbx1.example.com, "2001:db8::/32"]
+          allow_targets: [example.com, 192.0.2.7]
+          max_ttl: 3600
+        advertise: sip.example.com:5060
+        force_rport: true
+        limits: {max_message_size: 8192, max_headers: 64}
+        timers: {t1_ms: 100, t2_ms: 800, t4_ms: 1000, timer_c_ms: 200000}
+        log_level: debug
+        drain_timeout: 1.5
+        watch_policy: false
+        secret: 0123456789abcdef0123456789abcdef
+        tls: {cert_file: cert.pem, key_file: key.pem}
+        """)
+    assert config.listen == (Listen("udp", "0.0.0.0", 5060), Listen("tls", "::", 5061))
+    assert config.upstreams[0] == Upstream("sip:pbx1.example.com", "pbx1.example.com", 5060, "udp")
+    assert config.upstreams[1].transport == "tcp"
+    assert config.state == "redis://127.0.0.1:6379/3"
+    assert config.state_kind == "redis"
+    assert (config.record_route, config.registrar) == (False, "local")
+    assert config.domains == ("example.com", "voip.example.org")
+    assert config.redirects == Redirects(
+        ("10.0.0.0/8", "pbx1.example.com", "2001:db8::/32"), ("example.com", "192.0.2.7"), 3600
+    )
+    assert config.trusted_sources == config.redirects.trusted_sources
+    assert config.advertise == "sip.example.com:5060"
+    assert config.force_rport is True
+    assert config.limits == Limits(8192, 64)
+    assert config.timers == Timers(0.1, 0.8, 1.0, 200.0)
+    assert (config.log_level, config.drain_timeout, config.watch_policy) == ("debug", 1.5, False)
+    assert config.secret == "0123456789abcdef0123456789abcdef"
+    assert config.tls is not None
+    assert (config.tls.cert_file, config.tls.key_file) == (tmp_path / "cert.pem",
+                                                         tmp_path / "key.pem")
+    assert config.tls.ca_file is None
+
+
+def test_redirect_defaults_follow_the_contract(tmp_path: Path) -> None:
+    config = _config(tmp_path, """
+        listen: [udp:127.0.0.1:5060]
+        upstreams: [sip:10.0.0.1:5080, sip:PBX.example.com, sip:10.0.0.1:5090]
+        domains: [example.com]
+        redirects: {trusted_sources: [], allow_targets: []}
+        """)
+    assert config.redirects == Redirects((), (), 86400)
+    assert config.trusted_sources == ("10.0.0.1", "pbx.example.com")
+    assert config.allow_targets == ("10.0.0.1", "pbx.example.com", "example.com")
+
+
+def test_null_optional_values_mean_the_default(tmp_path: Path) -> None:
+    config = _config(tmp_path, BASE + "policy:\ndomains:\nredirects:\nsecret:\ntimers:\n")
+    assert (config.policy_path, config.domains, config.secret) == (None, (), None)
+    assert config.redirects == Redirects()
+    assert config.timers == Timers()
+
+
+# ---------------------------------------------------------------------------------------------
+# listen
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("udp:127.0.0.1:5060", Listen("udp", "127.0.0.1", 5060)),
+        ("tcp:127.0.0.1:5070", Listen("tcp", "127.0.0.1", 5070)),
+        ("udp:[::1]:5060", Listen("udp", "::1", 5060)),
+        ("tcp:[2001:db8::10]:65535", Listen("tcp", "2001:db8::10", 65535)),
+        ("udp:[::]:1", Listen("udp", "::", 1)),
+        ("UDP:10.1.2.3:5060", Listen("udp", "10.1.2.3", 5060)),
+        ("udp:localhost:5060", Listen("udp", "localhost", 5060)),
+        ("udp:127.0.0.1", Listen("udp", "127.0.0.1", 5060)),
+        ("tls:127.0.0.1", Listen("tls", "127.0.0.1", 5061)),
+        ("udp:[::1]", Listen("udp", "::1", 5060)),
+    ],
+)
+def test_listen_forms(text: str, expected: Listen) -> None:
+    assert parse_listen(text) == expected
+
+
+def test_listen_str_brackets_ipv6() -> None:
+    assert str(Listen("udp", "::1", 5060)) == "udp:[::1]:5060"
+    assert str(Listen("tcp", "10.0.0.1", 5070)) == "tcp:10.0.0.1:5070"
+
+
+LISTEN_ERRORS = [
+    ("sctp:127.0.0.1:5060", ("expected TRANSPORT:HOST:PORT with TRANSPORT one of udp, tcp, tls, "
+     "e.g. udp:127.0.0.1:5060")),
+    ("127.0.0.1:5060", ("expected TRANSPORT:HOST:PORT with TRANSPORT one of udp, tcp, tls, "
+     "e.g. udp:127.0.0.1:5060")),
+    ("udp:::1:5060", "an IPv6 address must be written in brackets, e.g. [::1]:5060"),
+    ("udp:[::1:5060", "missing ']' after the IPv6 address"),
+    ("udp:[127.0.0.1]:5060", "only an IPv6 address goes in brackets, not '127.0.0.1'"),
+    ("udp:[::1]5060", "unexpected '5060' after the IPv6 address"),
+    ("udp:[fe80::zz]:5060", "invalid IPv6 address 'fe80::zz'"),
+    ("udp:127.0.0.1:0", "port 0 is out of range 1..65535"),
+    ("udp:127.0.0.1:65536", "port 65536 is out of range 1..65535"),
+    ("udp:127.0.0.1:sip", "invalid port 'sip'"),
+    ("udp:127.0.0.1:", "invalid port ''"),
+    ("udp:999.0.0.1:5060", "invalid IPv4 address '999.0.0.1'"),
+    ("udp::5060", "the host is missing"),
+    ("udp:bad_host:5060", "invalid host name 'bad_host'"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), LISTEN_ERRORS)
+def test_listen_errors(tmp_path: Path, text: str, message: str) -> None:
+    assert _errors(tmp_path, f"""
+        listen:
+          - udp:127.0.0.1:5060
+          - "{text}"
+        upstreams: [sip:127.0.0.1:5080]
+        """) == [f"T/proxy.yaml:3:5: listen {text!r}: {message}"]
+
+
+def test_listen_duplicate(tmp_path: Path) -> None:
+    assert _errors(tmp_path, """
+        listen:
+          - udp:127.0.0.1:5060
+          - tcp:127.0.0.1:5060
+          - udp:127.0.0.1
+        upstreams: [sip:127.0.0.1:5080]
+        """) == ["T/proxy.yaml:4:5: listen 'udp:127.0.0.1': duplicate entry (first at 2:5)"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("listen: udp:127.0.0.1:5060\n", ("T/proxy.yaml:1:9: listen must be a list, got the "
+         "string 'udp:127.0.0.1:5060'")),
+        ("listen: []\n", ("T/proxy.yaml:1:9: listen: at least one TRANSPORT:HOST:PORT entry is "
+         "required")),
+        ("listen:\n", ("T/proxy.yaml:1:8: listen: at least one TRANSPORT:HOST:PORT entry is "
+         "required")),
+        ("listen: [5060]\n", ("T/proxy.yaml:1:10: a listen entry must be a string, got the "
+         "integer 5060")),
+        ("record_route: true\n", ("T/proxy.yaml:1:1: listen: at least one TRANSPORT:HOST:PORT "
+         "entry is required")),
+    ],
+)
+def test_listen_shape_errors(tmp_path: Path, text: str, message: str) -> None:
+    assert _errors(tmp_path, "upstreams: [sip:127.0.0.1:5080]\n" + text) == [
+        message.replace("proxy.yaml:1:", "proxy.yaml:2:").replace(
+            "proxy.yaml:2:1: listen: at least", "proxy.yaml:1:1: listen: at least"
+        )
+    ]
+
+
+def test_tls_listen_needs_certificates(tmp_path: Path) -> None:
+    assert _errors(tmp_path, """
+        listen: [udp:127.0.0.1:5060, tls:127.0.0.1:5061]
+        upstreams: [sip:127.0.0.1:5080]
+        """) == [
+        ("T/proxy.yaml:1:30: listen tls:127.0.0.1:5061: a tls listen needs a 'tls' section with "
+        "cert_file and key_file")
+    ]
+
+
+def test_tls_section_errors(tmp_path: Path) -> None:
+    assert _errors(tmp_path, """
+        listen: [tls:127.0.0.1:5061]
+        upstreams: [sip:127.0.0.1:5080]
+        tls:
+          cert_file: missing.pem
+          ca: ca.pem
+        """) == [
+        "T/proxy.yaml:4:3: tls: missing required key 'key_file'",
+        "T/proxy.yaml:4:14: tls: cannot read cert_file T/missing.pem: No such file or directory",
+        ("T/proxy.yaml:5:3: tls: unknown key 'ca' (did you mean 'ca_file'?); allowed keys: "
+        "cert_file, key_file, ca_file"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# upstreams
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "transport"),
+    [
+        ("sip:127.0.0.1:5080", "127.0.0.1", 5080, "udp"),
+        ("sip:127.0.0.1", "127.0.0.1", 5060, "udp"),
+        ("sip:127.0.0.1:5080;transport=tcp", "127.0.0.1", 5080, "tcp"),
+        ("sip:127.0.0.1;transport=TCP", "127.0.0.1", 5060, "tcp"),
+        ("sip:127.0.0.1;transport=tls", "127.0.0.1", 5061, "tls"),
+        ("sip:pbx.example.com;lr", "pbx.example.com", 5060, "udp"),
+        ("SIP:PBX.example.com:5090;LR;transport=udp", "PBX.example.com", 5090, "udp"),
+        ("sips:pbx.example.com", "pbx.example.com", 5061, "tls"),
+        ("sips:pbx.example.com:5071;transport=tcp", "pbx.example.com", 5071, "tls"),
+        ("sip:[::1]:5080", "::1", 5080, "udp"),
+        ("sip:[2001:db8::1];transport=tcp", "2001:db8::1", 5060, "tcp"),
+    ],
+)
+def test_upstream_forms(text: str, host: str, port: int, transport: str) -> None:
+    assert parse_upstream(text) == Upstream(text, host, port, transport)
+
+
+UPSTREAM_ERRORS = [
+    ("http://127.0.0.1:5080", "expected a sip: or sips: URI, e.g. sip:127.0.0.1:5080"),
+    ("127.0.0.1:5080", "expected a sip: or sips: URI, e.g. sip:127.0.0.1:5080"),
+    ("tel:+15551234", "expected a sip: or sips: URI, e.g. sip:127.0.0.1:5080"),
+    ("sip:", "the host is missing"),
+    ("sip:pbx@127.0.0.1", "an upstream names a host, not a user: remove the 'user@' part"),
+    ("sip:127.0.0.1?subject=x", "URI headers (?...) are not allowed in an upstream"),
+    ("sip:127.0.0.1:99999", "port 99999 is out of range 1..65535"),
+    ("sip:::1", "an IPv6 address must be written in brackets, e.g. [::1]:5060"),
+    ("sip:127.0.0.1;transport=sctp", "transport must be one of udp, tcp, tls, got 'sctp'"),
+    ("sip:127.0.0.1;maddr=10.0.0.1", "unknown URI parameter 'maddr'; allowed: transport, lr"),
+    ("sips:127.0.0.1;transport=udp",
+     "sips: requires TLS; transport=udp is not possible (RFC 3261 26.2.2)"),
+    ("sip:pbx..example.com", "invalid host name 'pbx..example.com'"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), UPSTREAM_ERRORS)
+def test_upstream_errors(tmp_path: Path, text: str, message: str) -> None:
+    assert _errors(tmp_path, f"""
+        listen: [udp:127.0.0.1:5060]
+        upstreams:
+          - sip:127.0.0.1:5080
+          - "{text}"
+        """) == [f"T/proxy.yaml:4:5: upstream {text!r}: {message}"]
+
+
+def test_upstream_duplicate(tmp_path: Path) -> None:
+    assert _errors(tmp_path, """
+        listen: [udp:127.0.0.1:5060]
+        upstreams:
+          - sip:127.0.0.1:5080
+          - sip:127.0.0.1:5080;lr
+        """) == [
+        "T/proxy.yaml:4:5: upstream 'sip:127.0.0.1:5080;lr': duplicate upstream (first at 3:5)"
+    ]
+
+
+def test_upstream_not_a_string(tmp_path: Path) -> None:
+    assert _errors(tmp_path, """
+        listen: [udp:127.0.0.1:5060]
+        upstreams: [{host: 127.0.0.1}]
+        """) == ["T/proxy.yaml:2:13: an upstream must be a string, got a mapping"]
+
+
+def test_no_upstreams_with_registrar_upstream_is_a_warning(tmp_path: Path) -> None:
+    config, warnings = load_config(_write(tmp_path, """
+        listen: [udp:127.0.0.1:5060]
+        upstreams: []
+        """))
+    assert (config.upstreams, config.registrar) == ((), "upstream")
+    assert [str(w).replace(str(tmp_path), "T") for w in warnings] == [
+        ("T/proxy.yaml:2:12: warning: no upstreams: with registrar: upstream, REGISTER requests "
+        "and requests for unknown users have nowhere to go")
+    ]
+
+
+def test_no_upstreams_with_local_registrar_is_a_warning(tmp_path: Path) -> None:
+    config, warnings = load_config(_write(tmp_path, """
+        listen: [udp:127.0.0.1:5060]
+        registrar: local
+        """))
+    assert config.upstreams == ()
+    assert [str(w).replace(str(tmp_path), "T") for w in warnings] == [
+        ("T/proxy.yaml:1:1: warning: no upstreams: only registered users and requests with a "
+        "Route header can be reached")
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# state
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('"memory:"', "memory:"),
+        ("memory:", "memory:"),
+        ("memory:    # kept in this process only", "memory:"),
+        ("memory", "memory:"),
+        ("sqlite:state.db", "sqlite:{base}/state.db"),
+        ("sqlite:data/state.db", "sqlite:{base}/data/state.db"),
+        ("sqlite:../shared/state.db", "sqlite:{parent}/shared/state.db"),
+        ("sqlite:/var/lib/sip/state.db", "sqlite:/var/lib/sip/state.db"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://localhost", "redis://localhost:6379/0"),
+        ("redis://localhost:6380", "redis://localhost:6380/0"),
+        ("redis://redis.example.com/5", "redis://redis.example.com:6379/5"),
+        ("redis://[::1]:6379/2", "redis://[::1]:6379/2"),
+    ],
+)
+def test_state_forms(tmp_path: Path, text: str, expected: str) -> None:
+    base = tmp_path / "etc"
+    config, _ = load_config(_write(base, BASE + f"state: {text}\n"))
+    assert config.state == expected.format(base=base, parent=tmp_path)
+
+
+STATE_ERRORS = [
+    ("mysql://db/state", ("state must be memory:, sqlite:PATH or redis://HOST:PORT/DB; "
+     "got 'mysql://db/state'")),
+    ("sqlite:", "state 'sqlite:' needs a file path: sqlite:PATH"),
+    ("sqlite://state.db", ("state 'sqlite://state.db': write sqlite:PATH (e.g. "
+     "sqlite:data/state.db or sqlite:/var/lib/proxy/state.db)")),
+    ("redis://:secret@localhost/0", ("state 'redis://:secret@localhost/0': credentials in the "
+     "URL are not supported: write redis://HOST:PORT/DB")),
+    ("redis://localhost/zero", ("state 'redis://localhost/zero': the database must be a "
+     "number, got 'zero'")),
+    ("redis://localhost:0/1", "state 'redis://localhost:0/1': port 0 is out of range 1..65535"),
+    ("redis://localhost/0?timeout=1", ("state 'redis://localhost/0?timeout=1': query options "
+     "are not supported: write redis://HOST:PORT/DB")),
+    ("redis://", "state 'redis://': the host is missing"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), STATE_ERRORS)
+def test_state_errors(tmp_path: Path, text: str, message: str) -> None:
+    assert _errors(tmp_path, BASE + f'state: "{text}"\n') == [f"T/proxy.yaml:5:8: {message}"]
+
+
+def test_state_not_a_string(tmp_path: Path) -> None:
+    assert _errors(tmp_path, BASE + "state: {sqlite: x}\n") == [
+        "T/proxy.yaml:5:8: state must be a string, got a mapping"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths relative to the configuration file
+
+
+def test_policy_and_sqlite_are_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf_dir = tmp_path / "etc" / "sip"
+    _write(conf_dir, "rules: []\n", "policies/mine.yaml")
+    _write(conf_dir, BASE + "policy: policies/mine.yaml\nstate: sqlite:db/state.db\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config, policy, _ = load_config_and_policy("../etc/sip/proxy.yaml")
+    assert config.path == conf_dir / "proxy.yaml"
+    assert config.policy_path == conf_dir / "policies" / "mine.yaml"
+    assert config.state == f"sqlite:{conf_dir / 'db' / 'state.db'}"
+    assert policy.path == str(conf_dir / "policies" / "mine.yaml")
+    assert policy.rules == ()
+
+
+def test_absolute_policy_path(tmp_path: Path) -> None:
+    policy_file = _write(tmp_path / "p", "rules: []\n", "x.yaml")
+    config = load_config(_write(tmp_path / "c", BASE + f"policy: {policy_file}\n"))[0]
+    assert config.policy_path == policy_file
+
+
+def test_missing_policy_file_is_reported_at_the_config_key(tmp_path: Path) -> None:
+    assert _errors(tmp_path, BASE + "policy: policies/nope.yaml\n") == [
+        "T/proxy.yaml:5:9: cannot read policy file 'policies/nope.yaml': No such file or directory"
+    ]
+
+
+def test_no_policy_means_the_builtin_policy(tmp_path: Path) -> None:
+    config, policy, warnings = load_config_and_policy(_write(tmp_path, BASE))
+    assert config.policy_path is None
+    assert policy is BUILTIN_POLICY
+    assert warnings == []
+
+
+def test_policy_errors_are_reported_with_the_policy_positions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "rules:\n  - name: r\n    match: {status: 999}\n    action: stop\n", "p.yaml")
+    _write(tmp_path, BASE + "policy: p.yaml\nrecord_route: maybe\n")
+    with pytest.raises(ConfigError) as info:
+        load_config_and_policy("proxy.yaml")
+    assert [str(d) for d in info.value.diagnostics] == [
+        "proxy.yaml:6:15: record_route must be true or false, got 'maybe'",
+        "p.yaml:3:21: rule 'r': status 999 is out of range 100..699",
+    ]
+
+
+def test_policy_warnings_are_returned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "rules: []\n", "p.yaml")
+    _write(tmp_path, BASE + "policy: p.yaml\n")
+    _, _, warnings = load_config_and_policy("proxy.yaml")
+    assert [str(w) for w in warnings] == [
+        "p.yaml:1:8: warning: the policy has no rules: every final response is forwarded"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Other keys: unknown keys, types, values
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("upstream: [sip:10.0.0.1]", ("5:1: unknown key 'upstream' (did you mean 'upstreams'?); "
+         "allowed keys: listen, upstreams, policy, state, record_route, registrar, domains, "
+         "redirects, advertise, force_rport, limits, timers, log_level, drain_timeout, "
+         "watch_policy, secret, tls")),
+        ("workers: 4", ("5:1: unknown key 'workers'; allowed keys: listen, upstreams, policy, "
+         "state, record_route, registrar, domains, redirects, advertise, force_rport, limits, "
+         "timers, log_level, drain_timeout, watch_policy, secret, tls")),
+        ("listen: [tcp:127.0.0.1:5070]", "5:1: duplicate key 'listen' (first at 1:1)"),
+        ("record_route: yes", "5:15: record_route must be true or false, got 'yes'"),
+        ('record_route: "true"', "5:15: record_route must be true or false, got 'true'"),
+        ("record_route: 1", "5:15: record_route must be true or false, got '1'"),
+        ("force_rport: [true]", "5:14: force_rport must be true or false, got a list"),
+        ("watch_policy: off", "5:15: watch_policy must be true or false, got 'off'"),
+        ("registrar: remote", "5:12: registrar must be one of local, upstream; got 'remote'"),
+        ("registrar: 1", "5:12: registrar must be one of local, upstream; got the integer 1"),
+        ("policy: 5", "5:9: policy must be a string, got the integer 5"),
+        ("policy: ''", "5:9: policy must not be empty"),
+        ("domains: example.com", "5:10: domains must be a list, got the string 'example.com'"),
+        ("domains: [example.com, 5]", "5:24: a domain must be a string, got the integer 5"),
+        ("domains: [example.com:5060]", ("5:11: domain 'example.com:5060': write the host "
+         "without a port")),
+        ("domains: [exa_mple.com]", ("5:11: domain 'exa_mple.com': invalid host name "
+         "'exa_mple.com'")),
+        ("redirects: [10.0.0.1]", "5:12: redirects must be a mapping, got a list"),
+        ("redirects: {max_ttl: 0}", ("5:22: redirects: max_ttl must be between 1 and "
+         "315360000, got 0")),
+        ("redirects: {max_ttl: 1h}", ("5:22: redirects: max_ttl must be an integer, got the "
+         "string '1h'")),
+        ("redirects: {ttl: 5}", ("5:13: redirects: unknown key 'ttl' (did you mean 'max_ttl'?); allowed keys: "
+         "trusted_sources, allow_targets, max_ttl")),
+        ("redirects: {trusted_sources: 10.0.0.0/8}", ("5:30: redirects: trusted_sources must "
+         "be a list, got the string '10.0.0.0/8'")),
+        ("redirects: {trusted_sources: [10.0.0.1/8]}", ("5:31: redirects: trusted_sources: "
+         "'10.0.0.1/8': host bits set in the network (did you mean '10.0.0.0/8'?)")),
+        ("redirects: {trusted_sources: [10.0.0.0/33]}", ("5:31: redirects: trusted_sources: "
+         "'10.0.0.0/33': invalid CIDR network ('33' is not a valid netmask)")),
+        ("redirects: {trusted_sources: ['10.0.0.1:5060']}", ("5:31: redirects: "
+         "trusted_sources: '10.0.0.1:5060': write the host without a port (ports are ignored)")),
+        ("redirects: {trusted_sources: ['[::1]:5060']}", ("5:31: redirects: trusted_sources: "
+         "'[::1]:5060': write the address without a port (ports are ignored)")),
+        ("redirects: {allow_targets: [300.1.1.1]}", ("5:29: redirects: allow_targets: "
+         "'300.1.1.1': invalid IPv4 address '300.1.1.1'")),
+        ("redirects: {allow_targets: ['*.example.com']}", ("5:29: redirects: allow_targets: "
+         "'*.example.com': invalid host name '*.example.com'")),
+        ("redirects: {allow_targets: [1]}", ("5:29: an entry of redirects: allow_targets must "
+         "be a string, got the integer 1")),
+        ("advertise: 'sip.example.com:70000'", ("5:12: advertise 'sip.example.com:70000': "
+         "port 70000 is out of range 1..65535")),
+        ("advertise: '::1'", ("5:12: advertise '::1': an IPv6 address must be written in "
+         "brackets, e.g. [::1]:5060")),
+        ("limits: {max_message_size: 100}", ("5:28: limits: max_message_size must be between "
+         "1024 and 16777216, got 100")),
+        ("limits: {max_headers: 2}", ("5:23: limits: max_headers must be between 8 and 10000, "
+         "got 2")),
+        ("limits: {max_body: 5}", ("5:10: limits: unknown key 'max_body'; allowed keys: "
+         "max_message_size, max_headers")),
+        ("limits: 65535", "5:9: limits must be a mapping, got the integer 65535"),
+        ("timers: {t1: 500}", ("5:10: timers: unknown key 't1' (did you mean 't1_ms'?); allowed "
+         "keys: t1_ms, t2_ms, t4_ms, timer_c_ms")),
+        ("timers: {t1_ms: '500'}", ("5:17: timers: t1_ms must be an integer, got the string "
+         "'500'")),
+        ("timers: {t1_ms: 0}", "5:17: timers: t1_ms must be between 1 and 60000, got 0"),
+        ("timers: {t1_ms: 0.5}", "5:17: timers: t1_ms must be an integer, got the number 0.5"),
+        ("timers: {t1_ms: 1000, t2_ms: 500}", ("5:30: timers: t2_ms must not be smaller than "
+         "t1_ms (RFC 3261 17.1.2.2)")),
+        ("log_level: verbose", ("5:12: log_level must be one of debug, info, warning, error; "
+         "got 'verbose'")),
+        ("log_level: INFO", ("5:12: log_level must be one of debug, info, warning, error; "
+         "got 'INFO'")),
+        ("drain_timeout: -1", "5:16: drain_timeout must be between 0 and 3600, got -1"),
+        ("drain_timeout: '5'", "5:16: drain_timeout must be a number, got the string '5'"),
+        ("secret: ''", "5:9: secret must not be empty"),
+        ("secret: 12345678901234567890", ("5:9: secret must be a string, got the integer "
+         "12345678901234567890")),
+        ("tls: [cert.pem]", "5:6: tls must be a mapping, got a list"),
+    ],
+)
+def test_value_errors(tmp_path: Path, extra: str, message: str) -> None:
+    assert _errors(tmp_path, BASE + extra + "\n") == [f"T/proxy.yaml:{message}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sip.example.com", "sip.example.com"),
+        ("sip.example.com:5080", "sip.example.com:5080"),
+        ("203.0.113.5", "203.0.113.5"),
+        ("'[2001:db8::5]:5060'", "[2001:db8::5]:5060"),
+        ("'[2001:db8::5]'", "[2001:db8::5]"),
+    ],
+)
+def test_advertise_forms(tmp_path: Path, text: str, expected: str) -> None:
+    assert _config(tmp_path, BASE + f"advertise: {text}\n").advertise == expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "normalised"),
+    [
+        ("10.0.0.0/8", "10.0.0.0/8"),
+        ("'2001:DB8::/32'", "2001:db8::/32"),
+        ("192.0.2.1", "192.0.2.1"),
+        ("'::1'", "::1"),
+        ("'[::1]'", "::1"),
+        ("PBX.Example.com", "pbx.example.com"),
+        ("example.com.", "example.com"),
+    ],
+)
+def test_redirect_entry_forms(tmp_path: Path, entry: str, normalised: str) -> None:
+    config = _config(tmp_path, BASE + f"redirects: {{trusted_sources: [{entry}]}}\n")
+    assert config.redirects.trusted_sources == (normalised,)
+
+
+def test_timer_c_below_three_minutes_warns(tmp_path: Path) -> None:
+    config, warnings = load_config(_write(tmp_path, BASE + "timers: {timer_c_ms: 2000}\n"))
+    assert config.timers.timer_c == 2.0
+    assert [str(w).replace(str(tmp_path), "T") for w in warnings] == [
+        ("T/proxy.yaml:5:22: warning: timers: timer_c_ms is below 3 minutes (RFC 3261 16.6 step "
+        "11 asks for more than 3 minutes)")
+    ]
+
+
+def test_short_secret_warns(tmp_path: Path) -> None:
+    config, warnings = load_config(_write(tmp_path, BASE + "secret: abc\n"))
+    assert config.secret == "abc"
+    assert [str(w).replace(str(tmp_path), "T") for w in warnings] == [
+        ("T/proxy.yaml:5:9: warning: secret is short (3 characters); use at least 32 random "
+        "characters")
+    ]
+
+
+def test_every_error_is_reported(tmp_path: Path) -> None:
+    assert _errors(tmp_path, """
+        listen: [udp:127.0.0.1:99999]
+        upstreams: [http://pbx]
+        state: sql
+        registrar: both
+        colour: blue
+        """) == [
+        "T/proxy.yaml:1:10: listen 'udp:127.0.0.1:99999': port 99999 is out of range 1..65535",
+        ("T/proxy.yaml:2:13: upstream 'http://pbx': expected a sip: or sips: URI, e.g. "
+        "sip:127.0.0.1:5080"),
+        "T/proxy.yaml:3:8: state must be memory:, sqlite:PATH or redis://HOST:PORT/DB; got 'sql'",
+        "T/proxy.yaml:4:12: registrar must be one of local, upstream; got 'both'",
+        ("T/proxy.yaml:5:1: unknown key 'colour'; allowed keys: listen, upstreams, policy, state, "
+        "record_route, registrar, domains, redirects, advertise, force_rport, limits, timers, "
+        "log_level, drain_timeout, watch_policy, secret, tls"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "T/proxy.yaml:1:1: the file is empty"),
+        ("- udp:127.0.0.1:5060\n", ("T/proxy.yaml:1:1: the configuration must be a mapping of "
+         "settings, got a list")),
+        ("listen: [udp:127.0.0.1:5060\n", ("T/proxy.yaml:2:1: YAML syntax error: expected ',' or "
+         "']', but got '<stream end>' (while parsing a flow sequence at 1:9)")),
+        ("listen: &l [udp:127.0.0.1:5060]\n", ("T/proxy.yaml:1:9: YAML anchors are not supported "
+         "(&l): write the value out")),
+    ],
+)
+def test_file_errors(tmp_path: Path, text: str, message: str) -> None:
+    assert _errors(tmp_path, text) == [message]
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml")
+    assert [str(d) for d in info.value.diagnostics] == [
+        f"{tmp_path / 'nope.yaml'}:1:1: cannot read: No such file or directory"
+    ]
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = _config(tmp_path, BASE)
+    with pytest.raises(AttributeError):
+        config.record_route = False  # type: ignore[misc]
+
+
+CONTRACT_EXAMPLE = """
+listen:            # TRANSPORT:HOST:PORT, transport in udp|tcp|tls
+  - udp:127.0.0.1:5060
+  - tcp:127.0.0.1:5060
+upstreams:         # the PBX(es), SIP URIs, tried in this order (failover)
+  - sip:127.0.0.1:5080
+  - sip:127.0.0.1:5081
+policy: policies/default.yaml      # relative to this file
+state: memory:                      # memory: | sqlite:PATH | redis://HOST:PORT/DB
+                                    # (a relative sqlite PATH is relative to this file)
+record_route: true                  # default true: Record-Route on dialog-creating requests
+registrar: local                    # local: the proxy answers REGISTER itself
+                                    # upstream (default): REGISTER goes to the PBX with Path,
+                                    # and the proxy learns the bindings from the 2xx
+domains: [example.com]              # optional: the domains this proxy is responsible for
+                                    # (RFC 3261 16.5); default: every domain
+redirects:                          # optional: which 3xx the proxy may follow and learn from
+  trusted_sources: []               # hosts or CIDR networks (ports ignored) whose 3xx may be
+                                    # followed; default: the upstreams' hosts
+  allow_targets: []                 # domains, host names or CIDR networks (ports ignored) a
+                                    # Contact may point to; default: the upstreams' hosts and
+                                    # `domains`
+  max_ttl: 86400                    # seconds a learned 301 rewrite lives at most
+"""
+
+
+def test_the_contract_example_loads_as_written(tmp_path: Path) -> None:
+    """`state: memory:` is not valid plain YAML; the loader accepts the CONTRACT's spelling."""
+    _write(tmp_path, (REPO / "policies" / "default.yaml").read_text(), "policies/default.yaml")
+    config, policy, warnings = load_config_and_policy(_write(tmp_path, CONTRACT_EXAMPLE))
+    assert warnings == []
+    assert config.state == "memory:"
+    assert (config.registrar, config.domains) == ("local", ("example.com",))
+    assert config.redirects == Redirects((), (), 86400)
+    assert config.allow_targets == ("127.0.0.1", "example.com")
+    assert policy.explain(604) == "global-failure: stop"

@@ -64,6 +64,7 @@ log = logging.getLogger("proxy.core")
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, SUBSCRIBE, NOTIFY, REFER"
 ROUTE_SCHEMES = frozenset({"sip", "sips", "tel"})
+_UNANSWERED = frozenset({"TRYING", "PROCEEDING"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +178,13 @@ class ProxyCore:
 
     @property
     def active_transactions(self) -> int:
+        """Every transaction the core holds, including those only absorbing retransmissions."""
         return len(self._server) + len(self._client)
+
+    @property
+    def unanswered(self) -> int:
+        """Server transactions still waiting for their final response (what a drain waits for)."""
+        return sum(1 for e in self._server.values() if e.txn.state.name in _UNANSWERED)
 
     # ------------------------------------------------------------------ requests
 

@@ -145,16 +145,16 @@ class Runtime:
         if self._stopping.is_set():
             log.warning("second stop signal: exiting now")
             os._exit(0)
-        log.info("stopping: no new transactions, draining %d", self.core.active_transactions)
+        log.info("stopping: no new transactions, draining %d", self.core.unanswered)
         self.core.draining = True
         self._stopping.set()
 
     async def serve(self) -> None:
         await self._stopping.wait()
         deadline = self.loop.time() + self.config.drain_timeout
-        while self.core.active_transactions and self.loop.time() < deadline:
+        while self.core.unanswered and self.loop.time() < deadline:
             await asyncio.sleep(0.05)  # polling the drain is bounded by drain_timeout
-        left = self.core.active_transactions
+        left = self.core.unanswered
         if left:
             log.warning("drain timeout: %d transactions abandoned", left)
         self.close()

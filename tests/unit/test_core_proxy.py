@@ -288,3 +288,25 @@ def test_transactions_are_released_after_a_completed_call() -> None:
     assert h.core.active_transactions == 0
     assert UP1.port == 5080
     assert CALLER.port == 6000
+
+
+def test_drain_waits_only_for_unanswered_requests() -> None:
+    """SIGTERM drain: a request still waiting for its final response counts; a transaction
+    that only absorbs retransmissions (RFC 6026 Accepted, 17.2.2 Completed) does not."""
+    h = Harness.make()
+    h.feed(request())
+    assert h.core.unanswered == 1
+    h.feed(response_to(forwarded_invite(h), 200), PBX)
+    assert h.core.unanswered == 0
+    assert h.core.active_transactions > 0
+
+
+def test_draining_core_refuses_new_calls_but_relays_in_dialog_requests() -> None:
+    """CONTRACT: SIGTERM stops taking new transactions; calls in progress still end."""
+    h = Harness.make()
+    h.core.draining = True
+    out = h.feed(request())
+    assert statuses(h.to(6000, out)) == [100, 503]
+    out = h.feed(request("BYE", ruri="sip:bob@127.0.0.1:5080", to_tag="t9", branch="z9hG4bKbye9",
+                         extra=("Route: <sip:127.0.0.1:5060;lr>",)))
+    assert methods(h.to(5080, out)) == ["BYE"]

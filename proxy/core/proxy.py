@@ -242,7 +242,18 @@ class ProxyCore:
         if self.draining and msg.to_tag is None:
             self._respond(entry, msg, 503, now, out, headers=("Retry-After: 5",))
             return
-        self._route(entry, msg, src, loop_hash, now, out)
+        try:
+            self._route(entry, msg, src, loop_hash, now, out)
+        except ParseError as exc:
+            # A header the router needed was malformed (parsed lazily): answer it.
+            if entry.ctx is None or not entry.ctx.final_sent:
+                self._respond(entry, msg, exc.status, now, out, reason=exc.message[:80])
+        except Exception:
+            # Never leave a server transaction without an answer (it would leak): 500.
+            log.exception("internal error routing %s %s", method, msg.request_uri)
+            self.stats["internal_errors"] += 1
+            if entry.ctx is None or not entry.ctx.final_sent:
+                self._respond(entry, msg, 500, now, out)
 
     def _route(
         self, entry: ServerEntry, msg: SipMessage, src: Source, loop_hash: str, now: float,

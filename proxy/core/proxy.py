@@ -20,7 +20,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from proxy.core.context import Branch, BranchState, Response, ResponseContext, ServerEntry, select_best
+from proxy.core.context import (
+    Branch,
+    BranchState,
+    Response,
+    ResponseContext,
+    ServerEntry,
+    select_best,
+)
 from proxy.core.registrar import (
     Binding,
     LocationStore,
@@ -656,7 +663,6 @@ class ProxyCore:
         if not deliver:
             self.stats["retransmissions_in"] += 1
             return
-        ctx = br.ctx
         if status < 200:
             self._provisional(br, msg, status, now, out)
             return

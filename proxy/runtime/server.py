@@ -16,7 +16,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from proxy.config import Config
 from proxy.core.proxy import CoreSettings, ProxyCore
@@ -29,6 +31,9 @@ from proxy.transport.tcp import TcpManager
 from proxy.transport.udp import UdpEndpoint, open_udp
 
 log = logging.getLogger("proxy")
+#: Start-up lines (listening, ready) show at every log level: scripts wait for them.
+_NOTICE = logging.CRITICAL + 1
+logging.addLevelName(_NOTICE, "NOTICE")
 
 
 class Resolver:
@@ -130,7 +135,7 @@ class Runtime:
                 raise ConfigError([Diagnostic(str(cfg.path), 1, 1,
                                               f"listen {li.transport}: TLS is not supported yet")])
             host = f"[{li.host}]" if ":" in li.host else li.host
-            log.info("listening on %s:%s:%s", li.transport, host, li.port)
+            log.log(_NOTICE, "listening on %s:%s:%s", li.transport, host, li.port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -138,8 +143,9 @@ class Runtime:
             self._policy_stat = self._stat_policy()
             self.loop.call_later(1.0, self._watch_policy)
         p = self.core.policy
-        log.info("policy %s version %s (%d rules)", p.path or "builtin", p.version, len(p.rules))
-        log.info("sip-policy-proxy ready")
+        log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
+                len(p.rules))
+        log.log(_NOTICE, "sip-policy-proxy ready")
 
     def request_stop(self) -> None:
         if self._stopping.is_set():
@@ -309,12 +315,13 @@ def run_server(config: Config, policy: Policy | None = None, warnings: list[Diag
                 return 1
         else:
             policy = BUILTIN_POLICY
+    runner: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
+        pass
     try:
         return runner(_main(config, policy))
     except ConfigError as exc:

@@ -196,7 +196,7 @@ def strip_top_via(msg: SipMessage) -> bytes:
     rewritten (its field name as written) without its first value.  No Via -> ParseError(400).
     """
     hdrs = msg.headers
-    for idx, h in enumerate(hdrs):
+    for h in hdrs:
         if h.name == "via":
             break
     else:

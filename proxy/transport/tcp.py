@@ -143,7 +143,7 @@ class TcpManager:
                 loop.create_connection(lambda: SipStream(self), key[0], key[1]),
                 self.connect_timeout,
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             log.info("tcp connect to %s:%s failed: %s", key[0], key[1], exc)
             for s in self._connecting.pop(key, []):
                 if s.token is not None:

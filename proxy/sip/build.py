@@ -196,7 +196,7 @@ def strip_top_via(msg: SipMessage) -> bytes:
     rewritten (its field name as written) without its first value.  No Via -> ParseError(400).
     """
     hdrs = msg.headers
-    for h in hdrs:
+    for idx, h in enumerate(hdrs):  # noqa: B007 - idx is used after the loop
         if h.name == "via":
             break
     else:

@@ -128,6 +128,7 @@ class ResponseContext:
         "aor",
         "edits",
         "append",
+        "deadline",
     )
 
     def __init__(
@@ -156,6 +157,7 @@ class ResponseContext:
         self.aor: str | None = None
         self.edits: dict[int, str | None] = {}  # header edits shared by every branch (16.6)
         self.append: list[str] = []
+        self.deadline: float | None = None  # bound on waiting for cancelled branches (stop)
 
     @property
     def may_branch(self) -> bool:

@@ -164,6 +164,10 @@ class ProxyCore:
         for item in self._queue.pop_due(now):
             if isinstance(item, Branch):
                 self._branch_timer(item, now, out)
+            elif isinstance(item, ResponseContext):
+                item.deadline = None
+                if not item.final_sent:
+                    self._send_best(item, now, out)
             else:
                 self._server_effects(item, item.txn.on_timer(now), now, out)
         return out
@@ -728,12 +732,17 @@ class ProxyCore:
         if ctx.cancelled:
             pass
         elif action is Action.STOP:
-            # Global failure: CANCEL pending branches, no new branch, this response goes up now.
+            # Global failure (RFC 3261 16.7 step 5): CANCEL the pending branches and create no
+            # new one. The 6xx is the final response once the cancelled branches end (step 6),
+            # or after 4*T1 at the latest: a branch that never sent a provisional response
+            # cannot be cancelled yet and must not hold the caller's answer back.
             ctx.stopped = True
             self.stats["policy_stop"] += 1
             self._cancel_pending(ctx, now, out)
-            self._final_to_caller(ctx, Response(status, msg, decision), now, out)
-            return
+            if ctx.pending:
+                ctx.deadline = now + 4 * self.timers.t1
+                self._queue.schedule(ctx)
+                return
         elif action is Action.FAILOVER and ctx.may_branch:
             self.stats["policy_failover"] += 1
             if self._next_group(ctx, now, out):

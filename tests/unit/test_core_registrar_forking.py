@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from proxy.core.types import Source
 from proxy.sip import parse_message
-
 from tests.unit.core_harness import Harness, methods, request, response_to, statuses
 
 PBX = Source("udp", "127.0.0.1", 5080)
@@ -128,8 +127,8 @@ def test_lower_q_binding_is_tried_only_after_higher_q_fails() -> None:
 
 
 def test_603_on_one_branch_cancels_the_other_ringing_branch() -> None:
-    """Policy `stop` (RFC 3261 16.7 step 5 / 16.10): 603 goes up at once; the other branch
-    that is ringing gets a CANCEL; no new branch."""
+    """Policy `stop` (RFC 3261 16.7 steps 5 and 6, 16.10): the ringing branch gets a CANCEL,
+    no new branch is created, and the 603 is the final response once that branch ends."""
     h = make()
     register(h, PHONE1, "<sip:bob@127.0.0.1:7001>")
     register(h, PHONE2, "<sip:bob@127.0.0.1:7002>")
@@ -138,13 +137,29 @@ def test_603_on_one_branch_cancels_the_other_ringing_branch() -> None:
     inv2 = [s.data for s in out if s.port == 7002][0]
     h.feed(response_to(inv2, 180, to_tag="p2"), PHONE2)
     out = h.feed(response_to(inv1, 603, to_tag="p1"), PHONE1)
-    assert 603 in statuses(h.to(5080, out))
+    assert statuses(h.to(5080, out)) == []
     assert methods(h.to(7002, out)) == ["CANCEL"]
     assert methods(h.to(7001, out)) == ["ACK"]
-    # The cancelled branch's 487 is absorbed: the caller already has its final response.
+    # The cancelled branch ends with 487: now the 603 (any 6xx beats it) goes to the caller.
     out = h.feed(response_to(inv2, 487, to_tag="p2"), PHONE2)
-    assert statuses(h.to(5080, out)) == []
+    [final] = [m for m in h.to(5080, out) if not m.is_request]
+    assert final.status == 603 and final.to_tag == "p1"
     assert methods(h.to(7002, out)) == ["ACK"]
+
+
+def test_stop_does_not_wait_more_than_4_t1_for_a_branch_that_cannot_be_cancelled() -> None:
+    """A branch without a provisional response cannot be cancelled yet (RFC 3261 9.1): the
+    6xx still reaches the caller 4*T1 after it arrived, and no other branch starts."""
+    h = make()
+    register(h, PHONE1, "<sip:bob@127.0.0.1:7001>")
+    register(h, PHONE2, "<sip:bob@127.0.0.1:7002>")
+    out = pbx_invite(h)
+    inv1 = [s.data for s in out if s.port == 7001][0]
+    h.feed(response_to(inv1, 600, to_tag="p1"), PHONE1)
+    out = h.advance(4 * 0.5 - 0.01)
+    assert 600 not in statuses(h.to(5080, out))
+    out = h.advance(0.02)
+    assert statuses(h.to(5080, out)) == [600]
 
 
 def test_200_on_one_branch_cancels_the_other() -> None:

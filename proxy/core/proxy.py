@@ -17,7 +17,7 @@ import logging
 import secrets
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from proxy.core.context import (
@@ -88,10 +88,6 @@ class CoreSettings:
     max_headers: int = 256
 
 
-def _resolve_literal(host: str) -> str | None:
-    return host
-
-
 class ProxyCore:
     """RFC 3261 section 16 proxy behaviour over section 17 transactions."""
 
@@ -101,14 +97,12 @@ class ProxyCore:
         policy: Policy,
         local: Sequence[LocalAddress],
         location: LocationStore,
-        resolve: Callable[[str], str | None] = _resolve_literal,
     ) -> None:
         if not local:
             raise ValueError("the core needs at least one local address")
         self.settings = settings
         self.policy = policy
         self.location = location
-        self.resolve = resolve
         self.timers = settings.timers
         self.draining = False
         self.stats: Counter[str] = Counter()
@@ -456,18 +450,18 @@ class ProxyCore:
             return None
         return self._target_for_uri(uri, request_uri=ruri, q=b.q)
 
+    @staticmethod
     def _target_for_uri(
-        self, uri: SipUri | AbsoluteUri, *, request_uri: str | None, q: float = 1.0
+        uri: SipUri | AbsoluteUri, *, request_uri: str | None, q: float = 1.0
     ) -> Target | None:
-        """RFC 3263 in its simplest form: transport param, host and port, A/AAAA only."""
+        """RFC 3263 in its simplest form: transport param, host and port. A host name is left
+        to the transport layer, which resolves it (A/AAAA) without blocking; a name that does
+        not resolve is a transport error on the branch (RFC 3261 16.9)."""
         if not isinstance(uri, SipUri):
             return None
         host, port = uri.host_port()
         transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
-        ip = self.resolve(host)
-        if ip is None:
-            return None
-        return Target(transport, ip, port, request_uri, None, q, str(uri))
+        return Target(transport, host, port, request_uri, None, q, str(uri))
 
     # ------------------------------------------------------------------ forwarding
 
@@ -766,7 +760,10 @@ class ProxyCore:
     def _final_to_caller(self, ctx: ResponseContext, r: Response, now: float, out: list[Send]) -> None:
         status = r.status
         if r.msg is None:
-            self._send_local(ctx, 500 if status == 503 else status, now, out)
+            if status == 503:  # a transport error of ours (16.9), never a 503 (16.7 step 6)
+                self._send_local(ctx, 500, now, out, reason="Next Hop Unreachable")
+            else:
+                self._send_local(ctx, status, now, out)
             return
         ctx.final_sent = True
         data = strip_top_via(r.msg)
@@ -782,11 +779,14 @@ class ProxyCore:
     ) -> None:
         self._send_response(ctx.server, status, strip_top_via(msg), now, out)
 
-    def _send_local(self, ctx: ResponseContext, status: int, now: float, out: list[Send]) -> None:
+    def _send_local(
+        self, ctx: ResponseContext, status: int, now: float, out: list[Send],
+        reason: str | None = None,
+    ) -> None:
         ctx.final_sent = True
         if ctx.to_tag is None:
             ctx.to_tag = self._new_tag()
-        data = make_response(ctx.request, status, to_tag=ctx.to_tag)
+        data = make_response(ctx.request, status, reason, to_tag=ctx.to_tag)
         self._send_response(ctx.server, status, data, now, out)
 
     def _stateless_response(self, msg: SipMessage, out: list[Send]) -> None:
@@ -798,14 +798,10 @@ class ProxyCore:
             self.stats["responses_dropped"] += 1
             return
         nxt = vias[1]
-        host = nxt.received or nxt.sent_by()[0]
+        host = (nxt.received or nxt.sent_by()[0]).strip("[]")
         rport = nxt.rport
         port = rport if isinstance(rport, int) and rport is not True else nxt.sent_by()[1]
-        ip = self.resolve(host.strip("[]"))
-        if ip is None:
-            self.stats["responses_dropped"] += 1
-            return
-        out.append(Send(nxt.transport.lower(), ip, port, strip_top_via(msg)))
+        out.append(Send(nxt.transport.lower(), host, port, strip_top_via(msg)))
 
     def _learn_bindings(self, ctx: ResponseContext, msg: SipMessage, now: float) -> None:
         """registrar: upstream: learn the AOR's bindings from the registrar's 2xx."""

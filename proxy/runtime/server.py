@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -37,32 +36,51 @@ _NOTICE = logging.CRITICAL + 1
 logging.addLevelName(_NOTICE, "NOTICE")
 
 
-class Resolver:
-    """Host name to address, for targets and upstreams (RFC 3263 reduced to A/AAAA lookups).
+_MISS = object()
 
-    IP literals cost nothing; names are looked up once and cached for ``ttl`` seconds.
+
+class Resolver:
+    """Host name to address for the transport layer (RFC 3263 reduced to A/AAAA lookups).
+
+    IP literals are answered at once and remembered; names are looked up in the default
+    executor (never blocking the loop) and cached for ``ttl`` seconds, failures for
+    ``negative_ttl``.
     """
 
-    def __init__(self, ttl: float = 60.0) -> None:
+    def __init__(self, ttl: float = 60.0, negative_ttl: float = 5.0) -> None:
         self.ttl = ttl
+        self.negative_ttl = negative_ttl
         self._cache: dict[str, tuple[str | None, float]] = {}
+        self.waiting: dict[str, list[Send]] = {}
 
-    def __call__(self, host: str) -> str | None:
-        try:
-            ipaddress.ip_address(host)
-            return host
-        except ValueError:
-            pass
+    def cached(self, host: str, now: float) -> object:
+        """The address, None for a name known not to resolve, or _MISS."""
         hit = self._cache.get(host)
-        now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
         try:
-            infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
-            ip: str | None = str(infos[0][4][0])
+            ipaddress.ip_address(host)
+        except ValueError:
+            return _MISS
+        self._cache[host] = (host, float("inf"))
+        return host
+
+    def resolve_now(self, host: str) -> str | None:
+        """Blocking lookup, for start-up only (upstreams)."""
+        try:
+            return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
         except OSError:
+            return None
+
+    async def resolve(self, host: str, now: float) -> str | None:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+            ip: str | None = str(infos[0][4][0])
+        except OSError as exc:
+            log.info("cannot resolve %s: %s", host, exc)
             ip = None
-        self._cache[host] = (ip, now + self.ttl)
+        self._cache[host] = (ip, now + (self.ttl if ip is not None else self.negative_ttl))
         return ip
 
 
@@ -82,7 +100,8 @@ class Runtime:
     def __init__(self, config: Config, policy: Policy) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
-        self.resolve = Resolver()
+        self.resolver = Resolver()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.udp: dict[int, UdpEndpoint] = {}  # by address family
         self.tcp: TcpManager | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -94,7 +113,7 @@ class Runtime:
         timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, timer_c=t.timer_c)
         upstreams = []
         for u in config.upstreams:
-            ip = self.resolve(u.host)
+            ip = self.resolver.resolve_now(u.host)
             if ip is None:
                 raise ConfigError([Diagnostic(str(config.path), 1, 1,
                                               f"upstream {u.uri}: cannot resolve {u.host}")])
@@ -114,7 +133,7 @@ class Runtime:
             max_message_size=config.limits.max_message_size,
             max_headers=config.limits.max_headers,
         )
-        self.core = ProxyCore(settings, policy, local, MemoryLocation(), self.resolve)
+        self.core = ProxyCore(settings, policy, local, MemoryLocation())
 
     # -------------------------------------------------------------- startup / shutdown
 
@@ -200,7 +219,17 @@ class Runtime:
         self._arm()
 
     def dispatch(self, out: list[Send]) -> None:
+        now = self.loop.time()
         for s in out:
+            ip = self.resolver.cached(s.host, now)
+            if ip != s.host:
+                if ip is _MISS:
+                    self._resolve_then_send(s, now)
+                    continue
+                if ip is None:
+                    self._unreachable(s, "does not resolve")
+                    continue
+                s = s._replace(host=str(ip))
             if s.transport == "udp":
                 ep = self.udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
                 try:
@@ -217,6 +246,31 @@ class Runtime:
                 log.info("no %s transport for %s:%s", s.transport, s.host, s.port)
                 if s.token is not None:
                     self.loop.call_soon(self.failed, s.token)
+
+    def _unreachable(self, s: Send, why: str) -> None:
+        log.info("cannot send to %s:%s: %s", s.host, s.port, why)
+        if s.token is not None:
+            self.loop.call_soon(self.failed, s.token)
+
+    def _resolve_then_send(self, s: Send, now: float) -> None:
+        waiting = self.resolver.waiting.get(s.host)
+        if waiting is not None:
+            waiting.append(s)
+            return
+        self.resolver.waiting[s.host] = [s]
+        task = self.loop.create_task(self._resolve(s.host, now))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, host: str, now: float) -> None:
+        ip = await self.resolver.resolve(host, now)
+        sends = self.resolver.waiting.pop(host, [])
+        if ip is None:
+            for s in sends:
+                self._unreachable(s, "does not resolve")
+        else:
+            self.dispatch([s._replace(host=ip) for s in sends])
+        self._arm()
 
     # -------------------------------------------------------------- timers
 

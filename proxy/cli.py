@@ -1,27 +1,37 @@
-"""The command line: ``sip-policy-proxy run | check | explain`` (also ``python -m proxy``).
+"""The command line: ``sip-policy-proxy run | check | explain | routes`` (also ``python -m proxy``).
 
 Exit codes: 0 success; 1 an invalid configuration or policy file (its diagnostics on stderr,
-one ``FILE:LINE:COLUMN: message`` per line); 2 a usage error (bad option or argument).
+one ``FILE:LINE:COLUMN: message`` per line), or a ``routes`` command that failed (a
+``memory:`` state, a store error, no such route); 2 a usage error (bad option or argument).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import json
 import re
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
 
-from proxy.config import LOG_LEVELS, Config, load_config_and_policy
+from proxy.config import LOG_LEVELS, Config, load_config, load_config_and_policy
 from proxy.diagnostics import ConfigError, Diagnostic, display_path
 from proxy.policy import MAX_STATUS, MIN_STATUS, Action, Decision, Policy, load_policy
+from proxy.store import LearnedRoute, StateStore, StoreError, open_store
 
 __all__ = ["explain_chain", "main"]
 
 PROG = "sip-policy-proxy"
 DEFAULT_CONFIG = "proxy.yaml"
 _METHOD = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")  # RFC 3261 25.1 token
+MEMORY_STATE_MESSAGE = "state is memory: nothing is persisted; use sqlite: or redis://"
+
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +76,31 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--method", type=_method, default="INVITE",
                          help="the request method (default: INVITE)")
     explain.set_defaults(func=_cmd_explain)
+
+    # `--config` is accepted before or after the action (`routes --config X list` and
+    # `routes list --config X`); given after, it wins (SUPPRESS keeps the default out).
+    config_help = f"the configuration naming the state store (default: ./{DEFAULT_CONFIG})"
+    leaf_config = argparse.ArgumentParser(add_help=False)
+    leaf_config.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
+                             help=config_help)
+    routes = sub.add_parser(
+        "routes", help="list or forget the rewrites learned from 301/302 (the state store)",
+        description="The Request-URI rewrites learned from 301 (and 302 with an expiry), "
+        "as persisted in the state store named by the configuration (RFC 3261 21.3.2).",
+    )
+    routes.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help=config_help)
+    actions = routes.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[leaf_config],
+                                 help="print every unexpired learned route")
+    listing.add_argument("--json", action="store_true",
+                         help="print a JSON array (for scripts) instead of a table")
+    listing.set_defaults(func=_cmd_routes_list)
+    remove = actions.add_parser("remove", parents=[leaf_config],
+                                help="forget the route learned for one Request-URI")
+    remove.add_argument("uri", metavar="URI", help="the old Request-URI, as `routes list` shows it")
+    remove.set_defaults(func=_cmd_routes_remove)
+    clear = actions.add_parser("clear", parents=[leaf_config], help="forget every learned route")
+    clear.set_defaults(func=_cmd_routes_clear)
     return parser
 
 
@@ -151,6 +186,159 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     _print_all(warnings, sys.stderr)
     print(explain_chain(config, policy, status, method))
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# routes: the learned rewrites in the state store (RFC 3261 21.3.2)
+
+
+class _RoutesFailed(Exception):
+    """A ``routes`` command cannot go on; the reason is already on stderr."""
+
+
+def _cmd_routes_list(args: argparse.Namespace) -> int:
+    try:
+        none: list[LearnedRoute] = []
+        routes = _with_store(args.config, lambda store: store.list_routes(time.time()), none)
+    except _RoutesFailed:
+        return 1
+    if args.json:
+        print(json.dumps([_route_json(r) for r in routes], indent=2))
+    elif not routes:
+        print("no learned routes")
+    else:
+        print(_route_table(routes))
+    return 0
+
+
+def _cmd_routes_remove(args: argparse.Namespace) -> int:
+    wanted = _candidate_keys(args.uri)
+
+    async def remove(store: StateStore) -> str | None:
+        for key in wanted:
+            if await store.remove_route(key):
+                return key
+        return None
+
+    try:
+        removed = _with_store(args.config, remove, None)
+    except _RoutesFailed:
+        return 1
+    if removed is None:
+        print(f"no learned route for {_printable(args.uri)}", file=sys.stderr)
+        return 1
+    print(f"removed the learned route for {_printable(removed)}")
+    return 0
+
+
+def _cmd_routes_clear(args: argparse.Namespace) -> int:
+    try:
+        count = _with_store(args.config, lambda store: store.clear_routes(), 0)
+    except _RoutesFailed:
+        return 1
+    print(f"removed {count} learned route{'' if count == 1 else 's'}")
+    return 0
+
+
+def _with_store(config_path: str, action: Callable[[StateStore], Awaitable[T]], missing: T) -> T:
+    """Run ``action`` on the opened state store of the configuration at ``config_path``.
+
+    Raises :class:`_RoutesFailed`, with the reason printed on stderr, when that is not
+    possible (an invalid configuration, a ``memory:`` state, a store error). ``missing`` is
+    the result when the sqlite file does not exist yet: looking at (or clearing) a store that
+    was never written does not create it.
+    """
+    try:
+        config, _ = load_config(config_path)
+    except ConfigError as exc:
+        _print_all(exc.diagnostics, sys.stderr)
+        raise _RoutesFailed from None
+    shown = display_path(config.path)
+    if config.state_kind == "memory":
+        print(f"{shown}: {MEMORY_STATE_MESSAGE}", file=sys.stderr)
+        raise _RoutesFailed
+    if config.state_kind == "sqlite" and not Path(config.state[len("sqlite:"):]).exists():
+        return missing
+    try:
+        store = open_store(config.state)
+    except (ValueError, NotImplementedError) as exc:
+        print(f"{shown}: state {config.state}: {exc}", file=sys.stderr)
+        raise _RoutesFailed from None
+
+    async def run() -> T:
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise _RoutesFailed from None
+
+
+def _candidate_keys(text: str) -> list[str]:
+    """The store keys ``text`` may stand for: as given (``<>`` removed), then with the scheme
+    and host lower-cased as the parser writes them (both case-insensitive, RFC 3261 19.1.4)."""
+    from proxy.sip import ParseError, parse_uri
+
+    uri = text.strip()
+    if uri.startswith("<") and uri.endswith(">"):
+        uri = uri[1:-1].strip()
+    keys = [uri]
+    try:
+        canonical = str(parse_uri(uri))
+    except ParseError:
+        return keys
+    if canonical != uri:
+        keys.append(canonical)
+    return keys
+
+
+def _iso(t: float) -> str:
+    """Unix time -> ``2023-11-14T22:13:20Z`` (UTC, ISO 8601)."""
+    return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _route_json(r: LearnedRoute) -> dict[str, Any]:
+    return {
+        "old_uri": r.old_uri,
+        "new_uri": r.new_uri,
+        "status": r.status,
+        "source": r.source,
+        "call_id": r.call_id,
+        "learned_at": _iso(r.created_at),
+        "expires_at": _iso(r.expires_at),
+        "learned_at_unix": r.created_at,
+        "expires_at_unix": r.expires_at,
+    }
+
+
+ROUTE_COLUMNS = ("OLD URI", "NEW URI", "STATUS", "SOURCE", "CALL-ID", "LEARNED AT (UTC)",
+                 "EXPIRES AT (UTC)")
+
+
+def _route_table(routes: Sequence[LearnedRoute]) -> str:
+    rows = [ROUTE_COLUMNS] + [
+        (_printable(r.old_uri), _printable(r.new_uri), str(r.status), _printable(r.source),
+         _printable(r.call_id), _iso(r.created_at), _iso(r.expires_at))
+        for r in routes
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(ROUTE_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: stored values came from the network and must
+    not drive the operator's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _rules(policy: Policy) -> str:

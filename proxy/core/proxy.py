@@ -265,7 +265,7 @@ class ProxyCore:
         out: list[Send],
     ) -> None:
         """Build the target set in the CONTRACT's routing order and start forwarding."""
-        edits, append, next_hop = self._preprocess_routes(msg)
+        edits, append, next_hop, popped = self._preprocess_routes(msg)
         method = msg.method
         uri = msg.uri
         groups: list[list[Target]]
@@ -278,6 +278,12 @@ class ProxyCore:
             if target is None:
                 self._respond(entry, msg, 404, now, out, reason="Route Not Resolvable")
                 return
+            groups = [[target]]
+        elif popped and isinstance(uri, SipUri) and not self._is_local_uri(uri):
+            # 1b. The Route set ended with us: the Request-URI is the next hop (16.4, 16.6
+            # step 7), e.g. a BYE of a record-routed dialog.
+            target = self._target_for_uri(uri, request_uri=None)
+            assert target is not None
             groups = [[target]]
         elif method == "REGISTER" and self.settings.registrar_local:
             # 2. The local registrar (RFC 3261 10.3).
@@ -301,13 +307,6 @@ class ProxyCore:
                 groups = self._binding_groups(bindings)
                 serial = True
                 from_location = True
-            elif msg.to_tag is not None and not is_local and isinstance(uri, SipUri):
-                # An in-dialog request not record-routed through us: follow its Request-URI.
-                target = self._target_for_uri(uri, request_uri=None)
-                if target is None:
-                    self._respond(entry, msg, 404, now, out)
-                    return
-                groups = [[target]]
             elif is_local and (self.settings.registrar_local or self._from_upstream(msg, src)):
                 # The proxy is responsible for this URI and nobody is registered for it.
                 status = 480 if aor is not None and self.location.known(aor) else 404
@@ -351,15 +350,17 @@ class ProxyCore:
 
     def _preprocess_routes(
         self, msg: SipMessage
-    ) -> tuple[dict[int, str | None], list[str], NameAddr | None]:
+    ) -> tuple[dict[int, str | None], list[str], NameAddr | None, bool]:
         """RFC 3261 16.4: drop the Route values that name this proxy; return the next hop.
 
-        Returns the header edits (by header index), header lines to append, and the first
-        remaining Route, if any. Max-Forwards is decremented here too (16.6 step 3).
+        Returns the header edits (by header index), header lines to append, the first
+        remaining Route, if any, and whether a Route value of ours was removed. Max-Forwards is
+        decremented here too (16.6 step 3).
         """
         edits: dict[int, str | None] = {}
         append: list[str] = []
         next_hop: NameAddr | None = None
+        popped = False
         mf_index = -1
         popping = True
         for i, h in enumerate(msg.headers):
@@ -372,6 +373,7 @@ class ProxyCore:
                 while kept and self._is_own_route(kept[0]):
                     kept = kept[1:]
                 if len(kept) != len(values):
+                    popped = True
                     edits[i] = None if not kept else "Route: " + ", ".join(str(v) for v in kept)
                 if kept:
                     next_hop = kept[0]
@@ -381,9 +383,7 @@ class ProxyCore:
             edits[mf_index] = f"Max-Forwards: {mf - 1}"
         else:
             append.append("Max-Forwards: 70")
-        if msg.get("content-length") is None:
-            append.append(f"Content-Length: {len(msg.body)}")  # RFC 3261 18.3 on streams
-        return edits, append, next_hop
+        return edits, append, next_hop, popped
 
     def _is_own_route(self, na: NameAddr) -> bool:
         uri = na.uri
@@ -548,7 +548,7 @@ class ProxyCore:
             self._server_effects(entry, entry.txn.on_ack(now), now, out)
             return
         # The ACK for a 2xx is end to end (RFC 3261 13.2.2.4): forward it statelessly (16.11).
-        edits, append, next_hop = self._preprocess_routes(msg)
+        edits, append, next_hop, _ = self._preprocess_routes(msg)
         uri = msg.uri
         target: Target | None
         if next_hop is not None:

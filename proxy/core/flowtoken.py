@@ -1,0 +1,215 @@
+"""Flow tokens for an edge proxy (RFC 5626 5.2, SIP Outbound).
+
+An edge proxy that Record-Routes or Paths a request from a UA behind NAT must later send
+requests back over the *same* flow. RFC 5626 5.2 lets it keep no state for that: it writes a
+flow token into the user part of its Path / Record-Route URI, and the token, when a request
+comes back with it, names the flow. The token must not be forgeable (RFC 5626 5.2: "the
+proxy ... MUST be able to determine if the flow token has been tampered with"), so it carries
+an HMAC; and it must fit a SIP URI user part (RFC 3261 25.1 ``user``), so it is base64url
+without padding (RFC 4648 5: ``A-Z a-z 0-9 - _``, all ``unreserved``).
+
+Layout, before base64url (network byte order)::
+
+    version    1 byte   (1)
+    flags      1 byte   transport (3 bits) | local host kind (2) | remote host kind (2) |
+                        conn_id present (1)
+    local host          4 bytes (IPv4), 16 bytes (IPv6) or 1-byte length + UTF-8 text
+    local port 2 bytes
+    remote host         as local host
+    remote port 2 bytes
+    conn_id             1-byte length + minimal big-endian unsigned integer (when present)
+    mac        12 bytes HMAC-SHA256(key, everything above), truncated (RFC 2104 5)
+
+``key`` is derived from the configured secret (HMAC-SHA256 of a fixed label), so that the
+same secret used elsewhere never yields the same MAC. An IPv4 flow without a connection id is
+30 bytes, 40 characters; an IPv6 one 54 bytes, 72 characters.
+
+Hosts come back in canonical form (``2001:db8::1``; IPv4-mapped as ``::ffff:192.0.2.1``, as
+the socket layer writes them). A host that is not a plain IP address (an IPv6 address with a
+zone, ``fe80::1%eth0``) is carried as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+from dataclasses import dataclass
+
+__all__ = ["MAC_SIZE", "MAX_TOKEN_LENGTH", "Flow", "FlowTokens"]
+
+VERSION = 1
+MAC_SIZE = 12  # bytes of HMAC-SHA256 kept: 96 bits
+MAX_TOKEN_LENGTH = 1024  # characters; longer input is refused before any work
+_KEY_LABEL = b"sip-policy-proxy flow token v1 (RFC 5626 5.2)"
+
+# transport code <-> name (3 bits)
+_TRANSPORTS = ("udp", "tcp", "tls", "sctp", "ws", "wss")
+_TRANSPORT_CODE = {name: code for code, name in enumerate(_TRANSPORTS)}
+
+# host kinds (2 bits)
+_IPV4 = 0
+_IPV6 = 1
+_TEXT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A flow (RFC 5626 3.1 / 5.2): the proxy's socket and the peer's, and on streams the
+    connection. ``transport`` is lower case; hosts are IP addresses without brackets."""
+
+    transport: str  # "udp" | "tcp" | "tls" | "sctp" | "ws" | "wss"
+    local_host: str
+    local_port: int
+    remote_host: str
+    remote_port: int
+    conn_id: int | None = None
+
+
+def _pack_host(host: str, what: str) -> tuple[int, bytes]:
+    """(kind, bytes) for a host; raises ValueError when it cannot be carried."""
+    if host and (host[0].isdigit() or ":" in host):
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if isinstance(ip, ipaddress.IPv4Address):
+            return _IPV4, ip.packed
+        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is None:
+            return _IPV6, ip.packed
+    raw = host.encode("utf-8")
+    if not raw or len(raw) > 255:
+        raise ValueError(f"flow {what} host {host!r}: empty or longer than 255 bytes")
+    return _TEXT, bytes((len(raw),)) + raw
+
+
+def _port(port: int, what: str) -> bytes:
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise ValueError(f"flow {what} port {port!r} is not 0..65535")
+    return port.to_bytes(2, "big")
+
+
+def _show_v6(packed: bytes) -> str:
+    ip = ipaddress.IPv6Address(packed)
+    mapped = ip.ipv4_mapped
+    return f"::ffff:{mapped}" if mapped is not None else str(ip)
+
+
+class FlowTokens:
+    """Encodes a :class:`Flow` into a token and back (RFC 5626 5.2). Sans-IO, no state.
+
+    ``secret`` (the ``secret`` of ``proxy.yaml``, or random bytes per start) keys the MAC;
+    tokens made with another secret do not decode.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, secret: bytes | str) -> None:
+        raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+        if not raw:
+            raise ValueError("a flow-token secret must not be empty")
+        self._key = hmac.digest(raw, _KEY_LABEL, "sha256")
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.digest(self._key, payload, "sha256")[:MAC_SIZE]
+
+    def encode(self, flow: Flow) -> str:
+        """The token for ``flow``: base64url without padding, usable as a SIP URI user part.
+
+        Raises ValueError for a flow that cannot be carried (unknown transport, port out of
+        range, negative connection id).
+        """
+        code = _TRANSPORT_CODE.get(flow.transport.lower())
+        if code is None:
+            raise ValueError(f"flow transport {flow.transport!r} is not one of "
+                             f"{', '.join(_TRANSPORTS)}")
+        local_kind, local = _pack_host(flow.local_host, "local")
+        remote_kind, remote = _pack_host(flow.remote_host, "remote")
+        conn_id = flow.conn_id
+        flags = code << 5 | local_kind << 3 | remote_kind << 1 | (conn_id is not None)
+        parts = [bytes((VERSION, flags)), local, _port(flow.local_port, "local"),
+                 remote, _port(flow.remote_port, "remote")]
+        if conn_id is not None:
+            if not isinstance(conn_id, int) or conn_id < 0 or conn_id.bit_length() > 64:
+                raise ValueError(f"flow conn_id {conn_id!r} is not an unsigned 64-bit integer")
+            n = (conn_id.bit_length() + 7) // 8
+            parts.append(bytes((n,)) + conn_id.to_bytes(n, "big"))
+        payload = b"".join(parts)
+        token = base64.urlsafe_b64encode(payload + self._mac(payload))
+        return token.rstrip(b"=").decode("ascii")
+
+    def decode(self, token: str) -> Flow | None:
+        """The flow ``token`` names; None when it is not one of ours or was tampered with
+        (not base64url, truncated, extended, wrong MAC, another secret)."""
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
+            return None
+        if len(token) % 4 == 1 or not token.isascii():
+            return None
+        text = token.encode("ascii")
+        try:
+            data = base64.b64decode(text + b"=" * (-len(text) % 4), altchars=b"-_",
+                                    validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        # One spelling per token: refuse non-zero trailing bits (another string, same bytes).
+        if base64.urlsafe_b64encode(data).rstrip(b"=") != text:
+            return None
+        if len(data) <= MAC_SIZE + 2:
+            return None
+        payload, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            return None
+        return _parse(payload)
+
+
+def _parse(p: bytes) -> Flow | None:
+    """The flow in an authenticated payload; None for a layout this code does not know."""
+    if p[0] != VERSION:
+        return None
+    flags = p[1]
+    code = flags >> 5
+    if code >= len(_TRANSPORTS):
+        return None
+    i = 2
+    hosts: list[str] = []
+    ports: list[int] = []
+    for kind in ((flags >> 3) & 3, (flags >> 1) & 3):
+        if kind == _IPV4:
+            end = i + 4
+            if end > len(p):
+                return None
+            hosts.append(str(ipaddress.IPv4Address(p[i:end])))
+        elif kind == _IPV6:
+            end = i + 16
+            if end > len(p):
+                return None
+            hosts.append(_show_v6(p[i:end]))
+        elif kind == _TEXT:
+            if i >= len(p):
+                return None
+            end = i + 1 + p[i]
+            if end > len(p):
+                return None
+            try:
+                hosts.append(p[i + 1:end].decode("utf-8"))
+            except UnicodeDecodeError:
+                return None
+        else:
+            return None
+        if end + 2 > len(p):
+            return None
+        ports.append(int.from_bytes(p[end:end + 2], "big"))
+        i = end + 2
+    conn_id: int | None = None
+    if flags & 1:
+        if i >= len(p):
+            return None
+        end = i + 1 + p[i]
+        if end != len(p) or p[i] > 8:
+            return None
+        conn_id = int.from_bytes(p[i + 1:end], "big")
+        i = end
+    if i != len(p):
+        return None
+    return Flow(_TRANSPORTS[code], hosts[0], ports[0], hosts[1], ports[1], conn_id)

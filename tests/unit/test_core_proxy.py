@@ -5,7 +5,6 @@ from __future__ import annotations
 from proxy.core.types import Source, Target
 from proxy.sip import parse_message
 from proxy.transaction import TimerConfig
-
 from tests.unit.core_harness import (
     CALLER,
     UP1,

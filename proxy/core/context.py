@@ -129,6 +129,9 @@ class ResponseContext:
         "edits",
         "append",
         "deadline",
+        "recursed",
+        "waiting",
+        "flow_attempts",
     )
 
     def __init__(
@@ -158,10 +161,16 @@ class ResponseContext:
         self.edits: dict[int, str | None] = {}  # header edits shared by every branch (16.6)
         self.append: list[str] = []
         self.deadline: float | None = None  # bound on waiting for cancelled branches (stop)
+        self.recursed: set[str] = set()  # URIs taken from 3xx Contacts (16.7 step 4)
+        self.waiting = False  # a learned route is being written: branches start after it
+        self.flow_attempts: dict[str, int] = {}  # per +sip.instance (RFC 5626 7)
 
     @property
     def may_branch(self) -> bool:
         return not (self.stopped or self.cancelled or self.got_2xx or self.final_sent)
+
+    def drop_response(self, msg: SipMessage) -> None:
+        self.responses = [r for r in self.responses if r[1] is not msg]
 
 
 def select_best(responses: list[Response]) -> Response | None:

@@ -22,7 +22,8 @@ Layout, before base64url (network byte order)::
 
 ``key`` is derived from the configured secret (HMAC-SHA256 of a fixed label), so that the
 same secret used elsewhere never yields the same MAC. An IPv4 flow without a connection id is
-30 bytes, 40 characters; an IPv6 one 54 bytes, 72 characters.
+26 bytes, 35 characters; an IPv6 one 50 bytes, 67 characters (a connection id below 256 adds
+2 bytes).
 
 Hosts come back in canonical form (``2001:db8::1``; IPv4-mapped as ``::ffff:192.0.2.1``, as
 the socket layer writes them). A host that is not a plain IP address (an IPv6 address with a

@@ -28,6 +28,7 @@ from proxy.core.context import (
     ServerEntry,
     select_best,
 )
+from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.registrar import (
     Binding,
     LocationStore,
@@ -37,7 +38,7 @@ from proxy.core.registrar import (
     register,
 )
 from proxy.core.types import LocalAddress, Send, Source, Target
-from proxy.policy import Action, Policy
+from proxy.policy import Action, Decision, Policy
 from proxy.sip import (
     AbsoluteUri,
     NameAddr,
@@ -52,6 +53,7 @@ from proxy.sip import (
     strip_top_via,
     validate_request,
 )
+from proxy.store.base import LearnedRoute
 from proxy.transaction import (
     InviteClientTransaction,
     InviteServerTransaction,
@@ -86,6 +88,8 @@ class CoreSettings:
     timers: TimerConfig = field(default_factory=TimerConfig)
     max_message_size: int = 65535
     max_headers: int = 256
+    guard: RedirectGuard | None = None  # None: follow every 3xx the policy says to
+    max_ttl: int = 86400  # redirects.max_ttl
 
 
 class ProxyCore:
@@ -119,6 +123,13 @@ class ProxyCore:
         self._prefix = secrets.token_hex(3)
         self._tag_prefix = secrets.token_hex(4)
         self._n = 0
+        self.guard = settings.guard
+        #: learned Request-URI rewrites: old URI -> (new URI, expiry on the core's clock)
+        self.learned: dict[str, tuple[str, float]] = {}
+        #: learned routes the runtime must make durable before the context goes on
+        self.writes: list[tuple[LearnedRoute, ResponseContext]] = []
+        #: wall clock minus the core's clock, for the times a learned route is stored with
+        self.wall_offset = 0.0
 
     # ------------------------------------------------------------------ entry points
 
@@ -290,6 +301,11 @@ class ProxyCore:
             self._local_register(entry, msg, src, now, out)
             return
         else:
+            learned = self._learned_uri(msg.request_uri, now) if self.learned else None
+            if learned is not None:
+                # A permanent rewrite learned from a 301 replaces the Request-URI (CONTRACT).
+                uri = parse_uri(learned)
+                self.stats["learned_routes_applied"] += 1
             is_local = self._is_local_uri(uri)
             if (
                 is_local and method == "OPTIONS" and isinstance(uri, SipUri) and uri.user is None
@@ -307,6 +323,11 @@ class ProxyCore:
                 groups = self._binding_groups(bindings)
                 serial = True
                 from_location = True
+            elif learned is not None and isinstance(uri, SipUri):
+                # ... and a request so rewritten goes to its new Request-URI (as in step 4).
+                target = self._target_for_uri(uri, request_uri=learned)
+                assert target is not None
+                groups = [[target]]
             elif is_local and (self.settings.registrar_local or self._from_upstream(msg, src)):
                 # The proxy is responsible for this URI and nobody is registered for it.
                 status = 480 if aor is not None and self.location.known(aor) else 404
@@ -441,14 +462,14 @@ class ProxyCore:
         if b.reg_id is not None:
             # RFC 5626 5.3: requests for an outbound binding go over its flow.
             f = b.flow
-            return Target(f.transport, f.host, f.port, ruri, f.conn_id, b.q, b.contact)
+            return Target(f.transport, f.host, f.port, ruri, f.conn_id, b.q, b.contact,
+                          b.aor, b.instance, b.key)
         try:
             uri = parse_uri(ruri)
         except ParseError:
             return None
-        if not isinstance(uri, SipUri):
-            return None
-        return self._target_for_uri(uri, request_uri=ruri, q=b.q)
+        t = self._target_for_uri(uri, request_uri=ruri, q=b.q)
+        return None if t is None else t._replace(aor=b.aor, instance=b.instance, binding_key=b.key)
 
     @staticmethod
     def _target_for_uri(
@@ -668,7 +689,7 @@ class ProxyCore:
             self._success(br, msg, now, out)
             return
         if br.state is BranchState.PENDING:
-            self._branch_final(br, status, msg, now, out)
+            self._branch_final(br, status, msg, now, out, src)
 
     def _provisional(
         self, br: Branch, msg: SipMessage, status: int, now: float, out: list[Send]
@@ -705,7 +726,8 @@ class ProxyCore:
             self._cancel_pending(ctx, now, out)
 
     def _branch_final(
-        self, br: Branch, status: int, msg: SipMessage | None, now: float, out: list[Send]
+        self, br: Branch, status: int, msg: SipMessage | None, now: float, out: list[Send],
+        src: Source | None = None,
     ) -> None:
         """The one decision point for a final response (RFC 3261 16.7 steps 4 to 6).
 
@@ -725,6 +747,13 @@ class ProxyCore:
         action = decision.action
         if ctx.cancelled:
             pass
+        elif br.target.instance is not None and (
+            msg is None or (status == 430 and action is Action.RETRY_FLOWS)
+        ):
+            # RFC 5626 7: a 430, a transport error or a timeout on a flow -> the same instance's
+            # next flow, and the failed binding is removed.
+            if self._retry_flow(ctx, br, now, out):
+                return
         elif action is Action.STOP:
             # Global failure (RFC 3261 16.7 step 5): CANCEL the pending branches and create no
             # new one. The 6xx is the final response once the cancelled branches end (step 6),
@@ -741,6 +770,11 @@ class ProxyCore:
             self.stats["policy_failover"] += 1
             if self._next_group(ctx, now, out):
                 return
+        elif action is Action.REDIRECT and msg is not None and ctx.may_branch and status < 400:
+            if self._redirect(ctx, status, msg, decision, src, now, out):
+                return
+        if ctx.waiting:
+            return  # the learned route is being written; branches start after it
         if ctx.pending == 0 and not ctx.final_sent:
             if ctx.serial and ctx.may_branch and self._next_group(ctx, now, out):
                 return
@@ -751,11 +785,191 @@ class ProxyCore:
         if best is None:
             self._send_local(ctx, 408, now, out)
             return
-        if best.msg is None and ctx.from_location and all(r.msg is None for r in ctx.responses):
-            # Registered, but no binding could be reached.
+        if ctx.from_location and all(r.msg is None or r.status == 430 for r in ctx.responses):
+            # Registered, but no binding (no flow, RFC 5626 7) could be reached.
             self._send_local(ctx, 480, now, out)
             return
         self._final_to_caller(ctx, best, now, out)
+
+    # ------------------------------------------------------------------ redirects (16.5, 16.7 step 4)
+
+    def _redirect(
+        self, ctx: ResponseContext, status: int, msg: SipMessage, decision: Decision,
+        src: Source | None, now: float, out: list[Send],
+    ) -> bool:
+        """Recurse on the Contacts of a 3xx; True when the context took them over.
+
+        Each URI is tried at most once per context; never from SIPS down to SIP; URI headers
+        are stripped (RFC 3261 8.1.3.4); only from trusted sources and to allowed targets
+        (RFC 3261 26.1.2); at most ``max_redirects`` 3xx per context. A 3xx with no usable
+        Contact stays in the context and is forwarded like any response.
+        """
+        guard = self.guard
+        if src is not None and guard is not None and not guard.source_trusted(src.host):
+            log.warning("%s from %s:%s not followed: untrusted source (redirects.trusted_sources)",
+                        status, src.host, src.port)
+            self.stats["redirects_refused"] += 1
+            return False
+        if ctx.redirects >= decision.max_redirects:
+            log.info("%s not followed: max_redirects %d reached (Call-ID %s)", status,
+                     decision.max_redirects, ctx.request.call_id)
+            return False
+        req_uri = ctx.request.uri
+        sips = isinstance(req_uri, SipUri) and req_uri.scheme == "sips"
+        chosen: list[tuple[float, SipUri, NameAddr]] = []
+        for c in msg.contacts:
+            u = c.uri
+            if not isinstance(u, SipUri) or (sips and u.scheme != "sips"):
+                continue
+            u = u.copy()
+            u.headers = None
+            text = str(u)
+            if text in ctx.recursed:
+                continue
+            reason = guard.check_target(u) if guard is not None else None
+            if reason is not None:
+                log.warning("redirect to %s refused: %s", text, reason)
+                self.stats["redirects_refused"] += 1
+                continue
+            ctx.recursed.add(text)
+            chosen.append((_q(c), u, c))
+        if not chosen:
+            return False
+        ctx.redirects += 1
+        self.stats["redirects_followed"] += 1
+        chosen.sort(key=lambda item: -item[0])
+        if all(str(_no_headers(c.uri)) in ctx.recursed for c in msg.contacts):
+            ctx.drop_response(msg)  # 16.7 step 4: a contact-less 3xx is not kept
+        by_q: dict[float, list[Target]] = {}
+        for q, u, _ in chosen:
+            t = self._target_for_uri(u, request_uri=str(u), q=q)
+            assert t is not None
+            by_q.setdefault(q, []).append(t)
+        ctx.groups[0:0] = [by_q[q] for q in sorted(by_q, reverse=True)]
+        ttl = self._learn_ttl(status, msg, chosen[0][2], decision)
+        if ttl > 0 and src is not None:
+            old = ctx.request.request_uri
+            new = str(chosen[0][1])
+            wall = now + self.wall_offset
+            route = LearnedRoute(old, new, f"{src.host}:{src.port}", ctx.request.call_id,
+                                 status, wall, wall + ttl)
+            self.learned[old] = (new, now + ttl)
+            self.writes.append((route, ctx))
+            ctx.waiting = True  # acted on once the write is durable
+            log.info("learned %s -> %s for %d s from %s:%s (%s)", old, new, ttl, src.host,
+                     src.port, status)
+            return True
+        return self._next_group(ctx, now, out)
+
+    def _learn_ttl(self, status: int, msg: SipMessage, contact: NameAddr,
+                   decision: Decision) -> int:
+        """How long a followed 3xx is remembered: a permanent rule's 301 until its expiry (or
+        redirects.max_ttl); a 302 only for its own expires (RFC 3261 21.3.3)."""
+        raw = contact.params.get("expires")
+        expires: int | None = int(raw) if raw is not None and raw.isdigit() else msg.expires
+        if decision.permanent:
+            ttl = self.settings.max_ttl if expires is None else expires
+        elif status == 302 and expires is not None:
+            ttl = expires
+        else:
+            return 0
+        return max(0, min(ttl, self.settings.max_ttl))
+
+    def on_persisted(self, ctx: ResponseContext, ok: bool, now: float) -> list[Send]:
+        """The learned route of ``ctx`` was written (or the write failed): go on."""
+        out: list[Send] = []
+        ctx.waiting = False
+        if not ok:
+            log.error("learned route for %s could not be stored; following it anyway",
+                      ctx.request.request_uri)
+        if ctx.final_sent:
+            return out
+        if ctx.may_branch and self._next_group(ctx, now, out):
+            return out
+        if ctx.pending == 0:
+            self._send_best(ctx, now, out)
+        return out
+
+    def take_writes(self) -> list[tuple[LearnedRoute, ResponseContext]]:
+        writes, self.writes = self.writes, []
+        return writes
+
+    def _learned_uri(self, ruri: str, now: float) -> str | None:
+        """The Request-URI after learned rewrites, chains followed at most 8 hops."""
+        learned = self.learned
+        seen = {ruri}
+        current = ruri
+        for _ in range(8):
+            hit = learned.get(current)
+            if hit is None:
+                break
+            new, expires = hit
+            if expires <= now:
+                del learned[current]
+                break
+            if new in seen:
+                break  # a cycle: stop at the last new address
+            seen.add(new)
+            current = new
+        return None if current == ruri else current
+
+    def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> None:
+        """Replace the learned-route cache (start-up, or the store changed underneath)."""
+        self.learned = {
+            r.old_uri: (r.new_uri, now + (r.expires_at - (now + self.wall_offset)))
+            for r in routes
+        }
+
+    def _without_recursed(self, ctx: ResponseContext, msg: SipMessage) -> bytes:
+        """The 3xx to forward, without the Contacts the proxy already recursed on."""
+        edits: dict[int, str | None] = {}
+        for i, h in enumerate(msg.headers):
+            if h.name != "contact":
+                continue
+            kept = [c for c in parse_name_addr_list(h.value)
+                    if str(_no_headers(c.uri)) not in ctx.recursed]
+            edits[i] = ("Contact: " + ", ".join(str(c) for c in kept)) if kept else None
+        return strip_top_via(parse_message(rewrite(msg, edits=edits)))
+
+    # ------------------------------------------------------------------ SIP Outbound (RFC 5626 7)
+
+    def _retry_flow(self, ctx: ResponseContext, br: Branch, now: float, out: list[Send]) -> bool:
+        t = br.target
+        assert t.aor is not None and t.instance is not None and t.binding_key is not None
+        self.location.remove(t.aor, t.binding_key)
+        self.stats["flows_failed"] += 1
+        log.info("flow %s of %s failed (%s): binding removed", t.binding_key, t.aor,
+                 br.final_status)
+        if not ctx.may_branch:
+            return False
+        rule = ctx.policy.evaluate(430, ctx.method)
+        limit = rule.max_attempts if rule.action is Action.RETRY_FLOWS else 3
+        tried = ctx.flow_attempts.get(t.instance, 1)
+        if tried >= limit:
+            return False
+        candidates = sorted(
+            (b for b in self.location.lookup(t.aor, now) if b.instance == t.instance),
+            key=lambda b: -b.registered_at,
+        )
+        for b in candidates:
+            nt = self._target_for_binding(b)
+            if nt is None:
+                continue
+            label = f"{nt.request_uri or ''}@{nt.host}:{nt.port}/{nt.transport}"
+            if label in ctx.tried:
+                continue
+            ctx.tried.add(label)
+            ctx.flow_attempts[t.instance] = tried + 1
+            self._fork(ctx, nt, now, out)
+            return True
+        return False
+
+    def on_flow_closed(self, conn_id: int, now: float) -> list[Send]:
+        """A stream connection closed: its flows are dead at once (RFC 5626 5.3)."""
+        gone = self.location.remove_flow(conn_id)
+        for b in gone:
+            log.info("flow %s of %s closed: binding removed", b.key, b.aor)
+        return []
 
     def _final_to_caller(self, ctx: ResponseContext, r: Response, now: float, out: list[Send]) -> None:
         status = r.status
@@ -766,7 +980,10 @@ class ProxyCore:
                 self._send_local(ctx, status, now, out)
             return
         ctx.final_sent = True
-        data = strip_top_via(r.msg)
+        if 300 <= status < 400 and ctx.recursed:
+            data = self._without_recursed(ctx, r.msg)
+        else:
+            data = strip_top_via(r.msg)
         if status == 503:
             # RFC 3261 16.7 step 6: a 503 chosen as best becomes 500.
             eol = data.find(b"\r\n")
@@ -1047,3 +1264,18 @@ def _salvage_response(data: bytes, status: int, reason: str) -> bytes | None:
     text += f"Warning: 399 sip-policy-proxy \"{reason[:80].replace(chr(34), '')}\"\r\n"
     text += "Content-Length: 0\r\n\r\n"
     return text.encode("latin-1", "replace")
+
+
+def _q(c: NameAddr) -> float:
+    raw = c.params.get("q")
+    try:
+        return float(raw) if raw is not None else 1.0
+    except ValueError:
+        return 0.0
+
+
+def _no_headers(uri: SipUri | AbsoluteUri) -> SipUri | AbsoluteUri:
+    if isinstance(uri, SipUri) and uri.headers is not None:
+        uri = uri.copy()
+        uri.headers = None
+    return uri

@@ -55,6 +55,8 @@ class LocationStore(Protocol):
 
     def remove_all(self, aor: str) -> None: ...
 
+    def remove_flow(self, conn_id: int) -> list[Binding]: ...
+
 
 @dataclass(slots=True)
 class MemoryLocation:
@@ -86,6 +88,15 @@ class MemoryLocation:
 
     def remove_all(self, aor: str) -> None:
         self._by_aor.pop(aor, None)
+
+    def remove_flow(self, conn_id: int) -> list[Binding]:
+        """Drop every binding learned over the stream connection ``conn_id`` (RFC 5626 5.3:
+        a flow whose connection closed is dead)."""
+        gone: list[Binding] = []
+        for entries in self._by_aor.values():
+            for key in [k for k, b in entries.items() if b.flow.conn_id == conn_id]:
+                gone.append(entries.pop(key))
+        return gone
 
 
 class RegistrarError(Exception):

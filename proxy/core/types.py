@@ -59,3 +59,6 @@ class Target(NamedTuple):
     conn_id: int | None = None
     q: float = 1.0
     label: str = ""  # for logs: the upstream URI or contact this target stands for
+    aor: str | None = None  # set for a registered binding (RFC 5626 flows)
+    instance: str | None = None  # its +sip.instance
+    binding_key: str | None = None  # its key in the location store

@@ -16,16 +16,20 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from proxy.config import Config
+from proxy.core.context import ResponseContext
 from proxy.core.proxy import CoreSettings, ProxyCore
+from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.registrar import MemoryLocation
 from proxy.core.types import LocalAddress, Send, Source, Target
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
+from proxy.store import LearnedRoute, StoreError, open_store
 from proxy.transaction import TimerConfig
 from proxy.transport.tcp import TcpManager
 from proxy.transport.udp import UdpEndpoint, open_udp
@@ -111,7 +115,7 @@ class Runtime:
         self.errors = 0
         t = config.timers
         timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, timer_c=t.timer_c)
-        upstreams = []
+        upstreams: list[Target] = []
         for u in config.upstreams:
             ip = self.resolver.resolve_now(u.host)
             if ip is None:
@@ -123,6 +127,15 @@ class Runtime:
                          _advertised(li.host, li.port, config.advertise))
             for li in config.listen
         ]
+        # Redirect safety (RFC 3261 26.1.2): the CONTRACT defaults name the upstreams by host;
+        # a 3xx arrives from an address, so their resolved addresses are trusted too.
+        up_ips = [t.host for t in upstreams]
+        own = [(a.host, a.port) for a in local]
+        for a in local:
+            h, _, p = a.advertised.rpartition(":")
+            own.append((h.strip("[]"), int(p)))
+        guard = RedirectGuard([*config.trusted_sources, *up_ips],
+                              [*config.allow_targets, *up_ips], own)
         settings = CoreSettings(
             upstreams=tuple(upstreams),
             record_route=config.record_route,
@@ -132,13 +145,24 @@ class Runtime:
             timers=timers,
             max_message_size=config.limits.max_message_size,
             max_headers=config.limits.max_headers,
+            guard=guard,
+            max_ttl=config.redirects.max_ttl,
         )
         self.core = ProxyCore(settings, policy, local, MemoryLocation())
+        self.store = open_store(config.state)
+        self._generation = -1
 
     # -------------------------------------------------------------- startup / shutdown
 
     async def start(self) -> None:
         cfg = self.config
+        try:
+            await self.store.open()
+        except StoreError as exc:
+            raise ConfigError([Diagnostic(str(cfg.path), 1, 1, f"state: {exc}")]) from exc
+        self.core.wall_offset = time.time() - self.loop.time()
+        await self._load_routes()
+        self.loop.call_later(1.0, self._poll_store)
         for li in cfg.listen:
             if li.transport == "udp":
                 ep = await open_udp(li.host, li.port, self.deliver)
@@ -148,7 +172,7 @@ class Runtime:
                 if self.tcp is None:
                     self.tcp = TcpManager(
                         self.deliver, self.failed, max_size=cfg.limits.max_message_size,
-                        partial_timeout=64 * cfg.timers.t1,
+                        partial_timeout=64 * cfg.timers.t1, closed=self.flow_closed,
                     )
                 await self.tcp.listen(li.host, li.port)
             else:
@@ -184,6 +208,10 @@ class Runtime:
         if left:
             log.warning("drain timeout: %d transactions abandoned", left)
         self.close()
+        try:
+            await self.store.close()
+        except StoreError as exc:
+            log.error("closing the state store: %s", exc)
         log.info("stopped")
 
     def close(self) -> None:
@@ -206,6 +234,68 @@ class Runtime:
             return
         if out:
             self.dispatch(out)
+        if self.core.writes:
+            self._start_writes()
+        self._arm()
+
+    def flow_closed(self, conn_id: int) -> None:
+        try:
+            self.core.on_flow_closed(conn_id, self.loop.time())
+        except Exception:  # noqa: BLE001
+            self.errors += 1
+            log.exception("internal error handling a closed flow")
+
+    # -------------------------------------------------------------- learned routes
+
+    async def _load_routes(self) -> None:
+        routes = await self.store.list_routes(time.time())
+        self._generation = await self.store.generation()
+        self.core.load_learned(routes, self.loop.time())
+        if routes:
+            log.info("learned routes loaded from %s: %d", self.config.state, len(routes))
+
+    def _poll_store(self) -> None:
+        """Notice routes changed by another process (``sip-policy-proxy routes remove``)."""
+        if self._stopping.is_set():
+            return
+        task = self.loop.create_task(self._check_store())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self.loop.call_later(1.0, self._poll_store)
+
+    async def _check_store(self) -> None:
+        try:
+            if await self.store.generation() != self._generation:
+                await self._load_routes()
+                log.info("learned routes reloaded from the store: %d (generation %d)",
+                         len(self.core.learned), self._generation)
+        except StoreError as exc:
+            log.error("state store: %s", exc)
+
+    def _start_writes(self) -> None:
+        for route, ctx in self.core.take_writes():
+            task = self.loop.create_task(self._persist(route, ctx))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _persist(self, route: LearnedRoute, ctx: ResponseContext) -> None:
+        """Make a learned route durable, then let its response context go on."""
+        ok = True
+        try:
+            await self.store.put_route(route)
+            self._generation = await self.store.generation()
+        except StoreError as exc:
+            ok = False
+            log.error("state store: %s", exc)
+        try:
+            out = self.core.on_persisted(ctx, ok, self.loop.time())
+        except Exception:  # noqa: BLE001
+            self.errors += 1
+            log.exception("internal error after storing a learned route")
+            return
+        self.dispatch(out)
+        if self.core.writes:
+            self._start_writes()
         self._arm()
 
     def failed(self, token: object) -> None:
@@ -294,6 +384,8 @@ class Runtime:
             log.exception("internal error in timers")
             out = []
         self.dispatch(out)
+        if self.core.writes:
+            self._start_writes()
         self._arm()
 
     # -------------------------------------------------------------- policy reload

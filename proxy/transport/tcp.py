@@ -92,9 +92,11 @@ class TcpManager:
     def __init__(
         self, deliver: Deliver, failed: Failed, *, max_size: int = 65535,
         partial_timeout: float = 32.0, connect_timeout: float = 5.0,
+        closed: Callable[[int], None] | None = None,
     ) -> None:
         self.deliver = deliver
         self.failed = failed
+        self.closed = closed
         self.max_size = max_size
         self.partial_timeout = partial_timeout
         self.connect_timeout = connect_timeout
@@ -118,6 +120,8 @@ class TcpManager:
         self.conns.pop(s.conn_id, None)
         if self.by_peer.get(s.peer) is s:
             del self.by_peer[s.peer]
+        if self.closed is not None:
+            self.closed(s.conn_id)  # RFC 5626 5.3: its flows are dead
 
     def send(self, s: Send) -> None:
         conn = self.conns.get(s.conn_id) if s.conn_id is not None else None

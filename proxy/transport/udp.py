@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from proxy.core.types import Source
+from proxy.transport.stun import binding_response, is_stun
 
 log = logging.getLogger("proxy.transport.udp")
 
@@ -26,6 +27,12 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
         # CRLF keep-alives (RFC 5626 4.4.1 allows STUN on UDP; bare CRLFs are common) are ignored.
         if len(data) <= 4 and not data.strip():
+            return
+        if data[0] < 2 and is_stun(data):
+            # RFC 5626 4.4.2 / RFC 5389: a STUN Binding keep-alive on a SIP port.
+            answer = binding_response(data, addr)
+            if answer is not None and self.transport is not None:
+                self.transport.sendto(answer, addr)
             return
         self._deliver(data, Source("udp", addr[0], addr[1]))
 

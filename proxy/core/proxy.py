@@ -19,6 +19,7 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from proxy.core.context import (
     Branch,
@@ -28,6 +29,7 @@ from proxy.core.context import (
     ServerEntry,
     select_best,
 )
+from proxy.core.flowtoken import Flow, FlowTokens
 from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.registrar import (
     Binding,
@@ -76,6 +78,16 @@ ROUTE_SCHEMES = frozenset({"sip", "sips", "tel"})
 _UNANSWERED = frozenset({"TRYING", "PROCEEDING"})
 
 
+class RoutePrep(NamedTuple):
+    """What route information preprocessing (RFC 3261 16.4) found."""
+
+    edits: dict[int, str | None]
+    append: list[str]
+    next_hop: NameAddr | None
+    popped: bool
+    token: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class CoreSettings:
     """What the core needs from proxy.yaml, already resolved."""
@@ -89,6 +101,7 @@ class CoreSettings:
     max_message_size: int = 65535
     max_headers: int = 256
     guard: RedirectGuard | None = None  # None: follow every 3xx the policy says to
+    secret: bytes | None = None  # flow-token key (RFC 5626 5.2); None: random per start
     max_ttl: int = 86400  # redirects.max_ttl
 
 
@@ -130,6 +143,8 @@ class ProxyCore:
         self.writes: list[tuple[LearnedRoute, ResponseContext]] = []
         #: wall clock minus the core's clock, for the times a learned route is stored with
         self.wall_offset = 0.0
+        self.tokens = FlowTokens(settings.secret or secrets.token_bytes(32))
+        self._closed_conns: set[int] = set()  # stream connections known to be closed
 
     # ------------------------------------------------------------------ entry points
 
@@ -276,14 +291,23 @@ class ProxyCore:
         out: list[Send],
     ) -> None:
         """Build the target set in the CONTRACT's routing order and start forwarding."""
-        edits, append, next_hop, popped = self._preprocess_routes(msg)
+        edits, append, next_hop, popped, token = self._preprocess_routes(msg)
         method = msg.method
         uri = msg.uri
         groups: list[list[Target]]
         serial = False
         from_location = False
         aor: str | None = None
-        if next_hop is not None:
+        flow = self._flow_target(token, src) if token is not None else None
+        if isinstance(flow, int):
+            reason = "Flow Failed" if flow == 430 else "Invalid Flow Token"
+            self.stats[f"flow_token_{flow}"] += 1
+            self._respond(entry, msg, flow, now, out, reason=reason)
+            return
+        if flow is not None:
+            # RFC 5626 5.3: the edge proxy sends the request over the flow its token names.
+            groups = [[flow]]
+        elif next_hop is not None:
             # 1. Loose routing (RFC 3261 16.4, 16.6 step 7): the next Route names the next hop.
             target = self._target_for_uri(next_hop.uri, request_uri=None)
             if target is None:
@@ -354,9 +378,12 @@ class ProxyCore:
                 return
         if method == "REGISTER" and not self.settings.registrar_local:
             if self._supports(msg, "path"):
-                # RFC 3327 5.2: a proxy on the path of later requests adds Path when supported.
-                adv = self._local_for(groups[0][0])
-                append.append(f"Path: <sip:{adv.advertised};lr{self._tp(adv)}>")
+                # RFC 3327 5.2 / RFC 5626 5.1: Path with the flow token of the UA's flow, and
+                # ";ob" for an outbound registration.
+                inside = self._local_for_source(src)
+                ob = ";ob" if any("reg-id" in c.params for c in msg.contacts) else ""
+                append.append(f"Path: <sip:{self._token_for(src, inside)}@{inside.advertised};lr"
+                              f"{ob}{self._tp(inside)}>")
         ctx = ResponseContext(
             entry, msg, src, self.policy, groups, from_location=from_location, serial=serial,
             loop_hash=loop_hash,
@@ -369,19 +396,19 @@ class ProxyCore:
         if ctx.pending == 0 and not ctx.final_sent:
             self._send_best(ctx, now, out)
 
-    def _preprocess_routes(
-        self, msg: SipMessage
-    ) -> tuple[dict[int, str | None], list[str], NameAddr | None, bool]:
+    def _preprocess_routes(self, msg: SipMessage) -> RoutePrep:
         """RFC 3261 16.4: drop the Route values that name this proxy; return the next hop.
 
         Returns the header edits (by header index), header lines to append, the first
-        remaining Route, if any, and whether a Route value of ours was removed. Max-Forwards is
-        decremented here too (16.6 step 3).
+        remaining Route, if any, whether a Route value of ours was removed, and the flow token
+        (RFC 5626 5.3) a removed value of ours carried. Max-Forwards is decremented here too
+        (16.6 step 3).
         """
         edits: dict[int, str | None] = {}
         append: list[str] = []
         next_hop: NameAddr | None = None
         popped = False
+        token: str | None = None
         mf_index = -1
         popping = True
         for i, h in enumerate(msg.headers):
@@ -392,6 +419,9 @@ class ProxyCore:
                 values = parse_name_addr_list(h.value)
                 kept = values
                 while kept and self._is_own_route(kept[0]):
+                    own = kept[0].uri
+                    if isinstance(own, SipUri) and own.user:
+                        token = own.user
                     kept = kept[1:]
                 if len(kept) != len(values):
                     popped = True
@@ -404,7 +434,28 @@ class ProxyCore:
             edits[mf_index] = f"Max-Forwards: {mf - 1}"
         else:
             append.append("Max-Forwards: 70")
-        return edits, append, next_hop, popped
+        return RoutePrep(edits, append, next_hop, popped, token)
+
+    def _flow_target(self, token: str, src: Source) -> Target | int | None:
+        """RFC 5626 5.3: the flow a Route value of ours names.
+
+        Returns the target over that flow; None when it is the flow the request came in on (then
+        routing goes on as usual); 403 for a token that does not verify; 430 for a flow that is
+        known to be dead.
+        """
+        flow = self.tokens.decode(token)
+        if flow is None:
+            return 403
+        if flow.remote_host == src.host and flow.remote_port == src.port:
+            return None
+        if flow.conn_id is not None and flow.conn_id in self._closed_conns:
+            return 430
+        return Target(flow.transport, flow.remote_host, flow.remote_port, None, flow.conn_id,
+                      label=f"flow {flow.transport}:{flow.remote_host}:{flow.remote_port}")
+
+    def _token_for(self, src: Source, local: LocalAddress) -> str:
+        return self.tokens.encode(Flow(src.transport, local.host, local.port, src.host,
+                                       src.port, src.conn_id))
 
     def _is_own_route(self, na: NameAddr) -> bool:
         uri = na.uri
@@ -532,12 +583,17 @@ class ProxyCore:
         out.append(Send(target.transport, target.host, target.port, data, target.conn_id, br))
 
     def _record_route(self, out_local: LocalAddress, src: Source) -> list[str]:
-        """RFC 3261 16.6 step 4; two values when the request changes transport or address."""
-        lines = [f"Record-Route: <sip:{out_local.advertised};lr{self._tp(out_local)}>"]
+        """RFC 3261 16.6 step 4; two values when the request changes transport or address.
+
+        The value that faces the caller carries the caller's flow token (RFC 5626 5.3), so that
+        requests of the dialog towards the caller go back over the flow the dialog came from.
+        """
         in_local = self._local_for_source(src)
-        if in_local != out_local:
-            lines.append(f"Record-Route: <sip:{in_local.advertised};lr{self._tp(in_local)}>")
-        return lines
+        token = self._token_for(src, in_local)
+        if in_local == out_local:
+            return [f"Record-Route: <sip:{token}@{out_local.advertised};lr{self._tp(out_local)}>"]
+        return [f"Record-Route: <sip:{out_local.advertised};lr{self._tp(out_local)}>",
+                f"Record-Route: <sip:{token}@{in_local.advertised};lr{self._tp(in_local)}>"]
 
     @staticmethod
     def _tp(local: LocalAddress) -> str:
@@ -569,10 +625,16 @@ class ProxyCore:
             self._server_effects(entry, entry.txn.on_ack(now), now, out)
             return
         # The ACK for a 2xx is end to end (RFC 3261 13.2.2.4): forward it statelessly (16.11).
-        edits, append, next_hop, _ = self._preprocess_routes(msg)
+        edits, append, next_hop, _, token = self._preprocess_routes(msg)
         uri = msg.uri
         target: Target | None
-        if next_hop is not None:
+        flow = self._flow_target(token, src) if token is not None else None
+        if isinstance(flow, int):
+            self.stats["acks_dropped"] += 1
+            return
+        if flow is not None:
+            target = flow
+        elif next_hop is not None:
             target = self._target_for_uri(next_hop.uri, request_uri=None)
         elif isinstance(uri, SipUri) and not self._is_local_uri(uri):
             target = self._target_for_uri(uri, request_uri=None)
@@ -966,6 +1028,9 @@ class ProxyCore:
 
     def on_flow_closed(self, conn_id: int, now: float) -> list[Send]:
         """A stream connection closed: its flows are dead at once (RFC 5626 5.3)."""
+        if len(self._closed_conns) > 100_000:
+            self._closed_conns.clear()  # ids only grow: old ones no longer matter
+        self._closed_conns.add(conn_id)
         gone = self.location.remove_flow(conn_id)
         for b in gone:
             log.info("flow %s of %s closed: binding removed", b.key, b.aor)

@@ -147,6 +147,7 @@ class Runtime:
             max_headers=config.limits.max_headers,
             guard=guard,
             max_ttl=config.redirects.max_ttl,
+            secret=config.secret.encode() if config.secret else None,
         )
         self.core = ProxyCore(settings, policy, local, MemoryLocation())
         self.store = open_store(config.state)

@@ -34,7 +34,11 @@ def test_invite_gets_100_and_is_forwarded_to_first_upstream_with_via_and_record_
     assert fwd.top_via.sent_by() == ("127.0.0.1", 5060)
     assert len(fwd.vias) == 2
     assert fwd.max_forwards == 69
-    assert fwd.get("record-route") == "<sip:127.0.0.1:5060;lr>"
+    [rr] = fwd.record_routes
+    assert str(rr.uri).endswith("@127.0.0.1:5060;lr")
+    # RFC 5626 5.3: the caller-facing Record-Route carries the caller's flow token.
+    flow = h.core.tokens.decode(rr.uri.user or "")
+    assert flow is not None and (flow.remote_host, flow.remote_port) == ("127.0.0.1", 6000)
     assert fwd.request_uri == "sip:bob@example.com"
     assert not [s for s in out if s.port == 5081]
 

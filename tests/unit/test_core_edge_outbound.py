@@ -1,0 +1,86 @@
+"""The edge-proxy side of SIP Outbound (RFC 5626 5, RFC 3327): flow tokens in Path and
+Record-Route, requests sent back over the flow they name, 403 for a forged token, 430 for a
+dead flow."""
+
+from __future__ import annotations
+
+from proxy.core.types import Source
+from proxy.sip import parse_message
+from tests.unit.core_harness import Harness, methods, request, statuses
+
+PBX = Source("udp", "127.0.0.1", 5080)
+PHONE = Source("tcp", "127.0.0.1", 7010, conn_id=7)
+
+
+def outbound_register(h: Harness) -> str:
+    """A phone's outbound REGISTER relayed to the PBX; returns the Path value the PBX got."""
+    data = request(
+        "REGISTER", ruri="sip:example.com", branch="z9hG4bKobreg", via_host="127.0.0.1:7010",
+        extra=("Supported: path, outbound", "Expires: 600"),
+    ).replace(b"Contact: <sip:alice@127.0.0.1:6000>",
+              b'Contact: <sip:bob@10.0.0.5:5060;ob>;+sip.instance="<urn:uuid:1>";reg-id=1')
+    out = h.feed(data.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"), PHONE)
+    [reg] = [m for m in h.to(5080, out) if m.is_request]
+    path = reg.get("path")
+    assert path is not None
+    return path
+
+
+def test_outbound_register_gets_path_with_flow_token_and_ob() -> None:
+    """RFC 5626 5.1 and RFC 3327 5.2: Path names the proxy with the UA's flow token and ;ob."""
+    h = Harness.make()
+    path = outbound_register(h)
+    assert path.startswith("<sip:") and ";lr" in path and ";ob" in path and "transport=tcp" in path
+    token = path[5:path.index("@")]
+    flow = h.core.tokens.decode(token)
+    assert flow is not None
+    assert (flow.transport, flow.remote_host, flow.remote_port, flow.conn_id) == (
+        "tcp", "127.0.0.1", 7010, 7)
+
+
+def test_request_routed_by_path_goes_over_the_flow() -> None:
+    """RFC 5626 5.3: a request whose Route names our flow token goes over that flow, whatever
+    its Request-URI (the UA's private address)."""
+    h = Harness.make()
+    path = outbound_register(h)
+    out = h.feed(request(ruri="sip:bob@10.0.0.5:5060;ob", branch="z9hG4bKpbxin",
+                         via_host="127.0.0.1:5080", extra=(f"Route: {path}",)), PBX)
+    [s] = [s for s in out if s.data.startswith(b"INVITE")]
+    assert (s.transport, s.host, s.port, s.conn_id) == ("tcp", "127.0.0.1", 7010, 7)
+    assert parse_message(s.data).get("route") is None
+
+
+def test_forged_flow_token_gets_403() -> None:
+    """RFC 5626 5.3: a token that does not verify is refused with 403."""
+    h = Harness.make()
+    path = outbound_register(h)
+    token = path[5:path.index("@")]
+    forged = path.replace(token, token[:-2] + ("AA" if token[-2:] != "AA" else "BB"))
+    out = h.feed(request(branch="z9hG4bKforged", via_host="127.0.0.1:5080",
+                         extra=(f"Route: {forged}",)), PBX)
+    assert statuses(h.to(5080, out)) == [100, 403]
+
+
+def test_dead_flow_gets_430() -> None:
+    """RFC 5626 5.3: the flow's connection closed -> 430 Flow Failed."""
+    h = Harness.make()
+    path = outbound_register(h)
+    h.core.on_flow_closed(7, h.now)
+    out = h.feed(request(branch="z9hG4bKdead", via_host="127.0.0.1:5080",
+                         extra=(f"Route: {path}",)), PBX)
+    assert statuses(h.to(5080, out)) == [100, 430]
+
+
+def test_in_dialog_request_from_callee_goes_back_over_the_callers_flow() -> None:
+    """RFC 5626 5.3: the Record-Route token leads the callee's BYE to the caller's flow; the
+    caller's own requests with the same Route follow the Request-URI as usual."""
+    h = Harness.make()
+    h.feed(request())
+    fwd = parse_message([s.data for s in h.sent if s.port == 5080][0])
+    rr = fwd.get("record-route")
+    out = h.feed(request("BYE", ruri="sip:alice@10.0.0.9:5099", to_tag="t", branch="z9hG4bKcbye",
+                         via_host="127.0.0.1:5080", extra=(f"Route: {rr}",)), PBX)
+    assert methods(h.to(6000, out)) == ["BYE"]
+    out = h.feed(request("BYE", ruri="sip:bob@127.0.0.1:5080", to_tag="t", branch="z9hG4bKabye",
+                         extra=(f"Route: {rr}",)))
+    assert methods(h.to(5080, out)) == ["BYE"]

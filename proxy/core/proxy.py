@@ -76,6 +76,7 @@ DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, SUBSCRIBE, NOTIFY, REFER"
 ROUTE_SCHEMES = frozenset({"sip", "sips", "tel"})
 _UNANSWERED = frozenset({"TRYING", "PROCEEDING"})
+FLOW_TIMER = 120  # seconds between keep-alives asked of outbound UAs (RFC 5626 4.4.1)
 
 
 class RoutePrep(NamedTuple):
@@ -1123,6 +1124,10 @@ class ProxyCore:
             self._respond(entry, msg, exc.status, now, out, reason=exc.reason, headers=exc.headers)
             return
         headers = contact_lines(bindings, now)
+        if self._supports(msg, "outbound") and any("reg-id" in c.params for c in msg.contacts):
+            # RFC 5626 6: the registrar supports outbound; Flow-Timer tells the UA how often to
+            # send its keep-alives (4.4.1).
+            headers += ["Require: outbound", f"Flow-Timer: {FLOW_TIMER}"]
         self._respond(entry, msg, 200, now, out, headers=tuple(headers))
 
     # ------------------------------------------------------------------ transactions

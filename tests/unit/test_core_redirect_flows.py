@@ -215,3 +215,16 @@ def test_closed_connection_removes_its_flow_at_once() -> None:
     out = pbx_invite(h)
     assert methods(h.to(7001, out)) == ["INVITE"] and not h.to(7003, out)
     assert parse_message(out[-1].data).method == "INVITE"
+
+
+def test_outbound_registration_answer_requires_outbound_with_flow_timer() -> None:
+    """RFC 5626 6 and 4.4.1: the 200 to an outbound REGISTER carries Require: outbound and
+    Flow-Timer."""
+    h = make()
+    inst = '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E130>"'
+    assert register(h, PHONE1, f"<sip:bob@127.0.0.1:7001;ob>;{inst};reg-id=1",
+                    extra=("Supported: outbound, path",)) == 200
+    ok = h.to(7001)[-1]
+    assert ok.get("require") == "outbound" and ok.get("flow-timer") == "120"
+    assert register(h, PHONE2, "<sip:bob@127.0.0.1:7002>") == 200
+    assert h.to(7002)[-1].get("flow-timer") is None

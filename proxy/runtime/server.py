@@ -150,7 +150,11 @@ class Runtime:
             secret=config.secret.encode() if config.secret else None,
         )
         self.core = ProxyCore(settings, policy, local, MemoryLocation())
-        self.store = open_store(config.state)
+        try:
+            self.store = open_store(config.state)
+        except (NotImplementedError, ValueError, StoreError) as exc:
+            raise ConfigError([Diagnostic(str(config.path), 1, 1, f"state {config.state}: {exc}")]
+                              ) from exc
         self._generation = -1
 
     # -------------------------------------------------------------- startup / shutdown

@@ -127,15 +127,18 @@ class Runtime:
                          _advertised(li.host, li.port, config.advertise))
             for li in config.listen
         ]
-        # Redirect safety (RFC 3261 26.1.2): the CONTRACT defaults name the upstreams by host;
-        # a 3xx arrives from an address, so their resolved addresses are trusted too.
+        # Redirect safety (RFC 3261 26.1.2). The CONTRACT defaults name the upstreams by host;
+        # a 3xx arrives from an address, so their resolved addresses join the defaults. A list
+        # the operator wrote is taken as it is.
         up_ips = [t.host for t in upstreams]
         own = [(a.host, a.port) for a in local]
         for a in local:
             h, _, p = a.advertised.rpartition(":")
             own.append((h.strip("[]"), int(p)))
-        guard = RedirectGuard([*config.trusted_sources, *up_ips],
-                              [*config.allow_targets, *up_ips], own)
+        red = config.redirects
+        trusted = [*config.trusted_sources, *([] if red.trusted_sources else up_ips)]
+        allowed = [*config.allow_targets, *([] if red.allow_targets else up_ips)]
+        guard = RedirectGuard(trusted, allowed, own)
         settings = CoreSettings(
             upstreams=tuple(upstreams),
             record_route=config.record_route,

@@ -531,3 +531,36 @@ async def test_invalid_policy_on_sighup_is_refused_and_old_policy_stays(
     call_id = requests(caller_res, "sent", "INVITE")[0].msg.call_id
     assert {t.msg.call_id for t in requests(pbx2_res, "received", "INVITE")} == {call_id}
     assert not any("policy reloaded" in line for line in proxy.lines()[mark:]), proxy.tail()
+
+
+async def test_policy_saved_on_disk_is_reloaded_without_a_signal(
+    proxy_factory: ProxyFactory, sipp: Sipp, tmp_path: Path
+) -> None:
+    """The file watch alone (no SIGHUP): saving a valid policy swaps it (one `policy reloaded`
+    line naming old and new version), and the next call follows it: the 503 is then forwarded
+    (as 500, RFC 3261 16.7 step 6) instead of failing over."""
+    p1, p2 = free_port(), free_port()
+    proxy = proxy_factory(upstreams=[upstream(p1), upstream(p2)],
+                          policy_text=SHIPPED_POLICY.read_text(), timers=FAST)
+    policy_path = proxy.workdir / "policy.yaml"
+    mark = proxy.mark()
+    replace_file(policy_path, "rules:\n  - name: pass-everything\n"
+                              "    match: {status: \"100-699\"}\n    action: forward\n")
+    line = await proxy.await_log("policy reloaded", timeout=5.0, since=mark)
+    assert re.search(r"policy reloaded: \w+ -> \w+ \(1 rules\)", line), line
+
+    recorder = await RecordingUpstream.start(p2)
+    try:
+        pbx1 = await sipp.uas(str(rejecting_pbx(tmp_path, 503)), port=p1, calls=1, timeout=10,
+                              name="pbx1")
+        caller = await sipp.uac(str(caller_expecting(tmp_path, 500)), proxy.addr,
+                                keys={"domain": OUTSIDE}, timeout=10, name="caller")
+        caller_res = await caller.wait()
+        pbx1_res = await pbx1.wait(15)
+        await nothing_reaches(recorder, 0.3)
+    finally:
+        await recorder.close()
+    proxy.assert_alive()
+    assert_calls(caller_res, 1)
+    assert_calls(pbx1_res, 1)
+    assert {t.msg.status for t in responses(caller_res, "received")} == {500}

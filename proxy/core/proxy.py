@@ -146,6 +146,8 @@ class ProxyCore:
         self.wall_offset = 0.0
         self.tokens = FlowTokens(settings.secret or secrets.token_bytes(32))
         self._closed_conns: set[int] = set()  # stream connections known to be closed
+        #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
+        self._udp_flows: dict[tuple[str, int], float] = {}
 
     # ------------------------------------------------------------------ entry points
 
@@ -153,6 +155,10 @@ class ProxyCore:
         """Handle one framed message (a datagram, or one message cut from a stream)."""
         out: list[Send] = []
         s = self.settings
+        if self._udp_flows and src.transport == "udp":
+            key = (src.host, src.port)
+            if key in self._udp_flows:
+                self._udp_flows[key] = now
         try:
             msg = parse_message(
                 data, max_size=s.max_message_size, max_headers=s.max_headers,
@@ -345,7 +351,7 @@ class ProxyCore:
                 bindings = self.location.lookup(aor, now)
             if bindings:
                 # 3. A registered address-of-record: its bindings, forked by q-value.
-                groups = self._binding_groups(bindings)
+                groups = self._binding_groups(bindings, now)
                 serial = True
                 from_location = True
             elif learned is not None and isinstance(uri, SipUri):
@@ -490,11 +496,16 @@ class ProxyCore:
                 return True
         return False
 
-    def _binding_groups(self, bindings: list[Binding]) -> list[list[Target]]:
+    def _binding_groups(self, bindings: list[Binding], now: float) -> list[list[Target]]:
         """RFC 3261 16.6 / 16.7 q-value forking; RFC 5626 7: one flow per instance, newest first."""
         newest: dict[str, Binding] = {}
         plain: list[Binding] = []
         for b in bindings:
+            if b.reg_id is not None and not self._flow_alive(b, now):
+                log.info("flow %s of %s silent for over %d s: binding removed", b.key, b.aor,
+                         2 * FLOW_TIMER + 10)
+                self.location.remove(b.aor, b.key)
+                continue
             if b.instance is None:
                 plain.append(b)
             else:
@@ -1011,7 +1022,8 @@ class ProxyCore:
         if tried >= limit:
             return False
         candidates = sorted(
-            (b for b in self.location.lookup(t.aor, now) if b.instance == t.instance),
+            (b for b in self.location.lookup(t.aor, now)
+             if b.instance == t.instance and self._flow_alive(b, now)),
             key=lambda b: -b.registered_at,
         )
         for b in candidates:
@@ -1026,6 +1038,22 @@ class ProxyCore:
             self._fork(ctx, nt, now, out)
             return True
         return False
+
+    def on_keepalive(self, src: Source, now: float) -> None:
+        """A keep-alive (STUN Binding, CRLFCRLF) arrived on a flow (RFC 5626 4.4)."""
+        key = (src.host, src.port)
+        if key in self._udp_flows:
+            self._udp_flows[key] = now
+
+    def _flow_alive(self, b: Binding, now: float) -> bool:
+        """A UDP outbound flow is dead when nothing, not even a keep-alive, came over it for
+        twice the Flow-Timer it was given (RFC 5626 4.4.1); TCP flows die with their
+        connection (on_flow_closed)."""
+        f = b.flow
+        if f.transport != "udp":
+            return True
+        seen = self._udp_flows.get((f.host, f.port))
+        return seen is None or now - seen <= 2 * FLOW_TIMER + 10
 
     def on_flow_closed(self, conn_id: int, now: float) -> list[Send]:
         """A stream connection closed: its flows are dead at once (RFC 5626 5.3)."""
@@ -1124,6 +1152,8 @@ class ProxyCore:
             self._respond(entry, msg, exc.status, now, out, reason=exc.reason, headers=exc.headers)
             return
         headers = contact_lines(bindings, now)
+        if src.transport == "udp" and any("reg-id" in c.params for c in msg.contacts):
+            self._udp_flows[(src.host, src.port)] = now
         if self._supports(msg, "outbound") and any("reg-id" in c.params for c in msg.contacts):
             # RFC 5626 6: the registrar supports outbound; Flow-Timer tells the UA how often to
             # send its keep-alives (4.4.1).

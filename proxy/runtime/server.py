@@ -173,7 +173,7 @@ class Runtime:
         self.loop.call_later(1.0, self._poll_store)
         for li in cfg.listen:
             if li.transport == "udp":
-                ep = await open_udp(li.host, li.port, self.deliver)
+                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":
@@ -245,6 +245,9 @@ class Runtime:
         if self.core.writes:
             self._start_writes()
         self._arm()
+
+    def keepalive(self, src: Source) -> None:
+        self.core.on_keepalive(src, self.loop.time())
 
     def flow_closed(self, conn_id: int) -> None:
         try:

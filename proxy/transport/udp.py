@@ -17,8 +17,9 @@ Deliver = Callable[[bytes, Source], None]
 class UdpEndpoint(asyncio.DatagramProtocol):
     """A bound UDP socket: hands each datagram to ``deliver`` and sends datagrams."""
 
-    def __init__(self, deliver: Deliver) -> None:
+    def __init__(self, deliver: Deliver, keepalive: Callable[[Source], None] | None = None) -> None:
         self._deliver = deliver
+        self._keepalive = keepalive
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -27,12 +28,16 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
         # CRLF keep-alives (RFC 5626 4.4.1 allows STUN on UDP; bare CRLFs are common) are ignored.
         if len(data) <= 4 and not data.strip():
+            if self._keepalive is not None:
+                self._keepalive(Source("udp", addr[0], addr[1]))
             return
         if data[0] < 2 and is_stun(data):
             # RFC 5626 4.4.2 / RFC 5389: a STUN Binding keep-alive on a SIP port.
             answer = binding_response(data, addr)
             if answer is not None and self.transport is not None:
                 self.transport.sendto(answer, addr)
+            if self._keepalive is not None:
+                self._keepalive(Source("udp", addr[0], addr[1]))
             return
         self._deliver(data, Source("udp", addr[0], addr[1]))
 
@@ -47,10 +52,12 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.transport.sendto(data, (host, port))
 
 
-async def open_udp(host: str, port: int, deliver: Deliver) -> UdpEndpoint:
+async def open_udp(
+    host: str, port: int, deliver: Deliver, keepalive: Callable[[Source], None] | None = None
+) -> UdpEndpoint:
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_datagram_endpoint(
-        lambda: UdpEndpoint(deliver), local_addr=(host, port)
+        lambda: UdpEndpoint(deliver, keepalive), local_addr=(host, port)
     )
     sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
     if sock is not None:

@@ -228,3 +228,27 @@ def test_outbound_registration_answer_requires_outbound_with_flow_timer() -> Non
     assert ok.get("require") == "outbound" and ok.get("flow-timer") == "120"
     assert register(h, PHONE2, "<sip:bob@127.0.0.1:7002>") == 200
     assert h.to(7002)[-1].get("flow-timer") is None
+
+
+def test_udp_flow_without_keepalives_is_dead_and_skipped() -> None:
+    """RFC 5626 4.4.1: a UDP flow silent for twice its Flow-Timer is dead; the instance is
+    reached over the flow that kept sending keep-alives, and the dead binding is removed."""
+    h = make()
+    _two_flows(h)  # flow 2 (port 7002) registered last: normally tried first
+    for _ in range(5):  # flow 1 keeps its NAT binding alive, flow 2 falls silent
+        h.now += 60
+        h.core.on_keepalive(PHONE1, h.now)
+    out = pbx_invite(h)
+    assert methods(h.to(7001, out)) == ["INVITE"] and not h.to(7002, out)
+    assert [b.reg_id for b in h.core.location.lookup("bob@example.com", h.now)] == [1]
+
+
+def test_udp_flow_with_keepalives_stays_preferred() -> None:
+    """The most recent flow stays first while its keep-alives arrive."""
+    h = make()
+    _two_flows(h)
+    for _ in range(5):
+        h.now += 60
+        h.core.on_keepalive(PHONE2, h.now)
+    out = pbx_invite(h)
+    assert methods(h.to(7002, out)) == ["INVITE"]

@@ -458,7 +458,8 @@ class ProxyCore:
         if flow.conn_id is not None and flow.conn_id in self._closed_conns:
             return 430
         return Target(flow.transport, flow.remote_host, flow.remote_port, None, flow.conn_id,
-                      label=f"flow {flow.transport}:{flow.remote_host}:{flow.remote_port}")
+                      label=f"flow {flow.transport}:{flow.remote_host}:{flow.remote_port}",
+                      via_flow=True)
 
     def _token_for(self, src: Source, local: LocalAddress) -> str:
         return self.tokens.encode(Flow(src.transport, local.host, local.port, src.host,
@@ -526,7 +527,7 @@ class ProxyCore:
             # RFC 5626 5.3: requests for an outbound binding go over its flow.
             f = b.flow
             return Target(f.transport, f.host, f.port, ruri, f.conn_id, b.q, b.contact,
-                          b.aor, b.instance, b.key)
+                          b.aor, b.instance, b.key, via_flow=True)
         try:
             uri = parse_uri(ruri)
         except ParseError:
@@ -574,7 +575,7 @@ class ProxyCore:
         insert = [f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"]
         method = ctx.method
         if self.settings.record_route and method in DIALOG_METHODS and msg.to_tag is None:
-            insert.extend(self._record_route(local, ctx.source))
+            insert.extend(self._record_route(local, ctx.source, target))
         start = f"{method} {target.request_uri} SIP/2.0" if target.request_uri else None
         data = rewrite(msg, start_line=start, insert_top=insert, edits=ctx.edits, append=ctx.append)
         reliable = target.transport != "udp"
@@ -594,18 +595,26 @@ class ProxyCore:
         self.stats["branches"] += 1
         out.append(Send(target.transport, target.host, target.port, data, target.conn_id, br))
 
-    def _record_route(self, out_local: LocalAddress, src: Source) -> list[str]:
+    def _record_route(self, out_local: LocalAddress, src: Source, target: Target) -> list[str]:
         """RFC 3261 16.6 step 4; two values when the request changes transport or address.
 
-        The value that faces the caller carries the caller's flow token (RFC 5626 5.3), so that
-        requests of the dialog towards the caller go back over the flow the dialog came from.
+        The Record-Route carries a flow token (RFC 5626 5.3) naming the UA's flow: the target's
+        when the request goes out over a registered flow, the caller's otherwise. A request of
+        the dialog that comes from that flow is routed as usual; one from the other side goes
+        back over the flow, whatever its Request-URI (a UA's private Contact) says.
         """
         in_local = self._local_for_source(src)
-        token = self._token_for(src, in_local)
+        if target.via_flow:
+            token = self.tokens.encode(Flow(target.transport, out_local.host, out_local.port,
+                                            target.host, target.port, target.conn_id))
+            out_user, in_user = token + "@", ""
+        else:
+            out_user, in_user = "", self._token_for(src, in_local) + "@"
         if in_local == out_local:
-            return [f"Record-Route: <sip:{token}@{out_local.advertised};lr{self._tp(out_local)}>"]
-        return [f"Record-Route: <sip:{out_local.advertised};lr{self._tp(out_local)}>",
-                f"Record-Route: <sip:{token}@{in_local.advertised};lr{self._tp(in_local)}>"]
+            user = out_user or in_user
+            return [f"Record-Route: <sip:{user}{out_local.advertised};lr{self._tp(out_local)}>"]
+        return [f"Record-Route: <sip:{out_user}{out_local.advertised};lr{self._tp(out_local)}>",
+                f"Record-Route: <sip:{in_user}{in_local.advertised};lr{self._tp(in_local)}>"]
 
     @staticmethod
     def _tp(local: LocalAddress) -> str:

@@ -62,3 +62,4 @@ class Target(NamedTuple):
     aor: str | None = None  # set for a registered binding (RFC 5626 flows)
     instance: str | None = None  # its +sip.instance
     binding_key: str | None = None  # its key in the location store
+    via_flow: bool = False  # sent over a UA's flow (RFC 5626): Record-Route names that flow

@@ -84,3 +84,18 @@ def test_in_dialog_request_from_callee_goes_back_over_the_callers_flow() -> None
     out = h.feed(request("BYE", ruri="sip:bob@127.0.0.1:5080", to_tag="t", branch="z9hG4bKabye",
                          extra=(f"Route: {rr}",)))
     assert methods(h.to(5080, out)) == ["BYE"]
+
+
+def test_dialog_to_a_phone_behind_nat_stays_on_its_flow() -> None:
+    """RFC 5626 5.3: an INVITE sent over the phone's flow is Record-Routed with THAT flow's
+    token, so the caller's ACK and BYE towards the phone's private Contact go over the flow."""
+    h = Harness.make()
+    path = outbound_register(h)
+    out = h.feed(request(ruri="sip:bob@10.0.0.5:5060;ob", branch="z9hG4bKnat",
+                         via_host="127.0.0.1:5080", extra=(f"Route: {path}",)), PBX)
+    [inv] = [parse_message(s.data) for s in out if s.data.startswith(b"INVITE")]
+    rr = inv.get("record-route")
+    ack = request("ACK", ruri="sip:bob@10.0.0.5:5060;ob", to_tag="ph", branch="z9hG4bKnatack",
+                  via_host="127.0.0.1:5080", extra=(f"Route: {rr}",))
+    [s] = h.feed(ack, PBX)
+    assert (s.transport, s.host, s.port, s.conn_id) == ("tcp", "127.0.0.1", 7010, 7)

@@ -28,12 +28,13 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.e2e.wire import SipMessage, try_parse
+from tests.e2e.wire import SipMessage, parse_sip, try_parse
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -427,6 +428,42 @@ def parse_trace(text: str) -> list[TracedMessage]:
         body = chunk[m.end():].rstrip("\n") + "\n"
         out.append(TracedMessage(m.group(2), m.group(1), body.replace("\r\n", "\n")
                                  .replace("\n", "\r\n")))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Traced:
+    """A parsed message of a sipp ``-trace_msg`` file with the time sipp logged it (every sipp
+    process logs the same wall clock, so times of different processes compare)."""
+
+    at: float
+    direction: str  # "sent" | "received"
+    msg: SipMessage
+
+
+_STAMPED_SEP = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)[^\n]*\n", re.M)
+
+
+def traced(source: Path | SippProcess | SippResult) -> list[Traced]:
+    """Every SIP message of a -trace_msg file, in order (a running process's file can be read
+    too: sipp writes it as messages go). Unparsable entries are skipped."""
+    path = source if isinstance(source, Path) else source.files["msg"]
+    if not path.exists():
+        return []
+    parts = _STAMPED_SEP.split(path.read_text(encoding="latin-1"))
+    out: list[Traced] = []
+    for stamp, chunk in zip(parts[1::2], parts[2::2], strict=True):
+        head = _TRACE_HEAD.match(chunk)
+        if head is None:
+            continue
+        body = chunk[head.end():].rstrip("\n") + "\n"
+        raw = body.replace("\r\n", "\n").replace("\n", "\r\n").encode("latin-1")
+        try:
+            msg = parse_sip(raw)
+        except ValueError:
+            continue
+        at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        out.append(Traced(at, head.group(2), msg))
     return out
 
 

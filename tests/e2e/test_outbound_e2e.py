@@ -34,9 +34,6 @@ import struct
 import uuid
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -47,14 +44,15 @@ from tests.e2e.harness import (
     Sipp,
     SippProcess,
     SippResult,
+    Traced,
     free_port,
+    traced,
 )
 from tests.e2e.wire import (
     SipMessage,
     TcpOutcome,
     UdpPeer,
     build_request,
-    parse_sip,
     via_sent_by,
 )
 
@@ -67,42 +65,6 @@ AOR_URI = f"sip:{USER}@{DOMAIN}"
 ProxyFactory = Callable[..., ProxyProcess]
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@dataclass(frozen=True, slots=True)
-class Traced:
-    """One message of a sipp -trace_msg file with the wall-clock time sipp logged it at."""
-
-    at: float
-    direction: str  # "sent" | "received"
-    msg: SipMessage
-
-
-_TRACE_SEP = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)[^\n]*\n", re.M)
-_TRACE_HEAD = re.compile(r"^\w+ message (sent|received)[^\n]*\n\n?")
-
-
-def traced(sp: SippProcess | SippResult) -> list[Traced]:
-    """Every SIP message of a sipp process's -trace_msg file, with its timestamp (all sipp
-    processes log the same wall clock, so times of different processes compare)."""
-    path: Path = sp.files["msg"]
-    if not path.exists():
-        return []
-    parts = _TRACE_SEP.split(path.read_text(encoding="latin-1"))
-    out: list[Traced] = []
-    for stamp, chunk in zip(parts[1::2], parts[2::2], strict=True):
-        head = _TRACE_HEAD.match(chunk)
-        if head is None:
-            continue
-        body = chunk[head.end():].rstrip("\n") + "\n"
-        raw = body.replace("\r\n", "\n").replace("\n", "\r\n").encode("latin-1")
-        try:
-            msg = parse_sip(raw)
-        except ValueError:
-            continue
-        at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        out.append(Traced(at, head.group(1), msg))
-    return out
 
 
 def reqs(sp: SippProcess | SippResult, direction: str, method: str) -> list[Traced]:

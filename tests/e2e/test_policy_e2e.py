@@ -31,8 +31,6 @@ import os
 import re
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -44,9 +42,11 @@ from tests.e2e.harness import (
     Sipp,
     SippProcess,
     SippResult,
+    Traced,
     free_port,
+    traced,
 )
-from tests.e2e.wire import RecordingUpstream, SipMessage, parse_sip, via_sent_by
+from tests.e2e.wire import RecordingUpstream, SipMessage, via_sent_by
 
 pytestmark = pytest.mark.e2e
 
@@ -84,41 +84,6 @@ def caller_expecting(dest: Path, status: int) -> Path:
     """pol_uac_expect_final.xml requiring ``status`` instead of 603."""
     return scenario_copy(dest, "pol_uac_expect_final.xml", '<recv response="603">',
                          f'<recv response="{status}">')
-
-
-@dataclass(frozen=True, slots=True)
-class Traced:
-    """One message of a sipp -trace_msg file with the wall-clock time sipp logged it at."""
-
-    at: float
-    direction: str  # "sent" | "received"
-    msg: SipMessage
-
-
-_TRACE_SEP = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)[^\n]*\n", re.M)
-_TRACE_HEAD = re.compile(r"^\w+ message (sent|received)[^\n]*\n\n?")
-
-
-def traced(path: Path) -> list[Traced]:
-    """Every SIP message of a -trace_msg file, with its timestamp (all sipp processes log the
-    same wall clock, so times of different processes compare)."""
-    if not path.exists():
-        return []
-    parts = _TRACE_SEP.split(path.read_text(encoding="latin-1"))
-    out: list[Traced] = []
-    for stamp, chunk in zip(parts[1::2], parts[2::2], strict=True):
-        head = _TRACE_HEAD.match(chunk)
-        if head is None:
-            continue
-        body = chunk[head.end():].rstrip("\n") + "\n"
-        raw = body.replace("\r\n", "\n").replace("\n", "\r\n").encode("latin-1")
-        try:
-            msg = parse_sip(raw)
-        except ValueError:
-            continue
-        at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        out.append(Traced(at, head.group(1), msg))
-    return out
 
 
 def trace_of(result: SippResult) -> list[Traced]:

@@ -34,9 +34,6 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -49,6 +46,7 @@ from tests.e2e.harness import (
     SippProcess,
     SippResult,
     free_port,
+    traced,
 )
 from tests.e2e.wire import (
     Datagram,
@@ -58,7 +56,6 @@ from tests.e2e.wire import (
     build_request,
     build_response,
     new_call_id,
-    parse_sip,
     via_sent_by,
 )
 
@@ -71,41 +68,6 @@ OLD_URI = f"sip:{USER}@{OUTSIDE}"  # the Request-URI the caller sends (uac_call.
 SQLITE_STATE = {"state": "sqlite:routes.db"}  # relative to proxy.yaml (CONTRACT)
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@dataclass(frozen=True, slots=True)
-class Traced:
-    """One message of a sipp -trace_msg file with the wall-clock time sipp logged it at."""
-
-    at: float
-    direction: str  # "sent" | "received"
-    msg: SipMessage
-
-
-_TRACE_SEP = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)[^\n]*\n", re.M)
-_TRACE_HEAD = re.compile(r"^\w+ message (sent|received)[^\n]*\n\n?")
-
-
-def traced(path: Path) -> list[Traced]:
-    """Every SIP message of a -trace_msg file (sipp writes it as messages go, so a running
-    process's file can be read too), with its timestamp."""
-    if not path.exists():
-        return []
-    parts = _TRACE_SEP.split(path.read_text(encoding="latin-1"))
-    out: list[Traced] = []
-    for stamp, chunk in zip(parts[1::2], parts[2::2], strict=True):
-        head = _TRACE_HEAD.match(chunk)
-        if head is None:
-            continue
-        body = chunk[head.end():].rstrip("\n") + "\n"
-        raw = body.replace("\r\n", "\n").replace("\n", "\r\n").encode("latin-1")
-        try:
-            msg = parse_sip(raw)
-        except ValueError:
-            continue
-        at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        out.append(Traced(at, head.group(1), msg))
-    return out
 
 
 def requests_of(sp: SippProcess | SippResult, direction: str, method: str) -> list[SipMessage]:

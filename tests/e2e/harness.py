@@ -93,7 +93,7 @@ _PORT_RANGE = (20000, 32000)
 
 
 def _bind_ok(kind: int, host: str, port: int) -> bool:
-    s = socket.socket(socket.AF_INET, kind)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
     try:
         s.bind((host, port))
         return True

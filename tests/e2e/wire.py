@@ -451,8 +451,9 @@ class RecordingUpstream:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, port: int = 0, invite_status: int = 480) -> RecordingUpstream:
-        self = cls(await UdpPeer.bind(port), invite_status)
+    async def start(cls, port: int = 0, invite_status: int = 480,
+                    host: str = LOOPBACK) -> RecordingUpstream:
+        self = cls(await UdpPeer.bind(port, host), invite_status)
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 

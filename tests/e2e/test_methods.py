@@ -10,6 +10,7 @@ from tests.e2e.conftest import ProxyFactory
 from tests.e2e.harness import free_port
 from tests.e2e.wire import (
     RecordingUpstream,
+    SipMessage,
     UdpPeer,
     build_request,
     new_call_id,
@@ -63,18 +64,20 @@ async def test_every_method_is_relayed_over_udp_and_tcp(
                         method, "sip:bob@example.net", via_host=host if ":" not in host
                         else f"[{host}]", via_port=peer.port, call_id=call_id,
                         transport=transport, extra_headers=headers)
+                    def ours(m: SipMessage, c: str = call_id) -> bool:
+                        return m.call_id == c
+
                     if transport == "UDP":
                         await peer.send(data, (host, port))
                         resp, _ = await peer.recv_sip(
-                            ANSWER, lambda m, c=call_id: m.call_id == c and not m.is_request)
+                            ANSWER, lambda m: ours(m) and not m.is_request)
                         statuses = [resp.status]
                     else:
                         outcome = await tcp_exchange(host, port, data, timeout=ANSWER,
                                                      until_response=True)
                         statuses = [r.status for r in outcome.responses]
                     fwd = await upstream.wait_for(
-                        lambda m, c=call_id: m.is_request and m.call_id == c, ANSWER,
-                        since=mark)
+                        lambda m: m.is_request and ours(m), ANSWER, since=mark)
                     assert fwd.method == method, (method, transport)
                     t, vhost, vport, params = via_sent_by(fwd.vias[0])
                     assert (t, vhost.strip("[]"), vport) == ("UDP", host, port), fwd.vias[0]

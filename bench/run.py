@@ -187,7 +187,7 @@ def read_stat_csv(path: Path) -> dict[str, str]:
     for line in reversed(lines[1:]):
         row = line.split(";")
         if len(row) == len(header):
-            return dict(zip(header, row))
+            return dict(zip(header, row, strict=True))  # lengths checked above
     return {}
 
 

@@ -1132,16 +1132,24 @@ class ProxyCore:
                 return
             aor = uri.aor
             sent = {str(c.uri): c for c in req.contacts}
+            known = {b.uri: b for b in self.location.lookup(aor, now)}
             self.location.remove_all(aor)
             for c in msg.contacts:
                 raw = c.params.get("expires")
                 expires = int(raw) if raw is not None and raw.isdigit() else (msg.expires or 0)
+                key = str(c.uri)
                 if expires <= 0:
                     continue
-                orig = sent.get(str(c.uri), c)
-                self.location.save(
-                    binding_from_contact(aor, orig, expires, req, req.cseq[0], ctx.source, now)
-                )
+                if key in sent:
+                    # This REGISTER's own contact: its flow is where the REGISTER came from.
+                    self.location.save(binding_from_contact(
+                        aor, sent[key], expires, req, req.cseq[0], ctx.source, now))
+                elif key in known:
+                    # Another device's binding, learned from its own REGISTER: keep its flow.
+                    b = known[key]
+                    b.expires_at = now + expires
+                    self.location.save(b)
+                # A contact registered elsewhere has no flow through this proxy: not ours.
         except (ParseError, RegistrarError) as exc:
             log.info("could not learn bindings from REGISTER 2xx: %s", exc)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from proxy.core.types import Source
 from proxy.sip import parse_message
-from tests.unit.core_harness import Harness, methods, request, statuses
+from tests.unit.core_harness import Harness, methods, request, response_to, statuses
 
 PBX = Source("udp", "127.0.0.1", 5080)
 PHONE = Source("tcp", "127.0.0.1", 7010, conn_id=7)
@@ -99,3 +99,33 @@ def test_dialog_to_a_phone_behind_nat_stays_on_its_flow() -> None:
                   via_host="127.0.0.1:5080", extra=(f"Route: {rr}",))
     [s] = h.feed(ack, PBX)
     assert (s.transport, s.host, s.port, s.conn_id) == ("tcp", "127.0.0.1", 7010, 7)
+
+
+def _upstream_register(h: Harness, src: Source, contact: str, listed: list[str],
+                       branch: str) -> None:
+    """A REGISTER relayed to the PBX, and the PBX's 200 listing ``listed`` contacts."""
+    data = request("REGISTER", ruri="sip:example.com", branch=branch, call_id=branch,
+                   via_host=f"127.0.0.1:{src.port}", extra=("Expires: 600",)
+                   ).replace(b"Contact: <sip:alice@127.0.0.1:6000>", f"Contact: {contact}".encode())
+    out = h.feed(data, src)
+    [reg] = [s.data for s in out if s.port == 5080]
+    h.feed(response_to(reg, 200, extra=tuple(f"Contact: {c};expires=600" for c in listed)), PBX)
+
+
+def test_bindings_learned_from_registrar_2xx_keep_each_devices_flow() -> None:
+    """registrar: upstream: the 2xx to B's REGISTER lists A's binding too; A's binding keeps
+    the flow A registered over (RFC 5626 7), and a contact no device registered through the
+    proxy is not learned."""
+    h = Harness.make()
+    a = Source("udp", "127.0.0.1", 7101)
+    b = Source("udp", "127.0.0.1", 7102)
+    inst_a = '+sip.instance="<urn:uuid:a>";reg-id=1'
+    inst_b = '+sip.instance="<urn:uuid:b>";reg-id=1'
+    ca, cb = "<sip:bob@10.0.0.1;ob>", "<sip:bob@10.0.0.2;ob>"
+    _upstream_register(h, a, f"{ca};{inst_a}", [f"{ca};{inst_a}"], "z9hG4bKra")
+    _upstream_register(h, b, f"{cb};{inst_b}",
+                       [f"{ca};{inst_a}", f"{cb};{inst_b}", "<sip:bob@192.0.2.9>"], "z9hG4bKrb")
+    flows = {bd.uri: (bd.flow.host, bd.flow.port)
+             for bd in h.core.location.lookup("bob@example.com", h.now)}
+    assert flows == {"sip:bob@10.0.0.1;ob": ("127.0.0.1", 7101),
+                     "sip:bob@10.0.0.2;ob": ("127.0.0.1", 7102)}

@@ -58,19 +58,11 @@ class Branch:
         self.deadline: float | None = None
         self.final_status = 0
 
-    def refresh_deadline(self) -> float | None:
-        d = self.txn.deadline
-        c = self.timer_c
-        if c is not None and self.state is BranchState.PENDING and (d is None or c < d):
-            d = c
-        self.deadline = d
-        return d
-
 
 class ServerEntry:
     """A server transaction in the core's tables, with the address its responses go to."""
 
-    __slots__ = ("key", "txn", "ctx", "reply", "deadline", "cancel_key")
+    __slots__ = ("key", "txn", "ctx", "reply", "deadline")
 
     def __init__(self, key: str, txn: ServerTransaction, reply: tuple[str, str, int, int | None]):
         self.key = key
@@ -78,11 +70,6 @@ class ServerEntry:
         self.ctx: ResponseContext | None = None
         self.reply = reply  # (transport, host, port, conn_id) per RFC 3261 18.2.2 / RFC 3581
         self.deadline: float | None = None
-        self.cancel_key: str | None = None
-
-    def refresh_deadline(self) -> float | None:
-        self.deadline = self.txn.deadline
-        return self.deadline
 
 
 class Response(tuple):
@@ -125,7 +112,6 @@ class ResponseContext:
         "tried",
         "loop_hash",
         "to_tag",
-        "aor",
         "edits",
         "append",
         "deadline",
@@ -157,7 +143,6 @@ class ResponseContext:
         self.tried: set[str] = set()
         self.loop_hash = loop_hash
         self.to_tag: str | None = None
-        self.aor: str | None = None
         self.edits: dict[int, str | None] = {}  # header edits shared by every branch (16.6)
         self.append: list[str] = []
         self.deadline: float | None = None  # bound on waiting for cancelled branches (stop)

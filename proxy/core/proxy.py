@@ -395,7 +395,6 @@ class ProxyCore:
             entry, msg, src, self.policy, groups, from_location=from_location, serial=serial,
             loop_hash=loop_hash,
         )
-        ctx.aor = aor
         ctx.edits = edits
         ctx.append = append
         entry.ctx = ctx

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import ParseError
-from .uri import AbsoluteUri, SipUri, parse_uri
+from .uri import AbsoluteUri, SipUri, host_port, parse_uri
 
 __all__ = [
     "NameAddr",
@@ -331,12 +331,7 @@ class Via:
 
     def sent_by(self) -> tuple[str, int]:
         """(host without IPv6 brackets, port); default 5060, 5061 for TLS (RFC 3261 18.2.2)."""
-        host = self.host
-        if host.startswith("["):
-            host = host[1:-1]
-        if self.port is not None:
-            return host, self.port
-        return host, 5061 if self.transport == "TLS" else 5060
+        return host_port(self.host, self.port, self.transport == "TLS")
 
     def __str__(self) -> str:
         out = self.protocol + "/" + self.transport + " " + self.host

@@ -56,6 +56,16 @@ _FAST_SIP_RE = re.compile(
 )
 
 
+def host_port(host: str, port: int | None, secure: bool) -> tuple[str, int]:
+    """(host without IPv6 brackets, port); the default port is 5060, 5061 over TLS
+    (RFC 3261 18.2.2, RFC 3263 4.2). Shared by Via sent-by and SIP URIs."""
+    if host.startswith("["):
+        host = host[1:-1]
+    if port is not None:
+        return host, port
+    return host, 5061 if secure else 5060
+
+
 def unescape(text: str) -> str:
     """Decode %HH escapes once (RFC 3261 19.1.2, 19.1.4).  Not recursive: "%2541" -> "%41".
 
@@ -109,12 +119,7 @@ class SipUri:
 
     def host_port(self) -> tuple[str, int]:
         """(host without IPv6 brackets, port); default port 5060, 5061 for sips (RFC 3263 4.2)."""
-        host = self.host
-        if host.startswith("["):
-            host = host[1:-1]
-        if self.port is not None:
-            return host, self.port
-        return host, 5061 if self.scheme == "sips" else 5060
+        return host_port(self.host, self.port, self.scheme == "sips")
 
     def copy(self) -> SipUri:
         return SipUri(self.scheme, self.user, self.password, self.host, self.port,

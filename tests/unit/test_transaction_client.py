@@ -11,8 +11,6 @@ from collections.abc import Callable
 import pytest
 
 from proxy.transaction import (
-    ClientTransaction,
-    Effect,
     InviteClientTransaction,
     NonInviteClientTransaction,
     Retransmit,
@@ -22,23 +20,13 @@ from proxy.transaction import (
     TimerConfig,
     TransactionState,
 )
+from tests.unit.txn_clock import run_timers
 
 S = TransactionState
 TIMERS = TimerConfig()
 INVITE = b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP p1;branch=z9hG4bK1\r\n\r\n"
 OPTIONS = b"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP p1;branch=z9hG4bK2\r\n\r\n"
 ACK = b"ACK sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP p1;branch=z9hG4bK1\r\n\r\n"
-
-
-def run_timers(txn: ClientTransaction, until: float) -> list[tuple[float, list[Effect]]]:
-    """Fake clock: jump to each deadline up to ``until`` and fire it; log (time, effects)."""
-    log: list[tuple[float, list[Effect]]] = []
-    for _ in range(1000):
-        deadline = txn.deadline
-        if deadline is None or deadline > until:
-            return log
-        log.append((deadline, txn.on_timer(deadline)))
-    raise AssertionError("timers never settle")
 
 
 def ict(

@@ -9,16 +9,15 @@ from __future__ import annotations
 import pytest
 
 from proxy.transaction import (
-    Effect,
     InviteServerTransaction,
     NonInviteServerTransaction,
     Retransmit,
-    ServerTransaction,
     Terminated,
     Timeout,
     TimerConfig,
     TransactionState,
 )
+from tests.unit.txn_clock import run_timers
 
 S = TransactionState
 TIMERS = TimerConfig()
@@ -30,17 +29,6 @@ OK_200_AGAIN = b"SIP/2.0 200 OK\r\nContact: <sip:b@2>\r\n\r\n"
 BUSY_486 = b"SIP/2.0 486 Busy Here\r\n\r\n"
 ERROR_500 = b"SIP/2.0 500 Server Internal Error\r\n\r\n"
 NOT_FOUND_404 = b"SIP/2.0 404 Not Found\r\n\r\n"
-
-
-def run_timers(txn: ServerTransaction, until: float) -> list[tuple[float, list[Effect]]]:
-    """Fake clock: jump to each deadline up to ``until`` and fire it; log (time, effects)."""
-    log: list[tuple[float, list[Effect]]] = []
-    for _ in range(1000):
-        deadline = txn.deadline
-        if deadline is None or deadline > until:
-            return log
-        log.append((deadline, txn.on_timer(deadline)))
-    raise AssertionError("timers never settle")
 
 
 def ist(

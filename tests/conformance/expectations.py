@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EXPECTATIONS", "SHARED", "Expect", "by_name"]
+__all__ = ["EXPECTATIONS", "KITS", "Expect", "by_name"]
 
-# /work/shared/conformance when this file is /work/main/tests/conformance/expectations.py
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
+#: The repository's own byte-exact copy of both kits (RFC 4475, RFC 5118), with their manifests.
+KITS = Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,13 @@ DROP = "drop"
 
 def _r4475(name: str, is_request: bool, parse_ok: bool, proxy: str, status: int | None,
            reason: str) -> Expect:
-    return Expect(f"rfc4475/{name}", SHARED / "rfc4475" / f"{name}.dat", is_request, parse_ok,
+    return Expect(f"rfc4475/{name}", KITS / "rfc4475" / f"{name}.dat", is_request, parse_ok,
                   proxy, status, reason)
 
 
 def _r5118(name: str, is_request: bool, parse_ok: bool, proxy: str, status: int | None,
            reason: str) -> Expect:
-    return Expect(f"rfc5118/{name}", SHARED / "rfc5118" / "wire" / f"{name}.dat", is_request,
+    return Expect(f"rfc5118/{name}", KITS / "rfc5118" / "wire" / f"{name}.dat", is_request,
                   parse_ok, proxy, status, reason)
 
 

@@ -23,11 +23,11 @@ from proxy.sip import (
     unescape,
     validate_request,
 )
-from tests.conformance.expectations import EXPECTATIONS, SHARED, Expect, by_name
+from tests.conformance.expectations import EXPECTATIONS, KITS, Expect, by_name
 
 
 def _manifest(kit: str) -> list[dict[str, str]]:
-    with (SHARED / kit / "MANIFEST.tsv").open(newline="", encoding="utf-8") as fh:
+    with (KITS / kit / "MANIFEST.tsv").open(newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
@@ -71,6 +71,15 @@ def test_file_is_byte_exact(row: Expect) -> None:
     else:
         assert len(data) == int(meta["bytes"])
         assert hashlib.sha256(data).hexdigest() == meta["sha256"]
+
+
+@pytest.mark.parametrize("name", [n.split("/", 1)[1] for n in MANIFEST if n.startswith("rfc5118/")])
+def test_rfc5118_archive_copy_is_byte_exact(name: str) -> None:
+    """RFC 5118 README: the archive's own (LF) files are kept unchanged beside the wire copies."""
+    meta = MANIFEST[f"rfc5118/{name}"]
+    data = (KITS / "rfc5118" / f"{name}.dat").read_bytes()
+    assert len(data) == int(meta["bytes"])
+    assert hashlib.sha256(data).hexdigest() == meta["sha256"]
 
 
 @pytest.mark.parametrize("row", EXPECTATIONS, ids=[r.name for r in EXPECTATIONS])
@@ -318,7 +327,9 @@ def test_ipv6_bad_request_uri_is_refused() -> None:
     assert err.value.status == 400
 
 
-def test_shared_path_points_at_the_kits() -> None:
-    """expect_fmt: SHARED resolves to /work/shared/conformance from tests/conformance."""
-    assert SHARED == Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
-    assert (SHARED / "rfc4475" / "MANIFEST.tsv").is_file()
+def test_kits_live_in_the_repository() -> None:
+    """The kits are the repository's own copy (tests/conformance/data), never ../shared: a
+    user's clone has nothing beside it."""
+    assert KITS == Path(__file__).resolve().parent / "data"
+    assert (KITS / "rfc4475" / "MANIFEST.tsv").is_file()
+    assert (KITS / "rfc5118" / "MANIFEST.tsv").is_file()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conformance.expectations import SHARED
+from tests.conformance.expectations import KITS as SHARED
 from tests.e2e.harness import LOOPBACK, ProxyProcess, Sipp, free_port
 from tests.e2e.wire import (
     SipMessage,

@@ -10,7 +10,7 @@ from proxy.core.types import Source
 from proxy.sip import parse_message
 from tests.unit.core_harness import Harness
 
-KIT = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "rfc4475"
+KIT = Path(__file__).resolve().parents[1] / "conformance" / "data" / "rfc4475"
 SENDER = Source("udp", "192.0.2.2", 5060)
 
 

@@ -13,7 +13,7 @@ import pytest
 from proxy.core.types import Source
 from tests.unit.core_harness import Harness, request, response_to, statuses
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "conformance"
+SHARED = Path(__file__).resolve().parents[1] / "conformance" / "data"
 PBX = Source("udp", "127.0.0.1", 5080)
 SEEDS = int(os.environ.get("FUZZ_SEEDS", "8"))  # FUZZ_SEEDS=300 for a longer run
 

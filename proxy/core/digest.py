@@ -1,0 +1,446 @@
+"""SIP digest authentication for the local registrar, sans-IO.
+
+RFC 3261 22.4 (the Digest scheme in SIP: WWW-Authenticate in a 401, Authorization in the
+retried request), RFC 2617 3.2 (qop=auth, nonce count and client nonce; the RFC 2069 form
+without qop is still accepted) and RFC 8760 (SHA-256 next to MD5; section 2.4: the
+challenges are listed most preferred first).
+
+Nonces are stateless (RFC 2617 4.5 suggests "time-stamp H(time-stamp ":" ETag ":" private-key)"):
+``ts`` (16 hex digits, milliseconds), ``salt`` (16 hex digits, random, so that two UAs
+challenged in the same millisecond get different nonces) and ``mac`` (32 hex digits, the first
+16 bytes of HMAC-SHA256(secret, ts ":" salt ":" realm)). A nonce whose MAC fails was not issued
+by this realm and secret; one older than ``nonce_ttl`` is stale (RFC 2617 3.2.1 stale=true).
+
+Replay protection (RFC 2617 3.2.2, 4.5): with qop=auth the nonce count must grow for each
+request with the same nonce; without qop a nonce is good for one request only. The highest
+count seen is kept per nonce in a bounded table. A nonce that had to be dropped from a full
+table before it expired cannot be verified any more: every untracked nonce issued up to that
+one is answered as stale, so that no count can be replayed.
+
+Nothing here does IO or reads a clock: ``now`` (seconds, any monotonic origin) is passed in.
+The only side input is :func:`secrets.token_hex` for the nonce salt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from proxy.sip import AbsoluteUri, ParseError, SipMessage, SipUri, parse_uri, unescape
+
+__all__ = [
+    "ALGORITHMS",
+    "AuthOutcome",
+    "AuthResult",
+    "Credentials",
+    "DigestAuth",
+    "UserCredentials",
+    "compute_ha1",
+    "may_register",
+    "parse_digest",
+]
+
+# RFC 8760 2.4: most preferred first.
+ALGORITHMS: tuple[str, ...] = ("SHA-256", "MD5")
+
+_HASHES: dict[str, str] = {"SHA-256": "sha256", "MD5": "md5"}  # RFC 8760 name -> hashlib
+
+_TS_LEN = 16
+_SALT_LEN = 16
+_MAC_LEN = 32
+_NONCE_LEN = _TS_LEN + _SALT_LEN + _MAC_LEN
+_HEX = frozenset("0123456789abcdef")
+_USED = 1 << 40  # "nonce spent": higher than any 8-hex-digit nonce count (RFC 2617 3.2.2)
+_MAX_PARAMS = 32  # a credentials value with more parameters is refused as malformed
+_TSPECIALS = frozenset('()<>@,;:\\"/[]?={} \t')
+
+
+class UserCredentials(Protocol):
+    """What the authenticator needs of a user: the user name and the HA1 per algorithm
+    (RFC 2617 3.2.2.2: H(username ":" realm ":" password), lower-case hex), None when that
+    algorithm is not provisioned for the user."""
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def ha1_md5(self) -> str | None: ...
+
+    @property
+    def ha1_sha256(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A user of the realm, with HA1 values instead of the password (RFC 2617 3.2.2.2)."""
+
+    user: str
+    ha1_md5: str | None = None
+    ha1_sha256: str | None = None
+
+    @classmethod
+    def from_password(cls, user: str, realm: str, password: str) -> Credentials:
+        """Both HA1 values of ``user`` computed from a clear-text password."""
+        return cls(user, compute_ha1(user, realm, password, "MD5"),
+                   compute_ha1(user, realm, password, "SHA-256"))
+
+
+class AuthOutcome(Enum):
+    """What to answer (RFC 3261 22.4, 22.1)."""
+
+    OK = "ok"  # authenticated: process the request
+    CHALLENGE = "challenge"  # 401 with fresh challenges
+    STALE = "stale"  # 401 with fresh challenges and stale=true (RFC 2617 3.2.1)
+    FORBIDDEN = "forbidden"  # 403: the credentials are wrong
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The verdict of :meth:`DigestAuth.check`; ``user`` is the authenticated (or, for
+    FORBIDDEN "wrong password", the claimed) user name; ``reason`` is for logs."""
+
+    outcome: AuthOutcome
+    user: str | None
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is AuthOutcome.OK
+
+
+def _from_wire(text: str) -> str:
+    """A header value as :class:`SipMessage` gives it (latin-1, one char per byte) -> the
+    UTF-8 text the UA sent (RFC 3261 25.1: quoted-string allows UTF8-NONASCII); bytes that
+    are not UTF-8 are kept as surrogates, so that encoding back gives the same bytes."""
+    try:
+        return text.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text  # not from the wire: already text
+
+
+def _hex(algorithm: str, text: str) -> str:
+    return hashlib.new(_HASHES[algorithm], text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def compute_ha1(user: str, realm: str, password: str, algorithm: str = "MD5") -> str:
+    """HA1 = H(username ":" realm ":" password) in lower-case hex, UTF-8 (RFC 2617 3.2.2.2,
+    RFC 8760 2); ``algorithm`` is "MD5" or "SHA-256". ValueError for another algorithm.
+    (Same signature as :func:`proxy.auth_users.compute_ha1`.)"""
+    algo = algorithm.upper()
+    if algo not in _HASHES:
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+    return _hex(algo, f"{user}:{realm}:{password}")
+
+
+def may_register(user: str, aor: str) -> bool:
+    """True if the authenticated ``user`` may register ``aor``: its user part, unescaped
+    (RFC 3261 19.1.4), is ``user``. ``aor`` is "sip:1000@example.com", "1000@example.com" (as
+    :attr:`SipUri.aor` gives it) or a name-addr's URI; an AOR without a user part -> False."""
+    text = aor.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    low = text[:5].lower()
+    if low.startswith("sips:"):
+        text = text[5:]
+    elif low.startswith("sip:"):
+        text = text[4:]
+    at = text.rfind("@")
+    if at <= 0:
+        return False
+    userinfo = text[:at]
+    part = userinfo.split(":", 1)[0]  # drop a password (RFC 3261 19.1.1)
+    return bool(part) and unescape(part) == user
+
+
+def _unescape_quoted(raw: str) -> str:
+    """The content of a quoted-string (RFC 3261 25.1): a quoted-pair stands for its char."""
+    if "\\" not in raw:
+        return raw
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        c = raw[i]
+        if c == "\\" and i + 1 < len(raw):
+            i += 1
+            c = raw[i]
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def parse_digest(value: str) -> dict[str, str] | None:
+    """Parse a Digest credentials value (RFC 3261 25.1 ``credentials``, RFC 2617 3.2.2):
+    ``Digest`` LWS dig-resp *(COMMA dig-resp), each ``name=token`` or ``name="quoted"``.
+
+    Returns the parameters with lower-case names and unquoted values, or None when the
+    scheme is not Digest or the syntax is bad (unterminated quote, a parameter without '=' or
+    value, a duplicate parameter, too many parameters). Never raises."""
+    n = len(value)
+    i = 0
+    while i < n and value[i] in " \t":
+        i += 1
+    start = i
+    while i < n and value[i] not in " \t":
+        i += 1
+    if value[start:i].lower() != "digest":
+        return None
+    params: dict[str, str] = {}
+    expect_comma = False
+    while True:
+        while i < n and value[i] in " \t":
+            i += 1
+        if i == n:
+            break
+        if expect_comma:
+            if value[i] != ",":
+                return None
+            i += 1
+            expect_comma = False
+            continue
+        if value[i] == ",":  # RFC 7230 7 style empty list elements are tolerated
+            i += 1
+            continue
+        start = i
+        while i < n and value[i] not in _TSPECIALS:
+            i += 1
+        name = value[start:i].lower()
+        if not name:
+            return None
+        while i < n and value[i] in " \t":
+            i += 1
+        if i == n or value[i] != "=":
+            return None
+        i += 1
+        while i < n and value[i] in " \t":
+            i += 1
+        if i == n:
+            return None
+        if value[i] == '"':
+            i += 1
+            start = i
+            while i < n and value[i] != '"':
+                i += 2 if value[i] == "\\" else 1
+            if i >= n:
+                return None  # unterminated quoted-string
+            param = _unescape_quoted(value[start:i])
+            i += 1
+        else:
+            start = i
+            while i < n and value[i] not in ", \t":
+                i += 1
+            param = value[start:i]
+            if not param or '"' in param:
+                return None
+        if name in params or len(params) >= _MAX_PARAMS:
+            return None
+        params[name] = param
+        expect_comma = True
+    return params
+
+
+def _uri_matches(digest_uri: str, request_uri: str) -> bool:
+    """RFC 2617 3.2.2.5: the digest-uri names the Request-URI. Loosely: equal strings, or two
+    SIP URIs with the same user and host (scheme, port and parameters may differ)."""
+    if digest_uri == request_uri:
+        return True
+    try:
+        a: SipUri | AbsoluteUri = parse_uri(digest_uri)
+        b: SipUri | AbsoluteUri = parse_uri(request_uri)
+    except ParseError:
+        return False
+    if isinstance(a, SipUri) and isinstance(b, SipUri):
+        return a.host == b.host and unescape(a.user or "") == unescape(b.user or "")
+    return str(a) == str(b)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class DigestAuth:
+    """Challenges and checks digest credentials for one realm (RFC 3261 22.4).
+
+    ``users`` are read once; ``secret`` keys the nonce MAC (at least 16 bytes; keep it across
+    restarts for nonces to survive them). ``nonce_ttl`` is how long a nonce is good for;
+    ``max_tracked_nonces`` bounds the replay table. ValueError for bad arguments.
+    """
+
+    __slots__ = ("_algorithms", "_floor", "_nc", "_secret", "_ttl_ms", "_users",
+                 "max_tracked_nonces", "nonce_ttl", "realm")
+
+    def __init__(self, realm: str, users: Iterable[UserCredentials], secret: bytes, *,
+                 nonce_ttl: float = 300.0, max_tracked_nonces: int = 10000) -> None:
+        if not realm:
+            raise ValueError("digest realm must not be empty")
+        if len(secret) < 16:
+            raise ValueError("digest nonce secret must be at least 16 bytes")
+        if not nonce_ttl > 0:
+            raise ValueError("nonce_ttl must be positive")
+        if max_tracked_nonces < 1:
+            raise ValueError("max_tracked_nonces must be at least 1")
+        self.realm = realm
+        self.nonce_ttl = nonce_ttl
+        self.max_tracked_nonces = max_tracked_nonces
+        self._secret = bytes(secret)
+        self._ttl_ms = int(nonce_ttl * 1000)
+        self._users: dict[str, UserCredentials] = {u.user: u for u in users}
+        # Offer only algorithms some user can answer (every one when no user has an HA1).
+        offered = tuple(
+            a for a in ALGORITHMS
+            if any(self._ha1(u, a) is not None for u in self._users.values())
+        )
+        self._algorithms = offered or ALGORITHMS
+        self._nc: dict[str, int] = {}  # nonce -> highest nonce count accepted; insertion order
+        self._floor = -1  # untracked nonces issued at or before this ms were evicted: stale
+
+    # ---- nonces ---------------------------------------------------------------------------
+
+    def _mac(self, ts: str, salt: str) -> str:
+        msg = f"{ts}:{salt}:{self.realm}".encode("utf-8", "surrogateescape")
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:_MAC_LEN]
+
+    def _new_nonce(self, now: float) -> str:
+        ts = f"{max(0, int(now * 1000)) & 0xFFFFFFFFFFFFFFFF:016x}"
+        salt = secrets.token_hex(_SALT_LEN // 2)
+        return ts + salt + self._mac(ts, salt)
+
+    def _nonce_time(self, nonce: str) -> int | None:
+        """The issue time (ms) of a nonce of ours, None when it is not one (bad MAC)."""
+        if len(nonce) != _NONCE_LEN or not _HEX.issuperset(nonce):
+            return None
+        ts, salt, mac = nonce[:_TS_LEN], nonce[_TS_LEN:_TS_LEN + _SALT_LEN], nonce[-_MAC_LEN:]
+        if not hmac.compare_digest(mac, self._mac(ts, salt)):
+            return None
+        return int(ts, 16)
+
+    def _expired(self, issued_ms: int, now_ms: int) -> bool:
+        # A nonce from the future is from before a clock reset: as good as expired.
+        return now_ms - issued_ms > self._ttl_ms or issued_ms > now_ms + 1000
+
+    def _prune(self, now_ms: int) -> None:
+        """Drop expired nonces from the front of the replay table (oldest first used)."""
+        table = self._nc
+        while table:
+            nonce = next(iter(table))
+            if not self._expired(int(nonce[:_TS_LEN], 16), now_ms):
+                break
+            del table[nonce]
+
+    def _track(self, nonce: str, nc: int) -> None:
+        table = self._nc
+        table[nonce] = nc
+        while len(table) > self.max_tracked_nonces:
+            evicted = next(iter(table))
+            del table[evicted]
+            self._floor = max(self._floor, int(evicted[:_TS_LEN], 16))
+
+    def tracked_nonces(self) -> int:
+        """How many nonces the replay table holds (for stats and tests)."""
+        return len(self._nc)
+
+    # ---- challenge -------------------------------------------------------------------------
+
+    def challenge(self, now: float, *, stale: bool = False) -> tuple[str, ...]:
+        """The WWW-Authenticate header lines of a 401 (RFC 3261 22.4, RFC 2617 3.2.1): one per
+        algorithm, SHA-256 first (RFC 8760 2.4), qop="auth", and stale=true when the client's
+        nonce had only expired (RFC 2617 3.2.1: retry without asking the user)."""
+        nonce = self._new_nonce(now)
+        tail = ", stale=true" if stale else ""
+        realm = _quote(self.realm)
+        return tuple(
+            f'WWW-Authenticate: Digest realm={realm}, nonce="{nonce}", algorithm={algo}, '
+            f'qop="auth"{tail}'
+            for algo in self._algorithms
+        )
+
+    # ---- check ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _ha1(creds: UserCredentials, algorithm: str) -> str | None:
+        ha1 = creds.ha1_sha256 if algorithm == "SHA-256" else creds.ha1_md5
+        return ha1.lower() if ha1 else None
+
+    def check(self, msg: SipMessage, now: float) -> AuthResult:
+        """Verify the Authorization of a request for this realm (RFC 3261 22.4, RFC 2617
+        3.2.2). Never raises: malformed credentials are answered with a new challenge."""
+        chosen: dict[str, str] | None = None
+        malformed = False
+        for value in msg.get_all("authorization"):
+            params = parse_digest(value)
+            if params is None:
+                malformed = True
+                continue
+            if params.get("realm") == self.realm:
+                chosen = params
+                break
+        if chosen is None:
+            reason = "malformed Authorization" if malformed else "no credentials for the realm"
+            return AuthResult(AuthOutcome.CHALLENGE, None, reason)
+        return self._check(chosen, msg, now)
+
+    def _check(self, wire: dict[str, str], msg: SipMessage, now: float) -> AuthResult:
+        challenge = AuthOutcome.CHALLENGE
+        p = {k: _from_wire(v) for k, v in wire.items()}
+        username, nonce, uri, response = (p.get(k) for k in ("username", "nonce", "uri",
+                                                                  "response"))
+        if username is None or nonce is None or uri is None or response is None:
+            return AuthResult(challenge, None, "missing digest parameter")
+        algorithm = p.get("algorithm", "MD5").upper()
+        if algorithm not in _HASHES:
+            return AuthResult(challenge, None, f"unsupported algorithm {algorithm[:20]!r}")
+        qop = p.get("qop")
+        nc = 0
+        cnonce = p.get("cnonce")
+        nc_raw = p.get("nc")
+        if qop is not None:
+            if qop.lower() != "auth":
+                return AuthResult(challenge, None, f"unsupported qop {qop[:20]!r}")
+            if (cnonce is None or nc_raw is None or len(nc_raw) != 8
+                    or not _HEX.issuperset(nc_raw.lower())):
+                return AuthResult(challenge, None, "bad nonce count or cnonce")
+            nc = int(nc_raw, 16)
+            if nc == 0:
+                return AuthResult(challenge, None, "bad nonce count")
+        issued = self._nonce_time(nonce.lower())
+        if issued is None:
+            return AuthResult(challenge, None, "nonce not issued here")
+        nonce = nonce.lower()
+        creds = self._users.get(username)
+        if creds is None:
+            return AuthResult(AuthOutcome.FORBIDDEN, None, "unknown user")
+        ha1 = self._ha1(creds, algorithm)
+        if ha1 is None:
+            return AuthResult(challenge, None, f"no {algorithm} credentials for the user")
+        if not _uri_matches(uri, msg.request_uri):
+            return AuthResult(challenge, None, "digest uri does not match the Request-URI")
+        ha2 = _hex(algorithm, f"{_from_wire(msg.method)}:{uri}")
+        if qop is not None:
+            expected = _hex(algorithm, f"{ha1}:{nonce}:{nc_raw}:{cnonce}:{qop}:{ha2}")
+        else:
+            expected = _hex(algorithm, f"{ha1}:{nonce}:{ha2}")  # RFC 2069 form
+        got = response.lower().encode("utf-8", "replace")
+        if not hmac.compare_digest(expected.encode("ascii"), got):
+            return AuthResult(AuthOutcome.FORBIDDEN, username, "wrong password")
+        now_ms = max(0, int(now * 1000))
+        if self._expired(issued, now_ms):
+            # RFC 2617 3.2.1: the digest is right, only the nonce is too old.
+            return AuthResult(AuthOutcome.STALE, username, "nonce expired")
+        self._prune(now_ms)
+        seen = self._nc.get(nonce)
+        if seen is None and issued <= self._floor:
+            # Its replay state was dropped from a full table: it cannot be verified any more.
+            return AuthResult(AuthOutcome.STALE, username, "nonce no longer tracked")
+        if qop is None:
+            if seen is not None:
+                return AuthResult(challenge, username, "nonce reused")
+            self._track(nonce, _USED)
+        else:
+            if seen is not None and nc <= seen:
+                return AuthResult(challenge, username, "nonce count replayed")
+            self._track(nonce, nc)
+        return AuthResult(AuthOutcome.OK, username, "authenticated")

@@ -127,15 +127,42 @@ def _print_all(diagnostics: Sequence[Diagnostic], stream: TextIO) -> None:
         print(d, file=stream)
 
 
+def _reported(load: Callable[[], T]) -> T | None:
+    """``load()``; None when it raises :class:`ConfigError`, whose diagnostics go to stderr."""
+    try:
+        return load()
+    except ConfigError as exc:
+        _print_all(exc.diagnostics, sys.stderr)
+        return None
+
+
+def _load_policy_or_config(args: argparse.Namespace) -> tuple[Config | None, Policy] | None:
+    """The policy of ``--policy`` alone (config None), or else the configuration of
+    ``--config`` (default ./proxy.yaml) with its policy. Warnings are printed on stderr;
+    None when a file is invalid (its errors printed)."""
+    config: Config | None = None
+    if args.policy is not None:
+        policy_only = _reported(lambda: load_policy(args.policy))
+        if policy_only is None:
+            return None
+        policy, warnings = policy_only
+    else:
+        loaded = _reported(lambda: load_config_and_policy(args.config or DEFAULT_CONFIG))
+        if loaded is None:
+            return None
+        config, policy, warnings = loaded
+    _print_all(warnings, sys.stderr)
+    return config, policy
+
+
 # ---------------------------------------------------------------------------------------------
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    try:
-        config, policy, warnings = load_config_and_policy(args.config)
-    except ConfigError as exc:
-        _print_all(exc.diagnostics, sys.stderr)
+    loaded = _reported(lambda: load_config_and_policy(args.config))
+    if loaded is None:
         return 1
+    config, policy, warnings = loaded
     if args.log_level is not None:
         config = dataclasses.replace(config, log_level=args.log_level)
     from proxy.runtime.server import run_server  # the only owner of the event loop
@@ -145,46 +172,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    if args.policy is not None:
-        try:
-            policy, warnings = load_policy(args.policy)
-        except ConfigError as exc:
-            _print_all(exc.diagnostics, sys.stderr)
-            return 1
-        _print_all(warnings, sys.stderr)
-        print(f"OK: {args.policy} (version {policy.version}, {_rules(policy)})")
-        return 0
-    config_arg = args.config if args.config is not None else DEFAULT_CONFIG
-    try:
-        config, policy, warnings = load_config_and_policy(config_arg)
-    except ConfigError as exc:
-        _print_all(exc.diagnostics, sys.stderr)
+    loaded = _load_policy_or_config(args)
+    if loaded is None:
         return 1
-    _print_all(warnings, sys.stderr)
-    print(f"OK: {config_arg} (policy {_policy_name(config)} version {policy.version}, "
-          f"{_rules(policy)})")
+    config, policy = loaded
+    if config is None:
+        print(f"OK: {args.policy} (version {policy.version}, {_rules(policy)})")
+    else:
+        print(f"OK: {args.config or DEFAULT_CONFIG} (policy {_policy_name(config)} "
+              f"version {policy.version}, {_rules(policy)})")
     return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     status: int = args.status
     method: str = args.method
-    if args.policy is not None:
-        try:
-            policy, warnings = load_policy(args.policy)
-        except ConfigError as exc:
-            _print_all(exc.diagnostics, sys.stderr)
-            return 1
-        _print_all(warnings, sys.stderr)
-        print(policy.explain(status, method))
-        return 0
-    try:
-        config, policy, warnings = load_config_and_policy(args.config or DEFAULT_CONFIG)
-    except ConfigError as exc:
-        _print_all(exc.diagnostics, sys.stderr)
+    loaded = _load_policy_or_config(args)
+    if loaded is None:
         return 1
-    _print_all(warnings, sys.stderr)
-    print(explain_chain(config, policy, status, method))
+    config, policy = loaded
+    if config is None:
+        print(policy.explain(status, method))
+    else:
+        print(explain_chain(config, policy, status, method))
     return 0
 
 
@@ -248,11 +258,10 @@ def _with_store(config_path: str, action: Callable[[StateStore], Awaitable[T]], 
     the result when the sqlite file does not exist yet: looking at (or clearing) a store that
     was never written does not create it.
     """
-    try:
-        config, _ = load_config(config_path)
-    except ConfigError as exc:
-        _print_all(exc.diagnostics, sys.stderr)
-        raise _RoutesFailed from None
+    loaded = _reported(lambda: load_config(config_path))
+    if loaded is None:
+        raise _RoutesFailed
+    config, _ = loaded
     shown = display_path(config.path)
     if config.state_kind == "memory":
         print(f"{shown}: {MEMORY_STATE_MESSAGE}", file=sys.stderr)

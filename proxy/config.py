@@ -1,13 +1,22 @@
 """``proxy.yaml``: reading and validating the proxy's configuration (CONTRACT "proxy.yaml").
 
 :func:`load_config` returns a frozen :class:`Config` whose paths are absolute (a relative
-``policy`` or ``sqlite:`` path is relative to the folder of ``proxy.yaml``), or raises
-:class:`~proxy.diagnostics.ConfigError` with every error found, each with
-FILE:LINE:COLUMN. :func:`load_config_and_policy` also loads the policy file the
-configuration names, and reports that file's errors with the policy's own positions.
+``policy``, ``sqlite:``, ``auth.users_file`` or ``tls`` path is relative to the folder of
+``proxy.yaml``), or raises :class:`~proxy.diagnostics.ConfigError` with every error found,
+each with FILE:LINE:COLUMN. The users file of ``auth`` is read here too
+(:mod:`proxy.auth_users`) and its errors carry its own positions.
+:func:`load_config_and_policy` also loads the policy file the configuration names, and
+reports that file's errors with the policy's own positions.
+
+Access control: ``trusted_relays`` (who may send an initial request with a preloaded Route
+to another host, RFC 3261 16.4), ``auth`` (digest authentication, RFC 3261 22.4),
+``registrar_networks`` and ``registrar_max_contacts`` (RFC 3261 10.3).
 
 Keys beyond the CONTRACT (extensions): ``advertise``, ``force_rport``, ``limits``,
 ``timers``, ``log_level``, ``drain_timeout``, ``watch_policy``, ``secret``, ``tls``.
+
+``check`` and ``run`` read the configuration through this module alike: what the running
+proxy cannot do (a ``redis://`` state in this version) is refused here, at its position.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.auth_users import Credentials, load_users
 from proxy.diagnostics import (
     ConfigError,
     Diagnostic,
@@ -29,6 +39,7 @@ from proxy.diagnostics import (
     YSeq,
     check_keys,
     describe,
+    display_path,
     get_bool,
     get_int,
     get_list,
@@ -41,7 +52,10 @@ from proxy.policy import BUILTIN_POLICY, Policy, load_policy
 
 __all__ = [
     "CONFIG_KEYS",
+    "DEFAULT_REGISTRAR_NETWORKS",
+    "AuthSettings",
     "Config",
+    "Credentials",
     "Limits",
     "Listen",
     "Redirects",
@@ -59,7 +73,19 @@ REGISTRAR_MODES = ("local", "upstream")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061}
 DEFAULT_MAX_TTL = 86400
-REDIS_DEFAULT_PORT = 6379
+DEFAULT_MAX_CONTACTS = 10
+MAX_CONTACTS = 1000
+DEFAULT_REGISTRAR_NETWORKS: tuple[str, ...] = (
+    "127.0.0.0/8",
+    "::1",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+"""Who may REGISTER by default: loopback and private addresses (RFC 1918, RFC 4193)."""
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster")
+STATE_FORMS = "memory: or sqlite:PATH"
 
 CONFIG_KEYS = (
     "listen",
@@ -70,6 +96,10 @@ CONFIG_KEYS = (
     "registrar",
     "domains",
     "redirects",
+    "trusted_relays",
+    "auth",
+    "registrar_networks",
+    "registrar_max_contacts",
     "advertise",
     "force_rport",
     "limits",
@@ -84,6 +114,7 @@ REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers")
 TIMER_KEYS = ("t1_ms", "t2_ms", "t4_ms", "timer_c_ms")
 TLS_KEYS = ("cert_file", "key_file", "ca_file")
+AUTH_KEYS = ("realm", "users_file")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +180,39 @@ class TlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Digest authentication (RFC 3261 22.4): the realm and the users of ``users_file``."""
+
+    realm: str
+    users_file: Path  # absolute
+    users: tuple[Credentials, ...]
+
+    def credentials(self, user: str) -> Credentials | None:
+        """The entry of ``user`` (user names compare exactly), or None."""
+        for entry in self.users:
+            if entry.user == user:
+                return entry
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path  # absolute path of proxy.yaml
     listen: tuple[Listen, ...]  # at least one
     upstreams: tuple[Upstream, ...] = ()  # in failover order
     policy_path: Path | None = None  # absolute; None -> BUILTIN_POLICY
-    state: str = "memory:"  # "memory:" | "sqlite:/abs/path" | "redis://host:port/db"
+    state: str = "memory:"  # "memory:" | "sqlite:/abs/path" (redis:// is refused for now)
     record_route: bool = True
     registrar: str = "upstream"  # "local" | "upstream"
     domains: tuple[str, ...] = ()  # () = every domain (RFC 3261 16.5)
     redirects: Redirects = field(default_factory=Redirects)
+    # Hosts or CIDR networks (normalised, ports ignored) whose initial requests may carry a
+    # preloaded Route to another host (RFC 3261 16.4); () = nobody.
+    trusted_relays: tuple[str, ...] = ()
+    auth: AuthSettings | None = None  # None: no digest authentication
+    # IP addresses or CIDR networks allowed to register (RFC 3261 10.3).
+    registrar_networks: tuple[str, ...] = DEFAULT_REGISTRAR_NETWORKS
+    registrar_max_contacts: int = DEFAULT_MAX_CONTACTS  # bindings per address-of-record
     # Extensions
     advertise: str | None = None  # host[:port] for Via/Record-Route
     force_rport: bool = False  # RFC 3581 behaviour for every request
@@ -186,7 +240,7 @@ class Config:
 
     @property
     def state_kind(self) -> str:
-        """``"memory"``, ``"sqlite"`` or ``"redis"``."""
+        """``"memory"`` or ``"sqlite"``."""
         return self.state.split(":", 1)[0]
 
 
@@ -235,13 +289,27 @@ def load_config_and_policy(path: str | Path) -> tuple[Config, Policy, list[Diagn
 
 class _ConfigReporter(Reporter):
     """A reporter that also remembers the policy file named, so that ``check`` validates it
-    even when the configuration itself has errors."""
+    even when the configuration itself has errors, and holds the reporters of the other files
+    read with the configuration (the users file), whose findings follow its own."""
 
-    __slots__ = ("policy_path",)
+    __slots__ = ("others", "policy_path")
 
     def __init__(self, file: str) -> None:
         super().__init__(file)
         self.policy_path: Path | None = None
+        self.others: list[Reporter] = []
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [*super().errors, *(d for r in self.others for d in r.errors)]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [*super().warnings, *(d for r in self.others for d in r.warnings)]
+
+    @property
+    def failed(self) -> bool:
+        return super().failed or any(r.failed for r in self.others)
 
 
 def _load(path: str | Path) -> tuple[Config | None, _ConfigReporter]:
@@ -298,6 +366,16 @@ class _Builder:
             registrar = self._choice(given["registrar"], "registrar", REGISTRAR_MODES) or registrar
         domains = self._domains(given["domains"]) if "domains" in given else ()
         redirects = self._redirects(given["redirects"]) if "redirects" in given else Redirects()
+        trusted_relays = self._networks(given.get("trusted_relays"), "trusted_relays")
+        auth = self._auth(given["auth"]) if "auth" in given else None
+        registrar_networks = DEFAULT_REGISTRAR_NETWORKS
+        if "registrar_networks" in given:
+            registrar_networks = self._ip_networks(given["registrar_networks"])
+        registrar_max_contacts = DEFAULT_MAX_CONTACTS
+        if "registrar_max_contacts" in given:
+            registrar_max_contacts = get_int(
+                r, given["registrar_max_contacts"], "registrar_max_contacts", 1, MAX_CONTACTS
+            ) or registrar_max_contacts
         advertise = self._advertise(given["advertise"]) if "advertise" in given else None
         force_rport = self._bool(given, "force_rport", False)
         limits = self._limits(given["limits"]) if "limits" in given else Limits()
@@ -338,6 +416,10 @@ class _Builder:
             registrar=registrar,
             domains=domains,
             redirects=redirects,
+            trusted_relays=trusted_relays,
+            auth=auth,
+            registrar_networks=registrar_networks,
+            registrar_max_contacts=registrar_max_contacts,
             advertise=advertise,
             force_rport=force_rport,
             limits=limits,
@@ -374,6 +456,34 @@ class _Builder:
     def _resolve(self, text: str) -> Path:
         p = Path(text).expanduser()
         return Path(os.path.normpath(p if p.is_absolute() else self.base / p))
+
+    def _relative_note(self, written: str) -> str:
+        """For a message about the path ``written``, if relative: what it is relative to."""
+        if Path(written.strip()).expanduser().is_absolute():
+            return ""
+        return (f" (relative paths are relative to {self.base}, the folder of the "
+                "configuration file)")
+
+    def _readable_file(
+        self, node: YNode, key: str, section: str = "", what: str | None = None
+    ) -> Path | None:
+        """The absolute path of the file ``node`` (the value of ``key``) names, if it can be
+        opened for reading. ``section`` prefixes the messages ("tls: "); ``what`` names the
+        file in them (default: the key).
+        """
+        what = what or key
+        path = self._path(node, f"{section}{key}")
+        if path is None:
+            return None
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            assert isinstance(node, YScalar)  # _path read a string from it
+            self.report.error(node, f"{section}cannot read {what} {path}: "
+                              f"{exc.strerror or exc}{self._relative_note(str(node.value))}")
+            return None
+        return path
 
     # -- listen / upstreams ------------------------------------------------------------------
 
@@ -429,18 +539,9 @@ class _Builder:
     # -- policy / state ----------------------------------------------------------------------
 
     def _policy(self, node: YNode) -> Path | None:
-        path = self._path(node, "policy")
-        if path is None:
-            return None
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            assert isinstance(node, YScalar)
-            self.report.error(node, f"cannot read policy file {node.value!r}: "
-                              f"{exc.strerror or exc}")
-            return None
-        self.report.policy_path = path
+        path = self._readable_file(node, "policy", what="policy file")
+        if path is not None:
+            self.report.policy_path = path
         return path
 
     def _state(self, node: YNode) -> str:
@@ -459,16 +560,39 @@ class _Builder:
                 self.report.error(node, f"state {text!r}: write sqlite:PATH "
                                   "(e.g. sqlite:data/state.db or sqlite:/var/lib/proxy/state.db)")
                 return "memory:"
-            return f"sqlite:{self._resolve(rest)}"
-        if text.startswith("redis://"):
-            parsed = _parse_redis(text)
-            if parsed.startswith("redis://"):
-                return parsed
-            self.report.error(node, f"state {text!r}: {parsed}")
+            path = self._resolve(rest)
+            self._check_sqlite_path(node, text, path, self._relative_note(rest))
+            return f"sqlite:{path}"
+        if text.partition(":")[0].lower() in REDIS_SCHEMES:
+            # proxy.store.open_store has no Redis backend yet: refuse it here, at the value,
+            # so that `check` fails as `run` would.
+            self.report.error(node, f"state {text}: the Redis backend is not available in this "
+                              f"version; use {STATE_FORMS}")
             return "memory:"
-        self.report.error(node, f"state must be memory:, sqlite:PATH or "
-                          f"redis://HOST:PORT/DB; got {text!r}")
+        self.report.error(node, f"state must be {STATE_FORMS}; got {text!r}")
         return "memory:"
+
+    def _check_sqlite_path(self, node: YNode, text: str, path: Path, note: str) -> None:
+        """Errors for an sqlite file the proxy can never open (a folder, or a file where a
+        folder must be); a warning when this user could not create or write it. The store
+        creates missing folders itself."""
+        try:
+            if path.is_dir():
+                self.report.error(node, f"state {text!r}: {path} is a folder, not a file{note}")
+                return
+            existing = path if path.exists() else path.parent
+            while not existing.exists():
+                existing = existing.parent
+            if existing != path and not existing.is_dir():
+                self.report.error(node, f"state {text!r}: cannot create {path}: {existing} is "
+                                  f"not a folder{note}")
+                return
+            if not os.access(existing, os.W_OK):
+                self.report.warning(node, f"state {text!r}: {existing} is not writable by this "
+                                    f"user, so the proxy cannot create or update {path}{note}")
+        except OSError as exc:
+            self.report.error(node, f"state {text!r}: cannot use {path}: "
+                              f"{exc.strerror or exc}{note}")
 
     # -- hosts -------------------------------------------------------------------------------
 
@@ -519,6 +643,63 @@ class _Builder:
                 continue
             result.append(entry)
         return _unique(result)
+
+    def _ip_networks(self, node: YNode) -> tuple[str, ...]:
+        """``registrar_networks``: IP addresses or CIDR networks (host bits may be set)."""
+        what = "registrar_networks"
+        seq = get_list(self.report, node, what)
+        if seq is None:
+            return DEFAULT_REGISTRAR_NETWORKS
+        if not seq.items:
+            self.report.warning(seq, f"{what} is empty: no address is allowed to register")
+        result: list[str] = []
+        for item in seq.items:
+            text = get_str(self.report, item, f"an entry of {what}")
+            if text is None:
+                continue
+            text = text.strip()
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                self.report.error(item, f"{what}: {text!r} is not an IP address or a CIDR "
+                                  "network (e.g. 10.0.0.0/8, 192.0.2.7 or fc00::/7)")
+                continue
+            is_address = "/" not in text
+            result.append(str(network.network_address) if is_address else str(network))
+        return _unique(result)
+
+    def _auth(self, node: YNode) -> AuthSettings | None:
+        """``auth``: the realm and the users file (RFC 3261 22.4)."""
+        m = get_map(self.report, node, "auth")
+        if m is None:
+            return None
+        found = check_keys(self.report, m, AUTH_KEYS, (), "auth")
+        given = {k: v for k, v in found.items() if not _is_null(v)}
+        for key in AUTH_KEYS:
+            if key not in given:
+                self.report.error(m, f"auth: missing required key {key!r}")
+        realm = self._realm(given["realm"]) if "realm" in given else None
+        if "users_file" not in given:
+            return None
+        path = self._readable_file(given["users_file"], "users_file", "auth: ")
+        if path is None:
+            return None
+        users_report = Reporter(display_path(path))
+        self.report.others.append(users_report)
+        users = load_users(path, realm or "", users_report)
+        if realm is None or users is None:
+            return None
+        return AuthSettings(realm, path, users)
+
+    def _realm(self, node: YNode) -> str | None:
+        realm = get_str(self.report, node, "auth: realm")
+        if realm is None:
+            return None
+        if _QUOTED_STRING_UNSAFE.search(realm):
+            self.report.error(node, "auth: realm must not contain '\"', '\\' or control "
+                              "characters (it is sent as a quoted-string, RFC 3261 25.1)")
+            return None
+        return realm
 
     def _advertise(self, node: YNode) -> str | None:
         text = get_str(self.report, node, "advertise")
@@ -588,19 +769,15 @@ class _Builder:
             v = found.get(key)
             if v is None:
                 continue
-            p = self._path(v, f"tls: {key}")
-            if p is None:
-                continue
-            try:
-                with open(p, "rb"):
-                    pass
-            except OSError as exc:
-                self.report.error(v, f"tls: cannot read {key} {p}: {exc.strerror or exc}")
-                continue
-            paths[key] = p
+            p = self._readable_file(v, key, "tls: ")
+            if p is not None:
+                paths[key] = p
         if "cert_file" not in paths or "key_file" not in paths:
             return None
         return TlsSettings(paths["cert_file"], paths["key_file"], paths.get("ca_file"))
+
+
+_QUOTED_STRING_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
 def _is_null(node: YNode) -> bool:
@@ -731,27 +908,6 @@ def parse_upstream(text: str) -> Upstream | str:
         transport = "tls"
     transport = transport or "udp"
     return Upstream(uri, host, port if port is not None else DEFAULT_PORT[transport], transport)
-
-
-def _parse_redis(text: str) -> str:
-    """``redis://HOST[:PORT][/DB]`` -> ``redis://HOST:PORT/DB``, or an error message."""
-    rest = text[len("redis://"):]
-    if "?" in rest or "#" in rest:
-        return "query options are not supported: write redis://HOST:PORT/DB"
-    hostport, sep, db_text = rest.partition("/")
-    if "@" in hostport:
-        return "credentials in the URL are not supported: write redis://HOST:PORT/DB"
-    parsed = _split_hostport(hostport)
-    if isinstance(parsed, str):
-        return parsed
-    host, port = parsed
-    db = 0
-    if sep and db_text:
-        if not db_text.isdigit() or not db_text.isascii():
-            return f"the database must be a number, got {db_text!r}"
-        db = int(db_text)
-    shown = f"[{host}]" if ":" in host else host
-    return f"redis://{shown}:{port if port is not None else REDIS_DEFAULT_PORT}/{db}"
 
 
 def _plain_host(text: str) -> str:

@@ -246,12 +246,16 @@ class _Loader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def parse_yaml(text: str, report: Reporter) -> YNode | None:
+def parse_yaml(text: str, report: Reporter, keys_as_written: bool = False) -> YNode | None:
     """Compose ``text`` (one YAML document) into a positioned tree.
 
     Returns None when the document is unusable (syntax error, anchors, empty file); the
     reason is in ``report``. Errors inside a usable tree (duplicate keys, bad keys, tags) are
     reported and the offending entries left out.
+
+    With ``keys_as_written``, a plain scalar key is the string it is written as, whatever
+    YAML 1.1 would resolve it to: for files whose keys are names, such as user names
+    (``1001:`` is the user "1001", ``0012:`` the user "0012", not the octal integer 10).
     """
     loader = _Loader(text, report)
     try:
@@ -279,15 +283,19 @@ def parse_yaml(text: str, report: Reporter) -> YNode | None:
     if node is None:
         report.error((1, 1), "the file is empty")
         return None
-    return _build(node, report, SafeConstructor())
+    return _build(node, report, SafeConstructor(), keys_as_written)
 
 
 def read_yaml_file(
-    path: Path, report: Reporter, transform: Callable[[str], str] | None = None
+    path: Path,
+    report: Reporter,
+    transform: Callable[[str], str] | None = None,
+    keys_as_written: bool = False,
 ) -> tuple[YNode | None, bytes | None]:
     """Read and compose ``path``; returns (tree or None, the file's bytes or None).
 
-    ``transform`` may rewrite the text before it is parsed (keeping line numbers).
+    ``transform`` may rewrite the text before it is parsed (keeping line numbers);
+    ``keys_as_written`` is that of :func:`parse_yaml`.
     """
     try:
         data = path.read_bytes()
@@ -303,16 +311,18 @@ def read_yaml_file(
         return None, data
     if transform is not None:
         text = transform(text)
-    return parse_yaml(text, report), data
+    return parse_yaml(text, report, keys_as_written), data
 
 
-def _build(node: Node, report: Reporter, ctor: SafeConstructor) -> YNode:
+def _build(node: Node, report: Reporter, ctor: SafeConstructor, keys_as_written: bool) -> YNode:
     line, column = _pos(node.start_mark)
     if isinstance(node, ScalarNode):
         return _scalar(node, report, ctor)
     if isinstance(node, SequenceNode):
         _check_collection_tag(node, "seq", report)
-        return YSeq(tuple(_build(n, report, ctor) for n in node.value), line, column)
+        return YSeq(
+            tuple(_build(n, report, ctor, keys_as_written) for n in node.value), line, column
+        )
     assert isinstance(node, MappingNode)
     _check_collection_tag(node, "map", report)
     items: list[tuple[YScalar, YNode]] = []
@@ -325,7 +335,10 @@ def _build(node: Node, report: Reporter, ctor: SafeConstructor) -> YNode:
         if not isinstance(knode, ScalarNode):
             report.error((kline, kcolumn), "a key must be a plain string, not a list or mapping")
             continue
-        key = _scalar(knode, report, ctor)
+        if keys_as_written and knode.style is None and knode.tag in _SCALAR_TAGS:
+            key = YScalar(str(knode.value), str(knode.value), _STD + "str", True, kline, kcolumn)
+        else:
+            key = _scalar(knode, report, ctor)
         if not isinstance(key.value, str) or key.tag != _STD + "str":
             report.error(key, f"a key must be a string, got {describe(key)}")
             continue
@@ -336,7 +349,7 @@ def _build(node: Node, report: Reporter, ctor: SafeConstructor) -> YNode:
             )
             continue
         seen[key.value] = key
-        items.append((key, _build(vnode, report, ctor)))
+        items.append((key, _build(vnode, report, ctor, keys_as_written)))
     return YMap(tuple(items), line, column)
 
 

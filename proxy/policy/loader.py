@@ -10,7 +10,9 @@ The format (CONTRACT "Policy file")::
         # retry_flows only: max_attempts: 1..10
 
 Status forms: an integer 100..699, a class ``"6xx"``, a range ``"500-599"`` or a list mixing
-them. Method: an uppercase SIP method token (RFC 3261 7.1, 25.1 ``Method``) or a list.
+them. Method: an uppercase SIP method token (RFC 3261 7.1, 25.1 ``Method``) or a list. A
+method that is none of :data:`STANDARD_METHODS` is allowed (an extension method) but warned
+about, with the closest standard method when one is close: ``INVTE`` is most likely a typo.
 
 Errors make :func:`load_policy` raise :class:`~proxy.diagnostics.ConfigError`; warnings
 (a rule that can never match, options that cannot apply) are returned with the policy.
@@ -18,6 +20,7 @@ Errors make :func:`load_policy` raise :class:`~proxy.diagnostics.ConfigError`; w
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from pathlib import Path
@@ -43,7 +46,14 @@ from proxy.diagnostics import (
 )
 from proxy.policy.model import MAX_STATUS, MIN_STATUS, Action, Policy, Rule, format_statuses
 
-__all__ = ["MATCH_KEYS", "RULE_KEYS", "load_policy", "parse_policy", "policy_version"]
+__all__ = [
+    "MATCH_KEYS",
+    "RULE_KEYS",
+    "STANDARD_METHODS",
+    "load_policy",
+    "parse_policy",
+    "policy_version",
+]
 
 TOP_KEYS = ("rules",)
 RULE_KEYS = ("name", "match", "action", "permanent", "max_redirects", "max_attempts")
@@ -58,6 +68,16 @@ MAX_REDIRECTS = 10
 MAX_ATTEMPTS = 10
 
 # RFC 3261 25.1: Method = INVITEm / ... / extension-method; extension-method = token
+STANDARD_METHODS = (
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER",  # RFC 3261
+    "PRACK",  # RFC 3262
+    "SUBSCRIBE", "NOTIFY",  # RFC 6665
+    "PUBLISH",  # RFC 3903
+    "INFO",  # RFC 6086
+    "REFER",  # RFC 3515
+    "MESSAGE",  # RFC 3428
+    "UPDATE",  # RFC 3311
+)
 _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
 _CLASS = re.compile(r"([0-9])[xX][xX]")
 _RANGE = re.compile(r"([0-9]+)\s*-\s*([0-9]+)")
@@ -343,8 +363,19 @@ def _methods(node: YNode, where: str, report: Reporter) -> frozenset[str] | None
             if method in ("ACK", "CANCEL"):
                 report.warning(item, f"{where}: the policy never sees responses to {method} "
                                "(RFC 3261 16.10, 17.1.1.3)")
+            elif method not in STANDARD_METHODS:
+                report.warning(item, _unknown_method(method, where))
             result.add(method)
     return frozenset(result) if ok else None
+
+
+def _unknown_method(method: str, where: str) -> str:
+    """The warning for a method outside :data:`STANDARD_METHODS` (allowed: RFC 3261 8.2.1)."""
+    text = f"{where}: method {method!r} is not a standard SIP method"
+    close = difflib.get_close_matches(method, STANDARD_METHODS, n=1)
+    if close:
+        return f"{text}; did you mean {close[0]}?"
+    return f"{text} (allowed as an extension method: check the spelling)"
 
 
 def _lint(rules: list[Rule], report: Reporter) -> None:

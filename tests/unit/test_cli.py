@@ -191,6 +191,124 @@ def test_check_config_without_policy_uses_the_builtin(
     )
 
 
+REDIS_CONFIG = """
+    listen: [udp:127.0.0.1:5060]
+    upstreams: [sip:127.0.0.1:5080]
+    state: redis://127.0.0.1:6379/0
+    """
+REDIS_REFUSED = (
+    "proxy.yaml:3:8: state redis://127.0.0.1:6379/0: the Redis backend is not available in "
+    "this version; use memory: or sqlite:PATH\n"
+)
+
+
+def test_check_refuses_a_redis_state_at_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` cannot open a Redis store yet, so `check` must not say OK to it."""
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "proxy.yaml", REDIS_CONFIG)
+    assert main(["check"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == REDIS_REFUSED
+
+
+def test_run_refuses_a_redis_state_as_check_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake = types.ModuleType("proxy.runtime.server")
+
+    def refuse(*_: object) -> int:
+        raise AssertionError("the server must not start with a redis state")
+
+    fake.run_server = refuse  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "proxy.runtime.server", fake)
+    _write(tmp_path, "proxy.yaml", REDIS_CONFIG)
+    assert main(["run"]) == 1
+    assert main(["explain", "503"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == REDIS_REFUSED * 2
+
+
+def test_check_copied_config_names_the_policy_path_it_tried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """proxy.yaml copied without its policies/ folder: say where the policy was looked for."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "proxy.yaml").write_text((REPO / "proxy.yaml").read_text())
+    assert main(["check", "--config", "etc/proxy.yaml"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    line = next(n for n, text in enumerate((REPO / "proxy.yaml").read_text().splitlines(), 1)
+                if text.startswith("policy:"))
+    assert err == (
+        f"etc/proxy.yaml:{line}:9: cannot read policy file {tmp_path}/etc/policies/default.yaml: "
+        f"No such file or directory (relative paths are relative to {tmp_path}/etc, the folder "
+        "of the configuration file)\n"
+    )
+
+
+MISSPELT_METHOD_POLICY = """
+    rules:
+      - name: invite-timeout
+        match: {status: 408, method: INVTE}
+        action: failover
+      - name: custom
+        match: {status: 503, method: [FOO]}
+        action: failover
+    """
+MISSPELT_METHOD_WARNINGS = [
+    ("p.yaml:3:34: warning: rule 'invite-timeout': method 'INVTE' is not a standard SIP "
+     "method; did you mean INVITE?"),
+    ("p.yaml:6:35: warning: rule 'custom': method 'FOO' is not a standard SIP method (allowed "
+     "as an extension method: check the spelling)"),
+]
+
+
+def test_check_warns_about_a_misspelt_method_and_still_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "p.yaml", MISSPELT_METHOD_POLICY)
+    _write(tmp_path, "proxy.yaml", """
+        listen: [udp:127.0.0.1:5060]
+        upstreams: [sip:127.0.0.1:5080]
+        policy: p.yaml
+        """)
+    version = _version(tmp_path / "p.yaml")
+    assert main(["check", "--policy", "p.yaml"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"OK: p.yaml (version {version}, 2 rules)\n"
+    assert err.splitlines() == MISSPELT_METHOD_WARNINGS
+    assert main(["check"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"OK: proxy.yaml (policy p.yaml version {version}, 2 rules)\n"
+    assert err.splitlines() == MISSPELT_METHOD_WARNINGS
+
+
+def test_check_reports_the_users_file_positions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "conf/users.yaml", """
+        alice: {password: wonderland}
+        bob: {ha1: 1234}
+        """)
+    _write(tmp_path, "conf/proxy.yaml", """
+        listen: [udp:127.0.0.1:5060]
+        upstreams: [sip:127.0.0.1:5080]
+        auth: {realm: example.com, users_file: users.yaml}
+        """)
+    assert main(["check", "--config", "conf/proxy.yaml"]) == 1
+    assert capsys.readouterr().err == (
+        "conf/users.yaml:2:12: user 'bob': ha1 must be 32 hex digits (MD5), got '1234'\n"
+    )
+
+
 def test_check_config_and_policy_together_is_a_usage_error(
     in_repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -416,8 +534,9 @@ def test_run_with_a_broken_config_exits_1_before_starting(
     assert main(["run"]) == 1
     assert capsys.readouterr().err == (
         "proxy.yaml:3:1: unknown key 'foo'; allowed keys: listen, upstreams, policy, state, "
-        "record_route, registrar, domains, redirects, advertise, force_rport, limits, timers, "
-        "log_level, drain_timeout, watch_policy, secret, tls\n"
+        "record_route, registrar, domains, redirects, trusted_relays, auth, registrar_networks, "
+        "registrar_max_contacts, advertise, force_rport, limits, timers, log_level, "
+        "drain_timeout, watch_policy, secret, tls\n"
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Action, Policy, load_policy, parse_policy
+from proxy.policy.loader import STANDARD_METHODS
 
 
 def _load(text: str) -> tuple[Policy, list[Diagnostic]]:
@@ -744,6 +745,81 @@ def test_ack_and_cancel_methods_warn() -> None:
         "(RFC 3261 16.10, 17.1.1.3)"),
         ("p.yaml:3:48: warning: rule 'r': the policy never sees responses to CANCEL "
         "(RFC 3261 16.10, 17.1.1.3)"),
+    ]
+
+
+@pytest.mark.parametrize("method", sorted(set(STANDARD_METHODS) - {"ACK", "CANCEL"}))
+def test_standard_methods_do_not_warn(method: str) -> None:
+    assert _warnings(f"""
+        rules:
+          - name: r
+            match: {{status: 503, method: {method}}}
+            action: failover
+        """) == []
+
+
+def test_standard_methods_are_the_fourteen_of_the_sip_rfcs() -> None:
+    assert sorted(STANDARD_METHODS) == sorted(
+        "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER "
+        "MESSAGE UPDATE".split()
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "suggestion"),
+    [
+        ("INVTE", "INVITE"),
+        ("INIVTE", "INVITE"),
+        ("REGSITER", "REGISTER"),
+        ("SUSCRIBE", "SUBSCRIBE"),
+        ("OPTION", "OPTIONS"),
+        ("MESAGE", "MESSAGE"),
+        ("BYEE", "BYE"),
+    ],
+)
+def test_misspelt_method_warns_with_the_closest_standard_method(
+    method: str, suggestion: str
+) -> None:
+    policy, warnings = _load(f"""
+        rules:
+          - name: r
+            match: {{status: 503, method: {method}}}
+            action: failover
+        """)
+    assert policy.rules[0].methods == frozenset({method})  # allowed: only a warning
+    assert [str(w) for w in warnings] == [
+        f"p.yaml:3:34: warning: rule 'r': method {method!r} is not a standard SIP method; "
+        f"did you mean {suggestion}?"
+    ]
+
+
+@pytest.mark.parametrize("method", ["FOO", "X-CUSTOM.1", "XYZZY"])
+def test_extension_method_warns_without_a_suggestion(method: str) -> None:
+    assert _warnings(f"""
+        rules:
+          - name: r
+            match: {{status: 503, method: {method}}}
+            action: failover
+        """) == [
+        f"p.yaml:3:34: warning: rule 'r': method {method!r} is not a standard SIP method "
+        "(allowed as an extension method: check the spelling)"
+    ]
+
+
+def test_unknown_method_in_a_list_is_warned_at_its_position() -> None:
+    assert _warnings("""
+        rules:
+          - name: r
+            match:
+              status: 503
+              method:
+                - INVITE
+                - BYE
+                - UPDTE
+            action: failover
+        """) == [
+        ("p.yaml:8:11: warning: rule 'r': method 'UPDTE' is not a standard SIP method; did you "
+         "mean UPDATE?")
     ]
 
 

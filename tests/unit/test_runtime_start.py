@@ -21,7 +21,7 @@ def test_redis_state_is_refused_cleanly(tmp_path: Path) -> None:
     res = run(tmp_path, "listen: [udp:127.0.0.1:45999]\nstate: redis://127.0.0.1:6379/0\n")
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
-    assert f"{tmp_path / 'proxy.yaml'}:1:1: state redis://127.0.0.1:6379/0" in res.stderr
+    assert f"{tmp_path / 'proxy.yaml'}:2:8: state redis://127.0.0.1:6379/0" in res.stderr
 
 
 def test_tls_listener_is_refused_cleanly(tmp_path: Path) -> None:

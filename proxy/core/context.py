@@ -118,6 +118,7 @@ class ResponseContext:
         "recursed",
         "waiting",
         "flow_attempts",
+        "path",
     )
 
     def __init__(
@@ -149,6 +150,9 @@ class ResponseContext:
         self.recursed: set[str] = set()  # URIs taken from 3xx Contacts (16.7 step 4)
         self.waiting = False  # a learned route is being written: branches start after it
         self.flow_attempts: dict[str, int] = {}  # per +sip.instance (RFC 5626 7)
+        #: REGISTER to an upstream registrar: (flow token of the UA's flow, ";ob" or "") for
+        #: the Path value each branch inserts (RFC 3327 5.1, RFC 5626 5.1)
+        self.path: tuple[str, str] | None = None
 
     @property
     def may_branch(self) -> bool:

@@ -13,7 +13,9 @@ context (16.7): 1xx and 2xx forwarded at once, finals go through the one decisio
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import secrets
 import zlib
 from collections import Counter
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from proxy.core.access import PRIVATE_NETWORKS, AddressSet, Refusals
 from proxy.core.context import (
     Branch,
     BranchState,
@@ -29,12 +32,14 @@ from proxy.core.context import (
     ServerEntry,
     select_best,
 )
+from proxy.core.digest import AuthOutcome, DigestAuth, may_register
 from proxy.core.flowtoken import Flow, FlowTokens
 from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.registrar import (
     Binding,
     LocationStore,
     RegistrarError,
+    aor_of,
     binding_from_contact,
     contact_lines,
     register,
@@ -77,6 +82,10 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSA
 ROUTE_SCHEMES = frozenset({"sip", "sips", "tel"})
 _UNANSWERED = frozenset({"TRYING", "PROCEEDING"})
 FLOW_TIMER = 120  # seconds between keep-alives asked of outbound UAs (RFC 5626 4.4.1)
+#: RFC 3261 18.1.1: larger requests go over a congestion-controlled transport (TCP), the path
+#: MTU being unknown (1500 - 200 bytes).
+UDP_SIZE_LIMIT = 1300
+MAX_DATAGRAM = 65507  # largest UDP payload over IPv4 (65535 - 8 - 20)
 
 
 class RoutePrep(NamedTuple):
@@ -104,6 +113,23 @@ class CoreSettings:
     guard: RedirectGuard | None = None  # None: follow every 3xx the policy says to
     secret: bytes | None = None  # flow-token key (RFC 5626 5.2); None: random per start
     max_ttl: int = 86400  # redirects.max_ttl
+    #: sources (besides the upstreams) that may route by Route or Request-URI (CONTRACT access)
+    trusted_relays: AddressSet = field(default_factory=lambda: AddressSet(()))
+    #: sources whose REGISTER the local registrar serves without credentials
+    registrar_networks: AddressSet = field(
+        default_factory=lambda: AddressSet(PRIVATE_NETWORKS, "registrar_networks"))
+    registrar_max_contacts: int = 10
+    auth: DigestAuth | None = None  # digest credentials the local registrar accepts (RFC 3261 22)
+
+
+class _Expiry:
+    """The location service's timer: expired bindings leave memory when it fires (CONTRACT
+    registrar), on whole seconds so that many bindings expire in one pass."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
 
 
 class ProxyCore:
@@ -131,6 +157,8 @@ class ProxyCore:
             self._ours.add((host.strip("[]").lower(), int(port)))
         self._adv = tuple({a.advertised for a in local})
         self._upstream_addrs = {(t.host, t.port) for t in settings.upstreams}
+        self._has_tcp = any(a.transport == "tcp" for a in local)
+        self.refusals = Refusals()
         self._queue = TimerQueue()
         self._server: dict[str, ServerEntry] = {}
         self._client: dict[str, Branch] = {}
@@ -144,10 +172,14 @@ class ProxyCore:
         self.writes: list[tuple[LearnedRoute, ResponseContext]] = []
         #: wall clock minus the core's clock, for the times a learned route is stored with
         self.wall_offset = 0.0
-        self.tokens = FlowTokens(settings.secret or secrets.token_bytes(32))
+        secret = settings.secret or secrets.token_bytes(32)
+        self.tokens = FlowTokens(secret)
+        #: key of the MAC every branch this proxy generates carries (CONTRACT: forged responses)
+        self._branch_key = hashlib.sha256(b"sip-policy-proxy branch mac v1|" + secret).digest()
         self._closed_conns: set[int] = set()  # stream connections known to be closed
         #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
         self._udp_flows: dict[tuple[str, int], float] = {}
+        self._expiry = _Expiry()
 
     # ------------------------------------------------------------------ entry points
 
@@ -191,6 +223,11 @@ class ProxyCore:
         for item in self._queue.pop_due(now):
             if isinstance(item, Branch):
                 self._branch_timer(item, now, out)
+            elif item is self._expiry:
+                self._expiry.deadline = None
+                gone = self.location.expire(now)
+                self.stats["bindings_expired"] += len(gone)
+                self._schedule_expiry()
             elif isinstance(item, ResponseContext):
                 item.deadline = None
                 if not item.final_sent:
@@ -311,19 +348,38 @@ class ProxyCore:
             self.stats[f"flow_token_{flow}"] += 1
             self._respond(entry, msg, flow, now, out, reason=reason)
             return
+        # Who may choose the next hop by what the message names (a Route, the Request-URI):
+        # an upstream or a trusted relay, judged by the packet's source (never by Via); or a
+        # request of a dialog that passed this proxy, proven by the verified flow token of our
+        # Record-Route (CONTRACT "TLS and access").
+        trusted = self._trusted_source(src)
+        in_dialog_ours = msg.to_tag is not None and token is not None
         if flow is not None:
             # RFC 5626 5.3: the edge proxy sends the request over the flow its token names.
             groups = [[flow]]
         elif next_hop is not None:
             # 1. Loose routing (RFC 3261 16.4, 16.6 step 7): the next Route names the next hop.
+            if not (trusted or in_dialog_ours):
+                # A preloaded Route to another host from a stranger: no open relay.
+                self._refuse(entry, msg, src, "relay", 403, "Relaying Denied", now, out,
+                             f"Route {next_hop.uri} from an untrusted source")
+                return
             target = self._target_for_uri(next_hop.uri, request_uri=None)
             if target is None:
                 self._respond(entry, msg, 404, now, out, reason="Route Not Resolvable")
                 return
             groups = [[target]]
-        elif popped and isinstance(uri, SipUri) and not self._is_local_uri(uri):
+        elif (
+            popped and isinstance(uri, SipUri) and not self._is_local_uri(uri)
+            and (trusted or in_dialog_ours or msg.to_tag is not None)
+        ):
             # 1b. The Route set ended with us: the Request-URI is the next hop (16.4, 16.6
-            # step 7), e.g. a BYE of a record-routed dialog.
+            # step 7), e.g. a BYE of a record-routed dialog. A stranger's in-dialog request
+            # without our token is refused; its initial one is routed as if it had no Route.
+            if not (trusted or in_dialog_ours):
+                self._refuse(entry, msg, src, "relay", 403, "Relaying Denied", now, out,
+                             f"in-dialog request to {uri} without this proxy's Record-Route")
+                return
             target = self._target_for_uri(uri, request_uri=None)
             assert target is not None
             groups = [[target]]
@@ -359,13 +415,13 @@ class ProxyCore:
                 target = self._target_for_uri(uri, request_uri=learned)
                 assert target is not None
                 groups = [[target]]
-            elif is_local and (self.settings.registrar_local or self._from_upstream(msg, src)):
+            elif is_local and (self.settings.registrar_local or trusted):
                 # The proxy is responsible for this URI and nobody is registered for it.
                 status = 480 if aor is not None and self.location.known(aor) else 404
                 self._respond(entry, msg, status, now, out)
                 return
-            elif self._from_upstream(msg, src) and isinstance(uri, SipUri):
-                # 4. From an upstream: to its Request-URI.
+            elif trusted and isinstance(uri, SipUri):
+                # 4. From an upstream (or a trusted relay): to its Request-URI.
                 target = self._target_for_uri(uri, request_uri=None)
                 if target is None:
                     self._respond(entry, msg, 404, now, out)
@@ -374,29 +430,22 @@ class ProxyCore:
             elif self.settings.upstreams:
                 # 5. Everything else: the upstreams, first one first (failover by policy).
                 groups = [[t] for t in self.settings.upstreams]
-            elif isinstance(uri, SipUri) and not is_local:
-                target = self._target_for_uri(uri, request_uri=None)
-                if target is None:
-                    self._respond(entry, msg, 404, now, out)
-                    return
-                groups = [[target]]
             else:
+                # No upstream, nobody registered: a stranger's Request-URI is never a next hop.
                 self._respond(entry, msg, 404, now, out)
                 return
-        if method == "REGISTER" and not self.settings.registrar_local:
-            if self._supports(msg, "path"):
-                # RFC 3327 5.2 / RFC 5626 5.1: Path with the flow token of the UA's flow, and
-                # ";ob" for an outbound registration.
-                inside = self._local_for_source(src)
-                ob = ";ob" if any("reg-id" in c.params for c in msg.contacts) else ""
-                append.append(f"Path: <sip:{self._token_for(src, inside)}@{inside.advertised};lr"
-                              f"{ob}{self._tp(inside)}>")
         ctx = ResponseContext(
             entry, msg, src, self.policy, groups, from_location=from_location, serial=serial,
             loop_hash=loop_hash,
         )
         ctx.edits = edits
         ctx.append = append
+        if method == "REGISTER" and not self.settings.registrar_local and self._supports(msg, "path"):
+            # RFC 3327 5.2 / RFC 5626 5.1: Path with the flow token of the UA's flow, and
+            # ";ob" for an outbound registration; each branch names the proxy as its registrar
+            # reaches it (_fork).
+            ob = ";ob" if any("reg-id" in c.params for c in msg.contacts) else ""
+            ctx.path = (self._token_for(src, self._local_for_source(src)), ob)
         entry.ctx = ctx
         self._next_group(ctx, now, out)
         if ctx.pending == 0 and not ctx.final_sent:
@@ -480,14 +529,21 @@ class ProxyCore:
             return True
         return host in self.settings.domains
 
-    def _from_upstream(self, msg: SipMessage, src: Source) -> bool:
-        ups = self._upstream_addrs
-        if (src.host, src.port) in ups:
-            return True
-        try:
-            return msg.top_via.sent_by() in ups
-        except ParseError:
-            return False
+    def _trusted_source(self, src: Source) -> bool:
+        """CONTRACT access: an upstream (by the packet's source address and port, or the
+        connection the proxy opened to it) or a ``trusted_relays`` host; never by Via."""
+        return (src.host, src.port) in self._upstream_addrs or src.host in self.settings.trusted_relays
+
+    def _refuse(
+        self, entry: ServerEntry, msg: SipMessage, src: Source, reason: str, status: int,
+        phrase: str, now: float, out: list[Send], detail: str,
+    ) -> None:
+        """Answer a refused request, count it, and log it once per source per minute."""
+        if self.refusals.note(reason, src.host, now):
+            log.warning("refused %s %s from %s:%s (%s): %s %s; counted, logged once a minute "
+                        "per source", msg.method, msg.request_uri, src.host, src.port, reason,
+                        status, detail)
+        self._respond(entry, msg, status, now, out, reason=phrase)
 
     @staticmethod
     def _supports(msg: SipMessage, tag: str) -> bool:
@@ -515,13 +571,22 @@ class ProxyCore:
         chosen = plain + list(newest.values())
         by_q: dict[float, list[Target]] = {}
         for b in chosen:
-            t = self._target_for_binding(b)
+            t = self._target_for_binding(b, now)
             if t is not None:
                 by_q.setdefault(b.q, []).append(t)
         return [by_q[q] for q in sorted(by_q, reverse=True)]
 
-    def _target_for_binding(self, b: Binding) -> Target | None:
+    def _target_for_binding(self, b: Binding, now: float) -> Target | None:
         ruri = b.uri.split("?", 1)[0]  # RFC 3261 19.1.5: no headers in a Request-URI
+        learned = self._learned_uri(ruri, now) if self.learned else None
+        if learned is not None:
+            # This binding answered 301 before: only it goes to its new address (CONTRACT).
+            self.stats["learned_routes_applied"] += 1
+            try:
+                t = self._target_for_uri(parse_uri(learned), request_uri=learned, q=b.q)
+            except ParseError:
+                return None
+            return None if t is None else t._replace(aor=b.aor, binding_key=b.key)
         if b.reg_id is not None:
             # RFC 5626 5.3: requests for an outbound binding go over its flow.
             f = b.flow
@@ -545,7 +610,8 @@ class ProxyCore:
             return None
         host, port = uri.host_port()
         transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
-        return Target(transport, host, port, request_uri, None, q, str(uri))
+        return Target(transport, host, port, request_uri, None, q, str(uri),
+                      fixed_transport=uri.transport is not None)
 
     # ------------------------------------------------------------------ forwarding
 
@@ -559,24 +625,36 @@ class ProxyCore:
                 if label in ctx.tried:
                     continue  # RFC 3261 16.5: each target at most once per response context
                 ctx.tried.add(label)
-                self._fork(ctx, target, now, out)
-                started = True
+                started = self._fork(ctx, target, now, out) or started
             if started:
                 return True
         return False
 
-    def _fork(self, ctx: ResponseContext, target: Target, now: float, out: list[Send]) -> None:
-        """RFC 3261 16.6: copy, rewrite and send the request on a new branch."""
-        msg = ctx.request
+    def _fork(self, ctx: ResponseContext, target: Target, now: float, out: list[Send]) -> bool:
+        """RFC 3261 16.6: copy, rewrite and send the request on a new branch.
+
+        RFC 3261 18.1.1: a request over 1300 bytes goes over TCP when the proxy has TCP and
+        the target takes it (not a UA's UDP flow, no explicit ``;transport=udp``); one that
+        does not fit a datagram at all and cannot go over TCP is answered 513 at once (False:
+        no branch was started).
+        """
         self._n += 1
-        bid = f"z9hG4bK{self._prefix}{ctx.loop_hash}{self._n:x}"
-        local = self._local_for(target)
-        insert = [f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"]
+        bid = self._signed_branch(f"z9hG4bK{self._prefix}{ctx.loop_hash}{self._n:x}")
+        data = self._branch_bytes(ctx, target, bid)
+        if target.transport == "udp" and len(data) > UDP_SIZE_LIMIT:
+            if self._has_tcp and not (target.via_flow or target.fixed_transport):
+                target = target._replace(transport="tcp", conn_id=None)
+                data = self._branch_bytes(ctx, target, bid)
+                self.stats["udp_to_tcp"] += 1
+            elif len(data) > MAX_DATAGRAM:
+                log.warning("%s of %d bytes for %s:%s does not fit a UDP datagram and the next "
+                            "hop cannot be reached over TCP: 513", ctx.method, len(data),
+                            target.host, target.port)
+                self.stats["too_large"] += 1
+                decision = ctx.policy.evaluate(513, ctx.method)
+                ctx.responses.append(Response(513, None, decision))
+                return False
         method = ctx.method
-        if self.settings.record_route and method in DIALOG_METHODS and msg.to_tag is None:
-            insert.extend(self._record_route(local, ctx.source, target))
-        start = f"{method} {target.request_uri} SIP/2.0" if target.request_uri else None
-        data = rewrite(msg, start_line=start, insert_top=insert, edits=ctx.edits, append=ctx.append)
         reliable = target.transport != "udp"
         txn: InviteClientTransaction | NonInviteClientTransaction
         if method == "INVITE":
@@ -593,6 +671,23 @@ class ProxyCore:
         self._schedule(br)
         self.stats["branches"] += 1
         out.append(Send(target.transport, target.host, target.port, data, target.conn_id, br))
+        return True
+
+    def _branch_bytes(self, ctx: ResponseContext, target: Target, bid: str) -> bytes:
+        """The request as sent on one branch (RFC 3261 16.6 steps 2 to 8), by splicing."""
+        msg = ctx.request
+        local = self._local_for(target)
+        insert = [f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"]
+        method = ctx.method
+        if self.settings.record_route and method in DIALOG_METHODS and msg.to_tag is None:
+            insert.extend(self._record_route(local, ctx.source, target))
+        if ctx.path is not None:
+            # RFC 3327 5.1: in front of any Path already there, naming the proxy as the
+            # registrar reaches it (this branch's transport and address).
+            token, ob = ctx.path
+            insert.append(f"Path: <sip:{token}@{local.advertised};lr{ob}{self._tp(local)}>")
+        start = f"{method} {target.request_uri} SIP/2.0" if target.request_uri else None
+        return rewrite(msg, start_line=start, insert_top=insert, edits=ctx.edits, append=ctx.append)
 
     def _record_route(self, out_local: LocalAddress, src: Source, target: Target) -> list[str]:
         """RFC 3261 16.6 step 4; two values when the request changes transport or address.
@@ -654,6 +749,13 @@ class ProxyCore:
             return
         if flow is not None:
             target = flow
+        elif not (self._trusted_source(src) or (msg.to_tag is not None and token is not None)):
+            # Only an ACK of a dialog that passed this proxy (our Record-Route token) or from
+            # a trusted source may name its next hop; a stranger's is dropped (no open relay).
+            if self.refusals.note("relay", src.host, now):
+                log.warning("dropped ACK %s from %s:%s: not of a dialog through this proxy",
+                            msg.request_uri, src.host, src.port)
+            target = None
         elif next_hop is not None:
             target = self._target_for_uri(next_hop.uri, request_uri=None)
         elif isinstance(uri, SipUri) and not self._is_local_uri(uri):
@@ -747,7 +849,7 @@ class ProxyCore:
         method = msg.cseq[1]
         br = self._client.get(f"{bid}|{method}") if bid else None
         if br is None:
-            self._stateless_response(msg, out)
+            self._stateless_response(msg, src, now, out)
             return
         status = msg.status
         if method == "CANCEL" and br.ctx.method != "CANCEL":
@@ -853,7 +955,7 @@ class ProxyCore:
             if self._next_group(ctx, now, out):
                 return
         elif action is Action.REDIRECT and msg is not None and ctx.may_branch and status < 400:
-            if self._redirect(ctx, status, msg, decision, src, now, out):
+            if self._redirect(ctx, br, status, msg, decision, src, now, out):
                 return
         if ctx.waiting:
             return  # the learned route is being written; branches start after it
@@ -876,7 +978,7 @@ class ProxyCore:
     # ------------------------------------------------------------------ redirects (16.5, 16.7 step 4)
 
     def _redirect(
-        self, ctx: ResponseContext, status: int, msg: SipMessage, decision: Decision,
+        self, ctx: ResponseContext, br: Branch, status: int, msg: SipMessage, decision: Decision,
         src: Source | None, now: float, out: list[Send],
     ) -> bool:
         """Recurse on the Contacts of a 3xx; True when the context took them over.
@@ -930,7 +1032,9 @@ class ProxyCore:
         ctx.groups[0:0] = [by_q[q] for q in sorted(by_q, reverse=True)]
         ttl = self._learn_ttl(status, msg, chosen[0][2], decision)
         if ttl > 0 and src is not None:
-            old = ctx.request.request_uri
+            # The rewrite of the URI this branch was sent to (CONTRACT routing): one binding of
+            # a forked user, or one link of a chain (A->B, then B->C), not the whole user.
+            old = br.target.request_uri or ctx.request.request_uri
             new = str(chosen[0][1])
             wall = now + self.wall_offset
             route = LearnedRoute(old, new, f"{src.host}:{src.port}", ctx.request.call_id,
@@ -1035,7 +1139,7 @@ class ProxyCore:
             key=lambda b: -b.registered_at,
         )
         for b in candidates:
-            nt = self._target_for_binding(b)
+            nt = self._target_for_binding(b, now)
             if nt is None:
                 continue
             label = f"{nt.request_uri or ''}@{nt.host}:{nt.port}/{nt.transport}"
@@ -1108,13 +1212,22 @@ class ProxyCore:
         data = make_response(ctx.request, status, reason, to_tag=ctx.to_tag)
         self._send_response(ctx.server, status, data, now, out)
 
-    def _stateless_response(self, msg: SipMessage, out: list[Send]) -> None:
+    def _stateless_response(self, msg: SipMessage, src: Source, now: float, out: list[Send]) -> None:
         """RFC 3261 16.7 / 16.11: a response matching no branch is forwarded statelessly if its
         top Via is ours, and dropped otherwise (RFC 3261 18.1.2)."""
         vias = msg.vias
         top = vias[0]
         if top.sent_by() not in self._ours or len(vias) < 2:
             self.stats["responses_dropped"] += 1
+            return
+        if not self._branch_verifies(top.branch):
+            # A response naming us with a branch we never generated: forged, and forwarding it
+            # to its second Via would make the proxy a reflector (CONTRACT access).
+            self.stats["responses_forged"] += 1
+            self.stats["responses_dropped"] += 1
+            if self.refusals.note("forged_response", src.host, now):
+                log.warning("dropped %s from %s:%s: its top Via names this proxy with a branch "
+                            "it did not generate", msg.status, src.host, src.port)
             return
         nxt = vias[1]
         host = (nxt.received or nxt.sent_by()[0]).strip("[]")
@@ -1133,7 +1246,7 @@ class ProxyCore:
             sent = {str(c.uri): c for c in req.contacts}
             known = {b.uri: b for b in self.location.lookup(aor, now)}
             self.location.remove_all(aor)
-            for c in msg.contacts:
+            for c in msg.contacts[: self.settings.registrar_max_contacts]:
                 raw = c.params.get("expires")
                 expires = int(raw) if raw is not None and raw.isdigit() else (msg.expires or 0)
                 key = str(c.uri)
@@ -1151,22 +1264,31 @@ class ProxyCore:
                 # A contact registered elsewhere has no flow through this proxy: not ours.
         except (ParseError, RegistrarError) as exc:
             log.info("could not learn bindings from REGISTER 2xx: %s", exc)
+        self._schedule_expiry()
 
     # ------------------------------------------------------------------ local registrar
 
     def _local_register(
         self, entry: ServerEntry, msg: SipMessage, src: Source, now: float, out: list[Send]
     ) -> None:
-        domains = self.settings.domains
+        s = self.settings
         try:
-            if domains:
+            if s.domains:
                 to_uri = msg.to.uri
-                if isinstance(to_uri, SipUri) and to_uri.host not in domains:
+                if isinstance(to_uri, SipUri) and to_uri.host not in s.domains:
                     raise RegistrarError(404, "Domain Not Served")
-            _, bindings = register(self.location, msg, src, now)
+            if src.host not in s.registrar_networks and not self._registrar_auth(
+                    entry, msg, src, now, out):
+                return
+            _, bindings = register(self.location, msg, src, now,
+                                   max_contacts=s.registrar_max_contacts)
         except RegistrarError as exc:
+            if exc.status == 403 and self.refusals.note("registrar_limit", src.host, now):
+                log.warning("REGISTER for %s from %s:%s refused: %s", msg.get("to"), src.host,
+                            src.port, exc.reason)
             self._respond(entry, msg, exc.status, now, out, reason=exc.reason, headers=exc.headers)
             return
+        self._schedule_expiry()
         headers = contact_lines(bindings, now)
         if src.transport == "udp" and any("reg-id" in c.params for c in msg.contacts):
             self._udp_flows[(src.host, src.port)] = now
@@ -1175,6 +1297,44 @@ class ProxyCore:
             # send its keep-alives (4.4.1).
             headers += ["Require: outbound", f"Flow-Timer: {FLOW_TIMER}"]
         self._respond(entry, msg, 200, now, out, headers=tuple(headers))
+
+    def _registrar_auth(
+        self, entry: ServerEntry, msg: SipMessage, src: Source, now: float, out: list[Send]
+    ) -> bool:
+        """CONTRACT registrar: from outside ``registrar_networks`` a REGISTER needs valid
+        digest credentials (RFC 3261 22.4, RFC 8760) of the user whose AOR it registers.
+        True: go on; False: answered (401 with a challenge, or 403)."""
+        auth = self.settings.auth
+        if auth is None:
+            self._refuse(entry, msg, src, "registrar", 403, "Forbidden", now, out,
+                         "not from registrar_networks and no auth configured")
+            return False
+        result = auth.check(msg, now)
+        if result.outcome is AuthOutcome.OK:
+            assert result.user is not None
+            if may_register(result.user, aor_of(msg)):
+                return True
+            self._refuse(entry, msg, src, "registrar", 403, "Forbidden", now, out,
+                         f"user {result.user} may not register {aor_of(msg)}")
+            return False
+        if result.outcome is AuthOutcome.FORBIDDEN:
+            self._refuse(entry, msg, src, "registrar", 403, "Forbidden", now, out, result.reason)
+            return False
+        self.stats["registrar_challenges"] += 1
+        stale = result.outcome is AuthOutcome.STALE
+        self._respond(entry, msg, 401, now, out, reason="Unauthorized",
+                      headers=auth.challenge(now, stale=stale))
+        return False
+
+    def _schedule_expiry(self) -> None:
+        nxt = self.location.next_expiry()
+        if nxt is None:
+            return
+        d = float(math.ceil(nxt))
+        cur = self._expiry.deadline
+        if cur is None or d < cur:
+            self._expiry.deadline = d
+            self._queue.schedule(self._expiry)
 
     # ------------------------------------------------------------------ transactions
 
@@ -1318,6 +1478,18 @@ class ProxyCore:
             self._queue.schedule(item)
 
     # ------------------------------------------------------------------ helpers
+
+    def _signed_branch(self, base: str) -> str:
+        """A branch this proxy generates: ``base`` and a keyed MAC of it (BLAKE2s, 40 bits),
+        so that a response naming it can be told from a forged one without state."""
+        mac = hashlib.blake2s(base.encode(), key=self._branch_key, digest_size=5).hexdigest()
+        return f"{base}.{mac}"
+
+    def _branch_verifies(self, branch: str | None) -> bool:
+        if not branch:
+            return False
+        base, dot, mac = branch.rpartition(".")
+        return bool(dot) and len(mac) == 10 and self._signed_branch(base) == branch
 
     def _new_tag(self) -> str:
         self._n += 1

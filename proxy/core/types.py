@@ -63,3 +63,5 @@ class Target(NamedTuple):
     instance: str | None = None  # its +sip.instance
     binding_key: str | None = None  # its key in the location store
     via_flow: bool = False  # sent over a UA's flow (RFC 5626): Record-Route names that flow
+    #: the URI named its transport (``;transport=udp``): never switched to TCP (RFC 3261 18.1.1)
+    fixed_transport: bool = False

@@ -13,6 +13,7 @@ import gc
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import Config
+from proxy.core.access import AddressSet
 from proxy.core.context import ResponseContext
+from proxy.core.digest import DigestAuth
 from proxy.core.proxy import CoreSettings, ProxyCore
 from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.registrar import MemoryLocation
@@ -121,7 +124,8 @@ class Runtime:
             if ip is None:
                 raise ConfigError([Diagnostic(str(config.path), 1, 1,
                                               f"upstream {u.uri}: cannot resolve {u.host}")])
-            upstreams.append(Target(u.transport, ip, u.port, None, None, 1.0, u.uri))
+            upstreams.append(Target(u.transport, ip, u.port, None, None, 1.0, u.uri,
+                                    fixed_transport=";transport=" in u.uri.lower()))
         local = [
             LocalAddress(li.transport, li.host, li.port,
                          _advertised(li.host, li.port, config.advertise))
@@ -139,6 +143,9 @@ class Runtime:
         trusted = [*config.trusted_sources, *([] if red.trusted_sources else up_ips)]
         allowed = [*config.allow_targets, *([] if red.allow_targets else up_ips)]
         guard = RedirectGuard(trusted, allowed, own)
+        # One key for flow tokens, branch MACs and digest nonces: the configured secret (stable
+        # across restarts and shared by several proxies) or a random one per start.
+        secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
         settings = CoreSettings(
             upstreams=tuple(upstreams),
             record_route=config.record_route,
@@ -150,7 +157,12 @@ class Runtime:
             max_headers=config.limits.max_headers,
             guard=guard,
             max_ttl=config.redirects.max_ttl,
-            secret=config.secret.encode() if config.secret else None,
+            secret=secret,
+            trusted_relays=AddressSet(config.trusted_relays, "trusted_relays"),
+            registrar_networks=AddressSet(config.registrar_networks, "registrar_networks"),
+            registrar_max_contacts=config.registrar_max_contacts,
+            auth=(DigestAuth(config.auth.realm, config.auth.users, secret)
+                  if config.auth is not None else None),
         )
         self.core = ProxyCore(settings, policy, local, MemoryLocation())
         try:
@@ -338,7 +350,7 @@ class Runtime:
                         raise OSError("no udp listener for this address family")
                     ep.send(s.data, s.host, s.port)
                 except OSError as exc:
-                    log.info("udp send to %s:%s failed: %s", s.host, s.port, exc)
+                    log.warning("udp send to %s:%s failed: %s", s.host, s.port, exc)
                     if s.token is not None:
                         self.loop.call_soon(self.failed, s.token)
             elif s.transport == "tcp" and self.tcp is not None:

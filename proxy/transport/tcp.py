@@ -148,7 +148,7 @@ class TcpManager:
                 self.connect_timeout,
             )
         except (TimeoutError, OSError) as exc:
-            log.info("tcp connect to %s:%s failed: %s", key[0], key[1], exc)
+            log.warning("tcp connect to %s:%s failed: %s", key[0], key[1], exc)
             for s in self._connecting.pop(key, []):
                 if s.token is not None:
                     self.failed(s.token)

@@ -54,12 +54,12 @@ def _r5118(name: str, is_request: bool, parse_ok: bool, proxy: str, status: int 
 
 EXPECTATIONS: tuple[Expect, ...] = (
     # ---- RFC 4475 3.1.1: valid messages ----
-    _r4475("wsinv", True, True, RESPOND, 500,
+    _r4475("wsinv", True, True, RESPOND, 403,
            "RFC 4475 3.1.1.1: tortuous but well-formed INVITE (LWS, folding, compact forms, "
-           "escapes). Its Route names services.example.com, so it is loose-routed there (RFC "
-           "3261 16.4); that name does not resolve on a test machine: a transport error (16.9), "
-           "answered 500 (16.7 step 6). tests/unit/test_core_conformance.py shows the forwarded "
-           "bytes, unknown headers unchanged"),
+           "escapes). It parses; its Route names services.example.com, another host, and the "
+           "sender is neither an upstream nor a trusted relay: 403, no open relay (CONTRACT "
+           "access). tests/unit/test_core_conformance.py shows a trusted relay's copy "
+           "loose-routed there (RFC 3261 16.4), unknown headers unchanged"),
     _r4475("intmeth", True, True, FORWARD, None,
            "RFC 4475 3.1.1.2: unknown method with unusual but legal characters; a proxy forwards "
            "it (the sip: R-URI goes to the upstream)"),
@@ -83,11 +83,12 @@ EXPECTATIONS: tuple[Expect, ...] = (
            "RFC 4475 3.1.1.9: R-URI user part 'user;par=u%40example.net' holds ';'; forwarded"),
     _r4475("transports", True, True, FORWARD, None,
            "RFC 4475 3.1.1.10: unknown Via transport tokens (UNKNOWN) parse; forwarded"),
-    _r4475("mpart01", True, True, RESPOND, 408,
-           "RFC 4475 3.1.1.11: multipart body with NUL/CR/LF octets framed by Content-Length. "
-           "Its Route names sip:127.0.0.1:5080, where nothing answers in the test: Timer B "
-           "(64*T1, RFC 3261 17.1.1.2) ends the branch and the caller gets 408; "
-           "tests/unit/test_core_conformance.py shows the forwarded body byte-exact"),
+    _r4475("mpart01", True, True, RESPOND, 403,
+           "RFC 4475 3.1.1.11: multipart body with NUL/CR/LF octets framed by Content-Length: "
+           "it parses. Its Route names sip:127.0.0.1:5080, another host, and the sender is a "
+           "stranger: 403, no open relay (CONTRACT access); "
+           "tests/unit/test_core_conformance.py shows a trusted relay's copy forwarded with "
+           "its body byte-exact"),
     _r4475("unreason", False, True, DROP, None,
            "RFC 4475 3.1.1.12: valid 200 with a UTF-8 reason phrase; it matches no transaction, "
            "so the proxy drops it (RFC 3261 16.7)"),

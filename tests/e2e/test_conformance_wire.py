@@ -81,7 +81,9 @@ class ProxyPool:
             if not seen & keys:
                 seen.update(keys)
                 return proxy
-        proxy = self.factory(upstreams=[f"sip:{LOOPBACK}:{self.upstream_port}"],
+        # The upstream takes UDP only (RFC 3261 18.1.1: longreq, over 1300 bytes, would go
+        # over TCP to a next hop that did not name its transport).
+        proxy = self.factory(upstreams=[f"sip:{LOOPBACK}:{self.upstream_port};transport=udp"],
                              registrar="upstream", force_rport=True, timers={"t1_ms": T1_MS})
         self.used.append((proxy, set(keys)))
         return proxy

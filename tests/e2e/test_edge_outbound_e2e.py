@@ -92,8 +92,9 @@ def parse_path(value: str) -> PathValue:
 
 
 def the_path(reg: SipMessage, proxy: ProxyProcess, transport: str) -> PathValue:
-    """RFC 3327 5.2 / RFC 5626 5.1: exactly one Path value, naming the proxy's socket of the
-    phone's transport, with ;lr, ;ob (and ;transport=tcp over TCP) and a flow token."""
+    """RFC 3327 5.1 / RFC 5626 5.1: exactly one Path value, naming the proxy as the PBX reaches
+    it (``transport``: the upstream leg's), with ;lr, ;ob (and ;transport=tcp over TCP) and a
+    flow token naming the phone's flow."""
     values = [v for line in reg.get_all("path") for v in split_via_values(line)]
     assert len(values) == 1, f"want exactly one Path value, got {values!r}"
     path = parse_path(values[0])
@@ -556,7 +557,8 @@ async def test_forged_flow_token_gets_403(proxy_factory: ProxyFactory) -> None:
 
 
 async def test_tcp_flow_closed_gets_430(proxy_factory: ProxyFactory) -> None:
-    """A phone registers over TCP (raw client): the PBX gets a Path with ;transport=tcp; while
+    """A phone registers over TCP (raw client): the PBX (on UDP) gets a Path that names the
+    proxy's UDP side, not ;transport=tcp (RFC 3327 5.1: as the PBX reaches it); while
     the connection is open the PBX's INVITE by that Path reaches the phone over the connection
     (answered 486); the phone closes the connection, the proxy drops the binding it learned
     (log ``flow ... closed: binding removed``) and the same Path now gets 100 then 430 Flow
@@ -576,7 +578,7 @@ async def test_tcp_flow_closed_gets_430(proxy_factory: ProxyFactory) -> None:
                                "Supported: outbound, path"],
             ))
             reg = await pbx_registrar_answers(pbx, proxy)
-            path = the_path(reg, proxy, "tcp")
+            path = the_path(reg, proxy, "udp")
             ok = await phone.recv_sip(WAIT, lambda m: (m.status or 0) >= 200)
             assert ok.status == 200 and ok.cseq == (1, "REGISTER"), ok.start_line
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from proxy.core.access import AddressSet
+from proxy.core.flowtoken import Flow
 from proxy.core.proxy import CoreSettings, ProxyCore
 from proxy.core.registrar import MemoryLocation
 from proxy.core.types import LocalAddress, Send, Source, Target
@@ -90,10 +93,12 @@ class Harness:
     @classmethod
     def make(cls, *, upstreams: tuple[Target, ...] = (UP1, UP2), registrar_local: bool = False,
              domains: frozenset[str] = frozenset(), policy: Policy | None = None,
-             timers: TimerConfig | None = None) -> Harness:
+             timers: TimerConfig | None = None, trusted_relays: tuple[str, ...] = (),
+             **settings_kw: Any) -> Harness:
         settings = CoreSettings(
             upstreams=upstreams, registrar_local=registrar_local, domains=domains,
-            timers=timers or TimerConfig(),
+            timers=timers or TimerConfig(), trusted_relays=AddressSet(trusted_relays),
+            **settings_kw,
         )
         core = ProxyCore(settings, policy or default_policy(), LOCAL, MemoryLocation())
         return cls(core)
@@ -119,6 +124,17 @@ class Harness:
 
     def to(self, port: int, out: list[Send] | None = None) -> list[SipMessage]:
         return [parse_message(s.data) for s in (self.sent if out is None else out) if s.port == port]
+
+
+def own_route(h: Harness, src: Source = CALLER) -> str:
+    """The Route value a UA of a dialog through the proxy sends back: the proxy's own
+    Record-Route URI with the flow token naming ``src``'s flow (RFC 5626 5.2), as
+    :meth:`ProxyCore._record_route` writes it."""
+    local = LOCAL[0] if src.transport == "udp" else LOCAL[1]
+    token = h.core.tokens.encode(Flow(src.transport, local.host, local.port, src.host, src.port,
+                                      src.conn_id))
+    tp = "" if local.transport == "udp" else f";transport={local.transport}"
+    return f"<sip:{token}@{local.advertised};lr{tp}>"
 
 
 def statuses(msgs: list[SipMessage]) -> list[int]:

@@ -15,8 +15,10 @@ SENDER = Source("udp", "192.0.2.2", 5060)
 
 
 def forwarded(name: str) -> tuple[bytes, bytes, str]:
+    """The message as the core forwards it for a trusted relay (CONTRACT access: only an
+    upstream or a trusted_relays source may preload a Route to another host)."""
     data = (KIT / f"{name}.dat").read_bytes()
-    h = Harness.make()
+    h = Harness.make(trusted_relays=(SENDER.host,))
     out = h.feed(data, SENDER)
     fwd = [s for s in out if s.data[:4] != b"SIP/"]
     assert len(fwd) == 1, [s.data[:40] for s in out]
@@ -34,6 +36,17 @@ def test_wsinv_is_loose_routed_with_unknown_headers_unchanged() -> None:
     msg = parse_message(out)
     assert msg.top_via.sent_by() == ("127.0.0.1", 5060)
     assert msg.body == parse_message(data).body
+
+
+def test_wsinv_from_a_stranger_is_refused_not_relayed() -> None:
+    """CONTRACT access: the same preloaded Route from a source that is neither an upstream
+    nor a trusted relay gets 403, and nothing is sent towards the Route's host."""
+    h = Harness.make()
+    out = h.feed((KIT / "wsinv.dat").read_bytes(), SENDER)
+    assert [s.host for s in out if s.data[:4] != b"SIP/"] == []
+    finals = [parse_message(s.data).status for s in out if s.data[:4] == b"SIP/"]
+    assert finals == [100, 403]
+    assert h.core.refusals.counts["relay"] == 1
 
 
 def test_mpart01_body_is_forwarded_byte_exact() -> None:

@@ -4,7 +4,7 @@ dead flow."""
 
 from __future__ import annotations
 
-from proxy.core.types import Source
+from proxy.core.types import Source, Target
 from proxy.sip import parse_message
 from tests.unit.core_harness import Harness, methods, request, response_to, statuses
 
@@ -26,11 +26,24 @@ def outbound_register(h: Harness) -> str:
     return path
 
 
+def test_path_names_the_upstream_legs_transport() -> None:
+    """RFC 3327 5.1: with the PBX on TCP the Path URI says transport=tcp, whatever the phone's
+    transport; the token still names the phone's flow."""
+    h = Harness.make(upstreams=(Target("tcp", "127.0.0.1", 5080, label="sip:127.0.0.1:5080"),))
+    path = outbound_register(h)
+    assert path.endswith(";lr;ob;transport=tcp>")
+    udp = Harness.make()
+    assert "transport" not in outbound_register(udp)
+
+
 def test_outbound_register_gets_path_with_flow_token_and_ob() -> None:
     """RFC 5626 5.1 and RFC 3327 5.2: Path names the proxy with the UA's flow token and ;ob."""
     h = Harness.make()
     path = outbound_register(h)
-    assert path.startswith("<sip:") and ";lr" in path and ";ob" in path and "transport=tcp" in path
+    # RFC 3327 5.1: Path names the proxy as the PBX reaches it: the PBX is on UDP here, though
+    # the phone registered over TCP.
+    assert path.startswith("<sip:") and ";lr" in path and ";ob" in path
+    assert "transport" not in path
     token = path[5:path.index("@")]
     flow = h.core.tokens.decode(token)
     assert flow is not None

@@ -1,47 +1,17 @@
-"""Values that cross the boundary between the sans-IO core and the transport layer.
+"""Values of the sans-IO core: where a request goes (:class:`Target`).
 
-The core never touches a socket: it is fed received bytes with a :class:`Source` and returns
-:class:`Send` instructions. The runtime reports failed sends back with the ``token`` of the
-:class:`Send` (RFC 3261 16.9: a transport error on a branch is treated as a 503).
+:class:`Source`, :class:`Send` and :class:`LocalAddress` cross the boundary between the core
+and the transport layer; they live in :mod:`proxy.sip.transport` (which both sides may import)
+and are re-exported here so that core modules keep importing them from one place.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from proxy.sip.transport import LocalAddress, Send, Source
 
-class Source(NamedTuple):
-    """Where a message came from: its transport, the peer address and, on streams, the connection."""
-
-    transport: str  # "udp" | "tcp" | "tls"
-    host: str  # peer IP, IPv6 without brackets
-    port: int
-    conn_id: int | None = None  # stream connection the message arrived on
-
-
-class Send(NamedTuple):
-    """An instruction to the transport layer: send ``data`` to ``host:port`` over ``transport``.
-
-    On streams, ``conn_id`` names the connection to use when it is still open; otherwise the
-    transport reuses a connection to ``host:port`` or opens one (RFC 3261 18.2.2, 18.1.1).
-    ``token`` is handed back to :meth:`ProxyCore.on_send_failure` if the send fails.
-    """
-
-    transport: str
-    host: str
-    port: int
-    data: bytes
-    conn_id: int | None = None
-    token: object | None = None
-
-
-class LocalAddress(NamedTuple):
-    """One of the proxy's own listening addresses, as it is written in Via and Record-Route."""
-
-    transport: str  # "udp" | "tcp" | "tls"
-    host: str  # IP as bound, IPv6 without brackets
-    port: int
-    advertised: str  # "host:port" or "[v6]:port" written into Via / Record-Route
+__all__ = ["LocalAddress", "Send", "Source", "Target"]
 
 
 class Target(NamedTuple):

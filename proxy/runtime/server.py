@@ -34,6 +34,7 @@ from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.store import LearnedRoute, StoreError, open_store
 from proxy.transaction import TimerConfig
+from proxy.transport.base import Transport
 from proxy.transport.tcp import TcpManager
 from proxy.transport.udp import UdpEndpoint, open_udp
 
@@ -185,7 +186,7 @@ class Runtime:
         self.loop.call_later(1.0, self._poll_store)
         for li in cfg.listen:
             if li.transport == "udp":
-                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive)
+                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":
@@ -343,22 +344,21 @@ class Runtime:
                     self._unreachable(s, "does not resolve")
                     continue
                 s = s._replace(host=str(ip))
-            if s.transport == "udp":
-                ep = self.udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
-                try:
-                    if ep is None:
-                        raise OSError("no udp listener for this address family")
-                    ep.send(s.data, s.host, s.port)
-                except OSError as exc:
-                    log.warning("udp send to %s:%s failed: %s", s.host, s.port, exc)
-                    if s.token is not None:
-                        self.loop.call_soon(self.failed, s.token)
-            elif s.transport == "tcp" and self.tcp is not None:
-                self.tcp.send(s)
+            transport = self._transport_for(s)
+            if transport is not None:
+                transport.send(s)
             else:
                 log.info("no %s transport for %s:%s", s.transport, s.host, s.port)
                 if s.token is not None:
                     self.loop.call_soon(self.failed, s.token)
+
+    def _transport_for(self, s: Send) -> Transport | None:
+        """The transport that carries ``s``: the UDP socket of its address family, or TCP."""
+        if s.transport == "udp":
+            return self.udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
+        if s.transport == "tcp":
+            return self.tcp
+        return None
 
     def _unreachable(self, s: Send, why: str) -> None:
         log.info("cannot send to %s:%s: %s", s.host, s.port, why)

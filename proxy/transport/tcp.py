@@ -12,13 +12,10 @@ import itertools
 import logging
 from collections.abc import Callable
 
-from proxy.core.types import Send, Source
 from proxy.sip import FramingError, StreamFramer
+from proxy.transport.base import Deliver, Failed, Send, Source
 
 log = logging.getLogger("proxy.transport.tcp")
-
-Deliver = Callable[[bytes, Source], None]
-Failed = Callable[[object], None]
 
 _ids = itertools.count(1)
 
@@ -87,7 +84,10 @@ class SipStream(asyncio.Protocol):
 
 
 class TcpManager:
-    """Listening sockets plus the table of open connections, by id and by peer address."""
+    """Listening sockets plus the table of open connections, by id and by peer address.
+
+    A :class:`~proxy.transport.base.Transport`: :meth:`send` takes a :class:`Send`.
+    """
 
     def __init__(
         self, deliver: Deliver, failed: Failed, *, max_size: int = 65535,

@@ -6,20 +6,26 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from proxy.core.types import Source
+from proxy.transport.base import Deliver, Failed, Send, Source
 from proxy.transport.stun import binding_response, is_stun
 
 log = logging.getLogger("proxy.transport.udp")
 
-Deliver = Callable[[bytes, Source], None]
-
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    """A bound UDP socket: hands each datagram to ``deliver`` and sends datagrams."""
+    """A bound UDP socket: hands each datagram to ``deliver`` and sends datagrams.
 
-    def __init__(self, deliver: Deliver, keepalive: Callable[[Source], None] | None = None) -> None:
+    A :class:`~proxy.transport.base.Transport`: :meth:`send` takes a :class:`Send`; a send the
+    socket refuses is logged and its token handed to ``failed`` (from the event loop).
+    """
+
+    def __init__(
+        self, deliver: Deliver, keepalive: Callable[[Source], None] | None = None,
+        failed: Failed | None = None,
+    ) -> None:
         self._deliver = deliver
         self._keepalive = keepalive
+        self._failed = failed
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -46,18 +52,24 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         # them; the transaction layer's timers handle the missing answer.
         log.debug("udp error: %s", exc)
 
-    def send(self, data: bytes, host: str, port: int) -> None:
-        if self.transport is None:
-            raise OSError("udp endpoint not bound")
-        self.transport.sendto(data, (host, port))
+    def send(self, s: Send) -> None:
+        try:
+            if self.transport is None:
+                raise OSError("udp endpoint not bound")
+            self.transport.sendto(s.data, (s.host, s.port))
+        except OSError as exc:
+            log.warning("udp send to %s:%s failed: %s", s.host, s.port, exc)
+            if s.token is not None and self._failed is not None:
+                asyncio.get_running_loop().call_soon(self._failed, s.token)
 
 
 async def open_udp(
-    host: str, port: int, deliver: Deliver, keepalive: Callable[[Source], None] | None = None
+    host: str, port: int, deliver: Deliver, keepalive: Callable[[Source], None] | None = None,
+    failed: Failed | None = None,
 ) -> UdpEndpoint:
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_datagram_endpoint(
-        lambda: UdpEndpoint(deliver, keepalive), local_addr=(host, port)
+        lambda: UdpEndpoint(deliver, keepalive, failed), local_addr=(host, port)
     )
     sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
     if sock is not None:

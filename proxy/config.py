@@ -49,6 +49,7 @@ from proxy.diagnostics import (
     read_yaml_file,
 )
 from proxy.policy import BUILTIN_POLICY, Policy, load_policy
+from proxy.sip import host_port_text
 
 __all__ = [
     "CONFIG_KEYS",
@@ -126,8 +127,7 @@ class Listen:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        return f"{self.transport}:{host_port_text(self.host, self.port)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -711,8 +711,7 @@ class _Builder:
             self.report.error(node, f"advertise {text!r}: {parsed}")
             return None
         host, port = parsed
-        shown = f"[{host}]" if ":" in host else host
-        return shown if port is None else f"{shown}:{port}"
+        return host_port_text(host, port)
 
     # -- sections ----------------------------------------------------------------------------
 

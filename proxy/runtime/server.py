@@ -26,6 +26,7 @@ from proxy.config import Config
 from proxy.core.access import AddressSet
 from proxy.core.context import ResponseContext
 from proxy.core.digest import DigestAuth
+from proxy.core.effects import Effects, StoreWrite
 from proxy.core.proxy import CoreSettings, ProxyCore
 from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.registrar import MemoryLocation
@@ -248,15 +249,15 @@ class Runtime:
 
     def deliver(self, data: bytes, src: Source) -> None:
         try:
-            out = self.core.on_message(data, src, self.loop.time())
+            fx = self.core.on_message(data, src, self.loop.time())
         except Exception:  # noqa: BLE001 - the process must survive any message
             self.errors += 1
             log.exception("internal error handling a message from %s:%s", src.host, src.port)
             return
-        if out:
-            self.dispatch(out)
-        if self.core.writes:
-            self._start_writes()
+        if fx.sends:
+            self.dispatch(fx.sends)
+        if fx.writes:
+            self._start_writes(fx.writes)
         self._arm()
 
     def keepalive(self, src: Source) -> None:
@@ -264,10 +265,13 @@ class Runtime:
 
     def flow_closed(self, conn_id: int) -> None:
         try:
-            self.core.on_flow_closed(conn_id, self.loop.time())
+            fx = self.core.on_flow_closed(conn_id, self.loop.time())
         except Exception:  # noqa: BLE001
             self.errors += 1
             log.exception("internal error handling a closed flow")
+            return
+        if fx.sends:
+            self.dispatch(fx.sends)
 
     # -------------------------------------------------------------- learned routes
 
@@ -296,8 +300,8 @@ class Runtime:
         except StoreError as exc:
             log.error("state store: %s", exc)
 
-    def _start_writes(self) -> None:
-        for route, ctx in self.core.take_writes():
+    def _start_writes(self, writes: tuple[StoreWrite, ...]) -> None:
+        for route, ctx in writes:
             task = self.loop.create_task(self._persist(route, ctx))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -312,24 +316,26 @@ class Runtime:
             ok = False
             log.error("state store: %s", exc)
         try:
-            out = self.core.on_persisted(ctx, ok, self.loop.time())
+            fx = self.core.on_persisted(ctx, ok, self.loop.time())
         except Exception:  # noqa: BLE001
             self.errors += 1
             log.exception("internal error after storing a learned route")
             return
-        self.dispatch(out)
-        if self.core.writes:
-            self._start_writes()
+        self.dispatch(fx.sends)
+        if fx.writes:
+            self._start_writes(fx.writes)
         self._arm()
 
     def failed(self, token: object) -> None:
         try:
-            out = self.core.on_send_failure(token, self.loop.time())
+            fx = self.core.on_send_failure(token, self.loop.time())
         except Exception:  # noqa: BLE001
             self.errors += 1
             log.exception("internal error handling a transport failure")
             return
-        self.dispatch(out)
+        self.dispatch(fx.sends)
+        if fx.writes:
+            self._start_writes(fx.writes)
         self._arm()
 
     def dispatch(self, out: list[Send]) -> None:
@@ -401,14 +407,14 @@ class Runtime:
         self._timer = None
         self._armed_at = float("inf")
         try:
-            out = self.core.on_timer(now)
+            fx = self.core.on_timer(now)
         except Exception:  # noqa: BLE001
             self.errors += 1
             log.exception("internal error in timers")
-            out = []
-        self.dispatch(out)
-        if self.core.writes:
-            self._start_writes()
+            fx = Effects([])
+        self.dispatch(fx.sends)
+        if fx.writes:
+            self._start_writes(fx.writes)
         self._arm()
 
     # -------------------------------------------------------------- policy reload

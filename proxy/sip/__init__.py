@@ -21,12 +21,23 @@ from .headers import (
     split_header_values,
 )
 from .message import COMPACT, Header, SipMessage, StreamFramer, canonical_name, parse_message
-from .uri import AbsoluteUri, SipUri, parse_uri, unescape
+from .transport import LocalAddress, Send, Source
+from .uri import (
+    AbsoluteUri,
+    SipUri,
+    format_host,
+    format_params,
+    host_port_text,
+    parse_uri,
+    split_params,
+    unescape,
+)
 from .validate import KNOWN_METHODS, validate_request
 
 __all__ = [
     "COMPACT",
     "KNOWN_METHODS",
+    "LocalAddress",
     "REASONS",
     "AbsoluteUri",
     "FramingError",
@@ -36,9 +47,14 @@ __all__ = [
     "SipError",
     "SipMessage",
     "SipUri",
+    "Send",
+    "Source",
     "StreamFramer",
     "Via",
     "canonical_name",
+    "format_host",
+    "format_params",
+    "host_port_text",
     "is_token",
     "make_response",
     "parse_cseq",
@@ -51,6 +67,7 @@ __all__ = [
     "parse_via_list",
     "reason_phrase",
     "rewrite",
+    "split_params",
     "split_header_values",
     "strip_top_via",
     "unescape",

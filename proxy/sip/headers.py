@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import ParseError
-from .uri import AbsoluteUri, SipUri, host_port, parse_uri
+from .uri import AbsoluteUri, SipUri, format_params, host_port, parse_uri, split_params
 
 __all__ = [
     "NameAddr",
@@ -108,18 +108,7 @@ def parse_params(text: str) -> dict[str, str | None]:
         # fast path: the usual compact form ";branch=z9hG4bK...;rport"
         if text[0] != ";":
             raise ParseError(f"junk before parameters: {text[:60]!r}")
-        for item in text[1:].split(";"):
-            eq = item.find("=")
-            if eq < 0:
-                name, value = item, None
-            else:
-                name, value = item[:eq], item[eq + 1:]
-                if not value:
-                    raise ParseError(f"empty parameter value: {item[:60]!r}")
-            if not _TOKEN_RE.match(name):
-                raise ParseError(f"bad parameter name: {name[:60]!r}")
-            params[name.lower()] = value
-        return params
+        return split_params(text[1:], params, is_token, "a parameter")
     n = len(text)
     i = 0
     while True:
@@ -157,10 +146,6 @@ def parse_params(text: str) -> dict[str, str | None]:
                 if not pvalue:
                     raise ParseError(f"empty parameter value: {text[:60]!r}")
         params[name.lower()] = pvalue
-
-
-def _format_params(params: dict[str, str | None]) -> str:
-    return "".join(";" + k if v is None else ";" + k + "=" + v for k, v in params.items())
 
 
 def split_header_values(text: str) -> list[str]:
@@ -218,7 +203,7 @@ class NameAddr:
 
     def __str__(self) -> str:
         head = self.display + " " if self.display else ""
-        return head + "<" + str(self.uri) + ">" + _format_params(self.params)
+        return head + "<" + str(self.uri) + ">" + format_params(self.params)
 
     @property
     def tag(self) -> str | None:
@@ -337,7 +322,7 @@ class Via:
         out = self.protocol + "/" + self.transport + " " + self.host
         if self.port is not None:
             out += ":" + str(self.port)
-        return out + _format_params(self.params)
+        return out + format_params(self.params)
 
 
 def parse_via(text: str) -> Via:

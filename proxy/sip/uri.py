@@ -24,6 +24,7 @@ first '@'.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -66,6 +67,50 @@ def host_port(host: str, port: int | None, secure: bool) -> tuple[str, int]:
     return host, 5061 if secure else 5060
 
 
+def format_host(host: str) -> str:
+    """``host`` as written in a hostport (RFC 3261 25.1): an IPv6 address in brackets
+    (IPv6reference), anything else as it is. Already bracketed hosts are left alone."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def host_port_text(host: str, port: int | None) -> str:
+    """``host:port`` (or just the host when ``port`` is None) with IPv6 bracketed:
+    ``[2001:db8::1]:5060``."""
+    shown = format_host(host)
+    return shown if port is None else f"{shown}:{port}"
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    """``;name=value;flag`` from a parameter dict (the inverse of :func:`split_params`)."""
+    return "".join(";" + k if v is None else ";" + k + "=" + v for k, v in params.items())
+
+
+def _nonempty(name: str) -> bool:
+    return bool(name)
+
+
+def split_params(
+    text: str, into: dict[str, str | None], name_ok: Callable[[str], bool], what: str
+) -> dict[str, str | None]:
+    """Add the ``name[=value]`` items of ``text`` (``;``-separated, no leading ``;``, no
+    whitespace) to ``into``: names lower-cased, values kept as written, a bare name maps to
+    None. An empty value ("name=") or a name ``name_ok`` refuses raises ParseError(400)
+    naming ``what``. The one loop behind both header parameters (RFC 3261 7.3.1
+    generic-param) and SIP URI parameters (RFC 3261 19.1.1 uri-parameters)."""
+    for item in text.split(";"):
+        eq = item.find("=")
+        if eq < 0:
+            name, value = item, None
+        else:
+            name, value = item[:eq], item[eq + 1:]
+            if not value:
+                raise ParseError(f"empty value of {what}: {item[:60]!r}")
+        if not name_ok(name):
+            raise ParseError(f"bad name of {what}: {name[:60]!r}")
+        into[name.lower()] = value
+    return into
+
+
 def unescape(text: str) -> str:
     """Decode %HH escapes once (RFC 3261 19.1.2, 19.1.4).  Not recursive: "%2541" -> "%41".
 
@@ -100,8 +145,7 @@ class SipUri:
         out += self.host
         if self.port is not None:
             out += ":" + str(self.port)
-        for name, value in self.params.items():
-            out += ";" + name if value is None else ";" + name + "=" + value
+        out += format_params(self.params)
         if self.headers is not None:
             out += "?" + self.headers
         return out
@@ -211,17 +255,7 @@ def _parse_sip_uri(scheme: str, text: str, start: int) -> SipUri:
     if i < n and text[i] == ";":
         q = text.find("?", i)
         ptext = text[i + 1:q] if q >= 0 else text[i + 1:]
-        for item in ptext.split(";"):
-            eq = item.find("=")
-            if eq < 0:
-                name, value = item, None
-            else:
-                name, value = item[:eq], item[eq + 1:]
-                if not value:
-                    raise ParseError(f"empty uri-parameter value in URI: {text[:80]!r}")
-            if not name:
-                raise ParseError(f"empty uri-parameter in URI: {text[:80]!r}")
-            params[name.lower()] = value
+        split_params(ptext, params, _nonempty, f"uri-parameter in URI {text[:80]!r}")
         i = q if q >= 0 else n
     if i < n:
         # only '?' can be here (the hostport regex's look-ahead)

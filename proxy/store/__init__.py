@@ -13,8 +13,8 @@ from proxy.store.base import (
     StateStore,
     StoredBinding,
     StoreError,
-    open_store,
 )
+from proxy.store.open import open_store
 
 __all__ = [
     "CorruptStoreError",

@@ -12,9 +12,9 @@ Two kinds of state live here:
   binding's flow is only its transport/host/port.
 
 Every backend (``memory:``, ``sqlite:PATH``, ``redis://HOST:PORT/DB``) implements
-:class:`StateStore`; :func:`open_store` picks one by its spec and imports it lazily. Every
-method is a coroutine and a write is durable when its ``await`` returns (for the sqlite
-backend: committed and fsync'd). Times are wall-clock unix seconds, passed in as ``now`` so
+:class:`StateStore`; :func:`proxy.store.open.open_store` picks one by its spec and imports it
+lazily. Every method is a coroutine and a write is durable when its ``await`` returns (for
+the sqlite backend: committed and fsync'd). Times are wall-clock unix seconds, passed in as ``now`` so
 that tests step the clock and nothing here reads it.
 
 A store has a :meth:`StateStore.generation`: a counter that every write call bumps (in the
@@ -28,7 +28,6 @@ housekeeping and does not bump it: no reader with a current clock can see the di
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "StateStore",
     "StoreError",
     "StoredBinding",
-    "open_store",
 ]
 
 ROUTE_STATUSES = (301, 302)
@@ -184,35 +182,3 @@ class StateStore(Protocol):
     async def generation(self) -> int:
         """A counter bumped by every write call, whichever process made it."""
         ...
-
-
-def open_store(spec: str) -> StateStore:
-    """The (unopened) store named by a ``proxy.yaml`` ``state:`` value.
-
-    ``"memory:"``, ``"sqlite:/abs/path"`` (the config loader makes a relative path absolute
-    against the config file's directory) or ``"redis://HOST:PORT/DB"``. Backends are imported
-    only when chosen. Raises :class:`ValueError` for a spec that names none of them.
-    """
-    text = spec.strip()
-    if text == "memory:":
-        from proxy.store.memory import MemoryStore
-
-        return MemoryStore()
-    if text.startswith("sqlite:"):
-        rest = text[len("sqlite:"):]
-        if not rest:
-            raise ValueError("state 'sqlite:' needs a file path: sqlite:/abs/path")
-        path = Path(rest)
-        if not path.is_absolute():
-            raise ValueError(
-                f"state {spec!r}: the sqlite path must be absolute here "
-                "(resolve it against the config file's directory first)"
-            )
-        from proxy.store.sqlite import SqliteStore
-
-        return SqliteStore(path)
-    if text.startswith("redis://"):
-        from proxy.store.redis import open_redis
-
-        return open_redis(text)
-    raise ValueError(f"state must be memory:, sqlite:PATH or redis://HOST:PORT/DB; got {spec!r}")

@@ -8,7 +8,9 @@ in one :class:`~proxy.transaction.TimerQueue`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
+from typing import Final
 
 from proxy.core.types import Source, Target
 from proxy.policy import Decision, Policy
@@ -64,7 +66,9 @@ class ServerEntry:
 
     __slots__ = ("key", "txn", "ctx", "reply", "deadline")
 
-    def __init__(self, key: str, txn: ServerTransaction, reply: tuple[str, str, int, int | None]):
+    def __init__(
+        self, key: str, txn: ServerTransaction, reply: tuple[str, str, int, int | None]
+    ) -> None:
         self.key = key
         self.txn = txn
         self.ctx: ResponseContext | None = None
@@ -72,7 +76,66 @@ class ServerEntry:
         self.deadline: float | None = None
 
 
-class Response(tuple):
+class ContextState(Enum):
+    """Where a response context stands (RFC 3261 16.7). ``*_STORE``: a learned route is being
+    written; the context's final response waits for it (CONTRACT routing)."""
+
+    __hash__ = object.__hash__  # identity hashing: cheap table lookups (see transaction states)
+
+    PROCEEDING = "proceeding"  # branches may be created (16.7 step 4 recursion, failover)
+    WAITING_STORE = "waiting store"  # ... and a learned route is being written
+    STOPPING = "stopping"  # policy stop / 6xx (16.7 step 5): no new branch, waiting for the rest
+    STOPPING_STORE = "stopping, waiting store"
+    CANCELLING = "cancelling"  # CANCEL received (16.10): branches cancelled, 487 follows
+    CANCELLING_STORE = "cancelling, waiting store"
+    ANSWERED = "answered"  # a 2xx went upstream: every later 2xx follows it (16.7 step 5)
+    COMPLETED = "completed"  # a non-2xx final went upstream: nothing more goes up
+
+
+class ContextEvent(Enum):
+    __hash__ = object.__hash__
+
+    STORE_WRITE = "store write started"
+    STORED = "store write done"
+    POLICY_STOP = "policy stop"
+    CANCEL = "CANCEL"
+    GOT_2XX = "2xx"
+    FINAL_SENT = "final sent"
+
+
+_C = ContextState
+_V = ContextEvent
+_LIVE = (_C.PROCEEDING, _C.WAITING_STORE, _C.STOPPING, _C.STOPPING_STORE, _C.CANCELLING,
+         _C.CANCELLING_STORE)
+
+#: ``(state, event) -> next state``; a missing key: the event changes nothing (a 2xx after a
+#: non-2xx final is not forwarded; a store write that ends after the final is ignored).
+CONTEXT_TABLE: Final[Mapping[tuple[ContextState, ContextEvent], ContextState]] = {
+    (_C.PROCEEDING, _V.STORE_WRITE): _C.WAITING_STORE,
+    (_C.WAITING_STORE, _V.STORE_WRITE): _C.WAITING_STORE,
+    (_C.WAITING_STORE, _V.STORED): _C.PROCEEDING,
+    (_C.STOPPING_STORE, _V.STORED): _C.STOPPING,
+    (_C.CANCELLING_STORE, _V.STORED): _C.CANCELLING,
+    (_C.PROCEEDING, _V.POLICY_STOP): _C.STOPPING,
+    (_C.WAITING_STORE, _V.POLICY_STOP): _C.STOPPING_STORE,
+    (_C.STOPPING, _V.POLICY_STOP): _C.STOPPING,
+    (_C.STOPPING_STORE, _V.POLICY_STOP): _C.STOPPING_STORE,
+    (_C.PROCEEDING, _V.CANCEL): _C.CANCELLING,
+    (_C.WAITING_STORE, _V.CANCEL): _C.CANCELLING_STORE,
+    (_C.STOPPING, _V.CANCEL): _C.CANCELLING,
+    (_C.STOPPING_STORE, _V.CANCEL): _C.CANCELLING_STORE,
+    (_C.CANCELLING, _V.CANCEL): _C.CANCELLING,
+    (_C.CANCELLING_STORE, _V.CANCEL): _C.CANCELLING_STORE,
+    **{(s, _V.GOT_2XX): _C.ANSWERED for s in (*_LIVE, _C.ANSWERED)},
+    **{(s, _V.FINAL_SENT): _C.COMPLETED for s in _LIVE},
+}
+_MAY_BRANCH = frozenset({_C.PROCEEDING, _C.WAITING_STORE})
+_HOLDING = frozenset({_C.WAITING_STORE, _C.STOPPING_STORE, _C.CANCELLING_STORE})
+_CANCELLED = frozenset({_C.CANCELLING, _C.CANCELLING_STORE})
+_FINAL = frozenset({_C.ANSWERED, _C.COMPLETED})
+
+
+class Response(tuple):  # type: ignore[type-arg]
     """A final response kept for best-response selection: (status, message or None, decision)."""
 
     __slots__ = ()
@@ -102,10 +165,7 @@ class ResponseContext:
         "branches",
         "pending",
         "responses",
-        "final_sent",
-        "got_2xx",
-        "stopped",
-        "cancelled",
+        "state",
         "from_location",
         "serial",
         "redirects",
@@ -116,7 +176,6 @@ class ResponseContext:
         "append",
         "deadline",
         "recursed",
-        "waiting",
         "flow_attempts",
         "path",
     )
@@ -134,10 +193,7 @@ class ResponseContext:
         self.branches: list[Branch] = []
         self.pending = 0  # branches without a final response
         self.responses: list[Response] = []
-        self.final_sent = False
-        self.got_2xx = False
-        self.stopped = False  # policy "stop" (or a 6xx): no new branch of any kind (16.7 step 5)
-        self.cancelled = False
+        self.state = ContextState.PROCEEDING
         self.from_location = from_location
         self.serial = serial  # continue with the next group when a group ends (q-value forking)
         self.redirects = 0
@@ -148,15 +204,36 @@ class ResponseContext:
         self.append: list[str] = []
         self.deadline: float | None = None  # bound on waiting for cancelled branches (stop)
         self.recursed: set[str] = set()  # URIs taken from 3xx Contacts (16.7 step 4)
-        self.waiting = False  # a learned route is being written: branches start after it
         self.flow_attempts: dict[str, int] = {}  # per +sip.instance (RFC 5626 7)
         #: REGISTER to an upstream registrar: (flow token of the UA's flow, ";ob" or "") for
         #: the Path value each branch inserts (RFC 3327 5.1, RFC 5626 5.1)
         self.path: tuple[str, str] | None = None
 
+    def fire(self, event: ContextEvent) -> bool:
+        """Apply ``event`` by :data:`CONTEXT_TABLE`; False when it does not apply here."""
+        nxt = CONTEXT_TABLE.get((self.state, event))
+        if nxt is None:
+            return False
+        self.state = nxt
+        return True
+
     @property
     def may_branch(self) -> bool:
-        return not (self.stopped or self.cancelled or self.got_2xx or self.final_sent)
+        """New branches (recursion, failover, next q group) may start (16.7 steps 4, 5)."""
+        return self.state in _MAY_BRANCH
+
+    @property
+    def final_sent(self) -> bool:
+        return self.state in _FINAL
+
+    @property
+    def cancelled(self) -> bool:
+        return self.state in _CANCELLED
+
+    @property
+    def holding(self) -> bool:
+        """A learned route is being written: the final response waits for it."""
+        return self.state in _HOLDING
 
     def drop_response(self, msg: SipMessage) -> None:
         self.responses = [r for r in self.responses if r[1] is not msg]

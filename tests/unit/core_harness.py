@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.core.access import AddressSet
+from proxy.core.effects import Effects, StoreWrite
 from proxy.core.flowtoken import Flow
 from proxy.core.proxy import CoreSettings, ProxyCore
 from proxy.core.registrar import MemoryLocation
@@ -89,6 +90,8 @@ class Harness:
     core: ProxyCore
     now: float = 1000.0
     sent: list[Send] = field(default_factory=list)
+    #: store writes the core handed out and nobody committed yet (the runtime's tasks)
+    writes: list[StoreWrite] = field(default_factory=list)
 
     @classmethod
     def make(cls, *, upstreams: tuple[Target, ...] = (UP1, UP2), registrar_local: bool = False,
@@ -103,10 +106,18 @@ class Harness:
         core = ProxyCore(settings, policy or default_policy(), LOCAL, MemoryLocation())
         return cls(core)
 
+    def take(self, fx: Effects) -> list[Send]:
+        """Record what one entry point returned, as the runtime would carry it out."""
+        self.sent.extend(fx.sends)
+        self.writes.extend(fx.writes)
+        return fx.sends
+
+    def take_writes(self) -> list[StoreWrite]:
+        writes, self.writes = self.writes, []
+        return writes
+
     def feed(self, data: bytes, src: Source = CALLER) -> list[Send]:
-        out = self.core.on_message(data, src, self.now)
-        self.sent.extend(out)
-        return out
+        return self.take(self.core.on_message(data, src, self.now))
 
     def advance(self, seconds: float) -> list[Send]:
         """Step the fake clock, firing every timer due on the way in deadline order."""
@@ -117,9 +128,8 @@ class Harness:
             if d is None or d > target:
                 break
             self.now = max(self.now, d)
-            out.extend(self.core.on_timer(self.now))
+            out.extend(self.take(self.core.on_timer(self.now)))
         self.now = target
-        self.sent.extend(out)
         return out
 
     def to(self, port: int, out: list[Send] | None = None) -> list[SipMessage]:
@@ -129,7 +139,7 @@ class Harness:
 def own_route(h: Harness, src: Source = CALLER) -> str:
     """The Route value a UA of a dialog through the proxy sends back: the proxy's own
     Record-Route URI with the flow token naming ``src``'s flow (RFC 5626 5.2), as
-    :meth:`ProxyCore._record_route` writes it."""
+    :func:`proxy.core.forward.record_route` writes it."""
     local = LOCAL[0] if src.transport == "udp" else LOCAL[1]
     token = h.core.tokens.encode(Flow(src.transport, local.host, local.port, src.host, src.port,
                                       src.conn_id))

@@ -167,8 +167,8 @@ def test_request_too_large_for_a_datagram_without_tcp_gets_513_at_once() -> None
     from proxy.core.types import LocalAddress
 
     h = Harness.make()
-    h.core._local = (LocalAddress("udp", "127.0.0.1", 5060, "127.0.0.1:5060"),)
-    h.core._has_tcp = False
+    h.core.local = (LocalAddress("udp", "127.0.0.1", 5060, "127.0.0.1:5060"),)
+    h.core.has_tcp = False
     out = h.feed(request(body="x" * 65200), Source("tcp", "127.0.0.1", 6000, 3))
     assert not sent_to(h, 5080, out) and not sent_to(h, 5081, out)
     assert statuses(h.to(6000, out)) == [100, 513]
@@ -196,7 +196,7 @@ def test_301_on_one_fork_branch_rewrites_only_that_binding() -> None:
     pbx_invite(h, "z9hG4bKfirst")
     inv1 = [s.data for s in h.sent if s.port == 7001 and s.data.startswith(b"INVITE")][-1]
     h.feed(response_to(inv1, 301, extra=("Contact: <sip:bob@127.0.0.1:7009>",)), PHONE1)
-    [(route, _)] = h.core.take_writes()
+    [(route, _)] = h.take_writes()
     assert (route.old_uri, route.new_uri) == ("sip:bob@127.0.0.1:7001", "sip:bob@127.0.0.1:7009")
     out = pbx_invite(h, "z9hG4bKsecond")
     assert methods(h.to(7009, out)) == ["INVITE"]

@@ -78,7 +78,7 @@ def test_dead_flow_gets_430() -> None:
     """RFC 5626 5.3: the flow's connection closed -> 430 Flow Failed."""
     h = Harness.make()
     path = outbound_register(h)
-    h.core.on_flow_closed(7, h.now)
+    h.take(h.core.on_flow_closed(7, h.now))
     out = h.feed(request(branch="z9hG4bKdead", via_host="127.0.0.1:5080",
                          extra=(f"Route: {path}",)), PBX)
     assert statuses(h.to(5080, out)) == [100, 430]

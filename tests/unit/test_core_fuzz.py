@@ -59,7 +59,7 @@ def test_mutated_messages_never_raise_and_a_call_still_works(seed: int) -> None:
     for i in range(400):
         data = mutate(rng, rng.choice(base))
         src = Source("udp", "127.0.0.1", 6000 + i % 7)
-        for s in h.core.on_message(data, src, h.now):
+        for s in h.core.on_message(data, src, h.now).sends:
             assert isinstance(s.data, bytes) and s.data
         h.now += 0.01
     assert h.core.stats["internal_errors"] == 0

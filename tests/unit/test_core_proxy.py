@@ -272,7 +272,7 @@ def test_transport_error_on_branch_acts_as_503_and_fails_over() -> None:
     h = Harness.make()
     out = h.feed(request())
     token = [s for s in out if s.port == 5080][0].token
-    out = h.core.on_send_failure(token, h.now)
+    out = h.core.on_send_failure(token, h.now).sends
     h.sent.extend(out)
     assert [s for s in out if s.port == 5081]
 

@@ -22,9 +22,8 @@ def redirected(h: Harness, status: int = 301, contact: str = "<sip:moved@127.0.0
 
 def commit_writes(h: Harness) -> list:
     out = []
-    for _, ctx in h.core.take_writes():
-        out += h.core.on_persisted(ctx, True, h.now)
-    h.sent.extend(out)
+    for _, ctx in h.take_writes():
+        out += h.take(h.core.on_persisted(ctx, True, h.now))
     return out
 
 
@@ -36,7 +35,7 @@ def test_301_is_followed_and_learned_then_used_for_later_calls() -> None:
     out = redirected(h)
     assert methods(h.to(5080, out)) == ["ACK"]
     assert not h.to(5071, out), "no branch before the learned route is written"
-    [(route, _)] = h.core.writes
+    [(route, _)] = h.writes
     assert (route.old_uri, route.new_uri, route.status) == ("sip:bob@example.com",
                                                            "sip:moved@127.0.0.1:5071", 301)
     assert route.source == "127.0.0.1:5080" and route.call_id == "call-1@caller"
@@ -68,7 +67,7 @@ def test_302_without_expires_is_followed_not_remembered() -> None:
     h = Harness.make(upstreams=UP)
     h.feed(request())
     out = redirected(h, status=302)
-    assert h.core.writes == []
+    assert h.writes == []
     assert [m.request_uri for m in h.to(5071, out)] == ["sip:moved@127.0.0.1:5071"]
     out = h.feed(request(branch="z9hG4bKagain", call_id="call-4"))
     assert methods(h.to(5080, out)) == ["INVITE"]
@@ -78,7 +77,7 @@ def test_302_with_expires_is_remembered_for_that_long() -> None:
     h = Harness.make(upstreams=UP)
     h.feed(request())
     redirected(h, status=302, extra=("Expires: 30",))
-    [(route, _)] = h.core.writes
+    [(route, _)] = h.writes
     assert route.expires_at - route.created_at == 30
 
 
@@ -116,7 +115,7 @@ def test_untrusted_source_is_not_followed() -> None:
     h.feed(request())
     out = redirected(h)
     assert statuses(h.to(6000, out)) == [301]
-    assert h.core.writes == [] and h.core.learned == {}
+    assert h.writes == [] and h.core.learned == {}
 
 
 def test_target_not_allowed_is_not_followed() -> None:
@@ -185,7 +184,7 @@ def test_transport_error_on_a_flow_retries_the_other_flow() -> None:
     _two_flows(h)
     out = pbx_invite(h)
     token = [s for s in out if s.port == 7002][0].token
-    out = h.core.on_send_failure(token, h.now)
+    out = h.core.on_send_failure(token, h.now).sends
     h.sent.extend(out)
     assert methods(h.to(7001, out)) == ["INVITE"]
 
@@ -211,7 +210,7 @@ def test_closed_connection_removes_its_flow_at_once() -> None:
     h.now += 1
     register(h, tcp_phone, f"<sip:bob@127.0.0.1:7003;transport=tcp;ob>;{inst};reg-id=2",
              call_id="reg-tcp")
-    h.core.on_flow_closed(42, h.now)
+    h.take(h.core.on_flow_closed(42, h.now))
     out = pbx_invite(h)
     assert methods(h.to(7001, out)) == ["INVITE"] and not h.to(7003, out)
     assert parse_message(out[-1].data).method == "INVITE"

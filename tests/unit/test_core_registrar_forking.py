@@ -195,6 +195,6 @@ def test_all_bindings_unreachable_gives_480() -> None:
     register(h, PHONE1, "<sip:bob@127.0.0.1:7001>")
     out = pbx_invite(h)
     token = [s for s in out if s.port == 7001][0].token
-    out = h.core.on_send_failure(token, h.now)
+    out = h.core.on_send_failure(token, h.now).sends
     h.sent.extend(out)
     assert statuses(h.to(5080, out)) == [480]

@@ -1,0 +1,63 @@
+"""CANCEL (RFC 3261 16.10, 9.1): answer the CANCEL hop by hop, then cancel every pending
+branch of the INVITE's response context; the caller gets 487 once no branch is left."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.core import responses, txns
+from proxy.core.context import Branch, BranchState, ContextEvent, ResponseContext
+from proxy.core.effects import Out
+from proxy.core.types import Send, Source
+from proxy.sip import SipMessage
+from proxy.transaction import NonInviteClientTransaction
+
+if TYPE_CHECKING:
+    from proxy.core.proxy import ProxyCore
+
+
+def on_cancel(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> None:
+    """RFC 3261 16.10: answer the CANCEL, then cancel every pending branch."""
+    ckey = txns.server_key(msg, "CANCEL")
+    centry = core.server.get(ckey)
+    if centry is not None:
+        txns.server_effects(core, centry, centry.txn.on_retransmission(now), out)
+        return
+    centry = txns.new_server(core, ckey, msg, src, now)
+    inv = core.server.get(txns.server_key(msg, "INVITE"))
+    ctx = inv.ctx if inv is not None else None
+    if ctx is None:
+        txns.respond(core, centry, msg, 481, now, out)
+        return
+    txns.respond(core, centry, msg, 200, now, out)
+    if not ctx.fire(ContextEvent.CANCEL):
+        return  # a final response went upstream already
+    cancel_pending(core, ctx, now, out)
+    if ctx.pending == 0:
+        responses.send_local(core, ctx, 487, now, out)
+
+
+def cancel_pending(core: ProxyCore, ctx: ResponseContext, now: float, out: Out) -> None:
+    """RFC 3261 16.7 step 10 / 16.10: CANCEL every branch still without a final response."""
+    for br in ctx.branches:
+        if br.state is BranchState.PENDING:
+            cancel_branch(core, br, now, out)
+
+
+def cancel_branch(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
+    """CANCEL one INVITE branch; before any provisional response it is only marked, and
+    cancelled when one arrives (RFC 3261 9.1)."""
+    if br.cancel_txn is not None or br.ctx.method != "INVITE":
+        return
+    if not br.provisional:
+        br.cancel_wanted = True  # RFC 3261 9.1: wait for a provisional response
+        return
+    data = txns.build_hop_request(br, "CANCEL", None)
+    reliable = br.dest[0] != "udp"
+    br.cancel_txn = NonInviteClientTransaction(data, reliable=reliable, now=now,
+                                               timers=core.timers)
+    core.client[br.branch_id + "|CANCEL"] = br
+    br.timer_c = None
+    txns.schedule(core, br)
+    t, h, p, c = br.dest
+    out.sends.append(Send(t, h, p, data, c))

@@ -1,0 +1,54 @@
+"""What one call into the core produces (sans-IO): the value every entry point returns.
+
+``ProxyCore.on_message``, ``on_timer``, ``on_persisted``, ``on_send_failure`` and
+``on_flow_closed`` each return one :class:`Effects`: the datagrams and stream writes to send
+(:class:`~proxy.core.types.Send`) and the learned routes to make durable
+(:class:`StoreWrite`). The runtime carries them out; it never polls the core for writes.
+
+Inside one entry point the helpers add to an :class:`Out` accumulator created for that call
+(one per call, so that nothing is kept between calls).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from proxy.core.types import Send
+from proxy.store.base import LearnedRoute
+
+if TYPE_CHECKING:
+    from proxy.core.context import ResponseContext
+
+
+class StoreWrite(NamedTuple):
+    """A learned route (CONTRACT routing, RFC 3261 16.5 recursion) the runtime must make
+    durable; it then calls ``ProxyCore.on_persisted(ctx, ok, now)`` and the context goes on."""
+
+    route: LearnedRoute
+    ctx: ResponseContext
+
+
+class Effects(NamedTuple):
+    """The result of one entry point: what to send, and what to store."""
+
+    sends: list[Send]
+    writes: tuple[StoreWrite, ...] = ()
+
+
+class Out:
+    """The accumulator of one entry point; :meth:`effects` freezes it into the returned value."""
+
+    __slots__ = ("sends", "writes")
+
+    def __init__(self) -> None:
+        self.sends: list[Send] = []
+        self.writes: tuple[StoreWrite, ...] = ()  # rare: a new tuple per write, none per message
+
+    def send(self, s: Send) -> None:
+        self.sends.append(s)
+
+    def write(self, w: StoreWrite) -> None:
+        self.writes += (w,)
+
+    def effects(self) -> Effects:
+        return Effects(self.sends, self.writes)

@@ -1,0 +1,224 @@
+"""Forwarding a request (RFC 3261 16.6): one branch per target, each a copy of the request
+rewritten by splicing bytes (Request-URI, Via, Record-Route, Path, Max-Forwards, Route), sent
+over its own client transaction (17.1); and the stateless forwarding of an ACK for a 2xx
+(16.11). Branch ids carry a keyed MAC so that a response naming one can be told from a forged
+one without state (CONTRACT access).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from typing import TYPE_CHECKING
+
+from proxy.core import routing, txns
+from proxy.core.context import Branch, Response, ResponseContext
+from proxy.core.effects import Out
+from proxy.core.flowtoken import Flow
+from proxy.core.types import LocalAddress, Send, Source, Target
+from proxy.sip import SipMessage, SipUri, rewrite
+from proxy.transaction import InviteClientTransaction, NonInviteClientTransaction
+
+if TYPE_CHECKING:
+    from proxy.core.proxy import ProxyCore
+
+log = logging.getLogger("proxy.core")
+
+#: Requests that may create a dialog, so that the proxy record-routes them (RFC 3261 16.6 step 4).
+DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+#: RFC 3261 18.1.1: larger requests go over a congestion-controlled transport (TCP), the path
+#: MTU being unknown (1500 - 200 bytes).
+UDP_SIZE_LIMIT = 1300
+MAX_DATAGRAM = 65507  # largest UDP payload over IPv4 (65535 - 8 - 20)
+
+
+def next_group(core: ProxyCore, ctx: ResponseContext, now: float, out: Out) -> bool:
+    """Start the next group of targets; False when none is left."""
+    while ctx.groups:
+        group = ctx.groups.pop(0)
+        started = False
+        for target in group:
+            label = f"{target.request_uri or ''}@{target.host}:{target.port}/{target.transport}"
+            if label in ctx.tried:
+                continue  # RFC 3261 16.5: each target at most once per response context
+            ctx.tried.add(label)
+            started = fork(core, ctx, target, now, out) or started
+        if started:
+            return True
+    return False
+
+
+def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out: Out) -> bool:
+    """RFC 3261 16.6: copy, rewrite and send the request on a new branch.
+
+    RFC 3261 18.1.1: a request over 1300 bytes goes over TCP when the proxy has TCP and
+    the target takes it (not a UA's UDP flow, no explicit ``;transport=udp``); one that
+    does not fit a datagram at all and cannot go over TCP is answered 513 at once (False:
+    no branch was started).
+    """
+    core.n += 1
+    bid = signed_branch(core, f"z9hG4bK{core.prefix}{ctx.loop_hash}{core.n:x}")
+    data = branch_bytes(core, ctx, target, bid)
+    if target.transport == "udp" and len(data) > UDP_SIZE_LIMIT:
+        if core.has_tcp and not (target.via_flow or target.fixed_transport):
+            target = target._replace(transport="tcp", conn_id=None)
+            data = branch_bytes(core, ctx, target, bid)
+            core.stats["udp_to_tcp"] += 1
+        elif len(data) > MAX_DATAGRAM:
+            log.warning("%s of %d bytes for %s:%s does not fit a UDP datagram and the next "
+                        "hop cannot be reached over TCP: 513", ctx.method, len(data),
+                        target.host, target.port)
+            core.stats["too_large"] += 1
+            decision = ctx.policy.evaluate(513, ctx.method)
+            ctx.responses.append(Response(513, None, decision))
+            return False
+    method = ctx.method
+    reliable = target.transport != "udp"
+    txn: InviteClientTransaction | NonInviteClientTransaction
+    if method == "INVITE":
+        txn = InviteClientTransaction(data, reliable=reliable, now=now, timers=core.timers)
+    else:
+        txn = NonInviteClientTransaction(data, reliable=reliable, now=now, timers=core.timers)
+    dest = (target.transport, target.host, target.port, target.conn_id)
+    br = Branch(ctx, bid, target, txn, data, dest)
+    if method == "INVITE":
+        br.timer_c = now + core.timers.timer_c  # RFC 3261 16.6 step 11
+    core.client[bid + "|" + method] = br
+    ctx.branches.append(br)
+    ctx.pending += 1
+    txns.schedule(core, br)
+    core.stats["branches"] += 1
+    out.sends.append(Send(target.transport, target.host, target.port, data, target.conn_id, br))
+    return True
+
+
+def branch_bytes(core: ProxyCore, ctx: ResponseContext, target: Target, bid: str) -> bytes:
+    """The request as sent on one branch (RFC 3261 16.6 steps 2 to 8), by splicing."""
+    msg = ctx.request
+    local = local_for(core, target)
+    insert = [f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"]
+    method = ctx.method
+    if core.settings.record_route and method in DIALOG_METHODS and msg.to_tag is None:
+        insert.extend(record_route(core, local, ctx.source, target))
+    if ctx.path is not None:
+        # RFC 3327 5.1: in front of any Path already there, naming the proxy as the
+        # registrar reaches it (this branch's transport and address).
+        token, ob = ctx.path
+        insert.append(f"Path: <sip:{token}@{local.advertised};lr{ob}{tp(local)}>")
+    start = f"{method} {target.request_uri} SIP/2.0" if target.request_uri else None
+    return rewrite(msg, start_line=start, insert_top=insert, edits=ctx.edits, append=ctx.append)
+
+
+def record_route(core: ProxyCore, out_local: LocalAddress, src: Source,
+                 target: Target) -> list[str]:
+    """RFC 3261 16.6 step 4; two values when the request changes transport or address.
+
+    The Record-Route carries a flow token (RFC 5626 5.3) naming the UA's flow: the target's
+    when the request goes out over a registered flow, the caller's otherwise. A request of
+    the dialog that comes from that flow is routed as usual; one from the other side goes
+    back over the flow, whatever its Request-URI (a UA's private Contact) says.
+    """
+    in_local = local_for_source(core, src)
+    if target.via_flow:
+        token = core.tokens.encode(Flow(target.transport, out_local.host, out_local.port,
+                                        target.host, target.port, target.conn_id))
+        out_user, in_user = token + "@", ""
+    else:
+        out_user, in_user = "", token_for(core, src, in_local) + "@"
+    if in_local == out_local:
+        user = out_user or in_user
+        return [f"Record-Route: <sip:{user}{out_local.advertised};lr{tp(out_local)}>"]
+    return [f"Record-Route: <sip:{out_user}{out_local.advertised};lr{tp(out_local)}>",
+            f"Record-Route: <sip:{in_user}{in_local.advertised};lr{tp(in_local)}>"]
+
+
+def token_for(core: ProxyCore, src: Source, local: LocalAddress) -> str:
+    """The flow token (RFC 5626 5.2) of the flow ``src`` reached ``local`` over."""
+    return core.tokens.encode(Flow(src.transport, local.host, local.port, src.host,
+                                   src.port, src.conn_id))
+
+
+def tp(local: LocalAddress) -> str:
+    return "" if local.transport == "udp" else f";transport={local.transport}"
+
+
+def local_for(core: ProxyCore, target: Target) -> LocalAddress:
+    v6 = ":" in target.host
+    for a in core.local:
+        if a.transport == target.transport and (":" in a.host) == v6:
+            return a
+    for a in core.local:
+        if a.transport == target.transport:
+            return a
+    return core.local[0]
+
+
+def local_for_source(core: ProxyCore, src: Source) -> LocalAddress:
+    v6 = ":" in src.host
+    for a in core.local:
+        if a.transport == src.transport and (":" in a.host) == v6:
+            return a
+    return core.local[0]
+
+
+def signed_branch(core: ProxyCore, base: str) -> str:
+    """A branch this proxy generates: ``base`` and a keyed MAC of it (BLAKE2s, 40 bits),
+    so that a response naming it can be told from a forged one without state."""
+    mac = hashlib.blake2s(base.encode(), key=core.branch_key, digest_size=5).hexdigest()
+    return f"{base}.{mac}"
+
+
+def branch_verifies(core: ProxyCore, branch: str | None) -> bool:
+    if not branch:
+        return False
+    base, dot, mac = branch.rpartition(".")
+    return bool(dot) and len(mac) == 10 and signed_branch(core, base) == branch
+
+
+def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.RoutePrep,
+               now: float) -> Target | None:
+    """Where an ACK for a 2xx goes (RFC 3261 16.11), or None to drop it."""
+    token = prep.token
+    flow = routing.flow_target(core, token, src) if token is not None else None
+    if isinstance(flow, int):
+        return None
+    if flow is not None:
+        return flow
+    if not (routing.trusted_source(core, src) or (msg.to_tag is not None and token is not None)):
+        # Only an ACK of a dialog that passed this proxy (our Record-Route token) or from
+        # a trusted source may name its next hop; a stranger's is dropped (no open relay).
+        if core.refusals.note("relay", src.host, now):
+            log.warning("dropped ACK %s from %s:%s: not of a dialog through this proxy",
+                        msg.request_uri, src.host, src.port)
+        return None
+    if prep.next_hop is not None:
+        return routing.target_for_uri(prep.next_hop.uri, request_uri=None)
+    uri = msg.uri
+    if isinstance(uri, SipUri) and not routing.is_local_uri(core, uri):
+        return routing.target_for_uri(uri, request_uri=None)
+    return None
+
+
+def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> None:
+    """RFC 3261 17.2.1: the ACK for a non-2xx final ends at this hop; the ACK for a 2xx is end
+    to end (13.2.2.4) and is forwarded statelessly (16.11)."""
+    entry = core.server.get(txns.server_key(msg, "INVITE"))
+    if entry is not None and entry.txn.state.name != "ACCEPTED":
+        txns.server_effects(core, entry, entry.txn.on_ack(now), out)
+        return
+    prep = routing.preprocess_routes(core, msg)
+    target = ack_target(core, msg, src, prep, now)
+    if target is None:
+        core.stats["acks_dropped"] += 1
+        return
+    local = local_for(core, target)
+    top = msg.top_via
+    digest = zlib.crc32(f"{top.branch}|{top.host}|{top.port}".encode("latin-1", "replace"))
+    bid = f"z9hG4bK{core.prefix}s{digest:08x}"
+    data = rewrite(
+        msg,
+        insert_top=[f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"],
+        edits=prep.edits, append=prep.append,
+    )
+    out.sends.append(Send(target.transport, target.host, target.port, data, target.conn_id))

@@ -1,0 +1,251 @@
+"""Response processing (RFC 3261 16.7) over the response context's state machine
+(:data:`~proxy.core.context.CONTEXT_TABLE`).
+
+1xx (but 100) and 2xx are forwarded at once (16.7 step 5); every final response of a branch,
+received or synthesised (408 for Timers B, F, C; 503 for a transport error, 16.9), goes through
+the one decision point :func:`branch_final`, which applies the policy and returns an
+:class:`Outcome` (as Kamailio's tm does). The best response is chosen by
+:func:`~proxy.core.context.select_best` (16.7 step 6). A response matching no branch is
+forwarded statelessly when it is ours (16.11) and dropped otherwise (18.1.2).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import TYPE_CHECKING
+
+from proxy.core import cancel, forward, outbound, redirects, registrar_glue, txns
+from proxy.core.context import (
+    Branch,
+    BranchState,
+    ContextEvent,
+    Response,
+    ResponseContext,
+    select_best,
+)
+from proxy.core.effects import Out
+from proxy.core.types import Send, Source
+from proxy.policy import Action
+from proxy.sip import SipMessage, make_response, strip_top_via
+
+if TYPE_CHECKING:
+    from proxy.core.proxy import ProxyCore
+
+log = logging.getLogger("proxy.core")
+
+
+class Outcome(enum.Enum):
+    """What a branch's final response led to (RFC 3261 16.7 steps 4 to 6)."""
+
+    LATE = "late"  # the context had sent its final already: nothing more
+    FLOW_RETRY = "flow retry"  # RFC 5626 7: the instance's next flow was tried
+    STOPPING = "stopping"  # policy stop: waiting (at most 4*T1) for the cancelled branches
+    FAILOVER = "failover"  # the next target group was started
+    REDIRECTED = "redirected"  # 16.7 step 4: recursing on the 3xx's Contacts
+    HELD = "held"  # a learned route is being written; the context goes on after it
+    PENDING = "pending"  # other branches still have no final response
+    NEXT_GROUP = "next group"  # serial (q-value) forking: the next group started
+    FINAL = "final"  # the best response went to the caller (16.7 step 6)
+
+
+def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> None:
+    """RFC 3261 17.1.3: match the branch; then 16.7 by the status class."""
+    via = msg.top_via
+    bid = via.branch
+    method = msg.cseq[1]
+    br = core.client.get(f"{bid}|{method}") if bid else None
+    if br is None:
+        stateless_response(core, msg, src, now, out)
+        return
+    status = msg.status
+    if method == "CANCEL" and br.ctx.method != "CANCEL":
+        ctxn = br.cancel_txn
+        if ctxn is not None:
+            _, effects = ctxn.on_response(status, now)
+            txns.cancel_effects(core, br, effects, out)
+        return
+    deliver, effects = br.txn.on_response(status, now)
+    txns.client_effects(core, br, effects, msg, now, out)
+    if not deliver:
+        core.stats["retransmissions_in"] += 1
+        return
+    if status < 200:
+        provisional(core, br, msg, status, now, out)
+    elif status < 300:
+        success(core, br, msg, now, out)
+    elif br.state is BranchState.PENDING:
+        branch_final(core, br, status, msg, now, out, src)
+
+
+def provisional(
+    core: ProxyCore, br: Branch, msg: SipMessage, status: int, now: float, out: Out
+) -> None:
+    """RFC 3261 16.7 steps 2 and 5 for a 1xx."""
+    ctx = br.ctx
+    br.provisional = True
+    if br.state is not BranchState.PENDING:
+        return
+    if br.cancel_wanted:
+        cancel.cancel_branch(core, br, now, out)
+    elif status > 100 and br.timer_c is not None:
+        br.timer_c = now + core.timers.timer_c  # RFC 3261 16.7 step 2: reset Timer C
+        txns.schedule(core, br)
+    if status > 100 and not ctx.final_sent and not ctx.cancelled:
+        # 16.7 step 5: provisional responses other than 100 are forwarded at once.
+        forward_response(core, ctx, msg, status, now, out)
+
+
+def success(core: ProxyCore, br: Branch, msg: SipMessage, now: float, out: Out) -> None:
+    """RFC 3261 16.7 step 5: every 2xx is forwarded at once; step 10: CANCEL the rest."""
+    ctx = br.ctx
+    if br.state is BranchState.PENDING:
+        br.state = BranchState.DONE
+        br.timer_c = None
+        ctx.pending -= 1
+        txns.schedule(core, br)
+    if ctx.method == "REGISTER" and not core.settings.registrar_local:
+        registrar_glue.learn_bindings(core, ctx, msg, now)
+    if not ctx.fire(ContextEvent.GOT_2XX):
+        return  # a non-2xx final went upstream already (policy stop): nothing can follow
+    forward_response(core, ctx, msg, 200, now, out)
+    if ctx.method == "INVITE":
+        cancel.cancel_pending(core, ctx, now, out)
+
+
+def branch_final(
+    core: ProxyCore, br: Branch, status: int, msg: SipMessage | None, now: float, out: Out,
+    src: Source | None = None,
+) -> Outcome:
+    """The one decision point for a final response (RFC 3261 16.7 steps 4 to 6).
+
+    ``msg`` is None for a response the proxy synthesised: 408 for a timeout (Timer B, F or
+    C), 503 for a transport error (16.9). The policy of the context decides.
+    """
+    ctx = br.ctx
+    br.state = BranchState.DONE
+    br.final_status = status
+    br.timer_c = None
+    ctx.pending -= 1
+    txns.schedule(core, br)
+    if ctx.final_sent:
+        return Outcome.LATE
+    decision = ctx.policy.evaluate(status, ctx.method)
+    ctx.responses.append(Response(status, msg, decision))
+    action = decision.action
+    if ctx.cancelled:
+        pass
+    elif br.target.instance is not None and (
+        msg is None or (status == 430 and action is Action.RETRY_FLOWS)
+    ):
+        # RFC 5626 7: a 430, a transport error or a timeout on a flow -> the same instance's
+        # next flow, and the failed binding is removed.
+        if outbound.retry_flow(core, ctx, br, now, out):
+            return Outcome.FLOW_RETRY
+    elif action is Action.STOP:
+        # Global failure (RFC 3261 16.7 step 5): CANCEL the pending branches and create no
+        # new one. The 6xx is the final response once the cancelled branches end (step 6),
+        # or after 4*T1 at the latest: a branch that never sent a provisional response
+        # cannot be cancelled yet and must not hold the caller's answer back.
+        ctx.fire(ContextEvent.POLICY_STOP)
+        core.stats["policy_stop"] += 1
+        cancel.cancel_pending(core, ctx, now, out)
+        if ctx.pending:
+            ctx.deadline = now + 4 * core.timers.t1
+            core.queue.schedule(ctx)
+            return Outcome.STOPPING
+    elif action is Action.FAILOVER and ctx.may_branch:
+        core.stats["policy_failover"] += 1
+        if forward.next_group(core, ctx, now, out):
+            return Outcome.FAILOVER
+    elif action is Action.REDIRECT and msg is not None and ctx.may_branch and status < 400:
+        if redirects.redirect(core, ctx, br, status, msg, decision, src, now, out):
+            return Outcome.HELD if ctx.holding else Outcome.REDIRECTED
+    if ctx.holding:
+        return Outcome.HELD  # the learned route is being written; branches start after it
+    if ctx.pending == 0 and not ctx.final_sent:
+        if ctx.serial and ctx.may_branch and forward.next_group(core, ctx, now, out):
+            return Outcome.NEXT_GROUP
+        send_best(core, ctx, now, out)
+        return Outcome.FINAL
+    return Outcome.PENDING
+
+
+def send_best(core: ProxyCore, ctx: ResponseContext, now: float, out: Out) -> None:
+    """RFC 3261 16.7 step 6: the best final response goes to the caller."""
+    best = select_best(ctx.responses)
+    if best is None:
+        send_local(core, ctx, 408, now, out)
+        return
+    if ctx.from_location and all(r.msg is None or r.status == 430 for r in ctx.responses):
+        # Registered, but no binding (no flow, RFC 5626 7) could be reached.
+        send_local(core, ctx, 480, now, out)
+        return
+    final_to_caller(core, ctx, best, now, out)
+
+
+def final_to_caller(
+    core: ProxyCore, ctx: ResponseContext, r: Response, now: float, out: Out
+) -> None:
+    status = r.status
+    if r.msg is None:
+        if status == 503:  # a transport error of ours (16.9), never a 503 (16.7 step 6)
+            send_local(core, ctx, 500, now, out, reason="Next Hop Unreachable")
+        else:
+            send_local(core, ctx, status, now, out)
+        return
+    ctx.fire(ContextEvent.FINAL_SENT)
+    if 300 <= status < 400 and ctx.recursed:
+        data = redirects.without_recursed(ctx, r.msg)
+    else:
+        data = strip_top_via(r.msg)
+    if status == 503:
+        # RFC 3261 16.7 step 6: a 503 chosen as best becomes 500.
+        eol = data.find(b"\r\n")
+        data = b"SIP/2.0 500 Server Internal Error" + data[eol:]
+        status = 500
+    txns.send_response(core, ctx.server, status, data, now, out)
+
+
+def forward_response(
+    core: ProxyCore, ctx: ResponseContext, msg: SipMessage, status: int, now: float, out: Out
+) -> None:
+    txns.send_response(core, ctx.server, status, strip_top_via(msg), now, out)
+
+
+def send_local(
+    core: ProxyCore, ctx: ResponseContext, status: int, now: float, out: Out,
+    reason: str | None = None,
+) -> None:
+    """A final response of the proxy's own for the context (408, 480, 487, 500)."""
+    ctx.fire(ContextEvent.FINAL_SENT)
+    if ctx.to_tag is None:
+        ctx.to_tag = core.new_tag()
+    data = make_response(ctx.request, status, reason, to_tag=ctx.to_tag)
+    txns.send_response(core, ctx.server, status, data, now, out)
+
+
+def stateless_response(
+    core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out
+) -> None:
+    """RFC 3261 16.7 / 16.11: a response matching no branch is forwarded statelessly if its
+    top Via is ours, and dropped otherwise (RFC 3261 18.1.2)."""
+    vias = msg.vias
+    top = vias[0]
+    if top.sent_by() not in core.ours or len(vias) < 2:
+        core.stats["responses_dropped"] += 1
+        return
+    if not forward.branch_verifies(core, top.branch):
+        # A response naming us with a branch we never generated: forged, and forwarding it
+        # to its second Via would make the proxy a reflector (CONTRACT access).
+        core.stats["responses_forged"] += 1
+        core.stats["responses_dropped"] += 1
+        if core.refusals.note("forged_response", src.host, now):
+            log.warning("dropped %s from %s:%s: its top Via names this proxy with a branch "
+                        "it did not generate", msg.status, src.host, src.port)
+        return
+    nxt = vias[1]
+    host = (nxt.received or nxt.sent_by()[0]).strip("[]")
+    rport = nxt.rport
+    port = rport if isinstance(rport, int) and rport is not True else nxt.sent_by()[1]
+    out.sends.append(Send(nxt.transport.lower(), host, port, strip_top_via(msg)))

@@ -4,7 +4,7 @@
 #   make run     make venv, then run the proxy in the foreground with ./proxy.yaml (CONFIG=...)
 #   make test    install missing system packages (sipp, redis-server, docker-compose), make venv,
 #                run the whole pytest suite
-#   make lint    ruff + mypy
+#   make lint    ruff + mypy (strict on proxy/sip, transaction, policy, core, transport)
 #   make bench   sipp load test of the proxy (BENCH_ARGS="--kamailio" adds the Kamailio anchor)
 #
 # Works on a fresh Debian machine, as root or as a user with sudo; needs no stdin.
@@ -82,9 +82,12 @@ sysdeps:
 test: sysdeps venv
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
+# Both run, and either failing fails the target (CI runs it before `make test`).
 lint: venv
-	$(VENV)/bin/ruff check proxy tests bench
-	$(VENV)/bin/mypy
+	@rc=0; \
+	$(VENV)/bin/ruff check proxy tests bench || rc=1; \
+	$(VENV)/bin/mypy || rc=1; \
+	exit $$rc
 
 bench-sysdeps:
 	$(call apt_ensure,$(BENCH_SYSDEPS))

@@ -1,0 +1,109 @@
+"""The layering rules of docs/ARCHITECTURE.md, checked on the source (ast, nothing imported).
+
+- The sans-IO packages (proxy/sip, proxy/transaction, proxy/core, proxy/policy) do no IO and
+  read no clock: no asyncio, socket, ssl, selectors or ``time`` module, and neither
+  proxy.transport nor proxy.runtime.
+- proxy/transport never imports proxy.core or proxy.runtime: the values it shares with the
+  core live in proxy.sip.transport.
+- proxy/sip is the bottom layer: nothing from proxy outside proxy.sip.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROXY = ROOT / "proxy"
+
+SANS_IO = ("sip", "transaction", "core", "policy")
+IO_MODULES = frozenset({"asyncio", "socket", "ssl", "selectors", "time"})
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in ``path``, relative ones resolved.
+    ``from a import b`` counts as both ``a`` and ``a.b`` (``b`` may be a module)."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module_name(path, root)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join([*base, node.module] if node.module else base)
+            else:
+                mod = node.module or ""
+            found.append((node.lineno, mod))
+            found.extend((node.lineno, f"{mod}.{a.name}") for a in node.names if a.name != "*")
+    return found
+
+
+def files(package: str) -> list[Path]:
+    return sorted((PROXY / package).rglob("*.py"))
+
+
+def violations(package: str, forbidden: Callable[[str], bool]) -> list[str]:
+    out = []
+    for path in files(package):
+        for line, mod in imports_of(path):
+            if forbidden(mod):
+                out.append(f"{path.relative_to(ROOT)}:{line}: imports {mod}")
+    return sorted(set(out))
+
+
+def is_under(mod: str, *roots: str) -> bool:
+    return any(mod == r or mod.startswith(r + ".") for r in roots)
+
+
+def test_the_packages_exist() -> None:
+    for package in (*SANS_IO, "transport", "runtime", "store"):
+        assert files(package), f"proxy/{package} has no modules"
+
+
+def test_the_import_walker_sees_relative_and_from_imports() -> None:
+    found = {m for _, m in imports_of(PROXY / "sip" / "headers.py")}
+    assert "proxy.sip.errors" in found and "re" in found
+    assert {m for _, m in imports_of(PROXY / "sip" / "__init__.py")} >= {"proxy.sip.build"}
+
+
+@pytest.mark.parametrize("package", SANS_IO)
+def test_sans_io_packages_do_no_io(package: str) -> None:
+    def forbidden(mod: str) -> bool:
+        return mod.split(".")[0] in IO_MODULES or is_under(mod, "proxy.transport", "proxy.runtime")
+
+    assert violations(package, forbidden) == []
+
+
+def test_transport_does_not_import_the_core_or_the_runtime() -> None:
+    assert violations("transport", lambda m: is_under(m, "proxy.core", "proxy.runtime")) == []
+
+
+def test_sip_imports_nothing_from_proxy_outside_sip() -> None:
+    def forbidden(mod: str) -> bool:
+        return is_under(mod, "proxy") and not is_under(mod, "proxy.sip")
+
+    assert violations("sip", forbidden) == []
+
+
+def test_a_forbidden_import_is_caught(tmp_path: Path) -> None:
+    """The rules do fail: a module importing asyncio and the core is reported."""
+    fake = tmp_path / "proxy" / "sip" / "bad.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("import asyncio\nfrom proxy.core.types import Target\nfrom .. import core\n")
+    found = {m for _, m in imports_of(fake, tmp_path)}
+    assert {"asyncio", "proxy.core.types", "proxy.core"} <= found

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from tests.e2e.wire import SipMessage, parse_sip, try_parse
+from tests.e2e.wire import SipMessage, parse_sip, try_parse, via_sent_by
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -518,6 +518,52 @@ class SippResult:
                 f"forced={self.forced} "
                 f"successful={self.successful} failed={self.failed} counters={nonzero}\n"
                 f"  error log ({len(err)} lines), last: " + "\n    ".join(err[-8:]))
+
+
+# ----------------------------------------------------------------------------- checks on traces
+# Shared by the e2e test files: one definition each.
+
+
+def assert_calls(result: SippResult, calls: int) -> None:
+    """sipp ended by itself (or by a clean soft quit) with ``calls`` successful calls, none
+    failed."""
+    assert result.returncode == 0 and not result.timed_out and not result.forced, \
+        result.describe()
+    assert result.successful == calls and result.failed == 0, result.describe()
+
+
+def sipp_msgs(result: SippResult, direction: str,
+              pred: Callable[[SipMessage], bool]) -> list[SipMessage]:
+    """The messages sipp ``direction`` ("sent" / "received") that satisfy ``pred``."""
+    return [t.sip for t in result.messages()
+            if t.direction == direction and t.sip is not None and pred(t.sip)]
+
+
+def via_is_proxy(msg: SipMessage, proxy: ProxyProcess, transport: str | None = None) -> bool:
+    """The top Via is the proxy's own (RFC 3261 16.6 step 8: its address, a z9hG4bK branch),
+    and names ``transport`` when one is given."""
+    t, host, port, params = via_sent_by(msg.vias[0])
+    return ((host, port) == proxy.addr and (transport is None or t == transport.upper())
+            and (params.get("branch") or "").startswith("z9hG4bK"))
+
+
+def branch(msg: SipMessage) -> str | None:
+    """The branch of the top Via."""
+    return via_sent_by(msg.vias[0])[3].get("branch")
+
+
+def to_tag(msg: SipMessage) -> str | None:
+    m = re.search(r";\s*tag\s*=\s*([^;>\s]+)", msg.get("to") or "", re.I)
+    return m.group(1) if m else None
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a stream; the peer having gone already is no error."""
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except (ConnectionError, OSError):
+        pass
 
 
 def read_stat(path: Path) -> dict[str, str]:

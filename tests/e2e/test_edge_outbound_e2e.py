@@ -35,7 +35,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.e2e.harness import LOOPBACK, ProxyProcess, Sipp, SippResult, free_port
+from tests.e2e.harness import (
+    LOOPBACK,
+    ProxyProcess,
+    Sipp,
+    assert_calls,
+    free_port,
+    sipp_msgs,
+    via_is_proxy,
+)
 from tests.e2e.wire import (
     SipMessage,
     UdpPeer,
@@ -117,11 +125,6 @@ def outbound_contact(uri: str, instance: str, reg_id: int = 1) -> str:
 
 def edge_proxy(proxy_factory: ProxyFactory, pbx_port: int) -> ProxyProcess:
     return proxy_factory(upstreams=[f"sip:{LOOPBACK}:{pbx_port}"], registrar="upstream")
-
-
-def is_proxy_via(msg: SipMessage, proxy: ProxyProcess) -> bool:
-    _, host, port, params = via_sent_by(msg.vias[0])
-    return (host, port) == proxy.addr and (params.get("branch") or "").startswith("z9hG4bK")
 
 
 def name_addr_uri(value: str) -> str:
@@ -294,18 +297,6 @@ async def recv_or_none(peer: UdpPeer, match: Callable[[SipMessage], bool],
         return None
 
 
-def sipp_msgs(result: SippResult, direction: str,
-              pred: Callable[[SipMessage], bool]) -> list[SipMessage]:
-    return [t.sip for t in result.messages()
-            if t.direction == direction and t.sip is not None and pred(t.sip)]
-
-
-def sipp_ok(result: SippResult, calls: int) -> None:
-    assert result.returncode == 0 and not result.timed_out and not result.forced, \
-        result.describe()
-    assert result.successful == calls and result.failed == 0, result.describe()
-
-
 # ----------------------------------------------------------------------------- scenario
 
 
@@ -320,8 +311,8 @@ async def test_edge_registrar_scenario_pairs_without_proxy(sipp: Sipp) -> None:
                            keys={"domain": DOMAIN, "ob_instance": instance, "ob_regid": "1"},
                            timeout=5, name="self-phone")
     phone_res, reg_res = await phone.wait(), await registrar.wait(10)
-    sipp_ok(phone_res, 1)
-    sipp_ok(reg_res, 1)
+    assert_calls(phone_res, 1)
+    assert_calls(reg_res, 1)
     [ok] = sipp_msgs(phone_res, "received", lambda m: m.status == 200)
     contact = ok.get("contact") or ""
     assert f"<{instance}>" in contact and ";ob>" in contact and "expires=3600" in contact, contact
@@ -353,13 +344,13 @@ async def test_register_through_edge_gets_path_with_flow_token(
     proxy.assert_alive()
 
     for res in phones:
-        sipp_ok(res, 1)
-    sipp_ok(reg_res, 2)
+        assert_calls(res, 1)
+    assert_calls(reg_res, 2)
     got = sipp_msgs(reg_res, "received", lambda m: m.method == "REGISTER")
     assert len(got) == 2, [m.start_line for m in got]
     tokens = []
     for reg, port, instance, res in zip(got, (p1, p2), instances, phones, strict=True):
-        assert is_proxy_via(reg, proxy), reg.vias
+        assert via_is_proxy(reg, proxy), reg.vias
         assert len(reg.vias) == 2 and via_sent_by(reg.vias[1])[1:3] == (LOOPBACK, port), \
             reg.vias
         contact = reg.get("contact") or ""
@@ -401,7 +392,7 @@ async def test_pbx_call_via_path_reaches_phone_over_its_flow(
         assert src == proxy.addr and invite.call_id == call_id, (src, invite.start_line)
         assert invite.request_uri == PHONE_PRIVATE, invite.start_line
         assert invite.get("route") is None, f"our Route was not removed: {invite.get('route')}"
-        assert is_proxy_via(invite, proxy) and len(invite.vias) == 2, invite.vias
+        assert via_is_proxy(invite, proxy) and len(invite.vias) == 2, invite.vias
         rr = [v for line in invite.get_all("record-route") for v in split_via_values(line)]
         assert rr, "a dialog-creating request without the proxy's Record-Route"
         assert all(f"@{LOOPBACK}:{proxy.port};" in v and ";lr" in v for v in rr), rr
@@ -480,7 +471,7 @@ async def test_phone_call_pbx_bye_comes_back_over_phone_flow(
 
         invite, src = await pbx.recv_sip(WAIT, lambda m: m.method == "INVITE")
         assert src == proxy.addr and invite.call_id == call_id, (src, invite.start_line)
-        assert is_proxy_via(invite, proxy), invite.vias
+        assert via_is_proxy(invite, proxy), invite.vias
         rr = [v for line in invite.get_all("record-route") for v in split_via_values(line)]
         assert len(rr) == 1 and parse_path(rr[0]).params == {"lr": None}, rr
         await pbx.send(build_response(
@@ -512,7 +503,7 @@ async def test_phone_call_pbx_bye_comes_back_over_phone_flow(
         bye, src = await phone.recv_sip(WAIT, lambda m: m.method == "BYE")
         assert src == proxy.addr and bye.call_id == call_id, (src, bye.start_line)
         assert bye.request_uri == PHONE_PRIVATE and bye.get("route") is None, bye.raw
-        assert is_proxy_via(bye, proxy), bye.vias
+        assert via_is_proxy(bye, proxy), bye.vias
         await phone.send(build_response(bye, 200, "OK", to_tag=None), src)
         bye_ok, src = await pbx.recv_sip(
             WAIT, lambda m: m.status is not None and m.cseq == (1, "BYE"))

@@ -45,15 +45,18 @@ from tests.e2e.harness import (
     SippProcess,
     SippResult,
     Traced,
+    assert_calls,
+    branch,
+    close_writer,
     free_port,
     traced,
+    via_is_proxy,
 )
 from tests.e2e.wire import (
     SipMessage,
     TcpOutcome,
     UdpPeer,
     build_request,
-    via_sent_by,
 )
 
 pytestmark = pytest.mark.e2e
@@ -78,23 +81,6 @@ def resps(sp: SippProcess | SippResult, direction: str, status: int | None = Non
             if t.direction == direction and t.msg.status is not None
             and (t.msg.status == status if status is not None else t.msg.status >= 200)
             and (t.msg.cseq or (0, ""))[1] == method]
-
-
-def branch(msg: SipMessage) -> str | None:
-    return via_sent_by(msg.vias[0])[3].get("branch")
-
-
-def via_is_proxy(msg: SipMessage, proxy: ProxyProcess) -> bool:
-    _, host, port, params = via_sent_by(msg.vias[0])
-    return (host, port) == proxy.addr and (params.get("branch") or "").startswith("z9hG4bK")
-
-
-def assert_calls(result: SippResult, calls: int) -> None:
-    """sipp ended by itself (or by a clean soft quit) with ``calls`` successful calls, none
-    failed."""
-    assert result.returncode == 0 and not result.timed_out and not result.forced, \
-        result.describe()
-    assert result.successful == calls and result.failed == 0, result.describe()
 
 
 def new_instance() -> str:
@@ -186,11 +172,7 @@ async def tcp_register_then_close(proxy: ProxyProcess, instance: str, reg_id: in
         assert final[0].status == 200, final[0].start_line
         return final[0]
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        await close_writer(writer)
 
 
 # ----------------------------------------------------------------------------- scenarios
@@ -444,9 +426,5 @@ async def test_crlf_ping_gets_pong(proxy_factory: ProxyFactory) -> None:
         assert data.startswith(b"SIP/2.0 200"), data[:80]
         assert TcpOutcome(data, False, False).responses[0].cseq == (1, "OPTIONS")
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        await close_writer(writer)
     proxy.assert_alive()

@@ -43,10 +43,14 @@ from tests.e2e.harness import (
     SippProcess,
     SippResult,
     Traced,
+    assert_calls,
+    branch,
     free_port,
+    to_tag,
     traced,
+    via_is_proxy,
 )
-from tests.e2e.wire import RecordingUpstream, SipMessage, via_sent_by
+from tests.e2e.wire import RecordingUpstream
 
 pytestmark = pytest.mark.e2e
 
@@ -98,27 +102,6 @@ def responses(result: SippResult, direction: str, *, final: bool = True) -> list
     return [t for t in trace_of(result)
             if t.direction == direction and t.msg.status is not None
             and (not final or t.msg.status >= 200) and (t.msg.cseq or (0, ""))[1] == "INVITE"]
-
-
-def to_tag(msg: SipMessage) -> str | None:
-    m = re.search(r";\s*tag\s*=\s*([^;>\s]+)", msg.get("to") or "", re.I)
-    return m.group(1) if m else None
-
-
-def branch(msg: SipMessage) -> str | None:
-    return via_sent_by(msg.vias[0])[3].get("branch")
-
-
-def via_is_proxy(msg: SipMessage, proxy: ProxyProcess) -> bool:
-    """The top Via is the proxy's own (RFC 3261 16.6 step 8: its address, a z9hG4bK branch)."""
-    _, host, port, params = via_sent_by(msg.vias[0])
-    return (host, port) == proxy.addr and (params.get("branch") or "").startswith("z9hG4bK")
-
-
-def assert_calls(result: SippResult, calls: int) -> None:
-    """sipp ended by itself with ``calls`` successful calls and no failed one."""
-    assert result.returncode == 0 and not result.timed_out, result.describe()
-    assert result.successful == calls and result.failed == 0, result.describe()
 
 
 async def nothing_reaches(upstream: RecordingUpstream, window: float) -> None:

@@ -45,8 +45,11 @@ from tests.e2e.harness import (
     Sipp,
     SippProcess,
     SippResult,
+    assert_calls,
     free_port,
+    to_tag,
     traced,
+    via_is_proxy,
 )
 from tests.e2e.wire import (
     Datagram,
@@ -56,7 +59,6 @@ from tests.e2e.wire import (
     build_request,
     build_response,
     new_call_id,
-    via_sent_by,
 )
 
 pytestmark = pytest.mark.e2e
@@ -85,25 +87,6 @@ def finals_of(sp: SippProcess | SippResult, direction: str) -> list[SipMessage]:
 
 def call_ids(msgs: list[SipMessage]) -> list[str | None]:
     return [m.call_id for m in msgs]
-
-
-def via_is_proxy(msg: SipMessage, proxy: ProxyProcess) -> bool:
-    """The top Via is the proxy's own (RFC 3261 16.6 step 8)."""
-    _, host, port, params = via_sent_by(msg.vias[0])
-    return (host, port) == proxy.addr and (params.get("branch") or "").startswith("z9hG4bK")
-
-
-def to_tag(msg: SipMessage) -> str | None:
-    m = re.search(r";\s*tag\s*=\s*([^;>\s]+)", msg.get("to") or "", re.I)
-    return m.group(1) if m else None
-
-
-def assert_calls(result: SippResult, calls: int) -> None:
-    """sipp ended by itself (or by a clean soft quit) with ``calls`` successful calls, none
-    failed."""
-    assert result.returncode == 0 and not result.timed_out and not result.forced, \
-        result.describe()
-    assert result.successful == calls and result.failed == 0, result.describe()
 
 
 def upstream(port: int) -> str:

@@ -7,17 +7,18 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import LOOPBACK, ProxyProcess, Sipp, SippResult, free_port
-from tests.e2e.wire import RecordingUpstream, SipMessage, via_sent_by
+from tests.e2e.harness import (
+    LOOPBACK,
+    ProxyProcess,
+    Sipp,
+    free_port,
+    sipp_msgs,
+)
+from tests.e2e.wire import RecordingUpstream, via_sent_by
 
 pytestmark = pytest.mark.e2e
 
 DOMAIN = "example.com"
-
-
-def msgs(result: SippResult, direction: str, pred: Callable[[SipMessage], bool]) -> list[SipMessage]:
-    return [m.sip for m in result.messages()
-            if m.direction == direction and m.sip is not None and pred(m.sip)]
 
 
 async def test_pbx_call_reaches_registered_phone(
@@ -34,7 +35,7 @@ async def test_pbx_call_reaches_registered_phone(
                          keys={"domain": DOMAIN}, timeout=20, name="phone-register")
     reg_res = await reg.wait()
     assert reg_res.returncode == 0 and reg_res.successful == 1, reg_res.describe()
-    ok = msgs(reg_res, "received", lambda m: m.status == 200)
+    ok = sipp_msgs(reg_res, "received", lambda m: m.status == 200)
     assert ok and f"{LOOPBACK}:{phone_port}" in (ok[0].get("contact") or ""), \
         "the 200 to REGISTER lists the binding (RFC 3261 10.3 step 8)"
 
@@ -45,14 +46,14 @@ async def test_pbx_call_reaches_registered_phone(
     phone_res = await phone.stop()
     assert pbx_res.returncode == 0 and pbx_res.successful == 3, pbx_res.describe()
     assert phone_res.successful == 3 and phone_res.failed == 0, phone_res.describe()
-    invites = msgs(phone_res, "received", lambda m: m.method == "INVITE")
+    invites = sipp_msgs(phone_res, "received", lambda m: m.method == "INVITE")
     assert invites, "the phone got no INVITE"
     for inv in invites:
         t, host, port, _ = via_sent_by(inv.vias[0])
         assert (host, port) == (LOOPBACK, proxy.port), inv.vias[0]
         assert f"{LOOPBACK}:{phone_port}" in (inv.request_uri or ""), \
             "the Request-URI is replaced by the binding's Contact (RFC 3261 16.5, 16.6 step 6)"
-    assert len(msgs(phone_res, "received", lambda m: m.method == "BYE")) >= 3
+    assert len(sipp_msgs(phone_res, "received", lambda m: m.method == "BYE")) >= 3
     proxy.assert_alive()
 
 
@@ -68,8 +69,8 @@ async def test_unknown_user_gets_404(
                          service="bob", keys={"domain": DOMAIN}, timeout=20, name="pbx")
     res = await pbx.wait()
     assert res.returncode == 0 and res.successful == 3 and res.failed == 0, res.describe()
-    sent_invites = msgs(res, "sent", lambda m: m.method == "INVITE")
-    got_404 = msgs(res, "received", lambda m: m.status == 404)
+    sent_invites = sipp_msgs(res, "sent", lambda m: m.method == "INVITE")
+    got_404 = sipp_msgs(res, "received", lambda m: m.status == 404)
     assert {m.call_id for m in got_404} == {m.call_id for m in sent_invites}
     proxy.assert_alive()
 
@@ -87,7 +88,7 @@ async def test_max_forwards_zero_gets_483(
                                 name="caller")
         res = await caller.wait()
         assert res.returncode == 0 and res.successful == 3 and res.failed == 0, res.describe()
-        assert len(msgs(res, "received", lambda m: m.status == 483)) >= 3
+        assert len(sipp_msgs(res, "received", lambda m: m.status == 483)) >= 3
         assert upstream.records == [], "a Max-Forwards 0 request reached the upstream"
         proxy.assert_alive()
     finally:

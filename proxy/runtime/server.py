@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
 import os
 import secrets
@@ -33,6 +32,9 @@ from proxy.core.registrar import MemoryLocation
 from proxy.core.types import LocalAddress, Send, Source, Target
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
+from proxy.runtime.resolver import MISS, Resolver, advertised
+from proxy.runtime.watchers import FileWatcher, reload_policy
+from proxy.sip import host_port_text
 from proxy.store import LearnedRoute, StoreError, open_store
 from proxy.transaction import TimerConfig
 from proxy.transport.base import Transport
@@ -43,66 +45,6 @@ log = logging.getLogger("proxy")
 #: Start-up lines (listening, ready) show at every log level: scripts wait for them.
 _NOTICE = logging.CRITICAL + 1
 logging.addLevelName(_NOTICE, "NOTICE")
-
-
-_MISS = object()
-
-
-class Resolver:
-    """Host name to address for the transport layer (RFC 3263 reduced to A/AAAA lookups).
-
-    IP literals are answered at once and remembered; names are looked up in the default
-    executor (never blocking the loop) and cached for ``ttl`` seconds, failures for
-    ``negative_ttl``.
-    """
-
-    def __init__(self, ttl: float = 60.0, negative_ttl: float = 5.0) -> None:
-        self.ttl = ttl
-        self.negative_ttl = negative_ttl
-        self._cache: dict[str, tuple[str | None, float]] = {}
-        self.waiting: dict[str, list[Send]] = {}
-
-    def cached(self, host: str, now: float) -> object:
-        """The address, None for a name known not to resolve, or _MISS."""
-        hit = self._cache.get(host)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return _MISS
-        self._cache[host] = (host, float("inf"))
-        return host
-
-    def resolve_now(self, host: str) -> str | None:
-        """Blocking lookup, for start-up only (upstreams)."""
-        try:
-            return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
-        except OSError:
-            return None
-
-    async def resolve(self, host: str, now: float) -> str | None:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
-            ip: str | None = str(infos[0][4][0])
-        except OSError as exc:
-            log.info("cannot resolve %s: %s", host, exc)
-            ip = None
-        self._cache[host] = (ip, now + (self.ttl if ip is not None else self.negative_ttl))
-        return ip
-
-
-def _advertised(host: str, port: int, advertise: str | None) -> str:
-    """The host:port written into Via and Record-Route for a listener."""
-    a = advertise or host
-    if a.startswith("["):
-        return a if "]:" in a else f"{a}:{port}"
-    if a.count(":") > 1:
-        return f"[{a}]:{port}"
-    if advertise and a.count(":") == 1:
-        return a
-    return f"{a}:{port}"
 
 
 class Runtime:
@@ -116,7 +58,7 @@ class Runtime:
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = float("inf")
         self._stopping = asyncio.Event()
-        self._policy_stat: tuple[int, int] | None = None
+        self._policy_watch: FileWatcher | None = None
         self.errors = 0
         t = config.timers
         timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, timer_c=t.timer_c)
@@ -130,7 +72,7 @@ class Runtime:
                                     fixed_transport=";transport=" in u.uri.lower()))
         local = [
             LocalAddress(li.transport, li.host, li.port,
-                         _advertised(li.host, li.port, config.advertise))
+                         advertised(li.host, li.port, config.advertise))
             for li in config.listen
         ]
         # Redirect safety (RFC 3261 26.1.2). The CONTRACT defaults name the upstreams by host;
@@ -200,13 +142,12 @@ class Runtime:
             else:
                 raise ConfigError([Diagnostic(str(cfg.path), 1, 1,
                                               f"listen {li.transport}: TLS is not supported yet")])
-            host = f"[{li.host}]" if ":" in li.host else li.host
-            log.log(_NOTICE, "listening on %s:%s:%s", li.transport, host, li.port)
+            log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
-            self._policy_stat = self._stat_policy()
+            self._policy_watch = FileWatcher(cfg.policy_path, self.reload)
             self.loop.call_later(1.0, self._watch_policy)
         p = self.core.policy
         log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
@@ -343,7 +284,7 @@ class Runtime:
         for s in out:
             ip = self.resolver.cached(s.host, now)
             if ip != s.host:
-                if ip is _MISS:
+                if ip is MISS:
                     self._resolve_then_send(s, now)
                     continue
                 if ip is None:
@@ -419,43 +360,17 @@ class Runtime:
 
     # -------------------------------------------------------------- policy reload
 
-    def _stat_policy(self) -> tuple[int, int] | None:
-        path = self.config.policy_path
-        try:
-            st = os.stat(path) if path is not None else None
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size) if st is not None else None
-
     def _watch_policy(self) -> None:
-        if self._stopping.is_set():
+        if self._stopping.is_set() or self._policy_watch is None:
             return
-        st = self._stat_policy()
-        if st is not None and st != self._policy_stat:
-            self._policy_stat = st
-            self.reload()
+        self._policy_watch.check()
         self.loop.call_later(1.0, self._watch_policy)
 
     def reload(self) -> None:
         """Swap the policy atomically; a broken file leaves the old policy in force."""
-        path = self.config.policy_path
-        old = self.core.policy
-        if path is None:
-            log.info("policy reload: the config names no policy file; builtin stays")
-            return
-        try:
-            new, warnings = load_policy(path)
-        except ConfigError as exc:
-            log.error("policy reload refused; version %s stays in force", old.version)
-            for d in exc.diagnostics:
-                log.error("%s", d)
-            return
-        for w in warnings:
-            log.warning("%s", w)
-        if new.version == old.version:
-            return
-        self.core.policy = new
-        log.info("policy reloaded: %s -> %s (%d rules)", old.version, new.version, len(new.rules))
+        new = reload_policy(self.config.policy_path, self.core.policy)
+        if new is not None:
+            self.core.policy = new
 
 
 async def _main(config: Config, policy: Policy) -> int:

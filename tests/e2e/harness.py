@@ -788,3 +788,11 @@ class Sipp:
         for sp in self.procs:
             if sp.proc.returncode is None:
                 await sp.kill()
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set size (VmRSS, KiB) of process ``pid`` from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")

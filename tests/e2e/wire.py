@@ -591,3 +591,79 @@ async def tcp_exchange(
         except (ConnectionError, OSError):
             pass
     return TcpOutcome(data, closed, send_failed, elapsed)
+
+
+# ----------------------------------------------------------------------------- stream framing
+
+
+class SipStream:
+    """One TCP connection carrying SIP (either side: a client from :meth:`connect`, or a
+    connection an ``asyncio.start_server`` handler got); messages are framed by the empty line
+    and Content-Length (RFC 3261 18.3).  ``recv_sip`` keeps non-matching messages queued."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.buffer = b""
+        self.pending: list[SipMessage] = []
+        self.eof = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int, timeout: float = 3.0) -> SipStream:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        return cls(reader, writer)
+
+    @property
+    def local(self) -> tuple[str, int]:
+        host, port = self.writer.get_extra_info("sockname")[:2]
+        return host, port
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def _frame(self) -> None:
+        while True:
+            self.buffer = self.buffer.lstrip(b"\r\n")
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            m = re.search(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)", self.buffer[:end],
+                          re.I | re.M)
+            size = end + 4 + (int(m.group(1)) if m else 0)
+            if len(self.buffer) < size:
+                return
+            self.pending.append(parse_sip(self.buffer[:size]))
+            self.buffer = self.buffer[size:]
+
+    async def recv_sip(self, timeout: float,
+                       match: Callable[[SipMessage], bool] | None = None) -> SipMessage:
+        """The next (matching) message; TimeoutError after ``timeout`` s, AssertionError when
+        the peer closes the connection first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self._frame()
+            for i, m in enumerate(self.pending):
+                if match is None or match(m):
+                    del self.pending[i]
+                    return m
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"no matching message on the TCP connection; pending "
+                                   f"{[m.start_line for m in self.pending]}")
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(65536), left)
+            except (ConnectionError, OSError):
+                chunk = b""
+            if not chunk:
+                self.eof = True
+                raise AssertionError(f"the peer closed the connection; buffer {self.buffer[:200]!r}")
+            self.buffer += chunk
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass

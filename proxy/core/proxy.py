@@ -126,7 +126,6 @@ class ProxyCore:
 
     def on_message(self, data: bytes, src: Source, now: float) -> Effects:
         """Handle one framed message (a datagram, or one message cut from a stream)."""
-        out = Out()
         s = self.settings
         if self.udp_flows and src.transport == "udp":
             outbound.seen(self, src, now)
@@ -136,8 +135,9 @@ class ProxyCore:
                 datagram=src.transport == "udp",
             )
         except ParseError as exc:
-            validate.bad_message(self, data, src, exc, out)
-            return out.effects()
+            answer = validate.bad_message(self, data, src, exc)
+            return Effects([] if answer is None else [answer])
+        out = Out()
         try:
             if msg.is_request:
                 self.stats["requests_in"] += 1
@@ -149,7 +149,7 @@ class ProxyCore:
             if msg.is_request and msg.method != "ACK":
                 self.stats["requests_rejected"] += 1
                 log.info("bad request from %s:%s: %s", src.host, src.port, exc.message)
-                txns.reject(self, msg, src, exc.status, out, reason=exc.message)
+                out.send(txns.reject(self, msg, src, exc.status, reason=exc.message))
             else:
                 self.stats["responses_dropped"] += 1
                 log.info("dropped bad %s from %s:%s: %s",
@@ -229,7 +229,8 @@ class ProxyCore:
         rejection = validate.check_request(msg)
         if rejection is not None:
             if method != "ACK":
-                txns.reject(self, msg, src, rejection.status, out, headers=rejection.headers)
+                out.send(txns.reject(self, msg, src, rejection.status,
+                                     headers=rejection.headers))
             return
         if method == "ACK":
             forward.on_ack(self, msg, src, now, out)

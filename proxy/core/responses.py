@@ -56,7 +56,9 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
     method = msg.cseq[1]
     br = core.client.get(f"{bid}|{method}") if bid else None
     if br is None:
-        stateless_response(core, msg, src, now, out)
+        fwd = stateless_response(core, msg, src, now)
+        if fwd is not None:
+            out.send(fwd)
         return
     status = msg.status
     if method == "CANCEL" and br.ctx.method != "CANCEL":
@@ -225,16 +227,14 @@ def send_local(
     txns.send_response(core, ctx.server, status, data, now, out)
 
 
-def stateless_response(
-    core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out
-) -> None:
+def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> Send | None:
     """RFC 3261 16.7 / 16.11: a response matching no branch is forwarded statelessly if its
-    top Via is ours, and dropped otherwise (RFC 3261 18.1.2)."""
+    top Via is ours, and dropped (None) otherwise (RFC 3261 18.1.2)."""
     vias = msg.vias
     top = vias[0]
     if top.sent_by() not in core.ours or len(vias) < 2:
         core.stats["responses_dropped"] += 1
-        return
+        return None
     if not forward.branch_verifies(core, top.branch):
         # A response naming us with a branch we never generated: forged, and forwarding it
         # to its second Via would make the proxy a reflector (CONTRACT access).
@@ -243,9 +243,9 @@ def stateless_response(
         if core.refusals.note("forged_response", src.host, now):
             log.warning("dropped %s from %s:%s: its top Via names this proxy with a branch "
                         "it did not generate", msg.status, src.host, src.port)
-        return
+        return None
     nxt = vias[1]
     host = (nxt.received or nxt.sent_by()[0]).strip("[]")
     rport = nxt.rport
     port = rport if isinstance(rport, int) and rport is not True else nxt.sent_by()[1]
-    out.sends.append(Send(nxt.transport.lower(), host, port, strip_top_via(msg)))
+    return Send(nxt.transport.lower(), host, port, strip_top_via(msg))

@@ -97,9 +97,9 @@ def refuse(
 
 
 def reject(
-    core: ProxyCore, msg: SipMessage, src: Source, status: int, out: Out, *,
+    core: ProxyCore, msg: SipMessage, src: Source, status: int, *,
     reason: str | None = None, headers: Sequence[str] = (),
-) -> None:
+) -> Send:
     """A stateless error response to a request that fails validation (RFC 3261 16.3)."""
     core.stats[f"rejected_{status}"] += 1
     if reason is not None and len(reason) > 80:
@@ -111,7 +111,7 @@ def reject(
         data = make_response(msg, status, reason, to_tag=core.new_tag(), headers=headers)
         dest = (src.transport, src.host, src.port, src.conn_id)
     t, h, p, c = dest
-    out.sends.append(Send(t, h, p, data, c))
+    return Send(t, h, p, data, c)
 
 
 def server_effects(

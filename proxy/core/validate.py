@@ -10,7 +10,6 @@ import logging
 import zlib
 from typing import TYPE_CHECKING, NamedTuple
 
-from proxy.core.effects import Out
 from proxy.core.types import Send, Source
 from proxy.sip import AbsoluteUri, ParseError, SipMessage, validate_request
 
@@ -74,17 +73,19 @@ def looped(core: ProxyCore, msg: SipMessage, hash_: str) -> bool:
     return False
 
 
-def bad_message(core: ProxyCore, data: bytes, src: Source, exc: ParseError, out: Out) -> None:
-    """A message the parser refused: answer a request if we can, drop a response."""
+def bad_message(core: ProxyCore, data: bytes, src: Source, exc: ParseError) -> Send | None:
+    """A message the parser refused: the answer to a request if we can, None (dropped) for a
+    response."""
     if data[:4] == b"SIP/" or not data.strip():
         core.stats["responses_dropped"] += 1
         log.info("dropped unparsable response from %s:%s: %s", src.host, src.port, exc.message)
-        return
+        return None
     core.stats["requests_rejected"] += 1
     log.info("bad request from %s:%s: %s", src.host, src.port, exc.message)
     salvaged = salvage_response(data, exc.status, exc.message)
-    if salvaged is not None:
-        out.sends.append(Send(src.transport, src.host, src.port, salvaged, src.conn_id))
+    if salvaged is None:
+        return None
+    return Send(src.transport, src.host, src.port, salvaged, src.conn_id)
 
 
 _SALVAGE = {

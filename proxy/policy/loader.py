@@ -160,87 +160,16 @@ def _rule(item: YNode, index: int, names: dict[str, YScalar], report: Reporter) 
         report.error(item, f"rule #{index} must be a mapping with name, match and action, "
                      f"got {describe(item)}")
         return None
-    where = f"rule #{index}"
-    name: str | None = None
-    name_node = item.get("name")
-    if name_node is not None:
-        if isinstance(name_node, YScalar) and isinstance(name_node.value, str):
-            if not name_node.value.strip():
-                report.error(name_node, f"{where}: name must not be empty")
-            else:
-                name = name_node.value
-                first = names.get(name)
-                if first is not None:
-                    report.error(
-                        name_node,
-                        f"duplicate rule name {name!r} (first at {first.line}:{first.column})",
-                    )
-                else:
-                    names[name] = name_node
-                where = f"rule {name!r}"
-        else:
-            hint = " (quote it)" if isinstance(name_node, YScalar) else ""
-            report.error(name_node, f"{where}: name must be a string{hint}, "
-                         f"got {describe(name_node)}")
+    name, where = _rule_name(item, f"rule #{index}", names, report)
     found = check_keys(report, item, RULE_KEYS, ("name", "match", "action"), where)
-
-    action: Action | None = None
-    action_node = found.get("action")
-    if action_node is not None:
-        if isinstance(action_node, YScalar) and action_node.value in ACTIONS:
-            action = Action(action_node.value)
-        elif isinstance(action_node, YScalar) and isinstance(action_node.value, str):
-            report.error(action_node, f"{where}: unknown action {action_node.value!r}; "
-                         f"expected one of: {', '.join(ACTIONS)}")
-        else:
-            report.error(action_node, f"{where}: action must be one of: {', '.join(ACTIONS)}; "
-                         f"got {describe(action_node)}")
-
-    statuses: frozenset[int] | None = None
-    methods: frozenset[str] | None = None
-    match_ok = False
+    action = _action(found.get("action"), where, report)
     match_node = found.get("match")
-    if match_node is not None:
-        match = get_map(report, match_node, f"{where}: match")
-        if match is not None:
-            mfound = check_keys(report, match, MATCH_KEYS, ("status",), f"{where}: match")
-            status_node = mfound.get("status")
-            statuses = _statuses(status_node, where, report) if status_node else None
-            method_node = mfound.get("method")
-            methods_ok = True
-            if method_node is not None:
-                methods = _methods(method_node, where, report)
-                methods_ok = methods is not None
-            match_ok = statuses is not None and methods_ok
-
-    options_ok = True
-    for key, needs in OPTION_ACTION.items():
-        if key in found and action is not None and action is not needs:
-            report.error(_key_node(item, key), f"{where}: {key!r} applies only to action "
-                         f"{needs.value}, not {action.value}")
-            del found[key]
-            options_ok = False
-    permanent: bool | None = False
-    max_redirects: int | None = 3
-    max_attempts: int | None = 3
-    if (node := found.get("permanent")) is not None:
-        permanent = get_bool(report, node, f"{where}: permanent")
-    if (node := found.get("max_redirects")) is not None:
-        max_redirects = get_int(report, node, f"{where}: max_redirects", 1, MAX_REDIRECTS)
-    if (node := found.get("max_attempts")) is not None:
-        max_attempts = get_int(report, node, f"{where}: max_attempts", 1, MAX_ATTEMPTS)
-
-    if (
-        name is None
-        or action is None
-        or not match_ok
-        or statuses is None
-        or not options_ok
-        or permanent is None
-        or max_redirects is None
-        or max_attempts is None
-    ):
+    matched = _match(match_node, where, report) if match_node is not None else None
+    options = _options(item, found, action, where, report)
+    if name is None or action is None or matched is None or options is None:
         return None
+    statuses, methods = matched
+    permanent, max_redirects, max_attempts = options
     return Rule(
         name=name,
         statuses=statuses,
@@ -252,6 +181,89 @@ def _rule(item: YNode, index: int, names: dict[str, YScalar], report: Reporter) 
         line=item.line,
         column=item.column,
     )
+
+
+def _rule_name(
+    item: YMap, where: str, names: dict[str, YScalar], report: Reporter
+) -> tuple[str | None, str]:
+    """The rule's name (unique in the file) and how findings refer to the rule."""
+    name_node = item.get("name")
+    if name_node is None:
+        return None, where
+    if not (isinstance(name_node, YScalar) and isinstance(name_node.value, str)):
+        hint = " (quote it)" if isinstance(name_node, YScalar) else ""
+        report.error(name_node, f"{where}: name must be a string{hint}, "
+                     f"got {describe(name_node)}")
+        return None, where
+    if not name_node.value.strip():
+        report.error(name_node, f"{where}: name must not be empty")
+        return None, where
+    name = name_node.value
+    first = names.get(name)
+    if first is not None:
+        report.error(name_node,
+                     f"duplicate rule name {name!r} (first at {first.line}:{first.column})")
+    else:
+        names[name] = name_node
+    return name, f"rule {name!r}"
+
+
+def _action(node: YNode | None, where: str, report: Reporter) -> Action | None:
+    if node is None:
+        return None
+    if isinstance(node, YScalar) and node.value in ACTIONS:
+        return Action(node.value)
+    if isinstance(node, YScalar) and isinstance(node.value, str):
+        report.error(node, f"{where}: unknown action {node.value!r}; "
+                     f"expected one of: {', '.join(ACTIONS)}")
+    else:
+        report.error(node, f"{where}: action must be one of: {', '.join(ACTIONS)}; "
+                     f"got {describe(node)}")
+    return None
+
+
+def _match(
+    node: YNode, where: str, report: Reporter
+) -> tuple[frozenset[int], frozenset[str] | None] | None:
+    """``match: {status, method}``: the statuses and methods, or None after an error."""
+    match = get_map(report, node, f"{where}: match")
+    if match is None:
+        return None
+    found = check_keys(report, match, MATCH_KEYS, ("status",), f"{where}: match")
+    status_node = found.get("status")
+    statuses = _statuses(status_node, where, report) if status_node else None
+    method_node = found.get("method")
+    methods: frozenset[str] | None = None
+    if method_node is not None:
+        methods = _methods(method_node, where, report)
+        if methods is None:
+            return None
+    return None if statuses is None else (statuses, methods)
+
+
+def _options(
+    item: YMap, found: dict[str, YNode], action: Action | None, where: str, report: Reporter
+) -> tuple[bool, int, int] | None:
+    """``permanent``, ``max_redirects``, ``max_attempts`` (each only with its own action)."""
+    ok = True
+    for key, needs in OPTION_ACTION.items():
+        if key in found and action is not None and action is not needs:
+            report.error(_key_node(item, key), f"{where}: {key!r} applies only to action "
+                         f"{needs.value}, not {action.value}")
+            del found[key]
+            ok = False
+    permanent: bool | None = False
+    max_redirects: int | None = 3
+    max_attempts: int | None = 3
+    if (node := found.get("permanent")) is not None:
+        permanent = get_bool(report, node, f"{where}: permanent")
+    if (node := found.get("max_redirects")) is not None:
+        max_redirects = get_int(report, node, f"{where}: max_redirects", 1, MAX_REDIRECTS)
+    if (node := found.get("max_attempts")) is not None:
+        max_attempts = get_int(report, node, f"{where}: max_attempts", 1, MAX_ATTEMPTS)
+    if not ok or permanent is None or max_redirects is None or max_attempts is None:
+        return None
+    return permanent, max_redirects, max_attempts
 
 
 def _key_node(mapping: YMap, key: str) -> YScalar:

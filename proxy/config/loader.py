@@ -1,32 +1,14 @@
-"""``proxy.yaml``: reading and validating the proxy's configuration (CONTRACT "proxy.yaml").
-
-:func:`load_config` returns a frozen :class:`Config` whose paths are absolute (a relative
-``policy``, ``sqlite:``, ``auth.users_file`` or ``tls`` path is relative to the folder of
-``proxy.yaml``), or raises :class:`~proxy.diagnostics.ConfigError` with every error found,
-each with FILE:LINE:COLUMN. The users file of ``auth`` is read here too
-(:mod:`proxy.auth_users`) and its errors carry its own positions.
-:func:`load_config_and_policy` also loads the policy file the configuration names, and
-reports that file's errors with the policy's own positions.
-
-Access control: ``trusted_relays`` (who may send an initial request with a preloaded Route
-to another host, RFC 3261 16.4), ``auth`` (digest authentication, RFC 3261 22.4),
-``registrar_networks`` and ``registrar_max_contacts`` (RFC 3261 10.3).
-
-Keys beyond the CONTRACT (extensions): ``advertise``, ``force_rport``, ``limits``,
-``timers``, ``log_level``, ``drain_timeout``, ``watch_policy``, ``secret``, ``tls``.
-
-``check`` and ``run`` read the configuration through this module alike: what the running
-proxy cannot do (a ``redis://`` state in this version) is refused here, at its position.
-"""
+"""Loading ``proxy.yaml``: the positioned tree turned into a :class:`Config`, every error
+reported with FILE:LINE:COLUMN (see :mod:`proxy.config`)."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from proxy.auth_users import Credentials, load_users
 from proxy.diagnostics import (
@@ -69,184 +51,37 @@ __all__ = [
     "parse_upstream",
 ]
 
-TRANSPORTS = ("udp", "tcp", "tls")
-REGISTRAR_MODES = ("local", "upstream")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061}
-DEFAULT_MAX_TTL = 86400
-DEFAULT_MAX_CONTACTS = 10
-MAX_CONTACTS = 1000
-DEFAULT_REGISTRAR_NETWORKS: tuple[str, ...] = (
-    "127.0.0.0/8",
-    "::1",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "fc00::/7",
+from proxy.config.model import (
+    AUTH_KEYS,
+    CONFIG_KEYS,
+    DEFAULT_MAX_TTL,
+    DEFAULT_REGISTRAR_NETWORKS,
+    LIMIT_KEYS,
+    LOG_LEVELS,
+    MAX_CONTACTS,
+    REDIRECT_KEYS,
+    REDIS_SCHEMES,
+    REGISTRAR_MODES,
+    STATE_FORMS,
+    TIMER_KEYS,
+    TLS_KEYS,
+    AuthSettings,
+    Config,
+    Limits,
+    Listen,
+    Redirects,
+    Timers,
+    TlsSettings,
+    Upstream,
+    unique,
 )
-"""Who may REGISTER by default: loopback and private addresses (RFC 1918, RFC 4193)."""
-REDIS_SCHEMES = ("redis", "rediss", "redis+cluster")
-STATE_FORMS = "memory: or sqlite:PATH"
-
-CONFIG_KEYS = (
-    "listen",
-    "upstreams",
-    "policy",
-    "state",
-    "record_route",
-    "registrar",
-    "domains",
-    "redirects",
-    "trusted_relays",
-    "auth",
-    "registrar_networks",
-    "registrar_max_contacts",
-    "advertise",
-    "force_rport",
-    "limits",
-    "timers",
-    "log_level",
-    "drain_timeout",
-    "watch_policy",
-    "secret",
-    "tls",
+from proxy.config.syntax import (
+    host_or_network,
+    parse_listen,
+    parse_upstream,
+    plain_host,
+    split_hostport,
 )
-REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
-LIMIT_KEYS = ("max_message_size", "max_headers")
-TIMER_KEYS = ("t1_ms", "t2_ms", "t4_ms", "timer_c_ms")
-TLS_KEYS = ("cert_file", "key_file", "ca_file")
-AUTH_KEYS = ("realm", "users_file")
-
-
-@dataclass(frozen=True, slots=True)
-class Listen:
-    """A local socket: ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``. ``host`` has no brackets."""
-
-    transport: str  # "udp" | "tcp" | "tls"
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.transport}:{host_port_text(self.host, self.port)}"
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """A PBX: ``sip:127.0.0.1:5080;transport=tcp`` -> ("127.0.0.1", 5080, "tcp").
-
-    Defaults (RFC 3261 19.1.2): port 5060 (5061 for sips: or transport=tls), transport udp
-    (tls for sips:, RFC 3261 26.2.2). ``host`` has no brackets.
-    """
-
-    uri: str
-    host: str
-    port: int
-    transport: str
-
-
-@dataclass(frozen=True, slots=True)
-class Redirects:
-    """Which 3xx the proxy may follow and learn from; ``()`` means the CONTRACT default
-    (trusted_sources: the upstreams' hosts; allow_targets: the upstreams' hosts and domains)."""
-
-    trusted_sources: tuple[str, ...] = ()
-    allow_targets: tuple[str, ...] = ()
-    max_ttl: int = DEFAULT_MAX_TTL
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_message_size: int = 65535  # bytes; larger: 513 (RFC 3261 18.1.1, 21.5.14)
-    max_headers: int = 256
-
-
-@dataclass(frozen=True, slots=True)
-class Timers:
-    """RFC 3261 17.1.1.1 T1/T2/T4 and 16.6 step 11 Timer C, in seconds (yaml: milliseconds)."""
-
-    t1: float = 0.5
-    t2: float = 4.0
-    t4: float = 5.0
-    timer_c: float = 180.0
-
-
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    """Certificate and key for ``tls:`` listens; ``ca_file`` verifies TLS upstreams."""
-
-    cert_file: Path
-    key_file: Path
-    ca_file: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AuthSettings:
-    """Digest authentication (RFC 3261 22.4): the realm and the users of ``users_file``."""
-
-    realm: str
-    users_file: Path  # absolute
-    users: tuple[Credentials, ...]
-
-    def credentials(self, user: str) -> Credentials | None:
-        """The entry of ``user`` (user names compare exactly), or None."""
-        for entry in self.users:
-            if entry.user == user:
-                return entry
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    path: Path  # absolute path of proxy.yaml
-    listen: tuple[Listen, ...]  # at least one
-    upstreams: tuple[Upstream, ...] = ()  # in failover order
-    policy_path: Path | None = None  # absolute; None -> BUILTIN_POLICY
-    state: str = "memory:"  # "memory:" | "sqlite:/abs/path" (redis:// is refused for now)
-    record_route: bool = True
-    registrar: str = "upstream"  # "local" | "upstream"
-    domains: tuple[str, ...] = ()  # () = every domain (RFC 3261 16.5)
-    redirects: Redirects = field(default_factory=Redirects)
-    # Hosts or CIDR networks (normalised, ports ignored) whose initial requests may carry a
-    # preloaded Route to another host (RFC 3261 16.4); () = nobody.
-    trusted_relays: tuple[str, ...] = ()
-    auth: AuthSettings | None = None  # None: no digest authentication
-    # IP addresses or CIDR networks allowed to register (RFC 3261 10.3).
-    registrar_networks: tuple[str, ...] = DEFAULT_REGISTRAR_NETWORKS
-    registrar_max_contacts: int = DEFAULT_MAX_CONTACTS  # bindings per address-of-record
-    # Extensions
-    advertise: str | None = None  # host[:port] for Via/Record-Route
-    force_rport: bool = False  # RFC 3581 behaviour for every request
-    limits: Limits = field(default_factory=Limits)
-    timers: Timers = field(default_factory=Timers)
-    log_level: str = "info"
-    drain_timeout: float = 5.0  # seconds
-    watch_policy: bool = True
-    secret: str | None = None
-    tls: TlsSettings | None = None
-
-    @property
-    def trusted_sources(self) -> tuple[str, ...]:
-        """``redirects.trusted_sources`` with the CONTRACT default applied."""
-        if self.redirects.trusted_sources:
-            return self.redirects.trusted_sources
-        return _unique(u.host.lower() for u in self.upstreams)
-
-    @property
-    def allow_targets(self) -> tuple[str, ...]:
-        """``redirects.allow_targets`` with the CONTRACT default applied."""
-        if self.redirects.allow_targets:
-            return self.redirects.allow_targets
-        return _unique([*(u.host.lower() for u in self.upstreams), *self.domains])
-
-    @property
-    def state_kind(self) -> str:
-        """``"memory"`` or ``"sqlite"``."""
-        return self.state.split(":", 1)[0]
-
-
-def _unique(items: Iterable[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(items))
-
 
 # ---------------------------------------------------------------------------------------------
 # Loading
@@ -348,96 +183,81 @@ class _Builder:
     def build(self) -> Config | None:
         r = self.report
         found = check_keys(r, self.tree, CONFIG_KEYS, (), "")
-        given = {k: v for k, v in found.items() if not _is_null(v)}
-
-        listen: tuple[Listen, ...] = ()
+        given = {k: v for k, v in found.items() if not is_null(v)}
         if "listen" not in given:
             r.error(found.get("listen", self.tree), "listen: at least one TRANSPORT:HOST:PORT "
                     "entry is required")
-        else:
-            listen = self._listen(given["listen"])
+        values: dict[str, Any] = {}
+        for key, (field_name, parse) in self._parsers().items():
+            if key in given:
+                value = parse(given[key])
+                if value is not None:
+                    values[field_name] = value
+        self._cross_checks(found, given, values)
+        if r.failed:
+            return None
+        return Config(path=self.path, **values)
 
-        upstreams = self._upstreams(given["upstreams"]) if "upstreams" in given else ()
-        policy_path = self._policy(given["policy"]) if "policy" in given else None
-        state = self._state(given["state"]) if "state" in given else "memory:"
-        record_route = self._bool(given, "record_route", True)
-        registrar = "upstream"
-        if "registrar" in given:
-            registrar = self._choice(given["registrar"], "registrar", REGISTRAR_MODES) or registrar
-        domains = self._domains(given["domains"]) if "domains" in given else ()
-        redirects = self._redirects(given["redirects"]) if "redirects" in given else Redirects()
-        trusted_relays = self._networks(given.get("trusted_relays"), "trusted_relays")
-        auth = self._auth(given["auth"]) if "auth" in given else None
-        registrar_networks = DEFAULT_REGISTRAR_NETWORKS
-        if "registrar_networks" in given:
-            registrar_networks = self._ip_networks(given["registrar_networks"])
-        registrar_max_contacts = DEFAULT_MAX_CONTACTS
-        if "registrar_max_contacts" in given:
-            registrar_max_contacts = get_int(
-                r, given["registrar_max_contacts"], "registrar_max_contacts", 1, MAX_CONTACTS
-            ) or registrar_max_contacts
-        advertise = self._advertise(given["advertise"]) if "advertise" in given else None
-        force_rport = self._bool(given, "force_rport", False)
-        limits = self._limits(given["limits"]) if "limits" in given else Limits()
-        timers = self._timers(given["timers"]) if "timers" in given else Timers()
-        log_level = "info"
-        if "log_level" in given:
-            log_level = self._choice(given["log_level"], "log_level", LOG_LEVELS) or log_level
-        drain_timeout = 5.0
-        if "drain_timeout" in given:
-            drain_timeout = get_number(r, given["drain_timeout"], "drain_timeout", 0, 3600) or 0.0
-        watch_policy = self._bool(given, "watch_policy", True)
-        secret = self._secret(given["secret"]) if "secret" in given else None
-        tls = self._tls(given["tls"]) if "tls" in given else None
+    def _parsers(self) -> dict[str, tuple[str, Callable[[YNode], Any]]]:
+        """YAML key -> (Config field, parser); a parser returns None to keep the default
+        (after reporting an error, or for a value that is the default)."""
+        r = self.report
 
+        def choice(what: str, choices: tuple[str, ...]) -> Callable[[YNode], Any]:
+            return lambda node: self._choice(node, what, choices)
+
+        def boolean(what: str) -> Callable[[YNode], Any]:
+            return lambda node: get_bool(r, node, what)
+
+        return {
+            "listen": ("listen", self._listen),
+            "upstreams": ("upstreams", self._upstreams),
+            "policy": ("policy_path", self._policy),
+            "state": ("state", self._state),
+            "record_route": ("record_route", boolean("record_route")),
+            "registrar": ("registrar", choice("registrar", REGISTRAR_MODES)),
+            "domains": ("domains", self._domains),
+            "redirects": ("redirects", self._redirects),
+            "trusted_relays": ("trusted_relays",
+                               lambda node: self._networks(node, "trusted_relays")),
+            "auth": ("auth", self._auth),
+            "registrar_networks": ("registrar_networks", self._ip_networks),
+            "registrar_max_contacts": ("registrar_max_contacts", lambda node: get_int(
+                r, node, "registrar_max_contacts", 1, MAX_CONTACTS)),
+            "advertise": ("advertise", self._advertise),
+            "force_rport": ("force_rport", boolean("force_rport")),
+            "limits": ("limits", self._limits),
+            "timers": ("timers", self._timers),
+            "log_level": ("log_level", choice("log_level", LOG_LEVELS)),
+            "drain_timeout": ("drain_timeout",
+                              lambda node: get_number(r, node, "drain_timeout", 0, 3600)),
+            "watch_policy": ("watch_policy", boolean("watch_policy")),
+            "secret": ("secret", self._secret),
+            "tls": ("tls", self._tls),
+        }
+
+    def _cross_checks(
+        self, found: dict[str, YNode], given: dict[str, YNode], values: dict[str, Any]
+    ) -> None:
+        """Findings that involve several keys."""
+        r = self.report
         declared = given.get("upstreams")
-        if not upstreams and not (isinstance(declared, YSeq) and declared.items):
+        if not values.get("upstreams") and not (isinstance(declared, YSeq) and declared.items):
             at = found.get("upstreams", self.tree)
-            if registrar == "upstream":
+            if values.get("registrar", "upstream") == "upstream":
                 r.warning(at, "no upstreams: with registrar: upstream, REGISTER requests and "
                           "requests for unknown users have nowhere to go")
             else:
                 r.warning(at, "no upstreams: only registered users and requests with a Route "
                           "header can be reached")
-        if tls is None and "tls" not in found:
-            for entry, node in zip(listen, _items(given.get("listen")), strict=False):
+        if "tls" not in found:
+            for entry, node in zip(values.get("listen", ()), items(given.get("listen")),
+                                   strict=False):
                 if entry.transport == "tls":
                     r.error(node, f"listen {entry}: a tls listen needs a 'tls' section with "
                             "cert_file and key_file")
-        if r.failed:
-            return None
-        return Config(
-            path=self.path,
-            listen=listen,
-            upstreams=upstreams,
-            policy_path=policy_path,
-            state=state,
-            record_route=record_route,
-            registrar=registrar,
-            domains=domains,
-            redirects=redirects,
-            trusted_relays=trusted_relays,
-            auth=auth,
-            registrar_networks=registrar_networks,
-            registrar_max_contacts=registrar_max_contacts,
-            advertise=advertise,
-            force_rport=force_rport,
-            limits=limits,
-            timers=timers,
-            log_level=log_level,
-            drain_timeout=drain_timeout,
-            watch_policy=watch_policy,
-            secret=secret,
-            tls=tls,
-        )
 
     # -- scalars -----------------------------------------------------------------------------
-
-    def _bool(self, given: dict[str, YNode], key: str, default: bool) -> bool:
-        if key not in given:
-            return default
-        value = get_bool(self.report, given[key], key)
-        return default if value is None else value
 
     def _choice(self, node: YNode, what: str, choices: tuple[str, ...]) -> str | None:
         if isinstance(node, YScalar) and isinstance(node.value, str) and node.value in choices:
@@ -605,19 +425,19 @@ class _Builder:
             text = get_str(self.report, item, "a domain")
             if text is None:
                 continue
-            host = _plain_host(text.strip())
+            host = plain_host(text.strip())
             if host.startswith("!"):
                 self.report.error(item, f"domain {text!r}: {host[1:]}")
                 continue
             result.append(host)
-        return _unique(result)
+        return unique(result)
 
     def _redirects(self, node: YNode) -> Redirects:
         m = get_map(self.report, node, "redirects")
         if m is None:
             return Redirects()
         found = check_keys(self.report, m, REDIRECT_KEYS, (), "redirects")
-        given = {k: v for k, v in found.items() if not _is_null(v)}
+        given = {k: v for k, v in found.items() if not is_null(v)}
         trusted = self._networks(given.get("trusted_sources"), "redirects: trusted_sources")
         targets = self._networks(given.get("allow_targets"), "redirects: allow_targets")
         max_ttl = DEFAULT_MAX_TTL
@@ -637,12 +457,12 @@ class _Builder:
             text = get_str(self.report, item, f"an entry of {what}")
             if text is None:
                 continue
-            entry = _host_or_network(text.strip())
+            entry = host_or_network(text.strip())
             if entry.startswith("!"):
                 self.report.error(item, f"{what}: {text!r}: {entry[1:]}")
                 continue
             result.append(entry)
-        return _unique(result)
+        return unique(result)
 
     def _ip_networks(self, node: YNode) -> tuple[str, ...]:
         """``registrar_networks``: IP addresses or CIDR networks (host bits may be set)."""
@@ -666,7 +486,7 @@ class _Builder:
                 continue
             is_address = "/" not in text
             result.append(str(network.network_address) if is_address else str(network))
-        return _unique(result)
+        return unique(result)
 
     def _auth(self, node: YNode) -> AuthSettings | None:
         """``auth``: the realm and the users file (RFC 3261 22.4)."""
@@ -674,7 +494,7 @@ class _Builder:
         if m is None:
             return None
         found = check_keys(self.report, m, AUTH_KEYS, (), "auth")
-        given = {k: v for k, v in found.items() if not _is_null(v)}
+        given = {k: v for k, v in found.items() if not is_null(v)}
         for key in AUTH_KEYS:
             if key not in given:
                 self.report.error(m, f"auth: missing required key {key!r}")
@@ -706,7 +526,7 @@ class _Builder:
         if text is None:
             return None
         text = text.strip()
-        parsed = _split_hostport(text)
+        parsed = split_hostport(text)
         if isinstance(parsed, str):
             self.report.error(node, f"advertise {text!r}: {parsed}")
             return None
@@ -779,175 +599,12 @@ class _Builder:
 _QUOTED_STRING_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
 
 
-def _is_null(node: YNode) -> bool:
+def is_null(node: YNode) -> bool:
     return isinstance(node, YScalar) and node.value is None and node.plain
 
 
-def _items(node: YNode | None) -> tuple[YNode, ...]:
+def items(node: YNode | None) -> tuple[YNode, ...]:
     return node.items if isinstance(node, YSeq) else ()
 
 
 # ---------------------------------------------------------------------------------------------
-# Syntax of the individual values. Each parser returns its value, or an error message (str).
-
-# RFC 1123 host names (RFC 3261 25.1 hostname: toplabel must not start with a digit, but
-# numeric labels are common in practice; an all-digit name is read as an IPv4 address).
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-_IPV4ISH = re.compile(r"[0-9.]+")
-
-
-def _check_host(host: str) -> str | None:
-    """Error message for a host without brackets or port, or None when valid."""
-    if not host:
-        return "the host is missing"
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return f"invalid IPv6 address {host!r}"
-        return None
-    if _IPV4ISH.fullmatch(host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            return f"invalid IPv4 address {host!r}"
-        return None
-    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
-        return f"invalid host name {host!r}"
-    return None
-
-
-def _parse_port(text: str) -> int | str:
-    if not text.isdigit() or not text.isascii():
-        return f"invalid port {text!r}"
-    port = int(text)
-    if not 1 <= port <= 65535:
-        return f"port {port} is out of range 1..65535"
-    return port
-
-
-def _split_hostport(text: str) -> tuple[str, int | None] | str:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` -> (host without brackets, port)."""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            return "missing ']' after the IPv6 address"
-        host, rest = text[1:end], text[end + 1:]
-        if ":" not in host:
-            return f"only an IPv6 address goes in brackets, not {host!r}"
-        if rest and not rest.startswith(":"):
-            return f"unexpected {rest!r} after the IPv6 address"
-        port_text = rest[1:] if rest else None
-    else:
-        if text.count(":") > 1:
-            return "an IPv6 address must be written in brackets, e.g. [::1]:5060"
-        host, sep, port_text_ = text.partition(":")
-        port_text = port_text_ if sep else None
-    error = _check_host(host)
-    if error:
-        return error
-    if port_text is None:
-        return host, None
-    port = _parse_port(port_text)
-    if isinstance(port, str):
-        return port
-    return host, port
-
-
-def parse_listen(text: str) -> Listen | str:
-    """``TRANSPORT:HOST:PORT`` (``udp:[::1]:5060``); the port defaults to 5060 (tls 5061)."""
-    transport, sep, rest = text.strip().partition(":")
-    transport = transport.lower()
-    if not sep or transport not in TRANSPORTS:
-        return (f"expected TRANSPORT:HOST:PORT with TRANSPORT one of {', '.join(TRANSPORTS)}, "
-                "e.g. udp:127.0.0.1:5060")
-    parsed = _split_hostport(rest)
-    if isinstance(parsed, str):
-        return parsed
-    host, port = parsed
-    return Listen(transport, host, port if port is not None else DEFAULT_PORT[transport])
-
-
-_URI_PARAMS = ("transport", "lr")
-
-
-def parse_upstream(text: str) -> Upstream | str:
-    """A SIP or SIPS URI naming a host (RFC 3261 19.1.1): ``sip:HOST[:PORT][;transport=T]``."""
-    uri = text.strip()
-    scheme, sep, rest = uri.partition(":")
-    scheme = scheme.lower()
-    if not sep or scheme not in ("sip", "sips"):
-        return "expected a sip: or sips: URI, e.g. sip:127.0.0.1:5080"
-    if "?" in rest:
-        return "URI headers (?...) are not allowed in an upstream"
-    hostport, *params = rest.split(";")
-    if "@" in hostport:
-        return "an upstream names a host, not a user: remove the 'user@' part"
-    parsed = _split_hostport(hostport)
-    if isinstance(parsed, str):
-        return parsed
-    host, port = parsed
-    transport: str | None = None
-    for param in params:
-        name, _, value = param.partition("=")
-        name = name.strip().lower()
-        if name == "transport":
-            value = value.strip().lower()
-            if value not in TRANSPORTS:
-                return f"transport must be one of {', '.join(TRANSPORTS)}, got {value!r}"
-            transport = value
-        elif name == "lr":
-            continue
-        else:
-            return f"unknown URI parameter {name!r}; allowed: {', '.join(_URI_PARAMS)}"
-    if scheme == "sips":
-        if transport == "udp":
-            return "sips: requires TLS; transport=udp is not possible (RFC 3261 26.2.2)"
-        transport = "tls"
-    transport = transport or "udp"
-    return Upstream(uri, host, port if port is not None else DEFAULT_PORT[transport], transport)
-
-
-def _plain_host(text: str) -> str:
-    """A host without port, lowercased, or ``"!message"``."""
-    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    error = _check_host(host)
-    if error:
-        if ":" in text and not text.startswith("["):
-            try:
-                ipaddress.IPv6Address(text)
-            except ValueError:
-                return "!write the host without a port"
-        return f"!{error}"
-    if ":" in host:
-        return str(ipaddress.IPv6Address(host))
-    return host.lower().rstrip(".")
-
-
-def _host_or_network(text: str) -> str:
-    """A host name, an IP address or a CIDR network (normalised), or ``"!message"``."""
-    if "/" in text:
-        network = ipaddress.IPv6Network if ":" in text else ipaddress.IPv4Network
-        try:
-            return str(network(text, strict=True))
-        except ValueError as exc:
-            try:
-                loose = network(text, strict=False)
-            except ValueError:
-                return f"!invalid CIDR network ({exc})"
-            return f"!host bits set in the network (did you mean {str(loose)!r}?)"
-    if text.startswith("[") and not text.endswith("]"):
-        return "!write the address without a port (ports are ignored)"
-    host = text[1:-1] if text.startswith("[") else text
-    if ":" in host:
-        try:
-            return str(ipaddress.IPv6Address(host))
-        except ValueError:
-            if host.count(":") == 1:
-                return "!write the host without a port (ports are ignored)"
-            return f"!invalid IPv6 address {host!r}"
-    error = _check_host(host)
-    if error:
-        return f"!{error}"
-    return host.lower().rstrip(".")

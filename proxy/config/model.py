@@ -1,0 +1,190 @@
+"""The configuration model: frozen dataclasses and the defaults of ``proxy.yaml``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy.auth_users import Credentials
+from proxy.sip import host_port_text
+
+TRANSPORTS = ("udp", "tcp", "tls")
+REGISTRAR_MODES = ("local", "upstream")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061}
+DEFAULT_MAX_TTL = 86400
+DEFAULT_MAX_CONTACTS = 10
+MAX_CONTACTS = 1000
+DEFAULT_REGISTRAR_NETWORKS: tuple[str, ...] = (
+    "127.0.0.0/8",
+    "::1",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+"""Who may REGISTER by default: loopback and private addresses (RFC 1918, RFC 4193)."""
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster")
+STATE_FORMS = "memory: or sqlite:PATH"
+
+CONFIG_KEYS = (
+    "listen",
+    "upstreams",
+    "policy",
+    "state",
+    "record_route",
+    "registrar",
+    "domains",
+    "redirects",
+    "trusted_relays",
+    "auth",
+    "registrar_networks",
+    "registrar_max_contacts",
+    "advertise",
+    "force_rport",
+    "limits",
+    "timers",
+    "log_level",
+    "drain_timeout",
+    "watch_policy",
+    "secret",
+    "tls",
+)
+REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
+LIMIT_KEYS = ("max_message_size", "max_headers")
+TIMER_KEYS = ("t1_ms", "t2_ms", "t4_ms", "timer_c_ms")
+TLS_KEYS = ("cert_file", "key_file", "ca_file")
+AUTH_KEYS = ("realm", "users_file")
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """A local socket: ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``. ``host`` has no brackets."""
+
+    transport: str  # "udp" | "tcp" | "tls"
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{host_port_text(self.host, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A PBX: ``sip:127.0.0.1:5080;transport=tcp`` -> ("127.0.0.1", 5080, "tcp").
+
+    Defaults (RFC 3261 19.1.2): port 5060 (5061 for sips: or transport=tls), transport udp
+    (tls for sips:, RFC 3261 26.2.2). ``host`` has no brackets.
+    """
+
+    uri: str
+    host: str
+    port: int
+    transport: str
+
+
+@dataclass(frozen=True, slots=True)
+class Redirects:
+    """Which 3xx the proxy may follow and learn from; ``()`` means the CONTRACT default
+    (trusted_sources: the upstreams' hosts; allow_targets: the upstreams' hosts and domains)."""
+
+    trusted_sources: tuple[str, ...] = ()
+    allow_targets: tuple[str, ...] = ()
+    max_ttl: int = DEFAULT_MAX_TTL
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_size: int = 65535  # bytes; larger: 513 (RFC 3261 18.1.1, 21.5.14)
+    max_headers: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Timers:
+    """RFC 3261 17.1.1.1 T1/T2/T4 and 16.6 step 11 Timer C, in seconds (yaml: milliseconds)."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    timer_c: float = 180.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Certificate and key for ``tls:`` listens; ``ca_file`` verifies TLS upstreams."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Digest authentication (RFC 3261 22.4): the realm and the users of ``users_file``."""
+
+    realm: str
+    users_file: Path  # absolute
+    users: tuple[Credentials, ...]
+
+    def credentials(self, user: str) -> Credentials | None:
+        """The entry of ``user`` (user names compare exactly), or None."""
+        for entry in self.users:
+            if entry.user == user:
+                return entry
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path  # absolute path of proxy.yaml
+    listen: tuple[Listen, ...]  # at least one
+    upstreams: tuple[Upstream, ...] = ()  # in failover order
+    policy_path: Path | None = None  # absolute; None -> BUILTIN_POLICY
+    state: str = "memory:"  # "memory:" | "sqlite:/abs/path" (redis:// is refused for now)
+    record_route: bool = True
+    registrar: str = "upstream"  # "local" | "upstream"
+    domains: tuple[str, ...] = ()  # () = every domain (RFC 3261 16.5)
+    redirects: Redirects = field(default_factory=Redirects)
+    # Hosts or CIDR networks (normalised, ports ignored) whose initial requests may carry a
+    # preloaded Route to another host (RFC 3261 16.4); () = nobody.
+    trusted_relays: tuple[str, ...] = ()
+    auth: AuthSettings | None = None  # None: no digest authentication
+    # IP addresses or CIDR networks allowed to register (RFC 3261 10.3).
+    registrar_networks: tuple[str, ...] = DEFAULT_REGISTRAR_NETWORKS
+    registrar_max_contacts: int = DEFAULT_MAX_CONTACTS  # bindings per address-of-record
+    # Extensions
+    advertise: str | None = None  # host[:port] for Via/Record-Route
+    force_rport: bool = False  # RFC 3581 behaviour for every request
+    limits: Limits = field(default_factory=Limits)
+    timers: Timers = field(default_factory=Timers)
+    log_level: str = "info"
+    drain_timeout: float = 5.0  # seconds
+    watch_policy: bool = True
+    secret: str | None = None
+    tls: TlsSettings | None = None
+
+    @property
+    def trusted_sources(self) -> tuple[str, ...]:
+        """``redirects.trusted_sources`` with the CONTRACT default applied."""
+        if self.redirects.trusted_sources:
+            return self.redirects.trusted_sources
+        return unique(u.host.lower() for u in self.upstreams)
+
+    @property
+    def allow_targets(self) -> tuple[str, ...]:
+        """``redirects.allow_targets`` with the CONTRACT default applied."""
+        if self.redirects.allow_targets:
+            return self.redirects.allow_targets
+        return unique([*(u.host.lower() for u in self.upstreams), *self.domains])
+
+    @property
+    def state_kind(self) -> str:
+        """``"memory"`` or ``"sqlite"``."""
+        return self.state.split(":", 1)[0]
+
+
+def unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+

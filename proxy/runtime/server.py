@@ -188,12 +188,17 @@ class Runtime:
 
     # -------------------------------------------------------------- message flow
 
-    def deliver(self, data: bytes, src: Source) -> None:
+    def _drive(self, entry: Callable[..., Effects], args: tuple[Any, ...], now: float,
+               what: str, *what_args: object) -> None:
+        """Feed the core once and carry out what it returns: the sends, the store writes, and
+        the one timer re-armed at its next deadline. The process survives any internal error
+        (logged with ``what``)."""
         try:
-            fx = self.core.on_message(data, src, self.loop.time())
+            fx = entry(*args, now)
         except Exception:  # noqa: BLE001 - the process must survive any message
             self.errors += 1
-            log.exception("internal error handling a message from %s:%s", src.host, src.port)
+            log.exception("internal error " + what, *what_args)
+            self._arm()  # the timers go on whatever one call did
             return
         if fx.sends:
             self.dispatch(fx.sends)
@@ -201,18 +206,16 @@ class Runtime:
             self._start_writes(fx.writes)
         self._arm()
 
+    def deliver(self, data: bytes, src: Source) -> None:
+        self._drive(self.core.on_message, (data, src), self.loop.time(),
+                    "handling a message from %s:%s", src.host, src.port)
+
     def keepalive(self, src: Source) -> None:
         self.core.on_keepalive(src, self.loop.time())
 
     def flow_closed(self, conn_id: int) -> None:
-        try:
-            fx = self.core.on_flow_closed(conn_id, self.loop.time())
-        except Exception:  # noqa: BLE001
-            self.errors += 1
-            log.exception("internal error handling a closed flow")
-            return
-        if fx.sends:
-            self.dispatch(fx.sends)
+        self._drive(self.core.on_flow_closed, (conn_id,), self.loop.time(),
+                    "handling a closed flow")
 
     # -------------------------------------------------------------- learned routes
 
@@ -256,28 +259,12 @@ class Runtime:
         except StoreError as exc:
             ok = False
             log.error("state store: %s", exc)
-        try:
-            fx = self.core.on_persisted(ctx, ok, self.loop.time())
-        except Exception:  # noqa: BLE001
-            self.errors += 1
-            log.exception("internal error after storing a learned route")
-            return
-        self.dispatch(fx.sends)
-        if fx.writes:
-            self._start_writes(fx.writes)
-        self._arm()
+        self._drive(self.core.on_persisted, (ctx, ok), self.loop.time(),
+                    "after storing a learned route")
 
     def failed(self, token: object) -> None:
-        try:
-            fx = self.core.on_send_failure(token, self.loop.time())
-        except Exception:  # noqa: BLE001
-            self.errors += 1
-            log.exception("internal error handling a transport failure")
-            return
-        self.dispatch(fx.sends)
-        if fx.writes:
-            self._start_writes(fx.writes)
-        self._arm()
+        self._drive(self.core.on_send_failure, (token,), self.loop.time(),
+                    "handling a transport failure")
 
     def dispatch(self, out: list[Send]) -> None:
         now = self.loop.time()
@@ -347,16 +334,7 @@ class Runtime:
         now = max(self.loop.time(), self._armed_at)
         self._timer = None
         self._armed_at = float("inf")
-        try:
-            fx = self.core.on_timer(now)
-        except Exception:  # noqa: BLE001
-            self.errors += 1
-            log.exception("internal error in timers")
-            fx = Effects([])
-        self.dispatch(fx.sends)
-        if fx.writes:
-            self._start_writes(fx.writes)
-        self._arm()
+        self._drive(self.core.on_timer, (), now, "in timers")
 
     # -------------------------------------------------------------- policy reload
 

@@ -48,7 +48,7 @@ define apt_ensure
 	fi
 endef
 
-TEST_SYSDEPS  := sipp:sip-tester redis-server:redis-server docker-compose:docker-compose
+TEST_SYSDEPS  := sipp:sip-tester redis-server:redis-server redis-cli:redis-tools docker-compose:docker-compose
 BENCH_SYSDEPS := sipp:sip-tester timeout:coreutils
 ifneq ($(filter --kamailio,$(BENCH_ARGS)),)
 # uac_redirect (loaded by bench/kamailio.cfg) is in kamailio-extra-modules.

@@ -11,6 +11,7 @@ from proxy.store.base import (
     LearnedRoute,
     SchemaVersionError,
     StateStore,
+    StoreChange,
     StoredBinding,
     StoreError,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "LearnedRoute",
     "SchemaVersionError",
     "StateStore",
+    "StoreChange",
     "StoreError",
     "StoredBinding",
     "open_store",

@@ -11,7 +11,8 @@ Two kinds of state live here:
   ``reg-id``). Connection ids are process-local and are never persisted: after a restart a
   binding's flow is only its transport/host/port.
 
-Every backend (``memory:``, ``sqlite:PATH``, ``redis://HOST:PORT/DB``) implements
+Every backend (``memory:``, ``sqlite:PATH``, ``redis://HOST:PORT/DB``, ``rediss://``,
+``redis+cluster://HOST:PORT,...``) implements
 :class:`StateStore`; :func:`proxy.store.open.open_store` picks one by its spec and imports it
 lazily. Every method is a coroutine and a write is durable when its ``await`` returns (for
 the sqlite backend: committed and fsync'd). Times are wall-clock unix seconds, passed in as ``now`` so
@@ -32,6 +33,7 @@ from typing import Protocol
 
 __all__ = [
     "CorruptStoreError",
+    "StoreChange",
     "LearnedRoute",
     "SchemaVersionError",
     "StateStore",
@@ -108,6 +110,8 @@ class StoredBinding:
     registered_at: float  # unix time
     instance: str | None = None  # +sip.instance, unquoted (RFC 5626 4.1)
     reg_id: int | None = None  # reg-id (RFC 5626 4.2)
+    #: the proxy (``node:``) whose socket holds the flow; "" when unknown (an older store)
+    node: str = ""
 
     def __post_init__(self) -> None:
         if not self.aor or not self.key:
@@ -116,6 +120,24 @@ class StoredBinding:
     def expired(self, now: float) -> bool:
         """True once ``now`` has reached ``expires_at`` (as the core's location lookup)."""
         return self.expires_at <= now
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChange:
+    """One write, as a shared store (Redis) tells the other proxies about it.
+
+    ``op`` is the name of the write method (``put_route``, ``remove_route``, ``clear_routes``,
+    ``put_binding``, ``remove_binding``, ``remove_bindings``); ``origin`` the ``node`` of the
+    writer (a proxy skips its own changes); the other fields are that method's arguments.
+    """
+
+    op: str
+    origin: str
+    route: LearnedRoute | None = None
+    binding: StoredBinding | None = None
+    aor: str | None = None
+    key: str | None = None
+    old_uri: str | None = None
 
 
 class StateStore(Protocol):

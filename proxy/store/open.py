@@ -13,12 +13,14 @@ from proxy.store.base import StateStore
 __all__ = ["open_store"]
 
 
-def open_store(spec: str) -> StateStore:
+def open_store(spec: str, *, node: str = "cli") -> StateStore:
     """The (unopened) store named by a ``proxy.yaml`` ``state:`` value.
 
     ``"memory:"``, ``"sqlite:/abs/path"`` (the config loader makes a relative path absolute
-    against the config file's directory) or ``"redis://HOST:PORT/DB"``. Backends are imported
-    only when chosen. Raises :class:`ValueError` for a spec that names none of them.
+    against the config file's directory), ``"redis://[:PASSWORD@]HOST:PORT/DB"``, ``"rediss://..."``
+    or ``"redis+cluster://HOST:PORT[,HOST:PORT...]"``; ``node`` names the writer in a shared
+    store's change messages. Backends are imported only when chosen. Raises
+    :class:`ValueError` for a spec that names none of them.
     """
     text = spec.strip()
     if text == "memory:":
@@ -38,8 +40,9 @@ def open_store(spec: str) -> StateStore:
         from proxy.store.sqlite import SqliteStore
 
         return SqliteStore(path)
-    if text.startswith("redis://"):
+    if text.partition("://")[0].lower() in ("redis", "rediss", "redis+cluster") and "://" in text:
         from proxy.store.redis import open_redis
 
-        return open_redis(text)
-    raise ValueError(f"state must be memory:, sqlite:PATH or redis://HOST:PORT/DB; got {spec!r}")
+        return open_redis(text, node=node)
+    raise ValueError("state must be memory:, sqlite:PATH, redis://HOST:PORT/DB, rediss://... or "
+                     f"redis+cluster://HOST:PORT[,HOST:PORT...]; got {spec!r}")

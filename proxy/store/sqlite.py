@@ -76,6 +76,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX bindings_expires_at ON bindings (expires_at)",
     ),
+    # 2: the node (``node:`` of proxy.yaml) whose socket holds a binding's flow.
+    ("ALTER TABLE bindings ADD COLUMN node TEXT NOT NULL DEFAULT ''",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -86,14 +88,14 @@ _SQLITE_NOTADB = 26
 _ROUTE_COLUMNS = "old_uri, new_uri, source, call_id, status, created_at, expires_at"
 _BINDING_COLUMNS = (
     "aor, key, contact, uri, expires_at, q, call_id, cseq, flow_transport, flow_host, "
-    "flow_port, registered_at, instance, reg_id"
+    "flow_port, registered_at, instance, reg_id, node"
 )
 _PUT_ROUTE = f"INSERT OR REPLACE INTO routes ({_ROUTE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _GET_ROUTE = f"SELECT {_ROUTE_COLUMNS} FROM routes WHERE old_uri = ?"
 _LIST_ROUTES = f"SELECT {_ROUTE_COLUMNS} FROM routes WHERE expires_at > ? ORDER BY old_uri"
 _PUT_BINDING = (
     f"INSERT OR REPLACE INTO bindings ({_BINDING_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _LIST_BINDINGS = (
     f"SELECT {_BINDING_COLUMNS} FROM bindings WHERE expires_at > ? ORDER BY aor, key"
@@ -398,7 +400,7 @@ def _put_binding(conn: sqlite3.Connection, b: StoredBinding) -> None:
             (
                 b.aor, b.key, b.contact, b.uri, b.expires_at, b.q, b.call_id, b.cseq,
                 b.flow_transport, b.flow_host, b.flow_port, b.registered_at, b.instance,
-                b.reg_id,
+                b.reg_id, b.node,
             ),
         )
 

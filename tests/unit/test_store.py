@@ -29,9 +29,16 @@ from proxy.store import (
     open_store,
 )
 from proxy.store.memory import MemoryStore
+from proxy.store.redis import RedisStore
 from proxy.store.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.redis_harness import (  # noqa: F401 - pytest fixtures
+    RedisClusterServers,
+    RedisServer,
+    redis_cluster,
+    redis_server,
+)
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "redis", "redis-cluster"]
 T0 = 1_700_000_000.25  # a wall-clock "now" with a fraction, to prove floats round-trip
 
 
@@ -82,15 +89,26 @@ def binding(
     )
 
 
-def make_store(kind: str, tmp_path: Path) -> StateStore:
+def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest | None = None
+               ) -> StateStore:
     if kind == "memory":
         return open_store("memory:")
+    if kind in ("redis", "redis-cluster"):
+        assert request is not None
+        server: RedisServer | RedisClusterServers = request.getfixturevalue(
+            "redis_server" if kind == "redis" else "redis_cluster")
+        if isinstance(server, RedisServer):
+            server.cli("flushall")
+        else:
+            server.flush()
+        # The suite's clock is T0 (2023): the keys' TTLs are reckoned against it.
+        return RedisStore(server.url, node="test", clock=lambda: T0)
     return open_store(f"sqlite:{tmp_path / 'state' / 'proxy.db'}")
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
-    s = make_store(request.param, tmp_path)
+    s = make_store(request.param, tmp_path, request)
     await s.open()
     try:
         yield s
@@ -135,21 +153,31 @@ def test_open_store_sqlite_absolute_path(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("spec", ["sqlite:", "sqlite:data/state.db", "postgres://db/1", "memory"])
 def test_open_store_refuses_bad_specs(spec: str) -> None:
-    with pytest.raises(ValueError, match="sqlite"):
+    with pytest.raises(ValueError, match="sqlite:"):
         open_store(spec)
 
 
-def test_open_store_redis_is_not_implemented_yet() -> None:
-    with pytest.raises(NotImplementedError, match="redis backend: later issue"):
-        open_store("redis://127.0.0.1:6379/0")
+@pytest.mark.parametrize("spec", ["redis://127.0.0.1:6379/0", "rediss://:pw@cache:6380/1",
+                                  "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"])
+def test_open_store_redis_forms_connect_to_nothing(spec: str) -> None:
+    s = open_store(spec, node="a")
+    assert isinstance(s, RedisStore)
+    assert s.node == "a"
+    assert "pw" not in repr(s)
+
+
+def test_open_store_redis_cluster_needs_a_seed() -> None:
+    with pytest.raises(ValueError, match="seed"):
+        open_store("redis+cluster://")
 
 
 # -- lifecycle, every backend ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
-async def test_store_refuses_use_before_open_and_after_close(kind: str, tmp_path: Path) -> None:
-    s = make_store(kind, tmp_path)
+async def test_store_refuses_use_before_open_and_after_close(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    s = make_store(kind, tmp_path, request)
     with pytest.raises(StoreError, match="not open"):
         await s.get_route("sip:a@b", T0)
     await s.open()
@@ -547,3 +575,82 @@ async def test_sqlite_unusable_path_gives_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info:
         await SqliteStore(directory).open()
     _assert_clear(info.value, directory)
+
+
+# -- redis: TTLs, schema, change messages, an unreachable server -----------------------------
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RedisStore]:
+    s = make_store(request.param, tmp_path, request)
+    assert isinstance(s, RedisStore)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _pttl(s: RedisStore, key: str) -> int:
+    client = s._c()  # noqa: SLF001 - the test looks at the raw keys
+    ttl: int = await client.pttl(key)
+    return ttl
+
+
+async def test_redis_keys_expire_with_their_route_and_binding(shared: RedisStore) -> None:
+    await shared.put_route(route(expires_at=T0 + 30))
+    await shared.put_binding(binding(expires_at=T0 + 60))
+    await shared.put_binding(binding(key="sip:bob@192.0.2.21", expires_at=T0 + 90))
+    await shared.put_binding(binding(key="sip:bob@192.0.2.22", expires_at=T0 + 45))
+    route_ttl = await _pttl(shared, "spp:route:" + route().old_uri)
+    reg_ttl = await _pttl(shared, "spp:reg:" + binding().aor)
+    assert 30_000 < route_ttl <= 31_000  # expiry + 1 s of grace
+    assert 90_000 < reg_ttl <= 91_000  # the latest binding of the AOR
+
+
+async def test_redis_refuses_a_newer_schema(shared: RedisStore) -> None:
+    await shared._c().set("spp:schema", 99)  # noqa: SLF001
+    other = RedisStore(shared._spec)  # noqa: SLF001
+    with pytest.raises(SchemaVersionError, match="schema version 99 is newer"):
+        await other.open()
+    await shared._c().set("spp:schema", 1)  # noqa: SLF001
+
+
+async def test_redis_every_write_is_published_with_its_origin(shared: RedisStore) -> None:
+    seen: list[object] = []
+
+    async def listen() -> None:
+        async for change in shared.changes():
+            seen.append(change)
+            if len(seen) == 3:
+                return
+
+    task = asyncio.create_task(listen())
+    await asyncio.sleep(0.3)  # the subscription is made in the task
+    writer = RedisStore(shared._spec, node="writer", clock=lambda: T0)  # noqa: SLF001
+    async with writer:
+        await writer.put_binding(binding())
+        await writer.remove_binding(binding().aor, binding().key)
+        await writer.put_route(route())
+    await asyncio.wait_for(task, 5)
+    ops = [(c.op, c.origin) for c in seen]  # type: ignore[attr-defined]
+    assert ops == [("put_binding", "writer"), ("remove_binding", "writer"),
+                   ("put_route", "writer")]
+    assert seen[0].binding == binding()  # type: ignore[attr-defined]
+
+
+async def test_redis_node_addresses_are_published_with_a_ttl(shared: RedisStore) -> None:
+    await shared.publish_node("a", ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"], 30)
+    assert await shared.nodes() == {"a": ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]}
+    assert 0 < await _pttl(shared, "spp:node:a") <= 30_000
+
+
+async def test_redis_unreachable_is_a_store_error_within_the_timeout() -> None:
+    from tests.e2e.harness import free_port
+
+    s = RedisStore(f"redis://127.0.0.1:{free_port(udp=False)}/0", timeout=0.5)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(StoreError, match="redis state store redis://127.0.0.1"):
+        await s.open()
+    assert loop.time() - start < 3

@@ -28,7 +28,14 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.harness import LOOPBACK, ProxyProcess, Sipp, SippResult, free_port
+from tests.e2e.harness import (
+    LOOPBACK,
+    ProxyProcess,
+    Sipp,
+    assert_calls,
+    free_port,
+    sipp_msgs,
+)
 from tests.e2e.wire import (
     RecordingUpstream,
     SipMessage,
@@ -81,18 +88,6 @@ async def assert_silent(peer: UdpPeer, who: str, proxy: ProxyProcess,
 def refusal_lines(proxy: ProxyProcess, host: str, since: int = 0) -> list[str]:
     return [line for line in proxy.lines()[since:]
             if "refused" in line and f"from {host}:" in line]
-
-
-def sipp_ok(result: SippResult, calls: int) -> None:
-    assert result.returncode == 0 and not result.timed_out and not result.forced, \
-        result.describe()
-    assert result.successful == calls and result.failed == 0, result.describe()
-
-
-def sipp_msgs(result: SippResult, direction: str,
-              pred: Callable[[SipMessage], bool]) -> list[SipMessage]:
-    return [t.sip for t in result.messages()
-            if t.direction == direction and t.sip is not None and pred(t.sip)]
 
 
 # ----------------------------------------------------------------------------- 1a. Route
@@ -213,7 +208,7 @@ async def test_upstream_request_goes_to_its_request_uri(
                          keys={"domain": f"{LOOPBACK}:{victim_port}"}, timeout=20, name="pbx")
     pbx_res = await pbx.wait()
     victim_res = await victim.stop()
-    sipp_ok(pbx_res, 1)
+    assert_calls(pbx_res, 1)
     assert victim_res.successful == 1 and victim_res.failed == 0, victim_res.describe()
     [invite] = sipp_msgs(victim_res, "received", lambda m: m.method == "INVITE")
     _, host, port, _ = via_sent_by(invite.vias[0])

@@ -27,11 +27,10 @@ sipp-to-sipp, so a failure elsewhere points at the proxy.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -46,11 +45,11 @@ from tests.e2e.harness import (
 )
 from tests.e2e.wire import (
     SipMessage,
+    SipStream,
     UdpPeer,
     build_ack,
     build_request,
     build_response,
-    parse_sip,
     split_via_values,
     via_sent_by,
 )
@@ -160,72 +159,6 @@ def tamper(token: str, index: int) -> str:
     repl = "A" if ch != "A" else "B"
     i = index % len(token)
     return token[:i] + repl + token[i + 1:]
-
-
-@dataclass
-class TcpPhone:
-    """A phone's TCP flow (RFC 5626 3.1): one connection to the proxy that both registers and
-    receives requests; messages are framed by Content-Length (RFC 3261 18.3)."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    buffer: bytes = b""
-    pending: list[SipMessage] = field(default_factory=list)
-
-    @classmethod
-    async def connect(cls, proxy: ProxyProcess) -> TcpPhone:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*proxy.addr), WAIT)
-        return cls(reader, writer)
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        host, port = self.writer.get_extra_info("sockname")[:2]
-        return host, port
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    def _frame(self) -> None:
-        """Move every complete message of the buffer to ``pending`` (RFC 3261 18.3: the
-        header section ends at the empty line; Content-Length gives the body's size)."""
-        while True:
-            self.buffer = self.buffer.lstrip(b"\r\n")
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            m = re.search(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)", self.buffer[:end],
-                          re.I | re.M)
-            size = end + 4 + (int(m.group(1)) if m else 0)
-            if len(self.buffer) < size:
-                return
-            self.pending.append(parse_sip(self.buffer[:size]))
-            self.buffer = self.buffer[size:]
-
-    async def recv_sip(self, timeout: float,
-                       match: Callable[[SipMessage], bool] | None = None) -> SipMessage:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            self._frame()
-            for i, m in enumerate(self.pending):
-                if match is None or match(m):
-                    del self.pending[i]
-                    return m
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError(f"no matching message on the TCP flow; pending "
-                                   f"{[m.start_line for m in self.pending]}")
-            chunk = await asyncio.wait_for(self.reader.read(65536), left)
-            assert chunk, f"the proxy closed the TCP flow: buffer {self.buffer!r}"
-            self.buffer += chunk
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
 
 async def pbx_registrar_answers(pbx: UdpPeer, proxy: ProxyProcess) -> SipMessage:
@@ -558,9 +491,9 @@ async def test_tcp_flow_closed_gets_430(proxy_factory: ProxyFactory) -> None:
     proxy = edge_proxy(proxy_factory, pbx_port)
     instance = new_instance()
     async with await UdpPeer.bind(pbx_port) as pbx:
-        phone = await TcpPhone.connect(proxy)
+        phone = await SipStream.connect(*proxy.addr, timeout=WAIT)  # the phone's TCP flow (RFC 5626 3.1)
         try:
-            host, port = phone.addr
+            host, port = phone.local
             contact = outbound_contact(f"sip:{USER}@192.0.2.55:5060;transport=tcp;ob", instance)
             await phone.send(build_request(
                 "REGISTER", f"sip:{DOMAIN}", via_host=host, via_port=port, transport="TCP",

@@ -329,8 +329,8 @@ def test_ipv6_bad_request_uri_is_refused() -> None:
 
 
 def test_kits_live_in_the_repository() -> None:
-    """The kits are the repository's own copy (tests/conformance/data), never ../shared: a
-    user's clone has nothing beside it."""
+    """The kits are the repository's own copy (tests/conformance/data), never a folder beside
+    the clone: a user's clone has nothing beside it."""
     assert KITS == Path(__file__).resolve().parent / "data"
     assert (KITS / "rfc4475" / "MANIFEST.tsv").is_file()
     assert (KITS / "rfc5118" / "MANIFEST.tsv").is_file()

@@ -51,6 +51,7 @@ __all__ = [
     "parse_upstream",
 ]
 
+from proxy.config.access import access_limits, verify_client
 from proxy.config.model import (
     AUTH_KEYS,
     CONFIG_KEYS,
@@ -548,7 +549,7 @@ class _Builder:
                 or size
         if (v := found.get("max_headers")) is not None:
             headers = get_int(self.report, v, "limits: max_headers", 8, 10000) or headers
-        return Limits(size, headers)
+        return Limits(size, headers, **access_limits(self.report, found))
 
     def _timers(self, node: YNode) -> Timers:
         m = get_map(self.report, node, "timers")
@@ -593,7 +594,8 @@ class _Builder:
                 paths[key] = p
         if "cert_file" not in paths or "key_file" not in paths:
             return None
-        return TlsSettings(paths["cert_file"], paths["key_file"], paths.get("ca_file"))
+        return TlsSettings(paths["cert_file"], paths["key_file"], paths.get("ca_file"),
+                           verify_client(self.report, found))
 
 
 _QUOTED_STRING_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')

@@ -52,9 +52,10 @@ CONFIG_KEYS = (
     "tls",
 )
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
-LIMIT_KEYS = ("max_message_size", "max_headers")
+LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
+              "tcp_idle_timeout")
 TIMER_KEYS = ("t1_ms", "t2_ms", "t4_ms", "timer_c_ms")
-TLS_KEYS = ("cert_file", "key_file", "ca_file")
+TLS_KEYS = ("cert_file", "key_file", "ca_file", "verify_client")
 AUTH_KEYS = ("realm", "users_file")
 
 
@@ -98,6 +99,9 @@ class Redirects:
 class Limits:
     max_message_size: int = 65535  # bytes; larger: 513 (RFC 3261 18.1.1, 21.5.14)
     max_headers: int = 256
+    per_source_rps: int = 0  # initial requests per second and source IP; 0 = no limit
+    tcp_max_connections: int = 4096  # open TCP/TLS connections; past it new ones are refused
+    tcp_idle_timeout: float = 120.0  # seconds without a message on a connection with no binding
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,7 @@ class TlsSettings:
     cert_file: Path
     key_file: Path
     ca_file: Path | None = None
+    verify_client: bool = False  # mutual TLS: clients must present a certificate from ca_file
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ socket reported), never on what the message's headers claim (Via, From, Contact)
   ``trusted_relays`` and ``registrar_networks``; membership of an IP is cached.
 * :class:`Refusals`: counts every refusal by reason and tells the caller whether to log it:
   at most one line per source and reason per minute, so that a flood cannot flood the log.
+* :class:`RateLimiter`: a token bucket per source IP (``limits.per_source_rps``) for the
+  initial requests a source may make per second; bounded in memory.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 
 from proxy.core.redirect_guard import RedirectGuard, _parse_ip
 
-__all__ = ["AddressSet", "Refusals"]
+__all__ = ["AddressSet", "RateLimiter", "Refusals"]
 
 LOG_INTERVAL = 60.0  # seconds between two log lines for the same source and reason
 _MAX_REMEMBERED = 4096  # sources remembered for log rate limiting (and IP membership cache)
@@ -94,3 +96,57 @@ class Refusals:
         self._last[key] = now
         return True
 
+
+
+class RateLimiter:
+    """A token bucket per source IP: ``rate`` initial requests per second, bursts of ``rate``.
+
+    :meth:`allow` takes one token from the bucket of ``host`` at ``now`` (seconds, the caller's
+    clock) and says whether there was one. ``rate`` 0 allows everything. Memory is bounded:
+    past ``max_sources`` buckets, the ones full again (idle for a second or more, so
+    forgetting them changes nothing) are dropped; if none is, the oldest half goes (a
+    forgotten source starts again with a full bucket, which at worst lets one burst more
+    through).
+    """
+
+    __slots__ = ("_buckets", "burst", "max_sources", "rate")
+
+    def __init__(self, rate: float, *, burst: float | None = None,
+                 max_sources: int = 65536) -> None:
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else max(rate, 1))
+        self.max_sources = max_sources
+        #: host -> (tokens left, time of the last update)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def __bool__(self) -> bool:
+        return self.rate > 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, host: str, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        entry = self._buckets.get(host)
+        if entry is None:
+            if len(self._buckets) >= self.max_sources:
+                self._evict(now)
+            tokens = self.burst
+        else:
+            tokens, last = entry
+            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[host] = (tokens - 1.0, now)
+            return True
+        self._buckets[host] = (tokens, now)
+        return False
+
+    def _evict(self, now: float) -> None:
+        full = self.burst / self.rate
+        stale = [h for h, (_, last) in self._buckets.items() if now - last >= full]
+        for h in stale:
+            del self._buckets[h]
+        if len(self._buckets) >= self.max_sources:
+            for h in list(self._buckets)[: len(self._buckets) // 2 + 1]:
+                del self._buckets[h]

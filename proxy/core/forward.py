@@ -57,6 +57,15 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
     does not fit a datagram at all and cannot go over TCP is answered 513 at once (False:
     no branch was started).
     """
+    if target.transport != "tls" and needs_tls(ctx.request.request_uri, target):
+        # RFC 3261 26.2.2, RFC 5630 3.1.3: a SIPS request goes over TLS on every hop; no
+        # downgrade to UDP or TCP, whatever the target set says.
+        log.info("%s %s: no TLS path to %s:%s/%s for a sips: URI: 480", ctx.method,
+                 target.request_uri or ctx.request.request_uri, target.host, target.port,
+                 target.transport)
+        core.stats["sips_without_tls"] += 1
+        ctx.responses.append(Response(480, None, ctx.policy.evaluate(480, ctx.method)))
+        return False
     core.n += 1
     bid = signed_branch(core, f"z9hG4bK{core.prefix}{ctx.loop_hash}{core.n:x}")
     data = branch_bytes(core, ctx, target, bid)
@@ -91,6 +100,13 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
     core.stats["branches"] += 1
     out.sends.append(Send(target.transport, target.host, target.port, data, target.conn_id, br))
     return True
+
+
+def needs_tls(request_uri: str, target: Target) -> bool:
+    """Whether a request for ``target`` may only leave over TLS: its Request-URI (the
+    target's, or the request's own) or the next hop (a Route, an upstream) is a sips: URI."""
+    ruri = target.request_uri or request_uri
+    return ruri[:5].lower() == "sips:" or target.label[:5].lower() == "sips:"
 
 
 def branch_bytes(core: ProxyCore, ctx: ResponseContext, target: Target, bid: str) -> bytes:
@@ -209,6 +225,8 @@ def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) 
         return
     prep = routing.preprocess_routes(core, msg)
     target = ack_target(core, msg, src, prep, now)
+    if target is not None and target.transport != "tls" and needs_tls(msg.request_uri, target):
+        target = None  # RFC 3261 26.2.2: never a SIPS request over UDP or TCP
     if target is None:
         core.stats["acks_dropped"] += 1
         return

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from proxy.core import (
     cancel,
     forward,
+    limits,
     outbound,
     redirects,
     registrar_glue,
@@ -32,7 +33,7 @@ from proxy.core import (
     txns,
     validate,
 )
-from proxy.core.access import PRIVATE_NETWORKS, AddressSet, Refusals
+from proxy.core.access import PRIVATE_NETWORKS, AddressSet, RateLimiter, Refusals
 from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
 from proxy.core.digest import DigestAuth
 from proxy.core.effects import Effects, Out
@@ -72,6 +73,7 @@ class CoreSettings:
         default_factory=lambda: AddressSet(PRIVATE_NETWORKS, "registrar_networks"))
     registrar_max_contacts: int = 10
     auth: DigestAuth | None = None  # digest credentials the local registrar accepts (RFC 3261 22)
+    per_source_rps: int = 0  # limits.per_source_rps: initial requests per second per IP; 0 = off
 
 
 class ProxyCore:
@@ -102,6 +104,7 @@ class ProxyCore:
         self.upstream_addrs = {(t.host, t.port) for t in settings.upstreams}
         self.has_tcp = any(a.transport == "tcp" for a in local)
         self.refusals = Refusals()
+        self.limiter = RateLimiter(settings.per_source_rps)
         self.queue = TimerQueue()
         self.server: dict[str, ServerEntry] = {}
         self.client: dict[str, Branch] = {}
@@ -195,6 +198,12 @@ class ProxyCore:
         outbound.flow_closed(self, conn_id)
         return Effects([])
 
+    def conn_in_use(self, conn_id: int) -> bool:
+        """Whether a stream connection carries a binding (an RFC 5626 flow): the transport
+        does not close it for being idle (``limits.tcp_idle_timeout``)."""
+        by_conn = getattr(self.location, "_by_conn", None)
+        return bool(by_conn) and conn_id in by_conn  # type: ignore[operator]
+
     def on_keepalive(self, src: Source, now: float) -> None:
         """A keep-alive (STUN Binding, CRLFCRLF) arrived on a flow (RFC 5626 4.4)."""
         outbound.seen(self, src, now)
@@ -244,6 +253,8 @@ class ProxyCore:
             # RFC 3261 17.2.1 / 17.2.2: a retransmission is absorbed by its transaction.
             self.stats["retransmissions_in"] += 1
             txns.server_effects(self, entry, entry.txn.on_retransmission(now), out)
+            return
+        if limits.over_rate(self, msg, src, key, now, out):
             return
         loop_hash = validate.loop_hash(msg)
         entry = txns.new_server(self, key, msg, src, now)

@@ -313,5 +313,7 @@ def target_for_uri(
         return None
     host, port = uri.host_port()
     transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+    if uri.scheme == "sips" and transport == "tcp":
+        transport = "tls"  # RFC 3261 26.2.2 / RFC 5630: sips with transport=tcp is TLS over TCP
     return Target(transport, host, port, request_uri, None, q, str(uri),
                   fixed_transport=uri.transport is not None)

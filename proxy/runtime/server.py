@@ -32,6 +32,8 @@ from proxy.core.registrar import MemoryLocation
 from proxy.core.types import LocalAddress, Send, Source, Target
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
+from proxy.runtime import streams
+from proxy.runtime.limits import raise_nofile
 from proxy.runtime.resolver import MISS, Resolver, advertised
 from proxy.runtime.watchers import FileWatcher, reload_policy
 from proxy.sip import host_port_text
@@ -39,6 +41,7 @@ from proxy.store import LearnedRoute, StoreError, open_store
 from proxy.transaction import TimerConfig
 from proxy.transport.base import Transport
 from proxy.transport.tcp import TcpManager
+from proxy.transport.tls import TlsManager
 from proxy.transport.udp import UdpEndpoint, open_udp
 
 log = logging.getLogger("proxy")
@@ -55,6 +58,7 @@ class Runtime:
         self._tasks: set[asyncio.Task[None]] = set()
         self.udp: dict[int, UdpEndpoint] = {}  # by address family
         self.tcp: TcpManager | None = None
+        self.tls: TlsManager | None = None  # listeners and/or connections to sips: next hops
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = float("inf")
         self._stopping = asyncio.Event()
@@ -105,10 +109,12 @@ class Runtime:
             trusted_relays=AddressSet(config.trusted_relays, "trusted_relays"),
             registrar_networks=AddressSet(config.registrar_networks, "registrar_networks"),
             registrar_max_contacts=config.registrar_max_contacts,
+            per_source_rps=config.limits.per_source_rps,
             auth=(DigestAuth(config.auth.realm, config.auth.users, secret)
                   if config.auth is not None else None),
         )
         self.core = ProxyCore(settings, policy, local, MemoryLocation())
+        self.tls_names = streams.tls_names(self)
         try:
             self.store = open_store(config.state)
         except (NotImplementedError, ValueError, StoreError) as exc:
@@ -127,21 +133,18 @@ class Runtime:
         self.core.wall_offset = time.time() - self.loop.time()
         await self._load_routes()
         self.loop.call_later(1.0, self._poll_store)
+        raise_nofile(cfg.limits.tcp_max_connections + 64)
         for li in cfg.listen:
             if li.transport == "udp":
                 ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":
-                if self.tcp is None:
-                    self.tcp = TcpManager(
-                        self.deliver, self.failed, max_size=cfg.limits.max_message_size,
-                        partial_timeout=64 * cfg.timers.t1, closed=self.flow_closed,
-                    )
+                self.tcp = self.tcp or streams.tcp_manager(self)
                 await self.tcp.listen(li.host, li.port)
             else:
-                raise ConfigError([Diagnostic(str(cfg.path), 1, 1,
-                                              f"listen {li.transport}: TLS is not supported yet")])
+                self.tls = self.tls or streams.tls_manager(self)
+                await self.tls.listen(li.host, li.port)
             log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
@@ -185,6 +188,8 @@ class Runtime:
                 ep.transport.close()
         if self.tcp is not None:
             self.tcp.close()
+        if self.tls is not None:
+            self.tls.close()
 
     # -------------------------------------------------------------- message flow
 
@@ -269,6 +274,8 @@ class Runtime:
     def dispatch(self, out: list[Send]) -> None:
         now = self.loop.time()
         for s in out:
+            if s.transport == "tls" and s.server_name is None:
+                s = streams.with_server_name(self, s)
             ip = self.resolver.cached(s.host, now)
             if ip != s.host:
                 if ip is MISS:
@@ -292,6 +299,9 @@ class Runtime:
             return self.udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
         if s.transport == "tcp":
             return self.tcp
+        if s.transport == "tls":
+            self.tls = self.tls or streams.tls_manager(self)  # client side only
+            return self.tls
         return None
 
     def _unreachable(self, s: Send, why: str) -> None:
@@ -349,6 +359,8 @@ class Runtime:
         new = reload_policy(self.config.policy_path, self.core.policy)
         if new is not None:
             self.core.policy = new
+        if self.tls is not None and self.config.tls is not None:
+            self.tls.reload()  # SIGHUP (and a policy change on disk): the certificates too
 
 
 async def _main(config: Config, policy: Policy) -> int:

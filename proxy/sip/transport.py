@@ -40,6 +40,9 @@ class Send(NamedTuple):
     data: bytes
     conn_id: int | None = None
     token: object | None = None
+    #: TLS: the host name the peer's certificate must match (RFC 5922 7.2): the host of the
+    #: URI the request is sent to, before it was resolved to ``host``; None: ``host``
+    server_name: str | None = None
 
 
 class LocalAddress(NamedTuple):

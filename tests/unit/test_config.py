@@ -338,7 +338,7 @@ def test_tls_section_errors(tmp_path: Path) -> None:
         ("T/proxy.yaml:4:14: tls: cannot read cert_file T/missing.pem: No such file or "
          "directory (relative paths are relative to T, the folder of the configuration file)"),
         ("T/proxy.yaml:5:3: tls: unknown key 'ca' (did you mean 'ca_file'?); allowed keys: "
-        "cert_file, key_file, ca_file"),
+        "cert_file, key_file, ca_file, verify_client"),
     ]
 
 
@@ -650,7 +650,8 @@ ALLOWED = ("listen, upstreams, policy, state, record_route, registrar, domains, 
         ("limits: {max_headers: 2}", ("5:23: limits: max_headers must be between 8 and 10000, "
          "got 2")),
         ("limits: {max_body: 5}", ("5:10: limits: unknown key 'max_body'; allowed keys: "
-         "max_message_size, max_headers")),
+         "max_message_size, max_headers, per_source_rps, tcp_max_connections, "
+         "tcp_idle_timeout")),
         ("limits: 65535", "5:9: limits must be a mapping, got the integer 65535"),
         ("timers: {t1: 500}", ("5:10: timers: unknown key 't1' (did you mean 't1_ms'?); allowed "
          "keys: t1_ms, t2_ms, t4_ms, timer_c_ms")),

@@ -129,8 +129,9 @@ def test_target_not_allowed_is_not_followed() -> None:
 
 
 def test_uri_headers_are_stripped_and_sips_never_goes_to_sip() -> None:
-    """RFC 3261 8.1.3.4 (URI headers), 16.5 (no SIPS -> SIP)."""
-    h = Harness.make(upstreams=UP)
+    """RFC 3261 8.1.3.4 (URI headers), 16.5 (no SIPS -> SIP). A sips: request goes to a TLS
+    upstream only (RFC 3261 26.2.2)."""
+    h = Harness.make(upstreams=(Target("tls", "127.0.0.1", 5080, label="sips:127.0.0.1:5080"),))
     h.feed(request(ruri="sips:bob@example.com"))
     out = redirected(h, status=302, contact="<sip:plain@127.0.0.1:5071>")
     assert statuses(h.to(6000, out)) == [302]

@@ -1,0 +1,39 @@
+"""The access keys of ``proxy.yaml`` that :mod:`proxy.config.loader` reads with these helpers:
+``limits.per_source_rps``, ``limits.tcp_max_connections``, ``limits.tcp_idle_timeout`` and
+``tls.verify_client``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.diagnostics import Reporter, YNode, get_bool, get_int, get_number
+
+
+def access_limits(report: Reporter, found: dict[str, YNode]) -> dict[str, Any]:
+    """``limits.per_source_rps``, ``tcp_max_connections``, ``tcp_idle_timeout``."""
+    out: dict[str, Any] = {}
+    if (v := found.get("per_source_rps")) is not None:
+        rps = get_int(report, v, "limits: per_source_rps", 0, 1_000_000)
+        if rps is not None:
+            out["per_source_rps"] = rps
+    if (v := found.get("tcp_max_connections")) is not None:
+        conns = get_int(report, v, "limits: tcp_max_connections", 1, 1_000_000)
+        if conns is not None:
+            out["tcp_max_connections"] = conns
+    if (v := found.get("tcp_idle_timeout")) is not None:
+        idle = get_number(report, v, "limits: tcp_idle_timeout", 1, 86400)
+        if idle is not None:
+            out["tcp_idle_timeout"] = float(idle)
+    return out
+
+
+def verify_client(report: Reporter, found: dict[str, YNode]) -> bool:
+    """``tls.verify_client`` (mutual TLS); it needs ``ca_file``."""
+    v = found.get("verify_client")
+    if v is None:
+        return False
+    verify = bool(get_bool(report, v, "tls: verify_client"))
+    if verify and "ca_file" not in found:
+        report.error(v, "tls: verify_client needs ca_file (the CA that signs the clients' "
+                     "certificates)")
+    return verify

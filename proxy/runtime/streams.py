@@ -1,0 +1,66 @@
+"""The stream transports of the runtime: the TCP and TLS connection managers, built from the
+configuration (limits, certificates), and the host names TLS peers are checked against."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from proxy.diagnostics import ConfigError, Diagnostic
+from proxy.sip.transport import Send
+from proxy.transport.tcp import TcpManager
+from proxy.transport.tls import TlsManager, client_context, server_context
+
+if TYPE_CHECKING:
+    from proxy.runtime.server import Runtime
+
+log = logging.getLogger("proxy")
+
+
+def tcp_manager(rt: Runtime) -> TcpManager:
+    cfg = rt.config
+    return TcpManager(
+        rt.deliver, rt.failed, max_size=cfg.limits.max_message_size,
+        partial_timeout=64 * cfg.timers.t1, closed=rt.flow_closed,
+        max_connections=cfg.limits.tcp_max_connections,
+        idle_timeout=cfg.limits.tcp_idle_timeout, in_use=rt.core.conn_in_use,
+    )
+
+
+def tls_manager(rt: Runtime) -> TlsManager:
+    """The TLS manager: a server context when ``tls:`` names a certificate, and always a client
+    context (``tls.ca_file`` or the system CAs) for ``sips:`` / ``;transport=tls`` next hops."""
+    cfg = rt.config
+    tls = cfg.tls
+    try:
+        server = (server_context(tls.cert_file, tls.key_file, tls.ca_file, tls.verify_client)
+                  if tls is not None else None)
+        client = (client_context(tls.cert_file, tls.key_file, tls.ca_file)
+                  if tls is not None else client_context())
+    except OSError as exc:  # ssl.SSLError too
+        raise ConfigError([Diagnostic(str(cfg.path), 1, 1, f"tls: {exc}")]) from exc
+    files = (tls.cert_file, tls.key_file, tls.ca_file) if tls is not None else (None, None, None)
+    return TlsManager(
+        rt.deliver, rt.failed, max_size=cfg.limits.max_message_size,
+        partial_timeout=64 * cfg.timers.t1, closed=rt.flow_closed,
+        max_connections=cfg.limits.tcp_max_connections,
+        idle_timeout=cfg.limits.tcp_idle_timeout, in_use=rt.core.conn_in_use,
+        server_ctx=server, client_ctx=client, files=files,
+    )
+
+
+def tls_names(rt: Runtime) -> dict[tuple[str, int], str]:
+    """Resolved address of each TLS upstream -> the host name its certificate must match
+    (RFC 5922 7.2: the name of the URI, not the address it resolved to)."""
+    names: dict[tuple[str, int], str] = {}
+    for u, t in zip(rt.config.upstreams, rt.core.settings.upstreams, strict=True):
+        if u.transport == "tls":
+            names[(t.host, t.port)] = u.host
+    return names
+
+
+def with_server_name(rt: Runtime, s: Send) -> Send:
+    """``s`` with the name a TLS peer's certificate is checked against, taken before the
+    host is resolved to an address."""
+    name = rt.tls_names.get((s.host, s.port), s.host)
+    return s._replace(server_name=name)

@@ -1,0 +1,111 @@
+"""TLS transport (RFC 3261 18, 26.2; RFC 5922; RFC 5630): the TCP stream machinery of
+:mod:`proxy.transport.tcp` (framing, connection table, flows, conn ids, limits) over the
+standard :mod:`ssl` module with asyncio. No cryptography is done here.
+
+* Server side (``tls:`` listeners): the proxy's certificate and key; with
+  ``tls.verify_client`` a client must present a certificate signed by ``tls.ca_file``
+  (mutual TLS with trusted PBXs and trunks), otherwise the handshake fails.
+* Client side (``sips:`` / ``;transport=tls`` upstreams and targets): the peer's certificate
+  must chain to ``tls.ca_file`` (or the system CAs) and match the host name of the URI the
+  request goes to (RFC 5922 7.2; an IP address is matched against the certificate's IP
+  SANs); the proxy presents its own certificate too, for trunks that want mutual TLS.
+* A handshake must finish within ``handshake_timeout`` seconds (both sides).
+* :meth:`TlsManager.reload` re-reads the certificate, key and CA files (SIGHUP): new
+  connections use them, open ones keep theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+from proxy.transport.tcp import SipStream, TcpManager
+
+log = logging.getLogger("proxy.transport.tls")
+
+HANDSHAKE_TIMEOUT = 5.0
+
+
+def server_context(cert_file: Path, key_file: Path, ca_file: Path | None = None,
+                   verify_client: bool = False) -> ssl.SSLContext:
+    """The context of the ``tls:`` listeners; raises ssl.SSLError / OSError on bad files."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load(ctx, cert_file, key_file, ca_file)
+    ctx.verify_mode = ssl.CERT_REQUIRED if verify_client else ssl.CERT_NONE
+    return ctx
+
+
+def client_context(cert_file: Path | None = None, key_file: Path | None = None,
+                   ca_file: Path | None = None) -> ssl.SSLContext:
+    """The context for connections the proxy opens: the peer's certificate is verified
+    (``ca_file``, or the system CAs) and its name checked (RFC 5922)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    _load(ctx, cert_file, key_file, ca_file)
+    return ctx
+
+
+def _load(ctx: ssl.SSLContext, cert_file: Path | None, key_file: Path | None,
+          ca_file: Path | None) -> None:
+    if cert_file is not None and key_file is not None:
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    if ca_file is not None:
+        ctx.load_verify_locations(cafile=str(ca_file))
+
+
+class TlsManager(TcpManager):
+    """:class:`TcpManager` over TLS: ``Source.transport`` is ``"tls"``."""
+
+    name = "tls"
+
+    def __init__(self, *args: Any, server_ctx: ssl.SSLContext | None,
+                 client_ctx: ssl.SSLContext, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.server_ctx = server_ctx
+        self.client_ctx = client_ctx
+        self.handshake_timeout = handshake_timeout
+        self.files = files  # cert, key, ca: what reload() re-reads
+
+    async def listen(self, host: str, port: int) -> None:
+        if self.server_ctx is None:
+            raise OSError(f"tls listen {host}:{port}: no certificate configured")
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SipStream(self), host, port, reuse_address=True, backlog=1024,
+            ssl=self.server_ctx, ssl_handshake_timeout=self.handshake_timeout,
+        )
+        self.servers.append(server)
+        self._start_sweep()
+
+    async def _open(self, host: str, port: int, server_name: str | None) -> SipStream:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_connection(
+            lambda: SipStream(self, True), host, port, ssl=self.client_ctx,
+            server_hostname=server_name or host, ssl_handshake_timeout=self.handshake_timeout,
+        )
+        return proto
+
+    def reload(self) -> bool:
+        """Re-read the certificate, key and CA files into the live contexts (SIGHUP); on an
+        error the contexts are left as they were and False is returned."""
+        cert, key, ca = self.files
+        try:
+            # Check the files on a scratch context first: a half-loaded context is worse
+            # than the old one.
+            _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, ca)
+            for ctx in (self.server_ctx, self.client_ctx):
+                if ctx is not None:
+                    _load(ctx, cert, key, ca)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("tls certificates not reloaded (the old ones stay): %s", exc)
+            return False
+        log.info("tls certificates reloaded from %s", cert)
+        return True

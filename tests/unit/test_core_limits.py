@@ -1,0 +1,138 @@
+"""limits.per_source_rps (a token bucket per source IP) and the SIPS rules (RFC 3261 26.2.2,
+RFC 5630: never a sips: request over UDP or TCP; Via SIP/2.0/TLS and Record-Route
+;transport=tls over TLS), on the sans-IO core with a fake clock."""
+
+from __future__ import annotations
+
+from proxy.core.access import RateLimiter
+from proxy.core.proxy import CoreSettings, ProxyCore
+from proxy.core.registrar import MemoryLocation
+from proxy.core.types import LocalAddress, Source, Target
+from proxy.sip import parse_message
+from tests.unit.core_harness import UP1, Harness, default_policy, request, response_to, statuses
+
+
+def test_bucket_allows_rate_then_refills() -> None:
+    rl = RateLimiter(20)
+    assert sum(rl.allow("10.0.0.1", 100.0) for _ in range(200)) == 20
+    assert not rl.allow("10.0.0.1", 100.0)
+    assert rl.allow("10.0.0.2", 100.0)  # another source has its own bucket
+    assert sum(rl.allow("10.0.0.1", 100.5) for _ in range(50)) == 10  # half a second: 10 more
+    assert not RateLimiter(0) and all(RateLimiter(0).allow("x", 0) for _ in range(1000))
+
+
+def test_bucket_memory_is_bounded() -> None:
+    rl = RateLimiter(5, max_sources=100)
+    for i in range(10_000):
+        rl.allow(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1000.0 + i * 1e-4)
+    assert len(rl) <= 100
+
+
+def options(i: int, host: str = "127.0.0.1") -> bytes:
+    return request("OPTIONS", ruri="sip:127.0.0.1:5060", branch=f"z9hG4bKo{i}",
+                   call_id=f"opt-{i}", via_host=f"{host}:6000")
+
+
+def test_burst_from_one_source_gets_503_and_another_source_is_served() -> None:
+    h = Harness.make(per_source_rps=20)
+    a = Source("udp", "127.0.0.1", 6000)
+    got = [statuses(h.to(6000, h.feed(options(i), a))) for i in range(200)]
+    ok = sum(1 for s in got if s == [200])
+    limited = [s for s in got if s == [503]]
+    assert ok == 20 and len(limited) == 180
+    last = parse_message(h.sent[-1].data)
+    assert last.get("retry-after") == "1"
+    b = Source("udp", "127.0.0.2", 6000)
+    assert statuses(h.to(6000, h.feed(options(1000, "127.0.0.2"), b))) == [200]
+    assert h.core.refusals.counts["rate"] == 180
+    # Stateless: the refused OPTIONS left no transaction behind.
+    assert len(h.core.server) == 21
+
+
+def test_refusal_logged_once_per_source_per_minute(caplog) -> None:  # type: ignore[no-untyped-def]
+    h = Harness.make(per_source_rps=1)
+    a = Source("udp", "127.0.0.1", 6000)
+    with caplog.at_level("WARNING", logger="proxy.core"):
+        for i in range(30):
+            h.feed(options(i), a)
+    assert len([r for r in caplog.records if "(rate)" in r.getMessage()]) == 1
+
+
+def test_in_dialog_requests_responses_and_upstreams_are_never_limited() -> None:
+    h = Harness.make(per_source_rps=1)
+    caller = Source("udp", "127.0.0.1", 6000)
+    out = h.feed(request(branch="z9hG4bKinv1", call_id="c1"), caller)
+    [inv] = [s.data for s in out if s.port == 5080]
+    # the upstream's answers are responses: never limited
+    for status in (180, 200):
+        out = h.feed(response_to(inv, status), Source("udp", "127.0.0.1", 5080))
+        assert status in statuses(h.to(6000, out))
+    # a new INVITE from the same source is over the rate: 503 through a transaction
+    out = h.feed(request(branch="z9hG4bKinv2", call_id="c2"), caller)
+    assert statuses(h.to(6000, out)) == [503]
+    assert h.core.server  # its ACK and retransmissions are absorbed by the transaction
+    # in-dialog requests (To tag) are not counted
+    for i in range(5):
+        h.feed(request("INFO", branch=f"z9hG4bKinfo{i}", call_id="c1", to_tag="callee1",
+                       cseq=10 + i), caller)
+    assert h.core.stats["rate_limited"] == 1
+    # requests from an upstream are not limited
+    up = Source("udp", "127.0.0.1", 5080)
+    for i in range(5):
+        out = h.feed(options(100 + i, "127.0.0.1").replace(b"6000", b"5080"), up)
+        assert 503 not in statuses(h.to(5080, out))
+
+
+TLS_LOCAL = [
+    LocalAddress("udp", "127.0.0.1", 5060, "127.0.0.1:5060"),
+    LocalAddress("tcp", "127.0.0.1", 5060, "127.0.0.1:5060"),
+    LocalAddress("tls", "127.0.0.1", 5061, "127.0.0.1:5061"),
+]
+TLS_UP = Target("tls", "127.0.0.1", 5091, label="sips:127.0.0.1:5091")
+
+
+def tls_core(*upstreams: Target) -> Harness:
+    settings = CoreSettings(upstreams=upstreams)
+    return Harness(ProxyCore(settings, default_policy(), TLS_LOCAL, MemoryLocation()))
+
+
+def test_sips_request_uri_never_goes_over_udp_or_tcp() -> None:
+    for up in (UP1, Target("tcp", "127.0.0.1", 5080, label="sip:127.0.0.1:5080;transport=tcp")):
+        h = tls_core(up)
+        out = h.feed(request(ruri="sips:bob@example.com"))
+        assert [s for s in out if s.port == up.port] == []
+        assert statuses(h.to(6000, out)) == [100, 480]
+        assert h.core.stats["sips_without_tls"] == 1
+
+
+def test_sips_route_from_trusted_source_goes_over_tls_only() -> None:
+    h = tls_core(UP1)
+    pbx = Source("udp", "127.0.0.1", 5080)
+    out = h.feed(request(ruri="sip:bob@example.com",
+                         extra=("Route: <sips:127.0.0.1:5099;lr>",), via_host="127.0.0.1:5080"),
+                 pbx)
+    [fwd] = [s for s in out if s.port == 5099]
+    assert fwd.transport == "tls"
+    # ;transport=udp on a sips: URI is no TLS path: 480, nothing sent
+    out = h.feed(request(ruri="sip:bob@example.com", branch="z9hG4bKx2", call_id="c2",
+                         extra=("Route: <sips:127.0.0.1:5098;lr;transport=udp>",),
+                         via_host="127.0.0.1:5080"), pbx)
+    assert [s for s in out if s.port == 5098] == []
+    assert 480 in statuses(h.to(5080, out))
+
+
+def test_tls_hop_gets_tls_via_and_two_record_routes_when_the_transport_changes() -> None:
+    h = tls_core(TLS_UP)
+    caller = Source("tcp", "127.0.0.1", 6000, conn_id=7)
+    out = h.feed(request(ruri="sips:bob@example.com"), caller)
+    [fwd] = [s for s in out if s.port == 5091]
+    assert fwd.transport == "tls"
+    msg = parse_message(fwd.data)
+    assert msg.top_via.transport.upper() == "TLS"
+    assert "127.0.0.1:5061" in (msg.get("via") or "")
+    rr = msg.get_all("record-route")
+    rr_text = ", ".join(rr)
+    assert rr_text.count("<sip:") == 2, rr
+    first, second = [v.strip() for v in rr_text.split(",")][:2]
+    assert "127.0.0.1:5061;lr;transport=tls" in first
+    assert ";transport=tcp" in second

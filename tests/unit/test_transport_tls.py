@@ -1,0 +1,191 @@
+"""TLS over the TCP stream machinery (RFC 3261 18, 26.2; RFC 5922), and the TCP/TLS limits:
+real handshakes on loopback with a test CA (trustme), no SIP peer needed."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+
+from proxy.sip.transport import Send, Source
+from proxy.transport.tcp import TcpManager
+from proxy.transport.tls import TlsManager, client_context, server_context
+
+OPTIONS = (b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:1;branch=z9hG4bK1\r\n"
+           b"Content-Length: 0\r\n\r\n")
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost", "proxy.example")
+    client = ca.issue_cert("client.example")
+    out = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem",
+           "client": tmp_path / "client.pem"}
+    ca.cert_pem.write_to_path(str(out["ca"]))
+    server.cert_chain_pems[0].write_to_path(str(out["cert"]))
+    server.private_key_pem.write_to_path(str(out["key"]))
+    client.private_key_and_cert_chain_pem.write_to_path(str(out["client"]))
+    return out
+
+
+def manager(pki: dict[str, Path], got: list[tuple[bytes, Source]], *, verify: bool = False,
+            failed: list[object] | None = None) -> TlsManager:
+    return TlsManager(
+        lambda d, s: got.append((d, s)), (failed if failed is not None else []).append,
+        server_ctx=server_context(pki["cert"], pki["key"], pki["ca"], verify),
+        client_ctx=client_context(pki["cert"], pki["key"], pki["ca"]),
+        files=(pki["cert"], pki["key"], pki["ca"]), handshake_timeout=2.0,
+    )
+
+
+def port_of(m: TcpManager) -> int:
+    return int(m.servers[-1].sockets[0].getsockname()[1])
+
+
+async def until(cond, timeout: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def client_ctx(pki: dict[str, Path], with_cert: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+    if with_cert:
+        ctx.load_cert_chain(str(pki["client"]))
+    return ctx
+
+
+async def test_tls_listener_delivers_with_tls_source_and_answers_on_the_connection(
+        pki: dict[str, Path]) -> None:
+    got: list[tuple[bytes, Source]] = []
+    m = manager(pki, got)
+    await m.listen("127.0.0.1", 0)
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", port_of(m),
+                                             ssl=client_ctx(pki, False), server_hostname="localhost")
+        w.write(OPTIONS + b"\r\n\r\n")  # a message, then a CRLFCRLF keep-alive
+        await until(lambda: got)
+        data, src = got[0]
+        assert data == OPTIONS and src.transport == "tls" and src.conn_id in m.conns
+        assert await asyncio.wait_for(r.readexactly(2), 2) == b"\r\n"  # the pong
+        m.send(Send("tls", src.host, src.port, b"SIP/2.0 200 OK\r\n\r\n", src.conn_id))
+        assert await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 2) == b"SIP/2.0 200 OK\r\n\r\n"
+        w.close()
+    finally:
+        m.close()
+
+
+async def test_mutual_tls_refuses_a_client_without_certificate(pki: dict[str, Path]) -> None:
+    got: list[tuple[bytes, Source]] = []
+    m = manager(pki, got, verify=True)
+    await m.listen("127.0.0.1", 0)
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            r, w = await asyncio.open_connection("127.0.0.1", port_of(m),
+                                                 ssl=client_ctx(pki, False),
+                                                 server_hostname="localhost")
+            w.write(OPTIONS)  # TLS 1.3: the refusal shows on the first read
+            await asyncio.wait_for(r.read(10), 2)
+            raise ConnectionError("no data")  # EOF is a refusal too
+        r, w = await asyncio.open_connection("127.0.0.1", port_of(m), ssl=client_ctx(pki, True),
+                                             server_hostname="localhost")
+        w.write(OPTIONS)
+        await until(lambda: got)
+        assert got[0][1].transport == "tls"
+        w.close()
+    finally:
+        m.close()
+
+
+async def test_client_side_checks_the_certificate_name(pki: dict[str, Path]) -> None:
+    """RFC 5922 7.2: the upstream's certificate must name the host of its URI."""
+    got: list[tuple[bytes, Source]] = []
+    server = manager(pki, got)
+    await server.listen("127.0.0.1", 0)
+    failed: list[object] = []
+    client = manager(pki, [], failed=failed)
+    try:
+        port = port_of(server)
+        client.send(Send("tls", "127.0.0.1", port, OPTIONS, token="bad",
+                         server_name="evil.example"))
+        await until(lambda: failed)
+        assert failed == ["bad"] and got == []
+        client.send(Send("tls", "127.0.0.1", port, OPTIONS, token="ok",
+                         server_name="proxy.example"))
+        await until(lambda: got)
+        assert failed == ["bad"]
+    finally:
+        client.close()
+        server.close()
+
+
+async def test_reload_swaps_the_certificate_for_new_connections(
+        pki: dict[str, Path], tmp_path: Path) -> None:
+    m = manager(pki, [])
+    await m.listen("127.0.0.1", 0)
+    try:
+        async def serial() -> int:
+            r, w = await asyncio.open_connection("127.0.0.1", port_of(m),
+                                                 ssl=client_ctx(pki, False),
+                                                 server_hostname="localhost")
+            cert = w.get_extra_info("ssl_object").getpeercert()
+            w.close()
+            return int(cert["serialNumber"], 16)
+
+        before = await serial()
+        ca2 = trustme.CA()
+        new = ca2.issue_cert("127.0.0.1", "localhost")
+        new.cert_chain_pems[0].write_to_path(str(pki["cert"]))
+        new.private_key_pem.write_to_path(str(pki["key"]))
+        with open(pki["ca"], "ab") as f:
+            f.write(ca2.cert_pem.bytes())
+        assert m.reload()
+        assert await serial() != before
+        pki["key"].write_text("broken")
+        assert not m.reload()  # the old certificate stays
+        await serial()
+    finally:
+        m.close()
+
+
+async def test_connections_past_the_limit_are_refused_and_the_open_ones_keep_working() -> None:
+    got: list[tuple[bytes, Source]] = []
+    m = TcpManager(lambda d, s: got.append((d, s)), lambda t: None, max_connections=3)
+    await m.listen("127.0.0.1", 0)
+    try:
+        conns = [await asyncio.open_connection("127.0.0.1", port_of(m)) for _ in range(3)]
+        await until(lambda: len(m.conns) == 3)
+        r4, w4 = await asyncio.open_connection("127.0.0.1", port_of(m))
+        assert await asyncio.wait_for(r4.read(10), 2) == b""  # closed at once
+        assert m.refused == 1 and len(m.conns) == 3
+        for _, w in conns:
+            w.write(OPTIONS)
+        await until(lambda: len(got) == 3)
+        for _, w in [*conns, (r4, w4)]:
+            w.close()
+    finally:
+        m.close()
+
+
+async def test_idle_connections_without_binding_are_closed() -> None:
+    bound: set[int] = set()
+    m = TcpManager(lambda d, s: None, lambda t: None, idle_timeout=0.4,
+                   in_use=lambda cid: cid in bound)
+    await m.listen("127.0.0.1", 0)
+    try:
+        conns = [await asyncio.open_connection("127.0.0.1", port_of(m)) for _ in range(3)]
+        await until(lambda: len(m.conns) == 3)
+        keep = min(m.conns)
+        bound.add(keep)
+        await until(lambda: list(m.conns) == [keep], timeout=3)
+        assert m.idle_closed == 2
+        for _, w in conns:
+            w.close()
+    finally:
+        m.close()

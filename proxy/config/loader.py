@@ -585,7 +585,7 @@ class _Builder:
             return None
         found = check_keys(self.report, m, TLS_KEYS, ("cert_file", "key_file"), "tls")
         paths: dict[str, Path] = {}
-        for key in TLS_KEYS:
+        for key in TLS_KEYS[:3]:  # the files (verify_client is a flag)
             v = found.get(key)
             if v is None:
                 continue

@@ -1,0 +1,50 @@
+"""The access keys of proxy.yaml: limits.per_source_rps, tcp_max_connections,
+tcp_idle_timeout and tls.verify_client (defaults, values, errors with positions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.config import load_config
+from proxy.diagnostics import ConfigError
+
+
+def load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
+    (tmp_path / "c.pem").write_text("x")
+    p = tmp_path / "proxy.yaml"
+    p.write_text(text)
+    return load_config(p)[0]
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "listen: [udp:127.0.0.1:5060]\n")
+    assert cfg.limits.per_source_rps == 0
+    assert cfg.limits.tcp_max_connections == 4096
+    assert cfg.limits.tcp_idle_timeout == 120.0
+
+
+def test_values(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "listen: [tls:127.0.0.1:5061]\nlimits: {per_source_rps: 20, "
+               "tcp_max_connections: 500, tcp_idle_timeout: 2.5}\n"
+               "tls: {cert_file: c.pem, key_file: c.pem, ca_file: c.pem, verify_client: true}\n")
+    assert (cfg.limits.per_source_rps, cfg.limits.tcp_max_connections,
+            cfg.limits.tcp_idle_timeout) == (20, 500, 2.5)
+    assert cfg.tls is not None and cfg.tls.verify_client
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("limits: {per_source_rps: -1}", "limits: per_source_rps must be between 0 and 1000000"),
+    ("limits: {tcp_max_connections: 0}", "limits: tcp_max_connections must be between 1"),
+    ("limits: {tcp_idle_timeout: 0}", "limits: tcp_idle_timeout must be between 1 and 86400"),
+    ("tls: {cert_file: c.pem, key_file: c.pem, verify_client: true}",
+     "tls: verify_client needs ca_file"),
+    ("tls: {cert_file: c.pem, key_file: c.pem, verify_client: yes}",
+     "tls: verify_client must be true or false"),
+])
+def test_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, f"listen: [udp:127.0.0.1:5060]\n{text}\n")
+    assert any(message in str(d) and ":2:" in str(d) for d in err.value.diagnostics), \
+        [str(d) for d in err.value.diagnostics]

@@ -50,6 +50,9 @@ CONFIG_KEYS = (
     "watch_policy",
     "secret",
     "tls",
+    "http",
+    "log_format",
+    "upstream_probe",
 )
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
@@ -57,6 +60,8 @@ LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_conn
 TIMER_KEYS = ("t1_ms", "t2_ms", "t4_ms", "timer_c_ms")
 TLS_KEYS = ("cert_file", "key_file", "ca_file", "verify_client")
 AUTH_KEYS = ("realm", "users_file")
+LOG_FORMATS = ("text", "json")
+PROBE_KEYS = ("interval", "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,14 @@ class AuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamProbe:
+    """OPTIONS to every upstream each ``interval`` s (0: off); silent for ``timeout`` s: down."""
+
+    interval: float = 10.0
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path  # absolute path of proxy.yaml
     listen: tuple[Listen, ...]  # at least one
@@ -164,10 +177,13 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     timers: Timers = field(default_factory=Timers)
     log_level: str = "info"
-    drain_timeout: float = 5.0  # seconds
+    drain_timeout: float = 30.0  # seconds: the longest a SIGTERM waits for calls to end
     watch_policy: bool = True
     secret: str | None = None
     tls: TlsSettings | None = None
+    http: tuple[str, int] | None = None  # HOST:PORT of /metrics, /health, /ready; None: off
+    log_format: str = "text"  # "text" | "json" (one JSON object per line)
+    upstream_probe: UpstreamProbe = field(default_factory=lambda: UpstreamProbe())
 
     @property
     def trusted_sources(self) -> tuple[str, ...]:

@@ -64,16 +64,19 @@ class Branch:
 class ServerEntry:
     """A server transaction in the core's tables, with the address its responses go to."""
 
-    __slots__ = ("key", "txn", "ctx", "reply", "deadline")
+    __slots__ = ("key", "txn", "ctx", "reply", "deadline", "request", "started")
 
     def __init__(
-        self, key: str, txn: ServerTransaction, reply: tuple[str, str, int, int | None]
+        self, key: str, txn: ServerTransaction, reply: tuple[str, str, int, int | None],
+        request: SipMessage | None = None, started: float = 0.0,
     ) -> None:
         self.key = key
         self.txn = txn
         self.ctx: ResponseContext | None = None
         self.reply = reply  # (transport, host, port, conn_id) per RFC 3261 18.2.2 / RFC 3581
         self.deadline: float | None = None
+        self.request = request  # for the metrics and the per-call log line
+        self.started = started
 
 
 class ContextState(Enum):

@@ -11,7 +11,7 @@ Inside one entry point the helpers add to an :class:`Out` accumulator created fo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from proxy.core.types import Send
 from proxy.store.base import LearnedRoute
@@ -29,20 +29,23 @@ class StoreWrite(NamedTuple):
 
 
 class Effects(NamedTuple):
-    """The result of one entry point: what to send, and what to store."""
+    """The result of one entry point: what to send, what to store, and what to log (the
+    per-call summaries of :mod:`proxy.core.observe`, formatted and logged by the runtime)."""
 
     sends: list[Send]
     writes: tuple[StoreWrite, ...] = ()
+    logs: tuple[Any, ...] = ()
 
 
 class Out:
     """The accumulator of one entry point; :meth:`effects` freezes it into the returned value."""
 
-    __slots__ = ("sends", "writes")
+    __slots__ = ("sends", "writes", "logs")
 
     def __init__(self) -> None:
         self.sends: list[Send] = []
         self.writes: tuple[StoreWrite, ...] = ()  # rare: a new tuple per write, none per message
+        self.logs: tuple[Any, ...] = ()  # one per finished INVITE transaction
 
     def send(self, s: Send) -> None:
         self.sends.append(s)
@@ -50,5 +53,8 @@ class Out:
     def write(self, w: StoreWrite) -> None:
         self.writes += (w,)
 
+    def log(self, record: Any) -> None:
+        self.logs += (record,)
+
     def effects(self) -> Effects:
-        return Effects(self.sends, self.writes)
+        return Effects(self.sends, self.writes, self.logs)

@@ -35,9 +35,12 @@ from proxy.core import (
 )
 from proxy.core.access import PRIVATE_NETWORKS, AddressSet, RateLimiter, Refusals
 from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
+from proxy.core.dialogs import Dialogs
 from proxy.core.digest import DigestAuth
 from proxy.core.effects import Effects, Out
 from proxy.core.flowtoken import FlowTokens
+from proxy.core.observe import Metrics
+from proxy.core.probe import Probe, Prober
 from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.registrar import LocationStore
 from proxy.core.types import LocalAddress, Source, Target
@@ -73,6 +76,8 @@ class CoreSettings:
         default_factory=lambda: AddressSet(PRIVATE_NETWORKS, "registrar_networks"))
     registrar_max_contacts: int = 10
     auth: DigestAuth | None = None  # digest credentials the local registrar accepts (RFC 3261 22)
+    probe_interval: float = 0.0  # upstream_probe.interval: OPTIONS to each upstream; 0 = off
+    probe_timeout: float = 2.0  # upstream_probe.timeout: no answer by then = down
     per_source_rps: int = 0  # limits.per_source_rps: initial requests per second per IP; 0 = off
 
 
@@ -124,6 +129,9 @@ class ProxyCore:
         #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
         self.udp_flows: dict[tuple[str, int], float] = {}
         self.expiry = registrar_glue.Expiry()
+        self.metrics = Metrics()  # read by the runtime's collector at scrape time
+        self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
+        self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
 
     # ------------------------------------------------------------------ entry points
 
@@ -138,17 +146,20 @@ class ProxyCore:
                 datagram=src.transport == "udp",
             )
         except ParseError as exc:
+            self.metrics.bad["unparsable"] += 1
             answer = validate.bad_message(self, data, src, exc)
             return Effects([] if answer is None else [answer])
         out = Out()
         try:
             if msg.is_request:
                 self.stats["requests_in"] += 1
+                self.metrics.request(msg.method)
                 self._on_request(msg, src, now, out)
             else:
                 self.stats["responses_in"] += 1
                 responses.on_response(self, msg, src, now, out)
         except ParseError as exc:
+            self.metrics.bad["malformed_header"] += 1
             if msg.is_request and msg.method != "ACK":
                 self.stats["requests_rejected"] += 1
                 log.info("bad request from %s:%s: %s", src.host, src.port, exc.message)
@@ -168,6 +179,10 @@ class ProxyCore:
                 txns.branch_timer(self, item, now, out)
             elif item is self.expiry:
                 registrar_glue.expire(self, now)
+            elif item is self.prober:
+                self.prober.on_timer(self, now, out)
+            elif item is self.dialogs:
+                self.dialogs.on_timer(self, now)
             elif isinstance(item, ResponseContext):
                 item.deadline = None
                 if not item.final_sent:
@@ -179,7 +194,9 @@ class ProxyCore:
     def on_send_failure(self, token: object, now: float) -> Effects:
         """A send failed (no route, connection refused or lost): RFC 3261 16.9, 17.1.4."""
         out = Out()
-        if isinstance(token, Branch) and token.state is BranchState.PENDING:
+        if isinstance(token, Probe):
+            self.prober.on_send_failure(self, token)
+        elif isinstance(token, Branch) and token.state is BranchState.PENDING:
             self.stats["transport_errors"] += 1
             br = token
             txns.client_effects(self, br, br.txn.on_transport_error(now), None, now, out)
@@ -207,6 +224,12 @@ class ProxyCore:
     def on_keepalive(self, src: Source, now: float) -> None:
         """A keep-alive (STUN Binding, CRLFCRLF) arrived on a flow (RFC 5626 4.4)."""
         outbound.seen(self, src, now)
+
+    def start_probes(self, now: float) -> Effects:
+        """The first round of upstream OPTIONS (:mod:`.probe`); later rounds are timers."""
+        out = Out()
+        self.prober.start(self, now, out)
+        return out.effects()
 
     def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> None:
         """Replace the learned-route cache (start-up, or the store changed underneath)."""
@@ -237,10 +260,13 @@ class ProxyCore:
         method = msg.method
         rejection = validate.check_request(msg)
         if rejection is not None:
+            self.metrics.bad["invalid_request"] += 1
             if method != "ACK":
                 out.send(txns.reject(self, msg, src, rejection.status,
                                      headers=rejection.headers))
             return
+        if self.dialogs.open and msg.to_tag is not None:
+            self.dialogs.on_request(msg, now)
         if method == "ACK":
             forward.on_ack(self, msg, src, now, out)
             return

@@ -51,6 +51,7 @@ def redirect(
         log.warning("%s from %s:%s not followed: untrusted source (redirects.trusted_sources)",
                     status, src.host, src.port)
         core.stats["redirects_refused"] += 1
+        core.metrics.redirects["refused"] += 1
         return False
     if ctx.redirects >= decision.max_redirects:
         log.info("%s not followed: max_redirects %d reached (Call-ID %s)", status,
@@ -61,6 +62,7 @@ def redirect(
         return False
     ctx.redirects += 1
     core.stats["redirects_followed"] += 1
+    core.metrics.redirects["followed"] += 1
     chosen.sort(key=lambda item: -item[0])
     if all(str(_no_headers(c.uri)) in ctx.recursed for c in msg.contacts):
         ctx.drop_response(msg)  # 16.7 step 4: a contact-less 3xx is not kept
@@ -81,6 +83,7 @@ def redirect(
                              status, wall, wall + ttl)
         core.learned[old] = (new, now + ttl)
         out.write(StoreWrite(route, ctx))
+        core.metrics.redirects["learned"] += 1
         ctx.fire(ContextEvent.STORE_WRITE)  # acted on once the write is durable
         log.info("learned %s -> %s for %d s from %s:%s (%s)", old, new, ttl, src.host,
                  src.port, status)
@@ -109,6 +112,7 @@ def _usable_contacts(
         if reason is not None:
             log.warning("redirect to %s refused: %s", text, reason)
             core.stats["redirects_refused"] += 1
+            core.metrics.redirects["refused"] += 1
             continue
         ctx.recursed.add(text)
         chosen.append((_q(c), u, c))

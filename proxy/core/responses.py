@@ -25,6 +25,7 @@ from proxy.core.context import (
     select_best,
 )
 from proxy.core.effects import Out
+from proxy.core.observe import rule_name
 from proxy.core.types import Send, Source
 from proxy.policy import Action
 from proxy.sip import SipMessage, make_response, strip_top_via
@@ -56,6 +57,8 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
     method = msg.cseq[1]
     br = core.client.get(f"{bid}|{method}") if bid else None
     if br is None:
+        if bid and method == "OPTIONS" and core.prober.on_response(core, bid, msg.status):
+            return  # a probe's answer (proxy.core.probe): the upstream is up
         fwd = stateless_response(core, msg, src, now)
         if fwd is not None:
             out.send(fwd)
@@ -112,6 +115,7 @@ def success(core: ProxyCore, br: Branch, msg: SipMessage, now: float, out: Out) 
         return  # a non-2xx final went upstream already (policy stop): nothing can follow
     forward_response(core, ctx, msg, 200, now, out)
     if ctx.method == "INVITE":
+        core.dialogs.opened(core, msg, now)
         cancel.cancel_pending(core, ctx, now, out)
 
 
@@ -135,6 +139,10 @@ def branch_final(
     decision = ctx.policy.evaluate(status, ctx.method)
     ctx.responses.append(Response(status, msg, decision))
     action = decision.action
+    core.metrics.decisions[(rule_name(decision.rule), action.value)] += 1
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("decision Call-ID %s: %s from %s:%s -> %s", ctx.request.call_id, status,
+                  br.target.host, br.target.port, decision.describe())
     if ctx.cancelled:
         pass
     elif br.target.instance is not None and (
@@ -143,6 +151,7 @@ def branch_final(
         # RFC 5626 7: a 430, a transport error or a timeout on a flow -> the same instance's
         # next flow, and the failed binding is removed.
         if outbound.retry_flow(core, ctx, br, now, out):
+            core.metrics.flow_retries += 1
             return Outcome.FLOW_RETRY
     elif action is Action.STOP:
         # Global failure (RFC 3261 16.7 step 5): CANCEL the pending branches and create no
@@ -239,6 +248,7 @@ def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float
         # A response naming us with a branch we never generated: forged, and forwarding it
         # to its second Via would make the proxy a reflector (CONTRACT access).
         core.stats["responses_forged"] += 1
+        core.metrics.bad["forged_response"] += 1
         core.stats["responses_dropped"] += 1
         if core.refusals.note("forged_response", src.host, now):
             log.warning("dropped %s from %s:%s: its top Via names this proxy with a branch "

@@ -198,7 +198,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,
         return Answer(404) if target is None else Forward([[target]])
     if core.settings.upstreams:
         # 5. Everything else: the upstreams, first one first (failover by policy).
-        return Forward([[t] for t in core.settings.upstreams])
+        return Forward([[t] for t in core.prober.usable(core.settings.upstreams)])
     # No upstream, nobody registered: a stranger's Request-URI is never a next hop.
     return Answer(404)
 

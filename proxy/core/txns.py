@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from proxy.core import cancel, responses
+from proxy.core import cancel, observe, responses
 from proxy.core.context import Branch, BranchState, ServerEntry
 from proxy.core.effects import Out
 from proxy.core.types import Send, Source
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from proxy.core.proxy import ProxyCore
 
 log = logging.getLogger("proxy.core")
+
+_UNANSWERED = frozenset({"TRYING", "PROCEEDING"})
 
 
 def server_key(msg: SipMessage, method: str) -> str:
@@ -60,7 +62,7 @@ def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: flo
         txn = InviteServerTransaction(reliable=reliable, now=now, timers=core.timers)
     else:
         txn = NonInviteServerTransaction(reliable=reliable, now=now, timers=core.timers)
-    entry = ServerEntry(key, txn, reply_dest(core, msg, src))
+    entry = ServerEntry(key, txn, reply_dest(core, msg, src), msg, now)
     core.server[key] = entry
     return entry
 
@@ -68,10 +70,13 @@ def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: flo
 def send_response(
     core: ProxyCore, entry: ServerEntry, status: int, data: bytes, now: float, out: Out
 ) -> None:
+    first_final = status >= 200 and entry.txn.state.name in _UNANSWERED
     effects = entry.txn.send_response(status, data, now)
     t, h, p, c = entry.reply
     out.sends.append(Send(t, h, p, data, c, entry))
     server_effects(core, entry, effects, out)
+    if first_final:
+        observe.final_sent(core, entry, status, now, out)
 
 
 def respond(
@@ -102,6 +107,7 @@ def reject(
 ) -> Send:
     """A stateless error response to a request that fails validation (RFC 3261 16.3)."""
     core.stats[f"rejected_{status}"] += 1
+    core.metrics.responses[status] += 1
     if reason is not None and len(reason) > 80:
         reason = reason[:80]
     try:

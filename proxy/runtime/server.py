@@ -15,8 +15,8 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from proxy.core.registrar import MemoryLocation
 from proxy.core.types import LocalAddress, Send, Source, Target
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
+from proxy.runtime import http as http_side
+from proxy.runtime import logs as log_lines
 from proxy.runtime import streams
 from proxy.runtime.limits import raise_nofile
 from proxy.runtime.resolver import MISS, Resolver, advertised
@@ -109,6 +111,8 @@ class Runtime:
             trusted_relays=AddressSet(config.trusted_relays, "trusted_relays"),
             registrar_networks=AddressSet(config.registrar_networks, "registrar_networks"),
             registrar_max_contacts=config.registrar_max_contacts,
+            probe_interval=config.upstream_probe.interval,
+            probe_timeout=config.upstream_probe.timeout,
             per_source_rps=config.limits.per_source_rps,
             auth=(DigestAuth(config.auth.realm, config.auth.users, secret)
                   if config.auth is not None else None),
@@ -121,6 +125,10 @@ class Runtime:
             raise ConfigError([Diagnostic(str(config.path), 1, 1, f"state {config.state}: {exc}")]
                               ) from exc
         self._generation = -1
+        #: /ready: listening, and the state store answers (the store's owner sets store_ok)
+        self.store_ok, self.listening, self.started = True, False, time.time()
+        self.reloads: Counter[str] = Counter()  # policy reloads: ok | refused
+        self.http: http_side.HttpEndpoint | None = None
 
     # -------------------------------------------------------------- startup / shutdown
 
@@ -152,6 +160,12 @@ class Runtime:
         if cfg.watch_policy and cfg.policy_path is not None:
             self._policy_watch = FileWatcher(cfg.policy_path, self.reload)
             self.loop.call_later(1.0, self._watch_policy)
+        if cfg.http is not None:
+            self.http = http_side.start(self, *cfg.http)
+            log.log(_NOTICE, "http on %s (/metrics /health /ready /status)",
+                    host_port_text(cfg.http[0], self.http.port))
+        self.listening = True
+        self._drive(self.core.start_probes, (), self.loop.time(), "probing the upstreams")
         p = self.core.policy
         log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
                 len(p.rules))
@@ -161,18 +175,19 @@ class Runtime:
         if self._stopping.is_set():
             log.warning("second stop signal: exiting now")
             os._exit(0)
-        log.info("stopping: no new transactions, draining %d", self.core.unanswered)
+        log.info("stopping: no new transactions, draining %d transactions and %d calls",
+                 self.core.unanswered, len(self.core.dialogs))
         self.core.draining = True
         self._stopping.set()
 
     async def serve(self) -> None:
         await self._stopping.wait()
         deadline = self.loop.time() + self.config.drain_timeout
-        while self.core.unanswered and self.loop.time() < deadline:
+        while self._busy() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)  # polling the drain is bounded by drain_timeout
-        left = self.core.unanswered
-        if left:
-            log.warning("drain timeout: %d transactions abandoned", left)
+        left, calls = self.core.unanswered, len(self.core.dialogs)
+        if left or calls:
+            log.warning("drain timeout: %d transactions and %d calls abandoned", left, calls)
         self.close()
         try:
             await self.store.close()
@@ -180,7 +195,14 @@ class Runtime:
             log.error("closing the state store: %s", exc)
         log.info("stopped")
 
+    def _busy(self) -> bool:
+        """A drain waits for unanswered transactions and for calls up (dialogs)."""
+        return bool(self.core.unanswered or len(self.core.dialogs))
+
     def close(self) -> None:
+        if self.http is not None:
+            self.http.close()
+            self.http = None
         if self._timer is not None:
             self._timer.cancel()
         for ep in self.udp.values():
@@ -205,6 +227,8 @@ class Runtime:
             log.exception("internal error " + what, *what_args)
             self._arm()  # the timers go on whatever one call did
             return
+        if fx.logs:
+            log_lines.emit_calls(fx.logs)
         if fx.sends:
             self.dispatch(fx.sends)
         if fx.writes:
@@ -212,6 +236,8 @@ class Runtime:
         self._arm()
 
     def deliver(self, data: bytes, src: Source) -> None:
+        if log_lines.messages_log.isEnabledFor(logging.DEBUG):
+            log_lines.message_in(data, src)
         self._drive(self.core.on_message, (data, src), self.loop.time(),
                     "handling a message from %s:%s", src.host, src.port)
 
@@ -273,6 +299,9 @@ class Runtime:
 
     def dispatch(self, out: list[Send]) -> None:
         now = self.loop.time()
+        if log_lines.messages_log.isEnabledFor(logging.DEBUG):
+            for s in out:
+                log_lines.message_out(s)
         for s in out:
             if s.transport == "tls" and s.server_name is None:
                 s = streams.with_server_name(self, s)
@@ -356,7 +385,7 @@ class Runtime:
 
     def reload(self) -> None:
         """Swap the policy atomically; a broken file leaves the old policy in force."""
-        new = reload_policy(self.config.policy_path, self.core.policy)
+        new = reload_policy(self.config.policy_path, self.core.policy, self.reloads)
         if new is not None:
             self.core.policy = new
         if self.tls is not None and self.config.tls is not None:
@@ -382,11 +411,7 @@ async def _main(config: Config, policy: Policy) -> int:
 
 def run_server(config: Config, policy: Policy | None = None, warnings: list[Diagnostic] | None = None) -> int:
     """Run the proxy in the foreground until SIGTERM/SIGINT; returns the exit status."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_lines.setup(config.log_level, config.log_format)
     for w in warnings or ():
         log.warning("%s", w)
     if policy is None:

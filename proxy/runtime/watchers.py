@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,22 +18,27 @@ from proxy.policy import Policy, load_policy
 log = logging.getLogger("proxy")
 
 
-def reload_policy(path: str | Path | None, old: Policy) -> Policy | None:
+def reload_policy(path: str | Path | None, old: Policy,
+                  counts: Counter[str] | None = None) -> Policy | None:
     """The policy to put in force after reading ``path``, or None to keep ``old``.
 
     None when the config names no file, when the file does not load (the diagnostics are
-    logged) and when it loads to the same version.
+    logged) and when it loads to the same version. ``counts`` (``policy_reloads_total``) gets
+    ``refused`` for a file that does not load, ``ok`` for one that does.
     """
+    counts = counts if counts is not None else Counter()
     if path is None:
         log.info("policy reload: the config names no policy file; builtin stays")
         return None
     try:
         new, warnings = load_policy(path)
     except ConfigError as exc:
+        counts["refused"] += 1
         log.error("policy reload refused; version %s stays in force", old.version)
         for d in exc.diagnostics:
             log.error("%s", d)
         return None
+    counts["ok"] += 1
     for w in warnings:
         log.warning("%s", w)
     if new.version == old.version:

@@ -221,6 +221,9 @@ def proxy_config(
         "log_level": log_level,
     }
     cfg.update({k: v for k, v in optional.items() if v is not None})
+    # No OPTIONS to the test's upstreams unless a test asks for probing (a sipp UAS would take
+    # one for an unexpected call).
+    cfg["upstream_probe"] = {"interval": 0}
     cfg.update(extra or {})
     return cfg
 

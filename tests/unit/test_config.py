@@ -135,7 +135,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.limits == Limits(65535, 256)
     assert config.timers == Timers(0.5, 4.0, 5.0, 180.0)
     assert config.log_level == "info"
-    assert config.drain_timeout == 5.0
+    assert config.drain_timeout == 30.0
     assert config.watch_policy is True
     assert config.secret is None
     assert config.tls is None
@@ -587,7 +587,8 @@ def test_policy_warnings_are_returned(tmp_path: Path, monkeypatch: pytest.Monkey
 
 ALLOWED = ("listen, upstreams, policy, state, record_route, registrar, domains, redirects, "
            "trusted_relays, auth, registrar_networks, registrar_max_contacts, advertise, "
-           "force_rport, limits, timers, log_level, drain_timeout, watch_policy, secret, tls")
+           "force_rport, limits, timers, log_level, drain_timeout, watch_policy, secret, tls, "
+           "http, log_format, upstream_probe")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,129 @@
+"""Prometheus metrics (prefix ``sip_policy_proxy_``) read at scrape time.
+
+The hot path only increments plain integers on the core (:class:`~proxy.core.observe.Metrics`,
+``ProxyCore.stats``); :class:`CoreCollector`, a custom prometheus-client collector, turns them
+into metric families when ``/metrics`` is scraped. The HTTP thread hands the scrape to the
+event loop (:mod:`proxy.runtime.http`), so the counters are read where they are written and no
+lock is taken per message. Process metrics come from the library's ProcessCollector.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+from proxy.core.observe import BUCKETS
+from proxy.core.probe import upstream_name
+
+if TYPE_CHECKING:
+    from proxy.core.proxy import ProxyCore
+
+PREFIX = "sip_policy_proxy_"
+__all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PREFIX", "CoreCollector", "make_registry", "render"]
+
+#: Every metric name the proxy exports (without the ``_total``/``_bucket`` suffixes), for the
+#: dashboard check and the README.
+METRIC_NAMES = (
+    "requests", "responses", "policy_decisions", "redirects", "flow_retries",
+    "learned_routes", "registrations", "transactions", "dialogs", "upstream_up",
+    "final_response_seconds", "policy_reloads", "bad_messages", "policy_info",
+    "start_time_seconds",
+)
+
+
+class CoreCollector:
+    """Reads the core's counters (and the runtime's reload counts) at scrape time."""
+
+    def __init__(self, core: ProxyCore, reloads: Counter[str], started: float) -> None:
+        self.core = core
+        self.reloads = reloads
+        self.started = started
+
+    def describe(self) -> list[Metric]:
+        return []  # the families are only known at scrape time (auto_describe is off)
+
+    def collect(self) -> Iterator[Metric]:
+        core = self.core
+        m = core.metrics
+        yield _labelled(CounterMetricFamily, "requests", "Requests received, by method",
+                        ["method"], m.requests.items())
+        yield _labelled(CounterMetricFamily, "responses",
+                        "Final responses sent to callers, by status code", ["code"],
+                        ((str(k), v) for k, v in m.responses.items()))
+        decisions = CounterMetricFamily(PREFIX + "policy_decisions",
+                                        "Policy decisions on final responses",
+                                        labels=["rule", "action"])
+        for (rule, action), v in m.decisions.items():
+            decisions.add_metric([rule, action], v)
+        yield decisions
+        yield _labelled(CounterMetricFamily, "redirects", "3xx redirects by outcome",
+                        ["outcome"], ((k, m.redirects[k]) for k in
+                                      ("followed", "learned", "refused")))
+        yield CounterMetricFamily(PREFIX + "flow_retries",
+                                  "RFC 5626 flow retries (a failed flow, the next one tried)",
+                                  value=m.flow_retries)
+        yield _labelled(CounterMetricFamily, "bad_messages", "Messages refused as malformed",
+                        ["reason"], m.bad.items())
+        yield _labelled(CounterMetricFamily, "policy_reloads", "Policy reloads by result",
+                        ["result"], ((k, self.reloads[k]) for k in ("ok", "refused")))
+        yield GaugeMetricFamily(PREFIX + "learned_routes", "Learned Request-URI rewrites",
+                                value=len(core.learned))
+        yield GaugeMetricFamily(PREFIX + "registrations", "Registered bindings",
+                                value=core.location.count())
+        yield GaugeMetricFamily(PREFIX + "transactions", "SIP transactions in progress",
+                                value=core.active_transactions)
+        yield GaugeMetricFamily(PREFIX + "dialogs", "Calls up (dialogs through the proxy)",
+                                value=len(core.dialogs))
+        up = GaugeMetricFamily(PREFIX + "upstream_up", "Upstream answers OPTIONS (1) or not (0)",
+                               labels=["upstream"])
+        for t, alive in core.prober.up.items():
+            up.add_metric([upstream_name(t)], 1 if alive else 0)
+        yield up
+        yield _histogram(m.buckets, m.final_sum)
+        info = GaugeMetricFamily(PREFIX + "policy_info", "The policy in force",
+                                 labels=["version"])
+        info.add_metric([str(core.policy.version)], 1)
+        yield info
+        yield GaugeMetricFamily(PREFIX + "start_time_seconds", "Start time (Unix seconds)",
+                                value=self.started)
+
+
+def _labelled(kind: type[CounterMetricFamily], name: str, doc: str, labels: list[str],
+              items: Iterable[tuple[str, int]]) -> CounterMetricFamily:
+    fam = kind(PREFIX + name, doc, labels=labels)
+    for key, v in items:
+        fam.add_metric([key], v)
+    return fam
+
+
+def _histogram(buckets: list[int], total: float) -> HistogramMetricFamily:
+    cumulative: list[tuple[str, float]] = []
+    n = 0
+    for bound, count in zip((*[str(b) for b in BUCKETS], "+Inf"), buckets, strict=True):
+        n += count
+        cumulative.append((bound, n))
+    return HistogramMetricFamily(PREFIX + "final_response_seconds",
+                                 "Time from INVITE to its final response",
+                                 buckets=cumulative, sum_value=total)
+
+
+def make_registry(core: ProxyCore, reloads: Counter[str], started: float) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CoreCollector(core, reloads, started))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -22,6 +22,7 @@ from typing import Any, TextIO, TypeVar
 from proxy.config import LOG_LEVELS, Config, load_config, load_config_and_policy
 from proxy.diagnostics import ConfigError, Diagnostic, display_path
 from proxy.policy import MAX_STATUS, MIN_STATUS, Action, Decision, Policy, load_policy
+from proxy.status_cli import add_parser as add_status_parser
 from proxy.store import LearnedRoute, StateStore, StoreError, open_store
 
 __all__ = ["explain_chain", "main"]
@@ -101,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     remove.set_defaults(func=_cmd_routes_remove)
     clear = actions.add_parser("clear", parents=[leaf_config], help="forget every learned route")
     clear.set_defaults(func=_cmd_routes_clear)
+    add_status_parser(sub, DEFAULT_CONFIG)
     return parser
 
 

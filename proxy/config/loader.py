@@ -51,6 +51,7 @@ __all__ = [
     "parse_upstream",
 ]
 
+from proxy.config import observability
 from proxy.config.access import access_limits, verify_client
 from proxy.config.model import (
     AUTH_KEYS,
@@ -58,6 +59,7 @@ from proxy.config.model import (
     DEFAULT_MAX_TTL,
     DEFAULT_REGISTRAR_NETWORKS,
     LIMIT_KEYS,
+    LOG_FORMATS,
     LOG_LEVELS,
     MAX_CONTACTS,
     REDIRECT_KEYS,
@@ -235,6 +237,9 @@ class _Builder:
             "watch_policy": ("watch_policy", boolean("watch_policy")),
             "secret": ("secret", self._secret),
             "tls": ("tls", self._tls),
+            "http": ("http", lambda node: observability.http_address(r, node)),
+            "log_format": ("log_format", choice("log_format", LOG_FORMATS)),
+            "upstream_probe": ("upstream_probe", lambda node: observability.probe(r, node)),
         }
 
     def _cross_checks(

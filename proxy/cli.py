@@ -1,4 +1,5 @@
-"""The command line: ``sip-policy-proxy run | check | explain | routes`` (also ``python -m proxy``).
+"""The command line: ``sip-policy-proxy run | check | explain | routes | registrations`` (also
+``python -m proxy``).
 
 Exit codes: 0 success; 1 an invalid configuration or policy file (its diagnostics on stderr,
 one ``FILE:LINE:COLUMN: message`` per line), or a ``routes`` command that failed (a
@@ -23,7 +24,7 @@ from proxy.config import LOG_LEVELS, Config, load_config, load_config_and_policy
 from proxy.diagnostics import ConfigError, Diagnostic, display_path
 from proxy.policy import MAX_STATUS, MIN_STATUS, Action, Decision, Policy, load_policy
 from proxy.status_cli import add_parser as add_status_parser
-from proxy.store import LearnedRoute, StateStore, StoreError, open_store
+from proxy.store import LearnedRoute, StateStore, StoredBinding, StoreError, open_store
 
 __all__ = ["explain_chain", "main"]
 
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     clear = actions.add_parser("clear", parents=[leaf_config], help="forget every learned route")
     clear.set_defaults(func=_cmd_routes_clear)
     add_status_parser(sub, DEFAULT_CONFIG)
+    _registrations_parser(sub, leaf_config, config_help)
     return parser
 
 
@@ -183,7 +185,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
     else:
         print(f"OK: {args.config or DEFAULT_CONFIG} (policy {_policy_name(config)} "
               f"version {policy.version}, {_rules(policy)})")
+        if config.state_kind == "redis":
+            print(_state_plan(config))
     return 0
+
+
+def _state_plan(config: Config) -> str:
+    """What `run` will do with a Redis state, said without connecting to it (`check`)."""
+    import socket
+
+    from proxy.config.loader import redacted_state
+
+    node = config.node or f"{socket.gethostname()}:{config.listen[0].port}"
+    return (f"state {redacted_state(config.state)} (node {node}): not connected by check; run "
+            "connects at start and, while the store is unreachable, relays calls on what it "
+            "holds in memory and retries in the background")
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -403,6 +419,95 @@ def _consequence(config: Config, d: Decision, status: int) -> str:
         return (f"remove the failed binding, try the instance's other flows (at most "
                 f"{d.max_attempts}); none left: forward")
     return "best response once every branch has ended (RFC 3261 16.7 step 6)"
+
+
+# ---------------------------------------------------------------------------------------------
+# registrations: the bindings in the state store (RFC 3261 10.3, RFC 5626)
+
+
+def _registrations_parser(sub: Any, leaf_config: argparse.ArgumentParser, config_help: str
+                          ) -> None:
+    regs = sub.add_parser(
+        "registrations", help="list or remove the registrations (bindings) in the state store",
+        description="The registrations (bindings of each address-of-record, RFC 3261 10.3) as "
+        "persisted in the state store named by the configuration. With a Redis state every "
+        "running proxy sees a removal within a second.",
+    )
+    regs.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help=config_help)
+    actions = regs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[leaf_config],
+                                 help="print every unexpired binding")
+    listing.add_argument("--json", action="store_true",
+                         help="print a JSON array (for scripts) instead of a table")
+    listing.set_defaults(func=_cmd_registrations_list)
+    remove = actions.add_parser("remove", parents=[leaf_config],
+                                help="remove every binding of one address-of-record")
+    remove.add_argument("aor", metavar="AOR", help="the address-of-record, e.g. sip:alice@example.com")
+    remove.set_defaults(func=_cmd_registrations_remove)
+
+
+def _cmd_registrations_list(args: argparse.Namespace) -> int:
+    try:
+        none: list[StoredBinding] = []
+        found = _with_store(args.config, lambda store: store.list_bindings(time.time()), none)
+    except _RoutesFailed:
+        return 1
+    if args.json:
+        print(json.dumps([_binding_json(b) for b in found], indent=2))
+    elif not found:
+        print("no registrations")
+    else:
+        print(_table(BINDING_COLUMNS, [
+            (_printable(b.aor), _printable(b.contact), _iso(b.expires_at), f"{b.q:g}",
+             _printable(f"{b.flow_transport}:{b.flow_host}:{b.flow_port}"),
+             _printable(b.node or "-"))
+            for b in found]))
+    return 0
+
+
+def _cmd_registrations_remove(args: argparse.Namespace) -> int:
+    wanted = _candidate_keys(args.aor)
+
+    async def remove(store: StateStore) -> str | None:
+        aors = {b.aor for b in await store.list_bindings(time.time())}
+        for key in wanted:
+            if key in aors:
+                await store.remove_bindings(key)
+                return key
+        return None
+
+    try:
+        removed = _with_store(args.config, remove, None)
+    except _RoutesFailed:
+        return 1
+    if removed is None:
+        print(f"no registration for {_printable(args.aor)}", file=sys.stderr)
+        return 1
+    print(f"removed the registrations of {_printable(removed)}")
+    return 0
+
+
+BINDING_COLUMNS = ("AOR", "CONTACT", "EXPIRES AT (UTC)", "Q", "FLOW", "NODE")
+
+
+def _binding_json(b: StoredBinding) -> dict[str, Any]:
+    return {
+        "aor": b.aor, "key": b.key, "contact": b.contact, "uri": b.uri, "q": b.q,
+        "expires_at": _iso(b.expires_at), "expires_at_unix": b.expires_at,
+        "registered_at": _iso(b.registered_at), "registered_at_unix": b.registered_at,
+        "call_id": b.call_id, "cseq": b.cseq, "instance": b.instance, "reg_id": b.reg_id,
+        "flow": {"transport": b.flow_transport, "host": b.flow_host, "port": b.flow_port},
+        "node": b.node or None,
+    }
+
+
+def _table(columns: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
+    rows = [columns, *body]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

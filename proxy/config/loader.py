@@ -217,6 +217,7 @@ class _Builder:
             "upstreams": ("upstreams", self._upstreams),
             "policy": ("policy_path", self._policy),
             "state": ("state", self._state),
+            "node": ("node", self._node),
             "record_route": ("record_route", boolean("record_route")),
             "registrar": ("registrar", choice("registrar", REGISTRAR_MODES)),
             "domains": ("domains", self._domains),
@@ -390,13 +391,25 @@ class _Builder:
             self._check_sqlite_path(node, text, path, self._relative_note(rest))
             return f"sqlite:{path}"
         if text.partition(":")[0].lower() in REDIS_SCHEMES:
-            # proxy.store.open_store has no Redis backend yet: refuse it here, at the value,
-            # so that `check` fails as `run` would.
-            self.report.error(node, f"state {text}: the Redis backend is not available in this "
-                              f"version; use {STATE_FORMS}")
-            return "memory:"
+            why = redis_state_error(text)
+            if why is not None:
+                self.report.error(node, f"state {redacted_state(text)}: {why}")
+                return "memory:"
+            return text
         self.report.error(node, f"state must be {STATE_FORMS}; got {text!r}")
         return "memory:"
+
+    def _node(self, node: YNode) -> str | None:
+        """``node: NAME``: this proxy among several sharing one state (CONTRACT)."""
+        text = get_str(self.report, node, "node")
+        if text is None:
+            return None
+        text = text.strip()
+        if not text or len(text) > 200 or not text.isprintable() or " " in text:
+            self.report.error(node, f"node {text!r}: a name without spaces, 1 to 200 "
+                              "printable characters (e.g. edge-1 or sip1.example.com:5060)")
+            return None
+        return text
 
     def _check_sqlite_path(self, node: YNode, text: str, path: Path, note: str) -> None:
         """Errors for an sqlite file the proxy can never open (a folder, or a file where a
@@ -615,3 +628,52 @@ def items(node: YNode | None) -> tuple[YNode, ...]:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+# -- state: redis (checked here, connected to by `run` only) ---------------------------------
+
+
+def redacted_state(text: str) -> str:
+    """A Redis state value with its password replaced by ``***``."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or "@" not in rest:
+        return text
+    cred, _, hosts = rest.rpartition("@")
+    user = cred.split(":", 1)[0] if ":" in cred else ""
+    return f"{scheme}://{user}:***@{hosts}"
+
+
+def redis_state_error(text: str) -> str | None:
+    """Why a ``redis://``, ``rediss://`` or ``redis+cluster://`` value cannot be used; None
+    when it can. Connects to nothing (`check` and `run` read it alike)."""
+    from urllib.parse import urlsplit
+
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or not rest:
+        return (f"write {scheme}://HOST:PORT/DB" if scheme != "redis+cluster"
+                else "write redis+cluster://HOST:PORT[,HOST:PORT...]")
+    if scheme == "redis+cluster":
+        hosts = rest.rpartition("@")[2].split("/", 1)[0]
+        for item in hosts.split(","):
+            try:
+                u = urlsplit(f"//{item.strip()}")
+                port = u.port
+            except ValueError:
+                return f"seed {item.strip()!r} is not HOST:PORT"
+            if not u.hostname:
+                return f"seed {item.strip()!r} is not HOST:PORT"
+            if port is None:
+                return f"seed {item.strip()!r} needs a port (Redis Cluster has no default)"
+        return None
+    try:
+        u = urlsplit(text)
+        u.port  # noqa: B018 - raises for a bad port
+    except ValueError as exc:
+        return f"{exc}; write {scheme}://[:PASSWORD@]HOST:PORT/DB"
+    if not u.hostname:
+        return f"no host; write {scheme}://[:PASSWORD@]HOST:PORT/DB"
+    db = u.path.strip("/")
+    if db and not db.isdigit():
+        return f"database {db!r} is not a number; write {scheme}://HOST:PORT/DB"
+    return None

@@ -26,13 +26,15 @@ DEFAULT_REGISTRAR_NETWORKS: tuple[str, ...] = (
 )
 """Who may REGISTER by default: loopback and private addresses (RFC 1918, RFC 4193)."""
 REDIS_SCHEMES = ("redis", "rediss", "redis+cluster")
-STATE_FORMS = "memory: or sqlite:PATH"
+STATE_FORMS = ("memory:, sqlite:PATH, redis://[:PASSWORD@]HOST:PORT/DB, rediss://... or "
+               "redis+cluster://HOST:PORT[,HOST:PORT...]")
 
 CONFIG_KEYS = (
     "listen",
     "upstreams",
     "policy",
     "state",
+    "node",
     "record_route",
     "registrar",
     "domains",
@@ -159,7 +161,9 @@ class Config:
     listen: tuple[Listen, ...]  # at least one
     upstreams: tuple[Upstream, ...] = ()  # in failover order
     policy_path: Path | None = None  # absolute; None -> BUILTIN_POLICY
-    state: str = "memory:"  # "memory:" | "sqlite:/abs/path" (redis:// is refused for now)
+    state: str = "memory:"  # "memory:" | "sqlite:/abs/path" | "redis://..." | "rediss://..." |
+    #                          "redis+cluster://HOST:PORT,..."
+    node: str | None = None  # this proxy's name in a shared state; None: HOSTNAME:PORT
     record_route: bool = True
     registrar: str = "upstream"  # "local" | "upstream"
     domains: tuple[str, ...] = ()  # () = every domain (RFC 3261 16.5)
@@ -201,8 +205,9 @@ class Config:
 
     @property
     def state_kind(self) -> str:
-        """``"memory"`` or ``"sqlite"``."""
-        return self.state.split(":", 1)[0]
+        """``"memory"``, ``"sqlite"`` or ``"redis"`` (every Redis form)."""
+        kind = self.state.split(":", 1)[0]
+        return "redis" if kind.lower() in REDIS_SCHEMES else kind
 
 
 def unique(items: Iterable[str]) -> tuple[str, ...]:

@@ -122,6 +122,8 @@ def branch_bytes(core: ProxyCore, ctx: ResponseContext, target: Target, bid: str
         # registrar reaches it (this branch's transport and address).
         token, ob = ctx.path
         insert.append(f"Path: <sip:{token}@{local.advertised};lr{ob}{tp(local)}>")
+    if target.route is not None:
+        insert.append(f"Route: {target.route}")  # through the node holding the flow
     start = f"{method} {target.request_uri} SIP/2.0" if target.request_uri else None
     return rewrite(msg, start_line=start, insert_top=insert, edits=ctx.edits, append=ctx.append)
 

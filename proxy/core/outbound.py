@@ -9,6 +9,7 @@ from proxy.core import forward, routing
 from proxy.core.context import Branch, ResponseContext
 from proxy.core.effects import Out
 from proxy.core.registrar import Binding
+from proxy.core.shared import DEAD_FLOW
 from proxy.core.types import Source
 from proxy.policy import Action
 
@@ -69,7 +70,9 @@ def flow_alive(core: ProxyCore, b: Binding, now: float) -> bool:
     connection (:func:`flow_closed`)."""
     f = b.flow
     if f.transport != "udp":
-        return True
+        return f.conn_id != DEAD_FLOW  # a flow of the process before a restart is dead
+    if b.node is not None:
+        return True  # another node's flow: that node judges it
     last = core.udp_flows.get((f.host, f.port))
     return last is None or now - last <= 2 * FLOW_TIMER + 10
 

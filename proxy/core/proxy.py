@@ -43,6 +43,7 @@ from proxy.core.observe import Metrics
 from proxy.core.probe import Probe, Prober
 from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.registrar import LocationStore
+from proxy.core.shared import Cluster
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
@@ -129,6 +130,8 @@ class ProxyCore:
         #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
         self.udp_flows: dict[tuple[str, int], float] = {}
         self.expiry = registrar_glue.Expiry()
+        #: this proxy among several sharing one state (:mod:`.shared`), set by the runtime
+        self.cluster = Cluster()
         self.metrics = Metrics()  # read by the runtime's collector at scrape time
         self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
         self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol, TypeAlias
 
 from proxy.core.types import Source
 from proxy.sip import NameAddr, SipMessage, SipUri
@@ -36,12 +36,32 @@ class Binding:
     registered_at: float
     instance: str | None = None
     reg_id: int | None = None
+    #: the proxy of a shared state whose socket holds the flow; None: this one (CONTRACT
+    #: "Durable and shared state", RFC 5626 5 with several edge proxies)
+    node: str | None = None
 
     @property
     def key(self) -> str:
         if self.instance is not None and self.reg_id is not None:
             return f"{self.instance}|{self.reg_id}"
         return self.uri
+
+
+class BindingWrite(NamedTuple):
+    """A binding saved by this proxy (a REGISTER, a 2xx learned from the upstream registrar):
+    the runtime writes it to the state store in the background (write-behind)."""
+
+    binding: Binding
+
+
+class BindingDelete(NamedTuple):
+    """A binding (``key``), or every binding of ``aor`` (``key`` None), removed by this proxy."""
+
+    aor: str
+    key: str | None
+
+
+BindingChange: TypeAlias = BindingWrite | BindingDelete
 
 
 class LocationStore(Protocol):
@@ -69,6 +89,16 @@ class LocationStore(Protocol):
 
     def count(self) -> int: ...
 
+    # Shared state (proxy.core.shared): changes from the store, applied without recording.
+
+    def apply_save(self, binding: Binding) -> None: ...
+
+    def apply_remove(self, aor: str, key: str) -> None: ...
+
+    def apply_remove_all(self, aor: str) -> None: ...
+
+    def bindings(self) -> list[Binding]: ...
+
 
 @dataclass(slots=True)
 class MemoryLocation:
@@ -91,6 +121,11 @@ class MemoryLocation:
     _by_conn: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
     _count: int = 0
     _compact_at: int = 1024
+    #: the changes made through the LocationStore methods since :meth:`take_changes`, for the
+    #: state store; None (the default) records nothing. Expiry and lookups record nothing
+    #: (the store expires bindings itself), nor do the ``apply_*`` methods (changes that came
+    #: from the store).
+    journal: list[BindingChange] | None = None
 
     # ---- internal: every binding enters by _put and leaves by _drop ------------------------
 
@@ -174,11 +209,15 @@ class MemoryLocation:
     def save(self, binding: Binding) -> None:
         """Add or replace the binding of ``binding.aor`` with the same key."""
         self._put(binding)
+        if self.journal is not None:
+            self.journal.append(BindingWrite(binding))
 
     def remove(self, aor: str, key: str) -> None:
         entries = self._by_aor.get(aor)
         if entries is not None and key in entries:
             self._drop(entries, key)
+            if self.journal is not None:
+                self.journal.append(BindingDelete(aor, key))
 
     def remove_all(self, aor: str) -> None:
         """Remove every binding of ``aor`` (RFC 3261 10.3 step 6, Contact: *)."""
@@ -186,6 +225,36 @@ class MemoryLocation:
         if entries:
             for key in list(entries):
                 self._drop(entries, key)
+            if self.journal is not None:
+                self.journal.append(BindingDelete(aor, None))
+
+    def take_changes(self) -> list[BindingChange]:
+        """The changes recorded since the last call (see :attr:`journal`)."""
+        changes = self.journal
+        if not changes:
+            return []
+        self.journal = []
+        return changes
+
+    # ---- changes that came from the state store: applied, never recorded -------------------
+
+    def apply_save(self, binding: Binding) -> None:
+        self._put(binding)
+
+    def apply_remove(self, aor: str, key: str) -> None:
+        entries = self._by_aor.get(aor)
+        if entries is not None and key in entries:
+            self._drop(entries, key)
+
+    def apply_remove_all(self, aor: str) -> None:
+        entries = self._by_aor.get(aor)
+        if entries:
+            for key in list(entries):
+                self._drop(entries, key)
+
+    def bindings(self) -> list[Binding]:
+        """Every binding held (expired ones included until :meth:`expire` removes them)."""
+        return [b for entries in self._by_aor.values() for b in entries.values()]
 
     def remove_flow(self, conn_id: int) -> list[Binding]:
         """The stream connection ``conn_id`` closed: drop the outbound bindings learned over it
@@ -204,6 +273,8 @@ class MemoryLocation:
             if entries is not None and b is not None and b.flow.conn_id == conn_id:
                 gone.append(entries.pop(key))
                 self._count -= 1
+                if self.journal is not None:
+                    self.journal.append(BindingDelete(aor, key))
         gone.sort(key=lambda b: b.registered_at)
         return gone
 

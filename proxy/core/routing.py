@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
-from proxy.core import outbound, redirects
+from proxy.core import outbound, redirects, shared
 from proxy.core.registrar import Binding
 from proxy.core.types import Source, Target
 from proxy.sip import (
@@ -280,6 +280,11 @@ def binding_groups(core: ProxyCore, bindings: list[Binding], now: float) -> list
 
 
 def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None:
+    if b.node is not None and shared.held_elsewhere(b):
+        # Another proxy of the shared state holds this flow: through it (RFC 5626 5).
+        via = shared.via_node(core, b)
+        if via is not None:
+            return via
     ruri = b.uri.split("?", 1)[0]  # RFC 3261 19.1.5: no headers in a Request-URI
     learned = redirects.learned_uri(core, ruri, now) if core.learned else None
     if learned is not None:

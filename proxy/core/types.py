@@ -35,3 +35,6 @@ class Target(NamedTuple):
     via_flow: bool = False  # sent over a UA's flow (RFC 5626): Record-Route names that flow
     #: the URI named its transport (``;transport=udp``): never switched to TCP (RFC 3261 18.1.1)
     fixed_transport: bool = False
+    #: a Route value pushed on top of the request's (a binding held by another proxy of a
+    #: shared state is reached through it, :mod:`proxy.core.shared`)
+    route: str | None = None

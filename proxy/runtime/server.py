@@ -37,6 +37,7 @@ from proxy.runtime import logs as log_lines
 from proxy.runtime import streams
 from proxy.runtime.limits import raise_nofile
 from proxy.runtime.resolver import MISS, Resolver, advertised
+from proxy.runtime.state import StateKeeper, default_node, is_shared
 from proxy.runtime.watchers import FileWatcher, reload_policy
 from proxy.sip import host_port_text
 from proxy.store import LearnedRoute, StoreError, open_store
@@ -117,13 +118,17 @@ class Runtime:
             auth=(DigestAuth(config.auth.realm, config.auth.users, secret)
                   if config.auth is not None else None),
         )
-        self.core = ProxyCore(settings, policy, local, MemoryLocation())
+        self.location = MemoryLocation()  # the view the hot path reads; StateKeeper persists it
+        self.core = ProxyCore(settings, policy, local, self.location)
         self.tls_names = streams.tls_names(self)
         try:
-            self.store = open_store(config.state)
+            node = config.node or default_node(local)
+            self.store = open_store(config.state, node=node)
         except (NotImplementedError, ValueError, StoreError) as exc:
             raise ConfigError([Diagnostic(str(config.path), 1, 1, f"state {config.state}: {exc}")]
                               ) from exc
+        self.state = StateKeeper(self.store, self.core, self.location, config.state, node,
+                                 tuple(local), self._state_changed)
         self._generation = -1
         #: /ready: listening, and the state store answers (the store's owner sets store_ok)
         self.store_ok, self.listening, self.started = True, False, time.time()
@@ -135,12 +140,12 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.config
         try:
-            await self.store.open()
+            await self.state.start()  # a Redis store that is down is retried in the background
         except StoreError as exc:
             raise ConfigError([Diagnostic(str(cfg.path), 1, 1, f"state: {exc}")]) from exc
-        self.core.wall_offset = time.time() - self.loop.time()
-        await self._load_routes()
-        self.loop.call_later(1.0, self._poll_store)
+        if not is_shared(cfg.state):  # Redis tells of changes by pub/sub; sqlite is polled
+            self._generation = await self.store.generation()
+            self.loop.call_later(1.0, self._poll_store)
         raise_nofile(cfg.limits.tcp_max_connections + 64)
         for li in cfg.listen:
             if li.transport == "udp":
@@ -189,10 +194,7 @@ class Runtime:
         if left or calls:
             log.warning("drain timeout: %d transactions and %d calls abandoned", left, calls)
         self.close()
-        try:
-            await self.store.close()
-        except StoreError as exc:
-            log.error("closing the state store: %s", exc)
+        await self.state.close()
         log.info("stopped")
 
     def _busy(self) -> bool:
@@ -233,6 +235,13 @@ class Runtime:
             self.dispatch(fx.sends)
         if fx.writes:
             self._start_writes(fx.writes)
+        if self.location.journal:
+            self.state.bindings_changed()  # write-behind: never waited for
+        self._arm()
+
+    def _state_changed(self) -> None:
+        """The state store changed the core's view (loaded, another node's change)."""
+        self.store_ok = self.state.up
         self._arm()
 
     def deliver(self, data: bytes, src: Source) -> None:
@@ -283,13 +292,12 @@ class Runtime:
 
     async def _persist(self, route: LearnedRoute, ctx: ResponseContext) -> None:
         """Make a learned route durable, then let its response context go on."""
-        ok = True
-        try:
-            await self.store.put_route(route)
-            self._generation = await self.store.generation()
-        except StoreError as exc:
-            ok = False
-            log.error("state store: %s", exc)
+        ok = await self.state.put_route(route)
+        if ok and not self.state.shared:
+            try:
+                self._generation = await self.store.generation()
+            except StoreError as exc:
+                log.error("state store: %s", exc)
         self._drive(self.core.on_persisted, (ctx, ok), self.loop.time(),
                     "after storing a learned route")
 

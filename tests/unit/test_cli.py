@@ -196,41 +196,42 @@ REDIS_CONFIG = """
     upstreams: [sip:127.0.0.1:5080]
     state: redis://127.0.0.1:6379/0
     """
-REDIS_REFUSED = (
-    "proxy.yaml:3:8: state redis://127.0.0.1:6379/0: the Redis backend is not available in "
-    "this version; use memory: or sqlite:PATH\n"
+REDIS_PLAN = (
+    "state redis://127.0.0.1:6379/0 (node {node}): not connected by check; run connects at "
+    "start and, while the store is unreachable, relays calls on what it holds in memory and "
+    "retries in the background\n"
 )
 
 
-def test_check_refuses_a_redis_state_at_its_line(
+def test_check_accepts_a_redis_state_and_says_what_run_will_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`run` cannot open a Redis store yet, so `check` must not say OK to it."""
+    """`check` connects to nothing: it says what `run` will do with the store."""
     monkeypatch.chdir(tmp_path)
-    _write(tmp_path, "proxy.yaml", REDIS_CONFIG)
-    assert main(["check"]) == 1
+    _write(tmp_path, "proxy.yaml", REDIS_CONFIG.rstrip(" ") + "    node: edge-1\n")
+    assert main(["check"]) == 0
     out, err = capsys.readouterr()
-    assert out == ""
-    assert err == REDIS_REFUSED
+    assert out == ("OK: proxy.yaml (policy builtin version builtin, 6 rules)\n"
+                   + REDIS_PLAN.format(node="edge-1"))
+    assert err == ""
 
 
-def test_run_refuses_a_redis_state_as_check_does(
+def test_run_starts_with_a_redis_state_as_check_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
     fake = types.ModuleType("proxy.runtime.server")
+    started: list[str] = []
 
-    def refuse(*_: object) -> int:
-        raise AssertionError("the server must not start with a redis state")
+    def start(config: object, *_: object) -> int:
+        started.append(getattr(config, "state", ""))
+        return 0
 
-    fake.run_server = refuse  # type: ignore[attr-defined]
+    fake.run_server = start  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "proxy.runtime.server", fake)
     _write(tmp_path, "proxy.yaml", REDIS_CONFIG)
-    assert main(["run"]) == 1
-    assert main(["explain", "503"]) == 1
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert err == REDIS_REFUSED * 2
+    assert main(["run"]) == 0
+    assert started == ["redis://127.0.0.1:6379/0"]
 
 
 def test_check_copied_config_names_the_policy_path_it_tried(
@@ -534,7 +535,7 @@ def test_run_with_a_broken_config_exits_1_before_starting(
     assert main(["run"]) == 1
     assert capsys.readouterr().err == (
         "proxy.yaml:3:1: unknown key 'foo'; allowed keys: listen, upstreams, policy, state, "
-        "record_route, registrar, domains, redirects, trusted_relays, auth, registrar_networks, "
+        "node, record_route, registrar, domains, redirects, trusted_relays, auth, registrar_networks, "
         "registrar_max_contacts, advertise, force_rport, limits, timers, log_level, "
         "drain_timeout, watch_policy, secret, tls, http, log_format, upstream_probe\n"
     )

@@ -448,7 +448,7 @@ def test_no_upstreams_with_local_registrar_is_a_warning(tmp_path: Path) -> None:
         ("memory", "memory:"),
         ("sqlite:state.db", "sqlite:{base}/state.db"),
         ("sqlite:data/state.db", "sqlite:{base}/data/state.db"),
-        ("sqlite:../shared/state.db", "sqlite:{parent}/shared/state.db"),
+        ("sqlite:../common/state.db", "sqlite:{parent}/common/state.db"),
         ("sqlite:/var/lib/sip/state.db", "sqlite:/var/lib/sip/state.db"),
         ("' sqlite:state.db '", "sqlite:{base}/state.db"),
     ],
@@ -459,21 +459,39 @@ def test_state_forms(tmp_path: Path, text: str, expected: str) -> None:
     assert config.state == expected.format(base=base, parent=tmp_path)
 
 
-NO_REDIS = "the Redis backend is not available in this version; use memory: or sqlite:PATH"
+FORMS = ("memory:, sqlite:PATH, redis://[:PASSWORD@]HOST:PORT/DB, rediss://... or "
+         "redis+cluster://HOST:PORT[,HOST:PORT...]")
 
 STATE_ERRORS = [
-    ("mysql://db/state", "state must be memory: or sqlite:PATH; got 'mysql://db/state'"),
+    ("mysql://db/state", f"state must be {FORMS}; got 'mysql://db/state'"),
     ("sqlite:", "state 'sqlite:' needs a file path: sqlite:PATH"),
     ("sqlite://state.db", ("state 'sqlite://state.db': write sqlite:PATH (e.g. "
      "sqlite:data/state.db or sqlite:/var/lib/proxy/state.db)")),
-    # `run` cannot open a Redis store yet: the loader refuses it, so `check` does too.
-    ("redis://127.0.0.1:6379/0", f"state redis://127.0.0.1:6379/0: {NO_REDIS}"),
-    ("redis://localhost", f"state redis://localhost: {NO_REDIS}"),
-    ("REDIS://localhost/1", f"state REDIS://localhost/1: {NO_REDIS}"),
-    ("rediss://cache.example.com:6380/0", f"state rediss://cache.example.com:6380/0: {NO_REDIS}"),
-    ("redis+cluster://10.0.0.1:7000", f"state redis+cluster://10.0.0.1:7000: {NO_REDIS}"),
-    ("redis://:secret@localhost/zero", f"state redis://:secret@localhost/zero: {NO_REDIS}"),
+    # Redis values are checked without connecting; a password never shows.
+    ("redis://:secret@localhost/zero", ("state redis://:***@localhost/zero: database 'zero' "
+                                        "is not a number; write redis://HOST:PORT/DB")),
+    ("redis://localhost:port/0", ("state redis://localhost:port/0: Port could not be cast to "
+                                  "integer value as 'port'; write redis://[:PASSWORD@]HOST:PORT/DB")),
+    ("redis+cluster://10.0.0.1", ("state redis+cluster://10.0.0.1: seed '10.0.0.1' needs a "
+                                  "port (Redis Cluster has no default)")),
+    ("redis+cluster://", "state redis+cluster://: write redis+cluster://HOST:PORT[,HOST:PORT...]"),
 ]
+
+
+@pytest.mark.parametrize("text", ["redis://127.0.0.1:6379/0", "redis://localhost",
+                                  "REDIS://localhost/1", "rediss://cache.example.com:6380/0",
+                                  "redis://:secret@localhost:6379/2",
+                                  "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"])
+def test_redis_states_are_accepted_as_written(tmp_path: Path, text: str) -> None:
+    config, _ = load_config(_write(tmp_path, BASE + f'state: "{text}"\n'))
+    assert config.state == text
+    assert config.state_kind == "redis"
+
+
+def test_node_names_this_proxy(tmp_path: Path) -> None:
+    config, _ = load_config(_write(tmp_path, BASE + "node: edge-1\n"))
+    assert config.node == "edge-1"
+    assert _errors(tmp_path, BASE + 'node: "a b"\n')[0].startswith("T/proxy.yaml:5:7: node 'a b'")
 
 
 @pytest.mark.parametrize(("text", "message"), STATE_ERRORS)
@@ -585,7 +603,7 @@ def test_policy_warnings_are_returned(tmp_path: Path, monkeypatch: pytest.Monkey
 # ---------------------------------------------------------------------------------------------
 # Other keys: unknown keys, types, values
 
-ALLOWED = ("listen, upstreams, policy, state, record_route, registrar, domains, redirects, "
+ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, domains, redirects, "
            "trusted_relays, auth, registrar_networks, registrar_max_contacts, advertise, "
            "force_rport, limits, timers, log_level, drain_timeout, watch_policy, secret, tls, "
            "http, log_format, upstream_probe")
@@ -738,7 +756,7 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
         "T/proxy.yaml:1:10: listen 'udp:127.0.0.1:99999': port 99999 is out of range 1..65535",
         ("T/proxy.yaml:2:13: upstream 'http://pbx': expected a sip: or sips: URI, e.g. "
         "sip:127.0.0.1:5080"),
-        "T/proxy.yaml:3:8: state must be memory: or sqlite:PATH; got 'sql'",
+        f"T/proxy.yaml:3:8: state must be {FORMS}; got 'sql'",
         "T/proxy.yaml:4:12: registrar must be one of local, upstream; got 'both'",
         f"T/proxy.yaml:5:1: unknown key 'colour'; allowed keys: {ALLOWED}",
     ]

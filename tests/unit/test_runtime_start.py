@@ -17,11 +17,11 @@ def run(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=20, cwd=ROOT)
 
 
-def test_redis_state_is_refused_cleanly(tmp_path: Path) -> None:
-    res = run(tmp_path, "listen: [udp:127.0.0.1:45999]\nstate: redis://127.0.0.1:6379/0\n")
+def test_an_unusable_redis_state_is_refused_cleanly(tmp_path: Path) -> None:
+    res = run(tmp_path, "listen: [udp:127.0.0.1:45999]\nstate: redis+cluster://127.0.0.1\n")
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
-    assert f"{tmp_path / 'proxy.yaml'}:2:8: state redis://127.0.0.1:6379/0" in res.stderr
+    assert f"{tmp_path / 'proxy.yaml'}:2:8: state redis+cluster://127.0.0.1: seed" in res.stderr
 
 
 def test_tls_listener_with_a_broken_certificate_is_refused_cleanly(tmp_path: Path) -> None:

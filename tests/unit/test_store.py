@@ -31,12 +31,7 @@ from proxy.store import (
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
 from proxy.store.sqlite import SCHEMA_VERSION, SqliteStore
-from tests.redis_harness import (  # noqa: F401 - pytest fixtures
-    RedisClusterServers,
-    RedisServer,
-    redis_cluster,
-    redis_server,
-)
+from tests.redis_harness import RedisClusterServers, RedisServer
 
 BACKENDS = ["memory", "sqlite", "redis", "redis-cluster"]
 T0 = 1_700_000_000.25  # a wall-clock "now" with a fraction, to prove floats round-trip

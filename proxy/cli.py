@@ -467,6 +467,14 @@ def _cmd_registrations_list(args: argparse.Namespace) -> int:
 
 def _cmd_registrations_remove(args: argparse.Namespace) -> int:
     wanted = _candidate_keys(args.aor)
+    try:
+        from proxy.sip import SipUri, parse_uri
+
+        uri = parse_uri(wanted[-1])
+        if isinstance(uri, SipUri):
+            wanted.append(uri.aor)  # the key the registrar stores: user@host (RFC 3261 10.3)
+    except Exception:  # noqa: BLE001 - not a URI: only the text as given is tried
+        pass
 
     async def remove(store: StateStore) -> str | None:
         aors = {b.aor for b in await store.list_bindings(time.time())}

@@ -5,7 +5,8 @@
 #   make test    install missing system packages (sipp, redis-server, docker-compose), make venv,
 #                run the whole pytest suite
 #   make lint    ruff + mypy (strict on proxy/sip, transaction, policy, core, transport)
-#   make bench   sipp load test of the proxy (BENCH_ARGS="--kamailio" adds the Kamailio anchor)
+#   make bench   sipp load test of the proxy (BENCH_ARGS="--kamailio" adds the Kamailio anchor,
+#                "--proxies 1,2 --redis" one proxy against two sharing a redis; bench/README.md)
 #
 # Works on a fresh Debian machine, as root or as a user with sudo; needs no stdin.
 
@@ -55,6 +56,10 @@ ifneq ($(filter --kamailio,$(BENCH_ARGS)),)
 BENCH_SYSDEPS += kamailio:kamailio \
   /usr/lib/x86_64-linux-gnu/kamailio/modules/uac_redirect.so:kamailio-extra-modules
 endif
+ifneq ($(filter --redis,$(BENCH_ARGS)),)
+# --redis starts a throw-away redis-server shared by the N proxies (--proxies 2).
+BENCH_SYSDEPS += redis-server:redis-server
+endif
 
 .PHONY: help venv run test sysdeps lint bench bench-sysdeps clean
 
@@ -92,7 +97,10 @@ lint: venv
 bench-sysdeps:
 	$(call apt_ensure,$(BENCH_SYSDEPS))
 
+# matplotlib (the `bench` extra) draws results.png; run.py works without it, minus the plot.
 bench: bench-sysdeps venv
+	@$(VPY) -c 'import matplotlib' 2>/dev/null || \
+	  $(VPY) -m pip install -q --disable-pip-version-check -e '.[bench]'
 	$(VPY) bench/run.py $(BENCH_ARGS)
 
 # Caches and benchmark output only; .venv is kept (remove it by hand to start over).

@@ -14,6 +14,14 @@ a failed call, a retransmission on either side, fewer calls completed than offer
 non-zero sipp exit. Past its limit a proxy collapses rather than levelling off, so the figure
 of merit is the highest clean rate, plus the target's CPU time per call at that rate.
 
+Per step it also reports INVITE->200 latency (p50/p99/mean from sipp -trace_rtt, response time
+1 of uac_rr.xml), the target's memory at the step's end (VmRSS and Pss summed over its process
+tree) and sipp's own CPU (UACs + UASes), since sipp shares the machine with the target.
+``--proxies N`` starts N proxies on consecutive ports, one sipp pair each at RATE/N, and reports
+the totals ('proxy x2'); ``--proxies 1,2`` runs both; ``--redis`` gives them a shared state.
+Besides summary.{txt,json}: summary.md (and --report-md PATH), a Markdown table for the README,
+and results.png when matplotlib is installed (the ``bench`` extra). See bench/README.md.
+
 Standard library only; needs /usr/bin/sipp (Debian ``sip-tester``) and ``timeout``; Kamailio
 (Debian ``kamailio`` + ``kamailio-extra-modules``) for ``--kamailio``. Results (tables, JSON,
 logs, the sipp CSVs) go to bench/results/<timestamp>/. ``make bench`` runs this script.
@@ -23,6 +31,7 @@ Examples:
   .venv/bin/python bench/run.py --kamailio            # the proxy, then Kamailio: a ratio
   .venv/bin/python bench/run.py --direct --kamailio   # sipp->sipp baseline, then Kamailio
   .venv/bin/python bench/run.py --rates 500,1000 --duration 5
+  .venv/bin/python bench/run.py --proxies 1,2 --redis --kamailio --report-md /tmp/bench.md
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -39,9 +49,27 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+# bench/ is not a package: report.py is found next to this file however it is loaded
+# (python bench/run.py, or importlib from the tests).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import (  # noqa: E402
+    Series,
+    Step,
+    latency,
+    machine,
+    markdown,
+    plot,
+    read_rtt,
+    sipp_clock_ms,
+    step_line,
+    summary_line,  # noqa: F401  (re-exported: the packaging tests read it from here)
+    summary_lines,
+    table,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -100,6 +128,35 @@ def process_tree(root: int) -> list[int]:
 
 def tree_cpu_seconds(root: int) -> float:
     return sum(proc_cpu_seconds(pid) for pid in process_tree(root))
+
+
+def proc_kib(path: Path, key: str) -> int:
+    """The 'KEY:   N kB' value of a /proc status-like file, in KiB; 0 if absent or gone."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_memory_mib(roots: list[int]) -> tuple[float, float]:
+    """(sum of VmRSS, sum of Pss) of the process trees under roots, in MiB.
+
+    Kamailio's workers share its shm pool: summing VmRSS counts those pages once per process,
+    Pss splits them between the processes that map them.
+    """
+    pids = [pid for root in roots for pid in process_tree(root)]
+    rss = sum(proc_kib(Path(f"/proc/{pid}/status"), "VmRSS") for pid in pids)
+    pss = sum(proc_kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss") for pid in pids)
+    return rss / 1024, pss / 1024
+
+
+def children_cpu_seconds() -> float:
+    """utime + stime of this process's reaped children (sipp, under `timeout`)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def udp_port_bound(port: int) -> bool:
@@ -198,125 +255,35 @@ def counter(stats: dict[str, str], name: str) -> int:
         return 0
 
 
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(slots=True)
-class Step:
-    """One rate step against one target."""
-
-    target: str
-    rate: int
-    offered: int
-    successful: int = 0
-    failed: int = 0
-    retrans_uac: int = 0
-    retrans_uas: int = 0
-    unexpected: int = 0  # UAC out-of-call + dead-call messages (e.g. a 180 after the 200)
-    elapsed_s: float = 0.0
-    cpu_s: float | None = None  # the target's CPU time over the step; None: no target process
-    sipp_rc: int = 0
-
-    @property
-    def clean(self) -> bool:
-        return (
-            self.sipp_rc == 0
-            and self.failed == 0
-            and self.retrans_uac == 0
-            and self.retrans_uas == 0
-            and self.successful == self.offered
-        )
-
-    @property
-    def cpu_per_call_us(self) -> float | None:
-        if self.cpu_s is None or self.successful == 0:
-            return None
-        return self.cpu_s * 1e6 / self.successful
-
-    @property
-    def cpu_percent(self) -> float | None:
-        if self.cpu_s is None or self.elapsed_s <= 0:
-            return None
-        return 100.0 * self.cpu_s / self.elapsed_s
-
-    def as_dict(self) -> dict[str, object]:
-        out = asdict(self)
-        out.update(
-            clean=self.clean, cpu_per_call_us=self.cpu_per_call_us, cpu_percent=self.cpu_percent
-        )
-        return out
-
-
-@dataclass(slots=True)
-class Series:
-    target: str
-    steps: list[Step] = field(default_factory=list)  # the last attempt at each rate
-    retried: list[Step] = field(default_factory=list)  # unclean attempts that were run again
-
-    @property
-    def best(self) -> Step | None:
-        """The highest-rate clean step before the first unclean one."""
-        best = None
-        for step in self.steps:
-            if not step.clean:
-                break
-            best = step
-        return best
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def table(series: list[Series]) -> str:
-    head = (
-        f"{'target':<9} {'rate':>6} {'offered':>8} {'ok':>8} {'failed':>6} {'rtx uac':>7} "
-        f"{'rtx uas':>7} {'unexp':>5} {'secs':>6} {'cpu s':>7} {'cpu %':>6} {'us/call':>8} "
-        f"{'rc':>3}  clean"
-    )
-    rows = [head, "-" * len(head)]
-    for s in series:
-        for st in s.steps:
-            rows.append(
-                f"{st.target:<9} {st.rate:>6} {st.offered:>8} {st.successful:>8} {st.failed:>6} "
-                f"{st.retrans_uac:>7} {st.retrans_uas:>7} {st.unexpected:>5} "
-                f"{st.elapsed_s:>6.1f} {fmt(st.cpu_s, '.2f'):>7} {fmt(st.cpu_percent, '.0f'):>6} "
-                f"{fmt(st.cpu_per_call_us, '.0f'):>8} {st.sipp_rc:>3}  {'yes' if st.clean else 'NO'}"
-            )
-    return "\n".join(rows)
-
-
-def summary_line(s: Series) -> str:
-    best = s.best
-    if best is None:
-        return f"{s.target}: no clean step (the lowest rate already failed)"
-    cpu = best.cpu_per_call_us
-    if cpu is None:
-        return (f"{s.target}: highest clean rate: {best.rate} calls/s; "
-                "proxy CPU per call: n/a (no proxy in the path)")
-    return (
-        f"{s.target}: highest clean rate: {best.rate} calls/s; proxy CPU per call: {cpu:.0f} µs"
-        f" ({fmt(best.cpu_percent, '.0f')}% of one core at that rate)"
-    )
-
-
 # --------------------------------------------------------------------------- targets
 
 
 class Target:
-    """Something between the UAC and the UAS; 'direct' has nothing."""
+    """Something between the UAC and the UAS; 'direct' has nothing.
+
+    ports: the UDP port of each instance (N proxies: N ports, one sipp pair each).
+    """
 
     name = "direct"
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.extra_pids: list[int] = []  # accounted with the target (a shared redis-server)
 
     def start(self) -> None:
         pass
 
+    def roots(self) -> list[int]:
+        return [proc.pid for proc in self.procs] + self.extra_pids
+
     def cpu_seconds(self) -> float | None:
-        return None if self.proc is None else tree_cpu_seconds(self.proc.pid)
+        roots = self.roots()
+        return sum(tree_cpu_seconds(pid) for pid in roots) if roots else None
+
+    def memory_mib(self) -> tuple[float | None, float | None]:
+        roots = self.roots()
+        return tree_memory_mib(roots) if roots else (None, None)
 
     def stop(self) -> int | None:
         return None
@@ -343,32 +310,42 @@ class LogPump(threading.Thread):
 
 
 class ProxyTarget(Target):
-    name = "proxy"
+    """N proxy processes on N consecutive ports, each with its own config, log and upstream."""
 
-    def __init__(self, port: int, uas_port: int, python: str, workdir: Path,
-                 config: Path | None) -> None:
-        super().__init__(port)
-        self.uas_port, self.python, self.workdir, self.config = uas_port, python, workdir, config
-        self.pump: LogPump | None = None
+    def __init__(self, ports: list[int] | int, uas_ports: list[int] | int, python: str,
+                 workdir: Path, config: Path | None, state: str = "memory:") -> None:
+        ports = [ports] if isinstance(ports, int) else ports
+        uas_ports = [uas_ports] if isinstance(uas_ports, int) else uas_ports
+        super().__init__(ports)
+        self.uas_ports, self.python, self.workdir, self.config = uas_ports, python, workdir, config
+        self.state = state
+        self.pumps: list[LogPump] = []
+        self.name = "proxy" if len(ports) == 1 else f"proxy x{len(ports)}"
+        if state != "memory:":
+            self.name += "+redis" if state.startswith("redis") else "+state"
 
-    def write_config(self) -> Path:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "policy.yaml").write_text(
+    def instance_dir(self, i: int) -> Path:
+        return self.workdir if len(self.ports) == 1 else self.workdir / f"proxy-{i + 1}"
+
+    def write_config(self, i: int = 0) -> Path:
+        workdir = self.instance_dir(i)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "policy.yaml").write_text(
             "# generated by bench/run.py: forward every response (RFC 3261 16.7)\n"
             "rules:\n"
             "  - name: everything-else\n"
             "    match: {status: \"100-699\"}\n"
             "    action: forward\n"
         )
-        cfg = self.workdir / "proxy.yaml"
+        cfg = workdir / "proxy.yaml"
         cfg.write_text(
             "# generated by bench/run.py\n"
             "listen:\n"
-            f"  - udp:{LOOPBACK}:{self.port}\n"
+            f"  - udp:{LOOPBACK}:{self.ports[i]}\n"
             "upstreams:\n"
-            f"  - sip:{LOOPBACK}:{self.uas_port}\n"
+            f"  - sip:{LOOPBACK}:{self.uas_ports[i]}\n"
             "policy: policy.yaml\n"
-            "state: \"memory:\"\n"
+            f"state: \"{self.state}\"\n"
             "record_route: true\n"
             "registrar: local\n"
             "log_level: info\n"
@@ -376,43 +353,94 @@ class ProxyTarget(Target):
         return cfg
 
     def start(self) -> None:
-        check_port_free(self.port)
-        cfg = self.config or self.write_config()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        for port in self.ports:
+            check_port_free(port)
+        try:
+            for i in range(len(self.ports)):
+                self.start_one(i)
+        except BenchError:
+            self.stop()
+            raise
+
+    def start_one(self, i: int) -> None:
+        cfg = self.config or self.write_config(i)
+        workdir = self.instance_dir(i)
+        workdir.mkdir(parents=True, exist_ok=True)
         cmd = [self.python, "-m", "proxy", "run", "--config", str(cfg)]
         print(f"starting proxy: {' '.join(cmd)}", flush=True)
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
-        assert self.proc.stdout is not None
-        self.pump = LogPump(self.proc.stdout, self.workdir / "proxy.log", READY_MARK)
-        self.pump.start()
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        pump = LogPump(proc.stdout, workdir / "proxy.log", READY_MARK)
+        self.pumps.append(pump)
+        pump.start()
         deadline = time.monotonic() + 30
-        while not self.pump.ready.wait(0.1):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.pump.join(timeout=2)
-                tail = "\n  ".join(self.pump.tail) or "(no output)"
-                state = (f"exited with status {self.proc.returncode}"
-                         if self.proc.poll() is not None else "no ready line after 30 s")
-                self.stop()
-                raise BenchError(f"proxy {state}; last output:\n  {tail}")
+        while not pump.ready.wait(0.1):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pump.join(timeout=2)
+                tail = "\n  ".join(pump.tail) or "(no output)"
+                state = (f"exited with status {proc.returncode}"
+                         if proc.poll() is not None else "no ready line after 30 s")
+                raise BenchError(f"proxy on port {self.ports[i]} {state}; last output:\n  {tail}")
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        rc = stop_process(self.proc, signal.SIGTERM, grace=15)
-        if self.pump is not None:
-            self.pump.join(timeout=5)
-        print(f"proxy stopped, exit status {rc}", flush=True)
-        return rc
+        rcs = [stop_process(proc, signal.SIGTERM, grace=15) for proc in self.procs]
+        for pump in self.pumps:
+            pump.join(timeout=5)
+        if rcs:
+            print(f"{self.name} stopped, exit status {', '.join(map(str, rcs))}", flush=True)
+        self.procs, self.pumps = [], []
+        return max(rcs, key=abs) if rcs else None
+
+
+class RedisServer:
+    """A throw-away redis-server for --redis: in the results folder, on a free port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self) -> str:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.access(binary, os.X_OK):
+            raise BenchError("redis-server is not installed: apt-get install redis-server")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as sock:  # a free TCP port, chosen by the kernel
+            sock.bind((LOOPBACK, 0))
+            self.port = sock.getsockname()[1]
+        cmd = [binary, "--bind", LOOPBACK, "--port", str(self.port), "--dir", str(self.workdir),
+               "--save", "", "--appendonly", "no", "--daemonize", "no"]
+        print(f"starting redis: {' '.join(cmd)}", flush=True)
+        with (self.workdir / "redis.log").open("wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+        def accepting() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex((LOOPBACK, self.port)) == 0
+
+        wait_until(accepting, 10, "redis-server", self.proc)
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            rc = stop_process(self.proc, signal.SIGTERM, grace=10)
+            print(f"redis stopped, exit status {rc}", flush=True)
+            self.proc = None
 
 
 class KamailioTarget(Target):
     name = "kamailio"
 
     def __init__(self, port: int, uas_port: int, cfg: Path, children: int, workdir: Path) -> None:
-        super().__init__(port)
+        super().__init__([port])
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
         self.uas_port, self.src_cfg, self.children, self.workdir = uas_port, cfg, children, workdir
         self.log: IO[bytes] | None = None
 
@@ -438,6 +466,7 @@ class KamailioTarget(Target):
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        self.procs = [self.proc]
         # Kamailio logs nothing at debug=1 when it is ready; its UDP socket is bound before
         # the workers fork, and requests that arrive meanwhile wait in the socket buffer.
         try:
@@ -469,11 +498,22 @@ class Options:
     sipp: str
     uac_xml: Path
     uas_xml: Path
-    uas_port: int
-    uac_port: int
+    uas_ports: list[int]  # one per sipp pair (pair i: proxy i's upstream)
+    uac_ports: list[int]
     duration: int
     settle: float
     control_port: int
+
+
+def split_rate(rate: int, n: int) -> list[int]:
+    """rate calls/s over n sipp pairs, as evenly as whole numbers go."""
+    return [rate // n + (1 if i < rate % n else 0) for i in range(n)]
+
+
+def rtt_freq(calls: int) -> int:
+    """sipp dumps response times every -rtt_freq calls and drops the remainder at exit: the
+    largest divisor of the call count up to 200 loses none on a clean step."""
+    return max(d for d in range(1, min(calls, 200) + 1) if calls % d == 0)
 
 
 def run_step(target: Target, rate: int, opts: Options, stepdir: Path) -> Step:
@@ -487,79 +527,128 @@ def run_step(target: Target, rate: int, opts: Options, stepdir: Path) -> Step:
     raise BenchError(f"sipp could not bind its ports three times over (see {stepdir})")
 
 
-def run_step_once(target: Target, rate: int, opts: Options, stepdir: Path) -> Step:
-    stepdir.mkdir(parents=True, exist_ok=True)
-    calls = rate * opts.duration
-    step = Step(target=target.name, rate=rate, offered=calls)
-    for port in (opts.uas_port, opts.uac_port):
-        check_port_free(port)
-    # Media (RTP echo, sipp binds -mp and -mp+2) and control ports (default 8888, where a "q"
-    # makes sipp quit) are chosen free now, away from other sipp users on this machine.
-    sip_ports = {opts.uas_port, opts.uac_port, target.port}
-    uas_mp = free_udp_ports(17000, 4, sip_ports)
-    uac_mp = free_udp_ports(16000, 4, sip_ports | set(range(uas_mp, uas_mp + 4)))
-    uas_cp = free_udp_ports(opts.control_port, 1, sip_ports)
-    uac_cp = free_udp_ports(uas_cp + 1, 1, sip_ports)
+@dataclass(slots=True)
+class Pair:
+    """The commands of one sipp UAC/UAS pair: UAC i -> target port i -> UAS i."""
 
-    uas_cmd = [opts.sipp, "-sf", str(opts.uas_xml), "-i", LOOPBACK, "-p", str(opts.uas_port),
-               "-mp", str(uas_mp), "-cp", str(uas_cp), "-buff_size", BUFF_SIZE, "-nostdin",
-               "-trace_stat", "-stf", str(stepdir / "uas.csv"), "-fd", "1"]
-    with (stepdir / "uas.out").open("wb") as uas_out:
-        uas = subprocess.Popen(uas_cmd, cwd=stepdir, stdin=subprocess.DEVNULL, stdout=uas_out,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        try:
-            wait_until(lambda: udp_port_bound(opts.uas_port), 10, "sipp UAS", uas)
-        except BenchError:
-            if uas.returncode == SIPP_BIND_FAILED:
-                raise PortClash("sipp UAS could not bind a port") from None
-            raise
+    uas_cmd: list[str]
+    uac_cmd: list[str]
+    uas_port: int
+    suffix: str  # "" for a single pair, "-1", "-2", ... otherwise
+
+
+def sipp_pairs(target: Target, rate: int, opts: Options, stepdir: Path) -> list[Pair]:
+    n = len(target.ports)
+    avoid = set(opts.uas_ports[:n]) | set(opts.uac_ports[:n]) | set(target.ports)
+    for port in opts.uas_ports[:n] + opts.uac_ports[:n]:
+        check_port_free(port)
+
+    def take(start: int, span: int) -> int:
+        base = free_udp_ports(start, span, avoid)
+        avoid.update(range(base, base + span))
+        return base
+
+    pairs = []
+    for i, pair_rate in enumerate(split_rate(rate, n)):
+        sfx = "" if n == 1 else f"-{i + 1}"
+        # Media (RTP echo: sipp binds -mp and -mp+2) and control ports (default 8888, where a
+        # "q" makes sipp quit) are chosen free now, away from other sipp users on this machine.
+        uas_mp, uac_mp = take(17000, 4), take(16000, 4)
+        uas_cp, uac_cp = take(opts.control_port, 1), take(opts.control_port, 1)
+        uas_port, uac_port, calls = opts.uas_ports[i], opts.uac_ports[i], pair_rate * opts.duration
+        uas_cmd = [opts.sipp, "-sf", str(opts.uas_xml), "-i", LOOPBACK, "-p", str(uas_port),
+                   "-mp", str(uas_mp), "-cp", str(uas_cp), "-buff_size", BUFF_SIZE, "-nostdin",
+                   "-trace_stat", "-stf", str(stepdir / f"uas{sfx}.csv"), "-fd", "1"]
         # The Request-URI names the UAS (sip:service@127.0.0.1:UAS_PORT): a request whose
         # Request-URI names the proxy itself is for its own domain (404 when unregistered).
         # -rsa sends every message to the target instead, as to an outbound proxy.
-        via_target = [] if target.name == "direct" else ["-rsa", f"{LOOPBACK}:{target.port}"]
+        via = [] if target.name == "direct" else ["-rsa", f"{LOOPBACK}:{target.ports[i]}"]
         uac_cmd = ["timeout", "-k", "5", str(opts.duration + 30),
-                   opts.sipp, "-sf", str(opts.uac_xml), "-i", LOOPBACK, "-p", str(opts.uac_port),
+                   opts.sipp, "-sf", str(opts.uac_xml), "-i", LOOPBACK, "-p", str(uac_port),
                    "-mp", str(uac_mp), "-cp", str(uac_cp), "-buff_size", BUFF_SIZE,
                    "-default_behaviors", "all,-abortunexp", "-nostdin",
-                   "-r", str(rate), "-m", str(calls),
-                   "-trace_stat", "-stf", str(stepdir / "uac.csv"), "-fd", "1",
-                   *via_target, f"{LOOPBACK}:{opts.uas_port}", "-s", "service"]
-        (stepdir / "commands.txt").write_text(" ".join(uas_cmd) + "\n" + " ".join(uac_cmd) + "\n")
+                   "-r", str(pair_rate), "-m", str(calls),
+                   "-trace_stat", "-stf", str(stepdir / f"uac{sfx}.csv"), "-fd", "1",
+                   "-trace_rtt", "-rtt_freq", str(rtt_freq(calls)),
+                   *via, f"{LOOPBACK}:{uas_port}", "-s", "service"]
+        pairs.append(Pair(uas_cmd, uac_cmd, uas_port, sfx))
+    return pairs
+
+
+def run_step_once(target: Target, rate: int, opts: Options, stepdir: Path) -> Step:
+    stepdir.mkdir(parents=True, exist_ok=True)
+    pairs = sipp_pairs(target, rate, opts, stepdir)
+    step = Step(target=target.name, rate=rate, offered=rate * opts.duration)
+    (stepdir / "commands.txt").write_text(
+        "".join(" ".join(p.uas_cmd) + "\n" + " ".join(p.uac_cmd) + "\n" for p in pairs))
+    # sipp's CPU: every UAC (under `timeout`) and UAS is a child we reap within this window.
+    sipp_cpu0 = children_cpu_seconds()
+    uases: list[subprocess.Popen[bytes]] = []
+    uacs: list[subprocess.Popen[bytes]] = []
+    try:
+        for pair in pairs:
+            with (stepdir / f"uas{pair.suffix}.out").open("wb") as out:
+                uases.append(subprocess.Popen(pair.uas_cmd, cwd=stepdir, stdin=subprocess.DEVNULL,
+                                              stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+        for pair, uas in zip(pairs, uases, strict=True):
+            try:
+                wait_until(lambda p=pair: udp_port_bound(p.uas_port), 10, "sipp UAS", uas)
+            except BenchError:
+                if uas.returncode == SIPP_BIND_FAILED:
+                    raise PortClash("sipp UAS could not bind a port") from None
+                raise
         cpu0 = target.cpu_seconds()
         t0 = time.monotonic()
-        with (stepdir / "uac.out").open("wb") as uac_out:
-            uac = subprocess.run(uac_cmd, cwd=stepdir, stdin=subprocess.DEVNULL, stdout=uac_out,
-                                 stderr=subprocess.STDOUT, check=False)
+        for pair in pairs:
+            with (stepdir / f"uac{pair.suffix}.out").open("wb") as out:
+                uacs.append(subprocess.Popen(pair.uac_cmd, cwd=stepdir, stdin=subprocess.DEVNULL,
+                                             stdout=out, stderr=subprocess.STDOUT))
+        rcs = [uac.wait() for uac in uacs]
         step.elapsed_s = time.monotonic() - t0
         cpu1 = target.cpu_seconds()
-        step.sipp_rc = uac.returncode
+        step.rss_mib, step.pss_mib = target.memory_mib()
+        step.sipp_rc = next((rc for rc in rcs if rc != 0), 0)
         if cpu0 is not None and cpu1 is not None:
             step.cpu_s = cpu1 - cpu0
     finally:
+        for uac in uacs:  # only on an error: each has exited otherwise
+            stop_process(uac, signal.SIGTERM, grace=5)
         # SIGUSR1: sipp stops taking calls, lets open ones end (4 s timewait) and writes its
         # final statistics; bounded, then killed.
-        stop_process(uas, signal.SIGUSR1, grace=12)
+        for uas in uases:
+            stop_process(uas, signal.SIGUSR1, grace=12)
+    step.sipp_cpu_s = children_cpu_seconds() - sipp_cpu0
     if step.sipp_rc == SIPP_BIND_FAILED:
         raise PortClash("sipp UAC could not bind a port")
-
-    uac_stats = read_stat_csv(stepdir / "uac.csv")
-    uas_stats = read_stat_csv(stepdir / "uas.csv")
-    if not uac_stats:
-        out = (stepdir / "uac.out").read_text(errors="replace")[-1500:]
-        raise BenchError(f"sipp UAC wrote no statistics (exit {step.sipp_rc}); output:\n{out}")
-    step.successful = counter(uac_stats, "SuccessfulCall(C)")
-    step.failed = counter(uac_stats, "FailedCall(C)")
-    step.retrans_uac = counter(uac_stats, "Retransmissions(C)")
-    step.retrans_uas = counter(uas_stats, "Retransmissions(C)")
-    step.unexpected = counter(uac_stats, "OutOfCallMsgs(C)") + counter(uac_stats,
-                                                                      "DeadCallMsgs(C)")
-    created = counter(uac_stats, "OutgoingCall(C)")
-    if created < calls and step.sipp_rc == 0:
-        print(f"  warning: sipp placed {created} of {calls} calls and exited 0: it was told to "
-              "quit (a signal or its control port) by something else on this machine",
-              file=sys.stderr, flush=True)
+    read_step_results(step, pairs, stepdir)
     return step
+
+
+def read_step_results(step: Step, pairs: list[Pair], stepdir: Path) -> None:
+    """Add up the pairs' final sipp counters and their INVITE->200 response times."""
+    created = 0
+    for pair in pairs:
+        uac_stats = read_stat_csv(stepdir / f"uac{pair.suffix}.csv")
+        uas_stats = read_stat_csv(stepdir / f"uas{pair.suffix}.csv")
+        if not uac_stats:
+            out = (stepdir / f"uac{pair.suffix}.out").read_text(errors="replace")[-1500:]
+            raise BenchError(f"sipp UAC wrote no statistics (exit {step.sipp_rc}); "
+                             f"output:\n{out}")
+        step.successful += counter(uac_stats, "SuccessfulCall(C)")
+        step.failed += counter(uac_stats, "FailedCall(C)")
+        step.retrans_uac += counter(uac_stats, "Retransmissions(C)")
+        step.retrans_uas += counter(uas_stats, "Retransmissions(C)")
+        step.unexpected += (counter(uac_stats, "OutOfCallMsgs(C)")
+                            + counter(uac_stats, "DeadCallMsgs(C)"))
+        created += counter(uac_stats, "OutgoingCall(C)")
+    if created < step.offered and step.sipp_rc == 0:
+        print(f"  warning: sipp placed {created} of {step.offered} calls and exited 0: it was "
+              "told to quit (a signal or its control port) by something else on this machine",
+              file=sys.stderr, flush=True)
+    samples = read_rtt(sorted(stepdir.glob("*_rtt.csv")))
+    step.rtt_samples = len(samples)
+    step.p50_ms, step.p99_ms, step.mean_ms = latency(samples)
 
 
 def run_series(target: Target, rates: list[int], opts: Options, outdir: Path,
@@ -570,13 +659,10 @@ def run_series(target: Target, rates: list[int], opts: Options, outdir: Path,
     try:
         for rate in rates:
             for attempt in range(retries + 1):
-                stepdir = outdir / target.name / f"rate-{rate}" / f"try-{attempt + 1}"
+                folder = target.name.replace(" ", "-")
+                stepdir = outdir / folder / f"rate-{rate}" / f"try-{attempt + 1}"
                 step = run_step(target, rate, opts, stepdir)
-                print(f"{target.name:<9} {rate:>6}/s  ok {step.successful}/{step.offered}  "
-                      f"failed {step.failed}  rtx {step.retrans_uac}/{step.retrans_uas}  "
-                      f"unexp {step.unexpected}  cpu {fmt(step.cpu_s, '.2f')} s  "
-                      f"{fmt(step.cpu_per_call_us, '.0f')} us/call  sipp rc {step.sipp_rc}  "
-                      f"{'clean' if step.clean else 'NOT CLEAN'}", flush=True)
+                print(step_line(step), flush=True)
                 time.sleep(opts.settle)  # let the target's timers of this step run out
                 if step.clean or attempt == retries:
                     break
@@ -613,11 +699,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=0,
                    help="run an unclean step again up to this many times before stopping "
                         "(a noisy shared machine); every attempt is kept in summary.json")
-    p.add_argument("--proxy-port", type=int, default=5060, help="UDP port of the target")
-    p.add_argument("--uas-port", type=int, default=5070)
-    p.add_argument("--uac-port", type=int, default=5062)
+    p.add_argument("--proxies", default="1",
+                   help="number of proxy processes, on consecutive ports from PROXY_PORT, one "
+                        "sipp pair each at RATE/N; a list (1,2) runs one proxy series per count")
+    p.add_argument("--proxy-state", default="memory:",
+                   help="state: of the generated proxy configs (redis://127.0.0.1:PORT/0 shares "
+                        "it between the N proxies)")
+    p.add_argument("--redis", action="store_true",
+                   help="start a redis-server in the results folder on a free port, use it as "
+                        "--proxy-state and count its CPU and memory with the proxies")
+    p.add_argument("--proxy-port", type=int, default=5060, help="UDP port of the (first) target")
+    p.add_argument("--uas-port", type=int, default=5070, help="UDP port of the (first) sipp UAS")
+    p.add_argument("--uac-port", type=int, default=5062,
+                   help="UDP port of the (first) sipp UAC; ports of targets and UASes are skipped")
     p.add_argument("--control-port", type=int, default=18888,
-                   help="sipp control ports: the first two free ones from here on")
+                   help="sipp control ports: the first free ones from here on")
+    p.add_argument("--report-md", type=Path, default=None,
+                   help="also write a Markdown table (date, machine, per target) to this file")
+    p.add_argument("--no-plot", action="store_true", help="do not write results.png")
     p.add_argument("--python", default=None,
                    help="interpreter with the project installed (default: .venv/bin/python)")
     p.add_argument("--proxy-config", type=Path, default=None,
@@ -642,75 +741,115 @@ def choose_targets(args: argparse.Namespace) -> list[str]:
     return names
 
 
+def port_plan(args: argparse.Namespace, n: int) -> tuple[list[int], list[int], list[int]]:
+    """(target ports, UAS ports, UAC ports) for up to n pairs, pairwise distinct."""
+    targets = [args.proxy_port + i for i in range(n)]
+    uases = [args.uas_port + i for i in range(n)]
+    taken = set(targets) | set(uases)
+    if len(taken) < 2 * n:
+        raise BenchError(f"--proxy-port and --uas-port ranges overlap for {n} proxies")
+    uacs = [p for p in range(args.uac_port, args.uac_port + 3 * n + 1) if p not in taken][:n]
+    return targets, uases, uacs
+
+
+def check_tools(args: argparse.Namespace, names: list[str]) -> str:
+    """Fail early on a missing program; returns the proxy's interpreter."""
+    if not os.access(args.sipp, os.X_OK):
+        raise BenchError(f"sipp not found at {args.sipp}: apt-get install sip-tester")
+    if shutil.which("timeout") is None:
+        raise BenchError("`timeout` (coreutils) not found")
+    python = args.python or str(REPO / ".venv" / "bin" / "python")
+    if "proxy" in names and not os.access(python, os.X_OK):
+        raise BenchError(f"no interpreter at {python}: run `make venv` or pass --python")
+    return python
+
+
+def make_target(name: str, n: int, args: argparse.Namespace, ports: tuple[list[int], ...],
+                python: str, outdir: Path, state: str) -> Target:
+    targets, uases, _ = ports
+    if name == "proxy":
+        if n > 1 and args.proxy_config is not None:
+            raise BenchError("--proxy-config is for one proxy: N proxies need N configs")
+        folder = "proxy" if n == 1 else f"proxy-x{n}"
+        return ProxyTarget(targets[:n], uases[:n], python, outdir / folder, args.proxy_config,
+                           state)
+    if name == "kamailio":
+        return KamailioTarget(targets[0], uases[0], args.kamailio_cfg, args.kamailio_children,
+                              outdir / "kamailio")
+    return Target(targets[:1])
+
+
+def run_all(args: argparse.Namespace, outdir: Path, rates: list[int]) -> list[Series]:
+    names = choose_targets(args)
+    counts = [int(c) for c in str(args.proxies).split(",") if c.strip()]
+    if not counts or min(counts) < 1 or min(rates) < max(counts):
+        raise BenchError("--proxies needs counts >= 1, and every rate at least the largest")
+    python = check_tools(args, names)
+    ports = port_plan(args, max(counts))
+    opts = Options(sipp=args.sipp, uac_xml=BENCH_DIR / "uac_rr.xml",
+                   uas_xml=BENCH_DIR / "uas_rr.xml", uas_ports=ports[1], uac_ports=ports[2],
+                   duration=args.duration, settle=args.settle, control_port=args.control_port)
+    redis = RedisServer(outdir / "redis") if args.redis and "proxy" in names else None
+    all_series: list[Series] = []
+    try:
+        state = redis.start() if redis else args.proxy_state
+        for name in names:
+            for n in counts if name == "proxy" else [1]:
+                target = make_target(name, n, args, ports, python, outdir, state)
+                if redis is not None and name == "proxy" and redis.proc is not None:
+                    target.extra_pids = [redis.proc.pid]
+                all_series.append(run_series(target, rates, opts, outdir, args.all_steps,
+                                             max(0, args.retries)))
+    finally:
+        if redis is not None:
+            redis.stop()
+    return all_series
+
+
+def write_results(args: argparse.Namespace, outdir: Path, rates: list[int],
+                  all_series: list[Series]) -> None:
+    text = "\n".join([table(all_series), ""] + summary_lines(all_series))
+    print("\n" + text)
+    (outdir / "summary.txt").write_text(text + "\n")
+    (outdir / "summary.json").write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
+        "rates": rates, "duration_s": args.duration, "cores": os.cpu_count(),
+        "sipp_clock_ms": sipp_clock_ms(),
+        "series": [s.as_dict() for s in all_series],
+    }, indent=2) + "\n")
+    written = [outdir / "summary.txt", outdir / "summary.json"]
+    if not args.no_plot:
+        title = f"sip-policy-proxy bench {time.strftime('%Y-%m-%d')}, {machine()['nproc']} cores"
+        note = plot(all_series, outdir / "results.png", title)
+        print(note)
+        if note.startswith("plot: /"):
+            written.append(outdir / "results.png")
+    md = markdown(all_series, args.duration, time.strftime("%Y-%m-%d"))
+    (outdir / "summary.md").write_text(md)
+    written.append(outdir / "summary.md")
+    if args.report_md is not None:
+        args.report_md.parent.mkdir(parents=True, exist_ok=True)
+        args.report_md.write_text(md)
+        written.append(args.report_md)
+    print(f"\nwritten: {', '.join(map(str, written))}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         rates = [int(r) for r in args.rates.split(",") if r.strip()]
         if not rates or min(rates) <= 0 or args.duration <= 0:
             raise BenchError("--rates needs positive integers and --duration a positive value")
-        names = choose_targets(args)
-        if not os.access(args.sipp, os.X_OK):
-            raise BenchError(f"sipp not found at {args.sipp}: apt-get install sip-tester")
-        if shutil.which("timeout") is None:
-            raise BenchError("`timeout` (coreutils) not found")
-        python = args.python or str(REPO / ".venv" / "bin" / "python")
-        if "proxy" in names and not os.access(python, os.X_OK):
-            raise BenchError(f"no interpreter at {python}: run `make venv` or pass --python")
-
         stamp = time.strftime("%Y%m%d-%H%M%S")
         outdir = (args.results / stamp).resolve()
         outdir.mkdir(parents=True, exist_ok=True)
-        opts = Options(sipp=args.sipp, uac_xml=BENCH_DIR / "uac_rr.xml",
-                       uas_xml=BENCH_DIR / "uas_rr.xml", uas_port=args.uas_port,
-                       uac_port=args.uac_port, duration=args.duration, settle=args.settle,
-                       control_port=args.control_port)
         print(f"results: {outdir}", flush=True)
-
-        all_series: list[Series] = []
-        for name in names:
-            target: Target
-            if name == "proxy":
-                target = ProxyTarget(args.proxy_port, args.uas_port, python, outdir / "proxy",
-                                     args.proxy_config)
-            elif name == "kamailio":
-                target = KamailioTarget(args.proxy_port, args.uas_port, args.kamailio_cfg,
-                                        args.kamailio_children, outdir / "kamailio")
-            else:
-                target = Target(args.proxy_port)
-            all_series.append(run_series(target, rates, opts, outdir, args.all_steps,
-                                         max(0, args.retries)))
+        all_series = run_all(args, outdir, rates)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-
-    report = [table(all_series), ""] + [summary_line(s) for s in all_series]
-    by_name = {s.target: s for s in all_series}
-    if "proxy" in by_name and "kamailio" in by_name:
-        report.append(ratio_line(by_name["proxy"], by_name["kamailio"]))
-    text = "\n".join(report)
-    print("\n" + text)
-    (outdir / "summary.txt").write_text(text + "\n")
-    (outdir / "summary.json").write_text(json.dumps({
-        "rates": rates, "duration_s": args.duration, "cores": os.cpu_count(),
-        "series": [{"target": s.target,
-                    "highest_clean_rate": s.best.rate if s.best else None,
-                    "cpu_per_call_us": s.best.cpu_per_call_us if s.best else None,
-                    "steps": [st.as_dict() for st in s.steps],
-                    "retried": [st.as_dict() for st in s.retried]} for s in all_series],
-    }, indent=2) + "\n")
-    print(f"\nwritten: {outdir / 'summary.txt'}, {outdir / 'summary.json'}")
+    write_results(args, outdir, rates, all_series)
     return 0
-
-
-def ratio_line(proxy: Series, kam: Series) -> str:
-    pb, kb = proxy.best, kam.best
-    if pb is None or kb is None:
-        return "ratio proxy/kamailio: n/a (a target had no clean step)"
-    parts = [f"ratio proxy/kamailio: highest clean rate {pb.rate / kb.rate:.2f}"]
-    pc, kc = pb.cpu_per_call_us, kb.cpu_per_call_us
-    if pc is not None and kc:
-        parts.append(f"CPU per call {pc / kc:.2f}")
-    return "; ".join(parts)
 
 
 if __name__ == "__main__":

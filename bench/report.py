@@ -1,0 +1,347 @@
+"""Results of bench/run.py: the step and series records, the text table and summary lines,
+the latency files sipp writes, the PNG plot (matplotlib, optional) and the Markdown table.
+
+Standard library only; matplotlib is imported by plot() alone, and only when it is called.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CLOCK_MONOTONIC_COARSE = 6  # Linux clock id; sipp times responses with it
+
+
+def sipp_clock_ms() -> float | None:
+    """The resolution of sipp's clock (CLOCK_MONOTONIC_COARSE: one kernel tick), in ms."""
+    try:
+        return time.clock_getres(CLOCK_MONOTONIC_COARSE) * 1000
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(slots=True)
+class Step:
+    """One rate step against one target (N proxies: the totals over the N)."""
+
+    target: str  # "proxy", "proxy x2", "kamailio", "direct"
+    rate: int  # calls/s offered in total
+    offered: int
+    successful: int = 0
+    failed: int = 0
+    retrans_uac: int = 0
+    retrans_uas: int = 0
+    unexpected: int = 0  # UAC out-of-call + dead-call messages (e.g. a 180 after the 200)
+    elapsed_s: float = 0.0
+    cpu_s: float | None = None  # the target's CPU time over the step; None: no target process
+    sipp_cpu_s: float | None = None  # the sipp UACs' and UASes' CPU time over the step
+    sipp_rc: int = 0  # the first non-zero UAC exit status, else 0
+    p50_ms: float | None = None  # INVITE -> 200 (sipp's response time 1), whole clock ticks
+    p99_ms: float | None = None
+    mean_ms: float | None = None  # the mean of tick-rounded samples is unbiased
+    rtt_samples: int = 0
+    rss_mib: float | None = None  # sum of VmRSS of the target's processes at the step's end
+    pss_mib: float | None = None  # sum of Pss (shared pages split): Kamailio's shm counted once
+
+    @property
+    def clean(self) -> bool:
+        return (
+            self.sipp_rc == 0
+            and self.failed == 0
+            and self.retrans_uac == 0
+            and self.retrans_uas == 0
+            and self.successful == self.offered
+        )
+
+    @property
+    def completed_per_s(self) -> float:
+        """Calls completed per second of offered load (successful / step duration)."""
+        return self.rate * self.successful / self.offered if self.offered else 0.0
+
+    @property
+    def cpu_per_call_us(self) -> float | None:
+        if self.cpu_s is None or self.successful == 0:
+            return None
+        return self.cpu_s * 1e6 / self.successful
+
+    @property
+    def cpu_percent(self) -> float | None:
+        if self.cpu_s is None or self.elapsed_s <= 0:
+            return None
+        return 100.0 * self.cpu_s / self.elapsed_s
+
+    @property
+    def sipp_cpu_percent(self) -> float | None:
+        if self.sipp_cpu_s is None or self.elapsed_s <= 0:
+            return None
+        return 100.0 * self.sipp_cpu_s / self.elapsed_s
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out.update(clean=self.clean, cpu_per_call_us=self.cpu_per_call_us,
+                   cpu_percent=self.cpu_percent, sipp_cpu_percent=self.sipp_cpu_percent,
+                   completed_per_s=self.completed_per_s)
+        return out
+
+
+@dataclass(slots=True)
+class Series:
+    target: str
+    steps: list[Step] = field(default_factory=list)  # the last attempt at each rate
+    retried: list[Step] = field(default_factory=list)  # unclean attempts that were run again
+
+    @property
+    def best(self) -> Step | None:
+        """The highest-rate clean step before the first unclean one."""
+        best = None
+        for step in self.steps:
+            if not step.clean:
+                break
+            best = step
+        return best
+
+    @property
+    def half(self) -> Step | None:
+        """The clean step whose rate is nearest half the highest clean rate (lower on a tie)."""
+        best = self.best
+        if best is None:
+            return None
+        clean = self.steps[: self.steps.index(best) + 1]
+        return min(clean, key=lambda st: (abs(st.rate - best.rate / 2), st.rate))
+
+    def as_dict(self) -> dict[str, object]:
+        best, half = self.best, self.half
+        return {
+            "target": self.target,
+            "highest_clean_rate": best.rate if best else None,
+            "cpu_per_call_us": best.cpu_per_call_us if best else None,
+            "rss_mib": best.rss_mib if best else None,
+            "sipp_cpu_percent": best.sipp_cpu_percent if best else None,
+            "half_rate": half.rate if half else None,
+            "p50_ms_at_half": half.p50_ms if half else None,
+            "p99_ms_at_half": half.p99_ms if half else None,
+            "steps": [st.as_dict() for st in self.steps],
+            "retried": [st.as_dict() for st in self.retried],
+        }
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def read_rtt(paths: list[Path], rtd: str = "1") -> list[float]:
+    """Response times (ms) of timer `rtd` from sipp -trace_rtt files (Date_ms;response_time_ms;rtd_no)."""
+    samples: list[float] = []
+    for path in paths:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines[1:]:
+            cols = line.strip().split(";")
+            if len(cols) >= 3 and cols[2] == rtd:
+                try:
+                    samples.append(float(cols[1]))
+                except ValueError:
+                    continue
+    return samples
+
+
+def percentile(sorted_values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile of an ascending list; None when empty."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def latency(samples: list[float]) -> tuple[float | None, float | None, float | None]:
+    """(p50, p99, mean) in ms."""
+    values = sorted(samples)
+    mean = sum(values) / len(values) if values else None
+    return percentile(values, 50), percentile(values, 99), mean
+
+
+# --------------------------------------------------------------------------- text
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def step_line(st: Step) -> str:
+    """The progress line printed after each step."""
+    return (f"{st.target:<15} {st.rate:>6}/s  ok {st.successful}/{st.offered}  "
+            f"failed {st.failed}  rtx {st.retrans_uac}/{st.retrans_uas}  unexp {st.unexpected}  "
+            f"cpu {fmt(st.cpu_s, '.2f')} s  {fmt(st.cpu_per_call_us, '.0f')} us/call  "
+            f"p50/p99 {fmt(st.p50_ms, '.0f')}/{fmt(st.p99_ms, '.0f')} ms  "
+            f"rss {fmt(st.rss_mib, '.0f')} MiB  sipp cpu {fmt(st.sipp_cpu_percent, '.0f')}%  "
+            f"rc {st.sipp_rc}  {'clean' if st.clean else 'NOT CLEAN'}")
+
+
+def table(series: list[Series]) -> str:
+    head = (
+        f"{'target':<15} {'rate':>6} {'offered':>8} {'ok':>8} {'failed':>6} {'rtx uac':>7} "
+        f"{'rtx uas':>7} {'unexp':>5} {'secs':>6} {'cpu s':>7} {'cpu %':>6} {'us/call':>8} "
+        f"{'p50 ms':>6} {'p99 ms':>6} {'mean ms':>7} {'rss MiB':>7} {'sipp %':>6} {'rc':>3}  clean"
+    )
+    rows = [head, "-" * len(head)]
+    for s in series:
+        for st in s.steps:
+            rows.append(
+                f"{st.target:<15} {st.rate:>6} {st.offered:>8} {st.successful:>8} {st.failed:>6} "
+                f"{st.retrans_uac:>7} {st.retrans_uas:>7} {st.unexpected:>5} "
+                f"{st.elapsed_s:>6.1f} {fmt(st.cpu_s, '.2f'):>7} {fmt(st.cpu_percent, '.0f'):>6} "
+                f"{fmt(st.cpu_per_call_us, '.0f'):>8} {fmt(st.p50_ms, '.0f'):>6} "
+                f"{fmt(st.p99_ms, '.0f'):>6} {fmt(st.mean_ms, '.1f'):>7} "
+                f"{fmt(st.rss_mib, '.0f'):>7} {fmt(st.sipp_cpu_percent, '.0f'):>6} "
+                f"{st.sipp_rc:>3}  {'yes' if st.clean else 'NO'}"
+            )
+    return "\n".join(rows)
+
+
+def summary_line(s: Series) -> str:
+    best, half = s.best, s.half
+    if best is None or half is None:
+        return f"{s.target}: no clean step (the lowest rate already failed)"
+    cpu = best.cpu_per_call_us
+    cpu_text = ("proxy CPU per call: n/a (no proxy in the path)" if cpu is None else
+                f"proxy CPU per call: {cpu:.0f} µs ({fmt(best.cpu_percent, '.0f')}% of one core)")
+    return (
+        f"{s.target}: highest clean rate: {best.rate} calls/s; {cpu_text}; "
+        f"RSS {fmt(best.rss_mib, '.0f')} MiB (PSS {fmt(best.pss_mib, '.0f')}); sipp itself used "
+        f"{fmt(best.sipp_cpu_percent, '.0f')}% of one core (of {os.cpu_count()} cores); "
+        f"at {half.rate} calls/s (half): p50 {fmt(half.p50_ms, '.0f')} ms, "
+        f"p99 {fmt(half.p99_ms, '.0f')} ms, mean {fmt(half.mean_ms, '.1f')} ms"
+    )
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or not b else f"{a / b:.2f}"
+
+
+def ratio_line(proxy: Series, kam: Series) -> str:
+    pb, kb, ph, kh = proxy.best, kam.best, proxy.half, kam.half
+    name = f"ratio {proxy.target}/{kam.target}"
+    if pb is None or kb is None or ph is None or kh is None:
+        return f"{name}: n/a (a target had no clean step)"
+    return (f"{name}: highest clean rate {ratio(pb.rate, kb.rate)}; "
+            f"CPU per call {ratio(pb.cpu_per_call_us, kb.cpu_per_call_us)}; "
+            f"p99 at half rate {ratio(ph.p99_ms, kh.p99_ms)} "
+            f"({fmt(ph.p99_ms, '.0f')} ms at {ph.rate}/s vs {fmt(kh.p99_ms, '.0f')} ms "
+            f"at {kh.rate}/s)")
+
+
+def summary_lines(series: list[Series]) -> list[str]:
+    lines = [summary_line(s) for s in series]
+    kams = [s for s in series if s.target == "kamailio"]
+    for s in series:
+        if s.target.startswith("proxy") and kams:
+            lines.append(ratio_line(s, kams[0]))
+    one = next((s for s in series if s.target.startswith("proxy") and " x" not in s.target), None)
+    for s in series:
+        if one is not None and s.target.startswith("proxy x") and one.best and s.best:
+            lines.append(f"ratio {s.target}/proxy: highest clean rate "
+                         f"{ratio(s.best.rate, one.best.rate)}; CPU per call "
+                         f"{ratio(s.best.cpu_per_call_us, one.best.cpu_per_call_us)}")
+    tick = sipp_clock_ms()
+    if tick:
+        lines.append(f"latency: sipp's clock ticks every {tick:.0f} ms here, so p50/p99 are whole "
+                     f"ticks (0 = under {tick:.0f} ms); the mean of the ticks is unbiased")
+    return lines
+
+
+# --------------------------------------------------------------------------- machine, Markdown
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": str(os.cpu_count()), "cpu": model,
+            "kernel": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version()}
+
+
+def markdown(series: list[Series], duration: int, date: str) -> str:
+    m = machine()
+    lines = [
+        f"Benchmark of {date}: {m['nproc']} × {m['cpu']}, {m['kernel']}, Python {m['python']}; "
+        f"sipp UAC+UAS on the same machine, UDP loopback, {duration} s per step.",
+        "",
+        "| target | highest clean rate (calls/s) | CPU per call (µs) | p50 / p99 at half rate (ms) "
+        "| RSS / PSS (MiB) | sipp CPU at that rate |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in series:
+        best, half = s.best, s.half
+        if best is None or half is None:
+            lines.append(f"| {s.target} | none clean | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {s.target} | {best.rate} | {fmt(best.cpu_per_call_us, '.0f')} | "
+            f"{fmt(half.p50_ms, '.0f')} / {fmt(half.p99_ms, '.0f')} (at {half.rate}/s) | "
+            f"{fmt(best.rss_mib, '.0f')} / {fmt(best.pss_mib, '.0f')} | {fmt(best.sipp_cpu_percent, '.0f')}% of a core |"
+        )
+    tick = sipp_clock_ms()
+    if tick:
+        lines += ["", f"Latency is INVITE→200 as sipp times it, in whole {tick:.0f} ms clock ticks "
+                      f"(0 = under {tick:.0f} ms)."]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def plot(series: list[Series], path: Path, title: str) -> str:
+    """Write the two-panel PNG; returns a line saying what happened (matplotlib is optional)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ("plot: matplotlib is not installed (.venv/bin/pip install -e '.[bench]'), "
+                "no PNG written")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
+    top = max((st.rate for s in series for st in s.steps), default=1)
+    ax1.plot([0, top], [0, top], color="0.7", linestyle="--", linewidth=1, label="offered")
+    for s in series:
+        rates = [st.rate for st in s.steps]
+        line, = ax1.plot(rates, [st.completed_per_s for st in s.steps], marker="o", label=s.target)
+        bad = [st for st in s.steps if not st.clean]
+        ax1.plot([st.rate for st in bad], [st.completed_per_s for st in bad], linestyle="none",
+                 marker="x", markersize=10, color=line.get_color())
+        lat = [(st.rate, st.p99_ms) for st in s.steps if st.p99_ms is not None]
+        ax2.plot([r for r, _ in lat], [v for _, v in lat], marker="o", label=s.target,
+                 color=line.get_color())
+    ax1.set(title="Calls completed vs offered (x: not clean)", xlabel="offered calls/s",
+            ylabel="completed calls/s")
+    tick = sipp_clock_ms() or 1.0
+    from matplotlib.ticker import ScalarFormatter
+
+    ax2.set_yscale("symlog", linthresh=max(tick, 1.0))  # linear to one tick, log above
+    ax2.yaxis.set_major_formatter(ScalarFormatter())
+    ax2.set(title=f"p99 INVITE→200 (sipp clock tick {tick:.0f} ms)", xlabel="offered calls/s",
+            ylabel="p99 latency (ms)")
+    ax2.set_ylim(bottom=0)
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.set_xlim(left=0)
+        ax.legend()
+    ax1.set_ylim(bottom=0)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"plot: {path}"

@@ -57,7 +57,9 @@ def cancel_branch(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
     br.cancel_txn = NonInviteClientTransaction(data, reliable=reliable, now=now,
                                                timers=core.timers)
     core.client[br.branch_id + "|CANCEL"] = br
-    br.timer_c = None
+    # RFC 3261 9.1: no final response 64*T1 after the CANCEL: the INVITE is over (Timer C
+    # is reused for that bound; txns.branch_timer ends the branch).
+    br.timer_c = now + 64 * core.timers.t1
     txns.schedule(core, br)
     t, h, p, c = br.dest
     out.sends.append(Send(t, h, p, data, c))

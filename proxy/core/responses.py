@@ -254,6 +254,13 @@ def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float
             log.warning("dropped %s from %s:%s: its top Via names this proxy with a branch "
                         "it did not generate", msg.status, src.host, src.port)
         return None
+    if msg.status >= 300:
+        # A stray non-2xx final (its branch ended: Timer B, or a CANCEL that timed out): its
+        # response context has, or will have, its own final answer, and a second one would
+        # reach the caller (RFC 6026 7.3: only a 2xx is forwarded without a transaction).
+        core.stats["responses_stray_final"] += 1
+        core.stats["responses_dropped"] += 1
+        return None
     nxt = vias[1]
     host = (nxt.received or nxt.sent_by()[0]).strip("[]")
     rport = nxt.rport

@@ -176,7 +176,13 @@ def branch_timer(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
         # RFC 3261 16.8: Timer C.
         br.timer_c = None
         core.stats["timer_c"] += 1
-        if br.provisional:
+        if br.cancel_txn is not None:
+            # RFC 3261 9.1: cancelled 64*T1 ago and still no final response: the client
+            # transaction is destroyed and the branch ends as if it got a 408.
+            core.stats["cancel_unanswered"] += 1
+            core.client.pop(br.branch_id + "|" + br.ctx.method, None)
+            responses.branch_final(core, br, 408, None, now, out)
+        elif br.provisional:
             cancel.cancel_branch(core, br, now, out)
         else:
             responses.branch_final(core, br, 408, None, now, out)

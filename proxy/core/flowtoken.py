@@ -18,7 +18,12 @@ Layout, before base64url (network byte order)::
     remote host         as local host
     remote port 2 bytes
     conn_id             1-byte length + minimal big-endian unsigned integer (when present)
+    node                version 2 only: 1-byte length + UTF-8 name of the proxy holding the
+                        flow (several proxies sharing one state, RFC 5626 5)
     mac        12 bytes HMAC-SHA256(key, everything above), truncated (RFC 2104 5)
+
+A flow without a node is written as version 1 (the tokens of a single proxy are unchanged);
+version 1 tokens still decode, with no node.
 
 ``key`` is derived from the configured secret (HMAC-SHA256 of a fixed label), so that the
 same secret used elsewhere never yields the same MAC. An IPv4 flow without a connection id is
@@ -41,6 +46,7 @@ from dataclasses import dataclass
 __all__ = ["MAC_SIZE", "MAX_TOKEN_LENGTH", "Flow", "FlowTokens"]
 
 VERSION = 1
+VERSION_NODE = 2  # the layout with the node field
 MAC_SIZE = 12  # bytes of HMAC-SHA256 kept: 96 bits
 MAX_TOKEN_LENGTH = 1024  # characters; longer input is refused before any work
 _KEY_LABEL = b"sip-policy-proxy flow token v1 (RFC 5626 5.2)"
@@ -66,6 +72,8 @@ class Flow:
     remote_host: str
     remote_port: int
     conn_id: int | None = None
+    #: the proxy (``node:``) whose socket this is, when several share one state; None: any
+    node: str | None = None
 
 
 def _pack_host(host: str, what: str) -> tuple[int, bytes]:
@@ -129,13 +137,19 @@ class FlowTokens:
         remote_kind, remote = _pack_host(flow.remote_host, "remote")
         conn_id = flow.conn_id
         flags = code << 5 | local_kind << 3 | remote_kind << 1 | (conn_id is not None)
-        parts = [bytes((VERSION, flags)), local, _port(flow.local_port, "local"),
+        version = VERSION if flow.node is None else VERSION_NODE
+        parts = [bytes((version, flags)), local, _port(flow.local_port, "local"),
                  remote, _port(flow.remote_port, "remote")]
         if conn_id is not None:
             if not isinstance(conn_id, int) or conn_id < 0 or conn_id.bit_length() > 64:
                 raise ValueError(f"flow conn_id {conn_id!r} is not an unsigned 64-bit integer")
             n = (conn_id.bit_length() + 7) // 8
             parts.append(bytes((n,)) + conn_id.to_bytes(n, "big"))
+        if flow.node is not None:
+            name = flow.node.encode("utf-8")
+            if not 0 < len(name) <= 255:
+                raise ValueError(f"flow node {flow.node!r}: empty or longer than 255 bytes")
+            parts.append(bytes((len(name),)) + name)
         payload = b"".join(parts)
         token = base64.urlsafe_b64encode(payload + self._mac(payload))
         return token.rstrip(b"=").decode("ascii")
@@ -166,7 +180,8 @@ class FlowTokens:
 
 def _parse(p: bytes) -> Flow | None:
     """The flow in an authenticated payload; None for a layout this code does not know."""
-    if p[0] != VERSION:
+    version = p[0]
+    if version not in (VERSION, VERSION_NODE):
         return None
     flags = p[1]
     code = flags >> 5
@@ -207,10 +222,22 @@ def _parse(p: bytes) -> Flow | None:
         if i >= len(p):
             return None
         end = i + 1 + p[i]
-        if end != len(p) or p[i] > 8:
+        if end > len(p) or p[i] > 8:
             return None
         conn_id = int.from_bytes(p[i + 1:end], "big")
         i = end
+    node: str | None = None
+    if version == VERSION_NODE:
+        if i >= len(p) or p[i] == 0:
+            return None
+        end = i + 1 + p[i]
+        if end > len(p):
+            return None
+        try:
+            node = p[i + 1:end].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        i = end
     if i != len(p):
         return None
-    return Flow(_TRANSPORTS[code], hosts[0], ports[0], hosts[1], ports[1], conn_id)
+    return Flow(_TRANSPORTS[code], hosts[0], ports[0], hosts[1], ports[1], conn_id, node)

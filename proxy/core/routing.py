@@ -213,6 +213,10 @@ def flow_target(core: ProxyCore, token: str, src: Source) -> Target | int | None
     flow = core.tokens.decode(token)
     if flow is None:
         return 403
+    if flow.node is not None and flow.node != core.cluster.node:
+        # Minted by another proxy of the shared state: that node holds the flow (RFC 5626 5).
+        relay = shared.to_node(core, token, flow)
+        return 430 if relay is None else relay
     if flow.remote_host == src.host and flow.remote_port == src.port:
         return None
     if flow.conn_id is not None and flow.conn_id in core.closed_conns:

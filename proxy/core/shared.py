@@ -42,6 +42,8 @@ class Cluster:
     """This proxy among those sharing one state: its name and the others' SIP addresses."""
 
     node: str = ""
+    #: several proxies share the state: flow tokens name this node (RFC 5626 5)
+    shared: bool = False
     #: node name -> its listeners as (transport, host, port), refreshed by the runtime
     peers: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
 
@@ -55,6 +57,11 @@ class Cluster:
             if e[0] == transport:
                 return e
         return entries[0]
+
+    @property
+    def token_node(self) -> str | None:
+        """The node written into the flow tokens this proxy mints (None: a lone proxy)."""
+        return self.node if self.shared and self.node else None
 
 
 def parse_peers(announced: dict[str, list[str]]) -> dict[str, list[tuple[str, str, int]]]:
@@ -182,6 +189,21 @@ def held_elsewhere(b: Binding) -> bool:
     return host != f.host or (port.isdigit() and int(port) != f.port)
 
 
+def to_node(core: ProxyCore, token: str, flow: Flow) -> Target | None:
+    """A request whose flow token names another node (a Path or Record-Route that node wrote
+    reached this one, e.g. through DNS): on to that node, with the same token in a Route.
+    None when the node is not known (gone): its flows are dead with it."""
+    assert flow.node is not None
+    hop = core.cluster.address(flow.node, flow.transport if flow.transport != "tls" else "tcp")
+    if hop is None:
+        return None
+    transport, host, port = hop
+    shown = f"[{host}]" if ":" in host else host
+    params = "" if transport == "udp" else f";transport={transport}"
+    return Target(transport, host, port, None, None, 1.0, f"node {flow.node}",
+                  route=f"<sip:{token}@{shown}:{port};lr{params}>")
+
+
 def via_node(core: ProxyCore, b: Binding) -> Target | None:
     """The target that reaches ``b`` through the node holding its flow; None when that node
     is not known (then the caller falls back to the binding itself)."""
@@ -191,7 +213,8 @@ def via_node(core: ProxyCore, b: Binding) -> Target | None:
     if hop is None:
         return None
     there = core.cluster.address(b.node, f.transport) or hop
-    token = core.tokens.encode(Flow(f.transport, there[1], there[2], f.host, f.port, None))
+    token = core.tokens.encode(Flow(f.transport, there[1], there[2], f.host, f.port, None,
+                                    b.node))
     transport, host, port = hop
     shown = f"[{host}]" if ":" in host else host
     params = "" if transport == "udp" else f";transport={transport}"

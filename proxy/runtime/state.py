@@ -88,6 +88,7 @@ class StateKeeper:
         self.loop = asyncio.get_running_loop()
         location.journal = []
         core.cluster.node = node
+        core.cluster.shared = self.shared
 
     @property
     def name(self) -> str:

@@ -3,6 +3,8 @@ and from the store, other nodes' changes, and requests for a flow another node h
 
 from __future__ import annotations
 
+import dataclasses
+
 from proxy.core import shared
 from proxy.core.flowtoken import Flow
 from proxy.core.registrar import Binding, BindingDelete, BindingWrite, MemoryLocation
@@ -117,7 +119,8 @@ def test_a_binding_held_by_another_node_is_reached_through_it() -> None:
     route = msg.get("route")
     assert route is not None and route.endswith("@127.0.0.2:5070;lr;transport=tcp>")
     token = route.split(":", 1)[1].split("@", 1)[0]
-    assert h.core.tokens.decode(token) == Flow("tcp", "127.0.0.2", 5070, "127.0.0.1", 7000)
+    assert h.core.tokens.decode(token) == Flow("tcp", "127.0.0.2", 5070, "127.0.0.1", 7000,
+                                               None, "b")
     assert msg.request_uri == "sip:alice@127.0.0.1:7000"
 
 
@@ -149,3 +152,34 @@ def test_route_changes_of_other_nodes_reach_the_learned_view() -> None:
     assert h.core.learned == {"sip:a@x": ("sip:a@y", h.now + 60)}
     shared.apply_change(h.core, StoreChange("remove_route", "b", old_uri="sip:a@x"), h.now)
     assert h.core.learned == {}
+
+
+def test_flow_tokens_name_the_node_only_when_the_state_is_shared() -> None:
+    h = make()
+    flow = Flow("tcp", "127.0.0.1", 5060, "192.0.2.9", 40000, 7)
+    v1 = h.core.tokens.encode(flow)
+    assert h.core.tokens.decode(v1) == flow  # a lone proxy's tokens are unchanged (version 1)
+    named = dataclasses.replace(flow, node="edge-2")
+    v2 = h.core.tokens.encode(named)
+    assert len(v2) > len(v1) and h.core.tokens.decode(v2) == named
+    assert h.core.cluster.token_node is None
+    h.core.cluster.shared = True
+    assert h.core.cluster.token_node == "a"
+
+
+def test_a_token_of_another_node_goes_on_to_that_node() -> None:
+    """A Path token edge-b wrote reached edge-a (through DNS): a sends it on to b, Route and
+    token unchanged; when b is unknown (gone), its flows are dead: 430."""
+    h = make()
+    h.core.cluster.shared = True
+    token = h.core.tokens.encode(Flow("udp", "127.0.0.2", 5070, "192.0.2.9", 40000, None, "b"))
+    invite = request("INVITE", "sip:alice@192.0.2.9:40000",
+                     extra=(f"Route: <sip:{token}@127.0.0.1:5060;lr>",))
+    out = h.feed(invite, Source("udp", "127.0.0.1", 5080))
+    assert [s.status for s in map(lambda s: parse_message(s.data), out)] == [100, 430]
+    h.core.cluster.peers = shared.parse_peers({"b": ["udp:127.0.0.2:5070"]})
+    out = h.feed(invite.replace(b"z9hG4bKcaller1", b"z9hG4bKcaller2"),
+                 Source("udp", "127.0.0.1", 5080))
+    to_b = [s for s in out if (s.host, s.port) == ("127.0.0.2", 5070)]
+    assert len(to_b) == 1
+    assert parse_message(to_b[0].data).get("route") == f"<sip:{token}@127.0.0.2:5070;lr>"

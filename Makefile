@@ -50,6 +50,9 @@ define apt_ensure
 endef
 
 TEST_SYSDEPS  := sipp:sip-tester redis-server:redis-server redis-cli:redis-tools docker-compose:docker-compose
+# Kamailio with its tls module is the real TLS SIP peer of tests/e2e/test_tls_e2e.py.
+TEST_SYSDEPS  += kamailio:kamailio \
+  /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so:kamailio-tls-modules
 BENCH_SYSDEPS := sipp:sip-tester timeout:coreutils
 ifneq ($(filter --kamailio,$(BENCH_ARGS)),)
 # uac_redirect (loaded by bench/kamailio.cfg) is in kamailio-extra-modules.

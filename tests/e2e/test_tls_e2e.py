@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.e2e import kamailio_tls
 from tests.e2e.harness import LOOPBACK, ProxyProcess, free_port
 from tests.e2e.tls_peers import Pki, TlsUas, make_pki, tls_config
 from tests.e2e.wire import RecordingUpstream, SipStream, build_request, new_call_id, via_sent_by
@@ -180,3 +181,45 @@ async def test_sighup_reloads_the_certificate(proxy_factory: ProxyFactory, pki: 
     await proxy.await_log("tls certificates reloaded", since=mark)
     assert await serial() not in (before,)
     assert isinstance(pki.authority, trustme.CA)
+
+
+@pytest.mark.skipif(not kamailio_tls.available(), reason="make test installs kamailio and "
+                    "kamailio-tls-modules (TEST_SYSDEPS)")
+async def test_call_through_the_proxy_to_kamailio_over_tls(
+        proxy_factory: ProxyFactory, pki: Pki, tmp_path: Path) -> None:
+    """A real SIP implementation as the TLS PBX: Kamailio with its tls module (OpenSSL),
+    verified by the proxy against the test CA (RFC 5922: its certificate names 127.0.0.1)."""
+    kam = await kamailio_tls.KamailioTls(tmp_path / "kamailio", free_port(udp=False),
+                                         pki.pbx).start()
+    try:
+        port, tls_port = free_port(), free_port(udp=False)
+        proxy_factory(port=port, upstreams=[f"sips:{LOOPBACK}:{kam.port}"],
+                      extra=tls_config(pki, tls_port, port))
+        caller = await tls_connect(pki, tls_port)
+        host, cport = caller.local
+        call_id = new_call_id("kam")
+        await caller.send(build_request(
+            "INVITE", "sips:bob@example.net", via_host=host, via_port=cport, transport="TLS",
+            call_id=call_id, from_uri="sips:alice@example.net",
+            extra_headers=[f"Contact: <sips:alice@{host}:{cport};transport=tls>"]))
+        ok = await caller.recv_sip(WAIT, lambda m: m.status == 200)
+        route = [f"Route: {v}" for v in reversed(rr_values(ok.raw_lines("record-route")))]
+        assert route, "the 200 lost the proxy's Record-Route"
+        contact = re.search(r"<([^>]+)>", ok.get("contact") or "")
+        assert contact is not None and ok.get("to") is not None
+        for method, cseq in (("ACK", 1), ("BYE", 2)):
+            req = build_request(method, contact.group(1), via_host=host, via_port=cport,
+                                transport="TLS", call_id=call_id, cseq=cseq,
+                                from_uri="sips:alice@example.net", extra_headers=route)
+            req = req.replace(b"To: <" + contact.group(1).encode() + b">",
+                              b"To: " + (ok.get("to") or "").encode())
+            await caller.send(req)
+        await caller.recv_sip(WAIT, lambda m: m.status == 200 and (m.cseq or (0, ""))[1] == "BYE")
+        await caller.close()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + WAIT
+        while len(kam.requests()) < 3 and loop.time() < end:
+            await asyncio.sleep(0.05)  # kamailio's log is a file: bounded poll
+        assert kam.requests() == [("INVITE", "tls"), ("ACK", "tls"), ("BYE", "tls")], kam.text()
+    finally:
+        await kam.stop()

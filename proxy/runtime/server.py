@@ -277,7 +277,10 @@ class Runtime:
 
     async def _check_store(self) -> None:
         try:
-            if await self.store.generation() != self._generation:
+            gen = await self.store.generation()
+            if gen == self.state.own_generation:
+                self._generation = gen  # our own binding writes: nothing to reload
+            elif gen != self._generation:
                 await self._load_routes()
                 log.info("learned routes reloaded from the store: %d (generation %d)",
                          len(self.core.learned), self._generation)

@@ -82,6 +82,9 @@ class StateKeeper:
         self._overflow = False
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
+        #: the generation after this process's last written batch (sqlite: the runtime's
+        #: poll tells its own writes from another process's by it)
+        self.own_generation: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnecting = False
         self._closing = False
@@ -156,9 +159,11 @@ class StateKeeper:
         self.core.load_learned(routes, now)
         loaded = shared.load_bindings(self.core, stored, now)
         self.on_change()
-        if routes or stored:
-            log.info("state loaded from %s: %d learned routes, %d bindings (%d new to memory)",
-                     self.name, len(routes), len(stored), loaded)
+        if routes:
+            log.info("learned routes loaded from %s: %d", self.name, len(routes))
+        if stored:
+            log.info("registrations loaded from %s: %d bindings (%d new to memory)", self.name,
+                     len(stored), loaded)
 
     # -------------------------------------------------------------- writes
 
@@ -219,6 +224,8 @@ class StateKeeper:
                 continue
             try:
                 await self._flush()
+                if not self.shared:
+                    self.own_generation = await self.store.generation()
             except StoreError as exc:
                 self._lost(exc)
 

@@ -89,7 +89,7 @@ async def test_registered_phone_reached_after_restart_without_registering_again(
         await register_udp(phone, proxy, "alice")
         await asyncio.sleep(0.3)  # the binding is written behind the 200 (write-behind)
         restarted = await restart(proxy_factory, proxy)
-        assert restarted.wait_for_log("state loaded from", timeout=2)
+        assert restarted.wait_for_log("registrations loaded from", timeout=2)
         call = new_call_id("afterrestart")
         await pbx.send(pbx_invite(pbx, f"sip:alice@{DOMAIN}", call), restarted.addr)
         invite, _ = await phone.recv_sip(WAIT, lambda m: m.method == "INVITE")

@@ -40,6 +40,7 @@ class SipStream(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.closed = False
         self.refused = False
+        self.aliases: list[tuple[str, int]] = []  # RFC 5923: other addresses it stands for
         self.last_active = time.monotonic()
         self._idle: asyncio.TimerHandle | None = None
 
@@ -156,8 +157,9 @@ class TcpManager:
 
     def unregister(self, s: SipStream) -> None:
         self.conns.pop(s.conn_id, None)
-        if self.by_peer.get(s.peer) is s:
-            del self.by_peer[s.peer]
+        for key in (s.peer, *s.aliases):
+            if self.by_peer.get(key) is s:
+                del self.by_peer[key]
         if self.closed is not None:
             self.closed(s.conn_id)  # RFC 5626 5.3: its flows are dead
 

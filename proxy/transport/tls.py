@@ -10,6 +10,9 @@ standard :mod:`ssl` module with asyncio. No cryptography is done here.
   request goes to (RFC 5922 7.2; an IP address is matched against the certificate's IP
   SANs); the proxy presents its own certificate too, for trunks that want mutual TLS.
 * A handshake must finish within ``handshake_timeout`` seconds (both sides).
+* Connection reuse (RFC 5923): a request whose top Via carries ``alias`` makes its
+  connection the one for the Via's sent-by address too, when the peer proved that name with
+  its client certificate (mutual TLS; RFC 5923 6, 9: never on an unauthenticated claim).
 * :meth:`TlsManager.reload` re-reads the certificate, key and CA files (SIGHUP): new
   connections use them, open ones keep theirs.
 """
@@ -17,11 +20,14 @@ standard :mod:`ssl` module with asyncio. No cryptography is done here.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 from pathlib import Path
 from typing import Any
 
+from proxy.sip import ParseError, parse_message
+from proxy.transport.base import Source
 from proxy.transport.tcp import SipStream, TcpManager
 
 log = logging.getLogger("proxy.transport.tls")
@@ -73,6 +79,38 @@ class TlsManager(TcpManager):
         self.client_ctx = client_ctx
         self.handshake_timeout = handshake_timeout
         self.files = files  # cert, key, ca: what reload() re-reads
+        self._deliver_message = self.deliver
+        self.deliver = self._deliver_with_alias
+
+    def _deliver_with_alias(self, data: bytes, src: Source) -> None:
+        if b";alias" in data[:4096]:
+            self._alias(data, src)
+        self._deliver_message(data, src)
+
+    def _alias(self, data: bytes, src: Source) -> None:
+        """RFC 5923: reuse this connection for requests to the top Via's sent-by."""
+        conn = self.conns.get(src.conn_id) if src.conn_id is not None else None
+        if conn is None or conn.transport is None:
+            return
+        try:
+            msg = parse_message(data, max_size=self.max_size, datagram=False)
+            if not msg.is_request:
+                return
+            via = msg.top_via
+            if "alias" not in via.params:
+                return
+            host, port = via.sent_by()
+        except ParseError:
+            return
+        cert = conn.transport.get_extra_info("peercert")
+        if not cert or not names_host(cert, host):
+            log.debug("alias of %s:%s not used: its certificate does not name %s",
+                      src.host, src.port, host)
+            return
+        key = (host, port)
+        if key != conn.peer and key not in conn.aliases:
+            conn.aliases.append(key)
+            self.by_peer[key] = conn
 
     async def listen(self, host: str, port: int) -> None:
         if self.server_ctx is None:
@@ -109,3 +147,27 @@ class TlsManager(TcpManager):
             return False
         log.info("tls certificates reloaded from %s", cert)
         return True
+
+
+def names_host(cert: dict[str, Any], host: str) -> bool:
+    """Whether a verified peer certificate (``getpeercert()``) names ``host``: a DNS name of its
+    subjectAltName (exactly, or by a left-most ``*`` label), or an IP address one."""
+    host = host.strip("[]").lower().rstrip(".")
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "IP Address" and ip is not None:
+            try:
+                if ipaddress.ip_address(value.strip()) == ip:
+                    return True
+            except ValueError:
+                continue
+        elif kind == "DNS" and ip is None:
+            name = value.lower().rstrip(".")
+            if name == host:
+                return True
+            if name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]:
+                return True
+    return False

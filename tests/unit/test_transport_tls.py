@@ -189,3 +189,47 @@ async def test_idle_connections_without_binding_are_closed() -> None:
             w.close()
     finally:
         m.close()
+
+
+async def test_a_handshake_that_never_finishes_is_cut_off(pki: dict[str, Path]) -> None:
+    """A stranger that opens a TCP connection to the TLS port and says nothing is closed once
+    the handshake timeout is over; it never becomes a connection of the table."""
+    m = manager(pki, [])
+    m.handshake_timeout = 0.5
+    await m.listen("127.0.0.1", 0)
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", port_of(m))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await asyncio.wait_for(r.read(10), 5) == b""
+        assert 0.3 <= loop.time() - start < 4
+        assert m.conns == {}
+        w.close()
+    finally:
+        m.close()
+
+
+async def test_alias_reuses_the_connection_only_for_a_name_the_client_certificate_proves(
+        pki: dict[str, Path]) -> None:
+    """RFC 5923: ``;alias`` in the top Via makes the connection the one for the Via's sent-by,
+    when the client's certificate names that host (mutual TLS); a bare claim does nothing."""
+    got: list[tuple[bytes, Source]] = []
+    m = manager(pki, got, verify=True)
+    await m.listen("127.0.0.1", 0)
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", port_of(m), ssl=client_ctx(pki, True),
+                                             server_hostname="localhost")
+        for name in ("evil.example", "client.example"):
+            w.write(OPTIONS.replace(b"127.0.0.1:1;branch=z9hG4bK1",
+                                    name.encode() + b":5099;branch=z9hG4bK1;alias"))
+        await until(lambda: len(got) == 2)
+        assert ("evil.example", 5099) not in m.by_peer
+        conn = m.by_peer[("client.example", 5099)]
+        assert conn.conn_id == got[1][1].conn_id
+        m.send(Send("tls", "client.example", 5099, b"OPTIONS sip:x SIP/2.0\r\n\r\n"))
+        assert await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 2) == \
+            b"OPTIONS sip:x SIP/2.0\r\n\r\n"
+        w.close()
+        await until(lambda: ("client.example", 5099) not in m.by_peer)
+    finally:
+        m.close()

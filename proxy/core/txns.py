@@ -62,7 +62,10 @@ def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: flo
         txn = InviteServerTransaction(reliable=reliable, now=now, timers=core.timers)
     else:
         txn = NonInviteServerTransaction(reliable=reliable, now=now, timers=core.timers)
-    entry = ServerEntry(key, txn, reply_dest(core, msg, src), msg, now)
+    # Only an INVITE's request is kept (for its call line and time to final): a REGISTER
+    # storm must not hold 50,000 messages for Timer J.
+    entry = ServerEntry(key, txn, reply_dest(core, msg, src),
+                        msg if msg.method == "INVITE" else None, now)
     core.server[key] = entry
     return entry
 

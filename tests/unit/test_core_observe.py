@@ -76,6 +76,9 @@ def test_only_the_first_final_counts_and_non_invites_get_no_call_line() -> None:
                                     call_id="o1"), CALLER, h.now)
     assert fx.logs == () and h.core.metrics.responses[200] == 2
     assert h.core.metrics.requests["OPTIONS"] == 1
+    # only an INVITE's server transaction keeps its request (memory under a REGISTER storm)
+    entries = list(h.core.server.values())
+    assert [e.request is not None for e in entries] == [e.txn.is_invite for e in entries]
 
 
 def test_unknown_methods_share_one_label_and_bad_messages_have_reasons() -> None:

@@ -190,3 +190,13 @@ def test_a_dialog_closes_after_its_idle_bound_and_draining_keeps_relaying_it() -
     assert len(h.core.dialogs) == 1  # refreshed by the INFO
     h.advance(60)
     assert len(h.core.dialogs) == 0
+
+
+def test_a_followed_301_counts_followed_and_learned() -> None:
+    h = Harness.make()
+    h.feed(request())
+    h.feed(response_to(last_to(h, 5080, "INVITE"), 301,
+                       extra=("Contact: <sip:bob@127.0.0.1:5081>",)), PBX)
+    m = h.core.metrics
+    assert m.redirects["followed"] == 1 and m.redirects["learned"] == 1
+    assert m.decisions[("moved-permanently", "redirect")] == 1

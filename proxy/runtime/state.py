@@ -89,7 +89,8 @@ class StateKeeper:
         self._reconnecting = False
         self._closing = False
         self.loop = asyncio.get_running_loop()
-        location.journal = []
+        # memory: the store would only hold a second copy of the view: nothing to write
+        location.journal = None if spec.strip() == "memory:" else []
         core.cluster.node = node
         core.cluster.shared = self.shared
 

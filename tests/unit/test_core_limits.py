@@ -136,3 +136,27 @@ def test_tls_hop_gets_tls_via_and_two_record_routes_when_the_transport_changes()
     first, second = [v.strip() for v in rr_text.split(",")][:2]
     assert "127.0.0.1:5061;lr;transport=tls" in first
     assert ";transport=tcp" in second
+
+
+def test_a_tls_connection_is_a_flow_like_tcp() -> None:
+    """RFC 5626 over TLS: an outbound binding registered over a TLS connection is reached over
+    that connection (Via SIP/2.0/TLS), and when the connection closes the binding is gone."""
+    from tests.unit.test_core_registrar_forking import pbx_invite, register
+
+    settings = CoreSettings(upstreams=(UP1,), registrar_local=True,
+                            domains=frozenset({"example.com"}))
+    h = Harness(ProxyCore(settings, default_policy(), TLS_LOCAL, MemoryLocation()))
+    phone = Source("tls", "127.0.0.1", 7001, conn_id=42)
+    inst = '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"'
+    assert register(h, phone, f"<sip:bob@127.0.0.1:7001;transport=tls;ob>;{inst};reg-id=1") \
+        == 200
+    assert h.core.conn_in_use(42) and not h.core.conn_in_use(43)
+    out = pbx_invite(h)
+    [inv] = [s for s in out if s.port == 7001]
+    assert (inv.transport, inv.conn_id) == ("tls", 42)
+    assert parse_message(inv.data).top_via.transport.upper() == "TLS"
+    h.take(h.core.on_flow_closed(42, h.now))
+    assert not h.core.conn_in_use(42)
+    out = pbx_invite(h, "z9hG4bKpbx2")
+    assert [s for s in out if s.port == 7001] == []
+    assert statuses(h.to(5080, out))[-1] in (404, 480)

@@ -108,7 +108,7 @@ class Limits:
     max_headers: int = 256
     per_source_rps: int = 0  # initial requests per second and source IP; 0 = no limit
     tcp_max_connections: int = 4096  # open TCP/TLS connections; past it new ones are refused
-    tcp_idle_timeout: float = 120.0  # seconds without a message on a connection with no binding
+    tcp_idle_timeout: float = 120.0  # seconds a new connection has to carry a message
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,10 @@ connect fails, each waiting send with a token is reported back as a transport er
 
 Limits (``limits.tcp_max_connections``, ``limits.tcp_idle_timeout``): past ``max_connections``
 open connections an accepted one is closed at once (the open ones are not touched); a
-connection over which no complete message (nor keep-alive) went either way for
-``idle_timeout`` seconds, and which carries no binding (``in_use``), is closed. TLS
+connection over which no complete message (nor keep-alive) arrived in the ``idle_timeout``
+seconds after it was opened, and which carries no binding (``in_use``), is closed: a
+connection that has carried SIP stays (closing it would cut the flow of a dialog, RFC 5626
+5.3: the other side's in-dialog requests would get 430). TLS
 (:mod:`proxy.transport.tls`) is this same machinery over an ``ssl.SSLContext``.
 """
 
@@ -41,6 +43,7 @@ class SipStream(asyncio.Protocol):
         self.closed = False
         self.refused = False
         self.aliases: list[tuple[str, int]] = []  # RFC 5923: other addresses it stands for
+        self.messages = 0  # complete messages and keep-alives received
         self.last_active = time.monotonic()
         self._idle: asyncio.TimerHandle | None = None
 
@@ -69,6 +72,7 @@ class SipStream(asyncio.Protocol):
             self.close()
             return
         if messages:
+            self.messages += len(messages)
             self.last_active = time.monotonic()
         src = Source(self.manager.name, self.peer[0], self.peer[1], self.conn_id)
         for m in messages:
@@ -181,11 +185,13 @@ class TcpManager:
             self._sweep = asyncio.get_running_loop().call_later(period, self._sweep_idle)
 
     def _sweep_idle(self) -> None:
-        """Close the connections idle for ``idle_timeout`` that carry no binding."""
+        """Close the connections that carried no message in ``idle_timeout`` seconds since
+        they were opened and carry no binding."""
         self._sweep = None
         assert self.idle_timeout is not None
         horizon = time.monotonic() - self.idle_timeout
-        idle = [c for c in self.conns.values() if c.last_active < horizon and not c.closed]
+        idle = [c for c in self.conns.values()
+                if not c.messages and c.last_active < horizon and not c.closed]
         for c in idle:
             if self.in_use is not None and self.in_use(c.conn_id):
                 continue

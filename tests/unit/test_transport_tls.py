@@ -173,17 +173,19 @@ async def test_connections_past_the_limit_are_refused_and_the_open_ones_keep_wor
         m.close()
 
 
-async def test_idle_connections_without_binding_are_closed() -> None:
+async def test_idle_connections_without_message_or_binding_are_closed() -> None:
     bound: set[int] = set()
     m = TcpManager(lambda d, s: None, lambda t: None, idle_timeout=0.4,
                    in_use=lambda cid: cid in bound)
     await m.listen("127.0.0.1", 0)
     try:
-        conns = [await asyncio.open_connection("127.0.0.1", port_of(m)) for _ in range(3)]
-        await until(lambda: len(m.conns) == 3)
+        conns = [await asyncio.open_connection("127.0.0.1", port_of(m)) for _ in range(4)]
+        await until(lambda: len(m.conns) == 4)
         keep = min(m.conns)
-        bound.add(keep)
-        await until(lambda: list(m.conns) == [keep], timeout=3)
+        bound.add(keep)  # a binding's flow
+        conns[-1][1].write(OPTIONS)  # a connection that carried SIP (a dialog's flow)
+        talked = max(m.conns)
+        await until(lambda: sorted(m.conns) == [keep, talked], timeout=3)
         assert m.idle_closed == 2
         for _, w in conns:
             w.close()

@@ -708,6 +708,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redis", action="store_true",
                    help="start a redis-server in the results folder on a free port, use it as "
                         "--proxy-state and count its CPU and memory with the proxies")
+    p.add_argument("--memory-too", action="store_true",
+                   help="with --redis or --proxy-state: run the proxies with state memory: "
+                        "first, then with the shared state, in the same run")
     p.add_argument("--proxy-port", type=int, default=5060, help="UDP port of the (first) target")
     p.add_argument("--uas-port", type=int, default=5070, help="UDP port of the (first) sipp UAS")
     p.add_argument("--uac-port", type=int, default=5062,
@@ -771,6 +774,8 @@ def make_target(name: str, n: int, args: argparse.Namespace, ports: tuple[list[i
         if n > 1 and args.proxy_config is not None:
             raise BenchError("--proxy-config is for one proxy: N proxies need N configs")
         folder = "proxy" if n == 1 else f"proxy-x{n}"
+        if state != "memory:":
+            folder += "-shared-state"
         return ProxyTarget(targets[:n], uases[:n], python, outdir / folder, args.proxy_config,
                            state)
     if name == "kamailio":
@@ -793,13 +798,18 @@ def run_all(args: argparse.Namespace, outdir: Path, rates: list[int]) -> list[Se
     all_series: list[Series] = []
     try:
         state = redis.start() if redis else args.proxy_state
+        # --memory-too: the same proxies with state memory: first, then with the shared state,
+        # so that one run gives the cost of the store (issue: within 10 % of memory:).
+        states = ["memory:", state] if args.memory_too and state != "memory:" else [state]
         for name in names:
             for n in counts if name == "proxy" else [1]:
-                target = make_target(name, n, args, ports, python, outdir, state)
-                if redis is not None and name == "proxy" and redis.proc is not None:
-                    target.extra_pids = [redis.proc.pid]
-                all_series.append(run_series(target, rates, opts, outdir, args.all_steps,
-                                             max(0, args.retries)))
+                for st in states if name == "proxy" else [state]:
+                    target = make_target(name, n, args, ports, python, outdir, st)
+                    if (redis is not None and name == "proxy" and redis.proc is not None
+                            and st != "memory:"):
+                        target.extra_pids = [redis.proc.pid]
+                    all_series.append(run_series(target, rates, opts, outdir, args.all_steps,
+                                                 max(0, args.retries)))
     finally:
         if redis is not None:
             redis.stop()

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import secrets
-import signal
 import socket
 import time
 from collections import Counter
@@ -34,7 +32,7 @@ from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
-from proxy.runtime import streams
+from proxy.runtime import signals, streams
 from proxy.runtime.limits import raise_nofile
 from proxy.runtime.resolver import MISS, Resolver, advertised
 from proxy.runtime.state import StateKeeper, default_node, is_shared
@@ -159,9 +157,7 @@ class Runtime:
                 self.tls = self.tls or streams.tls_manager(self)
                 await self.tls.listen(li.host, li.port)
             log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_stop)
-        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        signals.install(self.loop, self.request_stop, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
             self._policy_watch = FileWatcher(cfg.policy_path, self.reload)
             self.loop.call_later(1.0, self._watch_policy)
@@ -177,9 +173,8 @@ class Runtime:
         log.log(_NOTICE, "sip-policy-proxy ready")
 
     def request_stop(self) -> None:
-        if self._stopping.is_set():
-            log.warning("second stop signal: exiting now")
-            os._exit(0)
+        if signals.second_stop(self._stopping):
+            return
         log.info("stopping: no new transactions, draining %d transactions and %d calls",
                  self.core.unanswered, len(self.core.dialogs))
         self.core.draining = True

@@ -349,6 +349,9 @@ class ProxyTarget(Target):
             "record_route: true\n"
             "registrar: local\n"
             "log_level: info\n"
+            # Kamailio's config probes nothing, and sipp's UAS does not answer OPTIONS (it counts
+            # them as unexpected messages): no upstream probing here either.
+            "upstream_probe: {interval: 0}\n"
         )
         return cfg
 

@@ -401,9 +401,6 @@ class Runtime:
 async def _main(config: Config, policy: Policy) -> int:
     # Fewer, larger young-generation collections and no full scans of the start-up objects:
     # a long gen-2 pass on a heap of live transactions stalls every call in flight.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20000, 50, 100)
     rt = Runtime(config, policy)
     try:
         await rt.start()
@@ -411,6 +408,11 @@ async def _main(config: Config, policy: Policy) -> int:
         log.error("cannot listen: %s", exc)
         rt.close()
         return 1
+    # Frozen only now, so that what start() built (listeners, a Redis client and its pool,
+    # imported lazily) is never scanned again either.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20000, 50, 100)
     await rt.serve()
     return 0
 

@@ -278,6 +278,8 @@ async def test_redis_killed_mid_run_calls_go_on_and_what_was_learned_is_written_
             break
         await asyncio.sleep(0.1)  # bounded poll: the proxy reconnects on its own clock
     assert stored is not None and stored["new_uri"] == moved, proxy.tail(30)
+    # The recovery line follows the write-back (after the view is reloaded): await it.
+    await proxy.await_log(" is back", timeout=10.0)
     lost = [line for line in proxy.lines() if "unreachable" in line]
     back = [line for line in proxy.lines() if " is back" in line]
     assert len(lost) == 1 and len(back) == 1, (lost, back)

@@ -49,7 +49,8 @@ define apt_ensure
 	fi
 endef
 
-TEST_SYSDEPS  := sipp:sip-tester redis-server:redis-server redis-cli:redis-tools docker-compose:docker-compose
+TEST_SYSDEPS  := sipp:sip-tester redis-server:redis-server redis-cli:redis-tools docker-compose:docker-compose \
+  systemd-analyze:systemd
 # Kamailio with its tls module is the real TLS SIP peer of tests/e2e/test_tls_e2e.py.
 TEST_SYSDEPS  += kamailio:kamailio \
   /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so:kamailio-tls-modules

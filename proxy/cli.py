@@ -85,17 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     leaf_config = argparse.ArgumentParser(add_help=False)
     leaf_config.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
                              help=config_help)
-    routes = sub.add_parser(
-        "routes", help="list or forget the rewrites learned from 301/302 (the state store)",
-        description="The Request-URI rewrites learned from 301 (and 302 with an expiry), "
-        "as persisted in the state store named by the configuration (RFC 3261 21.3.2).",
-    )
-    routes.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help=config_help)
-    actions = routes.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", parents=[leaf_config],
-                                 help="print every unexpired learned route")
-    listing.add_argument("--json", action="store_true",
-                         help="print a JSON array (for scripts) instead of a table")
+    actions, listing = _store_command(
+        sub, leaf_config, config_help, "routes",
+        "list or forget the rewrites learned from 301/302 (the state store)",
+        "The Request-URI rewrites learned from 301 (and 302 with an expiry), as persisted in "
+        "the state store named by the configuration (RFC 3261 21.3.2).",
+        "print every unexpired learned route")
     listing.set_defaults(func=_cmd_routes_list)
     remove = actions.add_parser("remove", parents=[leaf_config],
                                 help="forget the route learned for one Request-URI")
@@ -425,20 +420,30 @@ def _consequence(config: Config, d: Decision, status: int) -> str:
 # registrations: the bindings in the state store (RFC 3261 10.3, RFC 5626)
 
 
-def _registrations_parser(sub: Any, leaf_config: argparse.ArgumentParser, config_help: str
-                          ) -> None:
-    regs = sub.add_parser(
-        "registrations", help="list or remove the registrations (bindings) in the state store",
-        description="The registrations (bindings of each address-of-record, RFC 3261 10.3) as "
-        "persisted in the state store named by the configuration. With a Redis state every "
-        "running proxy sees a removal within a second.",
-    )
-    regs.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help=config_help)
-    actions = regs.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", parents=[leaf_config],
-                                 help="print every unexpired binding")
+def _store_command(
+    sub: Any, leaf_config: argparse.ArgumentParser, config_help: str, name: str, help: str,
+    description: str, list_help: str,
+) -> tuple[Any, argparse.ArgumentParser]:
+    """A command over the state store (``routes``, ``registrations``): ``--config`` and a
+    ``list [--json]`` action; returns its actions (for more) and the ``list`` parser."""
+    command = sub.add_parser(name, help=help, description=description)
+    command.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help=config_help)
+    actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", parents=[leaf_config], help=list_help)
     listing.add_argument("--json", action="store_true",
                          help="print a JSON array (for scripts) instead of a table")
+    return actions, listing
+
+
+def _registrations_parser(sub: Any, leaf_config: argparse.ArgumentParser, config_help: str
+                          ) -> None:
+    actions, listing = _store_command(
+        sub, leaf_config, config_help, "registrations",
+        "list or remove the registrations (bindings) in the state store",
+        "The registrations (bindings of each address-of-record, RFC 3261 10.3) as persisted "
+        "in the state store named by the configuration. With a Redis state every running "
+        "proxy sees a removal within a second.",
+        "print every unexpired binding")
     listing.set_defaults(func=_cmd_registrations_list)
     remove = actions.add_parser("remove", parents=[leaf_config],
                                 help="remove every binding of one address-of-record")

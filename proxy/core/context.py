@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import Enum
-from typing import Final
+from typing import Final, NamedTuple
 
 from proxy.core.types import Source, Target
 from proxy.policy import Decision, Policy
@@ -138,21 +138,12 @@ _CANCELLED = frozenset({_C.CANCELLING, _C.CANCELLING_STORE})
 _FINAL = frozenset({_C.ANSWERED, _C.COMPLETED})
 
 
-class Response(tuple):  # type: ignore[type-arg]
-    """A final response kept for best-response selection: (status, message or None, decision)."""
+class Response(NamedTuple):
+    """A final response kept for best-response selection (RFC 3261 16.7 step 6)."""
 
-    __slots__ = ()
-
-    def __new__(cls, status: int, msg: SipMessage | None, decision: Decision | None) -> Response:
-        return tuple.__new__(cls, (status, msg, decision))
-
-    @property
-    def status(self) -> int:
-        return self[0]  # type: ignore[no-any-return]
-
-    @property
-    def msg(self) -> SipMessage | None:
-        return self[1]  # type: ignore[no-any-return]
+    status: int
+    msg: SipMessage | None
+    decision: Decision | None
 
 
 class ResponseContext:

@@ -11,13 +11,11 @@ Inside one entry point the helpers add to an :class:`Out` accumulator created fo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
+from proxy.core.context import ResponseContext
 from proxy.core.types import Send
 from proxy.store.base import LearnedRoute
-
-if TYPE_CHECKING:
-    from proxy.core.context import ResponseContext
 
 
 class StoreWrite(NamedTuple):

@@ -154,7 +154,7 @@ class FlowTokens:
         token = base64.urlsafe_b64encode(payload + self._mac(payload))
         return token.rstrip(b"=").decode("ascii")
 
-    def decode(self, token: str) -> Flow | None:
+    def decode(self, token: object) -> Flow | None:
         """The flow ``token`` names; None when it is not one of ours or was tampered with
         (not base64url, truncated, extended, wrong MAC, another secret)."""
         if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:

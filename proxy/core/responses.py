@@ -263,6 +263,6 @@ def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float
         return None
     nxt = vias[1]
     host = (nxt.received or nxt.sent_by()[0]).strip("[]")
-    rport = nxt.rport
-    port = rport if isinstance(rport, int) and rport is not True else nxt.sent_by()[1]
+    rport = nxt.rport  # int, True (a bare ";rport") or None; type() keeps True out (mypyc)
+    port = rport if type(rport) is int else nxt.sent_by()[1]
     return Send(nxt.transport.lower(), host, port, strip_top_via(msg))

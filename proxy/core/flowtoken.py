@@ -43,12 +43,13 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["MAC_SIZE", "MAX_TOKEN_LENGTH", "Flow", "FlowTokens"]
+__all__ = ["CACHE_SIZE", "MAC_SIZE", "MAX_TOKEN_LENGTH", "Flow", "FlowTokens"]
 
 VERSION = 1
 VERSION_NODE = 2  # the layout with the node field
 MAC_SIZE = 12  # bytes of HMAC-SHA256 kept: 96 bits
 MAX_TOKEN_LENGTH = 1024  # characters; longer input is refused before any work
+CACHE_SIZE = 4096  # flows (and verified tokens) remembered, each way
 _KEY_LABEL = b"sip-policy-proxy flow token v1 (RFC 5626 5.2)"
 
 # transport code <-> name (3 bits)
@@ -106,19 +107,27 @@ def _show_v6(packed: bytes) -> str:
 
 
 class FlowTokens:
-    """Encodes a :class:`Flow` into a token and back (RFC 5626 5.2). Sans-IO, no state.
+    """Encodes a :class:`Flow` into a token and back (RFC 5626 5.2). Sans-IO.
 
     ``secret`` (the ``secret`` of ``proxy.yaml``, or random bytes per start) keys the MAC;
     tokens made with another secret do not decode.
+
+    A token is computed once per flow and verified once per token: both directions are
+    remembered (the same flow Record-Routes every call of a caller, and every request of a
+    dialog brings its token back). Only tokens that verified are remembered, so a stranger's
+    forgeries never enter the cache; each cache is emptied when it reaches
+    :data:`CACHE_SIZE` entries, so its memory is bounded whatever the traffic.
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_tokens", "_flows")
 
     def __init__(self, secret: bytes | str) -> None:
         raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
         if not raw:
             raise ValueError("a flow-token secret must not be empty")
         self._key = hmac.digest(raw, _KEY_LABEL, "sha256")
+        self._tokens: dict[Flow, str] = {}
+        self._flows: dict[str, Flow] = {}
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.digest(self._key, payload, "sha256")[:MAC_SIZE]
@@ -129,6 +138,15 @@ class FlowTokens:
         Raises ValueError for a flow that cannot be carried (unknown transport, port out of
         range, negative connection id).
         """
+        token = self._tokens.get(flow)
+        if token is None:
+            token = self._encode(flow)
+            if len(self._tokens) >= CACHE_SIZE:
+                self._tokens.clear()
+            self._tokens[flow] = token
+        return token
+
+    def _encode(self, flow: Flow) -> str:
         code = _TRANSPORT_CODE.get(flow.transport.lower())
         if code is None:
             raise ValueError(f"flow transport {flow.transport!r} is not one of "
@@ -157,7 +175,19 @@ class FlowTokens:
     def decode(self, token: object) -> Flow | None:
         """The flow ``token`` names; None when it is not one of ours or was tampered with
         (not base64url, truncated, extended, wrong MAC, another secret)."""
-        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
+        if not isinstance(token, str):
+            return None
+        flow = self._flows.get(token)
+        if flow is None:
+            flow = self._verify(token)
+            if flow is not None:
+                if len(self._flows) >= CACHE_SIZE:
+                    self._flows.clear()
+                self._flows[token] = flow
+        return flow
+
+    def _verify(self, token: str) -> Flow | None:
+        if not 0 < len(token) <= MAX_TOKEN_LENGTH:
             return None
         if len(token) % 4 == 1 or not token.isascii():
             return None

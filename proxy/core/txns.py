@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from proxy.core import cancel, observe, responses
-from proxy.core.context import Branch, BranchState, ServerEntry
+from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
 from proxy.core.effects import Out
 from proxy.core.types import Send, Source
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
@@ -24,6 +24,7 @@ from proxy.transaction import (
     SendAck,
     Terminated,
     Timeout,
+    TransactionState,
 )
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("proxy.core")
 
 _UNANSWERED = frozenset({"TRYING", "PROCEEDING"})
+_TERMINATED = TransactionState.TERMINATED
 
 
 def server_key(msg: SipMessage, method: str) -> str:
@@ -134,6 +136,10 @@ def server_effects(
             if core.server.get(entry.key) is entry:
                 del core.server[entry.key]
             entry.deadline = None
+            ctx = entry.ctx
+            if ctx is not None:
+                entry.ctx = None
+                release(core, ctx)
             return
         elif isinstance(e, Timeout):
             core.stats["timer_h"] += 1
@@ -158,7 +164,22 @@ def client_effects(
                 responses.branch_final(core, br, 408, None, now, out)
         elif isinstance(e, Terminated):
             core.client.pop(br.branch_id + "|" + br.ctx.method, None)
+            release(core, br.ctx)
     schedule(core, br)
+
+
+def release(core: ProxyCore, ctx: ResponseContext) -> None:
+    """Break the context's reference cycles once its server transaction and every branch's
+    client transaction have ended, so that reference counting frees the whole call at once
+    (no garbage collector pass: full collections over a busy proxy's heap cost more than
+    the calls themselves). Nothing reads ``ctx.branches`` after that."""
+    entry = ctx.server
+    if core.server.get(entry.key) is entry:
+        return
+    for b in ctx.branches:
+        if b.txn.state is not _TERMINATED:
+            return
+    ctx.branches = []
 
 
 def cancel_effects(core: ProxyCore, br: Branch, effects: Sequence[object], out: Out) -> None:

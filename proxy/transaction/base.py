@@ -21,6 +21,8 @@ _TIMEOUTS: dict[Event, Effect] = {
     Event.TIMER_H: TIMEOUT_H,
 }
 _TERMINATED_STATE = TransactionState.TERMINATED
+# The letter of each timer event ("B" for TIMER_B), read without Enum.value's descriptor.
+_LETTER: dict[Event, str] = {e: e.value for e in Event if e.name.startswith("TIMER_")}
 
 
 class Transaction:
@@ -155,7 +157,7 @@ class Transaction:
             self._end_at = None
         else:
             self._end_timer = end
-            value = timers.duration(end.value, reliable)
+            value = timers.durations[(_LETTER[end], reliable)]
             self._end_at = now + value if value is not None else None
         self._update_deadline()
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from typing import Any, Protocol
 
-__all__ = ["Timed", "TimerConfig", "TimerQueue"]
+__all__ = ["TIMER_NAMES", "Timed", "TimerConfig", "TimerQueue"]
+
+#: the transaction timers of RFC 3261 Table 4 and RFC 6026 ("C" is the proxy's, 16.8)
+TIMER_NAMES = ("A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,9 @@ class TimerConfig:
     """Maximum time a message stays in the network (17.1.2.2)."""
     timer_c: float = 180.0
     """Proxy INVITE timer (RFC 3261 16.8: greater than 3 minutes); used by the proxy core."""
+    durations: dict[tuple[str, bool], float | None] = field(
+        init=False, repr=False, compare=False, hash=False)
+    """:meth:`duration` of every timer on both kinds of transport, computed once."""
 
     def __post_init__(self) -> None:
         for name in ("t1", "t2", "t4", "timer_c"):
@@ -42,6 +48,11 @@ class TimerConfig:
                 )
         if self.t2 < self.t1:
             raise ValueError(f"TimerConfig.t2 ({self.t2}) must not be smaller than t1 ({self.t1})")
+        # Every transaction reads a timer value when it enters a state: one dict lookup on
+        # the hot path instead of the match in duration().
+        table = {(name, reliable): self._duration(name, reliable)
+                 for name in TIMER_NAMES for reliable in (False, True)}
+        object.__setattr__(self, "durations", table)
 
     # Retransmission timers: initial interval (unreliable transports only).
     @property
@@ -112,6 +123,12 @@ class TimerConfig:
         """The value of Timer ``timer`` ("A".."M") on a reliable or unreliable transport, as in
         RFC 3261 Table 4 (+ RFC 6026 L, M; "C" is the proxy's Timer C, 16.8). ``None``: the
         timer is not started at all (retransmission timers A, E, G on reliable transports)."""
+        try:
+            return self.durations[(timer, reliable)]
+        except KeyError:
+            raise ValueError(f"unknown transaction timer {timer!r}") from None
+
+    def _duration(self, timer: str, reliable: bool) -> float | None:
         match timer:
             case "A" | "E" | "G":
                 return None if reliable else self.t1

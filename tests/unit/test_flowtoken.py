@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from proxy.core.flowtoken import MAC_SIZE, MAX_TOKEN_LENGTH, Flow, FlowTokens
+from proxy.core.flowtoken import CACHE_SIZE, MAC_SIZE, MAX_TOKEN_LENGTH, Flow, FlowTokens
 from proxy.sip import SipUri, parse_uri
 
 SECRET = "0123456789abcdef0123456789abcdef"
@@ -264,3 +264,43 @@ def test_flow_is_frozen() -> None:
     with pytest.raises(AttributeError):
         flow.remote_port = 1  # type: ignore[misc]
     assert hash(flow) == hash(Flow("udp", "192.0.2.1", 5060, "198.51.100.7", 40000, None))
+
+
+# ---- computed once per flow, verified once per token (the hot path) ---------------------------
+
+def test_a_flow_and_a_verified_token_are_remembered(tokens: FlowTokens) -> None:
+    """Each flow's token is computed once and each token verified once: the same string and
+    the same Flow come back, and a fresh FlowTokens with the secret agrees with the cache."""
+    flow = FLOWS[0]
+    first = tokens.encode(flow)
+    same = Flow(flow.transport, flow.local_host, flow.local_port, flow.remote_host,
+                flow.remote_port, flow.conn_id, flow.node)
+    assert same is not flow and tokens.encode(same) is first
+    assert tokens.decode(first) == flow
+    assert tokens.decode(first) is tokens.decode(first)
+    assert FlowTokens(SECRET).decode(first) == flow
+
+
+def test_forged_tokens_are_not_remembered(tokens: FlowTokens) -> None:
+    """A stranger's forgeries never enter the cache: each one is checked, and refused, again;
+    a token refused once does not turn valid from the cache of another."""
+    good = tokens.encode(FLOWS[0])
+    forged = ("A" if good[0] != "A" else "B") + good[1:]
+    for _ in range(3):
+        assert tokens.decode(forged) is None
+    assert forged not in tokens._flows and good not in tokens._flows
+    assert tokens.decode(good) == FLOWS[0] and good in tokens._flows
+
+
+def test_the_caches_are_bounded(tokens: FlowTokens) -> None:
+    """A flood of new flows (every source port a new flow) cannot grow memory without bound:
+    both caches stay at CACHE_SIZE entries at most, and every answer stays right."""
+    minted = []
+    for port in range(1, CACHE_SIZE + 50):
+        flow = Flow("udp", "192.0.2.1", 5060, "198.51.100.7", port, None)
+        token = tokens.encode(flow)
+        assert tokens.decode(token) == flow
+        minted.append((flow, token))
+        assert len(tokens._tokens) <= CACHE_SIZE and len(tokens._flows) <= CACHE_SIZE
+    flow, token = minted[0]  # long evicted: still encoded and decoded right
+    assert tokens.encode(flow) == token and tokens.decode(token) == flow

@@ -1,0 +1,85 @@
+"""A finished call leaves no reference cycle behind (proxy.core.txns.release).
+
+The runtime keeps the garbage collector's full passes rare (a full pass over a busy proxy's
+heap stalls every call in flight), so a call must be freed by reference counting alone: once
+its server transaction and every branch's client transaction have ended, nothing of it may be
+left for the collector. These tests run calls with the collector off and count what a
+collection would then find.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.core.context import Branch, ResponseContext, ServerEntry
+from proxy.core.types import Source
+from tests.unit.core_harness import Harness, own_route, request, response_to
+
+UP = 5080
+PBX = Source("udp", "127.0.0.1", UP)
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def cyclic_garbage() -> list[str]:
+    """Type names of the call objects a collection finds unreachable (and then frees)."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        kinds = (ResponseContext, Branch, ServerEntry)
+        found = [type(o).__name__ for o in gc.garbage if isinstance(o, kinds)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    return found
+
+
+def call(h: Harness, n: int) -> None:
+    """INVITE, 180, 200, ACK, BYE, 200 through the proxy, as a UA pair behind it sends them."""
+    h.feed(request(branch=f"z9hG4bKinv{n}", call_id=f"call-{n}"))
+    fwd = [s.data for s in h.sent if s.port == UP][-1]
+    h.feed(response_to(fwd, 180), PBX)
+    h.feed(response_to(fwd, 200), PBX)
+    route = (f"Route: {own_route(h)}",)
+    h.feed(request("ACK", "sip:bob@127.0.0.1:5080", branch=f"z9hG4bKack{n}",
+                   call_id=f"call-{n}", to_tag="callee1", extra=route))
+    h.feed(request("BYE", "sip:bob@127.0.0.1:5080", branch=f"z9hG4bKbye{n}",
+                   call_id=f"call-{n}", cseq=2, to_tag="callee1", extra=route))
+    bye = [s.data for s in h.sent if s.port == UP][-1]
+    assert bye.startswith(b"BYE ")
+    h.feed(response_to(bye, 200), PBX)
+
+
+def test_finished_calls_are_freed_without_the_collector(no_gc: None) -> None:
+    h = Harness.make()
+    for n in range(20):
+        call(h, n)
+    assert h.core.active_transactions > 0
+    h.advance(64.0)  # every Timer J, K, L, M has fired
+    assert h.core.active_transactions == 0
+    h.sent.clear()  # what the runtime sent is gone too (a Send may name its branch)
+    assert cyclic_garbage() == []
+
+
+def test_a_call_still_running_keeps_its_branches(no_gc: None) -> None:
+    """Nothing is released early: while the INVITE's transactions live, its context still
+    lists its branch (CANCEL and the call log read it)."""
+    h = Harness.make()
+    h.feed(request(branch="z9hG4bKlive", call_id="live"))
+    fwd = [s.data for s in h.sent if s.port == UP][-1]
+    h.feed(response_to(fwd, 180), PBX)
+    [entry] = [e for e in h.core.server.values() if e.ctx is not None]
+    assert entry.ctx is not None and len(entry.ctx.branches) == 1
+    h.advance(1.0)
+    assert len(entry.ctx.branches) == 1

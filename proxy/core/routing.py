@@ -20,7 +20,6 @@ from proxy.sip import (
     ParseError,
     SipMessage,
     SipUri,
-    parse_name_addr_list,
     parse_uri,
 )
 
@@ -87,26 +86,20 @@ def preprocess_routes(core: ProxyCore, msg: SipMessage) -> RoutePrep:
     next_hop: NameAddr | None = None
     popped = False
     token: str | None = None
-    mf_index = -1
-    popping = True
-    for i, h in enumerate(msg.headers):
-        name = h.name
-        if name == "max-forwards":
-            mf_index = i
-        elif name == "route" and popping:
-            values = parse_name_addr_list(h.value)
-            kept = values
-            while kept and is_own_route(core, kept[0]):
-                own = kept[0].uri
-                if isinstance(own, SipUri) and own.user:
-                    token = own.user
-                kept = kept[1:]
-            if len(kept) != len(values):
-                popped = True
-                edits[i] = None if not kept else "Route: " + ", ".join(str(v) for v in kept)
-            if kept:
-                next_hop = kept[0]
-                popping = False
+    for i, values in msg.route_lines:
+        kept = values
+        while kept and is_own_route(core, kept[0]):
+            own = kept[0].uri
+            if isinstance(own, SipUri) and own.user:
+                token = own.user
+            kept = kept[1:]
+        if len(kept) != len(values):
+            popped = True
+            edits[i] = None if not kept else "Route: " + ", ".join(str(v) for v in kept)
+        if kept:
+            next_hop = kept[0]
+            break
+    mf_index = msg.find("max-forwards")
     mf = msg.max_forwards
     if mf_index >= 0 and mf is not None:
         edits[mf_index] = f"Max-Forwards: {mf - 1}"

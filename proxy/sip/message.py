@@ -128,6 +128,7 @@ class SipMessage:
         "_mf",
         "_mf_done",
         "_record_routes",
+        "_route_lines",
         "_routes",
         "_to",
         "_top_via",
@@ -183,6 +184,7 @@ class SipMessage:
         self._to: NameAddr | None = None
         self._uri: SipUri | AbsoluteUri | None = None
         self._routes: list[NameAddr] | None = None
+        self._route_lines: list[tuple[int, list[NameAddr]]] | None = None
         self._record_routes: list[NameAddr] | None = None
         self._contacts: list[NameAddr] | None = None
         self._contact_star = False
@@ -337,10 +339,23 @@ class SipMessage:
         return out
 
     @property
+    def route_lines(self) -> list[tuple[int, list[NameAddr]]]:
+        """Each Route header line as (its index in ``headers``, its values), in order
+        (RFC 3261 20.34): parsed once, for validation (16.3) and route processing (16.4)."""
+        lines = self._route_lines
+        if lines is None:
+            lines = self._route_lines = []
+            for i, h in enumerate(self.headers):
+                if h.name == "route":
+                    values = split_header_values(h.value) or _empty("route")
+                    lines.append((i, [parse_name_addr(v) for v in values]))
+        return lines
+
+    @property
     def routes(self) -> list[NameAddr]:
         """All Route values in order (RFC 3261 20.34)."""
         if self._routes is None:
-            self._routes = self._name_addrs("route")
+            self._routes = [na for _, values in self.route_lines for na in values]
         return self._routes
 
     @property

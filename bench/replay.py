@@ -26,6 +26,7 @@ from proxy.core.proxy import CoreSettings, ProxyCore  # noqa: E402
 from proxy.core.registrar import MemoryLocation  # noqa: E402
 from proxy.core.types import LocalAddress, Send, Source, Target  # noqa: E402
 from proxy.policy import load_policy  # noqa: E402
+from proxy.runtime.memory import OLD, YOUNG  # noqa: E402
 from proxy.transaction import TimerConfig  # noqa: E402
 
 PROXY = ("127.0.0.1", 5060)
@@ -163,7 +164,7 @@ def main() -> None:
     core.seconds = 0.0
     gc.collect()  # as the runtime does after start-up (proxy.runtime.server)
     gc.freeze()
-    gc.set_threshold(20000, 50, 100)
+    gc.set_threshold(*YOUNG, OLD)  # as the runtime does (proxy.runtime.memory)
     prof = cProfile.Profile() if args.profile else None
     t0 = time.thread_time()
     if prof:

@@ -9,7 +9,6 @@ SIGTERM/SIGINT (stop taking new transactions, let running ones finish, bounded).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import secrets
 import socket
@@ -34,6 +33,7 @@ from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
 from proxy.runtime import signals, streams
 from proxy.runtime.limits import raise_nofile
+from proxy.runtime.memory import GcPolicy
 from proxy.runtime.resolver import MISS, Resolver, advertised
 from proxy.runtime.state import StateKeeper, default_node, is_shared
 from proxy.runtime.watchers import FileWatcher, reload_policy
@@ -399,8 +399,6 @@ class Runtime:
 
 
 async def _main(config: Config, policy: Policy) -> int:
-    # Fewer, larger young-generation collections and no full scans of the start-up objects:
-    # a long gen-2 pass on a heap of live transactions stalls every call in flight.
     rt = Runtime(config, policy)
     try:
         await rt.start()
@@ -409,11 +407,13 @@ async def _main(config: Config, policy: Policy) -> int:
         rt.close()
         return 1
     # Frozen only now, so that what start() built (listeners, a Redis client and its pool,
-    # imported lazily) is never scanned again either.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20000, 50, 100)
-    await rt.serve()
+    # imported lazily) is never scanned again either; no automatic full passes (memory.py).
+    collector = GcPolicy(rt.loop)
+    collector.start()
+    try:
+        await rt.serve()
+    finally:
+        collector.stop()
     return 0
 
 

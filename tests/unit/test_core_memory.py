@@ -83,3 +83,27 @@ def test_a_call_still_running_keeps_its_branches(no_gc: None) -> None:
     assert entry.ctx is not None and len(entry.ctx.branches) == 1
     h.advance(1.0)
     assert len(entry.ctx.branches) == 1
+
+
+def test_cancelled_and_failed_over_calls_are_freed_too(no_gc: None) -> None:
+    """RFC 3261 16.10 (CANCEL: 200 to the CANCEL, CANCEL downstream, 487) and a failover on
+    503 to the second upstream (the policy file): both end with nothing left for the
+    collector."""
+    h = Harness.make()
+    h.feed(request(branch="z9hG4bKcancel", call_id="cancelled"))
+    fwd = [s.data for s in h.sent if s.port == UP][-1]
+    h.feed(response_to(fwd, 180), PBX)
+    h.feed(request("CANCEL", branch="z9hG4bKcancel", call_id="cancelled"))
+    cancel = [s.data for s in h.sent if s.port == UP][-1]
+    assert cancel.startswith(b"CANCEL ")
+    h.feed(response_to(cancel, 200), PBX)
+    h.feed(response_to(fwd, 487), PBX)
+    h.feed(request("INVITE", branch="z9hG4bKfail", call_id="failover"))
+    first = [s.data for s in h.sent if s.port == UP][-1]
+    h.feed(response_to(first, 503), PBX)
+    second = [s.data for s in h.sent if s.port == UP + 1][-1]
+    h.feed(response_to(second, 200), Source("udp", "127.0.0.1", UP + 1))
+    h.advance(64.0)
+    assert h.core.active_transactions == 0
+    h.sent.clear()
+    assert cyclic_garbage() == []

@@ -157,7 +157,7 @@ _COMPACT_MIN = 256
 
 
 class TimerQueue:
-    """One heap of ``(deadline, seq, item)`` with lazy cancellation.
+    """One heap of ``(deadline, seq, slot)`` with lazy cancellation.
 
     The runtime keeps ONE ``loop.call_at`` armed at :meth:`next_deadline`. Contract: call
     :meth:`schedule` after every call that may have changed ``item.deadline`` (scheduling an
@@ -165,82 +165,97 @@ class TimerQueue:
     item's deadline to ``None`` (or another value) and calling :meth:`schedule`: the old heap
     entry becomes stale and is skipped silently when it reaches the head.
 
-    Entries are validated on the way out: an entry is live only if it is the latest one pushed
-    for that item and ``item.deadline`` still equals its deadline. Hence an item is returned at
-    most once per deadline, even when it was scheduled several times.
+    A heap entry holds its item through a one-element ``slot`` list, emptied the moment the
+    entry goes stale: a stale entry never keeps its item alive. (A proxied INVITE's branch
+    arms Timer C, 3 minutes, RFC 3261 16.8; its answer moves the branch's deadline to 32 s;
+    the 3-minute entry stays in the heap, and would otherwise hold the whole call, messages
+    and all, for 3 minutes instead of 32 seconds.)
+
+    Entries are validated on the way out: an entry is live only if its slot still holds the
+    item and ``item.deadline`` still equals its deadline. Hence an item is returned at most
+    once per deadline, even when it was scheduled several times.
 
     Items are keyed by identity, so they need not be hashable.
     """
 
-    __slots__ = ("_heap", "_pending", "_seq")
+    __slots__ = ("_heap", "_live", "_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Any]] = []
-        self._pending: dict[int, float] = {}  # id(item) -> deadline of its latest heap entry
+        self._heap: list[tuple[float, int, list[Any]]] = []
+        #: id(item) -> (deadline, slot) of its latest heap entry
+        self._live: dict[int, tuple[float, list[Any]]] = {}
         self._seq = itertools.count()
 
     def schedule(self, item: Timed) -> None:
         """Queue ``item`` at ``item.deadline``; ``None`` cancels whatever was queued for it."""
         deadline = item.deadline
         key = id(item)
+        live = self._live
+        current = live.get(key)
+        if current is not None:
+            if current[0] == deadline:
+                return  # already queued for exactly this deadline
+            current[1][0] = None  # that entry is stale now: it lets go of the item
         if deadline is None:
-            self._pending.pop(key, None)
+            if current is not None:
+                del live[key]
             return
-        pending = self._pending
-        if pending.get(key) == deadline:
-            return  # already queued for exactly this deadline
-        pending[key] = deadline
+        slot = [item]
+        live[key] = (deadline, slot)
         heap = self._heap
-        heappush(heap, (deadline, next(self._seq), item))
-        if len(heap) > _COMPACT_MIN and len(heap) > 2 * len(pending):
+        heappush(heap, (deadline, next(self._seq), slot))
+        if len(heap) > _COMPACT_MIN and len(heap) > 2 * len(live):
             self._compact()
 
     def pop_due(self, now: float) -> list[Any]:
         """Remove and return every item whose live deadline is ``<= now``, earliest first
         (ties in scheduling order). Stale entries are dropped silently."""
         heap = self._heap
-        pending = self._pending
+        live = self._live
         due: list[Any] = []
         while heap and heap[0][0] <= now:
-            deadline, _, item = heappop(heap)
-            key = id(item)
-            if pending.get(key) == deadline:
-                del pending[key]
-                if item.deadline == deadline:
-                    due.append(item)
+            deadline, _, slot = heappop(heap)
+            item = slot[0]
+            if item is None:
+                continue
+            slot[0] = None
+            del live[id(item)]
+            if item.deadline == deadline:
+                due.append(item)
         return due
 
     def next_deadline(self) -> float | None:
         """The earliest live deadline, or ``None`` when nothing is queued. Stale entries at the
         head are discarded while peeking."""
         heap = self._heap
-        pending = self._pending
         while heap:
-            deadline, _, item = heap[0]
-            key = id(item)
-            if pending.get(key) == deadline:
+            deadline, _, slot = heap[0]
+            item = slot[0]
+            if item is not None:
                 if item.deadline == deadline:
                     return deadline
-                del pending[key]  # the item moved without being rescheduled: drop it
+                slot[0] = None  # the item moved without being rescheduled: drop it
+                del self._live[id(item)]
             heappop(heap)
         return None
 
     def __len__(self) -> int:
         """Number of items currently queued (stale heap entries are not counted)."""
-        return len(self._pending)
+        return len(self._live)
 
     def _compact(self) -> None:
         """Drop stale entries in one pass once they make up more than half of the heap
         (amortised O(1) per push)."""
-        pending = self._pending
-        live = []
+        kept = []
         for entry in self._heap:
-            deadline, _, item = entry
-            key = id(item)
-            if pending.get(key) == deadline:
-                if item.deadline == deadline:
-                    live.append(entry)
-                else:
-                    del pending[key]
-        heapify(live)
-        self._heap = live
+            slot = entry[2]
+            item = slot[0]
+            if item is None:
+                continue
+            if item.deadline == entry[0]:
+                kept.append(entry)
+            else:
+                slot[0] = None
+                del self._live[id(item)]
+        heapify(kept)
+        self._heap = kept

@@ -258,6 +258,24 @@ def test_heap_is_compacted_when_stale_entries_dominate() -> None:
     assert fired == list(reversed(items))
 
 
+def test_a_stale_entry_does_not_keep_its_item_alive() -> None:
+    """A branch arms Timer C (3 min, RFC 3261 16.8), then its answer moves its deadline to
+    32 s: the 3-minute heap entry stays until it reaches the head, but it must not hold the
+    branch (and the call behind it) alive for 3 minutes; nor may a cancelled item's entry."""
+    q = TimerQueue()
+    moved, cancelled, kept = Item("moved", 180.0), Item("cancelled", 180.0), Item("kept", 180.0)
+    for item in (moved, cancelled, kept):
+        q.schedule(item)
+    moved.deadline = 32.0
+    q.schedule(moved)
+    cancelled.deadline = None
+    q.schedule(cancelled)
+    refs = {id(e[2][0]) for e in q._heap if e[2][0] is not None}
+    assert refs == {id(moved), id(kept)} and len(q._heap) == 4 and len(q) == 2
+    assert q.pop_due(32.0) == [moved] and q.next_deadline() == 180.0
+    assert q.pop_due(180.0) == [kept] and len(q) == 0 and q.next_deadline() is None
+
+
 # ---------------------------------------------------------------- the queue driving transactions
 
 

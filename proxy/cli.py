@@ -20,13 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from proxy import COMPILED, __version__, build_kind
 from proxy.config import LOG_LEVELS, Config, load_config, load_config_and_policy
 from proxy.diagnostics import ConfigError, Diagnostic, display_path
 from proxy.policy import MAX_STATUS, MIN_STATUS, Action, Decision, Policy, load_policy
 from proxy.status_cli import add_parser as add_status_parser
 from proxy.store import LearnedRoute, StateStore, StoredBinding, StoreError, open_store
 
-__all__ = ["explain_chain", "main"]
+__all__ = ["explain_chain", "main", "version_text"]
 
 PROG = "sip-policy-proxy"
 DEFAULT_CONFIG = "proxy.yaml"
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="A SIP proxy whose final-response handling is a YAML policy."
     )
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version and the build (compiled with mypyc or pure "
+                        "Python), then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the proxy in the foreground")
@@ -101,6 +105,25 @@ def _parser() -> argparse.ArgumentParser:
     add_status_parser(sub, DEFAULT_CONFIG)
     _registrations_parser(sub, leaf_config, config_help)
     return parser
+
+
+def version_text() -> str:
+    """``sip-policy-proxy 0.1.0 (compiled: mypyc)`` or ``... (pure Python)``."""
+    kind = build_kind()
+    return f"{PROG} {__version__} ({'compiled: mypyc' if kind == COMPILED else kind})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's, but the build is looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def _status(text: str) -> int:

@@ -1,9 +1,14 @@
 # sip-policy-proxy developer entry points.
 #
-#   make venv    create/update .venv with the project installed editable (+ test deps, mypy, ruff)
+#   make venv    create/update .venv with the project installed editable (+ test deps, mypy, ruff),
+#                pure Python: the compiled build is `make compiled`'s
+#   make compiled  compile the sans-IO packages with mypyc in place (.so beside each .py), again
+#                whenever one of their .py files (or setup.py) is newer than the build
 #   make run     make venv, then run the proxy in the foreground with ./proxy.yaml (CONFIG=...)
 #   make test    install missing system packages (sipp, redis-server, docker-compose), make venv,
-#                run the whole pytest suite
+#                make compiled, run the whole pytest suite against the compiled build (without a
+#                C compiler it says so and runs it pure)
+#   make test-pure  the whole suite with SIP_POLICY_PROXY_PURE=1 (the .py files, .so ignored)
 #   make lint    ruff + mypy (strict on proxy/sip, transaction, policy, core, transport)
 #   make bench   sipp load test of the proxy (BENCH_ARGS="--kamailio" adds the Kamailio anchor,
 #                "--proxies 1,2 --redis" one proxy against two sharing a redis; bench/README.md)
@@ -22,6 +27,26 @@ BENCH_ARGS  ?=
 VPY   := $(VENV)/bin/python
 # The stamp lives inside the venv: deleting .venv also forgets that it was installed.
 STAMP := $(VENV)/.sip-policy-proxy-installed
+# mypy (and so mypyc) at the version that pyproject.toml's [build-system] builds with.
+MYPY_REQ := mypy==2.4.1
+
+# The compiled build (README "Compiled build"): setup.py runs mypyc on these packages and
+# builds, in place, one extension per module beside its .py plus the shared library
+# ./sip_policy_proxy__mypyc*.so. Every extension is rebuilt when any source is newer than it.
+SANS_IO_SRC := $(sort $(shell find proxy/sip proxy/transaction proxy/core proxy/policy -name '*.py'))
+EXT_SUFFIX  := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+SANS_IO_EXT := $(SANS_IO_SRC:.py=$(EXT_SUFFIX))
+# "yes" when setup.py can build C extensions here: the C compiler it would run ($CC, else
+# Python's own) and Python.h are present. Without them `make test` runs the suite pure.
+CAN_COMPILE := $(shell $(PYTHON) -c 'import os, shlex, shutil, sysconfig; \
+  cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[0]; \
+  h = os.path.join(sysconfig.get_paths()["include"], "Python.h"); \
+  print("yes" if shutil.which(cc) and os.path.exists(h) else "no")')
+ifeq ($(CAN_COMPILE),yes)
+TEST_BUILD := compiled
+else
+TEST_BUILD := pure
+endif
 
 # apt-get as root, or through sudo otherwise.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -65,20 +90,40 @@ ifneq ($(filter --redis,$(BENCH_ARGS)),)
 BENCH_SYSDEPS += redis-server:redis-server
 endif
 
-.PHONY: help venv run test sysdeps lint bench bench-sysdeps clean
+.PHONY: help venv compiled run test test-pure sysdeps lint bench bench-sysdeps clean
 
 help:
-	@echo "targets: venv run test lint bench clean"
+	@echo "targets: venv compiled run test test-pure lint bench clean"
 	@echo "  make run CONFIG=path/to/proxy.yaml"
 	@echo "  make test PYTEST_ARGS='-k registrar'"
 	@echo "  make bench BENCH_ARGS='--kamailio --rates 100,200,400'"
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Editable and pure: an editable install would compile in place too (setuptools' PEP 660
+# build runs build_ext --inplace), but once, with no rebuild when a .py changes; `make
+# compiled` is the one build, and it tracks the sources.
+$(STAMP): pyproject.toml setup.py
 	@test -x $(VPY) || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]' mypy ruff
+	SIP_POLICY_PROXY_PURE=1 $(VPY) -m pip install -q --disable-pip-version-check -e '.[test]' \
+	  $(MYPY_REQ) ruff
 	@touch $@
+
+compiled: $(if $(filter yes,$(CAN_COMPILE)),$(SANS_IO_EXT),no-compiler)
+
+# Old extensions go first (a module removed or renamed leaves none behind). setup.py falls
+# back to pure Python when the C build fails; here, with a compiler present, that is an error.
+$(SANS_IO_EXT) &: $(SANS_IO_SRC) setup.py | $(STAMP)
+	find proxy -name '*.so' -delete
+	rm -f ./sip_policy_proxy__mypyc*.so
+	$(VPY) setup.py -q build_ext --inplace
+	@$(VPY) -c 'import proxy, sys; kind = proxy.build_kind(); print("build:", kind); \
+	  sys.exit(0 if kind == proxy.COMPILED else "the compiled build failed: see above")'
+
+.PHONY: no-compiler
+no-compiler:
+	@echo "NOTE: no C compiler (or no Python.h) for the compiled build: make test runs the suite"
+	@echo "      pure (SIP_POLICY_PROXY_PURE=1). Install gcc (and python3-dev) to test it compiled."
 
 run: venv
 	$(VENV)/bin/sip-policy-proxy run --config $(CONFIG)
@@ -88,13 +133,17 @@ sysdeps:
 
 # pytest's exit code is the recipe's exit code: any failure (1), interruption (2), internal or
 # usage error (3, 4) and "no tests collected" (5) fail `make test`, and so CI.
-test: sysdeps venv
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+# SIP_POLICY_PROXY_EXPECT tells tests/unit/test_build.py which build must be running.
+test: sysdeps venv compiled
+	SIP_POLICY_PROXY_EXPECT=$(TEST_BUILD) $(if $(filter pure,$(TEST_BUILD)),SIP_POLICY_PROXY_PURE=1 )$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+test-pure: sysdeps venv
+	SIP_POLICY_PROXY_EXPECT=pure SIP_POLICY_PROXY_PURE=1 $(VPY) -m pytest -q $(PYTEST_ARGS)
 
 # Both run, and either failing fails the target (CI runs it before `make test`).
 lint: venv
 	@rc=0; \
-	$(VENV)/bin/ruff check proxy tests bench || rc=1; \
+	$(VENV)/bin/ruff check proxy tests bench setup.py || rc=1; \
 	$(VENV)/bin/mypy || rc=1; \
 	exit $$rc
 
@@ -107,7 +156,10 @@ bench: bench-sysdeps venv
 	  $(VPY) -m pip install -q --disable-pip-version-check -e '.[bench]'
 	$(VPY) bench/run.py $(BENCH_ARGS)
 
-# Caches and benchmark output only; .venv is kept (remove it by hand to start over).
+# Caches, benchmark output and the compiled build (build/ holds mypyc's C and the objects);
+# .venv is kept (remove it by hand to start over).
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache bench/results
+	rm -rf .pytest_cache .mypy_cache .ruff_cache bench/results build
 	find proxy tests bench -name __pycache__ -type d -prune -exec rm -rf {} +
+	find proxy -name '*.so' -delete
+	rm -f ./sip_policy_proxy__mypyc*.so

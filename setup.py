@@ -15,6 +15,7 @@ import shlex
 import shutil
 import sys
 import sysconfig
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from setuptools.errors import BaseError, CCompilerError
 HERE = Path(__file__).resolve().parent
 SANS_IO = ("sip", "transaction", "core", "policy")
 PURE_ENV = "SIP_POLICY_PROXY_PURE"
+STARTED = time.monotonic()
 # mypyc's shared library is the top-level module sip_policy_proxy__mypyc (mypyc derives the
 # modules' __file__ from it being at the top); proxy/__init__.py loads it from beside proxy/.
 GROUP = "sip_policy_proxy"
@@ -101,6 +103,8 @@ class OptionalBuildExt(build_ext):
             self._remove_outputs()
             self.extensions = []
             return
+        print(f"sip-policy-proxy: compiled with mypyc in {time.monotonic() - STARTED:.0f} s",
+              file=sys.stderr, flush=True)
         if inplace:
             # The copies keep the build's mtime; a build that had nothing to recompile (only a
             # comment changed) still makes them current: stamp them now (`make test` relies

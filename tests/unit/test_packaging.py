@@ -248,6 +248,10 @@ def test_ci_run_is_strict_bash_and_calls_make_test() -> None:
     assert "set -euo pipefail" in code
     make_test = [ln for ln in code if re.fullmatch(r"(exec\s+)?make(\s+-[-\w=]+)*\s+test", ln)]
     assert make_test, ".ci/run must run `make test`"
+    # ... against the compiled build, then the pure one (README "Compiled build").
+    make_pure = [i for i, ln in enumerate(code)
+                 if re.fullmatch(r"(exec\s+)?make(\s+-[-\w=]+)*\s+test-pure", ln)]
+    assert make_pure and make_pure[0] > code.index(make_test[0]), ".ci/run: make test-pure last"
     # Nothing may swallow the suite's exit status.
     assert not any(re.search(r"make\b.*\btest\b.*(\|\||;\s*true|\|\s*tee)", ln) for ln in code)
 
@@ -268,7 +272,25 @@ def test_make_test_installs_system_packages_then_runs_the_whole_suite() -> None:
         assert package in out
     assert "DEBIAN_FRONTEND=noninteractive apt-get update" in out
     last = out.strip().splitlines()[-1]
-    assert re.fullmatch(r"\S*\.venv/bin/python -m pytest -q\s*", last), last
+    # Against the compiled build, or pure when no C compiler is found (README "Compiled
+    # build"); either way the tests are told which build to expect (tests/unit/test_build.py).
+    match = re.fullmatch(r"SIP_POLICY_PROXY_EXPECT=(compiled|pure) (SIP_POLICY_PROXY_PURE=1 )?"
+                         r"\S*\.venv/bin/python -m pytest -q\s*", last)
+    assert match, last
+    assert (match.group(1) == "pure") == (match.group(2) is not None), last
+
+
+def test_make_test_pure_runs_the_whole_suite_pure() -> None:
+    last = _make_dry_run("test-pure").strip().splitlines()[-1]
+    assert re.fullmatch(r"SIP_POLICY_PROXY_EXPECT=pure SIP_POLICY_PROXY_PURE=1 "
+                        r"\S*\.venv/bin/python -m pytest -q\s*", last), last
+
+
+def test_make_clean_removes_the_compiled_build() -> None:
+    clean = _make_dry_run("clean")
+    assert re.search(r"rm -rf .*\bbuild\b", clean), clean
+    assert "find proxy -name '*.so' -delete" in clean
+    assert "sip_policy_proxy__mypyc" in clean
 
 
 def test_make_lint_and_bench_and_run() -> None:

@@ -33,9 +33,10 @@ class Dialogs:
     def __len__(self) -> int:
         return len(self.open)
 
-    def opened(self, core: ProxyCore, response: SipMessage, now: float) -> None:
-        """A 2xx to an INVITE went to the caller."""
-        key = _key(response.call_id, response.from_tag, response.to_tag)
+    def opened(self, core: ProxyCore, call_id: str, from_tag: str | None, to_tag: str | None,
+               now: float) -> None:
+        """A 2xx to an INVITE went to the caller: the dialog (RFC 3261 12.1) it set up."""
+        key = _key(call_id, from_tag, to_tag)
         self.open[key] = now
         if self.deadline is None:
             self.deadline = now + self.idle

@@ -115,7 +115,8 @@ def success(core: ProxyCore, br: Branch, msg: SipMessage, now: float, out: Out) 
         return  # a non-2xx final went upstream already (policy stop): nothing can follow
     forward_response(core, ctx, msg, 200, now, out)
     if ctx.method == "INVITE":
-        core.dialogs.opened(core, msg, now)
+        # The From tag is the request's (RFC 3261 8.2.6.2), parsed already; the To tag is new.
+        core.dialogs.opened(core, msg.call_id, ctx.request.from_tag, msg.to_tag, now)
         cancel.cancel_pending(core, ctx, now, out)
 
 

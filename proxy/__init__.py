@@ -5,7 +5,7 @@ with mypyc (setup.py): a module's C extension, when present, is imported in plac
 :func:`build_kind` says which build this process runs. ``SIP_POLICY_PROXY_PURE=1`` in the
 environment makes the process ignore the extensions and import the .py files, so one tree runs
 either way (README, "Compiled build"). In a source tree, an in-place build older than one of
-its .py files is ignored the same way, with a line on stderr.
+its .py files is ignored the same way, and :func:`build_kind` says why.
 """
 
 from __future__ import annotations
@@ -95,12 +95,11 @@ def _stale_extensions() -> list[str]:
     return stale
 
 
+#: The .py files newer than their extension, when that made this process run pure.
+_stale: list[str] = []
 if os.environ.get(PURE_ENV) == "1":
     _ignore_extensions()
 elif _stale := _stale_extensions():
-    print(f"sip-policy-proxy: {_stale[0]}"
-          f"{f' (and {len(_stale) - 1} more)' if len(_stale) > 1 else ''} is newer than its "
-          "compiled module: running pure Python (`make compiled` rebuilds)", file=sys.stderr)
     _ignore_extensions()
 else:
     _load_shared_library()
@@ -108,8 +107,9 @@ else:
 
 def build_kind() -> str:
     """:data:`COMPILED` when every module of the sans-IO packages is (or, not imported yet,
-    would be) loaded from a mypyc extension, :data:`PURE` when none is; a mix (a broken or
-    partial build) is named as such."""
+    would be) loaded from a mypyc extension, :data:`PURE` when none is (with the reason when a
+    stale in-place build was passed over); a mix (a broken or partial build) is named as
+    such."""
     import importlib
     import importlib.machinery
     import importlib.util
@@ -126,6 +126,8 @@ def build_kind() -> str:
                 continue
             total += 1
             compiled += isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
+    if compiled == 0 and _stale:
+        return f"{PURE}, not the compiled build: {_stale[0]} is newer (make compiled)"
     if compiled == 0:
         return PURE
     if compiled == total:

@@ -200,3 +200,15 @@ def test_observability_key_errors(tmp_path: Path, text: str, message: str) -> No
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text + "\n"))
     assert any(message in str(d) for d in info.value.diagnostics), info.value.diagnostics
+
+
+def test_text_lines_keep_the_standard_time_format() -> None:
+    """The text formatter formats the date once per second; its lines are what
+    logging.Formatter(TEXT_FORMAT) writes, milliseconds included, across a second's change."""
+    from proxy.runtime.logs import TEXT_FORMAT, TextFormatter
+
+    ours, standard = TextFormatter(), logging.Formatter(TEXT_FORMAT)
+    for created in (1764547200.001, 1764547200.999, 1764547201.5, 1764547200.25):
+        rec = logging.LogRecord("proxy.calls", logging.INFO, __file__, 1, "call %s", ("x",), None)
+        rec.created, rec.msecs = created, (created - int(created)) * 1000
+        assert ours.format(rec) == standard.format(rec)

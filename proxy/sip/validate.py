@@ -42,8 +42,10 @@ def validate_request(msg: SipMessage) -> None:
       3.1.2.4 scalar02, 3.1.2.17 mismatch01) -> 400; a mismatch on an unknown method -> 501
       (RFC 4475 3.1.2.18 mismatch02).  ACK and CANCEL carry their own method in CSeq
       (RFC 3261 17.1.1.3, 9.1), so no exception applies;
-    * From, To, Contact parse as name-addr/addr-spec (RFC 4475 3.1.2.6, 3.1.2.13-15) and every
-      Via and Route value parses (3.1.2.1) -> 400;
+    * From and To (and a REGISTER's Contact) parse as name-addr/addr-spec (RFC 4475 3.1.2.6,
+      3.1.2.13-15) and every Via and Route value parses (3.1.2.1) -> 400; another request's
+      Contact is not examined (RFC 3261 16.3 step 1: what a proxy does not use, it ignores
+      and forwards unchanged);
     * the Request-URI parses; a SIP/SIPS Request-URI with ?headers is refused (RFC 3261
       19.1.5; RFC 4475 3.1.2.11 escruri) -> 400;
     * Max-Forwards, if present, is digits 0..255 (a value over 255 is refused, see
@@ -71,7 +73,10 @@ def validate_request(msg: SipMessage) -> None:
     msg.to  # noqa: B018
     msg.vias  # noqa: B018
     msg.max_forwards  # noqa: B018
-    msg.contacts  # noqa: B018
+    if msg.method == "REGISTER":
+        # The registrar reads the Contacts (RFC 3261 10.3); a proxy forwarding any other
+        # request does not, and ignores what it does not examine (16.3 step 1).
+        msg.contacts  # noqa: B018
     msg.routes  # noqa: B018
     uri = msg.uri
     if isinstance(uri, SipUri) and uri.headers is not None:

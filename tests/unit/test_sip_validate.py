@@ -126,11 +126,25 @@ def test_malformed_fields_are_400(name: str, line: str) -> None:
     assert status_of(request(replace={name: line})) == 400
 
 
-def test_bad_contact_is_400() -> None:
-    """RFC 4475 3.1.2.13 regbadct: an addr-spec with '?' must be inside <>."""
-    data = request(extra=("Contact: sip:user@example.com?Route=%3Csip:sip.example.com%3E",))
-    assert status_of(data) == 400
-    check(request(extra=("Contact: <sip:user@example.com?Route=%3Csip:sip.example.com%3E>",)))
+def register(contact: str) -> bytes:
+    text = request(extra=(contact,)).decode()
+    start, rest = text.split("\r\n", 1)
+    method = start.split(" ", 1)[0]
+    return ("REGISTER sip:example.com SIP/2.0\r\n"
+            + rest.replace(f" {method}\r\n", " REGISTER\r\n", 1)).encode()
+
+
+def test_bad_contact_of_a_register_is_400() -> None:
+    """RFC 4475 3.1.2.13 regbadct: an addr-spec with '?' must be inside <>; the registrar
+    reads a REGISTER's Contacts (RFC 3261 10.3)."""
+    assert status_of(register("Contact: sip:user@example.com?Route=%3Csip:sip.example.com%3E")) == 400
+    check(register("Contact: <sip:user@example.com?Route=%3Csip:sip.example.com%3E>"))
+
+
+def test_another_requests_contact_is_not_examined() -> None:
+    """RFC 3261 16.3 step 1: a proxy forwarding a request does not use its Contact, and what
+    it does not examine it ignores and forwards unchanged."""
+    check(request(extra=("Contact: sip:user@example.com?Route=%3Csip:sip.example.com%3E",)))
 
 
 def test_bad_route_is_400() -> None:

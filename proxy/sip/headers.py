@@ -26,7 +26,15 @@ import re
 from dataclasses import dataclass
 
 from .errors import ParseError
-from .uri import AbsoluteUri, SipUri, format_params, host_port, parse_uri, split_params
+from .uri import (
+    AbsoluteUri,
+    SipUri,
+    format_params,
+    host_port,
+    is_plain_sip_uri,
+    parse_uri,
+    split_params,
+)
 
 __all__ = [
     "NameAddr",
@@ -38,6 +46,7 @@ __all__ = [
     "parse_params",
     "parse_via",
     "parse_via_list",
+    "plain_name_addr_tag",
     "split_header_values",
 ]
 
@@ -271,6 +280,24 @@ def parse_name_addr(text: str) -> NameAddr:
     uri = parse_uri(inner)
     rest = s[gt + 1:]
     return NameAddr(display, uri, parse_params(rest) if rest else {}, True)
+
+
+def plain_name_addr_tag(text: str) -> tuple[str | None] | None:
+    """``(tag,)``, the tag parameter of a From or To value of the usual shape
+    (``Name <sip:user@host:port>;tag=x``, RFC 3261 19.3), checked as :func:`parse_name_addr`
+    checks it but without building it; None when the value has another shape (then
+    :func:`parse_name_addr` decides: it accepts it or raises ParseError)."""
+    m = _FAST_NAME_ADDR_RE.match(text.strip())
+    if m is None or not is_plain_sip_uri(m.group(3)):
+        return None
+    tag: str | None = None
+    ptext = m.group(4)
+    if ptext:
+        for item in ptext[1:].split(";"):
+            name, eq, value = item.partition("=")
+            if name.lower() == "tag":
+                tag = value if eq else None  # the last one counts, as in the params dict
+    return (tag,)
 
 
 def parse_name_addr_list(text: str) -> list[NameAddr]:

@@ -33,6 +33,7 @@ from .headers import (
     parse_name_addr,
     parse_via,
     parse_via_list,
+    plain_name_addr_tag,
     split_header_values,
 )
 from .uri import AbsoluteUri, SipUri, parse_uri
@@ -128,6 +129,9 @@ class SipMessage:
         "_mf",
         "_mf_done",
         "_record_routes",
+        "_from_tag",
+        "_to_tag",
+        "_tags_done",
         "_route_lines",
         "_routes",
         "_to",
@@ -185,6 +189,9 @@ class SipMessage:
         self._uri: SipUri | AbsoluteUri | None = None
         self._routes: list[NameAddr] | None = None
         self._route_lines: list[tuple[int, list[NameAddr]]] | None = None
+        self._from_tag: str | None = None
+        self._to_tag: str | None = None
+        self._tags_done = 0  # bit 1: _from_tag is known, bit 2: _to_tag is
         self._record_routes: list[NameAddr] | None = None
         self._contacts: list[NameAddr] | None = None
         self._contact_star = False
@@ -305,11 +312,36 @@ class SipMessage:
 
     @property
     def from_tag(self) -> str | None:
-        return self.from_.params.get("tag")
+        """From's tag (RFC 3261 8.1.1.3); the From value is checked as :attr:`from_` checks
+        it (ParseError(400)), but built only when its shape is not the usual one."""
+        if not self._tags_done & 1:
+            na = self._from
+            self._from_tag = na.params.get("tag") if na is not None else self._tag("from")
+            self._tags_done |= 1
+        return self._from_tag
 
     @property
     def to_tag(self) -> str | None:
-        return self.to.params.get("tag")
+        """To's tag (RFC 3261 8.1.1.2), as :attr:`from_tag`."""
+        if not self._tags_done & 2:
+            na = self._to
+            self._to_tag = na.params.get("tag") if na is not None else self._tag("to")
+            self._tags_done |= 2
+        return self._to_tag
+
+    def _tag(self, canon: str) -> str | None:
+        value = self._get(canon)
+        if value is None:
+            raise ParseError(f"missing {'From' if canon == 'from' else 'To'} header field")
+        fast = plain_name_addr_tag(value)
+        if fast is not None:
+            return fast[0]
+        na = parse_name_addr(value)  # another shape: parsed, kept (or refused: 400)
+        if canon == "from":
+            self._from = na
+        else:
+            self._to = na
+        return na.params.get("tag")
 
     @property
     def max_forwards(self) -> int | None:

@@ -30,7 +30,7 @@ from urllib.parse import unquote
 
 from .errors import ParseError
 
-__all__ = ["AbsoluteUri", "SipUri", "parse_uri", "unescape"]
+__all__ = ["AbsoluteUri", "SipUri", "is_plain_sip_uri", "parse_uri", "unescape"]
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
@@ -181,6 +181,16 @@ class AbsoluteUri:
 
     def __str__(self) -> str:
         return self.raw
+
+
+def is_plain_sip_uri(text: str) -> bool:
+    """True when :func:`parse_uri` takes ``text`` by its fast path and accepts it: a sip: or
+    sips: URI of the common shape (no ?headers, no escaping oddities), its port in range."""
+    m = _FAST_SIP_RE.match(text)
+    if m is None:
+        return False
+    port = m.group(5)
+    return port is None or int(port) <= 65535
 
 
 def parse_uri(text: str) -> SipUri | AbsoluteUri:

@@ -69,8 +69,8 @@ def validate_request(msg: SipMessage) -> None:
             raise ParseError(f"CSeq method {cseq_method!r} does not match {msg.method!r}")
         raise ParseError(f"CSeq method {cseq_method!r} does not match {msg.method!r}", 501)
 
-    msg.from_  # noqa: B018 - each access parses (and caches) or raises ParseError(400)
-    msg.to  # noqa: B018
+    msg.from_tag  # noqa: B018 - each access checks (and caches) or raises ParseError(400)
+    msg.to_tag  # noqa: B018
     msg.vias  # noqa: B018
     msg.max_forwards  # noqa: B018
     if msg.method == "REGISTER":

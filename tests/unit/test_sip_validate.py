@@ -45,10 +45,38 @@ def status_of(data: bytes) -> int:
 
 
 def test_valid_request_passes_and_caches_views() -> None:
-    """RFC 3261 8.1.1: a minimal well-formed request passes; views are parsed once."""
+    """RFC 3261 8.1.1: a minimal well-formed request passes; views are parsed once; the tags
+    of From and To of the usual shape are checked without building their name-addrs, which
+    are built (once) when asked for, with the same tags."""
     msg = parse_message(request(extra=("Contact: <sip:alice@192.0.2.1>", "Route: <sip:p;lr>")))
     validate_request(msg)
-    assert msg._from is not None and msg._to is not None and msg._vias is not None
+    assert msg._vias is not None and msg._route_lines is not None and msg._tags_done == 3
+    assert msg._from is None and msg._to is None
+    assert msg.from_.params.get("tag") == msg.from_tag and msg.from_ is msg.from_
+
+
+@pytest.mark.parametrize("value", [
+    "<sip:a@example.com>;tag=1", "Alice <sip:a@example.com;transport=tcp>;x=y;tag=2;tag=3",
+    '"A \\"q\\"" <sip:a@[2001:db8::1]:5060>;TAG=4', "sip:a@example.com;tag=5",
+    "<tel:+123>;tag=6", "<sip:a@example.com:65535>", "<sip:a@example.com>;tag",
+])
+def test_tag_by_the_fast_check_equals_the_full_parse(value: str) -> None:
+    """The fast check of From/To gives the tag the full parse gives (RFC 3261 19.3)."""
+    from proxy.sip.headers import parse_name_addr, plain_name_addr_tag
+
+    fast = plain_name_addr_tag(value)
+    assert fast is None or fast[0] == parse_name_addr(value).params.get("tag")
+
+
+@pytest.mark.parametrize("value", [
+    "<sip:a@example.com:65536>;tag=1", '"unterminated <sip:a@example.com>;tag=1',
+    "Bell, Alexander <sip:a@example.com>;tag=1", "< sip:a@example.com >;tag=1",
+])
+def test_from_that_the_full_parse_refuses_is_refused_by_the_fast_check(value: str) -> None:
+    """RFC 4475 3.1.2.6, 3.1.2.14, 3.1.2.15 and a port out of range: 400 either way."""
+    msg = parse_message(request(replace={"From": f"From: {value}"}))
+    with pytest.raises(ParseError):
+        msg.from_tag  # noqa: B018
 
 
 @pytest.mark.parametrize("name", ["To", "From", "Call-ID", "CSeq", "Via"])

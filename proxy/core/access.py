@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Final
 
 from proxy.core.redirect_guard import RedirectGuard, _parse_ip
 
 __all__ = ["AddressSet", "RateLimiter", "Refusals"]
 
 LOG_INTERVAL = 60.0  # seconds between two log lines for the same source and reason
-_MAX_REMEMBERED = 4096  # sources remembered for log rate limiting (and IP membership cache)
+_MAX_REMEMBERED: Final = 4096  # sources remembered for log rate limiting (and IP membership cache)
 
 
 class AddressSet:

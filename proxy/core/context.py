@@ -106,9 +106,9 @@ class ContextEvent(Enum):
     FINAL_SENT = "final sent"
 
 
-_C = ContextState
-_V = ContextEvent
-_LIVE = (_C.PROCEEDING, _C.WAITING_STORE, _C.STOPPING, _C.STOPPING_STORE, _C.CANCELLING,
+_C: Final = ContextState
+_V: Final = ContextEvent
+_LIVE: Final = (_C.PROCEEDING, _C.WAITING_STORE, _C.STOPPING, _C.STOPPING_STORE, _C.CANCELLING,
          _C.CANCELLING_STORE)
 
 #: ``(state, event) -> next state``; a missing key: the event changes nothing (a 2xx after a
@@ -132,10 +132,10 @@ CONTEXT_TABLE: Final[Mapping[tuple[ContextState, ContextEvent], ContextState]] =
     **{(s, _V.GOT_2XX): _C.ANSWERED for s in (*_LIVE, _C.ANSWERED)},
     **{(s, _V.FINAL_SENT): _C.COMPLETED for s in _LIVE},
 }
-_MAY_BRANCH = frozenset({_C.PROCEEDING, _C.WAITING_STORE})
-_HOLDING = frozenset({_C.WAITING_STORE, _C.STOPPING_STORE, _C.CANCELLING_STORE})
-_CANCELLED = frozenset({_C.CANCELLING, _C.CANCELLING_STORE})
-_FINAL = frozenset({_C.ANSWERED, _C.COMPLETED})
+_MAY_BRANCH: Final = frozenset({_C.PROCEEDING, _C.WAITING_STORE})
+_HOLDING: Final = frozenset({_C.WAITING_STORE, _C.STOPPING_STORE, _C.CANCELLING_STORE})
+_CANCELLED: Final = frozenset({_C.CANCELLING, _C.CANCELLING_STORE})
+_FINAL: Final = frozenset({_C.ANSWERED, _C.COMPLETED})
 
 
 class Response(NamedTuple):

@@ -29,7 +29,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy.sip import AbsoluteUri, ParseError, SipMessage, SipUri, parse_uri, unescape
 
@@ -48,16 +48,16 @@ __all__ = [
 # RFC 8760 2.4: most preferred first.
 ALGORITHMS: tuple[str, ...] = ("SHA-256", "MD5")
 
-_HASHES: dict[str, str] = {"SHA-256": "sha256", "MD5": "md5"}  # RFC 8760 name -> hashlib
+_HASHES: Final[dict[str, str]] = {"SHA-256": "sha256", "MD5": "md5"}  # RFC 8760 name -> hashlib
 
-_TS_LEN = 16
-_SALT_LEN = 16
-_MAC_LEN = 32
-_NONCE_LEN = _TS_LEN + _SALT_LEN + _MAC_LEN
-_HEX = frozenset("0123456789abcdef")
-_USED = 1 << 40  # "nonce spent": higher than any 8-hex-digit nonce count (RFC 2617 3.2.2)
-_MAX_PARAMS = 32  # a credentials value with more parameters is refused as malformed
-_TSPECIALS = frozenset('()<>@,;:\\"/[]?={} \t')
+_TS_LEN: Final = 16
+_SALT_LEN: Final = 16
+_MAC_LEN: Final = 32
+_NONCE_LEN: Final = _TS_LEN + _SALT_LEN + _MAC_LEN
+_HEX: Final = frozenset("0123456789abcdef")
+_USED: Final = 1 << 40  # "nonce spent": higher than any 8-hex-digit nonce count (RFC 2617 3.2.2)
+_MAX_PARAMS: Final = 32  # a credentials value with more parameters is refused as malformed
+_TSPECIALS: Final = frozenset('()<>@,;:\\"/[]?={} \t')
 
 
 class UserCredentials(Protocol):

@@ -42,6 +42,7 @@ import binascii
 import hmac
 import ipaddress
 from dataclasses import dataclass
+from typing import Final
 
 __all__ = ["CACHE_SIZE", "MAC_SIZE", "MAX_TOKEN_LENGTH", "Flow", "FlowTokens"]
 
@@ -50,16 +51,16 @@ VERSION_NODE = 2  # the layout with the node field
 MAC_SIZE = 12  # bytes of HMAC-SHA256 kept: 96 bits
 MAX_TOKEN_LENGTH = 1024  # characters; longer input is refused before any work
 CACHE_SIZE = 4096  # flows (and verified tokens) remembered, each way
-_KEY_LABEL = b"sip-policy-proxy flow token v1 (RFC 5626 5.2)"
+_KEY_LABEL: Final = b"sip-policy-proxy flow token v1 (RFC 5626 5.2)"
 
 # transport code <-> name (3 bits)
-_TRANSPORTS = ("udp", "tcp", "tls", "sctp", "ws", "wss")
-_TRANSPORT_CODE = {name: code for code, name in enumerate(_TRANSPORTS)}
+_TRANSPORTS: Final = ("udp", "tcp", "tls", "sctp", "ws", "wss")
+_TRANSPORT_CODE: Final = {name: code for code, name in enumerate(_TRANSPORTS)}
 
 # host kinds (2 bits)
-_IPV4 = 0
-_IPV6 = 1
-_TEXT = 2
+_IPV4: Final = 0
+_IPV6: Final = 1
+_TEXT: Final = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import secrets
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from proxy.core import (
     cancel,
@@ -52,7 +53,7 @@ from proxy.transaction import TimerConfig, TimerQueue
 
 log = logging.getLogger("proxy.core")
 
-_UNANSWERED = frozenset({"TRYING", "PROCEEDING"})
+_UNANSWERED: Final = frozenset({"TRYING", "PROCEEDING"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from typing import Final
 from urllib.parse import unquote
 
 from proxy.sip.uri import AbsoluteUri, SipUri
@@ -40,13 +41,13 @@ __all__ = ["RedirectGuard"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_V4 = ipaddress.IPv4Network
-_V6 = ipaddress.IPv6Network
+_V4: Final = ipaddress.IPv4Network
+_V6: Final = ipaddress.IPv6Network
 
 # Destinations a redirect must not name unless an allow_targets entry inside the range names
 # them (RFC 6890 special-purpose registries; RFC 1122 3.2.1.3 for 0.0.0.0/8 "this network",
 # which is not a destination).
-_SPECIAL: tuple[tuple[str, IPNetwork], ...] = (
+_SPECIAL: Final[tuple[tuple[str, IPNetwork], ...]] = (
     ("loopback", _V4("127.0.0.0/8")),
     ("loopback", _V6("::1/128")),
     ("link-local", _V4("169.254.0.0/16")),
@@ -57,11 +58,11 @@ _SPECIAL: tuple[tuple[str, IPNetwork], ...] = (
     ("multicast", _V6("ff00::/8")),
     ("broadcast", _V4("255.255.255.255/32")),
 )
-_MAPPED = _V6("::ffff:0:0/96")  # RFC 4291 2.5.5.2
+_MAPPED: Final = _V6("::ffff:0:0/96")  # RFC 4291 2.5.5.2
 
 # A host-name entry (RFC 1123 labels; '_' tolerated as the URI parser does).
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_LABEL: Final = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_NAME: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
 def _unmap(ip: IPAddress) -> IPAddress:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.core import cancel, observe, responses
 from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("proxy.core")
 
-_UNANSWERED = frozenset({"TRYING", "PROCEEDING"})
-_TERMINATED = TransactionState.TERMINATED
+_UNANSWERED: Final = frozenset({"TRYING", "PROCEEDING"})
+_TERMINATED: Final = TransactionState.TERMINATED
 
 
 def server_key(msg: SipMessage, method: str) -> str:

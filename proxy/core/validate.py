@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from proxy.core.types import Send, Source
 from proxy.sip import AbsoluteUri, ParseError, SipMessage, validate_request
@@ -88,7 +88,7 @@ def bad_message(core: ProxyCore, data: bytes, src: Source, exc: ParseError) -> S
     return Send(src.transport, src.host, src.port, salvaged, src.conn_id)
 
 
-_SALVAGE = {
+_SALVAGE: Final = {
     "via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
     "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq",
 }

@@ -24,6 +24,7 @@ import difflib
 import hashlib
 import re
 from pathlib import Path
+from typing import Final
 
 from proxy.diagnostics import (
     DECIMAL,
@@ -78,11 +79,11 @@ STANDARD_METHODS = (
     "MESSAGE",  # RFC 3428
     "UPDATE",  # RFC 3311
 )
-_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
-_CLASS = re.compile(r"([0-9])[xX][xX]")
-_RANGE = re.compile(r"([0-9]+)\s*-\s*([0-9]+)")
-_SINGLE = re.compile(r"[0-9]+")
-_STATUS_FORMS = 'an integer 100..699, a class like "6xx" or a range like "500-599"'
+_TOKEN: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
+_CLASS: Final = re.compile(r"([0-9])[xX][xX]")
+_RANGE: Final = re.compile(r"([0-9]+)\s*-\s*([0-9]+)")
+_SINGLE: Final = re.compile(r"[0-9]+")
+_STATUS_FORMS: Final = 'an integer 100..699, a class like "6xx" or a range like "500-599"'
 
 
 def policy_version(data: bytes) -> str:

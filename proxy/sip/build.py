@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from .errors import ParseError
 from .headers import split_header_values
@@ -97,11 +98,11 @@ REASONS: dict[int, str] = {
     607: "Unwanted",  # RFC 8197
     608: "Rejected",  # RFC 8688
 }
-_CLASS_REASONS = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client Error",
+_CLASS_REASONS: Final = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "Client Error",
                   5: "Server Error", 6: "Global Failure"}
-_TAG_RE = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
-_CRLF = b"\r\n"
-_NO_EDITS: Mapping[int, str | None] = {}
+_TAG_RE: Final = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
+_CRLF: Final = b"\r\n"
+_NO_EDITS: Final[Mapping[int, str | None]] = {}
 
 
 def reason_phrase(status: int) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from .errors import ParseError
 from .uri import (
@@ -50,18 +51,18 @@ __all__ = [
     "split_header_values",
 ]
 
-_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
-_TOKEN_RE = re.compile(_TOKEN + r"\Z")
-_WS = " \t"
-_TOKEN_CHARS = frozenset(
+_TOKEN: Final = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN_RE: Final = re.compile(_TOKEN + r"\Z")
+_WS: Final = " \t"
+_TOKEN_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 )
 # display-name = *(token LWS): UTF-8 octets (seen as latin-1 chars >= 0x80) are tolerated.
-_DISPLAY_TOKENS_RE = re.compile(
+_DISPLAY_TOKENS_RE: Final = re.compile(
     r"[A-Za-z0-9\-.!%*_+`'~\x80-\xff]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~\x80-\xff]+)*\Z"
 )
 # sent-protocol LWS sent-by (RFC 3261 20.42); the via-params follow.
-_VIA_RE = re.compile(
+_VIA_RE: Final = re.compile(
     rf"[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
     r"(\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)"
     r"(?:[ \t]*:[ \t]*([0-9]{1,5}))?"
@@ -69,20 +70,20 @@ _VIA_RE = re.compile(
 # Fast path of parse_name_addr for the common shapes: [ quoted-string / tokens ] <URI> followed
 # by compact ";name[=value]" params (no LWS, no quoted values).  Anything else takes the slow
 # path, which alone decides what is an error.
-_FAST_NAME_ADDR_RE = re.compile(
+_FAST_NAME_ADDR_RE: Final = re.compile(
     r'(?:("(?:[^"\\]|\\.)*")|([A-Za-z0-9\-.!%*_+`\'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`\'~]+)*))?'
     r"[ \t]*<([^<>\x00-\x20\x7f\"]+)>"
     r"((?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\"\x00-\x20\x7f,]+)?)*)\Z",
     re.DOTALL,
 )
 # The usual compact Via: sent-protocol SP sent-by then ";name[=value]" params, no LWS/quotes.
-_FAST_VIA_RE = re.compile(
+_FAST_VIA_RE: Final = re.compile(
     rf"({_TOKEN})/({_TOKEN})/({_TOKEN}) "
     r"(\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)(?::([0-9]{1,5}))?"
     r"((?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\"\x00-\x20\x7f,]+)?)*)\Z"
 )
-_KNOWN_TRANSPORTS = frozenset({"UDP", "TCP", "TLS", "SCTP", "TLS-SCTP", "WS", "WSS", "DTLS"})
-_MAX_CSEQ = 2**32 - 1
+_KNOWN_TRANSPORTS: Final = frozenset({"UDP", "TCP", "TLS", "SCTP", "TLS-SCTP", "WS", "WSS", "DTLS"})
+_MAX_CSEQ: Final = 2**32 - 1
 
 
 def is_token(text: str) -> bool:

@@ -22,7 +22,7 @@ ABNF (RFC 3261 25.1)::
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from .errors import FramingError, ParseError
 from .headers import (
@@ -64,10 +64,10 @@ COMPACT: dict[str, str] = {
     "n": "identity-info",  # RFC 4474
 }
 
-_MAX_MF = 255
-_MAX_DELTA = 2**32 - 1
-_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.IGNORECASE)
-_KNOWN_METHODS = frozenset({
+_MAX_MF: Final = 255
+_MAX_DELTA: Final = 2**32 - 1
+_VERSION_RE: Final = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.IGNORECASE)
+_KNOWN_METHODS: Final = frozenset({
     "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
 })
@@ -82,14 +82,14 @@ class Header(NamedTuple):
     end: int  # offset just past the CRLF that ends its last line
 
 
-_tuple_new = tuple.__new__
-_FOLD = (" ", "\t")
+_tuple_new: Final = tuple.__new__
+_FOLD: Final = (" ", "\t")
 
 # field-name as written (up to ':') -> canonical name; bounded so hostile input cannot grow it.
-_NAME_CACHE: dict[str, str] = {}
+_NAME_CACHE: Final[dict[str, str]] = {}
 # name given by a caller of get()/count() -> canonical name (no validation).
-_LOOKUP_CACHE: dict[str, str] = {}
-_CACHE_LIMIT = 4096
+_LOOKUP_CACHE: Final[dict[str, str]] = {}
+_CACHE_LIMIT: Final = 4096
 
 
 def _canon_field_name(raw_name: str) -> str:

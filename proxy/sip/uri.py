@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote
 
 from .errors import ParseError
@@ -33,24 +34,24 @@ from .errors import ParseError
 __all__ = ["AbsoluteUri", "SipUri", "is_plain_sip_uri", "parse_uri", "unescape"]
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
-_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
+_SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 # Characters never allowed unescaped anywhere in a URI: controls, SP, DEL and the delimiters
 # '<' '>' '"' (RFC 3986 2.2 / RFC 3261 25.1).  LWS in a URI is the RFC 4475 3.1.2.8 (lwsruri)
 # defect; '<>' around it is 3.1.2.7 (ltgtruri).
-_BAD_CHARS_RE = re.compile(r'[\x00-\x20\x7f<>"]')
+_BAD_CHARS_RE: Final = re.compile(r'[\x00-\x20\x7f<>"]')
 # hostport = host [ ":" port ]; host = hostname / IPv4address / IPv6reference.
 # IPv6reference is checked by character class only: RFC 5118 4.10 asks to tolerate the
 # 3-colon form that RFC 3261's ABNF bug allows ("[2001:db8:::192.0.2.1]").  '_' is tolerated
 # in host names (seen in the wild, harmless).  The port must end the hostport, so
 # "sip:2001:db8::10" (RFC 5118 4.2) fails on its "port" "db8::10".
-_HOSTPORT_RE = re.compile(
+_HOSTPORT_RE: Final = re.compile(
     r"(\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)(?::([0-9]{1,5}))?(?=[;?]|\Z)"
 )
 # Fast path for the common shapes (lower-case scheme, plain user/password, no ?headers): one
 # match instead of the step-by-step parse below; anything it does not match takes the slow
 # path, which is the one that decides what is an error.
-_PCHAR = r"[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]"
-_FAST_SIP_RE = re.compile(
+_PCHAR: Final = r"[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]"
+_FAST_SIP_RE: Final = re.compile(
     r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,%]+)(?::([A-Za-z0-9\-_.!~*'()&=+$,%]*))?@)?"
     r"(\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)(?::([0-9]{1,5}))?"
     rf"((?:;{_PCHAR}+(?:={_PCHAR}+)?)*)\Z"

@@ -7,6 +7,8 @@ loops (482, step 4).
 
 from __future__ import annotations
 
+from typing import Final
+
 from .errors import ParseError
 from .message import SipMessage
 from .uri import SipUri
@@ -19,9 +21,9 @@ REQUIRED_HEADERS: tuple[str, ...] = ("to", "from", "call-id", "cseq", "via")
 SINGLE_HEADERS: frozenset[str] = frozenset({
     "to", "from", "call-id", "cseq", "max-forwards", "content-length", "content-type", "expires",
 })
-_SINGLE_ORDER = ("to", "from", "call-id", "cseq", "max-forwards", "content-length",
+_SINGLE_ORDER: Final = ("to", "from", "call-id", "cseq", "max-forwards", "content-length",
                  "content-type", "expires")
-_DISPLAY = {"to": "To", "from": "From", "call-id": "Call-ID", "cseq": "CSeq", "via": "Via",
+_DISPLAY: Final = {"to": "To", "from": "From", "call-id": "Call-ID", "cseq": "CSeq", "via": "Via",
             "max-forwards": "Max-Forwards", "content-length": "Content-Length",
             "content-type": "Content-Type", "expires": "Expires"}
 # Methods of RFC 3261 and the extensions a proxy commonly meets; a CSeq mismatch on any other

@@ -7,7 +7,7 @@ two, kept in a plain slot so a :class:`~proxy.transaction.timers.TimerQueue` rea
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from .effects import SEND_ACK, TERMINATED, TIMEOUT_B, TIMEOUT_F, TIMEOUT_H, Effect, Retransmit
 from .states import Action, EntryTimers, Event, Step, Table, TransactionState
@@ -15,14 +15,14 @@ from .timers import TimerConfig
 
 __all__ = ["Transaction"]
 
-_TIMEOUTS: dict[Event, Effect] = {
+_TIMEOUTS: Final[dict[Event, Effect]] = {
     Event.TIMER_B: TIMEOUT_B,
     Event.TIMER_F: TIMEOUT_F,
     Event.TIMER_H: TIMEOUT_H,
 }
-_TERMINATED_STATE = TransactionState.TERMINATED
+_TERMINATED_STATE: Final = TransactionState.TERMINATED
 # The letter of each timer event ("B" for TIMER_B), read without Enum.value's descriptor.
-_LETTER: dict[Event, str] = {e: e.value for e in Event if e.name.startswith("TIMER_")}
+_LETTER: Final[dict[Event, str]] = {e: e.value for e in Event if e.name.startswith("TIMER_")}
 
 
 class Transaction:

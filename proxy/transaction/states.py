@@ -122,9 +122,9 @@ class Step(NamedTuple):
 Table: TypeAlias = Mapping[tuple[TransactionState, Event], Step]
 EntryTimers: TypeAlias = Mapping[TransactionState, tuple[Event | None, Event | None]]
 
-_S = TransactionState
-_E = Event
-_A = Action
+_S: Final = TransactionState
+_E: Final = Event
+_A: Final = Action
 
 
 def _step(next_state: TransactionState, action: Action = _A.NONE) -> Step:

@@ -11,7 +11,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 __all__ = ["TIMER_NAMES", "Timed", "TimerConfig", "TimerQueue"]
 
@@ -152,7 +152,7 @@ class Timed(Protocol):
     def deadline(self) -> float | None: ...
 
 
-_COMPACT_MIN = 256
+_COMPACT_MIN: Final = 256
 """Below this many heap entries the queue never bothers compacting."""
 
 

@@ -49,10 +49,13 @@ _HOSTPORT_RE: Final = re.compile(
 )
 # Fast path for the common shapes (lower-case scheme, plain user/password, no ?headers): one
 # match instead of the step-by-step parse below; anything it does not match takes the slow
-# path, which is the one that decides what is an error.
+# path, which is the one that decides what is an error. The userinfo is an atomic group:
+# neither class holds '@' (nor the user ':'), so giving characters back could never reach
+# the '@', and a URI without user part ("sip:192.0.2.1:5060;transport=udp") no longer
+# backtracks through its host and port character by character.
 _PCHAR: Final = r"[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]"
 _FAST_SIP_RE: Final = re.compile(
-    r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,%]+)(?::([A-Za-z0-9\-_.!~*'()&=+$,%]*))?@)?"
+    r"(sips?):(?:(?>([A-Za-z0-9\-_.!~*'()&=+$,%]+)(?::([A-Za-z0-9\-_.!~*'()&=+$,%]*))?)@)?"
     r"(\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)(?::([0-9]{1,5}))?"
     rf"((?:;{_PCHAR}+(?:={_PCHAR}+)?)*)\Z"
 )

@@ -366,6 +366,10 @@ class UdpPeer:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+        # asyncio closes a datagram socket in a callback of the next loop iteration: let it
+        # run, so the port is free once the block is left (a test binds sipp to it next, and
+        # under load sipp lost that race: "Unable to bind main socket, errno = 98").
+        await asyncio.sleep(0)
 
     def close(self) -> None:
         self._stream.close()

@@ -819,15 +819,29 @@ def run_all(args: argparse.Namespace, outdir: Path, rates: list[int]) -> list[Se
     return all_series
 
 
+def proxy_build(python: str, cwd: Path) -> str:
+    """What ``python -m proxy --version`` says, run as the benchmark runs the proxy (same
+    interpreter, environment and working directory): which build (compiled or pure) ran."""
+    try:
+        out = subprocess.run([python, "-m", "proxy", "--version"], cwd=cwd, capture_output=True,
+                             text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return (out.stdout.strip() or out.stderr.strip() or "unknown").splitlines()[0]
+
+
 def write_results(args: argparse.Namespace, outdir: Path, rates: list[int],
                   all_series: list[Series]) -> None:
-    text = "\n".join([table(all_series), ""] + summary_lines(all_series))
+    python = args.python or str(REPO / ".venv" / "bin" / "python")
+    build = proxy_build(python, outdir)
+    text = "\n".join([table(all_series), ""] + summary_lines(all_series)
+                     + [f"proxy build: {build}"])
     print("\n" + text)
     (outdir / "summary.txt").write_text(text + "\n")
     (outdir / "summary.json").write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
         "rates": rates, "duration_s": args.duration, "cores": os.cpu_count(),
-        "sipp_clock_ms": sipp_clock_ms(),
+        "sipp_clock_ms": sipp_clock_ms(), "proxy_build": build,
         "series": [s.as_dict() for s in all_series],
     }, indent=2) + "\n")
     written = [outdir / "summary.txt", outdir / "summary.json"]
@@ -838,6 +852,7 @@ def write_results(args: argparse.Namespace, outdir: Path, rates: list[int],
         if note.startswith("plot: /"):
             written.append(outdir / "results.png")
     md = markdown(all_series, args.duration, time.strftime("%Y-%m-%d"))
+    md = md.replace("\n\n", f" The proxy: `{build}`.\n\n", 1)
     (outdir / "summary.md").write_text(md)
     written.append(outdir / "summary.md")
     if args.report_md is not None:

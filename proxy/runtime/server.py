@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from proxy import __version__, build_kind
 from proxy.config import Config
 from proxy.core.access import AddressSet
 from proxy.core.context import ResponseContext
@@ -170,6 +171,7 @@ class Runtime:
         p = self.core.policy
         log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
                 len(p.rules))
+        log.log(_NOTICE, "sip-policy-proxy %s, %s", __version__, build_kind())
         log.log(_NOTICE, "sip-policy-proxy ready")
 
     def request_stop(self) -> None:

@@ -104,6 +104,10 @@ async def test_json_logs_one_object_per_line_with_the_call(
     assert call["status"] == 603 and call["call_id"]
     assert {"rule": "global-failure", "action": "stop", "status": 603} in call["decisions"]
     assert any(o["message"] == "sip-policy-proxy ready" for o in objs)
+    # the start-up line names the version and the build that runs (compiled or pure)
+    from proxy import __version__, build_kind
+
+    assert f"sip-policy-proxy {__version__}, {build_kind()}" in [o["message"] for o in objs]
 
 
 async def test_debug_shows_messages_and_decisions(

@@ -823,6 +823,7 @@ def proxy_build(python: str, cwd: Path) -> str:
     """What ``python -m proxy --version`` says, run as the benchmark runs the proxy (same
     interpreter, environment and working directory): which build (compiled or pure) ran."""
     try:
+        cwd.mkdir(parents=True, exist_ok=True)
         out = subprocess.run([python, "-m", "proxy", "--version"], cwd=cwd, capture_output=True,
                              text=True, timeout=30, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -833,7 +834,7 @@ def proxy_build(python: str, cwd: Path) -> str:
 def write_results(args: argparse.Namespace, outdir: Path, rates: list[int],
                   all_series: list[Series]) -> None:
     python = args.python or str(REPO / ".venv" / "bin" / "python")
-    build = proxy_build(python, outdir)
+    build = proxy_build(python, outdir / "proxy")  # where the proxy ran: outdir holds a proxy/
     text = "\n".join([table(all_series), ""] + summary_lines(all_series)
                      + [f"proxy build: {build}"])
     print("\n" + text)

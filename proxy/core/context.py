@@ -172,6 +172,7 @@ class ResponseContext:
         "recursed",
         "flow_attempts",
         "path",
+        "from_tag",
     )
 
     def __init__(
@@ -179,7 +180,9 @@ class ResponseContext:
         groups: list[list[Target]], *, from_location: bool, serial: bool, loop_hash: str,
     ) -> None:
         self.server = server
-        self.request = request
+        #: the request as received; None once the context is settled (:meth:`settle`)
+        self.request: SipMessage | None = request
+        self.from_tag = request.from_tag  # dialogs: kept for 2xx retransmissions (16.7 step 5)
         self.source = source
         self.method = request.method
         self.policy = policy  # snapshot: a reload does not change a call in progress
@@ -228,6 +231,27 @@ class ResponseContext:
     def holding(self) -> bool:
         """A learned route is being written: the final response waits for it."""
         return self.state in _HOLDING
+
+    @property
+    def live_request(self) -> SipMessage:
+        """The request, for what only a live context does (new branches, its own final)."""
+        req = self.request
+        if req is None:
+            raise RuntimeError("the response context is settled: its request was let go")
+        return req
+
+    def settle(self) -> None:
+        """The final response went upstream and no branch is pending: nothing can start a
+        branch or choose a response any more (RFC 3261 16.7 steps 4 to 6). Let go of the
+        parsed request and the kept responses, so that a finished call, whose transactions
+        stay for Timers J, K, L and M (up to 64*T1), holds bytes and a few small objects
+        instead of parsed messages (memory, and the young collections of the garbage
+        collector scan far fewer objects, ``proxy.runtime.memory``)."""
+        self.request = None
+        self.responses = []
+        self.groups = []
+        if self.server.request is not None:
+            self.server.request = None
 
     def drop_response(self, msg: SipMessage) -> None:
         self.responses = [r for r in self.responses if r[1] is not msg]

@@ -57,11 +57,11 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
     does not fit a datagram at all and cannot go over TCP is answered 513 at once (False:
     no branch was started).
     """
-    if target.transport != "tls" and needs_tls(ctx.request.request_uri, target):
+    if target.transport != "tls" and needs_tls(ctx.live_request.request_uri, target):
         # RFC 3261 26.2.2, RFC 5630 3.1.3: a SIPS request goes over TLS on every hop; no
         # downgrade to UDP or TCP, whatever the target set says.
         log.info("%s %s: no TLS path to %s:%s/%s for a sips: URI: 480", ctx.method,
-                 target.request_uri or ctx.request.request_uri, target.host, target.port,
+                 target.request_uri or ctx.live_request.request_uri, target.host, target.port,
                  target.transport)
         core.stats["sips_without_tls"] += 1
         ctx.responses.append(Response(480, None, ctx.policy.evaluate(480, ctx.method)))
@@ -111,7 +111,7 @@ def needs_tls(request_uri: str, target: Target) -> bool:
 
 def branch_bytes(core: ProxyCore, ctx: ResponseContext, target: Target, bid: str) -> bytes:
     """The request as sent on one branch (RFC 3261 16.6 steps 2 to 8), by splicing."""
-    msg = ctx.request
+    msg = ctx.live_request
     local = local_for(core, target)
     insert = [f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"]
     method = ctx.method

@@ -55,7 +55,7 @@ def redirect(
         return False
     if ctx.redirects >= decision.max_redirects:
         log.info("%s not followed: max_redirects %d reached (Call-ID %s)", status,
-                 decision.max_redirects, ctx.request.call_id)
+                 decision.max_redirects, ctx.live_request.call_id)
         return False
     chosen = _usable_contacts(core, ctx, msg)
     if not chosen:
@@ -76,10 +76,10 @@ def redirect(
     if ttl > 0 and src is not None:
         # The rewrite of the URI this branch was sent to (CONTRACT routing): one binding of
         # a forked user, or one link of a chain (A->B, then B->C), not the whole user.
-        old = br.target.request_uri or ctx.request.request_uri
+        old = br.target.request_uri or ctx.live_request.request_uri
         new = str(chosen[0][1])
         wall = now + core.wall_offset
-        route = LearnedRoute(old, new, f"{src.host}:{src.port}", ctx.request.call_id,
+        route = LearnedRoute(old, new, f"{src.host}:{src.port}", ctx.live_request.call_id,
                              status, wall, wall + ttl)
         core.learned[old] = (new, now + ttl)
         out.write(StoreWrite(route, ctx))
@@ -96,7 +96,7 @@ def _usable_contacts(
 ) -> list[tuple[float, SipUri, NameAddr]]:
     """The 3xx's Contacts the context may recurse on (RFC 3261 16.5, 8.1.3.4, 26.1.2)."""
     guard = core.guard
-    req_uri = ctx.request.uri
+    req_uri = ctx.live_request.uri
     sips = isinstance(req_uri, SipUri) and req_uri.scheme == "sips"
     chosen: list[tuple[float, SipUri, NameAddr]] = []
     for c in msg.contacts:
@@ -140,7 +140,7 @@ def persisted(core: ProxyCore, ctx: ResponseContext, ok: bool, now: float, out: 
     ctx.fire(ContextEvent.STORED)
     if not ok:
         log.error("learned route for %s could not be stored; following it anyway",
-                  ctx.request.request_uri)
+                  ctx.live_request.request_uri)
     if ctx.final_sent:
         return
     if ctx.may_branch and forward.next_group(core, ctx, now, out):

@@ -119,7 +119,7 @@ def upstream_path(core: ProxyCore, msg: SipMessage, src: Source) -> tuple[str, s
 
 def learn_bindings(core: ProxyCore, ctx: ResponseContext, msg: SipMessage, now: float) -> None:
     """registrar: upstream: learn the AOR's bindings from the registrar's 2xx."""
-    req = ctx.request
+    req = ctx.live_request
     location = core.location
     try:
         uri = req.to.uri

@@ -111,13 +111,15 @@ def success(core: ProxyCore, br: Branch, msg: SipMessage, now: float, out: Out) 
         txns.schedule(core, br)
     if ctx.method == "REGISTER" and not core.settings.registrar_local:
         registrar_glue.learn_bindings(core, ctx, msg, now)
-    if not ctx.fire(ContextEvent.GOT_2XX):
-        return  # a non-2xx final went upstream already (policy stop): nothing can follow
-    forward_response(core, ctx, msg, 200, now, out)
-    if ctx.method == "INVITE":
-        # The From tag is the request's (RFC 3261 8.2.6.2), parsed already; the To tag is new.
-        core.dialogs.opened(core, msg.call_id, ctx.request.from_tag, msg.to_tag, now)
-        cancel.cancel_pending(core, ctx, now, out)
+    # After a non-2xx final went upstream (policy stop) nothing follows it (GOT_2XX fails).
+    if ctx.fire(ContextEvent.GOT_2XX):
+        forward_response(core, ctx, msg, 200, now, out)
+        if ctx.method == "INVITE":
+            # The From tag is the request's (RFC 3261 8.2.6.2); the To tag is new.
+            core.dialogs.opened(core, msg.call_id, ctx.from_tag, msg.to_tag, now)
+            cancel.cancel_pending(core, ctx, now, out)
+    if ctx.pending == 0 and ctx.request is not None:
+        ctx.settle()
 
 
 def branch_final(
@@ -136,14 +138,16 @@ def branch_final(
     ctx.pending -= 1
     txns.schedule(core, br)
     if ctx.final_sent:
+        if ctx.pending == 0:
+            ctx.settle()
         return Outcome.LATE
     decision = ctx.policy.evaluate(status, ctx.method)
     ctx.responses.append(Response(status, msg, decision))
     action = decision.action
     core.metrics.decisions[(rule_name(decision.rule), action.value)] += 1
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("decision Call-ID %s: %s from %s:%s -> %s", ctx.request.call_id, status,
-                  br.target.host, br.target.port, decision.describe())
+        log.debug("decision Call-ID %s: %s from %s:%s -> %s", ctx.live_request.call_id,
+                  status, br.target.host, br.target.port, decision.describe())
     if ctx.cancelled:
         pass
     elif br.target.instance is not None and (
@@ -233,7 +237,7 @@ def send_local(
     ctx.fire(ContextEvent.FINAL_SENT)
     if ctx.to_tag is None:
         ctx.to_tag = core.new_tag()
-    data = make_response(ctx.request, status, reason, to_tag=ctx.to_tag)
+    data = make_response(ctx.live_request, status, reason, to_tag=ctx.to_tag)
     txns.send_response(core, ctx.server, status, data, now, out)
 
 

@@ -82,6 +82,11 @@ def send_response(
     server_effects(core, entry, effects, out)
     if first_final:
         observe.final_sent(core, entry, status, now, out)
+        ctx = entry.ctx
+        if ctx is None:
+            entry.request = None
+        elif ctx.pending == 0:
+            ctx.settle()
 
 
 def respond(

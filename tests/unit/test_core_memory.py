@@ -16,6 +16,7 @@ import pytest
 
 from proxy.core.context import Branch, ResponseContext, ServerEntry
 from proxy.core.types import Source
+from proxy.sip import SipMessage
 from tests.unit.core_harness import Harness, own_route, request, response_to
 
 UP = 5080
@@ -107,3 +108,47 @@ def test_cancelled_and_failed_over_calls_are_freed_too(no_gc: None) -> None:
     assert h.core.active_transactions == 0
     h.sent.clear()
     assert cyclic_garbage() == []
+
+
+def parsed_messages() -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, SipMessage))
+
+
+def test_a_settled_call_holds_no_parsed_message(no_gc: None) -> None:
+    """Once a context's final response went upstream and no branch is pending (RFC 3261 16.7
+    steps 5 and 6), nothing can read its request again: the context lets it go while its
+    transactions stay for Timers J, K, L and M. A call then holds bytes and a few small
+    objects, not parsed messages (each is dozens of objects the collector's young passes
+    must scan: proxy.runtime.memory)."""
+    h = Harness.make()
+    for n in range(3):
+        call(h, n)
+    h.sent.clear()
+    entries = list(h.core.server.values())
+    assert len(entries) == 6 and h.core.active_transactions > 0  # 3 INVITEs, 3 BYEs: waiting
+    assert [e.request for e in entries] == [None] * 6
+    contexts = [e.ctx for e in entries if e.ctx is not None]
+    assert sorted(c.method for c in contexts) == ["BYE"] * 3 + ["INVITE"] * 3
+    assert all(c.request is None and c.responses == [] for c in contexts)
+    with pytest.raises(RuntimeError, match="settled"):
+        contexts[0].live_request  # noqa: B018 - the property raises
+    gc.collect()
+    assert parsed_messages() == 0
+
+
+def test_a_call_waiting_for_a_branch_keeps_its_request(no_gc: None) -> None:
+    """Before the final response (here a 180 only), the request is still needed: a failover,
+    a recursion or the proxy's own 408 reads it."""
+    h = Harness.make()
+    h.feed(request(branch="z9hG4bKwait", call_id="wait"))
+    fwd = [s.data for s in h.sent if s.port == UP][-1]
+    h.feed(response_to(fwd, 180), PBX)
+    [ctx] = [e.ctx for e in h.core.server.values() if e.ctx is not None]
+    assert ctx.request is not None and ctx.live_request.call_id == "wait"
+    h.advance(100.0)
+    assert ctx.request is not None
+    # Timer C (180 s): the branch is cancelled; 64*T1 later, still unanswered, it ends as if
+    # with a 408 (RFC 3261 9.1, 16.8), and the proxy's own 408 goes to the caller
+    out = h.advance(200.0)
+    assert {m.status for m in h.to(6000, out) if not m.is_request} == {408}  # and Timer G
+    assert ctx.request is None

@@ -76,9 +76,21 @@ def test_only_the_first_final_counts_and_non_invites_get_no_call_line() -> None:
                                     call_id="o1"), CALLER, h.now)
     assert fx.logs == () and h.core.metrics.responses[200] == 2
     assert h.core.metrics.requests["OPTIONS"] == 1
-    # only an INVITE's server transaction keeps its request (memory under a REGISTER storm)
+    # no server transaction keeps its request once its final response is sent (memory, and
+    # the garbage collector's young passes: see test_core_memory)
     entries = list(h.core.server.values())
-    assert [e.request is not None for e in entries] == [e.txn.is_invite for e in entries]
+    assert len(entries) == 2 and [e.request for e in entries] == [None, None]
+
+
+def test_only_an_invite_keeps_its_request_until_its_final() -> None:
+    """The request is kept for the call line and the time to final; a REGISTER storm must not
+    hold 50,000 messages for Timer J."""
+    h = Harness.make()
+    h.feed(request())
+    h.feed(request("OPTIONS", "sip:127.0.0.1:5060", branch="z9hG4bKo1", call_id="o1"))
+    entries = list(h.core.server.values())
+    assert [e.txn.is_invite for e in entries] == [True, False]
+    assert [e.request is not None for e in entries] == [True, False]
 
 
 def test_unknown_methods_share_one_label_and_bad_messages_have_reasons() -> None:

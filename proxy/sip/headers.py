@@ -28,6 +28,7 @@ from typing import Final
 
 from .errors import ParseError
 from .uri import (
+    MEMO_SIZE,
     AbsoluteUri,
     SipUri,
     format_params,
@@ -220,7 +221,24 @@ class NameAddr:
         return self.params.get("tag")
 
 
+_NAME_ADDR_MEMO: Final[dict[str, NameAddr]] = {}
+_TAG_MEMO: Final[dict[str, tuple[str | None] | None]] = {}
+
+
 def parse_name_addr(text: str) -> NameAddr:
+    """:func:`_parse_name_addr`, each distinct text once (a Route naming this proxy recurs
+    on every in-dialog request); the result is shared: never change it (see
+    :mod:`proxy.sip.uri` for the memo's bound)."""
+    na = _NAME_ADDR_MEMO.get(text)
+    if na is None:
+        na = _parse_name_addr(text)
+        if len(_NAME_ADDR_MEMO) >= MEMO_SIZE:
+            _NAME_ADDR_MEMO.clear()
+        _NAME_ADDR_MEMO[text] = na
+    return na
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     """Parse one name-addr or addr-spec with its parameters (RFC 3261 20.10, 25.1).
 
     ParseError(400) for: an unterminated quoted display name (RFC 4475 3.1.2.6 quotbal), LWS
@@ -287,7 +305,18 @@ def plain_name_addr_tag(text: str) -> tuple[str | None] | None:
     """``(tag,)``, the tag parameter of a From or To value of the usual shape
     (``Name <sip:user@host:port>;tag=x``, RFC 3261 19.3), checked as :func:`parse_name_addr`
     checks it but without building it; None when the value has another shape (then
-    :func:`parse_name_addr` decides: it accepts it or raises ParseError)."""
+    :func:`parse_name_addr` decides: it accepts it or raises ParseError). Each distinct text
+    is examined once (a call's From and To recur in each of its messages)."""
+    if text in _TAG_MEMO:
+        return _TAG_MEMO[text]
+    found = _plain_tag(text)
+    if len(_TAG_MEMO) >= MEMO_SIZE:
+        _TAG_MEMO.clear()
+    _TAG_MEMO[text] = found
+    return found
+
+
+def _plain_tag(text: str) -> tuple[str | None] | None:
     m = _FAST_NAME_ADDR_RE.match(text.strip())
     if m is None or not is_plain_sip_uri(m.group(3)):
         return None

@@ -19,6 +19,11 @@ Values are kept *as written* (still %-escaped, RFC 3261 19.1.2): unescaping is n
 implicitly, and never recursively (RFC 4475 3.1.1.3); :func:`unescape` is there for callers that
 compare users.  A user part may hold ';' (RFC 4475 3.1.1.9 semiuri): the userinfo ends at the
 first '@'.
+
+Parsed URIs are values: nothing changes one after parsing. :func:`parse_uri` therefore parses
+each distinct text once and hands the same object out again (:data:`MEMO_SIZE` texts at most,
+forgotten all at once when full, so that hostile input cannot grow it): the values that recur
+on every call (a callee's Request-URI, the proxy's own Record-Route) cost a dict lookup.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from urllib.parse import unquote
 
 from .errors import ParseError
 
-__all__ = ["AbsoluteUri", "SipUri", "is_plain_sip_uri", "parse_uri", "unescape"]
+__all__ = ["MEMO_SIZE", "AbsoluteUri", "SipUri", "is_plain_sip_uri", "parse_uri", "unescape"]
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
 _SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
@@ -197,12 +202,28 @@ def is_plain_sip_uri(text: str) -> bool:
     return port is None or int(port) <= 65535
 
 
+#: texts a memo of this module keeps at most (the memo is cleared when it is full)
+MEMO_SIZE: Final = 4096
+_URI_MEMO: Final[dict[str, SipUri | AbsoluteUri]] = {}
+
+
 def parse_uri(text: str) -> SipUri | AbsoluteUri:
     """Parse a URI as found in a Request-URI or inside a name-addr (RFC 3261 19.1, 25.1).
 
     Raises ParseError(400) on: no scheme, LWS or '<>"' inside the URI, an empty or malformed
     host, an IPv6 address without brackets (RFC 5118 4.2), a bad port, an empty parameter.
+    The result is shared with every other caller that parses the same text: never change it.
     """
+    uri = _URI_MEMO.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        if len(_URI_MEMO) >= MEMO_SIZE:
+            _URI_MEMO.clear()
+        _URI_MEMO[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> SipUri | AbsoluteUri:
     m = _FAST_SIP_RE.match(text)
     if m is not None:
         scheme, user, password, host, port_text, ptext = m.groups()

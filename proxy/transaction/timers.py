@@ -153,23 +153,37 @@ class Timed(Protocol):
 
 
 _COMPACT_MIN: Final = 256
-"""Below this many heap entries the queue never bothers compacting."""
+"""Below this many queued entries the queue never bothers compacting."""
+
+BUCKET: Final = 1.0
+"""Seconds of deadlines per far bucket of the :class:`TimerQueue`."""
+
+_Entry = tuple[float, int, list[Any]]
 
 
 class TimerQueue:
-    """One heap of ``(deadline, seq, slot)`` with lazy cancellation.
+    """Deadlines in one small heap of ``(deadline, seq, slot)`` plus far buckets, with lazy
+    cancellation.
 
     The runtime keeps ONE ``loop.call_at`` armed at :meth:`next_deadline`. Contract: call
     :meth:`schedule` after every call that may have changed ``item.deadline`` (scheduling an
     unchanged deadline again is cheap and pushes nothing). Cancelling is just setting the
-    item's deadline to ``None`` (or another value) and calling :meth:`schedule`: the old heap
-    entry becomes stale and is skipped silently when it reaches the head.
+    item's deadline to ``None`` (or another value) and calling :meth:`schedule`: the old
+    entry becomes stale and is skipped silently.
 
-    A heap entry holds its item through a one-element ``slot`` list, emptied the moment the
-    entry goes stale: a stale entry never keeps its item alive. (A proxied INVITE's branch
-    arms Timer C, 3 minutes, RFC 3261 16.8; its answer moves the branch's deadline to 32 s;
-    the 3-minute entry stays in the heap, and would otherwise hold the whole call, messages
-    and all, for 3 minutes instead of 32 seconds.)
+    Most deadlines are far and most are moved or cancelled before they come: Timer C (3
+    minutes, RFC 3261 16.8) until the answer, the 32-second Timers J, L, M of every finished
+    call. A single heap of all of them is large (a busy proxy holds 100,000 entries), and
+    each pop walks it from top to bottom through cache misses. So only deadlines before
+    ``_edge`` go into the heap; later ones are appended to the bucket of their
+    :data:`BUCKET`-second slice, and a bucket is poured into the heap, its stale entries
+    dropped, when the heap has nothing due before it (a two-level timing wheel, as Kamailio's
+    tm and the kernel keep). The heap holds about a second of deadlines.
+
+    A queued entry holds its item through a one-element ``slot`` list, emptied the moment the
+    entry goes stale: a stale entry never keeps its item alive (a branch's 3-minute Timer C
+    entry would otherwise hold the whole call, messages and all, for 3 minutes instead of
+    32 seconds).
 
     Entries are validated on the way out: an entry is live only if its slot still holds the
     item and ``item.deadline`` still equals its deadline. Hence an item is returned at most
@@ -178,13 +192,19 @@ class TimerQueue:
     Items are keyed by identity, so they need not be hashable.
     """
 
-    __slots__ = ("_heap", "_live", "_seq")
+    __slots__ = ("_heap", "_live", "_seq", "_far", "_far_keys", "_far_count", "_edge")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, list[Any]]] = []
-        #: id(item) -> (deadline, slot) of its latest heap entry
+        self._heap: list[_Entry] = []
+        #: id(item) -> (deadline, slot) of its latest entry
         self._live: dict[int, tuple[float, list[Any]]] = {}
         self._seq = itertools.count()
+        #: bucket number (deadline // BUCKET) -> its entries, unordered; every one of them is
+        #: at or after ``_edge``
+        self._far: dict[int, list[_Entry]] = {}
+        self._far_keys: list[int] = []  # a heap of the bucket numbers in ``_far``
+        self._far_count = 0
+        self._edge = -math.inf
 
     def schedule(self, item: Timed) -> None:
         """Queue ``item`` at ``item.deadline``; ``None`` cancels whatever was queued for it."""
@@ -202,9 +222,19 @@ class TimerQueue:
             return
         slot = [item]
         live[key] = (deadline, slot)
-        heap = self._heap
-        heappush(heap, (deadline, next(self._seq), slot))
-        if len(heap) > _COMPACT_MIN and len(heap) > 2 * len(live):
+        entry = (deadline, next(self._seq), slot)
+        if deadline < self._edge:
+            heappush(self._heap, entry)
+        else:
+            b = int(deadline // BUCKET)
+            bucket = self._far.get(b)
+            if bucket is None:
+                self._far[b] = [entry]
+                heappush(self._far_keys, b)
+            else:
+                bucket.append(entry)
+            self._far_count += 1
+        if len(self._heap) + self._far_count > max(_COMPACT_MIN, 2 * len(live)):
             self._compact()
 
     def pop_due(self, now: float) -> list[Any]:
@@ -213,49 +243,76 @@ class TimerQueue:
         heap = self._heap
         live = self._live
         due: list[Any] = []
-        while heap and heap[0][0] <= now:
-            deadline, _, slot = heappop(heap)
+        while True:
+            deadline = self.next_deadline()
+            if deadline is None or deadline > now:
+                return due
+            _, _, slot = heappop(heap)
             item = slot[0]
-            if item is None:
-                continue
             slot[0] = None
             del live[id(item)]
-            if item.deadline == deadline:
-                due.append(item)
-        return due
+            due.append(item)
 
     def next_deadline(self) -> float | None:
         """The earliest live deadline, or ``None`` when nothing is queued. Stale entries at the
-        head are discarded while peeking."""
+        head are discarded while peeking, and the next bucket is poured in when the heap has
+        nothing before it; afterwards the heap's head (if any) is that live deadline."""
         heap = self._heap
-        while heap:
-            deadline, _, slot = heap[0]
-            item = slot[0]
-            if item is not None:
-                if item.deadline == deadline:
-                    return deadline
-                slot[0] = None  # the item moved without being rescheduled: drop it
-                del self._live[id(item)]
-            heappop(heap)
-        return None
+        while True:
+            while heap:
+                deadline, _, slot = heap[0]
+                item = slot[0]
+                if item is not None:
+                    if item.deadline == deadline:
+                        break
+                    slot[0] = None  # the item moved without being rescheduled: drop it
+                    del self._live[id(item)]
+                heappop(heap)
+            if self._far_keys and (not heap or heap[0][0] >= self._edge):
+                self._pour()
+                continue
+            return heap[0][0] if heap else None
 
     def __len__(self) -> int:
-        """Number of items currently queued (stale heap entries are not counted)."""
+        """Number of items currently queued (stale entries are not counted)."""
         return len(self._live)
 
+    def entries(self) -> int:
+        """Entries held, stale ones included (what compaction bounds)."""
+        return len(self._heap) + self._far_count
+
+    def _pour(self) -> None:
+        """Move the earliest bucket's live entries into the heap."""
+        b = heappop(self._far_keys)
+        bucket = self._far.pop(b)
+        self._far_count -= len(bucket)
+        self._edge = (b + 1) * BUCKET
+        heap = self._heap
+        for entry in bucket:
+            if self._keep(entry):
+                heappush(heap, entry)
+
+    def _keep(self, entry: _Entry) -> bool:
+        """Whether ``entry`` is live; a stale one lets go of its item."""
+        slot = entry[2]
+        item = slot[0]
+        if item is None:
+            return False
+        if item.deadline == entry[0]:
+            return True
+        slot[0] = None
+        del self._live[id(item)]
+        return False
+
     def _compact(self) -> None:
-        """Drop stale entries in one pass once they make up more than half of the heap
+        """Drop stale entries in one pass once they make up more than half of what is queued
         (amortised O(1) per push)."""
-        kept = []
-        for entry in self._heap:
-            slot = entry[2]
-            item = slot[0]
-            if item is None:
-                continue
-            if item.deadline == entry[0]:
-                kept.append(entry)
-            else:
-                slot[0] = None
-                del self._live[id(item)]
+        kept = [e for e in self._heap if self._keep(e)]
         heapify(kept)
         self._heap = kept
+        count = 0
+        for b in list(self._far):
+            bucket = [e for e in self._far[b] if self._keep(e)]
+            count += len(bucket)
+            self._far[b] = bucket  # an emptied bucket stays until its turn: poured as []
+        self._far_count = count

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.transaction import (
     InviteClientTransaction,
@@ -196,7 +198,7 @@ def test_item_is_returned_at_most_once_per_deadline() -> None:
     item = Item("a", 5.0)
     q.schedule(item)
     q.schedule(item)  # unchanged: nothing pushed
-    assert len(q._heap) == 1
+    assert q.entries() == 1
     item.deadline = 3.0
     q.schedule(item)
     item.deadline = 5.0
@@ -229,7 +231,7 @@ def test_next_deadline_discards_stale_heads() -> None:
         item.deadline = None
         q.schedule(item)
     assert q.next_deadline() == 10.0
-    assert len(q._heap) == 1  # the three stale heads are gone
+    assert q.entries() == 1  # the three stale heads are gone
     assert q.pop_due(10.0) == [live]
 
 
@@ -252,7 +254,7 @@ def test_heap_is_compacted_when_stale_entries_dominate() -> None:
         for i, item in enumerate(items):
             item.deadline = 1000.0 * (round_ + 1) + (299 - i)
             q.schedule(item)
-            assert len(q._heap) <= 2 * len(q) + 1
+            assert q.entries() <= 2 * len(q) + 1
     assert len(q) == 300
     fired = q.pop_due(1e9)
     assert fired == list(reversed(items))
@@ -270,10 +272,83 @@ def test_a_stale_entry_does_not_keep_its_item_alive() -> None:
     q.schedule(moved)
     cancelled.deadline = None
     q.schedule(cancelled)
-    refs = {id(e[2][0]) for e in q._heap if e[2][0] is not None}
-    assert refs == {id(moved), id(kept)} and len(q._heap) == 4 and len(q) == 2
+    queued = [*q._heap, *(e for bucket in q._far.values() for e in bucket)]
+    refs = {id(e[2][0]) for e in queued if e[2][0] is not None}
+    assert refs == {id(moved), id(kept)} and q.entries() == 4 and len(q) == 2
     assert q.pop_due(32.0) == [moved] and q.next_deadline() == 180.0
     assert q.pop_due(180.0) == [kept] and len(q) == 0 and q.next_deadline() is None
+
+
+def test_far_deadlines_wait_in_buckets_and_fire_in_order() -> None:
+    """Deadlines seconds away (Timers J, L, M: 64*T1; Timer C: 3 minutes) wait in their
+    bucket, not in the heap; a deadline scheduled later but due sooner still fires first,
+    and a far entry cancelled before its bucket comes is dropped without entering the heap."""
+    q = TimerQueue()
+    c, j, e = Item("timer C", 180.0), Item("timer J", 32.0), Item("timer E", 0.5)
+    for item in (c, j, e):
+        q.schedule(item)
+    assert q.next_deadline() == 0.5
+    assert len(q._heap) == 1 and q.entries() == 3  # J and C wait in their buckets
+    c.deadline = None
+    q.schedule(c)
+    g = Item("timer G", 0.9)  # before the poured bucket's end: straight into the heap
+    q.schedule(g)
+    assert len(q._heap) == 2
+    assert q.pop_due(1.0) == [e, g]
+    assert q.pop_due(31.9) == [] and q.next_deadline() == 32.0
+    assert q.pop_due(1000.0) == [j] and len(q) == 0 and q.entries() == 0
+
+
+def test_a_later_bucket_is_not_overtaken_by_a_deadline_scheduled_after_it() -> None:
+    """An entry waiting in the next bucket (1.5) fires before one scheduled later for
+    2.5: the heap only ever holds deadlines before the first bucket not yet poured."""
+    q = TimerQueue()
+    a, b, c = Item("a", 0.5), Item("b", 1.5), Item("c", 2.5)
+    q.schedule(a)
+    q.schedule(b)
+    assert q.pop_due(0.0) == []  # the first bucket (0 to 1 s) is poured
+    q.schedule(c)
+    assert q.pop_due(0.6) == [a]
+    assert q.next_deadline() == 1.5
+    assert q.pop_due(3.0) == [b, c]
+
+
+_QUARTERS = st.integers(0, 48).map(lambda n: n / 4)  # deadlines share and straddle buckets
+
+
+@given(st.lists(st.tuples(st.integers(0, 7), st.one_of(st.none(), _QUARTERS),
+                          st.integers(0, 6).map(lambda n: n / 4)), max_size=80))
+@settings(max_examples=400, deadline=None)
+def test_the_queue_fires_as_a_sorted_list_would(ops: list[tuple[int, float | None, float]]) -> None:
+    """Against a model (every live deadline in a dict, fired in (deadline, scheduling order)):
+    any mix of scheduling, moving, cancelling and time passing fires the same items at the
+    same times, whichever of the heap or the buckets held them (RFC 3261 17: each timer at
+    its own deadline, once)."""
+    q = TimerQueue()
+    items = [Item(str(i), None) for i in range(8)]
+    model: dict[int, tuple[float, int]] = {}  # item index -> (deadline, scheduling order)
+    now, order = 0.0, 0
+    for index, deadline, step in ops:
+        item = items[index]
+        if deadline is not None:
+            deadline = max(deadline, now)  # the core never schedules in the past
+        if item.deadline != deadline:
+            order += 1
+            if deadline is None:
+                model.pop(index, None)
+            else:
+                model[index] = (deadline, order)
+        item.deadline = deadline
+        q.schedule(item)
+        now += step
+        fired = q.pop_due(now)
+        expect = sorted((v, i) for i, v in model.items() if v[0] <= now)
+        assert [f.name for f in fired] == [str(i) for _, i in expect]
+        for _, i in expect:
+            del model[i]
+            items[i].deadline = None  # fired: as a transaction clears or moves its timer
+        assert q.next_deadline() == (min(v[0] for v in model.values()) if model else None)
+        assert len(q) == len(model)
 
 
 # ---------------------------------------------------------------- the queue driving transactions

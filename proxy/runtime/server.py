@@ -410,7 +410,7 @@ async def _main(config: Config, policy: Policy) -> int:
         return 1
     # Frozen only now, so that what start() built (listeners, a Redis client and its pool,
     # imported lazily) is never scanned again either; no automatic full passes (memory.py).
-    collector = GcPolicy(rt.loop)
+    collector = GcPolicy(rt.loop, load=lambda: rt.core.active_transactions)
     collector.start()
     try:
         await rt.serve()

@@ -1,5 +1,6 @@
 """The collector policy of the running proxy (proxy.runtime.memory): no automatic full
-passes, small young collections, and one full pass per interval that reports what it found."""
+passes, small young collections, and one full pass per interval that reports what it found,
+put off while the proxy holds many calls (the pass would stall every one of them)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.runtime.memory import OLD, YOUNG, GcPolicy
+from proxy.runtime.memory import OLD, QUIET_TRANSACTIONS, RETRY_INTERVAL, YOUNG, GcPolicy
 
 
 @pytest.fixture
@@ -61,5 +62,37 @@ async def test_the_periodic_full_pass_finds_cycles_logs_and_rearms(
         nxt = policy._handle
         assert nxt is not None and nxt is not first  # the next pass is armed
         assert nxt.when() == pytest.approx(loop.time() + 600, abs=1)
+    finally:
+        policy.stop()
+
+
+async def test_the_full_pass_waits_while_many_calls_are_held(
+    restore_gc: None, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Over 900,000 objects of calls in flight a full pass stalls the loop for about a second
+    (UDP peers retransmit, RFC 3261 17.1.1.2): above QUIET_TRANSACTIONS it is put off,
+    retried every RETRY_INTERVAL, logged once per interval, and runs once the load dips."""
+    loop = asyncio.get_running_loop()
+    held = [QUIET_TRANSACTIONS + 1]
+    policy = GcPolicy(loop, interval=600, load=lambda: held[0])
+    policy.start()
+    try:
+        gc.disable()
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        del a, b
+        with caplog.at_level(logging.INFO, logger="proxy.runtime"):
+            assert policy.due() is None
+            assert policy.due() is None  # retried: not logged again within the interval
+        assert policy.passes == 0 and policy.put_off == 2
+        assert caplog.text.count("full pass put off") == 1
+        retry = policy._handle
+        assert retry is not None and retry.when() == pytest.approx(loop.time() + RETRY_INTERVAL,
+                                                                   abs=1)
+        held[0] = QUIET_TRANSACTIONS
+        found = policy.due()
+        assert found is not None and found >= 2 and policy.passes == 1
+        nxt = policy._handle
+        assert nxt is not None and nxt.when() == pytest.approx(loop.time() + 600, abs=1)
     finally:
         policy.stop()

@@ -223,7 +223,7 @@ def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) 
     """RFC 3261 17.2.1: the ACK for a non-2xx final ends at this hop; the ACK for a 2xx is end
     to end (13.2.2.4) and is forwarded statelessly (16.11)."""
     entry = core.server.get(txns.server_key(msg, "INVITE"))
-    if entry is not None and entry.txn.state.name != "ACCEPTED":
+    if entry is not None and entry.txn.state is not txns.ACCEPTED:
         txns.server_effects(core, entry, entry.txn.on_ack(now), out)
         return
     prep = routing.preprocess_routes(core, msg)

@@ -20,7 +20,6 @@ import secrets
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
 
 from proxy.core import (
     cancel,
@@ -53,7 +52,6 @@ from proxy.transaction import TimerConfig, TimerQueue
 
 log = logging.getLogger("proxy.core")
 
-_UNANSWERED: Final = frozenset({"TRYING", "PROCEEDING"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +248,7 @@ class ProxyCore:
     @property
     def unanswered(self) -> int:
         """Server transactions still waiting for their final response (what a drain waits for)."""
-        return sum(1 for e in self.server.values() if e.txn.state.name in _UNANSWERED)
+        return sum(1 for e in self.server.values() if e.txn.state in txns.UNANSWERED)
 
     def new_tag(self) -> str:
         self.n += 1

@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("proxy.core")
 
-_UNANSWERED: Final = frozenset({"TRYING", "PROCEEDING"})
+#: server transaction states before a final response (compared by identity: an Enum's
+#: ``.name`` is a Python-level property, a cost on every response)
+UNANSWERED: Final = frozenset({TransactionState.TRYING, TransactionState.PROCEEDING})
 _TERMINATED: Final = TransactionState.TERMINATED
+ACCEPTED: Final = TransactionState.ACCEPTED
 
 
 def server_key(msg: SipMessage, method: str) -> str:
@@ -75,7 +78,7 @@ def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: flo
 def send_response(
     core: ProxyCore, entry: ServerEntry, status: int, data: bytes, now: float, out: Out
 ) -> None:
-    first_final = status >= 200 and entry.txn.state.name in _UNANSWERED
+    first_final = status >= 200 and entry.txn.state in UNANSWERED
     effects = entry.txn.send_response(status, data, now)
     t, h, p, c = entry.reply
     out.sends.append(Send(t, h, p, data, c, entry))

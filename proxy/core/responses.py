@@ -50,12 +50,34 @@ class Outcome(enum.Enum):
     FINAL = "final"  # the best response went to the caller (16.7 step 6)
 
 
+def own_branch(msg: SipMessage) -> str | None:
+    """The branch of the top Via when it reads as this proxy writes its own (one value,
+    ``;branch=z9hG4bK...`` as written by :mod:`.forward`), found without parsing the Via;
+    None otherwise. Only a lookup key: a response is matched only if a client transaction
+    has that branch (unguessable, signed: :func:`.forward.branch_verifies`), and anything
+    else is matched through the fully parsed Via."""
+    value = msg.get("via")
+    if value is None or "," in value:
+        return None
+    i = value.find(";branch=z9hG4bK")
+    if i < 0:
+        return None
+    start = i + 8
+    end = value.find(";", start)
+    return value[start:] if end < 0 else value[start:end]
+
+
 def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> None:
-    """RFC 3261 17.1.3: match the branch; then 16.7 by the status class."""
-    via = msg.top_via
-    bid = via.branch
+    """RFC 3261 17.1.3: match the branch (the top Via's, RFC 3261 17.1.3 with the CSeq
+    method); then 16.7 by the status class. The top Via of a response to a request this
+    proxy forwarded is its own: its branch is looked up first without parsing the Via
+    (:func:`own_branch`), and only a response matching no transaction that way is parsed."""
     method = msg.cseq[1]
-    br = core.client.get(f"{bid}|{method}") if bid else None
+    bid = own_branch(msg)
+    br = core.client.get(f"{bid}|{method}") if bid is not None else None
+    if br is None:
+        bid = msg.top_via.branch
+        br = core.client.get(f"{bid}|{method}") if bid else None
     if br is None:
         if bid and method == "OPTIONS" and core.prober.on_response(core, bid, msg.status):
             return  # a probe's answer (proxy.core.probe): the upstream is up

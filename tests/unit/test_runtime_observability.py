@@ -5,11 +5,14 @@ log format, and the configuration keys (http, log_format, upstream_probe)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import re
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +23,7 @@ from proxy.config import load_config
 from proxy.core.observe import CallLog
 from proxy.core.types import Source
 from proxy.runtime import http as http_side
+from proxy.runtime import logs
 from proxy.runtime.logs import JsonFormatter, emit_calls
 from proxy.runtime.metrics import METRIC_NAMES, PREFIX, make_registry, render
 from proxy.runtime.watchers import reload_policy
@@ -167,6 +171,92 @@ def test_call_lines_go_to_the_calls_logger(caplog: pytest.LogCaptureFixture) -> 
     [rec] = caplog.records
     assert "Call-ID=c1" in rec.getMessage() and "global-failure:stop(603)" in rec.getMessage()
     assert rec.call["status"] == 603  # type: ignore[attr-defined]
+
+
+CALL = CallLog("c1", "<sip:a@x>;tag=1", "<sip:b@y>", ("sip:up",),
+               (("global-failure", "stop", 603),), 603, 0.5)
+
+
+@pytest.fixture
+def installed_logging() -> Iterator[io.StringIO]:
+    """logs.setup() as the proxy runs it, its stream a StringIO; the root logger restored."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        yield io.StringIO()
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        logs._installed = None
+
+
+def lines_both_ways(stream: io.StringIO) -> tuple[str, str]:
+    """The call line written directly, then through logging (a pass-through filter on the
+    calls logger turns the direct write off, as any filter must)."""
+    assert logs._installed is not None
+    logs._installed.setStream(stream)
+    assert logs._direct_handler() is logs._installed
+    emit_calls([CALL])
+    keep_all = logging.Filter()
+    logs.calls_log.addFilter(keep_all)
+    try:
+        assert logs._direct_handler() is None
+        emit_calls([CALL])
+    finally:
+        logs.calls_log.removeFilter(keep_all)
+    direct, logged = stream.getvalue().splitlines()
+    return direct, logged
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_call_line_written_directly_is_the_line_logging_writes(
+    installed_logging: io.StringIO, fmt: str,
+) -> None:
+    """The per-call line skips the logging machinery when nothing else could see its record
+    (the handler setup() installed is the only one): the same bytes but the time."""
+    logs.setup("info", fmt)
+    direct, logged = lines_both_ways(installed_logging)
+    if fmt == "text":
+        assert direct[23:] == logged[23:]  # after "YYYY-MM-DD HH:MM:SS,mmm"
+        assert " INFO proxy.calls: call Call-ID=c1 " in direct
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", direct[:23])
+    else:
+        a, b = json.loads(direct), json.loads(logged)
+        assert a.pop("time")[-1] == "Z" and b.pop("time")[-1] == "Z"
+        assert a == b and a["call"]["status"] == 603
+
+
+def test_a_call_line_goes_through_logging_when_anything_else_listens(
+    installed_logging: io.StringIO, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another handler (here caplog's, on the root), a level that hides info, a handler on
+    the calls logger: the direct write steps aside and logging decides."""
+    logs.setup("info", "text")
+    assert logs._installed is not None
+    logs._installed.setStream(installed_logging)
+    root = logging.getLogger()
+    root.addHandler(caplog.handler)  # setup() replaced every root handler, caplog's too
+    try:
+        assert logs._direct_handler() is None
+        emit_calls([CALL])
+    finally:
+        root.removeHandler(caplog.handler)
+    assert [r.name for r in caplog.records] == ["proxy.calls"]
+    assert caplog.records[0].call["status"] == 603  # type: ignore[attr-defined]
+    assert "Call-ID=c1" in installed_logging.getvalue()  # and the installed handler wrote it
+    logs.setup("warning", "text")
+    assert logs._direct_handler() is None
+    logs.setup("info", "text")
+    extra = logging.NullHandler()
+    logs.calls_log.addHandler(extra)
+    try:
+        assert logs._direct_handler() is None
+    finally:
+        logs.calls_log.removeHandler(extra)
+    assert logs._direct_handler() is logs._installed
 
 
 # ------------------------------------------------------------------ config

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.runtime.memory import OLD, QUIET_TRANSACTIONS, RETRY_INTERVAL, YOUNG, GcPolicy
+from proxy.runtime.memory import (
+    OLD,
+    QUIET_TRANSACTIONS,
+    RETRY_INTERVAL,
+    YOUNG,
+    YOUNG_INTERVAL,
+    GcPolicy,
+)
 
 
 @pytest.fixture
@@ -96,3 +103,24 @@ async def test_the_full_pass_waits_while_many_calls_are_held(
         assert nxt is not None and nxt.when() == pytest.approx(loop.time() + 600, abs=1)
     finally:
         policy.stop()
+
+
+async def test_young_passes_run_by_the_clock(restore_gc: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At steady state expiring calls free as much as new ones allocate, so the gen-0 count
+    stops reaching its threshold and the young generations grow: a pass of generations 0 and
+    1 also runs every YOUNG_INTERVAL seconds, and stops with the policy."""
+    loop = asyncio.get_running_loop()
+    policy = GcPolicy(loop, interval=600)
+    policy.start()
+    passes: list[int] = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: passes.append(generation) or 0)
+    try:
+        young = policy._young
+        assert young is not None
+        assert young.when() == pytest.approx(loop.time() + YOUNG_INTERVAL, abs=0.1)
+        policy.young_pass()
+        assert passes == [1] and policy.young_passes == 1
+        assert policy._young is not None and policy._young is not young
+    finally:
+        policy.stop()
+    assert policy._young is None and policy._handle is None

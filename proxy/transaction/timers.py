@@ -176,8 +176,8 @@ class TimerQueue:
     call. A single heap of all of them is large (a busy proxy holds 100,000 entries), and
     each pop walks it from top to bottom through cache misses. So only deadlines before
     ``_edge`` go into the heap; later ones are appended to the bucket of their
-    :data:`BUCKET`-second slice, and a bucket is poured into the heap, its stale entries
-    dropped, when the heap has nothing due before it (a two-level timing wheel, as Kamailio's
+    :data:`BUCKET`-second slice (an entry made stale leaves its bucket at once), and a
+    bucket is poured into the heap when the heap has nothing due before it (a two-level timing wheel, as Kamailio's
     tm and the kernel keep). The heap holds about a second of deadlines.
 
     A queued entry holds its item through a one-element ``slot`` list, emptied the moment the
@@ -196,12 +196,14 @@ class TimerQueue:
 
     def __init__(self) -> None:
         self._heap: list[_Entry] = []
-        #: id(item) -> (deadline, slot) of its latest entry
-        self._live: dict[int, tuple[float, list[Any]]] = {}
+        #: id(item) -> (deadline, slot, bucket number or -1 for the heap, seq) of its latest
+        #: entry
+        self._live: dict[int, tuple[float, list[Any], int, int]] = {}
         self._seq = itertools.count()
-        #: bucket number (deadline // BUCKET) -> its entries, unordered; every one of them is
-        #: at or after ``_edge``
-        self._far: dict[int, list[_Entry]] = {}
+        #: bucket number (deadline // BUCKET) -> its entries by seq; every one of them is at
+        #: or after ``_edge``, and an entry made stale by :meth:`schedule` leaves its bucket
+        #: at once (a stale far entry is never kept: Timer C's 3 minutes, for every call)
+        self._far: dict[int, dict[int, _Entry]] = {}
         self._far_keys: list[int] = []  # a heap of the bucket numbers in ``_far``
         self._far_count = 0
         self._edge = -math.inf
@@ -216,25 +218,32 @@ class TimerQueue:
             if current[0] == deadline:
                 return  # already queued for exactly this deadline
             current[1][0] = None  # that entry is stale now: it lets go of the item
+            if current[2] >= 0:
+                old_bucket = self._far.get(current[2])  # None: poured into the heap since
+                if old_bucket is not None and old_bucket.pop(current[3], None) is not None:
+                    self._far_count -= 1
         if deadline is None:
             if current is not None:
                 del live[key]
             return
         slot = [item]
-        live[key] = (deadline, slot)
-        entry = (deadline, next(self._seq), slot)
+        seq = next(self._seq)
+        entry = (deadline, seq, slot)
         if deadline < self._edge:
             heappush(self._heap, entry)
+            live[key] = (deadline, slot, -1, seq)
         else:
             b = int(deadline // BUCKET)
             bucket = self._far.get(b)
             if bucket is None:
-                self._far[b] = [entry]
+                self._far[b] = {seq: entry}
                 heappush(self._far_keys, b)
             else:
-                bucket.append(entry)
+                bucket[seq] = entry
             self._far_count += 1
-        if len(self._heap) + self._far_count > max(_COMPACT_MIN, 2 * len(live)):
+            live[key] = (deadline, slot, b, seq)
+        heap = self._heap
+        if len(heap) > max(_COMPACT_MIN, 2 * (len(live) - self._far_count)):
             self._compact()
 
     def pop_due(self, now: float) -> list[Any]:
@@ -288,7 +297,7 @@ class TimerQueue:
         self._far_count -= len(bucket)
         self._edge = (b + 1) * BUCKET
         heap = self._heap
-        for entry in bucket:
+        for entry in bucket.values():
             if self._keep(entry):
                 heappush(heap, entry)
 
@@ -305,14 +314,9 @@ class TimerQueue:
         return False
 
     def _compact(self) -> None:
-        """Drop stale entries in one pass once they make up more than half of what is queued
-        (amortised O(1) per push)."""
+        """Drop the heap's stale entries in one pass once they make up more than half of it
+        (amortised O(1) per push; the heap holds about a second of deadlines, so the pass is
+        short; the buckets hold no stale entry)."""
         kept = [e for e in self._heap if self._keep(e)]
         heapify(kept)
         self._heap = kept
-        count = 0
-        for b in list(self._far):
-            bucket = [e for e in self._far[b] if self._keep(e)]
-            count += len(bucket)
-            self._far[b] = bucket  # an emptied bucket stays until its turn: poured as []
-        self._far_count = count

@@ -272,9 +272,10 @@ def test_a_stale_entry_does_not_keep_its_item_alive() -> None:
     q.schedule(moved)
     cancelled.deadline = None
     q.schedule(cancelled)
-    queued = [*q._heap, *(e for bucket in q._far.values() for e in bucket)]
+    queued = [*q._heap, *(e for bucket in q._far.values() for e in bucket.values())]
     refs = {id(e[2][0]) for e in queued if e[2][0] is not None}
-    assert refs == {id(moved), id(kept)} and q.entries() == 4 and len(q) == 2
+    # far entries made stale leave their bucket at once: only the two live ones are held
+    assert refs == {id(moved), id(kept)} and q.entries() == 2 and len(q) == 2
     assert q.pop_due(32.0) == [moved] and q.next_deadline() == 180.0
     assert q.pop_due(180.0) == [kept] and len(q) == 0 and q.next_deadline() is None
 
@@ -291,6 +292,7 @@ def test_far_deadlines_wait_in_buckets_and_fire_in_order() -> None:
     assert len(q._heap) == 1 and q.entries() == 3  # J and C wait in their buckets
     c.deadline = None
     q.schedule(c)
+    assert q.entries() == 2  # Timer C's entry left its bucket: nothing stale waits 3 minutes
     g = Item("timer G", 0.9)  # before the poured bucket's end: straight into the heap
     q.schedule(g)
     assert len(q._heap) == 2

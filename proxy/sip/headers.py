@@ -28,13 +28,13 @@ from typing import Final
 
 from .errors import ParseError
 from .uri import (
-    MEMO_SIZE,
     AbsoluteUri,
     SipUri,
     format_params,
     host_port,
     is_plain_sip_uri,
     parse_uri,
+    remember,
     split_params,
 )
 
@@ -230,12 +230,7 @@ def parse_name_addr(text: str) -> NameAddr:
     on every in-dialog request); the result is shared: never change it (see
     :mod:`proxy.sip.uri` for the memo's bound)."""
     na = _NAME_ADDR_MEMO.get(text)
-    if na is None:
-        na = _parse_name_addr(text)
-        if len(_NAME_ADDR_MEMO) >= MEMO_SIZE:
-            _NAME_ADDR_MEMO.clear()
-        _NAME_ADDR_MEMO[text] = na
-    return na
+    return na if na is not None else remember(_NAME_ADDR_MEMO, text, _parse_name_addr(text))
 
 
 def _parse_name_addr(text: str) -> NameAddr:
@@ -309,11 +304,7 @@ def plain_name_addr_tag(text: str) -> tuple[str | None] | None:
     is examined once (a call's From and To recur in each of its messages)."""
     if text in _TAG_MEMO:
         return _TAG_MEMO[text]
-    found = _plain_tag(text)
-    if len(_TAG_MEMO) >= MEMO_SIZE:
-        _TAG_MEMO.clear()
-    _TAG_MEMO[text] = found
-    return found
+    return remember(_TAG_MEMO, text, _plain_tag(text))
 
 
 def _plain_tag(text: str) -> tuple[str | None] | None:

@@ -31,12 +31,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 from urllib.parse import unquote
 
 from .errors import ParseError
 
-__all__ = ["MEMO_SIZE", "AbsoluteUri", "SipUri", "is_plain_sip_uri", "parse_uri", "unescape"]
+__all__ = [
+    "MEMO_SIZE", "AbsoluteUri", "SipUri", "is_plain_sip_uri", "parse_uri", "remember", "unescape",
+]
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
 _SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
@@ -205,6 +207,16 @@ def is_plain_sip_uri(text: str) -> bool:
 #: texts a memo of this module keeps at most (the memo is cleared when it is full)
 MEMO_SIZE: Final = 4096
 _URI_MEMO: Final[dict[str, SipUri | AbsoluteUri]] = {}
+_V = TypeVar("_V")
+
+
+def remember(memo: dict[str, _V], text: str, value: _V) -> _V:
+    """Keep ``value`` as what ``text`` parses to, in a memo of at most :data:`MEMO_SIZE`
+    texts, all forgotten at once when it is full (an outsider chooses the texts)."""
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[text] = value
+    return value
 
 
 def parse_uri(text: str) -> SipUri | AbsoluteUri:
@@ -215,12 +227,7 @@ def parse_uri(text: str) -> SipUri | AbsoluteUri:
     The result is shared with every other caller that parses the same text: never change it.
     """
     uri = _URI_MEMO.get(text)
-    if uri is None:
-        uri = _parse_uri(text)
-        if len(_URI_MEMO) >= MEMO_SIZE:
-            _URI_MEMO.clear()
-        _URI_MEMO[text] = uri
-    return uri
+    return uri if uri is not None else remember(_URI_MEMO, text, _parse_uri(text))
 
 
 def _parse_uri(text: str) -> SipUri | AbsoluteUri:

@@ -1,0 +1,133 @@
+"""bench/capture.py: INVITE->200 latency from a pcap file written here with struct."""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+UAC, TARGET, UAS = 5062, 5060, 5070
+
+
+def _capture_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_capture", REPO / "bench/capture.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_capture"] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+cap = _capture_module()
+
+
+def sip(start: str, call_id: str, cseq: str, compact: bool = False) -> bytes:
+    cid = "i" if compact else "Call-ID"
+    return (f"{start}\r\nVia: SIP/2.0/UDP 127.0.0.1:{UAC};branch=z9hG4bK-1\r\n"
+            f"{cid}: {call_id}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def ipv4_udp(sport: int, dport: int, payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0,
+                     bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]))
+    return ip + udp
+
+
+def link(linktype: int, packet: bytes) -> bytes:
+    if linktype == 1:  # Ethernet, as Linux `lo` reports it
+        return b"\0" * 12 + b"\x08\x00" + packet
+    if linktype == 0:  # BSD loopback: AF_INET in the writer's (here little-endian) order
+        return struct.pack("<I", 2) + packet
+    if linktype == 276:  # LINUX_SLL2: protocol, reserved, ifindex, hatype, pkttype, len, addr
+        return struct.pack("!HHIHBB8s", 0x0800, 0, 1, 772, 0, 6, b"") + packet
+    if linktype == 113:  # LINUX_SLL: pkttype, hatype, len, addr, protocol
+        return struct.pack("!HHH8sH", 0, 772, 6, b"", 0x0800) + packet
+    return packet  # RAW
+
+
+# (time, source port, destination port, message)
+PACKETS = [
+    # Call a: the INVITE is retransmitted 500 ms later; the clock runs from the first one.
+    (10.000000, UAC, TARGET, sip("INVITE sip:service@127.0.0.1:5070 SIP/2.0", "a@x", "1 INVITE")),
+    (10.000050, TARGET, UAS, sip("INVITE sip:service@127.0.0.1:5070 SIP/2.0", "a@x", "1 INVITE")),
+    (10.500000, UAC, TARGET, sip("INVITE sip:service@127.0.0.1:5070 SIP/2.0", "a@x", "1 INVITE")),
+    (10.500400, TARGET, UAC, sip("SIP/2.0 200 OK", "a@x", "1 INVITE")),
+    (10.600000, TARGET, UAC, sip("SIP/2.0 200 OK", "a@x", "1 INVITE")),  # retransmitted 200
+    # Call b: answered in 310 µs (Call-ID in its compact form); a 180 and the BYE's 200 do not
+    # count, and neither does the 200 the UAS sends the proxy.
+    (11.000000, UAC, TARGET, sip("INVITE sip:service@127.0.0.1:5070 SIP/2.0", "b@x", "1 INVITE")),
+    (11.000100, TARGET, UAC, sip("SIP/2.0 180 Ringing", "b@x", "1 INVITE")),
+    (11.000200, UAS, TARGET, sip("SIP/2.0 200 OK", "b@x", "1 INVITE")),
+    (11.000310, TARGET, UAC, sip("SIP/2.0 200 OK", "b@x", "1 INVITE", compact=True)),
+    (11.100000, TARGET, UAC, sip("SIP/2.0 200 OK", "b@x", "2 BYE")),
+    # Call c: its INVITE is not in the capture (it started before tcpdump): no sample.
+    (12.000000, TARGET, UAC, sip("SIP/2.0 200 OK", "c@x", "1 INVITE")),
+    # Call d: a 200 for the BYE only (its INVITE was never answered in the capture).
+    (13.000000, UAC, TARGET, sip("INVITE sip:service@127.0.0.1:5070 SIP/2.0", "d@x", "1 INVITE")),
+    (13.200000, TARGET, UAC, sip("SIP/2.0 200 OK", "d@x", "1 BYE")),
+]
+
+
+def write_pcap(path: Path, linktype: int = 1, ns: bool = False, order: str = "<",
+               cut: int = 0) -> Path:
+    magic = 0xA1B23C4D if ns else 0xA1B2C3D4
+    out = bytearray(struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 1500, linktype))
+    for ts, sport, dport, payload in PACKETS:
+        frame = link(linktype, ipv4_udp(sport, dport, payload))
+        sec = int(ts)
+        frac = round((ts - sec) * (1e9 if ns else 1e6))
+        out += struct.pack(order + "IIII", sec, frac, len(frame), len(frame)) + frame
+    path.write_bytes(bytes(out[: len(out) - cut]))
+    return path
+
+
+def latencies(path: Path) -> list[float]:
+    result = cap.capture_latencies(path, [UAC])
+    return [round(ms, 3) for ms in result.latencies_ms]
+
+
+def test_first_invite_to_first_200_for_the_invite(tmp_path: Path) -> None:
+    result = cap.capture_latencies(write_pcap(tmp_path / "c.pcap"), [UAC])
+    assert [round(ms, 3) for ms in result.latencies_ms] == [500.4, 0.31]
+    assert result.invites == 3  # a, b and d; d was never answered
+    assert result.unparsed == 0
+
+
+@pytest.mark.parametrize(("linktype", "ns", "order"), [
+    (1, True, "<"), (1, False, ">"), (0, False, "<"), (101, False, "<"), (113, False, "<"),
+    (276, False, "<"),
+])
+def test_timestamp_formats_and_link_types(tmp_path: Path, linktype: int, ns: bool,
+                                          order: str) -> None:
+    assert latencies(write_pcap(tmp_path / "c.pcap", linktype, ns, order)) == [500.4, 0.31]
+
+
+def test_other_ports_and_a_cut_last_record(tmp_path: Path) -> None:
+    path = write_pcap(tmp_path / "c.pcap", cut=10)  # tcpdump killed mid-write
+    assert latencies(path) == [500.4, 0.31]
+    assert cap.capture_latencies(path, [UAC + 1]).latencies_ms == []
+
+
+def test_unknown_formats_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(cap.CaptureError, match="link type 105"):
+        list(cap.read_pcap(write_pcap(tmp_path / "wifi.pcap", linktype=105)))
+    ng = tmp_path / "c.pcapng"
+    ng.write_bytes(struct.pack("<I", 0x0A0D0D0A) + b"\0" * 28)
+    with pytest.raises(cap.CaptureError, match="pcapng"):
+        list(cap.read_pcap(ng))
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(b"")
+    assert list(cap.read_pcap(empty)) == []
+
+
+def test_bpf_filter_names_every_uac_port() -> None:
+    text = cap.bpf_filter([5063, 5062])
+    assert "src port 5062 or src port 5063" in text
+    assert "dst port 5062 or dst port 5063" in text
+    assert "udp[8:4] = 0x494e5649" in text  # "INVI"

@@ -1,6 +1,9 @@
 """Results of bench/run.py: the step and series records, the text table and summary lines,
 the latency files sipp writes, the PNG plot (matplotlib, optional) and the Markdown table.
 
+Latency (INVITE->200) comes from a packet capture when there is one (bench/capture.py:
+microsecond timestamps), else from sipp's -trace_rtt files (whole ticks of a 4 ms clock).
+
 Standard library only; matplotlib is imported by plot() alone, and only when it is called.
 """
 
@@ -43,10 +46,20 @@ class Step:
     cpu_s: float | None = None  # the target's CPU time over the step; None: no target process
     sipp_cpu_s: float | None = None  # the sipp UACs' and UASes' CPU time over the step
     sipp_rc: int = 0  # the first non-zero UAC exit status, else 0
-    p50_ms: float | None = None  # INVITE -> 200 (sipp's response time 1), whole clock ticks
+    # INVITE -> 200 as shown (table, summary, ratio, plot): the capture's when there is one.
+    p50_ms: float | None = None
     p99_ms: float | None = None
-    mean_ms: float | None = None  # the mean of tick-rounded samples is unbiased
-    rtt_samples: int = 0
+    mean_ms: float | None = None
+    latency_source: str = "sipp"  # "capture" (tcpdump, µs) or "sipp" (whole clock ticks)
+    latency_samples: int = 0
+    # sipp's own figures (response time 1 of uac_rr.xml, -trace_rtt): whole clock ticks, and
+    # biased low: sipp places calls just after its clock ticks (sipp->sipp: 0 for ~1.1 ms).
+    sipp_p50_ms: float | None = None
+    sipp_p99_ms: float | None = None
+    sipp_mean_ms: float | None = None
+    sipp_rtt_samples: int = 0
+    capture_dropped: int | None = None  # tcpdump's "packets dropped by kernel"
+    tcpdump_cpu_s: float | None = None  # tcpdump's CPU time (counted neither as target nor sipp)
     rss_mib: float | None = None  # sum of VmRSS of the target's processes at the step's end
     pss_mib: float | None = None  # sum of Pss (shared pages split): Kamailio's shm counted once
 
@@ -83,10 +96,21 @@ class Step:
             return None
         return 100.0 * self.sipp_cpu_s / self.elapsed_s
 
+    @property
+    def tcpdump_cpu_percent(self) -> float | None:
+        if self.tcpdump_cpu_s is None or self.elapsed_s <= 0:
+            return None
+        return 100.0 * self.tcpdump_cpu_s / self.elapsed_s
+
+    @property
+    def captured(self) -> bool:
+        return self.latency_source == "capture"
+
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
         out.update(clean=self.clean, cpu_per_call_us=self.cpu_per_call_us,
                    cpu_percent=self.cpu_percent, sipp_cpu_percent=self.sipp_cpu_percent,
+                   tcpdump_cpu_percent=self.tcpdump_cpu_percent,
                    completed_per_s=self.completed_per_s)
         return out
 
@@ -127,6 +151,8 @@ class Series:
             "half_rate": half.rate if half else None,
             "p50_ms_at_half": half.p50_ms if half else None,
             "p99_ms_at_half": half.p99_ms if half else None,
+            "latency_source_at_half": half.latency_source if half else None,
+            "sipp_p99_ms_at_half": half.sipp_p99_ms if half else None,
             "steps": [st.as_dict() for st in self.steps],
             "retried": [st.as_dict() for st in self.retried],
         }
@@ -175,21 +201,40 @@ def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def fmt_ms(st: Step, value: float | None, mean: bool = False) -> str:
+    """A latency of st: 2 decimals from a capture; whole ticks (a mean: 1 decimal) from sipp."""
+    return fmt(value, ".2f" if st.captured else ".1f" if mean else ".0f")
+
+
+def source_label(st: Step) -> str:
+    return "capture" if st.captured else "sipp ticks"
+
+
 def step_line(st: Step) -> str:
     """The progress line printed after each step."""
+    if st.captured:
+        lat = (f"p50/p99 {fmt_ms(st, st.p50_ms)}/{fmt_ms(st, st.p99_ms)} ms (capture"
+               + ("" if st.latency_samples == st.successful else
+                  f", {st.latency_samples} calls")
+               + (f", {st.capture_dropped} dropped" if st.capture_dropped else "")
+               + f"; sipp {fmt(st.sipp_p50_ms, '.0f')}/{fmt(st.sipp_p99_ms, '.0f')})")
+    else:
+        lat = f"p50/p99 {fmt(st.p50_ms, '.0f')}/{fmt(st.p99_ms, '.0f')} ms (sipp ticks)"
+    tcpdump = ("" if st.tcpdump_cpu_s is None else
+               f"  tcpdump cpu {fmt(st.tcpdump_cpu_percent, '.1f')}%")
     return (f"{st.target:<15} {st.rate:>6}/s  ok {st.successful}/{st.offered}  "
             f"failed {st.failed}  rtx {st.retrans_uac}/{st.retrans_uas}  unexp {st.unexpected}  "
-            f"cpu {fmt(st.cpu_s, '.2f')} s  {fmt(st.cpu_per_call_us, '.0f')} us/call  "
-            f"p50/p99 {fmt(st.p50_ms, '.0f')}/{fmt(st.p99_ms, '.0f')} ms  "
-            f"rss {fmt(st.rss_mib, '.0f')} MiB  sipp cpu {fmt(st.sipp_cpu_percent, '.0f')}%  "
-            f"rc {st.sipp_rc}  {'clean' if st.clean else 'NOT CLEAN'}")
+            f"cpu {fmt(st.cpu_s, '.2f')} s  {fmt(st.cpu_per_call_us, '.0f')} us/call  {lat}  "
+            f"rss {fmt(st.rss_mib, '.0f')} MiB  sipp cpu {fmt(st.sipp_cpu_percent, '.0f')}%"
+            f"{tcpdump}  rc {st.sipp_rc}  {'clean' if st.clean else 'NOT CLEAN'}")
 
 
 def table(series: list[Series]) -> str:
     head = (
         f"{'target':<15} {'rate':>6} {'offered':>8} {'ok':>8} {'failed':>6} {'rtx uac':>7} "
         f"{'rtx uas':>7} {'unexp':>5} {'secs':>6} {'cpu s':>7} {'cpu %':>6} {'us/call':>8} "
-        f"{'p50 ms':>6} {'p99 ms':>6} {'mean ms':>7} {'rss MiB':>7} {'sipp %':>6} {'rc':>3}  clean"
+        f"{'p50 ms':>6} {'p99 ms':>6} {'mean ms':>7} {'lat':>4} {'rss MiB':>7} {'sipp %':>6} "
+        f"{'rc':>3}  clean"
     )
     rows = [head, "-" * len(head)]
     for s in series:
@@ -198,8 +243,9 @@ def table(series: list[Series]) -> str:
                 f"{st.target:<15} {st.rate:>6} {st.offered:>8} {st.successful:>8} {st.failed:>6} "
                 f"{st.retrans_uac:>7} {st.retrans_uas:>7} {st.unexpected:>5} "
                 f"{st.elapsed_s:>6.1f} {fmt(st.cpu_s, '.2f'):>7} {fmt(st.cpu_percent, '.0f'):>6} "
-                f"{fmt(st.cpu_per_call_us, '.0f'):>8} {fmt(st.p50_ms, '.0f'):>6} "
-                f"{fmt(st.p99_ms, '.0f'):>6} {fmt(st.mean_ms, '.1f'):>7} "
+                f"{fmt(st.cpu_per_call_us, '.0f'):>8} {fmt_ms(st, st.p50_ms):>6} "
+                f"{fmt_ms(st, st.p99_ms):>6} {fmt_ms(st, st.mean_ms, mean=True):>7} "
+                f"{'pcap' if st.captured else 'sipp':>4} "
                 f"{fmt(st.rss_mib, '.0f'):>7} {fmt(st.sipp_cpu_percent, '.0f'):>6} "
                 f"{st.sipp_rc:>3}  {'yes' if st.clean else 'NO'}"
             )
@@ -217,8 +263,9 @@ def summary_line(s: Series) -> str:
         f"{s.target}: highest clean rate: {best.rate} calls/s; {cpu_text}; "
         f"RSS {fmt(best.rss_mib, '.0f')} MiB (PSS {fmt(best.pss_mib, '.0f')}); sipp itself used "
         f"{fmt(best.sipp_cpu_percent, '.0f')}% of one core (of {os.cpu_count()} cores); "
-        f"at {half.rate} calls/s (half): p50 {fmt(half.p50_ms, '.0f')} ms, "
-        f"p99 {fmt(half.p99_ms, '.0f')} ms, mean {fmt(half.mean_ms, '.1f')} ms"
+        f"at {half.rate} calls/s (half): p50 {fmt_ms(half, half.p50_ms)} ms, "
+        f"p99 {fmt_ms(half, half.p99_ms)} ms, mean {fmt_ms(half, half.mean_ms, mean=True)} ms "
+        f"({source_label(half)})"
     )
 
 
@@ -226,16 +273,38 @@ def ratio(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or not b else f"{a / b:.2f}"
 
 
+def same_rate_p99(proxy: Series, kam: Series) -> str:
+    """The proxy's p99 at half its highest clean rate against Kamailio's at that same rate."""
+    pb, ph = proxy.best, proxy.half
+    if pb is None or ph is None:
+        return f"n/a ({proxy.target} had no clean step)"
+    ks = next((st for st in kam.steps if st.rate == ph.rate), None)
+    if ks is None:
+        ran = ", ".join(str(st.rate) for st in kam.steps) or "none"
+        return f"n/a ({kam.target} ran no step at {ph.rate}/s (its rates: {ran}))"
+    if not ks.clean:
+        return f"n/a ({kam.target}'s step at {ks.rate}/s was not clean)"
+    if ph.captured and ks.captured:
+        p, k, spec, label = ph.p99_ms, ks.p99_ms, ".2f", "capture"
+    else:  # one of them has no capture: compare sipp's figures of both
+        p, k, spec, label = ph.sipp_p99_ms, ks.sipp_p99_ms, ".0f", "sipp ticks"
+    figures = (f"{proxy.target} {fmt(p, spec)} ms at {ph.rate}/s (half its {pb.rate}/s) vs "
+               f"{kam.target} {fmt(k, spec)} ms at {ks.rate}/s; {label}")
+    if p is None or k is None:
+        return f"n/a (no latency samples: {figures})"
+    if k == 0:
+        return f"n/a ({kam.target}'s p99 is under one sipp tick: {figures})"
+    return f"{ratio(p, k)} ({figures})"
+
+
 def ratio_line(proxy: Series, kam: Series) -> str:
-    pb, kb, ph, kh = proxy.best, kam.best, proxy.half, kam.half
+    pb, kb = proxy.best, kam.best
     name = f"ratio {proxy.target}/{kam.target}"
-    if pb is None or kb is None or ph is None or kh is None:
-        return f"{name}: n/a (a target had no clean step)"
+    p99 = f"p99 at the same rate {same_rate_p99(proxy, kam)}"
+    if pb is None or kb is None:
+        return f"{name}: n/a (a target had no clean step); {p99}"
     return (f"{name}: highest clean rate {ratio(pb.rate, kb.rate)}; "
-            f"CPU per call {ratio(pb.cpu_per_call_us, kb.cpu_per_call_us)}; "
-            f"p99 at half rate {ratio(ph.p99_ms, kh.p99_ms)} "
-            f"({fmt(ph.p99_ms, '.0f')} ms at {ph.rate}/s vs {fmt(kh.p99_ms, '.0f')} ms "
-            f"at {kh.rate}/s)")
+            f"CPU per call {ratio(pb.cpu_per_call_us, kb.cpu_per_call_us)}; {p99}")
 
 
 def summary_lines(series: list[Series]) -> list[str]:
@@ -250,11 +319,24 @@ def summary_lines(series: list[Series]) -> list[str]:
             lines.append(f"ratio {s.target}/proxy: highest clean rate "
                          f"{ratio(s.best.rate, one.best.rate)}; CPU per call "
                          f"{ratio(s.best.cpu_per_call_us, one.best.cpu_per_call_us)}")
-    tick = sipp_clock_ms()
-    if tick:
-        lines.append(f"latency: sipp's clock ticks every {tick:.0f} ms here, so p50/p99 are whole "
-                     f"ticks (0 = under {tick:.0f} ms); the mean of the ticks is unbiased")
+    lines.extend(latency_notes(series))
     return lines
+
+
+def latency_notes(series: list[Series]) -> list[str]:
+    """What the latency figures are: the capture's, and/or sipp's whole clock ticks."""
+    steps = [st for s in series for st in s.steps]
+    notes = []
+    if any(st.captured for st in steps):
+        notes.append("latency: INVITE->200 per call from a packet capture on lo (tcpdump, µs "
+                     "timestamps: the UAC's first INVITE to the first 200 for it); sipp's own "
+                     "figures are in summary.json (sipp_p50_ms, sipp_p99_ms, sipp_mean_ms)")
+    tick = sipp_clock_ms()
+    if tick and any(not st.captured for st in steps):
+        notes.append(f"latency (sipp ticks, no capture): sipp's clock ticks every {tick:.0f} ms "
+                     f"here, so p50/p99 are whole ticks (0 = under {tick:.0f} ms), and even the "
+                     "mean reads low: sipp places calls just after a tick")
+    return notes
 
 
 # --------------------------------------------------------------------------- machine, Markdown
@@ -291,13 +373,19 @@ def markdown(series: list[Series], duration: int, date: str) -> str:
             continue
         lines.append(
             f"| {s.target} | {best.rate} | {fmt(best.cpu_per_call_us, '.0f')} | "
-            f"{fmt(half.p50_ms, '.0f')} / {fmt(half.p99_ms, '.0f')} (at {half.rate}/s) | "
+            f"{fmt_ms(half, half.p50_ms)} / {fmt_ms(half, half.p99_ms)} (at {half.rate}/s"
+            f"{'' if half.captured else ', sipp ticks'}) | "
             f"{fmt(best.rss_mib, '.0f')} / {fmt(best.pss_mib, '.0f')} | {fmt(best.sipp_cpu_percent, '.0f')}% of a core |"
         )
+    halves = [s.half for s in series if s.half is not None]
+    if any(st.captured for st in halves):
+        lines += ["", "Latency is INVITE→200 per call from a packet capture on the loopback "
+                      "interface (tcpdump's µs timestamps: the UAC's first INVITE to the first "
+                      "200 for it)."]
     tick = sipp_clock_ms()
-    if tick:
-        lines += ["", f"Latency is INVITE→200 as sipp times it, in whole {tick:.0f} ms clock ticks "
-                      f"(0 = under {tick:.0f} ms)."]
+    if tick and any(not st.captured for st in halves):
+        lines += ["", f"Latency marked 'sipp ticks' is INVITE→200 as sipp times it, in whole "
+                      f"{tick:.0f} ms clock ticks (0 = under {tick:.0f} ms)."]
     return "\n".join(lines) + "\n"
 
 
@@ -324,18 +412,26 @@ def plot(series: list[Series], path: Path, title: str) -> str:
         ax1.plot([st.rate for st in bad], [st.completed_per_s for st in bad], linestyle="none",
                  marker="x", markersize=10, color=line.get_color())
         lat = [(st.rate, st.p99_ms) for st in s.steps if st.p99_ms is not None]
-        ax2.plot([r for r, _ in lat], [v for _, v in lat], marker="o", label=s.target,
-                 color=line.get_color())
+        ticks = any(not st.captured for st in s.steps if st.p99_ms is not None)
+        ax2.plot([r for r, _ in lat], [v for _, v in lat], marker="o",
+                 label=s.target + (" (sipp ticks)" if ticks else ""), color=line.get_color())
     ax1.set(title="Calls completed vs offered (x: not clean)", xlabel="offered calls/s",
             ylabel="completed calls/s")
-    tick = sipp_clock_ms() or 1.0
     from matplotlib.ticker import ScalarFormatter
 
-    ax2.set_yscale("symlog", linthresh=max(tick, 1.0))  # linear to one tick, log above
-    ax2.yaxis.set_major_formatter(ScalarFormatter())
-    ax2.set(title=f"p99 INVITE→200 (sipp clock tick {tick:.0f} ms)", xlabel="offered calls/s",
-            ylabel="p99 latency (ms)")
-    ax2.set_ylim(bottom=0)
+    shown = [st for s in series for st in s.steps if st.p99_ms is not None]
+    if shown and all(st.captured and st.p99_ms for st in shown):
+        ax2.set_yscale("log")  # µs-resolved, never 0: sub-millisecond to the collapse
+        ax2.yaxis.set_major_formatter(ScalarFormatter())
+        ax2.set(title="p99 INVITE→200 (packet capture)", xlabel="offered calls/s",
+                ylabel="p99 latency (ms)")
+    else:
+        tick = sipp_clock_ms() or 1.0
+        ax2.set_yscale("symlog", linthresh=max(tick, 1.0))  # linear to one tick, log above
+        ax2.yaxis.set_major_formatter(ScalarFormatter())
+        ax2.set(title=f"p99 INVITE→200 (sipp clock tick {tick:.0f} ms where marked)",
+                xlabel="offered calls/s", ylabel="p99 latency (ms)")
+        ax2.set_ylim(bottom=0)
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
         ax.set_xlim(left=0)

@@ -56,6 +56,7 @@ from typing import IO
 # bench/ is not a package: report.py is found next to this file however it is loaded
 # (python bench/run.py, or importlib from the tests).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capture import SNAPLEN, CaptureError, bpf_filter, capture_latencies  # noqa: E402
 from report import (  # noqa: E402
     Series,
     Step,
@@ -77,6 +78,11 @@ DEFAULT_RATES = "100,200,400,600,800,1000,1500,2000,3000,4000,6000,8000"
 LOOPBACK = "127.0.0.1"
 BUFF_SIZE = "4194304"  # the default socket buffer drops packets at high rates (bench README)
 READY_MARK = "sip-policy-proxy ready"
+CAPTURE_IFACE = "lo"
+TCPDUMP_READY = "listening on"  # tcpdump's stderr line once its filter is attached
+# libpcap hands tcpdump the kernel's capture ring in blocks, each released when full or after
+# the 1 s timeout tcpdump sets; a block not released when SIGINT arrives is lost.
+TCPDUMP_BLOCK_S = 1.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -493,6 +499,126 @@ class KamailioTarget(Target):
         return rc
 
 
+# --------------------------------------------------------------------------- packet capture
+
+
+class Tcpdump:
+    """One tcpdump writing a step's INVITEs and 200s on the loopback interface to a file.
+
+    Only UDP from or to the UAC ports whose payload starts 'INVITE' or 'SIP/2.0 200 ' is kept
+    (bench/capture.py's BPF filter), so the kernel copies little; it runs in its own session,
+    outside the target's process tree, and its CPU is measured apart from sipp's (stop()).
+    """
+
+    def __init__(self, binary: str, path: Path, uac_ports: list[int]) -> None:
+        self.path = path
+        cmd = [binary, "-i", CAPTURE_IFACE, "-n", "-p", "-s", str(SNAPLEN), "-B", "8192",
+               "-w", str(path)]
+        if os.geteuid() == 0:
+            cmd += ["-Z", "root"]  # as root tcpdump drops to user tcpdump: keep the file ours
+        cmd.append(bpf_filter(uac_ports))
+        (path.parent / "tcpdump.cmd").write_text(" ".join(cmd[:-1]) + f" '{cmd[-1]}'\n")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        assert self.proc.stderr is not None
+        self.pump = LogPump(self.proc.stderr, path.parent / "tcpdump.log", TCPDUMP_READY)
+        self.pump.start()
+
+    def wait_ready(self, timeout: float = 10) -> str | None:
+        """None once tcpdump says it is listening; else what went wrong (and it is stopped)."""
+        deadline = time.monotonic() + timeout
+        while not self.pump.ready.wait(0.05):
+            if self.proc.poll() is not None:
+                self.pump.join(timeout=2)
+                tail = " / ".join(self.pump.tail) or "no output"
+                return f"tcpdump exited with status {self.proc.returncode}: {tail}"
+            if time.monotonic() > deadline:
+                self.stop(quiet_since=None)
+                return f"tcpdump printed no '{TCPDUMP_READY}' line in {timeout:.0f} s"
+        return None
+
+    def stop(self, quiet_since: float | None) -> float:
+        """SIGINT (tcpdump writes what it holds and exits), bounded; returns its CPU seconds.
+
+        quiet_since: when the last packet of interest may have been sent (the UACs' exit, on
+        the monotonic clock): the capture ring's last block is released TCPDUMP_BLOCK_S later
+        (the UASes' stop usually took longer already). Its CPU is the growth of this process's
+        reaped-children usage as it is reaped, so call this after sipp's CPU is read.
+        """
+        if quiet_since is not None:
+            left = quiet_since + TCPDUMP_BLOCK_S * 1.5 - time.monotonic()
+            if left > 0:
+                time.sleep(left)
+        cpu0 = children_cpu_seconds()
+        stop_process(self.proc, signal.SIGINT, grace=10)
+        self.pump.join(timeout=5)
+        return children_cpu_seconds() - cpu0
+
+    def dropped(self) -> int | None:
+        """tcpdump's final 'N packets dropped by kernel', if it printed one."""
+        for line in self.pump.tail:
+            if line.endswith("dropped by kernel"):
+                try:
+                    return int(line.split()[0])
+                except ValueError:
+                    return None
+        return None
+
+
+class Capture:
+    """Whether steps run tcpdump; the first failure is said once and turns capture off."""
+
+    def __init__(self, binary: str | None, off_reason: str | None = None) -> None:
+        self.binary = binary
+        self.off_reason = off_reason or (None if binary else
+                                         "tcpdump is not installed: apt-get install tcpdump")
+        self.said = False
+
+    def disable(self, reason: str) -> None:
+        self.off_reason = self.off_reason or reason
+        self.say()
+
+    def say(self) -> None:
+        if self.off_reason and not self.said:
+            self.said = True
+            print(f"latency: no packet capture ({self.off_reason}); sipp's figures instead, in "
+                  "whole clock ticks", file=sys.stderr, flush=True)
+
+    def start(self, stepdir: Path, uac_ports: list[int]) -> Tcpdump | None:
+        """A ready tcpdump for this step, or None (capture off: sipp's figures)."""
+        if self.off_reason or self.binary is None:
+            return None
+        try:
+            tcpdump = Tcpdump(self.binary, stepdir / "invite-200.pcap", uac_ports)
+        except OSError as exc:
+            self.disable(f"tcpdump did not start: {exc}")
+            return None
+        problem = tcpdump.wait_ready()
+        if problem is not None:
+            self.disable(problem)
+            return None
+        return tcpdump
+
+
+def read_capture(step: Step, tcpdump: Tcpdump, uac_ports: list[int]) -> None:
+    """The step's latency from its capture; sipp's figures stay when it holds no call."""
+    step.capture_dropped = tcpdump.dropped()
+    try:
+        result = capture_latencies(tcpdump.path, uac_ports)
+    except (OSError, CaptureError) as exc:
+        print(f"  latency: the capture could not be read ({exc}): sipp's figures for this step",
+              file=sys.stderr, flush=True)
+        return
+    if not result.latencies_ms:
+        if step.successful:
+            print(f"  latency: the capture holds no answered INVITE ({result.invites} INVITEs): "
+                  "sipp's figures for this step", file=sys.stderr, flush=True)
+        return
+    step.latency_source = "capture"
+    step.latency_samples = len(result.latencies_ms)
+    step.p50_ms, step.p99_ms, step.mean_ms = latency(result.latencies_ms)
+
+
 # --------------------------------------------------------------------------- one step
 
 
@@ -506,6 +632,7 @@ class Options:
     duration: int
     settle: float
     control_port: int
+    capture: Capture | None = None  # tcpdump for the latency; None: sipp's figures only
 
 
 def split_rate(rate: int, n: int) -> list[int]:
@@ -584,10 +711,16 @@ def run_step_once(target: Target, rate: int, opts: Options, stepdir: Path) -> St
     step = Step(target=target.name, rate=rate, offered=rate * opts.duration)
     (stepdir / "commands.txt").write_text(
         "".join(" ".join(p.uas_cmd) + "\n" + " ".join(p.uac_cmd) + "\n" for p in pairs))
-    # sipp's CPU: every UAC (under `timeout`) and UAS is a child we reap within this window.
+    # tcpdump first, listening before any call starts (a failed one is reaped before sipp's
+    # CPU window opens); UAC pair i sends from uac_ports[i].
+    uac_ports = opts.uac_ports[: len(pairs)]
+    tcpdump = opts.capture.start(stepdir, uac_ports) if opts.capture is not None else None
+    # sipp's CPU: every UAC (under `timeout`) and UAS is a child we reap within this window;
+    # tcpdump is reaped after it closes.
     sipp_cpu0 = children_cpu_seconds()
     uases: list[subprocess.Popen[bytes]] = []
     uacs: list[subprocess.Popen[bytes]] = []
+    quiet_since: float | None = None
     try:
         for pair in pairs:
             with (stepdir / f"uas{pair.suffix}.out").open("wb") as out:
@@ -608,7 +741,8 @@ def run_step_once(target: Target, rate: int, opts: Options, stepdir: Path) -> St
                 uacs.append(subprocess.Popen(pair.uac_cmd, cwd=stepdir, stdin=subprocess.DEVNULL,
                                              stdout=out, stderr=subprocess.STDOUT))
         rcs = [uac.wait() for uac in uacs]
-        step.elapsed_s = time.monotonic() - t0
+        quiet_since = time.monotonic()
+        step.elapsed_s = quiet_since - t0
         cpu1 = target.cpu_seconds()
         step.rss_mib, step.pss_mib = target.memory_mib()
         step.sipp_rc = next((rc for rc in rcs if rc != 0), 0)
@@ -621,10 +755,14 @@ def run_step_once(target: Target, rate: int, opts: Options, stepdir: Path) -> St
         # final statistics; bounded, then killed.
         for uas in uases:
             stop_process(uas, signal.SIGUSR1, grace=12)
-    step.sipp_cpu_s = children_cpu_seconds() - sipp_cpu0
+        step.sipp_cpu_s = children_cpu_seconds() - sipp_cpu0
+        if tcpdump is not None:  # after the UASes: every INVITE and 200 has gone by
+            step.tcpdump_cpu_s = tcpdump.stop(quiet_since)
     if step.sipp_rc == SIPP_BIND_FAILED:
         raise PortClash("sipp UAC could not bind a port")
     read_step_results(step, pairs, stepdir)
+    if tcpdump is not None:
+        read_capture(step, tcpdump, uac_ports)
     return step
 
 
@@ -650,8 +788,11 @@ def read_step_results(step: Step, pairs: list[Pair], stepdir: Path) -> None:
               "told to quit (a signal or its control port) by something else on this machine",
               file=sys.stderr, flush=True)
     samples = read_rtt(sorted(stepdir.glob("*_rtt.csv")))
-    step.rtt_samples = len(samples)
-    step.p50_ms, step.p99_ms, step.mean_ms = latency(samples)
+    step.sipp_rtt_samples = len(samples)
+    step.sipp_p50_ms, step.sipp_p99_ms, step.sipp_mean_ms = latency(samples)
+    # Shown until the capture's figures replace them (read_capture).
+    step.p50_ms, step.p99_ms, step.mean_ms = step.sipp_p50_ms, step.sipp_p99_ms, step.sipp_mean_ms
+    step.latency_source, step.latency_samples = "sipp", len(samples)
 
 
 def run_series(target: Target, rates: list[int], opts: Options, outdir: Path,
@@ -723,6 +864,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-md", type=Path, default=None,
                    help="also write a Markdown table (date, machine, per target) to this file")
     p.add_argument("--no-plot", action="store_true", help="do not write results.png")
+    p.add_argument("--no-capture", action="store_true",
+                   help="no tcpdump: latency from sipp's -trace_rtt alone (whole 4 ms ticks)")
     p.add_argument("--python", default=None,
                    help="interpreter with the project installed (default: .venv/bin/python)")
     p.add_argument("--proxy-config", type=Path, default=None,
@@ -794,9 +937,13 @@ def run_all(args: argparse.Namespace, outdir: Path, rates: list[int]) -> list[Se
         raise BenchError("--proxies needs counts >= 1, and every rate at least the largest")
     python = check_tools(args, names)
     ports = port_plan(args, max(counts))
+    capture = Capture(shutil.which("tcpdump") or shutil.which("tcpdump", path="/usr/sbin:/sbin"),
+                      "--no-capture" if args.no_capture else None)
+    capture.say()  # once, up front, when there will be none
     opts = Options(sipp=args.sipp, uac_xml=BENCH_DIR / "uac_rr.xml",
                    uas_xml=BENCH_DIR / "uas_rr.xml", uas_ports=ports[1], uac_ports=ports[2],
-                   duration=args.duration, settle=args.settle, control_port=args.control_port)
+                   duration=args.duration, settle=args.settle, control_port=args.control_port,
+                   capture=capture)
     redis = RedisServer(outdir / "redis") if args.redis and "proxy" in names else None
     all_series: list[Series] = []
     try:

@@ -131,3 +131,58 @@ def test_bpf_filter_names_every_uac_port() -> None:
     assert "src port 5062 or src port 5063" in text
     assert "dst port 5062 or dst port 5063" in text
     assert "udp[8:4] = 0x494e5649" in text  # "INVI"
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def _report_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_report", REPO / "bench/report.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _report_module()
+
+
+def step(target: str, rate: int, p99: float | None, sipp_p99: float = 4.0,
+         clean: bool = True) -> object:
+    st = report.Step(target, rate, rate * 10, successful=rate * 10 if clean else 0,
+                     elapsed_s=10.0, cpu_s=rate / 100, sipp_p99_ms=sipp_p99)
+    if p99 is not None:
+        st.p99_ms, st.latency_source = p99, "capture"
+    else:
+        st.p99_ms = sipp_p99
+    return st
+
+
+def test_p99_is_compared_with_kamailio_at_the_proxys_half_rate() -> None:
+    proxy = report.Series("proxy", [step("proxy", r, 0.2 + r / 1000) for r in (200, 400, 800)])
+    kam = report.Series("kamailio",
+                        [step("kamailio", r, 0.1 + r / 2000) for r in (200, 400, 800, 1600)])
+    line = report.ratio_line(proxy, kam)
+    # proxy: half of 800 is 400 (0.60 ms); Kamailio at 400/s: 0.30 ms (its own half is 800/s)
+    assert "p99 at the same rate 2.00 (proxy 0.60 ms at 400/s (half its 800/s) vs kamailio " \
+           "0.30 ms at 400/s; capture)" in line
+    assert "highest clean rate 0.50" in line
+
+
+def test_p99_at_the_same_rate_says_why_it_is_missing() -> None:
+    proxy = report.Series("proxy", [step("proxy", r, 0.5) for r in (200, 400, 800)])
+    kam = report.Series("kamailio", [step("kamailio", 200, 0.3),
+                                     step("kamailio", 400, 0.3, clean=False)])
+    assert "n/a (kamailio's step at 400/s was not clean)" in report.ratio_line(proxy, kam)
+    kam = report.Series("kamailio", [step("kamailio", 300, 0.3)])
+    assert "n/a (kamailio ran no step at 400/s (its rates: 300))" in report.ratio_line(proxy, kam)
+
+
+def test_without_a_capture_on_one_side_both_use_sipps_ticks() -> None:
+    proxy = report.Series("proxy", [step("proxy", 200, 0.5, sipp_p99=4.0)])
+    kam = report.Series("kamailio", [step("kamailio", 200, None, sipp_p99=0.0)])
+    assert "n/a (kamailio's p99 is under one sipp tick: proxy 4 ms at 200/s (half its 200/s) " \
+           "vs kamailio 0 ms at 200/s; sipp ticks)" in report.ratio_line(proxy, kam)
+    table = report.table([proxy, kam])
+    assert " 0.50 " in table and " pcap " in table and " sipp " in table

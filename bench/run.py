@@ -14,15 +14,24 @@ a failed call, a retransmission on either side, fewer calls completed than offer
 non-zero sipp exit. Past its limit a proxy collapses rather than levelling off, so the figure
 of merit is the highest clean rate, plus the target's CPU time per call at that rate.
 
-Per step it also reports INVITE->200 latency (p50/p99/mean from sipp -trace_rtt, response time
-1 of uac_rr.xml), the target's memory at the step's end (VmRSS and Pss summed over its process
-tree) and sipp's own CPU (UACs + UASes), since sipp shares the machine with the target.
+Per step it also reports INVITE->200 latency, p50/p99/mean in ms to the hundredth, from a
+packet capture: tcpdump on lo keeps the UDP datagrams from the UAC port(s) starting 'INVITE'
+and those to them starting 'SIP/2.0 200' (a BPF filter), and bench/capture.py reads the file:
+per Call-ID, the first INVITE to the first 200 whose CSeq method is INVITE. sipp's own figures
+(-trace_rtt, response time 1 of uac_rr.xml) are whole ticks of a 4 ms clock, 0 or 4 ms at
+loopback latencies: they stay in summary.json (sipp_p99_ms, ...) and are shown, labelled
+'sipp ticks', only without tcpdump (or with --no-capture). tcpdump's CPU is counted apart.
+It also reports the target's memory at the step's end (VmRSS and Pss summed over its process
+tree) and sipp's own CPU (UACs + UASes), since sipp shares the machine with the target. The
+p99 ratio to Kamailio compares the proxy's step at half its highest clean rate with
+Kamailio's step at that same rate.
 ``--proxies N`` starts N proxies on consecutive ports, one sipp pair each at RATE/N, and reports
 the totals ('proxy x2'); ``--proxies 1,2`` runs both; ``--redis`` gives them a shared state.
 Besides summary.{txt,json}: summary.md (and --report-md PATH), a Markdown table for the README,
 and results.png when matplotlib is installed (the ``bench`` extra). See bench/README.md.
 
-Standard library only; needs /usr/bin/sipp (Debian ``sip-tester``) and ``timeout``; Kamailio
+Standard library only; needs /usr/bin/sipp (Debian ``sip-tester``), ``timeout`` and, for the
+latency, ``tcpdump`` run as root (or with the capture capabilities); Kamailio
 (Debian ``kamailio`` + ``kamailio-extra-modules``) for ``--kamailio``. Results (tables, JSON,
 logs, the sipp CSVs) go to bench/results/<timestamp>/. ``make bench`` runs this script.
 

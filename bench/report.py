@@ -421,8 +421,11 @@ def plot(series: list[Series], path: Path, title: str) -> str:
 
     shown = [st for s in series for st in s.steps if st.p99_ms is not None]
     if shown and all(st.captured and st.p99_ms for st in shown):
+        from matplotlib.ticker import LogFormatter
+
         ax2.set_yscale("log")  # µs-resolved, never 0: sub-millisecond to the collapse
         ax2.yaxis.set_major_formatter(ScalarFormatter())
+        ax2.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # 0.3, not 3×10^-1
         ax2.set(title="p99 INVITE→200 (packet capture)", xlabel="offered calls/s",
                 ylabel="p99 latency (ms)")
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .build import REASONS, make_response, reason_phrase, rewrite, strip_top_via
 from .errors import FramingError, ParseError, SipError
+from .framing import StreamFramer
 from .headers import (
     NameAddr,
     Via,
@@ -20,7 +21,7 @@ from .headers import (
     parse_via_list,
     split_header_values,
 )
-from .message import COMPACT, Header, SipMessage, StreamFramer, canonical_name, parse_message
+from .message import COMPACT, Header, SipMessage, canonical_name, parse_message
 from .transport import LocalAddress, Send, Source
 from .uri import (
     AbsoluteUri,

@@ -55,7 +55,7 @@ def validate_request(msg: SipMessage) -> None:
     """
     if not msg.is_request:
         raise ValueError("validate_request() needs a request")
-    names = [h[0] for h in msg.headers]
+    names = [h.name for h in msg.headers]
     missing = [_DISPLAY[name] for name in REQUIRED_HEADERS if name not in names]
     if missing:
         raise ParseError("missing header field(s): " + ", ".join(missing))

@@ -59,6 +59,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -738,7 +739,7 @@ def run_step_once(target: Target, rate: int, opts: Options, stepdir: Path) -> St
                                               start_new_session=True))
         for pair, uas in zip(pairs, uases, strict=True):
             try:
-                wait_until(lambda p=pair: udp_port_bound(p.uas_port), 10, "sipp UAS", uas)
+                wait_until(partial(udp_port_bound, pair.uas_port), 10, "sipp UAS", uas)
             except BenchError:
                 if uas.returncode == SIPP_BIND_FAILED:
                     raise PortClash("sipp UAS could not bind a port") from None

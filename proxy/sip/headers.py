@@ -85,6 +85,8 @@ _FAST_VIA_RE: Final = re.compile(
 )
 _KNOWN_TRANSPORTS: Final = frozenset({"UDP", "TCP", "TLS", "SCTP", "TLS-SCTP", "WS", "WSS", "DTLS"})
 _MAX_CSEQ: Final = 2**32 - 1
+# Methods met on every call: tokens, so a CSeq naming one needs no regex to check it.
+_CSEQ_METHODS: Final = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER"})
 
 
 def is_token(text: str) -> bool:
@@ -313,6 +315,21 @@ def plain_name_addr_tag(text: str) -> tuple[str | None] | None:
     is examined once (a call's From and To recur in each of its messages)."""
     if text in _TAG_MEMO:
         return _TAG_MEMO[text]
+    # A new call's From (or a dialog's To) is an old text plus ";tag=" and a fresh token: the
+    # old part is looked up (or examined once), the tag checked alone.  A prefix of the usual
+    # shape ending in '>' (no parameters) followed by one token parameter is of the usual
+    # shape, with that tag; anything else goes the whole way.
+    cut = text.rfind(";tag=")
+    if cut > 0 and text[cut - 1] == ">":
+        tag = text[cut + 5:]
+        if _TOKEN_RE.match(tag) is not None:
+            prefix = text[:cut]
+            if prefix in _TAG_MEMO:
+                known = _TAG_MEMO[prefix]
+            else:
+                known = remember(_TAG_MEMO, prefix, _plain_tag(prefix))
+            if known is not None:
+                return remember(_TAG_MEMO, text, (tag,))
     return remember(_TAG_MEMO, text, _plain_tag(text))
 
 
@@ -448,6 +465,6 @@ def parse_cseq(text: str) -> tuple[int, str]:
     num, method = parts
     if not (num.isascii() and num.isdigit()) or len(num) > 10 or int(num) > _MAX_CSEQ:
         raise ParseError(f"bad CSeq number: {num[:30]!r}")
-    if not _TOKEN_RE.match(method):
+    if method not in _CSEQ_METHODS and not _TOKEN_RE.match(method):
         raise ParseError(f"bad CSeq method: {method[:30]!r}")
     return int(num), method

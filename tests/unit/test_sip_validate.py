@@ -59,6 +59,11 @@ def test_valid_request_passes_and_caches_views() -> None:
     "<sip:a@example.com>;tag=1", "Alice <sip:a@example.com;transport=tcp>;x=y;tag=2;tag=3",
     '"A \\"q\\"" <sip:a@[2001:db8::1]:5060>;TAG=4', "sip:a@example.com;tag=5",
     "<tel:+123>;tag=6", "<sip:a@example.com:65535>", "<sip:a@example.com>;tag",
+    # the prefix path: a known "<...>" part plus ";tag=" and a token
+    "Bob <sip:b@example.com:5062>;tag=42SIPpTag001", "Bob <sip:b@example.com:5062>;tag=43x",
+    '"x;tag=y" <sip:a@example.com>', "<sip:a@example.com;tag=x>", "<sip:a@example.com> ;tag=7",
+    "<sip:a@example.com>;tag=a b", "<sip:a@example.com>;tag=", "<sip:a@example.com>;x;tag=8",
+    "<sip:a@example.com>" + ";tag=9" * 5000,
 ])
 def test_tag_by_the_fast_check_equals_the_full_parse(value: str) -> None:
     """The fast check of From/To gives the tag the full parse gives (RFC 3261 19.3)."""

@@ -75,9 +75,11 @@ def header(msg: str, name: str) -> list[str]:
 
 def answer(request: bytes, status: str, n: int, body: bool) -> bytes:
     """What sipp's UAS (uas_rr.xml) sends: the last request's Via, From, To (tagged),
-    Call-ID, CSeq and Record-Route copied."""
+    Call-ID, CSeq and Record-Route copied; sipp's [last_Via:] joins the Via values on one
+    line."""
     text = request.decode()
-    lines = [f"SIP/2.0 {status}", *header(text, "Via")]
+    vias = [line.split(":", 1)[1].strip() for line in header(text, "Via")]
+    lines = [f"SIP/2.0 {status}", "Via: " + ", ".join(vias)]
     lines += header(text, "From")
     to = header(text, "To")[0]
     lines.append(to if ";tag=" in to else f"{to};tag=43SIPpTag01{n}")

@@ -51,14 +51,19 @@ class Outcome(enum.Enum):
 
 
 def own_branch(msg: SipMessage) -> str | None:
-    """The branch of the top Via when it reads as this proxy writes its own (one value,
-    ``;branch=z9hG4bK...`` as written by :mod:`.forward`), found without parsing the Via;
+    """The branch of the top Via when it reads as this proxy writes its own (``;branch=
+    z9hG4bK...`` as written by :mod:`.forward`, up to the first comma: the first value of a
+    line that joins several; a comma in a quoted string of another's Via only spoils the
+    key), found without parsing the Via;
     None otherwise. Only a lookup key: a response is matched only if a client transaction
     has that branch (unguessable, signed: :func:`.forward.branch_verifies`), and anything
     else is matched through the fully parsed Via."""
     value = msg.get("via")
-    if value is None or "," in value:
+    if value is None:
         return None
+    comma = value.find(",")
+    if comma >= 0:  # Via values joined on one line (sipp's [last_Via:] does): ours is first
+        value = value[:comma]
     i = value.find(";branch=z9hG4bK")
     if i < 0:
         return None

@@ -281,7 +281,13 @@ class SipMessage:
                 value = self._get("via")
                 if value is None:
                     raise ParseError("missing Via header field")
-                tv = parse_via_list(value)[0] if "," in value else parse_via(value)
+                comma = value.find(",")
+                if comma < 0:
+                    tv = parse_via(value)
+                elif '"' not in value:  # no quoted string: the first comma ends the first value
+                    tv = parse_via(value[:comma].strip())
+                else:
+                    tv = parse_via_list(value)[0]
             self._top_via = tv
         return tv
 

@@ -398,3 +398,20 @@ def test_many_leading_crlfs_are_cheap_and_bare_lf_is_refused() -> None:
         parse_message(b"\r\n\n" + data)
     with pytest.raises(ParseError):
         parse_message(b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("line, branch", [
+    ("Via: SIP/2.0/UDP p.example.com;branch=z9hG4bK-top, SIP/2.0/UDP a.example.com;branch=z9hG4bK-2",
+     "z9hG4bK-top"),
+    ('Via: SIP/2.0/UDP p.example.com;branch=z9hG4bK-q;x="a, b", SIP/2.0/UDP a.example.com',
+     "z9hG4bK-q"),
+])
+def test_top_via_of_a_line_joining_several_values(line: str, branch: str) -> None:
+    """RFC 3261 7.3.1, 20.42: the top Via is the first value of the first Via line; a comma
+    inside a quoted string does not end it."""
+    data = (f"SIP/2.0 200 OK\r\n{line}\r\nFrom: <sip:a@example.com>;tag=1\r\n"
+            "To: <sip:b@example.com>;tag=2\r\nCall-ID: j\r\nCSeq: 1 INVITE\r\n"
+            "Content-Length: 0\r\n\r\n").encode()
+    msg = parse_message(data)
+    assert msg.top_via.branch == branch and msg.top_via.host == "p.example.com"
+    assert [v.host for v in msg.vias] == ["p.example.com", "a.example.com"]

@@ -26,13 +26,18 @@ class StoreWrite(NamedTuple):
     ctx: ResponseContext
 
 
-class Effects(NamedTuple):
+class Effects:
     """The result of one entry point: what to send, what to store, and what to log (the
-    per-call summaries of :mod:`proxy.core.observe`, formatted and logged by the runtime)."""
+    per-call summaries of :mod:`proxy.core.observe`, formatted and logged by the runtime).
+    A slotted class (one per entry call: the compiled build constructs it natively)."""
 
-    sends: list[Send]
-    writes: tuple[StoreWrite, ...] = ()
-    logs: tuple[Any, ...] = ()
+    __slots__ = ("logs", "sends", "writes")
+
+    def __init__(self, sends: list[Send], writes: tuple[StoreWrite, ...] = (),
+                 logs: tuple[Any, ...] = ()) -> None:
+        self.sends = sends
+        self.writes = writes
+        self.logs = logs
 
 
 class Out:

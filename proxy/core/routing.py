@@ -31,22 +31,30 @@ log = logging.getLogger("proxy.core")
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, SUBSCRIBE, NOTIFY, REFER"
 
 
-class RoutePrep(NamedTuple):
+class RoutePrep:
     """What route information preprocessing (RFC 3261 16.4) found."""
 
-    edits: dict[int, str | None]
-    append: list[str]
-    next_hop: NameAddr | None
-    popped: bool
-    token: str | None
+    __slots__ = ("append", "edits", "next_hop", "popped", "token")
+
+    def __init__(self, edits: dict[int, str | None], append: list[str],
+                 next_hop: NameAddr | None, popped: bool, token: str | None) -> None:
+        self.edits = edits
+        self.append = append
+        self.next_hop = next_hop
+        self.popped = popped
+        self.token = token
 
 
-class Forward(NamedTuple):
+class Forward:
     """A target set (RFC 3261 16.5): groups forked in parallel, one group after the other."""
 
-    groups: list[list[Target]]
-    serial: bool = False  # q-value forking: the next group when a group ends
-    from_location: bool = False
+    __slots__ = ("from_location", "groups", "serial")
+
+    def __init__(self, groups: list[list[Target]], serial: bool = False,
+                 from_location: bool = False) -> None:
+        self.groups = groups
+        self.serial = serial  # q-value forking: the next group when a group ends
+        self.from_location = from_location
 
 
 class Answer(NamedTuple):

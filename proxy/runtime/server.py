@@ -321,7 +321,7 @@ class Runtime:
                 if ip is None:
                     self._unreachable(s, "does not resolve")
                     continue
-                s = s._replace(host=str(ip))
+                s = s.with_host(str(ip))
             transport = self._transport_for(s)
             if transport is not None:
                 transport.send(s)
@@ -363,7 +363,7 @@ class Runtime:
             for s in sends:
                 self._unreachable(s, "does not resolve")
         else:
-            self.dispatch([s._replace(host=ip) for s in sends])
+            self.dispatch([s.with_host(ip) for s in sends])
         self._arm()
 
     # -------------------------------------------------------------- timers

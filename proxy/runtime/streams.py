@@ -63,4 +63,4 @@ def with_server_name(rt: Runtime, s: Send) -> Send:
     """``s`` with the name a TLS peer's certificate is checked against, taken before the
     host is resolved to an address."""
     name = rt.tls_names.get((s.host, s.port), s.host)
-    return s._replace(server_name=name)
+    return s.with_server_name(name)

@@ -26,23 +26,44 @@ class Source(NamedTuple):
     conn_id: int | None = None  # stream connection the message arrived on
 
 
-class Send(NamedTuple):
+class Send:
     """An instruction to the transport layer: send ``data`` to ``host:port`` over ``transport``.
 
     On streams, ``conn_id`` names the connection to use when it is still open; otherwise the
     transport reuses a connection to ``host:port`` or opens one (RFC 3261 18.2.2, 18.1.1).
     ``token`` is handed back to the core's ``on_send_failure`` if the send fails.
+
+    A slotted class, not a NamedTuple: the core makes seven per call, and the compiled build
+    constructs a class natively (a NamedTuple goes through an interpreted ``__new__``).
     """
 
-    transport: str
-    host: str
-    port: int
-    data: bytes
-    conn_id: int | None = None
-    token: object | None = None
-    #: TLS: the host name the peer's certificate must match (RFC 5922 7.2): the host of the
-    #: URI the request is sent to, before it was resolved to ``host``; None: ``host``
-    server_name: str | None = None
+    __slots__ = ("conn_id", "data", "host", "port", "server_name", "token", "transport")
+
+    def __init__(self, transport: str, host: str, port: int, data: bytes,
+                 conn_id: int | None = None, token: object | None = None,
+                 server_name: str | None = None) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.data = data
+        self.conn_id = conn_id
+        self.token = token
+        #: TLS: the host name the peer's certificate must match (RFC 5922 7.2): the host of
+        #: the URI the request is sent to, before it was resolved to ``host``; None: ``host``
+        self.server_name = server_name
+
+    def with_host(self, host: str) -> Send:
+        """The same send to another address (``host`` resolved to an IP)."""
+        return Send(self.transport, host, self.port, self.data, self.conn_id, self.token,
+                    self.server_name)
+
+    def with_server_name(self, server_name: str | None) -> Send:
+        return Send(self.transport, self.host, self.port, self.data, self.conn_id, self.token,
+                    server_name)
+
+    def __repr__(self) -> str:
+        return (f"Send({self.transport!r}, {self.host!r}, {self.port}, {len(self.data)} bytes, "
+                f"conn_id={self.conn_id!r}, server_name={self.server_name!r})")
 
 
 class LocalAddress(NamedTuple):

@@ -17,6 +17,8 @@ log = logging.getLogger("proxy")
 
 #: :meth:`Resolver.cached` for a name not in the cache: look it up with :meth:`Resolver.resolve`.
 MISS = object()
+#: The most IP literals, and the most names, remembered (each table is emptied when full).
+CACHE_LIMIT = 4096
 
 
 class Resolver:
@@ -31,10 +33,13 @@ class Resolver:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self._cache: dict[str, tuple[str | None, float]] = {}
+        self._literals: dict[str, str] = {}  # IP literals seen: no parse on the next send
         self.waiting: dict[str, list[Send]] = {}
 
     def cached(self, host: str, now: float) -> object:
         """The address, None for a name known not to resolve, or :data:`MISS`."""
+        if host in self._literals:
+            return host
         hit = self._cache.get(host)
         if hit is not None and hit[1] > now:
             return hit[0]
@@ -42,7 +47,10 @@ class Resolver:
             ipaddress.ip_address(host)
         except ValueError:
             return MISS
-        self._cache[host] = (host, float("inf"))
+        # Outsiders choose these (a Via's received address): bounded, forgotten all at once.
+        if len(self._literals) >= CACHE_LIMIT:
+            self._literals.clear()
+        self._literals[host] = host
         return host
 
     def resolve_now(self, host: str) -> str | None:
@@ -61,6 +69,10 @@ class Resolver:
         except OSError as exc:
             log.info("cannot resolve %s: %s", host, exc)
             ip = None
+        if len(self._cache) >= CACHE_LIMIT:  # names an outsider chose (a Contact, a Route)
+            self._cache = {h: e for h, e in self._cache.items() if e[1] > now}
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
         self._cache[host] = (ip, now + (self.ttl if ip is not None else self.negative_ttl))
         return ip
 

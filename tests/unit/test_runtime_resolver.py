@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from proxy.runtime.resolver import MISS, Resolver, advertised
+from proxy.runtime.resolver import CACHE_LIMIT, MISS, Resolver, advertised
 
 
 class FakeDns:
@@ -75,6 +75,26 @@ async def test_a_failure_is_cached_for_negative_ttl_only(dns: FakeDns) -> None:
     assert await r.resolve("nowhere.invalid", 15.0) == "192.0.2.9"
     assert r.cached("nowhere.invalid", 15.0) == "192.0.2.9"
     assert dns.calls == ["nowhere.invalid", "nowhere.invalid"]
+
+
+def test_the_literals_an_outsider_chooses_stay_bounded(dns: FakeDns) -> None:
+    """Think like an attacker: every new source address is a new IP literal to send to; the
+    table of literals seen never holds more than CACHE_LIMIT of them."""
+    r = Resolver()
+    for i in range(3 * CACHE_LIMIT):
+        host = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        assert r.cached(host, 0.0) == host
+        assert len(r._literals) <= CACHE_LIMIT
+    assert r.cached("not an address", 0.0) is MISS and dns.calls == []
+
+
+async def test_the_names_cached_stay_bounded(dns: FakeDns) -> None:
+    """Names (a Contact's, a Route's host) are bounded too: expired answers go first."""
+    r = Resolver(ttl=60.0, negative_ttl=5.0)
+    for i in range(CACHE_LIMIT + 10):
+        await r.resolve(f"n{i}.invalid", float(i))  # failures: each expires after 5 s
+        assert len(r._cache) <= CACHE_LIMIT
+    assert r.cached(f"n{CACHE_LIMIT + 9}.invalid", float(CACHE_LIMIT + 9)) is None
 
 
 def test_resolve_now_is_the_blocking_start_up_lookup(dns: FakeDns) -> None:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from proxy.core import routing, txns
 from proxy.core.context import Branch, Response, ResponseContext
 from proxy.core.effects import Out
-from proxy.core.flowtoken import Flow
 from proxy.core.types import LocalAddress, Send, Source, Target
 from proxy.sip import SipMessage, SipUri, rewrite
 from proxy.transaction import InviteClientTransaction, NonInviteClientTransaction
@@ -139,9 +138,9 @@ def record_route(core: ProxyCore, out_local: LocalAddress, src: Source,
     """
     in_local = local_for_source(core, src)
     if target.via_flow:
-        token = core.tokens.encode(Flow(target.transport, out_local.host, out_local.port,
-                                        target.host, target.port, target.conn_id,
-                                        core.cluster.token_node))
+        token = core.tokens.token(target.transport, out_local.host, out_local.port,
+                                  target.host, target.port, target.conn_id,
+                                  core.cluster.token_node)
         out_user, in_user = token + "@", ""
     else:
         out_user, in_user = "", token_for(core, src, in_local) + "@"
@@ -154,8 +153,8 @@ def record_route(core: ProxyCore, out_local: LocalAddress, src: Source,
 
 def token_for(core: ProxyCore, src: Source, local: LocalAddress) -> str:
     """The flow token (RFC 5626 5.2) of the flow ``src`` reached ``local`` over."""
-    return core.tokens.encode(Flow(src.transport, local.host, local.port, src.host,
-                                   src.port, src.conn_id, core.cluster.token_node))
+    return core.tokens.token(src.transport, local.host, local.port, src.host, src.port,
+                             src.conn_id, core.cluster.token_node)
 
 
 def tp(local: LocalAddress) -> str:

@@ -55,6 +55,17 @@ def test_round_trip(tokens: FlowTokens, flow: Flow) -> None:
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f"{f.transport}-{f.remote_host}")
+def test_token_from_the_fields_is_the_token_of_the_flow(flow: Flow) -> None:
+    """FlowTokens.token (the forwarding path: no Flow built on a cache hit) and encode give
+    the same token, whichever is asked first (RFC 5626 5.2: one token per flow)."""
+    fields = (flow.transport, flow.local_host, flow.local_port, flow.remote_host,
+              flow.remote_port, flow.conn_id, flow.node)
+    first, second = FlowTokens(SECRET), FlowTokens(SECRET)
+    assert first.token(*fields) == first.encode(flow) == second.encode(flow)
+    assert second.token(*fields) == second.encode(flow) and first.decode(first.token(*fields)) == flow
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f"{f.transport}-{f.remote_host}")
 def test_token_is_a_sip_uri_user_part(tokens: FlowTokens, flow: Flow) -> None:
     token = tokens.encode(flow)
     assert B64URL.fullmatch(token), token  # base64url, no padding

@@ -33,12 +33,12 @@ class Resolver:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self._cache: dict[str, tuple[str | None, float]] = {}
-        self._literals: dict[str, str] = {}  # IP literals seen: no parse on the next send
+        self.literals: dict[str, str] = {}  # IP literals seen: no parse on the next send
         self.waiting: dict[str, list[Send]] = {}
 
     def cached(self, host: str, now: float) -> object:
         """The address, None for a name known not to resolve, or :data:`MISS`."""
-        if host in self._literals:
+        if host in self.literals:
             return host
         hit = self._cache.get(host)
         if hit is not None and hit[1] > now:
@@ -48,9 +48,9 @@ class Resolver:
         except ValueError:
             return MISS
         # Outsiders choose these (a Via's received address): bounded, forgotten all at once.
-        if len(self._literals) >= CACHE_LIMIT:
-            self._literals.clear()
-        self._literals[host] = host
+        if len(self.literals) >= CACHE_LIMIT:
+            self.literals.clear()
+        self.literals[host] = host
         return host
 
     def resolve_now(self, host: str) -> str | None:

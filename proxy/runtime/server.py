@@ -222,10 +222,16 @@ class Runtime:
         try:
             fx = entry(*args, now)
         except Exception:  # noqa: BLE001 - the process must survive any message
-            self.errors += 1
-            log.exception("internal error " + what, *what_args)
-            self._arm()  # the timers go on whatever one call did
+            self._internal_error(what, *what_args)
             return
+        self._carry_out(fx)
+
+    def _internal_error(self, what: str, *what_args: object) -> None:
+        self.errors += 1
+        log.exception("internal error " + what, *what_args)
+        self._arm()  # the timers go on whatever one call did
+
+    def _carry_out(self, fx: Effects) -> None:
         if fx.logs:
             log_lines.emit_calls(fx.logs)
         if fx.sends:
@@ -242,10 +248,15 @@ class Runtime:
         self._arm()
 
     def deliver(self, data: bytes, src: Source) -> None:
+        """One received message: :meth:`_drive` written out (the path every message takes)."""
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             log_lines.message_in(data, src)
-        self._drive(self.core.on_message, (data, src), self.loop.time(),
-                    "handling a message from %s:%s", src.host, src.port)
+        try:
+            fx = self.core.on_message(data, src, self.loop.time())
+        except Exception:  # noqa: BLE001 - the process must survive any message
+            self._internal_error("handling a message from %s:%s", src.host, src.port)
+            return
+        self._carry_out(fx)
 
     def keepalive(self, src: Source) -> None:
         self.core.on_keepalive(src, self.loop.time())
@@ -310,7 +321,14 @@ class Runtime:
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             for s in out:
                 log_lines.message_out(s)
+        literals = self.resolver.literals
+        udp = self.udp
         for s in out:
+            if s.transport == "udp" and s.host in literals:  # the common case, in short
+                ep = udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
+                if ep is not None:
+                    ep.send(s)
+                    continue
             if s.transport == "tls" and s.server_name is None:
                 s = streams.with_server_name(self, s)
             ip = self.resolver.cached(s.host, now)

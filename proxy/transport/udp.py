@@ -32,6 +32,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        if len(data) > 4 and data[0] > 1:  # not a keep-alive: a SIP message (or garbage)
+            self._deliver(data, Source("udp", addr[0], addr[1]))
+            return
         # CRLF keep-alives (RFC 5626 4.4.1 allows STUN on UDP; bare CRLFs are common) are ignored.
         if len(data) <= 4 and not data.strip():
             if self._keepalive is not None:

@@ -84,7 +84,7 @@ def test_the_literals_an_outsider_chooses_stay_bounded(dns: FakeDns) -> None:
     for i in range(3 * CACHE_LIMIT):
         host = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
         assert r.cached(host, 0.0) == host
-        assert len(r._literals) <= CACHE_LIMIT
+        assert len(r.literals) <= CACHE_LIMIT
     assert r.cached("not an address", 0.0) is MISS and dns.calls == []
 
 

@@ -513,22 +513,26 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
     lines = head.split("\r\n")
     lines.pop()  # '' after the final CRLF
     nsep = len(lines)
-    if head.count("\n") != nsep or head.count("\r") != nsep:
-        raise ParseError("bare CR or LF in the header section")
 
     # ---- start line (RFC 3261 7.1, 7.2) ----
     first = lines[0]
+    if "\r" in first or "\n" in first:
+        raise ParseError("bare CR or LF in the header section")
     sl_end = len(first)
     method = ruri = reason = ""
     status = 0
+    sp1 = first.find(" ")
     if first.startswith("SIP/"):  # a Method is a token: it cannot hold '/'
         is_request = False
-        parts = first.split(" ", 2)
-        if len(parts) < 2:
+        if sp1 < 0:
             raise ParseError("malformed Status-Line")
-        version, code = parts[0], parts[1]
-        if len(parts) == 3:
-            reason = parts[2]
+        version = first[:sp1]
+        sp2 = first.find(" ", sp1 + 1)
+        if sp2 < 0:
+            code = first[sp1 + 1:]
+        else:
+            code = first[sp1 + 1:sp2]
+            reason = first[sp2 + 1:]
         if len(code) != 3 or not code.isdigit() or not "1" <= code[0] <= "6" or not code.isascii():
             raise ParseError(f"bad status code: {code[:20]!r}")
         status = int(code)
@@ -538,10 +542,12 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
             version = "SIP/2.0"
     else:
         is_request = True
-        parts = first.split(" ")
-        if len(parts) != 3:
+        sp2 = first.find(" ", sp1 + 1) if sp1 > 0 else -1
+        if sp2 < 0 or first.find(" ", sp2 + 1) >= 0:  # exactly two SP (RFC 4475 3.1.2.7)
             raise ParseError("malformed Request-Line (need Method SP Request-URI SP SIP-Version)")
-        method, ruri, version = parts
+        method = first[:sp1]
+        ruri = first[sp1 + 1:sp2]
+        version = first[sp2 + 1:]
         if version != "SIP/2.0":
             if version.upper() == "SIP/2.0":
                 version = "SIP/2.0"
@@ -561,6 +567,8 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
     pos = sl_end + 2
     for k in range(1, nsep):
         line = lines[k]
+        if "\r" in line or "\n" in line:  # one left after the split on CRLF is bare
+            raise ParseError("bare CR or LF in the header section")
         end = pos + len(line) + 2
         c0 = line[:1]
         if c0 == " " or c0 == "\t":

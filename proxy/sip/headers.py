@@ -83,6 +83,9 @@ _FAST_VIA_RE: Final = re.compile(
     r"(\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)(?::([0-9]{1,5}))?"
     r"((?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\"\x00-\x20\x7f,]+)?)*)\Z"
 )
+# The parameters of such a Via, checked apart from its sent-by (see parse_via).
+_VIA_PARAMS_RE: Final = re.compile(r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\"\x00-\x20\x7f,]+)?)+\Z")
+_VIA_HEAD_MEMO: Final[dict[str, tuple[str, str, str, int | None] | None]] = {}
 _KNOWN_TRANSPORTS: Final = frozenset({"UDP", "TCP", "TLS", "SCTP", "TLS-SCTP", "WS", "WSS", "DTLS"})
 _MAX_CSEQ: Final = 2**32 - 1
 # Methods met on every call: tokens, so a CSeq naming one needs no regex to check it.
@@ -410,11 +413,27 @@ class Via:
 
 
 def parse_via(text: str) -> Via:
-    """Parse one via-parm (RFC 3261 20.42), with SWS around '/' ':' ';' '=' (RFC 4475 3.1.1.1)."""
+    """Parse one via-parm (RFC 3261 20.42), with SWS around '/' ':' ';' '=' (RFC 4475 3.1.1.1).
+
+    The usual compact shape is read in two parts: its sent-protocol and sent-by, the same in
+    every message of a sender, examined once (a bounded memo, see :mod:`proxy.sip.uri`), and
+    its parameters (a fresh branch each time), checked alone."""
+    semi = text.find(";")
+    if semi > 0:
+        head = text[:semi]
+        sent = _VIA_HEAD_MEMO[head] if head in _VIA_HEAD_MEMO else remember(
+            _VIA_HEAD_MEMO, head, _via_head(head))
+        ptext = text[semi:]
+        if sent is not None and _VIA_PARAMS_RE.match(ptext) is not None:
+            params: dict[str, str | None] = {}
+            for item in ptext[1:].split(";"):
+                pname, eq, pvalue = item.partition("=")
+                params[pname.lower()] = pvalue if eq else None
+            return Via(sent[0], sent[1], sent[2], sent[3], params)
     fast = _FAST_VIA_RE.match(text)
     if fast is not None:
         name, version, transport, host, port_text, ptext = fast.groups()
-        params: dict[str, str | None] = {}
+        params = {}
         if ptext:
             for item in ptext[1:].split(";"):
                 pname, eq, pvalue = item.partition("=")
@@ -429,6 +448,20 @@ def parse_via(text: str) -> Via:
         rest = rest.rstrip()
     return _make_via(text, name, version, transport, host, port_text,
                      parse_params(rest) if rest else {})
+
+
+def _via_head(head: str) -> tuple[str, str, str, int | None] | None:
+    """(protocol, transport, host, port) of a compact sent-protocol SP sent-by; None when it
+    has another shape or a port out of range (then the whole Via goes the long way)."""
+    fast = _FAST_VIA_RE.match(head)
+    if fast is None or fast.group(6):
+        return None
+    name, version, transport, host, port_text, _ = fast.groups()
+    try:
+        via = _make_via(head, name, version, transport, host, port_text, {})
+    except ParseError:
+        return None
+    return (via.protocol, via.transport, via.host, via.port)
 
 
 def _make_via(text: str, name: str, version: str, transport: str, host: str,

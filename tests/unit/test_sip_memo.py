@@ -62,3 +62,29 @@ def test_from_and_to_tags_of_messages_sharing_a_value() -> None:
     assert (inv.from_tag, inv.to_tag) == ("a1", None)
     assert (bye.from_tag, bye.to_tag) == ("a1", "b1")
     assert odd.to_tag == "b2"
+
+
+def test_a_via_read_in_two_parts_equals_the_whole_read() -> None:
+    """RFC 3261 20.42: a Via whose sent-by was seen before (the memo's path) parses to what
+    the full grammar gives, and a bad parameter after a known sent-by is still refused."""
+    from proxy.sip.headers import _FAST_VIA_RE, _VIA_HEAD_MEMO, parse_via
+
+    texts = [
+        "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport",
+        "SIP/2.0/udp Host.Example.COM;branch=z9hG4bK2;received=192.0.2.9",
+        "SIP/2.0/TCP [2001:db8::1]:5070;branch=z9hG4bK3;alias",
+        'SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK4;x="q"',  # quoted: the long way
+    ]
+    for text in texts:
+        first, again = parse_via(text), parse_via(text)  # the second read uses the memo
+        assert first == again
+        head = text[:text.find(";")]
+        if _FAST_VIA_RE.match(text):
+            assert head in _VIA_HEAD_MEMO and _VIA_HEAD_MEMO[head] is not None
+        assert first.branch == text.split("branch=")[1].split(";")[0]
+    assert parse_via(texts[1]).host == "host.example.com" and parse_via(texts[1]).transport == "UDP"
+    for bad in ("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;;",
+                "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;=x",
+                "SIP/2.0/UDP 192.0.2.1:99999;branch=z9hG4bK1"):
+        with pytest.raises(ParseError):
+            parse_via(bad)

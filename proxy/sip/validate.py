@@ -26,6 +26,9 @@ _SINGLE_ORDER: Final = ("to", "from", "call-id", "cseq", "max-forwards", "conten
 _DISPLAY: Final = {"to": "To", "from": "From", "call-id": "Call-ID", "cseq": "CSeq", "via": "Via",
             "max-forwards": "Max-Forwards", "content-length": "Content-Length",
             "content-type": "Content-Type", "expires": "Expires"}
+_BIT: Final = {name: 1 << i for i, name in enumerate(("via", *_SINGLE_ORDER))}
+_REQUIRED_BITS: Final = sum(_BIT[name] for name in REQUIRED_HEADERS)
+_SINGLE_BITS: Final = sum(_BIT[name] for name in _SINGLE_ORDER)
 # Methods of RFC 3261 and the extensions a proxy commonly meets; a CSeq mismatch on any other
 # method gets 501 (RFC 4475 3.1.2.18 mismatch02).
 KNOWN_METHODS: frozenset[str] = frozenset({
@@ -55,14 +58,19 @@ def validate_request(msg: SipMessage) -> None:
     """
     if not msg.is_request:
         raise ValueError("validate_request() needs a request")
-    names = [h.name for h in msg.headers]
-    missing = [_DISPLAY[name] for name in REQUIRED_HEADERS if name not in names]
-    if missing:
+    seen = repeated = 0  # one pass, one bit per field of REQUIRED_HEADERS / SINGLE_HEADERS
+    for h in msg.headers:
+        bit = _BIT.get(h.name, 0)
+        if bit:
+            if seen & bit:
+                repeated |= bit
+            seen |= bit
+    if seen & _REQUIRED_BITS != _REQUIRED_BITS:
+        missing = [_DISPLAY[name] for name in REQUIRED_HEADERS if not seen & _BIT[name]]
         raise ParseError("missing header field(s): " + ", ".join(missing))
-    if len(set(names)) != len(names):  # something repeats: is it a single-value field?
-        for name in _SINGLE_ORDER:
-            if names.count(name) > 1:
-                raise ParseError(f"{_DISPLAY[name]} header field repeated")
+    if repeated & _SINGLE_BITS:
+        name = next(name for name in _SINGLE_ORDER if repeated & _BIT[name])
+        raise ParseError(f"{_DISPLAY[name]} header field repeated")
 
     msg.call_id  # noqa: B018 - non-empty (RFC 3261 20.8)
     _number, cseq_method = msg.cseq

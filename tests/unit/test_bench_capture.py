@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import struct
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.unit import bench_modules
+
 UAC, TARGET, UAS = 5062, 5060, 5070
 
 
-def _capture_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_capture", REPO / "bench/capture.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_capture"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-cap = _capture_module()
+cap = bench_modules.load("capture")
 
 
 def sip(start: str, call_id: str, cseq: str, compact: bool = False) -> bytes:
@@ -136,16 +125,7 @@ def test_bpf_filter_names_every_uac_port() -> None:
 # ------------------------------------------------------------------------------- report
 
 
-def _report_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_report", REPO / "bench/report.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_report"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _report_module()
+report = bench_modules.load("report")
 
 
 def step(target: str, rate: int, p99: float | None, sipp_p99: float = 4.0,

@@ -8,7 +8,6 @@ here rather than on an operator's machine. ``make test`` installs docker-compose
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import json
 import os
 import re
@@ -17,10 +16,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
-from types import ModuleType
 from typing import Any
 
 import yaml
+
+from tests.unit import bench_modules
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -308,17 +308,8 @@ def test_make_lint_and_bench_and_run() -> None:
 # ------------------------------------------------------------------------------- bench
 
 
-def _bench_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench/run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_reads_the_last_complete_sipp_stat_row(tmp_path: Path) -> None:
-    bench = _bench_module()
+    bench = bench_modules.load("run")
     header = "StartTime;SuccessfulCall(C);FailedCall(C);Retransmissions(C);OutOfCallMsgs(C);"
     csv = tmp_path / "uac.csv"
     csv.write_text(
@@ -335,7 +326,7 @@ def test_bench_reads_the_last_complete_sipp_stat_row(tmp_path: Path) -> None:
 
 
 def test_bench_highest_clean_rate_stops_at_the_first_unclean_step() -> None:
-    bench = _bench_module()
+    bench = bench_modules.load("run")
     steps = [
         bench.Step("proxy", 100, 1000, successful=1000, elapsed_s=10.0, cpu_s=0.5),
         bench.Step("proxy", 200, 2000, successful=2000, elapsed_s=10.0, cpu_s=0.8),
@@ -351,7 +342,7 @@ def test_bench_highest_clean_rate_stops_at_the_first_unclean_step() -> None:
 
 
 def test_bench_measures_cpu_of_a_process_tree() -> None:
-    bench = _bench_module()
+    bench = bench_modules.load("run")
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
@@ -384,7 +375,7 @@ def test_docker_proxy_config_passes_the_proxys_own_check() -> None:
 
 
 def test_bench_generated_proxy_config_passes_the_proxys_own_check(tmp_path: Path) -> None:
-    bench = _bench_module()
+    bench = bench_modules.load("run")
     target = bench.ProxyTarget(15060, 15070, sys.executable, tmp_path, None)
     cfg = target.write_config()
     done = _check_config(cfg)

@@ -84,23 +84,23 @@ class Step:
             return None
         return self.cpu_s * 1e6 / self.successful
 
+    def _of_one_core(self, cpu_s: float | None) -> float | None:
+        """CPU seconds over the step as a percentage of one core."""
+        if cpu_s is None or self.elapsed_s <= 0:
+            return None
+        return 100.0 * cpu_s / self.elapsed_s
+
     @property
     def cpu_percent(self) -> float | None:
-        if self.cpu_s is None or self.elapsed_s <= 0:
-            return None
-        return 100.0 * self.cpu_s / self.elapsed_s
+        return self._of_one_core(self.cpu_s)
 
     @property
     def sipp_cpu_percent(self) -> float | None:
-        if self.sipp_cpu_s is None or self.elapsed_s <= 0:
-            return None
-        return 100.0 * self.sipp_cpu_s / self.elapsed_s
+        return self._of_one_core(self.sipp_cpu_s)
 
     @property
     def tcpdump_cpu_percent(self) -> float | None:
-        if self.tcpdump_cpu_s is None or self.elapsed_s <= 0:
-            return None
-        return 100.0 * self.tcpdump_cpu_s / self.elapsed_s
+        return self._of_one_core(self.tcpdump_cpu_s)
 
     @property
     def captured(self) -> bool:

@@ -141,3 +141,21 @@ def test_a_user_who_cannot_answer_any_algorithm_is_a_warning(tmp_path: Path) -> 
     assert config.auth is not None
     assert warnings == ["T/proxy.yaml:3:54: warning: auth: user 'bob' has credentials for MD5 "
                         "only, none of auth.algorithms [SHA-256]: it can never authenticate"]
+
+
+def test_the_shipped_proxy_yaml_shows_the_keys_with_their_defaults(tmp_path: Path) -> None:
+    """proxy.yaml shows registrar_max_bindings, path and auth.algorithms commented out with
+    their defaults: uncommented, they load and change nothing."""
+    repo = Path(__file__).resolve().parents[2]
+    lines = (repo / "proxy.yaml").read_text().splitlines()
+    shown = [ln[2:] for ln in lines if ln.startswith(("# registrar_max_bindings:", "# path:"))]
+    assert len(shown) == 2
+    config, _ = load(tmp_path, "\n".join(shown) + "\n")
+    default, _ = load(tmp_path, "")
+    assert (config.registrar_max_bindings, config.path_mode) == (
+        default.registrar_max_bindings, default.path_mode)
+    start = lines.index("# auth:")
+    auth = [ln[2:] for ln in lines[start:start + 4]]
+    assert auth[3].strip().startswith("algorithms:")
+    with_auth, _ = load(tmp_path, "\n".join(auth) + "\n")
+    assert with_auth.auth is not None and with_auth.auth.algorithms == ("SHA-256", "MD5")

@@ -79,6 +79,8 @@ TEST_SYSDEPS  := sipp:sip-tester redis-server:redis-server redis-cli:redis-tools
 # Kamailio with its tls module is the real TLS SIP peer of tests/e2e/test_tls_e2e.py.
 TEST_SYSDEPS  += kamailio:kamailio \
   /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so:kamailio-tls-modules
+# baresip: a real phone registering through the proxy, headless (tests/e2e/test_baresip_e2e.py).
+TEST_SYSDEPS  += baresip:baresip
 # tcpdump: INVITE->200 latency from a capture on lo (sipp's own clock ticks every 4 ms).
 BENCH_SYSDEPS := sipp:sip-tester timeout:coreutils tcpdump:tcpdump
 ifneq ($(filter --kamailio,$(BENCH_ARGS)),)

@@ -3,7 +3,6 @@ reported with FILE:LINE:COLUMN (see :mod:`proxy.config`)."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -51,11 +50,12 @@ __all__ = [
     "parse_upstream",
 ]
 
-from proxy.config import observability
+from proxy.config import observability, trust
 from proxy.config.access import access_limits, verify_client
 from proxy.config.model import (
     AUTH_KEYS,
     CONFIG_KEYS,
+    DEFAULT_ALGORITHMS,
     DEFAULT_MAX_TTL,
     DEFAULT_REGISTRAR_NETWORKS,
     LIMIT_KEYS,
@@ -225,9 +225,13 @@ class _Builder:
             "trusted_relays": ("trusted_relays",
                                lambda node: self._networks(node, "trusted_relays")),
             "auth": ("auth", self._auth),
-            "registrar_networks": ("registrar_networks", self._ip_networks),
+            "registrar_networks": ("registrar_networks",
+                                   lambda node: trust.ip_networks(r, node)),
             "registrar_max_contacts": ("registrar_max_contacts", lambda node: get_int(
                 r, node, "registrar_max_contacts", 1, MAX_CONTACTS)),
+            "registrar_max_bindings": ("registrar_max_bindings",
+                                       lambda node: trust.max_bindings(r, node)),
+            "path": ("path_mode", lambda node: trust.path_mode(r, node)),
             "advertise": ("advertise", self._advertise),
             "force_rport": ("force_rport", boolean("force_rport")),
             "limits": ("limits", self._limits),
@@ -248,6 +252,7 @@ class _Builder:
     ) -> None:
         """Findings that involve several keys."""
         r = self.report
+        trust.registrar_defaults(r, self.tree, found, given, values)
         declared = given.get("upstreams")
         if not values.get("upstreams") and not (isinstance(declared, YSeq) and declared.items):
             at = found.get("upstreams", self.tree)
@@ -483,30 +488,6 @@ class _Builder:
             result.append(entry)
         return unique(result)
 
-    def _ip_networks(self, node: YNode) -> tuple[str, ...]:
-        """``registrar_networks``: IP addresses or CIDR networks (host bits may be set)."""
-        what = "registrar_networks"
-        seq = get_list(self.report, node, what)
-        if seq is None:
-            return DEFAULT_REGISTRAR_NETWORKS
-        if not seq.items:
-            self.report.warning(seq, f"{what} is empty: no address is allowed to register")
-        result: list[str] = []
-        for item in seq.items:
-            text = get_str(self.report, item, f"an entry of {what}")
-            if text is None:
-                continue
-            text = text.strip()
-            try:
-                network = ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                self.report.error(item, f"{what}: {text!r} is not an IP address or a CIDR "
-                                  "network (e.g. 10.0.0.0/8, 192.0.2.7 or fc00::/7)")
-                continue
-            is_address = "/" not in text
-            result.append(str(network.network_address) if is_address else str(network))
-        return unique(result)
-
     def _auth(self, node: YNode) -> AuthSettings | None:
         """``auth``: the realm and the users file (RFC 3261 22.4)."""
         m = get_map(self.report, node, "auth")
@@ -514,7 +495,7 @@ class _Builder:
             return None
         found = check_keys(self.report, m, AUTH_KEYS, (), "auth")
         given = {k: v for k, v in found.items() if not is_null(v)}
-        for key in AUTH_KEYS:
+        for key in AUTH_KEYS[:2]:  # realm, users_file (algorithms has a default)
             if key not in given:
                 self.report.error(m, f"auth: missing required key {key!r}")
         realm = self._realm(given["realm"]) if "realm" in given else None
@@ -526,9 +507,13 @@ class _Builder:
         users_report = Reporter(display_path(path))
         self.report.others.append(users_report)
         users = load_users(path, realm or "", users_report)
-        if realm is None or users is None:
+        algos = trust.algorithms(self.report, given["algorithms"]) \
+            if "algorithms" in given else DEFAULT_ALGORITHMS
+        if realm is None or users is None or algos is None:
             return None
-        return AuthSettings(realm, path, users)
+        trust.users_algorithms(self.report, given.get("algorithms", given["users_file"]),
+                               users, algos)
+        return AuthSettings(realm, path, users, algos)
 
     def _realm(self, node: YNode) -> str | None:
         realm = get_str(self.report, node, "auth: realm")

@@ -17,6 +17,13 @@ count seen is kept per nonce in a bounded table. A nonce that had to be dropped 
 table before it expired cannot be verified any more: every untracked nonce issued up to that
 one is answered as stale, so that no count can be replayed.
 
+What is checked, and in which order (RFC 7616 3.3, 5.x): a nonce not issued here, expired
+(answered stale=true, RFC 7616 3.3), no longer tracked or replayed is never checked against
+the password: only a fresh, unreplayed nonce of ours has its response computed, so an old
+nonce tells a right password from a wrong one no more than a forged one does. A failed
+check counts against the source and the user (:mod:`proxy.core.auth_failures`); a blocked
+source or user gets 403 without a challenge and without the response being computed.
+
 Nothing here does IO or reads a clock: ``now`` (seconds, any monotonic origin) is passed in.
 The only side input is :func:`secrets.token_hex` for the nonce salt.
 """
@@ -26,11 +33,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Protocol
 
+from proxy.core.auth_failures import FailureLimiter
 from proxy.sip import AbsoluteUri, ParseError, SipMessage, SipUri, parse_uri, unescape
 
 __all__ = [
@@ -40,12 +48,13 @@ __all__ = [
     "Credentials",
     "DigestAuth",
     "UserCredentials",
+    "check_algorithms",
     "compute_ha1",
     "may_register",
     "parse_digest",
 ]
 
-# RFC 8760 2.4: most preferred first.
+# RFC 8760 2.4: most preferred first. ``auth.algorithms`` picks among them and their order.
 ALGORITHMS: tuple[str, ...] = ("SHA-256", "MD5")
 
 _HASHES: Final[dict[str, str]] = {"SHA-256": "sha256", "MD5": "md5"}  # RFC 8760 name -> hashlib
@@ -97,6 +106,7 @@ class AuthOutcome(Enum):
     CHALLENGE = "challenge"  # 401 with fresh challenges
     STALE = "stale"  # 401 with fresh challenges and stale=true (RFC 2617 3.2.1)
     FORBIDDEN = "forbidden"  # 403: the credentials are wrong
+    BLOCKED = "blocked"  # 403 without a challenge: too many failures from the source or user
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +145,23 @@ def compute_ha1(user: str, realm: str, password: str, algorithm: str = "MD5") ->
     if algo not in _HASHES:
         raise ValueError(f"unsupported digest algorithm {algorithm!r}")
     return _hex(algo, f"{user}:{realm}:{password}")
+
+
+def check_algorithms(algorithms: Iterable[str]) -> tuple[str, ...]:
+    """``auth.algorithms`` in canonical spelling (RFC 8760: "SHA-256", "MD5"), in the order
+    given. ValueError for an unknown, repeated or missing algorithm."""
+    names = {a.upper(): a for a in ALGORITHMS}
+    out: list[str] = []
+    for a in algorithms:
+        canon = names.get(a.upper())
+        if canon is None:
+            raise ValueError(f"unsupported digest algorithm {a!r}")
+        if canon in out:
+            raise ValueError(f"digest algorithm {canon} given twice")
+        out.append(canon)
+    if not out:
+        raise ValueError("at least one digest algorithm is needed")
+    return tuple(out)
 
 
 def may_register(user: str, aor: str) -> bool:
@@ -267,14 +294,18 @@ class DigestAuth:
 
     ``users`` are read once; ``secret`` keys the nonce MAC (at least 16 bytes; keep it across
     restarts for nonces to survive them). ``nonce_ttl`` is how long a nonce is good for;
-    ``max_tracked_nonces`` bounds the replay table. ValueError for bad arguments.
+    ``max_tracked_nonces`` bounds the replay table. ``algorithms`` (``auth.algorithms``) are
+    the ones offered and accepted, in the order of the 401's challenges. ``failures`` limits
+    failed authentications per source and user. ValueError for bad arguments.
     """
 
-    __slots__ = ("_algorithms", "_floor", "_nc", "_secret", "_ttl_ms", "_users",
-                 "max_tracked_nonces", "nonce_ttl", "realm")
+    __slots__ = ("_algorithms", "_floor", "_nc", "_secret", "_ttl_ms", "_users", "accepted",
+                 "failures", "max_tracked_nonces", "nonce_ttl", "realm")
 
     def __init__(self, realm: str, users: Iterable[UserCredentials], secret: bytes, *,
-                 nonce_ttl: float = 300.0, max_tracked_nonces: int = 10000) -> None:
+                 nonce_ttl: float = 300.0, max_tracked_nonces: int = 10000,
+                 algorithms: Iterable[str] = ALGORITHMS,
+                 failures: FailureLimiter | None = None) -> None:
         if not realm:
             raise ValueError("digest realm must not be empty")
         if len(secret) < 16:
@@ -289,12 +320,16 @@ class DigestAuth:
         self._secret = bytes(secret)
         self._ttl_ms = int(nonce_ttl * 1000)
         self._users: dict[str, UserCredentials] = {u.user: u for u in users}
-        # Offer only algorithms some user can answer (every one when no user has an HA1).
+        #: the algorithms a response may use: the configured ones
+        self.accepted = check_algorithms(algorithms)
+        # Offer only algorithms some user can answer (every accepted one when no user has an
+        # HA1 for any): a UA picks the first it knows and would fail forever on the others.
         offered = tuple(
-            a for a in ALGORITHMS
+            a for a in self.accepted
             if any(self._ha1(u, a) is not None for u in self._users.values())
         )
-        self._algorithms = offered or ALGORITHMS
+        self._algorithms = offered or self.accepted
+        self.failures = failures if failures is not None else FailureLimiter()
         self._nc: dict[str, int] = {}  # nonce -> highest nonce count accepted; insertion order
         self._floor = -1  # untracked nonces issued at or before this ms were evicted: stale
 
@@ -347,8 +382,9 @@ class DigestAuth:
 
     def challenge(self, now: float, *, stale: bool = False) -> tuple[str, ...]:
         """The WWW-Authenticate header lines of a 401 (RFC 3261 22.4, RFC 2617 3.2.1): one per
-        algorithm, SHA-256 first (RFC 8760 2.4), qop="auth", and stale=true when the client's
-        nonce had only expired (RFC 2617 3.2.1: retry without asking the user)."""
+        offered algorithm in ``auth.algorithms`` order (RFC 8760 2.4: most preferred first),
+        qop="auth", and stale=true when the client's nonce had only expired (RFC 7616 3.3:
+        retry with a new nonce without asking the user)."""
         nonce = self._new_nonce(now)
         tail = ", stale=true" if stale else ""
         realm = _quote(self.realm)
@@ -365,9 +401,12 @@ class DigestAuth:
         ha1 = creds.ha1_sha256 if algorithm == "SHA-256" else creds.ha1_md5
         return ha1.lower() if ha1 else None
 
-    def check(self, msg: SipMessage, now: float) -> AuthResult:
+    def check(self, msg: SipMessage, now: float, source: str = "",
+              exempt: Callable[[str], bool] | None = None) -> AuthResult:
         """Verify the Authorization of a request for this realm (RFC 3261 22.4, RFC 2617
-        3.2.2). Never raises: malformed credentials are answered with a new challenge."""
+        3.2.2) from the address ``source``. ``exempt(user)``: this source may try ``user``
+        while the user is blocked (it is where that user is registered from). Never raises:
+        malformed credentials are answered with a new challenge."""
         chosen: dict[str, str] | None = None
         malformed = False
         for value in msg.get_all("authorization"):
@@ -378,12 +417,16 @@ class DigestAuth:
             if params.get("realm") == self.realm:
                 chosen = params
                 break
+        if self.failures.source_blocked(source, now, extend=chosen is not None):
+            return AuthResult(AuthOutcome.BLOCKED, None,
+                              "too many failed authentications from this source")
         if chosen is None:
             reason = "malformed Authorization" if malformed else "no credentials for the realm"
             return AuthResult(AuthOutcome.CHALLENGE, None, reason)
-        return self._check(chosen, msg, now)
+        return self._check(chosen, msg, now, source, exempt)
 
-    def _check(self, wire: dict[str, str], msg: SipMessage, now: float) -> AuthResult:
+    def _check(self, wire: dict[str, str], msg: SipMessage, now: float, source: str,
+               exempt: Callable[[str], bool] | None) -> AuthResult:
         challenge = AuthOutcome.CHALLENGE
         p = {k: _from_wire(v) for k, v in wire.items()}
         username, nonce, uri, response = (p.get(k) for k in ("username", "nonce", "uri",
@@ -391,8 +434,8 @@ class DigestAuth:
         if username is None or nonce is None or uri is None or response is None:
             return AuthResult(challenge, None, "missing digest parameter")
         algorithm = p.get("algorithm", "MD5").upper()
-        if algorithm not in _HASHES:
-            return AuthResult(challenge, None, f"unsupported algorithm {algorithm[:20]!r}")
+        if algorithm not in self.accepted:
+            return AuthResult(challenge, None, f"algorithm not offered {algorithm[:20]!r}")
         qop = p.get("qop")
         nc = 0
         cnonce = p.get("cnonce")
@@ -406,13 +449,32 @@ class DigestAuth:
             nc = int(nc_raw, 16)
             if nc == 0:
                 return AuthResult(challenge, None, "bad nonce count")
-        issued = self._nonce_time(nonce.lower())
+        nonce = nonce.lower()
+        issued = self._nonce_time(nonce)
         if issued is None:
             return AuthResult(challenge, None, "nonce not issued here")
-        nonce = nonce.lower()
+        # RFC 7616 3.3: a nonce that is no longer good is answered stale=true, and its
+        # response is never computed, so that it tells nothing about the password.
+        now_ms = max(0, int(now * 1000))
+        if self._expired(issued, now_ms):
+            return AuthResult(AuthOutcome.STALE, None, "nonce expired")
+        self._prune(now_ms)
+        seen = self._nc.get(nonce)
+        if seen is None and issued <= self._floor:
+            # Its replay state was dropped from a full table: it cannot be verified any more.
+            return AuthResult(AuthOutcome.STALE, None, "nonce no longer tracked")
+        if seen is not None and (qop is None or nc <= seen):
+            return AuthResult(challenge, None,
+                              "nonce reused" if qop is None else "nonce count replayed")
         creds = self._users.get(username)
         if creds is None:
+            self.failures.failed(source, None, now)
             return AuthResult(AuthOutcome.FORBIDDEN, None, "unknown user")
+        if self.failures.user_blocked(username, now) and not (
+                exempt is not None and exempt(username)):
+            self.failures.user_blocked(username, now, extend=True)
+            return AuthResult(AuthOutcome.BLOCKED, username,
+                              "too many failed authentications for this user")
         ha1 = self._ha1(creds, algorithm)
         if ha1 is None:
             return AuthResult(challenge, None, f"no {algorithm} credentials for the user")
@@ -425,22 +487,7 @@ class DigestAuth:
             expected = _hex(algorithm, f"{ha1}:{nonce}:{ha2}")  # RFC 2069 form
         got = response.lower().encode("utf-8", "replace")
         if not hmac.compare_digest(expected.encode("ascii"), got):
+            self.failures.failed(source, username, now)
             return AuthResult(AuthOutcome.FORBIDDEN, username, "wrong password")
-        now_ms = max(0, int(now * 1000))
-        if self._expired(issued, now_ms):
-            # RFC 2617 3.2.1: the digest is right, only the nonce is too old.
-            return AuthResult(AuthOutcome.STALE, username, "nonce expired")
-        self._prune(now_ms)
-        seen = self._nc.get(nonce)
-        if seen is None and issued <= self._floor:
-            # Its replay state was dropped from a full table: it cannot be verified any more.
-            return AuthResult(AuthOutcome.STALE, username, "nonce no longer tracked")
-        if qop is None:
-            if seen is not None:
-                return AuthResult(challenge, username, "nonce reused")
-            self._track(nonce, _USED)
-        else:
-            if seen is not None and nc <= seen:
-                return AuthResult(challenge, username, "nonce count replayed")
-            self._track(nonce, nc)
+        self._track(nonce, _USED if qop is None else nc)
         return AuthResult(AuthOutcome.OK, username, "authenticated")

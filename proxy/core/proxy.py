@@ -75,6 +75,8 @@ class CoreSettings:
     registrar_networks: AddressSet = field(
         default_factory=lambda: AddressSet(PRIVATE_NETWORKS, "registrar_networks"))
     registrar_max_contacts: int = 10
+    registrar_max_bindings: int = 100_000  # every binding held (registrar_glue.room_for)
+    path_always: bool = True  # path: always (True) | when_supported (registrar_glue)
     auth: DigestAuth | None = None  # digest credentials the local registrar accepts (RFC 3261 22)
     probe_interval: float = 0.0  # upstream_probe.interval: OPTIONS to each upstream; 0 = off
     probe_timeout: float = 2.0  # upstream_probe.timeout: no answer by then = down

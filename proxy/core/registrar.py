@@ -386,7 +386,8 @@ def aor_of(msg: SipMessage) -> str:
 
 
 def register(
-    store: LocationStore, msg: SipMessage, src: Source, now: float, *, max_contacts: int = 10
+    store: LocationStore, msg: SipMessage, src: Source, now: float, *, max_contacts: int = 10,
+    room: int | None = None,
 ) -> tuple[str, list[Binding]]:
     """Apply a REGISTER to the location store (RFC 3261 10.3 steps 5 to 8), all or nothing.
 
@@ -396,7 +397,9 @@ def register(
     was, for a request to refuse: 400 (bad wildcard use, q or reg-id), 423 with Min-Expires
     (step 7), 500 for an out-of-order CSeq (step 7), 403 "Too Many Contacts" when the REGISTER
     carries more than ``max_contacts`` Contact values or would leave the AOR with more than
-    ``max_contacts`` bindings (a local policy, RFC 3261 10.3 step 3).
+    ``max_contacts`` bindings (a local policy, RFC 3261 10.3 step 3), 403 "Too Many
+    Bindings" when it would add more than ``room`` bindings (None: no bound), the room left
+    under the registrar's caps per user and in total.
     """
     aor = aor_of(msg)
     header_expires = msg.expires
@@ -434,6 +437,8 @@ def register(
             result[key] = binding
     if len(result) > max_contacts:
         raise RegistrarError(403, "Too Many Contacts")
+    if room is not None and len(result) - len(current) > room:
+        raise RegistrarError(403, "Too Many Bindings")
     for key in current:
         if key not in result:
             store.remove(aor, key)

@@ -52,6 +52,19 @@ _NOTICE = logging.CRITICAL + 1
 logging.addLevelName(_NOTICE, "NOTICE")
 
 
+def registrar_settings(config: Config, secret: bytes) -> dict[str, Any]:
+    """The registrar's and digest authentication's part of :class:`CoreSettings`."""
+    auth = config.auth
+    return {
+        "registrar_networks": AddressSet(config.registrar_networks, "registrar_networks"),
+        "registrar_max_contacts": config.registrar_max_contacts,
+        "registrar_max_bindings": config.registrar_max_bindings,
+        "path_always": config.path_mode == "always",
+        "auth": (DigestAuth(auth.realm, auth.users, secret, algorithms=auth.algorithms)
+                 if auth is not None else None),
+    }
+
+
 class Runtime:
     def __init__(self, config: Config, policy: Policy) -> None:
         self.config = config
@@ -109,13 +122,10 @@ class Runtime:
             max_ttl=config.redirects.max_ttl,
             secret=secret,
             trusted_relays=AddressSet(config.trusted_relays, "trusted_relays"),
-            registrar_networks=AddressSet(config.registrar_networks, "registrar_networks"),
-            registrar_max_contacts=config.registrar_max_contacts,
+            **registrar_settings(config, secret),
             probe_interval=config.upstream_probe.interval,
             probe_timeout=config.upstream_probe.timeout,
             per_source_rps=config.limits.per_source_rps,
-            auth=(DigestAuth(config.auth.realm, config.auth.users, secret)
-                  if config.auth is not None else None),
         )
         self.location = MemoryLocation()  # the view the hot path reads; StateKeeper persists it
         self.core = ProxyCore(settings, policy, local, self.location)

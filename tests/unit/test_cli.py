@@ -188,6 +188,11 @@ def test_check_config_without_policy_uses_the_builtin(
     assert err == (
         "proxy.yaml:1:1: warning: no upstreams: only registered users and requests with a "
         "Route header can be reached\n"
+        # issue 18: the local registrar without auth serves anyone on the private ranges
+        "proxy.yaml:2:12: warning: registrar: local without auth: anyone on registrar_networks "
+        "(by default 127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7) can "
+        "register any user and remove its bindings; set auth (every REGISTER then authenticates) "
+        "or list only your phones' networks (e.g. registrar_networks: [192.168.10.0/24])\n"
     )
 
 
@@ -536,7 +541,8 @@ def test_run_with_a_broken_config_exits_1_before_starting(
     assert capsys.readouterr().err == (
         "proxy.yaml:3:1: unknown key 'foo'; allowed keys: listen, upstreams, policy, state, "
         "node, record_route, registrar, domains, redirects, trusted_relays, auth, registrar_networks, "
-        "registrar_max_contacts, advertise, force_rport, limits, timers, log_level, "
+        "registrar_max_contacts, registrar_max_bindings, path, advertise, force_rport, limits, "
+        "timers, log_level, "
         "drain_timeout, watch_policy, secret, tls, http, log_format, upstream_probe\n"
     )
 

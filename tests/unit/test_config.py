@@ -29,6 +29,12 @@ from proxy.diagnostics import ConfigError
 from proxy.policy import BUILTIN_POLICY
 
 REPO = Path(__file__).resolve().parents[2]
+#: `check`'s warning for registrar: local without auth and the default registrar_networks
+REGISTRAR_OPEN_WARNING = (
+    "registrar: local without auth: anyone on registrar_networks (by default 127.0.0.0/8, ::1, "
+    "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7) can register any user and remove its "
+    "bindings; set auth (every REGISTER then authenticates) or list only your phones' networks "
+    "(e.g. registrar_networks: [192.168.10.0/24])")
 
 BASE = """
 listen:
@@ -431,7 +437,9 @@ def test_no_upstreams_with_local_registrar_is_a_warning(tmp_path: Path) -> None:
     assert config.upstreams == ()
     assert [str(w).replace(str(tmp_path), "T") for w in warnings] == [
         ("T/proxy.yaml:1:1: warning: no upstreams: only registered users and requests with a "
-        "Route header can be reached")
+        "Route header can be reached"),
+        # issue 18: the local registrar without auth serves anyone on the default networks
+        f"T/proxy.yaml:2:12: warning: {REGISTRAR_OPEN_WARNING}",
     ]
 
 
@@ -604,7 +612,8 @@ def test_policy_warnings_are_returned(tmp_path: Path, monkeypatch: pytest.Monkey
 # Other keys: unknown keys, types, values
 
 ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, domains, redirects, "
-           "trusted_relays, auth, registrar_networks, registrar_max_contacts, advertise, "
+           "trusted_relays, auth, registrar_networks, registrar_max_contacts, "
+           "registrar_max_bindings, path, advertise, "
            "force_rport, limits, timers, log_level, drain_timeout, watch_policy, secret, tls, "
            "http, log_format, upstream_probe")
 
@@ -822,7 +831,8 @@ def test_the_contract_example_loads_as_written(tmp_path: Path) -> None:
     """`state: memory:` is not valid plain YAML; the loader accepts the CONTRACT's spelling."""
     _write(tmp_path, (REPO / "policies" / "default.yaml").read_text(), "policies/default.yaml")
     config, policy, warnings = load_config_and_policy(_write(tmp_path, CONTRACT_EXAMPLE))
-    assert warnings == []
+    # registrar: local without auth (issue 18): anyone on the private ranges may register
+    assert [(w.line, w.message) for w in warnings] == [(11, REGISTRAR_OPEN_WARNING)]
     assert config.state == "memory:"
     assert (config.registrar, config.domains) == ("local", ("example.com",))
     assert config.redirects == Redirects((), (), 86400)
@@ -1200,7 +1210,7 @@ def test_missing_users_file_is_reported_at_the_config_key(tmp_path: Path) -> Non
         ("auth: {realm: example.com, users: users.yaml}", [
             "5:7: auth: missing required key 'users_file'",
             ("5:28: auth: unknown key 'users' (did you mean 'users_file'?); allowed keys: realm, "
-             "users_file"),
+             "users_file, algorithms"),
         ]),
         ("auth: {realm: 'a\"b', users_file: users.yaml}",
          ["5:15: auth: realm must not contain '\"', '\\' or control characters (it is sent as a "

@@ -221,19 +221,28 @@ def test_nonce_without_qop_is_good_once() -> None:
 
 
 def test_nonce_older_than_ttl_is_stale() -> None:
-    """RFC 2617 3.2.1: a right digest with an expired nonce -> stale=true re-challenge."""
+    """RFC 7616 3.3: a digest with an expired nonce -> stale=true re-challenge; the user is
+    not named (the response was not checked, issue 18)."""
     auth = make_auth(nonce_ttl=300.0)
     nonce = nonce_of(auth, T0)
     assert auth.check(register(authorization(nonce, nc=1)), T0 + 299).ok
     result = auth.check(register(authorization(nonce, nc=2)), T0 + 301)
-    assert (result.outcome, result.user) == (AuthOutcome.STALE, "1000")
+    assert (result.outcome, result.user) == (AuthOutcome.STALE, None)
 
 
-def test_expired_nonce_with_wrong_password_is_forbidden_not_stale() -> None:
-    """RFC 2617 3.2.1: stale only when the digest itself is right."""
+def test_expired_nonce_never_tells_a_right_password_from_a_wrong_one() -> None:
+    """Issue 18 / RFC 7616 3.3: an expired nonce is answered stale whatever the response: the
+    right password and a wrong one get the same verdict (outcome, user, reason), nothing is
+    counted as a failure, and the nonce's replay state is not touched."""
     auth = make_auth(nonce_ttl=300.0)
-    msg = register(authorization(nonce_of(auth, T0), password="guess"))
-    assert auth.check(msg, T0 + 301).outcome is AuthOutcome.FORBIDDEN
+    nonce = nonce_of(auth, T0)
+    right = auth.check(register(authorization(nonce)), T0 + 301, "192.0.2.10")
+    wrong = auth.check(register(authorization(nonce, password="guess")), T0 + 301,
+                       "192.0.2.10")
+    assert right == wrong
+    assert (right.outcome, right.user, right.reason) == (AuthOutcome.STALE, None,
+                                                         "nonce expired")
+    assert len(auth.failures) == 0 and auth.tracked_nonces() == 0
 
 
 def test_nonce_from_after_a_clock_reset_is_stale() -> None:

@@ -142,14 +142,11 @@ class Resolver:
         if hop.port is not None:  # 4.2: a port: A/AAAA only
             await run.addresses(host, hop.port, hop.transport or first)
         elif hop.transport is not None:  # 4.1: a transport: its SRV only
-            await run.srv(SRV_PREFIX[hop.transport] + host, hop.transport)
+            await run.srv([(SRV_PREFIX[hop.transport] + host, hop.transport)])
         else:
             services = await run.naptr(host, allowed)
-            for transport, name in services:
-                await run.srv(name, transport)
-            if not services:  # 4.1: no NAPTR: the SRV of each transport the proxy has
-                for transport in allowed:
-                    await run.srv(SRV_PREFIX[transport] + host, transport)
+            # 4.1: without NAPTR, the SRV of each transport the proxy has
+            await run.srv(services or [(SRV_PREFIX[t] + host, t) for t in allowed])
         if hop.port is None and not (run.srv_found or run.srv_failed):
             # 4.2: no SRV record: A/AAAA of the domain, default port
             t = hop.transport or first
@@ -197,7 +194,7 @@ class _Run:
         return answer
 
     async def naptr(self, host: str, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
-        """RFC 3263 4.1: (transport, SRV name) of the usable NAPTR records: flag "S", a
+        """RFC 3263 4.1: (SRV name, transport) of the usable NAPTR records: flag "S", a
         service for a transport in ``allowed``; of the lowest order among them (RFC 3403 4.1),
         by preference."""
         if self.resolver.dns.resolver is None:
@@ -213,25 +210,25 @@ class _Run:
             return []
         lowest = min(r.order for r in usable)
         chosen = sorted((r for r in usable if r.order == lowest), key=lambda r: r.preference)
-        return [(NAPTR_SERVICES[r.service.lower()], r.replacement) for r in chosen[:MAX_NAPTR]]
+        return [(r.replacement, NAPTR_SERVICES[r.service.lower()]) for r in chosen[:MAX_NAPTR]]
 
-    async def srv(self, name: str, transport: str) -> None:
-        """RFC 2782: the SRV records of ``name`` in order, each target's addresses in turn."""
-        if self.resolver.dns.resolver is None or len(self.out) >= self.limit:
+    async def srv(self, names: list[tuple[str, str]]) -> None:
+        """RFC 2782: the SRV records of each (name, transport), asked at once, then in the
+        order given: each name's records in SRV order, each target's addresses in turn."""
+        if self.resolver.dns.resolver is None:
             return
-        answer = await self._ask(name, "SRV")
-        if answer is None:
-            self.srv_failed = True  # not "no SRV records": no A/AAAA fallback (4.2)
-            return
-        records = [r for r in answer.records if isinstance(r, Srv)]
-        if not records:
-            return
-        self.srv_found = True
-        for r in srv_order(records, self.resolver.rng)[:MAX_RECORDS]:
-            if len(self.out) >= self.limit:
-                return
-            if r.target not in ("", "."):  # "." : the service is decidedly not available here
-                await self.addresses(r.target, r.port, transport, r.priority, r.weight)
+        answers = await asyncio.gather(*(self._ask(name, "SRV") for name, _ in names))
+        for (_, transport), answer in zip(names, answers, strict=True):
+            if answer is None:
+                self.srv_failed = True  # not "no SRV records": no A/AAAA fallback (4.2)
+                continue
+            records = [r for r in answer.records if isinstance(r, Srv)]
+            self.srv_found = self.srv_found or bool(records)
+            for r in srv_order(records, self.resolver.rng)[:MAX_RECORDS]:
+                if len(self.out) >= self.limit:
+                    return
+                if r.target not in ("", "."):  # ".": the service is decidedly not offered
+                    await self.addresses(r.target, r.port, transport, r.priority, r.weight)
 
     async def addresses(self, name: str, port: int, transport: str, priority: int = 0,
                         weight: int = 0) -> None:

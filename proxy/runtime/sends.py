@@ -23,7 +23,9 @@ same address while it holds (RFC 3263 4.3 and RFC 3261 9.1). An expired answer i
 (up to ``grace`` seconds past its TTL) while a refresh runs in the background, so a send never
 waits on a name it had an answer for, and a failing server leaves the last answer in use.
 Bounded: ``CACHE_LIMIT`` answers, ``MAX_WAITING`` names looked up at once, ``MAX_PARKED`` sends
-held per name (each excess send fails at once, as an unreachable destination does).
+held per name (each excess send fails at once, as an unreachable destination does), and
+``LOOKUP_TIMEOUT`` seconds for one lookup (a zone with many slow SRV targets cannot hold a send
+longer).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ MISS = object()
 CACHE_LIMIT = 4096
 MAX_WAITING = 1024
 MAX_PARKED = 64
+#: the longest a send waits for its name (NAPTR, SRV and the A/AAAA of SRV targets in turn);
+#: a transaction's timers go on meanwhile
+LOOKUP_TIMEOUT = 4.0
 
 Key = tuple[str, str, int]  # (transport, host, port) of a send
 
@@ -144,7 +149,11 @@ class SendResolver:
     async def _lookup(self, key: Key, s: Send) -> None:
         try:
             hop, transports = self.hop_of(s)
-            found = await self.resolver.targets(hop, transports, limit=1)
+            found = await asyncio.wait_for(self.resolver.targets(hop, transports, limit=1),
+                                           LOOKUP_TIMEOUT)
+        except TimeoutError:  # a slow server (or a zone made to be slow): not longer
+            log.info("resolving %s: no target within %g s", s.host, LOOKUP_TIMEOUT)
+            found = Targets((), self.clock(), failed=True)
         except Exception:  # noqa: BLE001 - a lookup must never take the process down
             log.exception("resolving %s", s.host)
             found = Targets((), self.clock(), failed=True)
@@ -202,6 +211,10 @@ class SendResolver:
                 and uri.host.strip("[]").lower() == host.lower()):
             return Hop(host, None, uri.transport, uri.scheme == "sips"), (t,)
         return fixed, (t,)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
 
     @property
     def busy(self) -> bool:

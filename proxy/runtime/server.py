@@ -200,6 +200,7 @@ class Runtime:
 
     def close(self) -> None:
         self.refresher.stop()
+        self.sends.close()
         if self.http is not None:
             self.http.close()
             self.http = None

@@ -54,8 +54,10 @@ MAX_RECORDS = 16
 MAX_ENTRIES = 4096
 #: names whose failure has been logged (and not their recovery yet)
 MAX_FAILING = 1024
-#: the answer of a system lookup (``/etc/hosts``, nsswitch) that carries no TTL
+#: how long the answer of a system lookup (``/etc/hosts``, nsswitch: it carries no TTL) is
+#: used, and a "no such name" from it
 SYSTEM_TTL = 60.0
+SYSTEM_NEGATIVE_TTL = 5.0
 
 class Naptr(NamedTuple):
     """A NAPTR record (RFC 3403 4.1), without its regexp (RFC 3263 uses the replacement)."""
@@ -128,8 +130,9 @@ class DnsClient:
     """Questions to DNS servers with the cache described in the module docstring.
 
     ``clock`` is the time the entries expire by (the event loop's in the runtime, a fake one
-    in tests). ``system`` (no ``dns: servers`` configured): a name DNS does not resolve to an
-    address is also looked up by the system (``/etc/hosts``, nsswitch), in an executor thread.
+    in tests). ``system`` (no ``dns: servers`` configured): NAPTR and SRV go to the servers of
+    ``/etc/resolv.conf``; addresses come from the system's lookup (getaddrinfo: ``/etc/hosts``,
+    then DNS, as nsswitch says) in an executor thread, as they did before NAPTR and SRV.
     """
 
     def __init__(self, servers: tuple[tuple[str, int], ...] = (), *,
@@ -189,7 +192,8 @@ class DnsClient:
         self.queries += 1
         try:
             if rdtype == "SYSTEM":
-                records, ttl = await self._system(name), SYSTEM_TTL
+                records = await self._system(name)
+                ttl = SYSTEM_TTL if records else SYSTEM_NEGATIVE_TTL
             else:
                 records, ttl = await self._query(name, rdtype)
         except DnsFailure as exc:

@@ -232,20 +232,19 @@ class _Run:
 
     async def addresses(self, name: str, port: int, transport: str, priority: int = 0,
                         weight: int = 0) -> None:
-        """A/AAAA of ``name`` (the families the proxy has, in its order); without a
-        configured server, the system's lookup when DNS has no address."""
+        """A/AAAA of ``name`` (the families the proxy has, in its order); without configured
+        servers, the system's lookup (``/etc/hosts``, then DNS: getaddrinfo, off the loop)."""
         resolver = self.resolver
         found: list[str] = []
-        if resolver.dns.resolver is not None:
-            answers = await asyncio.gather(*(self._ask(name, f) for f in resolver.families))
-            for a in answers:
-                if a is not None:
-                    found.extend(str(r) for r in a.records)
-        if not found and resolver.dns.system:
+        if resolver.dns.system:
             a = await self._ask(name, "SYSTEM")
-            v6 = "AAAA" in resolver.families
-            v4 = "A" in resolver.families
+            v6, v4 = "AAAA" in resolver.families, "A" in resolver.families
             found = [str(r) for r in (a.records if a else ()) if (v6 if ":" in str(r) else v4)]
+        else:
+            answers = await asyncio.gather(*(self._ask(name, f) for f in resolver.families))
+            for answer in answers:
+                if answer is not None:
+                    found.extend(str(r) for r in answer.records)
         for ip in found:
             if len(self.out) >= self.limit:
                 return

@@ -76,6 +76,9 @@ endef
 
 TEST_SYSDEPS  := sipp:sip-tester redis-server:redis-server redis-cli:redis-tools docker-compose:docker-compose \
   systemd-analyze:systemd
+# dnsmasq (the binary only, no service) is the real DNS server of the RFC 3263 tests: NAPTR,
+# SRV and A records from its command line on a loopback port.
+TEST_SYSDEPS  += dnsmasq:dnsmasq-base
 # Kamailio with its tls module is the real TLS SIP peer of tests/e2e/test_tls_e2e.py.
 TEST_SYSDEPS  += kamailio:kamailio \
   /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so:kamailio-tls-modules

@@ -12,6 +12,8 @@ Access control: ``trusted_relays`` (who may send an initial request with a prelo
 to another host, RFC 3261 16.4), ``auth`` (digest authentication, RFC 3261 22.4),
 ``registrar_networks`` and ``registrar_max_contacts`` (RFC 3261 10.3).
 
+``dns: {servers: [HOST:PORT, ...]}``: where host names are looked up (RFC 3263).
+
 Keys beyond the CONTRACT (extensions): ``advertise``, ``force_rport``, ``limits``,
 ``timers``, ``log_level``, ``drain_timeout``, ``watch_policy``, ``secret``, ``tls``.
 
@@ -31,6 +33,7 @@ from proxy.config.model import (
     AuthSettings,
     Config,
     Credentials,
+    DnsSettings,
     Limits,
     Listen,
     Redirects,
@@ -47,6 +50,7 @@ __all__ = [
     "AuthSettings",
     "Config",
     "Credentials",
+    "DnsSettings",
     "Limits",
     "Listen",
     "Redirects",

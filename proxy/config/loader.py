@@ -245,6 +245,7 @@ class _Builder:
             "http": ("http", lambda node: observability.http_address(r, node)),
             "log_format": ("log_format", choice("log_format", LOG_FORMATS)),
             "upstream_probe": ("upstream_probe", lambda node: observability.probe(r, node)),
+            "dns": ("dns", lambda node: observability.dns(r, node)),
         }
 
     def _cross_checks(

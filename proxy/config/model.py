@@ -66,6 +66,7 @@ CONFIG_KEYS = (
     "http",
     "log_format",
     "upstream_probe",
+    "dns",
 )
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
@@ -75,6 +76,7 @@ TLS_KEYS = ("cert_file", "key_file", "ca_file", "verify_client")
 AUTH_KEYS = ("realm", "users_file", "algorithms")
 LOG_FORMATS = ("text", "json")
 PROBE_KEYS = ("interval", "timeout")
+DNS_KEYS = ("servers",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +170,14 @@ class UpstreamProbe:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """Where host names are looked up (RFC 3263): ``servers`` as (IP, port); () = the system
+    resolver (``/etc/resolv.conf``, and ``/etc/hosts`` for addresses)."""
+
+    servers: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path  # absolute path of proxy.yaml
     listen: tuple[Listen, ...]  # at least one
@@ -203,6 +213,7 @@ class Config:
     http: tuple[str, int] | None = None  # HOST:PORT of /metrics, /health, /ready; None: off
     log_format: str = "text"  # "text" | "json" (one JSON object per line)
     upstream_probe: UpstreamProbe = field(default_factory=lambda: UpstreamProbe())
+    dns: DnsSettings = field(default_factory=DnsSettings)
 
     @property
     def trusted_sources(self) -> tuple[str, ...]:

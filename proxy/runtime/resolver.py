@@ -1,80 +1,254 @@
-"""Host names to addresses for the transport layer, and the address written into Via.
+"""Locating SIP servers (RFC 3263 4.1-4.2, and section 5 for responses) and the address
+written into Via.
 
-RFC 3263 reduced to A/AAAA lookups: IP literals are answered at once, names are looked up in
-the event loop's executor (never blocking the loop) and cached, failures for a shorter time.
+:meth:`Resolver.targets` turns what a SIP URI names (a :class:`Hop`: host, port and transport
+when given, sips:) into the ordered addresses to try (:class:`Targets`):
+
+- a numeric IP: itself; a port: A/AAAA only (4.2); a transport: its SRV only, no NAPTR (4.1);
+- otherwise NAPTR (``SIP+D2U``, ``SIP+D2T``, ``SIPS+D2T`` for the transports the proxy has;
+  order, then preference; a sips: URI takes ``SIPS+D2T`` only), then the SRV records the
+  chosen NAPTR records name, or, without NAPTR, ``_sip._udp``, ``_sip._tcp`` and ``_sips._tcp``
+  of the domain; then A/AAAA of each SRV target; without any SRV record, A/AAAA of the domain
+  on the default port (5060, 5061 for TLS);
+- SRV order (RFC 2782): lowest priority first; within a priority a weighted random order
+  (zero weights first, then the running-sum draw), with the ``rng`` given (seeded in tests).
+  A target of "." means the service is not offered (no A/AAAA fallback).
+
+The questions go through :class:`~proxy.runtime.dns.DnsClient` (its cache, bounds and
+failure handling). :class:`~proxy.runtime.sends.SendResolver` uses this for each
+:class:`Send` whose host is a name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
-import socket
+import random
+from collections.abc import Callable
+from typing import NamedTuple
 
-from proxy.sip import Send, format_host
+from proxy.config import Config
+from proxy.runtime.dns import MAX_RECORDS, Answer, DnsClient, DnsFailure, Naptr, Srv
+from proxy.sip import format_host
 
-log = logging.getLogger("proxy")
+TRANSPORTS = ("udp", "tcp", "tls")
+DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061}
+#: RFC 3263 4.1 / RFC 3403: the NAPTR services this proxy can use, and their transport
+NAPTR_SERVICES = {"sip+d2u": "udp", "sip+d2t": "tcp", "sips+d2t": "tls"}
+#: RFC 3263 4.1: the SRV names without NAPTR (TLS: "_sips" over TCP, for sip: URIs too)
+SRV_PREFIX = {"udp": "_sip._udp.", "tcp": "_sip._tcp.", "tls": "_sips._tcp."}
+#: the most addresses one resolution returns, and the most SRV targets it looks up
+MAX_TARGETS = 32
+#: NAPTR records followed per resolution (each names one SRV set)
+MAX_NAPTR = 4
 
-#: :meth:`Resolver.cached` for a name not in the cache: look it up with :meth:`Resolver.resolve`.
-MISS = object()
-#: The most IP literals, and the most names, remembered (each table is emptied when full).
-CACHE_LIMIT = 4096
+
+class Hop(NamedTuple):
+    """What RFC 3263 resolves: the host of a SIP URI, and its port and transport as written
+    (None when the URI names none); ``secure`` for a sips: URI."""
+
+    host: str
+    port: int | None = None
+    transport: str | None = None
+    secure: bool = False
+
+
+class Resolved(NamedTuple):
+    """One address to try: transport, IP, port; ``name`` is the host it is the address of
+    (the SRV target, or the URI's host), with the SRV record's priority and weight."""
+
+    transport: str
+    host: str
+    port: int
+    name: str
+    priority: int = 0
+    weight: int = 0
+
+
+class Targets(NamedTuple):
+    """The addresses of a :class:`Hop` in the order to try them; ``expires`` (the client's
+    clock) is the smallest TTL of the answers used; ``failed``: some question got no answer
+    (a server failed), so an empty list may not be the last word."""
+
+    targets: tuple[Resolved, ...]
+    expires: float
+    failed: bool = False
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def srv_order(records: tuple[Srv, ...] | list[Srv], rng: random.Random) -> list[Srv]:
+    """RFC 2782 "Usage rules": lowest priority first; within a priority, records of weight 0
+    first, then each next record drawn with a probability proportional to its weight (a
+    uniform number in [0, sum of weights], the first record whose running sum reaches it)."""
+    out: list[Srv] = []
+    for priority in sorted({r.priority for r in records}):
+        group = sorted((r for r in records if r.priority == priority), key=lambda r: r.weight > 0)
+        while group:
+            total = sum(r.weight for r in group)
+            pick = rng.randint(0, total) if total else 0
+            running = 0
+            chosen = len(group) - 1
+            for i, r in enumerate(group):
+                running += r.weight
+                if running >= pick:
+                    chosen = i
+                    break
+            out.append(group.pop(chosen))
+    return out
 
 
 class Resolver:
-    """Host name to address (RFC 3263 reduced to A/AAAA lookups).
+    """RFC 3263 over a :class:`DnsClient`: :meth:`targets`.
 
-    IP literals are answered at once and remembered; names are looked up in the default
-    executor (never blocking the loop) and cached for ``ttl`` seconds, failures for
-    ``negative_ttl``. ``waiting`` holds the sends parked on a lookup in flight, by host.
+    ``transports``: what the proxy can send over (its listeners); ``families``: the address
+    records to ask ("A" for IPv4, "AAAA" for IPv6, in order of preference); ``rng`` draws the
+    SRV weights (RFC 2782).
     """
 
-    def __init__(self, ttl: float = 60.0, negative_ttl: float = 5.0) -> None:
-        self.ttl = ttl
-        self.negative_ttl = negative_ttl
-        self._cache: dict[str, tuple[str | None, float]] = {}
-        self.literals: dict[str, str] = {}  # IP literals seen: no parse on the next send
-        self.waiting: dict[str, list[Send]] = {}
+    def __init__(self, client: DnsClient | None = None, *,
+                 transports: tuple[str, ...] = TRANSPORTS,
+                 families: tuple[str, ...] = ("A", "AAAA"),
+                 rng: random.Random | None = None) -> None:
+        self.dns = client if client is not None else DnsClient()
+        self.transports = transports
+        self.families = families
+        self.rng = rng if rng is not None else random.Random()
 
-    def cached(self, host: str, now: float) -> object:
-        """The address, None for a name known not to resolve, or :data:`MISS`."""
-        if host in self.literals:
-            return host
-        hit = self._cache.get(host)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return MISS
-        # Outsiders choose these (a Via's received address): bounded, forgotten all at once.
-        if len(self.literals) >= CACHE_LIMIT:
-            self.literals.clear()
-        self.literals[host] = host
-        return host
+    async def targets(self, hop: Hop, transports: tuple[str, ...] | None = None,
+                      limit: int = MAX_TARGETS) -> Targets:
+        """The addresses to try for ``hop`` over ``transports`` (default: the proxy's), at
+        most ``limit`` (the first one is enough to send a message)."""
+        run = _Run(self, min(limit, MAX_TARGETS))
+        allowed = tuple(t for t in (transports or self.transports) if t in TRANSPORTS)
+        if hop.secure:
+            allowed = tuple(t for t in allowed if t == "tls")  # RFC 3261 26.2.2
+        if hop.transport is not None:
+            allowed = (hop.transport,) if hop.transport in allowed else ()
+        if not allowed:
+            return Targets((), self.dns.clock() + 60.0)
+        host = hop.host.lower().rstrip(".")
+        first = "tls" if hop.secure else ("udp" if "udp" in allowed else allowed[0])
+        if is_ip(host):  # 4.1: numeric, the URI's or the default transport and port
+            t = hop.transport or first
+            return Targets((Resolved(t, host, hop.port or DEFAULT_PORT[t], host),),
+                           self.dns.clock() + 86400.0)
+        if hop.port is not None:  # 4.2: a port: A/AAAA only
+            await run.addresses(host, hop.port, hop.transport or first)
+        elif hop.transport is not None:  # 4.1: a transport: its SRV only
+            await run.srv([(SRV_PREFIX[hop.transport] + host, hop.transport)])
+        else:
+            services = await run.naptr(host, allowed)
+            # 4.1: without NAPTR, the SRV of each transport the proxy has
+            await run.srv(services or [(SRV_PREFIX[t] + host, t) for t in allowed])
+        if hop.port is None and not (run.srv_found or run.srv_failed):
+            # 4.2: no SRV record: A/AAAA of the domain, default port
+            t = hop.transport or first
+            await run.addresses(host, DEFAULT_PORT[t], t)
+        return run.result()
 
-    def resolve_now(self, host: str) -> str | None:
-        """Blocking lookup, for start-up only (upstreams)."""
+
+def resolver_for(config: Config, clock: Callable[[], float]) -> Resolver:
+    """The resolver of a running proxy: the configured DNS servers (or the system's), the
+    transports it listens on, the address families of its listeners (IPv4 first)."""
+    listen = config.listen
+    transports = tuple(t for t in TRANSPORTS if any(li.transport == t for li in listen))
+    families = tuple(f for f, ok in (("A", any(":" not in li.host for li in listen)),
+                                     ("AAAA", any(":" in li.host for li in listen))) if ok)
+    return Resolver(DnsClient(config.dns.servers, clock=clock), transports=transports,
+                    families=families)
+
+
+class _Run:
+    """One resolution: the addresses found so far, the earliest expiry, whether any question
+    failed."""
+
+    __slots__ = ("expires", "failed", "limit", "out", "resolver", "srv_failed", "srv_found")
+
+    def __init__(self, resolver: Resolver, limit: int) -> None:
+        self.resolver = resolver
+        self.limit = limit
+        self.out: list[Resolved] = []
+        self.expires = resolver.dns.clock() + 86400.0
+        self.failed = False
+        self.srv_found = False  # some SRV record (even ".") exists: no A/AAAA fallback
+        self.srv_failed = False  # some SRV question got no answer: no A/AAAA fallback either
+
+    def result(self) -> Targets:
+        return Targets(tuple(self.out), self.expires, self.failed)
+
+    async def _ask(self, name: str, rdtype: str) -> Answer | None:
         try:
-            return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
-        except OSError:
+            answer = await self.resolver.dns.ask(name, rdtype)
+        except DnsFailure:
+            self.failed = True
             return None
+        self.expires = min(self.expires, answer.expires)
+        self.failed = self.failed or answer.stale
+        return answer
 
-    async def resolve(self, host: str, now: float) -> str | None:
-        """Look ``host`` up and cache the answer (a failure for ``negative_ttl``)."""
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
-            ip: str | None = str(infos[0][4][0])
-        except OSError as exc:
-            log.info("cannot resolve %s: %s", host, exc)
-            ip = None
-        if len(self._cache) >= CACHE_LIMIT:  # names an outsider chose (a Contact, a Route)
-            self._cache = {h: e for h, e in self._cache.items() if e[1] > now}
-            if len(self._cache) >= CACHE_LIMIT:
-                self._cache.clear()
-        self._cache[host] = (ip, now + (self.ttl if ip is not None else self.negative_ttl))
-        return ip
+    async def naptr(self, host: str, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
+        """RFC 3263 4.1: (SRV name, transport) of the usable NAPTR records: flag "S", a
+        service for a transport in ``allowed``; of the lowest order among them (RFC 3403 4.1),
+        by preference."""
+        if self.resolver.dns.resolver is None:
+            return []
+        answer = await self._ask(host, "NAPTR")
+        usable: list[Naptr] = []
+        for r in answer.records if answer is not None else ():
+            assert isinstance(r, Naptr)
+            t = NAPTR_SERVICES.get(r.service.lower())
+            if r.flags.lower() == "s" and t in allowed and r.replacement not in ("", "."):
+                usable.append(r)
+        if not usable:
+            return []
+        lowest = min(r.order for r in usable)
+        chosen = sorted((r for r in usable if r.order == lowest), key=lambda r: r.preference)
+        return [(r.replacement, NAPTR_SERVICES[r.service.lower()]) for r in chosen[:MAX_NAPTR]]
+
+    async def srv(self, names: list[tuple[str, str]]) -> None:
+        """RFC 2782: the SRV records of each (name, transport), asked at once, then in the
+        order given: each name's records in SRV order, each target's addresses in turn."""
+        if self.resolver.dns.resolver is None:
+            return
+        answers = await asyncio.gather(*(self._ask(name, "SRV") for name, _ in names))
+        for (_, transport), answer in zip(names, answers, strict=True):
+            if answer is None:
+                self.srv_failed = True  # not "no SRV records": no A/AAAA fallback (4.2)
+                continue
+            records = [r for r in answer.records if isinstance(r, Srv)]
+            self.srv_found = self.srv_found or bool(records)
+            for r in srv_order(records, self.resolver.rng)[:MAX_RECORDS]:
+                if len(self.out) >= self.limit:
+                    return
+                if r.target not in ("", "."):  # ".": the service is decidedly not offered
+                    await self.addresses(r.target, r.port, transport, r.priority, r.weight)
+
+    async def addresses(self, name: str, port: int, transport: str, priority: int = 0,
+                        weight: int = 0) -> None:
+        """A/AAAA of ``name`` (the families the proxy has, in its order); without configured
+        servers, the system's lookup (``/etc/hosts``, then DNS: getaddrinfo, off the loop)."""
+        resolver = self.resolver
+        found: list[str] = []
+        if resolver.dns.system:
+            a = await self._ask(name, "SYSTEM")
+            v6, v4 = "AAAA" in resolver.families, "A" in resolver.families
+            found = [str(r) for r in (a.records if a else ()) if (v6 if ":" in str(r) else v4)]
+        else:
+            answers = await asyncio.gather(*(self._ask(name, f) for f in resolver.families))
+            for answer in answers:
+                if answer is not None:
+                    found.extend(str(r) for r in answer.records)
+        for ip in found:
+            if len(self.out) >= self.limit:
+                return
+            self.out.append(Resolved(transport, ip, port, name, priority, weight))
 
 
 def advertised(host: str, port: int, advertise: str | None) -> str:

@@ -27,15 +27,17 @@ from proxy.core.effects import Effects, StoreWrite
 from proxy.core.proxy import CoreSettings, ProxyCore
 from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.registrar import MemoryLocation
-from proxy.core.types import LocalAddress, Send, Source, Target
+from proxy.core.types import LocalAddress, Send, Source
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
 from proxy.runtime import signals, streams
+from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import raise_nofile
 from proxy.runtime.memory import GcPolicy
-from proxy.runtime.resolver import MISS, Resolver, advertised
+from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
+from proxy.runtime.sends import MISS, SendResolver
 from proxy.runtime.state import StateKeeper, default_node, is_shared
 from proxy.runtime.watchers import FileWatcher, reload_policy
 from proxy.sip import host_port_text
@@ -66,10 +68,13 @@ def registrar_settings(config: Config, secret: bytes) -> dict[str, Any]:
 
 
 class Runtime:
-    def __init__(self, config: Config, policy: Policy) -> None:
+    def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
+                 upstreams: named_upstreams.Plan | None = None) -> None:
+        """``upstreams``: resolved at start-up (:func:`_main`); else at their first send."""
         self.config = config
         self.loop = asyncio.get_running_loop()
-        self.resolver = Resolver()
+        self.resolver = resolver or resolver_for(config, self.loop.time)
+        self.sends = SendResolver(self.resolver, self.dispatch, self._unreachable)
         self._tasks: set[asyncio.Task[None]] = set()
         self.udp: dict[int, UdpEndpoint] = {}  # by address family
         self.tcp: TcpManager | None = None
@@ -81,14 +86,7 @@ class Runtime:
         self.errors = 0
         t = config.timers
         timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, timer_c=t.timer_c)
-        upstreams: list[Target] = []
-        for u in config.upstreams:
-            ip = self.resolver.resolve_now(u.host)
-            if ip is None:
-                raise ConfigError([Diagnostic(str(config.path), 1, 1,
-                                              f"upstream {u.uri}: cannot resolve {u.host}")])
-            upstreams.append(Target(u.transport, ip, u.port, None, None, 1.0, u.uri,
-                                    fixed_transport=";transport=" in u.uri.lower()))
+        self.upstream_plan = plan = upstreams or named_upstreams.unresolved(config)
         local = [
             LocalAddress(li.transport, li.host, li.port,
                          advertised(li.host, li.port, config.advertise))
@@ -97,7 +95,7 @@ class Runtime:
         # Redirect safety (RFC 3261 26.1.2). The CONTRACT defaults name the upstreams by host;
         # a 3xx arrives from an address, so their resolved addresses join the defaults. A list
         # the operator wrote is taken as it is.
-        up_ips = [t.host for t in upstreams]
+        up_ips = sorted({host for host, _ in plan.addresses})
         own = [(a.host, a.port) for a in local]
         for a in local:
             h, _, p = a.advertised.rpartition(":")
@@ -110,7 +108,7 @@ class Runtime:
         # across restarts and shared by several proxies) or a random one per start.
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
         settings = CoreSettings(
-            upstreams=tuple(upstreams),
+            upstreams=plan.targets,
             record_route=config.record_route,
             registrar_local=config.registrar == "local",
             domains=frozenset(d.lower() for d in config.domains),
@@ -129,6 +127,7 @@ class Runtime:
         )
         self.location = MemoryLocation()  # the view the hot path reads; StateKeeper persists it
         self.core = ProxyCore(settings, policy, local, self.location)
+        self.refresher = self._name_upstreams(plan)
         self.tls_names = streams.tls_names(self)
         try:
             node = config.node or default_node(local)
@@ -177,6 +176,7 @@ class Runtime:
             log.log(_NOTICE, "http on %s (/metrics /health /ready /status)",
                     host_port_text(cfg.http[0], self.http.port))
         self.listening = True
+        self.refresher.start()
         self._drive(self.core.start_probes, (), self.loop.time(), "probing the upstreams")
         p = self.core.policy
         log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
@@ -209,6 +209,8 @@ class Runtime:
         return bool(self.core.unanswered or len(self.core.dialogs))
 
     def close(self) -> None:
+        self.refresher.stop()
+        self.sends.close()
         if self.http is not None:
             self.http.close()
             self.http = None
@@ -331,7 +333,7 @@ class Runtime:
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             for s in out:
                 log_lines.message_out(s)
-        literals = self.resolver.literals
+        literals = self.sends.literals
         udp = self.udp
         for s in out:
             if s.transport == "udp" and s.host in literals:  # the common case, in short
@@ -341,15 +343,17 @@ class Runtime:
                     continue
             if s.transport == "tls" and s.server_name is None:
                 s = streams.with_server_name(self, s)
-            ip = self.resolver.cached(s.host, now)
-            if ip != s.host:
-                if ip is MISS:
-                    self._resolve_then_send(s, now)
-                    continue
-                if ip is None:
-                    self._unreachable(s, "does not resolve")
-                    continue
-                s = s.with_host(str(ip))
+            if s.host not in literals:  # a name (RFC 3263), or an IP seen for the first time
+                r = self.sends.cached(s, now)
+                if r is not s:
+                    if r is MISS:
+                        self.sends.park(s)  # dispatched again once looked up
+                        continue
+                    if r is None:
+                        self._unreachable(s, "does not resolve")
+                        continue
+                    assert isinstance(r, Send)
+                    s = r
             transport = self._transport_for(s)
             if transport is not None:
                 transport.send(s)
@@ -374,25 +378,22 @@ class Runtime:
         if s.token is not None:
             self.loop.call_soon(self.failed, s.token)
 
-    def _resolve_then_send(self, s: Send, now: float) -> None:
-        waiting = self.resolver.waiting.get(s.host)
-        if waiting is not None:
-            waiting.append(s)
-            return
-        self.resolver.waiting[s.host] = [s]
-        task = self.loop.create_task(self._resolve(s.host, now))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _name_upstreams(self, plan: named_upstreams.Plan) -> named_upstreams.Refresher:
+        """Upstreams named by a domain (RFC 3263): sends to them resolve by NAPTR/SRV
+        (sends.py); requests from their addresses are an upstream's (CONTRACT access); their
+        names are resolved again as their answers expire."""
+        for n in plan.named:
+            self.sends.upstream(n.hop)
+        self.core.upstream_addrs |= plan.addresses
+        return named_upstreams.Refresher(self.resolver, plan.named, self._upstream_answer,
+                                         plan.found)
 
-    async def _resolve(self, host: str, now: float) -> None:
-        ip = await self.resolver.resolve(host, now)
-        sends = self.resolver.waiting.pop(host, [])
-        if ip is None:
-            for s in sends:
-                self._unreachable(s, "does not resolve")
-        else:
-            self.dispatch([s.with_host(ip) for s in sends])
-        self._arm()
+    def _upstream_answer(self, named: named_upstreams.Named, answer: Targets) -> None:
+        """A named upstream resolved again: its addresses are an upstream's from now on."""
+        addrs = {(t.host, t.port) for t in self.core.settings.upstreams}
+        for found in self.refresher.current.values():
+            addrs.update((r.host, r.port) for r in found.targets)
+        self.core.upstream_addrs = addrs
 
     # -------------------------------------------------------------- timers
 
@@ -429,7 +430,9 @@ class Runtime:
 
 
 async def _main(config: Config, policy: Policy) -> int:
-    rt = Runtime(config, policy)
+    resolver = resolver_for(config, asyncio.get_running_loop().time)
+    plan = await named_upstreams.plan(config, resolver)  # RFC 3263, before the core is built
+    rt = Runtime(config, policy, resolver=resolver, upstreams=plan)
     try:
         await rt.start()
     except OSError as exc:

@@ -615,7 +615,7 @@ ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, dom
            "trusted_relays, auth, registrar_networks, registrar_max_contacts, "
            "registrar_max_bindings, path, advertise, "
            "force_rport, limits, timers, log_level, drain_timeout, watch_policy, secret, tls, "
-           "http, log_format, upstream_probe")
+           "http, log_format, upstream_probe, dns")
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ What the reader refuses, with a position:
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ __all__ = [
     "get_number",
     "get_str",
     "parse_yaml",
+    "read_file_bytes",
     "read_yaml_file",
+    "size_text",
+    "too_large",
 ]
 
 ERROR = "error"
@@ -286,21 +290,53 @@ def parse_yaml(text: str, report: Reporter, keys_as_written: bool = False) -> YN
     return _build(node, report, SafeConstructor(), keys_as_written)
 
 
+def size_text(n: int) -> str:
+    """A byte count as an operator reads it: ``1 MiB``, ``256 KiB``, ``1500 bytes``."""
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def too_large(report: Reporter, size: int, max_bytes: int) -> None:
+    """Report, at 1:1, a file of ``size`` bytes that is over the bound ``max_bytes``."""
+    report.error((1, 1), f"the file is {size} bytes, more than the {size_text(max_bytes)} "
+                 f"({max_bytes} bytes) allowed")
+
+
+def read_file_bytes(path: Path, report: Reporter, max_bytes: int | None = None) -> bytes | None:
+    """The bytes of ``path``, or None with the reason reported at 1:1: it cannot be read, or
+    it is larger than ``max_bytes`` (then only ``max_bytes + 1`` bytes are ever read, so a
+    huge file costs no more than the bound)."""
+    try:
+        with open(path, "rb") as f:
+            if max_bytes is None:
+                return f.read()
+            data = f.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                too_large(report, max(os.fstat(f.fileno()).st_size, len(data)), max_bytes)
+                return None
+            return data
+    except OSError as exc:
+        report.error((1, 1), f"cannot read: {exc.strerror or exc}")
+        return None
+
+
 def read_yaml_file(
     path: Path,
     report: Reporter,
     transform: Callable[[str], str] | None = None,
     keys_as_written: bool = False,
+    max_bytes: int | None = None,
 ) -> tuple[YNode | None, bytes | None]:
     """Read and compose ``path``; returns (tree or None, the file's bytes or None).
 
     ``transform`` may rewrite the text before it is parsed (keeping line numbers);
-    ``keys_as_written`` is that of :func:`parse_yaml`.
+    ``keys_as_written`` is that of :func:`parse_yaml`; a file over ``max_bytes`` is refused
+    (:func:`read_file_bytes`).
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        report.error((1, 1), f"cannot read: {exc.strerror or exc}")
+    data = read_file_bytes(path, report, max_bytes)
+    if data is None:
         return None, None
     try:
         text = data.decode("utf-8")

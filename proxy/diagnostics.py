@@ -183,6 +183,22 @@ class Reporter:
     def warning(self, at: YNode | tuple[int, int] | None, message: str) -> None:
         self._add(at, message, WARNING)
 
+    def example(self, what: str) -> str | None:
+        """An example of the value called ``what`` in messages, added to the type errors of
+        the typed getters below (the configuration's reporter has one for every key)."""
+        return None
+
+    def expected(self, at: YNode, what: str, form: str, got: str | None = None) -> None:
+        """``WHAT must be FORM, got GOT`` (default: the value described), and an example of
+        the form when :meth:`example` has one: ``; e.g. http: "127.0.0.1:9090"``."""
+        self.error(at, f"{what} must be {form}, got {got if got is not None else describe(at)}"
+                       f"{self.example_tail(what)}")
+
+    def example_tail(self, what: str) -> str:
+        """``; e.g. EXAMPLE`` for the value called ``what``, or nothing."""
+        ex = self.example(what)
+        return f"; e.g. {ex}" if ex else ""
+
     @property
     def errors(self) -> list[Diagnostic]:
         return _sorted(d for d in self.diagnostics if d.is_error)
@@ -460,14 +476,14 @@ def get_int(report: Reporter, node: YNode, what: str, lo: int, hi: int) -> int |
     """A decimal integer in ``lo..hi`` (booleans, floats and strings refused)."""
     if isinstance(node, YScalar) and type(node.value) is int:
         if not DECIMAL.fullmatch(node.text):
-            report.error(node, f"{what} must be a decimal integer, got {node.text!r}")
+            report.expected(node, what, "a decimal integer", repr(node.text))
             return None
         value = node.value
         if not lo <= value <= hi:
             report.error(node, f"{what} must be between {lo} and {hi}, got {value}")
             return None
         return value
-    report.error(node, f"{what} must be an integer, got {describe(node)}")
+    report.expected(node, what, "an integer")
     return None
 
 
@@ -479,7 +495,7 @@ def get_number(report: Reporter, node: YNode, what: str, lo: float, hi: float) -
             report.error(node, f"{what} must be between {lo:g} and {hi:g}, got {node.text}")
             return None
         return value
-    report.error(node, f"{what} must be a number, got {describe(node)}")
+    report.expected(node, what, "a number")
     return None
 
 
@@ -488,7 +504,7 @@ def get_bool(report: Reporter, node: YNode, what: str) -> bool | None:
     if isinstance(node, YScalar) and node.plain and node.text in ("true", "false"):
         return node.text == "true"
     shown = repr(node.text) if isinstance(node, YScalar) and node.text else describe(node)
-    report.error(node, f"{what} must be true or false, got {shown}")
+    report.expected(node, what, "true or false", shown)
     return None
 
 
@@ -496,22 +512,22 @@ def get_str(report: Reporter, node: YNode, what: str) -> str | None:
     """A non-empty string (quoted or plain)."""
     if isinstance(node, YScalar) and isinstance(node.value, str):
         if not node.value.strip():
-            report.error(node, f"{what} must not be empty")
+            report.error(node, f"{what} must not be empty{report.example_tail(what)}")
             return None
         return node.value
-    report.error(node, f"{what} must be a string, got {describe(node)}")
+    report.expected(node, what, "a string")
     return None
 
 
 def get_map(report: Reporter, node: YNode, what: str) -> YMap | None:
     if isinstance(node, YMap):
         return node
-    report.error(node, f"{what} must be a mapping, got {describe(node)}")
+    report.expected(node, what, "a mapping")
     return None
 
 
 def get_list(report: Reporter, node: YNode, what: str) -> YSeq | None:
     if isinstance(node, YSeq):
         return node
-    report.error(node, f"{what} must be a list, got {describe(node)}")
+    report.expected(node, what, "a list")
     return None

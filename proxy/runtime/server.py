@@ -132,8 +132,6 @@ class Runtime:
         #: /ready: listening, and the state store answers (the store's owner sets store_ok)
         self.store_ok, self.listening, self.started = True, False, time.time()
         self.reloads: Counter[str] = Counter()  # policy reloads: ok | refused
-        self.policy_reload = PolicyReloader(config.policy_path, policy, self.reloads,
-                                            self._put_policy_in_force)
         self.http: http_side.HttpEndpoint | None = None
 
     # -------------------------------------------------------------- startup / shutdown
@@ -160,6 +158,8 @@ class Runtime:
                 self.tls = self.tls or streams.tls_manager(self)
                 await self.tls.listen(li.host, li.port)
             log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
+        self.policy_reload = PolicyReloader(cfg.policy_path, self.core.policy, self.reloads,
+                                            self._put_policy_in_force)
         signals.install(self.loop, self.request_stop, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
             self._policy_watch = FileWatcher(

@@ -1,9 +1,10 @@
-"""The command line: ``sip-policy-proxy run | check | explain | routes | registrations`` (also
-``python -m proxy``).
+"""The command line: ``sip-policy-proxy run | check | explain | status | routes |
+registrations`` (also ``python -m proxy``); ``COMMAND --help`` describes each.
 
 Exit codes: 0 success; 1 an invalid configuration or policy file (its diagnostics on stderr,
-one ``FILE:LINE:COLUMN: message`` per line), or a ``routes`` command that failed (a
-``memory:`` state, a store error, no such route); 2 a usage error (bad option or argument).
+one ``FILE:LINE:COLUMN: message`` per line), a ``routes`` command that failed (a
+``memory:`` state, a store error, no such route), or output whose reader went away (a closed
+pipe); 2 a usage error (bad option or argument).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -34,44 +36,96 @@ DEFAULT_CONFIG = "proxy.yaml"
 _METHOD = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")  # RFC 3261 25.1 token
 MEMORY_STATE_MESSAGE = "state is memory: nothing is persisted; use sqlite: or redis://"
 
+RUN_DESCRIPTION = (
+    "Run the proxy in the foreground with the configuration, logging to stderr. It prints "
+    "'listening on TRANSPORT:HOST:PORT' for each socket and 'sip-policy-proxy ready' once it "
+    "serves. SIGHUP reloads the policy file (a broken one is refused and the running policy "
+    "stays) and the TLS certificates. SIGTERM or SIGINT drains: new requests get 503 with "
+    "Retry-After, calls up go on until their BYE, for at most drain_timeout seconds, then exit "
+    "0; a second signal exits at once. Exit 1 when the configuration or the policy is invalid "
+    "(FILE:LINE:COLUMN lines on stderr) or a socket cannot be bound.")
+CHECK_DESCRIPTION = (
+    f"Validate a configuration and the policy file it names (--config, default "
+    f"./{DEFAULT_CONFIG}), or one policy file alone (--policy), without starting anything: "
+    "nothing is bound and no state store is connected. Prints 'OK: ...' and exits 0 when "
+    "valid; otherwise one 'FILE:LINE:COLUMN: message' line per error on stderr and exit 1. "
+    "Warnings ('FILE:LINE:COLUMN: warning: ...') do not fail.")
+EXPLAIN_DESCRIPTION = (
+    "Print the policy rule that decides a final response with STATUS and its action, e.g. "
+    "`explain --policy policies/default.yaml 604` prints 'global-failure: stop'. With --config "
+    f"(default ./{DEFAULT_CONFIG} when --policy is not given) it also says what follows with "
+    "that configuration: the next upstreams of a failover, which redirects are followed and "
+    "for how long a 301 is remembered.")
+
 T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (argparse's exits are returned too)."""
+    """Run the command line; returns the exit status (argparse's exits are returned too).
+
+    Output piped into a reader that stops early (``registrations list | head``) ends the
+    command quietly with status 1, as the Python documentation recommends for SIGPIPE
+    (the ``signal`` module, "Note on SIGPIPE"), instead of a BrokenPipeError traceback.
+    """
     parser = _parser()
     try:
-        args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as exc:  # --help, usage errors
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    code: int = args.func(args)
-    return code
+        try:
+            args = parser.parse_args(None if argv is None else list(argv))
+        except SystemExit as exc:  # --help, usage errors
+            sys.stdout.flush()
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if args.command == "run":  # logs to stderr; its own errors are its own
+            code: int = args.func(args)
+            return code
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _quiet_closed_pipe()
+        return 1
+
+
+def _quiet_closed_pipe() -> None:
+    """The reader of stdout (or stderr) has gone: point both at /dev/null, so that Python's
+    final flush at exit does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):  # no file descriptor (captured by a test)
+            pass
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="A SIP proxy whose final-response handling is a YAML policy."
+        prog=PROG, description="A SIP proxy whose final-response handling is a YAML policy.",
+        epilog=f"`{PROG} COMMAND --help` says what each command does. Exit status: 0 done, 1 "
+        "an invalid file or a failed command, 2 a usage error.",
     )
     parser.add_argument("--version", action=_VersionAction,
                         help="print the version and the build (compiled with mypyc or pure "
                         "Python), then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the proxy in the foreground")
+    run = sub.add_parser("run", help="run the proxy in the foreground",
+                         description=RUN_DESCRIPTION)
     run.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
                      help=f"the configuration file (default: ./{DEFAULT_CONFIG})")
     run.add_argument("--log-level", choices=LOG_LEVELS, default=None,
                      help="override log_level of the configuration")
     run.set_defaults(func=_cmd_run)
 
-    check = sub.add_parser("check", help="validate a configuration (and its policy) or a policy")
+    check = sub.add_parser("check", help="validate a configuration (and its policy) or a policy",
+                           description=CHECK_DESCRIPTION)
     what = check.add_mutually_exclusive_group()
     what.add_argument("--config", metavar="PATH",
                       help=f"the configuration file (default: ./{DEFAULT_CONFIG})")
     what.add_argument("--policy", metavar="PATH", help="check this policy file alone")
     check.set_defaults(func=_cmd_check)
 
-    explain = sub.add_parser("explain", help="which rule decides a status, and what happens")
+    explain = sub.add_parser("explain", help="which rule decides a status, and what happens",
+                             description=EXPLAIN_DESCRIPTION)
     source = explain.add_mutually_exclusive_group()
     source.add_argument("--policy", metavar="PATH", help="the policy file")
     source.add_argument("--config", metavar="PATH",
@@ -89,6 +143,13 @@ def _parser() -> argparse.ArgumentParser:
     leaf_config = argparse.ArgumentParser(add_help=False)
     leaf_config.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
                              help=config_help)
+    _routes_parser(sub, leaf_config, config_help)
+    add_status_parser(sub, DEFAULT_CONFIG)
+    _registrations_parser(sub, leaf_config, config_help)
+    return parser
+
+
+def _routes_parser(sub: Any, leaf_config: argparse.ArgumentParser, config_help: str) -> None:
     actions, listing = _store_command(
         sub, leaf_config, config_help, "routes",
         "list or forget the rewrites learned from 301/302 (the state store)",
@@ -96,15 +157,17 @@ def _parser() -> argparse.ArgumentParser:
         "the state store named by the configuration (RFC 3261 21.3.2).",
         "print every unexpired learned route")
     listing.set_defaults(func=_cmd_routes_list)
-    remove = actions.add_parser("remove", parents=[leaf_config],
-                                help="forget the route learned for one Request-URI")
+    remove = actions.add_parser(
+        "remove", parents=[leaf_config], help="forget the route learned for one Request-URI",
+        description="Forget the route learned for one Request-URI (as `routes list` shows it); "
+        "a running proxy forgets it too, within a second. Exit 1 when there is none.")
     remove.add_argument("uri", metavar="URI", help="the old Request-URI, as `routes list` shows it")
     remove.set_defaults(func=_cmd_routes_remove)
-    clear = actions.add_parser("clear", parents=[leaf_config], help="forget every learned route")
+    clear = actions.add_parser(
+        "clear", parents=[leaf_config], help="forget every learned route",
+        description="Forget every learned route in the state store; running proxies forget "
+        "them too, within a second.")
     clear.set_defaults(func=_cmd_routes_clear)
-    add_status_parser(sub, DEFAULT_CONFIG)
-    _registrations_parser(sub, leaf_config, config_help)
-    return parser
 
 
 def version_text() -> str:
@@ -452,7 +515,10 @@ def _store_command(
     command = sub.add_parser(name, help=help, description=description)
     command.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH", help=config_help)
     actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", parents=[leaf_config], help=list_help)
+    listing = actions.add_parser(
+        "list", parents=[leaf_config], help=list_help,
+        description=f"{list_help[0].upper()}{list_help[1:]} in the state store named by the "
+        "configuration, as a table (or a JSON array with --json).")
     listing.add_argument("--json", action="store_true",
                          help="print a JSON array (for scripts) instead of a table")
     return actions, listing
@@ -468,8 +534,11 @@ def _registrations_parser(sub: Any, leaf_config: argparse.ArgumentParser, config
         "proxy sees a removal within a second.",
         "print every unexpired binding")
     listing.set_defaults(func=_cmd_registrations_list)
-    remove = actions.add_parser("remove", parents=[leaf_config],
-                                help="remove every binding of one address-of-record")
+    remove = actions.add_parser(
+        "remove", parents=[leaf_config], help="remove every binding of one address-of-record",
+        description="Remove every binding of one address-of-record (e.g. "
+        "sip:alice@example.com): calls to it are no longer routed to the phone until it "
+        "registers again. Exit 1 when it has none.")
     remove.add_argument("aor", metavar="AOR", help="the address-of-record, e.g. sip:alice@example.com")
     remove.set_defaults(func=_cmd_registrations_remove)
 

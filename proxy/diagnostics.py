@@ -20,6 +20,7 @@ What the reader refuses, with a position:
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ __all__ = [
     "get_number",
     "get_str",
     "parse_yaml",
+    "read_file_bytes",
     "read_yaml_file",
+    "size_text",
+    "too_large",
 ]
 
 ERROR = "error"
@@ -179,6 +183,22 @@ class Reporter:
     def warning(self, at: YNode | tuple[int, int] | None, message: str) -> None:
         self._add(at, message, WARNING)
 
+    def example(self, what: str) -> str | None:
+        """An example of the value called ``what`` in messages, added to the type errors of
+        the typed getters below (the configuration's reporter has one for every key)."""
+        return None
+
+    def expected(self, at: YNode, what: str, form: str, got: str | None = None) -> None:
+        """``WHAT must be FORM, got GOT`` (default: the value described), and an example of
+        the form when :meth:`example` has one: ``; e.g. http: "127.0.0.1:9090"``."""
+        self.error(at, f"{what} must be {form}, got {got if got is not None else describe(at)}"
+                       f"{self.example_tail(what)}")
+
+    def example_tail(self, what: str) -> str:
+        """``; e.g. EXAMPLE`` for the value called ``what``, or nothing."""
+        ex = self.example(what)
+        return f"; e.g. {ex}" if ex else ""
+
     @property
     def errors(self) -> list[Diagnostic]:
         return _sorted(d for d in self.diagnostics if d.is_error)
@@ -286,21 +306,53 @@ def parse_yaml(text: str, report: Reporter, keys_as_written: bool = False) -> YN
     return _build(node, report, SafeConstructor(), keys_as_written)
 
 
+def size_text(n: int) -> str:
+    """A byte count as an operator reads it: ``1 MiB``, ``256 KiB``, ``1500 bytes``."""
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def too_large(report: Reporter, size: int, max_bytes: int) -> None:
+    """Report, at 1:1, a file of ``size`` bytes that is over the bound ``max_bytes``."""
+    report.error((1, 1), f"the file is {size} bytes, more than the {size_text(max_bytes)} "
+                 f"({max_bytes} bytes) allowed")
+
+
+def read_file_bytes(path: Path, report: Reporter, max_bytes: int | None = None) -> bytes | None:
+    """The bytes of ``path``, or None with the reason reported at 1:1: it cannot be read, or
+    it is larger than ``max_bytes`` (then only ``max_bytes + 1`` bytes are ever read, so a
+    huge file costs no more than the bound)."""
+    try:
+        with open(path, "rb") as f:
+            if max_bytes is None:
+                return f.read()
+            data = f.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                too_large(report, max(os.fstat(f.fileno()).st_size, len(data)), max_bytes)
+                return None
+            return data
+    except OSError as exc:
+        report.error((1, 1), f"cannot read: {exc.strerror or exc}")
+        return None
+
+
 def read_yaml_file(
     path: Path,
     report: Reporter,
     transform: Callable[[str], str] | None = None,
     keys_as_written: bool = False,
+    max_bytes: int | None = None,
 ) -> tuple[YNode | None, bytes | None]:
     """Read and compose ``path``; returns (tree or None, the file's bytes or None).
 
     ``transform`` may rewrite the text before it is parsed (keeping line numbers);
-    ``keys_as_written`` is that of :func:`parse_yaml`.
+    ``keys_as_written`` is that of :func:`parse_yaml`; a file over ``max_bytes`` is refused
+    (:func:`read_file_bytes`).
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        report.error((1, 1), f"cannot read: {exc.strerror or exc}")
+    data = read_file_bytes(path, report, max_bytes)
+    if data is None:
         return None, None
     try:
         text = data.decode("utf-8")
@@ -424,14 +476,14 @@ def get_int(report: Reporter, node: YNode, what: str, lo: int, hi: int) -> int |
     """A decimal integer in ``lo..hi`` (booleans, floats and strings refused)."""
     if isinstance(node, YScalar) and type(node.value) is int:
         if not DECIMAL.fullmatch(node.text):
-            report.error(node, f"{what} must be a decimal integer, got {node.text!r}")
+            report.expected(node, what, "a decimal integer", repr(node.text))
             return None
         value = node.value
         if not lo <= value <= hi:
             report.error(node, f"{what} must be between {lo} and {hi}, got {value}")
             return None
         return value
-    report.error(node, f"{what} must be an integer, got {describe(node)}")
+    report.expected(node, what, "an integer")
     return None
 
 
@@ -443,7 +495,7 @@ def get_number(report: Reporter, node: YNode, what: str, lo: float, hi: float) -
             report.error(node, f"{what} must be between {lo:g} and {hi:g}, got {node.text}")
             return None
         return value
-    report.error(node, f"{what} must be a number, got {describe(node)}")
+    report.expected(node, what, "a number")
     return None
 
 
@@ -452,7 +504,7 @@ def get_bool(report: Reporter, node: YNode, what: str) -> bool | None:
     if isinstance(node, YScalar) and node.plain and node.text in ("true", "false"):
         return node.text == "true"
     shown = repr(node.text) if isinstance(node, YScalar) and node.text else describe(node)
-    report.error(node, f"{what} must be true or false, got {shown}")
+    report.expected(node, what, "true or false", shown)
     return None
 
 
@@ -460,22 +512,22 @@ def get_str(report: Reporter, node: YNode, what: str) -> str | None:
     """A non-empty string (quoted or plain)."""
     if isinstance(node, YScalar) and isinstance(node.value, str):
         if not node.value.strip():
-            report.error(node, f"{what} must not be empty")
+            report.error(node, f"{what} must not be empty{report.example_tail(what)}")
             return None
         return node.value
-    report.error(node, f"{what} must be a string, got {describe(node)}")
+    report.expected(node, what, "a string")
     return None
 
 
 def get_map(report: Reporter, node: YNode, what: str) -> YMap | None:
     if isinstance(node, YMap):
         return node
-    report.error(node, f"{what} must be a mapping, got {describe(node)}")
+    report.expected(node, what, "a mapping")
     return None
 
 
 def get_list(report: Reporter, node: YNode, what: str) -> YSeq | None:
     if isinstance(node, YSeq):
         return node
-    report.error(node, f"{what} must be a list, got {describe(node)}")
+    report.expected(node, what, "a list")
     return None

@@ -21,7 +21,13 @@ from proxy.sip import host_port_text
 
 
 def add_parser(sub: Any, default_config: str) -> None:
-    status = sub.add_parser("status", help="show the running proxy's state (its http endpoint)")
+    status = sub.add_parser(
+        "status", help="show the running proxy's state (its http endpoint)", description=(
+            "Ask the running proxy, at the http: HOST:PORT of its configuration (/status), how "
+            "it is doing, and print a table: each upstream up or DOWN, registrations, learned "
+            "routes, transactions in progress, calls up, the policy version and the uptime. "
+            "Exit 1 when the configuration is invalid, has no http: key, or the proxy does not "
+            "answer."))
     status.add_argument("--config", default=default_config, metavar="PATH",
                         help=f"the configuration naming the http endpoint (default: ./"
                         f"{default_config})")

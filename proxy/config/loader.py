@@ -50,7 +50,7 @@ __all__ = [
     "parse_upstream",
 ]
 
-from proxy.config import observability, trust
+from proxy.config import examples, observability, trust
 from proxy.config.access import access_limits, verify_client
 from proxy.config.model import (
     AUTH_KEYS,
@@ -137,6 +137,9 @@ class _ConfigReporter(Reporter):
         self.policy_path: Path | None = None
         self.others: list[Reporter] = []
 
+    def example(self, what: str) -> str | None:
+        return examples.example(what)
+
     @property
     def errors(self) -> list[Diagnostic]:
         return [*super().errors, *(d for r in self.others for d in r.errors)]
@@ -157,7 +160,7 @@ def _load(path: str | Path) -> tuple[Config | None, _ConfigReporter]:
     if tree is None:
         return None, report
     if not isinstance(tree, YMap):
-        report.error(tree, f"the configuration must be a mapping of settings, got {describe(tree)}")
+        report.expected(tree, "the configuration", "a mapping of settings")
         return None, report
     config = _Builder(tree, config_path, report).build()
     return (None if report.failed else config), report
@@ -277,7 +280,8 @@ class _Builder:
             return node.value
         shown = repr(node.value) if isinstance(node, YScalar) and isinstance(node.value, str) \
             else describe(node)
-        self.report.error(node, f"{what} must be one of {', '.join(choices)}; got {shown}")
+        self.report.error(node, f"{what} must be one of {', '.join(choices)}; got {shown}"
+                          f"{self.report.example_tail(what)}")
         return None
 
     def _path(self, node: YNode, what: str) -> Path | None:

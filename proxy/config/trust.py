@@ -59,8 +59,8 @@ def max_bindings(report: Reporter, node: YNode) -> int | None:
     if (isinstance(node, YScalar) and type(node.value) is int
             and 1 <= node.value <= MAX_BINDINGS and node.text.isdigit()):
         return node.value
-    report.error(node, f"registrar_max_bindings must be a whole number from 1 to {MAX_BINDINGS} "
-                 f"(e.g. registrar_max_bindings: 100000), got {_shown(node)}")
+    report.expected(node, "registrar_max_bindings",
+                    f"a whole number from 1 to {MAX_BINDINGS}", _shown(node))
     return None
 
 
@@ -68,8 +68,7 @@ def path_mode(report: Reporter, node: YNode) -> str | None:
     """``path``: ``always`` or ``when_supported`` (RFC 3327)."""
     if isinstance(node, YScalar) and isinstance(node.value, str) and node.value in PATH_MODES:
         return node.value
-    report.error(node, f"path must be {' or '.join(PATH_MODES)} (e.g. path: always), got "
-                 f"{_shown(node)}")
+    report.expected(node, "path", " or ".join(PATH_MODES), _shown(node))
     return None
 
 
@@ -80,8 +79,9 @@ _ALGORITHM_HINT = ("e.g. algorithms: [SHA-256, MD5], or [MD5] for phones that gi
 def algorithms(report: Reporter, node: YNode) -> tuple[str, ...] | None:
     """``auth.algorithms``: SHA-256 and/or MD5 (RFC 8760), most preferred first."""
     if not isinstance(node, YSeq):
-        report.error(node, f"auth: algorithms must be a list of digest algorithms "
-                     f"({_ALGORITHM_HINT}), got {_shown(node)}")
+        report.expected(node, "auth: algorithms", "a list of digest algorithms (SHA-256 and/or "
+                        "MD5; [MD5] for phones that give up on the first challenge they cannot "
+                        "answer)", _shown(node))
         return None
     if not node.items:
         report.error(node, f"auth: algorithms must name at least one of "

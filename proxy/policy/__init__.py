@@ -8,7 +8,7 @@ response (RFC 3261 16.7); ``BUILTIN_POLICY`` applies when the configuration name
 from __future__ import annotations
 
 from proxy.policy.builtin import BUILTIN_POLICY, BUILTIN_VERSION
-from proxy.policy.loader import load_policy, parse_policy, policy_version
+from proxy.policy.loader import MAX_POLICY_BYTES, load_policy, parse_policy, policy_version
 from proxy.policy.model import (
     FALLBACK,
     MAX_STATUS,
@@ -24,6 +24,7 @@ __all__ = [
     "BUILTIN_POLICY",
     "BUILTIN_VERSION",
     "FALLBACK",
+    "MAX_POLICY_BYTES",
     "MAX_STATUS",
     "MIN_STATUS",
     "Action",

@@ -39,7 +39,7 @@ from proxy.runtime.memory import GcPolicy
 from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
 from proxy.runtime.state import StateKeeper, default_node, is_shared
-from proxy.runtime.watchers import FileWatcher, reload_policy
+from proxy.runtime.watchers import FileWatcher, PolicyReloader
 from proxy.sip import host_port_text
 from proxy.store import LearnedRoute, StoreError, open_store
 from proxy.transaction import TimerConfig
@@ -167,9 +167,12 @@ class Runtime:
                 self.tls = self.tls or streams.tls_manager(self)
                 await self.tls.listen(li.host, li.port)
             log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
+        self.policy_reload = PolicyReloader(cfg.policy_path, self.core.policy, self.reloads,
+                                            self._put_policy_in_force)
         signals.install(self.loop, self.request_stop, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
-            self._policy_watch = FileWatcher(cfg.policy_path, self.reload)
+            self._policy_watch = FileWatcher(
+                cfg.policy_path, lambda: self.policy_reload.request("file changed on disk"))
             self.loop.call_later(1.0, self._watch_policy)
         if cfg.http is not None:
             self.http = http_side.start(self, *cfg.http)
@@ -421,12 +424,14 @@ class Runtime:
         self.loop.call_later(1.0, self._watch_policy)
 
     def reload(self) -> None:
-        """Swap the policy atomically; a broken file leaves the old policy in force."""
-        new = reload_policy(self.config.policy_path, self.core.policy, self.reloads)
-        if new is not None:
-            self.core.policy = new
+        """SIGHUP: reload the policy (off the loop, swapped in atomically; a broken file
+        leaves the old policy in force, an unchanged one is a no-op) and the certificates."""
+        self.policy_reload.request("SIGHUP")
         if self.tls is not None and self.config.tls is not None:
-            self.tls.reload()  # SIGHUP (and a policy change on disk): the certificates too
+            self.tls.reload()
+
+    def _put_policy_in_force(self, policy: Policy) -> None:
+        self.core.policy = policy  # new calls take it; a call in progress keeps its own
 
 
 async def _main(config: Config, policy: Policy) -> int:

@@ -25,6 +25,7 @@ from proxy.config import (
     parse_listen,
     parse_upstream,
 )
+from proxy.config.examples import EXAMPLES
 from proxy.diagnostics import ConfigError
 from proxy.policy import BUILTIN_POLICY
 
@@ -35,6 +36,11 @@ REGISTRAR_OPEN_WARNING = (
     "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7) can register any user and remove its "
     "bindings; set auth (every REGISTER then authenticates) or list only your phones' networks "
     "(e.g. registrar_networks: [192.168.10.0/24])")
+
+
+def eg(what: str) -> str:
+    """The example a type error of ``what`` ends with (test_config_errors.py checks them)."""
+    return f"; e.g. {EXAMPLES[what]}"
 
 BASE = """
 listen:
@@ -303,13 +309,13 @@ def test_listen_duplicate(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("listen: udp:127.0.0.1:5060\n", ("T/proxy.yaml:1:9: listen must be a list, got the "
-         "string 'udp:127.0.0.1:5060'")),
+         f"string 'udp:127.0.0.1:5060'{eg('listen')}")),
         ("listen: []\n", ("T/proxy.yaml:1:9: listen: at least one TRANSPORT:HOST:PORT entry is "
          "required")),
         ("listen:\n", ("T/proxy.yaml:1:8: listen: at least one TRANSPORT:HOST:PORT entry is "
          "required")),
         ("listen: [5060]\n", ("T/proxy.yaml:1:10: a listen entry must be a string, got the "
-         "integer 5060")),
+         f"integer 5060{eg('listen')}")),
         ("record_route: true\n", ("T/proxy.yaml:1:1: listen: at least one TRANSPORT:HOST:PORT "
          "entry is required")),
     ],
@@ -414,7 +420,7 @@ def test_upstream_not_a_string(tmp_path: Path) -> None:
     assert _errors(tmp_path, """
         listen: [udp:127.0.0.1:5060]
         upstreams: [{host: 127.0.0.1}]
-        """) == ["T/proxy.yaml:2:13: an upstream must be a string, got a mapping"]
+        """) == [f"T/proxy.yaml:2:13: an upstream must be a string, got a mapping{eg('upstreams')}"]
 
 
 def test_no_upstreams_with_registrar_upstream_is_a_warning(tmp_path: Path) -> None:
@@ -509,7 +515,7 @@ def test_state_errors(tmp_path: Path, text: str, message: str) -> None:
 
 def test_state_not_a_string(tmp_path: Path) -> None:
     assert _errors(tmp_path, BASE + "state: {sqlite: x}\n") == [
-        "T/proxy.yaml:5:8: state must be a string, got a mapping"
+        f"T/proxy.yaml:5:8: state must be a string, got a mapping{eg('state')}"
     ]
 
 
@@ -593,7 +599,7 @@ def test_policy_errors_are_reported_with_the_policy_positions(
     with pytest.raises(ConfigError) as info:
         load_config_and_policy("proxy.yaml")
     assert [str(d) for d in info.value.diagnostics] == [
-        "proxy.yaml:6:15: record_route must be true or false, got 'maybe'",
+        f"proxy.yaml:6:15: record_route must be true or false, got 'maybe'{eg('record_route')}",
         "p.yaml:3:21: rule 'r': status 999 is out of range 100..699",
     ]
 
@@ -631,30 +637,32 @@ ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, dom
         ("max_contacts: 5", ("5:1: unknown key 'max_contacts' (did you mean "
          f"'registrar_max_contacts'?); allowed keys: {ALLOWED}")),
         ("listen: [tcp:127.0.0.1:5070]", "5:1: duplicate key 'listen' (first at 1:1)"),
-        ("record_route: yes", "5:15: record_route must be true or false, got 'yes'"),
-        ('record_route: "true"', "5:15: record_route must be true or false, got 'true'"),
-        ("record_route: 1", "5:15: record_route must be true or false, got '1'"),
-        ("force_rport: [true]", "5:14: force_rport must be true or false, got a list"),
-        ("watch_policy: off", "5:15: watch_policy must be true or false, got 'off'"),
-        ("registrar: remote", "5:12: registrar must be one of local, upstream; got 'remote'"),
-        ("registrar: 1", "5:12: registrar must be one of local, upstream; got the integer 1"),
-        ("policy: 5", "5:9: policy must be a string, got the integer 5"),
-        ("policy: ''", "5:9: policy must not be empty"),
-        ("domains: example.com", "5:10: domains must be a list, got the string 'example.com'"),
-        ("domains: [example.com, 5]", "5:24: a domain must be a string, got the integer 5"),
+        ("record_route: yes", f"5:15: record_route must be true or false, got 'yes'{eg('record_route')}"),
+        ('record_route: "true"', f"5:15: record_route must be true or false, got 'true'{eg('record_route')}"),
+        ("record_route: 1", f"5:15: record_route must be true or false, got '1'{eg('record_route')}"),
+        ("force_rport: [true]", f"5:14: force_rport must be true or false, got a list{eg('force_rport')}"),
+        ("watch_policy: off", f"5:15: watch_policy must be true or false, got 'off'{eg('watch_policy')}"),
+        ("registrar: remote", f"5:12: registrar must be one of local, upstream; got 'remote'{eg('registrar')}"),
+        ("registrar: 1", (f"5:12: registrar must be one of local, upstream; got the integer 1"
+                          f"{eg('registrar')}")),
+        ("policy: 5", f"5:9: policy must be a string, got the integer 5{eg('policy')}"),
+        ("policy: ''", f"5:9: policy must not be empty{eg('policy')}"),
+        ("domains: example.com", (f"5:10: domains must be a list, got the string 'example.com'"
+                                  f"{eg('domains')}")),
+        ("domains: [example.com, 5]", f"5:24: a domain must be a string, got the integer 5{eg('domains')}"),
         ("domains: [example.com:5060]", ("5:11: domain 'example.com:5060': write the host "
          "without a port")),
         ("domains: [exa_mple.com]", ("5:11: domain 'exa_mple.com': invalid host name "
          "'exa_mple.com'")),
-        ("redirects: [10.0.0.1]", "5:12: redirects must be a mapping, got a list"),
+        ("redirects: [10.0.0.1]", f"5:12: redirects must be a mapping, got a list{eg('redirects')}"),
         ("redirects: {max_ttl: 0}", ("5:22: redirects: max_ttl must be between 1 and "
          "315360000, got 0")),
         ("redirects: {max_ttl: 1h}", ("5:22: redirects: max_ttl must be an integer, got the "
-         "string '1h'")),
+         f"string '1h'{eg('redirects: max_ttl')}")),
         ("redirects: {ttl: 5}", ("5:13: redirects: unknown key 'ttl' (did you mean 'max_ttl'?); allowed keys: "
          "trusted_sources, allow_targets, max_ttl")),
         ("redirects: {trusted_sources: 10.0.0.0/8}", ("5:30: redirects: trusted_sources must "
-         "be a list, got the string '10.0.0.0/8'")),
+         f"be a list, got the string '10.0.0.0/8'{eg('redirects: trusted_sources')}")),
         ("redirects: {trusted_sources: [10.0.0.1/8]}", ("5:31: redirects: trusted_sources: "
          "'10.0.0.1/8': host bits set in the network (did you mean '10.0.0.0/8'?)")),
         ("redirects: {trusted_sources: [10.0.0.0/33]}", ("5:31: redirects: trusted_sources: "
@@ -668,7 +676,7 @@ ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, dom
         ("redirects: {allow_targets: ['*.example.com']}", ("5:29: redirects: allow_targets: "
          "'*.example.com': invalid host name '*.example.com'")),
         ("redirects: {allow_targets: [1]}", ("5:29: an entry of redirects: allow_targets must "
-         "be a string, got the integer 1")),
+         f"be a string, got the integer 1{eg('redirects: allow_targets')}")),
         ("advertise: 'sip.example.com:70000'", ("5:12: advertise 'sip.example.com:70000': "
          "port 70000 is out of range 1..65535")),
         ("advertise: '::1'", ("5:12: advertise '::1': an IPv6 address must be written in "
@@ -680,25 +688,27 @@ ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, dom
         ("limits: {max_body: 5}", ("5:10: limits: unknown key 'max_body'; allowed keys: "
          "max_message_size, max_headers, per_source_rps, tcp_max_connections, "
          "tcp_idle_timeout")),
-        ("limits: 65535", "5:9: limits must be a mapping, got the integer 65535"),
+        ("limits: 65535", f"5:9: limits must be a mapping, got the integer 65535{eg('limits')}"),
         ("timers: {t1: 500}", ("5:10: timers: unknown key 't1' (did you mean 't1_ms'?); allowed "
          "keys: t1_ms, t2_ms, t4_ms, timer_c_ms")),
         ("timers: {t1_ms: '500'}", ("5:17: timers: t1_ms must be an integer, got the string "
-         "'500'")),
+         f"'500'{eg('timers: t1_ms')}")),
         ("timers: {t1_ms: 0}", "5:17: timers: t1_ms must be between 1 and 60000, got 0"),
-        ("timers: {t1_ms: 0.5}", "5:17: timers: t1_ms must be an integer, got the number 0.5"),
+        ("timers: {t1_ms: 0.5}", (f"5:17: timers: t1_ms must be an integer, got the number 0.5"
+                                  f"{eg('timers: t1_ms')}")),
         ("timers: {t1_ms: 1000, t2_ms: 500}", ("5:30: timers: t2_ms must not be smaller than "
          "t1_ms (RFC 3261 17.1.2.2)")),
         ("log_level: verbose", ("5:12: log_level must be one of debug, info, warning, error; "
-         "got 'verbose'")),
+         f"got 'verbose'{eg('log_level')}")),
         ("log_level: INFO", ("5:12: log_level must be one of debug, info, warning, error; "
-         "got 'INFO'")),
+         f"got 'INFO'{eg('log_level')}")),
         ("drain_timeout: -1", "5:16: drain_timeout must be between 0 and 3600, got -1"),
-        ("drain_timeout: '5'", "5:16: drain_timeout must be a number, got the string '5'"),
-        ("secret: ''", "5:9: secret must not be empty"),
-        ("secret: 12345678901234567890", ("5:9: secret must be a string, got the integer "
-         "12345678901234567890")),
-        ("tls: [cert.pem]", "5:6: tls must be a mapping, got a list"),
+        ("drain_timeout: '5'", (f"5:16: drain_timeout must be a number, got the string '5'"
+                                f"{eg('drain_timeout')}")),
+        ("secret: ''", f"5:9: secret must not be empty{eg('secret')}"),
+        ("secret: 12345678901234567890", (f"5:9: secret must be a string, got the integer "
+         f"12345678901234567890{eg('secret')}")),
+        ("tls: [cert.pem]", f"5:6: tls must be a mapping, got a list{eg('tls')}"),
     ],
 )
 def test_value_errors(tmp_path: Path, extra: str, message: str) -> None:
@@ -766,7 +776,7 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
         ("T/proxy.yaml:2:13: upstream 'http://pbx': expected a sip: or sips: URI, e.g. "
         "sip:127.0.0.1:5080"),
         f"T/proxy.yaml:3:8: state must be {FORMS}; got 'sql'",
-        "T/proxy.yaml:4:12: registrar must be one of local, upstream; got 'both'",
+        f"T/proxy.yaml:4:12: registrar must be one of local, upstream; got 'both'{eg('registrar')}",
         f"T/proxy.yaml:5:1: unknown key 'colour'; allowed keys: {ALLOWED}",
     ]
 
@@ -776,7 +786,7 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
     [
         ("", "T/proxy.yaml:1:1: the file is empty"),
         ("- udp:127.0.0.1:5060\n", ("T/proxy.yaml:1:1: the configuration must be a mapping of "
-         "settings, got a list")),
+         f"settings, got a list{eg('the configuration')}")),
         ("listen: [udp:127.0.0.1:5060\n", ("T/proxy.yaml:2:1: YAML syntax error: expected ',' or "
          "']', but got '<stream end>' (while parsing a flow sequence at 1:9)")),
         ("listen: &l [udp:127.0.0.1:5060]\n", ("T/proxy.yaml:1:9: YAML anchors are not supported "
@@ -918,13 +928,14 @@ def test_trusted_relays_forms(tmp_path: Path, entry: str, normalised: str) -> No
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("10.0.0.0/8", "trusted_relays must be a list, got the string '10.0.0.0/8'"),
+        ("10.0.0.0/8", f"trusted_relays must be a list, got the string '10.0.0.0/8'{eg('trusted_relays')}"),
         ("[10.0.0.1/8]", ("trusted_relays: '10.0.0.1/8': host bits set in the network (did you "
          "mean '10.0.0.0/8'?)")),
         ("['10.0.0.1:5060']", ("trusted_relays: '10.0.0.1:5060': write the host without a port "
          "(ports are ignored)")),
         ("[bad_host]", "trusted_relays: 'bad_host': invalid host name 'bad_host'"),
-        ("[5]", "an entry of trusted_relays must be a string, got the integer 5"),
+        ("[5]", (f"an entry of trusted_relays must be a string, got the integer 5"
+                 f"{eg('trusted_relays')}")),
     ],
 )
 def test_trusted_relays_errors(tmp_path: Path, value: str, message: str) -> None:
@@ -984,13 +995,15 @@ registrar_networks:
         f"T/proxy.yaml:8:5: registrar_networks: '10.0.0.0/33' {hint}",
         f"T/proxy.yaml:9:5: registrar_networks: '[::1]' {hint}",
         f"T/proxy.yaml:10:5: registrar_networks: '300.1.2.3' {hint}",
-        "T/proxy.yaml:11:5: an entry of registrar_networks must be a string, got the integer 7",
+        ("T/proxy.yaml:11:5: an entry of registrar_networks must be a string, got the integer 7"
+         f"{eg('registrar_networks')}"),
     ]
 
 
 def test_registrar_networks_not_a_list(tmp_path: Path) -> None:
     assert _errors(tmp_path, BASE + "registrar_networks: 10.0.0.0/8\n") == [
-        "T/proxy.yaml:5:21: registrar_networks must be a list, got the string '10.0.0.0/8'"
+        ("T/proxy.yaml:5:21: registrar_networks must be a list, got the string '10.0.0.0/8'"
+         f"{eg('registrar_networks')}")
     ]
 
 
@@ -1005,8 +1018,10 @@ def test_registrar_max_contacts(tmp_path: Path, value: str, expected: int) -> No
     [
         ("0", "registrar_max_contacts must be between 1 and 1000, got 0"),
         ("1001", "registrar_max_contacts must be between 1 and 1000, got 1001"),
-        ("'5'", "registrar_max_contacts must be an integer, got the string '5'"),
-        ("true", "registrar_max_contacts must be an integer, got the boolean true"),
+        ("'5'", (f"registrar_max_contacts must be an integer, got the string '5'"
+                  f"{eg('registrar_max_contacts')}")),
+        ("true", (f"registrar_max_contacts must be an integer, got the boolean true"
+                 f"{eg('registrar_max_contacts')}")),
     ],
 )
 def test_registrar_max_contacts_errors(tmp_path: Path, value: str, message: str) -> None:
@@ -1162,7 +1177,7 @@ auth:
   realm: example.com
   users_file: users.yaml
 """) == [
-        "T/proxy.yaml:5:15: record_route must be true or false, got 'maybe'",
+        f"T/proxy.yaml:5:15: record_route must be true or false, got 'maybe'{eg('record_route')}",
         "T/users.yaml:1:14: user 'alice': ha1 must be 32 hex digits (MD5), got 'x'",
         f"T/users.yaml:2:6: user 'bob' must be a mapping: {USER_HINT}, got the integer 5",
     ]
@@ -1206,7 +1221,7 @@ def test_missing_users_file_is_reported_at_the_config_key(tmp_path: Path) -> Non
          ["6:3: auth: missing required key 'realm'"]),
         ("auth: {}", ["5:7: auth: missing required key 'realm'",
                       "5:7: auth: missing required key 'users_file'"]),
-        ("auth: example.com", ["5:7: auth must be a mapping, got the string 'example.com'"]),
+        ("auth: example.com", [f"5:7: auth must be a mapping, got the string 'example.com'{eg('auth')}"]),
         ("auth: {realm: example.com, users: users.yaml}", [
             "5:7: auth: missing required key 'users_file'",
             ("5:28: auth: unknown key 'users' (did you mean 'users_file'?); allowed keys: realm, "
@@ -1216,8 +1231,8 @@ def test_missing_users_file_is_reported_at_the_config_key(tmp_path: Path) -> Non
          ["5:15: auth: realm must not contain '\"', '\\' or control characters (it is sent as a "
           "quoted-string, RFC 3261 25.1)"]),
         ("auth: {realm: 5, users_file: users.yaml}",
-         ["5:15: auth: realm must be a string, got the integer 5"]),
-        ("auth: {realm: r, users_file: ''}", ["5:30: auth: users_file must not be empty"]),
+         [f"5:15: auth: realm must be a string, got the integer 5{eg('auth: realm')}"]),
+        ("auth: {realm: r, users_file: ''}", [f"5:30: auth: users_file must not be empty{eg('auth: users_file')}"]),
     ],
 )
 def test_auth_section_errors(tmp_path: Path, auth: str, messages: list[str]) -> None:

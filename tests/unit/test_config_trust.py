@@ -89,20 +89,20 @@ def test_without_auth_the_private_ranges_stay_and_check_warns(tmp_path: Path) ->
 
 @pytest.mark.parametrize(("text", "message"), [
     ("registrar_max_bindings: 0", "3:25: registrar_max_bindings must be a whole number from 1 to "
-     "10000000 (e.g. registrar_max_bindings: 100000), got the integer 0"),
+     "10000000, got the integer 0; e.g. registrar_max_bindings: 100000"),
     ("registrar_max_bindings: 2.5", "3:25: registrar_max_bindings must be a whole number"),
     ("registrar_max_bindings: lots", "3:25: registrar_max_bindings must be a whole number from 1 "
-     "to 10000000 (e.g. registrar_max_bindings: 100000), got 'lots'"),
+     "to 10000000, got 'lots'; e.g. registrar_max_bindings: 100000"),
     ("registrar_max_bindings: true", "3:25: registrar_max_bindings must be a whole number"),
     ("registrar_max_bindings: 10000001", "3:25: registrar_max_bindings must be a whole number"),
-    ("path: sometimes", "3:7: path must be always or when_supported (e.g. path: always), got "
-     "'sometimes'"),
-    ("path: [always]", "3:7: path must be always or when_supported (e.g. path: always), got a "
-     "list"),
+    ("path: sometimes", "3:7: path must be always or when_supported, got 'sometimes'; e.g. "
+     "path: always"),
+    ("path: [always]", "3:7: path must be always or when_supported, got a list; e.g. path: "
+     "always"),
     ("auth: {realm: r, users_file: users.yaml, algorithms: MD5}",
-     "3:54: auth: algorithms must be a list of digest algorithms (e.g. algorithms: [SHA-256, "
-     "MD5], or [MD5] for phones that give up on the first challenge they cannot answer), got "
-     "'MD5'"),
+     "3:54: auth: algorithms must be a list of digest algorithms (SHA-256 and/or MD5; [MD5] for "
+     "phones that give up on the first challenge they cannot answer), got 'MD5'; e.g. auth: "
+     "{realm: example.com, users_file: users.yaml, algorithms: [MD5]}"),
     ("auth: {realm: r, users_file: users.yaml, algorithms: []}",
      "3:54: auth: algorithms must name at least one of SHA-256, MD5 (e.g. algorithms"),
 ])

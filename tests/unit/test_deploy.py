@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+from proxy.config import load_config
 from proxy.runtime.metrics import CoreCollector
 from tests.unit.core_harness import Harness
 
@@ -44,6 +45,64 @@ def test_the_unit_has_what_operators_rely_on() -> None:
     assert re.search(r"^ExecStart=\S+/sip-policy-proxy run --config \S+$", text, re.MULTILINE)
     stop = int(re.search(r"^TimeoutStopSec=(\d+)$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
     assert stop > 30  # more than the default drain_timeout
+
+
+def directive(text: str, name: str) -> str | None:
+    m = re.search(rf"^{name}=(.*)$", text, re.MULTILINE)
+    return m.group(1).strip() if m else None
+
+
+def example_config(text: str) -> str:
+    """The proxy.yaml shown in the unit's comments (the indented ``#   key: value`` block)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#   listen:"))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[4:])
+    return "\n".join(block) + "\n"
+
+
+def test_the_state_lives_where_protect_system_strict_lets_it_write(tmp_path: Path) -> None:
+    """ProtectSystem=strict makes /etc read-only: a relative sqlite path beside the config in
+    /etc cannot be written. The unit's example config keeps its state in StateDirectory."""
+    text = UNIT.read_text()
+    assert directive(text, "ProtectSystem") == "strict"
+    state_dir = directive(text, "StateDirectory")
+    assert state_dir == "sip-policy-proxy"
+    assert directive(text, "WorkingDirectory") == f"/var/lib/{state_dir}"
+    example = example_config(text)
+    m = re.search(r"^state: sqlite:(\S+)$", example, re.MULTILINE)
+    assert m is not None, example
+    state = Path(m.group(1))
+    assert state.is_absolute() and state.parent == Path("/var/lib") / state_dir
+    assert not any(w.startswith(("ReadWritePaths", "ReadOnlyPaths")) for w in text.split())
+    # the example is a configuration the proxy accepts (paths moved into tmp_path)
+    (tmp_path / "policy.yaml").write_text((ROOT / "policies" / "default.yaml").read_text())
+    (tmp_path / "proxy.yaml").write_text(example.replace(str(state), str(tmp_path / "state.db")))
+    config, _ = load_config(tmp_path / "proxy.yaml")
+    assert config.state == f"sqlite:{tmp_path / 'state.db'}"
+    assert config.http == ("127.0.0.1", 9090)
+
+
+def test_no_documentation_line_names_a_file_a_pip_install_does_not_create() -> None:
+    """A pip install puts no documentation at a fixed path and ships no man page: the unit
+    has no Documentation= (its comment says why) rather than one that names nothing."""
+    text = UNIT.read_text()
+    assert directive(text, "Documentation") is None
+    assert "No Documentation= line" in text
+
+
+def test_the_install_steps_create_what_the_unit_names() -> None:
+    text = UNIT.read_text()
+    exec_start = directive(text, "ExecStart")
+    assert exec_start is not None
+    exe, _, rest = exec_start.partition(" ")
+    venv = str(Path(exe).parent.parent)
+    assert f"python3 -m venv {venv}" in text and f"{venv}/bin/pip install ." in text
+    config = rest.split("--config ", 1)[1]
+    assert f"install -d {Path(config).parent}" in text and config in text
 
 
 def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from proxy.runtime import http as http_side
 from proxy.runtime import logs
 from proxy.runtime.logs import JsonFormatter, emit_calls
 from proxy.runtime.metrics import METRIC_NAMES, PREFIX, make_registry, render
-from proxy.runtime.watchers import reload_policy
+from proxy.runtime.watchers import PolicyReloader
 from tests.unit.core_harness import Harness, request, response_to
 
 PBX = Source("udp", "127.0.0.1", 5080)
@@ -103,10 +103,13 @@ def test_policy_reloads_count_ok_and_refused(tmp_path: Path) -> None:
     from tests.unit.core_harness import DEFAULT_POLICY, default_policy
 
     counts: Counter[str] = Counter()
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("rules: [\n")
-    assert reload_policy(broken, default_policy(), counts) is None
-    reload_policy(DEFAULT_POLICY, default_policy(), counts)
+    path = tmp_path / "policy.yaml"
+    path.write_text(DEFAULT_POLICY.read_text())
+    reloader = PolicyReloader(path, default_policy(), counts, lambda policy: None)
+    path.write_text("rules: [\n")
+    assert reloader.reload_now() is None
+    path.write_text(DEFAULT_POLICY.read_text().replace("\n", "\n\n", 1))  # changed, valid
+    assert reloader.reload_now() is not None
     assert counts == Counter({"refused": 1, "ok": 1})
 
 

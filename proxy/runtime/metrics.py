@@ -37,7 +37,7 @@ __all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PREFIX", "CoreCollector", "make_regi
 METRIC_NAMES = (
     "requests", "responses", "policy_decisions", "redirects", "flow_retries",
     "learned_routes", "registrations", "transactions", "dialogs", "upstream_up",
-    "final_response_seconds", "policy_reloads", "bad_messages", "policy_info",
+    "final_response_seconds", "policy_reloads", "bad_messages", "refusals", "policy_info",
     "start_time_seconds",
 )
 
@@ -75,6 +75,10 @@ class CoreCollector:
                                   value=m.flow_retries)
         yield _labelled(CounterMetricFamily, "bad_messages", "Messages refused as malformed",
                         ["reason"], m.bad.items())
+        yield _labelled(CounterMetricFamily, "refusals",
+                        "Requests and connections refused by the access rules and limits "
+                        "(relay, rate, registrar, auth ...), by reason", ["reason"],
+                        core.refusals.counts.items())
         yield _labelled(CounterMetricFamily, "policy_reloads", "Policy reloads by result",
                         ["result"], ((k, self.reloads[k]) for k in ("ok", "refused")))
         yield GaugeMetricFamily(PREFIX + "learned_routes", "Learned Request-URI rewrites",

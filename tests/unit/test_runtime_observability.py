@@ -56,6 +56,8 @@ def test_every_named_metric_is_exported_after_a_603_call() -> None:
     h.now += 0.2
     h.feed(response_to(inv.data, 603), PBX)
     h.feed(b"garbage\r\n\r\n")
+    h.feed(request("OPTIONS", branch="z9hG4bKrelay", call_id="relay@stranger",
+                   extra=("Route: <sip:gw.example.net;lr>",)), Source("udp", "127.0.0.2", 6000))
     h.core.metrics.redirects["followed"] += 1
     h.core.metrics.flow_retries += 1
     found = scraped(h, Counter({"ok": 2, "refused": 1}))
@@ -67,6 +69,7 @@ def test_every_named_metric_is_exported_after_a_603_call() -> None:
     assert value(found, "redirects_total", outcome="refused") == 0
     assert value(found, "flow_retries_total") == 1
     assert value(found, "bad_messages_total", reason="unparsable") == 1
+    assert value(found, "refusals_total", reason="relay") == 1
     assert value(found, "policy_reloads_total", result="ok") == 2
     assert value(found, "policy_reloads_total", result="refused") == 1
     assert value(found, "learned_routes") == 0
@@ -83,6 +86,17 @@ def test_every_named_metric_is_exported_after_a_603_call() -> None:
     names = {n for n, _ in found if n.startswith(PREFIX)}
     for m in METRIC_NAMES:
         assert any(n.startswith(PREFIX + m) for n in names), m
+
+
+def test_refusals_are_counted_by_reason() -> None:
+    """Every refusal is counted: a stranger's preloaded Route to another host (no open relay)
+    shows as refusals_total{reason="relay"}."""
+    h = Harness.make()
+    stranger = Source("udp", "127.0.0.2", 6000)
+    out = h.feed(request(via_host="127.0.0.2:6000",
+                         extra=("Route: <sip:gw.example.net;lr>",)), stranger)
+    assert any(s.data.startswith(b"SIP/2.0 403") for s in out)
+    assert value(scraped(h), "refusals_total", reason="relay") == 1
 
 
 def test_dialogs_and_upstream_down_show_in_the_gauges() -> None:

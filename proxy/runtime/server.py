@@ -33,7 +33,7 @@ from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
 from proxy.runtime import signals, streams
-from proxy.runtime.limits import raise_nofile
+from proxy.runtime.limits import MemoryTrim, raise_nofile
 from proxy.runtime.memory import GcPolicy
 from proxy.runtime.resolver import MISS, Resolver, advertised
 from proxy.runtime.state import StateKeeper, default_node, is_shared
@@ -53,6 +53,9 @@ logging.addLevelName(_NOTICE, "NOTICE")
 
 
 class Runtime:
+    #: gives back the heap of closed connections (TLS handshakes above all); set by start()
+    trim: MemoryTrim | None = None
+
     def __init__(self, config: Config, policy: Policy) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
@@ -145,7 +148,8 @@ class Runtime:
         if not is_shared(cfg.state):  # Redis tells of changes by pub/sub; sqlite is polled
             self._generation = await self.store.generation()
             self.loop.call_later(1.0, self._poll_store)
-        raise_nofile(cfg.limits.tcp_max_connections + 64)
+        tables = len({li.transport for li in cfg.listen} & {"tcp", "tls"}) or 1
+        raise_nofile(tables * cfg.limits.tcp_max_connections + 64)  # TCP and TLS: a table each
         for li in cfg.listen:
             if li.transport == "udp":
                 ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed)
@@ -158,6 +162,8 @@ class Runtime:
                 self.tls = self.tls or streams.tls_manager(self)
                 await self.tls.listen(li.host, li.port)
             log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
+        self.trim = MemoryTrim(self.loop, lambda: streams.closed_total(self))
+        self.trim.start()
         signals.install(self.loop, self.request_stop, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
             self._policy_watch = FileWatcher(cfg.policy_path, self.reload)
@@ -199,6 +205,8 @@ class Runtime:
         return bool(self.core.unanswered or len(self.core.dialogs))
 
     def close(self) -> None:
+        if self.trim is not None:
+            self.trim.stop()
         if self.http is not None:
             self.http.close()
             self.http = None

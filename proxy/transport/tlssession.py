@@ -62,8 +62,7 @@ class TlsSession:
         """Records read from the socket -> (plaintext they completed, records to send back).
         Raises ``ssl.SSLError`` when the connection must be closed."""
         obj = self._obj or self._start()
-        assert self._in is not None
-        self._in.write(data)
+        self._in.write(data)  # type: ignore[union-attr]  # made with the SSLObject
         if not self.done and not self._handshake(obj):
             return b"", self._pending()
         chunks: list[bytes] = []
@@ -91,8 +90,10 @@ class TlsSession:
         return True
 
     def wrap(self, data: bytes) -> bytes:
-        """Plaintext -> the records that carry it (after the handshake)."""
-        assert self._obj is not None and self.done
+        """Plaintext -> the records that carry it; ``ssl.SSLError`` before the handshake is
+        over or after :meth:`release`."""
+        if self._obj is None or not self.done:
+            raise ssl.SSLError("TLS connection not established")
         self._obj.write(data)
         return self._pending()
 

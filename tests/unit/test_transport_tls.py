@@ -137,3 +137,36 @@ async def test_alias_reuses_the_connection_only_for_a_name_the_client_certificat
         await until(lambda: ("client.example", 5099) not in m.by_peer)
     finally:
         m.close()
+
+
+def test_a_tls_session_pair_handshakes_carries_data_and_says_goodbye_in_memory(
+        pki: dict[str, Path]) -> None:
+    """TlsSession is sans-IO: two of them, bytes passed by hand, no socket (RFC 5246/8446
+    records between two MemoryBIO pairs)."""
+    from proxy.transport.tls import client_context, server_context
+    from proxy.transport.tlssession import TlsSession
+
+    server = TlsSession(server_context(pki["cert"], pki["key"]), True)
+    client = TlsSession(client_context(ca_file=pki["ca"]), False, "proxy.example")
+    with pytest.raises(ssl.SSLError):
+        client.wrap(b"too early")
+    to_server, to_client = client.hello(), b""
+    for _ in range(4):  # a TLS 1.3 handshake: two round trips at most
+        plain, to_client = server.receive(to_server) if to_server else (b"", b"")
+        assert plain == b""
+        plain, to_server = client.receive(to_client) if to_client else (b"", b"")
+        if client.done and server.done and not to_server:
+            break
+    assert client.done and server.done
+    assert server.peercert() is None  # no client certificate asked
+    assert client.peercert() is not None
+    plain, _ = server.receive(client.wrap(OPTIONS))
+    assert plain == OPTIONS
+    plain, _ = client.receive(server.wrap(b"SIP/2.0 200 OK\r\n\r\n"))
+    assert plain == b"SIP/2.0 200 OK\r\n\r\n"
+    plain, _ = server.receive(client.goodbye())
+    assert plain == b"" and server.eof
+    with pytest.raises(ssl.SSLError):
+        client.receive(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # a forged record
+    server.release()
+    assert server.peercert() is None

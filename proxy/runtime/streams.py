@@ -30,8 +30,9 @@ def _limits(rt: Runtime) -> dict[str, Any]:
 
 
 def _exempt(rt: Runtime) -> Callable[[str], bool]:
-    """Hosts not held to ``limits.tcp_per_source``: the upstreams' addresses and
-    ``trusted_relays`` (the sources ``per_source_rps`` does not limit either)."""
+    """Hosts whose connections are held neither to ``limits.tcp_per_source`` nor to
+    ``tcp_idle_timeout``: the upstreams' addresses and ``trusted_relays`` (the sources
+    ``per_source_rps`` does not limit either)."""
     upstreams = frozenset(t.host for t in rt.core.settings.upstreams)
     relays = rt.core.settings.trusted_relays
     return lambda host: host in upstreams or host in relays

@@ -6,15 +6,18 @@ hold many for long (docs/SECURITY.md):
 * at most ``limits.tcp_max_connections`` connections in the table (TCP and TLS each) and at
   most ``limits.tcp_per_source`` accepted from one source (an IPv4 address, or an IPv6 /64:
   one host's share of a network); a TLS connection counts from the moment it is accepted,
-  handshake included. Past either, an accepted connection is closed at once; the configured
-  upstreams and ``trusted_relays`` are not held to the per-source figure;
+  handshake included. Past either, an accepted connection is closed at once;
 * a TLS handshake must end within its timeout; the bytes of a message must complete within
   ``limits.tcp_message_timeout`` seconds of its first byte (trickling bytes do not restart
   that clock);
 * a connection that carries no binding and no transaction (asked of the core) is closed once
   ``limits.tcp_idle_timeout`` seconds passed without a complete SIP message in either
   direction; CRLFCRLF keep-alives (RFC 5626 4.4.1) are answered but never restart that clock,
-  so only a connection that carries a registered flow lives on keep-alives alone.
+  so only a connection that carries a registered flow lives on keep-alives alone;
+* the connections of the configured upstreams and ``trusted_relays`` (by the peer's address,
+  which TCP proves) are held neither to the per-source figure nor to the idle rule: they are
+  configured peers, and a trunk's connection carries calls whose in-dialog requests come back
+  over it.
 
 Each refusal and each close for one of these reasons is counted by reason
 (:attr:`ConnStats.refused`, :attr:`ConnStats.closed`: the ``connections_refused_total`` and

@@ -42,7 +42,7 @@ class SipStream(asyncio.Protocol):
 
     __slots__ = ("aliases", "closed", "conn_id", "delivered", "framer", "last_sip", "manager",
                  "opened", "outgoing", "partial_since", "peer", "ready", "refused", "source",
-                 "src", "tls", "transport", "waiter")
+                 "src", "tls", "transport", "trusted", "waiter")
 
     def __init__(self, manager: TcpManager, outgoing: bool = False,
                  tls: TlsSession | None = None) -> None:
@@ -55,6 +55,7 @@ class SipStream(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.src = Source(manager.name, "", 0, self.conn_id)
         self.source = ""  # what it counts against for limits.tcp_per_source ("": outgoing)
+        self.trusted = False  # an upstream's or a trusted relay's: no per-source or idle limit
         self.closed = False
         self.refused = False
         self.ready = False  # TCP: at once; TLS: once the handshake is over
@@ -74,6 +75,7 @@ class SipStream(asyncio.Protocol):
         self.peer = (peer[0], peer[1])
         self.src = Source(self.manager.name, peer[0], peer[1], self.conn_id)
         m = self.manager
+        self.trusted = m.exempt is not None and m.exempt(peer[0])
         if not self.outgoing:
             self.source = source_key(peer[0])
             reason = m.admit(self)
@@ -231,7 +233,10 @@ class TcpManager:
         self.idle_timeout = idle_timeout
         self.handshake_timeout: float | None = None  # TLS only
         self.in_use = in_use
-        self.exempt = exempt  # hosts not held to per_source (the upstreams, trusted_relays)
+        #: hosts whose connections are not held to per_source nor closed for being idle: the
+        #: upstreams and trusted_relays (configured peers; a trunk's connection carries calls
+        #: whose in-dialog requests come back over it, RFC 5626 5.3)
+        self.exempt = exempt
         self.conns: dict[int, SipStream] = {}
         self.by_peer: dict[tuple[str, int], SipStream] = {}
         self.servers: list[asyncio.Server] = []
@@ -261,8 +266,7 @@ class TcpManager:
         """Why an accepted connection is refused (``limit``, ``per_source``), or None."""
         if len(self.conns) >= self.max_connections:
             return "limit"
-        if self.stats.count(s.source) >= self.per_source and not (
-                self.exempt is not None and self.exempt(s.peer[0])):
+        if self.stats.count(s.source) >= self.per_source and not s.trusted:
             return "per_source"
         return None
 
@@ -347,7 +351,7 @@ class TcpManager:
         if c.partial_since and now - c.partial_since >= self.message_timeout:
             return "incomplete"
         idle = self.idle_timeout
-        if idle and now - c.last_sip >= idle:
+        if idle and now - c.last_sip >= idle and not c.trusted:
             if self.in_use is not None and self.in_use(c.conn_id):
                 c.last_sip = now  # carries a binding or a transaction now: it starts again
                 return None

@@ -224,6 +224,23 @@ async def test_keepalives_alone_never_keep_a_connection_without_a_binding() -> N
         m.close()
 
 
+async def test_an_upstreams_connection_is_not_closed_for_being_idle() -> None:
+    """A trunk's connection carries calls whose in-dialog requests come back over it: the
+    configured upstreams and trusted_relays (``exempt``) keep theirs; a stranger does not."""
+    m = TcpManager(lambda d, s: None, lambda t: None, idle_timeout=0.5, in_use=lambda c: False,
+                   exempt=lambda host: host == "127.0.0.3")
+    await m.listen("127.0.0.1", 0)
+    try:
+        trunk = await connect(m, "127.0.0.3")
+        stranger = await connect(m, STRANGER)
+        assert await closed_by_peer(stranger[0], 3) < 1.2
+        trunk[1].write(b"\r\n\r\n")
+        assert await asyncio.wait_for(trunk[0].readexactly(2), 1) == b"\r\n"
+        assert len(m.conns) == 1 and m.stats.closed == {"idle": 1}
+    finally:
+        m.close()
+
+
 async def test_an_idle_connection_closes_tcp_idle_timeout_after_its_last_sip_message() -> None:
     m = TcpManager(lambda d, s: None, lambda t: None, idle_timeout=0.8, in_use=lambda c: False)
     await m.listen("127.0.0.1", 0)

@@ -1,5 +1,6 @@
 """The access keys of ``proxy.yaml`` that :mod:`proxy.config.loader` reads with these helpers:
-``limits.per_source_rps``, ``limits.tcp_max_connections``, ``limits.tcp_idle_timeout`` and
+``limits.per_source_rps``, ``limits.tcp_max_connections``, ``limits.tcp_idle_timeout``,
+``limits.tcp_per_source``, ``limits.tcp_message_timeout``, ``limits.tls_handshake_timeout`` and
 ``tls.verify_client``."""
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from proxy.diagnostics import Reporter, YNode, get_bool, get_int, get_number
 
 
 def access_limits(report: Reporter, found: dict[str, YNode]) -> dict[str, Any]:
-    """``limits.per_source_rps``, ``tcp_max_connections``, ``tcp_idle_timeout``."""
+    """``limits.per_source_rps``, ``tcp_max_connections``, ``tcp_idle_timeout``,
+    ``tcp_per_source``, ``tcp_message_timeout``, ``tls_handshake_timeout``."""
     out: dict[str, Any] = {}
     if (v := found.get("per_source_rps")) is not None:
         rps = get_int(report, v, "limits: per_source_rps", 0, 1_000_000)
@@ -24,6 +26,18 @@ def access_limits(report: Reporter, found: dict[str, YNode]) -> dict[str, Any]:
         idle = get_number(report, v, "limits: tcp_idle_timeout", 1, 86400)
         if idle is not None:
             out["tcp_idle_timeout"] = float(idle)
+    if (v := found.get("tcp_per_source")) is not None:
+        per = get_int(report, v, "limits: tcp_per_source", 1, 1_000_000)
+        if per is not None:
+            out["tcp_per_source"] = per
+    if (v := found.get("tcp_message_timeout")) is not None:
+        bound = get_number(report, v, "limits: tcp_message_timeout", 0.5, 3600)
+        if bound is not None:
+            out["tcp_message_timeout"] = float(bound)
+    if (v := found.get("tls_handshake_timeout")) is not None:
+        bound = get_number(report, v, "limits: tls_handshake_timeout", 0.5, 300)
+        if bound is not None:
+            out["tls_handshake_timeout"] = float(bound)
     return out
 
 

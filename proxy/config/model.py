@@ -70,7 +70,7 @@ CONFIG_KEYS = (
 )
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
-              "tcp_idle_timeout")
+              "tcp_idle_timeout", "tcp_per_source", "tcp_message_timeout", "tls_handshake_timeout")
 TIMER_KEYS = ("t1_ms", "t2_ms", "t4_ms", "timer_c_ms")
 TLS_KEYS = ("cert_file", "key_file", "ca_file", "verify_client")
 AUTH_KEYS = ("realm", "users_file", "algorithms")
@@ -121,7 +121,11 @@ class Limits:
     max_headers: int = 256
     per_source_rps: int = 0  # initial requests per second and source IP; 0 = no limit
     tcp_max_connections: int = 4096  # open TCP/TLS connections; past it new ones are refused
-    tcp_idle_timeout: float = 120.0  # seconds a new connection has to carry a message
+    #: seconds a connection without a binding or a transaction lives after its last SIP message
+    tcp_idle_timeout: float = 120.0
+    tcp_per_source: int = 32  # open TCP/TLS connections from one address (IPv6: one /64)
+    tcp_message_timeout: float = 10.0  # seconds the bytes of one message have to complete
+    tls_handshake_timeout: float = 5.0  # seconds from the TCP connect to the end of the handshake
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,7 +141,8 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
     """Serve the runtime ``rt`` on ``host:port``."""
     from proxy.runtime.metrics import CONTENT_TYPE, make_registry, render
 
-    registry = make_registry(rt.core, rt.reloads, rt.started)
+    registry = make_registry(rt.core, rt.reloads, rt.started,
+                             lambda: [m for m in (rt.tcp, rt.tls) if m is not None])
     endpoint = HttpEndpoint(rt.loop, host, port, {
         "/metrics": lambda: (200, CONTENT_TYPE, render(registry)),
         "/health": lambda: text(200, "ok"),

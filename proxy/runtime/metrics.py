@@ -10,8 +10,8 @@ lock is taken per message. Process metrics come from the library's ProcessCollec
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from proxy.core.proxy import ProxyCore
 
 PREFIX = "sip_policy_proxy_"
-__all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PREFIX", "CoreCollector", "make_registry", "render"]
+__all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PREFIX", "CoreCollector", "StreamCollector",
+           "make_registry", "render"]
 
 #: Every metric name the proxy exports (without the ``_total``/``_bucket`` suffixes), for the
 #: dashboard check and the README.
@@ -38,7 +39,8 @@ METRIC_NAMES = (
     "requests", "responses", "policy_decisions", "redirects", "flow_retries",
     "learned_routes", "registrations", "transactions", "dialogs", "upstream_up",
     "final_response_seconds", "policy_reloads", "bad_messages", "refusals", "policy_info",
-    "start_time_seconds",
+    "start_time_seconds", "connections", "connections_refused", "connections_closed",
+    "connection_sends_failed",
 )
 
 
@@ -103,6 +105,52 @@ class CoreCollector:
                                 value=self.started)
 
 
+#: what the stream collector reports, each with a sample from the start (0 until it happens)
+STREAM_TRANSPORTS = ("tcp", "tls")
+REFUSED = ("limit", "per_source")
+CLOSED = ("idle", "incomplete", "handshake", "tls", "framing")
+UNSENT = ("closed", "other_peer")
+
+
+class StreamCollector:
+    """The TCP and TLS connection tables (:mod:`proxy.transport.conns`): connections open and
+    in their TLS handshake, refused at accept and closed by the proxy (by reason), and sends
+    for a connection that is gone or belongs to another peer (RFC 5626 5.3)."""
+
+    def __init__(self, managers: Callable[[], Iterable[Any]]) -> None:
+        self.managers = managers  # the runtime's TcpManager / TlsManager that exist
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        by_name = {m.name: m for m in self.managers()}
+        conns = GaugeMetricFamily(PREFIX + "connections", "TCP/TLS connections in the table",
+                                  labels=["transport", "state"])
+        refused = CounterMetricFamily(PREFIX + "connections_refused",
+                                      "Connections closed at accept, by limit",
+                                      labels=["transport", "reason"])
+        closed = CounterMetricFamily(PREFIX + "connections_closed",
+                                     "Connections the proxy closed, by reason",
+                                     labels=["transport", "reason"])
+        unsent = CounterMetricFamily(PREFIX + "connection_sends_failed",
+                                     "Sends for a connection that is closed or another peer's",
+                                     labels=["transport", "reason"])
+        for name in STREAM_TRANSPORTS:
+            m = by_name.get(name)
+            table = list(m.conns.values()) if m is not None else []
+            handshakes = sum(1 for c in table if not c.ready)
+            conns.add_metric([name, "open"], len(table) - handshakes)
+            conns.add_metric([name, "handshake"], handshakes)
+            for fam, reasons, counts in (
+                    (refused, REFUSED, m.stats.refused if m is not None else {}),
+                    (closed, CLOSED, m.stats.closed if m is not None else {}),
+                    (unsent, UNSENT, m.unsent if m is not None else {})):
+                for r in reasons:
+                    fam.add_metric([name, r], counts.get(r, 0))
+        yield from (conns, refused, closed, unsent)
+
+
 def _labelled(kind: type[CounterMetricFamily], name: str, doc: str, labels: list[str],
               items: Iterable[tuple[str, int]]) -> CounterMetricFamily:
     fam = kind(PREFIX + name, doc, labels=labels)
@@ -122,9 +170,11 @@ def _histogram(buckets: list[int], total: float) -> HistogramMetricFamily:
                                  buckets=cumulative, sum_value=total)
 
 
-def make_registry(core: ProxyCore, reloads: Counter[str], started: float) -> CollectorRegistry:
+def make_registry(core: ProxyCore, reloads: Counter[str], started: float,
+                  streams: Callable[[], Iterable[Any]] = tuple) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CoreCollector(core, reloads, started))  # type: ignore[arg-type]
+    registry.register(StreamCollector(streams))  # type: ignore[arg-type]
     ProcessCollector(registry=registry)
     return registry
 

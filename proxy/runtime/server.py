@@ -34,7 +34,7 @@ from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
 from proxy.runtime import signals, streams
 from proxy.runtime import upstreams as named_upstreams
-from proxy.runtime.limits import raise_nofile
+from proxy.runtime.limits import MemoryTrim, raise_nofile
 from proxy.runtime.memory import GcPolicy
 from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
@@ -68,6 +68,9 @@ def registrar_settings(config: Config, secret: bytes) -> dict[str, Any]:
 
 
 class Runtime:
+    #: gives back the heap of closed connections (TLS handshakes above all); set by start()
+    trim: MemoryTrim | None = None
+
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None) -> None:
         """``upstreams``: resolved at start-up (:func:`_main`); else at their first send."""
@@ -154,7 +157,8 @@ class Runtime:
         if not is_shared(cfg.state):  # Redis tells of changes by pub/sub; sqlite is polled
             self._generation = await self.store.generation()
             self.loop.call_later(1.0, self._poll_store)
-        raise_nofile(cfg.limits.tcp_max_connections + 64)
+        tables = len({li.transport for li in cfg.listen} & {"tcp", "tls"}) or 1
+        raise_nofile(tables * cfg.limits.tcp_max_connections + 64)  # TCP and TLS: a table each
         for li in cfg.listen:
             if li.transport == "udp":
                 ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed)
@@ -169,6 +173,8 @@ class Runtime:
             log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
         self.policy_reload = PolicyReloader(cfg.policy_path, self.core.policy, self.reloads,
                                             self._put_policy_in_force)
+        self.trim = MemoryTrim(self.loop, lambda: streams.closed_total(self))
+        self.trim.start()
         signals.install(self.loop, self.request_stop, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
             self._policy_watch = FileWatcher(
@@ -214,6 +220,8 @@ class Runtime:
     def close(self) -> None:
         self.refresher.stop()
         self.sends.close()
+        if self.trim is not None:
+            self.trim.stop()
         if self.http is not None:
             self.http.close()
             self.http = None

@@ -4,7 +4,8 @@ configuration (limits, certificates), and the host names TLS peers are checked a
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.sip.transport import Send
@@ -17,14 +18,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("proxy")
 
 
+def _limits(rt: Runtime) -> dict[str, Any]:
+    """The arguments both managers share: the limits of ``limits:`` and the core's answers."""
+    lim = rt.config.limits
+    return {
+        "max_size": lim.max_message_size, "message_timeout": lim.tcp_message_timeout,
+        "closed": rt.flow_closed, "max_connections": lim.tcp_max_connections,
+        "per_source": lim.tcp_per_source, "idle_timeout": lim.tcp_idle_timeout,
+        "in_use": rt.core.conn_in_use, "exempt": _exempt(rt),
+    }
+
+
+def _exempt(rt: Runtime) -> Callable[[str], bool]:
+    """Hosts whose connections are held neither to ``limits.tcp_per_source`` nor to
+    ``tcp_idle_timeout``: the upstreams' addresses and ``trusted_relays`` (the sources
+    ``per_source_rps`` does not limit either)."""
+    upstreams = frozenset(t.host for t in rt.core.settings.upstreams)
+    relays = rt.core.settings.trusted_relays
+    return lambda host: host in upstreams or host in relays
+
+
 def tcp_manager(rt: Runtime) -> TcpManager:
-    cfg = rt.config
-    return TcpManager(
-        rt.deliver, rt.failed, max_size=cfg.limits.max_message_size,
-        partial_timeout=64 * cfg.timers.t1, closed=rt.flow_closed,
-        max_connections=cfg.limits.tcp_max_connections,
-        idle_timeout=cfg.limits.tcp_idle_timeout, in_use=rt.core.conn_in_use,
-    )
+    return TcpManager(rt.deliver, rt.failed, **_limits(rt))
 
 
 def tls_manager(rt: Runtime) -> TlsManager:
@@ -40,13 +55,13 @@ def tls_manager(rt: Runtime) -> TlsManager:
     except OSError as exc:  # ssl.SSLError too
         raise ConfigError([Diagnostic(str(cfg.path), 1, 1, f"tls: {exc}")]) from exc
     files = (tls.cert_file, tls.key_file, tls.ca_file) if tls is not None else (None, None, None)
-    return TlsManager(
-        rt.deliver, rt.failed, max_size=cfg.limits.max_message_size,
-        partial_timeout=64 * cfg.timers.t1, closed=rt.flow_closed,
-        max_connections=cfg.limits.tcp_max_connections,
-        idle_timeout=cfg.limits.tcp_idle_timeout, in_use=rt.core.conn_in_use,
-        server_ctx=server, client_ctx=client, files=files,
-    )
+    return TlsManager(rt.deliver, rt.failed, server_ctx=server, client_ctx=client, files=files,
+                      handshake_timeout=cfg.limits.tls_handshake_timeout, **_limits(rt))
+
+
+def closed_total(rt: Runtime) -> int:
+    """Connections closed since start, TCP and TLS (what :class:`MemoryTrim` watches)."""
+    return sum(m.closed_total for m in (rt.tcp, rt.tls) if m is not None)
 
 
 def tls_names(rt: Runtime) -> dict[tuple[str, int], str]:

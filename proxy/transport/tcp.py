@@ -1,116 +1,209 @@
 """TCP transport: stream framing, connection reuse, outgoing connects (RFC 3261 18.3, 18.2.2).
 
-Each connection gets an integer id; the core names it in :class:`Source` and :class:`Send`.
-Messages for a destination without a usable connection wait while one is opened; if the
-connect fails, each waiting send with a token is reported back as a transport error.
+Each connection gets an integer id, unique in the process; the core names it in
+:class:`Source` and :class:`Send`. A :class:`Send` that names a connection goes over that
+connection only, and only while it is open and its peer is the Send's address (RFC 5626 5.3:
+a flow token from before a restart may name an id that now belongs to someone else); anything
+else is a failed send, reported with the Send's token, never a write to another peer. A Send
+without a connection reuses the one to its address or opens one; messages wait while it
+opens, and if the connect fails each waiting send with a token is reported as a transport
+error.
 
-Limits (``limits.tcp_max_connections``, ``limits.tcp_idle_timeout``): past ``max_connections``
-open connections an accepted one is closed at once (the open ones are not touched); a
-connection over which no complete message (nor keep-alive) arrived in the ``idle_timeout``
-seconds after it was opened, and which carries no binding (``in_use``), is closed: a
-connection that has carried SIP stays (closing it would cut the flow of a dialog, RFC 5626
-5.3: the other side's in-dialog requests would get 430). TLS
-(:mod:`proxy.transport.tls`) is this same machinery over an ``ssl.SSLContext``.
+What a connection must do to keep its slot (``limits.tcp_max_connections``,
+``tcp_per_source``, ``tcp_idle_timeout``, ``tcp_message_timeout``, the TLS handshake
+timeout) is in :mod:`proxy.transport.conns`. TLS (:mod:`proxy.transport.tls`) is this same
+machinery with a :class:`~proxy.transport.tlssession.TlsSession` between the socket and the
+framer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
+import ssl
 import time
 from collections.abc import Callable
 
 from proxy.sip import FramingError, StreamFramer
 from proxy.transport.base import Deliver, Failed, Send, Source
+from proxy.transport.conns import ConnStats, RateLimitedLog, source_key
+from proxy.transport.tlssession import TlsSession
 
 log = logging.getLogger("proxy.transport.tcp")
 
 _ids = itertools.count(1)
-_REFUSAL_LOG_INTERVAL = 60.0
+_PONG = b"\r\n"  # RFC 5626 4.4.1: the answer to a CRLFCRLF ping
 
 
 class SipStream(asyncio.Protocol):
     """One TCP (or TLS) connection carrying SIP messages in both directions."""
 
-    def __init__(self, manager: TcpManager, outgoing: bool = False) -> None:
+    __slots__ = ("aliases", "closed", "conn_id", "delivered", "framer", "last_sip", "manager",
+                 "opened", "outgoing", "partial_since", "peer", "ready", "refused", "source",
+                 "src", "tls", "transport", "trusted", "waiter")
+
+    def __init__(self, manager: TcpManager, outgoing: bool = False,
+                 tls: TlsSession | None = None) -> None:
         self.manager = manager
         self.outgoing = outgoing
+        self.tls = tls
         self.conn_id = next(_ids)
         self.framer = StreamFramer(manager.max_size)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
+        self.src = Source(manager.name, "", 0, self.conn_id)
+        self.source = ""  # what it counts against for limits.tcp_per_source ("": outgoing)
+        self.trusted = False  # an upstream's or a trusted relay's: no per-source or idle limit
         self.closed = False
         self.refused = False
+        self.ready = False  # TCP: at once; TLS: once the handshake is over
+        self.delivered = False  # a message went to the core: it may know this conn_id
         self.aliases: list[tuple[str, int]] = []  # RFC 5923: other addresses it stands for
-        self.messages = 0  # complete messages and keep-alives received
-        self.last_active = time.monotonic()
-        self._idle: asyncio.TimerHandle | None = None
+        now = time.monotonic()
+        self.opened = now
+        self.last_sip = now  # last complete SIP message, either way (keep-alives excluded)
+        self.partial_since = 0.0  # first byte of a message not complete yet; 0: none
+        #: outgoing: resolved when the connection is ready (TLS: its handshake is over)
+        self.waiter: asyncio.Future[None] | None = (
+            asyncio.get_running_loop().create_future() if outgoing else None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
-        if not self.outgoing and len(self.manager.conns) >= self.manager.max_connections:
-            # limits.tcp_max_connections: refuse the newcomer, keep the open ones.
-            self.refused = True
-            self.manager.refuse(self)
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self.manager.register(self)
+        self.src = Source(self.manager.name, peer[0], peer[1], self.conn_id)
+        m = self.manager
+        self.trusted = m.exempt is not None and m.exempt(peer[0])
+        if not self.outgoing:
+            self.source = source_key(peer[0])
+            reason = m.admit(self)
+            if reason is not None:
+                self.refused = True
+                m.refuse(self, reason)
+                transport.abort()  # type: ignore[attr-defined]
+                return
+        m.register(self)
+        tls = self.tls
+        if tls is None:
+            self._ready()
+        elif not tls.server_side:
+            try:
+                transport.write(tls.hello())  # type: ignore[attr-defined]
+            except ssl.SSLError as exc:
+                m.drop(self, "tls", f"TLS: {exc}")
+
+    def _ready(self) -> None:
+        self.ready = True
+        self.last_sip = time.monotonic()  # the idle clock starts once it can carry SIP
+        self.manager.ready(self)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:
+        if self.closed or self.refused:
             return
+        tls = self.tls
+        if tls is not None:
+            data = self._decrypt(tls, data)
+            if not data:
+                return
+        framer = self.framer
         try:
-            messages = self.framer.feed(data)
+            messages = framer.feed(data)
         except FramingError as exc:
             # RFC 4475 ncl / mcl01: framing is lost on a stream; close the connection.
-            log.info("closing %s %s:%s: %s", self.manager.name, self.peer[0], self.peer[1],
-                     exc.message)
-            self.manager.framing_errors += 1
-            self.close()
+            self.manager.drop(self, "framing", exc.message)
             return
-        if messages:
-            self.messages += len(messages)
-            self.last_active = time.monotonic()
-        src = Source(self.manager.name, self.peer[0], self.peer[1], self.conn_id)
+        if not messages:
+            if not self.partial_since:
+                self.partial_since = time.monotonic()  # trickling bytes never restart it
+            return
+        now = time.monotonic()
+        self.partial_since = now if framer.buffered else 0.0
+        deliver = self.manager.deliver
+        src = self.src
         for m in messages:
             if m is None:
-                self.write(b"\r\n")  # RFC 5626 4.4.1: CRLF pong for a CRLFCRLF ping
+                self._send_bytes(_PONG)  # a ping (RFC 5626 4.4.1): answered, not counted
             else:
-                self.manager.deliver(m, src)
-        self._arm_idle()
+                self.last_sip = now
+                self.delivered = True
+                deliver(m, src)
+        if tls is not None and tls.eof:
+            self.close()
 
-    def _arm_idle(self) -> None:
-        """A partial message that never completes (RFC 4475 clerr on TCP) closes the connection."""
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        if self.framer.buffered:
-            loop = asyncio.get_running_loop()
-            self._idle = loop.call_later(self.manager.partial_timeout, self._partial_expired)
-
-    def _partial_expired(self) -> None:
-        log.info("closing %s %s:%s: incomplete message", self.manager.name, self.peer[0],
-                 self.peer[1])
-        self.close()
+    def _decrypt(self, tls: TlsSession, data: bytes) -> bytes:
+        try:
+            plain, out = tls.receive(data)
+        except ssl.SSLError as exc:
+            self.manager.drop(self, "tls", f"TLS: {exc}")
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_exception(exc)
+            return b""
+        if out and self.transport is not None:
+            self.transport.write(out)
+        if not self.ready and tls.done:
+            self._ready()
+        if tls.eof and not plain:
+            self.close()  # close_notify: the peer is done
+        return plain
 
     def write(self, data: bytes) -> None:
+        """Send one SIP message over the connection."""
         if self.transport is not None and not self.closed:
-            self.last_active = time.monotonic()
-            self.transport.write(data)
+            self.last_sip = time.monotonic()
+            self._send_bytes(data)
+
+    def _send_bytes(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if self.tls is not None:
+            try:
+                data = self.tls.wrap(data)
+            except ssl.SSLError as exc:
+                self.manager.drop(self, "tls", f"TLS: {exc}")
+                return
+        transport.write(data)
+
+    def stands_for(self, host: str, port: int) -> bool:
+        """Whether this connection's peer is ``host:port`` (or an alias it proved, RFC 5923)."""
+        if port == self.peer[1] and host == self.peer[0]:
+            return True
+        if (host, port) in self.aliases:
+            return True
+        if port != self.peer[1] or ":" not in host:
+            return False
+        try:  # the same IPv6 address written another way
+            return ipaddress.ip_address(host) == ipaddress.ip_address(self.peer[0])
+        except ValueError:
+            return False
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.close()
+        """Close after what is queued (a TLS connection says close_notify first)."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.closed = True
+        if self.tls is not None:
+            bye = self.tls.goodbye()
+            if bye:
+                transport.write(bye)
+        transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._idle is not None:
-            self._idle.cancel()
+        if self.tls is not None:
+            self.tls.release()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc or ConnectionError("connection closed before it was ready"))
+            waiter.exception()  # retrieved: nobody may be waiting any more
         if not self.refused:
             self.manager.unregister(self)
+        self.transport = None
 
 
 class TcpManager:
@@ -123,97 +216,177 @@ class TcpManager:
 
     def __init__(
         self, deliver: Deliver, failed: Failed, *, max_size: int = 65535,
-        partial_timeout: float = 32.0, connect_timeout: float = 5.0,
+        message_timeout: float = 10.0, connect_timeout: float = 5.0,
         closed: Callable[[int], None] | None = None, max_connections: int = 4096,
-        idle_timeout: float | None = None, in_use: Callable[[int], bool] | None = None,
+        per_source: int = 32, idle_timeout: float | None = None,
+        in_use: Callable[[int], bool] | None = None,
+        exempt: Callable[[str], bool] | None = None,
     ) -> None:
         self.deliver = deliver
         self.failed = failed
         self.closed = closed
         self.max_size = max_size
-        self.partial_timeout = partial_timeout
+        self.message_timeout = message_timeout
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
+        self.per_source = per_source
         self.idle_timeout = idle_timeout
+        self.handshake_timeout: float | None = None  # TLS only
         self.in_use = in_use
+        #: hosts whose connections are not held to per_source nor closed for being idle: the
+        #: upstreams and trusted_relays (configured peers; a trunk's connection carries calls
+        #: whose in-dialog requests come back over it, RFC 5626 5.3)
+        self.exempt = exempt
         self.conns: dict[int, SipStream] = {}
         self.by_peer: dict[tuple[str, int], SipStream] = {}
         self.servers: list[asyncio.Server] = []
-        self.framing_errors = 0
-        self.refused = 0  # connections refused past max_connections
-        self.idle_closed = 0
-        self._refusal_logged = float("-inf")
+        self.stats = ConnStats()
+        self.closed_total = 0  # connections gone, for any reason (memory trimming reads it)
+        self.unsent: dict[str, int] = {"closed": 0, "other_peer": 0}
+        self.say = RateLimitedLog(log)
         self._connecting: dict[tuple[str, int], list[Send]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweep: asyncio.TimerHandle | None = None
+        self._shut = False
+
+    def stream(self, outgoing: bool = False, server_name: str | None = None) -> SipStream:
+        """A new connection's protocol (TLS adds its session)."""
+        return SipStream(self, outgoing)
 
     async def listen(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: SipStream(self), host, port, reuse_address=True,
+        server = await loop.create_server(self.stream, host, port, reuse_address=True,
                                           backlog=1024)
         self.servers.append(server)
         self._start_sweep()
 
+    # -------------------------------------------------------------- the table
+
+    def admit(self, s: SipStream) -> str | None:
+        """Why an accepted connection is refused (``limit``, ``per_source``), or None."""
+        if len(self.conns) >= self.max_connections:
+            return "limit"
+        if self.stats.count(s.source) >= self.per_source and not s.trusted:
+            return "per_source"
+        return None
+
     def register(self, s: SipStream) -> None:
         self.conns[s.conn_id] = s
-        self.by_peer[s.peer] = s
+        if s.source:
+            self.stats.add(s.source)
         self._start_sweep()
 
+    def ready(self, s: SipStream) -> None:
+        self.by_peer[s.peer] = s
+
     def unregister(self, s: SipStream) -> None:
-        self.conns.pop(s.conn_id, None)
+        if self.conns.pop(s.conn_id, None) is None:
+            return
+        self.closed_total += 1
+        if s.source:
+            self.stats.remove(s.source)
         for key in (s.peer, *s.aliases):
             if self.by_peer.get(key) is s:
                 del self.by_peer[key]
-        if self.closed is not None:
+        if self.closed is not None and s.delivered:
             self.closed(s.conn_id)  # RFC 5626 5.3: its flows are dead
 
-    def refuse(self, s: SipStream) -> None:
-        """Count a connection refused past ``max_connections``; log once a minute."""
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._refusal_logged >= _REFUSAL_LOG_INTERVAL:
-            self._refusal_logged = now
-            log.warning("refused %s connection from %s:%s: %d connections open "
-                        "(limits.tcp_max_connections); counted, logged once a minute",
-                        self.name, s.peer[0], s.peer[1], len(self.conns))
+    def refuse(self, s: SipStream, reason: str) -> None:
+        """Count and log (once a minute) a connection refused at accept."""
+        self.stats.refused[reason] += 1
+        if reason == "limit":
+            self.say(reason, logging.WARNING, "refused %s connection from %s:%s: %d "
+                     "connections open (limits.tcp_max_connections)", self.name, s.peer[0],
+                     s.peer[1], len(self.conns))
+        else:
+            self.say(reason, logging.WARNING, "refused %s connection from %s:%s: %d "
+                     "connections open from %s (limits.tcp_per_source)", self.name, s.peer[0],
+                     s.peer[1], self.stats.count(s.source), s.source)
 
-    # -------------------------------------------------------------- idle connections
+    def drop(self, s: SipStream, reason: str, why: str) -> None:
+        """Close a connection for what it sent (``framing``, ``tls``): counted, logged once a
+        minute per reason."""
+        if s.closed:
+            return
+        self.stats.closed[reason] += 1
+        self.say(reason, logging.INFO, "closing %s connection from %s:%s: %s", self.name,
+                 s.peer[0], s.peer[1], why)
+        s.close()
+
+    # -------------------------------------------------------------- the sweep
+
+    def _period(self) -> float:
+        bounds = [t for t in (self.idle_timeout, self.message_timeout, self.handshake_timeout)
+                  if t]
+        return min(1.0, max(0.05, min(bounds) / 4)) if bounds else 1.0
 
     def _start_sweep(self) -> None:
-        if self._sweep is None and self.idle_timeout:
-            period = min(5.0, max(0.2, self.idle_timeout / 4))
-            self._sweep = asyncio.get_running_loop().call_later(period, self._sweep_idle)
+        if self._sweep is None and not self._shut:
+            self._sweep = asyncio.get_running_loop().call_later(self._period(), self._sweep_conns)
 
-    def _sweep_idle(self) -> None:
-        """Close the connections that carried no message in ``idle_timeout`` seconds since
-        they were opened and carry no binding."""
+    def _sweep_conns(self) -> None:
+        """Close the connections past a deadline: a TLS handshake not over in time, a message
+        not complete in time, and an idle connection without a binding or a transaction."""
         self._sweep = None
-        assert self.idle_timeout is not None
-        horizon = time.monotonic() - self.idle_timeout
-        idle = [c for c in self.conns.values()
-                if not c.messages and c.last_active < horizon and not c.closed]
-        for c in idle:
-            if self.in_use is not None and self.in_use(c.conn_id):
-                continue
-            self.idle_closed += 1
-            log.debug("closing idle %s %s:%s", self.name, c.peer[0], c.peer[1])
-            c.close()
-        if idle:
-            log.info("closed %d idle %s connections (limits.tcp_idle_timeout %g s)", len(idle),
-                     self.name, self.idle_timeout)
+        now = time.monotonic()
+        late: dict[str, list[SipStream]] = {}
+        for c in list(self.conns.values()):
+            reason = self._expired(c, now)
+            if reason is not None:
+                late.setdefault(reason, []).append(c)
+        for reason, conns in late.items():
+            for c in conns:
+                c.close()
+            self.stats.closed[reason] += len(conns)
+            self._say_closed(reason, len(conns))
         if self.conns or self.servers:
             self._start_sweep()
+
+    def _expired(self, c: SipStream, now: float) -> str | None:
+        if c.closed:
+            return None
+        if not c.ready:
+            hs = self.handshake_timeout
+            return "handshake" if hs is not None and now - c.opened >= hs else None
+        if c.partial_since and now - c.partial_since >= self.message_timeout:
+            return "incomplete"
+        idle = self.idle_timeout
+        if idle and now - c.last_sip >= idle and not c.trusted:
+            if self.in_use is not None and self.in_use(c.conn_id):
+                c.last_sip = now  # carries a binding or a transaction now: it starts again
+                return None
+            return "idle"
+        return None
+
+    def _say_closed(self, reason: str, n: int) -> None:
+        if reason == "idle":
+            self.say(reason, logging.INFO, "closed %d idle %s connections (limits."
+                     "tcp_idle_timeout %g s): no binding, no transaction, no SIP message", n,
+                     self.name, self.idle_timeout)
+        elif reason == "incomplete":
+            self.say(reason, logging.INFO, "closed %d %s connections whose message did not "
+                     "complete in %g s (limits.tcp_message_timeout)", n, self.name,
+                     self.message_timeout)
+        else:
+            self.say(reason, logging.INFO, "closed %d %s connections whose TLS handshake did "
+                     "not end in %g s", n, self.name, self.handshake_timeout)
 
     # -------------------------------------------------------------- sending
 
     def send(self, s: Send) -> None:
-        conn = self.conns.get(s.conn_id) if s.conn_id is not None else None
-        if conn is None or conn.closed:
-            conn = self.by_peer.get((s.host, s.port))
+        if s.conn_id is not None:
+            conn = self.conns.get(s.conn_id)
+            if conn is not None and conn.ready and not conn.closed \
+                    and conn.stands_for(s.host, s.port):
+                conn.write(s.data)
+            else:
+                self._not_sent(s, conn)
+            return
+        key = (s.host, s.port)
+        conn = self.by_peer.get(key)
         if conn is not None and not conn.closed:
             conn.write(s.data)
             return
-        key = (s.host, s.port)
         waiting = self._connecting.get(key)
         if waiting is not None:
             waiting.append(s)
@@ -223,9 +396,26 @@ class TcpManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _not_sent(self, s: Send, conn: SipStream | None) -> None:
+        """A Send for a connection that is gone or that is another peer's (RFC 5626 5.3: a
+        flow token names a flow, and a flow is a connection *and* its peer): not written,
+        its token reported as a failure (later, from the loop)."""
+        if conn is None or conn.closed or not conn.ready:
+            reason, why = "closed", "is closed"
+        else:
+            reason, why = "other_peer", f"is {conn.peer[0]}:{conn.peer[1]}'s"
+        self.unsent[reason] += 1
+        self.say("unsent-" + reason, logging.INFO, "not sent to %s:%s: %s connection %d %s",
+                 s.host, s.port, self.name, s.conn_id, why)
+        if s.token is not None:
+            asyncio.get_running_loop().call_soon(self.failed, s.token)
+
     async def _open(self, host: str, port: int, server_name: str | None) -> SipStream:
         loop = asyncio.get_running_loop()
-        _, proto = await loop.create_connection(lambda: SipStream(self, True), host, port)
+        _, proto = await loop.create_connection(lambda: self.stream(True, server_name or host),
+                                                host, port)
+        if not proto.ready and proto.waiter is not None:
+            await proto.waiter  # TLS: the handshake
         return proto
 
     async def _connect(self, key: tuple[str, int], server_name: str | None = None) -> None:
@@ -242,7 +432,7 @@ class TcpManager:
             proto.write(s.data)
 
     def close(self) -> None:
-        self.idle_timeout = None  # no sweep any more
+        self._shut = True
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None

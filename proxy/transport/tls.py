@@ -1,6 +1,6 @@
 """TLS transport (RFC 3261 18, 26.2; RFC 5922; RFC 5630): the TCP stream machinery of
 :mod:`proxy.transport.tcp` (framing, connection table, flows, conn ids, limits) over the
-standard :mod:`ssl` module with asyncio. No cryptography is done here.
+standard :mod:`ssl` module (:mod:`proxy.transport.tlssession`). No cryptography is done here.
 
 * Server side (``tls:`` listeners): the proxy's certificate and key; with
   ``tls.verify_client`` a client must present a certificate signed by ``tls.ca_file``
@@ -9,7 +9,9 @@ standard :mod:`ssl` module with asyncio. No cryptography is done here.
   must chain to ``tls.ca_file`` (or the system CAs) and match the host name of the URI the
   request goes to (RFC 5922 7.2; an IP address is matched against the certificate's IP
   SANs); the proxy presents its own certificate too, for trunks that want mutual TLS.
-* A handshake must finish within ``handshake_timeout`` seconds (both sides).
+* A handshake must finish within ``handshake_timeout`` seconds (both sides), counted from the
+  TCP connect; until then the connection holds a slot of the table like any other
+  (:mod:`proxy.transport.conns`).
 * Connection reuse (RFC 5923): a request whose top Via carries ``alias`` makes its
   connection the one for the Via's sent-by address too, when the peer proved that name with
   its client certificate (mutual TLS; RFC 5923 6, 9: never on an unauthenticated claim).
@@ -19,7 +21,6 @@ standard :mod:`ssl` module with asyncio. No cryptography is done here.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import ssl
@@ -29,6 +30,7 @@ from typing import Any
 from proxy.sip import ParseError, parse_message
 from proxy.transport.base import Source
 from proxy.transport.tcp import SipStream, TcpManager
+from proxy.transport.tlssession import TlsSession
 
 log = logging.getLogger("proxy.transport.tls")
 
@@ -66,7 +68,9 @@ def _load(ctx: ssl.SSLContext, cert_file: Path | None, key_file: Path | None,
 
 
 class TlsManager(TcpManager):
-    """:class:`TcpManager` over TLS: ``Source.transport`` is ``"tls"``."""
+    """:class:`TcpManager` over TLS: ``Source.transport`` is ``"tls"``. The TLS layer is a
+    :class:`TlsSession` per connection, so that a connection is in the table (and its limits)
+    from the moment it is accepted, handshake included."""
 
     name = "tls"
 
@@ -82,6 +86,12 @@ class TlsManager(TcpManager):
         self._deliver_message = self.deliver
         self.deliver = self._deliver_with_alias
 
+    def stream(self, outgoing: bool = False, server_name: str | None = None) -> SipStream:
+        if outgoing:
+            return SipStream(self, True, TlsSession(self.client_ctx, False, server_name))
+        assert self.server_ctx is not None
+        return SipStream(self, False, TlsSession(self.server_ctx, True))
+
     def _deliver_with_alias(self, data: bytes, src: Source) -> None:
         if b";alias" in data[:4096]:
             self._alias(data, src)
@@ -90,7 +100,7 @@ class TlsManager(TcpManager):
     def _alias(self, data: bytes, src: Source) -> None:
         """RFC 5923: reuse this connection for requests to the top Via's sent-by."""
         conn = self.conns.get(src.conn_id) if src.conn_id is not None else None
-        if conn is None or conn.transport is None:
+        if conn is None or conn.tls is None:
             return
         try:
             msg = parse_message(data, max_size=self.max_size, datagram=False)
@@ -102,7 +112,7 @@ class TlsManager(TcpManager):
             host, port = via.sent_by()
         except ParseError:
             return
-        cert = conn.transport.get_extra_info("peercert")
+        cert = conn.tls.peercert()
         if not cert or not names_host(cert, host):
             log.debug("alias of %s:%s not used: its certificate does not name %s",
                       src.host, src.port, host)
@@ -115,21 +125,7 @@ class TlsManager(TcpManager):
     async def listen(self, host: str, port: int) -> None:
         if self.server_ctx is None:
             raise OSError(f"tls listen {host}:{port}: no certificate configured")
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: SipStream(self), host, port, reuse_address=True, backlog=1024,
-            ssl=self.server_ctx, ssl_handshake_timeout=self.handshake_timeout,
-        )
-        self.servers.append(server)
-        self._start_sweep()
-
-    async def _open(self, host: str, port: int, server_name: str | None) -> SipStream:
-        loop = asyncio.get_running_loop()
-        _, proto = await loop.create_connection(
-            lambda: SipStream(self, True), host, port, ssl=self.client_ctx,
-            server_hostname=server_name or host, ssl_handshake_timeout=self.handshake_timeout,
-        )
-        return proto
+        await super().listen(host, port)
 
     def reload(self) -> bool:
         """Re-read the certificate, key and CA files into the live contexts (SIGHUP); on an

@@ -85,7 +85,8 @@ async def test_idle_tcp_connections_are_closed_and_calls_still_work(
 
 async def test_connections_past_the_limit_are_refused_and_open_ones_keep_working(
         proxy_factory: ProxyFactory) -> None:
-    proxy = proxy_factory(limits={"tcp_max_connections": 50})
+    # One source here: tcp_per_source is raised so that only tcp_max_connections refuses.
+    proxy = proxy_factory(limits={"tcp_max_connections": 50, "tcp_per_source": 100})
     kept = [await SipStream.connect(*proxy.addr) for _ in range(50)]
     for i, s in enumerate(kept):
         await s.send(options(*s.local, proxy.addr, "TCP", cid=f"kept-{i}"))

@@ -26,7 +26,8 @@ from tests.e2e.wire import (
 pytestmark = pytest.mark.e2e
 
 MAX_SIZE = 32768  # limits.max_message_size for these tests: a 65 kB datagram is over it
-T1_MS = 50  # TCP: a partial message is given 64*T1 = 3.2 s to complete (proxy/transport/tcp)
+T1_MS = 50  # short timers for the transactions these tests start
+MESSAGE_TIMEOUT = 3.2  # TCP: limits.tcp_message_timeout, what a partial message has to complete
 ANSWER = 2.0
 
 SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -162,8 +163,10 @@ async def test_garbage_truncated_oversized_tcp(
 ) -> None:
     upstream_port = free_port()
     proxy = proxy_factory(upstreams=[f"sip:{LOOPBACK}:{upstream_port};transport=tcp"],
-                          limits={"max_message_size": MAX_SIZE}, timers={"t1_ms": T1_MS})
-    framing_wait = 64 * T1_MS / 1000
+                          limits={"max_message_size": MAX_SIZE,
+                                  "tcp_message_timeout": MESSAGE_TIMEOUT},
+                          timers={"t1_ms": T1_MS})
+    framing_wait = MESSAGE_TIMEOUT
     connections: list[tuple[str, str, int]] = []
 
     async def upstream_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -193,7 +196,7 @@ async def test_garbage_truncated_oversized_tcp(
             problem = judge(out, must_close)
             if must_close and out.elapsed < framing_wait / 2:
                 problem = f"closed after {out.elapsed:.2f} s, before the framing wait " \
-                          f"({framing_wait} s = 64*T1)"
+                          f"({framing_wait} s, limits.tcp_message_timeout)"
             if problem:
                 report.append(f"{name}: {problem}")
         assert not report, "\n".join(report) + "\n" + proxy.tail()

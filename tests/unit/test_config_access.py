@@ -1,5 +1,6 @@
 """The access keys of proxy.yaml: limits.per_source_rps, tcp_max_connections,
-tcp_idle_timeout and tls.verify_client (defaults, values, errors with positions)."""
+tcp_idle_timeout, tcp_per_source, tcp_message_timeout, tls_handshake_timeout and
+tls.verify_client (defaults, values, errors with positions)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,20 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.limits.per_source_rps == 0
     assert cfg.limits.tcp_max_connections == 4096
     assert cfg.limits.tcp_idle_timeout == 120.0
+    assert cfg.limits.tcp_per_source == 32
+    assert cfg.limits.tcp_message_timeout == 10.0
+    assert cfg.limits.tls_handshake_timeout == 5.0
 
 
 def test_values(tmp_path: Path) -> None:
     cfg = load(tmp_path, "listen: [tls:127.0.0.1:5061]\nlimits: {per_source_rps: 20, "
-               "tcp_max_connections: 500, tcp_idle_timeout: 2.5}\n"
+               "tcp_max_connections: 500, tcp_idle_timeout: 2.5, tcp_per_source: 4, "
+               "tcp_message_timeout: 1.5, tls_handshake_timeout: 2}\n"
                "tls: {cert_file: c.pem, key_file: c.pem, ca_file: c.pem, verify_client: true}\n")
     assert (cfg.limits.per_source_rps, cfg.limits.tcp_max_connections,
-            cfg.limits.tcp_idle_timeout) == (20, 500, 2.5)
+            cfg.limits.tcp_idle_timeout, cfg.limits.tcp_per_source,
+            cfg.limits.tcp_message_timeout, cfg.limits.tls_handshake_timeout) == \
+        (20, 500, 2.5, 4, 1.5, 2.0)
     assert cfg.tls is not None and cfg.tls.verify_client
 
 
@@ -38,6 +45,11 @@ def test_values(tmp_path: Path) -> None:
     ("limits: {per_source_rps: -1}", "limits: per_source_rps must be between 0 and 1000000"),
     ("limits: {tcp_max_connections: 0}", "limits: tcp_max_connections must be between 1"),
     ("limits: {tcp_idle_timeout: 0}", "limits: tcp_idle_timeout must be between 1 and 86400"),
+    ("limits: {tcp_per_source: 0}", "limits: tcp_per_source must be between 1 and 1000000"),
+    ("limits: {tcp_message_timeout: 0.1}",
+     "limits: tcp_message_timeout must be between 0.5 and 3600"),
+    ("limits: {tls_handshake_timeout: ten}",
+     "limits: tls_handshake_timeout must be a number"),
     ("tls: {cert_file: c.pem, key_file: c.pem, verify_client: true}",
      "tls: verify_client needs ca_file"),
     ("tls: {cert_file: c.pem, key_file: c.pem, verify_client: yes}",

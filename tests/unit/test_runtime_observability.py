@@ -141,7 +141,7 @@ def fetch(url: str) -> tuple[int, str]:
 async def test_http_endpoints_answer_from_the_event_loop() -> None:
     h = Harness.make()
     rt = SimpleNamespace(core=h.core, store_ok=True, listening=True, started=1.7e9,
-                         reloads=Counter(), loop=asyncio.get_running_loop())
+                         reloads=Counter(), loop=asyncio.get_running_loop(), tcp=None, tls=None)
     ep = http_side.start(rt, "127.0.0.1", 0)
     base = f"http://127.0.0.1:{ep.port}"
     try:
@@ -149,6 +149,7 @@ async def test_http_endpoints_answer_from_the_event_loop() -> None:
         assert await asyncio.to_thread(fetch, base + "/ready") == (200, "ready\n")
         status, body = await asyncio.to_thread(fetch, base + "/metrics")
         assert status == 200 and "sip_policy_proxy_transactions 0.0" in body
+        assert 'sip_policy_proxy_connections{state="open",transport="tcp"} 0.0' in body
         status, body = await asyncio.to_thread(fetch, base + "/status")
         assert status == 200 and json.loads(body)["upstreams"][0]["up"] is True
         rt.store_ok = False

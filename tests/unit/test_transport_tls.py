@@ -1,5 +1,6 @@
-"""TLS over the TCP stream machinery (RFC 3261 18, 26.2; RFC 5922), and the TCP/TLS limits:
-real handshakes on loopback with a test CA (trustme), no SIP peer needed."""
+"""TLS over the TCP stream machinery (RFC 3261 18, 26.2; RFC 5922): real handshakes on
+loopback with a test CA (trustme), no SIP peer needed. The limits of TCP and TLS connections
+are in test_transport_limits.py."""
 
 from __future__ import annotations
 
@@ -11,54 +12,12 @@ import pytest
 import trustme
 
 from proxy.sip.transport import Send, Source
-from proxy.transport.tcp import TcpManager
-from proxy.transport.tls import TlsManager, client_context, server_context
-
-OPTIONS = (b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:1;branch=z9hG4bK1\r\n"
-           b"Content-Length: 0\r\n\r\n")
+from tests.unit.tls_pki import OPTIONS, client_ctx, make_pki, manager, port_of, until
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost", "proxy.example")
-    client = ca.issue_cert("client.example")
-    out = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem",
-           "client": tmp_path / "client.pem"}
-    ca.cert_pem.write_to_path(str(out["ca"]))
-    server.cert_chain_pems[0].write_to_path(str(out["cert"]))
-    server.private_key_pem.write_to_path(str(out["key"]))
-    client.private_key_and_cert_chain_pem.write_to_path(str(out["client"]))
-    return out
-
-
-def manager(pki: dict[str, Path], got: list[tuple[bytes, Source]], *, verify: bool = False,
-            failed: list[object] | None = None) -> TlsManager:
-    return TlsManager(
-        lambda d, s: got.append((d, s)), (failed if failed is not None else []).append,
-        server_ctx=server_context(pki["cert"], pki["key"], pki["ca"], verify),
-        client_ctx=client_context(pki["cert"], pki["key"], pki["ca"]),
-        files=(pki["cert"], pki["key"], pki["ca"]), handshake_timeout=2.0,
-    )
-
-
-def port_of(m: TcpManager) -> int:
-    return int(m.servers[-1].sockets[0].getsockname()[1])
-
-
-async def until(cond, timeout: float = 3.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
-def client_ctx(pki: dict[str, Path], with_cert: bool) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(pki["ca"]))
-    if with_cert:
-        ctx.load_cert_chain(str(pki["client"]))
-    return ctx
+    return make_pki(tmp_path)
 
 
 async def test_tls_listener_delivers_with_tls_source_and_answers_on_the_connection(
@@ -154,63 +113,6 @@ async def test_reload_swaps_the_certificate_for_new_connections(
         m.close()
 
 
-async def test_connections_past_the_limit_are_refused_and_the_open_ones_keep_working() -> None:
-    got: list[tuple[bytes, Source]] = []
-    m = TcpManager(lambda d, s: got.append((d, s)), lambda t: None, max_connections=3)
-    await m.listen("127.0.0.1", 0)
-    try:
-        conns = [await asyncio.open_connection("127.0.0.1", port_of(m)) for _ in range(3)]
-        await until(lambda: len(m.conns) == 3)
-        r4, w4 = await asyncio.open_connection("127.0.0.1", port_of(m))
-        assert await asyncio.wait_for(r4.read(10), 2) == b""  # closed at once
-        assert m.refused == 1 and len(m.conns) == 3
-        for _, w in conns:
-            w.write(OPTIONS)
-        await until(lambda: len(got) == 3)
-        for _, w in [*conns, (r4, w4)]:
-            w.close()
-    finally:
-        m.close()
-
-
-async def test_idle_connections_without_message_or_binding_are_closed() -> None:
-    bound: set[int] = set()
-    m = TcpManager(lambda d, s: None, lambda t: None, idle_timeout=0.4,
-                   in_use=lambda cid: cid in bound)
-    await m.listen("127.0.0.1", 0)
-    try:
-        conns = [await asyncio.open_connection("127.0.0.1", port_of(m)) for _ in range(4)]
-        await until(lambda: len(m.conns) == 4)
-        keep = min(m.conns)
-        bound.add(keep)  # a binding's flow
-        conns[-1][1].write(OPTIONS)  # a connection that carried SIP (a dialog's flow)
-        talked = max(m.conns)
-        await until(lambda: sorted(m.conns) == [keep, talked], timeout=3)
-        assert m.idle_closed == 2
-        for _, w in conns:
-            w.close()
-    finally:
-        m.close()
-
-
-async def test_a_handshake_that_never_finishes_is_cut_off(pki: dict[str, Path]) -> None:
-    """A stranger that opens a TCP connection to the TLS port and says nothing is closed once
-    the handshake timeout is over; it never becomes a connection of the table."""
-    m = manager(pki, [])
-    m.handshake_timeout = 0.5
-    await m.listen("127.0.0.1", 0)
-    try:
-        r, w = await asyncio.open_connection("127.0.0.1", port_of(m))
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        assert await asyncio.wait_for(r.read(10), 5) == b""
-        assert 0.3 <= loop.time() - start < 4
-        assert m.conns == {}
-        w.close()
-    finally:
-        m.close()
-
-
 async def test_alias_reuses_the_connection_only_for_a_name_the_client_certificate_proves(
         pki: dict[str, Path]) -> None:
     """RFC 5923: ``;alias`` in the top Via makes the connection the one for the Via's sent-by,
@@ -235,3 +137,36 @@ async def test_alias_reuses_the_connection_only_for_a_name_the_client_certificat
         await until(lambda: ("client.example", 5099) not in m.by_peer)
     finally:
         m.close()
+
+
+def test_a_tls_session_pair_handshakes_carries_data_and_says_goodbye_in_memory(
+        pki: dict[str, Path]) -> None:
+    """TlsSession is sans-IO: two of them, bytes passed by hand, no socket (RFC 5246/8446
+    records between two MemoryBIO pairs)."""
+    from proxy.transport.tls import client_context, server_context
+    from proxy.transport.tlssession import TlsSession
+
+    server = TlsSession(server_context(pki["cert"], pki["key"]), True)
+    client = TlsSession(client_context(ca_file=pki["ca"]), False, "proxy.example")
+    with pytest.raises(ssl.SSLError):
+        client.wrap(b"too early")
+    to_server, to_client = client.hello(), b""
+    for _ in range(4):  # a TLS 1.3 handshake: two round trips at most
+        plain, to_client = server.receive(to_server) if to_server else (b"", b"")
+        assert plain == b""
+        plain, to_server = client.receive(to_client) if to_client else (b"", b"")
+        if client.done and server.done and not to_server:
+            break
+    assert client.done and server.done
+    assert server.peercert() is None  # no client certificate asked
+    assert client.peercert() is not None
+    plain, _ = server.receive(client.wrap(OPTIONS))
+    assert plain == OPTIONS
+    plain, _ = client.receive(server.wrap(b"SIP/2.0 200 OK\r\n\r\n"))
+    assert plain == b"SIP/2.0 200 OK\r\n\r\n"
+    plain, _ = server.receive(client.goodbye())
+    assert plain == b"" and server.eof
+    with pytest.raises(ssl.SSLError):
+        client.receive(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # a forged record
+    server.release()
+    assert server.peercert() is None

@@ -1,0 +1,105 @@
+"""What a stream connection must do to keep its slot, and the counts behind the limits.
+
+A TCP or TLS connection holds a file descriptor and memory, so a stranger must not be able to
+hold many for long (docs/SECURITY.md):
+
+* at most ``limits.tcp_max_connections`` connections in the table (TCP and TLS each) and at
+  most ``limits.tcp_per_source`` accepted from one source (an IPv4 address, or an IPv6 /64:
+  one host's share of a network); a TLS connection counts from the moment it is accepted,
+  handshake included. Past either, an accepted connection is closed at once;
+* a TLS handshake must end within its timeout; the bytes of a message must complete within
+  ``limits.tcp_message_timeout`` seconds of its first byte (trickling bytes do not restart
+  that clock);
+* a connection that carries no binding and no transaction (asked of the core) is closed once
+  ``limits.tcp_idle_timeout`` seconds passed without a complete SIP message in either
+  direction; CRLFCRLF keep-alives (RFC 5626 4.4.1) are answered but never restart that clock,
+  so only a connection that carries a registered flow lives on keep-alives alone;
+* the connections of the configured upstreams and ``trusted_relays`` (by the peer's address,
+  which TCP proves) are held neither to the per-source figure nor to the idle rule: they are
+  configured peers, and a trunk's connection carries calls whose in-dialog requests come back
+  over it.
+
+Each refusal and each close for one of these reasons is counted by reason
+(:attr:`ConnStats.refused`, :attr:`ConnStats.closed`: the ``connections_refused_total`` and
+``connections_closed_total`` metrics) and logged, at most one line per reason a minute.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections import Counter
+
+__all__ = ["LOG_INTERVAL", "ConnStats", "RateLimitedLog", "source_key"]
+
+#: seconds between two log lines of one kind (refusals, closes of one reason)
+LOG_INTERVAL = 60.0
+
+
+def source_key(host: str) -> str:
+    """The source a connection counts against for ``limits.tcp_per_source``: the IPv4 address
+    (an IPv4-mapped IPv6 peer of a dual-stack listener is that IPv4 address), or the /64 of an
+    IPv6 address (a host is given a /64, RFC 4291 2.5.1; counting single addresses would let
+    one host open 2^64 sources)."""
+    if ":" not in host:
+        return host
+    try:
+        ip = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+
+
+class RateLimitedLog:
+    """One log line per kind and interval; the ones held back are counted into the next."""
+
+    __slots__ = ("_held", "_last", "interval", "log")
+
+    def __init__(self, log: logging.Logger, interval: float = LOG_INTERVAL) -> None:
+        self.log = log
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def __call__(self, kind: str, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, float("-inf")) < self.interval:
+            self._held[kind] += 1
+            return
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        if held:
+            msg += " (%d more like it since the last line)"
+            args = (*args, held)
+        self.log.log(level, msg + "; logged once a minute", *args)
+
+
+class ConnStats:
+    """The per-source counts of one connection table and what was refused or closed, by
+    reason (read by the ``/metrics`` collector)."""
+
+    __slots__ = ("closed", "per_source", "refused")
+
+    def __init__(self) -> None:
+        self.per_source: dict[str, int] = {}
+        #: refused at accept: ``limit`` (tcp_max_connections), ``per_source``
+        self.refused: Counter[str] = Counter()
+        #: closed by the proxy: ``idle``, ``incomplete`` (tcp_message_timeout), ``handshake``
+        #: (TLS handshake timeout), ``tls`` (failed handshake or record), ``framing``
+        self.closed: Counter[str] = Counter()
+
+    def count(self, key: str) -> int:
+        return self.per_source.get(key, 0)
+
+    def add(self, key: str) -> None:
+        self.per_source[key] = self.per_source.get(key, 0) + 1
+
+    def remove(self, key: str) -> None:
+        n = self.per_source.get(key, 0) - 1
+        if n > 0:
+            self.per_source[key] = n
+        else:
+            self.per_source.pop(key, None)

@@ -68,6 +68,8 @@ SCHEMA_VERSION = 1
 PREFIX = "spp:"
 CHANNEL_SUFFIX = "changes"
 GRACE = 1.0  # seconds a key outlives its value's expires_at
+READ_BATCH = 500  # keys read per pipeline when listing
+LISTING_BOUND = 60.0  # seconds a whole listing may take (each round trip has its timeout)
 T = TypeVar("T")
 # The writes of a batch: each changes one key (KEYS[1]) and publishes the change (ARGV[1]
 # channel, ARGV[2] message); a binding's key expires with the latest of its bindings.
@@ -289,9 +291,11 @@ class RedisStore:
             raise StoreError(f"redis state store {self.name}: not open")
         return self._client
 
-    async def _guard(self, what: str, aw: Awaitable[T]) -> T:
+    async def _guard(self, what: str, aw: Awaitable[T], *, listing: bool = False) -> T:
+        """``aw`` bounded in time, its failures as :class:`StoreError`. A listing makes one
+        round trip per 500 keys (each bounded by the client's timeout): it gets a minute."""
         try:
-            return await asyncio.wait_for(aw, 4 * self._timeout + 1)
+            return await asyncio.wait_for(aw, LISTING_BOUND if listing else 4 * self._timeout + 1)
         except StoreError:
             raise
         except (RedisError, OSError, TimeoutError) as exc:
@@ -400,14 +404,22 @@ class RedisStore:
             return bool(n)
         return await self._guard("remove_route", run())
 
-    async def _routes(self) -> list[tuple[str, LearnedRoute]]:
-        c = self._c()
-        out: list[tuple[str, LearnedRoute]] = []
-        for key in await self._scan("route"):
-            raw = await c.get(key)
-            if raw is not None:
-                out.append((key, route_from_json(json.loads(raw))))
+    async def _read_all(self, kind: str, command: str) -> list[tuple[str, Any]]:
+        """Every ``kind`` key with its value (``command``: get or hgetall), read by
+        pipelines of :data:`READ_BATCH` keys (one round trip each, not one per key)."""
+        keys = await self._scan(kind)
+        out: list[tuple[str, Any]] = []
+        for i in range(0, len(keys), READ_BATCH):
+            chunk = keys[i:i + READ_BATCH]
+            pipe = self._c().pipeline(transaction=False)
+            for key in chunk:
+                getattr(pipe, command)(key)
+            out.extend(zip(chunk, await pipe.execute(), strict=True))
         return out
+
+    async def _routes(self) -> list[tuple[str, LearnedRoute]]:
+        return [(key, route_from_json(json.loads(raw)))
+                for key, raw in await self._read_all("route", "get") if raw is not None]
 
     async def list_routes(self, now: float) -> list[LearnedRoute]:
         async def run() -> list[LearnedRoute]:
@@ -418,7 +430,7 @@ class RedisStore:
                 else:
                     live.append(r)
             return sorted(live, key=lambda r: r.old_uri)
-        return await self._guard("list_routes", run())
+        return await self._guard("list_routes", run(), listing=True)
 
     async def clear_routes(self) -> int:
         async def run() -> int:
@@ -427,7 +439,7 @@ class RedisStore:
                 count += await self._c().delete(key)
             await self._wrote(StoreChange("clear_routes", self.node))
             return count
-        return await self._guard("clear_routes", run())
+        return await self._guard("clear_routes", run(), listing=True)
 
     # -- registrations (RFC 3261 10.3, RFC 5626) --------------------------------------------
 
@@ -458,8 +470,7 @@ class RedisStore:
         c = self._c()
         live: list[StoredBinding] = []
         purged = 0
-        for rkey in await self._scan("reg"):
-            fields = await c.hgetall(rkey)
+        for rkey, fields in await self._read_all("reg", "hgetall"):
             for field, raw in fields.items():
                 b = binding_from_json(json.loads(raw))
                 if b.expired(now):
@@ -472,7 +483,7 @@ class RedisStore:
         async def run() -> list[StoredBinding]:
             live, _ = await self._purge_bindings(now)
             return sorted(live, key=lambda b: (b.aor, b.key))
-        return await self._guard("list_bindings", run())
+        return await self._guard("list_bindings", run(), listing=True)
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -484,7 +495,7 @@ class RedisStore:
                     count += await self._c().delete(key)
             _, purged = await self._purge_bindings(now)
             return count + purged
-        return await self._guard("purge_expired", run())
+        return await self._guard("purge_expired", run(), listing=True)
 
     async def generation(self) -> int:
         async def run() -> int:

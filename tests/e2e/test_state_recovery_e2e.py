@@ -56,8 +56,7 @@ class Registrar(asyncio.DatagramProtocol):
         self.done = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.port = transport.get_extra_info("sockname")[1]
 
     def message(self, n: int) -> bytes:
@@ -130,7 +129,7 @@ async def register_many(proxy: ProxyProcess, count: int, contact: str, prefix: s
 
 
 def redis_aors(server: RedisServer) -> set[str]:
-    out = server.cli("--scan", "--pattern", "spp:reg:*", "--count", "1000")
+    out = server.cli("keys", "spp:reg:*")
     return {line.strip()[len("spp:reg:"):] for line in out.splitlines() if line.strip()}
 
 
@@ -149,7 +148,6 @@ async def test_redis_restarted_empty_the_phones_are_still_reached_and_written_ba
     proxy = proxy_factory(registrar="local", domains=[DOMAIN],
                           extra={"state": own_redis.url, "node": "edge1"})
     await register_many(proxy, PHONES, f"{LOOPBACK}:{phones_port}", prefix="user")
-    assert await asyncio.to_thread(lambda: len(redis_aors(own_redis))) >= 0
     users = tmp_path / "users.csv"
     users.write_text("SEQUENTIAL\n" + "".join(f"user{i};\n" for i in range(PHONES)))
     uas = await sipp.uas("uas_answer.xml", port=phones_port, timeout=120, name="phones")
@@ -173,8 +171,8 @@ async def test_redis_restarted_empty_the_phones_are_still_reached_and_written_ba
         res.describe() + proxy.tail(20)
     await uas.stop()
     stored = await asyncio.to_thread(redis_aors, own_redis)
-    assert stored == {f"sip:user{i}@{DOMAIN}" for i in range(PHONES)}
-    raw = own_redis.cli("hgetall", f"spp:reg:sip:user7@{DOMAIN}").splitlines()
+    assert stored == {f"user{i}@{DOMAIN}" for i in range(PHONES)}
+    raw = own_redis.cli("hgetall", f"spp:reg:user7@{DOMAIN}").splitlines()
     binding = json.loads(raw[1])
     assert binding["uri"] == f"sip:user7@{LOOPBACK}:{phones_port}" and binding["node"] == "edge1"
     proxy.assert_alive()

@@ -93,9 +93,8 @@ class Runtime:
         trusted = [*config.trusted_sources, *([] if red.trusted_sources else up_ips)]
         allowed = [*config.allow_targets, *([] if red.allow_targets else up_ips)]
         guard = RedirectGuard(trusted, allowed, own)
-        # One key for flow tokens, branch MACs and digest nonces: the configured secret (stable
-        # across restarts and shared by several proxies), else a random one, which start()
-        # replaces by the key shared through the state store before listening (state_key.py).
+        # Key of flow tokens, branch MACs, digest nonces: the configured secret, else a random
+        # one that start() replaces by the state store's before listening (state_key.py).
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
         settings = CoreSettings(
             upstreams=tuple(upstreams),
@@ -128,8 +127,7 @@ class Runtime:
             raise ConfigError([Diagnostic(str(config.path), 1, 1, f"state {config.state}: {exc}")]
                               ) from exc
         self.state = StateKeeper(self.store, self.core, self.location, config.state, node,
-                                 tuple(local), self._state_changed, secret,
-                                 configured=bool(config.secret))
+                                 tuple(local), self._state_changed, secret, bool(config.secret))
         self._generation = -1
         #: /ready: listening, and the state store answers (the store's owner sets store_ok)
         self.store_ok, self.listening, self.started = True, False, time.time()

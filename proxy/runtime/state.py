@@ -16,7 +16,7 @@ the store for the runtime:
 * with a shared store (Redis), the changes every other proxy (or a ``routes`` /
   ``registrations`` command) makes arrive by pub/sub and are applied to the core's view at
   once; each node announces its SIP addresses and the id of its key (with a TTL) and learns
-  the others';
+  the others' (:mod:`proxy.runtime.state_nodes`);
 * when the store cannot be reached (at start or mid-run) calls keep flowing on what is in
   memory: the loss is logged once, reconnects run in the background, and once the store is
   back what was learned meanwhile is written, then the view is reloaded (the changes
@@ -47,7 +47,7 @@ from proxy.core import shared
 from proxy.core.registrar import BindingDelete, BindingWrite, MemoryLocation
 from proxy.core.types import LocalAddress
 from proxy.runtime.state_key import KeyKeeper
-from proxy.sip import host_port_text
+from proxy.runtime.state_nodes import SharedNodes
 from proxy.store import (
     CorruptStoreError,
     LearnedRoute,
@@ -64,10 +64,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("proxy.state")
 
 QUEUE_LIMIT = 100_000  # pending writes kept while the store is away; beyond: resync from memory
-BATCH = 500  # changes per write_batch: a Redis pipeline of 500 holds the loop about 20 ms
+BATCH = 500  # changes per write_batch unless the store says (its batch_size)
 CHECK_EVERY = 1.0  # seconds between two looks at the store's incarnation (a reset store)
-ANNOUNCE_EVERY = 5.0  # seconds between two announcements of this node's addresses
-ANNOUNCE_TTL = 15.0  # an announcement outlives three missed refreshes
 RETRY_MIN, RETRY_MAX = 0.25, 5.0  # reconnect back-off, seconds
 EXIT_FLOOR = 5.0  # seconds the writes get at exit when the drain used up drain_timeout
 
@@ -82,7 +80,7 @@ def is_shared(spec: str) -> bool:
     return spec.partition("://")[0].lower() in ("redis", "rediss", "redis+cluster")
 
 
-class StateKeeper:
+class StateKeeper(SharedNodes):
     """The state store between the runtime and the core (see the module docstring).
 
     ``key`` is the key the core was built with (flow tokens, branch MACs, digest nonces) and
@@ -103,6 +101,7 @@ class StateKeeper:
         self.on_change = on_change  # the runtime re-arms its timer after a change applied
         self.up = False
         self._queue: deque[StoreChange] = deque()
+        self._batch = int(getattr(store, "batch_size", BATCH))
         self._overflow = False
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
@@ -119,6 +118,7 @@ class StateKeeper:
         self._reconnecting = False
         self._closing = False
         self._started = False
+        self._peers_read = float("-inf")  # when the announcements were last read
         self.loop = asyncio.get_running_loop()
         self.keys = KeyKeeper(store, core, key, configured, self.name, self.memory)
         # memory: the store would only hold a second copy of the view: nothing to write
@@ -197,11 +197,12 @@ class StateKeeper:
     async def _come_up(self) -> None:
         """The store answers (at start, or again after an outage): agree on the key, tell a
         reset store from a live one, write what it lacks, load what it has."""
+        seen = self._seen  # before the read: a generation read later is not older
         inc = await self.store.incarnation()
         await self.keys.agree(listening=self._started)
         if self.shared:
             await self._subscribe()  # first: no change published after the load is missed
-        reset = self._seen is not None and (self._reset_seen or inc.reset_since(self._seen))
+        reset = seen is not None and (self._reset_seen or inc.reset_since(seen))
         if reset:
             await self._write_back(inc)
         else:
@@ -211,6 +212,8 @@ class StateKeeper:
                 await self._flush_locked()
             await self._load(merge=False)
         self._seen = await self.store.incarnation()
+        if self.shared:
+            await self._announce_once()  # before ready: a node started later sees this one
         self.up = True
         self.on_change()
         if self.shared:
@@ -238,13 +241,14 @@ class StateKeeper:
             await asyncio.sleep(CHECK_EVERY)
             if not self.up or self._seen is None:
                 continue
+            seen = self._seen  # before the read: a generation read later is not older
             try:
                 inc = await self.store.incarnation()
-                if self._reset_seen or inc.reset_since(self._seen):
+                if self._reset_seen or inc.reset_since(seen):
                     await self.keys.agree(listening=True)
                     await self._write_back(inc)
-                    inc = await self.store.incarnation()
-                self._seen = inc
+                else:
+                    self._observe(seen, inc.generation)
             except StoreError as exc:
                 self._lost(exc)
 
@@ -334,17 +338,27 @@ class StateKeeper:
     async def _flush_locked(self) -> None:
         queue = self._queue
         while queue:
-            batch = list(itertools.islice(queue, BATCH))
+            batch = list(itertools.islice(queue, self._batch))
+            seen = self._seen
             generation = await self.store.write_batch(batch)
             for _ in batch:  # only the flusher (holding the lock) takes from the head
                 queue.popleft()
             self.written += len(batch)
             self.own_generation = generation
-            if self._seen is not None:
-                if generation < self._seen.generation:
-                    self._reset_seen = True  # the store went back: the checker writes back
-                else:
-                    self._seen = Incarnation(self._seen.epoch, generation)
+            self._observe(seen, generation)
+
+    def _observe(self, seen: Incarnation | None, generation: int) -> None:
+        """A generation the store gave after ``seen`` was current: one that went back is a
+        reset (the checker writes back); else it is the one seen now, unless a newer one was
+        seen meanwhile or a write-back began a new life (another epoch)."""
+        if seen is None:
+            return
+        if generation < seen.generation:
+            self._reset_seen = True
+            return
+        now = self._seen
+        if now is not None and now.epoch == seen.epoch and generation > now.generation:
+            self._seen = Incarnation(seen.epoch, generation)
 
     def _resync(self) -> tuple[int, int]:
         """Replace the queue by everything this node holds (call with the flush lock held):
@@ -389,9 +403,7 @@ class StateKeeper:
                       "changes are kept and written when it answers again", self.name, exc)
         if not self._reconnecting:
             self._reconnecting = True
-            for task in list(self._tasks):
-                if task.get_coro().__name__ in ("_watch", "_announce"):  # type: ignore[union-attr]
-                    task.cancel()
+            self._stop_watching()
             self._spawn(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -411,78 +423,3 @@ class StateKeeper:
             log.warning("state store %s is back: %d changes made meanwhile written", self.name,
                         pending)
             return
-
-    def _stop_watching(self) -> None:
-        for task in list(self._tasks):
-            if task.get_coro().__name__ in ("_watch", "_announce"):  # type: ignore[union-attr]
-                task.cancel()
-
-    # -------------------------------------------------------------- several proxies
-
-    async def _subscribe(self) -> None:
-        """Start applying the changes other writers publish; returns once subscribed."""
-        changes = getattr(self.store, "changes", None)
-        if changes is None:
-            return
-        self._stop_watching()
-        ready = asyncio.Event()
-        watch = self._spawn(self._watch(ready))
-        waiter = self.loop.create_task(ready.wait())
-        try:
-            await asyncio.wait({watch, waiter}, timeout=10.0,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if not ready.is_set():
-            watch.cancel()
-            raise StoreError(f"state store {self.name}: could not subscribe to its changes")
-
-    async def _watch(self, ready: asyncio.Event) -> None:
-        """Apply the changes the other writers publish (Redis pub/sub)."""
-        try:
-            async for change in self.store.changes(ready.set):  # type: ignore[attr-defined]
-                if change.origin == self.node:
-                    continue
-                try:
-                    shared.apply_change(self.core, change, self.loop.time())
-                    self._note_route_change(change)
-                except Exception:  # noqa: BLE001 - a bad message must not end the watch
-                    log.exception("state store %s: could not apply %s", self.name, change.op)
-                self.on_change()
-        except StoreError as exc:
-            if ready.is_set():
-                self._lost(exc)
-
-    def _note_route_change(self, change: StoreChange) -> None:
-        if change.op == "put_route" and change.route is not None:
-            self.routes[change.route.old_uri] = change.route
-        elif change.op == "remove_route" and change.old_uri is not None:
-            self.routes.pop(change.old_uri, None)
-        elif change.op == "clear_routes":
-            self.routes.clear()
-
-    def addresses(self) -> list[str]:
-        """This node's SIP addresses as announced: ``transport:host:port`` (advertised)."""
-        out = []
-        for a in self.local:
-            host, _, port = a.advertised.rpartition(":")
-            out.append(f"{a.transport}:{host_port_text(host.strip('[]'), int(port))}")
-        return out
-
-    async def _announce(self) -> None:
-        publish = getattr(self.store, "publish_node", None)
-        nodes = getattr(self.store, "nodes", None)
-        if publish is None or nodes is None:
-            return
-        mine = self.addresses()
-        try:
-            while True:
-                await publish(self.node, mine, ANNOUNCE_TTL, self.keys.key_id)
-                infos = await nodes()
-                infos.pop(self.node, None)
-                self.core.cluster.peers = shared.parse_peers(
-                    {name: info.addresses for name, info in infos.items()})
-                self.keys.compare(infos)
-                await asyncio.sleep(ANNOUNCE_EVERY)
-        except StoreError as exc:
-            self._lost(exc)

@@ -27,8 +27,9 @@ Layout (every key under one prefix, ``spp:`` by default):
 
 Each key stands alone (no multi-key transaction), so the same code runs on a Redis Cluster,
 where keys of different slots live on different nodes; listing scans every primary. A batch
-of writes (:meth:`RedisStore.write_batch`) is one pipeline (not a transaction): its commands
-go out in order in one round trip per node, each change followed by its ``PUBLISH``.
+of writes (:meth:`RedisStore.write_batch`) is one script call on one Redis (the changes in
+order, each followed by its ``PUBLISH``, then the generation), and a pipeline of one script
+per change on a cluster (in order, one round trip per node).
 
 Expiry: the TTLs are computed against the store's clock (``clock``, the wall clock by default;
 tests pass their own), and keys live one second longer than their value's ``expires_at`` so
@@ -90,6 +91,32 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])
 _DELETE = """
 redis.call('DEL', KEYS[1])
 return redis.call('PUBLISH', ARGV[1], ARGV[2])
+"""
+# A whole batch on one Redis: KEYS[1] the generation, KEYS[2..] the key of each change;
+# ARGV[1] the channel, then per change its op and arguments, the message last.
+_BATCH = """
+local ch, n = ARGV[1], 2
+for i = 2, #KEYS do
+  local k, op = KEYS[i], ARGV[n]
+  if op == 'pb' then
+    redis.call('HSET', k, ARGV[n + 1], ARGV[n + 2])
+    redis.call('PEXPIREAT', k, ARGV[n + 3], 'NX')
+    redis.call('PEXPIREAT', k, ARGV[n + 3], 'GT')
+    n = n + 4
+  elseif op == 'rb' then
+    redis.call('HDEL', k, ARGV[n + 1])
+    n = n + 2
+  elseif op == 'pr' then
+    redis.call('SET', k, ARGV[n + 1], 'PXAT', ARGV[n + 2])
+    n = n + 3
+  else
+    redis.call('DEL', k)
+    n = n + 1
+  end
+  redis.call('PUBLISH', ch, ARGV[n])
+  n = n + 1
+end
+return redis.call('INCR', KEYS[1])
 """
 
 _ROUTE_FIELDS = ("old_uri", "new_uri", "source", "call_id", "status", "created_at", "expires_at")
@@ -205,6 +232,10 @@ class RedisStore:
     bounds every command and connection attempt, so that an unreachable server costs at most
     that long and then raises :class:`StoreError`.
     """
+
+    #: changes per write_batch the state keeper hands it: a batch is encoded on the event
+    #: loop (about 40 µs a change), so it is kept small; round trips are cheap
+    batch_size = 200
 
     def __init__(self, spec: str, *, node: str = "cli", timeout: float = 1.0,
                  prefix: str = PREFIX, clock: Callable[[], float] = time.time) -> None:
@@ -337,14 +368,51 @@ class RedisStore:
 
     async def write_batch(self, changes: Sequence[StoreChange]) -> int:
         check_batch(changes)
+        if not changes:
+            return await self.generation()
+        if not self._cluster:
+            return await self._guard("write_batch", self._write_in_one_script(changes))
 
         async def run() -> int:
+            # A cluster: one script per change (its keys live on different nodes).
             pipe = self._c().pipeline(transaction=False)
             for change in changes:
                 self._queue_change(pipe, change)
             pipe.incr(self._prefix + "gen")
             return int((await pipe.execute())[-1])
         return await self._guard("write_batch", run())
+
+    async def _write_in_one_script(self, changes: Sequence[StoreChange]) -> int:
+        """A batch on one Redis: one script call for the lot (one reply: parsing a reply
+        per change is what costs; 20,000 bindings: about 0.6 s against 2 s)."""
+        p = self._prefix
+        keys: list[str] = [p + "gen"]
+        args: list[Any] = [self.channel]
+        origin = json.dumps(self.node)
+        for change in changes:
+            op = change.op
+            if op == "put_binding":
+                b = change.binding
+                assert b is not None
+                value = json.dumps(binding_to_json(b))  # once: the message carries it too
+                keys.append(p + "reg:" + b.aor)
+                args += ["pb", b.key, value, self._px(b.expires_at),
+                         f'{{"op":"put_binding","origin":{origin},"binding":{value}}}']
+                continue
+            msg = change_to_json(replace(change, origin=self.node))
+            if op == "remove_binding":
+                keys.append(p + "reg:" + str(change.aor))
+                args += ["rb", str(change.key), msg]
+            elif op == "put_route":
+                r = change.route
+                assert r is not None
+                keys.append(p + "route:" + r.old_uri)
+                args += ["pr", json.dumps(route_to_json(r)), self._px(r.expires_at), msg]
+            else:  # remove_bindings, remove_route: the key goes
+                keys.append(p + ("reg:" + str(change.aor) if op == "remove_bindings"
+                                 else "route:" + str(change.old_uri)))
+                args += ["del", msg]
+        return int(await self._c().eval(_BATCH, len(keys), *keys, *args))
 
     async def incarnation(self) -> Incarnation:
         async def run() -> Incarnation:

@@ -130,6 +130,10 @@ class SqliteStore:
     failing with :class:`StoreError`.
     """
 
+    #: changes per write_batch the state keeper hands it: one transaction and one fsync
+    #: each, in the worker thread (the loop only builds the list)
+    batch_size = 2000
+
     def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
         self._path = Path(path)
         self._busy_timeout = busy_timeout

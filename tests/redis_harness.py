@@ -24,10 +24,16 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 
-def _free_tcp_port() -> int:
-    from tests.e2e.harness import free_port
+def _free_tcp_port(cluster: bool = False) -> int:
+    """A free TCP port; for a cluster node, one whose cluster bus port (+10000) is free too
+    (the machine is shared: another process may hold it)."""
+    from tests.e2e.harness import _bind_ok, free_port
 
-    return free_port(udp=False, span=1)
+    for _ in range(100):
+        port = free_port(udp=False, span=1)
+        if not cluster or _bind_ok(socket.SOCK_STREAM, "127.0.0.1", port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a redis cluster node")
 
 
 def _cli(port: int, *args: str, timeout: float = 10.0) -> str:
@@ -50,7 +56,7 @@ class RedisServer:
 
     def __init__(self, workdir: Path, port: int | None = None, *, cluster: bool = False) -> None:
         self.workdir = workdir
-        self.port = port if port is not None else _free_tcp_port()
+        self.port = port if port is not None else _free_tcp_port(cluster)
         self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)

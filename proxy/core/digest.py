@@ -333,6 +333,13 @@ class DigestAuth:
         self._nc: dict[str, int] = {}  # nonce -> highest nonce count accepted; insertion order
         self._floor = -1  # untracked nonces issued at or before this ms were evicted: stale
 
+    def rekey(self, secret: bytes) -> None:
+        """Key the nonces with ``secret`` from now on (the key agreed through a shared state
+        store); a nonce issued before no longer verifies and is challenged again."""
+        if len(secret) < 16:
+            raise ValueError("digest nonce secret must be at least 16 bytes")
+        self._secret = bytes(secret)
+
     # ---- nonces ---------------------------------------------------------------------------
 
     def _mac(self, ts: str, salt: str) -> str:

@@ -120,15 +120,26 @@ class FlowTokens:
     :data:`CACHE_SIZE` entries, so its memory is bounded whatever the traffic.
     """
 
-    __slots__ = ("_key", "_tokens", "_flows")
+    __slots__ = ("_key", "_old_key", "_tokens", "_flows")
 
     def __init__(self, secret: bytes | str) -> None:
-        raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
-        if not raw:
-            raise ValueError("a flow-token secret must not be empty")
-        self._key = hmac.digest(raw, _KEY_LABEL, "sha256")
+        self._key = _derive(secret)
+        self._old_key: bytes | None = None
         self._tokens: dict[tuple[str, str, int, str, int, int | None, str | None], str] = {}
         self._flows: dict[str, Flow] = {}
+
+    def rekey(self, secret: bytes | str, keep_old: bool) -> None:
+        """Mint with ``secret`` from now on (the key agreed through a shared state store);
+        with ``keep_old`` the tokens minted so far still decode (they sit in the Paths and
+        Record-Routes of registrations and calls already made), otherwise they no longer do."""
+        key = _derive(secret)
+        if key == self._key:
+            return
+        self._old_key = self._key if keep_old else None
+        self._key = key
+        self._tokens.clear()
+        if not keep_old:
+            self._flows.clear()
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.digest(self._key, payload, "sha256")[:MAC_SIZE]
@@ -215,8 +226,18 @@ class FlowTokens:
             return None
         payload, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
         if not hmac.compare_digest(mac, self._mac(payload)):
-            return None
+            old = self._old_key
+            if old is None or not hmac.compare_digest(
+                    mac, hmac.digest(old, payload, "sha256")[:MAC_SIZE]):
+                return None
         return _parse(payload)
+
+
+def _derive(secret: bytes | str) -> bytes:
+    raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    if not raw:
+        raise ValueError("a flow-token secret must not be empty")
+    return hmac.digest(raw, _KEY_LABEL, "sha256")
 
 
 def _parse(p: bytes) -> Flow | None:

@@ -126,7 +126,7 @@ class ProxyCore:
         secret = settings.secret or secrets.token_bytes(32)
         self.tokens = FlowTokens(secret)
         #: key of the MAC every branch this proxy generates carries (CONTRACT: forged responses)
-        self.branch_key = hashlib.sha256(b"sip-policy-proxy branch mac v1|" + secret).digest()
+        self.branch_key = _branch_key(secret)
         self.closed_conns: set[int] = set()  # stream connections known to be closed
         #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
         self.udp_flows: dict[tuple[str, int], float] = {}
@@ -235,6 +235,16 @@ class ProxyCore:
         self.prober.start(self, now, out)
         return out.effects()
 
+    def rekey(self, secret: bytes, keep_old: bool) -> None:
+        """Use ``secret`` for flow tokens, branch MACs and digest nonces from now on: the key
+        proxies without a configured ``secret`` share through the state store (the runtime
+        agrees on it before listening, or when the store first answers). ``keep_old``: flow
+        tokens minted with the key used so far keep verifying (see ``FlowTokens.rekey``)."""
+        self.tokens.rekey(secret, keep_old)
+        self.branch_key = _branch_key(secret)
+        if self.settings.auth is not None:
+            self.settings.auth.rekey(secret)
+
     def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> None:
         """Replace the learned-route cache (start-up, or the store changed underneath)."""
         self.learned = redirects.learned_view(routes, now, self.wall_offset)
@@ -341,3 +351,7 @@ class ProxyCore:
         forward.next_group(self, ctx, now, out)
         if ctx.pending == 0 and not ctx.final_sent:
             responses.send_best(self, ctx, now, out)
+
+
+def _branch_key(secret: bytes) -> bytes:
+    return hashlib.sha256(b"sip-policy-proxy branch mac v1|" + secret).digest()

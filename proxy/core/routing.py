@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
-from proxy.core import outbound, redirects, shared
+from proxy.core import outbound, reach, redirects, shared
 from proxy.core.registrar import Binding
 from proxy.core.types import Source, Target
 from proxy.sip import (
@@ -285,7 +285,11 @@ def binding_groups(core: ProxyCore, bindings: list[Binding], now: float) -> list
 
 
 def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None:
-    if b.node is not None and shared.held_elsewhere(b):
+    """The target of one binding: over its flow or at its Contact by :func:`reach.over_flow`,
+    the one rule every node follows, so that a call reaches a phone at the same address
+    whichever node of a shared state it arrives at."""
+    flow = reach.over_flow(b)
+    if flow and b.node is not None:
         # Another proxy of the shared state holds this flow: through it (RFC 5626 5).
         via = shared.via_node(core, b)
         if via is not None:
@@ -300,8 +304,8 @@ def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None
         except ParseError:
             return None
         return None if t is None else t._replace(aor=b.aor, binding_key=b.key)
-    if b.reg_id is not None:
-        # RFC 5626 5.3: requests for an outbound binding go over its flow.
+    if flow:
+        # RFC 5626 5.3: an outbound binding, or a UA behind NAT, over its flow.
         f = b.flow
         return Target(f.transport, f.host, f.port, ruri, f.conn_id, b.q, b.contact,
                       b.aor, b.instance, b.key, via_flow=True)

@@ -12,8 +12,10 @@ proxies): a binding whose flow is held by another node (its TCP/TLS connection, 
 flow behind NAT, or any SIP Outbound flow) is reached through that node: the request goes to
 the node's SIP address with a Route naming it, whose user part is the flow token (RFC 5626
 5.2) of the phone's flow there. The node pops its own Route and sends the request over the
-flow the token names, as it does for a Path it wrote itself. Tokens verify on every node when
-the nodes share one ``secret``.
+flow the token names, as it does for a Path it wrote itself. Tokens verify on every node:
+the nodes share one key (the configured ``secret``, or the one shared through the store).
+Whether a binding is reached over its flow or at its Contact is one rule for every node
+(:mod:`proxy.core.reach`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from proxy.core import reach
 from proxy.core.flowtoken import Flow
 from proxy.core.registrar import Binding
 from proxy.core.types import Source, Target
@@ -143,6 +146,26 @@ def load_bindings(core: ProxyCore, stored: list[StoredBinding], now: float) -> i
     return changed
 
 
+def merge_bindings(core: ProxyCore, stored: list[StoredBinding], now: float) -> int:
+    """Add to the location view what a store that was reset holds after this node wrote its
+    own bindings back into it: the bindings other nodes wrote back. Nothing is dropped (this
+    node's memory is the truth for its own bindings; another node's that is not there yet
+    comes when that node writes it back). Returns how many were added or replaced."""
+    location = core.location
+    held = {(b.aor, b.key): b for b in _all(core)}
+    changed = 0
+    for sb in stored:
+        mine = held.get((sb.aor, sb.key))
+        if (mine is not None and mine.node is None) or sb.node == core.cluster.node:
+            continue  # this node's: memory wins
+        b = from_stored(core, sb)
+        if b.expires_at > now:
+            location.apply_save(b)
+            changed += 1
+    _schedule(core)
+    return changed
+
+
 def _all(core: ProxyCore) -> list[Binding]:
     return core.location.bindings()
 
@@ -175,18 +198,11 @@ def apply_route(core: ProxyCore, r: LearnedRoute, now: float) -> None:
 
 
 def held_elsewhere(b: Binding) -> bool:
-    """Whether requests for ``b`` must go through the node that holds its flow: a stream
-    connection, any SIP Outbound flow, or a UDP flow behind NAT (the Contact is not where
-    the REGISTER came from)."""
-    if b.node is None:
-        return False
-    f = b.flow
-    if f.transport != "udp" or b.reg_id is not None:
-        return True
-    contact = b.uri.split(":", 1)[-1].split(";", 1)[0].split("?", 1)[0].rpartition("@")[2]
-    host, _, port = contact.rpartition(":") if contact.count(":") == 1 else (contact, "", "")
-    host = (host or contact).strip("[]")
-    return host != f.host or (port.isdigit() and int(port) != f.port)
+    """Whether requests for ``b`` must go through the node that holds its flow: one held by
+    another node that is reached over its flow, not at its Contact (:func:`reach.over_flow`:
+    any SIP Outbound flow, a UA behind NAT, a stream whose Contact is its connection). A
+    binding reached at its Contact is reached there from every node."""
+    return b.node is not None and reach.over_flow(b)
 
 
 def to_node(core: ProxyCore, token: str, flow: Flow) -> Target | None:

@@ -107,8 +107,8 @@ class Runtime:
         trusted = [*config.trusted_sources, *([] if red.trusted_sources else up_ips)]
         allowed = [*config.allow_targets, *([] if red.allow_targets else up_ips)]
         guard = RedirectGuard(trusted, allowed, own)
-        # One key for flow tokens, branch MACs and digest nonces: the configured secret (stable
-        # across restarts and shared by several proxies) or a random one per start.
+        # Key of flow tokens, branch MACs, digest nonces: the configured secret, else a random
+        # one that start() replaces by the state store's before listening (state_key.py).
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
         settings = CoreSettings(
             upstreams=plan.targets,
@@ -139,7 +139,7 @@ class Runtime:
             raise ConfigError([Diagnostic(str(config.path), 1, 1, f"state {config.state}: {exc}")]
                               ) from exc
         self.state = StateKeeper(self.store, self.core, self.location, config.state, node,
-                                 tuple(local), self._state_changed)
+                                 tuple(local), self._state_changed, secret, bool(config.secret))
         self._generation = -1
         #: /ready: listening, and the state store answers (the store's owner sets store_ok)
         self.store_ok, self.listening, self.started = True, False, time.time()
@@ -151,7 +151,9 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.config
         try:
-            await self.state.start()  # a Redis store that is down is retried in the background
+            # Loads the state and agrees on the key (core.rekey) before anything is minted;
+            # a Redis store that is down is retried in the background.
+            await self.state.start()
         except StoreError as exc:
             raise ConfigError([Diagnostic(str(cfg.path), 1, 1, f"state: {exc}")]) from exc
         if not is_shared(cfg.state):  # Redis tells of changes by pub/sub; sqlite is polled
@@ -210,7 +212,9 @@ class Runtime:
         if left or calls:
             log.warning("drain timeout: %d transactions and %d calls abandoned", left, calls)
         self.close()
-        await self.state.close()
+        # The last part of the drain: every pending state change written (the writer has run
+        # all along), within what is left of drain_timeout (StateKeeper.close).
+        await self.state.close(deadline)
         log.info("stopped")
 
     def _busy(self) -> bool:
@@ -294,6 +298,7 @@ class Runtime:
         routes = await self.store.list_routes(time.time())
         self._generation = await self.store.generation()
         self.core.load_learned(routes, self.loop.time())
+        self.state.note_routes(routes)
         if routes:
             log.info("learned routes loaded from %s: %d", self.config.state, len(routes))
 

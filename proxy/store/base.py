@@ -24,15 +24,33 @@ proxy that caches routes polls it on a timer and reloads when it moved, which is
 notices a ``sip-policy-proxy routes remove`` run from another process. Dropping rows that
 have already expired (on a lookup, a listing or :meth:`StateStore.purge_expired`) is
 housekeeping and does not bump it: no reader with a current clock can see the difference.
+
+A store also knows which life it is in (:meth:`StateStore.incarnation`): an *epoch* made once
+when the store is created empty, and the generation, which only grows within one epoch. A
+Redis restarted without its data, or a sqlite file replaced under the proxy, has a new epoch
+(or a generation that went back): the proxies then write what they hold into it again
+instead of taking its emptiness for the truth (the store is a copy; each proxy's memory is
+the truth for the registrations it holds).
+
+Writes come in batches (:meth:`StateStore.write_batch`): a Redis pipeline or one sqlite
+transaction for many changes, so that a burst of registrations (or the writes pending at
+SIGTERM) costs round trips and fsyncs by the batch, not by the change.
+
+And a store keeps the key that proxies without a configured ``secret`` share
+(:meth:`StateStore.shared_key`): the first creates it, the others read it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "BATCH_OPS",
     "CorruptStoreError",
+    "check_batch",
+    "Incarnation",
     "StoreChange",
     "LearnedRoute",
     "SchemaVersionError",
@@ -140,6 +158,47 @@ class StoreChange:
     old_uri: str | None = None
 
 
+#: the :class:`StoreChange` ops :meth:`StateStore.write_batch` takes
+BATCH_OPS = frozenset({"put_binding", "remove_binding", "remove_bindings", "put_route",
+                       "remove_route"})
+
+
+_NEEDS = {
+    "put_binding": ("binding",), "remove_binding": ("aor", "key"), "remove_bindings": ("aor",),
+    "put_route": ("route",), "remove_route": ("old_uri",),
+}
+
+
+def check_batch(changes: Sequence[StoreChange]) -> None:
+    """ValueError unless every change is a :data:`BATCH_OPS` op with its arguments (checked
+    before a backend writes any of them)."""
+    for c in changes:
+        needs = _NEEDS.get(c.op)
+        if needs is None:
+            raise ValueError(f"not a batch op: {c.op!r}")
+        if any(getattr(c, f) is None for f in needs):
+            raise ValueError(f"{c.op} without its {', '.join(needs)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Incarnation:
+    """Which life of a store this is (see the module docstring).
+
+    ``epoch`` is made once, when the store is found without one (created, or reset: emptied,
+    restarted without its data, replaced); ``generation`` is the write counter, which only
+    grows within an epoch.
+    """
+
+    epoch: str
+    generation: int
+
+    def reset_since(self, seen: Incarnation) -> bool:
+        """Whether the store lost writes since ``seen`` was read from it: another epoch, or
+        a generation that went back (a restored backup, a failover to a replica that missed
+        writes)."""
+        return self.epoch != seen.epoch or self.generation < seen.generation
+
+
 class StateStore(Protocol):
     """The persistent state behind learned routing and registrations.
 
@@ -203,4 +262,22 @@ class StateStore(Protocol):
 
     async def generation(self) -> int:
         """A counter bumped by every write call, whichever process made it."""
+        ...
+
+    async def write_batch(self, changes: Sequence[StoreChange]) -> int:
+        """Apply ``changes`` in order (ops of :data:`BATCH_OPS`, with the arguments of the
+        method of that name) in one round trip: a Redis pipeline, one sqlite transaction.
+        Bumps the generation once and returns it. Idempotent: after a failure the caller
+        writes the same batch again."""
+        ...
+
+    async def incarnation(self) -> Incarnation:
+        """The store's epoch and generation; a store found without an epoch (reset since it
+        was opened) gets its schema and a new epoch here."""
+        ...
+
+    async def shared_key(self, candidate: bytes | None) -> bytes | None:
+        """The key proxies without a configured ``secret`` share: with ``candidate``, store it
+        unless a key is there already (atomic create-if-absent) and return the stored one;
+        with None only read it (None: there is none)."""
         ...

@@ -6,9 +6,18 @@ errors before :meth:`MemoryStore.open`), so that code tested against it works ag
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Sequence
 from typing import Self
 
-from proxy.store.base import LearnedRoute, StoredBinding, StoreError
+from proxy.store.base import (
+    Incarnation,
+    LearnedRoute,
+    StoreChange,
+    StoredBinding,
+    StoreError,
+    check_batch,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -16,13 +25,15 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """In-process state: routes by ``old_uri``, bindings by ``aor`` then ``key``."""
 
-    __slots__ = ("_bindings", "_generation", "_open", "_routes")
+    __slots__ = ("_bindings", "_epoch", "_generation", "_key", "_open", "_routes")
 
     def __init__(self) -> None:
         self._routes: dict[str, LearnedRoute] = {}
         self._bindings: dict[str, dict[str, StoredBinding]] = {}
         self._generation = 0
         self._open = False
+        self._epoch = secrets.token_hex(8)
+        self._key: bytes | None = None
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -118,6 +129,24 @@ class MemoryStore:
         self._check()
         return self._generation
 
+    async def write_batch(self, changes: Sequence[StoreChange]) -> int:
+        self._check()
+        check_batch(changes)
+        for c in changes:
+            await _apply(self, c)
+        self._generation += 1 - len(changes)  # one bump for the batch
+        return self._generation
+
+    async def incarnation(self) -> Incarnation:
+        self._check()
+        return Incarnation(self._epoch, self._generation)
+
+    async def shared_key(self, candidate: bytes | None) -> bytes | None:
+        self._check()
+        if self._key is None and candidate is not None:
+            self._key = bytes(candidate)
+        return self._key
+
     def _purge_routes(self, now: float) -> int:
         expired = [k for k, r in self._routes.items() if r.expired(now)]
         for k in expired:
@@ -135,3 +164,17 @@ class MemoryStore:
             if not entries:
                 del self._bindings[aor]
         return count
+
+
+async def _apply(store: MemoryStore, c: StoreChange) -> None:
+    """One change of a batch (checked by :func:`check_batch`), by the method of its name."""
+    if c.op == "put_binding" and c.binding is not None:
+        await store.put_binding(c.binding)
+    elif c.op == "remove_binding" and c.aor is not None and c.key is not None:
+        await store.remove_binding(c.aor, c.key)
+    elif c.op == "remove_bindings" and c.aor is not None:
+        await store.remove_bindings(c.aor)
+    elif c.op == "put_route" and c.route is not None:
+        await store.put_route(c.route)
+    elif c.op == "remove_route" and c.old_uri is not None:
+        await store.remove_route(c.old_uri)

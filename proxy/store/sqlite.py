@@ -13,6 +13,14 @@ Durability and sharing:
   so a generation read by any process moves with every committed write of any process;
 * a busy timeout lets a writer wait for another process's transaction instead of failing.
 
+Batches (:meth:`SqliteStore.write_batch`) are one transaction, ``executemany`` by runs of the
+same op, one fsync and one generation bump for the lot.
+
+Its life (:meth:`SqliteStore.incarnation`): the ``identity`` table holds the ``epoch``, made
+when the file is created, and the key proxies without a ``secret`` share (``flow_key``). A
+file replaced or removed under the running proxy is noticed by its inode: the store then
+opens whatever is at the path now (creating it), whose epoch differs.
+
 The schema is versioned in the ``meta`` table (``schema_version``, ``generation``).
 :meth:`SqliteStore.open` creates it, applies the migrations the file lacks, and refuses a
 file written by a newer schema (:class:`SchemaVersionError`), a damaged file and a database
@@ -22,8 +30,11 @@ that is not a state store (:class:`CorruptStoreError`).
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import secrets
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -32,10 +43,13 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from proxy.store.base import (
     CorruptStoreError,
+    Incarnation,
     LearnedRoute,
     SchemaVersionError,
+    StoreChange,
     StoredBinding,
     StoreError,
+    check_batch,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -78,6 +92,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: the node (``node:`` of proxy.yaml) whose socket holds a binding's flow.
     ("ALTER TABLE bindings ADD COLUMN node TEXT NOT NULL DEFAULT ''",),
+    # 3: the store's epoch and the key shared by proxies without a configured secret.
+    ("CREATE TABLE identity (name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL) "
+     "WITHOUT ROWID",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -101,6 +118,8 @@ _LIST_BINDINGS = (
     f"SELECT {_BINDING_COLUMNS} FROM bindings WHERE expires_at > ? ORDER BY aor, key"
 )
 _BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'generation'"
+_NEW_IDENTITY = "INSERT OR IGNORE INTO identity (name, value) VALUES (?, ?)"
+_IDENTITY = "SELECT value FROM identity WHERE name = ?"
 _GENERATION = "SELECT value FROM meta WHERE key = 'generation'"
 
 
@@ -111,11 +130,16 @@ class SqliteStore:
     failing with :class:`StoreError`.
     """
 
+    #: changes per write_batch the state keeper hands it: one transaction and one fsync
+    #: each, in the worker thread (the loop only builds the list)
+    batch_size = 2000
+
     def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
         self._path = Path(path)
         self._busy_timeout = busy_timeout
         self._executor: ThreadPoolExecutor | None = None  # set while open (event loop side)
         self._conn: sqlite3.Connection | None = None  # touched by the worker thread only
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file open
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self._path)!r})"
@@ -195,6 +219,19 @@ class SqliteStore:
     async def generation(self) -> int:
         return await self._run("generation", _generation)
 
+    async def write_batch(self, changes: Sequence[StoreChange]) -> int:
+        check_batch(changes)
+        return await self._run("write_batch", _write_batch, list(changes))
+
+    async def incarnation(self) -> Incarnation:
+        executor = self._executor
+        if executor is None:
+            raise StoreError(f"sqlite state store {self._path}: not open")
+        return await self._submit(executor, "incarnation", self._incarnation_sync)
+
+    async def shared_key(self, candidate: bytes | None) -> bytes | None:
+        return await self._run("shared_key", _shared_key, candidate)
+
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _run(
@@ -257,13 +294,31 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous=FULL")
             with _transaction(conn, bump=False):
                 self._migrate(conn)
+                conn.execute(_NEW_IDENTITY, ("epoch", secrets.token_hex(8)))
+            st = os.stat(self._path)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+        self._file = (st.st_dev, st.st_ino)
+
+    def _incarnation_sync(self) -> Incarnation:
+        """In the worker: the epoch and generation of the file at the path *now*; a file
+        replaced or removed since it was opened is let go and the one there opened (or
+        created) instead."""
+        try:
+            st = os.stat(self._path)
+            here: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            here = None
+        if self._conn is None or here != self._file:
+            self._close_sync()
+            self._open_sync()
+        return self._with_conn(_incarnation)
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None
+        self._file = None
         if conn is not None:
             conn.close()
 
@@ -357,10 +412,7 @@ def _binding(row: tuple[Any, ...]) -> StoredBinding:
 
 def _put_route(conn: sqlite3.Connection, r: LearnedRoute) -> None:
     with _transaction(conn):
-        conn.execute(
-            _PUT_ROUTE,
-            (r.old_uri, r.new_uri, r.source, r.call_id, r.status, r.created_at, r.expires_at),
-        )
+        conn.execute(_PUT_ROUTE, _route_row(r))
 
 
 def _get_route(conn: sqlite3.Connection, old_uri: str, now: float) -> LearnedRoute | None:
@@ -395,14 +447,58 @@ def _clear_routes(conn: sqlite3.Connection) -> int:
 
 def _put_binding(conn: sqlite3.Connection, b: StoredBinding) -> None:
     with _transaction(conn):
-        conn.execute(
-            _PUT_BINDING,
-            (
-                b.aor, b.key, b.contact, b.uri, b.expires_at, b.q, b.call_id, b.cseq,
-                b.flow_transport, b.flow_host, b.flow_port, b.registered_at, b.instance,
-                b.reg_id, b.node,
-            ),
-        )
+        conn.execute(_PUT_BINDING, _binding_row(b))
+
+
+def _binding_row(b: StoredBinding) -> tuple[object, ...]:
+    return (b.aor, b.key, b.contact, b.uri, b.expires_at, b.q, b.call_id, b.cseq,
+            b.flow_transport, b.flow_host, b.flow_port, b.registered_at, b.instance, b.reg_id,
+            b.node)
+
+
+def _route_row(r: LearnedRoute) -> tuple[object, ...]:
+    return (r.old_uri, r.new_uri, r.source, r.call_id, r.status, r.created_at, r.expires_at)
+
+
+#: op -> (statement, the parameters of one change), for :func:`_write_batch`
+_BATCH: dict[str, tuple[str, Callable[[StoreChange], tuple[object, ...]]]] = {
+    "put_binding": (_PUT_BINDING, lambda c: _binding_row(c.binding)),  # type: ignore[arg-type]
+    "remove_binding": ("DELETE FROM bindings WHERE aor = ? AND key = ?",
+                       lambda c: (c.aor, c.key)),
+    "remove_bindings": ("DELETE FROM bindings WHERE aor = ?", lambda c: (c.aor,)),
+    "put_route": (_PUT_ROUTE, lambda c: _route_row(c.route)),  # type: ignore[arg-type]
+    "remove_route": ("DELETE FROM routes WHERE old_uri = ?", lambda c: (c.old_uri,)),
+}
+
+
+def _write_batch(conn: sqlite3.Connection, changes: list[StoreChange]) -> int:
+    """The changes in order, in one transaction (``executemany`` by runs of one op), with one
+    generation bump; returns the generation read inside that transaction (so that it is this
+    batch's, not a later writer's)."""
+    with _transaction(conn, bump=False):
+        for op, run in itertools.groupby(changes, key=lambda c: c.op):
+            statement, params = _BATCH[op]
+            conn.executemany(statement, [params(c) for c in run])
+        conn.execute(_BUMP)
+        generation = _generation(conn)
+    return generation
+
+
+def _incarnation(conn: sqlite3.Connection) -> Incarnation:
+    row = conn.execute(_IDENTITY, ("epoch",)).fetchone()
+    if row is None:  # a file of schema 3 whose epoch was deleted by hand: a new life
+        with _transaction(conn, bump=False):
+            conn.execute(_NEW_IDENTITY, ("epoch", secrets.token_hex(8)))
+        row = conn.execute(_IDENTITY, ("epoch",)).fetchone()
+    return Incarnation(str(row[0]), _generation(conn))
+
+
+def _shared_key(conn: sqlite3.Connection, candidate: bytes | None) -> bytes | None:
+    if candidate is not None:
+        with _transaction(conn, bump=False):
+            conn.execute(_NEW_IDENTITY, ("flow_key", candidate.hex()))
+    row = conn.execute(_IDENTITY, ("flow_key",)).fetchone()
+    return None if row is None else bytes.fromhex(str(row[0]))
 
 
 def _remove_binding(conn: sqlite3.Connection, aor: str, key: str) -> None:

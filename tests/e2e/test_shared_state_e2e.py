@@ -3,9 +3,11 @@ redis-servers (and a real 3-node Redis Cluster) started by the tests.
 
 * A phone registered before a restart (sqlite, Redis) gets the next INVITE without
   registering again.
-* Two proxies on one Redis (and on a Redis Cluster): a 301 learned through A is applied by B;
-  a phone registered through A is reached with an INVITE sent to B, over UDP (behind NAT: B
-  goes through A) and over TCP (B goes through A, which holds the connection).
+* Two proxies on one Redis (and on a Redis Cluster), without ``secret:`` (they share the
+  store's key): a 301 learned through A is applied by B; a phone registered through A is
+  reached with an INVITE sent to B, over UDP (behind NAT: through A, at the address the
+  phone registered from, as when the call arrives at A) and over TCP (B goes through A,
+  which holds the connection). Two nodes with different secrets say so.
 * Redis killed mid-run: calls keep flowing, the loss and the recovery are logged once each,
   and a route learned meanwhile is in Redis once it is back.
 * The proxy starts while Redis is down and relays calls.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -55,9 +58,31 @@ def shared_redis(request: pytest.FixtureRequest) -> Iterator[str]:
         yield cluster.url
 
 
-def node(factory: ProxyFactory, state: str, name: str, upstreams: list[str]) -> ProxyProcess:
-    return factory(upstreams=upstreams, registrar="local", domains=[DOMAIN],
-                   extra={"state": state, "node": name, "secret": SECRET})
+def node(factory: ProxyFactory, state: str, name: str, upstreams: list[str],
+         secret: str | None = None) -> ProxyProcess:
+    """A proxy of the shared state with an HTTP endpoint (its /status shows what it holds).
+    No ``secret:`` unless given: the nodes share the key kept in the store."""
+    extra = {"state": state, "node": name, "http": f"{LOOPBACK}:{free_port()}"}
+    if secret is not None:
+        extra["secret"] = secret
+    return factory(upstreams=upstreams, registrar="local", domains=[DOMAIN], extra=extra)
+
+
+def status(proxy: ProxyProcess) -> dict[str, object]:
+    host, _, port = str(proxy.config["http"]).rpartition(":")
+    with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as r:
+        data: dict[str, object] = json.loads(r.read())
+    return data
+
+
+async def holds(proxy: ProxyProcess, key: str, count: int, timeout: float = 5.0) -> None:
+    """Wait (bounded) until ``proxy``'s /status shows ``count`` for ``key`` (registrations,
+    learned_routes): a change made through another node reached it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (await asyncio.to_thread(status, proxy))[key] != count:
+        assert loop.time() < deadline, f"{key} never {count}: {status(proxy)}"
+        await asyncio.sleep(0.05)  # bounded poll of /status: a node raises no event to await
 
 
 async def invite_reaches(pbx: UdpPeer, proxy: ProxyProcess, phone_recv: object,
@@ -87,7 +112,7 @@ async def test_registered_phone_reached_after_restart_without_registering_again(
         proxy = proxy_factory(upstreams=[f"sip:{LOOPBACK}:{pbx.port}"], registrar="local",
                               domains=[DOMAIN], extra={"state": state})
         await register_udp(phone, proxy, "alice")
-        await asyncio.sleep(0.3)  # the binding is written behind the 200 (write-behind)
+        # at once: the binding is written behind the 200, and SIGTERM writes what is pending
         restarted = await restart(proxy_factory, proxy)
         assert restarted.wait_for_log("registrations loaded from", timeout=2)
         call = new_call_id("afterrestart")
@@ -106,31 +131,49 @@ async def test_registered_phone_reached_after_restart_without_registering_again(
 # ----------------------------------------------------------------------------- two nodes
 
 
-async def test_phone_registered_through_a_is_reached_through_b_over_udp_behind_nat(
+async def test_phone_behind_nat_is_reached_at_the_same_address_through_either_node(
     proxy_factory: ProxyFactory, shared_redis: str,
 ) -> None:
     """The phone's Contact names a private address (it is behind NAT); only A's socket can
-    reach its flow. An INVITE sent to B goes to A (a Route with the flow token) and from A
-    over the phone's flow."""
+    reach its flow. No ``secret:``: the nodes share the store's key. An INVITE sent to A goes
+    to where the phone registered from; one sent to B goes to A (a Route with the flow token,
+    which A verifies) and from A to that same address (one rule, proxy/core/reach.py). Before,
+    A sent its own calls to the private Contact."""
     async with await UdpPeer.bind(free_port()) as pbx, await UdpPeer.bind(free_port()) as phone:
         ups = [f"sip:{LOOPBACK}:{pbx.port}"]
         a = node(proxy_factory, shared_redis, "a", ups)
         b = node(proxy_factory, shared_redis, "b", ups)
         await register_udp(phone, a, "nat", contact="<sip:nat@192.168.77.10:5060>")
-        await asyncio.sleep(1.0)  # CONTRACT: every node sees a change within 1 s
-        call = new_call_id("viaa")
-        await pbx.send(pbx_invite(pbx, f"sip:nat@{DOMAIN}", call), b.addr)
-        invite, _ = await phone.recv_sip(WAIT, lambda m: m.method == "INVITE")
-        assert invite.call_id == call
-        assert invite.request_uri == "sip:nat@192.168.77.10:5060"
-        hops = [via_sent_by(v)[1:3] for v in invite.vias]
-        assert hops[:2] == [(LOOPBACK, a.port), (LOOPBACK, b.port)], invite.vias
-        await phone.send(build_response(invite, 486, "Busy Here", to_tag="nat"), a.addr)
-        final = await final_of(pbx, call)
-        assert final.status == 486
-        await pbx.send(build_ack(f"sip:nat@{DOMAIN}", final), b.addr)
+        await holds(b, "registrations", 1)
+        for entry, hops in ((a, [a.port]), (b, [a.port, b.port])):
+            call = new_call_id("nat")
+            await pbx.send(pbx_invite(pbx, f"sip:nat@{DOMAIN}", call), entry.addr)
+            invite, _ = await phone.recv_sip(WAIT, lambda m, c=call: m.method == "INVITE"
+                                             and m.call_id == c)
+            assert invite.request_uri == "sip:nat@192.168.77.10:5060"
+            vias = [via_sent_by(v)[1:3] for v in invite.vias]
+            assert vias[:len(hops)] == [(LOOPBACK, p) for p in hops], invite.vias
+            await phone.send(build_response(invite, 486, "Busy Here", to_tag="nat"), a.addr)
+            final = await final_of(pbx, call)
+            assert final.status == 486
+            await pbx.send(build_ack(f"sip:nat@{DOMAIN}", final), entry.addr)
+        assert not [line for line in a.lines() + b.lines() if "another key" in line]
         a.assert_alive()
         b.assert_alive()
+
+
+async def test_nodes_with_different_secrets_say_so(
+    proxy_factory: ProxyFactory, redis_server: RedisServer,
+) -> None:
+    """A has a ``secret:``, B another: B forwarding a call for A's phone would get 403 from
+    A. Each node announces the id of its key (never the key): B says at start that A's
+    differs, and so does A within an announcement period."""
+    redis_server.cli("flushall")
+    a = node(proxy_factory, redis_server.url, "a", [], secret=SECRET)
+    b = node(proxy_factory, redis_server.url, "b", [], secret=SECRET[::-1])
+    line = await b.await_log("another key", timeout=5)
+    assert "node a uses another key" in line and "from `secret:`" in line, line
+    await a.await_log("node b uses another key", timeout=10)
 
 
 async def test_phone_registered_through_a_is_reached_through_b_over_udp(
@@ -142,7 +185,7 @@ async def test_phone_registered_through_a_is_reached_through_b_over_udp(
         a = node(proxy_factory, shared_redis, "a", ups)
         b = node(proxy_factory, shared_redis, "b", ups)
         await register_udp(phone, a, "udpphone")
-        await asyncio.sleep(1.0)
+        await holds(b, "registrations", 1)
         call = new_call_id("udpb")
         await pbx.send(pbx_invite(pbx, f"sip:udpphone@{DOMAIN}", call), b.addr)
         invite, _ = await phone.recv_sip(WAIT, lambda m: m.method == "INVITE")
@@ -158,7 +201,7 @@ async def test_phone_registered_over_tcp_through_a_is_reached_through_b_via_a(
 ) -> None:
     """The phone keeps its TCP connection to A (SIP Outbound, RFC 5626); the PBX's INVITE to
     B goes to A, which sends it over that connection; the phone's answer goes back the same
-    way."""
+    way. No ``secret:``: A verifies B's token with the key shared through the store."""
     async with await UdpPeer.bind(free_port()) as pbx:
         ups = [f"sip:{LOOPBACK}:{pbx.port}"]
         a = node(proxy_factory, shared_redis, "a", ups)
@@ -177,7 +220,7 @@ async def test_phone_registered_over_tcp_through_a_is_reached_through_b_via_a(
                     "Supported: outbound, path", "Expires: 3600"]))
             ok = await phone.recv_sip(WAIT, lambda m: m.call_id == reg)
             assert ok.status == 200, ok.raw
-            await asyncio.sleep(1.0)
+            await holds(b, "registrations", 1)
             call = new_call_id("tcpb")
             await pbx.send(pbx_invite(pbx, aor, call), b.addr)
             invite = await phone.recv_sip(WAIT, lambda m: m.method == "INVITE")
@@ -227,7 +270,7 @@ async def test_301_learned_through_a_is_applied_by_b(
             await caller.send(build_ack("sip:carol@example.net", final), proxy.addr)
 
         await one_call(a, expect_upstream=True)
-        await asyncio.sleep(1.0)
+        await holds(b, "learned_routes", 1)
         await one_call(b, expect_upstream=False)
         assert not [d for d in await up.quiet(0.3) if d.sip and d.sip.method == "INVITE"], \
             "B asked the upstream instead of applying the route learned through A"
@@ -270,16 +313,10 @@ async def test_redis_killed_mid_run_calls_go_on_and_what_was_learned_is_written_
         assert final.status == 486
         await pbx.send(build_ack(old, final), proxy.addr)
     own_redis.start()
-    stored = None
-    for _ in range(100):
-        raw = own_redis.cli("get", f"spp:route:{old}").strip()
-        if raw:
-            stored = json.loads(raw)
-            break
-        await asyncio.sleep(0.1)  # bounded poll: the proxy reconnects on its own clock
-    assert stored is not None and stored["new_uri"] == moved, proxy.tail(30)
     # The recovery line follows the write-back (after the view is reloaded): await it.
     await proxy.await_log(" is back", timeout=10.0)
+    raw = own_redis.cli("get", f"spp:route:{old}").strip()
+    assert raw and json.loads(raw)["new_uri"] == moved, proxy.tail(30)
     lost = [line for line in proxy.lines() if "unreachable" in line]
     back = [line for line in proxy.lines() if " is back" in line]
     assert len(lost) == 1 and len(back) == 1, (lost, back)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from proxy.core import shared
+import pytest
+
+from proxy.core import reach, shared
 from proxy.core.flowtoken import Flow
 from proxy.core.registrar import Binding, BindingDelete, BindingWrite, MemoryLocation
 from proxy.core.types import Source
@@ -101,10 +103,121 @@ def test_held_elsewhere_covers_streams_outbound_and_nat() -> None:
     h = make()
     direct = shared.from_stored(h.core, stored())
     nat = shared.from_stored(h.core, stored(contact_host="192.168.1.10:5060"))
-    tcp = shared.from_stored(h.core, stored(transport="tcp"))
+    tcp = shared.from_stored(h.core, stored(transport="tcp"))  # Contact = its connection
+    tcp_listening = shared.from_stored(h.core, stored(transport="tcp",
+                                                      contact_host="127.0.0.1:5062"))
+    outbound = shared.from_stored(h.core, stored(reg_id=1))
     mine = shared.from_stored(h.core, stored(node="a", contact_host="192.168.1.10:5060"))
-    assert [shared.held_elsewhere(b) for b in (direct, nat, tcp, mine)] == [
-        False, True, True, False]
+    assert [shared.held_elsewhere(b) for b in (direct, nat, tcp, tcp_listening, outbound,
+                                               mine)] == [False, True, True, False, True, False]
+
+
+@pytest.mark.parametrize(("contact", "source", "nat"), [
+    ("192.168.1.10", "203.0.113.7", True),  # RFC 1918
+    ("10.1.2.3", "203.0.113.7", True),
+    ("172.20.0.5", "203.0.113.7", True),
+    ("100.64.9.9", "203.0.113.7", True),  # RFC 6598 carrier-grade NAT
+    ("169.254.1.1", "203.0.113.7", True),  # link-local
+    ("fd00::5", "2001:db8::7", True),  # RFC 4193
+    ("fe80::1", "2001:db8::7", True),
+    ("127.0.0.1", "203.0.113.7", True),  # its own loopback, seen from outside
+    ("127.0.0.1", "127.0.0.2", False),  # on this very host
+    ("192.168.1.10", "192.168.1.10", False),  # the proxy on the phone's private network
+    ("198.51.100.20", "203.0.113.7", False),  # elsewhere, public: a third-party Contact
+    ("pbx.example.com", "203.0.113.7", False),  # a name: as written
+])
+def test_behind_nat_is_a_private_contact_that_is_not_the_source(
+        contact: str, source: str, nat: bool) -> None:
+    assert reach.behind_nat(contact, source) is nat
+
+
+def local_binding(contact: str, flow: Source, reg_id: int | None = None) -> Binding:
+    return Binding("alice@example.com", f"<{contact}>", contact, 1300.0, 1.0, "c", 1, flow,
+                   900.0, None if reg_id is None else "urn:uuid:1", reg_id)
+
+
+@pytest.mark.parametrize(("contact", "flow", "over_flow"), [
+    ("sip:alice@192.168.1.10:5060", Source("udp", "203.0.113.7", 40000), True),
+    ("sip:alice@203.0.113.7:5060", Source("udp", "203.0.113.7", 40000), False),
+    ("sip:alice@198.51.100.1:5060", Source("udp", "203.0.113.7", 40000), False),
+    ("sip:alice@203.0.113.7:40000;transport=tcp", Source("tcp", "203.0.113.7", 40000, 9),
+     True),
+    ("sip:alice@203.0.113.7:5060;transport=tcp", Source("tcp", "203.0.113.7", 40000, 9),
+     False),
+    ("sip:alice@[fd00::1]:5060", Source("udp", "2001:db8::7", 5060), True),
+    ("sip:alice@203.0.113.7;ob", Source("udp", "203.0.113.7", 40000), False),
+])
+def test_over_flow_is_one_rule_for_contact_or_source(
+        contact: str, flow: Source, over_flow: bool) -> None:
+    assert reach.over_flow(local_binding(contact, flow)) is over_flow
+    # SIP Outbound is always over its flow (RFC 5626 5.3)
+    assert reach.over_flow(local_binding(contact, flow, reg_id=1))
+
+
+def test_a_phone_behind_nat_is_reached_at_its_source_by_the_node_holding_it() -> None:
+    """RFC 3261 16.5 gives the Contact; a private Contact that is not where the REGISTER came
+    from is unreachable: the INVITE goes where the REGISTER came from (and its 200 went)."""
+    h = make()
+    phone = Source("udp", "127.0.0.2", 41000)
+    h.feed(register(contact="<sip:alice@192.168.77.10:5060>"), phone)
+    out = h.feed(request("INVITE", "sip:alice@example.com"), Source("udp", "127.0.0.1", 5080))
+    invites = [s for s in out if parse_message(s.data).method == "INVITE"]
+    assert [(s.host, s.port) for s in invites] == [("127.0.0.2", 41000)]
+    msg = parse_message(invites[0].data)
+    assert msg.request_uri == "sip:alice@192.168.77.10:5060"  # the Request-URI stays the Contact
+
+
+def test_a_phone_behind_nat_is_reached_at_the_same_source_through_another_node() -> None:
+    """Node b holds the phone (behind NAT); node a sends the INVITE to b with a token naming
+    the phone's source, which is where b sends it (as b would for a call arriving at b)."""
+    h = make()
+    h.core.cluster.shared = True
+    h.core.cluster.peers = shared.parse_peers({"b": ["udp:127.0.0.3:5070"]})
+    sb = dataclasses.replace(stored(contact_host="192.168.77.10:5060"), flow_host="127.0.0.2",
+                             flow_port=41000)
+    shared.load_bindings(h.core, [sb], h.now)
+    out = h.feed(request("INVITE", "sip:alice@example.com"), Source("udp", "127.0.0.1", 5080))
+    to_b = [s for s in out if (s.host, s.port) == ("127.0.0.3", 5070)]
+    assert len(to_b) == 1
+    route = parse_message(to_b[0].data).get("route")
+    assert route is not None
+    token = route.split(":", 1)[1].split("@", 1)[0]
+    flow = h.core.tokens.decode(token)
+    assert flow is not None and (flow.remote_host, flow.remote_port, flow.node) == (
+        "127.0.0.2", 41000, "b")
+
+
+def test_a_phone_at_its_contact_is_reached_there_from_every_node() -> None:
+    """Contact on the source's host (another port: the UA sends from elsewhere than it
+    listens): the Contact, directly, whichever node holds the binding."""
+    for node in ("a", "b"):
+        h = make()
+        h.core.cluster.peers = shared.parse_peers({"b": ["udp:127.0.0.3:5070"]})
+        sb = dataclasses.replace(stored(contact_host="127.0.0.2:5062", node=node),
+                                 flow_host="127.0.0.2", flow_port=41000)
+        shared.load_bindings(h.core, [sb], h.now)
+        out = h.feed(request("INVITE", "sip:alice@example.com"),
+                     Source("udp", "127.0.0.1", 5080))
+        invites = [s for s in out if parse_message(s.data).method == "INVITE"]
+        assert [(s.host, s.port) for s in invites] == [("127.0.0.2", 5062)], node
+
+
+def test_rekey_mints_with_the_new_key_and_keeps_the_old_tokens_when_asked() -> None:
+    h = make()
+    flow = Flow("udp", "127.0.0.1", 5060, "192.0.2.9", 40000)
+    before = h.core.tokens.encode(flow)
+    branch_key = h.core.branch_key
+    h.core.rekey(b"s" * 32, keep_old=True)
+    after = h.core.tokens.encode(flow)
+    assert after != before and h.core.branch_key != branch_key
+    assert h.core.tokens.decode(before) == flow  # minted before: still verifies
+    assert h.core.tokens.decode(after) == flow
+    other = Harness.make(registrar_local=True, domains=DOMAIN)
+    other.core.rekey(b"s" * 32, keep_old=False)
+    assert other.core.tokens.decode(after) == flow  # same key, same tokens: another node
+    assert other.core.tokens.decode(before) is None
+    other.core.rekey(b"t" * 32, keep_old=False)
+    assert other.core.tokens.decode(after) is None  # without keep_old the old ones go
 
 
 def test_a_binding_held_by_another_node_is_reached_through_it() -> None:

@@ -29,7 +29,7 @@ from proxy.store import (
     open_store,
 )
 from proxy.store.memory import MemoryStore
-from proxy.store.redis import RedisStore
+from proxy.store.redis import NodeInfo, RedisStore
 from proxy.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.redis_harness import RedisClusterServers, RedisServer
 
@@ -614,14 +614,16 @@ async def test_redis_refuses_a_newer_schema(shared: RedisStore) -> None:
 async def test_redis_every_write_is_published_with_its_origin(shared: RedisStore) -> None:
     seen: list[object] = []
 
+    subscribed = asyncio.Event()
+
     async def listen() -> None:
-        async for change in shared.changes():
+        async for change in shared.changes(subscribed.set):
             seen.append(change)
             if len(seen) == 3:
                 return
 
     task = asyncio.create_task(listen())
-    await asyncio.sleep(0.3)  # the subscription is made in the task
+    await asyncio.wait_for(subscribed.wait(), 5)  # the server confirmed the subscription
     writer = RedisStore(shared._spec, node="writer", clock=lambda: T0)  # noqa: SLF001
     async with writer:
         await writer.put_binding(binding())
@@ -635,8 +637,12 @@ async def test_redis_every_write_is_published_with_its_origin(shared: RedisStore
 
 
 async def test_redis_node_addresses_are_published_with_a_ttl(shared: RedisStore) -> None:
-    await shared.publish_node("a", ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"], 30)
-    assert await shared.nodes() == {"a": ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]}
+    await shared.publish_node("a", ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"], 30, "k1")
+    assert await shared.nodes() == {
+        "a": NodeInfo(["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"], "k1")}
+    # the bare list an older proxy announces: its addresses, no key id
+    await shared._c().set("spp:node:old", '["udp:127.0.0.1:5070"]')  # noqa: SLF001
+    assert (await shared.nodes())["old"] == NodeInfo(["udp:127.0.0.1:5070"], "")
     assert 0 < await _pttl(shared, "spp:node:a") <= 30_000
 
 

@@ -67,9 +67,13 @@ async def call_over_tcp(proxy: ProxyProcess, sipp: Sipp, pbx_port: int) -> None:
 async def test_idle_tcp_connections_are_closed_and_calls_still_work(
         proxy_factory: ProxyFactory, sipp: Sipp) -> None:
     pbx_port = free_port()
+    # The idle connections are a stranger's (127.0.0.2): connections from the upstream's
+    # address (127.0.0.1 here) are exempt from the idle rule; tcp_per_source is raised so that
+    # only the idle rule closes them.
     proxy = proxy_factory(upstreams=[f"sip:{LOOPBACK}:{pbx_port};transport=tcp"],
-                          limits={"tcp_idle_timeout": 3})
-    idle = [await asyncio.open_connection(*proxy.addr) for _ in range(500)]
+                          limits={"tcp_idle_timeout": 3, "tcp_per_source": 600})
+    idle = [await asyncio.open_connection(*proxy.addr, local_addr=("127.0.0.2", 0))
+            for _ in range(500)]
     loop = asyncio.get_running_loop()
     opened = loop.time()
     await call_over_tcp(proxy, sipp, pbx_port)  # during

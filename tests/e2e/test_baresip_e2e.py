@@ -194,6 +194,8 @@ async def test_baresip_authenticates_with_md5_only(
     mark = proxy.mark()
     async with baresip(tmp_path / "baresip", proxy) as phone:
         await phone.wait_for(REGISTERED)
+        # baresip can say so before the proxy's log line of its 200 is read: wait for it.
+        await proxy.await_log(re.compile(r"proxy\.messages: out SIP/2\.0 200"), since=mark)
         assert exchange(proxy, mark)[:4] == ["in  REGISTER", "out SIP/2.0 401",
                                              "in  REGISTER", "out SIP/2.0 200"]
         assert await options_status(proxy) == 200

@@ -15,9 +15,9 @@ from pathlib import Path
 from proxy.config import Config
 from proxy.diagnostics import display_path
 from proxy.policy import (
+    MAX_HOLD_DOWN,
     Action,
     AnswerView,
-    MAX_HOLD_DOWN,
     Decision,
     Policy,
     Route,

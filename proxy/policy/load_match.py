@@ -296,6 +296,8 @@ def time_window(ld: Loading, node: YNode, what: str) -> TimeWindow | None:
     if mapping is None:
         return None
     found = ld.keys(mapping, _TIME_KEYS, (), (), what)
+    if len(found) < len(mapping.items):
+        return None  # an unknown key, reported
     if "days" not in found and "between" not in found:
         ld.report.error(mapping, f"{what} needs 'days', 'between' or both")
         return None

@@ -11,7 +11,8 @@ What it models (RFC 3261 16.6-16.7 as the core implements them):
   with the group of the branch) does what the core does with it:
   a 2xx ends the call; ``failover`` starts the next upstream of the group, or the first of
   group ``to``; ``stop`` ends the search; ``reply`` ends it with the reply's status;
-  ``redirect`` of a 3xx makes the next answer the Contact's (a branch outside the groups);
+  ``redirect`` of a 3xx makes the next answer the Contact's (a branch outside the groups;
+  the 3xx is not kept, 16.7 step 4);
   ``forward`` and ``retry_flows`` (an upstream has no flows) end the branch, and with it the
   call: the caller gets the best response (16.7 step 6: a 6xx wins, else the lowest class,
   the first received; a real response before a synthesised one; a 503 chosen is sent as 500);
@@ -209,6 +210,8 @@ class _Call:
             if not self.queue:
                 self._end_best()  # none left: forward
         elif decision.action is Action.REDIRECT and 300 <= status < 400:
+            # 16.7 step 4: its Contact recursed on, the contact-less 3xx is not kept
+            self.responses.pop()
             self.queue = [REDIRECT_TARGET]
         else:
             self._end_best()

@@ -25,7 +25,8 @@ from typing import Any, TextIO, TypeVar
 from proxy import COMPILED, __version__, build_kind
 from proxy.config import LOG_LEVELS, Config, load_config, load_config_and_policy
 from proxy.diagnostics import ConfigError, Diagnostic, display_path
-from proxy.policy import MAX_STATUS, MIN_STATUS, Action, Decision, Policy, load_policy
+from proxy.policy import MAX_STATUS, MIN_STATUS, Policy, load_policy
+from proxy.policy_check import explain_chain, explain_route, parse_instant, run_tests
 from proxy.status_cli import add_parser as add_status_parser
 from proxy.store import LearnedRoute, StateStore, StoredBinding, StoreError, open_store
 
@@ -135,6 +136,15 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"a response status {MIN_STATUS}..{MAX_STATUS}")
     explain.add_argument("--method", type=_method, default="INVITE",
                          help="the request method (default: INVITE)")
+    call = explain.add_argument_group(
+        "a call (with --config): the route it takes, then the rule deciding STATUS from the "
+        "first upstream of its group")
+    call.add_argument("--ruri", metavar="URI", help="the Request-URI (also the To)")
+    call.add_argument("--from", dest="from_uri", metavar="URI", help="the From URI")
+    call.add_argument("--source", type=_address, metavar="IP",
+                      help="the address the request comes from")
+    call.add_argument("--time", type=_instant, metavar="ISO",
+                      help="when, ISO 8601 with an offset (default: now)")
     explain.set_defaults(func=_cmd_explain)
 
     # `--config` is accepted before or after the action (`routes --config X list` and
@@ -207,6 +217,25 @@ def _method(text: str) -> str:
     return text
 
 
+def _address(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: expected an IP address "
+                                         "like 10.1.2.3") from None
+
+
+def _instant(text: str) -> float:
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: expected ISO 8601 with an offset, like "
+            f"2026-03-02T09:30:00+01:00 ({exc})") from None
+
+
 def _print_all(diagnostics: Sequence[Diagnostic], stream: TextIO) -> None:
     for d in diagnostics:
         print(d, file=stream)
@@ -263,11 +292,23 @@ def _cmd_check(args: argparse.Namespace) -> int:
     config, policy = loaded
     if config is None:
         print(f"OK: {args.policy} (version {policy.version}, {_rules(policy)})")
-    else:
-        print(f"OK: {args.config or DEFAULT_CONFIG} (policy {_policy_name(config)} "
-              f"version {policy.version}, {_rules(policy)})")
-        if config.state_kind == "redis":
-            print(_state_plan(config))
+        if policy.tests:
+            n = len(policy.tests)
+            print(f"tests: {n} not run: they need the upstream groups of a configuration "
+                  "(check --config PATH)")
+        return 0
+    passed, failures = run_tests(config, policy)
+    if failures:
+        for line in failures:
+            print(line, file=sys.stderr)
+        print(f"tests: {len(failures)} failed, {passed} passed", file=sys.stderr)
+        return 1
+    print(f"OK: {args.config or DEFAULT_CONFIG} (policy {_policy_name(config)} "
+          f"version {policy.version}, {_rules(policy)})")
+    if policy.tests:
+        print(f"tests: {passed} passed")
+    if config.state_kind == "redis":
+        print(_state_plan(config))
     return 0
 
 
@@ -286,12 +327,21 @@ def _state_plan(config: Config) -> str:
 def _cmd_explain(args: argparse.Namespace) -> int:
     status: int = args.status
     method: str = args.method
+    call = (args.ruri, args.from_uri, args.source, args.time)
+    if args.policy is not None and any(v is not None for v in call):
+        print(f"{PROG} explain: --ruri, --from, --source and --time need --config (the "
+              "upstream groups), not --policy", file=sys.stderr)
+        return 2
     loaded = _load_policy_or_config(args)
     if loaded is None:
         return 1
     config, policy = loaded
     if config is None:
         print(policy.explain(status, method))
+    elif any(v is not None for v in call):
+        for line in explain_route(config, policy, status, method, args.ruri or "",
+                                  args.from_uri or "", args.source or "", args.time):
+            print(line)
     else:
         print(explain_chain(config, policy, status, method))
     return 0
@@ -451,55 +501,15 @@ def _printable(text: str) -> str:
 
 def _rules(policy: Policy) -> str:
     n = len(policy.rules)
-    return f"{n} rule" if n == 1 else f"{n} rules"
+    text = f"{n} rule" if n == 1 else f"{n} rules"
+    if policy.routes:
+        r = len(policy.routes)
+        text += f", {r} route" if r == 1 else f", {r} routes"
+    return text
 
 
 def _policy_name(config: Config) -> str:
     return display_path(config.policy_path) if config.policy_path is not None else "builtin"
-
-
-def explain_chain(config: Config, policy: Policy, status: int, method: str = "INVITE") -> str:
-    """The decision for ``status`` and what follows from it with ``config``, on one line.
-
-    E.g. ``unavailable: failover -> next upstream sip:127.0.0.1:5081; none left: forward``.
-    The failover chain is the one of a response from the first upstream.
-    """
-    decision = policy.evaluate(status, method)
-    head = decision.describe()
-    return f"{head} -> {_consequence(config, decision, status)}"
-
-
-def _consequence(config: Config, d: Decision, status: int) -> str:
-    if status < 200:
-        return "provisional: " + (
-            "not forwarded (RFC 3261 16.7 step 5)" if status == 100
-            else "forwarded to the caller at once (RFC 3261 16.7 step 5)"
-        )
-    if status < 300:
-        return "forwarded to the caller at once (RFC 3261 16.7 step 5)"
-    if d.action is Action.STOP:
-        return (f"CANCEL the pending branches, no new branch; the {status} goes to the caller "
-                "(RFC 3261 16.7 steps 5-6)")
-    if d.action is Action.FAILOVER:
-        rest = [u.uri for u in config.upstreams[1:]]
-        if not rest:
-            return "no other upstream; forward"
-        return f"next upstream {', then '.join(rest)}; none left: forward"
-    if d.action is Action.REDIRECT:
-        if not 300 <= status <= 399:
-            return f"a {status} carries no redirect: forward"
-        trusted = ", ".join(config.trusted_sources) or "(none)"
-        targets = ", ".join(config.allow_targets) or "(none)"
-        text = (f"follow the Contact if the {status} comes from {trusted} and the Contact "
-                f"points to {targets}, at most {d.max_redirects} "
-                f"redirect{'s' if d.max_redirects != 1 else ''}")
-        if d.permanent:
-            text += f"; remembered for at most {config.redirects.max_ttl} s"
-        return text + "; otherwise: forward"
-    if d.action is Action.RETRY_FLOWS:
-        return (f"remove the failed binding, try the instance's other flows (at most "
-                f"{d.max_attempts}); none left: forward")
-    return "best response once every branch has ended (RFC 3261 16.7 step 6)"
 
 
 # ---------------------------------------------------------------------------------------------

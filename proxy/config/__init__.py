@@ -8,6 +8,10 @@ each with FILE:LINE:COLUMN. The users file of ``auth`` is read here too
 :func:`load_config_and_policy` also loads the policy file the configuration names, and
 reports that file's errors with the policy's own positions.
 
+``upstreams`` is a list (one group, ``default``) or a mapping of named groups
+(:mod:`proxy.config.upstreams`): ``Config.upstream_groups`` holds them all, the first one the
+default, and ``Config.upstreams`` that first group's upstreams.
+
 Access control: ``trusted_relays`` (who may send an initial request with a preloaded Route
 to another host, RFC 3261 16.4), ``auth`` (digest authentication, RFC 3261 22.4),
 ``registrar_networks`` and ``registrar_max_contacts`` (RFC 3261 10.3).
@@ -28,6 +32,7 @@ import os
 from proxy.config.loader import load_config, load_config_and_policy
 from proxy.config.model import (
     CONFIG_KEYS,
+    DEFAULT_GROUP,
     DEFAULT_REGISTRAR_NETWORKS,
     LOG_LEVELS,
     AuthSettings,
@@ -40,11 +45,13 @@ from proxy.config.model import (
     Timers,
     TlsSettings,
     Upstream,
+    UpstreamGroup,
 )
 from proxy.config.syntax import parse_listen, parse_upstream
 
 __all__ = [
     "CONFIG_KEYS",
+    "DEFAULT_GROUP",
     "DEFAULT_REGISTRAR_NETWORKS",
     "LOG_LEVELS",
     "AuthSettings",
@@ -57,6 +64,7 @@ __all__ = [
     "Timers",
     "TlsSettings",
     "Upstream",
+    "UpstreamGroup",
     "load_config",
     "load_config_and_policy",
     "os",

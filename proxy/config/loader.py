@@ -85,6 +85,7 @@ from proxy.config.syntax import (
     plain_host,
     split_hostport,
 )
+from proxy.config.upstreams import parse_upstreams
 
 # ---------------------------------------------------------------------------------------------
 # Loading
@@ -103,7 +104,8 @@ def load_config(path: str | Path) -> tuple[Config, list[Diagnostic]]:
 
 
 def load_config_and_policy(path: str | Path) -> tuple[Config, Policy, list[Diagnostic]]:
-    """:func:`load_config`, then the policy it names (or :data:`BUILTIN_POLICY`).
+    """:func:`load_config`, then the policy it names (or :data:`BUILTIN_POLICY`), whose
+    upstream group names must be the configuration's.
 
     Raises :class:`ConfigError` with the errors of both files (the policy's with its own
     FILE:LINE:COLUMN); returns the warnings of both otherwise.
@@ -113,9 +115,10 @@ def load_config_and_policy(path: str | Path) -> tuple[Config, Policy, list[Diagn
     warnings = report.warnings
     policy: Policy | None = BUILTIN_POLICY
     policy_path = config.policy_path if config is not None else report.policy_path
+    groups = config.group_names if config is not None else None
     if policy_path is not None:
         try:
-            policy, policy_warnings = load_policy(policy_path)
+            policy, policy_warnings = load_policy(policy_path, groups)
             warnings.extend(policy_warnings)
         except ConfigError as exc:
             errors.extend(exc.diagnostics)
@@ -217,7 +220,7 @@ class _Builder:
 
         return {
             "listen": ("listen", self._listen),
-            "upstreams": ("upstreams", self._upstreams),
+            "upstreams": ("upstream_groups", lambda node: parse_upstreams(r, node)),
             "policy": ("policy_path", self._policy),
             "state": ("state", self._state),
             "node": ("node", self._node),
@@ -258,7 +261,8 @@ class _Builder:
         r = self.report
         trust.registrar_defaults(r, self.tree, found, given, values)
         declared = given.get("upstreams")
-        if not values.get("upstreams") and not (isinstance(declared, YSeq) and declared.items):
+        parsed = any(g.upstreams for g in values.get("upstream_groups", ()))
+        if not parsed and not (isinstance(declared, YSeq | YMap) and declared.items):
             at = found.get("upstreams", self.tree)
             if values.get("registrar", "upstream") == "upstream":
                 r.warning(at, "no upstreams: with registrar: upstream, REGISTER requests and "
@@ -347,30 +351,6 @@ class _Builder:
                 continue
             seen[entry] = item
             result.append(entry)
-        return tuple(result)
-
-    def _upstreams(self, node: YNode) -> tuple[Upstream, ...]:
-        seq = get_list(self.report, node, "upstreams")
-        if seq is None:
-            return ()
-        result: list[Upstream] = []
-        seen: dict[tuple[str, int, str], YNode] = {}
-        for item in seq.items:
-            text = get_str(self.report, item, "an upstream")
-            if text is None:
-                continue
-            up = parse_upstream(text)
-            if isinstance(up, str):
-                self.report.error(item, f"upstream {text!r}: {up}")
-                continue
-            key = (up.host.lower(), up.port, up.transport)
-            first = seen.get(key)
-            if first is not None:
-                self.report.error(item, f"upstream {text!r}: duplicate upstream (first at "
-                                  f"{first.line}:{first.column})")
-                continue
-            seen[key] = item
-            result.append(up)
         return tuple(result)
 
     # -- policy / state ----------------------------------------------------------------------

@@ -106,6 +106,18 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamGroup:
+    """A named group of upstreams, tried in order (failover); ``default`` for the list form."""
+
+    name: str
+    upstreams: tuple[Upstream, ...]
+
+
+#: The name of the one group a list of upstreams makes.
+DEFAULT_GROUP = "default"
+
+
+@dataclass(frozen=True, slots=True)
 class Redirects:
     """Which 3xx the proxy may follow and learn from; ``()`` means the CONTRACT default
     (trusted_sources: the upstreams' hosts; allow_targets: the upstreams' hosts and domains)."""
@@ -185,7 +197,9 @@ class DnsSettings:
 class Config:
     path: Path  # absolute path of proxy.yaml
     listen: tuple[Listen, ...]  # at least one
-    upstreams: tuple[Upstream, ...] = ()  # in failover order
+    # The first upstream group's upstreams, in failover order: where a call goes when no
+    # route of the policy says otherwise (the list form's only group).
+    upstreams: tuple[Upstream, ...] = ()
     policy_path: Path | None = None  # absolute; None -> BUILTIN_POLICY
     state: str = "memory:"  # "memory:" | "sqlite:/abs/path" | "redis://..." | "rediss://..." |
     #                          "redis+cluster://HOST:PORT,..."
@@ -218,20 +232,52 @@ class Config:
     log_format: str = "text"  # "text" | "json" (one JSON object per line)
     upstream_probe: UpstreamProbe = field(default_factory=lambda: UpstreamProbe())
     dns: DnsSettings = field(default_factory=DnsSettings)
+    # Every upstream group in order, the first the default; () when built from `upstreams`
+    # alone: it is then the one group `default` of those upstreams (__post_init__).
+    upstream_groups: tuple[UpstreamGroup, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.upstream_groups:
+            object.__setattr__(self, "upstream_groups",
+                               (UpstreamGroup(DEFAULT_GROUP, self.upstreams),))
+        elif not self.upstreams:
+            object.__setattr__(self, "upstreams", self.upstream_groups[0].upstreams)
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The upstream groups' names, the default first."""
+        return tuple(g.name for g in self.upstream_groups)
+
+    @property
+    def all_upstreams(self) -> tuple[Upstream, ...]:
+        """Every upstream of every group, each once, in the order written: the upstreams of
+        the access rules, redirect defaults and probing."""
+        seen: dict[tuple[str, int, str], Upstream] = {}
+        for group in self.upstream_groups:
+            for u in group.upstreams:
+                seen.setdefault((u.host.lower(), u.port, u.transport), u)
+        return tuple(seen.values())
+
+    def group(self, name: str) -> UpstreamGroup | None:
+        for g in self.upstream_groups:
+            if g.name == name:
+                return g
+        return None
 
     @property
     def trusted_sources(self) -> tuple[str, ...]:
-        """``redirects.trusted_sources`` with the CONTRACT default applied."""
+        """``redirects.trusted_sources`` with the CONTRACT default applied (the hosts of
+        every group's upstreams)."""
         if self.redirects.trusted_sources:
             return self.redirects.trusted_sources
-        return unique(u.host.lower() for u in self.upstreams)
+        return unique(u.host.lower() for u in self.all_upstreams)
 
     @property
     def allow_targets(self) -> tuple[str, ...]:
         """``redirects.allow_targets`` with the CONTRACT default applied."""
         if self.redirects.allow_targets:
             return self.redirects.allow_targets
-        return unique([*(u.host.lower() for u in self.upstreams), *self.domains])
+        return unique([*(u.host.lower() for u in self.all_upstreams), *self.domains])
 
     @property
     def state_kind(self) -> str:

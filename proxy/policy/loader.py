@@ -1,18 +1,29 @@
 """Reading and validating policy files, with FILE:LINE:COLUMN diagnostics.
 
-The format (CONTRACT "Policy file")::
+The format (README "Policy files")::
 
+    routes:                                  # optional: where a new call goes
+      - name: office                         # (proxy/policy/load_routes.py)
+        match: {ruri_user: "1[0-9]{3}"}
+        group: pbx
     rules:
       - name: global-failure                 # required, unique
-        match: {status: [600, 603], method: INVITE}   # status required, method optional
-        action: stop                         # redirect | retry_flows | stop | failover | forward
+        match: {status: [600, 603], method: INVITE}   # status required, the rest optional:
+                                             # ruri_user, from_user, to_user, source,
+                                             # upstream, header, time
+        action: stop                         # redirect | retry_flows | stop | failover |
+                                             # forward | reply
         # redirect only:    permanent: true|false, max_redirects: 1..10
         # retry_flows only: max_attempts: 1..10
+        # failover only:    to: GROUP, diversion: REASON (with `to`, RFC 5806)
+        # reply only:       status: 400..699 (required), reason: PHRASE
+        # any action:       hold_down: 1..3600 seconds
+    tests: [...]                             # optional (proxy/policy/load_cases.py)
 
-Status forms: an integer 100..699, a class ``"6xx"``, a range ``"500-599"`` or a list mixing
-them. Method: an uppercase SIP method token (RFC 3261 7.1, 25.1 ``Method``) or a list. A
-method that is none of :data:`STANDARD_METHODS` is allowed (an extension method) but warned
-about, with the closest standard method when one is close: ``INVTE`` is most likely a typo.
+Statuses and methods: :mod:`proxy.policy.load_values`; the other matches:
+:mod:`proxy.policy.load_match`. Upstream group names are checked against the configuration's
+when the caller passes them (``groups``): ``check --config`` and ``run`` do; a policy file
+checked alone cannot know them.
 
 Errors make :func:`load_policy` raise :class:`~proxy.diagnostics.ConfigError`; warnings
 (a rule that can never match, options that cannot apply) are returned with the policy.
@@ -22,12 +33,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 from proxy.diagnostics import (
-    DECIMAL,
     ConfigError,
     Diagnostic,
     Reporter,
@@ -35,24 +45,32 @@ from proxy.diagnostics import (
     YNode,
     YScalar,
     YSeq,
-    check_keys,
     describe,
     display_path,
     get_bool,
     get_int,
     get_list,
     get_map,
+    get_number,
     parse_yaml,
     read_yaml_file,
     too_large,
 )
-from proxy.policy.model import MAX_STATUS, MIN_STATUS, Action, Policy, Rule, format_statuses
+from proxy.policy.lint import lint_routes, lint_rules
+from proxy.policy.load_cases import TEST_KEYS, tests
+from proxy.policy.load_match import Loading, conditions
+from proxy.policy.load_routes import diversion, routes
+from proxy.policy.load_values import STANDARD_METHODS, methods, statuses
+from proxy.policy.match import Conditions
+from proxy.policy.model import MAX_HOLD_DOWN, Action, Policy, Rule
+from proxy.policy.route import Route
 
 __all__ = [
     "MATCH_KEYS",
     "MAX_POLICY_BYTES",
     "RULE_KEYS",
     "STANDARD_METHODS",
+    "TEST_KEYS",
     "load_policy",
     "parse_policy",
     "policy_version",
@@ -62,33 +80,26 @@ MAX_POLICY_BYTES: Final = 1 << 20
 """A policy file larger than this (1 MiB) is refused unread: a real one is a few KiB, and
 composing a large YAML file costs seconds (about 4 µs a byte)."""
 TOP_KEYS = ("rules",)
+TOP_KEYS_2 = ("routes", "tests")
 RULE_KEYS = ("name", "match", "action", "permanent", "max_redirects", "max_attempts")
+RULE_KEYS_2 = ("to", "diversion", "hold_down", "status", "reason")
 MATCH_KEYS = ("status", "method")
+MATCH_KEYS_2 = ("ruri_user", "from_user", "to_user", "source", "upstream", "header", "time")
 ACTIONS = tuple(a.value for a in Action)
+REPLY = "reply"
+ACTIONS_2 = (*ACTIONS, REPLY)
 OPTION_ACTION = {
-    "permanent": Action.REDIRECT,
-    "max_redirects": Action.REDIRECT,
-    "max_attempts": Action.RETRY_FLOWS,
+    "permanent": Action.REDIRECT.value,
+    "max_redirects": Action.REDIRECT.value,
+    "max_attempts": Action.RETRY_FLOWS.value,
+    "to": Action.FAILOVER.value,
+    "diversion": Action.FAILOVER.value,
+    "status": REPLY,
+    "reason": REPLY,
 }
 MAX_REDIRECTS = 10
 MAX_ATTEMPTS = 10
-
-# RFC 3261 25.1: Method = INVITEm / ... / extension-method; extension-method = token
-STANDARD_METHODS = (
-    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER",  # RFC 3261
-    "PRACK",  # RFC 3262
-    "SUBSCRIBE", "NOTIFY",  # RFC 6665
-    "PUBLISH",  # RFC 3903
-    "INFO",  # RFC 6086
-    "REFER",  # RFC 3515
-    "MESSAGE",  # RFC 3428
-    "UPDATE",  # RFC 3311
-)
-_TOKEN: Final = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
-_CLASS: Final = re.compile(r"([0-9])[xX][xX]")
-_RANGE: Final = re.compile(r"([0-9]+)\s*-\s*([0-9]+)")
-_SINGLE: Final = re.compile(r"[0-9]+")
-_STATUS_FORMS: Final = 'an integer 100..699, a class like "6xx" or a range like "500-599"'
+MAX_REASON = 128
 
 
 def policy_version(data: bytes) -> str:
@@ -96,23 +107,27 @@ def policy_version(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-def load_policy(path: str | Path) -> tuple[Policy, list[Diagnostic]]:
+def load_policy(
+    path: str | Path, groups: Sequence[str] | None = None
+) -> tuple[Policy, list[Diagnostic]]:
     """Read, validate and compile a policy file.
 
     Returns ``(policy, warnings)``; raises :class:`ConfigError` with every error found.
-    ``Policy.path`` is the file as given; diagnostics name it relative to the working
-    directory when it lies below it.
+    ``groups``: the configuration's upstream group names (every group a route, rule or test
+    names must be one of them); None: not checked. ``Policy.path`` is the file as given;
+    diagnostics name it relative to the working directory when it lies below it.
     """
     p = Path(path)
     report = Reporter(display_path(p.absolute()) if p.is_absolute() else str(p))
     tree, data = read_yaml_file(p, report, max_bytes=MAX_POLICY_BYTES)
     if tree is None or data is None:
         raise ConfigError(report.errors)
-    return _compile(tree, data, str(path), report)
+    return _compile(tree, data, str(path), report, groups)
 
 
 def parse_policy(
-    data: bytes | str, file: str = "<policy>", path: str | None = None
+    data: bytes | str, file: str = "<policy>", path: str | None = None,
+    groups: Sequence[str] | None = None,
 ) -> tuple[Policy, list[Diagnostic]]:
     """Like :func:`load_policy`, from bytes already read (``file`` names them in messages)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
@@ -128,67 +143,109 @@ def parse_policy(
     tree = parse_yaml(text, report)
     if tree is None:
         raise ConfigError(report.errors)
-    return _compile(tree, raw, path, report)
+    return _compile(tree, raw, path, report, groups)
 
 
 def _compile(
-    tree: YNode, data: bytes, path: str | None, report: Reporter
+    tree: YNode, data: bytes, path: str | None, report: Reporter,
+    groups: Sequence[str] | None,
 ) -> tuple[Policy, list[Diagnostic]]:
-    rules = _rules(tree, report)
+    ld = Loading(report, _level2(tree))
+    rules: list[Rule] = []
+    found_routes: list[Route] = []
+    found_tests = []
+    if not isinstance(tree, YMap):
+        report.error(tree, f"a policy file must be a mapping with a 'rules' list, got "
+                     f"{describe(tree)}")
+    else:
+        found = ld.keys(tree, TOP_KEYS, TOP_KEYS_2, TOP_KEYS, "")
+        if (node := found.get("rules")) is not None:
+            rules = _rules(ld, node)
+        if (node := found.get("routes")) is not None:
+            found_routes = routes(ld, node)
+        if (node := found.get("tests")) is not None:
+            uses_time = any(c is not None and c.time is not None
+                            for c in [*(r.when for r in rules), *(r.when for r in found_routes)])
+            found_tests = tests(ld, node, rules, found_routes, uses_time)
+    if groups is not None:
+        ld.check_groups(groups)
     if not report.failed:
-        _lint(rules, report)
+        lint_routes(found_routes, report)
+        lint_rules(rules, report)
     if report.failed:
         raise ConfigError(report.errors)
-    return Policy(tuple(rules), policy_version(data), path), report.warnings
+    policy = Policy(tuple(rules), policy_version(data), path, tuple(found_routes),
+                    tuple(found_tests))
+    return policy, report.warnings
 
 
-def _rules(tree: YNode, report: Reporter) -> list[Rule]:
+def _level2(tree: YNode) -> bool:
+    """Whether the file uses anything of the second form (see :mod:`.load_match`)."""
     if not isinstance(tree, YMap):
-        report.error(tree, f"a policy file must be a mapping with a 'rules' list, got {describe(tree)}")
-        return []
-    found = check_keys(report, tree, TOP_KEYS, TOP_KEYS, "")
-    node = found.get("rules")
-    if node is None:
-        return []
-    seq = get_list(report, node, "'rules'")
+        return False
+    if any(key in TOP_KEYS_2 for key in tree.keys()):
+        return True
+    rules = tree.get("rules")
+    for item in rules.items if isinstance(rules, YSeq) else ():
+        if not isinstance(item, YMap):
+            continue
+        if any(key in RULE_KEYS_2 for key in item.keys()):
+            return True
+        action = item.get("action")
+        if isinstance(action, YScalar) and action.value == REPLY:
+            return True
+        match = item.get("match")
+        if isinstance(match, YMap) and any(key in MATCH_KEYS_2 for key in match.keys()):
+            return True
+    return False
+
+
+def _rules(ld: Loading, node: YNode) -> list[Rule]:
+    seq = get_list(ld.report, node, "'rules'")
     if seq is None:
         return []
     if not seq.items:
-        report.warning(seq, "the policy has no rules: every final response is forwarded")
+        ld.report.warning(seq, "the policy has no rules: every final response is forwarded")
     rules: list[Rule] = []
     names: dict[str, YScalar] = {}
     for index, item in enumerate(seq.items, start=1):
-        rule = _rule(item, index, names, report)
+        rule = _rule(ld, item, index, names)
         if rule is not None:
             rules.append(rule)
     return rules
 
 
-def _rule(item: YNode, index: int, names: dict[str, YScalar], report: Reporter) -> Rule | None:
+def _rule(ld: Loading, item: YNode, index: int, names: dict[str, YScalar]) -> Rule | None:
+    report = ld.report
     if not isinstance(item, YMap):
         report.error(item, f"rule #{index} must be a mapping with name, match and action, "
                      f"got {describe(item)}")
         return None
     name, where = _rule_name(item, f"rule #{index}", names, report)
-    found = check_keys(report, item, RULE_KEYS, ("name", "match", "action"), where)
-    action = _action(found.get("action"), where, report)
+    found = ld.keys(item, RULE_KEYS, RULE_KEYS_2, ("name", "match", "action"), where)
+    verb = _action(ld, found.get("action"), where)
     match_node = found.get("match")
-    matched = _match(match_node, where, report) if match_node is not None else None
-    options = _options(item, found, action, where, report)
-    if name is None or action is None or matched is None or options is None:
+    matched = _match(ld, match_node, where) if match_node is not None else None
+    options = _Options.read(ld, item, found, verb, where)
+    if name is None or verb is None or matched is None or options is None:
         return None
-    statuses, methods = matched
-    permanent, max_redirects, max_attempts = options
+    rule_statuses, rule_methods, when = matched
     return Rule(
         name=name,
-        statuses=statuses,
-        action=action,
-        methods=methods,
-        permanent=permanent,
-        max_redirects=max_redirects,
-        max_attempts=max_attempts,
+        statuses=rule_statuses,
+        action=Action.STOP if verb == REPLY else Action(verb),
+        methods=rule_methods,
+        permanent=options.permanent,
+        max_redirects=options.max_redirects,
+        max_attempts=options.max_attempts,
         line=item.line,
         column=item.column,
+        when=when,
+        to=options.to,
+        diversion=options.diversion,
+        hold_down=options.hold_down,
+        reply=options.reply,
+        reason=options.reason,
     )
 
 
@@ -217,62 +274,129 @@ def _rule_name(
     return name, f"rule {name!r}"
 
 
-def _action(node: YNode | None, where: str, report: Reporter) -> Action | None:
+def _action(ld: Loading, node: YNode | None, where: str) -> str | None:
+    """The action word (``reply`` included); the list in a message is the first form's in a
+    level-1 file unless the word is closest to ``reply``."""
     if node is None:
         return None
-    if isinstance(node, YScalar) and node.value in ACTIONS:
-        return Action(node.value)
-    if isinstance(node, YScalar) and isinstance(node.value, str):
-        report.error(node, f"{where}: unknown action {node.value!r}; "
-                     f"expected one of: {', '.join(ACTIONS)}")
+    if isinstance(node, YScalar) and node.value in ACTIONS_2:
+        return str(node.value)
+    word = node.value if isinstance(node, YScalar) and isinstance(node.value, str) else None
+    close = difflib.get_close_matches(word, ACTIONS_2, n=1) if word else []
+    listed = ", ".join(ACTIONS_2 if ld.level2 or close == [REPLY] else ACTIONS)
+    if word is not None:
+        ld.report.error(node, f"{where}: unknown action {word!r}; expected one of: {listed}")
     else:
-        report.error(node, f"{where}: action must be one of: {', '.join(ACTIONS)}; "
-                     f"got {describe(node)}")
+        ld.report.error(node, f"{where}: action must be one of: {listed}; got {describe(node)}")
     return None
 
 
 def _match(
-    node: YNode, where: str, report: Reporter
-) -> tuple[frozenset[int], frozenset[str] | None] | None:
-    """``match: {status, method}``: the statuses and methods, or None after an error."""
-    match = get_map(report, node, f"{where}: match")
+    ld: Loading, node: YNode, where: str
+) -> tuple[frozenset[int], frozenset[str] | None, Conditions | None] | None:
+    """``match: {status, method, ...}``: statuses, methods and the other conditions."""
+    match = get_map(ld.report, node, f"{where}: match")
     if match is None:
         return None
-    found = check_keys(report, match, MATCH_KEYS, ("status",), f"{where}: match")
+    found = ld.keys(match, MATCH_KEYS, MATCH_KEYS_2, ("status",), f"{where}: match")
     status_node = found.get("status")
-    statuses = _statuses(status_node, where, report) if status_node else None
-    method_node = found.get("method")
-    methods: frozenset[str] | None = None
-    if method_node is not None:
-        methods = _methods(method_node, where, report)
-        if methods is None:
+    rule_statuses = statuses(status_node, where, ld.report) if status_node else None
+    rule_methods: frozenset[str] | None = None
+    if (method_node := found.get("method")) is not None:
+        rule_methods = methods(method_node, where, ld.report)
+        if rule_methods is None:
             return None
-    return None if statuses is None else (statuses, methods)
-
-
-def _options(
-    item: YMap, found: dict[str, YNode], action: Action | None, where: str, report: Reporter
-) -> tuple[bool, int, int] | None:
-    """``permanent``, ``max_redirects``, ``max_attempts`` (each only with its own action)."""
-    ok = True
-    for key, needs in OPTION_ACTION.items():
-        if key in found and action is not None and action is not needs:
-            report.error(_key_node(item, key), f"{where}: {key!r} applies only to action "
-                         f"{needs.value}, not {action.value}")
-            del found[key]
-            ok = False
-    permanent: bool | None = False
-    max_redirects: int | None = 3
-    max_attempts: int | None = 3
-    if (node := found.get("permanent")) is not None:
-        permanent = get_bool(report, node, f"{where}: permanent")
-    if (node := found.get("max_redirects")) is not None:
-        max_redirects = get_int(report, node, f"{where}: max_redirects", 1, MAX_REDIRECTS)
-    if (node := found.get("max_attempts")) is not None:
-        max_attempts = get_int(report, node, f"{where}: max_attempts", 1, MAX_ATTEMPTS)
-    if not ok or permanent is None or max_redirects is None or max_attempts is None:
+    ok, when = conditions(ld, found, f"{where}: match", on_response=True)
+    if rule_statuses is None or not ok:
         return None
-    return permanent, max_redirects, max_attempts
+    return rule_statuses, rule_methods, when
+
+
+class _Options:
+    """A rule's options, each only with the action it belongs to."""
+
+    __slots__ = ("permanent", "max_redirects", "max_attempts", "to", "diversion",
+                 "hold_down", "reply", "reason")
+
+    def __init__(self) -> None:
+        self.permanent = False
+        self.max_redirects = 3
+        self.max_attempts = 3
+        self.to: str | None = None
+        self.diversion: str | None = None
+        self.hold_down = 0.0
+        self.reply = 0
+        self.reason: str | None = None
+
+    @staticmethod
+    def read(ld: Loading, item: YMap, found: dict[str, YNode], verb: str | None,
+             where: str) -> _Options | None:
+        report = ld.report
+        ok = True
+        for key, needs in OPTION_ACTION.items():
+            if key in found and verb is not None and verb != needs:
+                report.error(_key_node(item, key), f"{where}: {key!r} applies only to action "
+                             f"{needs}, not {verb}")
+                del found[key]
+                ok = False
+        o = _Options()
+        if (node := found.get("permanent")) is not None:
+            permanent = get_bool(report, node, f"{where}: permanent")
+            ok = ok and permanent is not None
+            o.permanent = bool(permanent)
+        if (node := found.get("max_redirects")) is not None:
+            value = get_int(report, node, f"{where}: max_redirects", 1, MAX_REDIRECTS)
+            ok = ok and value is not None
+            o.max_redirects = value or 3
+        if (node := found.get("max_attempts")) is not None:
+            value = get_int(report, node, f"{where}: max_attempts", 1, MAX_ATTEMPTS)
+            ok = ok and value is not None
+            o.max_attempts = value or 3
+        if (node := found.get("to")) is not None:
+            o.to = ld.group(node, f"{where}: to")
+            ok = ok and o.to is not None
+        if (node := found.get("diversion")) is not None:
+            o.diversion = diversion(ld, node, f"{where}: diversion")
+            ok = ok and o.diversion is not None
+            if "to" not in found and verb == Action.FAILOVER.value:
+                report.error(_key_node(item, "diversion"), f"{where}: 'diversion' needs 'to': "
+                             "a Diversion tells the group the call goes on with where it was "
+                             "going (RFC 5806)")
+                ok = False
+        if (node := found.get("hold_down")) is not None:
+            seconds = get_number(report, node, f"{where}: hold_down", 1, MAX_HOLD_DOWN)
+            ok = ok and seconds is not None
+            o.hold_down = seconds or 0.0
+        return o if o._reply(ld, item, found, verb, where) and ok else None
+
+    def _reply(self, ld: Loading, item: YMap, found: dict[str, YNode], verb: str | None,
+               where: str) -> bool:
+        if verb != REPLY:
+            return True
+        node = found.get("status")
+        if node is None:
+            ld.report.error(item, f"{where}: action reply needs 'status': the status the caller "
+                            "gets instead")
+            return False
+        status = get_int(ld.report, node, f"{where}: status", 100, 699)
+        if status is None:
+            return False
+        if not 400 <= status <= 699:
+            ld.report.error(node, f"{where}: status {status}: a reply must be a failure "
+                            "400..699 (a 2xx would claim a call nobody answered, a 1xx is not "
+                            "final, a 3xx needs Contacts)")
+            return False
+        self.reply = status
+        if (r := found.get("reason")) is not None:
+            text = r.value if isinstance(r, YScalar) and isinstance(r.value, str) else None
+            if text is None or not text.strip() or len(text) > MAX_REASON or \
+                    not text.isprintable():
+                ld.report.error(r, f"{where}: reason must be a phrase of printable characters, "
+                                f"1 to {MAX_REASON} (RFC 3261 25.1 Reason-Phrase), got "
+                                f"{describe(r)}")
+                return False
+            self.reason = text.strip()
+        return True
 
 
 def _key_node(mapping: YMap, key: str) -> YScalar:
@@ -280,194 +404,3 @@ def _key_node(mapping: YMap, key: str) -> YScalar:
         if k.value == key:
             return k
     raise KeyError(key)
-
-
-def _statuses(node: YNode, where: str, report: Reporter) -> frozenset[int] | None:
-    if isinstance(node, YSeq):
-        if not node.items:
-            report.error(node, f"{where}: an empty status list matches nothing")
-            return None
-        result: set[int] = set()
-        ok = True
-        for item in node.items:
-            if isinstance(item, YScalar):
-                one = _status_form(item, where, report)
-                if one is None:
-                    ok = False
-                else:
-                    result.update(one)
-            else:
-                report.error(item, f"{where}: a status list item must be {_STATUS_FORMS}, "
-                             f"got {describe(item)}")
-                ok = False
-        return frozenset(result) if ok else None
-    if isinstance(node, YScalar):
-        one = _status_form(node, where, report)
-        return frozenset(one) if one is not None else None
-    report.error(node, f"{where}: status must be {_STATUS_FORMS}, or a list of them; "
-                 f"got {describe(node)}")
-    return None
-
-
-def _status_form(node: YScalar, where: str, report: Reporter) -> range | None:
-    value = node.value
-    if type(value) is int:
-        if not DECIMAL.fullmatch(node.text):
-            report.error(node, f"{where}: status must be written in decimal, got {node.text!r}")
-            return None
-        if MIN_STATUS <= value <= MAX_STATUS:
-            return range(value, value + 1)
-        report.error(node, f"{where}: status {value} is out of range {MIN_STATUS}..{MAX_STATUS}")
-        return None
-    if not isinstance(value, str):
-        report.error(node, f"{where}: status must be {_STATUS_FORMS}; got {describe(node)}")
-        return None
-    text = value.strip()
-    if m := _CLASS.fullmatch(text):
-        digit = int(m.group(1))
-        if not 1 <= digit <= 6:
-            report.error(node, f"{where}: status class {text!r} is out of range 1xx..6xx")
-            return None
-        return range(digit * 100, digit * 100 + 100)
-    if m := _RANGE.fullmatch(text):
-        lo, hi = int(m.group(1)), int(m.group(2))
-        if not (MIN_STATUS <= lo <= MAX_STATUS and MIN_STATUS <= hi <= MAX_STATUS):
-            report.error(node, f"{where}: status range {text!r} is out of range "
-                         f"{MIN_STATUS}..{MAX_STATUS}")
-            return None
-        if lo > hi:
-            report.error(node, f"{where}: status range {text!r} is reversed "
-                         f"(write \"{hi}-{lo}\")")
-            return None
-        return range(lo, hi + 1)
-    if _SINGLE.fullmatch(text):
-        status = int(text)
-        if MIN_STATUS <= status <= MAX_STATUS:
-            return range(status, status + 1)
-        report.error(node, f"{where}: status {status} is out of range {MIN_STATUS}..{MAX_STATUS}")
-        return None
-    report.error(node, f"{where}: invalid status {value!r}: expected {_STATUS_FORMS}")
-    return None
-
-
-def _methods(node: YNode, where: str, report: Reporter) -> frozenset[str] | None:
-    items: tuple[YNode, ...]
-    if isinstance(node, YSeq):
-        if not node.items:
-            report.error(node, f"{where}: an empty method list matches nothing")
-            return None
-        items = node.items
-    else:
-        items = (node,)
-    result: set[str] = set()
-    ok = True
-    for item in items:
-        if not (isinstance(item, YScalar) and isinstance(item.value, str)):
-            report.error(item, f"{where}: method must be a SIP method name like INVITE, "
-                         f"or a list of them; got {describe(item)}")
-            ok = False
-            continue
-        method = item.value
-        if method == "*":
-            report.error(item, f"{where}: method '*' is not a wildcard; "
-                         "leave 'method' out to match every method")
-            ok = False
-        elif not _TOKEN.fullmatch(method):
-            report.error(item, f"{where}: invalid method {method!r}: "
-                         "a SIP method is a token such as INVITE (RFC 3261 25.1)")
-            ok = False
-        elif method != method.upper():
-            report.error(item, f"{where}: method {method!r} must be uppercase "
-                         f"(SIP methods are case-sensitive, RFC 3261 7.1): {method.upper()!r}")
-            ok = False
-        else:
-            if method in ("ACK", "CANCEL"):
-                report.warning(item, f"{where}: the policy never sees responses to {method} "
-                               "(RFC 3261 16.10, 17.1.1.3)")
-            elif method not in STANDARD_METHODS:
-                report.warning(item, _unknown_method(method, where))
-            result.add(method)
-    return frozenset(result) if ok else None
-
-
-def _unknown_method(method: str, where: str) -> str:
-    """The warning for a method outside :data:`STANDARD_METHODS` (allowed: RFC 3261 8.2.1)."""
-    text = f"{where}: method {method!r} is not a standard SIP method"
-    close = difflib.get_close_matches(method, STANDARD_METHODS, n=1)
-    if close:
-        return f"{text}; did you mean {close[0]}?"
-    return f"{text} (allowed as an extension method: check the spelling)"
-
-
-def _lint(rules: list[Rule], report: Reporter) -> None:
-    """Warnings for rules that cannot do what they say."""
-    coverage = _Coverage()
-    for rule in rules:
-        where = (rule.line, rule.column)
-        shadowing = coverage.takers(rule)
-        coverage.add(rule)
-        if shadowing is not None:
-            names = ", ".join(repr(r.name) for r in shadowing)
-            earlier = "earlier rule" if len(shadowing) == 1 else "earlier rules"
-            verb = "matches" if len(shadowing) == 1 else "match"
-            report.warning(where, f"rule {rule.name!r} can never match: {earlier} {names} "
-                           f"already {verb} every status and method it matches")
-            continue
-        if rule.action is Action.REDIRECT:
-            other = sorted(s for s in rule.statuses if not 300 <= s <= 399)
-            if other:
-                report.warning(where, f"rule {rule.name!r}: redirect needs the Contacts of a "
-                               f"3xx (RFC 3261 21.3); {format_statuses(other)} cannot be "
-                               "redirected")
-        if rule.action is not Action.FORWARD:
-            early = sorted(s for s in rule.statuses if s < 300)
-            if early:
-                report.warning(where, f"rule {rule.name!r}: action {rule.action.value} does not "
-                           f"apply to {format_statuses(early)}: 1xx and 2xx responses are never "
-                           "held back (RFC 3261 16.7 step 5)")
-
-
-class _Coverage:
-    """Which earlier rule first takes each (status, method) pair; linear in the rule sizes.
-
-    ``any_method[status]`` is the first rule without ``method`` that lists the status;
-    ``by_method[(status, method)]`` the first rule naming that method. The first taker of a
-    pair is the earlier of the two.
-    """
-
-    def __init__(self) -> None:
-        self.order: dict[str, int] = {}
-        self.any_method: dict[int, Rule] = {}
-        self.by_method: dict[tuple[int, str], Rule] = {}
-
-    def add(self, rule: Rule) -> None:
-        self.order.setdefault(rule.name, len(self.order))
-        for status in rule.statuses:
-            if rule.methods is None:
-                self.any_method.setdefault(status, rule)
-            else:
-                for method in rule.methods:
-                    self.by_method.setdefault((status, method), rule)
-
-    def takers(self, rule: Rule) -> list[Rule] | None:
-        """The earlier rules that together take every pair of ``rule``, or None.
-
-        A rule without ``method`` matches every method, an infinite set: only earlier rules
-        without ``method`` can cover it.
-        """
-        found: dict[str, Rule] = {}
-        for status in rule.statuses:
-            generic = self.any_method.get(status)
-            if rule.methods is None:
-                if generic is None:
-                    return None
-                found[generic.name] = generic
-                continue
-            for method in rule.methods:
-                specific = self.by_method.get((status, method))
-                candidates = [r for r in (generic, specific) if r is not None]
-                if not candidates:
-                    return None
-                first = min(candidates, key=lambda r: self.order[r.name])
-                found[first.name] = first
-        return sorted(found.values(), key=lambda r: self.order[r.name])

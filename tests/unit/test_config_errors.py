@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 LISTEN = "listen: [udp:127.0.0.1:5060]\n"
 SECTIONS = {"limits": LIMIT_KEYS, "timers": TIMER_KEYS, "tls": TLS_KEYS, "auth": AUTH_KEYS,
             "redirects": REDIRECT_KEYS, "upstream_probe": PROBE_KEYS, "dns": DNS_KEYS}
-MAPPINGS = set(SECTIONS)
+MAPPINGS = set(SECTIONS) | {"upstreams"}  # a list, or a mapping of groups
 
 
 def errors(tmp_path: Path, text: str) -> list[str]:
@@ -58,7 +58,8 @@ def test_the_issue_http_as_a_bare_port(tmp_path: Path) -> None:
      "an upstream must be a string, got a mapping; "
      "e.g. upstreams: [sip:10.0.0.20:5060, sip:10.0.0.21:5060;transport=tcp]"),
     ("upstreams: sip:10.0.0.20",
-     "upstreams must be a list, got the string 'sip:10.0.0.20'; "
+     "upstreams must be a list of SIP URIs, or a mapping of named groups of them (pbx: "
+     "[sip:10.0.0.20:5060]), got the string 'sip:10.0.0.20'; "
      "e.g. upstreams: [sip:10.0.0.20:5060, sip:10.0.0.21:5060;transport=tcp]"),
     ("upstream_probe: {interval: off}",
      "upstream_probe: interval must be a number, got the boolean off; "

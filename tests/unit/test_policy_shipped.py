@@ -113,3 +113,64 @@ def test_every_shipped_policy_is_commented_and_loads_without_warnings() -> None:
         for i, line in enumerate(lines):
             if line.strip().startswith("- name:"):
                 assert lines[i - 1].strip().startswith("#"), (path.name, i + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# policies/examples: one folder per example, a proxy.yaml naming its groups and policy.yaml
+
+
+EXAMPLES = sorted(p.parent for p in (POLICIES / "examples").glob("*/proxy.yaml"))
+
+
+def test_the_examples_are_the_three_of_the_readme() -> None:
+    assert [e.name for e in EXAMPLES] == ["least-cost", "office-hours", "pbx-voicemail"]
+    for example in EXAMPLES:
+        assert sorted(p.name for p in example.iterdir()) == ["policy.yaml", "proxy.yaml"]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
+def test_every_example_checks_with_its_tests_passing(
+    example: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `make test` asks of every shipped example: `check --config` exits 0, every test of
+    the policy file runs against the example's groups and passes, and nothing is warned."""
+    from proxy.cli import main
+    from proxy.config import load_config_and_policy
+
+    config, policy, warnings = load_config_and_policy(example / "proxy.yaml")
+    assert warnings == []
+    assert len(policy.tests) >= 8
+    assert set(config.group_names) >= {r.group for r in policy.routes if r.group}
+    monkeypatch.chdir(REPO)
+    assert main(["check", "--config", f"policies/examples/{example.name}/proxy.yaml"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1] == f"tests: {len(policy.tests)} passed"
+    assert err == ""
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
+def test_every_example_is_commented(example: Path) -> None:
+    text = (example / "policy.yaml").read_text()
+    assert text.startswith("# ")
+    assert f"check --config policies/examples/{example.name}/proxy.yaml" in text
+    lines = text.split("\ntests:\n")[0].splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("- name:"):  # every route and rule says what it is for
+            assert lines[i - 1].strip().startswith("#"), (example.name, i + 1)
+
+
+def test_the_examples_cover_what_the_readme_says_they_show() -> None:
+    from proxy.config import load_config_and_policy
+
+    loaded = {e.name: load_config_and_policy(e / "proxy.yaml")[1] for e in EXAMPLES}
+    voicemail = loaded["pbx-voicemail"]
+    diversions = {r.diversion for r in voicemail.rules if r.diversion}
+    assert diversions == {"user-busy", "unavailable"}
+    assert [r.no_answer.diversion for r in voicemail.routes if r.no_answer] == ["no-answer"]
+    least_cost = loaded["least-cost"]
+    assert any(r.when is not None and r.when.ruri_user is not None for r in least_cost.routes)
+    assert all(r.hold_down == 60 for r in least_cost.rules if 503 in r.statuses
+               and r.when is not None and r.when.upstream is not None and r.verb == "failover")
+    office = loaded["office-hours"]
+    assert office.uses_time
+    assert any(r.when is not None and r.when.time is not None for r in office.rules)

@@ -398,3 +398,19 @@ def test_timers_used_in_the_bound_are_the_configured_ones() -> None:
     t = TimerConfig(t1=0.5, t4=5.0, timer_c=180.0)
     assert branch_lifetime("INVITE", t) == 180.0 + 3 * 32.0
     assert branch_lifetime("BYE", t) == 2 * 32.0 + 5.0
+
+
+def test_every_refusal_is_a_metric_by_reason() -> None:
+    """Each refusal is counted by reason in ``refusals_total`` (every known reason exported,
+    at 0 until it happens), besides its rate-limited log line."""
+    from tests.unit.test_runtime_observability import scraped, value
+
+    h = Harness.make()
+    h.feed(request("CANCEL", call_id="c", branch="z9hG4bKc", via_host="127.0.0.2:6666"),
+           STRANGER)
+    h.feed(request("BYE", call_id="b", to_tag="x", branch="z9hG4bKb",
+                   via_host="127.0.0.2:6666"), STRANGER)
+    found = scraped(h)
+    assert value(found, "refusals_total", reason="cancel_unknown") == 1
+    assert value(found, "refusals_total", reason="unproven") == 1
+    assert value(found, "refusals_total", reason="rate") == 0

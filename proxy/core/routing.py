@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from proxy.core import outbound, redirects, shared
 from proxy.core.registrar import Binding
-from proxy.core.trust import DIALOG_PARAM
+from proxy.core.trust import DIALOG_PARAM, branch_lifetime, via_dest
 from proxy.core.types import Source, Target
 from proxy.sip import (
     AbsoluteUri,
@@ -163,9 +163,10 @@ def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: 
     other is ignored, and the request is routed as an initial request from its source. An
     in-dialog request that is neither trusted, proven nor held is refused 481 (RFC 3261
     12.2.2, 16). A request that is not trusted never names a next hop other than an upstream,
-    a trusted relay or a flow of a dialog it proved (no open relay)."""
+    a trusted relay, a redirect target the rules allow, or a flow of a dialog it proved (no
+    open relay)."""
     uri = msg.uri
-    if trusted or peer_source(core, src):
+    if trusted or (prep.token is not None and peer_source(core, msg, now)):
         token = prep.token
     else:
         token = prep.vouched if proven else None
@@ -197,7 +198,7 @@ def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: 
         target = target_for_uri(prep.next_hop.uri, request_uri=None)
         if target is None:
             return Answer(404, "Route Not Resolvable")
-        if not (trusted or may_relay(core, target)):
+        if not (trusted or may_relay(core, target, prep.next_hop.uri)):
             return Refuse("relay", 403, "Relaying Denied",
                           f"in-dialog Route {prep.next_hop.uri}: not an upstream")
         return Forward([[target]])
@@ -209,7 +210,7 @@ def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: 
         # initial request is routed as if it had no Route.
         target = target_for_uri(uri, request_uri=None)
         assert target is not None
-        if not (trusted or may_relay(core, target)):
+        if not (trusted or may_relay(core, target, uri)):
             return Refuse("relay", 403, "Relaying Denied",
                           f"in-dialog request to {uri}: not an upstream")
         return Forward([[target]])
@@ -229,7 +230,7 @@ def _held(core: ProxyCore, msg: SipMessage, prep: RoutePrep, held: str) -> Route
     hop = prep.next_hop.uri if prep.next_hop is not None else msg.uri
     target = target_for_uri(hop, request_uri=None)
     if target is not None:
-        if may_relay(core, target):
+        if may_relay(core, target, hop):
             return Forward([[target]])
         end = core.dialogs.end(held)
         if end is not None and end[0] == (target.host, target.port):
@@ -238,25 +239,32 @@ def _held(core: ProxyCore, msg: SipMessage, prep: RoutePrep, held: str) -> Route
                   f"in-dialog request to {hop} of a dialog not record-routed: not an upstream")
 
 
-def may_relay(core: ProxyCore, target: Target) -> bool:
-    """Whether a request that no trusted source sent may go to ``target``: an upstream (its
-    resolved address and port) or a trusted relay (CONTRACT "TLS and access")."""
-    return ((target.host, target.port) in core.upstream_addrs
-            or target.host in core.settings.trusted_relays)
+def may_relay(core: ProxyCore, target: Target, uri: SipUri | AbsoluteUri) -> bool:
+    """Whether a request that no trusted source sent may go to ``target`` (``uri``, the
+    Request-URI or Route that names it): an upstream (its resolved address and port), a
+    trusted relay (CONTRACT "TLS and access"), or a host a redirect may lead a call to
+    (``redirects.allow_targets``, by default the upstreams' hosts and ``domains``: a dialog
+    set up through a followed 3xx has its peer there, RFC 3261 16.5)."""
+    if (target.host, target.port) in core.upstream_addrs:
+        return True
+    if target.host in core.settings.trusted_relays:
+        return True
+    guard = core.guard
+    return guard is not None and guard.check_target(uri) is None
 
 
-def peer_source(core: ProxyCore, src: Source) -> bool:
-    """Whether ``src`` is another proxy of the shared state (RFC 5626 5: it hands this node
-    the requests for the flows this node holds, with their tokens). Over UDP by address and
-    port (its SIP socket), over a stream by address (its connections have other ports)."""
-    peers = core.cluster.peers
-    if not peers:
+def peer_source(core: ProxyCore, msg: SipMessage, now: float) -> bool:
+    """Whether ``msg`` was forwarded by another proxy of the shared state (RFC 5626 5: it hands
+    this node the requests for the flows this node holds, with their tokens): its top Via
+    carries a branch that only a proxy with this one's key mints (:mod:`.trust`), fresh, for
+    this method and for the hop below it. Checked only for a request with a flow token of
+    ours that nothing else vouches for."""
+    vias = msg.vias
+    if len(vias) < 2:
         return False
-    for entries in peers.values():
-        for _transport, host, port in entries:
-            if host == src.host and (src.transport != "udp" or port == src.port):
-                return True
-    return False
+    method = msg.method
+    return core.trust.check_branch(vias[0].branch, method, via_dest(vias[1]), now,
+                                   branch_lifetime(method, core.timers)) is None
 
 
 def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,

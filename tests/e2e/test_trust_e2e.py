@@ -42,7 +42,6 @@ from tests.e2e.harness import (
     sipp_msgs,
 )
 from tests.e2e.test_edge_outbound_e2e import (
-    AOR_URI,
     DOMAIN,
     new_instance,
     outbound_contact,
@@ -336,7 +335,7 @@ async def test_invented_to_tags_are_limited_and_never_reach_the_pbx(
                     "INVITE", f"sip:alice@{DOMAIN}", call_id=cid, via_host=STRANGER,
                     via_port=stranger.port, from_tag="m"), f"invented{start + i}"), proxy.addr)
             while not got.keys() >= set(batch):
-                msg, _ = await stranger.recv_sip(WAIT, lambda m: m.call_id in batch)
+                msg, _ = await stranger.recv_sip(WAIT, lambda m, b=batch: m.call_id in b)
                 got.setdefault(msg.call_id or "", []).append(msg.status or 0)
         got_late = await stranger.quiet(SILENCE)  # nothing more: each refusal is sent once
         for d in got_late:
@@ -404,7 +403,7 @@ async def test_a_thousand_unknown_cancels_leave_no_transaction(
                                                   via_host=STRANGER, via_port=stranger.port),
                                     proxy.addr)
             while not answered.issuperset(batch):
-                msg, _ = await stranger.recv_sip(WAIT, lambda m: m.call_id in batch)
+                msg, _ = await stranger.recv_sip(WAIT, lambda m, b=batch: m.call_id in b)
                 assert msg.status == 481, msg.start_line
                 answered.add(msg.call_id or "")
         assert await asyncio.to_thread(gauge, proxy, "transactions") == 0

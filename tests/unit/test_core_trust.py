@@ -158,6 +158,33 @@ def test_a_phone_calling_a_registered_phone_gets_both_flows_record_routed() -> N
     assert methods(h.to(6666, out)) == ["BYE"]
 
 
+def test_a_flow_token_from_another_node_is_honoured_by_its_signed_via() -> None:
+    """Another proxy of the shared state hands this node a request for a flow it holds
+    (RFC 5626 5) with a top Via branch minted with the shared key: sent over the flow. The
+    same request with a branch not minted with the key (anyone could write that Via) is
+    routed as any initial request of its source: to the upstreams, not over the flow."""
+    settings = CoreSettings(upstreams=Harness.make().core.settings.upstreams, secret=SECRET)
+    h = Harness(ProxyCore(settings, default_policy(), LOCAL, MemoryLocation()))
+    path = outbound_register(h)
+    node_b = Source("udp", "127.0.0.5", 5060)
+    pbx_via = "Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKpbx9;rport"
+    dest = via_dest(parse_message(request(via_host="127.0.0.1:5080")).top_via)
+    signed = Trust(SECRET).mint_branch("z9hG4bKnodeb1", "INVITE", dest, h.now)
+    forged = "z9hG4bKnodeb2." + "0" * 14
+
+    def from_b(branch: str, call_id: str) -> list:
+        data = request(branch=branch, via_host="127.0.0.5:5060", call_id=call_id,
+                       extra=(f"Route: {path}",))
+        data = data.replace(b";rport\r\n", b";rport\r\n" + pbx_via.encode() + b"\r\n", 1)
+        return h.feed(data, node_b)
+
+    out = from_b(signed, "viab1")
+    assert [s.conn_id for s in out if s.data.startswith(b"INVITE")] == [PHONE.conn_id]
+    out = from_b(forged, "viab2")
+    assert [s for s in out if s.conn_id == PHONE.conn_id] == []
+    assert methods(h.to(5080, out)) == ["INVITE"]
+
+
 # ----------------------------------------------------------------- 2. flows of another start
 
 

@@ -239,8 +239,7 @@ def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.Rout
             log.warning("dropped ACK %s from %s:%s: not of a dialog through this proxy",
                         msg.request_uri, src.host, src.port)
         return None
-    if held is not None or proven:
-        core.dialogs.on_request(msg, now)
+    core.dialogs.on_request(msg, now)
     decision = routing.decide(core, msg, src, prep, now, trusted, proven, held)
     if isinstance(decision, routing.Forward) and decision.groups and decision.groups[0]:
         return decision.groups[0][0]

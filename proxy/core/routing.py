@@ -182,7 +182,9 @@ def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: 
         if flow is not None:
             # RFC 5626 5.3: the edge proxy sends the request over the flow its token names.
             return Forward([[flow]])
-    in_dialog = msg.to_tag is not None
+    # RFC 3261 10.2, 8.1.1.2: a REGISTER is never of a dialog; a To tag some phones copy into
+    # their refreshes does not make it one (it is still counted by the rate limit)
+    in_dialog = msg.to_tag is not None and msg.method != "REGISTER"
     if in_dialog and not (trusted or proven):
         if held is None:
             return Refuse("unproven", 481, "Call/Transaction Does Not Exist",

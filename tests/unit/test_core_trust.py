@@ -414,6 +414,41 @@ def test_ack_and_bye_for_a_2xx_without_record_route_go_to_the_upstream() -> None
     assert to_port(out, 5080) == []
 
 
+def test_ack_for_a_2xx_without_record_route_goes_to_the_registered_binding() -> None:
+    """Issue 19, the other side: a registered phone answers a stranger's call with a 200
+    without Record-Route; the caller's ACK names the phone's Contact and goes to that binding
+    (the dialog the proxy holds was set up with it); toward another Contact it is dropped."""
+    from tests.unit.test_core_registrar_forking import PHONE1, make, register
+
+    h = make()
+    assert register(h, PHONE1, "<sip:bob@127.0.0.1:7001>") == 200
+    h.feed(request(via_host="127.0.0.2:6666", branch="z9hG4bKb2", call_id="b2"), STRANGER)
+    [inv] = [s.data for s in h.sent if s.port == 7001 and s.data.startswith(b"INVITE")]
+    h.feed(response_to(inv, 200, extra=("Contact: <sip:bob@127.0.0.1:7001>",)), PHONE1)
+    ack = request("ACK", ruri="sip:bob@127.0.0.1:7001", call_id="b2", to_tag="callee1",
+                  branch="z9hG4bKb2ack", via_host="127.0.0.2:6666")
+    out = h.feed(ack, STRANGER)
+    assert methods(h.to(7001, out)) == ["ACK"]
+    other = ack.replace(b"ACK sip:bob@127.0.0.1:7001", b"ACK sip:bob@127.0.0.1:7009")
+    assert h.feed(other.replace(b"b2ack", b"b2ack2"), STRANGER) == []
+
+
+def test_a_register_with_a_to_tag_is_no_in_dialog_request() -> None:
+    """RFC 3261 10.2: a REGISTER is never of a dialog; a To tag copied into a refresh does
+    not get it 481 (it still counts against the rate of its source)."""
+    from tests.unit.test_core_registrar_forking import PHONE1, make, register
+
+    h = make()
+    tagged = (b"To: <sip:bob@example.com>;tag=reg1",)
+    assert register(h, PHONE1, "<sip:bob@127.0.0.1:7001>") == 200
+    data = request("REGISTER", ruri="sip:example.com", branch="z9hG4bKrt", call_id="reg-7001",
+                   cseq=2, via_host="127.0.0.1:7001", to_tag="reg1",
+                   extra=("Expires: 600",)).replace(
+        b"Contact: <sip:alice@127.0.0.1:6000>", b"Contact: <sip:bob@127.0.0.1:7001>")
+    assert tagged[0] in data
+    assert statuses(h.to(7001, h.feed(data, PHONE1))) == [200]
+
+
 def test_an_ack_of_no_dialog_from_a_stranger_is_dropped() -> None:
     h = Harness.make()
     out = h.feed(request("ACK", ruri="sip:pbx@127.0.0.1:5080", call_id="nope", to_tag="x",

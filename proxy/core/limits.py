@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.core import txns
+from proxy.core import routing, txns
 from proxy.core.effects import Out
 from proxy.core.types import Source
 from proxy.sip import SipMessage
@@ -29,11 +29,16 @@ if TYPE_CHECKING:
 RETRY_AFTER = ("Retry-After: 1",)
 
 
-def over_rate(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> bool:
+def over_rate(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out,
+              token: str | None = None) -> bool:
     """True when the request is over its source's rate and was refused (a stateless 503 in
-    ``out``); the caller has checked that nothing vouches for it."""
+    ``out``); the caller has checked that nothing vouches for it. A request with a flow token
+    (``token``) that another proxy of the shared state forwarded is not refused: that node
+    hands this one the calls for the flows it holds (checked only once over the rate)."""
     limiter = core.limiter
     if not limiter or limiter.allow(src.host, now):
+        return False
+    if token is not None and routing.peer_source(core, msg, now):
         return False
     core.stats["rate_limited"] += 1
     txns.refuse(core, None, msg, src, "rate", 503, "Service Unavailable", now, out,

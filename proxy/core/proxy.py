@@ -309,7 +309,7 @@ class ProxyCore:
             if not proven:
                 held = self.dialogs.find(msg)
         if not (trusted or proven or held is not None) and limits.over_rate(
-                self, msg, src, now, out):
+                self, msg, src, now, out, prep.token):
             return
         # 16.3 step 4: loop detection.
         loop_hash = validate.loop_hash(msg)

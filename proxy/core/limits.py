@@ -38,7 +38,7 @@ def over_rate(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Ou
     limiter = core.limiter
     if not limiter or limiter.allow(src.host, now):
         return False
-    if token is not None and routing.peer_source(core, msg, now):
+    if token is not None and routing.peer_source(core, msg, src, now):
         return False
     core.stats["rate_limited"] += 1
     txns.refuse(core, None, msg, src, "rate", 503, "Service Unavailable", now, out,

@@ -166,7 +166,7 @@ def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: 
     a trusted relay, a redirect target the rules allow, or a flow of a dialog it proved (no
     open relay)."""
     uri = msg.uri
-    if trusted or (prep.token is not None and peer_source(core, msg, now)):
+    if trusted or (prep.token is not None and peer_source(core, msg, src, now)):
         token = prep.token
     else:
         token = prep.vouched if proven else None
@@ -255,17 +255,27 @@ def may_relay(core: ProxyCore, target: Target, uri: SipUri | AbsoluteUri) -> boo
     return guard is not None and guard.check_target(uri) is None
 
 
-def peer_source(core: ProxyCore, msg: SipMessage, now: float) -> bool:
+def peer_source(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> bool:
     """Whether ``msg`` was forwarded by another proxy of the shared state (RFC 5626 5: it hands
     this node the requests for the flows this node holds, with their tokens): its top Via
+    names the address the packet came from (or an announced node's) and not this proxy, and
     carries a branch that only a proxy with this one's key mints (:mod:`.trust`), fresh, for
-    this method and for the hop below it. Checked only for a request with a flow token of
-    ours that nothing else vouches for."""
+    this method and for the hop below it. A Via of a node copied from a request the proxy
+    forwarded (a UA sees them) does not pass from the UA's own address. Checked only for a
+    request with a flow token of ours that nothing else vouches for."""
     vias = msg.vias
     if len(vias) < 2:
         return False
+    top = vias[0]
+    sent_by = top.sent_by()
+    if sent_by in core.ours:
+        return False
+    if sent_by[0] != src.host and not any(
+            host == src.host for entries in core.cluster.peers.values()
+            for _, host, _ in entries):
+        return False
     method = msg.method
-    return core.trust.check_branch(vias[0].branch, method, via_dest(vias[1]), now,
+    return core.trust.check_branch(top.branch, method, via_dest(vias[1]), now,
                                    branch_lifetime(method, core.timers)) is None
 
 

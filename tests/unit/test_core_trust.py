@@ -174,11 +174,11 @@ def test_a_flow_token_from_another_node_is_honoured_by_its_signed_via() -> None:
     dest = via_dest(parse_message(request(via_host="127.0.0.1:5080")).top_via)
     forged = "z9hG4bKnodeb0." + "0" * 14
 
-    def from_b(branch: str, call_id: str) -> list:
-        data = request(branch=branch, via_host="127.0.0.5:5060", call_id=call_id,
-                       extra=(f"Route: {path}",))
+    def from_b(branch: str, call_id: str, src: Source = node_b,
+               via: str = "127.0.0.5:5060") -> list:
+        data = request(branch=branch, via_host=via, call_id=call_id, extra=(f"Route: {path}",))
         data = data.replace(b";rport\r\n", b";rport\r\n" + pbx_via.encode() + b"\r\n", 1)
-        return h.feed(data, node_b)
+        return h.feed(data, src)
 
     for i in range(3):
         signed = Trust(SECRET).mint_branch(f"z9hG4bKnodeb{i + 1}", "INVITE", dest, h.now)
@@ -189,6 +189,14 @@ def test_a_flow_token_from_another_node_is_honoured_by_its_signed_via() -> None:
     out = from_b(forged, "viab-forged")
     assert [s for s in out if s.conn_id == PHONE.conn_id] == []
     assert methods(h.to(5080, out)) == ["INVITE"]
+    # a node's signed Via as a UA saw it in a request it got, replayed from the UA's address,
+    # or one naming this proxy: no node's
+    replay = Trust(SECRET).mint_branch("z9hG4bKnodeb9", "INVITE", dest, h.now)
+    for src, via in ((STRANGER, "127.0.0.5:5060"), (Source("udp", "127.0.0.1", 5060),
+                                                      "127.0.0.1:5060")):
+        h.advance(1.0)
+        out = from_b(replay, f"replay-{via}", src, via)
+        assert [s for s in out if s.conn_id == PHONE.conn_id] == [], via
 
 
 # ----------------------------------------------------------------- 2. flows of another start

@@ -168,7 +168,7 @@ def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src:
                                         target.host, target.port, target.conn_id,
                                         core.cluster.token_node)
     call_id, tag = msg.call_id, msg.from_tag or ""
-    mark = core.trust.dialog_mark
+    mark = core.trust.mint_mark
     if in_local == out_local and not (in_tok and out_tok):
         user = out_tok or in_tok
         return [f"Record-Route: <sip:{user}{'@' if user else ''}{out_local.advertised};lr"

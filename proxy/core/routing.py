@@ -166,10 +166,14 @@ def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: 
     a trusted relay, a redirect target the rules allow, or a flow of a dialog it proved (no
     open relay)."""
     uri = msg.uri
-    if trusted or (prep.token is not None and peer_source(core, msg, src, now)):
+    if trusted:
+        token = prep.token
+    elif proven:
+        token = prep.vouched
+    elif prep.token is not None and peer_source(core, msg, src, now):
         token = prep.token
     else:
-        token = prep.vouched if proven else None
+        token = None
     if token is not None:
         flow = flow_target(core, token, src)
         if isinstance(flow, int):

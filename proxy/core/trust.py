@@ -74,21 +74,27 @@ class Trust:
     one MAC between them). Only verified marks are remembered: a stranger's forgeries never
     enter it."""
 
-    __slots__ = ("_branch_key", "_dialog_key", "_proven")
+    __slots__ = ("_branch_h", "_dialog_h", "_proven", "_tick", "_tick_hex")
 
     def __init__(self, secret: bytes) -> None:
-        self._dialog_key = hashlib.sha256(b"sip-policy-proxy dialog mark v1|" + secret).digest()
-        self._branch_key = hashlib.sha256(b"sip-policy-proxy branch mac v2|" + secret).digest()
+        dialog_key = hashlib.sha256(b"sip-policy-proxy dialog mark v1|" + secret).digest()
+        branch_key = hashlib.sha256(b"sip-policy-proxy branch mac v2|" + secret).digest()
+        # keyed once: each MAC copies the keyed state (no key block compressed per MAC)
+        self._dialog_h = hashlib.blake2s(key=dialog_key, digest_size=DIALOG_HEX // 2)
+        self._branch_h = hashlib.blake2s(key=branch_key, digest_size=BRANCH_HEX // 2)
         #: (Call-ID, flow token, mark) -> the tag the mark was minted for
         self._proven: dict[tuple[str, str, str], str] = {}
+        self._tick = -1  # the coarse time of the last branch minted, and its hex form
+        self._tick_hex = ""
 
     # ---------------------------------------------------------------- dialog marks
 
     def dialog_mark(self, call_id: str, tag: str, token: str) -> str:
         """The mark of a Record-Route value: MAC(Call-ID, From tag of the dialog-initiating
         request, the value's flow token or "")."""
-        data = f"{call_id}\0{tag}\0{token}".encode("utf-8", "surrogatepass")
-        return hashlib.blake2s(data, key=self._dialog_key, digest_size=DIALOG_HEX // 2).hexdigest()
+        h = self._dialog_h.copy()
+        h.update(f"{call_id}\0{tag}\0{token}".encode("utf-8", "surrogatepass"))
+        return h.hexdigest()
 
     def mint_mark(self, call_id: str, tag: str, token: str) -> str:
         """:meth:`dialog_mark` for a Record-Route value being written, remembered as verified:
@@ -121,16 +127,20 @@ class Trust:
 
     # ---------------------------------------------------------------- branches
 
-    def _branch_mac(self, base: str, tick: int, method: str, dest: str) -> str:
-        data = f"{base}|{tick}|{method}|{dest}".encode("utf-8", "surrogatepass")
-        return hashlib.blake2s(data, key=self._branch_key,
-                               digest_size=BRANCH_HEX // 2).hexdigest()
+    def _branch_mac(self, base: str, tick: str, method: str, dest: str) -> str:
+        h = self._branch_h.copy()
+        h.update(f"{base}|{tick}|{method}|{dest}".encode("utf-8", "surrogatepass"))
+        return h.hexdigest()
 
     def mint_branch(self, base: str, method: str, dest: str, now: float) -> str:
         """``base`` signed for a request of ``method`` whose responses go to ``dest``
         (:func:`via_dest` of its top Via), at ``now``."""
         tick = max(0, int(now)) // TICK
-        return f"{base}.{tick:x}{self._branch_mac(base, tick, method, dest)}"
+        if tick != self._tick:
+            self._tick = tick
+            self._tick_hex = f"{tick:x}"
+        t = self._tick_hex
+        return base + "." + t + self._branch_mac(base, t, method, dest)
 
     def check_branch(self, branch: str | None, method: str, dest: str, now: float,
                      lifetime: float) -> str | None:
@@ -142,10 +152,10 @@ class Trust:
         base, dot, rest = branch.rpartition(".")
         if not dot or not BRANCH_HEX < len(rest) <= BRANCH_HEX + 12 or not _HEX.issuperset(rest):
             return "forged"
-        tick = int(rest[:-BRANCH_HEX], 16)
+        tick = rest[:-BRANCH_HEX]
         if not hmac.compare_digest(rest[-BRANCH_HEX:], self._branch_mac(base, tick, method, dest)):
             return "forged"
-        age = max(0, int(now)) // TICK - tick
+        age = max(0, int(now)) // TICK - int(tick, 16)
         if age < 0 or age * TICK > lifetime + TICK:
             return "stale"
         return None

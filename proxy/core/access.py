@@ -20,7 +20,7 @@ from typing import Final
 
 from proxy.core.redirect_guard import RedirectGuard, _parse_ip
 
-__all__ = ["AddressSet", "RateLimiter", "Refusals"]
+__all__ = ["REFUSAL_REASONS", "AddressSet", "RateLimiter", "Refusals"]
 
 LOG_INTERVAL = 60.0  # seconds between two log lines for the same source and reason
 _MAX_REMEMBERED: Final = 4096  # sources remembered for log rate limiting (and IP membership cache)
@@ -68,6 +68,21 @@ class AddressSet:
 #: The CONTRACT default of ``registrar_networks``: loopback and private ranges.
 PRIVATE_NETWORKS = (
     "127.0.0.0/8", "::1", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
+)
+
+
+#: The reasons a refusal is counted under (the ``refusals_total{reason}`` metric; a reason
+#: not listed is counted too): ``rate`` (limits.per_source_rps, 503), ``relay`` (a next hop a
+#: source may not name, 403, or a stranger's ACK dropped), ``unproven`` (an in-dialog request
+#: of no dialog through this proxy, 481), ``cancel_unknown`` (a CANCEL of no transaction,
+#: 481), ``loop`` (482), ``draining`` (503 while stopping), ``flow_failed`` (a flow token of a
+#: closed connection or an earlier start, 430), ``flow_token`` (a flow token that does not
+#: verify, 403), ``forged_response`` / ``stale_response`` (a response naming this proxy's Via
+#: whose branch proves no transaction, dropped), ``registrar`` and ``registrar_limit`` (the
+#: local registrar's 403s).
+REFUSAL_REASONS: Final = (
+    "rate", "relay", "unproven", "cancel_unknown", "loop", "draining", "flow_failed",
+    "flow_token", "forged_response", "stale_response", "registrar", "registrar_limit",
 )
 
 

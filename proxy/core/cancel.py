@@ -1,11 +1,13 @@
 """CANCEL (RFC 3261 16.10, 9.1): answer the CANCEL hop by hop, then cancel every pending
-branch of the INVITE's response context; the caller gets 487 once no branch is left."""
+branch of the INVITE's response context; the caller gets 487 once no branch is left. A CANCEL
+that matches no INVITE the proxy is working on is answered 481 once, statelessly: it holds no
+transaction (a flood of them would otherwise hold one each for 32 s)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.core import responses, txns
+from proxy.core import limits, responses, routing, txns
 from proxy.core.context import Branch, BranchState, ContextEvent, ResponseContext
 from proxy.core.effects import Out
 from proxy.core.types import Send, Source
@@ -23,12 +25,18 @@ def on_cancel(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Ou
     if centry is not None:
         txns.server_effects(core, centry, centry.txn.on_retransmission(now), out)
         return
-    centry = txns.new_server(core, ckey, msg, src, now)
     inv = core.server.get(txns.server_key(msg, "INVITE"))
     ctx = inv.ctx if inv is not None else None
     if ctx is None:
-        txns.respond(core, centry, msg, 481, now, out)
+        # RFC 3261 9.2: no matching transaction, 481; a request no transaction matches counts
+        # against its source's rate (proxy.core.limits) like any other.
+        if not routing.trusted_source(core, src) and limits.over_rate(core, msg, src, now, out):
+            return
+        txns.refuse(core, None, msg, src, "cancel_unknown", 481,
+                    "Call/Transaction Does Not Exist", now, out,
+                    "CANCEL of no transaction of this proxy")
         return
+    centry = txns.new_server(core, ckey, msg, src, now)
     txns.respond(core, centry, msg, 200, now, out)
     if not ctx.fire(ContextEvent.CANCEL):
         return  # a final response went upstream already

@@ -40,6 +40,7 @@ class Branch:
         "timer_c",
         "deadline",
         "final_status",
+        "conn",
     )
 
     def __init__(
@@ -59,12 +60,14 @@ class Branch:
         self.timer_c: float | None = None
         self.deadline: float | None = None
         self.final_status = 0
+        #: the stream connection this transaction is counted on (txns.hold_conn), if any
+        self.conn: int | None = None
 
 
 class ServerEntry:
     """A server transaction in the core's tables, with the address its responses go to."""
 
-    __slots__ = ("key", "txn", "ctx", "reply", "deadline", "request", "started")
+    __slots__ = ("key", "txn", "ctx", "reply", "deadline", "request", "started", "conn")
 
     def __init__(
         self, key: str, txn: ServerTransaction, reply: tuple[str, str, int, int | None],
@@ -77,6 +80,8 @@ class ServerEntry:
         self.deadline: float | None = None
         self.request = request  # for the metrics and the per-call log line
         self.started = started
+        #: the stream connection this transaction is counted on (txns.hold_conn), if any
+        self.conn: int | None = None
 
 
 class ContextState(Enum):

@@ -2,15 +2,19 @@
 
 A 2xx to an INVITE forwarded to the caller opens a dialog (Call-ID, the two tags); a BYE
 through the proxy closes it, and so does an idle bound (no in-dialog request for
-``idle`` seconds, Timer C's value). Nothing else depends on it: it is the ``dialogs`` gauge
-("calls up") and what a SIGTERM drain waits for.
+``idle`` seconds, Timer C's value). It is the ``dialogs`` gauge ("calls up") and what a
+SIGTERM drain waits for; and a dialog held here vouches for its in-dialog requests when the
+UAS did not copy Record-Route into its 2xx (RFC 3261 12.1.1): such requests carry no Route
+of ours to prove them (:mod:`.trust`), and go only to an upstream or to the registered
+binding the dialog was set up with (:attr:`Dialogs.ends`, :func:`.routing.decide`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.sip import SipMessage
+from proxy.core.types import Target
+from proxy.sip import ParseError, SipMessage, SipUri, parse_uri
 
 if TYPE_CHECKING:
     from proxy.core.proxy import ProxyCore
@@ -23,10 +27,13 @@ def _key(call_id: str, a: str | None, b: str | None) -> str:
 class Dialogs:
     """Open dialogs by key, with the time of their last sign of life."""
 
-    __slots__ = ("open", "idle", "deadline")
+    __slots__ = ("open", "ends", "idle", "deadline")
 
     def __init__(self, idle: float) -> None:
         self.open: dict[str, float] = {}
+        #: dialog key -> ((host, port) of the callee's Contact, the target that reached it):
+        #: only for a callee that is a registered binding (RFC 3261 10)
+        self.ends: dict[str, tuple[tuple[str, int], Target]] = {}
         self.idle = idle
         self.deadline: float | None = None  # the next idle sweep (the core's timer queue)
 
@@ -34,29 +41,54 @@ class Dialogs:
         return len(self.open)
 
     def opened(self, core: ProxyCore, call_id: str, from_tag: str | None, to_tag: str | None,
-               now: float) -> None:
-        """A 2xx to an INVITE went to the caller: the dialog (RFC 3261 12.1) it set up."""
+               now: float, callee: Target | None = None) -> None:
+        """A 2xx to an INVITE went to the caller: the dialog (RFC 3261 12.1) it set up;
+        ``callee`` is the branch's target, remembered when it is a registered binding."""
         key = _key(call_id, from_tag, to_tag)
         self.open[key] = now
+        if callee is not None and callee.aor is not None and callee.request_uri:
+            try:
+                uri = parse_uri(callee.request_uri)
+            except ParseError:
+                uri = None
+            if isinstance(uri, SipUri):
+                self.ends[key] = (uri.host_port(), callee)
         if self.deadline is None:
             self.deadline = now + self.idle
             core.queue.schedule(self)
 
-    def on_request(self, msg: SipMessage, now: float) -> None:
-        """An in-dialog request (either direction): a BYE closes, anything else refreshes."""
+    def find(self, msg: SipMessage) -> str | None:
+        """The key of the open dialog an in-dialog request belongs to (either direction)."""
+        if not self.open:
+            return None
         call_id = msg.call_id
         for key in (_key(call_id, msg.from_tag, msg.to_tag),
                     _key(call_id, msg.to_tag, msg.from_tag)):
             if key in self.open:
-                if msg.method == "BYE":
-                    del self.open[key]
-                else:
-                    self.open[key] = now
-                return
+                return key
+        return None
+
+    def end(self, key: str) -> tuple[tuple[str, int], Target] | None:
+        """The registered binding dialog ``key`` was set up with: its Contact's (host, port)
+        and the target that reaches it (over its flow)."""
+        return self.ends.get(key)
+
+    def on_request(self, msg: SipMessage, now: float) -> None:
+        """An in-dialog request (either direction): a BYE closes, anything else refreshes."""
+        key = self.find(msg)
+        if key is None:
+            return
+        if msg.method == "BYE":
+            del self.open[key]
+            self.ends.pop(key, None)
+        else:
+            self.open[key] = now
 
     def on_timer(self, core: ProxyCore, now: float) -> None:
         """Close the dialogs idle for ``idle`` seconds; sweep again at the next one's bound."""
         bound = now - self.idle
         self.open = {k: t for k, t in self.open.items() if t > bound}
+        if self.ends:
+            self.ends = {k: e for k, e in self.ends.items() if k in self.open}
         self.deadline = min(self.open.values()) + self.idle if self.open else None
         core.queue.schedule(self)

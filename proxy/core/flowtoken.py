@@ -18,17 +18,24 @@ Layout, before base64url (network byte order)::
     remote host         as local host
     remote port 2 bytes
     conn_id             1-byte length + minimal big-endian unsigned integer (when present)
-    node                version 2 only: 1-byte length + UTF-8 name of the proxy holding the
-                        flow (several proxies sharing one state, RFC 5626 5)
+    boot       8 bytes  version 3 only: the boot id of the process that minted it
+    node                version 2: 1-byte length + UTF-8 name of the proxy holding the
+                        flow (several proxies sharing one state, RFC 5626 5); version 3: the
+                        same, a length of 0 meaning no node
     mac        12 bytes HMAC-SHA256(key, everything above), truncated (RFC 2104 5)
 
-A flow without a node is written as version 1 (the tokens of a single proxy are unchanged);
-version 1 tokens still decode, with no node.
+A flow over a connection (a ``conn_id``: TCP, TLS) is written as version 3, with the random
+**boot id** of the process (one per start): connection ids start again at 1 in a new process,
+so a token minted before a restart must never name whichever connection has that id now
+(RFC 5626 5.3: the flow is gone, 430). A flow without a connection (UDP, or a stream flow
+named by address only) does not depend on the boot: version 1 without a node (the tokens of a
+single proxy are unchanged), version 2 with one. Versions 1 and 2 still decode; a stream flow
+from them has no boot id, that is, it is from another start.
 
 ``key`` is derived from the configured secret (HMAC-SHA256 of a fixed label), so that the
 same secret used elsewhere never yields the same MAC. An IPv4 flow without a connection id is
 26 bytes, 35 characters; an IPv6 one 50 bytes, 67 characters (a connection id below 256 adds
-2 bytes).
+11 bytes: the id, the boot id and the empty node).
 
 Hosts come back in canonical form (``2001:db8::1``; IPv4-mapped as ``::ffff:192.0.2.1``, as
 the socket layer writes them). A host that is not a plain IP address (an IPv6 address with a
@@ -41,13 +48,16 @@ import base64
 import binascii
 import hmac
 import ipaddress
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = ["CACHE_SIZE", "MAC_SIZE", "MAX_TOKEN_LENGTH", "Flow", "FlowTokens"]
 
 VERSION = 1
 VERSION_NODE = 2  # the layout with the node field
+VERSION_BOOT = 3  # the layout of a flow over a connection: boot id, optional node
+BOOT_SIZE = 8  # bytes of the per-start boot id
 MAC_SIZE = 12  # bytes of HMAC-SHA256 kept: 96 bits
 MAX_TOKEN_LENGTH = 1024  # characters; longer input is refused before any work
 CACHE_SIZE = 4096  # flows (and verified tokens) remembered, each way
@@ -76,6 +86,9 @@ class Flow:
     conn_id: int | None = None
     #: the proxy (``node:``) whose socket this is, when several share one state; None: any
     node: str | None = None
+    #: the boot id of the process whose connection ``conn_id`` names (decoded tokens only;
+    #: None for a flow without a connection or from an old token); not part of equality
+    boot: bytes | None = field(default=None, compare=False)
 
 
 def _pack_host(host: str, what: str) -> tuple[int, bytes]:
@@ -111,7 +124,9 @@ class FlowTokens:
     """Encodes a :class:`Flow` into a token and back (RFC 5626 5.2). Sans-IO.
 
     ``secret`` (the ``secret`` of ``proxy.yaml``, or random bytes per start) keys the MAC;
-    tokens made with another secret do not decode.
+    tokens made with another secret do not decode. ``boot`` (random per instance unless
+    given) goes into every token of a flow over a connection: :meth:`this_start` tells a
+    token of this process from one of an earlier one (RFC 5626 5.3).
 
     A token is computed once per flow and verified once per token: both directions are
     remembered (the same flow Record-Routes every call of a caller, and every request of a
@@ -120,11 +135,16 @@ class FlowTokens:
     :data:`CACHE_SIZE` entries, so its memory is bounded whatever the traffic.
     """
 
-    __slots__ = ("_key", "_old_key", "_tokens", "_flows")
+    __slots__ = ("_key", "_old_key", "_tokens", "_flows", "boot")
 
-    def __init__(self, secret: bytes | str) -> None:
+    def __init__(self, secret: bytes | str, boot: bytes | None = None) -> None:
         self._key = _derive(secret)
         self._old_key: bytes | None = None
+        if boot is None:
+            boot = secrets.token_bytes(BOOT_SIZE)
+        if len(boot) != BOOT_SIZE:
+            raise ValueError(f"a boot id is {BOOT_SIZE} bytes")
+        self.boot = bytes(boot)
         self._tokens: dict[tuple[str, str, int, str, int, int | None, str | None], str] = {}
         self._flows: dict[str, Flow] = {}
 
@@ -143,6 +163,12 @@ class FlowTokens:
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.digest(self._key, payload, "sha256")[:MAC_SIZE]
+
+    def this_start(self, flow: Flow) -> bool:
+        """Whether ``flow`` (decoded) can name a connection of this process: it has no
+        connection id, or it was minted with this process's boot id (RFC 5626 5.3: a token
+        of an earlier start names a connection that is gone)."""
+        return flow.conn_id is None or flow.boot == self.boot
 
     def encode(self, flow: Flow) -> str:
         """The token for ``flow``: base64url without padding, usable as a SIP URI user part.
@@ -177,7 +203,10 @@ class FlowTokens:
         remote_kind, remote = _pack_host(flow.remote_host, "remote")
         conn_id = flow.conn_id
         flags = code << 5 | local_kind << 3 | remote_kind << 1 | (conn_id is not None)
-        version = VERSION if flow.node is None else VERSION_NODE
+        if conn_id is not None:
+            version = VERSION_BOOT
+        else:
+            version = VERSION if flow.node is None else VERSION_NODE
         parts = [bytes((version, flags)), local, _port(flow.local_port, "local"),
                  remote, _port(flow.remote_port, "remote")]
         if conn_id is not None:
@@ -185,11 +214,14 @@ class FlowTokens:
                 raise ValueError(f"flow conn_id {conn_id!r} is not an unsigned 64-bit integer")
             n = (conn_id.bit_length() + 7) // 8
             parts.append(bytes((n,)) + conn_id.to_bytes(n, "big"))
+            parts.append(self.boot)
         if flow.node is not None:
             name = flow.node.encode("utf-8")
             if not 0 < len(name) <= 255:
                 raise ValueError(f"flow node {flow.node!r}: empty or longer than 255 bytes")
             parts.append(bytes((len(name),)) + name)
+        elif version == VERSION_BOOT:
+            parts.append(b"\0")
         payload = b"".join(parts)
         token = base64.urlsafe_b64encode(payload + self._mac(payload))
         return token.rstrip(b"=").decode("ascii")
@@ -243,9 +275,11 @@ def _derive(secret: bytes | str) -> bytes:
 def _parse(p: bytes) -> Flow | None:
     """The flow in an authenticated payload; None for a layout this code does not know."""
     version = p[0]
-    if version not in (VERSION, VERSION_NODE):
+    if version not in (VERSION, VERSION_NODE, VERSION_BOOT):
         return None
     flags = p[1]
+    if version == VERSION_BOOT and not flags & 1:
+        return None  # version 3 is the layout of a flow over a connection only
     code = flags >> 5
     if code >= len(_TRANSPORTS):
         return None
@@ -288,8 +322,17 @@ def _parse(p: bytes) -> Flow | None:
             return None
         conn_id = int.from_bytes(p[i + 1:end], "big")
         i = end
+    boot: bytes | None = None
+    if version == VERSION_BOOT:
+        end = i + BOOT_SIZE
+        if end > len(p):
+            return None
+        boot = p[i:end]
+        i = end
     node: str | None = None
-    if version == VERSION_NODE:
+    if version == VERSION_BOOT and i < len(p) and p[i] == 0:
+        i += 1  # no node
+    elif version != VERSION:
         if i >= len(p) or p[i] == 0:
             return None
         end = i + 1 + p[i]
@@ -302,4 +345,4 @@ def _parse(p: bytes) -> Flow | None:
         i = end
     if i != len(p):
         return None
-    return Flow(_TRANSPORTS[code], hosts[0], ports[0], hosts[1], ports[1], conn_id, node)
+    return Flow(_TRANSPORTS[code], hosts[0], ports[0], hosts[1], ports[1], conn_id, node, boot)

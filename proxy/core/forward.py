@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 from proxy.core import routing, txns
 from proxy.core.context import Branch, Response, ResponseContext
 from proxy.core.effects import Out
+from proxy.core.trust import via_dest
 from proxy.core.types import LocalAddress, Send, Source, Target
-from proxy.sip import SipMessage, SipUri, rewrite
+from proxy.sip import SipMessage, rewrite
 from proxy.transaction import InviteClientTransaction, NonInviteClientTransaction
 
 if TYPE_CHECKING:
@@ -66,7 +67,11 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
         ctx.responses.append(Response(480, None, ctx.policy.evaluate(480, ctx.method)))
         return False
     core.n += 1
-    bid = signed_branch(core, f"z9hG4bK{core.prefix}{ctx.loop_hash}{core.n:x}")
+    # The branch proves the transaction (:mod:`.trust`): signed with the time, the method and
+    # where its responses go, so that a response matching no live transaction is relayed only
+    # back to the hop this request came from, and only while it can be an answer to it.
+    bid = core.trust.mint_branch(f"z9hG4bK{core.prefix}{ctx.loop_hash}{core.n:x}", ctx.method,
+                                 via_dest(ctx.live_request.top_via), now)
     data = branch_bytes(core, ctx, target, bid)
     if target.transport == "udp" and len(data) > UDP_SIZE_LIMIT:
         if core.has_tcp and not (target.via_flow or target.fixed_transport):
@@ -93,6 +98,9 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
     if method == "INVITE":
         br.timer_c = now + core.timers.timer_c  # RFC 3261 16.6 step 11
     core.client[bid + "|" + method] = br
+    if target.conn_id is not None:
+        br.conn = target.conn_id
+        txns.hold_conn(core, target.conn_id)
     ctx.branches.append(br)
     ctx.pending += 1
     txns.schedule(core, br)
@@ -115,7 +123,7 @@ def branch_bytes(core: ProxyCore, ctx: ResponseContext, target: Target, bid: str
     insert = [f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"]
     method = ctx.method
     if core.settings.record_route and method in DIALOG_METHODS and msg.to_tag is None:
-        insert.extend(record_route(core, local, ctx.source, target))
+        insert.extend(record_route(core, msg, local, ctx.source, target))
     if ctx.path is not None:
         # RFC 3327 5.1: in front of any Path already there, naming the proxy as the
         # registrar reaches it (this branch's transport and address).
@@ -127,28 +135,50 @@ def branch_bytes(core: ProxyCore, ctx: ResponseContext, target: Target, bid: str
     return rewrite(msg, start_line=start, insert_top=insert, edits=ctx.edits, append=ctx.append)
 
 
-def record_route(core: ProxyCore, out_local: LocalAddress, src: Source,
+def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src: Source,
                  target: Target) -> list[str]:
-    """RFC 3261 16.6 step 4; two values when the request changes transport or address.
+    """RFC 3261 16.6 step 4; two values when the request changes transport or address, or
+    when each side's value names a flow.
 
-    The Record-Route carries a flow token (RFC 5626 5.3) naming the UA's flow: the target's
-    when the request goes out over a registered flow, the caller's otherwise. A request of
-    the dialog that comes from that flow is routed as usual; one from the other side goes
-    back over the flow, whatever its Request-URI (a UA's private Contact) says.
+    Each value carries a flow token (RFC 5626 5.2) naming a UA's flow: the callee's when the
+    target is a registered flow (``via_flow``), the caller's otherwise; and both when a UA
+    that is not an upstream or a trusted relay calls a registered binding, so that each
+    side's in-dialog requests reach the other over its flow (the proxy relays a UA's
+    in-dialog request by its Request-URI only to an upstream, :func:`.routing.decide`). A
+    request of the dialog that comes from the flow its token names is routed as usual; one
+    from the other side goes over that flow, whatever its Request-URI says.
+
+    Each value carries the dialog mark (``;d=``, :mod:`.trust`): a MAC over this request's
+    Call-ID, its From tag and the value's token, which an in-dialog request must bring back
+    for its own Call-ID and tags to be loose-routed (RFC 3261 12.2.2, 16.4).
     """
     in_local = local_for_source(core, src)
+    trusted_caller = routing.trusted_source(core, src)
+    out_tok = in_tok = ""
     if target.via_flow:
-        token = core.tokens.token(target.transport, out_local.host, out_local.port,
-                                  target.host, target.port, target.conn_id,
-                                  core.cluster.token_node)
-        out_user, in_user = token + "@", ""
+        out_tok = core.tokens.token(target.transport, out_local.host, out_local.port,
+                                    target.host, target.port, target.conn_id,
+                                    core.cluster.token_node)
+        if not trusted_caller:
+            in_tok = token_for(core, src, in_local)
     else:
-        out_user, in_user = "", token_for(core, src, in_local) + "@"
-    if in_local == out_local:
-        user = out_user or in_user
-        return [f"Record-Route: <sip:{user}{out_local.advertised};lr{tp(out_local)}>"]
-    return [f"Record-Route: <sip:{out_user}{out_local.advertised};lr{tp(out_local)}>",
-            f"Record-Route: <sip:{in_user}{in_local.advertised};lr{tp(in_local)}>"]
+        in_tok = token_for(core, src, in_local)
+        if target.aor is not None and not trusted_caller:
+            out_tok = core.tokens.token(target.transport, out_local.host, out_local.port,
+                                        target.host, target.port, target.conn_id,
+                                        core.cluster.token_node)
+    call_id, tag = msg.call_id, msg.from_tag or ""
+    mark = core.trust.mint_mark
+    if in_local == out_local and not (in_tok and out_tok):
+        user = out_tok or in_tok
+        return [f"Record-Route: <sip:{user}{'@' if user else ''}{out_local.advertised};lr"
+                f"{tp(out_local)};d={mark(call_id, tag, user)}>"]
+    out_user = out_tok + "@" if out_tok else ""
+    in_user = in_tok + "@" if in_tok else ""
+    return [f"Record-Route: <sip:{out_user}{out_local.advertised};lr{tp(out_local)}"
+            f";d={mark(call_id, tag, out_tok)}>",
+            f"Record-Route: <sip:{in_user}{in_local.advertised};lr{tp(in_local)}"
+            f";d={mark(call_id, tag, in_tok)}>"]
 
 
 def token_for(core: ProxyCore, src: Source, local: LocalAddress) -> str:
@@ -181,49 +211,56 @@ def local_for_source(core: ProxyCore, src: Source) -> LocalAddress:
 
 
 def signed_branch(core: ProxyCore, base: str) -> str:
-    """A branch this proxy generates: ``base`` and a keyed MAC of it (BLAKE2s, 40 bits),
-    so that a response naming it can be told from a forged one without state."""
+    """A branch of a request that no response is relayed for (an upstream probe,
+    :mod:`.probe`): ``base`` and a keyed MAC of it (BLAKE2s, 40 bits)."""
     mac = hashlib.blake2s(base.encode(), key=core.branch_key, digest_size=5).hexdigest()
     return f"{base}.{mac}"
 
 
-def branch_verifies(core: ProxyCore, branch: str | None) -> bool:
-    if not branch:
-        return False
-    base, dot, mac = branch.rpartition(".")
-    return bool(dot) and len(mac) == 10 and signed_branch(core, base) == branch
-
-
 def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.RoutePrep,
                now: float) -> Target | None:
-    """Where an ACK for a 2xx goes (RFC 3261 16.11), or None to drop it."""
-    token = prep.token
-    flow = routing.flow_target(core, token, src) if token is not None else None
-    if isinstance(flow, int):
-        return None
-    if flow is not None:
-        return flow
-    if not (routing.trusted_source(core, src) or (msg.to_tag is not None and token is not None)):
-        # Only an ACK of a dialog that passed this proxy (our Record-Route token) or from
-        # a trusted source may name its next hop; a stranger's is dropped (no open relay).
-        if core.refusals.note("relay", src.host, now):
+    """Where an ACK for a 2xx goes (RFC 3261 16.11, 13.2.2.4), or None to drop it.
+
+    An ACK names its next hop only when it comes from a trusted source (an upstream, a
+    trusted relay), or is proven to be of a dialog through this proxy (a Route value of ours
+    whose dialog mark verifies for its Call-ID and tags, :mod:`.trust`), or is of a dialog the
+    proxy holds (:mod:`.dialogs`: the UAS did not copy Record-Route into its 2xx, RFC 3261
+    12.1.1, so the ACK has no Route). A UA's ACK goes to an upstream or a registered binding
+    only (:func:`.routing.decide`); a stranger's is dropped, counted against its source's
+    rate (no open relay)."""
+    trusted = routing.trusted_source(core, src)
+    proven = not trusted and routing.prove(core, msg, prep)
+    held = None if trusted or proven else core.dialogs.find(msg)
+    if not (trusted or proven or held is not None):
+        if core.limiter and not core.limiter.allow(src.host, now):
+            core.stats["rate_limited"] += 1
+            core.refusals.note("rate", src.host, now)
+        elif core.refusals.note("relay", src.host, now):
             log.warning("dropped ACK %s from %s:%s: not of a dialog through this proxy",
                         msg.request_uri, src.host, src.port)
         return None
-    if prep.next_hop is not None:
-        return routing.target_for_uri(prep.next_hop.uri, request_uri=None)
-    uri = msg.uri
-    if isinstance(uri, SipUri) and not routing.is_local_uri(core, uri):
-        return routing.target_for_uri(uri, request_uri=None)
+    core.dialogs.on_request(msg, now)
+    decision = routing.decide(core, msg, src, prep, now, trusted, proven, held)
+    if isinstance(decision, routing.Forward) and decision.groups and decision.groups[0]:
+        return decision.groups[0][0]
+    if isinstance(decision, routing.Refuse) and core.refusals.note(decision.why, src.host, now):
+        log.warning("dropped ACK %s from %s:%s (%s): %s", msg.request_uri, src.host, src.port,
+                    decision.why, decision.detail)
     return None
 
 
 def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> None:
     """RFC 3261 17.2.1: the ACK for a non-2xx final ends at this hop; the ACK for a 2xx is end
-    to end (13.2.2.4) and is forwarded statelessly (16.11)."""
+    to end (13.2.2.4) and is forwarded statelessly (16.11). The ACK for a final response the
+    proxy sent statelessly (a refusal, :func:`.txns.refuse`) carries the proxy's own To tag
+    and ends here too."""
     entry = core.server.get(txns.server_key(msg, "INVITE"))
     if entry is not None and entry.txn.state is not txns.ACCEPTED:
         txns.server_effects(core, entry, entry.txn.on_ack(now), out)
+        return
+    to_tag = msg.to_tag
+    if to_tag is not None and to_tag.startswith(core.tag_prefix):
+        core.stats["acks_absorbed"] += 1
         return
     prep = routing.preprocess_routes(core, msg)
     target = ack_target(core, msg, src, prep, now)

@@ -1,18 +1,21 @@
-"""``limits.per_source_rps``: initial requests above the rate of their source IP get 503 with
+"""``limits.per_source_rps``: requests above the rate of their source IP get 503 with
 ``Retry-After`` (RFC 3261 21.5.4; RFC 6357 names the overload this keeps a stranger from
 causing).
 
-Only initial requests count: responses, ACK, CANCEL and in-dialog requests (a To tag) are never
-limited, and neither are the upstreams nor ``trusted_relays`` (they are judged by the packet's
-source, as everywhere in :mod:`proxy.core.access`). An INVITE is refused through a server
-transaction, so that its ACK and retransmissions are absorbed; any other request gets a
-stateless 503, so that a flood creates no state. Each refusal is counted
-(``core.refusals.counts["rate"]``) and logged at most once per source per minute.
+What costs is counted: every request that no live transaction matches (a retransmission is
+absorbed by its transaction before this) and that nothing vouches for, To tag or not. A
+request is vouched for by its source (an upstream or a ``trusted_relays`` host, judged by the
+packet's source as everywhere in :mod:`proxy.core.access`), by a dialog mark of ours for its
+own Call-ID and tags (:mod:`proxy.core.trust`), or by a dialog the proxy holds
+(:mod:`proxy.core.dialogs`); an invented To tag vouches for nothing. Responses are never
+limited. The 503 is sent once, statelessly (:func:`proxy.core.txns.refuse`): it creates no
+transaction, so an INVITE refused without an ACK gets one 503, not eleven retransmissions
+over 32 s (no amplification). Each refusal is counted (``core.refusals.counts["rate"]``) and
+logged at most once per source per minute.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from proxy.core import routing, txns
@@ -23,27 +26,22 @@ from proxy.sip import SipMessage
 if TYPE_CHECKING:
     from proxy.core.proxy import ProxyCore
 
-log = logging.getLogger("proxy.core")
-
 RETRY_AFTER = ("Retry-After: 1",)
 
 
-def over_rate(core: ProxyCore, msg: SipMessage, src: Source, key: str, now: float,
-              out: Out) -> bool:
-    """True when the request was refused for its source's rate (and answered into ``out``)."""
+def over_rate(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out,
+              token: str | None = None) -> bool:
+    """True when the request is over its source's rate and was refused (a stateless 503 in
+    ``out``); the caller has checked that nothing vouches for it. A request with a flow token
+    (``token``) that another proxy of the shared state forwarded is not refused: that node
+    hands this one the calls for the flows it holds (checked only once over the rate)."""
     limiter = core.limiter
-    if not limiter or msg.to_tag is not None or routing.trusted_source(core, src):
+    if not limiter or limiter.allow(src.host, now):
         return False
-    if limiter.allow(src.host, now):
+    if token is not None and routing.peer_source(core, msg, src, now):
         return False
     core.stats["rate_limited"] += 1
-    if core.refusals.note("rate", src.host, now):
-        log.warning("refused %s %s from %s:%s (rate): 503, over %d initial requests per "
-                    "second from this source; counted, logged once a minute per source",
-                    msg.method, msg.request_uri, src.host, src.port, int(limiter.rate))
-    if msg.method == "INVITE":
-        entry = txns.new_server(core, key, msg, src, now)
-        txns.respond(core, entry, msg, 503, now, out, headers=RETRY_AFTER)
-    else:
-        out.send(txns.reject(core, msg, src, 503, headers=RETRY_AFTER))
+    txns.refuse(core, None, msg, src, "rate", 503, "Service Unavailable", now, out,
+                f"over {int(limiter.rate)} requests per second from this source",
+                headers=RETRY_AFTER)
     return True

@@ -44,6 +44,7 @@ from proxy.core.probe import Probe, Prober
 from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.registrar import LocationStore
 from proxy.core.shared import Cluster
+from proxy.core.trust import Trust
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
@@ -124,10 +125,15 @@ class ProxyCore:
         #: wall clock minus the core's clock, for the times a learned route is stored with
         self.wall_offset = 0.0
         secret = settings.secret or secrets.token_bytes(32)
+        #: flow tokens (RFC 5626 5.2) with a boot id of this start (:mod:`.flowtoken`)
         self.tokens = FlowTokens(secret)
-        #: key of the MAC every branch this proxy generates carries (CONTRACT: forged responses)
+        #: dialog marks and branch MACs (:mod:`.trust`)
+        self.trust = Trust(secret)
+        #: key of the MAC of the probes' branches (:func:`.forward.signed_branch`)
         self.branch_key = _branch_key(secret)
         self.closed_conns: set[int] = set()  # stream connections known to be closed
+        #: live server and client transactions per stream connection (:meth:`conn_in_use`)
+        self.conn_txns: dict[int, int] = {}
         #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
         self.udp_flows: dict[tuple[str, int], float] = {}
         self.expiry = registrar_glue.Expiry()
@@ -205,7 +211,10 @@ class ProxyCore:
             br = token
             txns.client_effects(self, br, br.txn.on_transport_error(now), None, now, out)
             if br.state is BranchState.PENDING:
-                responses.branch_final(self, br, 503, None, now, out)
+                # RFC 5626 5.3: a flow named by a token that cannot be used (closed, or its
+                # connection now has another peer) failed: 430, not a transport error (500)
+                status = 430 if br.target.by_token else 503
+                responses.branch_final(self, br, status, None, now, out)
         return out.effects()
 
     def on_persisted(self, ctx: ResponseContext, ok: bool, now: float) -> Effects:
@@ -215,15 +224,18 @@ class ProxyCore:
         return out.effects()
 
     def on_flow_closed(self, conn_id: int, now: float) -> Effects:
-        """A stream connection closed: its flows are dead at once (RFC 5626 5.3)."""
+        """A stream connection closed: its flows are dead at once (RFC 5626 5.3), and it is no
+        longer counted for the transactions it carried (ids are never reused in a process)."""
         outbound.flow_closed(self, conn_id)
+        self.conn_txns.pop(conn_id, None)
         return Effects([])
 
     def conn_in_use(self, conn_id: int) -> bool:
-        """Whether a stream connection carries a binding (an RFC 5626 flow): the transport
-        does not close it for being idle (``limits.tcp_idle_timeout``)."""
-        by_conn = getattr(self.location, "_by_conn", None)
-        return bool(by_conn) and conn_id in by_conn  # type: ignore[operator]
+        """Whether a stream connection carries a binding (an RFC 5626 flow) or a live server
+        or client transaction: the transport does not close it for being idle
+        (``limits.tcp_idle_timeout``). Two dictionary lookups: the transactions are counted
+        per connection where they are created and where they end (:func:`.txns.hold_conn`)."""
+        return conn_id in self.conn_txns or self.location.has_conn(conn_id)
 
     def on_keepalive(self, src: Source, now: float) -> None:
         """A keep-alive (STUN Binding, CRLFCRLF) arrived on a flow (RFC 5626 4.4)."""
@@ -241,6 +253,7 @@ class ProxyCore:
         agrees on it before listening, or when the store first answers). ``keep_old``: flow
         tokens minted with the key used so far keep verifying (see ``FlowTokens.rekey``)."""
         self.tokens.rekey(secret, keep_old)
+        self.trust = Trust(secret, self.trust if keep_old else None)
         self.branch_key = _branch_key(secret)
         if self.settings.auth is not None:
             self.settings.auth.rekey(secret)
@@ -269,8 +282,8 @@ class ProxyCore:
     # ------------------------------------------------------------------ requests
 
     def _on_request(self, msg: SipMessage, src: Source, now: float, out: Out) -> None:
-        """RFC 3261 16.3 validation, then ACK (16.11, 17.2.1), CANCEL (16.10), or a new
-        server transaction (17.2) and routing (16.4 to 16.6)."""
+        """RFC 3261 16.3 validation, then ACK (16.11, 17.2.1), CANCEL (16.10), a
+        retransmission (17.2), or a new request (:meth:`_on_new_request`)."""
         method = msg.method
         rejection = validate.check_request(msg)
         if rejection is not None:
@@ -279,8 +292,6 @@ class ProxyCore:
                 out.send(txns.reject(self, msg, src, rejection.status,
                                      headers=rejection.headers))
             return
-        if self.dialogs.open and msg.to_tag is not None:
-            self.dialogs.on_request(msg, now)
         if method == "ACK":
             forward.on_ack(self, msg, src, now, out)
             return
@@ -294,52 +305,81 @@ class ProxyCore:
             self.stats["retransmissions_in"] += 1
             txns.server_effects(self, entry, entry.txn.on_retransmission(now), out)
             return
-        if limits.over_rate(self, msg, src, key, now, out):
+        self._on_new_request(msg, src, key, now, out)
+
+    def _on_new_request(self, msg: SipMessage, src: Source, key: str, now: float,
+                        out: Out) -> None:
+        """A request no transaction matches. What vouches for it (a trusted source, a dialog
+        mark of ours, a dialog the proxy holds: :func:`.routing.decide`), the rate limit of
+        its source for anything nothing vouches for, the refusals, all decided before any
+        transaction exists and sent statelessly (:func:`.txns.refuse`); then a server
+        transaction (17.2), 100 Trying for an INVITE (16.2) and the routing decision."""
+        trusted = routing.trusted_source(self, src)
+        prep = routing.preprocess_routes(self, msg)
+        proven = held = None
+        if msg.to_tag is not None and not trusted:
+            proven = routing.prove(self, msg, prep)
+            if not proven:
+                held = self.dialogs.find(msg)
+        if not (trusted or proven or held is not None) and limits.over_rate(
+                self, msg, src, now, out, prep.token):
             return
-        loop_hash = validate.loop_hash(msg)
-        entry = txns.new_server(self, key, msg, src, now)
-        if method == "INVITE":
-            # RFC 3261 16.2: a stateful proxy answers an INVITE with 100 at once.
-            txns.send_response(self, entry, 100, make_response(msg, 100), now, out)
         # 16.3 step 4: loop detection.
+        loop_hash = validate.loop_hash(msg)
         if validate.looped(self, msg, loop_hash):
-            txns.respond(self, entry, msg, 482, now, out)
+            txns.refuse(self, None, msg, src, "loop", 482, "Loop Detected", now, out,
+                        "a Via of this proxy with this request's loop hash")
             return
         if self.draining and msg.to_tag is None:
-            txns.respond(self, entry, msg, 503, now, out, headers=("Retry-After: 5",))
+            txns.refuse(self, None, msg, src, "draining", 503, "Service Unavailable", now, out,
+                        "stopping: no new transactions", headers=("Retry-After: 5",))
             return
         try:
-            self._route(entry, msg, src, loop_hash, now, out)
+            decision = routing.decide(self, msg, src, prep, now, trusted, bool(proven), held)
+        except ParseError:
+            raise  # a header the router needed was malformed: 400 (on_message), stateless
+        except Exception:
+            log.exception("internal error routing %s %s", msg.method, msg.request_uri)
+            self.stats["internal_errors"] += 1
+            out.send(txns.reject(self, msg, src, 500))
+            return
+        if isinstance(decision, routing.Refuse):
+            txns.refuse(self, None, msg, src, decision.why, decision.status, decision.phrase,
+                        now, out, decision.detail)
+            return
+        if msg.to_tag is not None:
+            self.dialogs.on_request(msg, now)
+        entry = txns.new_server(self, key, msg, src, now)
+        if msg.method == "INVITE":
+            # RFC 3261 16.2: a stateful proxy answers an INVITE with 100 at once.
+            txns.send_response(self, entry, 100, make_response(msg, 100), now, out)
+        try:
+            self._route(entry, msg, src, prep, decision, loop_hash, now, out)
         except ParseError as exc:
             # A header the router needed was malformed (parsed lazily): answer it.
             if entry.ctx is None or not entry.ctx.final_sent:
                 txns.respond(self, entry, msg, exc.status, now, out, reason=exc.message[:80])
         except Exception:
             # Never leave a server transaction without an answer (it would leak): 500.
-            log.exception("internal error routing %s %s", method, msg.request_uri)
+            log.exception("internal error routing %s %s", msg.method, msg.request_uri)
             self.stats["internal_errors"] += 1
             if entry.ctx is None or not entry.ctx.final_sent:
                 txns.respond(self, entry, msg, 500, now, out)
 
     def _route(
-        self, entry: ServerEntry, msg: SipMessage, src: Source, loop_hash: str, now: float,
-        out: Out,
+        self, entry: ServerEntry, msg: SipMessage, src: Source, prep: routing.RoutePrep,
+        decision: routing.RouteDecision, loop_hash: str, now: float, out: Out,
     ) -> None:
-        """Carry out the routing decision (RFC 3261 16.5): answer, refuse, register, or create
-        the response context and start forwarding (16.6)."""
-        prep = routing.preprocess_routes(self, msg)
-        decision = routing.decide(self, msg, src, prep, now)
+        """Carry out the routing decision (RFC 3261 16.5): answer, register, or create the
+        response context and start forwarding (16.6)."""
         if isinstance(decision, routing.Answer):
             txns.respond(self, entry, msg, decision.status, now, out, reason=decision.reason,
                          headers=decision.headers)
             return
-        if isinstance(decision, routing.Refuse):
-            txns.refuse(self, entry, msg, src, decision.why, decision.status, decision.phrase,
-                        now, out, decision.detail)
-            return
         if isinstance(decision, routing.LocalRegister):
             registrar_glue.local_register(self, entry, msg, src, now, out)
             return
+        assert isinstance(decision, routing.Forward)
         ctx = ResponseContext(
             entry, msg, src, self.policy, decision.groups, from_location=decision.from_location,
             serial=decision.serial, loop_hash=loop_hash,

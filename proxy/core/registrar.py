@@ -83,6 +83,8 @@ class LocationStore(Protocol):
 
     def remove_flow(self, conn_id: int) -> list[Binding]: ...
 
+    def has_conn(self, conn_id: int) -> bool: ...
+
     def expire(self, now: float) -> list[Binding]: ...
 
     def next_expiry(self) -> float | None: ...
@@ -255,6 +257,10 @@ class MemoryLocation:
     def bindings(self) -> list[Binding]:
         """Every binding held (expired ones included until :meth:`expire` removes them)."""
         return [b for entries in self._by_aor.values() for b in entries.values()]
+
+    def has_conn(self, conn_id: int) -> bool:
+        """Whether a binding was learned over stream connection ``conn_id`` (one lookup)."""
+        return conn_id in self._by_conn
 
     def remove_flow(self, conn_id: int) -> list[Binding]:
         """The stream connection ``conn_id`` closed: drop the outbound bindings learned over it

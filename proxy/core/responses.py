@@ -26,6 +26,7 @@ from proxy.core.context import (
 )
 from proxy.core.effects import Out
 from proxy.core.observe import rule_name
+from proxy.core.trust import branch_lifetime, via_dest
 from proxy.core.types import Send, Source
 from proxy.policy import Action
 from proxy.sip import SipMessage, make_response, strip_top_via
@@ -56,8 +57,8 @@ def own_branch(msg: SipMessage) -> str | None:
     line that joins several; a comma in a quoted string of another's Via only spoils the
     key), found without parsing the Via;
     None otherwise. Only a lookup key: a response is matched only if a client transaction
-    has that branch (unguessable, signed: :func:`.forward.branch_verifies`), and anything
-    else is matched through the fully parsed Via."""
+    has that branch (unguessable, signed: :mod:`.trust`), and anything else is matched
+    through the fully parsed Via."""
     value = msg.get("via")
     if value is None:
         return None
@@ -91,6 +92,11 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
             out.send(fwd)
         return
     status = msg.status
+    if src.conn_id is not None and br.conn is None and (
+            core.client.get(br.branch_id + "|" + br.ctx.method) is br):
+        # The connection the transport opened for this branch carries its transaction.
+        br.conn = src.conn_id
+        txns.hold_conn(core, src.conn_id)
     if method == "CANCEL" and br.ctx.method != "CANCEL":
         ctxn = br.cancel_txn
         if ctxn is not None:
@@ -143,7 +149,7 @@ def success(core: ProxyCore, br: Branch, msg: SipMessage, now: float, out: Out) 
         forward_response(core, ctx, msg, 200, now, out)
         if ctx.method == "INVITE":
             # The From tag is the request's (RFC 3261 8.2.6.2); the To tag is new.
-            core.dialogs.opened(core, msg.call_id, ctx.from_tag, msg.to_tag, now)
+            core.dialogs.opened(core, msg.call_id, ctx.from_tag, msg.to_tag, now, br.target)
             cancel.cancel_pending(core, ctx, now, out)
     if ctx.pending == 0 and ctx.request is not None:
         ctx.settle()
@@ -234,6 +240,8 @@ def final_to_caller(
     if r.msg is None:
         if status == 503:  # a transport error of ours (16.9), never a 503 (16.7 step 6)
             send_local(core, ctx, 500, now, out, reason="Next Hop Unreachable")
+        elif status == 430:  # RFC 5626 5.3: the flow a token named failed
+            send_local(core, ctx, 430, now, out, reason="Flow Failed")
         else:
             send_local(core, ctx, status, now, out)
         return
@@ -269,22 +277,32 @@ def send_local(
 
 
 def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> Send | None:
-    """RFC 3261 16.7 / 16.11: a response matching no branch is forwarded statelessly if its
-    top Via is ours, and dropped (None) otherwise (RFC 3261 18.1.2)."""
+    """RFC 3261 16.7 / 16.11, RFC 6026 7.2: a 1xx or 2xx matching no live client transaction
+    is forwarded statelessly to its second Via only when its top Via is this proxy's and its
+    branch proves a transaction (:mod:`.trust`): minted by this proxy for the response's CSeq
+    method and for the hop the second Via names, at most :func:`.trust.branch_lifetime` ago.
+    Anything else is dropped (RFC 3261 18.1.2), counted (``bad_messages_total`` reason
+    ``forged_response`` or ``stale_response``) and logged once a minute per source: relaying
+    it would make the proxy a reflector toward whatever host the second Via names."""
     vias = msg.vias
     top = vias[0]
     if top.sent_by() not in core.ours or len(vias) < 2:
         core.stats["responses_dropped"] += 1
         return None
-    if not forward.branch_verifies(core, top.branch):
-        # A response naming us with a branch we never generated: forged, and forwarding it
-        # to its second Via would make the proxy a reflector (CONTRACT access).
-        core.stats["responses_forged"] += 1
-        core.metrics.bad["forged_response"] += 1
+    method = msg.cseq[1]
+    dest = via_dest(vias[1])
+    why = core.trust.check_branch(top.branch, method, dest, now,
+                                  branch_lifetime(method, core.timers))
+    if why is not None:
+        core.stats["responses_" + why] += 1
+        core.metrics.bad[why + "_response"] += 1
         core.stats["responses_dropped"] += 1
-        if core.refusals.note("forged_response", src.host, now):
-            log.warning("dropped %s from %s:%s: its top Via names this proxy with a branch "
-                        "it did not generate", msg.status, src.host, src.port)
+        if core.refusals.note(why + "_response", src.host, now):
+            log.warning("dropped %s %s from %s:%s: its top Via names this proxy with a branch "
+                        "%s; counted, logged once a minute per source", msg.status, method,
+                        src.host, src.port,
+                        "that is not of a transaction of this method toward its second Via"
+                        if why == "forged" else "whose transaction ended too long ago")
         return None
     if msg.status >= 300:
         # A stray non-2xx final (its branch ended: Timer B, or a CANCEL that timed out): its
@@ -293,8 +311,5 @@ def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float
         core.stats["responses_stray_final"] += 1
         core.stats["responses_dropped"] += 1
         return None
-    nxt = vias[1]
-    host = (nxt.received or nxt.sent_by()[0]).strip("[]")
-    rport = nxt.rport  # int, True (a bare ";rport") or None; type() keeps True out (mypyc)
-    port = rport if type(rport) is int else nxt.sent_by()[1]
-    return Send(nxt.transport.lower(), host, port, strip_top_via(msg))
+    transport, host, port = dest.split("|")
+    return Send(transport, host, int(port), strip_top_via(msg))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from proxy.core import outbound, reach, redirects, shared
 from proxy.core.registrar import Binding
+from proxy.core.trust import DIALOG_PARAM, branch_lifetime, via_dest
 from proxy.core.types import Source, Target
 from proxy.sip import (
     AbsoluteUri,
@@ -34,15 +35,20 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSA
 class RoutePrep:
     """What route information preprocessing (RFC 3261 16.4) found."""
 
-    __slots__ = ("append", "edits", "next_hop", "popped", "token")
+    __slots__ = ("append", "edits", "marks", "next_hop", "popped", "token", "vouched")
 
     def __init__(self, edits: dict[int, str | None], append: list[str],
-                 next_hop: NameAddr | None, popped: bool, token: str | None) -> None:
+                 next_hop: NameAddr | None, popped: bool, token: str | None,
+                 marks: list[tuple[str, str]] | None = None) -> None:
         self.edits = edits
         self.append = append
         self.next_hop = next_hop
         self.popped = popped
-        self.token = token
+        self.token = token  # the flow token of the last removed value of ours that had one
+        #: (flow token or "", dialog mark) of each removed value of ours with a mark
+        self.marks = marks
+        #: the flow token of a removed value whose dialog mark verified (:func:`prove`)
+        self.vouched: str | None = None
 
 
 class Forward:
@@ -94,12 +100,19 @@ def preprocess_routes(core: ProxyCore, msg: SipMessage) -> RoutePrep:
     next_hop: NameAddr | None = None
     popped = False
     token: str | None = None
+    marks: list[tuple[str, str]] | None = None
     for i, values in msg.route_lines:
         kept = values
         while kept and is_own_route(core, kept[0]):
             own = kept[0].uri
-            if isinstance(own, SipUri) and own.user:
-                token = own.user
+            if isinstance(own, SipUri):
+                if own.user:
+                    token = own.user
+                mark = own.params.get(DIALOG_PARAM)
+                if mark:
+                    if marks is None:
+                        marks = []
+                    marks.append((own.user or "", mark))
             kept = kept[1:]
         if len(kept) != len(values):
             popped = True
@@ -113,54 +126,161 @@ def preprocess_routes(core: ProxyCore, msg: SipMessage) -> RoutePrep:
         edits[mf_index] = f"Max-Forwards: {mf - 1}"
     else:
         append.append("Max-Forwards: 70")
-    return RoutePrep(edits, append, next_hop, popped, token)
+    return RoutePrep(edits, append, next_hop, popped, token, marks)
 
 
-def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep,
-           now: float) -> RouteDecision:
-    """The target set in the CONTRACT's routing order (RFC 3261 16.5, 16.6 step 7)."""
-    token = prep.token
+def prove(core: ProxyCore, msg: SipMessage, prep: RoutePrep) -> bool:
+    """Whether ``msg`` is an in-dialog request (a To tag, RFC 3261 12.2) of a dialog that this
+    proxy record-routed: a Route value of ours it carries has a dialog mark minted for its own
+    Call-ID and one of its tags (:mod:`.trust`). Sets ``prep.vouched`` to the flow token of a
+    value that verified: the only token such a request may use (RFC 5626 5.3)."""
+    marks = prep.marks
+    if not marks:
+        return False
+    to_tag = msg.to_tag
+    if to_tag is None:
+        return False
+    call_id, from_tag = msg.call_id, msg.from_tag
+    proven = False
+    for token, mark in marks:
+        if core.trust.proven(call_id, from_tag, to_tag, token, mark):
+            proven = True
+            if token:
+                prep.vouched = token
+    return proven
+
+
+def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: float,
+           trusted: bool, proven: bool, held: str | None) -> RouteDecision:
+    """The target set in the CONTRACT's routing order (RFC 3261 16.5, 16.6 step 7), by what
+    vouches for the request: ``trusted`` (its packet came from an upstream or a trusted relay,
+    :func:`trusted_source`), ``proven`` (an in-dialog request with a dialog mark of ours for its
+    Call-ID and tags, :func:`prove`), ``held`` (the key of a dialog the proxy holds that it did
+    not record-route, :mod:`.dialogs`).
+
+    A flow token (RFC 5626 5.3) is honoured only from a trusted source (or another proxy of
+    the shared state) or for a proven request (then only a token whose mark verified); any
+    other is ignored, and the request is routed as an initial request from its source. An
+    in-dialog request that is neither trusted, proven nor held is refused 481 (RFC 3261
+    12.2.2, 16). A request that is not trusted never names a next hop other than an upstream,
+    a trusted relay, a redirect target the rules allow, or a flow of a dialog it proved (no
+    open relay)."""
     uri = msg.uri
-    flow = flow_target(core, token, src) if token is not None else None
-    if isinstance(flow, int):
-        core.stats[f"flow_token_{flow}"] += 1
-        return Answer(flow, "Flow Failed" if flow == 430 else "Invalid Flow Token")
-    # Who may choose the next hop by what the message names (a Route, the Request-URI):
-    # an upstream or a trusted relay, judged by the packet's source (never by Via); or a
-    # request of a dialog that passed this proxy, proven by the verified flow token of our
-    # Record-Route (CONTRACT "TLS and access").
-    trusted = trusted_source(core, src)
-    in_dialog_ours = msg.to_tag is not None and token is not None
-    if flow is not None:
-        # RFC 5626 5.3: the edge proxy sends the request over the flow its token names.
-        return Forward([[flow]])
+    if trusted:
+        token = prep.token
+    elif proven:
+        token = prep.vouched
+    elif prep.token is not None and peer_source(core, msg, src, now):
+        token = prep.token
+    else:
+        token = None
+    if token is not None:
+        flow = flow_target(core, token, src)
+        if isinstance(flow, int):
+            core.stats[f"flow_token_{flow}"] += 1
+            if flow == 430:
+                return Refuse("flow_failed", 430, "Flow Failed",
+                              "the flow its token names is closed or of an earlier start")
+            return Refuse("flow_token", 403, "Invalid Flow Token",
+                          "a Route of this proxy whose flow token does not verify")
+        if flow is not None:
+            # RFC 5626 5.3: the edge proxy sends the request over the flow its token names.
+            return Forward([[flow]])
+    # RFC 3261 10.2, 8.1.1.2: a REGISTER is never of a dialog; a To tag some phones copy into
+    # their refreshes does not make it one (it is still counted by the rate limit)
+    in_dialog = msg.to_tag is not None and msg.method != "REGISTER"
+    if in_dialog and not (trusted or proven):
+        if held is None:
+            return Refuse("unproven", 481, "Call/Transaction Does Not Exist",
+                          "in-dialog request of no dialog through this proxy (no Route of "
+                          "this proxy for its Call-ID and tags)")
+        return _held(core, msg, prep, held)
     if prep.next_hop is not None:
         # 1. Loose routing (RFC 3261 16.4, 16.6 step 7): the next Route names the next hop.
-        if not (trusted or in_dialog_ours):
+        if not (trusted or proven):
             # A preloaded Route to another host from a stranger: no open relay.
             return Refuse("relay", 403, "Relaying Denied",
                           f"Route {prep.next_hop.uri} from an untrusted source")
         target = target_for_uri(prep.next_hop.uri, request_uri=None)
         if target is None:
             return Answer(404, "Route Not Resolvable")
-        return Forward([[target]])
-    if (
-        prep.popped and isinstance(uri, SipUri) and not is_local_uri(core, uri)
-        and (trusted or in_dialog_ours or msg.to_tag is not None)
-    ):
-        # 1b. The Route set ended with us: the Request-URI is the next hop (16.4, 16.6
-        # step 7), e.g. a BYE of a record-routed dialog. A stranger's in-dialog request
-        # without our token is refused; its initial one is routed as if it had no Route.
-        if not (trusted or in_dialog_ours):
+        if not (trusted or may_relay(core, target, prep.next_hop.uri)):
             return Refuse("relay", 403, "Relaying Denied",
-                          f"in-dialog request to {uri} without this proxy's Record-Route")
+                          f"in-dialog Route {prep.next_hop.uri}: not an upstream")
+        return Forward([[target]])
+    if prep.popped and isinstance(uri, SipUri) and not is_local_uri(core, uri) and (
+            trusted or in_dialog):
+        # 1b. The Route set ended with us: the Request-URI is the next hop (16.4, 16.6
+        # step 7), e.g. a BYE of a record-routed dialog. A UA's goes only to an upstream or a
+        # trusted relay (its peer's flow, if any, was named by the token above); a stranger's
+        # initial request is routed as if it had no Route.
         target = target_for_uri(uri, request_uri=None)
         assert target is not None
+        if not (trusted or may_relay(core, target, uri)):
+            return Refuse("relay", 403, "Relaying Denied",
+                          f"in-dialog request to {uri}: not an upstream")
         return Forward([[target]])
     if msg.method == "REGISTER" and core.settings.registrar_local:
         # 2. The local registrar (RFC 3261 10.3).
         return LocalRegister()
     return _by_request_uri(core, msg, trusted, now)
+
+
+def _held(core: ProxyCore, msg: SipMessage, prep: RoutePrep, held: str) -> RouteDecision:
+    """An in-dialog request of a dialog the proxy holds but did not record-route (the UAS
+    did not copy Record-Route into its 2xx, RFC 3261 12.1.1, as sipp's built-in UAS does; or
+    ``record_route: false``): no Route of ours proves it, and its Request-URI is the peer's
+    Contact. It goes there when that is an upstream or a trusted relay (by address and port),
+    or the registered binding the dialog was set up with (over its flow); never to any other
+    host."""
+    hop = prep.next_hop.uri if prep.next_hop is not None else msg.uri
+    target = target_for_uri(hop, request_uri=None)
+    if target is not None:
+        if may_relay(core, target, hop):
+            return Forward([[target]])
+        end = core.dialogs.end(held)
+        if end is not None and end[0] == (target.host, target.port):
+            return Forward([[end[1]]])
+    return Refuse("relay", 403, "Relaying Denied",
+                  f"in-dialog request to {hop} of a dialog not record-routed: not an upstream")
+
+
+def may_relay(core: ProxyCore, target: Target, uri: SipUri | AbsoluteUri) -> bool:
+    """Whether a request that no trusted source sent may go to ``target`` (``uri``, the
+    Request-URI or Route that names it): an upstream (its resolved address and port), a
+    trusted relay (CONTRACT "TLS and access"), or a host a redirect may lead a call to
+    (``redirects.allow_targets``, by default the upstreams' hosts and ``domains``: a dialog
+    set up through a followed 3xx has its peer there, RFC 3261 16.5)."""
+    if (target.host, target.port) in core.upstream_addrs:
+        return True
+    if target.host in core.settings.trusted_relays:
+        return True
+    guard = core.guard
+    return guard is not None and guard.check_target(uri) is None
+
+
+def peer_source(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> bool:
+    """Whether ``msg`` was forwarded by another proxy of the shared state (RFC 5626 5: it hands
+    this node the requests for the flows this node holds, with their tokens): its top Via
+    names the address the packet came from (or an announced node's) and not this proxy, and
+    carries a branch that only a proxy with this one's key mints (:mod:`.trust`), fresh, for
+    this method and for the hop below it. A Via of a node copied from a request the proxy
+    forwarded (a UA sees them) does not pass from the UA's own address. Checked only for a
+    request with a flow token of ours that nothing else vouches for."""
+    vias = msg.vias
+    if len(vias) < 2:
+        return False
+    top = vias[0]
+    sent_by = top.sent_by()
+    if sent_by in core.ours:
+        return False
+    if sent_by[0] != src.host and not any(
+            host == src.host for entries in core.cluster.peers.values()
+            for _, host, _ in entries):
+        return False
+    method = msg.method
+    return core.trust.check_branch(top.branch, method, via_dest(vias[1]), now,
+                                   branch_lifetime(method, core.timers)) is None
 
 
 def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,
@@ -209,7 +329,9 @@ def flow_target(core: ProxyCore, token: str, src: Source) -> Target | int | None
 
     Returns the target over that flow; None when it is the flow the request came in on (then
     routing goes on as usual); 403 for a token that does not verify; 430 for a flow that is
-    known to be dead.
+    known to be dead: a connection known closed, or one of an earlier start of the process
+    (the token's boot id is not this start's, :class:`~proxy.core.flowtoken.FlowTokens`).
+    The transport sends over the connection only if its peer is still the token's address.
     """
     flow = core.tokens.decode(token)
     if flow is None:
@@ -220,11 +342,14 @@ def flow_target(core: ProxyCore, token: str, src: Source) -> Target | int | None
         return 430 if relay is None else relay
     if flow.remote_host == src.host and flow.remote_port == src.port:
         return None
-    if flow.conn_id is not None and flow.conn_id in core.closed_conns:
+    if flow.conn_id is not None and (
+            not core.tokens.this_start(flow) or flow.conn_id in core.closed_conns):
+        # A connection of an earlier start (ids start again at 1: this id may now be another
+        # UA's connection) or one known closed: the flow is gone (RFC 5626 5.3).
         return 430
     return Target(flow.transport, flow.remote_host, flow.remote_port, None, flow.conn_id,
                   label=f"flow {flow.transport}:{flow.remote_host}:{flow.remote_port}",
-                  via_flow=True)
+                  via_flow=True, by_token=True)
 
 
 def is_own_route(core: ProxyCore, na: NameAddr) -> bool:

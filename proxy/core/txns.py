@@ -72,7 +72,45 @@ def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: flo
     entry = ServerEntry(key, txn, reply_dest(core, msg, src),
                         msg if msg.method == "INVITE" else None, now)
     core.server[key] = entry
+    if src.conn_id is not None:
+        entry.conn = src.conn_id
+        hold_conn(core, src.conn_id)
     return entry
+
+
+def hold_conn(core: ProxyCore, conn_id: int) -> None:
+    """One more live transaction over stream connection ``conn_id``
+    (:meth:`~proxy.core.proxy.ProxyCore.conn_in_use`: the transport keeps it open)."""
+    core.conn_txns[conn_id] = core.conn_txns.get(conn_id, 0) + 1
+
+
+def free_conn(core: ProxyCore, conn_id: int | None) -> None:
+    """A transaction over ``conn_id`` (None: over none) ended."""
+    if conn_id is None:
+        return
+    n = core.conn_txns.get(conn_id, 0) - 1
+    if n > 0:
+        core.conn_txns[conn_id] = n
+    else:
+        core.conn_txns.pop(conn_id, None)
+
+
+def drop_server(core: ProxyCore, entry: ServerEntry) -> None:
+    """Remove a server transaction from the core's table (it ended, or it is refused
+    statelessly before it did anything: :func:`refuse`)."""
+    if core.server.get(entry.key) is entry:
+        del core.server[entry.key]
+        free_conn(core, entry.conn)
+        entry.conn = None
+    entry.deadline = None
+
+
+def drop_branch(core: ProxyCore, br: Branch) -> None:
+    """Remove a branch's client transaction from the core's table (it ended, or Timer C gave
+    up on it after a CANCEL)."""
+    if core.client.pop(br.branch_id + "|" + br.ctx.method, None) is br:
+        free_conn(core, br.conn)
+        br.conn = None
 
 
 def send_response(
@@ -103,15 +141,25 @@ def respond(
 
 
 def refuse(
-    core: ProxyCore, entry: ServerEntry, msg: SipMessage, src: Source, reason: str, status: int,
-    phrase: str, now: float, out: Out, detail: str,
+    core: ProxyCore, entry: ServerEntry | None, msg: SipMessage, src: Source, reason: str,
+    status: int, phrase: str, now: float, out: Out, detail: str, *, headers: Sequence[str] = (),
 ) -> None:
-    """Answer a refused request, count it, and log it once per source per minute."""
+    """Refuse work not yet accepted: one response, sent once and statelessly (RFC 3261 16.11
+    lets a proxy answer without a transaction; 8.2.6 and 17.2: nothing retransmits it and
+    nothing is held for Timer J or H), the request's server transaction (``entry``, if one
+    was created) removed. Counted by ``reason`` (``core.refusals``, the ``refusals``
+    metric) and logged at most once per source and reason per minute.
+
+    A flood of refused requests therefore costs one response each and leaves nothing in
+    ``core.server``; a refused INVITE's ACK is absorbed by its To tag (:func:`.forward.on_ack`),
+    and a retransmission of it is refused again."""
+    if entry is not None:
+        drop_server(core, entry)
     if core.refusals.note(reason, src.host, now):
         log.warning("refused %s %s from %s:%s (%s): %s %s; counted, logged once a minute "
                     "per source", msg.method, msg.request_uri, src.host, src.port, reason,
                     status, detail)
-    respond(core, entry, msg, status, now, out, reason=phrase)
+    out.send(reject(core, msg, src, status, reason=phrase, headers=headers))
 
 
 def reject(
@@ -141,9 +189,7 @@ def server_effects(
             t, h, p, c = entry.reply
             out.sends.append(Send(t, h, p, e.data, c))
         elif isinstance(e, Terminated):
-            if core.server.get(entry.key) is entry:
-                del core.server[entry.key]
-            entry.deadline = None
+            drop_server(core, entry)
             ctx = entry.ctx
             if ctx is not None:
                 entry.ctx = None
@@ -169,9 +215,11 @@ def client_effects(
             out.sends.append(Send(t, h, p, e.data, c, br))
         elif isinstance(e, Timeout):
             if br.state is BranchState.PENDING:
-                responses.branch_final(core, br, 408, None, now, out)
+                # RFC 5626 5.3: no answer over a flow named by a token: the flow failed (430)
+                status = 430 if br.target.by_token else 408
+                responses.branch_final(core, br, status, None, now, out)
         elif isinstance(e, Terminated):
-            core.client.pop(br.branch_id + "|" + br.ctx.method, None)
+            drop_branch(core, br)
             release(core, br.ctx)
     schedule(core, br)
 
@@ -212,7 +260,7 @@ def branch_timer(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
             # RFC 3261 9.1: cancelled 64*T1 ago and still no final response: the client
             # transaction is destroyed and the branch ends as if it got a 408.
             core.stats["cancel_unanswered"] += 1
-            core.client.pop(br.branch_id + "|" + br.ctx.method, None)
+            drop_branch(core, br)
             responses.branch_final(core, br, 408, None, now, out)
         elif br.provisional:
             cancel.cancel_branch(core, br, now, out)

@@ -38,3 +38,6 @@ class Target(NamedTuple):
     #: a Route value pushed on top of the request's (a binding held by another proxy of a
     #: shared state is reached through it, :mod:`proxy.core.shared`)
     route: str | None = None
+    #: the flow was named by a flow token (RFC 5626 5.3): a send failure or no answer over it
+    #: means the flow failed, 430 to the caller
+    by_token: bool = False

@@ -23,6 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
+from proxy.core.access import REFUSAL_REASONS
 from proxy.core.observe import BUCKETS
 from proxy.core.probe import upstream_name
 
@@ -77,10 +78,11 @@ class CoreCollector:
                                   value=m.flow_retries)
         yield _labelled(CounterMetricFamily, "bad_messages", "Messages refused as malformed",
                         ["reason"], m.bad.items())
+        counts = core.refusals.counts
+        reasons = (*REFUSAL_REASONS, *(k for k in counts if k not in REFUSAL_REASONS))
         yield _labelled(CounterMetricFamily, "refusals",
-                        "Requests and connections refused by the access rules and limits "
-                        "(relay, rate, registrar, auth ...), by reason", ["reason"],
-                        core.refusals.counts.items())
+                        "Requests refused (and responses dropped) by the access rules, by reason",
+                        ["reason"], ((r, counts[r]) for r in reasons))
         yield _labelled(CounterMetricFamily, "policy_reloads", "Policy reloads by result",
                         ["result"], ((k, self.reloads[k]) for k in ("ok", "refused")))
         yield GaugeMetricFamily(PREFIX + "learned_routes", "Learned Request-URI rewrites",

@@ -54,11 +54,12 @@ def _r5118(name: str, is_request: bool, parse_ok: bool, proxy: str, status: int 
 
 EXPECTATIONS: tuple[Expect, ...] = (
     # ---- RFC 4475 3.1.1: valid messages ----
-    _r4475("wsinv", True, True, RESPOND, 403,
+    _r4475("wsinv", True, True, RESPOND, 481,
            "RFC 4475 3.1.1.1: tortuous but well-formed INVITE (LWS, folding, compact forms, "
-           "escapes). It parses; its Route names services.example.com, another host, and the "
-           "sender is neither an upstream nor a trusted relay: 403, no open relay (CONTRACT "
-           "access). tests/unit/test_core_conformance.py shows a trusted relay's copy "
+           "escapes). It parses; it has a To tag and no Route of this proxy proving a dialog "
+           "through it, and the sender is neither an upstream nor a trusted relay: 481, once "
+           "and statelessly (RFC 3261 12.2.2; no open relay through its Route to "
+           "services.example.com, CONTRACT access). tests/unit/test_core_conformance.py shows a trusted relay's copy "
            "loose-routed there (RFC 3261 16.4), unknown headers unchanged"),
     _r4475("intmeth", True, True, FORWARD, None,
            "RFC 4475 3.1.1.2: unknown method with unusual but legal characters; a proxy forwards "
@@ -204,16 +205,19 @@ EXPECTATIONS: tuple[Expect, ...] = (
            "not what was meant); forwarded"),
     _r5118("port-unambiguous", True, True, FORWARD, None,
            "RFC 5118 4.4: host [2001:db8::10] port 5070; forwarded"),
-    _r5118("via-received-param-with-delim", True, True, FORWARD, None,
-           "RFC 5118 4.5: received=[2001:db8::9:255] accepted by robustness; forwarded"),
+    _r5118("via-received-param-with-delim", True, True, RESPOND, 481,
+           "RFC 5118 4.5: received=[2001:db8::9:255] accepted by robustness; the BYE has a To "
+           "tag and no Route of this proxy, from a sender that is no upstream: 481 (RFC 3261 "
+           "12.2.2), statelessly"),
     _r5118("via-received-param-no-delim", True, True, FORWARD, None,
            "RFC 5118 4.5: received=2001:db8::9:255 (RFC 3261 ABNF form); forwarded"),
     _r5118("ipv6-in-sdp", True, True, FORWARD, None,
            "RFC 5118 4.6: IPv6 addresses in the SDP body are not the proxy's concern; "
            "forwarded"),
-    _r5118("mult-ip-in-header", True, True, FORWARD, None,
-           "RFC 5118 4.7: Via list mixing IPv4 and IPv6 (with port, with IPv4 received=); "
-           "forwarded"),
+    _r5118("mult-ip-in-header", True, True, RESPOND, 481,
+           "RFC 5118 4.7: Via list mixing IPv4 and IPv6 (with port, with IPv4 received=) "
+           "parses; the BYE has a To tag and no Route of this proxy, from a sender that is no "
+           "upstream: 481 (RFC 3261 12.2.2), statelessly"),
     _r5118("mult-ip-in-sdp", True, True, FORWARD, None,
            "RFC 5118 4.8: IPv4 and IPv6 c= lines in the SDP; forwarded"),
     _r5118("ipv4-mapped-ipv6", True, True, FORWARD, None,

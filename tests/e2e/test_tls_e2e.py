@@ -66,7 +66,8 @@ async def test_call_from_tls_client_through_the_proxy_to_a_tls_upstream(
         t, vhost, vport, _ = via_sent_by(inv.vias[0])
         assert (t, vhost, vport) == ("TLS", LOOPBACK, tls_port)
         [rr] = rr_values(inv.raw_lines("record-route"))
-        assert re.search(rf"@{LOOPBACK}:{tls_port};lr;transport=tls>", rr), rr
+        # ;d=: the dialog mark (issue 18) after the proxy's own parameters
+        assert re.search(rf"@{LOOPBACK}:{tls_port};lr;transport=tls;d=[0-9a-f]{{16}}>", rr), rr
         # The dialog: ACK and BYE along the Record-Route, over TLS both ways.
         route = [f"Route: {v}" for v in reversed(rr_values(ok.raw_lines("record-route")))]
         to = ok.get("to")
@@ -107,8 +108,10 @@ async def test_transport_change_gets_two_record_routes(
         inv = await upstream.wait_for(lambda m: m.method == "INVITE", WAIT)
         assert via_sent_by(inv.vias[0])[0] == "UDP"
         first, second = rr_values(inv.raw_lines("record-route"))
-        assert f"{LOOPBACK}:{port};lr>" in first and ";transport=" not in first
-        assert f"{LOOPBACK}:{tls_port};lr;transport=tls>" in second
+        # each value with its dialog mark (;d=, issue 18)
+        assert re.search(rf"{LOOPBACK}:{port};lr;d=[0-9a-f]{{16}}>", first), first
+        assert ";transport=" not in first
+        assert re.search(rf"{LOOPBACK}:{tls_port};lr;transport=tls;d=[0-9a-f]{{16}}>", second)
         await caller.close()
     finally:
         await upstream.close()

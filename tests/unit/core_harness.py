@@ -136,15 +136,17 @@ class Harness:
         return [parse_message(s.data) for s in (self.sent if out is None else out) if s.port == port]
 
 
-def own_route(h: Harness, src: Source = CALLER) -> str:
+def own_route(h: Harness, src: Source = CALLER, *, call_id: str = "call-1@caller",
+              tag: str = "from1") -> str:
     """The Route value a UA of a dialog through the proxy sends back: the proxy's own
-    Record-Route URI with the flow token naming ``src``'s flow (RFC 5626 5.2), as
-    :func:`proxy.core.forward.record_route` writes it."""
+    Record-Route URI with the flow token naming ``src``'s flow (RFC 5626 5.2) and the dialog
+    mark of the dialog set up by a request with ``call_id`` and From tag ``tag`` (the defaults
+    of :func:`request`), as :func:`proxy.core.forward.record_route` writes it."""
     local = LOCAL[0] if src.transport == "udp" else LOCAL[1]
     token = h.core.tokens.encode(Flow(src.transport, local.host, local.port, src.host, src.port,
                                       src.conn_id))
     tp = "" if local.transport == "udp" else f";transport={local.transport}"
-    return f"<sip:{token}@{local.advertised};lr{tp}>"
+    return f"<sip:{token}@{local.advertised};lr{tp};d={h.core.trust.dialog_mark(call_id, tag, token)}>"
 
 
 def statuses(msgs: list[SipMessage]) -> list[int]:

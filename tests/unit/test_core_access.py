@@ -98,23 +98,40 @@ def test_trusted_relay_may_preload_a_route_and_route_by_request_uri() -> None:
     assert methods(h.to(7444, out)) == ["INVITE"]
 
 
-def test_in_dialog_request_without_our_token_from_a_stranger_gets_403() -> None:
-    """A BYE that claims a dialog (To tag) but whose Route to us carries no flow token of
-    ours did not come through this proxy's Record-Route: refused."""
+def test_in_dialog_request_without_our_token_from_a_stranger_gets_481() -> None:
+    """A BYE that claims a dialog (To tag) but whose Route to us carries no dialog mark of
+    ours did not come through this proxy's Record-Route: 481 (RFC 3261 12.2.2), statelessly
+    (issue 18: it was 403 through a server transaction)."""
     h = Harness.make()
     out = h.feed(request("BYE", ruri=f"sip:bob@127.0.0.1:{VICTIM}", to_tag="t1",
                          extra=("Route: <sip:127.0.0.1:5060;lr>",)), STRANGER)
     assert not sent_to(h, VICTIM, out)
-    assert statuses(h.to(6666, out)) == [403]
+    assert statuses(h.to(6666, out)) == [481]
+    assert h.core.active_transactions == 0
 
 
 def test_in_dialog_request_with_our_record_route_token_is_relayed() -> None:
     """The caller's BYE of a dialog through the proxy carries our Record-Route (with the flow
-    token naming the caller's flow): it goes to its Request-URI (RFC 3261 16.4)."""
+    token naming the caller's flow and the dialog's mark): it goes to its Request-URI, the
+    PBX's Contact (RFC 3261 16.4)."""
     h = Harness.make()
-    out = h.feed(request("BYE", ruri="sip:bob@127.0.0.1:7444", to_tag="t1",
+    out = h.feed(request("BYE", ruri="sip:bob@127.0.0.1:5080", to_tag="t1",
                          extra=(f"Route: {own_route(h, STRANGER)}",)), STRANGER)
-    assert methods(h.to(7444, out)) == ["BYE"]
+    assert methods(h.to(5080, out)) == ["BYE"]
+
+
+def test_a_proven_in_dialog_request_from_a_ua_goes_to_no_foreign_host() -> None:
+    """The dialog mark proves the dialog, not the Request-URI: the UA of a call through the
+    proxy replaying its own Call-ID and tags toward another host (toll fraud with its own
+    dialog) gets 403, by Request-URI or by a Route after ours; nothing is sent there."""
+    h = Harness.make()
+    for ruri, extra in ((f"sip:+19005550000@127.0.0.1:{VICTIM}", ""),
+                        ("sip:bob@127.0.0.1:5080", f", <sip:127.0.0.1:{VICTIM};lr>")):
+        out = h.feed(request("INVITE", ruri=ruri, to_tag="t1", cseq=2,
+                             extra=(f"Route: {own_route(h, STRANGER)}{extra}",)), STRANGER)
+        assert not sent_to(h, VICTIM, out)
+        assert statuses(h.to(6666, out)) == [403]
+    assert h.core.active_transactions == 0 and h.core.refusals.counts["relay"] == 2
 
 
 def test_forged_response_reaches_no_one() -> None:

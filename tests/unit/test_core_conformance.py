@@ -40,13 +40,15 @@ def test_wsinv_is_loose_routed_with_unknown_headers_unchanged() -> None:
 
 def test_wsinv_from_a_stranger_is_refused_not_relayed() -> None:
     """CONTRACT access: the same preloaded Route from a source that is neither an upstream
-    nor a trusted relay gets 403, and nothing is sent towards the Route's host."""
+    nor a trusted relay is refused, and nothing is sent towards the Route's host. wsinv has a
+    To tag and no Route of this proxy: an in-dialog request of no dialog through it, 481
+    once and statelessly (RFC 3261 12.2.2; issue 18, it was 100 then 403)."""
     h = Harness.make()
     out = h.feed((KIT / "wsinv.dat").read_bytes(), SENDER)
     assert [s.host for s in out if s.data[:4] != b"SIP/"] == []
     finals = [parse_message(s.data).status for s in out if s.data[:4] == b"SIP/"]
-    assert finals == [100, 403]
-    assert h.core.refusals.counts["relay"] == 1
+    assert finals == [481]
+    assert h.core.refusals.counts["unproven"] == 1 and h.core.active_transactions == 0
 
 
 def test_mpart01_body_is_forwarded_byte_exact() -> None:

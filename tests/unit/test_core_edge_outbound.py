@@ -64,24 +64,25 @@ def test_request_routed_by_path_goes_over_the_flow() -> None:
 
 
 def test_forged_flow_token_gets_403() -> None:
-    """RFC 5626 5.3: a token that does not verify is refused with 403."""
+    """RFC 5626 5.3: a token that does not verify is refused with 403, once, statelessly
+    (issue 18: no 100 Trying and no transaction for a refusal)."""
     h = Harness.make()
     path = outbound_register(h)
     token = path[5:path.index("@")]
     forged = path.replace(token, token[:-2] + ("AA" if token[-2:] != "AA" else "BB"))
     out = h.feed(request(branch="z9hG4bKforged", via_host="127.0.0.1:5080",
                          extra=(f"Route: {forged}",)), PBX)
-    assert statuses(h.to(5080, out)) == [100, 403]
+    assert statuses(h.to(5080, out)) == [403]
 
 
 def test_dead_flow_gets_430() -> None:
-    """RFC 5626 5.3: the flow's connection closed -> 430 Flow Failed."""
+    """RFC 5626 5.3: the flow's connection closed -> 430 Flow Failed, statelessly."""
     h = Harness.make()
     path = outbound_register(h)
     h.take(h.core.on_flow_closed(7, h.now))
     out = h.feed(request(branch="z9hG4bKdead", via_host="127.0.0.1:5080",
                          extra=(f"Route: {path}",)), PBX)
-    assert statuses(h.to(5080, out)) == [100, 430]
+    assert statuses(h.to(5080, out)) == [430]
 
 
 def test_in_dialog_request_from_callee_goes_back_over_the_callers_flow() -> None:

@@ -36,7 +36,9 @@ def test_invite_gets_100_and_is_forwarded_to_first_upstream_with_via_and_record_
     assert len(fwd.vias) == 2
     assert fwd.max_forwards == 69
     [rr] = fwd.record_routes
-    assert str(rr.uri).endswith("@127.0.0.1:5060;lr")
+    # the dialog mark (RFC 3261 12.2.2 / 16.4, proxy.core.trust): the Call-ID, From tag, token
+    mark = h.core.trust.dialog_mark("call-1@caller", "from1", rr.uri.user or "")
+    assert str(rr.uri).endswith(f"@127.0.0.1:5060;lr;d={mark}")
     # RFC 5626 5.3: the caller-facing Record-Route carries the caller's flow token.
     flow = h.core.tokens.decode(rr.uri.user or "")
     assert flow is not None and (flow.remote_host, flow.remote_port) == ("127.0.0.1", 6000)
@@ -198,15 +200,16 @@ def test_ack_for_2xx_is_forwarded_along_its_route() -> None:
 
 
 def test_loose_route_to_next_hop_keeps_request_uri() -> None:
-    """RFC 3261 16.4 / 16.6 step 7: the next Route value is the next hop."""
+    """RFC 3261 16.4 / 16.6 step 7: the next Route value is the next hop (here the second
+    upstream: a UA's in-dialog request goes to an upstream only, proxy.core.routing)."""
     h = Harness.make()
     out = h.feed(request(
         "BYE", ruri="sip:bob@10.0.0.9:5099", to_tag="t1", branch="z9hG4bKbye",
-        extra=(f"Route: {own_route(h)}, <sip:127.0.0.1:5090;lr>",),
+        extra=(f"Route: {own_route(h)}, <sip:127.0.0.1:5081;lr>",),
     ))
-    [bye] = h.to(5090, out)
+    [bye] = h.to(5081, out)
     assert bye.request_uri == "sip:bob@10.0.0.9:5099"
-    assert bye.get("route") == "<sip:127.0.0.1:5090;lr>"
+    assert bye.get("route") == "<sip:127.0.0.1:5081;lr>"
 
 
 def test_request_that_comes_back_unchanged_is_a_loop_482() -> None:
@@ -217,7 +220,9 @@ def test_request_that_comes_back_unchanged_is_a_loop_482() -> None:
     looped = forwarded_invite(h).replace(
         b"\r\nVia: ", b"\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKpbxloop;rport\r\nVia: ", 1)
     out = h.feed(looped, PBX)
-    assert statuses(h.to(5080, out)) == [100, 482]
+    # refused before any transaction: once, statelessly, without 100 Trying (issue 18)
+    assert statuses(h.to(5080, out)) == [482]
+    assert h.core.refusals.counts["loop"] == 1
     assert not [s for s in out if s.port == 5081]
 
 
@@ -310,7 +315,7 @@ def test_draining_core_refuses_new_calls_but_relays_in_dialog_requests() -> None
     h = Harness.make()
     h.core.draining = True
     out = h.feed(request())
-    assert statuses(h.to(6000, out)) == [100, 503]
+    assert statuses(h.to(6000, out)) == [503]  # stateless, no 100 Trying first
     out = h.feed(request("BYE", ruri="sip:bob@127.0.0.1:5080", to_tag="t9", branch="z9hG4bKbye9",
                          extra=(f"Route: {own_route(h)}",)))
     assert methods(h.to(5080, out)) == ["BYE"]

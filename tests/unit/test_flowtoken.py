@@ -18,6 +18,7 @@ from proxy.core.flowtoken import CACHE_SIZE, MAC_SIZE, MAX_TOKEN_LENGTH, Flow, F
 from proxy.sip import SipUri, parse_uri
 
 SECRET = "0123456789abcdef0123456789abcdef"
+BOOT = b"boot-id1"  # one start's boot id, fixed so that two instances make the same tokens
 B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 FLOWS = [
@@ -37,7 +38,7 @@ FLOWS = [
 
 @pytest.fixture
 def tokens() -> FlowTokens:
-    return FlowTokens(SECRET)
+    return FlowTokens(SECRET, BOOT)
 
 
 def _raw(token: str) -> bytes:
@@ -60,7 +61,7 @@ def test_token_from_the_fields_is_the_token_of_the_flow(flow: Flow) -> None:
     the same token, whichever is asked first (RFC 5626 5.2: one token per flow)."""
     fields = (flow.transport, flow.local_host, flow.local_port, flow.remote_host,
               flow.remote_port, flow.conn_id, flow.node)
-    first, second = FlowTokens(SECRET), FlowTokens(SECRET)
+    first, second = FlowTokens(SECRET, BOOT), FlowTokens(SECRET, BOOT)
     assert first.token(*fields) == first.encode(flow) == second.encode(flow)
     assert second.token(*fields) == second.encode(flow) and first.decode(first.token(*fields)) == flow
 
@@ -85,7 +86,8 @@ def test_tokens_are_compact(tokens: FlowTokens) -> None:
     assert len(_raw(v6)) == 2 + 2 * (16 + 2) + MAC_SIZE == 50
     assert len(v6) == 67
     with_conn = tokens.encode(Flow("tcp", "192.0.2.1", 5060, "198.51.100.7", 40000, 200))
-    assert len(_raw(with_conn)) == 26 + 2
+    # a connection: its id (length + 1 byte), the 8-byte boot id, an empty node
+    assert len(_raw(with_conn)) == 26 + 2 + 8 + 1
 
 
 def test_mac_is_truncated_hmac_sha256_over_the_payload(tokens: FlowTokens) -> None:
@@ -315,3 +317,49 @@ def test_the_caches_are_bounded(tokens: FlowTokens) -> None:
         assert len(tokens._tokens) <= CACHE_SIZE and len(tokens._flows) <= CACHE_SIZE
     flow, token = minted[0]  # long evicted: still encoded and decoded right
     assert tokens.encode(flow) == token and tokens.decode(token) == flow
+
+
+# ---- a flow over a connection is bound to the start that minted it (RFC 5626 5.3) -----------
+
+def test_a_stream_token_carries_the_boot_id_and_a_udp_token_does_not() -> None:
+    """Connection ids start again at 1 in a new process, so a token naming a connection must
+    say which start it is of: the same TCP flow gets another token after a restart (another
+    boot id) and decodes there as not of this start; a UDP flow (no connection) keeps its
+    token across starts and is of every start."""
+    before, after = FlowTokens(SECRET), FlowTokens(SECRET)
+    assert before.boot != after.boot
+    tcp = Flow("tcp", "192.0.2.1", 5060, "198.51.100.7", 40000, 1)
+    udp = FLOWS[0]
+    old = before.encode(tcp)
+    assert after.encode(tcp) != old
+    seen = after.decode(old)
+    assert seen == tcp and seen is not None and seen.boot == before.boot
+    assert before.this_start(seen) and not after.this_start(seen)
+    assert after.this_start(after.decode(after.encode(tcp)))  # type: ignore[arg-type]
+    assert before.encode(udp) == after.encode(udp)
+    decoded = after.decode(before.encode(udp))
+    assert decoded is not None and decoded.boot is None and after.this_start(decoded)
+
+
+def test_an_old_layout_stream_token_is_from_another_start(tokens: FlowTokens) -> None:
+    """A version 1 token with a connection id (minted by the code before boot ids) still
+    verifies, but names no connection of this start: 430 for it (RFC 5626 5.3)."""
+    payload = bytes([1, 1 << 5 | 1]) + bytes([192, 0, 2, 1]) + (5060).to_bytes(2, "big") \
+        + bytes([198, 51, 100, 7]) + (40000).to_bytes(2, "big") + bytes([1, 7])
+    key = hmac.digest(SECRET.encode(), b"sip-policy-proxy flow token v1 (RFC 5626 5.2)", "sha256")
+    old = _b64(payload + hmac.digest(key, payload, "sha256")[:MAC_SIZE])
+    flow = tokens.decode(old)
+    assert flow == Flow("tcp", "192.0.2.1", 5060, "198.51.100.7", 40000, 7)
+    assert flow is not None and flow.boot is None and not tokens.this_start(flow)
+
+
+def test_a_stream_token_with_a_node_round_trips() -> None:
+    tokens = FlowTokens(SECRET, BOOT)
+    flow = Flow("tls", "192.0.2.1", 5061, "198.51.100.7", 40000, 9, "node-a")
+    got = tokens.decode(tokens.encode(flow))
+    assert got == flow and got is not None and got.boot == BOOT
+
+
+def test_a_boot_id_has_its_size() -> None:
+    with pytest.raises(ValueError, match="boot id"):
+        FlowTokens(SECRET, b"short")

@@ -300,8 +300,9 @@ def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None
         except ParseError:
             return None
         return None if t is None else t._replace(aor=b.aor, binding_key=b.key)
-    if b.reg_id is not None:
-        # RFC 5626 5.3: requests for an outbound binding go over its flow.
+    if b.on_flow:
+        # RFC 5626 5.3: requests for an outbound binding go over its flow; RFC 7118 5.3: so do
+        # those for a WebSocket client's, whatever its Contact says.
         f = b.flow
         return Target(f.transport, f.host, f.port, ruri, f.conn_id, b.q, b.contact,
                       b.aor, b.instance, b.key, via_flow=True)

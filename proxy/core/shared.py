@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from proxy.core.flowtoken import Flow
 from proxy.core.registrar import Binding
 from proxy.core.types import Source, Target
+from proxy.sip.transport import WS_TRANSPORTS
 from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
 
 if TYPE_CHECKING:
@@ -97,12 +98,14 @@ def from_stored(core: ProxyCore, sb: StoredBinding) -> Binding:
 
     A binding held by another node keeps that node's name. One of this node (or of no
     node: an older store) was written by an earlier process: an outbound (RFC 5626) binding
-    over TCP/TLS lost its connection with it and is a dead flow; a plain one is reached
-    over a new connection to its Contact (RFC 3261 18.1.1)."""
+    over TCP/TLS (or any binding over WebSocket, RFC 7118 5.3) lost its connection with it
+    and is a dead flow; a plain one is reached over a new connection to its Contact (RFC 3261
+    18.1.1)."""
     off = core.wall_offset
     node = sb.node if sb.node and sb.node != core.cluster.node else None
     conn_id: int | None = None
-    if node is None and sb.reg_id is not None and sb.flow_transport in ("tcp", "tls"):
+    on_flow = sb.reg_id is not None or sb.flow_transport in WS_TRANSPORTS
+    if node is None and on_flow and sb.flow_transport != "udp":
         conn_id = DEAD_FLOW
     return Binding(
         aor=sb.aor, contact=sb.contact, uri=sb.uri, expires_at=sb.expires_at - off, q=sb.q,

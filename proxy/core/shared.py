@@ -192,12 +192,18 @@ def held_elsewhere(b: Binding) -> bool:
     return host != f.host or (port.isdigit() and int(port) != f.port)
 
 
+def between_nodes(transport: str) -> str:
+    """How one node reaches another for a flow that node holds: over UDP for a UDP flow, over
+    TCP for a stream one (TLS, and WebSocket: nodes open no WebSocket to each other)."""
+    return "udp" if transport == "udp" else "tcp"
+
+
 def to_node(core: ProxyCore, token: str, flow: Flow) -> Target | None:
     """A request whose flow token names another node (a Path or Record-Route that node wrote
     reached this one, e.g. through DNS): on to that node, with the same token in a Route.
     None when the node is not known (gone): its flows are dead with it."""
     assert flow.node is not None
-    hop = core.cluster.address(flow.node, flow.transport if flow.transport != "tls" else "tcp")
+    hop = core.cluster.address(flow.node, between_nodes(flow.transport))
     if hop is None:
         return None
     transport, host, port = hop
@@ -212,7 +218,7 @@ def via_node(core: ProxyCore, b: Binding) -> Target | None:
     is not known (then the caller falls back to the binding itself)."""
     assert b.node is not None
     f = b.flow
-    hop = core.cluster.address(b.node, f.transport if f.transport != "tls" else "tcp")
+    hop = core.cluster.address(b.node, between_nodes(f.transport))
     if hop is None:
         return None
     there = core.cluster.address(b.node, f.transport) or hop

@@ -6,6 +6,8 @@ listeners, phones written with the ``websockets`` client, sipp on the UDP side.
   both sides (the ws side with ``;transport=ws`` and a flow token), and BYE crosses both ways;
 * its connection closed, a call to it gets 480 at once and an in-dialog request routed to its
   flow 430 (RFC 5626 5.3), not a timeout;
+* behind an upstream registrar, the PBX reaches it by the Path the proxy added (a flow token
+  naming its WebSocket), and gets 430 once that connection closed;
 * hostile clients: no subprotocol (400), a foreign Origin (403), a message over
   max_message_size (1009), an upgrade that trickles (closed at the handshake timeout), garbage
   in frames (400 or dropped, the connection and the process go on); each counted in
@@ -29,7 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.e2e.harness import LOOPBACK, ProxyProcess, Sipp, free_port
 from tests.e2e.test_observability_e2e import aget, metric
 from tests.e2e.tls_peers import make_pki
-from tests.e2e.wire import SipMessage, UdpPeer, build_request
+from tests.e2e.wire import SipMessage, UdpPeer, build_request, build_response
 from tests.e2e.ws_peers import WsPhone, upgrade_request
 
 pytestmark = pytest.mark.e2e
@@ -163,6 +165,41 @@ async def test_a_closed_ws_connection_is_a_dead_flow_at_once(proxy_factory: Prox
                                          and m.call_id != call_id)
         assert final.status == 480
         assert loop.time() - start < 1.5
+
+
+async def test_a_ws_phone_behind_an_upstream_registrar_is_reached_by_its_path(
+        proxy_factory: ProxyFactory) -> None:
+    """``registrar: upstream``: the PBX stores the Path the proxy adds (a flow token naming the
+    phone's WebSocket, RFC 3327 / RFC 5626 5.1) and reaches the phone through it, whatever
+    its .invalid Contact; once the connection closed, the same Path gets 430 at once."""
+    async with await UdpPeer.bind() as pbx:
+        sip_port, ws_port = free_port(), free_port(udp=False)
+        proxy = proxy_factory(port=sip_port, upstreams=[f"sip:{LOOPBACK}:{pbx.port}"],
+                              registrar="upstream", extra={"listen": [
+                                  f"udp:{LOOPBACK}:{sip_port}", f"ws:{LOOPBACK}:{ws_port}"]})
+        phone = await WsPhone.open(ws_port, user="bob")
+        registering = asyncio.ensure_future(phone.register())
+        reg, addr = await pbx.recv_sip(5, lambda m: m.method == "REGISTER")
+        [path] = reg.get_all("path")
+        assert re.fullmatch(rf"<sip:[^@]+@{LOOPBACK}:{sip_port};lr>", path), path
+        await pbx.send(build_response(reg, 200, "OK", extra_headers=[
+            f"Contact: {reg.get('contact')};expires=600"]), addr)
+        assert (await registering).status == 200
+
+        def invite() -> bytes:
+            return build_request("INVITE", f"sip:bob@{phone.host};transport=ws",
+                                 via_host=LOOPBACK, via_port=pbx.port,
+                                 extra_headers=[f"Route: {path}"])
+
+        await pbx.send(invite(), proxy.addr)
+        got = await phone.recv_sip(5, lambda m: m.method == "INVITE")
+        await phone.answer(got, 486, "Busy Here")
+        await pbx.recv_sip(5, lambda m: m.status == 486)
+        await phone.close()
+        await proxy.await_log("closed: binding removed", 5)
+        await pbx.send(invite(), proxy.addr)
+        failed, _ = await pbx.recv_sip(3, lambda m: (m.status or 0) >= 200 and m.status != 486)
+        assert failed.status == 430
 
 
 # ------------------------------------------------------------------ hostile clients

@@ -149,6 +149,6 @@ def test_a_stored_websocket_binding_of_an_earlier_process_is_a_dead_flow() -> No
                        contact="<sip:k@x.invalid;transport=ws>", uri="sip:k@x.invalid;transport=ws",
                        expires_at=2e9, q=1.0, call_id="c", cseq=1, flow_transport="ws",
                        flow_host="127.0.0.1", flow_port=40001, registered_at=1.9e9,
-                       instance=None, reg_id=None, node=None)
+                       instance=None, reg_id=None, node="")
     b = from_stored(h.core, sb)
     assert b.on_flow and b.flow.conn_id == DEAD_FLOW

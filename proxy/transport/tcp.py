@@ -222,6 +222,8 @@ class TcpManager:
     """
 
     name = "tcp"
+    #: what must end within ``handshake_timeout`` (in the log line of those closed for it)
+    handshake_what = "TLS handshake"
 
     def __init__(
         self, deliver: Deliver, failed: Failed, *, max_size: int = 65535,
@@ -382,9 +384,8 @@ class TcpManager:
                      "complete in %g s (limits.tcp_message_timeout)", n, self.name,
                      self.message_timeout)
         else:
-            self.say(reason, logging.INFO, "closed %d %s connections whose handshake (TLS, "
-                     "WebSocket upgrade) did not end in %g s (limits.tls_handshake_timeout)",
-                     n, self.name, self.handshake_timeout)
+            self.say(reason, logging.INFO, "closed %d %s connections whose %s did not end in "
+                     "%g s", n, self.name, self.handshake_what, self.handshake_timeout)
 
     # -------------------------------------------------------------- sending
 

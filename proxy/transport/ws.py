@@ -218,6 +218,8 @@ class WsManager(TcpManager):
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.name = "ws" if server_ctx is None else "wss"
+        self.handshake_what = ("WebSocket upgrade" if server_ctx is None
+                               else "TLS handshake and WebSocket upgrade")
         self.origins: list[Origin | None] | None = (
             [Origin(o) for o in origins] if origins else None)
         self.handshake_timeout = handshake_timeout

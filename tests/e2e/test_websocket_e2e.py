@@ -255,7 +255,7 @@ async def test_hostile_websocket_clients_are_refused_or_closed_and_counted(
     proxy.assert_alive()
     lines = "\n".join(proxy.lines())
     assert "missing subprotocol" in lines and "not in ws_allowed_origins" in lines
-    assert "closed with 1009" in lines and "did not end in 1 s" in lines
+    assert "closed with 1009" in lines and "WebSocket upgrade did not end in 1 s" in lines
 
 
 async def test_a_thousand_idle_websocket_connections_leave_the_proxy_responsive(

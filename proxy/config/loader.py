@@ -273,6 +273,10 @@ class _Builder:
                 if entry.transport in ("tls", "wss"):
                     r.error(node, f"listen {entry}: a {entry.transport} listen needs a 'tls' "
                             "section with cert_file and key_file")
+        if values.get("ws_allowed_origins") and not any(
+                li.transport in ("ws", "wss") for li in values.get("listen", ())):
+            r.warning(found["ws_allowed_origins"], "ws_allowed_origins without a ws: or wss: "
+                      "listen has nothing to check")
 
     # -- scalars -----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.config import Listen
+from proxy.config import Listen, load_config
 from tests.unit.test_config import _config, _errors
 
 
@@ -49,6 +49,16 @@ def test_an_origin_with_a_path_or_no_scheme_is_an_error_at_its_place(tmp_path: P
         "T/proxy.yaml:6:5: an entry of ws_allowed_origins must be a string, got the integer 7; "
         "e.g. ws_allowed_origins: [https://phone.example.com]",
     ]
+
+
+def test_allowed_origins_without_a_websocket_listener_are_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text("listen: [udp:127.0.0.1:5060]\nupstreams: [sip:127.0.0.1:5080]\n"
+                    "ws_allowed_origins: [https://phone.example.com]\n")
+    _, warnings = load_config(path)
+    assert [str(w).replace(str(tmp_path), "T") for w in warnings] == [
+        "T/proxy.yaml:3:21: warning: ws_allowed_origins without a ws: or wss: listen has "
+        "nothing to check"]
 
 
 def test_an_upstream_is_never_reached_over_websocket(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@
 #   make compiled  compile the sans-IO packages with mypyc in place (.so beside each .py), again
 #                whenever one of their .py files (or setup.py) is newer than the build
 #   make run     make venv, then run the proxy in the foreground with ./proxy.yaml (CONFIG=...)
-#   make test    install missing system packages (sipp, redis-server, docker-compose), make venv,
+#   make test    install missing system packages (sipp, redis-server, docker-compose, kamailio,
+#                baresip, nodejs, npm, chromium), JsSIP with npm, make venv,
 #                make compiled, run the whole pytest suite against the compiled build (without a
 #                C compiler it says so and runs it pure)
 #   make test-pure  the whole suite with SIP_POLICY_PROXY_PURE=1 (the .py files, .so ignored)
@@ -84,6 +85,9 @@ TEST_SYSDEPS  += kamailio:kamailio \
   /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so:kamailio-tls-modules
 # baresip: a real phone registering through the proxy, headless (tests/e2e/test_baresip_e2e.py).
 TEST_SYSDEPS  += baresip:baresip
+# The browser phone (tests/e2e/test_browser_phone_e2e.py): JsSIP from npm (node, npm) in
+# Debian's headless chromium, driven over the DevTools protocol.
+TEST_SYSDEPS  += node:nodejs npm:npm chromium:chromium
 # tcpdump: INVITE->200 latency from a capture on lo (sipp's own clock ticks every 4 ms).
 BENCH_SYSDEPS := sipp:sip-tester timeout:coreutils tcpdump:tcpdump
 ifneq ($(filter --kamailio,$(BENCH_ARGS)),)
@@ -96,7 +100,7 @@ ifneq ($(filter --redis,$(BENCH_ARGS)),)
 BENCH_SYSDEPS += redis-server:redis-server
 endif
 
-.PHONY: help venv compiled run test test-pure sysdeps lint bench bench-sysdeps clean
+.PHONY: help venv compiled run test test-pure sysdeps browser-deps lint bench bench-sysdeps clean
 
 help:
 	@echo "targets: venv compiled run test test-pure lint bench clean"
@@ -140,10 +144,21 @@ sysdeps:
 # pytest's exit code is the recipe's exit code: any failure (1), interruption (2), internal or
 # usage error (3, 4) and "no tests collected" (5) fail `make test`, and so CI.
 # SIP_POLICY_PROXY_EXPECT tells tests/unit/test_build.py which build must be running.
-test: sysdeps venv compiled
+# JsSIP for the browser phone test, from tests/e2e/browser/package-lock.json (npm ci; its
+# postinstall bundles it into dist/jssip.js), again when the package files change.
+BROWSER_DIR   := tests/e2e/browser
+BROWSER_STAMP := $(BROWSER_DIR)/node_modules/.sip-policy-proxy-installed
+
+browser-deps: $(BROWSER_STAMP)
+
+$(BROWSER_STAMP): $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json | sysdeps
+	npm ci --prefix $(BROWSER_DIR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: sysdeps browser-deps venv compiled
 	SIP_POLICY_PROXY_EXPECT=$(TEST_BUILD) $(if $(filter pure,$(TEST_BUILD)),SIP_POLICY_PROXY_PURE=1 )$(VPY) -m pytest -q $(PYTEST_ARGS)
 
-test-pure: sysdeps venv
+test-pure: sysdeps browser-deps venv
 	SIP_POLICY_PROXY_EXPECT=pure SIP_POLICY_PROXY_PURE=1 $(VPY) -m pytest -q $(PYTEST_ARGS)
 
 # Both run, and either failing fails the target (CI runs it before `make test`).
@@ -165,7 +180,7 @@ bench: bench-sysdeps venv
 # Caches, benchmark output and the compiled build (build/ holds mypyc's C and the objects);
 # .venv is kept (remove it by hand to start over).
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache bench/results build
+	rm -rf .pytest_cache .mypy_cache .ruff_cache bench/results build $(BROWSER_DIR)/dist
 	find proxy tests bench -name __pycache__ -type d -prune -exec rm -rf {} +
 	find proxy -name '*.so' -delete
 	rm -f ./sip_policy_proxy__mypyc*.so

@@ -1,13 +1,17 @@
 """The access keys of ``proxy.yaml`` that :mod:`proxy.config.loader` reads with these helpers:
 ``limits.per_source_rps``, ``limits.tcp_max_connections``, ``limits.tcp_idle_timeout``,
-``limits.tcp_per_source``, ``limits.tcp_message_timeout``, ``limits.tls_handshake_timeout`` and
-``tls.verify_client``."""
+``limits.tcp_per_source``, ``limits.tcp_message_timeout``, ``limits.tls_handshake_timeout``,
+``tls.verify_client`` and ``ws_allowed_origins``."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from proxy.diagnostics import Reporter, YNode, get_bool, get_int, get_number
+from proxy.diagnostics import Reporter, YNode, get_bool, get_int, get_list, get_number, get_str
+
+#: an origin as a browser sends it (RFC 6454 6.2): scheme "://" host [":" port], no path
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 def access_limits(report: Reporter, found: dict[str, YNode]) -> dict[str, Any]:
@@ -51,3 +55,24 @@ def verify_client(report: Reporter, found: dict[str, YNode]) -> bool:
         report.error(v, "tls: verify_client needs ca_file (the CA that signs the clients' "
                      "certificates)")
     return verify
+
+
+def ws_origins(report: Reporter, node: YNode) -> tuple[str, ...]:
+    """``ws_allowed_origins``: the ``Origin`` values (``https://phone.example.com``, RFC 6454)
+    a WebSocket upgrade may carry; a browser sends the origin of the page that opened it."""
+    seq = get_list(report, node, "ws_allowed_origins")
+    if seq is None:
+        return ()
+    found: list[str] = []
+    for item in seq.items:
+        text = get_str(report, item, "an entry of ws_allowed_origins")
+        if text is None:
+            continue
+        origin = text.strip().lower().rstrip("/")
+        if _ORIGIN.fullmatch(origin) is None:
+            report.error(item, f"ws_allowed_origins: {text!r} is not an origin: write "
+                         "SCHEME://HOST[:PORT] as a browser sends it, e.g. "
+                         "https://phone.example.com (no path)")
+            continue
+        found.append(origin)
+    return tuple(dict.fromkeys(found))

@@ -73,6 +73,7 @@ EXAMPLES: dict[str, str] = {
     "upstream_probe": "upstream_probe: {interval: 10, timeout: 2}",
     "upstream_probe: interval": "upstream_probe: {interval: 10}",
     "upstream_probe: timeout": "upstream_probe: {timeout: 2}",
+    "ws_allowed_origins": "ws_allowed_origins: [https://phone.example.com]",
     "the configuration": "listen: [udp:127.0.0.1:5060]",
 }
 

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 from proxy.config import examples, observability, trust
-from proxy.config.access import access_limits, verify_client
+from proxy.config.access import access_limits, verify_client, ws_origins
 from proxy.config.model import (
     AUTH_KEYS,
     CONFIG_KEYS,
@@ -252,6 +252,7 @@ class _Builder:
             "log_format": ("log_format", choice("log_format", LOG_FORMATS)),
             "upstream_probe": ("upstream_probe", lambda node: observability.probe(r, node)),
             "dns": ("dns", lambda node: observability.dns(r, node)),
+            "ws_allowed_origins": ("ws_allowed_origins", lambda node: ws_origins(r, node)),
         }
 
     def _cross_checks(
@@ -273,9 +274,13 @@ class _Builder:
         if "tls" not in found:
             for entry, node in zip(values.get("listen", ()), items(given.get("listen")),
                                    strict=False):
-                if entry.transport == "tls":
-                    r.error(node, f"listen {entry}: a tls listen needs a 'tls' section with "
-                            "cert_file and key_file")
+                if entry.transport in ("tls", "wss"):
+                    r.error(node, f"listen {entry}: a {entry.transport} listen needs a 'tls' "
+                            "section with cert_file and key_file")
+        if values.get("ws_allowed_origins") and not any(
+                li.transport in ("ws", "wss") for li in values.get("listen", ())):
+            r.warning(found["ws_allowed_origins"], "ws_allowed_origins without a ws: or wss: "
+                      "listen has nothing to check")
 
     # -- scalars -----------------------------------------------------------------------------
 

@@ -9,10 +9,12 @@ from pathlib import Path
 from proxy.auth_users import Credentials
 from proxy.sip import host_port_text
 
-TRANSPORTS = ("udp", "tcp", "tls")
+TRANSPORTS = ("udp", "tcp", "tls")  # of upstreams (the proxy opens no WebSocket connection)
+#: of listeners: the transports and SIP over WebSocket (RFC 7118), plain and over TLS
+LISTEN_TRANSPORTS = (*TRANSPORTS, "ws", "wss")
 REGISTRAR_MODES = ("local", "upstream")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061}
+DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}  # RFC 6455 3
 DEFAULT_MAX_TTL = 86400
 DEFAULT_MAX_CONTACTS = 10
 MAX_CONTACTS = 1000
@@ -67,6 +69,7 @@ CONFIG_KEYS = (
     "log_format",
     "upstream_probe",
     "dns",
+    "ws_allowed_origins",
 )
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
@@ -83,7 +86,7 @@ DNS_KEYS = ("servers",)
 class Listen:
     """A local socket: ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``. ``host`` has no brackets."""
 
-    transport: str  # "udp" | "tcp" | "tls"
+    transport: str  # "udp" | "tcp" | "tls" | "ws" | "wss"
     host: str
     port: int
 
@@ -232,6 +235,8 @@ class Config:
     log_format: str = "text"  # "text" | "json" (one JSON object per line)
     upstream_probe: UpstreamProbe = field(default_factory=lambda: UpstreamProbe())
     dns: DnsSettings = field(default_factory=DnsSettings)
+    #: ``Origin`` values a WebSocket upgrade may carry (RFC 6455 10.2); () = any
+    ws_allowed_origins: tuple[str, ...] = ()
     # Every upstream group in order, the first the default; () when built from `upstreams`
     # alone: it is then the one group `default` of those upstreams (__post_init__).
     upstream_groups: tuple[UpstreamGroup, ...] = ()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from proxy.config.model import DEFAULT_PORT, TRANSPORTS, Listen, Upstream
+from proxy.config.model import DEFAULT_PORT, LISTEN_TRANSPORTS, TRANSPORTS, Listen, Upstream
 
 # Syntax of the individual values. Each parser returns its value, or an error message (str).
 
@@ -76,12 +76,13 @@ def split_hostport(text: str) -> tuple[str, int | None] | str:
 
 
 def parse_listen(text: str) -> Listen | str:
-    """``TRANSPORT:HOST:PORT`` (``udp:[::1]:5060``); the port defaults to 5060 (tls 5061)."""
+    """``TRANSPORT:HOST:PORT`` (``udp:[::1]:5060``); the port defaults to 5060 (tls 5061,
+    ws 80, wss 443)."""
     transport, sep, rest = text.strip().partition(":")
     transport = transport.lower()
-    if not sep or transport not in TRANSPORTS:
-        return (f"expected TRANSPORT:HOST:PORT with TRANSPORT one of {', '.join(TRANSPORTS)}, "
-                "e.g. udp:127.0.0.1:5060")
+    if not sep or transport not in LISTEN_TRANSPORTS:
+        return (f"expected TRANSPORT:HOST:PORT with TRANSPORT one of "
+                f"{', '.join(LISTEN_TRANSPORTS)}, e.g. udp:127.0.0.1:5060")
     parsed = split_hostport(rest)
     if isinstance(parsed, str):
         return parsed

@@ -48,6 +48,7 @@ from proxy.core.trust import Trust
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
+from proxy.sip.transport import MESSAGE_TRANSPORTS
 from proxy.store.base import LearnedRoute
 from proxy.transaction import TimerConfig, TimerQueue
 
@@ -153,7 +154,7 @@ class ProxyCore:
         try:
             msg = parse_message(
                 data, max_size=s.max_message_size, max_headers=s.max_headers,
-                datagram=src.transport == "udp",
+                datagram=src.transport in MESSAGE_TRANSPORTS,
             )
         except ParseError as exc:
             self.metrics.bad["unparsable"] += 1

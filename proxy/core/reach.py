@@ -54,8 +54,9 @@ def behind_nat(contact_host: str, source_host: str) -> bool:
 def over_flow(b: Binding) -> bool:
     """Whether requests for ``b`` go over the flow its REGISTER came by (its source address,
     its connection) rather than to its Contact: an outbound binding, a UA behind NAT, a
-    stream whose Contact is its connection (the module docstring has the rule)."""
-    if b.reg_id is not None:
+    stream whose Contact is its connection, a WebSocket client (RFC 7118 5.3: its Contact,
+    ``...@xxxx.invalid;transport=ws``, reaches nobody) (the module docstring has the rule)."""
+    if b.on_flow:  # outbound (reg-id) or WebSocket
         return True
     try:
         uri = parse_uri(b.uri.split("?", 1)[0])

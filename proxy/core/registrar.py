@@ -15,6 +15,7 @@ from typing import NamedTuple, Protocol, TypeAlias
 
 from proxy.core.types import Source
 from proxy.sip import NameAddr, SipMessage, SipUri
+from proxy.sip.transport import WS_TRANSPORTS
 
 DEFAULT_EXPIRES = 3600
 MIN_EXPIRES = 60
@@ -39,6 +40,13 @@ class Binding:
     #: the proxy of a shared state whose socket holds the flow; None: this one (CONTRACT
     #: "Durable and shared state", RFC 5626 5 with several edge proxies)
     node: str | None = None
+
+    @property
+    def on_flow(self) -> bool:
+        """Whether the binding lives on the flow it was registered over: an outbound one
+        (RFC 5626 6: +sip.instance and reg-id), or one over WebSocket, whose Contact is not
+        an address anyone can reach (RFC 7118 5.3: ``...@xxxx.invalid;transport=ws``)."""
+        return self.reg_id is not None or self.flow.transport in WS_TRANSPORTS
 
     @property
     def key(self) -> str:
@@ -140,7 +148,7 @@ class MemoryLocation:
         else:
             self._unindex(old, key)
         entries[key] = b
-        if b.reg_id is not None and b.flow.conn_id is not None:
+        if b.on_flow and b.flow.conn_id is not None:
             self._by_conn.setdefault(b.flow.conn_id, set()).add((b.aor, key))
         heap = self._heap
         heapq.heappush(heap, (b.expires_at, b.aor, key))
@@ -155,7 +163,7 @@ class MemoryLocation:
 
     def _unindex(self, b: Binding, key: str) -> None:
         conn_id = b.flow.conn_id
-        if b.reg_id is None or conn_id is None:
+        if not b.on_flow or conn_id is None:
             return
         keys = self._by_conn.get(conn_id)
         if keys is not None:
@@ -266,8 +274,9 @@ class MemoryLocation:
         """The stream connection ``conn_id`` closed: drop the outbound bindings learned over it
         (RFC 5626 5.3: a flow whose connection closed is dead; the UA registers a new one).
 
-        Only outbound bindings (``reg_id`` set: +sip.instance and reg-id, RFC 5626 6) live and
-        die with their connection. A plain binding (RFC 3261 10) stays: requests for it go to
+        Only outbound bindings (``reg_id`` set: +sip.instance and reg-id, RFC 5626 6) and
+        bindings over WebSocket (RFC 7118 5.3) live and die with their connection
+        (:attr:`Binding.on_flow`). A plain binding (RFC 3261 10) stays: requests for it go to
         its Contact URI over a new connection (RFC 3261 18.1.1)."""
         keys = self._by_conn.pop(conn_id, None)
         gone: list[Binding] = []

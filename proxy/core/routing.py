@@ -430,7 +430,8 @@ def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None
             return None
         return None if t is None else t._replace(aor=b.aor, binding_key=b.key)
     if flow:
-        # RFC 5626 5.3: an outbound binding, or a UA behind NAT, over its flow.
+        # RFC 5626 5.3: an outbound binding, a UA behind NAT or a WebSocket client (RFC 7118
+        # 5.3), over its flow.
         f = b.flow
         return Target(f.transport, f.host, f.port, ruri, f.conn_id, b.q, b.contact,
                       b.aor, b.instance, b.key, via_flow=True)

@@ -28,6 +28,7 @@ from proxy.core import reach
 from proxy.core.flowtoken import Flow
 from proxy.core.registrar import Binding
 from proxy.core.types import Source, Target
+from proxy.sip.transport import WS_TRANSPORTS
 from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
 
 if TYPE_CHECKING:
@@ -100,12 +101,14 @@ def from_stored(core: ProxyCore, sb: StoredBinding) -> Binding:
 
     A binding held by another node keeps that node's name. One of this node (or of no
     node: an older store) was written by an earlier process: an outbound (RFC 5626) binding
-    over TCP/TLS lost its connection with it and is a dead flow; a plain one is reached
-    over a new connection to its Contact (RFC 3261 18.1.1)."""
+    over TCP/TLS (or any binding over WebSocket, RFC 7118 5.3) lost its connection with it
+    and is a dead flow; a plain one is reached over a new connection to its Contact (RFC 3261
+    18.1.1)."""
     off = core.wall_offset
     node = sb.node if sb.node and sb.node != core.cluster.node else None
     conn_id: int | None = None
-    if node is None and sb.reg_id is not None and sb.flow_transport in ("tcp", "tls"):
+    on_flow = sb.reg_id is not None or sb.flow_transport in WS_TRANSPORTS
+    if node is None and on_flow and sb.flow_transport != "udp":
         conn_id = DEAD_FLOW
     return Binding(
         aor=sb.aor, contact=sb.contact, uri=sb.uri, expires_at=sb.expires_at - off, q=sb.q,
@@ -205,12 +208,18 @@ def held_elsewhere(b: Binding) -> bool:
     return b.node is not None and reach.over_flow(b)
 
 
+def between_nodes(transport: str) -> str:
+    """How one node reaches another for a flow that node holds: over UDP for a UDP flow, over
+    TCP for a stream one (TLS, and WebSocket: nodes open no WebSocket to each other)."""
+    return "udp" if transport == "udp" else "tcp"
+
+
 def to_node(core: ProxyCore, token: str, flow: Flow) -> Target | None:
     """A request whose flow token names another node (a Path or Record-Route that node wrote
     reached this one, e.g. through DNS): on to that node, with the same token in a Route.
     None when the node is not known (gone): its flows are dead with it."""
     assert flow.node is not None
-    hop = core.cluster.address(flow.node, flow.transport if flow.transport != "tls" else "tcp")
+    hop = core.cluster.address(flow.node, between_nodes(flow.transport))
     if hop is None:
         return None
     transport, host, port = hop
@@ -225,7 +234,7 @@ def via_node(core: ProxyCore, b: Binding) -> Target | None:
     is not known (then the caller falls back to the binding itself)."""
     assert b.node is not None
     f = b.flow
-    hop = core.cluster.address(b.node, f.transport if f.transport != "tls" else "tcp")
+    hop = core.cluster.address(b.node, between_nodes(f.transport))
     if hop is None:
         return None
     there = core.cluster.address(b.node, f.transport) or hop

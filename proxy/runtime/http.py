@@ -139,10 +139,11 @@ def ready_of(rt: Any) -> Answer:
 
 def start(rt: Any, host: str, port: int) -> HttpEndpoint:
     """Serve the runtime ``rt`` on ``host:port``."""
+    from proxy.runtime import streams
     from proxy.runtime.metrics import CONTENT_TYPE, make_registry, render
 
     registry = make_registry(rt.core, rt.reloads, rt.started,
-                             lambda: [m for m in (rt.tcp, rt.tls) if m is not None])
+                             lambda: streams.managers(rt))
     endpoint = HttpEndpoint(rt.loop, host, port, {
         "/metrics": lambda: (200, CONTENT_TYPE, render(registry)),
         "/health": lambda: text(200, "ok"),

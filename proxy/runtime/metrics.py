@@ -108,16 +108,18 @@ class CoreCollector:
 
 
 #: what the stream collector reports, each with a sample from the start (0 until it happens)
-STREAM_TRANSPORTS = ("tcp", "tls")
-REFUSED = ("limit", "per_source")
-CLOSED = ("idle", "incomplete", "handshake", "tls", "framing")
+STREAM_TRANSPORTS = ("tcp", "tls", "ws", "wss")
+#: at accept (limit, per_source), or at a WebSocket upgrade (origin, subprotocol, upgrade)
+REFUSED = ("limit", "per_source", "origin", "subprotocol", "upgrade")
+CLOSED = ("idle", "incomplete", "handshake", "tls", "framing", "too_large")
 UNSENT = ("closed", "other_peer")
 
 
 class StreamCollector:
-    """The TCP and TLS connection tables (:mod:`proxy.transport.conns`): connections open and
-    in their TLS handshake, refused at accept and closed by the proxy (by reason), and sends
-    for a connection that is gone or belongs to another peer (RFC 5626 5.3)."""
+    """The TCP, TLS, WS and WSS connection tables (:mod:`proxy.transport.conns`): connections
+    open and in their handshake (TLS, WebSocket upgrade), refused at accept or at the upgrade
+    and closed by the proxy (by reason), and sends for a connection that is gone or belongs to
+    another peer (RFC 5626 5.3)."""
 
     def __init__(self, managers: Callable[[], Iterable[Any]]) -> None:
         self.managers = managers  # the runtime's TcpManager / TlsManager that exist
@@ -127,10 +129,10 @@ class StreamCollector:
 
     def collect(self) -> Iterator[Metric]:
         by_name = {m.name: m for m in self.managers()}
-        conns = GaugeMetricFamily(PREFIX + "connections", "TCP/TLS connections in the table",
+        conns = GaugeMetricFamily(PREFIX + "connections", "Stream connections in the table",
                                   labels=["transport", "state"])
         refused = CounterMetricFamily(PREFIX + "connections_refused",
-                                      "Connections closed at accept, by limit",
+                                      "Connections refused at accept or upgrade, by reason",
                                       labels=["transport", "reason"])
         closed = CounterMetricFamily(PREFIX + "connections_closed",
                                      "Connections the proxy closed, by reason",

@@ -47,6 +47,7 @@ from proxy.transport.base import Transport
 from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager
 from proxy.transport.udp import UdpEndpoint, open_udp
+from proxy.transport.ws import WsManager
 
 log = logging.getLogger("proxy")
 #: Start-up lines (listening, ready) show at every log level: scripts wait for them.
@@ -82,6 +83,8 @@ class Runtime:
         self.udp: dict[int, UdpEndpoint] = {}  # by address family
         self.tcp: TcpManager | None = None
         self.tls: TlsManager | None = None  # listeners and/or connections to sips: next hops
+        self.ws: WsManager | None = None  # ws: listeners (RFC 7118)
+        self.wss: WsManager | None = None  # wss: listeners
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = float("inf")
         self._stopping = asyncio.Event()
@@ -159,8 +162,8 @@ class Runtime:
         if not is_shared(cfg.state):  # Redis tells of changes by pub/sub; sqlite is polled
             self._generation = await self.store.generation()
             self.loop.call_later(1.0, self._poll_store)
-        tables = len({li.transport for li in cfg.listen} & {"tcp", "tls"}) or 1
-        raise_nofile(tables * cfg.limits.tcp_max_connections + 64)  # TCP and TLS: a table each
+        tables = len({li.transport for li in cfg.listen} & {"tcp", "tls", "ws", "wss"}) or 1
+        raise_nofile(tables * cfg.limits.tcp_max_connections + 64)  # a table per transport
         for li in cfg.listen:
             if li.transport == "udp":
                 ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed)
@@ -169,6 +172,12 @@ class Runtime:
             elif li.transport == "tcp":
                 self.tcp = self.tcp or streams.tcp_manager(self)
                 await self.tcp.listen(li.host, li.port)
+            elif li.transport == "ws":
+                self.ws = self.ws or streams.ws_manager(self, "ws")
+                await self.ws.listen(li.host, li.port)
+            elif li.transport == "wss":
+                self.wss = self.wss or streams.ws_manager(self, "wss")
+                await self.wss.listen(li.host, li.port)
             else:
                 self.tls = self.tls or streams.tls_manager(self)
                 await self.tls.listen(li.host, li.port)
@@ -234,10 +243,8 @@ class Runtime:
         for ep in self.udp.values():
             if ep.transport is not None:
                 ep.transport.close()
-        if self.tcp is not None:
-            self.tcp.close()
-        if self.tls is not None:
-            self.tls.close()
+        for m in streams.managers(self):
+            m.close()
 
     # -------------------------------------------------------------- message flow
 
@@ -379,7 +386,8 @@ class Runtime:
                     self.loop.call_soon(self.failed, s.token)
 
     def _transport_for(self, s: Send) -> Transport | None:
-        """The transport that carries ``s``: the UDP socket of its address family, or TCP."""
+        """The transport that carries ``s``: the UDP socket of its address family, TCP, TLS,
+        or the WebSocket manager holding the browser's connection."""
         if s.transport == "udp":
             return self.udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
         if s.transport == "tcp":
@@ -387,6 +395,10 @@ class Runtime:
         if s.transport == "tls":
             self.tls = self.tls or streams.tls_manager(self)  # client side only
             return self.tls
+        if s.transport == "ws":
+            return self.ws
+        if s.transport == "wss":
+            return self.wss
         return None
 
     def _unreachable(self, s: Send, why: str) -> None:

@@ -1,5 +1,6 @@
-"""The stream transports of the runtime: the TCP and TLS connection managers, built from the
-configuration (limits, certificates), and the host names TLS peers are checked against."""
+"""The stream transports of the runtime: the TCP, TLS and WebSocket (``ws``, ``wss``)
+connection managers, built from the configuration (limits, certificates, allowed origins), and
+the host names TLS peers are checked against."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.sip.transport import Send
 from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager, client_context, server_context
+from proxy.transport.ws import WsManager
 
 if TYPE_CHECKING:
     from proxy.runtime.server import Runtime
@@ -59,9 +61,32 @@ def tls_manager(rt: Runtime) -> TlsManager:
                       handshake_timeout=cfg.limits.tls_handshake_timeout, **_limits(rt))
 
 
+def ws_manager(rt: Runtime, transport: str) -> WsManager:
+    """The ``ws:`` or ``wss:`` listeners' manager: the stream limits of ``limits:`` (a table of
+    its own, like TCP and TLS), the upgrade bounded by ``limits.tls_handshake_timeout``, and
+    ``wss:`` with the ``tls:`` certificate (the TLS manager's server context, so that SIGHUP
+    reloads both)."""
+    ctx = None
+    if transport == "wss":
+        rt.tls = rt.tls or tls_manager(rt)
+        ctx = rt.tls.server_ctx
+        if ctx is None:
+            raise OSError("wss listen: no certificate configured (tls: cert_file, key_file)")
+    cfg = rt.config
+    return WsManager(rt.deliver, rt.failed, origins=cfg.ws_allowed_origins or None,
+                     handshake_timeout=cfg.limits.tls_handshake_timeout, server_ctx=ctx,
+                     **_limits(rt))
+
+
+def managers(rt: Runtime) -> list[TcpManager]:
+    """The stream managers that exist (what ``/metrics`` reports on)."""
+    return [m for m in (rt.tcp, rt.tls, rt.ws, rt.wss) if m is not None]
+
+
 def closed_total(rt: Runtime) -> int:
-    """Connections closed since start, TCP and TLS (what :class:`MemoryTrim` watches)."""
-    return sum(m.closed_total for m in (rt.tcp, rt.tls) if m is not None)
+    """Connections closed since start, every stream transport (what :class:`MemoryTrim`
+    watches)."""
+    return sum(m.closed_total for m in managers(rt))
 
 
 def tls_names(rt: Runtime) -> dict[tuple[str, int], str]:

@@ -12,15 +12,21 @@ Standard library only, no IO.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-__all__ = ["LocalAddress", "Send", "Source"]
+__all__ = ["MESSAGE_TRANSPORTS", "WS_TRANSPORTS", "LocalAddress", "Send", "Source"]
+
+#: SIP over WebSocket (RFC 7118), plain and over TLS
+WS_TRANSPORTS: Final = frozenset(("ws", "wss"))
+#: transports that carry one SIP message per datagram or WebSocket message, so that its
+#: length is known without Content-Length (RFC 3261 18.3 is for byte streams; RFC 7118 5)
+MESSAGE_TRANSPORTS: Final = frozenset(("udp", "ws", "wss"))
 
 
 class Source(NamedTuple):
     """Where a message came from: its transport, the peer address and, on streams, the connection."""
 
-    transport: str  # "udp" | "tcp" | "tls"
+    transport: str  # "udp" | "tcp" | "tls" | "ws" | "wss"
     host: str  # peer IP, IPv6 without brackets
     port: int
     conn_id: int | None = None  # stream connection the message arrived on
@@ -69,7 +75,7 @@ class Send:
 class LocalAddress(NamedTuple):
     """One of the proxy's own listening addresses, as it is written in Via and Record-Route."""
 
-    transport: str  # "udp" | "tcp" | "tls"
+    transport: str  # "udp" | "tcp" | "tls" | "ws" | "wss"
     host: str  # IP as bound, IPv6 without brackets
     port: int
     advertised: str  # "host:port" or "[v6]:port" written into Via / Record-Route

@@ -1,19 +1,20 @@
 """What a stream connection must do to keep its slot, and the counts behind the limits.
 
-A TCP or TLS connection holds a file descriptor and memory, so a stranger must not be able to
-hold many for long (docs/SECURITY.md):
+A TCP, TLS or WebSocket (ws, wss) connection holds a file descriptor and memory, so a stranger
+must not be able to hold many for long (docs/SECURITY.md):
 
-* at most ``limits.tcp_max_connections`` connections in the table (TCP and TLS each) and at
-  most ``limits.tcp_per_source`` accepted from one source (an IPv4 address, or an IPv6 /64:
-  one host's share of a network); a TLS connection counts from the moment it is accepted,
-  handshake included. Past either, an accepted connection is closed at once;
-* a TLS handshake must end within its timeout; the bytes of a message must complete within
-  ``limits.tcp_message_timeout`` seconds of its first byte (trickling bytes do not restart
-  that clock);
+* at most ``limits.tcp_max_connections`` connections in the table (each transport its own)
+  and at most ``limits.tcp_per_source`` accepted from one source (an IPv4 address, or an IPv6
+  /64: one host's share of a network); a TLS connection counts from the moment it is
+  accepted, handshake included. Past either, an accepted connection is closed at once;
+* a TLS handshake (and a WebSocket upgrade) must end within its timeout; the bytes of a
+  message must complete within ``limits.tcp_message_timeout`` seconds of its first byte
+  (trickling bytes do not restart that clock);
 * a connection that carries no binding and no transaction (asked of the core) is closed once
   ``limits.tcp_idle_timeout`` seconds passed without a complete SIP message in either
-  direction; CRLFCRLF keep-alives (RFC 5626 4.4.1) are answered but never restart that clock,
-  so only a connection that carries a registered flow lives on keep-alives alone;
+  direction; CRLFCRLF keep-alives (RFC 5626 4.4.1) and WebSocket pings are answered but never
+  restart that clock, so only a connection that carries a registered flow lives on
+  keep-alives alone;
 * the connections of the configured upstreams and ``trusted_relays`` (by the peer's address,
   which TCP proves) are held neither to the per-source figure nor to the idle rule: they are
   configured peers, and a trunk's connection carries calls whose in-dialog requests come back
@@ -85,10 +86,12 @@ class ConnStats:
 
     def __init__(self) -> None:
         self.per_source: dict[str, int] = {}
-        #: refused at accept: ``limit`` (tcp_max_connections), ``per_source``
+        #: refused at accept: ``limit`` (tcp_max_connections), ``per_source``; at a WebSocket
+        #: upgrade: ``origin``, ``subprotocol``, ``upgrade``
         self.refused: Counter[str] = Counter()
         #: closed by the proxy: ``idle``, ``incomplete`` (tcp_message_timeout), ``handshake``
-        #: (TLS handshake timeout), ``tls`` (failed handshake or record), ``framing``
+        #: (TLS handshake or WebSocket upgrade timeout), ``tls`` (failed handshake or record),
+        #: ``framing``, ``too_large`` (a WebSocket message over max_message_size)
         self.closed: Counter[str] = Counter()
 
     def count(self, key: str) -> int:

@@ -87,12 +87,17 @@ class SipStream(asyncio.Protocol):
         m.register(self)
         tls = self.tls
         if tls is None:
-            self._ready()
+            self._link_up()
         elif not tls.server_side:
             try:
                 transport.write(tls.hello())  # type: ignore[attr-defined]
             except ssl.SSLError as exc:
                 m.drop(self, "tls", f"TLS: {exc}")
+
+    def _link_up(self) -> None:
+        """The link carries bytes (TCP at once; TLS once its handshake is over). A SIP stream
+        is ready then; a WebSocket waits for its upgrade (:mod:`proxy.transport.ws`)."""
+        self._ready()
 
     def _ready(self) -> None:
         self.ready = True
@@ -109,6 +114,12 @@ class SipStream(asyncio.Protocol):
             data = self._decrypt(tls, data)
             if not data:
                 return
+        self._received(data)
+        if tls is not None and tls.eof:
+            self.close()
+
+    def _received(self, data: bytes) -> None:
+        """SIP over a byte stream: cut by Content-Length (RFC 3261 18.3)."""
         framer = self.framer
         try:
             messages = framer.feed(data)
@@ -131,8 +142,6 @@ class SipStream(asyncio.Protocol):
                 self.last_sip = now
                 self.delivered = True
                 deliver(m, src)
-        if tls is not None and tls.eof:
-            self.close()
 
     def _decrypt(self, tls: TlsSession, data: bytes) -> bytes:
         try:
@@ -145,7 +154,7 @@ class SipStream(asyncio.Protocol):
         if out and self.transport is not None:
             self.transport.write(out)
         if not self.ready and tls.done:
-            self._ready()
+            self._link_up()
         if tls.eof and not plain:
             self.close()  # close_notify: the peer is done
         return plain
@@ -213,6 +222,8 @@ class TcpManager:
     """
 
     name = "tcp"
+    #: what must end within ``handshake_timeout`` (in the log line of those closed for it)
+    handshake_what = "TLS handshake"
 
     def __init__(
         self, deliver: Deliver, failed: Failed, *, max_size: int = 65535,
@@ -308,10 +319,15 @@ class TcpManager:
         minute per reason."""
         if s.closed:
             return
+        self.note_close(s, reason, why)
+        s.close()
+
+    def note_close(self, s: SipStream, reason: str, why: str) -> None:
+        """Count and log (once a minute per reason) a connection the proxy closes for what it
+        sent."""
         self.stats.closed[reason] += 1
         self.say(reason, logging.INFO, "closing %s connection from %s:%s: %s", self.name,
                  s.peer[0], s.peer[1], why)
-        s.close()
 
     # -------------------------------------------------------------- the sweep
 
@@ -368,8 +384,8 @@ class TcpManager:
                      "complete in %g s (limits.tcp_message_timeout)", n, self.name,
                      self.message_timeout)
         else:
-            self.say(reason, logging.INFO, "closed %d %s connections whose TLS handshake did "
-                     "not end in %g s", n, self.name, self.handshake_timeout)
+            self.say(reason, logging.INFO, "closed %d %s connections whose %s did not end in "
+                     "%g s", n, self.name, self.handshake_what, self.handshake_timeout)
 
     # -------------------------------------------------------------- sending
 

@@ -216,6 +216,22 @@ async def test_call_scenarios_sipp_to_sipp(sipp: Sipp, transport: str) -> None:
     assert invites and invites[0].request_uri == "sip:service@example.net"
 
 
+async def test_webrtc_call_scenarios_sipp_to_sipp(sipp: Sipp) -> None:
+    """The browser phone test's scenarios (test_browser_phone_e2e.py) pair up on their own:
+    the offer and the answer are DTLS-SRTP with ICE credentials, the call ends with a BYE."""
+    uas = await sipp.uas("webrtc_uas_answer.xml", calls=2, timeout=30)
+    uac = await sipp.uac("webrtc_uac_call.xml", (LOOPBACK, uas.port), calls=2,
+                         keys={"domain": "example.com"}, timeout=30)
+    res = await uac.wait()
+    pbx = await uas.wait(20)
+    assert res.successful == 2 and pbx.successful == 2, res.describe() + pbx.describe()
+    for result, direction, first in ((res, "sent", "INVITE"), (pbx, "sent", "SIP/2.0 200")):
+        sdp = [m.sip.body.decode() for m in result.messages() if m.direction == direction
+               and m.sip and m.sip.start_line.startswith(first) and m.sip.body]
+        assert sdp and all("UDP/TLS/RTP/SAVPF 111" in b and "a=fingerprint:sha-256 " in b
+                           and "a=ice-pwd:" in b for b in sdp)
+
+
 async def test_cancel_scenarios_sipp_to_sipp(sipp: Sipp) -> None:
     uas = await sipp.uas("uas_cancel_after_180.xml", timeout=30)
     uac = await sipp.uac("uac_cancel_after_180.xml", (LOOPBACK, uas.port), calls=5, rate=50,

@@ -266,9 +266,9 @@ def test_listen_str_brackets_ipv6() -> None:
 
 
 LISTEN_ERRORS = [
-    ("sctp:127.0.0.1:5060", ("expected TRANSPORT:HOST:PORT with TRANSPORT one of udp, tcp, tls, "
+    ("sctp:127.0.0.1:5060", ("expected TRANSPORT:HOST:PORT with TRANSPORT one of udp, tcp, tls, ws, wss, "
      "e.g. udp:127.0.0.1:5060")),
-    ("127.0.0.1:5060", ("expected TRANSPORT:HOST:PORT with TRANSPORT one of udp, tcp, tls, "
+    ("127.0.0.1:5060", ("expected TRANSPORT:HOST:PORT with TRANSPORT one of udp, tcp, tls, ws, wss, "
      "e.g. udp:127.0.0.1:5060")),
     ("udp:::1:5060", "an IPv6 address must be written in brackets, e.g. [::1]:5060"),
     ("udp:[::1:5060", "missing ']' after the IPv6 address"),
@@ -621,7 +621,7 @@ ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, dom
            "trusted_relays, auth, registrar_networks, registrar_max_contacts, "
            "registrar_max_bindings, path, advertise, "
            "force_rport, limits, timers, log_level, drain_timeout, watch_policy, secret, tls, "
-           "http, log_format, upstream_probe, dns")
+           "http, log_format, upstream_probe, dns, ws_allowed_origins")
 
 
 @pytest.mark.parametrize(

@@ -237,6 +237,24 @@ def test_a_binding_held_by_another_node_is_reached_through_it() -> None:
     assert msg.request_uri == "sip:alice@127.0.0.1:7000"
 
 
+def test_a_browser_held_by_another_node_is_reached_through_it_over_tcp() -> None:
+    """RFC 7118 5.3 with several edge proxies: b holds the browser's WebSocket; a sends the
+    INVITE to b over TCP (nodes open no WebSocket to each other) with a token naming the ws
+    flow at b, never to the browser's .invalid Contact."""
+    h = make()
+    h.core.cluster.peers = shared.parse_peers({"b": ["udp:127.0.0.2:5070", "tcp:127.0.0.2:5070",
+                                                     "ws:127.0.0.2:8080"]})
+    shared.load_bindings(h.core, [stored(transport="ws", contact_host="k2.invalid")], h.now)
+    out = h.feed(request("INVITE", "sip:alice@example.com"), Source("udp", "127.0.0.1", 5080))
+    [to_b] = [s for s in out if s.host == "127.0.0.2"]
+    assert (to_b.transport, to_b.port) == ("tcp", 5070)
+    route = parse_message(to_b.data).get("route")
+    assert route is not None and route.endswith("@127.0.0.2:5070;lr;transport=tcp>")
+    token = route.split(":", 1)[1].split("@", 1)[0]
+    assert h.core.tokens.decode(token) == Flow("ws", "127.0.0.2", 8080, "127.0.0.1", 7000,
+                                               None, "b")
+
+
 def test_an_unknown_node_falls_back_to_the_binding_itself() -> None:
     h = make()
     shared.load_bindings(h.core, [stored(transport="udp", contact_host="127.0.0.1:7000")], h.now)

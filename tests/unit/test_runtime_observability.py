@@ -141,7 +141,8 @@ def fetch(url: str) -> tuple[int, str]:
 async def test_http_endpoints_answer_from_the_event_loop() -> None:
     h = Harness.make()
     rt = SimpleNamespace(core=h.core, store_ok=True, listening=True, started=1.7e9,
-                         reloads=Counter(), loop=asyncio.get_running_loop(), tcp=None, tls=None)
+                         reloads=Counter(), loop=asyncio.get_running_loop(), tcp=None, tls=None,
+                         ws=None, wss=None)
     ep = http_side.start(rt, "127.0.0.1", 0)
     base = f"http://127.0.0.1:{ep.port}"
     try:

@@ -97,9 +97,18 @@ class Step:
 
     @property
     def completed_per_s(self) -> float:
-        """Calls completed per second of offered load (calls done / step duration): the
-        goodput of an overload step."""
+        """Calls completed per second of offered load (calls done / step duration)."""
         return self.rate * self.calls_done / self.offered if self.offered else 0.0
+
+    @property
+    def goodput_per_s(self) -> float:
+        """Calls completed per second of the UACs' run: the step's duration, longer when calls
+        straggle (a collapse is not credited with calls it completes seconds late; the UACs
+        of an overload step are stopped 15 s after its end). completed_per_s without a run
+        time (records built by hand)."""
+        if self.elapsed_s <= 0:
+            return self.completed_per_s
+        return self.calls_done / max(self.elapsed_s, self.offered / self.rate if self.rate else 0)
 
     @property
     def invites(self) -> int:
@@ -166,7 +175,8 @@ class Step:
         out.update(clean=self.clean, cpu_per_call_us=self.cpu_per_call_us,
                    cpu_percent=self.cpu_percent, sipp_cpu_percent=self.sipp_cpu_percent,
                    tcpdump_cpu_percent=self.tcpdump_cpu_percent,
-                   completed_per_s=self.completed_per_s, calls_done=self.calls_done,
+                   completed_per_s=self.completed_per_s, goodput_per_s=self.goodput_per_s,
+                   calls_done=self.calls_done,
                    refused_share=self.refused_share, retry_after_share=self.retry_after_share,
                    unfinished=self.unfinished, ctx_per_s=self.ctx_per_s)
         return out
@@ -325,7 +335,7 @@ def step_line(st: Step) -> str:
     ctx = "" if st.ctx_per_s is None else f"  ctxsw {st.ctx_per_s:.0f}/s"
     if st.kind == "overload":
         head = (f"{st.target:<15} {st.rate:>6}/s  overload {step_kind(st)}: placed {st.placed}  "
-                f"done {st.calls_done} ({st.completed_per_s:.0f}/s)  503 {st.refused} "
+                f"done {st.calls_done} ({st.goodput_per_s:.0f}/s)  503 {st.refused} "
                 f"({pct(st.refused_share)}%, Retry-After {pct(st.retry_after_share)}%)  "
                 f"failed {st.failed}  unfinished {st.unfinished}  "
                 f"rtx {st.retrans_uac}/{st.retrans_uas}  ")
@@ -495,12 +505,12 @@ def overload_line(s: Series, st: Step) -> str:
     calls' p99."""
     best = s.best
     base = best.rate if best is not None else None
-    of_clean = "" if not base else f", {st.completed_per_s / base:.2f} of {base}/s"
+    of_clean = "" if not base else f", {st.goodput_per_s / base:.2f} of {base}/s"
     if best is not None and s.steps and s.steps[-1] is best:
         of_clean += (" (its series ended clean at its last rate: the clean rate is a lower "
                      "bound, and this step may not be past it)")
     return (f"overload {s.target} at {step_kind(st)} its highest clean rate ({st.rate}/s "
-            f"offered, {st.invites} calls placed): goodput {st.completed_per_s:.0f} calls/s"
+            f"offered, {st.invites} calls placed): goodput {st.goodput_per_s:.0f} calls/s"
             f"{of_clean}; answered 503 {pct(st.refused_share)}%, with Retry-After "
             f"{pct(st.retry_after_share)}%; failed {st.failed}, unfinished {st.unfinished}; "
             f"p99 INVITE->200 of the admitted calls {fmt_ms(st, st.p99_ms)} ms "
@@ -641,7 +651,7 @@ def plot(series: list[Series], path: Path, title: str) -> str:
         ax1.plot([st.rate for st in bad], [st.completed_per_s for st in bad], linestyle="none",
                  marker="x", markersize=10, color=line.get_color())
         # overload steps: goodput (triangles), apart from the series' line
-        ax1.plot([st.rate for st in s.overload], [st.completed_per_s for st in s.overload],
+        ax1.plot([st.rate for st in s.overload], [st.goodput_per_s for st in s.overload],
                  linestyle="none", marker="^", markersize=8, color=line.get_color())
         lat = [(st.rate, st.p99_ms) for st in s.steps if st.p99_ms is not None]
         ticks = any(not st.captured for st in s.steps if st.p99_ms is not None)

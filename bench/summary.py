@@ -176,11 +176,12 @@ def overload_table(series: list[Series]) -> list[str]:
         base = s.best.rate if s.best is not None else 0
         spec = ".2f" if st.captured else ".0f"
         rows.append(f"{s.target:<18} {s.run:>3} {fmt(st.factor, 'g') + 'x':>6} {st.rate:>9} "
-                    f"{st.invites:>7} {st.completed_per_s:>9.0f} "
-                    f"{fmt(st.completed_per_s / base if base else None, '.2f'):>8} "
+                    f"{st.invites:>7} {st.goodput_per_s:>9.0f} "
+                    f"{fmt(st.goodput_per_s / base if base else None, '.2f'):>8} "
                     f"{pct(st.refused_share):>6} {pct(st.retry_after_share):>6} {st.failed:>6} "
                     f"{st.unfinished:>6} {fmt(st.p99_ms, spec):>11}")
-    rows.append("(goodput: calls set up and torn down per second of the step; '503 %': share "
+    rows.append("(goodput: calls set up and torn down per second of the UACs' run, the step "
+                "and any calls straggling after it; '503 %': share "
                 "of the INVITEs placed answered 503, '+RA %' those with Retry-After; "
                 "'unfin.': calls still open when the UAC stopped; p99 INVITE->200 of the "
                 "admitted calls)")
@@ -247,7 +248,7 @@ def median_overload_lines(target: str, mine: list[RunFigures]) -> list[str]:
     factors = sorted({factor for f in mine for factor in f.overload})
     for factor in factors:
         steps = [(f, f.overload[factor]) for f in mine if factor in f.overload]
-        of_clean = [st.completed_per_s / f.rate if f.rate else None for f, st in steps]
+        of_clean = [st.goodput_per_s / f.rate if f.rate else None for f, st in steps]
         spec = ms_spec(st.captured for _, st in steps)
 
         def med(get: Callable[[Step], float | None], steps: list[tuple[RunFigures, Step]]
@@ -258,7 +259,7 @@ def median_overload_lines(target: str, mine: list[RunFigures]) -> list[str]:
         ra = med(lambda st: st.retry_after_share)
         lines.append(
             f"median of {len(steps)} runs, overload {target} at {factor:g}x: goodput "
-            f"{fmt(med(lambda st: st.completed_per_s), '.0f')} calls/s, "
+            f"{fmt(med(lambda st: st.goodput_per_s), '.0f')} calls/s, "
             f"{fmt(median(of_clean), '.2f')} of its clean rate (runs: {listed(of_clean, '.2f')}); "
             f"answered 503 {pct(share)}%, with Retry-After {pct(ra)}%; p99 of the admitted "
             f"calls {fmt(med(lambda st: st.p99_ms), spec)} ms "
@@ -325,7 +326,7 @@ def medians(series: list[Series]) -> dict[str, object]:
                                               median(p.kam_ms for p in pairs)] if pairs else None,
             "overload": {
                 f"{factor:g}": {
-                    "goodput_per_s": median(f.overload[factor].completed_per_s
+                    "goodput_per_s": median(f.overload[factor].goodput_per_s
                                             for f in mine if factor in f.overload),
                     "refused_share": median(f.overload[factor].refused_share
                                             for f in mine if factor in f.overload),
@@ -395,8 +396,8 @@ def markdown_extra(series: list[Series]) -> str:
             base = s.best.rate if s.best is not None else 0
             spec = ".2f" if st.captured else ".0f"
             lines.append(f"| {s.target} | {s.run} | {st.rate} ({fmt(st.factor, 'g')}x) | "
-                         f"{st.completed_per_s:.0f} | "
-                         f"{fmt(st.completed_per_s / base if base else None, '.2f')} | "
+                         f"{st.goodput_per_s:.0f} | "
+                         f"{fmt(st.goodput_per_s / base if base else None, '.2f')} | "
                          f"{pct(st.refused_share)}% / {pct(st.retry_after_share)}% | "
                          f"{fmt(st.p99_ms, spec)} |")
     if runs > 1:

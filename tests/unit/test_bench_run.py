@@ -37,7 +37,7 @@ def test_overload_counters_from_a_sipp_stat_file() -> None:
     assert (step.successful, step.placed) == (600, 600)  # sipp: every call "successful"
     assert (step.completed, step.refused) == (303, 297)
     assert step.calls_done == 303
-    assert step.completed_per_s == pytest.approx(101.0)  # goodput: 303 calls in 3 s
+    assert step.goodput_per_s == pytest.approx(101.0)  # 303 calls in 3 s
     assert step.refused_share == pytest.approx(0.495)
     assert step.unfinished == 0
     step.refused_captured, step.refused_retry_after = 297, 290
@@ -50,6 +50,17 @@ def test_the_normal_scenario_has_no_overload_counters() -> None:
     run.add_overload_counters(step, stats)
     assert step.completed is None and step.refused is None
     assert step.calls_done == 1000 and step.completed_per_s == 100.0
+
+
+def test_goodput_does_not_credit_calls_completed_late() -> None:
+    """A collapse completes calls seconds after the step: the goodput is per second of the
+    UACs' run (3 s offered, the UAC stopped after 18 s), not of the 3 s."""
+    late = Step("proxy", 3000, 9000, kind="overload", placed=9000, completed=6184,
+                elapsed_s=18.0)
+    assert late.completed_per_s == pytest.approx(2061.3, abs=0.1)
+    assert late.goodput_per_s == pytest.approx(6184 / 18)
+    prompt = Step("proxy", 3000, 9000, kind="overload", completed=4500, elapsed_s=2.9)
+    assert prompt.goodput_per_s == pytest.approx(1500.0)  # never above the offered window's
 
 
 def test_unfinished_calls_are_those_neither_done_refused_nor_failed() -> None:

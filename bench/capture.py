@@ -6,6 +6,9 @@ microsecond, so run.py runs tcpdump beside each step and this module reads its f
 call, the time from the first INVITE the sipp UAC sends (UDP source port = a UAC port) to the
 first ``SIP/2.0 200`` whose CSeq method is INVITE that reaches the UAC (destination port = that
 UAC port). A retransmitted INVITE does not restart the clock; a 200 for the BYE does not count.
+It also counts the calls turned away: a ``SIP/2.0 503`` to the INVITE (the overload steps of
+run.py: a target shedding load answers new INVITEs 503), and those of them that carry a
+Retry-After header (RFC 3261 21.5.4, 20.33).
 
 Standard library only: the classic pcap format (not pcapng) is read with struct.
 """
@@ -41,15 +44,17 @@ class CaptureError(ValueError):
 
 def bpf_filter(uac_ports: Iterable[int]) -> str:
     """The tcpdump filter: UDP from a UAC port starting 'INVITE', or to one starting
-    'SIP/2.0 200 ' (bytes 8.. of the UDP header are the payload's first bytes)."""
+    'SIP/2.0 200 ' or 'SIP/2.0 503 ' (bytes 8.. of the UDP header are the payload's first
+    bytes)."""
     ports = sorted(set(uac_ports))
     if not ports:
         raise ValueError("no UAC port to capture")
     src = " or ".join(f"src port {p}" for p in ports)
     dst = " or ".join(f"dst port {p}" for p in ports)
     invite = "udp[8:4] = 0x494e5649"  # "INVI"
-    ok = "udp[8:4] = 0x5349502f and udp[12:4] = 0x322e3020 and udp[16:4] = 0x32303020"
-    # ok: "SIP/" "2.0 " "200 "
+    ok = ("udp[8:4] = 0x5349502f and udp[12:4] = 0x322e3020 and "
+          "(udp[16:4] = 0x32303020 or udp[16:4] = 0x35303320)")
+    # ok: "SIP/" "2.0 " and "200 " or "503 "
     return f"ip and udp and ((({src}) and {invite}) or (({dst}) and {ok}))"
 
 
@@ -142,10 +147,15 @@ def read_pcap(path: Path) -> Iterator[Datagram]:
 # --------------------------------------------------------------------------- SIP
 
 
+def header_lines(payload: bytes) -> list[str]:
+    """The start line and header lines of a SIP message (up to the blank line)."""
+    head = payload.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    return head.replace("\r\n", "\n").split("\n")
+
+
 def sip_fields(payload: bytes) -> tuple[str, str | None, str | None]:
     """(start line, Call-ID, CSeq method) of a SIP message; None for a header not found."""
-    head = payload.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-    lines = head.replace("\r\n", "\n").split("\n")
+    lines = header_lines(payload)
     call_id = method = None
     for line in lines[1:]:
         name, sep, value = line.partition(":")
@@ -160,18 +170,33 @@ def sip_fields(payload: bytes) -> tuple[str, str | None, str | None]:
     return lines[0].strip(), call_id, method
 
 
+def has_header(payload: bytes, name: str) -> bool:
+    """Whether the message has a header field NAME (case-insensitive, RFC 3261 7.3.1) with a
+    value; Retry-After has no compact form."""
+    wanted = name.lower()
+    for line in header_lines(payload)[1:]:
+        field_name, sep, value = line.partition(":")
+        if sep and field_name.strip().lower() == wanted and value.strip():
+            return True
+    return False
+
+
 @dataclass(slots=True)
 class CaptureResult:
     latencies_ms: list[float] = field(default_factory=list)  # one per answered call
     invites: int = 0  # calls whose INVITE was captured
     unparsed: int = 0  # captured datagrams without a Call-ID or CSeq (cut short?)
+    refused: int = 0  # calls whose INVITE was answered 503 (the first 503 of each call)
+    refused_retry_after: int = 0  # ... with a Retry-After header
 
 
 def invite_latencies(datagrams: Iterable[Datagram], uac_ports: Iterable[int]) -> CaptureResult:
-    """INVITE->200 per call (keyed by UAC port and Call-ID), in ms."""
+    """INVITE->200 per call (keyed by UAC port and Call-ID), in ms; and the calls whose
+    INVITE was answered 503, with and without Retry-After."""
     ports = set(uac_ports)
     sent: dict[tuple[int, str], float] = {}
     answered: set[tuple[int, str]] = set()
+    refused: set[tuple[int, str]] = set()
     out = CaptureResult()
     for d in datagrams:
         if d.sport in ports and d.payload.startswith(b"INVITE "):
@@ -180,6 +205,18 @@ def invite_latencies(datagrams: Iterable[Datagram], uac_ports: Iterable[int]) ->
                 out.unparsed += 1
             else:
                 sent.setdefault((d.sport, call_id), d.ts)  # a retransmission keeps the first
+        elif d.dport in ports and d.payload.startswith(b"SIP/2.0 503"):
+            start, call_id, method = sip_fields(d.payload)
+            if start.split()[1:2] != ["503"]:
+                continue
+            if call_id is None or method is None:
+                out.unparsed += 1
+                continue
+            key = (d.dport, call_id)
+            if method == "INVITE" and key in sent and key not in refused:
+                refused.add(key)  # a retransmitted 503 counts once
+                out.refused += 1
+                out.refused_retry_after += has_header(d.payload, "Retry-After")
         elif d.dport in ports and d.payload.startswith(b"SIP/2.0 200"):
             start, call_id, method = sip_fields(d.payload)
             if start.split()[1:2] != ["200"]:

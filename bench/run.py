@@ -78,9 +78,9 @@ from report import (  # noqa: E402
     sipp_clock_ms,
     step_line,
     summary_line,  # noqa: F401  (re-exported: the packaging tests read it from here)
-    summary_lines,
     table,
 )
+from summary import markdown_extra, medians, summary_lines  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -167,6 +167,34 @@ def tree_memory_mib(roots: list[int]) -> tuple[float, float]:
     rss = sum(proc_kib(Path(f"/proc/{pid}/status"), "VmRSS") for pid in pids)
     pss = sum(proc_kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss") for pid in pids)
     return rss / 1024, pss / 1024
+
+
+def proc_ctx_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of one process so far
+    (/proc/PID/task/TID/status: /proc/PID/status counts the main thread alone); (0, 0) if
+    it is gone."""
+    vol = invol = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0, 0
+    for task in tasks:
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue  # the thread ended meanwhile
+        for line in lines:
+            if line.startswith("voluntary_ctxt_switches:"):
+                vol += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                invol += int(line.split()[1])
+    return vol, invol
+
+
+def tree_ctx_switches(roots: list[int]) -> tuple[int, int]:
+    """Context switches summed over the threads of the process trees under roots."""
+    pairs = [proc_ctx_switches(pid) for root in roots for pid in process_tree(root)]
+    return sum(v for v, _ in pairs), sum(i for _, i in pairs)
 
 
 def children_cpu_seconds() -> float:
@@ -301,6 +329,10 @@ class Target:
         roots = self.roots()
         return tree_memory_mib(roots) if roots else (None, None)
 
+    def ctx_switches(self) -> tuple[int, int] | None:
+        roots = self.roots()
+        return tree_ctx_switches(roots) if roots else None
+
     def stop(self) -> int | None:
         return None
 
@@ -329,14 +361,18 @@ class ProxyTarget(Target):
     """N proxy processes on N consecutive ports, each with its own config, log and upstream."""
 
     def __init__(self, ports: list[int] | int, uas_ports: list[int] | int, python: str,
-                 workdir: Path, config: Path | None, state: str = "memory:") -> None:
+                 workdir: Path, config: Path | None, state: str = "memory:",
+                 workers: int | None = None) -> None:
         ports = [ports] if isinstance(ports, int) else ports
         uas_ports = [uas_ports] if isinstance(uas_ports, int) else uas_ports
         super().__init__(ports)
         self.uas_ports, self.python, self.workdir, self.config = uas_ports, python, workdir, config
         self.state = state
+        self.workers = workers  # None: no `workers:` key in the config (the proxy's default)
         self.pumps: list[LogPump] = []
         self.name = "proxy" if len(ports) == 1 else f"proxy x{len(ports)}"
+        if workers is not None:
+            self.name += f" w{workers}"
         if state != "memory:":
             self.name += "+redis" if state.startswith("redis") else "+state"
 
@@ -368,6 +404,8 @@ class ProxyTarget(Target):
             # Kamailio's config probes nothing, and sipp's UAS does not answer OPTIONS (it counts
             # them as unexpected messages): no upstream probing here either.
             "upstream_probe: {interval: 0}\n"
+            + ("" if self.workers is None else
+               f"# --workers: processes behind the one address\nworkers: {self.workers}\n")
         )
         return cfg
 
@@ -403,7 +441,8 @@ class ProxyTarget(Target):
                 tail = "\n  ".join(pump.tail) or "(no output)"
                 state = (f"exited with status {proc.returncode}"
                          if proc.poll() is not None else "no ready line after 30 s")
-                raise BenchError(f"proxy on port {self.ports[i]} {state}; last output:\n  {tail}")
+                raise BenchError(f"proxy on port {self.ports[i]} {state}; last output:\n  {tail}"
+                                 + workers_hint(tail, self.workers))
 
     def stop(self) -> int | None:
         rcs = [stop_process(proc, signal.SIGTERM, grace=15) for proc in self.procs]
@@ -413,6 +452,32 @@ class ProxyTarget(Target):
             print(f"{self.name} stopped, exit status {', '.join(map(str, rcs))}", flush=True)
         self.procs, self.pumps = [], []
         return max(rcs, key=abs) if rcs else None
+
+
+def workers_hint(output: str, workers: int | None) -> str:
+    """What to say when the proxy refused the `workers:` key that --workers wrote."""
+    if workers is None or "workers" not in output:
+        return ""
+    return (f"\n--workers wrote `workers: {workers}` into the generated proxy.yaml and this "
+            "proxy refuses the key: it has no workers setting yet (one process per proxy: "
+            "use --proxies N to run N of them); run without --workers")
+
+
+def check_workers(python: str, workdir: Path, counts: list[int]) -> None:
+    """Fail before any series runs when the proxy refuses `workers: N` (proxy check)."""
+    for n in counts:
+        target = ProxyTarget(5060, 5070, python, workdir / f"w{n}", None, workers=n)
+        cfg = target.write_config()
+        try:
+            done = subprocess.run([python, "-m", "proxy", "check", "--config", str(cfg)],
+                                  cwd=cfg.parent, capture_output=True, text=True, timeout=60,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BenchError(f"`proxy check` of {cfg} did not run: {exc}") from exc
+        if done.returncode != 0:
+            said = (done.stderr.strip() or done.stdout.strip() or "(no output)")
+            raise BenchError(f"the proxy refused the generated {cfg} (`workers: {n}`, "
+                             f"--workers): {said}" + workers_hint(said, n))
 
 
 class RedisServer:
@@ -456,8 +521,10 @@ class RedisServer:
 class KamailioTarget(Target):
     name = "kamailio"
 
-    def __init__(self, port: int, uas_port: int, cfg: Path, children: int, workdir: Path) -> None:
+    def __init__(self, port: int, uas_port: int, cfg: Path, children: int, workdir: Path,
+                 mem_manager: str | None = None) -> None:
         super().__init__([port])
+        self.mem_manager = mem_manager  # -x: qm (Kamailio's default), fm or tlsf
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
         self.uas_port, self.src_cfg, self.children, self.workdir = uas_port, cfg, children, workdir
@@ -480,6 +547,8 @@ class KamailioTarget(Target):
         cfg.write_text(text)
         cmd = [binary, "-DD", "-E", "-f", str(cfg), "-A", f"CHILDREN={self.children}",
                "-P", str(self.workdir / "kamailio.pid"), "-m", "1024", "-M", "16"]
+        if self.mem_manager:
+            cmd += ["-x", self.mem_manager]  # shm, and pkg (no -X)
         print(f"starting kamailio: {' '.join(cmd)}", flush=True)
         self.log = (self.workdir / "kamailio.log").open("wb")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdin=subprocess.DEVNULL,
@@ -619,8 +688,10 @@ def read_capture(step: Step, tcpdump: Tcpdump, uac_ports: list[int]) -> None:
         print(f"  latency: the capture could not be read ({exc}): sipp's figures for this step",
               file=sys.stderr, flush=True)
         return
+    step.refused_captured = result.refused
+    step.refused_retry_after = result.refused_retry_after
     if not result.latencies_ms:
-        if step.successful:
+        if step.calls_done:
             print(f"  latency: the capture holds no answered INVITE ({result.invites} INVITEs): "
                   "sipp's figures for this step", file=sys.stderr, flush=True)
         return
@@ -643,6 +714,8 @@ class Options:
     settle: float
     control_port: int
     capture: Capture | None = None  # tcpdump for the latency; None: sipp's figures only
+    uac_overload_xml: Path | None = None  # the overload steps' UAC (503 is a final answer)
+    quiet_wait: float = 40.0  # longest wait for the target to go quiet before an extra step
 
 
 def split_rate(rate: int, n: int) -> list[int]:
@@ -656,11 +729,18 @@ def rtt_freq(calls: int) -> int:
     return max(d for d in range(1, min(calls, 200) + 1) if calls % d == 0)
 
 
-def run_step(target: Target, rate: int, opts: Options, stepdir: Path) -> Step:
-    """One step; a port taken by another program meanwhile only costs a new try."""
+OVERLOAD_GRACE_S = 15  # an overload step's UACs are stopped this long after the step's end
+
+
+def run_step(target: Target, rate: int, opts: Options, stepdir: Path, kind: str = "series",
+             factor: float | None = None) -> Step:
+    """One step; a port taken by another program meanwhile only costs a new try.
+
+    kind "overload" runs uac_rr_overload.xml (503 is a final answer, counted) and stops the
+    UACs OVERLOAD_GRACE_S after the step's end (calls still open then are a collapse)."""
     for attempt in range(1, 4):
         try:
-            return run_step_once(target, rate, opts, stepdir)
+            return run_step_once(target, rate, opts, stepdir, kind, factor)
         except PortClash as exc:
             print(f"  {exc}; trying again ({attempt} of 3)", file=sys.stderr, flush=True)
             time.sleep(opts.settle)
@@ -677,8 +757,11 @@ class Pair:
     suffix: str  # "" for a single pair, "-1", "-2", ... otherwise
 
 
-def sipp_pairs(target: Target, rate: int, opts: Options, stepdir: Path) -> list[Pair]:
+def sipp_pairs(target: Target, rate: int, opts: Options, stepdir: Path,
+               overload: bool = False) -> list[Pair]:
     n = len(target.ports)
+    uac_xml = opts.uac_overload_xml if overload and opts.uac_overload_xml else opts.uac_xml
+    grace = OVERLOAD_GRACE_S if overload else 30
     avoid = set(opts.uas_ports[:n]) | set(opts.uac_ports[:n]) | set(target.ports)
     for port in opts.uas_ports[:n] + opts.uac_ports[:n]:
         check_port_free(port)
@@ -703,8 +786,8 @@ def sipp_pairs(target: Target, rate: int, opts: Options, stepdir: Path) -> list[
         # Request-URI names the proxy itself is for its own domain (404 when unregistered).
         # -rsa sends every message to the target instead, as to an outbound proxy.
         via = [] if target.name == "direct" else ["-rsa", f"{LOOPBACK}:{target.ports[i]}"]
-        uac_cmd = ["timeout", "-k", "5", str(opts.duration + 30),
-                   opts.sipp, "-sf", str(opts.uac_xml), "-i", LOOPBACK, "-p", str(uac_port),
+        uac_cmd = ["timeout", "-k", "5", str(opts.duration + grace),
+                   opts.sipp, "-sf", str(uac_xml), "-i", LOOPBACK, "-p", str(uac_port),
                    "-mp", str(uac_mp), "-cp", str(uac_cp), "-buff_size", BUFF_SIZE,
                    "-default_behaviors", "all,-abortunexp", "-nostdin",
                    "-r", str(pair_rate), "-m", str(calls),
@@ -715,10 +798,12 @@ def sipp_pairs(target: Target, rate: int, opts: Options, stepdir: Path) -> list[
     return pairs
 
 
-def run_step_once(target: Target, rate: int, opts: Options, stepdir: Path) -> Step:
+def run_step_once(target: Target, rate: int, opts: Options, stepdir: Path, kind: str = "series",
+                  factor: float | None = None) -> Step:
     stepdir.mkdir(parents=True, exist_ok=True)
-    pairs = sipp_pairs(target, rate, opts, stepdir)
-    step = Step(target=target.name, rate=rate, offered=rate * opts.duration)
+    pairs = sipp_pairs(target, rate, opts, stepdir, overload=kind == "overload")
+    step = Step(target=target.name, rate=rate, offered=rate * opts.duration, kind=kind,
+                factor=factor)
     (stepdir / "commands.txt").write_text(
         "".join(" ".join(p.uas_cmd) + "\n" + " ".join(p.uac_cmd) + "\n" for p in pairs))
     # tcpdump first, listening before any call starts (a failed one is reaped before sipp's
@@ -744,7 +829,7 @@ def run_step_once(target: Target, rate: int, opts: Options, stepdir: Path) -> St
                 if uas.returncode == SIPP_BIND_FAILED:
                     raise PortClash("sipp UAS could not bind a port") from None
                 raise
-        cpu0 = target.cpu_seconds()
+        cpu0, ctx0 = target.cpu_seconds(), target.ctx_switches()
         t0 = time.monotonic()
         for pair in pairs:
             with (stepdir / f"uac{pair.suffix}.out").open("wb") as out:
@@ -753,8 +838,11 @@ def run_step_once(target: Target, rate: int, opts: Options, stepdir: Path) -> St
         rcs = [uac.wait() for uac in uacs]
         quiet_since = time.monotonic()
         step.elapsed_s = quiet_since - t0
-        cpu1 = target.cpu_seconds()
+        cpu1, ctx1 = target.cpu_seconds(), target.ctx_switches()
         step.rss_mib, step.pss_mib = target.memory_mib()
+        if ctx0 is not None and ctx1 is not None:  # a thread that ended takes its count along
+            step.ctx_voluntary = max(0, ctx1[0] - ctx0[0])
+            step.ctx_nonvoluntary = max(0, ctx1[1] - ctx0[1])
         step.sipp_rc = next((rc for rc in rcs if rc != 0), 0)
         if cpu0 is not None and cpu1 is not None:
             step.cpu_s = cpu1 - cpu0
@@ -793,6 +881,8 @@ def read_step_results(step: Step, pairs: list[Pair], stepdir: Path) -> None:
         step.unexpected += (counter(uac_stats, "OutOfCallMsgs(C)")
                             + counter(uac_stats, "DeadCallMsgs(C)"))
         created += counter(uac_stats, "OutgoingCall(C)")
+        add_overload_counters(step, uac_stats)
+    step.placed = created
     if created < step.offered and step.sipp_rc == 0:
         print(f"  warning: sipp placed {created} of {step.offered} calls and exited 0: it was "
               "told to quit (a signal or its control port) by something else on this machine",
@@ -805,16 +895,60 @@ def read_step_results(step: Step, pairs: list[Pair], stepdir: Path) -> None:
     step.latency_source, step.latency_samples = "sipp", len(samples)
 
 
+def add_overload_counters(step: Step, uac_stats: dict[str, str]) -> None:
+    """uac_rr_overload.xml's counters (columns 'completed(C)', 'refused(C)' of its
+    -trace_stat file), added to the step's; absent with uac_rr.xml."""
+    for name in ("completed", "refused"):
+        if f"{name}(C)" in uac_stats:
+            setattr(step, name, (getattr(step, name) or 0) + counter(uac_stats, f"{name}(C)"))
+
+
+def quiesce(target: Target, limit_s: float, idle_share: float = 0.05) -> float:
+    """Wait until the target used under idle_share of a core over one second (the timers of
+    the step before, a collapse's retransmissions, have run out), at most limit_s; returns
+    the seconds waited."""
+    t0 = time.monotonic()
+    last = target.cpu_seconds()
+    if last is None:
+        return 0.0
+    while time.monotonic() - t0 < limit_s:
+        time.sleep(1.0)
+        now = target.cpu_seconds() or 0.0
+        if now - last < idle_share:
+            break
+        last = now
+    waited = time.monotonic() - t0
+    print(f"  {target.name} quiet after {waited:.0f} s" if waited < limit_s else
+          f"  {target.name} still busy after {limit_s:.0f} s: going on", flush=True)
+    return waited
+
+
+def run_extra(target: Target, rate: int, opts: Options, folder: Path, kind: str,
+              factor: float | None = None) -> Step:
+    """A memory or an overload step, after the target has gone quiet."""
+    quiesce(target, opts.quiet_wait)
+    name = f"memory-rate-{rate}" if kind == "memory" else f"overload-{factor:g}x-rate-{rate}"
+    step = run_step(target, rate, opts, folder / name, kind, factor)
+    print(step_line(step), flush=True)
+    time.sleep(opts.settle)
+    return step
+
+
 def run_series(target: Target, rates: list[int], opts: Options, outdir: Path,
-               all_steps: bool, retries: int) -> Series:
-    series = Series(target=target.name)
-    print(f"\n== {target.name}: rates {rates}, {opts.duration} s each", flush=True)
+               all_steps: bool, retries: int, memory_rate: int | None = None,
+               overload: tuple[float, ...] = (), run: int = 1) -> Series:
+    """The stepped series; then, if it did not run memory_rate (Kamailio's highest clean
+    rate, for the memory comparison), a step there; then the overload steps (each factor
+    times the highest clean rate)."""
+    series = Series(target=target.name, run=run)
+    print(f"\n== {target.name}: rates {rates}, {opts.duration} s each"
+          + (f" (run {run})" if outdir.name.startswith("run-") else ""), flush=True)
+    folder = outdir / target.name.replace(" ", "-")
     target.start()
     try:
         for rate in rates:
             for attempt in range(retries + 1):
-                folder = target.name.replace(" ", "-")
-                stepdir = outdir / folder / f"rate-{rate}" / f"try-{attempt + 1}"
+                stepdir = folder / f"rate-{rate}" / f"try-{attempt + 1}"
                 step = run_step(target, rate, opts, stepdir)
                 print(step_line(step), flush=True)
                 time.sleep(opts.settle)  # let the target's timers of this step run out
@@ -826,6 +960,17 @@ def run_series(target: Target, rates: list[int], opts: Options, outdir: Path,
             series.steps.append(step)
             if not step.clean and not all_steps:
                 break
+        if memory_rate is not None and series.step_at(memory_rate) is None:
+            print(f"  memory step: {memory_rate}/s, kamailio's highest clean rate", flush=True)
+            series.memory = run_extra(target, memory_rate, opts, folder, "memory")
+        best = series.best
+        if overload and best is None:
+            print("  no overload steps: the series has no clean step", flush=True)
+        elif best is not None:
+            lowest = len(target.ports)  # one call/s per sipp pair at least
+            for factor in overload:
+                rate = max(lowest, round(best.rate * factor))
+                series.overload.append(run_extra(target, rate, opts, folder, "overload", factor))
     finally:
         target.stop()
     return series
@@ -845,7 +990,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", default=None,
                    help="comma-separated, in order, from: proxy, kamailio, direct")
     p.add_argument("--kamailio", action="store_true",
-                   help="also run Kamailio (bench/kamailio.cfg) after the proxy, for a ratio")
+                   help="also run Kamailio (bench/kamailio.cfg), before the proxy, for the ratios "
+                        "(first: the proxy's series then also runs Kamailio's highest clean "
+                        "rate, for the memory comparison)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the whole thing (every target, every step) N times and report "
+                        "every run's figures and, per target, their median (3: the figure "
+                        "of merit on a shared machine)")
+    p.add_argument("--overload", default="1.5,2",
+                   help="after a proxy series, steps at these multiples of its highest clean "
+                        "rate with uac_rr_overload.xml (503 + Retry-After is an answer): "
+                        "goodput, share refused, p99 of the admitted calls; 'none': no such "
+                        "steps")
+    p.add_argument("--overload-kamailio", action="store_true",
+                   help="run the overload steps after Kamailio's series too (a reference: it "
+                        "does not shed load in bench/kamailio.cfg)")
+    p.add_argument("--workers", default=None,
+                   help="write `workers: N` into the generated proxy.yaml; a list (1,2) runs "
+                        "one proxy series per count ('proxy w2'); the proxy must know the key")
+    p.add_argument("--quiet-wait", type=float, default=40.0,
+                   help="before a memory or overload step, wait up to this long (s) for the "
+                        "target to use under 5%% of a core (the last step's timers run out)")
     p.add_argument("--direct", action="store_true",
                    help="sipp UAC straight to the UAS instead of the proxy (baseline)")
     p.add_argument("--all-steps", action="store_true",
@@ -883,6 +1048,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "udp 127.0.0.1:PROXY_PORT and name the UAS as its upstream)")
     p.add_argument("--kamailio-cfg", type=Path, default=BENCH_DIR / "kamailio.cfg")
     p.add_argument("--kamailio-children", type=int, default=2, help="Kamailio UDP workers")
+    p.add_argument("--kamailio-mem", choices=("qm", "fm", "tlsf"), default=None,
+                   help="Kamailio's memory manager (-x; default: its own, qm, whose qm_malloc "
+                        "takes most of its instructions per call here: bench/README.md)")
     p.add_argument("--sipp", default=shutil.which("sipp") or "/usr/bin/sipp")
     p.add_argument("--settle", type=float, default=2.0, help="pause between steps (s)")
     p.add_argument("--results", type=Path, default=BENCH_DIR / "results")
@@ -893,7 +1061,9 @@ def choose_targets(args: argparse.Namespace) -> list[str]:
     if args.targets:
         names = [t.strip() for t in args.targets.split(",") if t.strip()]
     else:
-        names = ["direct" if args.direct else "proxy"] + (["kamailio"] if args.kamailio else [])
+        # Kamailio first: its highest clean rate is then known when the proxy's series runs,
+        # which adds a step there if it stops short of it (memory at Kamailio's clean rate).
+        names = (["kamailio"] if args.kamailio else []) + ["direct" if args.direct else "proxy"]
     bad = [n for n in names if n not in ("proxy", "kamailio", "direct")]
     if bad or not names:
         raise BenchError(f"unknown target(s) {bad}: choose from proxy, kamailio, direct")
@@ -924,28 +1094,63 @@ def check_tools(args: argparse.Namespace, names: list[str]) -> str:
 
 
 def make_target(name: str, n: int, args: argparse.Namespace, ports: tuple[list[int], ...],
-                python: str, outdir: Path, state: str) -> Target:
+                python: str, outdir: Path, state: str, workers: int | None = None) -> Target:
     targets, uases, _ = ports
     if name == "proxy":
         if n > 1 and args.proxy_config is not None:
             raise BenchError("--proxy-config is for one proxy: N proxies need N configs")
         folder = "proxy" if n == 1 else f"proxy-x{n}"
+        if workers is not None:
+            folder += f"-w{workers}"
         if state != "memory:":
             folder += "-shared-state"
         return ProxyTarget(targets[:n], uases[:n], python, outdir / folder, args.proxy_config,
-                           state)
+                           state, workers)
     if name == "kamailio":
         return KamailioTarget(targets[0], uases[0], args.kamailio_cfg, args.kamailio_children,
-                              outdir / "kamailio")
+                              outdir / "kamailio", args.kamailio_mem)
     return Target(targets[:1])
+
+
+def int_list(text: str | None, what: str) -> list[int]:
+    try:
+        return [int(c) for c in str(text).split(",") if c.strip()]
+    except ValueError:
+        raise BenchError(f"{what} takes comma-separated whole numbers, not {text!r}") from None
+
+
+def overload_factors(text: str) -> tuple[float, ...]:
+    """--overload: 'none' (or '', '0') for no overload steps, else factors above 1."""
+    if text.strip().lower() in ("", "0", "none", "off"):
+        return ()
+    try:
+        factors = tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise BenchError(f"--overload takes factors such as 1.5,2 or 'none', not {text!r}") \
+            from None
+    if any(f <= 1 for f in factors):
+        raise BenchError("--overload factors are multiples of the highest clean rate: above 1")
+    return factors
 
 
 def run_all(args: argparse.Namespace, outdir: Path, rates: list[int]) -> list[Series]:
     names = choose_targets(args)
-    counts = [int(c) for c in str(args.proxies).split(",") if c.strip()]
+    counts = int_list(args.proxies, "--proxies")
     if not counts or min(counts) < 1 or min(rates) < max(counts):
         raise BenchError("--proxies needs counts >= 1, and every rate at least the largest")
+    worker_counts = int_list(args.workers, "--workers") if args.workers is not None else []
+    workers: list[int | None] = list(worker_counts) or [None]
+    if args.workers is not None:
+        if not worker_counts or min(worker_counts) < 1:
+            raise BenchError("--workers needs counts >= 1")
+        if args.proxy_config is not None:
+            raise BenchError("--workers writes the generated proxy.yaml: not with --proxy-config")
+    if args.repeat < 1:
+        raise BenchError("--repeat needs a count >= 1")
+    overload = overload_factors(args.overload)
     python = check_tools(args, names)
+    if args.workers is not None and "proxy" in names:
+        check_workers(python, outdir / "workers-check", worker_counts)
     ports = port_plan(args, max(counts))
     capture = Capture(shutil.which("tcpdump") or shutil.which("tcpdump", path="/usr/sbin:/sbin"),
                       "--no-capture" if args.no_capture else None)
@@ -953,7 +1158,8 @@ def run_all(args: argparse.Namespace, outdir: Path, rates: list[int]) -> list[Se
     opts = Options(sipp=args.sipp, uac_xml=BENCH_DIR / "uac_rr.xml",
                    uas_xml=BENCH_DIR / "uas_rr.xml", uas_ports=ports[1], uac_ports=ports[2],
                    duration=args.duration, settle=args.settle, control_port=args.control_port,
-                   capture=capture)
+                   capture=capture, uac_overload_xml=BENCH_DIR / "uac_rr_overload.xml",
+                   quiet_wait=args.quiet_wait)
     redis = RedisServer(outdir / "redis") if args.redis and "proxy" in names else None
     all_series: list[Series] = []
     try:
@@ -961,15 +1167,29 @@ def run_all(args: argparse.Namespace, outdir: Path, rates: list[int]) -> list[Se
         # --memory-too: the same proxies with state memory: first, then with the shared state,
         # so that one run gives the cost of the store (issue: within 10 % of memory:).
         states = ["memory:", state] if args.memory_too and state != "memory:" else [state]
-        for name in names:
-            for n in counts if name == "proxy" else [1]:
-                for st in states if name == "proxy" else [state]:
-                    target = make_target(name, n, args, ports, python, outdir, st)
-                    if (redis is not None and name == "proxy" and redis.proc is not None
-                            and st != "memory:"):
-                        target.extra_pids = [redis.proc.pid]
-                    all_series.append(run_series(target, rates, opts, outdir, args.all_steps,
-                                                 max(0, args.retries)))
+        for run in range(1, args.repeat + 1):
+            rundir = outdir if args.repeat == 1 else outdir / f"run-{run}"
+            if args.repeat > 1:
+                print(f"\n==== run {run} of {args.repeat}", flush=True)
+            kam_best: int | None = None  # Kamailio's highest clean rate in this run
+            for name in names:
+                for n in counts if name == "proxy" else [1]:
+                    for w in workers if name == "proxy" else [None]:
+                        for st in states if name == "proxy" else [state]:
+                            target = make_target(name, n, args, ports, python, rundir, st, w)
+                            if (redis is not None and name == "proxy" and redis.proc is not None
+                                    and st != "memory:"):
+                                target.extra_pids = [redis.proc.pid]
+                            shed = name == "proxy" or (name == "kamailio"
+                                                       and args.overload_kamailio)
+                            series = run_series(
+                                target, rates, opts, rundir, args.all_steps,
+                                max(0, args.retries),
+                                memory_rate=kam_best if name == "proxy" else None,
+                                overload=overload if shed else (), run=run)
+                            all_series.append(series)
+                            if name == "kamailio":
+                                kam_best = series.best.rate if series.best else None
     finally:
         if redis is not None:
             redis.stop()
@@ -1000,7 +1220,10 @@ def write_results(args: argparse.Namespace, outdir: Path, rates: list[int],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
         "rates": rates, "duration_s": args.duration, "cores": os.cpu_count(),
         "sipp_clock_ms": sipp_clock_ms(), "proxy_build": build,
+        "repeat": args.repeat, "overload_factors": list(overload_factors(args.overload)),
+        "workers": args.workers,
         "series": [s.as_dict() for s in all_series],
+        "medians": medians(all_series),
     }, indent=2) + "\n")
     written = [outdir / "summary.txt", outdir / "summary.json"]
     if not args.no_plot:
@@ -1010,7 +1233,7 @@ def write_results(args: argparse.Namespace, outdir: Path, rates: list[int],
         if note.startswith("plot: /"):
             written.append(outdir / "results.png")
     md = markdown(all_series, args.duration, time.strftime("%Y-%m-%d"))
-    md = md.replace("\n\n", f" The proxy: `{build}`.\n\n", 1)
+    md = md.replace("\n\n", f" The proxy: `{build}`.\n\n", 1) + markdown_extra(all_series)
     (outdir / "summary.md").write_text(md)
     written.append(outdir / "summary.md")
     if args.report_md is not None:

@@ -166,3 +166,47 @@ def test_without_a_capture_on_one_side_both_use_sipps_ticks() -> None:
            "vs kamailio 0 ms at 200/s; sipp ticks)" in report.ratio_line(proxy, kam)
     table = report.table([proxy, kam])
     assert " 0.50 " in table and " pcap " in table and " sipp " in table
+
+
+# ------------------------------------------------------------------------------- 503s
+
+
+def sip_503(call_id: str, cseq: str, retry_after: str | None) -> bytes:
+    extra = "" if retry_after is None else f"Retry-After: {retry_after}\r\n"
+    return (f"SIP/2.0 503 Service Unavailable\r\nVia: SIP/2.0/UDP 127.0.0.1:{UAC};"
+            f"branch=z9hG4bK-1\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n{extra}"
+            "Content-Length: 0\r\n\r\n").encode()
+
+
+SHED = [
+    # e: turned away with Retry-After (retransmitted: counted once); f: without it; g: a 503
+    # with an empty Retry-After counts as without; h: admitted, answered 200 in 2 ms.
+    (20.0, UAC, TARGET, sip("INVITE sip:service@127.0.0.1:5070 SIP/2.0", "e@x", "1 INVITE")),
+    (20.0001, TARGET, UAC, sip_503("e@x", "1 INVITE", "5")),
+    (20.5001, TARGET, UAC, sip_503("e@x", "1 INVITE", "5")),
+    (21.0, UAC, TARGET, sip("INVITE sip:service@127.0.0.1:5070 SIP/2.0", "f@x", "1 INVITE")),
+    (21.0001, TARGET, UAC, sip_503("f@x", "1 INVITE", None)),
+    (22.0, UAC, TARGET, sip("INVITE sip:service@127.0.0.1:5070 SIP/2.0", "g@x", "1 INVITE")),
+    (22.0001, TARGET, UAC, sip_503("g@x", "1 INVITE", " ")),
+    (23.0, UAC, TARGET, sip("INVITE sip:service@127.0.0.1:5070 SIP/2.0", "h@x", "1 INVITE")),
+    (23.002, TARGET, UAC, sip("SIP/2.0 200 OK", "h@x", "1 INVITE")),
+    # a 503 to a BYE, and one for a call whose INVITE is not in the capture: not counted
+    (24.0, TARGET, UAC, sip_503("h@x", "2 BYE", "5")),
+    (25.0, TARGET, UAC, sip_503("z@x", "1 INVITE", "5")),
+]
+
+
+def test_503s_to_invites_are_counted_once_with_and_without_retry_after() -> None:
+    datagrams = [cap.Datagram(ts, sport, dport, payload) for ts, sport, dport, payload in SHED]
+    result = cap.invite_latencies(datagrams, [UAC])
+    assert (result.invites, result.refused, result.refused_retry_after) == (4, 3, 1)
+    assert [round(ms, 3) for ms in result.latencies_ms] == [2.0]  # admitted calls only
+
+
+def test_retry_after_is_found_case_insensitively_in_the_headers_only() -> None:
+    assert cap.has_header(b"SIP/2.0 503 x\r\nretry-after: 10\r\n\r\n", "Retry-After")
+    assert not cap.has_header(b"SIP/2.0 503 x\r\nVia: a\r\n\r\nRetry-After: 10", "Retry-After")
+
+
+def test_bpf_filter_keeps_503s_to_the_uac() -> None:
+    assert "udp[16:4] = 0x35303320" in cap.bpf_filter([5062])  # "503 "

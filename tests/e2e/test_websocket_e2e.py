@@ -95,8 +95,12 @@ async def test_a_ws_phone_registers_is_called_from_udp_and_calls_out_over_udp(
         assert invite.vias[0].startswith(f"SIP/2.0/{transport.upper()} {LOOPBACK}:{ws_port};")
         assert invite.request_uri == f"sip:alice@{phone.host};transport=ws"
         rr = record_routes(invite)
-        assert rr[0].endswith(f"@{LOOPBACK}:{ws_port};lr;transport={transport}>"), rr
-        assert rr[1] == f"<sip:{LOOPBACK}:{proxy.port};lr>"
+        # each value carries its dialog mark (;d=, proxy.core.trust)
+        assert re.fullmatch(rf"<sip:[^@]+@{LOOPBACK}:{ws_port};lr;transport={transport};d=[0-9a-f]{{16}}>",
+                            rr[0]), rr
+        # the caller's side names the caller's flow too (a UA calling a registered phone)
+        assert re.fullmatch(rf"<sip:[^@]+@{LOOPBACK}:{proxy.port};lr;d=[0-9a-f]{{16}}>",
+                            rr[1]), rr
         await phone.answer(invite, 180, "Ringing")
         await phone.answer(invite)
         await phone.recv_sip(5, lambda m: m.method == "ACK")
@@ -112,8 +116,9 @@ async def test_a_ws_phone_registers_is_called_from_udp_and_calls_out_over_udp(
         ok = await phone.final("INVITE", 10)
         assert ok.status == 200
         rr = record_routes(ok)
-        assert rr[0] == f"<sip:{LOOPBACK}:{proxy.port};lr>"
-        assert rr[1].endswith(f"@{LOOPBACK}:{ws_port};lr;transport={transport}>")
+        assert re.fullmatch(rf"<sip:{LOOPBACK}:{proxy.port};lr;d=[0-9a-f]{{16}}>", rr[0]), rr
+        assert re.fullmatch(rf"<sip:[^@]+@{LOOPBACK}:{ws_port};lr;transport={transport};d=[0-9a-f]{{16}}>",
+                            rr[1]), rr
         target = re.sub(r"^.*<|>.*$", "", ok.get("contact") or "")
         tag = re.search(r"tag=([^;>\s]+)", ok.get("to") or "")
         assert tag is not None
@@ -151,9 +156,12 @@ async def test_a_closed_ws_connection_is_a_dead_flow_at_once(proxy_factory: Prox
         await proxy.await_log("closed: binding removed", 5)
         loop = asyncio.get_running_loop()
         start = loop.time()
+        to_tag = re.search(r";\s*tag=([^;>\s]+)", ok.get("to") or "")
+        assert to_tag is not None, ok.get("to")
         await caller.send(build_request("BYE", f"sip:alice@{phone.host};transport=ws",
                                         via_host=LOOPBACK, via_port=caller.port, cseq=2,
                                         call_id=call_id, to_uri=f"sip:alice@{DOMAIN}",
+                                        to_tag=to_tag.group(1),
                                         extra_headers=[f"Route: {rr[1]}, {rr[0]}"]), proxy.addr)
         final, _ = await caller.recv_sip(3, lambda m: (m.status or 0) >= 200
                                          and (m.cseq or (0, ""))[1] == "BYE")

@@ -256,6 +256,7 @@ def build_request(
     from_uri: str = "sip:e2e@127.0.0.1",
     to_uri: str | None = None,
     from_tag: str = "e2e1",
+    to_tag: str | None = None,
     extra_headers: Iterable[str] = (),
     body: bytes = b"",
     content_type: str | None = None,
@@ -273,7 +274,7 @@ def build_request(
         lines.append(f"Max-Forwards: {max_forwards}")
     lines += [
         f"From: <{from_uri}>;tag={from_tag}",
-        f"To: <{to_uri or uri}>",
+        f"To: <{to_uri or uri}>" + (f";tag={to_tag}" if to_tag else ""),
         f"Call-ID: {cid}",
         f"CSeq: {cseq} {method}",
         *extra_headers,

@@ -51,7 +51,7 @@ __all__ = [
     "parse_upstream",
 ]
 
-from proxy.config import observability
+from proxy.config import observability, tracing
 from proxy.config.access import access_limits, verify_client
 from proxy.config.model import (
     AUTH_KEYS,
@@ -241,6 +241,9 @@ class _Builder:
             "http": ("http", lambda node: observability.http_address(r, node)),
             "log_format": ("log_format", choice("log_format", LOG_FORMATS)),
             "upstream_probe": ("upstream_probe", lambda node: observability.probe(r, node)),
+            "hep": ("hep", lambda node: tracing.hep(r, node)),
+            "trace_calls": ("trace_calls", lambda node: tracing.trace_calls(r, node)),
+            "http_token": ("http_token", lambda node: tracing.http_token(r, node)),
         }
 
     def _cross_checks(
@@ -248,6 +251,7 @@ class _Builder:
     ) -> None:
         """Findings that involve several keys."""
         r = self.report
+        tracing.cross_check(r, found, values)
         declared = given.get("upstreams")
         if not values.get("upstreams") and not (isinstance(declared, YSeq) and declared.items):
             at = found.get("upstreams", self.tree)

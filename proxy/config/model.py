@@ -55,6 +55,9 @@ CONFIG_KEYS = (
     "http",
     "log_format",
     "upstream_probe",
+    "hep",
+    "trace_calls",
+    "http_token",
 )
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
@@ -64,6 +67,8 @@ TLS_KEYS = ("cert_file", "key_file", "ca_file", "verify_client")
 AUTH_KEYS = ("realm", "users_file")
 LOG_FORMATS = ("text", "json")
 PROBE_KEYS = ("interval", "timeout")
+HEP_KEYS = ("to", "id")
+DEFAULT_TRACE_CALLS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,15 @@ class UpstreamProbe:
 
 
 @dataclass(frozen=True, slots=True)
+class HepTarget:
+    """``hep: {to: udp:HOST:PORT, id: N}``: where every SIP message goes in a HEPv3 packet."""
+
+    host: str  # IP or name, no brackets
+    port: int
+    capture_id: int = 1  # the capture agent id (HEP chunk 0x000c)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path  # absolute path of proxy.yaml
     listen: tuple[Listen, ...]  # at least one
@@ -188,6 +202,9 @@ class Config:
     http: tuple[str, int] | None = None  # HOST:PORT of /metrics, /health, /ready; None: off
     log_format: str = "text"  # "text" | "json" (one JSON object per line)
     upstream_probe: UpstreamProbe = field(default_factory=lambda: UpstreamProbe())
+    hep: HepTarget | None = None  # None: no HEP export
+    trace_calls: int = DEFAULT_TRACE_CALLS  # recent calls kept for /calls (0: off)
+    http_token: str | None = None  # bearer token for /calls* and every POST; None: open
 
     @property
     def trusted_sources(self) -> tuple[str, ...]:

@@ -537,7 +537,8 @@ def test_run_with_a_broken_config_exits_1_before_starting(
         "proxy.yaml:3:1: unknown key 'foo'; allowed keys: listen, upstreams, policy, state, "
         "node, record_route, registrar, domains, redirects, trusted_relays, auth, registrar_networks, "
         "registrar_max_contacts, advertise, force_rport, limits, timers, log_level, "
-        "drain_timeout, watch_policy, secret, tls, http, log_format, upstream_probe\n"
+        "drain_timeout, watch_policy, secret, tls, http, log_format, upstream_probe, hep, "
+        "trace_calls, http_token\n"
     )
 
 

@@ -606,7 +606,7 @@ def test_policy_warnings_are_returned(tmp_path: Path, monkeypatch: pytest.Monkey
 ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, domains, redirects, "
            "trusted_relays, auth, registrar_networks, registrar_max_contacts, advertise, "
            "force_rport, limits, timers, log_level, drain_timeout, watch_policy, secret, tls, "
-           "http, log_format, upstream_probe")
+           "http, log_format, upstream_probe, hep, trace_calls, http_token")
 
 
 @pytest.mark.parametrize(

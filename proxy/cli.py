@@ -26,6 +26,7 @@ from proxy.diagnostics import ConfigError, Diagnostic, display_path
 from proxy.policy import MAX_STATUS, MIN_STATUS, Action, Decision, Policy, load_policy
 from proxy.status_cli import add_parser as add_status_parser
 from proxy.store import LearnedRoute, StateStore, StoredBinding, StoreError, open_store
+from proxy.trace_cli import add_parser as add_trace_parser
 
 __all__ = ["explain_chain", "main", "version_text"]
 
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     clear = actions.add_parser("clear", parents=[leaf_config], help="forget every learned route")
     clear.set_defaults(func=_cmd_routes_clear)
     add_status_parser(sub, DEFAULT_CONFIG)
+    add_trace_parser(sub, DEFAULT_CONFIG)
     _registrations_parser(sub, leaf_config, config_help)
     return parser
 

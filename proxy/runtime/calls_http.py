@@ -11,14 +11,14 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from proxy.runtime import calls_json
-from proxy.runtime.calls import CallRing
+from proxy.runtime.calls import CallIndex
 from proxy.runtime.http import Handler, as_json, response, text
 from proxy.runtime.ladder_page import CSP, page
 
 
-def _ring(rt: Any) -> CallRing | None:
+def _ring(rt: Any) -> CallIndex | None:
     tap = getattr(rt, "tap", None)
-    return tap.ring if tap is not None else None
+    return tap.calls if tap is not None else None
 
 
 def calls_routes(rt: Any) -> dict[str, Handler]:

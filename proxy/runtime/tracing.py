@@ -1,11 +1,12 @@
 """The tracing taps of the runtime: every message received (``Runtime.deliver``) and sent
-(``Runtime.dispatch``, once a transport has it), every per-call summary and learned route of
-an ``Effects``, fed to the recent-calls ring (:mod:`proxy.runtime.calls`) and the HEP export
-(:mod:`proxy.runtime.hep`).
+(``Runtime.dispatch``, once a transport has it) goes to the compiled tap
+(:class:`proxy.sip.capture.Capture`: the recent-messages ring and the HEP queue); every
+per-call summary and learned route of an ``Effects`` goes to the calls index
+(:mod:`proxy.runtime.calls`).
 
-The runtime holds one :class:`Tracer` in ``Runtime.tap``, or None when neither is configured:
-then the message path pays one attribute check. With them, a message costs a wall-clock read,
-the ring's byte search and tuple append, and one tuple queued for HEP.
+The runtime holds one :class:`Tracer` in ``Runtime.tap``, or None when nothing is configured:
+then the message path pays one attribute check. With it, a message costs one call into the
+compiled tap (a tuple, two bounded appends).
 
 The proxy's own address in a HEP packet is the socket the message used: the listener of its
 transport and address family (for a wildcard listener, ``advertise`` when it is an IP
@@ -22,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from proxy.runtime.calls import CallRing
-from proxy.runtime.hep import DROP_REASONS, HepSender
-from proxy.sip.transport import Send, Source
+from proxy.runtime.calls import BYTES_PER_CALL, MESSAGES_PER_CALL, CallIndex
+from proxy.runtime.hep import DROP_REASONS, QUEUE_SIZE, HepSender
+from proxy.sip.capture import Capture, HepEncoder
 
 if TYPE_CHECKING:
     from proxy.runtime.server import Runtime
@@ -32,85 +33,46 @@ if TYPE_CHECKING:
 log = logging.getLogger("proxy")
 PREFIX = "sip_policy_proxy_"
 #: the metrics this module adds to /metrics (without the _total suffixes)
-METRIC_NAMES = ("hep_sent", "hep_dropped", "hep_queue", "trace_calls", "trace_bytes")
-_CONN_CACHE = 4096  # local addresses of stream connections remembered (cleared past it)
+METRIC_NAMES = ("hep_sent", "hep_dropped", "hep_queue", "trace_messages", "trace_bytes")
 _WILDCARDS = ("0.0.0.0", "::")
+CLOCK_CHECK = 10.0  # seconds between two readings of the wall clock's offset
 
 
 class Tracer:
-    """The taps; ``ring`` and ``hep`` are None when not configured."""
+    """The taps: ``received(data, src, now)`` and ``sent(send, now)`` are the compiled
+    capture's own methods; ``calls`` and ``hep`` are None when not configured."""
 
-    def __init__(self, ring: CallRing | None, hep: HepSender | None,
-                 locals_: dict[tuple[str, bool], tuple[str, int]],
-                 streams: Any = None) -> None:
-        self.ring = ring
+    def __init__(self, capture: Capture, calls: CallIndex | None, hep: HepSender | None
+                 ) -> None:
+        self.capture = capture
+        self.calls = calls
         self.hep = hep
-        self.locals = locals_  # (transport, IPv6?) -> the proxy's (IP, port)
-        self.streams = streams  # the runtime: its tcp / tls managers hold the connections
-        self._conn_local: dict[int, tuple[str, int]] = {}
+        self.received = capture.received
+        self.sent = capture.sent
+        self._clock: Any = None
 
-    # ------------------------------------------------------------------ the message path
-
-    def received(self, data: bytes, src: Source) -> None:
-        t = time.time()
-        ring = self.ring
-        if ring is not None:
-            ring.message(data, t, True, src.transport, src.host, src.port)
-        hep = self.hep
-        if hep is not None:
-            hep.push((data, t, True, src.transport, src.host, src.port,
-                      self.local(src.transport, src.host, src.conn_id)))
-
-    def sent(self, s: Send) -> None:
-        t = time.time()
-        ring = self.ring
-        if ring is not None:
-            ring.message(s.data, t, False, s.transport, s.host, s.port)
-        hep = self.hep
-        if hep is not None:
-            hep.push((s.data, t, False, s.transport, s.host, s.port,
-                      self.local(s.transport, s.host, s.conn_id)))
-
-    def local(self, transport: str, host: str, conn_id: int | None) -> tuple[str, int]:
-        """The proxy's address for a message with ``host`` over ``transport``."""
-        if conn_id is not None and transport != "udp":
-            found = self._conn_local.get(conn_id)
-            if found is None:
-                found = self._stream_local(transport, conn_id)
-                if found is not None:
-                    if len(self._conn_local) >= _CONN_CACHE:
-                        self._conn_local.clear()
-                    self._conn_local[conn_id] = found
-            if found is not None:
-                return found
-        v6 = ":" in host
-        return self.locals.get((transport, v6)) or ("::" if v6 else "0.0.0.0", 0)
-
-    def _stream_local(self, transport: str, conn_id: int) -> tuple[str, int] | None:
-        manager = getattr(self.streams, "tls" if transport == "tls" else "tcp", None)
-        conn = manager.conns.get(conn_id) if manager is not None else None
-        if conn is None or conn.transport is None:
-            return None
-        name = conn.transport.get_extra_info("sockname")
-        return (str(name[0]), int(name[1])) if name else None
-
-    # ------------------------------------------------------------------ what the core said
+    def start_clock(self, loop: Any) -> None:
+        """Keep the capture's offset from the loop's clock to Unix time (re-read every
+        :data:`CLOCK_CHECK` seconds: the wall clock may be set meanwhile)."""
+        self.capture.offset = time.time() - loop.time()
+        self._clock = loop.call_later(CLOCK_CHECK, self.start_clock, loop)
 
     def summaries(self, records: Iterable[object]) -> None:
-        if self.ring is not None:
-            self.ring.summaries(records)
+        if self.calls is not None:
+            self.calls.summaries(records)
 
     def learned(self, writes: Iterable[Any]) -> None:
         """Routes learned from a 3xx (``Effects.writes``: StoreWrite(route, ctx))."""
-        ring = self.ring
-        if ring is None:
+        if self.calls is None:
             return
         t = time.time()
         for w in writes:
             r = w[0]
-            ring.learned(r.call_id, r.old_uri, r.new_uri, r.status, t)
+            self.calls.learned(r.call_id, r.old_uri, r.new_uri, r.status, t)
 
     def close(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
         if self.hep is not None:
             self.hep.close()
 
@@ -143,34 +105,59 @@ def _advertised_ip(advertise: str | None) -> str | None:
         return None
 
 
+def stream_local(rt: Runtime) -> Any:
+    """``(transport, conn_id) -> (IP, port)`` of a TCP/TLS connection of ``rt``, or None."""
+    def find(transport: str, conn_id: int) -> tuple[str, int] | None:
+        manager = rt.tls if transport in ("tls", "wss") else rt.tcp
+        conn = manager.conns.get(conn_id) if manager is not None else None
+        if conn is None or conn.transport is None:
+            return None
+        name = conn.transport.get_extra_info("sockname")
+        return (str(name[0]), int(name[1])) if name else None
+    return find
+
+
 def install(rt: Runtime) -> Tracer | None:
     """The tracer of ``rt``'s configuration, or None when there is nothing to trace (no
     ``hep:``, and no ``http:`` or ``trace_calls: 0``)."""
     cfg = rt.config
-    ring = CallRing(cfg.trace_calls) if cfg.http is not None and cfg.trace_calls > 0 else None
-    hep = None
-    if cfg.hep is not None:
-        ip = rt.resolver.resolve_now(cfg.hep.host)
-        if ip is None:
-            log.error("hep: cannot resolve %s: HEP export is off", cfg.hep.host)
-        else:
-            try:
-                hep = HepSender.connect(rt.loop, ip, cfg.hep.port, cfg.hep.capture_id)
-            except OSError as exc:
-                log.error("hep: cannot open a socket to %s:%d: %s: HEP export is off", ip,
-                          cfg.hep.port, exc)
-            else:
-                log.info("HEP export to udp:%s (capture id %d)",
-                         f"[{ip}]:{cfg.hep.port}" if ":" in ip else f"{ip}:{cfg.hep.port}",
-                         cfg.hep.capture_id)
-    if ring is None and hep is None:
+    ring = cfg.trace_calls if cfg.http is not None else 0
+    hep = _hep_sender(rt) if cfg.hep is not None else None
+    if ring == 0 and hep is None:
         return None
-    return Tracer(ring, hep, local_addresses(rt), rt)
+    capture = Capture(ring * MESSAGES_PER_CALL, ring * BYTES_PER_CALL, QUEUE_SIZE,
+                      hep.wake if hep is not None else None)
+    if hep is not None:
+        assert capture.hep is not None
+        hep.queue = capture.hep
+        hep.full = lambda: capture.hep_full
+    tracer = Tracer(capture, CallIndex(capture, ring) if ring else None, hep)
+    tracer.start_clock(rt.loop)
+    return tracer
+
+
+def _hep_sender(rt: Runtime) -> HepSender | None:
+    target = rt.config.hep
+    assert target is not None
+    ip = rt.resolver.resolve_now(target.host)
+    if ip is None:
+        log.error("hep: cannot resolve %s: HEP export is off", target.host)
+        return None
+    encoder = HepEncoder(target.capture_id, local_addresses(rt), stream_local(rt))
+    try:
+        sender = HepSender.connect(rt.loop, ip, target.port, encoder)
+    except OSError as exc:
+        log.error("hep: cannot open a socket to %s:%d: %s: HEP export is off", ip, target.port,
+                  exc)
+        return None
+    shown = f"[{ip}]:{target.port}" if ":" in ip else f"{ip}:{target.port}"
+    log.info("HEP export to udp:%s (capture id %d)", shown, target.capture_id)
+    return sender
 
 
 class TracingCollector:
-    """``hep_sent_total``, ``hep_dropped_total{reason}``, ``hep_queue``, ``trace_calls`` and
-    ``trace_bytes``, read at scrape time from the runtime's tracer (zeros without one)."""
+    """``hep_sent_total``, ``hep_dropped_total{reason}``, ``hep_queue``, ``trace_messages``
+    and ``trace_bytes``, read at scrape time from the runtime's tracer (zeros without one)."""
 
     def __init__(self, rt: Any) -> None:
         self.rt = rt
@@ -181,20 +168,23 @@ class TracingCollector:
     def collect(self) -> Iterator[Metric]:
         tracer: Tracer | None = getattr(self.rt, "tap", None)
         hep = tracer.hep if tracer is not None else None
-        ring = tracer.ring if tracer is not None else None
+        capture = tracer.capture if tracer is not None else None
+        ring = capture.ring if capture is not None else None
         yield CounterMetricFamily(PREFIX + "hep_sent", "HEP packets sent",
                                   value=hep.sent if hep is not None else 0)
         dropped = CounterMetricFamily(PREFIX + "hep_dropped",
-                                      "HEP packets dropped (queue full, send error ...)",
+                                      "HEP packets dropped (queue full, collector refused ...)",
                                       labels=["reason"])
+        counts = hep.dropped() if hep is not None else {}
         for reason in DROP_REASONS:
-            dropped.add_metric([reason], hep.dropped[reason] if hep is not None else 0)
+            dropped.add_metric([reason], counts.get(reason, 0))
         yield dropped
         yield GaugeMetricFamily(PREFIX + "hep_queue", "Messages waiting to go out as HEP",
                                 value=len(hep.queue) if hep is not None else 0)
-        yield GaugeMetricFamily(PREFIX + "trace_calls", "Calls kept for /calls",
-                                value=len(ring.calls) if ring is not None else 0)
+        yield GaugeMetricFamily(PREFIX + "trace_messages",
+                                "Recent messages kept for /calls",
+                                value=len(ring) if ring is not None else 0)
         yield GaugeMetricFamily(PREFIX + "trace_bytes",
-                                "Bytes the kept calls count against their budget",
-                                value=ring.bytes if ring is not None else 0)
-
+                                "Bytes the recent messages count against their budget",
+                                value=capture.bytes if capture is not None and ring is not None
+                                else 0)

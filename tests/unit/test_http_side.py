@@ -20,8 +20,10 @@ from urllib.parse import quote
 import pytest
 
 from proxy.runtime import http as http_side
-from proxy.runtime.calls import CallRing
+from proxy.runtime.calls import CallIndex
 from proxy.runtime.http_access import Access, presented
+from proxy.sip.capture import Capture
+from proxy.sip.transport import Source
 from tests.unit.core_harness import Harness
 
 TOKEN = "s3cret-token-0123456789"
@@ -51,13 +53,14 @@ async def aget(url: str, **kw: Any) -> tuple[int, dict[str, list[str]], str]:
 
 def runtime(token: str | None) -> SimpleNamespace:
     h = Harness.make()
-    ring = CallRing(10)
-    ring.message(f"INVITE sip:b@x SIP/2.0\r\nCall-ID: {CALL_ID}\r\nFrom: <sip:a@x>\r\n"
-                 "To: <sip:b@x>\r\n\r\n".encode(), 1.7e9, True, "udp", "10.0.0.1", 5060)
+    capture = Capture(100, 10**6, 0, None)
+    capture.received(f"INVITE sip:b@x SIP/2.0\r\nCall-ID: {CALL_ID}\r\nFrom: <sip:a@x>\r\n"
+                     "To: <sip:b@x>\r\n\r\n".encode(), Source("udp", "10.0.0.1", 5060), 1.7e9)
     return SimpleNamespace(core=h.core, store_ok=True, listening=True, started=1.7e9,
                            reloads=Counter(), loop=asyncio.get_running_loop(),
                            config=SimpleNamespace(http_token=token),
-                           tap=SimpleNamespace(ring=ring, hep=None))
+                           tap=SimpleNamespace(calls=CallIndex(capture, 10), hep=None,
+                                               capture=capture))
 
 
 @pytest.fixture

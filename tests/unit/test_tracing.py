@@ -1,6 +1,7 @@
-"""Tracing, unit by unit: the HEPv3 encoding chunk by chunk (HEP3 specification rev. 12), the
-sender's bounded queue against a real socket that stops reading, the Call-ID byte search, the
-recent-calls ring's bounds (count and bytes, checked against what Python really allocates),
+"""Tracing, unit by unit: the HEPv3 packets chunk by chunk against a reference written from
+the HEP3 specification (rev. 12) table, the sender's bounded queue against a real socket that
+stops reading and a closed port, the Call-ID byte search, the tap's ring of recent messages
+(count and bytes, checked against what Python really allocates) and the calls index over it,
 the decisions placed on the messages where they happened (a core driven by hand), the ladder
 as text and as HTML, and the configuration keys (hep, trace_calls, http_token)."""
 
@@ -18,21 +19,48 @@ from typing import Any
 import pytest
 
 from proxy.config import load_config
-from proxy.core.types import Source
+from proxy.core.types import Send, Source
 from proxy.diagnostics import ConfigError
 from proxy.ladder import build, text
-from proxy.runtime import calls_json, hep
-from proxy.runtime.callid import call_id_of
-from proxy.runtime.calls import MAX_MESSAGES, RAW_LIMIT, CallRing
+from proxy.runtime import calls_json
+from proxy.runtime.calls import MAX_MESSAGES, CallIndex
+from proxy.runtime.hep import HepSender
 from proxy.runtime.ladder_page import page
+from proxy.sip.capture import MESSAGE_OVERHEAD, RAW_LIMIT, Capture, HepEncoder, call_id_of
 from tests.unit.core_harness import CALLER, Harness, request, response_to
 
 SIP = (b"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.1.2.3:5062;branch=z9hG4bK1\r\n"
        b"From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
        b"Call-ID: abc123@10.1.2.3\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+LOCAL = {("udp", False): ("192.0.2.10", 5060), ("tcp", False): ("192.0.2.10", 5060),
+         ("tls", True): ("2001:db8::1", 5061), ("udp", True): ("2001:db8::1", 5060)}
 
 
 # ------------------------------------------------------------------ HEP
+
+
+def reference(src: str, sport: int, dst: str, dport: int, t: float, proto: int, capture_id: int,
+              payload: bytes, correlation: bytes | None) -> bytes:
+    """A HEPv3 packet written chunk by chunk from the specification's table, independently
+    of the proxy's encoder: (vendor 0, type, length with the 6-byte header, value), in the
+    table's order (the proxy's order differs; a collector reads chunks in any order)."""
+    v6 = ":" in src
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+
+    def chunk(kind: int, value: bytes) -> bytes:
+        return struct.pack("!HHH", 0, kind, 6 + len(value)) + value
+
+    sec = int(t)
+    usec = min(999_999, int(round((t - sec) * 1e6)))
+    body = b"".join([
+        chunk(0x01, bytes([10 if v6 else 2])), chunk(0x02, bytes([proto])),
+        chunk(0x05 if v6 else 0x03, socket.inet_pton(fam, src)),
+        chunk(0x06 if v6 else 0x04, socket.inet_pton(fam, dst)),
+        chunk(0x07, struct.pack("!H", sport)), chunk(0x08, struct.pack("!H", dport)),
+        chunk(0x09, struct.pack("!I", sec)), chunk(0x0A, struct.pack("!I", usec)),
+        chunk(0x0B, b"\x01"), chunk(0x0C, struct.pack("!I", capture_id)),
+        *([chunk(0x11, correlation)] if correlation else []), chunk(0x0F, payload)])
+    return b"HEP3" + struct.pack("!H", 6 + len(body)) + body
 
 
 def chunks(packet: bytes) -> list[tuple[int, int, bytes]]:
@@ -51,18 +79,23 @@ def chunks(packet: bytes) -> list[tuple[int, int, bytes]]:
     return out
 
 
+def captured(data: bytes = SIP, t: float = 1796585733.123456, inbound: bool = True,
+             transport: str = "udp", host: str = "10.1.2.3", port: int = 5062,
+             conn_id: int | None = None) -> Any:
+    return (t, inbound, transport, host, port, data, conn_id, len(data))
+
+
 def test_a_hep3_packet_carries_every_chunk_of_the_specification() -> None:
-    t = 1796585733.123456
-    packet = hep.encode("10.1.2.3", 5062, "10.9.8.7", 5060, t, hep.PROTO_UDP, 2001, SIP,
-                        b"abc123@10.1.2.3")
+    packet = HepEncoder(2001, LOCAL).packet(captured(), b"abc123@10.1.2.3")
     found = chunks(packet)
     assert all(vendor == 0 for vendor, _, _ in found)  # the generic vendor
     by_type = {kind: value for _, kind, value in found}
-    assert [kind for _, kind, _ in found] == [1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 0x11, 0x0F]
+    # the time first (packed with the header), the payload last (any order is valid HEPv3)
+    assert [kind for _, kind, _ in found] == [9, 10, 1, 2, 3, 4, 7, 8, 11, 12, 0x11, 0x0F]
     assert by_type[0x01] == bytes([socket.AF_INET])  # 2
     assert by_type[0x02] == bytes([17])  # UDP
-    assert by_type[0x03] == socket.inet_aton("10.1.2.3")
-    assert by_type[0x04] == socket.inet_aton("10.9.8.7")
+    assert by_type[0x03] == socket.inet_aton("10.1.2.3")  # received: the peer is the source
+    assert by_type[0x04] == socket.inet_aton("192.0.2.10")
     assert struct.unpack("!H", by_type[0x07]) == (5062,)
     assert struct.unpack("!H", by_type[0x08]) == (5060,)
     assert struct.unpack("!I", by_type[0x09]) == (1796585733,)
@@ -71,55 +104,69 @@ def test_a_hep3_packet_carries_every_chunk_of_the_specification() -> None:
     assert struct.unpack("!I", by_type[0x0C]) == (2001,)
     assert by_type[0x11] == b"abc123@10.1.2.3"
     assert by_type[0x0F] == SIP  # byte for byte
-    # the fixed chunks have the lengths of their values (uint8: 7, uint16: 8, uint32/IPv4: 10)
     lengths = {kind: len(value) + 6 for _, kind, value in found}
     assert [lengths[k] for k in (1, 2, 3, 4, 7, 8, 9, 10, 11, 12)] == [7, 7, 10, 10, 8, 8, 10,
                                                                        10, 7, 10]
 
 
-def test_ipv6_and_tcp_and_no_correlation() -> None:
-    packet = hep.encode("2001:db8::1", 5060, "::1", 41000, 1.5, hep.PROTO_TCP, 7, SIP, None)
-    by_type = {kind: value for _, kind, value in chunks(packet)}
-    assert by_type[0x01] == bytes([socket.AF_INET6])  # 10
-    assert by_type[0x02] == bytes([6])
-    assert by_type[0x05] == socket.inet_pton(socket.AF_INET6, "2001:db8::1")
-    assert by_type[0x06] == socket.inet_pton(socket.AF_INET6, "::1")
-    assert 0x03 not in by_type and 0x11 not in by_type
-    assert struct.unpack("!I", by_type[0x0A]) == (500000,)
+@pytest.mark.parametrize(("c", "legs"), [
+    (captured(), ("10.1.2.3", 5062, "192.0.2.10", 5060, 17)),
+    (captured(inbound=False, t=1796585733.9999996), ("192.0.2.10", 5060, "10.1.2.3", 5062, 17)),
+    (captured(transport="tcp", t=0.0000004), ("10.1.2.3", 5062, "192.0.2.10", 5060, 6)),
+    (captured(transport="tls", host="2001:db8::7", port=5061, inbound=False, t=5.25),
+     ("2001:db8::1", 5061, "2001:db8::7", 5061, 6)),
+    (captured(data=b"OPTIONS sip:x SIP/2.0\r\n\r\n"), ("10.1.2.3", 5062, "192.0.2.10", 5060, 17)),
+])
+@pytest.mark.parametrize("correlation", [b"abc123@10.1.2.3", None])
+def test_the_encoder_writes_the_reference_packets(c: Any, legs: tuple[Any, ...],
+                                                  correlation: bytes | None) -> None:
+    """Both directions, TCP and TLS (protocol 6), IPv6, an IPv4-mapped peer, no Call-ID:
+    byte for byte the reference, also the second time (from the encoder's leg cache)."""
+    enc = HepEncoder(4242, LOCAL)
+    expected = reference(*legs[:4], c[0], legs[4], 4242, c[5], correlation)
+    for packet in (enc.packet(c, correlation), enc.packet(c, correlation)):
+        assert len(packet) == len(expected)
+        assert sorted(chunks(packet)) == sorted(chunks(expected))  # the same chunks
+        assert chunks(packet)[-1] == (0, 0x0F, c[5])  # the payload last
 
 
-def test_what_the_proxy_received_and_sent_point_the_right_way() -> None:
-    local = ("192.0.2.10", 5060)
-    inbound = hep.packet_of((SIP, 10.0, True, "udp", "10.1.2.3", 5062, local), 1)
-    outbound = hep.packet_of((SIP, 10.0, False, "tls", "10.9.8.7", 5061, local), 1)
-    a = {k: v for _, k, v in chunks(inbound)}
-    b = {k: v for _, k, v in chunks(outbound)}
-    assert (a[3], a[4]) == (socket.inet_aton("10.1.2.3"), socket.inet_aton("192.0.2.10"))
-    assert (a[7], a[8]) == (struct.pack("!H", 5062), struct.pack("!H", 5060))
-    assert (b[3], b[4]) == (socket.inet_aton("192.0.2.10"), socket.inet_aton("10.9.8.7"))
-    assert b[2] == bytes([6])  # TLS rides TCP
-    assert a[0x11] == b[0x11] == b"abc123@10.1.2.3"  # the Call-ID found in the bytes
+def test_an_ipv4_mapped_peer_beside_an_ipv4_address_is_written_as_ipv4() -> None:
+    enc = HepEncoder(1, {("udp", True): ("192.0.2.10", 5060)})
+    c = captured(host="::ffff:10.1.2.3")
+    assert sorted(chunks(enc.packet(c, None))) == sorted(chunks(reference(
+        "10.1.2.3", 5062, "192.0.2.10", 5060, c[0], 17, 1, SIP, None)))
 
 
-def test_a_message_too_big_for_one_datagram_is_refused() -> None:
+def test_a_stream_message_uses_its_connection_local_end() -> None:
+    enc = HepEncoder(1, LOCAL)
+    enc.conn_local[7] = ("192.0.2.10", 41000)
+    by_type = {k: v for _, k, v in chunks(enc.packet(captured(transport="tcp", conn_id=7,
+                                                              inbound=False), None))}
+    assert struct.unpack("!H", by_type[0x07]) == (41000,)
+
+
+def test_a_message_too_big_or_from_a_name_is_refused() -> None:
+    enc = HepEncoder(1, LOCAL)
     with pytest.raises(OverflowError):
-        hep.encode("10.0.0.1", 1, "10.0.0.2", 2, 0.0, 17, 1, b"x" * 65500, b"c")
+        enc.packet(captured(data=b"x" * 65500), b"c")
     with pytest.raises(ValueError):
-        hep.encode("not-an-ip", 1, "10.0.0.2", 2, 0.0, 17, 1, SIP, None)
+        enc.packet(captured(host="pbx.example.com"), None)
 
 
 async def test_a_full_queue_drops_and_counts_and_never_blocks_the_loop() -> None:
     """A collector socket that never reads: a Unix datagram pair refuses (EAGAIN) once its
-    queue is full. The sender waits for it without blocking the loop; past its own bound it
-    drops and counts; once the peer reads again, what was queued goes out."""
+    queue is full. The sender waits for it without blocking the loop; past the tap's bound
+    the tap drops and counts; once the peer reads again, what was queued goes out."""
     loop = asyncio.get_running_loop()
     ours, collector = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     collector.setblocking(False)
-    sender = hep.HepSender(loop, ours, capture_id=1, queue_size=50)
+    sender = HepSender(loop, ours, HepEncoder(1, LOCAL))
+    capture = Capture(0, 0, 50, sender.wake)
+    assert capture.hep is not None
+    sender.queue, sender.full = capture.hep, lambda: capture.hep_full
     try:
-        msg = (SIP, 1.0, True, "udp", "10.1.2.3", 5062, ("10.9.8.7", 5060))
         for _ in range(2000):
-            sender.push(msg)
+            capture.received(SIP, Source("udp", "10.1.2.3", 5062), 1.0)
             await asyncio.sleep(0)  # the loop runs between messages, as in the proxy
         ticks = 0
         deadline = loop.time() + 2.0
@@ -127,9 +174,10 @@ async def test_a_full_queue_drops_and_counts_and_never_blocks_the_loop() -> None
             await asyncio.sleep(0.001)
             ticks += 1
         assert ticks == 20
-        assert sender.dropped["queue_full"] > 0
+        dropped = sender.dropped()["queue_full"]
+        assert dropped == capture.hep_full > 0
         assert 0 < sender.sent < 2000 and len(sender.queue) == 50
-        assert sender.sent + len(sender.queue) + sender.dropped["queue_full"] == 2000
+        assert sender.sent + len(sender.queue) + dropped == 2000
         got = 0
         while sender.queue or got < sender.sent:  # the collector reads: the rest goes out
             try:
@@ -144,22 +192,31 @@ async def test_a_full_queue_drops_and_counts_and_never_blocks_the_loop() -> None
         collector.close()
 
 
-async def test_a_closed_collector_port_counts_send_errors() -> None:
+async def test_a_closed_collector_port_pauses_the_export_and_counts() -> None:
     """HEP to a UDP port nobody listens on: the ICMP port unreachable comes back as
-    ECONNREFUSED on the connected socket; the packets are counted as dropped."""
+    ECONNREFUSED on the connected socket; for a second nothing is encoded or sent, what is
+    queued is dropped and counted; then the collector is tried again."""
     loop = asyncio.get_running_loop()
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    sender = hep.HepSender.connect(loop, "127.0.0.1", port, 1)
+    sender = HepSender.connect(loop, "127.0.0.1", port, HepEncoder(1, LOCAL))
+    capture = Capture(0, 0, 100, sender.wake)
+    assert capture.hep is not None
+    sender.queue = capture.hep
     try:
-        msg = (SIP, 1.0, True, "udp", "10.1.2.3", 5062, ("10.9.8.7", 5060))
         for _ in range(20):
-            sender.push(msg)
+            capture.sent(Send("udp", "10.1.2.3", 5062, SIP), 1.0)
             await asyncio.sleep(0.001)
-        assert sender.dropped["send_error"] > 0
-        assert sender.sent + sender.dropped["send_error"] == 20
+        dropped = sender.dropped()
+        assert dropped["send_error"] == 1 and dropped["refused"] > 0
+        assert sender.sent + dropped["send_error"] + dropped["refused"] == 20
+        assert sender.sent <= 2  # sent until the refusal came back, then paused
+        sender._paused_until = loop.time()  # the pause is over: tried again
+        capture.sent(Send("udp", "10.1.2.3", 5062, SIP), 1.0)
+        await asyncio.sleep(0.01)
+        assert sender.sent + sender.dropped()["send_error"] + sender.dropped()["refused"] == 21
     finally:
         sender.close()
 
@@ -172,6 +229,7 @@ async def test_a_closed_collector_port_counts_send_errors() -> None:
     (b"BYE sip:x SIP/2.0\r\ni: compact-1\r\nCSeq: 2 BYE\r\n\r\n", b"compact-1"),
     (b"BYE sip:x SIP/2.0\r\ncall-id :  spaced  \r\n\r\n", b"spaced"),
     (b"BYE sip:x SIP/2.0\r\nCALL-ID:last\r\n\r\nbody\r\nCall-ID: not-this", b"last"),
+    (b"BYE sip:x SIP/2.0\r\ni: c\r\n\r\nx\r\nCall-ID: body\r\n", b"c"),
     (b"BYE sip:x SIP/2.0\r\nVia: x\r\n\r\nCall-ID: in-body", None),
     (b"garbage", None),
 ])
@@ -179,7 +237,7 @@ def test_the_call_id_byte_search(data: bytes, expected: bytes | None) -> None:
     assert call_id_of(data) == expected
 
 
-# ------------------------------------------------------------------ the ring
+# ------------------------------------------------------------------ the ring and the index
 
 
 def invite(i: int, size: int = 500) -> bytes:
@@ -187,90 +245,109 @@ def invite(i: int, size: int = 500) -> bytes:
     return head + b"v" * max(0, size - len(head))
 
 
-def accounted(ring: CallRing) -> int:
-    return sum(t.size for t in ring.calls.values())
+def accounted(capture: Capture) -> int:
+    assert capture.ring is not None
+    return sum(len(item[5]) + MESSAGE_OVERHEAD for item in capture.ring)
 
 
-def test_the_ring_holds_its_bound_in_calls_and_bytes() -> None:
-    ring = CallRing(max_calls=100)
-    for i in range(5000):
-        data = invite(i)
-        for k in range(10):
-            ring.message(data if k == 0 else data.replace(b"INVITE", b"SIP/2.0 100"), float(i),
-                         k % 2 == 0, "udp", "10.0.0.1", 5060)
-    assert len(ring.calls) == 100 and ring.evicted == 4900
-    assert [t.call_id for t in ring.newest_first()][:2] == [b"call-4999", b"call-4998"]
-    assert ring.bytes == accounted(ring) <= ring.max_bytes
-    assert all(len(t.messages) == 10 for t in ring.calls.values())
+def feed_calls(capture: Capture, calls: int, per_call: int = 10, size: int = 500,
+               first: int = 0) -> None:
+    src = Source("udp", "10.0.0.1", 5060)
+    for i in range(first, first + calls):
+        data = invite(i, size)
+        capture.received(data, src, float(i))
+        for k in range(per_call - 1):
+            reply = bytes(bytearray(data.replace(b"INVITE sip:b@x", b"SIP/2.0 100")))
+            if k % 2:
+                capture.received(reply, src, float(i))
+            else:
+                capture.sent(Send("udp", "10.0.0.2", 5070, reply), float(i))
 
 
-def test_the_byte_budget_pushes_out_old_calls_and_big_messages_are_cut() -> None:
-    ring = CallRing(max_calls=1000, max_bytes=200_000)
-    for i in range(200):
-        ring.message(invite(i, 20_000), float(i), True, "udp", "10.0.0.1", 5060)
-    assert ring.bytes == accounted(ring) <= 200_000
-    assert 30 <= len(ring.calls) < 200  # the budget, not the count, decided
-    kept = ring.newest_first()[0].messages[0]
-    assert len(kept[5]) == RAW_LIMIT and kept[6] == 20_000  # cut, its full size remembered
+def test_the_ring_holds_its_bound_in_messages_and_bytes() -> None:
+    capture = Capture(1000, 10**9, 0, None)
+    feed_calls(capture, 5000)
+    assert capture.ring is not None and len(capture.ring) == 1000
+    assert capture.appended == 50_000
+    assert capture.bytes == accounted(capture)
+    capture = Capture(10**6, 300_000, 0, None)
+    feed_calls(capture, 5000)
+    assert capture.bytes == accounted(capture) <= 300_000
+    assert capture.ring is not None and capture.ring[-1][5].startswith(b"SIP/2.0 100")
 
 
-def test_one_call_keeps_at_most_max_messages() -> None:
-    ring = CallRing(max_calls=10)
-    data = invite(1)
-    for _ in range(MAX_MESSAGES + 50):
-        ring.message(data, 1.0, True, "udp", "10.0.0.1", 5060)
-    [trace] = ring.calls.values()
+def test_a_big_message_is_cut_in_the_ring_and_whole_in_the_hep_queue() -> None:
+    capture = Capture(10, 10**6, 10, lambda: None)
+    big = invite(1, 20_000)
+    capture.received(big, Source("udp", "10.0.0.1", 5060), 1.0)
+    assert capture.ring is not None and capture.hep is not None
+    kept, queued = capture.ring[0], capture.hep[0]
+    assert len(kept[5]) == RAW_LIMIT and kept[7] == 20_000
+    assert queued[5] is big
+
+
+def test_the_index_lists_the_newest_calls_and_only_calls() -> None:
+    capture = Capture(10_000, 10**8, 0, None)
+    index = CallIndex(capture, max_calls=50)
+    src = Source("udp", "10.0.0.1", 5060)
+    capture.received(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: o1\r\n\r\n", src, 0.0)
+    capture.received(b"REGISTER sip:x SIP/2.0\r\nCall-ID: r1\r\n\r\n", src, 0.0)
+    capture.sent(Send("udp", "10.0.0.2", 1, invite(-1)), 0.0)  # one the proxy sent
+    feed_calls(capture, 80)
+    listed = index.newest_first()
+    assert [t.call_id for t in listed[:2]] == [b"call-79", b"call-78"]
+    assert len(listed) == 50 and all(len(t.messages) == 10 for t in listed)
+    assert index.get("o1") is None and index.get("r1") is None and index.get("call--1") is None
+    feed_calls(capture, 3, first=100)  # indexed again: only the new messages are searched
+    assert [t.call_id for t in index.newest_first()[:1]] == [b"call-102"]
+    trace = index.get("call-102")
+    assert trace is not None and len(trace.messages) == 10
+
+
+def test_one_call_shows_at_most_max_messages() -> None:
+    capture = Capture(10_000, 10**8, 0, None)
+    index = CallIndex(capture, max_calls=10)
+    feed_calls(capture, 1, per_call=MAX_MESSAGES + 50)
+    trace = index.get("call-0")
+    assert trace is not None
     assert len(trace.messages) == MAX_MESSAGES and trace.dropped == 50
-
-
-def test_only_a_received_invite_starts_a_call() -> None:
-    ring = CallRing(max_calls=10)
-    ring.message(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: o1\r\n\r\n", 1.0, True, "udp", "h", 1)
-    ring.message(b"REGISTER sip:x SIP/2.0\r\nCall-ID: r1\r\n\r\n", 1.0, True, "udp", "h", 1)
-    ring.message(invite(7), 1.0, False, "udp", "h", 1)  # one the proxy sent, not received
-    ring.message(b"INVITE sip:x SIP/2.0\r\nVia: x\r\n\r\n", 1.0, True, "udp", "h", 1)  # no Call-ID
-    assert ring.calls == {}
 
 
 def test_the_memory_really_held_stays_within_the_budget() -> None:
     """What tracemalloc sees allocated by a full ring is within the bytes it accounts for
     (the overhead per message is not an underestimate)."""
-    ring = CallRing(max_calls=300)
+    capture = Capture(3000, 10**9, 0, None)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for i in range(3000):
-            data = invite(i, 600)
-            for k in range(12):
-                ring.message(data if k == 0 else bytes(bytearray(data)), float(i), True, "udp",
-                             "10.0.0.1", 5060)
+        feed_calls(capture, 3000, per_call=12, size=600)
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert len(ring.calls) == 300
-    assert held <= ring.bytes * 1.2, (held, ring.bytes)
-    assert ring.bytes <= ring.max_bytes
+    assert capture.ring is not None and len(capture.ring) == 3000
+    assert held <= capture.bytes * 1.2, (held, capture.bytes)
 
 
 # ------------------------------------------------------------------ decisions where they happened
 
 
-def traced_call() -> tuple[Harness, CallRing]:
-    """A core driven by hand with the ring tapping it as the runtime does: the caller's
-    INVITE, 503 from the first upstream (unavailable: failover), 603 from the second
+def traced_call() -> tuple[Harness, CallIndex]:
+    """A core driven by hand with the tap and the index fed as the runtime feeds them: the
+    caller's INVITE, 503 from the first upstream (unavailable: failover), 603 from the second
     (global-failure: stop), the 603 to the caller and its ACK."""
     h = Harness.make()
-    ring = CallRing(max_calls=10)
+    capture = Capture(1000, 10**7, 0, None)
+    index = CallIndex(capture, max_calls=10)
     t = [100.0]
 
     def feed(data: bytes, src: Source) -> list[Any]:
         t[0] += 0.01
-        ring.message(data, t[0], True, src.transport, src.host, src.port)
+        capture.received(data, src, t[0])
         fx = h.core.on_message(data, src, h.now)
-        ring.summaries(fx.logs)
+        index.summaries(fx.logs)
         for s in fx.sends:
             t[0] += 0.001
-            ring.message(s.data, t[0], False, s.transport, s.host, s.port)
+            capture.sent(s, t[0])
         h.take(fx)
         return fx.sends
 
@@ -282,14 +359,18 @@ def traced_call() -> tuple[Harness, CallRing]:
     final = [s for s in h.sent if s.port == CALLER.port and s.data.startswith(b"SIP/2.0 603")]
     assert final
     feed(request("ACK", to_tag="callee1"), CALLER)
-    return h, ring
+    return h, index
+
+
+def traced_detail() -> dict[str, Any]:
+    _, index = traced_call()
+    trace = index.get("call-1@caller")
+    assert trace is not None
+    return calls_json.detail(trace)
 
 
 def test_each_decision_is_placed_on_the_response_that_caused_it() -> None:
-    _, ring = traced_call()
-    trace = ring.get("call-1@caller")
-    assert trace is not None
-    call = calls_json.detail(trace)
+    call = traced_detail()
     assert call["status"] == 603 and call["from"] == "<sip:alice@example.com>;tag=from1"
     assert call["tried"] == ["sip:127.0.0.1:5080", "sip:127.0.0.1:5081"]
     assert call["decisions"] == [{"rule": "unavailable", "action": "failover", "status": 503},
@@ -305,15 +386,27 @@ def test_each_decision_is_placed_on_the_response_that_caused_it() -> None:
     # the INVITE to the second upstream follows the failover decision
     assert any(f.startswith("INVITE") and m["peer"] == "127.0.0.1:5081"
                for f, m in zip(firsts[at503:], call["messages"][at503:], strict=True))
-    summary = calls_json.summary(trace)
-    assert summary["messages"] == len(call["messages"]) and "raw" not in str(summary)
+
+
+def test_a_learned_route_is_marked_on_its_3xx() -> None:
+    capture = Capture(100, 10**6, 0, None)
+    index = CallIndex(capture, max_calls=10)
+    src, pbx = Source("udp", "10.0.0.1", 5062), Source("udp", "10.0.0.9", 5060)
+    capture.received(invite(5), src, 1.0)
+    capture.sent(Send("udp", "10.0.0.9", 5060, invite(5)), 1.1)
+    capture.received(b"SIP/2.0 301 Moved\r\nCall-ID: call-5\r\n\r\n", pbx, 1.2)
+    index.learned("call-5", "sip:a@x", "sip:b@y", 301, 1.7e9)
+    capture.sent(Send("udp", "10.0.0.9", 5060, b"ACK sip:a@x SIP/2.0\r\nCall-ID: call-5\r\n\r\n"),
+                 1.3)
+    trace = index.get("call-5")
+    assert trace is not None
+    [mark] = calls_json.detail(trace)["marks"]
+    assert mark["message"] == 2 and mark["kind"] == "learned"
+    assert mark["text"] == "learned (301): sip:a@x -> sip:b@y"
 
 
 def test_the_text_ladder_draws_every_message_and_decision() -> None:
-    _, ring = traced_call()
-    trace = ring.get("call-1@caller")
-    assert trace is not None
-    call = calls_json.detail(trace)
+    call = traced_detail()
     out = text(call)
     ladder = build(call)
     assert [c.title for c in ladder.columns] == ["caller", "proxy", "sip:127.0.0.1:5080",
@@ -339,10 +432,7 @@ class _Svg(HTMLParser):
 
 
 def test_the_html_ladder_has_one_arrow_per_message_and_no_script() -> None:
-    _, ring = traced_call()
-    trace = ring.get("call-1@caller")
-    assert trace is not None
-    call = calls_json.detail(trace)
+    call = traced_detail()
     html = page(call)
     parsed = _Svg()
     parsed.feed(html)
@@ -356,11 +446,12 @@ def test_the_html_ladder_has_one_arrow_per_message_and_no_script() -> None:
 
 
 def test_what_came_from_the_network_is_escaped() -> None:
-    ring = CallRing(max_calls=2)
+    capture = Capture(10, 10**6, 0, None)
+    index = CallIndex(capture, max_calls=2)
     evil = (b"INVITE sip:<script>alert(1)</script>@x SIP/2.0\r\nCall-ID: <b>x\x1b[2J\r\n"
             b"From: \"</td><script>\" <sip:a@b>\r\nTo: <sip:c@d>\r\n\r\n<svg onload=alert(1)>")
-    ring.message(evil, 1.0, True, "udp", "10.0.0.1", 5060)
-    trace = ring.get("<b>x\x1b[2J")
+    capture.received(evil, Source("udp", "10.0.0.1", 5060), 1.0)
+    trace = index.get("<b>x\x1b[2J")
     assert trace is not None
     call = calls_json.detail(trace)
     html = page(call)

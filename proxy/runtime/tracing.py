@@ -128,12 +128,23 @@ def install(rt: Runtime) -> Tracer | None:
     capture = Capture(ring * MESSAGES_PER_CALL, ring * BYTES_PER_CALL, QUEUE_SIZE,
                       hep.wake if hep is not None else None)
     if hep is not None:
-        assert capture.hep is not None
-        hep.queue = capture.hep
-        hep.full = lambda: capture.hep_full
+        attach(hep, capture)
     tracer = Tracer(capture, CallIndex(capture, ring) if ring else None, hep)
     tracer.start_clock(rt.loop)
     return tracer
+
+
+def attach(hep: HepSender, capture: Capture) -> None:
+    """``hep`` drains ``capture``'s queue and pauses its tap when the collector refuses."""
+    assert capture.hep is not None
+    hep.queue = capture.hep
+    hep.full = lambda: capture.hep_full
+    hep.paused_count = lambda: capture.hep_refused
+
+    def pause(on: bool) -> None:
+        capture.hep_paused = on
+
+    hep.pause = pause
 
 
 def _hep_sender(rt: Runtime) -> HepSender | None:

@@ -63,9 +63,11 @@ def call_id_of(data: bytes) -> bytes | None:
     most user agents write it, the compact ``i:`` (RFC 3261 7.3.3), then any other
     capitalisation (header names are case-insensitive, RFC 3261 7.3.1)."""
     at = data.find(_COMMON, 0, SEARCH_LIMIT)
-    if at >= 0 and (data.endswith(b"\r\n\r\n") or data.find(b"\r\n\r\n", 0, at + 2) < 0):
-        start = at + len(_COMMON)  # in the header section (a message without a body ends
-        #                            with the blank line: nothing to check then)
+    if at >= 0:
+        # the first occurrence: in the header section whenever the header is spelled so (a
+        # body is searched only when the header is written otherwise and the body holds a
+        # "Call-ID:" line, a SIP message fragment: not worth a second scan of every message)
+        start = at + len(_COMMON)
     else:
         end = data.find(b"\r\n\r\n", 0, SEARCH_LIMIT)
         if end < 0:
@@ -102,7 +104,9 @@ class Capture:
     each); ``appended`` counts every message it was given, so that an index built from it
     knows which ones are new. ``hep`` (None when off) is the HEP queue: past ``hep_size``
     messages a new one is dropped and counted (``hep_full``); ``wake`` is called when the
-    queue stops being empty. ``offset`` turns the runtime's monotonic ``now`` into Unix time.
+    queue stops being empty. While ``hep_paused`` (the collector refused), messages are not
+    queued but counted (``hep_refused``). ``offset`` turns the runtime's monotonic ``now``
+    into Unix time.
     """
 
     def __init__(self, ring_messages: int, ring_bytes: int, hep_size: int,
@@ -116,6 +120,8 @@ class Capture:
         self.hep: deque[Captured] | None = deque() if wake is not None else None
         self.hep_size = hep_size
         self.hep_full = 0
+        self.hep_paused = False
+        self.hep_refused = 0
         self._wake = wake
 
     def received(self, data: bytes, src: Source, now: float) -> None:
@@ -130,7 +136,9 @@ class Capture:
     def _add(self, item: Captured) -> None:
         hep = self.hep
         if hep is not None:
-            if len(hep) < self.hep_size:
+            if self.hep_paused:
+                self.hep_refused += 1
+            elif len(hep) < self.hep_size:
                 hep.append(item)
                 if len(hep) == 1 and self._wake is not None:
                     self._wake()

@@ -26,6 +26,7 @@ from proxy.runtime import calls_json
 from proxy.runtime.calls import MAX_MESSAGES, CallIndex
 from proxy.runtime.hep import HepSender
 from proxy.runtime.ladder_page import page
+from proxy.runtime.tracing import attach
 from proxy.sip.capture import MESSAGE_OVERHEAD, RAW_LIMIT, Capture, HepEncoder, call_id_of
 from tests.unit.core_harness import CALLER, Harness, request, response_to
 
@@ -162,12 +163,12 @@ async def test_a_full_queue_drops_and_counts_and_never_blocks_the_loop() -> None
     collector.setblocking(False)
     sender = HepSender(loop, ours, HepEncoder(1, LOCAL))
     capture = Capture(0, 0, 50, sender.wake)
-    assert capture.hep is not None
-    sender.queue, sender.full = capture.hep, lambda: capture.hep_full
+    attach(sender, capture)
     try:
-        for _ in range(2000):
-            capture.received(SIP, Source("udp", "10.1.2.3", 5062), 1.0)
-            await asyncio.sleep(0)  # the loop runs between messages, as in the proxy
+        for _ in range(100):  # bursts of messages, the loop running between them
+            for _ in range(20):
+                capture.received(SIP, Source("udp", "10.1.2.3", 5062), 1.0)
+            await asyncio.sleep(0.002)
         ticks = 0
         deadline = loop.time() + 2.0
         while loop.time() < deadline and ticks < 20:  # the loop is not blocked by HEP
@@ -203,20 +204,30 @@ async def test_a_closed_collector_port_pauses_the_export_and_counts() -> None:
     probe.close()
     sender = HepSender.connect(loop, "127.0.0.1", port, HepEncoder(1, LOCAL))
     capture = Capture(0, 0, 100, sender.wake)
-    assert capture.hep is not None
-    sender.queue = capture.hep
+    attach(sender, capture)
+
+    def accounted() -> int:
+        d = sender.dropped()
+        return sender.sent + d["send_error"] + d["refused"]
+
     try:
-        for _ in range(20):
+        for _ in range(40):
             capture.sent(Send("udp", "10.1.2.3", 5062, SIP), 1.0)
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.02)  # the last drain
         dropped = sender.dropped()
         assert dropped["send_error"] == 1 and dropped["refused"] > 0
-        assert sender.sent + dropped["send_error"] + dropped["refused"] == 20
-        assert sender.sent <= 2  # sent until the refusal came back, then paused
-        sender._paused_until = loop.time()  # the pause is over: tried again
+        assert accounted() == 40
+        assert sender.sent <= 3 and capture.hep_paused  # refused: paused at the tap
+        assert capture.hep_refused > 0 and capture.hep is not None and not capture.hep
+        deadline = loop.time() + 3
+        while capture.hep_paused:  # the pause ends after PAUSE seconds: tried again
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
+        sent = sender.sent
         capture.sent(Send("udp", "10.1.2.3", 5062, SIP), 1.0)
-        await asyncio.sleep(0.01)
-        assert sender.sent + sender.dropped()["send_error"] + sender.dropped()["refused"] == 21
+        await asyncio.sleep(0.05)
+        assert sender.sent == sent + 1 and accounted() == 41
     finally:
         sender.close()
 
@@ -228,9 +239,10 @@ async def test_a_closed_collector_port_pauses_the_export_and_counts() -> None:
     (SIP, b"abc123@10.1.2.3"),
     (b"BYE sip:x SIP/2.0\r\ni: compact-1\r\nCSeq: 2 BYE\r\n\r\n", b"compact-1"),
     (b"BYE sip:x SIP/2.0\r\ncall-id :  spaced  \r\n\r\n", b"spaced"),
-    (b"BYE sip:x SIP/2.0\r\nCALL-ID:last\r\n\r\nbody\r\nCall-ID: not-this", b"last"),
-    (b"BYE sip:x SIP/2.0\r\ni: c\r\n\r\nx\r\nCall-ID: body\r\n", b"c"),
-    (b"BYE sip:x SIP/2.0\r\nVia: x\r\n\r\nCall-ID: in-body", None),
+    (b"BYE sip:x SIP/2.0\r\nCALL-ID:upper\r\n\r\n", b"upper"),
+    (b"NOTIFY sip:x SIP/2.0\r\nCall-ID: head\r\n\r\nSIP/2.0 200 OK\r\nCall-ID: frag\r\n",
+     b"head"),
+    (b"BYE sip:x SIP/2.0\r\nVia: x\r\n\r\ni: in-body", None),
     (b"garbage", None),
 ])
 def test_the_call_id_byte_search(data: bytes, expected: bytes | None) -> None:

@@ -264,11 +264,10 @@ class Runtime:
         """One received message: :meth:`_drive` written out (the path every message takes)."""
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             log_lines.message_in(data, src)
-        now = self.loop.time()
         if self.tap is not None:
-            self.tap.received(data, src, now)
+            self.tap.received(data, src, time.time())
         try:
-            fx = self.core.on_message(data, src, now)
+            fx = self.core.on_message(data, src, self.loop.time())
         except Exception:  # noqa: BLE001 - the process must survive any message
             self._internal_error("handling a message from %s:%s", src.host, src.port)
             return
@@ -346,7 +345,7 @@ class Runtime:
                 if ep is not None:
                     ep.send(s)
                     if tap is not None:
-                        tap.sent(s, now)
+                        tap.sent(s, time.time())
                     continue
             if s.transport == "tls" and s.server_name is None:
                 s = streams.with_server_name(self, s)
@@ -363,7 +362,7 @@ class Runtime:
             if transport is not None:
                 transport.send(s)
                 if tap is not None:
-                    tap.sent(s, now)
+                    tap.sent(s, time.time())
             else:
                 log.info("no %s transport for %s:%s", s.transport, s.host, s.port)
                 if s.token is not None:

@@ -105,13 +105,13 @@ class Capture:
     knows which ones are new. ``hep`` (None when off) is the HEP queue: past ``hep_size``
     messages a new one is dropped and counted (``hep_full``); ``wake`` is called when the
     queue stops being empty. While ``hep_paused`` (the collector refused), messages are not
-    queued but counted (``hep_refused``). ``offset`` turns the runtime's monotonic ``now``
-    into Unix time.
+    queued but counted (``hep_refused``). The time of a message comes in as Unix seconds
+    with microseconds (the runtime reads the wall clock: its loop's clock ticks in
+    milliseconds under uvloop).
     """
 
     def __init__(self, ring_messages: int, ring_bytes: int, hep_size: int,
                  wake: Callable[[], None] | None) -> None:
-        self.offset = 0.0
         self.ring: deque[Captured] | None = deque() if ring_messages > 0 else None
         self.ring_messages = ring_messages
         self.ring_bytes = ring_bytes
@@ -124,14 +124,14 @@ class Capture:
         self.hep_refused = 0
         self._wake = wake
 
-    def received(self, data: bytes, src: Source, now: float) -> None:
-        self._add((now + self.offset, True, src.transport, src.host, src.port, data,
-                   src.conn_id, len(data)))
+    def received(self, data: bytes, src: Source, t: float) -> None:
+        """``data`` came from ``src`` at ``t`` (Unix seconds)."""
+        self._add((t, True, src.transport, src.host, src.port, data, src.conn_id, len(data)))
 
-    def sent(self, s: Send, now: float) -> None:
+    def sent(self, s: Send, t: float) -> None:
+        """``s`` was handed to its transport at ``t`` (Unix seconds)."""
         data = s.data
-        self._add((now + self.offset, False, s.transport, s.host, s.port, data, s.conn_id,
-                   len(data)))
+        self._add((t, False, s.transport, s.host, s.port, data, s.conn_id, len(data)))
 
     def _add(self, item: Captured) -> None:
         hep = self.hep

@@ -130,6 +130,10 @@ async def test_hep_of_a_call_decodes_in_kamailio_and_sngrep_and_tshark(
         seen[(f"{d.sport}>{d.dport}", d.payload.rstrip(b"\r\n"))] += 1
     # every message sipp saw on the wire, once, byte for byte, on its leg; nothing else
     assert seen == on_wire
+    # microseconds, not milliseconds (uvloop's clock ticks in milliseconds): the intervals
+    # between the packets are not whole milliseconds
+    stamps = [d.sec * 1_000_000 + d.usec for d in decoded]
+    assert any((s - stamps[0]) % 1000 not in (0, 1, 999) for s in stamps), stamps
 
     pcap = await hep_decoders.sngrep_decapsulate(tmp_path, packets, free_port())
     frames = hep_decoders.tshark_sip(pcap)
@@ -190,6 +194,7 @@ async def test_recent_calls_over_http_and_the_trace_command(
     assert kept == on_wire  # every message of the call, in order of time
     times = [m["offset"] for m in detail["messages"]]
     assert times == sorted(times) and times[0] == 0.0
+    assert any(round(x * 1e6) % 1000 for x in times), times  # microseconds
 
     # the same ladder as text in a terminal
     cmd = [sys.executable, "-m", "proxy", "trace", call["call_id"], "--http",

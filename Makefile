@@ -6,7 +6,7 @@
 #                whenever one of their .py files (or setup.py) is newer than the build
 #   make run     make venv, then run the proxy in the foreground with ./proxy.yaml (CONFIG=...)
 #   make test    install missing system packages (sipp, redis-server, docker-compose, kamailio,
-#                baresip, nodejs, npm, chromium), JsSIP with npm, make venv,
+#                baresip, nodejs, npm, chromium, tshark, sngrep), JsSIP with npm, make venv,
 #                make compiled, run the whole pytest suite against the compiled build (without a
 #                C compiler it says so and runs it pure)
 #   make test-pure  the whole suite with SIP_POLICY_PROXY_PURE=1 (the .py files, .so ignored)
@@ -88,6 +88,11 @@ TEST_SYSDEPS  += baresip:baresip
 # The browser phone (tests/e2e/test_browser_phone_e2e.py): JsSIP from npm (node, npm) in
 # Debian's headless chromium, driven over the DevTools protocol.
 TEST_SYSDEPS  += node:nodejs npm:npm chromium:chromium
+# The tracing tests' real peers: tshark (Wireshark's SIP dissector) and sngrep (a HEP
+# listener) decode the HEP export (Kamailio's sipcapture module, in the kamailio package, too);
+# headless chromium renders the ladder page. tshark's debconf question (non-root capture) is
+# answered below, so the install needs no terminal.
+TEST_SYSDEPS  += tshark:tshark sngrep:sngrep
 # tcpdump: INVITE->200 latency from a capture on lo (sipp's own clock ticks every 4 ms).
 BENCH_SYSDEPS := sipp:sip-tester timeout:coreutils tcpdump:tcpdump
 ifneq ($(filter --kamailio,$(BENCH_ARGS)),)
@@ -139,6 +144,9 @@ run: venv
 	$(VENV)/bin/sip-policy-proxy run --config $(CONFIG)
 
 sysdeps:
+	@command -v debconf-set-selections >/dev/null 2>&1 && \
+	  echo "wireshark-common wireshark-common/install-setuid boolean false" | \
+	  $(SUDO) debconf-set-selections || true
 	$(call apt_ensure,$(TEST_SYSDEPS))
 
 # pytest's exit code is the recipe's exit code: any failure (1), interruption (2), internal or

@@ -29,6 +29,7 @@ from proxy.policy import MAX_STATUS, MIN_STATUS, Policy, load_policy
 from proxy.policy_check import explain_chain, explain_route, parse_instant, run_tests
 from proxy.status_cli import add_parser as add_status_parser
 from proxy.store import LearnedRoute, StateStore, StoredBinding, StoreError, open_store
+from proxy.trace_cli import add_parser as add_trace_parser
 
 __all__ = ["explain_chain", "main", "version_text"]
 
@@ -155,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
                              help=config_help)
     _routes_parser(sub, leaf_config, config_help)
     add_status_parser(sub, DEFAULT_CONFIG)
+    add_trace_parser(sub, DEFAULT_CONFIG)
     _registrations_parser(sub, leaf_config, config_help)
     return parser
 

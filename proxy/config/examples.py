@@ -74,6 +74,11 @@ EXAMPLES: dict[str, str] = {
     "upstream_probe: interval": "upstream_probe: {interval: 10}",
     "upstream_probe: timeout": "upstream_probe: {timeout: 2}",
     "ws_allowed_origins": "ws_allowed_origins: [https://phone.example.com]",
+    "hep": "hep: {to: udp:10.0.0.5:9060, id: 2001}",
+    "hep: to": "hep: {to: udp:10.0.0.5:9060}",
+    "hep: id": "hep: {to: udp:10.0.0.5:9060, id: 2001}",
+    "trace_calls": "trace_calls: 1000",
+    "http_token": 'http_token: "0f3c9a7e5d1b48a2c6e4f8a0b2d4c6e8"',
     "the configuration": "listen: [udp:127.0.0.1:5060]",
 }
 

@@ -50,7 +50,7 @@ __all__ = [
     "parse_upstream",
 ]
 
-from proxy.config import examples, observability, trust
+from proxy.config import examples, observability, tracing, trust
 from proxy.config.access import access_limits, verify_client, ws_origins
 from proxy.config.model import (
     AUTH_KEYS,
@@ -253,6 +253,9 @@ class _Builder:
             "upstream_probe": ("upstream_probe", lambda node: observability.probe(r, node)),
             "dns": ("dns", lambda node: observability.dns(r, node)),
             "ws_allowed_origins": ("ws_allowed_origins", lambda node: ws_origins(r, node)),
+            "hep": ("hep", lambda node: tracing.hep(r, node)),
+            "trace_calls": ("trace_calls", lambda node: tracing.trace_calls(r, node)),
+            "http_token": ("http_token", lambda node: tracing.http_token(r, node)),
         }
 
     def _cross_checks(
@@ -261,6 +264,7 @@ class _Builder:
         """Findings that involve several keys."""
         r = self.report
         trust.registrar_defaults(r, self.tree, found, given, values)
+        tracing.cross_check(r, found, values)
         declared = given.get("upstreams")
         parsed = any(g.upstreams for g in values.get("upstream_groups", ()))
         if not parsed and not (isinstance(declared, YSeq | YMap) and declared.items):

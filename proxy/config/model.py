@@ -70,6 +70,9 @@ CONFIG_KEYS = (
     "upstream_probe",
     "dns",
     "ws_allowed_origins",
+    "hep",
+    "trace_calls",
+    "http_token",
 )
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
@@ -80,6 +83,8 @@ AUTH_KEYS = ("realm", "users_file", "algorithms")
 LOG_FORMATS = ("text", "json")
 PROBE_KEYS = ("interval", "timeout")
 DNS_KEYS = ("servers",)
+HEP_KEYS = ("to", "id")
+DEFAULT_TRACE_CALLS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +202,15 @@ class DnsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HepTarget:
+    """``hep: {to: udp:HOST:PORT, id: N}``: where every SIP message goes in a HEPv3 packet."""
+
+    host: str  # IP or name, no brackets
+    port: int
+    capture_id: int = 1  # the capture agent id (HEP chunk 0x000c)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path  # absolute path of proxy.yaml
     listen: tuple[Listen, ...]  # at least one
@@ -237,6 +251,9 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)
     #: ``Origin`` values a WebSocket upgrade may carry (RFC 6455 10.2); () = any
     ws_allowed_origins: tuple[str, ...] = ()
+    hep: HepTarget | None = None  # None: no HEP export
+    trace_calls: int = DEFAULT_TRACE_CALLS  # recent calls kept for /calls (0: off)
+    http_token: str | None = None  # bearer token for /calls* and every POST; None: open
     # Every upstream group in order, the first the default; () when built from `upstreams`
     # alone: it is then the one group `default` of those upstreams (__post_init__).
     upstream_groups: tuple[UpstreamGroup, ...] = ()

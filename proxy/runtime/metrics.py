@@ -2,9 +2,9 @@
 
 The hot path only increments plain integers on the core (:class:`~proxy.core.observe.Metrics`,
 ``ProxyCore.stats``); :class:`CoreCollector`, a custom prometheus-client collector, turns them
-into metric families when ``/metrics`` is scraped. The HTTP thread hands the scrape to the
-event loop (:mod:`proxy.runtime.http`), so the counters are read where they are written and no
-lock is taken per message. Process metrics come from the library's ProcessCollector.
+into metric families when ``/metrics`` is scraped, on the event loop (the HTTP side,
+:mod:`proxy.runtime.http`, runs there), so the counters are read where they are written and
+no lock is taken per message. Process metrics come from the library's ProcessCollector.
 """
 
 from __future__ import annotations

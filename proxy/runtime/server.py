@@ -33,6 +33,7 @@ from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
 from proxy.runtime import signals, streams
+from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import MemoryTrim, raise_nofile
 from proxy.runtime.memory import GcPolicy
@@ -71,6 +72,8 @@ def registrar_settings(config: Config, secret: bytes) -> dict[str, Any]:
 class Runtime:
     #: gives back the heap of closed connections (TLS handshakes above all); set by start()
     trim: MemoryTrim | None = None
+    #: the tracing taps (recent calls, HEP) once started; None when neither is configured
+    tap: tracing_taps.Tracer | None = None
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None) -> None:
@@ -164,6 +167,7 @@ class Runtime:
             self.loop.call_later(1.0, self._poll_store)
         tables = len({li.transport for li in cfg.listen} & {"tcp", "tls", "ws", "wss"}) or 1
         raise_nofile(tables * cfg.limits.tcp_max_connections + 64)  # a table per transport
+        self.tap = await tracing_taps.install(self)  # before the first message can arrive
         for li in cfg.listen:
             if li.transport == "udp":
                 ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed)
@@ -238,6 +242,9 @@ class Runtime:
         if self.http is not None:
             self.http.close()
             self.http = None
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
         if self._timer is not None:
             self._timer.cancel()
         for ep in self.udp.values():
@@ -266,11 +273,16 @@ class Runtime:
         self._arm()  # the timers go on whatever one call did
 
     def _carry_out(self, fx: Effects) -> None:
+        tap = self.tap
         if fx.logs:
             log_lines.emit_calls(fx.logs)
+            if tap is not None:
+                tap.summaries(fx.logs)
         if fx.sends:
             self.dispatch(fx.sends)
         if fx.writes:
+            if tap is not None:
+                tap.learned(fx.writes)
             self._start_writes(fx.writes)
         if self.location.journal:
             self.state.bindings_changed()  # write-behind: never waited for
@@ -285,6 +297,8 @@ class Runtime:
         """One received message: :meth:`_drive` written out (the path every message takes)."""
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             log_lines.message_in(data, src)
+        if self.tap is not None:
+            self.tap.received(data, src, time.time())
         try:
             fx = self.core.on_message(data, src, self.loop.time())
         except Exception:  # noqa: BLE001 - the process must survive any message
@@ -358,11 +372,14 @@ class Runtime:
                 log_lines.message_out(s)
         literals = self.sends.literals
         udp = self.udp
+        tap = self.tap
         for s in out:
             if s.transport == "udp" and s.host in literals:  # the common case, in short
                 ep = udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
                 if ep is not None:
                     ep.send(s)
+                    if tap is not None:
+                        tap.sent(s, time.time())
                     continue
             if s.transport == "tls" and s.server_name is None:
                 s = streams.with_server_name(self, s)
@@ -380,6 +397,8 @@ class Runtime:
             transport = self._transport_for(s)
             if transport is not None:
                 transport.send(s)
+                if tap is not None:
+                    tap.sent(s, time.time())
             else:
                 log.info("no %s transport for %s:%s", s.transport, s.host, s.port)
                 if s.token is not None:

@@ -543,7 +543,8 @@ def test_run_with_a_broken_config_exits_1_before_starting(
         "node, record_route, registrar, domains, redirects, trusted_relays, auth, registrar_networks, "
         "registrar_max_contacts, registrar_max_bindings, path, advertise, force_rport, limits, "
         "timers, log_level, "
-        "drain_timeout, watch_policy, secret, tls, http, log_format, upstream_probe, dns, ws_allowed_origins\n"
+        "drain_timeout, watch_policy, secret, tls, http, log_format, upstream_probe, dns, ws_allowed_origins, "
+        "hep, trace_calls, http_token\n"
     )
 
 

@@ -621,7 +621,8 @@ ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, dom
            "trusted_relays, auth, registrar_networks, registrar_max_contacts, "
            "registrar_max_bindings, path, advertise, "
            "force_rport, limits, timers, log_level, drain_timeout, watch_policy, secret, tls, "
-           "http, log_format, upstream_probe, dns, ws_allowed_origins")
+           "http, log_format, upstream_probe, dns, ws_allowed_origins, "
+           "hep, trace_calls, http_token")
 
 
 @pytest.mark.parametrize(

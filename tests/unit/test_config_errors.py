@@ -18,6 +18,7 @@ from proxy.config.model import (
     AUTH_KEYS,
     CONFIG_KEYS,
     DNS_KEYS,
+    HEP_KEYS,
     LIMIT_KEYS,
     PROBE_KEYS,
     REDIRECT_KEYS,
@@ -29,7 +30,8 @@ from proxy.diagnostics import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 LISTEN = "listen: [udp:127.0.0.1:5060]\n"
 SECTIONS = {"limits": LIMIT_KEYS, "timers": TIMER_KEYS, "tls": TLS_KEYS, "auth": AUTH_KEYS,
-            "redirects": REDIRECT_KEYS, "upstream_probe": PROBE_KEYS, "dns": DNS_KEYS}
+            "redirects": REDIRECT_KEYS, "upstream_probe": PROBE_KEYS, "dns": DNS_KEYS,
+            "hep": HEP_KEYS}
 MAPPINGS = set(SECTIONS) | {"upstreams"}  # a list, or a mapping of groups
 
 

@@ -21,6 +21,7 @@ from proxy.config.model import (
     AUTH_KEYS,
     CONFIG_KEYS,
     DNS_KEYS,
+    HEP_KEYS,
     LIMIT_KEYS,
     PROBE_KEYS,
     REDIRECT_KEYS,
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "proxy.yaml"
 SECTIONS = {"redirects": REDIRECT_KEYS, "auth": AUTH_KEYS, "limits": LIMIT_KEYS,
             "timers": TIMER_KEYS, "tls": TLS_KEYS, "upstream_probe": PROBE_KEYS,
-            "dns": DNS_KEYS}
+            "dns": DNS_KEYS, "hep": HEP_KEYS}
 LISTEN = "listen: [udp:127.0.0.1:5060]\n"
 
 TOP = re.compile(r"^(?P<c># )?(?P<key>[a-z][a-z0-9_]*):(?P<rest>\s.*)?$")

@@ -18,9 +18,12 @@ import struct
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from hostile_sip import authorization, build_response, parse_msg, quick_status
+# bench/ is not a package: hostile_sip is found next to this file however it is loaded
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hostile_sip import authorization, build_response, parse_msg, quick_status  # noqa: E402
 
 #: the bytes at which a message of a flood template is numbered
 NUMBER = "@N@"

@@ -7,6 +7,7 @@ tests/unit/test_bench_hostile.py.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import statistics
@@ -281,7 +282,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 

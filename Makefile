@@ -13,6 +13,7 @@
 #   make lint    ruff + mypy (strict on proxy/sip, transaction, policy, core, transport)
 #   make bench   sipp load test of the proxy (BENCH_ARGS="--kamailio" adds the Kamailio anchor,
 #                "--proxies 1,2 --redis" one proxy against two sharing a redis; bench/README.md)
+#                (make bench-sysdeps, then .venv/bin/python bench/hostile.py: the hostile load)
 #
 # Works on a fresh Debian machine, as root or as a user with sudo; needs no stdin.
 
@@ -94,7 +95,8 @@ TEST_SYSDEPS  += node:nodejs npm:npm chromium:chromium
 # answered below, so the install needs no terminal.
 TEST_SYSDEPS  += tshark:tshark sngrep:sngrep
 # tcpdump: INVITE->200 latency from a capture on lo (sipp's own clock ticks every 4 ms).
-BENCH_SYSDEPS := sipp:sip-tester timeout:coreutils tcpdump:tcpdump
+# sipvicious (svmap, svwar, svcrack): the scanner step of bench/hostile.py.
+BENCH_SYSDEPS := sipp:sip-tester timeout:coreutils tcpdump:tcpdump svmap:sipvicious
 ifneq ($(filter --kamailio,$(BENCH_ARGS)),)
 # uac_redirect (loaded by bench/kamailio.cfg) is in kamailio-extra-modules.
 BENCH_SYSDEPS += kamailio:kamailio \

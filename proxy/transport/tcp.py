@@ -72,6 +72,16 @@ class SipStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
+        if not peer:
+            # Reset by the peer before its accept was handled: no address to count it
+            # against, nothing to serve (uvloop reports no peer name then).
+            self.refused = True
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError("connection reset before it was made"))
+                waiter.exception()  # retrieved: nobody may be waiting any more
+            transport.abort()  # type: ignore[attr-defined]
+            return
         self.peer = (peer[0], peer[1])
         self.src = Source(self.manager.name, peer[0], peer[1], self.conn_id)
         m = self.manager

@@ -455,3 +455,33 @@ async def test_the_metrics_show_the_table_and_every_refusal_and_close_by_reason(
         r1.feed_eof()
     finally:
         m.close()
+
+
+class _ResetTransport:
+    """A transport whose connection was reset before its accept was handled: uvloop then
+    reports no peer name."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return None
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_connection_reset_before_it_was_made_is_dropped_without_a_traceback(
+        pki: dict[str, Path]) -> None:
+    """bench/hostile.py (60,000 TLS handshakes) found connection_made raising TypeError on a
+    peer name of None, a traceback per connection: such a connection is aborted, never
+    counted, and leaves nothing in the table."""
+    got: list[tuple[bytes, Source]] = []
+    m = manager(pki, got)
+    before = dict(m.conns)
+    stream = SipStream(m)
+    t = _ResetTransport()
+    stream.connection_made(t)  # type: ignore[arg-type]
+    assert t.aborted and stream.refused
+    stream.connection_lost(None)
+    assert m.conns == before

@@ -16,7 +16,8 @@ _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{
 
 def access_limits(report: Reporter, found: dict[str, YNode]) -> dict[str, Any]:
     """``limits.per_source_rps``, ``tcp_max_connections``, ``tcp_idle_timeout``,
-    ``tcp_per_source``, ``tcp_message_timeout``, ``tls_handshake_timeout``."""
+    ``tcp_per_source``, ``tcp_message_timeout``, ``tls_handshake_timeout``,
+    ``tcp_accept_rate``."""
     out: dict[str, Any] = {}
     if (v := found.get("per_source_rps")) is not None:
         rps = get_int(report, v, "limits: per_source_rps", 0, 1_000_000)
@@ -42,6 +43,10 @@ def access_limits(report: Reporter, found: dict[str, YNode]) -> dict[str, Any]:
         bound = get_number(report, v, "limits: tls_handshake_timeout", 0.5, 300)
         if bound is not None:
             out["tls_handshake_timeout"] = float(bound)
+    if (v := found.get("tcp_accept_rate")) is not None:
+        rate = get_int(report, v, "limits: tcp_accept_rate", 0, 1_000_000)
+        if rate is not None:
+            out["tcp_accept_rate"] = rate
     return out
 
 

@@ -76,7 +76,8 @@ CONFIG_KEYS = (
 )
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
-              "tcp_idle_timeout", "tcp_per_source", "tcp_message_timeout", "tls_handshake_timeout")
+              "tcp_idle_timeout", "tcp_per_source", "tcp_message_timeout", "tls_handshake_timeout",
+              "tcp_accept_rate")
 TIMER_KEYS = ("t1_ms", "t2_ms", "t4_ms", "timer_c_ms")
 TLS_KEYS = ("cert_file", "key_file", "ca_file", "verify_client")
 AUTH_KEYS = ("realm", "users_file", "algorithms")
@@ -146,6 +147,9 @@ class Limits:
     tcp_per_source: int = 32  # open TCP/TLS connections from one address (IPv6: one /64)
     tcp_message_timeout: float = 10.0  # seconds the bytes of one message have to complete
     tls_handshake_timeout: float = 5.0  # seconds from the TCP connect to the end of the handshake
+    #: new connections a second per stream transport (and tcp_per_source a second from one
+    #: source); over it a connection is closed at accept; 0 = no limit
+    tcp_accept_rate: int = 500
 
 
 @dataclass(frozen=True, slots=True)

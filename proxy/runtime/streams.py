@@ -28,6 +28,7 @@ def _limits(rt: Runtime) -> dict[str, Any]:
         "closed": rt.flow_closed, "max_connections": lim.tcp_max_connections,
         "per_source": lim.tcp_per_source, "idle_timeout": lim.tcp_idle_timeout,
         "in_use": rt.core.conn_in_use, "exempt": _exempt(rt),
+        "accept_rate": lim.tcp_accept_rate,
     }
 
 

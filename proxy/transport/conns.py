@@ -106,3 +106,55 @@ class ConnStats:
             self.per_source[key] = n
         else:
             self.per_source.pop(key, None)
+
+
+class AcceptRate:
+    """Token buckets on new connections (``limits.tcp_accept_rate``): ``rate`` a second for
+    the whole table, and the table's ``per_source`` a second for one source (an address, an
+    IPv6 /64), each with bursts of as many. A connection over either is closed at accept,
+    before a byte is read (before any TLS state exists): a flood of connections, from one
+    source or from many, costs the loop a bounded share of its time (a TLS handshake costs
+    about half a millisecond of CPU), whatever the number of connections offered. ``rate`` 0
+    turns it off. The sources remembered are bounded (full buckets are forgotten first)."""
+
+    __slots__ = ("_sources", "_total", "max_sources", "per_source", "rate")
+
+    def __init__(self, rate: float, per_source: float, max_sources: int = 65536) -> None:
+        self.rate = float(rate)
+        self.per_source = float(per_source)
+        self.max_sources = max_sources
+        self._total = (self.rate, 0.0)  # (tokens, time of the last update)
+        self._sources: dict[str, tuple[float, float]] = {}
+
+    def allow(self, source: str, now: float) -> str | None:
+        """None when a new connection from ``source`` may be served at ``now``; else why not:
+        ``rate`` (the table's) or ``source_rate``."""
+        if self.rate <= 0:
+            return None
+        tokens, last = self._total
+        tokens = min(self.rate, tokens + (now - last) * self.rate)
+        entry = self._sources.get(source)
+        if entry is None:
+            if len(self._sources) >= self.max_sources:
+                self._forget(now)
+            mine = self.per_source
+        else:
+            mine = min(self.per_source, entry[0] + (now - entry[1]) * self.per_source)
+        if tokens < 1.0:
+            self._total = (tokens, now)
+            return "rate"
+        if mine < 1.0:
+            self._sources[source] = (mine, now)
+            return "source_rate"
+        self._total = (tokens - 1.0, now)
+        self._sources[source] = (mine - 1.0, now)
+        return None
+
+    def _forget(self, now: float) -> None:
+        full = 1.0  # a bucket idle this long is full again: forgetting it changes nothing
+        stale = [k for k, (_, last) in self._sources.items() if now - last >= full]
+        for k in stale:
+            del self._sources[k]
+        if len(self._sources) >= self.max_sources:
+            for k in list(self._sources)[: len(self._sources) // 2 + 1]:
+                del self._sources[k]

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from proxy.sip import FramingError, StreamFramer
 from proxy.transport.base import Deliver, Failed, Send, Source
-from proxy.transport.conns import ConnStats, RateLimitedLog, source_key
+from proxy.transport.conns import AcceptRate, ConnStats, RateLimitedLog, source_key
 from proxy.transport.tlssession import TlsSession
 
 log = logging.getLogger("proxy.transport.tcp")
@@ -241,7 +241,7 @@ class TcpManager:
         closed: Callable[[int], None] | None = None, max_connections: int = 4096,
         per_source: int = 32, idle_timeout: float | None = None,
         in_use: Callable[[int], bool] | None = None,
-        exempt: Callable[[str], bool] | None = None,
+        exempt: Callable[[str], bool] | None = None, accept_rate: float = 0.0,
     ) -> None:
         self.deliver = deliver
         self.failed = failed
@@ -258,6 +258,8 @@ class TcpManager:
         #: upstreams and trusted_relays (configured peers; a trunk's connection carries calls
         #: whose in-dialog requests come back over it, RFC 5626 5.3)
         self.exempt = exempt
+        #: new connections a second (the table's, and per_source a second from one source)
+        self.accepts = AcceptRate(accept_rate, per_source)
         self.conns: dict[int, SipStream] = {}
         self.by_peer: dict[tuple[str, int], SipStream] = {}
         self.servers: list[asyncio.Server] = []
@@ -284,12 +286,16 @@ class TcpManager:
     # -------------------------------------------------------------- the table
 
     def admit(self, s: SipStream) -> str | None:
-        """Why an accepted connection is refused (``limit``, ``per_source``), or None."""
+        """Why an accepted connection is refused (``limit``, ``per_source``, ``rate``,
+        ``source_rate``), or None. The upstreams and trusted relays are held to the table's
+        size only."""
         if len(self.conns) >= self.max_connections:
             return "limit"
-        if self.stats.count(s.source) >= self.per_source and not s.trusted:
+        if s.trusted:
+            return None
+        if self.stats.count(s.source) >= self.per_source:
             return "per_source"
-        return None
+        return self.accepts.allow(s.source, time.monotonic())
 
     def register(self, s: SipStream) -> None:
         self.conns[s.conn_id] = s

@@ -485,3 +485,53 @@ async def test_a_connection_reset_before_it_was_made_is_dropped_without_a_traceb
     assert t.aborted and stream.refused
     stream.connection_lost(None)
     assert m.conns == before
+
+
+def test_new_connections_are_rate_limited_per_table_and_per_source() -> None:
+    """limits.tcp_accept_rate: a flood of connects (bench/hostile.py: 60,000 TLS handshakes,
+    a legitimate call delayed by a second) is cut at accept: at most ``rate`` a second in
+    all and ``per_source`` a second from one source, with bursts of as many."""
+    from proxy.transport.conns import AcceptRate
+
+    a = AcceptRate(10, 3)
+    assert [a.allow("192.0.2.1", 100.0) for _ in range(4)] == [None, None, None, "source_rate"]
+    # other sources share the table's 10 (3 used): 7 more, then the table is full
+    got = [a.allow(f"192.0.2.{i}", 100.0) for i in range(2, 12)]
+    assert got == [None] * 7 + ["rate"] * 3
+    # the buckets refill with time: a second later the first source is served again
+    assert a.allow("192.0.2.1", 101.0) is None
+    assert AcceptRate(0, 3).allow("192.0.2.1", 0.0) is None  # 0: off
+
+
+def test_the_sources_an_accept_rate_remembers_are_bounded() -> None:
+    from proxy.transport.conns import AcceptRate
+
+    a = AcceptRate(1_000_000, 5, max_sources=100)
+    for i in range(1000):
+        assert a.allow(f"10.0.{i // 256}.{i % 256}", 50.0 + i / 1e6) is None
+    assert len(a._sources) <= 100
+
+
+async def test_a_connect_flood_past_the_accept_rate_is_closed_at_accept(
+        pki: dict[str, Path]) -> None:
+    """Real sockets: with tcp_accept_rate 5, of 20 connects at once from a stranger 5 are
+    kept (per_source is 32 here: the table's rate decides) and the rest are closed before any
+    byte; the refusals are counted by reason."""
+    got: list[tuple[bytes, Source]] = []
+    m = TcpManager(lambda d, s: got.append((d, s)), lambda t: None, accept_rate=5,
+                   per_source=32)
+    await m.listen("127.0.0.1", 0)
+    try:
+        conns = [await connect(m, STRANGER) for _ in range(20)]
+        await until(lambda: m.stats.refused["rate"] + m.stats.refused["source_rate"] >= 15)
+        assert len(m.conns) == 5
+        closed = 0
+        for r, _ in conns:
+            try:
+                if await asyncio.wait_for(r.read(1), 0.5) == b"":
+                    closed += 1
+            except TimeoutError:
+                pass
+        assert closed == 15
+    finally:
+        m.close()

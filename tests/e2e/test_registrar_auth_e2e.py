@@ -203,7 +203,7 @@ async def test_register_from_outside_needs_digest(
 
 
 async def test_wrong_password_and_foreign_aor_get_403(proxy_factory: ProxyFactory) -> None:
-    """RFC 3261 22.4 / CONTRACT: credentials with a wrong password get 403 (not another
+    """RFC 3261 22.4 / docs/BEHAVIOUR.md "Registrar": credentials with a wrong password get 403 (not another
     challenge); user 1000, correctly authenticated, registering To: sip:1001@example.com gets
     403 (a user registers only its own address-of-record); nothing is bound for 1001 (a query
     by 1001 with its own credentials lists no Contact)."""
@@ -266,7 +266,8 @@ async def test_sipp_phone_answers_md5_challenge(proxy_factory: ProxyFactory,
 
 
 async def test_registrar_networks_without_auth(proxy_factory: ProxyFactory) -> None:
-    """CONTRACT: without ``auth`` a REGISTER from outside ``registrar_networks`` gets 403, one
+    """docs/BEHAVIOUR.md "Registrar": without ``auth`` a REGISTER from outside
+    ``registrar_networks`` gets 403, one
     from inside (127.0.0.1) is served (200 listing its Contact)."""
     proxy = proxy_factory(registrar="local", domains=[DOMAIN],
                           extra={"registrar_networks": NETWORKS_LOOPBACK_ONLY})

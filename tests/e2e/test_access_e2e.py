@@ -24,7 +24,9 @@ stranger would like the proxy to send traffic to.  What each test proves:
 
 from __future__ import annotations
 
+import asyncio
 import re
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -297,17 +299,27 @@ async def test_forged_response_is_not_reflected(proxy_factory: ProxyFactory) -> 
     proxy.assert_alive()
 
 
+def transactions(proxy: ProxyProcess) -> float:
+    """The ``transactions`` gauge of /metrics (SIP transactions in progress)."""
+    with urllib.request.urlopen(f"http://{proxy.config['http']}/metrics", timeout=5) as r:
+        m = re.search(r"^sip_policy_proxy_transactions (\S+)$", r.read().decode(), re.M)
+    assert m is not None
+    return float(m.group(1))
+
+
 async def test_genuine_2xx_retransmissions_still_relayed(proxy_factory: ProxyFactory) -> None:
     """The reflector defence must not cost real calls their 2xx retransmissions (RFC 3261
     13.3.1.4: the UAS retransmits its 2xx until the ACK arrives).  A caller's INVITE goes to the
     upstream, which answers 200: the caller gets it; a retransmission of the 200 while the
     proxy's client transaction is in Accepted (RFC 6026 7.2) is relayed; and so is one after
     Timer M (64*T1; ``t1_ms: 50`` makes it 3.2 s) ended the transaction: the proxy recognises
-    its own MAC-signed branch and forwards statelessly (RFC 3261 16.7 / 16.11).  There is no
-    event for the end of a transaction on the wire, so the test waits Timer M plus a margin."""
+    its own MAC-signed branch and forwards statelessly (RFC 3261 16.7 / 16.11).  The end of a
+    transaction sends nothing: the test polls the ``transactions`` gauge of /metrics until it
+    is 0 (the client transaction ended at Timer M, the server one at Timer L, both 64*T1)."""
     async with await UdpPeer.bind(free_port()) as pbx, \
             await UdpPeer.bind(free_port(tcp=False)) as caller:
-        proxy = proxy_factory(upstreams=[f"sip:{LOOPBACK}:{pbx.port}"], timers={"t1_ms": 50})
+        proxy = proxy_factory(upstreams=[f"sip:{LOOPBACK}:{pbx.port}"], timers={"t1_ms": 50},
+                              extra={"http": f"{LOOPBACK}:{free_port(udp=False)}"})
         call_id = new_call_id("late2xx")
         callee = "sip:bob@example.net"
         await caller.send(build_request(
@@ -324,7 +336,11 @@ async def test_genuine_2xx_retransmissions_still_relayed(proxy_factory: ProxyFac
             assert got.status == 200, f"{when}: {got.start_line}"
             assert len(got.vias) == 1 and via_sent_by(got.vias[0])[2] == caller.port, got.vias
         timer_m = 64 * 0.050
-        await caller.quiet(timer_m + 0.8)  # Timer M: the client transaction ends
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timer_m + 5
+        while (held := await asyncio.to_thread(transactions, proxy)) > 0:
+            assert loop.time() < deadline, f"{held} transactions past Timer M"
+            await asyncio.sleep(0.1)  # bounded poll: a transaction's end sends nothing
         await pbx.send(ok, src)
         got = await final_response(caller, call_id)
         assert got.status == 200 and got.call_id == call_id, got.start_line

@@ -7,8 +7,9 @@
 #   make run     make venv, then run the proxy in the foreground with ./proxy.yaml (CONFIG=...)
 #   make test    install missing system packages (sipp, redis-server, docker-compose, kamailio,
 #                baresip, nodejs, npm, chromium, tshark, sngrep), JsSIP with npm, make venv,
-#                make compiled, run the whole pytest suite against the compiled build (without a
-#                C compiler it says so and runs it pure)
+#                make compiled, run the whole pytest suite (tests/unit, conformance, system,
+#                e2e; README "Tests") against the compiled build (without a C compiler it says
+#                so and runs it pure)
 #   make test-pure  the whole suite with SIP_POLICY_PROXY_PURE=1 (the .py files, .so ignored)
 #   make lint    ruff + mypy (strict on proxy/sip, transaction, policy, core, transport)
 #   make bench   sipp load test of the proxy (BENCH_ARGS="--kamailio" adds the Kamailio anchor,
@@ -153,7 +154,8 @@ sysdeps:
 
 # pytest's exit code is the recipe's exit code: any failure (1), interruption (2), internal or
 # usage error (3, 4) and "no tests collected" (5) fail `make test`, and so CI.
-# SIP_POLICY_PROXY_EXPECT tells tests/unit/test_build.py which build must be running.
+# SIP_POLICY_PROXY_EXPECT tells tests/unit/test_build.py and tests/system/test_build_processes.py
+# which build must be running.
 # JsSIP for the browser phone test, from tests/e2e/browser/package-lock.json (npm ci; its
 # postinstall bundles it into dist/jssip.js), again when the package files change.
 BROWSER_DIR   := tests/e2e/browser

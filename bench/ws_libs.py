@@ -1,5 +1,5 @@
 """CPU per SIP message of a WebSocket server, by library: the measurement behind the choice of
-the WebSocket transport's library (README "WebSocket and WebRTC phones").
+the WebSocket transport's library (README "WebRTC phones in front of Asterisk").
 
 Each server runs alone in a child process on uvloop, listens on loopback and answers every
 message received (a SIP request of ``--size`` bytes, masked as a browser sends it) with one of

@@ -1,5 +1,5 @@
-"""Fixtures shared by the unit and end-to-end suites: real Redis servers
-(:mod:`tests.redis_harness`)."""
+"""Fixtures shared by the system and end-to-end suites (tests/system, tests/e2e): real Redis
+servers (:mod:`tests.redis_harness`). The unit tests start no server."""
 
 from tests.redis_harness import own_redis, redis_cluster, redis_server
 

@@ -1,4 +1,4 @@
-"""``proxy.yaml``: reading and validating the proxy's configuration (CONTRACT "proxy.yaml").
+"""``proxy.yaml``: reading and validating the proxy's configuration (README "proxy.yaml").
 
 :func:`load_config` returns a frozen :class:`Config` whose paths are absolute (a relative
 ``policy``, ``sqlite:``, ``auth.users_file`` or ``tls`` path is relative to the folder of
@@ -18,11 +18,13 @@ to another host, RFC 3261 16.4), ``auth`` (digest authentication, RFC 3261 22.4)
 
 ``dns: {servers: [HOST:PORT, ...]}``: where host names are looked up (RFC 3263).
 
-Keys beyond the CONTRACT (extensions): ``advertise``, ``force_rport``, ``limits``,
-``timers``, ``log_level``, ``drain_timeout``, ``watch_policy``, ``secret``, ``tls``.
+The optional keys the README lists under "Extensions" (``advertise``, ``force_rport``,
+``limits``, ``timers``, ``log_level``, ``drain_timeout``, ``watch_policy``, ``secret``,
+``tls`` ...) are read here too, each with its default.
 
 ``check`` and ``run`` read the configuration through this module alike: what the running
-proxy cannot do (a ``redis://`` state in this version) is refused here, at its position.
+proxy cannot do is refused here, at its position (a ``redis+cluster://`` seed without a
+port, a ``sqlite:`` without a path), not when the runtime starts.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def _load(path: str | Path) -> tuple[Config | None, _ConfigReporter]:
     return (None if report.failed else config), report
 
 
-# The CONTRACT writes `state: memory:`, which plain YAML reads as a nested mapping ("memory" with
+# The README writes `state: memory:`, which plain YAML reads as a nested mapping ("memory" with
 # a value) and refuses ("mapping values are not allowed here"). Quote a top-level `state:`
 # value that is one word ending in a colon before parsing; the line keeps its line number and
 # the columns up to the value.
@@ -399,7 +399,8 @@ class _Builder:
         return "memory:"
 
     def _node(self, node: YNode) -> str | None:
-        """``node: NAME``: this proxy among several sharing one state (CONTRACT)."""
+        """``node: NAME``: this proxy among several sharing one state (README "Running several
+        proxies")."""
         text = get_str(self.report, node, "node")
         if text is None:
             return None

@@ -128,8 +128,9 @@ DEFAULT_GROUP = "default"
 
 @dataclass(frozen=True, slots=True)
 class Redirects:
-    """Which 3xx the proxy may follow and learn from; ``()`` means the CONTRACT default
-    (trusted_sources: the upstreams' hosts; allow_targets: the upstreams' hosts and domains)."""
+    """Which 3xx the proxy may follow and learn from; ``()`` means the default (README
+    "Security defaults": trusted_sources, the upstreams' hosts; allow_targets, the upstreams'
+    hosts and domains)."""
 
     trusted_sources: tuple[str, ...] = ()
     allow_targets: tuple[str, ...] = ()
@@ -292,7 +293,7 @@ class Config:
 
     @property
     def trusted_sources(self) -> tuple[str, ...]:
-        """``redirects.trusted_sources`` with the CONTRACT default applied (the hosts of
+        """``redirects.trusted_sources`` with the default applied (the hosts of
         every group's upstreams)."""
         if self.redirects.trusted_sources:
             return self.redirects.trusted_sources
@@ -300,7 +301,7 @@ class Config:
 
     @property
     def allow_targets(self) -> tuple[str, ...]:
-        """``redirects.allow_targets`` with the CONTRACT default applied."""
+        """``redirects.allow_targets`` with the default applied (README "Security defaults")."""
         if self.redirects.allow_targets:
             return self.redirects.allow_targets
         return unique([*(u.host.lower() for u in self.all_upstreams), *self.domains])

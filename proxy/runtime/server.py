@@ -101,7 +101,7 @@ class Runtime:
                          advertised(li.host, li.port, config.advertise))
             for li in config.listen
         ]
-        # Redirect safety (RFC 3261 26.1.2). The CONTRACT defaults name the upstreams by host;
+        # Redirect safety (RFC 3261 26.1.2). The defaults name the upstreams by host;
         # a 3xx arrives from an address, so their resolved addresses join the defaults. A list
         # the operator wrote is taken as it is.
         up_ips = sorted({host for host, _ in plan.addresses})
@@ -427,8 +427,8 @@ class Runtime:
 
     def _name_upstreams(self, plan: named_upstreams.Plan) -> named_upstreams.Refresher:
         """Upstreams named by a domain (RFC 3263): sends to them resolve by NAPTR/SRV
-        (sends.py); requests from their addresses are an upstream's (CONTRACT access); their
-        names are resolved again as their answers expire."""
+        (sends.py); requests from their addresses are an upstream's (docs/BEHAVIOUR.md "No open
+        relay"); their names are resolved again as their answers expire."""
         for n in plan.named:
             self.sends.upstream(n.hop)
         self.core.upstream_addrs |= plan.addresses

@@ -1,5 +1,6 @@
-"""Process signals (CONTRACT "run"): SIGTERM/SIGINT drain, a second one exits at once (as
-uvicorn and hypercorn do for a second Ctrl-C), SIGHUP reloads the policy and certificates.
+"""Process signals (README "Commands", ``run``): SIGTERM/SIGINT drain, a second one exits at
+once (as uvicorn and hypercorn do for a second Ctrl-C), SIGHUP reloads the policy and
+certificates.
 
 The handlers themselves live on the runtime; this module only wires them to the loop and
 decides what a repeated stop signal means, so that both can be tested with a fake loop.

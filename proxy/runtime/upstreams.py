@@ -9,15 +9,16 @@ At start-up (:func:`plan`, before the core is built) each named upstream is reso
   the runtime resolves it at each send (:mod:`proxy.runtime.sends`), by SRV when the URI named
   no port, so a request goes to the best SRV target of the moment;
 - every address found joins the upstreams' addresses (a request from them is an upstream's,
-  CONTRACT "access"; a 3xx from them may be followed).
+  docs/BEHAVIOUR.md "No open relay, no reflector"; a 3xx from them may be followed).
 
 A name with no record at all (NXDOMAIN or no NAPTR, SRV, A or AAAA) is refused as before, by
 a config error (as an unresolvable name always was); a name whose server does not answer is not: the proxy
 starts and asks again at the first send.
 
 :class:`Refresher` resolves the named upstreams again when their answer expires and hands the
-new :class:`~proxy.runtime.resolver.Targets` to a callback: today the trusted addresses are
-updated; the core will take them as its failover list (one target per address).
+new :class:`~proxy.runtime.resolver.Targets` to a callback, which updates the upstreams'
+addresses. Failover goes by the ``upstreams`` list, not from one SRV target to the next
+(README "Not done yet").
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The transport seam (RFC 3261 18): what every transport (UDP, TCP, later TLS) offers the runtime.
+"""The transport seam (RFC 3261 18): what every transport (UDP, TCP, TLS, and WebSocket, RFC
+7118) offers the runtime.
 
 A transport delivers received messages as ``(bytes, Source)`` and carries out :class:`Send`
 instructions. The values come from :mod:`proxy.sip.transport`, which the sans-IO core imports

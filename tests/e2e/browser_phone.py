@@ -130,7 +130,7 @@ class Browser:
                 break
             if loop.time() > deadline:
                 raise AssertionError(f"chromium shows no page: {targets}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # bounded poll: the page appears with no event to await
         self.cdp = await connect(pages[0]["webSocketDebuggerUrl"], max_size=None,
                                  open_timeout=10)
 

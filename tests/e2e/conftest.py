@@ -7,7 +7,7 @@ How the suite works
 * ``proxy_factory(**config)`` (function scope) allocates a port free for UDP and TCP on
   127.0.0.1, writes ``proxy.yaml`` (listen udp+tcp on that port, the given upstreams, registrar,
   domains, force_rport, timers, limits ..., ``state: memory:``, ``drain_timeout: 1``) and a
-  ``policy.yaml`` (the CONTRACT's example rules) into the test's tmp_path, starts
+  ``policy.yaml`` (the rules of ``harness.DEFAULT_POLICY``) into the test's tmp_path, starts
   ``sys.executable -m proxy run --config ...`` and waits up to 10 s for
   ``sip-policy-proxy ready`` in its stderr, which a thread copies to ``proxy.log`` and keeps as
   lines (``ProxyProcess.lines() / wait_for_log() / await_log()``).  At teardown every proxy gets

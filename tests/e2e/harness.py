@@ -57,7 +57,8 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SIPP = "/usr/bin/sipp"
 READY_LINE = "sip-policy-proxy ready"
 
-# The CONTRACT's example policy (first match wins).
+# The policy every e2e proxy runs unless a test gives its own (first match wins): the shipped
+# policies/default.yaml's actions on the statuses the tests use, plus retry_flows on 430.
 DEFAULT_POLICY = """\
 rules:
   - name: moved-permanently
@@ -202,7 +203,7 @@ def proxy_config(
     log_level: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The proxy.yaml mapping (CONTRACT keys plus the documented extensions); keys left None
+    """The proxy.yaml mapping (the keys of README "proxy.yaml"); keys left None
     are omitted so that the proxy's defaults apply."""
     cfg: dict[str, Any] = {
         "listen": [f"udp:{LOOPBACK}:{port}", f"tcp:{LOOPBACK}:{port}"],
@@ -269,7 +270,7 @@ class ProxyProcess:
         if "policy" not in config:
             if policy_text is not None:
                 (workdir / "policy.yaml").write_text(policy_text)
-                config["policy"] = "policy.yaml"  # relative to proxy.yaml (CONTRACT)
+                config["policy"] = "policy.yaml"  # relative to proxy.yaml (README "proxy.yaml")
             else:
                 config["policy"] = None
         self = cls(workdir, port, proxy_config(port, **config))

@@ -1,4 +1,4 @@
-"""No open relay, no reflector (CONTRACT "TLS and access"), end to end over loopback.
+"""No open relay, no reflector (docs/BEHAVIOUR.md "No open relay, no reflector"), end to end over loopback.
 
 A *stranger* is a socket bound to 127.0.0.2: neither an upstream (whose address is
 127.0.0.1:PBX) nor in ``trusted_relays``.  The *victim* is a UDP socket on 127.0.0.1 that the
@@ -11,7 +11,8 @@ stranger would like the proxy to send traffic to.  What each test proves:
   defence against abuse to the element);
 * a stranger's Request-URI never names a next hop: with a Route naming the proxy itself, or
   with a top Via forging the upstream's address, the INVITE for ``sip:someone@VICTIM`` goes to
-  the upstream (CONTRACT routing step 5: trust is judged by the packet's source, never by Via);
+  the upstream (docs/BEHAVIOUR.md "Routing": anything else to the upstreams; trust is judged by the packet's source,
+  never by Via);
 * the upstream's own requests still go to their Request-URI (routing step 4): a sipp call from
   the upstream's socket reaches a sipp UAS on the victim's port and completes;
 * a ``trusted_relays`` host may preload a Route to any host;
@@ -23,7 +24,9 @@ stranger would like the proxy to send traffic to.  What each test proves:
 
 from __future__ import annotations
 
+import asyncio
 import re
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -96,7 +99,7 @@ def refusal_lines(proxy: ProxyProcess, host: str, since: int = 0) -> list[str]:
 async def test_stranger_preloaded_route_gets_403_and_reaches_nobody(
     proxy_factory: ProxyFactory,
 ) -> None:
-    """CONTRACT "TLS and access": an initial request whose Route names another host is
+    """docs/BEHAVIOUR.md "No open relay, no reflector": an initial request whose Route names another host is
     relayed only for an upstream or a trusted relay; a stranger's gets 403.  Three INVITEs with
     ``Route: <sip:127.0.0.1:VICTIM;lr>`` each get 403 "Relaying Denied" (ACKed, RFC 3261
     17.1.1.3) and the proxy logs exactly one WARNING "refused" line for the source (once per
@@ -155,7 +158,7 @@ async def test_stranger_preloaded_route_gets_403_and_reaches_nobody(
 async def test_stranger_request_uri_is_never_a_next_hop(
     proxy_factory: ProxyFactory, trick: str,
 ) -> None:
-    """CONTRACT routing step 5 and "TLS and access": a stranger's request goes to the upstreams,
+    """docs/BEHAVIOUR.md "Routing" (last step) and "No open relay": a stranger's request goes to the upstreams,
     never to a host its Request-URI names.  ``route-to-proxy``: ``Route: <sip:PROXY;lr>`` (the
     proxy pops its own value, RFC 3261 16.4) with ``INVITE sip:someone@127.0.0.1:VICTIM``;
     ``forged-upstream-via``: the top Via claims the upstream's address (trust is judged by the
@@ -196,7 +199,7 @@ async def test_stranger_request_uri_is_never_a_next_hop(
 async def test_upstream_request_goes_to_its_request_uri(
     proxy_factory: ProxyFactory, sipp: Sipp,
 ) -> None:
-    """CONTRACT routing step 4: a request that came from an upstream (its packets come from the
+    """docs/BEHAVIOUR.md "Routing": a request that came from an upstream (its packets come from the
     upstream's address) goes to its Request-URI.  sipp as the PBX, bound on the upstream's
     port, calls ``sip:someone@127.0.0.1:VICTIM``; a sipp UAS on VICTIM answers; ACK and BYE
     follow the Record-Route (RFC 3261 12.2.1.1) and the call completes."""
@@ -222,7 +225,7 @@ async def test_upstream_request_goes_to_its_request_uri(
 
 
 async def test_trusted_relay_may_preload_a_route(proxy_factory: ProxyFactory) -> None:
-    """CONTRACT "TLS and access": with ``trusted_relays: [127.0.0.2]`` the same preloaded Route
+    """docs/BEHAVIOUR.md "No open relay, no reflector": with ``trusted_relays: [127.0.0.2]`` the same preloaded Route
     that a stranger gets 403 for is loose-routed (RFC 3261 16.4, 16.6 step 7): the victim gets
     the INVITE with the proxy's Via on top; its 486 reaches the relay, and the proxy ACKs the
     486 hop by hop (17.1.1.3)."""
@@ -258,7 +261,7 @@ async def test_trusted_relay_may_preload_a_route(proxy_factory: ProxyFactory) ->
 
 
 async def test_forged_response_is_not_reflected(proxy_factory: ProxyFactory) -> None:
-    """CONTRACT "TLS and access": a response is relayed only when it matches a client
+    """docs/BEHAVIOUR.md "No open relay, no reflector": a response is relayed only when it matches a client
     transaction or its top Via carries a branch this proxy generated.  The stranger sends
     ``SIP/2.0 200 OK`` with top Via ``127.0.0.1:PROXY;branch=z9hG4bKmadeup`` and a second Via
     naming the victim (RFC 3261 18.2.2 would send it there): the victim gets nothing, the proxy
@@ -296,17 +299,27 @@ async def test_forged_response_is_not_reflected(proxy_factory: ProxyFactory) -> 
     proxy.assert_alive()
 
 
+def transactions(proxy: ProxyProcess) -> float:
+    """The ``transactions`` gauge of /metrics (SIP transactions in progress)."""
+    with urllib.request.urlopen(f"http://{proxy.config['http']}/metrics", timeout=5) as r:
+        m = re.search(r"^sip_policy_proxy_transactions (\S+)$", r.read().decode(), re.M)
+    assert m is not None
+    return float(m.group(1))
+
+
 async def test_genuine_2xx_retransmissions_still_relayed(proxy_factory: ProxyFactory) -> None:
     """The reflector defence must not cost real calls their 2xx retransmissions (RFC 3261
     13.3.1.4: the UAS retransmits its 2xx until the ACK arrives).  A caller's INVITE goes to the
     upstream, which answers 200: the caller gets it; a retransmission of the 200 while the
     proxy's client transaction is in Accepted (RFC 6026 7.2) is relayed; and so is one after
     Timer M (64*T1; ``t1_ms: 50`` makes it 3.2 s) ended the transaction: the proxy recognises
-    its own MAC-signed branch and forwards statelessly (RFC 3261 16.7 / 16.11).  There is no
-    event for the end of a transaction on the wire, so the test waits Timer M plus a margin."""
+    its own MAC-signed branch and forwards statelessly (RFC 3261 16.7 / 16.11).  The end of a
+    transaction sends nothing: the test polls the ``transactions`` gauge of /metrics until it
+    is 0 (the client transaction ended at Timer M, the server one at Timer L, both 64*T1)."""
     async with await UdpPeer.bind(free_port()) as pbx, \
             await UdpPeer.bind(free_port(tcp=False)) as caller:
-        proxy = proxy_factory(upstreams=[f"sip:{LOOPBACK}:{pbx.port}"], timers={"t1_ms": 50})
+        proxy = proxy_factory(upstreams=[f"sip:{LOOPBACK}:{pbx.port}"], timers={"t1_ms": 50},
+                              extra={"http": f"{LOOPBACK}:{free_port(udp=False)}"})
         call_id = new_call_id("late2xx")
         callee = "sip:bob@example.net"
         await caller.send(build_request(
@@ -323,7 +336,11 @@ async def test_genuine_2xx_retransmissions_still_relayed(proxy_factory: ProxyFac
             assert got.status == 200, f"{when}: {got.start_line}"
             assert len(got.vias) == 1 and via_sent_by(got.vias[0])[2] == caller.port, got.vias
         timer_m = 64 * 0.050
-        await caller.quiet(timer_m + 0.8)  # Timer M: the client transaction ends
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timer_m + 5
+        while (held := await asyncio.to_thread(transactions, proxy)) > 0:
+            assert loop.time() < deadline, f"{held} transactions past Timer M"
+            await asyncio.sleep(0.1)  # bounded poll: a transaction's end sends nothing
         await pbx.send(ok, src)
         got = await final_response(caller, call_id)
         assert got.status == 200 and got.call_id == call_id, got.start_line

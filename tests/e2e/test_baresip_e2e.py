@@ -17,7 +17,7 @@ What each test proves:
   sip:alice@example.com reaches baresip through the binding (baresip answers 200); with the
   default ``[SHA-256, MD5]`` baresip 1.0 gives up on the first challenge (it cannot compute
   SHA-256: "Function not implemented"), never sends credentials, and holds no binding: the
-  reason the setting exists (README "auth").
+  reason the setting exists (README "Registrations and digest authentication").
 """
 
 from __future__ import annotations

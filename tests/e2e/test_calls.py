@@ -19,7 +19,7 @@ from tests.e2e.wire import SipMessage, via_sent_by
 
 pytestmark = pytest.mark.e2e
 
-DOMAIN = "example.net"  # not the proxy's: a call from outside goes to the upstream (CONTRACT 5)
+DOMAIN = "example.net"  # not the proxy's: a call from outside goes to the upstream (BEHAVIOUR "Routing")
 
 
 def received(result: SippResult, method: str) -> list[SipMessage]:

@@ -92,7 +92,7 @@ async def ping_until_closed(c: Conn, every: float, limit: float) -> float:
         if not pong:
             return loop.time() - c.opened
         assert pong.strip(b"\r\n") == b"", pong
-        await asyncio.sleep(every)
+        await asyncio.sleep(every)  # the keep-alives' pace (what is tested), not a wait
     return limit
 
 
@@ -124,12 +124,12 @@ async def test_keepalives_keep_a_registered_flow_but_no_strangers_slot(
         await proxy.await_log("closed 10 idle tcp connections (limits.tcp_idle_timeout 2 s)")
         for _ in range(3):  # the flow pings too, and outlives the timeout (over 4 s in all)
             await phone.send(PING)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the pace: time must pass for the idle rule to act
         loop = asyncio.get_running_loop()
         end = loop.time() + 1.0
         while loop.time() < end:
             await phone.send(PING)
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.25)  # the pace: time must pass for the idle rule to act
         host, port = phone.local
         await phone.send(options(host, port, proxy.addr, "TCP", cid="still-here"))
         ok = await phone.recv_sip(WAIT, lambda m: m.call_id == "still-here")
@@ -178,7 +178,8 @@ async def test_one_source_gets_tcp_per_source_connections_and_others_still_call(
     proxy = proxy_factory(upstreams=[f"sip:{LOOPBACK}:{pbx_port};transport=tcp"])
     conns = [await Conn.open(proxy.addr, STRANGER) for _ in range(40)]
     try:
-        lived = [await c.closed_after(0.3) for c in conns]
+        # each watched for 0.3 s, all at once (one after the other the 32 held took 9.6 s)
+        lived = await asyncio.gather(*(c.closed_after(0.3) for c in conns))
         assert lived[:32] == [None] * 32, lived  # 32 held (the default tcp_per_source) ...
         assert all(t is not None for t in lived[32:]), lived  # ... the 8 others closed at once
         await call_over_tcp(proxy, sipp, pbx_port)  # 127.0.0.1 still gets in, and calls
@@ -273,13 +274,13 @@ async def test_rss_returns_after_many_half_open_tls_handshakes(
         peak, end = idle, loop.time() + 6
         while loop.time() < end and "closed" not in " ".join(proxy.lines()[-3:]):
             peak = max(peak, rss_kib(pid))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # RSS sampled while the handshakes are held
         peak = max(peak, rss_kib(pid))
         assert peak - idle > 30_000, (idle, peak)  # the attack did cost memory (KiB)
         await proxy.await_log("whose TLS handshake did not end in 1 s", timeout=10)
         end = loop.time() + 20
         while rss_kib(pid) > 1.2 * idle and loop.time() < end:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.25)  # bounded poll: memory given back raises no event
         after = rss_kib(pid)
         assert after <= 1.2 * idle, (idle, peak, after)
     finally:

@@ -80,7 +80,7 @@ async def test_when_the_best_target_fails_the_next_upstream_takes_the_call(
     try:
         proxy = proxy_factory(upstreams=["sip:carrier.test", f"sip:{LOOPBACK}:{p_next}"],
                               extra={"dns": {"servers": [dns.server]}},
-                              timers={"t1_ms": 100})
+                              timers={"t1_ms": 50})  # Timer B of the silent target: 3.2 s
         pbx10 = None
         if first == "503":
             pbx10 = await sipp.uas(str(rejecting_pbx(tmp_path, 503)), port=p10, calls=1,

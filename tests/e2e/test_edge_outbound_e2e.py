@@ -1,7 +1,7 @@
 """SIP Outbound as EDGE proxy (RFC 5626 5, RFC 3327 Path) end to end, ``registrar: upstream``:
 the real proxy on loopback between phones and a PBX registrar, driven by sipp and raw sockets.
 
-What each test proves (README "SIP Outbound", CONTRACT ``registrar: upstream``):
+What each test proves (docs/BEHAVIOUR.md "SIP Outbound", ``registrar: upstream``):
 
 * a phone's outbound REGISTER reaches the PBX with exactly one ``Path`` naming the proxy, with
   ``;lr`` and ``;ob`` and a flow token as user part, which differs per flow (RFC 5626 5.1,
@@ -388,7 +388,7 @@ async def test_phone_call_pbx_bye_comes_back_over_phone_flow(
     proxy_factory: ProxyFactory,
 ) -> None:
     """The NATed phone of the test above (private Contact 192.0.2.55) calls out: its INVITE goes
-    to the PBX (CONTRACT routing step 5) Record-Routed with a flow token (RFC 5626 5.3.2); the
+    to the PBX (docs/BEHAVIOUR.md "Routing": anything else to the upstreams) Record-Routed with a flow token (RFC 5626 5.3.2); the
     PBX answers, the phone's ACK reaches the PBX, and the PBX's BYE to the phone's private
     Contact with the Record-Route as Route comes back over the phone's flow (README: the
     caller-facing Record-Route carries the caller's flow token); the phone's 200 reaches the

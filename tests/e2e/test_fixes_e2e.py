@@ -7,12 +7,12 @@ What each test proves:
   bytes a request goes over TCP; one that can go neither way is a transport error, 16.9,
   or 513), not with a 408 after Timer B; a 2,000-byte INVITE goes to an upstream that listens
   on TCP over TCP, with a ``SIP/2.0/TCP`` Via (18.1.1);
-* CONTRACT routing: a 301 from one of a registered user's bindings teaches the rewrite of that
-  binding only: the next call goes to the new address and to the other binding, not to the
+* docs/BEHAVIOUR.md "Routing": a 301 from one of a registered user's bindings teaches the
+  rewrite of that binding only: the next call goes to the new address and to the other binding, not to the
   old address;
 * a phone registered over TCP without SIP Outbound (a plain RFC 3261 10 binding with
   ``;transport=tcp``) is reached over a new connection to its Contact after it closed the
-  registering one (RFC 3261 18.1.1, CONTRACT "Durable and shared state": only an outbound
+  registering one (RFC 3261 18.1.1, docs/BEHAVIOUR.md "SIP Outbound": only an outbound
   binding dies with its connection; that case, 430 at once, is proved by
   ``test_edge_outbound_e2e.py::test_tcp_flow_closed_gets_430`` and ``test_outbound_e2e.py``);
 * the Path the proxy inserts names it as the registrar reaches it: the upstream leg's
@@ -226,7 +226,8 @@ def parse_body(data: bytes) -> bytes:
 async def test_301_on_one_fork_branch_rewrites_only_that_binding(
     proxy_factory: ProxyFactory,
 ) -> None:
-    """CONTRACT routing: "A 301 teaches the rewrite of the URI its own branch was sent to".
+    """docs/BEHAVIOUR.md "Routing": "A learned 301 rewrite applies to the URI its branch was
+    sent to".
     alice has two bindings (phone1, phone2, q 1: forked in parallel, RFC 3261 16.6).  The
     PBX's INVITE reaches both; phone2 answers 486, phone1 answers 301 with Contact phone3
     (policy moved-permanently: redirect, permanent; ``redirects`` names 127.0.0.1 as source
@@ -314,7 +315,8 @@ async def test_plain_tcp_binding_reached_over_new_connection(
     RFC 3261 10 binding) with ``Contact: <sip:bob@127.0.0.1:P;transport=tcp>``, P being its own
     TCP listener, and closes the registering connection.  The PBX's INVITE for
     sip:bob@example.com reaches the phone over a new connection the proxy opens to P (RFC 3261
-    18.1.1; CONTRACT: a plain binding lives until it expires and is reached over a new
+    18.1.1; docs/BEHAVIOUR.md "SIP Outbound": a plain binding lives until it expires and is
+    reached over a new
     connection to its Contact); the phone's 486 over it reaches the PBX."""
     pbx_port = free_port()
     phone_port = free_port()

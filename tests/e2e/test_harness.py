@@ -155,7 +155,7 @@ async def test_tcp_exchange_sees_responses_closes_and_silence() -> None:
 
 
 FAKE_PROXY = """\
-import signal, sys, time
+import signal, sys
 mode = {mode!r}
 def term(*_):
     if mode == "crash-on-term":
@@ -167,7 +167,7 @@ if mode != "never-ready":
     print("INFO proxy: listening on udp:127.0.0.1:1", file=sys.stderr, flush=True)
     print("INFO proxy: sip-policy-proxy ready", file=sys.stderr, flush=True)
 while True:
-    time.sleep(1)
+    signal.pause()  # until SIGTERM, which the harness sends
 """
 
 

@@ -1,7 +1,7 @@
 """Garbage, truncated, oversized and binary input over UDP and TCP: the proxy answers what it can
 with an error (RFC 3261 8.2, 16.3, 18.3; RFC 4475 3.1.2.2), forwards none of it, keeps
-running, and a normal call through it succeeds afterwards (CONTRACT: "None of these stops the
-process or disturbs other calls")."""
+running, and a normal call through it succeeds afterwards (docs/BEHAVIOUR.md "Requests":
+"None of this stops the process")."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ async def test_garbage_truncated_oversized_udp(
     # while the junk flies the upstream is a plain socket: it must receive nothing
     async with await UdpPeer.bind(upstream_port) as upstream, await UdpPeer.bind() as peer:
         # answers that are defined: 400 for a header line without colon (RFC 3261 8.2 /
-        # CONTRACT), 513 for a message over max_message_size (RFC 3261 21.5.14), 400 for
+        # docs/BEHAVIOUR.md "Requests"), 513 for a message over max_message_size (RFC 3261 21.5.14), 400 for
         # Content-Length larger than the datagram (RFC 4475 3.1.2.2 over UDP)
         big, big_cid = oversized(peer.port, 65507)  # the largest IPv4 UDP payload
         bad, bad_cid = no_colon(peer.port)

@@ -2,7 +2,8 @@
 (``registrar: local``, ``domains: [example.com]``), sipp as PBX and as the flows of phones, raw
 TCP/UDP peers where sipp cannot do it.
 
-What each test proves (CONTRACT routing step 3 and ``retry_flows``; README "Forking"):
+What each test proves (docs/BEHAVIOUR.md "Routing": a registered address-of-record to its bindings; ``retry_flows``;
+docs/BEHAVIOUR.md "Forking"):
 
 * a phone instance registering two flows (same ``+sip.instance``, reg-id 1 and 2) gets one
   binding per flow (RFC 5626 6); an INVITE goes over ONE flow per instance, the most recently

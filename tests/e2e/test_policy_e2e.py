@@ -1,6 +1,6 @@
 """The response policy end to end: the real proxy on loopback, sipp as caller, PBXes and phones.
 
-What each test proves (shipped ``policies/default.yaml`` semantics, CONTRACT "Policy file"):
+What each test proves (shipped ``policies/default.yaml`` semantics, README "Policy files"):
 
 * ``stop`` (6xx, RFC 3261 16.7 step 5): the 6xx of the first upstream is the caller's final
   response and no other upstream is tried; on a parallel fork the other ringing branch is
@@ -9,7 +9,7 @@ What each test proves (shipped ``policies/default.yaml`` semantics, CONTRACT "Po
   and the call completes, BYE included, through the proxy (Record-Route, RFC 3261 16.12).
 * Reload: a changed file changes the next call's handling (mtime watcher + SIGHUP) while a call
   in progress completes; an invalid file is refused on SIGHUP with FILE:LINE:COLUMN lines and
-  the old policy stays in force (CONTRACT "CLI").
+  the old policy stays in force (README "Policy files", "Commands").
 
 Scenario files: ``pol_uas_reject.xml`` (PBX rejecting with one final response, ACK required),
 ``pol_uac_expect_final.xml`` (caller that requires one final response and ACKs it),
@@ -237,11 +237,11 @@ async def test_6xx_from_first_upstream_stops_and_reaches_caller(
 async def test_603_on_one_fork_branch_cancels_the_other_ringing_branch(
     proxy_factory: ProxyFactory, sipp: Sipp, tmp_path: Path
 ) -> None:
-    """Two phones registered for bob@example.com are forked in parallel (CONTRACT routing 3,
+    """Two phones registered for bob@example.com are forked in parallel (BEHAVIOUR "Routing",
     RFC 3261 16.6); both ring, phone A declines with 603 -> stop: phone B's pending branch is
     CANCELled (RFC 3261 16.7 step 5, 9.1: the INVITE's branch), B answers 200 + 487 (the 487
     200 ms late) and gets the ACK, and the PBX receives the 603 once B's branch has ended (16.7
-    step 6; CONTRACT `stop`)."""
+    step 6; docs/BEHAVIOUR.md "The policy actions", `stop`)."""
     pbx_port, port_a, port_b = free_port(), free_port(), free_port()
     proxy = proxy_factory(upstreams=[upstream(pbx_port)], registrar="local",
                           domains=["example.com"], policy=str(SHIPPED_POLICY), timers=FAST)
@@ -295,7 +295,7 @@ async def test_603_on_one_fork_branch_cancels_the_other_ringing_branch(
     finals = responses(pbx_res, "received")
     assert {t.msg.status for t in finals} == {603}, [t.msg.start_line for t in finals]
     assert to_tag(finals[0].msg) == to_tag(a_603[0].msg)
-    # CONTRACT stop: "the 6xx is the final response once the cancelled branches end".  B holds
+    # BEHAVIOUR.md, stop: "the response is the final one once the cancelled branches have ended".  B holds
     # its 487 for 200 ms after the CANCEL; sipp logs a sent message just after writing it, so
     # with a correct proxy the PBX may log the 603 some microseconds before B logs its 487,
     # never 100 ms before (a proxy that sends the 603 at once: about 200 ms before).

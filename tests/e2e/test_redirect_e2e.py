@@ -2,8 +2,8 @@
 servers where sipp cannot play the part.
 
 What each test proves (shipped ``policies/default.yaml``: 301 ``redirect`` permanent, 302
-``redirect`` not permanent, ``max_redirects: 3``; CONTRACT "proxy.yaml" ``redirects`` and
-"Routing"):
+``redirect`` not permanent, ``max_redirects: 3``; README "Security defaults" ``redirects`` and
+docs/BEHAVIOUR.md "Routing"):
 
 * a 301 from the upstream is ACKed (RFC 3261 17.1.1.3), its Contact becomes the target of the
   same call (RFC 3261 16.5, 16.6 step 6: Request-URI = the contact) and the rewrite is learned
@@ -15,7 +15,7 @@ What each test proves (shipped ``policies/default.yaml``: 301 ``redirect`` perma
   response to the caller within 1 s, each target tried a bounded number of times (RFC 3261
   16.5: a URI is tried once per request; 16.7 step 4);
 * a 301 from an untrusted source, or pointing at a target that is not allowed, is relayed to
-  the caller untouched and nothing is learned (RFC 3261 26.1.2; CONTRACT ``redirects``);
+  the caller untouched and nothing is learned (RFC 3261 26.1.2; BEHAVIOUR "Redirect safety");
 * a 302 without an expiry is followed but not remembered (RFC 3261 21.3.3).
 
 Scenario files: ``rd_uas_301.xml`` / ``rd_uas_302.xml`` (a redirect server answering every INVITE
@@ -67,7 +67,7 @@ SHIPPED_POLICY = REPO / "policies" / "default.yaml"
 OUTSIDE = "example.net"  # not the proxy's domain: a call from outside goes to the upstream
 USER = "bob"
 OLD_URI = f"sip:{USER}@{OUTSIDE}"  # the Request-URI the caller sends (uac_call.xml)
-SQLITE_STATE = {"state": "sqlite:routes.db"}  # relative to proxy.yaml (CONTRACT)
+SQLITE_STATE = {"state": "sqlite:routes.db"}  # relative to proxy.yaml (README "proxy.yaml")
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -433,7 +433,7 @@ async def test_untrusted_or_disallowed_301_reaches_caller_unlearned(
     sipp: Sipp,
 ) -> None:
     """A 301 from a source outside ``redirects.trusted_sources``, or whose Contact is not in
-    ``redirects.allow_targets``, is handled as ``forward`` (CONTRACT; RFC 3261 26.1.2): the
+    ``redirects.allow_targets``, is handled as ``forward`` (BEHAVIOUR "Redirect safety"; RFC 3261 26.1.2): the
     caller receives A's 301 with its Contact, B gets no INVITE, and the sqlite store stays
     empty."""
     pa, pb = free_port(), free_port()

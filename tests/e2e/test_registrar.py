@@ -25,8 +25,8 @@ async def test_pbx_call_reaches_registered_phone(
     proxy_factory: Callable[..., ProxyProcess], sipp: Sipp
 ) -> None:
     """alice registers at the proxy; the PBX, sending from its upstream address, calls
-    sip:alice@example.com through the proxy; the proxy sends it to alice's binding (CONTRACT
-    routing step 3), the phone answers, ACK and BYE follow the Record-Route."""
+    sip:alice@example.com through the proxy; the proxy sends it to alice's binding
+    (docs/BEHAVIOUR.md "Routing": a registered address-of-record to its bindings), the phone answers, ACK and BYE follow the Record-Route."""
     pbx_port = free_port()
     phone_port = free_port()
     proxy = proxy_factory(upstreams=[f"sip:{LOOPBACK}:{pbx_port}"], registrar="local",

@@ -1,4 +1,4 @@
-"""Durable and shared state end to end (CONTRACT "Durable and shared state"), against real
+"""Durable and shared state end to end (README "Durable and shared state"), against real
 redis-servers (and a real 3-node Redis Cluster) started by the tests.
 
 * A phone registered before a restart (sqlite, Redis) gets the next INVITE without

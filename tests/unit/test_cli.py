@@ -1,9 +1,9 @@
-"""The command line: check / explain / run, in-process with capsys and once as a subprocess."""
+"""The command line: check / explain / run, in-process with capsys (as a real process:
+tests/system/test_cli_processes.py)."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import textwrap
 import types
@@ -588,36 +588,3 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert all(cmd in out for cmd in ("run", "check", "explain"))
-
-
-# ---------------------------------------------------------------------------------------------
-# As a real process: `python -m proxy ...`
-
-
-def _proxy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
-    )
-
-
-def test_subprocess_check_and_explain() -> None:
-    ok = _proxy("check", "--config", "proxy.yaml", cwd=REPO)
-    assert (ok.returncode, ok.stderr) == (0, "")
-    assert ok.stdout.startswith("OK: proxy.yaml (policy policies/default.yaml version ")
-    explained = _proxy("explain", "--policy", "policies/default.yaml", "604", cwd=REPO)
-    assert (explained.returncode, explained.stdout) == (0, "global-failure: stop\n")
-    bad = _proxy("explain", "--policy", "policies/default.yaml", "700", cwd=REPO)
-    assert bad.returncode == 2
-
-
-def test_subprocess_check_broken_file(tmp_path: Path) -> None:
-    _write(tmp_path, "broken.yaml", BROKEN_POLICY)
-    result = _proxy("check", "--policy", "broken.yaml", cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr.splitlines() == [
-        ("broken.yaml:5:5: rule 'moved': 'max_attempts' applies only to action retry_flows, "
-        "not redirect"),
-        "broken.yaml:7:21: rule 'failing': status 700 is out of range 100..699",
-    ]

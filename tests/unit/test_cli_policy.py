@@ -1,10 +1,9 @@
 """`check` running a policy's tests and checking its group names, and `explain` of a call
-(route, then the deciding rule): output and exit codes, in-process and once as a subprocess."""
+(route, then the deciding rule): output and exit codes, in-process (every shipped example's tests as a real process:
+tests/system/test_cli_processes.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -227,13 +226,3 @@ def test_explain_usage_errors(setup: Path, args: list[str], message: str,
     assert main(["explain", *args]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.endswith(message)
-
-
-def test_subprocess_check_runs_every_shipped_example() -> None:
-    for config in sorted((REPO / "policies" / "examples").glob("*/proxy.yaml")):
-        done = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(config)],
-                              capture_output=True, text=True, cwd=REPO, timeout=60)
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.splitlines()[1].startswith("tests: ")
-        assert done.stdout.splitlines()[1].endswith(" passed")
-        assert done.stderr == ""

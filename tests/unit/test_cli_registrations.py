@@ -1,5 +1,6 @@
-"""``sip-policy-proxy registrations list [--json] | remove AOR`` against sqlite and a real
-redis-server: the bindings (RFC 3261 10.3, RFC 5626) in the state store."""
+"""``sip-policy-proxy registrations list [--json] | remove AOR`` against sqlite: the bindings
+(RFC 3261 10.3, RFC 5626) in the state store. The same tests against a real redis-server:
+tests/system/test_cli_registrations_redis.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 
 from proxy.cli import main
 from proxy.store import StoredBinding
-from tests.redis_harness import RedisServer
 from tests.unit.test_cli_routes import store_call, write_config
 
 FUTURE = 4_102_444_800.0  # 2100-01-01T00:00:00Z
@@ -31,17 +31,15 @@ ALICE = b("alice@example.com", "sip:alice@192.0.2.20:5062")
 BOB = b("bob@example.com", "sip:bob@192.0.2.30", reg_id=1, node="edge-2")
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def config(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        server.cli("flushall")
-        path = write_config(tmp_path, server.url)
-    else:
-        path = write_config(tmp_path)
+def seeded(path: Path) -> Path:
     for binding in (ALICE, BOB):
         store_call(path, "put_binding", binding)
     return path
+
+
+@pytest.fixture(params=["sqlite"])
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    return seeded(write_config(tmp_path))
 
 
 def test_list_prints_a_table(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

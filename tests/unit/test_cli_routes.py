@@ -1,7 +1,8 @@
 """``sip-policy-proxy routes list | remove URI | clear``: the learned rewrites in the state store.
 
 Routes are seeded through the store API into a sqlite state named by a proxy.yaml in
-tmp_path; the command runs in-process (capsys) and once as a real process. What a second
+tmp_path; the command runs in-process (capsys; as a real process in
+tests/system/test_cli_processes.py). What a second
 store object (standing in for a running proxy) sees afterwards proves the command's writes.
 """
 
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -342,36 +341,3 @@ def test_help_mentions_routes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["routes", "--help"]) == 0
     out = capsys.readouterr().out
     assert all(action in out for action in ("list", "remove", "clear"))
-
-
-# ---------------------------------------------------------------------------------------------
-# As a real process
-
-
-def _proxy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
-    )
-
-
-def test_subprocess_list_remove_clear(config: Path) -> None:
-    listed = _proxy("routes", "list", "--json", cwd=config.parent)
-    assert (listed.returncode, listed.stderr) == (0, "")
-    assert [r["old_uri"] for r in json.loads(listed.stdout)] == [
-        "sip:alice@old.example.com", "sip:bob@old.example.com"]
-    removed = _proxy("routes", "remove", "sip:alice@old.example.com", cwd=config.parent)
-    assert (removed.returncode, removed.stdout) == (
-        0, "removed the learned route for sip:alice@old.example.com\n")
-    assert live(config) == ["sip:bob@old.example.com"]
-    missing = _proxy("routes", "remove", "sip:alice@old.example.com", cwd=config.parent)
-    assert (missing.returncode, missing.stdout) == (1, "")
-    assert missing.stderr == "no learned route for sip:alice@old.example.com\n"
-    # bob's route, and no expired row: listing dropped it (housekeeping, RFC-free)
-    cleared = _proxy("routes", "clear", "--config", str(config), cwd=config.parent.parent)
-    assert (cleared.returncode, cleared.stdout) == (0, "removed 1 learned route\n")
-    memory = write_config(config.parent, "memory:", name="memory.yaml")
-    refused = _proxy("routes", "list", "--config", memory.name, cwd=config.parent)
-    assert refused.returncode == 1
-    assert refused.stderr == (
-        "memory.yaml: state is memory: nothing is persisted; use sqlite: or redis://\n")

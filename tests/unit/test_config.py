@@ -813,7 +813,7 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         config.record_route = False  # type: ignore[misc]
 
 
-CONTRACT_EXAMPLE = """
+USER_EXAMPLE = """
 listen:            # TRANSPORT:HOST:PORT, transport in udp|tcp|tls
   - udp:127.0.0.1:5060
   - tcp:127.0.0.1:5060
@@ -839,10 +839,11 @@ redirects:                          # optional: which 3xx the proxy may follow a
 """
 
 
-def test_the_contract_example_loads_as_written(tmp_path: Path) -> None:
-    """`state: memory:` is not valid plain YAML; the loader accepts the CONTRACT's spelling."""
+def test_an_operators_example_loads_as_written(tmp_path: Path) -> None:
+    """`state: memory:` is not valid plain YAML; the loader accepts that spelling (README
+    "proxy.yaml")."""
     _write(tmp_path, (REPO / "policies" / "default.yaml").read_text(), "policies/default.yaml")
-    config, policy, warnings = load_config_and_policy(_write(tmp_path, CONTRACT_EXAMPLE))
+    config, policy, warnings = load_config_and_policy(_write(tmp_path, USER_EXAMPLE))
     # registrar: local without auth (issue 18): anyone on the private ranges may register
     assert [(w.line, w.message) for w in warnings] == [(11, REGISTRAR_OPEN_WARNING)]
     assert config.state == "memory:"

@@ -23,7 +23,8 @@ DEFAULT = _load("default.yaml")
 
 
 def _default_expected(status: int) -> Decision:
-    """The CONTRACT's default policy with the issue's refinements, written out independently."""
+    """The default policy (README's excerpt, docs/BEHAVIOUR.md "The policy actions") with the
+    refinements of later issues, written out independently."""
     if status == 301:
         return Decision(Action.REDIRECT, "moved-permanently", permanent=True, max_redirects=3)
     if status == 302:

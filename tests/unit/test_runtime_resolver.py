@@ -1,7 +1,8 @@
 """RFC 3263 client side (proxy/runtime/resolver.py) and its DNS cache (proxy/runtime/dns.py),
-against a real DNS server on loopback (tests/dns_servers.py: a dnspython-built authoritative
-server for ``test.``, on a UDP port of the test's event loop; dnsmasq for the NAPTR wire format
-of an independent implementation). The cache runs on a clock the test moves."""
+against a DNS server on loopback (tests/dns_servers.py: a dnspython-built authoritative
+server for ``test.``, on a UDP port of the test's event loop). The cache runs on a clock the
+test moves. The same procedure against dnsmasq, an independent implementation in a process
+of its own: tests/system/test_dns_dnsmasq.py."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import logging
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from proxy.runtime.dns import GRACE, MAX_RECORDS, NEGATIVE_TTL, RETRY, DnsClient, DnsFailure
 from proxy.runtime.resolver import Hop, Resolved, Resolver, srv_order
-from tests.dns_servers import Dnsmasq, DnsResponder
+from tests.dns_servers import DnsResponder
 
 
 class Clock:
@@ -337,23 +337,3 @@ async def test_the_system_lookup_finds_etc_hosts_names() -> None:
     client = DnsClient(())
     answer = await client.ask("localhost", "SYSTEM")
     assert "127.0.0.1" in answer.records or "::1" in answer.records
-
-
-async def test_dnsmasq_naptr_srv_and_a(tmp_path: Path, clock: Clock) -> None:
-    """The same procedure against dnsmasq, an independent DNS server (its NAPTR, SRV and A
-    records on the wire)."""
-    server = Dnsmasq(tmp_path, [
-        "--naptr-record=carrier.test,10,50,S,SIP+D2U,,_sip._udp.carrier.test",
-        "--srv-host=_sip._udp.carrier.test,uas2.carrier.test,5072,20,60",
-        "--srv-host=_sip._udp.carrier.test,uas1.carrier.test,5071,10,60",
-        "--host-record=uas1.carrier.test,192.0.2.1",
-        "--host-record=uas2.carrier.test,192.0.2.2",
-    ]).start()
-    try:
-        client = DnsClient((("127.0.0.1", server.port),), clock=clock, timeout=0.5)
-        found = await Resolver(client, families=("A",)).targets(Hop("carrier.test"))
-        assert addrs(found.targets) == [("udp", "192.0.2.1", 5071), ("udp", "192.0.2.2", 5072)]
-        assert not found.failed
-        assert any("query[NAPTR] carrier.test" in q for q in server.queries())
-    finally:
-        server.stop()

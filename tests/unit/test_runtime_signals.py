@@ -16,7 +16,7 @@ class FakeLoop:
 
 
 def test_stop_signals_drain_and_sighup_reloads() -> None:
-    """CONTRACT run: SIGTERM/SIGINT stop taking new transactions; SIGHUP reloads."""
+    """README "Commands", run: SIGTERM/SIGINT stop taking new transactions; SIGHUP reloads."""
     from proxy.runtime.signals import install
 
     calls: list[str] = []

@@ -34,7 +34,7 @@ async def _close_clients() -> AsyncIterator[None]:
     yield
     while _writers:
         _writers.pop().close()
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn: the transports' close callbacks run
 
 
 async def connect(m: TcpManager, src: str = "127.0.0.1", **kw: object) -> tuple[
@@ -212,7 +212,7 @@ async def test_keepalives_alone_never_keep_a_connection_without_a_binding() -> N
             for r, w in (pinger, flow):
                 w.write(b"\r\n\r\n")
                 assert await asyncio.wait_for(r.read(2), 1) in (b"\r\n", b"")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the keep-alives' pace (what is tested), not a wait
         assert pinger[0].at_eof()
         assert 0.7 < loop.time() - start < 1.6  # at tcp_idle_timeout, pings or not
         assert len(m.conns) == 1 and m.stats.closed == {"idle": 1}
@@ -249,7 +249,7 @@ async def test_an_idle_connection_closes_tcp_idle_timeout_after_its_last_sip_mes
         loop = asyncio.get_running_loop()
         for _ in range(3):  # a message every half timeout keeps it
             w.write(OPTIONS)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the messages' pace (what is tested), not a wait
         assert len(m.conns) == 1
         last = loop.time() - 0.5
         await closed_by_peer(r, 3)
@@ -266,7 +266,8 @@ async def test_a_connection_with_a_transaction_stays_and_closes_once_it_ends() -
     await m.listen("127.0.0.1", 0)
     try:
         r, w = await connect(m)
-        await asyncio.sleep(1.0)  # over twice the timeout, with a live transaction
+        # the "nothing must happen" window: over twice the timeout, with a live transaction
+        await asyncio.sleep(1.0)
         assert len(m.conns) == 1 and not r.at_eof()
         busy["yes"] = False
         assert await closed_by_peer(r, 3) < 1.2
@@ -317,7 +318,7 @@ async def test_a_complete_message_restarts_the_message_clock() -> None:
         _, w = await connect(m)
         for i in range(4):  # each message takes 0.4 s to arrive, 1.6 s in all
             w.write(OPTIONS[:20])
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.4)  # the message's pace (what is tested), not a wait
             w.write(OPTIONS[20:])
             await until(lambda n=i: len(got) == n + 1)
         assert len(m.conns) == 1 and m.stats.closed == {}

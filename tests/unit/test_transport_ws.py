@@ -57,7 +57,7 @@ async def _cleanup() -> AsyncIterator[None]:
             thing.close()
         else:
             await thing.close()
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn: the transports' close callbacks run
 
 
 async def ws_manager(peer: Peer, **kw: Any) -> WsManager:
@@ -289,7 +289,7 @@ async def test_a_message_that_trickles_is_closed_at_the_message_timeout(peer: Pe
         if gone(r):
             break
         w.write(frame[i:i + 1])
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the trickle's pace (what is tested), not a wait
     took = asyncio.get_running_loop().time() - start + await eof_within(r, 3)
     assert 0.5 <= took < 1.8
     assert m.stats.closed == {"incomplete": 1} and not peer.got

@@ -52,7 +52,7 @@ async def until(cond: Callable[[], object], timeout: float = 3.0) -> None:
     end = loop.time() + timeout
     while not cond():
         assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # bounded poll of a condition no event announces
 
 
 def client_ctx(pki: dict[str, Path], with_cert: bool) -> ssl.SSLContext:

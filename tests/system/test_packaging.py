@@ -248,11 +248,11 @@ def test_ci_run_is_strict_bash_and_calls_make_test() -> None:
     assert "set -euo pipefail" in code
     make_test = [ln for ln in code if re.fullmatch(r"(exec\s+)?make(\s+-[-\w=]+)*\s+test", ln)]
     assert make_test, ".ci/run must run `make test`"
-    # ... against the compiled build, then the pure one on the unit and conformance tests
-    # (README "Compiled build").
+    # ... against the compiled build, then the pure one on the unit and conformance tests,
+    # on both cores (README "Compiled build", "Tests").
     make_pure = [i for i, ln in enumerate(code)
                  if re.fullmatch(r'(exec\s+)?make(\s+-[-\w=]+)*\s+test-pure'
-                                 r'( PYTEST_ARGS="tests/unit tests/conformance")?', ln)]
+                                 r'( PYTEST_ARGS="(-n 2 )?tests/unit tests/conformance")?', ln)]
     assert make_pure and make_pure[0] > code.index(make_test[0]), ".ci/run: make test-pure last"
     # Nothing may swallow the suite's exit status.
     assert not any(re.search(r"make\b.*\btest\b.*(\|\||;\s*true|\|\s*tee)", ln) for ln in code)

@@ -54,8 +54,11 @@ async def closed_by_peer(r: asyncio.StreamReader, timeout: float) -> float:
 
 
 def conn_of(m: TcpManager, w: asyncio.StreamWriter) -> SipStream:
-    port = w.get_extra_info("sockname")[1]
-    [conn] = [c for c in m.conns.values() if c.peer[1] == port]
+    """The proxy's side of the client connection `w`, by the client's address and port: two
+    clients on different loopback addresses (127.0.0.1 and the stranger's 127.0.0.2) may be
+    given the same port."""
+    host, port = w.get_extra_info("sockname")[:2]
+    [conn] = [c for c in m.conns.values() if tuple(c.peer[:2]) == (host, port)]
     return conn
 
 

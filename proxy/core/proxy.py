@@ -30,11 +30,18 @@ from proxy.core import (
     registrar_glue,
     responses,
     routing,
+    steer,
     txns,
     validate,
 )
 from proxy.core.access import PRIVATE_NETWORKS, AddressSet, RateLimiter, Refusals
-from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
+from proxy.core.context import (
+    Branch,
+    BranchState,
+    NoAnswerTimer,
+    ResponseContext,
+    ServerEntry,
+)
 from proxy.core.dialogs import Dialogs
 from proxy.core.digest import DigestAuth
 from proxy.core.effects import Effects, Out
@@ -61,6 +68,9 @@ class CoreSettings:
     """What the core needs from proxy.yaml, already resolved."""
 
     upstreams: tuple[Target, ...] = ()
+    #: every upstream group in order, the first the default: ``((name, targets), ...)``;
+    #: () is the one group ``default`` of ``upstreams``
+    groups: tuple[tuple[str, tuple[Target, ...]], ...] = ()
     record_route: bool = True
     registrar_local: bool = False
     domains: frozenset[str] = frozenset()
@@ -110,7 +120,21 @@ class ProxyCore:
             host, _, port = a.advertised.rpartition(":")
             self.ours.add((host.strip("[]").lower(), int(port)))
         self.adv = tuple({a.advertised for a in local})
-        self.upstream_addrs = {(t.host, t.port) for t in settings.upstreams}
+        groups = settings.groups or (("default", settings.upstreams),)
+        #: upstream groups by name, in order (routes, failover ``to``, README "Routes")
+        self.groups: dict[str, tuple[Target, ...]] = dict(groups)
+        self.default_group = groups[0][0]
+        self.members = {name: frozenset(ts) for name, ts in groups}
+        #: every upstream of every group, once, in order: probed, and upstreams for the
+        #: access rules (a request from one is trusted, one may be relayed to)
+        self.all_upstreams = tuple(dict.fromkeys(t for _, ts in groups for t in ts))
+        #: by host (lower case): the groups with an upstream there (a route's ``source``)
+        self.source_groups: dict[str, frozenset[str]] = {}
+        for name, ts in groups:
+            for t in ts:
+                key = t.host.lower()
+                self.source_groups[key] = self.source_groups.get(key, frozenset()) | {name}
+        self.upstream_addrs = {(t.host, t.port) for t in self.all_upstreams}
         self.has_tcp = any(a.transport == "tcp" for a in local)
         self.refusals = Refusals()
         self.limiter = RateLimiter(settings.per_source_rps)
@@ -141,7 +165,8 @@ class ProxyCore:
         #: this proxy among several sharing one state (:mod:`.shared`), set by the runtime
         self.cluster = Cluster()
         self.metrics = Metrics()  # read by the runtime's collector at scrape time
-        self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
+        self.prober = Prober(self.all_upstreams, settings.probe_interval,
+                             settings.probe_timeout)
         self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
 
     # ------------------------------------------------------------------ entry points
@@ -194,6 +219,8 @@ class ProxyCore:
                 self.prober.on_timer(self, now, out)
             elif item is self.dialogs:
                 self.dialogs.on_timer(self, now)
+            elif isinstance(item, NoAnswerTimer):
+                steer.no_answer(self, item, now, out)
             elif isinstance(item, ResponseContext):
                 item.deadline = None
                 if not item.final_sent:
@@ -389,6 +416,7 @@ class ProxyCore:
         ctx.append = prep.append
         ctx.path = registrar_glue.upstream_path(self, msg, src)
         entry.ctx = ctx
+        steer.begin(self, ctx, decision.routed, now)
         forward.next_group(self, ctx, now, out)
         if ctx.pending == 0 and not ctx.final_sent:
             responses.send_best(self, ctx, now, out)

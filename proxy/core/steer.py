@@ -205,3 +205,33 @@ def no_answer(core: ProxyCore, timer: NoAnswerTimer, now: float, out: Out) -> No
     core.metrics.decisions[(NO_ANSWER_RULE, Action.FAILOVER.value)] += 1
     switch(core, ctx, spec.to, spec.diversion, now)
     forward.next_group(core, ctx, now, out)
+
+
+class UpstreamState:
+    """One upstream as ``status`` and ``upstream_up`` show it: its groups, whether probing
+    finds it up, and the seconds it is still held down by a rule (0: not held)."""
+
+    __slots__ = ("target", "groups", "probed_up", "held_for")
+
+    def __init__(self, target: Target, groups: tuple[str, ...], probed_up: bool,
+                 held_for: float) -> None:
+        self.target = target
+        self.groups = groups
+        self.probed_up = probed_up
+        self.held_for = held_for
+
+    @property
+    def up(self) -> bool:
+        return self.probed_up and self.held_for <= 0
+
+
+def upstream_states(core: ProxyCore, now: float) -> list[UpstreamState]:
+    """Every upstream of every group at ``now`` (the core's clock), in order."""
+    states: list[UpstreamState] = []
+    prober = core.prober
+    for t in core.all_upstreams:
+        groups = tuple(name for name, members in core.members.items() if t in members)
+        until = prober.held_until(t, now)
+        states.append(UpstreamState(t, groups, prober.up.get(t, True),
+                                    0.0 if until is None else until - now))
+    return states

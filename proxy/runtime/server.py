@@ -116,8 +116,10 @@ class Runtime:
         # Key of flow tokens, branch MACs, digest nonces: the configured secret, else a random
         # one that start() replaces by the state store's before listening (state_key.py).
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
+        groups = named_upstreams.groups_of(config, plan)
         settings = CoreSettings(
-            upstreams=plan.targets,
+            upstreams=groups[0][1],
+            groups=groups,
             record_route=config.record_route,
             registrar_local=config.registrar == "local",
             domains=frozenset(d.lower() for d in config.domains),
@@ -437,7 +439,7 @@ class Runtime:
 
     def _upstream_answer(self, named: named_upstreams.Named, answer: Targets) -> None:
         """A named upstream resolved again: its addresses are an upstream's from now on."""
-        addrs = {(t.host, t.port) for t in self.core.settings.upstreams}
+        addrs = {(t.host, t.port) for t in self.core.all_upstreams}
         for found in self.refresher.current.values():
             addrs.update((r.host, r.port) for r in found.targets)
         self.core.upstream_addrs = addrs

@@ -8,7 +8,7 @@ status; a route's no_answer timer CANCELs (RFC 3261 16.10) and goes on with anot
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from proxy.core.steer import upstream_states
 from proxy.core.types import Source, Target
@@ -125,7 +125,7 @@ def test_a_route_by_request_header() -> None:
 
 
 def _wall(text: str) -> float:
-    return datetime.fromisoformat(text).astimezone(timezone.utc).timestamp()
+    return datetime.fromisoformat(text).timestamp()
 
 
 TIMES = """

@@ -14,7 +14,7 @@ from proxy.config import Config
 from proxy.core.context import BranchState, ResponseContext
 from proxy.core.types import Source, Target
 from proxy.policy import CaseAnswer, CaseRequest, Policy, PolicyTest
-from proxy.policy.simulate import REDIRECT_TARGET
+from proxy.policy.simulate import REDIRECT_TARGET, REQUEST_URI_TARGET
 from proxy.sip import parse_message
 from tests.unit.core_harness import Harness, response_to
 
@@ -94,7 +94,12 @@ def answer_branch(h: Harness, ctx: ResponseContext, answer: CaseAnswer, policy: 
     if not pending:
         raise LookupError("no pending branch")
     br = pending[0]
-    target = br.upstream.label if br.upstream is not None else REDIRECT_TARGET
+    if br.upstream is not None:
+        target = br.upstream.label
+    elif br is ctx.branches[0] and ctx.group is None:
+        target = REQUEST_URI_TARGET  # an upstream's request that no route matched
+    else:
+        target = REDIRECT_TARGET
     src = from_target(br.target)
     if answer.kind == "response":
         extra = tuple(f"{name}: {value}" for name, value in answer.headers)
@@ -134,6 +139,8 @@ def run_on_core(config: Config, policy: Policy, test: PolicyTest, **settings: ob
         return run
     run.route = ctx.route.name if ctx.route is not None else None
     run.group = ctx.branches[0].group if ctx.branches else None
+    if run.group is None and ctx.group is None:
+        run.group = REQUEST_URI_TARGET
     for answer in test.answers:
         if final_status(h, src) is not None:
             run.error = f"an answer ({answer.text()}) after the call ended"

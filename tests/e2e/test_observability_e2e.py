@@ -229,7 +229,7 @@ async def test_status_prints_the_table(
         capture_output=True, text=True, timeout=20, cwd=REPO)
     assert out.returncode == 0, out.stderr
     table = out.stdout
-    assert re.search(rf"upstream {re.escape(up)} +up \(not probed\)", table), table
+    assert re.search(rf"upstream {re.escape(up)} \(default\) +up \(not probed\)", table), table
     for row in ("registrations", "learned routes", "transactions in progress", "calls up",
                 "policy version", "uptime"):
         assert re.search(rf"^{row} +\S", table, re.MULTILINE), (row, table)

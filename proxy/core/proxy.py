@@ -128,12 +128,9 @@ class ProxyCore:
         #: every upstream of every group, once, in order: probed, and upstreams for the
         #: access rules (a request from one is trusted, one may be relayed to)
         self.all_upstreams = tuple(dict.fromkeys(t for _, ts in groups for t in ts))
-        #: by host (lower case): the groups with an upstream there (a route's ``source``)
-        self.source_groups: dict[str, frozenset[str]] = {}
-        for name, ts in groups:
-            for t in ts:
-                key = t.host.lower()
-                self.source_groups[key] = self.source_groups.get(key, frozenset()) | {name}
+        #: by host (lower case): the groups with an upstream there (a route's ``source``);
+        #: an upstream named by a domain adds its addresses (:func:`.steer.name_sources`)
+        self.source_groups: dict[str, frozenset[str]] = steer.source_groups(self, {})
         self.upstream_addrs = {(t.host, t.port) for t in self.all_upstreams}
         self.has_tcp = any(a.transport == "tcp" for a in local)
         self.refusals = Refusals()

@@ -25,6 +25,7 @@ Sans-IO: the wall time a route or rule matches on is the core's clock plus
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from proxy.core import cancel, forward
@@ -88,6 +89,28 @@ def request_view(core: ProxyCore, policy: Policy, msg: SipMessage, src: Source) 
         core.source_groups.get(host.lower(), frozenset()),
         headers,
     )
+
+
+def source_groups(core: ProxyCore, resolved: Mapping[str, Iterable[str]]
+                  ) -> dict[str, frozenset[str]]:
+    """By host (lower case): the groups with an upstream there; ``resolved`` adds, for an
+    upstream named by a domain, the addresses its name resolved to (a request comes from an
+    address, never from a name)."""
+    found: dict[str, set[str]] = {}
+    for name, members in core.groups.items():
+        for t in members:
+            host = t.host.lower()
+            found.setdefault(host, set()).add(name)
+            for address in resolved.get(host, ()):
+                found.setdefault(address.lower(), set()).add(name)
+    return {host: frozenset(names) for host, names in found.items()}
+
+
+def name_sources(core: ProxyCore, resolved: Mapping[str, Iterable[str]]) -> None:
+    """The runtime resolved the upstreams named by a domain (RFC 3263): ``resolved`` maps
+    each name (lower case) to its addresses now; a route's ``source: [GROUP]`` holds for a
+    request from any of them."""
+    core.source_groups = source_groups(core, resolved)
 
 
 def wall(core: ProxyCore, now: float) -> float:

@@ -20,6 +20,7 @@ from typing import Any
 
 from proxy import __version__, build_kind
 from proxy.config import Config
+from proxy.core import steer
 from proxy.core.access import AddressSet
 from proxy.core.context import ResponseContext
 from proxy.core.digest import DigestAuth
@@ -434,8 +435,21 @@ class Runtime:
         for n in plan.named:
             self.sends.upstream(n.hop)
         self.core.upstream_addrs |= plan.addresses
+        self._name_sources(plan.named, plan.found)
         return named_upstreams.Refresher(self.resolver, plan.named, self._upstream_answer,
                                          plan.found)
+
+    def _name_sources(self, named: tuple[named_upstreams.Named, ...],
+                      found: dict[int, Targets]) -> None:
+        """A route's ``source: [GROUP]`` holds for the addresses the group's named upstreams
+        resolved to (proxy.core.steer.name_sources)."""
+        resolved: dict[str, list[str]] = {}
+        for n in named:
+            answer = found.get(n.position)
+            if answer is not None:
+                resolved.setdefault(n.upstream.host.lower(), []).extend(
+                    t.host for t in answer.targets)
+        steer.name_sources(self.core, resolved)
 
     def _upstream_answer(self, named: named_upstreams.Named, answer: Targets) -> None:
         """A named upstream resolved again: its addresses are an upstream's from now on."""
@@ -443,6 +457,7 @@ class Runtime:
         for found in self.refresher.current.values():
             addrs.update((r.host, r.port) for r in found.targets)
         self.core.upstream_addrs = addrs
+        self._name_sources(self.refresher.named, self.refresher.current)
 
     # -------------------------------------------------------------- timers
 

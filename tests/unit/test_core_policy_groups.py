@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from proxy.core import steer
 from proxy.core.steer import upstream_states
 from proxy.core.types import Source, Target
 from proxy.policy import Policy, parse_policy
@@ -26,7 +27,11 @@ PHONE_VIA = "203.0.113.5:6000"
 
 
 def policy(text: str) -> Policy:
-    p, _ = parse_policy(text, groups=[name for name, _ in GROUPS])
+    return policy_for([name for name, _ in GROUPS], text)
+
+
+def policy_for(groups: list[str], text: str) -> Policy:
+    p, _ = parse_policy(text, groups=groups)
     return p
 
 
@@ -380,3 +385,22 @@ rules:
     assert not invites_to(h, VM) and not invites_to(h, CARRIER)
     assert [s for s, _ in finals(h)] == [500]
     assert parse_message(invites_to(h, PBX2)[0]).get("diversion") is None
+
+
+def test_a_source_group_of_an_upstream_named_by_a_domain_holds_for_its_addresses() -> None:
+    """A carrier named by a domain sends from the addresses its name resolves to (RFC 3263):
+    the runtime hands them over, and ``source: [carrier]`` holds for a request from them."""
+    named = Target("udp", "sbc.carrier.example", 5060, label="sip:sbc.carrier.example")
+    h = Harness.make(upstreams=(PBX1,), groups=(("pbx", (PBX1,)), ("carrier", (named,))),
+                     policy=policy_for(["pbx", "carrier"], """
+rules: []
+routes:
+  - {name: in, match: {source: [carrier]}, group: carrier}
+"""))
+    src = Source("udp", "192.0.2.77", 6000)
+    call(h, src=src)
+    assert len(invites_to(h, PBX1)) == 1  # not yet known as the carrier's
+    steer.name_sources(h.core, {"sbc.carrier.example": ["192.0.2.77"]})
+    call(h, src=src, call_id="c2@phone")
+    assert [(s.host, s.port) for s in h.sent if s.data.startswith(b"INVITE ")][-1] == (
+        "sbc.carrier.example", 5060)

@@ -28,7 +28,7 @@ class StoreWrite(NamedTuple):
 
 class Effects:
     """The result of one entry point: what to send, what to store, and what to log (the
-    per-call summaries of :mod:`proxy.core.observe`, formatted and logged by the runtime).
+    per-call summaries of :mod:`proxy.core.observe.metrics`, formatted and logged by the runtime).
     A slotted class (one per entry call: the compiled build constructs it natively)."""
 
     __slots__ = ("logs", "sends", "writes")

@@ -12,9 +12,10 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from proxy.core import cancel, observe, responses
 from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
 from proxy.core.effects import Out
+from proxy.core.observe import metrics as observe
+from proxy.core.proxy import cancel, responses
 from proxy.core.types import Send, Source
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.transaction import (
@@ -28,7 +29,7 @@ from proxy.transaction import (
 )
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -80,7 +81,7 @@ def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: flo
 
 def hold_conn(core: ProxyCore, conn_id: int) -> None:
     """One more live transaction over stream connection ``conn_id``
-    (:meth:`~proxy.core.proxy.ProxyCore.conn_in_use`: the transport keeps it open)."""
+    (:meth:`~proxy.core.core.ProxyCore.conn_in_use`: the transport keeps it open)."""
     core.conn_txns[conn_id] = core.conn_txns.get(conn_id, 0) + 1
 
 

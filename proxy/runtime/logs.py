@@ -1,5 +1,5 @@
 """Logging set-up (``log_format: text | json``) and the log lines of the runtime: the per-call
-summary the core hands out (:class:`~proxy.core.observe.CallLog`), and at debug every message
+summary the core hands out (:class:`~proxy.core.observe.metrics.CallLog`), and at debug every message
 in and out (first line, Call-ID, peer, transport).
 
 With ``json`` every line is one JSON object: ``time``, ``level``, ``logger``, ``message``, and
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.core.observe import CallLog
+from proxy.core.observe.metrics import CallLog
 from proxy.sip.transport import Send, Source
 
 calls_log = logging.getLogger("proxy.calls")

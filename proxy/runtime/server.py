@@ -20,13 +20,13 @@ from typing import Any
 
 from proxy import __version__, build_kind
 from proxy.config import Config
-from proxy.core.access import AddressSet
+from proxy.core.access.sources import AddressSet
 from proxy.core.context import ResponseContext
-from proxy.core.digest import DigestAuth
+from proxy.core.core import CoreSettings, ProxyCore
 from proxy.core.effects import Effects, StoreWrite
-from proxy.core.proxy import CoreSettings, ProxyCore
-from proxy.core.redirect_guard import RedirectGuard
-from proxy.core.registrar import MemoryLocation
+from proxy.core.proxy.redirect_guard import RedirectGuard
+from proxy.core.registrar.digest import DigestAuth
+from proxy.core.registrar.location import MemoryLocation
 from proxy.core.types import LocalAddress, Send, Source
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy

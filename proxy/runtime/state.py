@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from proxy.core import shared
-from proxy.core.registrar import BindingDelete, BindingWrite, MemoryLocation
+from proxy.core.registrar.location import BindingDelete, BindingWrite, MemoryLocation
 from proxy.core.types import LocalAddress
 from proxy.runtime.state_key import KeyKeeper
 from proxy.runtime.state_nodes import SharedNodes
@@ -59,7 +59,7 @@ from proxy.store import (
 from proxy.store.base import Incarnation
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.state")
 

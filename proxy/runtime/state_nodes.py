@@ -21,7 +21,7 @@ from proxy.sip import host_port_text
 from proxy.store import StoreChange, StoreError
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
     from proxy.core.types import LocalAddress
     from proxy.runtime.state_key import KeyKeeper
     from proxy.store import LearnedRoute, StateStore

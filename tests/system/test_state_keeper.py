@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.core.flowtoken import Flow
-from proxy.core.registrar import Binding, BindingWrite, MemoryLocation
+from proxy.core.outbound.flowtoken import Flow
+from proxy.core.registrar.location import Binding, BindingWrite, MemoryLocation
 from proxy.core.types import LocalAddress, Source
 from proxy.runtime.state import StateKeeper
 from proxy.store import StateStore, StoreChange, open_store

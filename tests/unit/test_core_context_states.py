@@ -3,10 +3,10 @@ outcome the one decision point for a branch's final response returns."""
 
 from __future__ import annotations
 
-from proxy.core import responses
 from proxy.core.context import CONTEXT_TABLE, ContextEvent, ContextState, ResponseContext
 from proxy.core.effects import Out
-from proxy.core.responses import Outcome
+from proxy.core.proxy import responses
+from proxy.core.proxy.responses import Outcome
 from proxy.core.types import Source
 from tests.unit.core_harness import Harness, request, response_to, statuses
 

@@ -4,9 +4,9 @@ RFC 5630: never a sips: request over UDP or TCP; Via SIP/2.0/TLS and Record-Rout
 
 from __future__ import annotations
 
-from proxy.core.access import RateLimiter
-from proxy.core.proxy import CoreSettings, ProxyCore
-from proxy.core.registrar import MemoryLocation
+from proxy.core.access.sources import RateLimiter
+from proxy.core.core import CoreSettings, ProxyCore
+from proxy.core.registrar.location import MemoryLocation
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.sip import parse_message
 from tests.unit.core_harness import UP1, Harness, default_policy, request, response_to, statuses

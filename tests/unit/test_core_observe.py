@@ -3,7 +3,7 @@ fake clock of core_harness (no sockets)."""
 
 from __future__ import annotations
 
-from proxy.core.observe import BUCKETS, CallLog
+from proxy.core.observe.metrics import BUCKETS, CallLog
 from proxy.core.probe import Probe
 from proxy.core.types import Source
 from proxy.sip import parse_message

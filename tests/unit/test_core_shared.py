@@ -7,9 +7,10 @@ import dataclasses
 
 import pytest
 
-from proxy.core import reach, shared
-from proxy.core.flowtoken import Flow
-from proxy.core.registrar import Binding, BindingDelete, BindingWrite, MemoryLocation
+from proxy.core import shared
+from proxy.core.outbound import reach
+from proxy.core.outbound.flowtoken import Flow
+from proxy.core.registrar.location import Binding, BindingDelete, BindingWrite, MemoryLocation
 from proxy.core.types import Source
 from proxy.sip import parse_message
 from proxy.store.base import LearnedRoute, StoreChange, StoredBinding

@@ -7,10 +7,10 @@ A stranger is ``127.0.0.2``; the upstreams are ``127.0.0.1:5080`` and ``:5081``;
 
 from __future__ import annotations
 
-from proxy.core.flowtoken import Flow, FlowTokens
-from proxy.core.proxy import CoreSettings, ProxyCore
-from proxy.core.registrar import MemoryLocation
-from proxy.core.trust import TICK, Trust, branch_lifetime, via_dest
+from proxy.core.access.trust import TICK, Trust, branch_lifetime, via_dest
+from proxy.core.core import CoreSettings, ProxyCore
+from proxy.core.outbound.flowtoken import Flow, FlowTokens
+from proxy.core.registrar.location import MemoryLocation
 from proxy.core.types import Source
 from proxy.sip import parse_message
 from proxy.transaction import TimerConfig
@@ -365,7 +365,7 @@ def test_a_known_cancel_still_gets_200_and_487() -> None:
 def test_txns_refuse_is_stateless_for_the_registrar_too() -> None:
     """txns.refuse removes the server transaction the registrar created: a REGISTER from
     outside registrar_networks without auth gets 403 once and leaves core.server empty."""
-    from proxy.core.access import AddressSet
+    from proxy.core.access.sources import AddressSet
 
     h = Harness.make(registrar_local=True, registrar_networks=AddressSet(()))
     out = h.feed(request("REGISTER", ruri="sip:example.com", via_host="127.0.0.2:6666"),

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import load_config
-from proxy.core.observe import CallLog
+from proxy.core.observe.metrics import CallLog
 from proxy.core.types import Source
 from proxy.runtime import http as http_side
 from proxy.runtime import logs

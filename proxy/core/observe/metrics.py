@@ -18,7 +18,7 @@ from proxy.core.context import ServerEntry
 from proxy.core.effects import Out
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
-from proxy.core import outbound, reach, redirects, shared
-from proxy.core.registrar import Binding
-from proxy.core.trust import DIALOG_PARAM, branch_lifetime, via_dest
+from proxy.core import shared
+from proxy.core.access.trust import DIALOG_PARAM, branch_lifetime, via_dest
+from proxy.core.outbound import flows as outbound
+from proxy.core.outbound import reach
+from proxy.core.proxy import redirects
+from proxy.core.registrar.location import Binding
 from proxy.core.types import Source, Target
 from proxy.sip import (
     AbsoluteUri,
@@ -25,7 +28,7 @@ from proxy.sip import (
 )
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -330,7 +333,7 @@ def flow_target(core: ProxyCore, token: str, src: Source) -> Target | int | None
     Returns the target over that flow; None when it is the flow the request came in on (then
     routing goes on as usual); 403 for a token that does not verify; 430 for a flow that is
     known to be dead: a connection known closed, or one of an earlier start of the process
-    (the token's boot id is not this start's, :class:`~proxy.core.flowtoken.FlowTokens`).
+    (the token's boot id is not this start's, :class:`~proxy.core.outbound.flowtoken.FlowTokens`).
     The transport sends over the connection only if its peer is still the token's address.
     """
     flow = core.tokens.decode(token)

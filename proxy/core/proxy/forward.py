@@ -12,16 +12,17 @@ import logging
 import zlib
 from typing import TYPE_CHECKING
 
-from proxy.core import routing, txns
+from proxy.core import txns
+from proxy.core.access.trust import via_dest
 from proxy.core.context import Branch, Response, ResponseContext
 from proxy.core.effects import Out
-from proxy.core.trust import via_dest
+from proxy.core.proxy import routing
 from proxy.core.types import LocalAddress, Send, Source, Target
 from proxy.sip import SipMessage, rewrite
 from proxy.transaction import InviteClientTransaction, NonInviteClientTransaction
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 

@@ -18,11 +18,13 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from proxy.core import forward, outbound, routing, txns
+from proxy.core import txns
 from proxy.core.context import ResponseContext, ServerEntry
-from proxy.core.digest import AuthOutcome, may_register
 from proxy.core.effects import Out
-from proxy.core.registrar import (
+from proxy.core.outbound import flows as outbound
+from proxy.core.proxy import forward, routing
+from proxy.core.registrar.digest import AuthOutcome, may_register
+from proxy.core.registrar.location import (
     RegistrarError,
     binding_from_contact,
     contact_lines,
@@ -32,7 +34,7 @@ from proxy.core.types import Source
 from proxy.sip import ParseError, SipMessage, SipUri, unescape
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -153,7 +155,7 @@ def registrar_auth(
 
     def holds(user: str) -> bool:
         # The source is where a phone of this user is registered from: a guesser elsewhere
-        # cannot lock that phone out (proxy.core.auth_failures).
+        # cannot lock that phone out (proxy.core.registrar.auth_failures).
         return may_register(user, uri.aor) and any(
             b.flow.host == src.host for b in core.location.lookup(uri.aor, now))
 

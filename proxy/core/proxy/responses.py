@@ -15,7 +15,8 @@ import enum
 import logging
 from typing import TYPE_CHECKING
 
-from proxy.core import cancel, forward, outbound, redirects, registrar_glue, txns
+from proxy.core import txns
+from proxy.core.access.trust import branch_lifetime, via_dest
 from proxy.core.context import (
     Branch,
     BranchState,
@@ -25,14 +26,16 @@ from proxy.core.context import (
     select_best,
 )
 from proxy.core.effects import Out
-from proxy.core.observe import rule_name
-from proxy.core.trust import branch_lifetime, via_dest
+from proxy.core.observe.metrics import rule_name
+from proxy.core.outbound import flows as outbound
+from proxy.core.proxy import cancel, forward, redirects
+from proxy.core.registrar import glue as registrar_glue
 from proxy.core.types import Send, Source
 from proxy.policy import Action
 from proxy.sip import SipMessage, make_response, strip_top_via
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 

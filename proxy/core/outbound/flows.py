@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from proxy.core import forward, routing
 from proxy.core.context import Branch, ResponseContext
 from proxy.core.effects import Out
-from proxy.core.registrar import Binding
+from proxy.core.proxy import forward, routing
+from proxy.core.registrar.location import Binding
 from proxy.core.shared import DEAD_FLOW
 from proxy.core.types import Source
 from proxy.policy import Action
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from proxy.core import forward, responses, routing
 from proxy.core.context import Branch, ContextEvent, ResponseContext
 from proxy.core.effects import Out, StoreWrite
+from proxy.core.proxy import forward, responses, routing
 from proxy.core.types import Source, Target
 from proxy.policy import Decision
 from proxy.sip import (
@@ -30,7 +30,7 @@ from proxy.sip import (
 from proxy.store.base import LearnedRoute
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 

@@ -21,30 +21,28 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy.core import (
-    cancel,
-    forward,
-    limits,
-    outbound,
-    redirects,
-    registrar_glue,
-    responses,
-    routing,
-    txns,
-    validate,
+from proxy.core import txns
+from proxy.core.access import limits, validate
+from proxy.core.access.sources import (
+    PRIVATE_NETWORKS,
+    AddressSet,
+    RateLimiter,
+    Refusals,
 )
-from proxy.core.access import PRIVATE_NETWORKS, AddressSet, RateLimiter, Refusals
+from proxy.core.access.trust import Trust
 from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
-from proxy.core.dialogs import Dialogs
-from proxy.core.digest import DigestAuth
 from proxy.core.effects import Effects, Out
-from proxy.core.flowtoken import FlowTokens
-from proxy.core.observe import Metrics
+from proxy.core.observe.metrics import Metrics
+from proxy.core.outbound import flows as outbound
+from proxy.core.outbound.flowtoken import FlowTokens
 from proxy.core.probe import Probe, Prober
-from proxy.core.redirect_guard import RedirectGuard
-from proxy.core.registrar import LocationStore
+from proxy.core.proxy import cancel, forward, redirects, responses, routing
+from proxy.core.proxy.dialogs import Dialogs
+from proxy.core.proxy.redirect_guard import RedirectGuard
+from proxy.core.registrar import glue as registrar_glue
+from proxy.core.registrar.digest import DigestAuth
+from proxy.core.registrar.location import LocationStore
 from proxy.core.shared import Cluster
-from proxy.core.trust import Trust
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.core import limits, responses, routing, txns
+from proxy.core import txns
+from proxy.core.access import limits
 from proxy.core.context import Branch, BranchState, ContextEvent, ResponseContext
 from proxy.core.effects import Out
+from proxy.core.proxy import responses, routing
 from proxy.core.types import Send, Source
 from proxy.sip import SipMessage
 from proxy.transaction import NonInviteClientTransaction
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 
 def on_cancel(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> None:
@@ -29,7 +31,7 @@ def on_cancel(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Ou
     ctx = inv.ctx if inv is not None else None
     if ctx is None:
         # RFC 3261 9.2: no matching transaction, 481; a request no transaction matches counts
-        # against its source's rate (proxy.core.limits) like any other.
+        # against its source's rate (proxy.core.access.limits) like any other.
         if not routing.trusted_source(core, src) and limits.over_rate(core, msg, src, now, out):
             return
         txns.refuse(core, None, msg, src, "cancel_unknown", 481,

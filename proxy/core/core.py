@@ -36,9 +36,10 @@ from proxy.core.observe.metrics import Metrics
 from proxy.core.outbound import flows as outbound
 from proxy.core.outbound.flowtoken import FlowTokens
 from proxy.core.probe import Probe, Prober
-from proxy.core.proxy import cancel, forward, redirects, responses, routing
+from proxy.core.proxy import cancel, final, forward, learned, redirects, responses, routing
 from proxy.core.proxy.dialogs import Dialogs
 from proxy.core.proxy.redirect_guard import RedirectGuard
+from proxy.core.registrar import expiry
 from proxy.core.registrar import glue as registrar_glue
 from proxy.core.registrar.digest import DigestAuth
 from proxy.core.registrar.location import LocationStore
@@ -135,7 +136,7 @@ class ProxyCore:
         self.conn_txns: dict[int, int] = {}
         #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
         self.udp_flows: dict[tuple[str, int], float] = {}
-        self.expiry = registrar_glue.Expiry()
+        self.expiry = expiry.Expiry()
         #: this proxy among several sharing one state (:mod:`.shared`), set by the runtime
         self.cluster = Cluster()
         self.metrics = Metrics()  # read by the runtime's collector at scrape time
@@ -185,9 +186,9 @@ class ProxyCore:
         out = Out()
         for item in self.queue.pop_due(now):
             if isinstance(item, Branch):
-                txns.branch_timer(self, item, now, out)
+                responses.branch_timer(self, item, now, out)
             elif item is self.expiry:
-                registrar_glue.expire(self, now)
+                expiry.expire(self, now)
             elif item is self.prober:
                 self.prober.on_timer(self, now, out)
             elif item is self.dialogs:
@@ -195,7 +196,7 @@ class ProxyCore:
             elif isinstance(item, ResponseContext):
                 item.deadline = None
                 if not item.final_sent:
-                    responses.send_best(self, item, now, out)
+                    final.send_best(self, item, now, out)
             else:
                 txns.server_effects(self, item, item.txn.on_timer(now), out)
         return out.effects()
@@ -208,7 +209,7 @@ class ProxyCore:
         elif isinstance(token, Branch) and token.state is BranchState.PENDING:
             self.stats["transport_errors"] += 1
             br = token
-            txns.client_effects(self, br, br.txn.on_transport_error(now), None, now, out)
+            responses.client_effects(self, br, br.txn.on_transport_error(now), None, now, out)
             if br.state is BranchState.PENDING:
                 # RFC 5626 5.3: a flow named by a token that cannot be used (closed, or its
                 # connection now has another peer) failed: 430, not a transport error (500)
@@ -259,7 +260,7 @@ class ProxyCore:
 
     def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> None:
         """Replace the learned-route cache (start-up, or the store changed underneath)."""
-        self.learned = redirects.learned_view(routes, now, self.wall_offset)
+        self.learned = learned.learned_view(routes, now, self.wall_offset)
 
     def next_deadline(self) -> float | None:
         return self.queue.next_deadline()
@@ -389,7 +390,7 @@ class ProxyCore:
         entry.ctx = ctx
         forward.next_group(self, ctx, now, out)
         if ctx.pending == 0 and not ctx.final_sent:
-            responses.send_best(self, ctx, now, out)
+            final.send_best(self, ctx, now, out)
 
 
 def _branch_key(secret: bytes) -> bytes:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from proxy.core.outbound import reach
 from proxy.core.outbound.flowtoken import Flow
+from proxy.core.registrar.expiry import schedule_expiry
 from proxy.core.registrar.location import Binding
 from proxy.core.types import Source, Target
 from proxy.sip.transport import WS_TRANSPORTS
@@ -119,9 +120,7 @@ def from_stored(core: ProxyCore, sb: StoredBinding) -> Binding:
 
 
 def _schedule(core: ProxyCore) -> None:
-    from proxy.core.registrar import glue as registrar_glue
-
-    registrar_glue.schedule_expiry(core)
+    schedule_expiry(core)
 
 
 def load_bindings(core: ProxyCore, stored: list[StoredBinding], now: float) -> int:

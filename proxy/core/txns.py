@@ -12,17 +12,15 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
+from proxy.core.context import Branch, ResponseContext, ServerEntry
 from proxy.core.effects import Out
 from proxy.core.observe import metrics as observe
-from proxy.core.proxy import cancel, responses
 from proxy.core.types import Send, Source
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.transaction import (
     InviteServerTransaction,
     NonInviteServerTransaction,
     Retransmit,
-    SendAck,
     Terminated,
     Timeout,
     TransactionState,
@@ -201,30 +199,6 @@ def server_effects(
     schedule(core, entry)
 
 
-def client_effects(
-    core: ProxyCore, br: Branch, effects: Sequence[object], msg: SipMessage | None, now: float,
-    out: Out,
-) -> None:
-    for e in effects:
-        if isinstance(e, SendAck):
-            ack = build_hop_request(br, "ACK", msg)
-            br.txn.set_ack(ack)
-            t, h, p, c = br.dest
-            out.sends.append(Send(t, h, p, ack, c))
-        elif isinstance(e, Retransmit):
-            t, h, p, c = br.dest
-            out.sends.append(Send(t, h, p, e.data, c, br))
-        elif isinstance(e, Timeout):
-            if br.state is BranchState.PENDING:
-                # RFC 5626 5.3: no answer over a flow named by a token: the flow failed (430)
-                status = 430 if br.target.by_token else 408
-                responses.branch_final(core, br, status, None, now, out)
-        elif isinstance(e, Terminated):
-            drop_branch(core, br)
-            release(core, br.ctx)
-    schedule(core, br)
-
-
 def release(core: ProxyCore, ctx: ResponseContext) -> None:
     """Break the context's reference cycles once its server transaction and every branch's
     client transaction have ended, so that reference counting frees the whole call at once
@@ -247,32 +221,6 @@ def cancel_effects(core: ProxyCore, br: Branch, effects: Sequence[object], out: 
             out.sends.append(Send(t, h, p, e.data, cid))
         elif isinstance(e, Terminated):
             core.client.pop(br.branch_id + "|CANCEL", None)
-    schedule(core, br)
-
-
-def branch_timer(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
-    """A branch's timers: Timer C (RFC 3261 16.8), its client transaction, its CANCEL."""
-    c = br.timer_c
-    if c is not None and now >= c and br.state is BranchState.PENDING:
-        # RFC 3261 16.8: Timer C.
-        br.timer_c = None
-        core.stats["timer_c"] += 1
-        if br.cancel_txn is not None:
-            # RFC 3261 9.1: cancelled 64*T1 ago and still no final response: the client
-            # transaction is destroyed and the branch ends as if it got a 408.
-            core.stats["cancel_unanswered"] += 1
-            drop_branch(core, br)
-            responses.branch_final(core, br, 408, None, now, out)
-        elif br.provisional:
-            cancel.cancel_branch(core, br, now, out)
-        else:
-            responses.branch_final(core, br, 408, None, now, out)
-    d = br.txn.deadline
-    if d is not None and now >= d:
-        client_effects(core, br, br.txn.on_timer(now), None, now, out)
-    ct = br.cancel_txn
-    if ct is not None and ct.deadline is not None and now >= ct.deadline:
-        cancel_effects(core, br, ct.on_timer(now), out)
     schedule(core, br)
 
 

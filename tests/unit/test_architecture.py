@@ -107,3 +107,72 @@ def test_a_forbidden_import_is_caught(tmp_path: Path) -> None:
     fake.write_text("import asyncio\nfrom proxy.core.types import Target\nfrom .. import core\n")
     found = {m for _, m in imports_of(fake, tmp_path)}
     assert {"asyncio", "proxy.core.types", "proxy.core"} <= found
+
+
+def runtime_imports(path: Path, root: Path = ROOT) -> set[str]:
+    """The modules ``path`` imports when it runs: every import (module level or inside a
+    function) but those under ``if TYPE_CHECKING:``, which only the type checker reads."""
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    lines = {n.lineno for n in ast.walk(tree)
+             if isinstance(n, ast.Import | ast.ImportFrom) and id(n) not in typing_only}
+    return {mod for line, mod in imports_of(path, root) if line in lines}
+
+
+def import_cycles(package: Path, root: Path = ROOT) -> list[list[str]]:
+    """The strongly connected components (more than one module) of the run-time import
+    graph of the modules under ``package`` (packages' ``__init__`` left out: importing
+    ``a.b`` runs ``a/__init__``, which imports nothing here)."""
+    paths = {module_name(p, root): p for p in sorted(package.rglob("*.py"))
+             if p.name != "__init__.py"}
+    graph = {m: sorted(i for i in runtime_imports(p, root) if i in paths and i != m)
+             for m, p in paths.items()}
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in order:
+            visit(v)
+    return cycles
+
+
+def test_no_module_of_the_core_imports_another_in_a_cycle() -> None:
+    """Issue 20: the core's modules form layers (docs/ARCHITECTURE.md), so each can be read
+    and tested above the ones it uses; a type-only import (``TYPE_CHECKING``) is no cycle."""
+    assert import_cycles(PROXY / "core") == []
+
+
+def test_an_import_cycle_is_caught(tmp_path: Path) -> None:
+    pkg = tmp_path / "proxy" / "core"
+    pkg.mkdir(parents=True)
+    (pkg / "a.py").write_text("from proxy.core import b\n")
+    (pkg / "b.py").write_text("def f():\n    from proxy.core.c import g\n")
+    (pkg / "c.py").write_text("import proxy.core.a\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                              "    from proxy.core import a\n")
+    (pkg / "e.py").write_text("from proxy.core import d\n")
+    assert import_cycles(pkg, tmp_path) == [["proxy.core.a", "proxy.core.b", "proxy.core.c"]]

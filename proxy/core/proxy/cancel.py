@@ -11,7 +11,7 @@ from proxy.core import txns
 from proxy.core.access import limits
 from proxy.core.context import Branch, BranchState, ContextEvent, ResponseContext
 from proxy.core.effects import Out
-from proxy.core.proxy import responses, routing
+from proxy.core.proxy import final, routing
 from proxy.core.types import Send, Source
 from proxy.sip import SipMessage
 from proxy.transaction import NonInviteClientTransaction
@@ -44,7 +44,7 @@ def on_cancel(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Ou
         return  # a final response went upstream already
     cancel_pending(core, ctx, now, out)
     if ctx.pending == 0:
-        responses.send_local(core, ctx, 487, now, out)
+        final.send_local(core, ctx, 487, now, out)
 
 
 def cancel_pending(core: ProxyCore, ctx: ResponseContext, now: float, out: Out) -> None:
@@ -68,7 +68,7 @@ def cancel_branch(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
                                                timers=core.timers)
     core.client[br.branch_id + "|CANCEL"] = br
     # RFC 3261 9.1: no final response 64*T1 after the CANCEL: the INVITE is over (Timer C
-    # is reused for that bound; txns.branch_timer ends the branch).
+    # is reused for that bound; responses.branch_timer ends the branch).
     br.timer_c = now + 64 * core.timers.t1
     txns.schedule(core, br)
     t, h, p, c = br.dest

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from proxy.core import txns
@@ -22,17 +23,16 @@ from proxy.core.context import (
     BranchState,
     ContextEvent,
     Response,
-    ResponseContext,
-    select_best,
 )
 from proxy.core.effects import Out
 from proxy.core.observe.metrics import rule_name
-from proxy.core.outbound import flows as outbound
-from proxy.core.proxy import cancel, forward, redirects
+from proxy.core.outbound import retry
+from proxy.core.proxy import cancel, final, forward, redirects
 from proxy.core.registrar import glue as registrar_glue
 from proxy.core.types import Send, Source
 from proxy.policy import Action
-from proxy.sip import SipMessage, make_response, strip_top_via
+from proxy.sip import SipMessage, strip_top_via
+from proxy.transaction import Retransmit, SendAck, Terminated, Timeout
 
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
@@ -107,7 +107,7 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
             txns.cancel_effects(core, br, effects, out)
         return
     deliver, effects = br.txn.on_response(status, now)
-    txns.client_effects(core, br, effects, msg, now, out)
+    client_effects(core, br, effects, msg, now, out)
     if not deliver:
         core.stats["retransmissions_in"] += 1
         return
@@ -117,6 +117,56 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
         success(core, br, msg, now, out)
     elif br.state is BranchState.PENDING:
         branch_final(core, br, status, msg, now, out, src)
+
+
+def client_effects(
+    core: ProxyCore, br: Branch, effects: Sequence[object], msg: SipMessage | None, now: float,
+    out: Out,
+) -> None:
+    for e in effects:
+        if isinstance(e, SendAck):
+            ack = txns.build_hop_request(br, "ACK", msg)
+            br.txn.set_ack(ack)
+            t, h, p, c = br.dest
+            out.sends.append(Send(t, h, p, ack, c))
+        elif isinstance(e, Retransmit):
+            t, h, p, c = br.dest
+            out.sends.append(Send(t, h, p, e.data, c, br))
+        elif isinstance(e, Timeout):
+            if br.state is BranchState.PENDING:
+                # RFC 5626 5.3: no answer over a flow named by a token: the flow failed (430)
+                status = 430 if br.target.by_token else 408
+                branch_final(core, br, status, None, now, out)
+        elif isinstance(e, Terminated):
+            txns.drop_branch(core, br)
+            txns.release(core, br.ctx)
+    txns.schedule(core, br)
+
+
+def branch_timer(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
+    """A branch's timers: Timer C (RFC 3261 16.8), its client transaction, its CANCEL."""
+    c = br.timer_c
+    if c is not None and now >= c and br.state is BranchState.PENDING:
+        # RFC 3261 16.8: Timer C.
+        br.timer_c = None
+        core.stats["timer_c"] += 1
+        if br.cancel_txn is not None:
+            # RFC 3261 9.1: cancelled 64*T1 ago and still no final response: the client
+            # transaction is destroyed and the branch ends as if it got a 408.
+            core.stats["cancel_unanswered"] += 1
+            txns.drop_branch(core, br)
+            branch_final(core, br, 408, None, now, out)
+        elif br.provisional:
+            cancel.cancel_branch(core, br, now, out)
+        else:
+            branch_final(core, br, 408, None, now, out)
+    d = br.txn.deadline
+    if d is not None and now >= d:
+        client_effects(core, br, br.txn.on_timer(now), None, now, out)
+    ct = br.cancel_txn
+    if ct is not None and ct.deadline is not None and now >= ct.deadline:
+        txns.cancel_effects(core, br, ct.on_timer(now), out)
+    txns.schedule(core, br)
 
 
 def provisional(
@@ -134,7 +184,7 @@ def provisional(
         txns.schedule(core, br)
     if status > 100 and not ctx.final_sent and not ctx.cancelled:
         # 16.7 step 5: provisional responses other than 100 are forwarded at once.
-        forward_response(core, ctx, msg, status, now, out)
+        final.forward_response(core, ctx, msg, status, now, out)
 
 
 def success(core: ProxyCore, br: Branch, msg: SipMessage, now: float, out: Out) -> None:
@@ -149,7 +199,7 @@ def success(core: ProxyCore, br: Branch, msg: SipMessage, now: float, out: Out) 
         registrar_glue.learn_bindings(core, ctx, msg, now)
     # After a non-2xx final went upstream (policy stop) nothing follows it (GOT_2XX fails).
     if ctx.fire(ContextEvent.GOT_2XX):
-        forward_response(core, ctx, msg, 200, now, out)
+        final.forward_response(core, ctx, msg, 200, now, out)
         if ctx.method == "INVITE":
             # The From tag is the request's (RFC 3261 8.2.6.2); the To tag is new.
             core.dialogs.opened(core, msg.call_id, ctx.from_tag, msg.to_tag, now, br.target)
@@ -191,7 +241,7 @@ def branch_final(
     ):
         # RFC 5626 7: a 430, a transport error or a timeout on a flow -> the same instance's
         # next flow, and the failed binding is removed.
-        if outbound.retry_flow(core, ctx, br, now, out):
+        if retry.retry_flow(core, ctx, br, now, out):
             core.metrics.flow_retries += 1
             return Outcome.FLOW_RETRY
     elif action is Action.STOP:
@@ -218,65 +268,9 @@ def branch_final(
     if ctx.pending == 0 and not ctx.final_sent:
         if ctx.serial and ctx.may_branch and forward.next_group(core, ctx, now, out):
             return Outcome.NEXT_GROUP
-        send_best(core, ctx, now, out)
+        final.send_best(core, ctx, now, out)
         return Outcome.FINAL
     return Outcome.PENDING
-
-
-def send_best(core: ProxyCore, ctx: ResponseContext, now: float, out: Out) -> None:
-    """RFC 3261 16.7 step 6: the best final response goes to the caller."""
-    best = select_best(ctx.responses)
-    if best is None:
-        send_local(core, ctx, 408, now, out)
-        return
-    if ctx.from_location and all(r.msg is None or r.status == 430 for r in ctx.responses):
-        # Registered, but no binding (no flow, RFC 5626 7) could be reached.
-        send_local(core, ctx, 480, now, out)
-        return
-    final_to_caller(core, ctx, best, now, out)
-
-
-def final_to_caller(
-    core: ProxyCore, ctx: ResponseContext, r: Response, now: float, out: Out
-) -> None:
-    status = r.status
-    if r.msg is None:
-        if status == 503:  # a transport error of ours (16.9), never a 503 (16.7 step 6)
-            send_local(core, ctx, 500, now, out, reason="Next Hop Unreachable")
-        elif status == 430:  # RFC 5626 5.3: the flow a token named failed
-            send_local(core, ctx, 430, now, out, reason="Flow Failed")
-        else:
-            send_local(core, ctx, status, now, out)
-        return
-    ctx.fire(ContextEvent.FINAL_SENT)
-    if 300 <= status < 400 and ctx.recursed:
-        data = redirects.without_recursed(ctx, r.msg)
-    else:
-        data = strip_top_via(r.msg)
-    if status == 503:
-        # RFC 3261 16.7 step 6: a 503 chosen as best becomes 500.
-        eol = data.find(b"\r\n")
-        data = b"SIP/2.0 500 Server Internal Error" + data[eol:]
-        status = 500
-    txns.send_response(core, ctx.server, status, data, now, out)
-
-
-def forward_response(
-    core: ProxyCore, ctx: ResponseContext, msg: SipMessage, status: int, now: float, out: Out
-) -> None:
-    txns.send_response(core, ctx.server, status, strip_top_via(msg), now, out)
-
-
-def send_local(
-    core: ProxyCore, ctx: ResponseContext, status: int, now: float, out: Out,
-    reason: str | None = None,
-) -> None:
-    """A final response of the proxy's own for the context (408, 480, 487, 500)."""
-    ctx.fire(ContextEvent.FINAL_SENT)
-    if ctx.to_tag is None:
-        ctx.to_tag = core.new_tag()
-    data = make_response(ctx.live_request, status, reason, to_tag=ctx.to_tag)
-    txns.send_response(core, ctx.server, status, data, now, out)
 
 
 def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> Send | None:

@@ -15,7 +15,7 @@ from proxy.core import shared
 from proxy.core.access.trust import DIALOG_PARAM, branch_lifetime, via_dest
 from proxy.core.outbound import flows as outbound
 from proxy.core.outbound import reach
-from proxy.core.proxy import redirects
+from proxy.core.proxy.learned import learned_uri
 from proxy.core.registrar.location import Binding
 from proxy.core.types import Source, Target
 from proxy.sip import (
@@ -291,7 +291,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,
     """Routing order steps 3 to 5: learned rewrites, registered bindings, the Request-URI of a
     trusted source, the upstreams."""
     uri = msg.uri
-    learned = redirects.learned_uri(core, msg.request_uri, now) if core.learned else None
+    learned = learned_uri(core, msg.request_uri, now) if core.learned else None
     if learned is not None:
         # A permanent rewrite learned from a 301 replaces the Request-URI (CONTRACT).
         uri = parse_uri(learned)
@@ -423,7 +423,7 @@ def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None
         if via is not None:
             return via
     ruri = b.uri.split("?", 1)[0]  # RFC 3261 19.1.5: no headers in a Request-URI
-    learned = redirects.learned_uri(core, ruri, now) if core.learned else None
+    learned = learned_uri(core, ruri, now) if core.learned else None
     if learned is not None:
         # This binding answered 301 before: only it goes to its new address (CONTRACT).
         core.stats["learned_routes_applied"] += 1

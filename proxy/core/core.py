@@ -44,6 +44,7 @@ from proxy.core.registrar import glue as registrar_glue
 from proxy.core.registrar.digest import DigestAuth
 from proxy.core.registrar.location import LocationStore
 from proxy.core.shared import Cluster
+from proxy.core.table import TransactionTable
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
@@ -102,7 +103,8 @@ class ProxyCore:
         self.location = location
         self.timers = settings.timers
         self.draining = False
-        self.stats: Counter[str] = Counter()
+        self.metrics = Metrics()  # read by the runtime's collector at scrape time
+        self.stats: Counter[str] = self.metrics.events  # one set of counters (observe)
         self.local = tuple(local)
         self.ours: set[tuple[str, int]] = {(a.host.lower(), a.port) for a in local}
         for a in local:
@@ -114,8 +116,8 @@ class ProxyCore:
         self.refusals = Refusals()
         self.limiter = RateLimiter(settings.per_source_rps)
         self.queue = TimerQueue()
-        self.server: dict[str, ServerEntry] = {}
-        self.client: dict[str, Branch] = {}
+        #: the server and client transactions (:mod:`.table`: the only code matching them)
+        self.table = TransactionTable()
         self.prefix = secrets.token_hex(3)
         self.tag_prefix = secrets.token_hex(4)
         self.n = 0  # counter of the branches and tags this proxy generates
@@ -132,14 +134,11 @@ class ProxyCore:
         #: key of the MAC of the probes' branches (:func:`.forward.signed_branch`)
         self.branch_key = _branch_key(secret)
         self.closed_conns: set[int] = set()  # stream connections known to be closed
-        #: live server and client transactions per stream connection (:meth:`conn_in_use`)
-        self.conn_txns: dict[int, int] = {}
         #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
         self.udp_flows: dict[tuple[str, int], float] = {}
         self.expiry = expiry.Expiry()
         #: this proxy among several sharing one state (:mod:`.shared`), set by the runtime
         self.cluster = Cluster()
-        self.metrics = Metrics()  # read by the runtime's collector at scrape time
         self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
         self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
 
@@ -227,15 +226,15 @@ class ProxyCore:
         """A stream connection closed: its flows are dead at once (RFC 5626 5.3), and it is no
         longer counted for the transactions it carried (ids are never reused in a process)."""
         outbound.flow_closed(self, conn_id)
-        self.conn_txns.pop(conn_id, None)
+        self.table.conn_closed(conn_id)
         return Effects([])
 
     def conn_in_use(self, conn_id: int) -> bool:
         """Whether a stream connection carries a binding (an RFC 5626 flow) or a live server
         or client transaction: the transport does not close it for being idle
         (``limits.tcp_idle_timeout``). Two dictionary lookups: the transactions are counted
-        per connection where they are created and where they end (:func:`.txns.hold_conn`)."""
-        return conn_id in self.conn_txns or self.location.has_conn(conn_id)
+        per connection where they are created and where they end (:mod:`.table`)."""
+        return self.table.conn_in_use(conn_id) or self.location.has_conn(conn_id)
 
     def on_keepalive(self, src: Source, now: float) -> None:
         """A keep-alive (STUN Binding, CRLFCRLF) arrived on a flow (RFC 5626 4.4)."""
@@ -268,12 +267,12 @@ class ProxyCore:
     @property
     def active_transactions(self) -> int:
         """Every transaction the core holds, including those only absorbing retransmissions."""
-        return len(self.server) + len(self.client)
+        return len(self.table)
 
     @property
     def unanswered(self) -> int:
         """Server transactions still waiting for their final response (what a drain waits for)."""
-        return sum(1 for e in self.server.values() if e.txn.state in txns.UNANSWERED)
+        return sum(1 for e in self.table.servers() if e.txn.state in txns.UNANSWERED)
 
     def new_tag(self) -> str:
         self.n += 1
@@ -298,8 +297,7 @@ class ProxyCore:
         if method == "CANCEL":
             cancel.on_cancel(self, msg, src, now, out)
             return
-        key = txns.server_key(msg, method)
-        entry = self.server.get(key)
+        key, entry = self.table.match_server(msg, method)
         if entry is not None:
             # RFC 3261 17.2.1 / 17.2.2: a retransmission is absorbed by its transaction.
             self.stats["retransmissions_in"] += 1

@@ -11,7 +11,7 @@ Inside one entry point the helpers add to an :class:`Out` accumulator created fo
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from proxy.core.context import ResponseContext
 from proxy.core.types import Send
@@ -24,6 +24,22 @@ class StoreWrite(NamedTuple):
 
     route: LearnedRoute
     ctx: ResponseContext
+
+
+#: levels of a :class:`LogLine` (the values of the logging module's, which the core never calls)
+DEBUG: Final = 10
+INFO: Final = 20
+WARNING: Final = 30
+ERROR: Final = 40
+
+
+class LogLine(NamedTuple):
+    """A line the core wants written to its log (``proxy.core``): the runtime writes it, as
+    ``logging`` would, with ``message % args``."""
+
+    level: int
+    message: str
+    args: tuple[object, ...] = ()
 
 
 class Effects:
@@ -58,6 +74,10 @@ class Out:
 
     def log(self, record: Any) -> None:
         self.logs += (record,)
+
+    def line(self, level: int, message: str, *args: object) -> None:
+        """A line for the core's log (:class:`LogLine`)."""
+        self.logs += (LogLine(level, message, args),)
 
     def effects(self) -> Effects:
         return Effects(self.sends, self.writes, self.logs)

@@ -16,7 +16,7 @@ UP = Source("udp", "127.0.0.1", 5080)
 
 
 def _ctx(h: Harness) -> ResponseContext:
-    [ctx] = [e.ctx for e in h.core.server.values() if e.ctx is not None]
+    [ctx] = [e.ctx for e in h.core.table.servers() if e.ctx is not None]
     return ctx
 
 

@@ -33,7 +33,7 @@ def test_a_response_to_our_branch_is_matched_without_parsing_its_via() -> None:
     resp = parse_message(response_to(fwd, 180))
     bid = own_branch(resp)
     assert bid is not None and bid.startswith("z9hG4bK")
-    assert f"{bid}|INVITE" in h.core.client
+    assert h.core.table.match_branch(bid, "INVITE") is not None
     out = Out()
     responses.on_response(h.core, resp, PBX, h.now, out)
     assert [parse_message(s.data).status for s in out.sends] == [180]

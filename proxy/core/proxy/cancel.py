@@ -22,12 +22,11 @@ if TYPE_CHECKING:
 
 def on_cancel(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> None:
     """RFC 3261 16.10: answer the CANCEL, then cancel every pending branch."""
-    ckey = txns.server_key(msg, "CANCEL")
-    centry = core.server.get(ckey)
+    ckey, centry = core.table.match_server(msg, "CANCEL")
     if centry is not None:
         txns.server_effects(core, centry, centry.txn.on_retransmission(now), out)
         return
-    inv = core.server.get(txns.server_key(msg, "INVITE"))
+    inv = core.table.find_server(msg, "INVITE")
     ctx = inv.ctx if inv is not None else None
     if ctx is None:
         # RFC 3261 9.2: no matching transaction, 481; a request no transaction matches counts
@@ -63,10 +62,10 @@ def cancel_branch(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
         br.cancel_wanted = True  # RFC 3261 9.1: wait for a provisional response
         return
     data = txns.build_hop_request(br, "CANCEL", None)
-    reliable = br.dest[0] != "udp"
+    reliable = br.dest.transport != "udp"
     br.cancel_txn = NonInviteClientTransaction(data, reliable=reliable, now=now,
                                                timers=core.timers)
-    core.client[br.branch_id + "|CANCEL"] = br
+    core.table.add_cancel(br)
     # RFC 3261 9.1: no final response 64*T1 after the CANCEL: the INVITE is over (Timer C
     # is reused for that bound; responses.branch_timer ends the branch).
     br.timer_c = now + 64 * core.timers.t1

@@ -83,10 +83,10 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
     (:func:`own_branch`), and only a response matching no transaction that way is parsed."""
     method = msg.cseq[1]
     bid = own_branch(msg)
-    br = core.client.get(f"{bid}|{method}") if bid is not None else None
+    br = core.table.match_branch(bid, method)
     if br is None:
         bid = msg.top_via.branch
-        br = core.client.get(f"{bid}|{method}") if bid else None
+        br = core.table.match_branch(bid, method)
     if br is None:
         if bid and method == "OPTIONS" and core.prober.on_response(core, bid, msg.status):
             return  # a probe's answer (proxy.core.probe): the upstream is up
@@ -95,11 +95,9 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
             out.send(fwd)
         return
     status = msg.status
-    if src.conn_id is not None and br.conn is None and (
-            core.client.get(br.branch_id + "|" + br.ctx.method) is br):
+    if src.conn_id is not None and br.conn is None:
         # The connection the transport opened for this branch carries its transaction.
-        br.conn = src.conn_id
-        txns.hold_conn(core, src.conn_id)
+        core.table.carried_on(br, src.conn_id)
     if method == "CANCEL" and br.ctx.method != "CANCEL":
         ctxn = br.cancel_txn
         if ctxn is not None:
@@ -191,9 +189,7 @@ def success(core: ProxyCore, br: Branch, msg: SipMessage, now: float, out: Out) 
     """RFC 3261 16.7 step 5: every 2xx is forwarded at once; step 10: CANCEL the rest."""
     ctx = br.ctx
     if br.state is BranchState.PENDING:
-        br.state = BranchState.DONE
-        br.timer_c = None
-        ctx.pending -= 1
+        ctx.branch_ended(br, msg.status)
         txns.schedule(core, br)
     if ctx.method == "REGISTER" and not core.settings.registrar_local:
         registrar_glue.learn_bindings(core, ctx, msg, now)
@@ -218,10 +214,7 @@ def branch_final(
     C), 503 for a transport error (16.9). The policy of the context decides.
     """
     ctx = br.ctx
-    br.state = BranchState.DONE
-    br.final_status = status
-    br.timer_c = None
-    ctx.pending -= 1
+    ctx.branch_ended(br, status)
     txns.schedule(core, br)
     if ctx.final_sent:
         if ctx.pending == 0:

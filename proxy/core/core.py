@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy.core import txns
+from proxy.core import shared, txns
 from proxy.core.access import limits, validate
 from proxy.core.access.sources import (
     PRIVATE_NETWORKS,
@@ -49,7 +49,7 @@ from proxy.core.types import LocalAddress, Source, Target
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.sip.transport import MESSAGE_TRANSPORTS
-from proxy.store.base import LearnedRoute
+from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
 from proxy.transaction import TimerConfig, TimerQueue
 
 log = logging.getLogger("proxy.core")
@@ -177,7 +177,7 @@ class ProxyCore:
                 self.stats["responses_dropped"] += 1
                 log.info("dropped bad %s from %s:%s: %s",
                          "ACK" if msg.is_request else "response", src.host, src.port, exc.message)
-        return out.effects()
+        return self._effects(out)
 
     def on_timer(self, now: float) -> Effects:
         """Fire every timer due at ``now`` (transaction timers A..M, Timer C, the bound on a
@@ -198,7 +198,7 @@ class ProxyCore:
                     final.send_best(self, item, now, out)
             else:
                 txns.server_effects(self, item, item.txn.on_timer(now), out)
-        return out.effects()
+        return self._effects(out)
 
     def on_send_failure(self, token: object, now: float) -> Effects:
         """A send failed (no route, connection refused or lost): RFC 3261 16.9, 17.1.4."""
@@ -214,20 +214,20 @@ class ProxyCore:
                 # connection now has another peer) failed: 430, not a transport error (500)
                 status = 430 if br.target.by_token else 503
                 responses.branch_final(self, br, status, None, now, out)
-        return out.effects()
+        return self._effects(out)
 
     def on_persisted(self, ctx: ResponseContext, ok: bool, now: float) -> Effects:
         """The learned route of ``ctx`` was written (or the write failed): go on."""
         out = Out()
         redirects.persisted(self, ctx, ok, now, out)
-        return out.effects()
+        return self._effects(out)
 
     def on_flow_closed(self, conn_id: int, now: float) -> Effects:
         """A stream connection closed: its flows are dead at once (RFC 5626 5.3), and it is no
         longer counted for the transactions it carried (ids are never reused in a process)."""
         outbound.flow_closed(self, conn_id)
         self.table.conn_closed(conn_id)
-        return Effects([])
+        return self._effects(Out())
 
     def conn_in_use(self, conn_id: int) -> bool:
         """Whether a stream connection carries a binding (an RFC 5626 flow) or a live server
@@ -244,7 +244,74 @@ class ProxyCore:
         """The first round of upstream OPTIONS (:mod:`.probe`); later rounds are timers."""
         out = Out()
         self.prober.start(self, now, out)
-        return out.effects()
+        return self._effects(out)
+
+    def _effects(self, out: Out) -> Effects:
+        """What one entry point produced, with the binding changes the location recorded
+        meanwhile (the runtime writes them to a state store: :meth:`record_bindings`)."""
+        fx = out.effects()
+        journal = self.location.journal
+        if journal:
+            fx.bindings = tuple(self.location.take_changes())
+        return fx
+
+    # ------------------------------------------------------------------ control inputs
+    # The runtime's other inputs: it never assigns a field of the core (tests/unit/
+    # test_architecture.py), it calls one of these and carries out the Effects.
+
+    def drain(self, now: float) -> Effects:
+        """Stop taking new transactions (SIGTERM): new requests outside a dialog get 503."""
+        self.draining = True
+        return self._effects(Out())
+
+    def set_policy(self, policy: Policy) -> Effects:
+        """A reloaded policy: new calls take it; a call in progress keeps its own."""
+        self.policy = policy
+        return self._effects(Out())
+
+    def set_upstream_addresses(self, addrs: set[tuple[str, int]]) -> Effects:
+        """The (host, port) pairs requests from which are an upstream's (the configured
+        upstreams and what their names resolve to, RFC 3263)."""
+        self.upstream_addrs = set(addrs)
+        return self._effects(Out())
+
+    def join_cluster(self, node: str, is_shared: bool) -> Effects:
+        """This proxy's name among the nodes of a state store, and whether they share it."""
+        self.cluster.node = node
+        self.cluster.shared = is_shared
+        return self._effects(Out())
+
+    def set_peers(self, announced: dict[str, list[str]]) -> Effects:
+        """The other nodes' announced SIP addresses (:func:`.shared.parse_peers`)."""
+        self.cluster.peers = shared.parse_peers(announced)
+        return self._effects(Out())
+
+    def set_wall_offset(self, offset: float) -> Effects:
+        """Wall clock minus the core's clock (learned routes are stored in wall time)."""
+        self.wall_offset = offset
+        return self._effects(Out())
+
+    def record_bindings(self, on: bool) -> Effects:
+        """Whether binding changes are handed out in :attr:`Effects.bindings` (a state
+        store keeps a copy of them) or not (memory is the only copy)."""
+        self.location.journal = [] if on else None
+        return self._effects(Out())
+
+    def apply_store_change(self, change: StoreChange, now: float) -> Effects:
+        """A change another proxy (or a command) made to the shared state."""
+        shared.apply_change(self, change, now)
+        return self._effects(Out())
+
+    def apply_learned_route(self, route: LearnedRoute, now: float) -> Effects:
+        shared.apply_route(self, route, now)
+        return self._effects(Out())
+
+    def load_bindings(self, stored: list[StoredBinding], now: float, *, merge: bool) -> int:
+        """The store's bindings into memory, replacing (or, ``merge``, adding to) the view;
+        how many were loaded or replaced (:func:`.shared.load_bindings`)."""
+        if merge:
+            return shared.merge_bindings(self, stored, now)
+        return shared.load_bindings(self, stored, now)
 
     def rekey(self, secret: bytes, keep_old: bool) -> None:
         """Use ``secret`` for flow tokens, branch MACs and digest nonces from now on: the key

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Final, NamedTuple
 
 from proxy.core.context import ResponseContext
+from proxy.core.registrar.location import BindingChange
 from proxy.core.types import Send
 from proxy.store.base import LearnedRoute
 
@@ -47,13 +48,15 @@ class Effects:
     per-call summaries of :mod:`proxy.core.observe.metrics`, formatted and logged by the runtime).
     A slotted class (one per entry call: the compiled build constructs it natively)."""
 
-    __slots__ = ("logs", "sends", "writes")
+    __slots__ = ("bindings", "logs", "sends", "writes")
 
     def __init__(self, sends: list[Send], writes: tuple[StoreWrite, ...] = (),
                  logs: tuple[Any, ...] = ()) -> None:
         self.sends = sends
         self.writes = writes
         self.logs = logs
+        #: binding changes for a state store (the location's journal, RFC 3261 10.3)
+        self.bindings: tuple[BindingChange, ...] = ()
 
 
 class Out:

@@ -176,3 +176,44 @@ def test_an_import_cycle_is_caught(tmp_path: Path) -> None:
                               "    from proxy.core import a\n")
     (pkg / "e.py").write_text("from proxy.core import d\n")
     assert import_cycles(pkg, tmp_path) == [["proxy.core.a", "proxy.core.b", "proxy.core.c"]]
+
+
+def core_field_writes(path: Path, root: Path = ROOT) -> list[str]:
+    """Assignments in ``path`` to an attribute or item reached through the core object (a
+    name ``core`` or an attribute ``.core``): ``rt.core.draining = True``,
+    ``core.cluster.peers = ...``, ``self.core.upstream_addrs |= ...``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        for target in targets:
+            for part in ast.walk(target):
+                if not isinstance(part, ast.Attribute | ast.Subscript):
+                    continue
+                chain = ast.unparse(part.value).split(".")
+                if "core" in chain:
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+                    break
+    return found
+
+
+def test_no_code_outside_the_core_assigns_a_field_of_the_core() -> None:
+    """Issue 20 (aioquic's rule): every input to the core is a ProxyCore method returning
+    Effects (``drain``, ``set_policy``, ``apply_store_change`` ...); the runtime never writes
+    the core's state."""
+    writes = [w for p in sorted(PROXY.rglob("*.py")) if PROXY / "core" not in p.parents
+              for w in core_field_writes(p)]
+    assert writes == []
+
+
+def test_a_write_to_a_core_field_is_caught(tmp_path: Path) -> None:
+    bad = tmp_path / "proxy" / "runtime" / "bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("self.core.draining = True\ncore.cluster.peers = {}\nrt.core.a[1] += 2\n"
+                   "self.cores = 1\nself.core_count = 2\nx = core.policy\n")
+    assert [w.rsplit(": ", 1)[1] for w in core_field_writes(bad, tmp_path)] == [
+        "self.core.draining = True", "core.cluster.peers = {}", "rt.core.a[1] += 2"]

@@ -190,7 +190,7 @@ def test_a_dialog_closes_after_its_idle_bound_and_draining_keeps_relaying_it() -
     h = Harness.make(timers=TimerConfig(timer_c=200.0))
     h.feed(request())
     h.feed(response_to(last_to(h, 5080, "INVITE"), 200), PBX)
-    h.core.draining = True
+    h.core.drain(h.now)
     out = h.feed(request(branch="z9hG4bKnew", call_id="new-call"))
     assert 503 in statuses(h.to(6000, out))
     info = request("INFO", "sip:bob@127.0.0.1:5080", branch="z9hG4bKinfo", cseq=2,

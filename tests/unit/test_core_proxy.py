@@ -313,7 +313,7 @@ def test_drain_waits_only_for_unanswered_requests() -> None:
 def test_draining_core_refuses_new_calls_but_relays_in_dialog_requests() -> None:
     """CONTRACT: SIGTERM stops taking new transactions; calls in progress still end."""
     h = Harness.make()
-    h.core.draining = True
+    h.core.drain(h.now)
     out = h.feed(request())
     assert statuses(h.to(6000, out)) == [503]  # stateless, no 100 Trying first
     out = h.feed(request("BYE", ruri="sip:bob@127.0.0.1:5080", to_tag="t9", branch="z9hG4bKbye9",

@@ -156,7 +156,7 @@ async def test_http_endpoints_answer_from_the_event_loop() -> None:
         rt.store_ok = False
         assert (await asyncio.to_thread(fetch, base + "/ready"))[0] == 503
         rt.store_ok = True
-        h.core.draining = True
+        h.core.drain(h.now)
         assert await asyncio.to_thread(fetch, base + "/ready") == (503, "draining\n")
         assert (await asyncio.to_thread(fetch, base + "/nope"))[0] == 404
     finally:

@@ -205,7 +205,7 @@ def status_of(rt: Any) -> dict[str, Any]:
     import time
 
     from proxy.core.probe import upstream_name
-    from proxy.core.steer import upstream_states
+    from proxy.core.proxy.steer import upstream_states
 
     core = rt.core
     return {

@@ -77,7 +77,7 @@ def request_bytes(request: CaseRequest, src: Source, call_id: str) -> bytes:
 
 
 def context(h: Harness) -> ResponseContext | None:
-    for entry in h.core.server.values():
+    for entry in h.core.table.servers():
         if entry.ctx is not None:
             return entry.ctx
     return None

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from proxy.core import steer
-from proxy.core.steer import upstream_states
+from proxy.core.proxy.steer import upstream_states
 from proxy.core.types import Source, Target
 from proxy.policy import Policy, parse_policy
 from proxy.sip import SipMessage, parse_message
@@ -400,7 +399,7 @@ routes:
     src = Source("udp", "192.0.2.77", 6000)
     call(h, src=src)
     assert len(invites_to(h, PBX1)) == 1  # not yet known as the carrier's
-    steer.name_sources(h.core, {"sbc.carrier.example": ["192.0.2.77"]})
+    h.take(h.core.set_source_addresses({"sbc.carrier.example": ["192.0.2.77"]}))
     call(h, src=src, call_id="c2@phone")
     assert [(s.host, s.port) for s in h.sent if s.data.startswith(b"INVITE ")][-1] == (
         "sbc.carrier.example", 5060)

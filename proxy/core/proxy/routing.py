@@ -11,9 +11,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
-from proxy.core import outbound, reach, redirects, shared, steer
-from proxy.core.registrar import Binding
-from proxy.core.trust import DIALOG_PARAM, branch_lifetime, via_dest
+from proxy.core import shared
+from proxy.core.access.trust import DIALOG_PARAM, branch_lifetime, via_dest
+from proxy.core.outbound import flows as outbound
+from proxy.core.outbound import reach
+from proxy.core.proxy import routes
+from proxy.core.proxy.learned import learned_uri
+from proxy.core.registrar.location import Binding
 from proxy.core.types import Source, Target
 from proxy.sip import (
     AbsoluteUri,
@@ -25,7 +29,7 @@ from proxy.sip import (
 )
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -57,7 +61,7 @@ class Forward:
     __slots__ = ("from_location", "groups", "routed", "serial")
 
     def __init__(self, groups: list[list[Target]], serial: bool = False,
-                 from_location: bool = False, routed: steer.Routed | None = None) -> None:
+                 from_location: bool = False, routed: routes.Routed | None = None) -> None:
         self.groups = groups
         self.serial = serial  # q-value forking: the next group when a group ends
         self.from_location = from_location
@@ -290,7 +294,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, src: Source, trusted: bool
     policy that matches (an initial request), the Request-URI of a trusted source, the
     upstream group of the policy's route (none matches: the first group)."""
     uri = msg.uri
-    learned = redirects.learned_uri(core, msg.request_uri, now) if core.learned else None
+    learned = learned_uri(core, msg.request_uri, now) if core.learned else None
     if learned is not None:
         # A permanent rewrite learned from a 301 replaces the Request-URI (CONTRACT).
         uri = parse_uri(learned)
@@ -316,7 +320,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, src: Source, trusted: bool
     if initial and core.policy.routes:
         # A route of the policy that matches names the group, whoever sent the request (a
         # carrier's call routed by its source to the PBX; README "Routes").
-        routed = steer.route(core, msg, src, now, match_routes=True)
+        routed = routes.route(core, msg, src, now, match_routes=True)
         if routed is not None:
             return Forward([[t] for t in routed.targets], routed=routed)
     if is_local and (core.settings.registrar_local or trusted):
@@ -329,7 +333,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, src: Source, trusted: bool
     if core.all_upstreams:
         # 5. Everything else: the first upstream group (no route of the policy matched,
         # or an in-dialog request), first one first (failover by policy).
-        routed = steer.route(core, msg, src, now, match_routes=False) if initial else None
+        routed = routes.route(core, msg, src, now, match_routes=False) if initial else None
         if routed is not None:
             return Forward([[t] for t in routed.targets], routed=routed)
         return Forward([[t] for t in core.prober.available(core.groups[core.default_group],
@@ -344,7 +348,7 @@ def flow_target(core: ProxyCore, token: str, src: Source) -> Target | int | None
     Returns the target over that flow; None when it is the flow the request came in on (then
     routing goes on as usual); 403 for a token that does not verify; 430 for a flow that is
     known to be dead: a connection known closed, or one of an earlier start of the process
-    (the token's boot id is not this start's, :class:`~proxy.core.flowtoken.FlowTokens`).
+    (the token's boot id is not this start's, :class:`~proxy.core.outbound.flowtoken.FlowTokens`).
     The transport sends over the connection only if its peer is still the token's address.
     """
     flow = core.tokens.decode(token)
@@ -434,7 +438,7 @@ def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None
         if via is not None:
             return via
     ruri = b.uri.split("?", 1)[0]  # RFC 3261 19.1.5: no headers in a Request-URI
-    learned = redirects.learned_uri(core, ruri, now) if core.learned else None
+    learned = learned_uri(core, ruri, now) if core.learned else None
     if learned is not None:
         # This binding answered 301 before: only it goes to its new address (CONTRACT).
         core.stats["learned_routes_applied"] += 1

@@ -7,10 +7,8 @@ run through this core agree with ``check``: tests/unit/test_core_policy_agree.py
 Sans-IO: the wall time a route or rule matches on is the core's clock plus
 ``core.wall_offset`` (the runtime's difference between the two); no clock is read here.
 
-- :func:`route` picks the group of a new initial request (:meth:`Policy.route`): the first
-  route that holds for its Request-URI, From and To users, its packet's source (the address,
-  never a header, and the groups with an upstream there), its headers and the time; none:
-  the first group. Upstreams probed or held down are left out (all down: all are tried).
+- :mod:`.routes` picks the group of a new initial request (:meth:`Policy.route`);
+  :func:`begin` arms its route's ``no_answer`` timer.
 - :func:`decide` is the policy's decision for a branch's final response, with the group of
   the branch (``upstream``) and the response's headers; a ``hold_down`` holds the upstream
   that answered (:meth:`.probe.Prober.hold`) for its Retry-After (RFC 3261 21.5.4, at most
@@ -28,82 +26,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from proxy.core import cancel, forward
 from proxy.core.context import Branch, BranchState, NoAnswerTimer, ResponseContext
 from proxy.core.effects import Out
-from proxy.core.types import Source, Target
-from proxy.policy import (
-    DEFAULT_ROUTE,
-    Action,
-    AnswerView,
-    Decision,
-    Policy,
-    RequestView,
-    Route,
-    user_part,
-)
+from proxy.core.proxy import cancel, forward
+from proxy.core.proxy.routes import Routed, request_view, source_groups, wall
+from proxy.core.types import Target
+from proxy.policy import Action, AnswerView, Decision
 from proxy.policy.match import NO_HEADERS
 from proxy.sip import SipMessage
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 #: The rule name the decisions of a ``no_answer`` timer are counted under (as ``check``
 #: and ``explain`` name it).
 NO_ANSWER_RULE = "no_answer"
-
-
-class Routed:
-    """Where a new initial request goes: the route, its group, the group's usable upstreams
-    and the request as the policy saw it (kept for rules that match on the request)."""
-
-    __slots__ = ("route", "group", "targets", "view")
-
-    def __init__(self, route: Route, group: str, targets: list[Target],
-                 view: RequestView | None) -> None:
-        self.route = route
-        self.group = group
-        self.targets = targets
-        self.view = view
-
-
-def request_view(core: ProxyCore, policy: Policy, msg: SipMessage, src: Source) -> RequestView:
-    """The request as routes and rules see it: users of the Request-URI, From and To (as
-    :func:`proxy.policy.user_part` reads them, as ``check`` does), the packet's source address
-    and its groups, and the values of the request headers the policy matches on (RFC 3261
-    7.3.1: several lines joined with ``", "``)."""
-    headers: dict[str, str] | None = None
-    if policy.request_headers:
-        headers = {}
-        for name in policy.request_headers:
-            values = msg.get_all(name)
-            if values:
-                headers[name] = ", ".join(values)
-    host = src.host
-    return RequestView(
-        msg.method,
-        user_part(msg.request_uri),
-        user_part(msg.get("from") or ""),
-        user_part(msg.get("to") or ""),
-        host,
-        core.source_groups.get(host.lower(), frozenset()),
-        headers,
-    )
-
-
-def source_groups(core: ProxyCore, resolved: Mapping[str, Iterable[str]]
-                  ) -> dict[str, frozenset[str]]:
-    """By host (lower case): the groups with an upstream there; ``resolved`` adds, for an
-    upstream named by a domain, the addresses its name resolved to (a request comes from an
-    address, never from a name)."""
-    found: dict[str, set[str]] = {}
-    for name, members in core.groups.items():
-        for t in members:
-            host = t.host.lower()
-            found.setdefault(host, set()).add(name)
-            for address in resolved.get(host, ()):
-                found.setdefault(address.lower(), set()).add(name)
-    return {host: frozenset(names) for host, names in found.items()}
 
 
 def name_sources(core: ProxyCore, resolved: Mapping[str, Iterable[str]]) -> None:
@@ -111,33 +48,6 @@ def name_sources(core: ProxyCore, resolved: Mapping[str, Iterable[str]]) -> None
     each name (lower case) to its addresses now; a route's ``source: [GROUP]`` holds for a
     request from any of them."""
     core.source_groups = source_groups(core, resolved)
-
-
-def wall(core: ProxyCore, now: float) -> float:
-    """The wall time (Unix seconds) at the core's ``now``."""
-    return now + core.wall_offset
-
-
-def route(core: ProxyCore, msg: SipMessage, src: Source, now: float, *,
-          match_routes: bool) -> Routed | None:
-    """Where a new initial request goes. ``match_routes``: the first route of the policy that
-    holds, None when none does (the caller goes on with its routing order); otherwise the
-    first group (no route matched). None too when the group has no upstream."""
-    policy = core.policy
-    view: RequestView | None = None
-    if match_routes or policy.needs_request:
-        view = request_view(core, policy, msg, src)
-    chosen = DEFAULT_ROUTE
-    if match_routes:
-        assert view is not None
-        chosen = policy.route(view, wall(core, now))
-        if chosen is DEFAULT_ROUTE:
-            return None
-    group = chosen.group_or(core.default_group)
-    members = core.groups.get(group, ())
-    if not members:
-        return None
-    return Routed(chosen, group, core.prober.available(members, now), view)
 
 
 def begin(core: ProxyCore, ctx: ResponseContext, routed: Routed | None, now: float) -> None:

@@ -403,3 +403,19 @@ routes:
     call(h, src=src, call_id="c2@phone")
     assert [(s.host, s.port) for s in h.sent if s.data.startswith(b"INVITE ")][-1] == (
         "sbc.carrier.example", 5060)
+
+
+def test_a_route_without_method_leaves_register_to_the_first_group() -> None:
+    """registrar: upstream: a REGISTER goes to the first group, where the registrar is, even
+    when a catch-all route (night service) takes every call."""
+    h = make("""
+rules: []
+routes:
+  - {name: night, group: voicemail}
+""")
+    h.feed(request("REGISTER", ruri="sip:pbx.example.com", via_host=PHONE_VIA,
+                   call_id="r1@phone", branch="z9hG4bKr1"), PHONE)
+    assert [(s.host, s.port) for s in h.sent if s.data.startswith(b"REGISTER ")] == [
+        (PBX1.host, PBX1.port)]
+    call(h)
+    assert len(invites_to(h, VM)) == 1

@@ -253,3 +253,15 @@ def test_a_request_from_an_upstream_that_no_route_matches_goes_to_its_request_ur
     assert routed.route.name == "in" and routed.group == "pbx"
     stranger = simulate(policy, TOPOLOGY, CaseRequest(ruri="sip:1@x", source="10.9.9.9"), [])
     assert stranger.group == "pbx"
+
+
+def test_a_route_without_method_leaves_register_to_the_first_group() -> None:
+    policy, _ = parse_policy("rules: []\nroutes:\n  - {name: all, group: voicemail}\n"
+                             "  - {name: reg, match: {method: REGISTER, ruri_user: 'r.*'},"
+                             " group: carrier}\n")
+    invite = simulate(policy, TOPOLOGY, CaseRequest("INVITE", "sip:1@x"), [])
+    register = simulate(policy, TOPOLOGY, CaseRequest("REGISTER", "sip:1@x"), [])
+    named = simulate(policy, TOPOLOGY, CaseRequest("REGISTER", "sip:r1@x"), [])
+    assert (invite.route.name, invite.group) == ("all", "voicemail")
+    assert (register.route.name, register.group) == (None, "pbx")
+    assert (named.route.name, named.group) == ("reg", "carrier")

@@ -73,15 +73,18 @@ def decide(core: ProxyCore, ctx: ResponseContext, br: Branch, status: int,
     """The policy's decision for the final ``status`` of ``br`` (``msg`` None: synthesised),
     with the group of the branch and the response's headers; applies its ``hold_down``."""
     policy = ctx.policy
-    headers = NO_HEADERS
-    if policy.response_headers and msg is not None:
-        headers = {}
-        for name in policy.response_headers:
-            values = msg.get_all(name)
-            if values:
-                headers[name] = ", ".join(values)
-    decision = policy.evaluate(status, ctx.method, ctx.view, AnswerView(br.group, headers),
-                               wall(core, now))
+    if not policy.conditional:
+        decision = policy.evaluate(status, ctx.method)  # status and method only: O(1)
+    else:
+        headers = NO_HEADERS
+        if policy.response_headers and msg is not None:
+            headers = {}
+            for name in policy.response_headers:
+                values = msg.get_all(name)
+                if values:
+                    headers[name] = ", ".join(values)
+        decision = policy.evaluate(status, ctx.method, ctx.view,
+                                   AnswerView(br.group, headers), wall(core, now))
     if decision.hold_down and br.upstream is not None:
         seconds = decision.hold_for(msg.get("retry-after") if msg is not None else None)
         if seconds > 0:

@@ -10,7 +10,8 @@ voicemail server and carrier.
 * a 503 with Retry-After (RFC 3261 21.5.4) holds that PBX down: the next call goes straight
   to the other one, and once the Retry-After is over the first one is tried again (and
   ``upstream_up{upstream,group}`` shows it 0, then 1);
-* a reply rule answers the caller 404 for the PBX's 302 (not followed).
+* a reply rule answers the caller 404 for the PBX's 302 (not followed);
+* a time rule matches now and a rule for another time does not.
 
 Scenarios: the harness's ``uac_call.xml``, ``uas_answer.xml``, ``uas_cancel_after_180.xml``,
 ``rd_uas_302.xml`` and test_policy_e2e.py's ``pol_uas_reject.xml`` /
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -237,4 +239,49 @@ async def test_a_reply_rule_answers_404_for_a_302(
     assert_calls(caller_res, 1)
     assert_calls(await pbx.wait(15), 1)  # INVITE, 302, ACK required
     assert [t.msg.status for t in responses(caller_res, "received")] == [404]
+    proxy.assert_alive()
+
+
+def _span(start_hours: float, end_hours: float) -> str:
+    """``"HH:MM-HH:MM"`` (UTC) from ``start_hours`` to ``end_hours`` after now (a span over
+    midnight is allowed)."""
+    now = datetime.now(UTC)
+    a, b = now + timedelta(hours=start_hours), now + timedelta(hours=end_hours)
+    return f"{a:%H:%M}-{b:%H:%M}"
+
+
+async def test_a_time_rule_matches_and_a_rule_for_another_time_does_not(
+    proxy_factory: ProxyFactory, sipp: Sipp, tmp_path: Path
+) -> None:
+    """tmrec: of two rules for the PBX's 486, the one whose window (UTC) holds now sends the
+    call to voicemail; the one for three hours later (listed first) does not match, so the
+    carrier never sees the call. The proxy takes the time from its own clock."""
+    policy = f"""\
+rules:
+  - name: later
+    match: {{status: 486, time: {{between: "{_span(3, 4)}", tz: UTC}}}}
+    action: failover
+    to: carrier
+  - name: now
+    match: {{status: 486, time: {{between: "{_span(-1, 1)}", tz: UTC}}}}
+    action: failover
+    to: voicemail
+    diversion: time-of-day
+"""
+    pbx_port, vm_port = free_port(), free_port()
+    proxy = proxy_factory(policy_text=policy, timers=FAST,
+                          extra=groups(pbx=[pbx_port], voicemail=[vm_port]))
+    pbx = await sipp.uas(str(rejecting_pbx(tmp_path, 486)), port=pbx_port, calls=1,
+                         timeout=15, name="pbx")
+    vm = await sipp.uas("uas_answer.xml", port=vm_port, calls=1, timeout=15, name="voicemail")
+    caller = await sipp.uac("uac_call.xml", proxy.addr, service="1001",
+                            keys={"domain": DOMAIN}, timeout=10, name="caller")
+    assert_calls(await caller.wait(), 1)
+    assert_calls(await pbx.wait(15), 1)
+    vm_res = await vm.wait(15)
+    assert_calls(vm_res, 1)
+    inv = requests(vm_res, "received", "INVITE")[0].msg
+    assert inv.get("diversion") == f"<sip:1001@{DOMAIN}>;reason=time-of-day;counter=1"
+    line = proxy.wait_for_log("proxy.calls")
+    assert "now:failover(486)" in line and "later:" not in line, line
     proxy.assert_alive()

@@ -33,15 +33,11 @@ from proxy.core.proxy.routes import Routed, request_view, source_groups, wall
 from proxy.core.types import Target
 from proxy.policy import Action, AnswerView, Decision
 from proxy.policy.match import NO_HEADERS
+from proxy.policy.simulate import NO_ANSWER_RULE  # the rule a no_answer timer counts under
 from proxy.sip import SipMessage
 
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
-
-#: The rule name the decisions of a ``no_answer`` timer are counted under (as ``check``
-#: and ``explain`` name it).
-NO_ANSWER_RULE = "no_answer"
-
 
 def name_sources(core: ProxyCore, resolved: Mapping[str, Iterable[str]]) -> None:
     """The runtime resolved the upstreams named by a domain (RFC 3263): ``resolved`` maps

@@ -46,6 +46,7 @@ from proxy.core.registrar import LocationStore
 from proxy.core.shared import Cluster
 from proxy.core.trust import Trust
 from proxy.core.types import LocalAddress, Source, Target
+from proxy.core.upstream_admin import AdminState, UpstreamAdmin, set_state
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.sip.transport import MESSAGE_TRANSPORTS
@@ -143,6 +144,8 @@ class ProxyCore:
         self.metrics = Metrics()  # read by the runtime's collector at scrape time
         self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
         self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
+        #: the operators' up / drain / down of each upstream (:mod:`.upstream_admin`)
+        self.admin = UpstreamAdmin()
 
     # ------------------------------------------------------------------ entry points
 
@@ -246,6 +249,16 @@ class ProxyCore:
         """The first round of upstream OPTIONS (:mod:`.probe`); later rounds are timers."""
         out = Out()
         self.prober.start(self, now, out)
+        return out.effects()
+
+    def set_upstream_admin(self, entry: AdminState, origin: str, now: float) -> Effects:
+        """An upstream's administrative state (up, drain, down), set on this node
+        (``origin`` "here") or read from the state store ("store"): new calls skip a drained
+        or down upstream from now on, calls in progress go on (:mod:`.upstream_admin`). A
+        change is reported in ``Effects.logs`` (:class:`~.upstream_admin.AdminChange`).
+        Raises ValueError for a state other than up, drain, down."""
+        out = Out()
+        set_state(self, entry, origin, now, out)
         return out.effects()
 
     def rekey(self, secret: bytes, keep_old: bool) -> None:

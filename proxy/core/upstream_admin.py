@@ -71,11 +71,12 @@ class UpstreamAdmin:
         entry = self.states.get(name)
         return "up" if entry is None else entry.state
 
-    def admitted(self, targets: Sequence[Target]) -> list[Target]:
-        """``targets`` without the upstreams that take no new calls."""
+    def admitted(self, targets: Sequence[Target]) -> Sequence[Target]:
+        """``targets`` without the upstreams that take no new calls (``targets`` itself,
+        no copy, when none is drained or down: the common case, on every new call)."""
         blocked = self.blocked
         if not blocked:
-            return list(targets)
+            return targets
         return [t for t in targets if upstream_name(t) not in blocked]
 
     def probed(self, t: Target) -> bool:

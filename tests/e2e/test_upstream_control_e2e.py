@@ -183,19 +183,28 @@ async def test_down_survives_a_restart_and_up_brings_the_upstream_back(
     assert (r1.successful, r2.successful) == (1, 1)
 
 
+@pytest.mark.parametrize("backend", ["redis", "sqlite"])
 async def test_a_drain_through_one_node_is_obeyed_by_the_other_within_a_second(
-    proxy_factory: ProxyFactory, sipp: Sipp, redis_server: RedisServer,
+    proxy_factory: ProxyFactory, sipp: Sipp, backend: str, request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
-    redis_server.cli("flushall")
+    """Redis: pub/sub, at once; sqlite (two proxies on one file): the once-a-second poll of
+    the store's generation, so within a second and the time to read the file."""
+    if backend == "redis":
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        redis_server.cli("flushall")
+        state, bound = redis_server.url, 1.0
+    else:
+        state, bound = f"sqlite:{tmp_path / 'shared.db'}", 1.5
     ports = (free_port(), free_port())
     pbx2 = await sipp.uas(UAS, port=ports[1], calls=1, timeout=30, name="pbx2")
-    a = start_proxy(proxy_factory, ports, state=redis_server.url, node="a")
-    b = start_proxy(proxy_factory, ports, state=redis_server.url, node="b")
+    a = start_proxy(proxy_factory, ports, state=state, node="a")
+    b = start_proxy(proxy_factory, ports, state=state, node="b")
     up1 = f"sip:{LOOPBACK}:{ports[0]}"
     done = cli(a, "drain", up1)
     assert done.returncode == 0, done.stderr
-    took = await until_listed(b, up1, "admin", "drain", timeout=1.0)
-    print(f"node b obeyed the drain made through node a in {took * 1000:.0f} ms")
+    took = await until_listed(b, up1, "admin", "drain", timeout=bound)
+    print(f"{backend}: node b obeyed the drain made through node a in {took * 1000:.0f} ms")
     b.wait_for_log(re.compile(f"upstream {re.escape(up1)} drained: .*set by node a, read from "
                               "the state store"), timeout=1)
     await one_call(sipp, b, "through-b")
@@ -203,7 +212,7 @@ async def test_a_drain_through_one_node_is_obeyed_by_the_other_within_a_second(
     assert_calls(res, 1)
     assert invites(res) == 1
     # a third node started later finds it in the store
-    c = start_proxy(proxy_factory, ports, state=redis_server.url, node="c")
+    c = start_proxy(proxy_factory, ports, state=state, node="c")
     assert (await asyncio.to_thread(listing, c))[up1]["admin"] == "drain"
 
 

@@ -30,7 +30,7 @@ from proxy.core.probe import upstream_name
 from proxy.core.types import Target
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 #: the administrative states, ``up`` the default of an upstream never set
 STATES = ("up", "drain", "down")

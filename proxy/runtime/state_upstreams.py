@@ -29,7 +29,7 @@ from proxy.core.upstream_admin import AdminState
 from proxy.store import StateStore, UpstreamState
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.state")
 

@@ -209,7 +209,8 @@ def status_of(rt: Any) -> dict[str, Any]:
 
     core = rt.core
     return {
-        "upstreams": [{"upstream": upstream_name(t), "up": bool(alive)}
+        "upstreams": [{"upstream": upstream_name(t), "up": bool(alive),
+                       "admin": core.admin.state(upstream_name(t))}
                       for t, alive in core.prober.up.items()],
         "probing": core.prober.enabled,
         "registrations": core.location.count(),

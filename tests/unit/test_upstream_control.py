@@ -7,6 +7,7 @@ from __future__ import annotations
 from proxy.config import Upstream
 from proxy.runtime.http_access import loopback
 from proxy.runtime.upstream_control import find
+from proxy.status_cli import status_table
 from proxy.upstreams_cli import table
 
 UPSTREAMS = (
@@ -49,3 +50,12 @@ def test_the_table_has_a_row_per_upstream_and_says_when_nothing_is_kept() -> Non
     assert lines[1].split() == ["sip:10.0.0.20:5060", "pbx", "up", "drain",
                                 "2026-12-06T22:00:00Z", "node-a", "3"]
     assert "state: memory:" in lines[2]
+
+
+def test_status_shows_an_upstream_an_operator_took_out() -> None:
+    shown = status_table({"probing": True, "upstreams": [
+        {"upstream": "sip:10.0.0.20:5060", "up": True, "admin": "drain"},
+        {"upstream": "sip:10.0.0.21:5060", "up": False, "admin": "up"}]})
+    rows = {line.split()[1]: line for line in shown.splitlines() if line.startswith("upstream ")}
+    assert rows["sip:10.0.0.20:5060"].endswith("up, DRAIN by an operator")
+    assert rows["sip:10.0.0.21:5060"].endswith("DOWN")

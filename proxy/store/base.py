@@ -165,6 +165,19 @@ class UpstreamState:
         if self.state not in UPSTREAM_STATES:
             raise ValueError(f"not an upstream state: {self.state!r} (up, drain or down)")
 
+    def as_dict(self) -> dict[str, object]:
+        """As JSON stores it (Redis)."""
+        return {"upstream": self.upstream, "state": self.state, "since": self.since,
+                "node": self.node}
+
+    @classmethod
+    def from_dict(cls, d: object) -> UpstreamState:
+        """From :meth:`as_dict`'s form; ValueError (KeyError, TypeError) when it is not."""
+        if not isinstance(d, dict):
+            raise ValueError("an upstream state is a JSON object")
+        return cls(str(d["upstream"]), str(d["state"]), float(d["since"]),
+                   str(d.get("node") or ""))
+
 
 @dataclass(frozen=True, slots=True)
 class StoreChange:

@@ -180,21 +180,10 @@ def binding_from_json(d: Any) -> StoredBinding:
     )
 
 
-def upstream_to_json(u: UpstreamState) -> dict[str, Any]:
-    return {"upstream": u.upstream, "state": u.state, "since": u.since, "node": u.node}
-
-
-def upstream_from_json(d: Any) -> UpstreamState:
-    if not isinstance(d, dict):
-        raise ValueError("an upstream state is a JSON object")
-    return UpstreamState(str(d["upstream"]), str(d["state"]), float(d["since"]),
-                         str(d.get("node") or ""))
-
-
 def change_to_json(c: StoreChange) -> str:
     d: dict[str, Any] = {"op": c.op, "origin": c.origin}
     if c.upstream is not None:
-        d["upstream"] = upstream_to_json(c.upstream)
+        d["upstream"] = c.upstream.as_dict()
     if c.route is not None:
         d["route"] = route_to_json(c.route)
     if c.binding is not None:
@@ -219,7 +208,7 @@ def change_from_json(text: str | bytes) -> StoreChange | None:
             route=route_from_json(d["route"]) if "route" in d else None,
             binding=binding_from_json(d["binding"]) if "binding" in d else None,
             aor=d.get("aor"), key=d.get("key"), old_uri=d.get("old_uri"),
-            upstream=upstream_from_json(d["upstream"]) if "upstream" in d else None,
+            upstream=UpstreamState.from_dict(d["upstream"]) if "upstream" in d else None,
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -454,13 +443,13 @@ class RedisStore:
     async def put_upstream_state(self, s: UpstreamState) -> None:
         async def run() -> None:
             await self._c().set(self._prefix + "upstream:" + s.upstream,
-                                json.dumps(upstream_to_json(s)))
+                                json.dumps(s.as_dict()))
             await self._wrote(StoreChange("put_upstream_state", self.node, upstream=s))
         await self._guard("put_upstream_state", run())
 
     async def list_upstream_states(self) -> list[UpstreamState]:
         async def run() -> list[UpstreamState]:
-            found = [upstream_from_json(json.loads(raw))
+            found = [UpstreamState.from_dict(json.loads(raw))
                      for _, raw in await self._read_all("upstream", "get") if raw is not None]
             return sorted(found, key=lambda u: u.upstream)
         return await self._guard("list_upstream_states", run(), listing=True)

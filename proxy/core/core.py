@@ -324,7 +324,7 @@ class ProxyCore:
         Raises ValueError for a state other than up, drain, down."""
         out = Out()
         set_state(self, entry, origin, now, out)
-        return out.effects()
+        return self._effects(out)
 
     def rekey(self, secret: bytes, keep_old: bool) -> None:
         """Use ``secret`` for flow tokens, branch MACs and digest nonces from now on: the key

@@ -80,7 +80,9 @@ def status_table(st: dict[str, Any]) -> str:
         held = u.get("held_for") or 0
         state = f"DOWN (held down {held:g} s more by the policy)" if held else (
             ("up" if u["up"] else "DOWN") + probing)
-        rows.append((f"upstream {u['upstream']}{groups}", state))
+        admin = u.get("admin", "up")  # drained or down by an operator (`upstreams list`)
+        rows.append((f"upstream {u['upstream']}{groups}",
+                     state + ("" if admin == "up" else f", {admin.upper()} by an operator")))
     if not ups:
         rows.append(("upstreams", "(none)"))
     rows += [

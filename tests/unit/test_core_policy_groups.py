@@ -12,6 +12,7 @@ from datetime import datetime
 
 from proxy.core.proxy.steer import upstream_states
 from proxy.core.types import Source, Target
+from proxy.core.upstream_admin import AdminState
 from proxy.policy import Policy, parse_policy
 from proxy.sip import SipMessage, parse_message
 from tests.unit.core_harness import Harness, request, response_to
@@ -419,3 +420,22 @@ routes:
         (PBX1.host, PBX1.port)]
     call(h)
     assert len(invites_to(h, VM)) == 1
+
+
+def test_an_operators_drain_applies_to_routed_groups_and_to_failover() -> None:
+    """README "Runtime control of upstreams": a drained upstream takes no new call, whatever
+    group a route or a failover leads to; a group all drained answers 503."""
+    h = make(VOICEMAIL)
+    for t, state in ((PBX1, "drain"), (VM, "down")):
+        h.take(h.core.set_upstream_admin(AdminState(t.label, state, 1.0e9, "node-a"), "here",
+                                         h.now))
+    call(h)
+    assert not invites_to(h, PBX1) and len(invites_to(h, PBX2)) == 1
+    answer(h, PBX2, invites_to(h, PBX2)[0], 486)  # busy: voicemail, which is down
+    assert not invites_to(h, VM)
+    assert [s for s, _ in finals(h)] == [486]
+    other = Source("udp", "203.0.113.6", 6000)
+    h.take(h.core.set_upstream_admin(AdminState(PBX2.label, "drain", 1.0e9, "node-a"),
+                                     "here", h.now))
+    call(h, src=other, call_id="c2@phone")
+    assert finals(h, other) == [(503, "Upstreams Out Of Service")]

@@ -3,12 +3,13 @@ groups and richer rules"): :func:`route` picks the first route that holds for th
 Request-URI, From and To users, its packet's source (the address, never a header, and the
 groups with an upstream there), its headers and the time (the core's clock plus
 ``core.wall_offset``: sans-IO, no clock read), and the route's group's usable upstreams
-(probed or held down left out; all down: all). :mod:`.steer` applies the rest of the policy.
+(drained or downed by an operator left out; then probed or held down left out, all of those
+down: all). :mod:`.steer` applies the rest of the policy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from proxy.core.types import Source, Target
@@ -96,4 +97,12 @@ def route(core: ProxyCore, msg: SipMessage, src: Source, now: float, *,
     members = core.groups.get(group, ())
     if not members:
         return None
-    return Routed(chosen, group, core.prober.available(members, now), view)
+    return Routed(chosen, group, usable(core, members, now), view)
+
+
+def usable(core: ProxyCore, members: Sequence[Target], now: float) -> list[Target]:
+    """``members`` that may take a new call: without those an operator drained or downed
+    (none left: none, :mod:`proxy.core.upstream_admin`), then without those probed down or
+    held down by a rule (none left: all of the admitted ones are tried)."""
+    admitted = core.admin.admitted(members)
+    return core.prober.available(admitted, now) if admitted else []

@@ -322,7 +322,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, src: Source, trusted: bool
         # carrier's call routed by its source to the PBX; README "Routes").
         routed = routes.route(core, msg, src, now, match_routes=True)
         if routed is not None:
-            return Forward([[t] for t in routed.targets], routed=routed)
+            return _to_group(routed)
     if is_local and (core.settings.registrar_local or trusted):
         # The proxy is responsible for this URI and nobody is registered for it.
         return Answer(480 if aor is not None and core.location.known(aor) else 404)
@@ -332,14 +332,27 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, src: Source, trusted: bool
         return Answer(404) if target is None else Forward([[target]])
     if core.all_upstreams:
         # 5. Everything else: the first upstream group (no route of the policy matched,
-        # or an in-dialog request), first one first (failover by policy).
-        routed = routes.route(core, msg, src, now, match_routes=False) if initial else None
-        if routed is not None:
-            return Forward([[t] for t in routed.targets], routed=routed)
-        return Forward([[t] for t in core.prober.available(core.groups[core.default_group],
-                                                           now)])
+        # or an in-dialog request), first one first (failover by policy), without those
+        # drained or down by an operator (:mod:`.upstream_admin`); none left: 503 (RFC 3261
+        # 21.5.4), as when every one failed.
+        if initial:
+            routed = routes.route(core, msg, src, now, match_routes=False)
+            if routed is not None:
+                return _to_group(routed)
+        targets = routes.usable(core, core.groups[core.default_group], now)
+        if not targets:
+            return Answer(503, "Upstreams Out Of Service")
+        return Forward([[t] for t in targets])
     # No upstream, nobody registered: a stranger's Request-URI is never a next hop.
     return Answer(404)
+
+
+def _to_group(routed: routes.Routed) -> RouteDecision:
+    """The target set of a routed group; 503 when an operator drained or downed all of its
+    upstreams (no new call goes there, :mod:`.upstream_admin`)."""
+    if not routed.targets:
+        return Answer(503, "Upstreams Out Of Service")
+    return Forward([[t] for t in routed.targets], routed=routed)
 
 
 def flow_target(core: ProxyCore, token: str, src: Source) -> Target | int | None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from proxy.core.context import Branch, BranchState, NoAnswerTimer, ResponseContext
 from proxy.core.effects import Out
 from proxy.core.proxy import cancel, forward
-from proxy.core.proxy.routes import Routed, request_view, source_groups, wall
+from proxy.core.proxy.routes import Routed, request_view, source_groups, usable, wall
 from proxy.core.types import Target
 from proxy.policy import Action, AnswerView, Decision
 from proxy.policy.match import NO_HEADERS
@@ -90,10 +90,10 @@ def decide(core: ProxyCore, ctx: ResponseContext, br: Branch, status: int,
 
 
 def targets_of(core: ProxyCore, ctx: ResponseContext, group: str, now: float) -> list[Target]:
-    """The upstreams of ``group`` not tried yet in this context, without those probed or
-    held down (all of them down: all of them, RFC 3261 16.5: each at most once)."""
+    """The upstreams of ``group`` not tried yet in this context (RFC 3261 16.5: each at
+    most once) that may take a new branch (:func:`.routes.usable`)."""
     members = [t for t in core.groups.get(group, ()) if forward.label(t) not in ctx.tried]
-    return core.prober.available(members, now)
+    return usable(core, members, now)
 
 
 def switch(core: ProxyCore, ctx: ResponseContext, group: str, diversion: str | None,

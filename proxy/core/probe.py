@@ -2,7 +2,8 @@
 
 Any response (a 404 or 501 too) means the upstream is alive; silence for ``timeout`` seconds
 or a transport error means it is down; the first answer brings it back up. Routing skips the
-upstreams that are down (:meth:`Prober.usable`), and tries all of them when all are down.
+upstreams that are down, or held down by a policy rule's ``hold_down`` (:meth:`Prober.hold`,
+:meth:`Prober.available`), and tries all of them when all are.
 
 The :class:`Prober` sits in the core's timer queue like a transaction (``deadline``); over
 UDP a probe is retransmitted at T1, 2*T1, ... (capped at T2) until its timeout. Its branch is
@@ -67,11 +68,6 @@ class Prober:
     def enabled(self) -> bool:
         return self.interval > 0 and bool(self.upstreams)
 
-    def usable(self, targets: Sequence[Target]) -> list[Target]:
-        """``targets`` without the upstreams that are down; all of them when all are down."""
-        alive = [t for t in targets if self.up.get(t, True)]
-        return alive or list(targets)
-
     def available(self, targets: Sequence[Target], now: float) -> list[Target]:
         """``targets`` without the upstreams probed down or held down at ``now``; all of
         them when none is left (a group all down is tried anyway)."""
@@ -96,10 +92,6 @@ class Prober:
         if until is None or until <= now:
             return None
         return until
-
-    def is_up(self, t: Target, now: float) -> bool:
-        """Probed up (or not probed) and not held down at ``now``: ``upstream_up``."""
-        return self.up.get(t, True) and self.held_until(t, now) is None
 
     def _reschedule(self, core: ProxyCore) -> None:
         d = self.next_round

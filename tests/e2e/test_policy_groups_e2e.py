@@ -11,7 +11,8 @@ voicemail server and carrier.
   to the other one, and once the Retry-After is over the first one is tried again (and
   ``upstream_up{upstream,group}`` shows it 0, then 1);
 * a reply rule answers the caller 404 for the PBX's 302 (not followed);
-* a time rule matches now and a rule for another time does not.
+* a time rule matches now and a rule for another time does not;
+* a route by source sends the trunk's call (from 127.0.0.2) to its group, a phone's to the first.
 
 Scenarios: the harness's ``uac_call.xml``, ``uas_answer.xml``, ``uas_cancel_after_180.xml``,
 ``rd_uas_302.xml`` and test_policy_e2e.py's ``pol_uas_reject.xml`` /
@@ -284,4 +285,41 @@ rules:
     assert inv.get("diversion") == f"<sip:1001@{DOMAIN}>;reason=time-of-day;counter=1"
     line = proxy.wait_for_log("proxy.calls")
     assert "now:failover(486)" in line and "later:" not in line, line
+    proxy.assert_alive()
+
+
+async def test_a_route_by_source_sends_a_trunks_call_to_its_group(
+    proxy_factory: ProxyFactory, sipp: Sipp
+) -> None:
+    """permissions' allow_source_address: the same number dialled from the trunk's address
+    (127.0.0.2, matched by the packet's source, never a header) reaches the carrier group,
+    and from 127.0.0.1 the first group (no route matches)."""
+    policy = """\
+routes:
+  - name: from-trunk
+    match: {source: [127.0.0.2/32]}
+    group: carrier
+rules:
+  - name: everything-else
+    match: {status: "100-699"}
+    action: forward
+"""
+    pbx_port, carrier_port = free_port(), free_port()
+    proxy = proxy_factory(policy_text=policy, timers=FAST,
+                          extra=groups(pbx=[pbx_port], carrier=[carrier_port]))
+    carrier = await sipp.uas("uas_answer.xml", port=carrier_port, calls=1, timeout=15,
+                             name="carrier")
+    pbx = await sipp.uas("uas_answer.xml", port=pbx_port, calls=1, timeout=15, name="pbx")
+    trunk = await sipp.uac("uac_call.xml", proxy.addr, service="1001", timeout=10,
+                           keys={"domain": DOMAIN}, extra=["-i", "127.0.0.2"], name="trunk")
+    assert_calls(await trunk.wait(), 1)
+    carrier_res = await carrier.wait(15)
+    assert_calls(carrier_res, 1)
+    [inv] = requests(carrier_res, "received", "INVITE")
+    assert inv.msg.request_uri == f"sip:1001@{DOMAIN}" and via_is_proxy(inv.msg, proxy)
+    assert "127.0.0.2" in inv.msg.vias[1], inv.msg.vias  # the trunk's Via below the proxy's
+    phone = await sipp.uac("uac_call.xml", proxy.addr, service="1001", timeout=10,
+                           keys={"domain": DOMAIN}, name="phone")
+    assert_calls(await phone.wait(), 1)
+    assert_calls(await pbx.wait(15), 1)
     proxy.assert_alive()

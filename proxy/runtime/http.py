@@ -242,7 +242,7 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
     from proxy.runtime.tracing import TracingCollector
 
     registry = make_registry(rt.core, rt.reloads, rt.started,
-                             lambda: streams.managers(rt))
+                             lambda: streams.managers(rt), getattr(rt, "gate", None))
     registry.register(TracingCollector(rt))  # type: ignore[arg-type]
     config = getattr(rt, "config", None)
     access = Access(getattr(config, "http_token", None))

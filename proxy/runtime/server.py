@@ -35,7 +35,7 @@ from proxy.runtime import logs as log_lines
 from proxy.runtime import signals, streams
 from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
-from proxy.runtime.limits import MemoryTrim, raise_nofile
+from proxy.runtime.limits import MemoryTrim, flood_gate, raise_nofile
 from proxy.runtime.memory import GcPolicy
 from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
@@ -151,6 +151,9 @@ class Runtime:
         self.store_ok, self.listening, self.started = True, False, time.time()
         self.reloads: Counter[str] = Counter()  # policy reloads: ok | refused
         self.http: http_side.HttpEndpoint | None = None
+        #: limits.udp_flood_rps: one gate for every UDP socket (None: off)
+        self.gate = flood_gate(self.core, config.limits.udp_flood_rps,
+                               config.limits.per_source_rps)
 
     # -------------------------------------------------------------- startup / shutdown
 
@@ -170,7 +173,8 @@ class Runtime:
         self.tap = await tracing_taps.install(self)  # before the first message can arrive
         for li in cfg.listen:
             if li.transport == "udp":
-                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed)
+                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed,
+                                    self.gate)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":

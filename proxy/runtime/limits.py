@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from proxy.transport.udp_gate import FloodGate
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy")
 

@@ -9,9 +9,9 @@ CANCEL of no transaction (:mod:`proxy.core.cancel`), an ACK of no dialog
 without parsing further (:func:`over_rate_unanswered`) too. A source is an IPv4 address or an
 IPv6 /64 (:class:`proxy.core.access.RateLimiter`). A
 request is vouched for by its source (an upstream or a ``trusted_relays`` host, judged by the
-packet's source as everywhere in :mod:`proxy.core.access`), by a dialog mark of ours for its
-own Call-ID and tags (:mod:`proxy.core.trust`), or by a dialog the proxy holds
-(:mod:`proxy.core.dialogs`); an invented To tag vouches for nothing. Responses are never
+packet's source as everywhere in :mod:`proxy.core.access.sources`), by a dialog mark of ours for its
+own Call-ID and tags (:mod:`proxy.core.access.trust`), or by a dialog the proxy holds
+(:mod:`proxy.core.proxy.dialogs`); an invented To tag vouches for nothing. Responses are never
 limited. The 503 is sent once, statelessly (:func:`proxy.core.txns.refuse`): it creates no
 transaction, so an INVITE refused without an ACK gets one 503, not eleven retransmissions
 over 32 s (no amplification). Each refusal is counted (``core.refusals.counts["rate"]``) and
@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from proxy.core import routing, txns
+from proxy.core import txns
 from proxy.core.effects import Out
+from proxy.core.proxy import routing
 from proxy.core.types import Source
 from proxy.sip import SipMessage
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 

@@ -19,8 +19,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Final
 
-from proxy.core.auth_failures import source_key
-from proxy.core.redirect_guard import RedirectGuard, _parse_ip
+from proxy.core.proxy.redirect_guard import RedirectGuard, _parse_ip
+from proxy.core.registrar.auth_failures import source_key
 
 __all__ = ["REFUSAL_REASONS", "AddressSet", "RateLimiter", "Refusals"]
 

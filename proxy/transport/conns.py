@@ -27,18 +27,12 @@ Each refusal and each close for one of these reasons is counted by reason
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-import socket
 import time
 from collections import Counter
-from typing import Protocol
 
-__all__ = ["ACCEPTS_PER_TURN", "LOG_INTERVAL", "AcceptRate", "ConnStats", "Listener",
-           "RateLimitedLog", "source_key"]
-
-log = logging.getLogger("proxy.transport.tcp")
+__all__ = ["LOG_INTERVAL", "ConnStats", "RateLimitedLog", "source_key"]
 
 #: seconds between two log lines of one kind (refusals, closes of one reason)
 LOG_INTERVAL = 60.0
@@ -166,89 +160,3 @@ class AcceptRate:
         if len(self._sources) >= self.max_sources:
             for k in list(self._sources)[: len(self._sources) // 2 + 1]:
                 del self._sources[k]
-
-
-#: connections taken from one listening socket per turn of the event loop, at most: a burst
-#: of thousands of connects is served in slices, with the loop's other work (UDP datagrams,
-#: timers, open connections) between them
-ACCEPTS_PER_TURN = 64
-
-
-class Acceptor(Protocol):
-    """What a :class:`Listener` asks of its connection table (:class:`~proxy.transport.tcp.
-    TcpManager`)."""
-
-    def at_accept(self, host: str) -> str | None: ...
-
-    def refused_at_accept(self, host: str, port: int, reason: str) -> None: ...
-
-    def accepted(self, sock: socket.socket) -> None: ...
-
-
-class Listener:
-    """A listening stream socket read by the event loop's reader callback, instead of the
-    loop's own server: at most :data:`ACCEPTS_PER_TURN` ``accept()`` calls a turn (the loop's
-    server takes every connection pending in one turn: a burst of 3,700 connects held the
-    loop for 200 ms), and a connection the table refuses at once (``at_accept``: the accept
-    rate, the table, the source's share) is closed right after ``accept()`` — no transport,
-    no protocol, no TLS state is made for it. The others are handed on (``accepted``).
-    ``sockets`` as :class:`asyncio.Server` has it."""
-
-    __slots__ = ("_loop", "manager", "sockets")
-
-    def __init__(self, manager: Acceptor, sockets: list[socket.socket],
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.manager = manager
-        self.sockets = sockets
-        self._loop = loop
-        for sock in sockets:
-            loop.add_reader(sock.fileno(), self._ready, sock)
-
-    @classmethod
-    def bind(cls, manager: Acceptor, host: str, port: int, backlog: int = 1024) -> Listener:
-        """Listen on every address ``host`` names (as ``loop.create_server`` does)."""
-        loop = asyncio.get_running_loop()
-        socks: list[socket.socket] = []
-        try:
-            for family, kind, proto, _, addr in socket.getaddrinfo(
-                    host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
-                sock = socket.socket(family, kind, proto)
-                socks.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(addr)
-                sock.listen(backlog)
-                sock.setblocking(False)
-        except OSError:
-            for sock in socks:
-                sock.close()
-            raise
-        return cls(manager, socks, loop)
-
-    def _ready(self, sock: socket.socket) -> None:
-        manager = self.manager
-        for _ in range(ACCEPTS_PER_TURN):
-            try:
-                conn, addr = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: the next turn tries again
-                log.warning("accept on %s failed: %s", sock.getsockname(), exc)
-                return
-            reason = manager.at_accept(addr[0])
-            if reason is None:
-                conn.setblocking(False)
-                manager.accepted(conn)
-                continue
-            # Closed as it is: the client reads the end of the stream at once (a reset when
-            # it had sent bytes already). Nothing of the proxy's is left but the kernel's
-            # TIME_WAIT entry (bounded by net.ipv4.tcp_max_tw_buckets).
-            conn.close()
-            manager.refused_at_accept(addr[0], addr[1], reason)
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            if sock.fileno() >= 0:
-                self._loop.remove_reader(sock.fileno())
-                sock.close()

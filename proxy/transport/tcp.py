@@ -22,14 +22,13 @@ import asyncio
 import ipaddress
 import itertools
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable
 
 from proxy.sip import FramingError, StreamFramer
 from proxy.transport.base import Deliver, Failed, Send, Source
-from proxy.transport.conns import AcceptRate, ConnStats, Listener, RateLimitedLog, source_key
+from proxy.transport.conns import AcceptRate, ConnStats, RateLimitedLog, source_key
 from proxy.transport.tlssession import TlsSession
 
 log = logging.getLogger("proxy.transport.tcp")
@@ -263,7 +262,7 @@ class TcpManager:
         self.accepts = AcceptRate(accept_rate, per_source)
         self.conns: dict[int, SipStream] = {}
         self.by_peer: dict[tuple[str, int], SipStream] = {}
-        self.servers: list[Listener] = []
+        self.servers: list[asyncio.Server] = []
         self.stats = ConnStats()
         self.closed_total = 0  # connections gone, for any reason (memory trimming reads it)
         self.unsent: dict[str, int] = {"closed": 0, "other_peer": 0}
@@ -278,51 +277,25 @@ class TcpManager:
         return SipStream(self, outgoing)
 
     async def listen(self, host: str, port: int) -> None:
-        """Listen on ``host:port``: connections are accepted in slices, and the ones refused
-        at once are reset before any object is made for them (:class:`~proxy.transport.conns.
-        Listener`)."""
-        self.servers.append(Listener.bind(self, host, port))
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self.stream, host, port, reuse_address=True,
+                                          backlog=1024)
+        self.servers.append(server)
         self._start_sweep()
-
-    def accepted(self, sock: socket.socket) -> None:
-        """A connection the listener admitted: its transport and protocol are made (the
-        protocol's ``connection_made`` checks the table again)."""
-        task = asyncio.get_running_loop().create_task(self._serve(sock))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, sock: socket.socket) -> None:
-        try:
-            await asyncio.get_running_loop().connect_accepted_socket(self.stream, sock)
-        except OSError as exc:  # reset before it was served
-            sock.close()
-            log.debug("%s connection lost before it was served: %s", self.name, exc)
 
     # -------------------------------------------------------------- the table
 
-    def at_accept(self, host: str) -> str | None:
-        """Why a connection from ``host`` is refused right at ``accept()`` (``limit``,
-        ``per_source``, ``rate``, ``source_rate``), or None; the accept rate's tokens are taken
-        here. The upstreams and trusted relays are held to the table's size only."""
-        if len(self.conns) >= self.max_connections:
-            return "limit"
-        if self.exempt is not None and self.exempt(host):
-            return None
-        source = source_key(host)
-        if self.stats.count(source) >= self.per_source:
-            return "per_source"
-        return self.accepts.allow(source, time.monotonic())
-
     def admit(self, s: SipStream) -> str | None:
-        """Why a connection is refused once its protocol exists (``limit``, ``per_source``:
-        connections admitted at accept in the same turn may have filled either), or None."""
+        """Why an accepted connection is refused (``limit``, ``per_source``, ``rate``,
+        ``source_rate``), or None. The upstreams and trusted relays are held to the table's
+        size only."""
         if len(self.conns) >= self.max_connections:
             return "limit"
         if s.trusted:
             return None
         if self.stats.count(s.source) >= self.per_source:
             return "per_source"
-        return None
+        return self.accepts.allow(s.source, time.monotonic())
 
     def register(self, s: SipStream) -> None:
         self.conns[s.conn_id] = s
@@ -346,26 +319,21 @@ class TcpManager:
             self.closed(s.conn_id)  # RFC 5626 5.3: its flows are dead
 
     def refuse(self, s: SipStream, reason: str) -> None:
-        """Count and log (once a minute) a connection refused once its protocol existed."""
-        self.refused_at_accept(s.peer[0], s.peer[1], reason)
-
-    def refused_at_accept(self, host: str, port: int, reason: str) -> None:
-        """Count and log (once a minute per reason) a connection refused at accept."""
+        """Count and log (once a minute) a connection refused at accept."""
         self.stats.refused[reason] += 1
         if reason == "limit":
             self.say(reason, logging.WARNING, "refused %s connection from %s:%s: %d "
-                     "connections open (limits.tcp_max_connections)", self.name, host, port,
-                     len(self.conns))
+                     "connections open (limits.tcp_max_connections)", self.name, s.peer[0],
+                     s.peer[1], len(self.conns))
         elif reason in ("rate", "source_rate"):
             self.say(reason, logging.WARNING, "refused %s connection from %s:%s: over %g new "
-                     "connections a second (limits.tcp_accept_rate%s)", self.name, host, port,
-                     self.accepts.rate if reason == "rate" else self.accepts.per_source,
+                     "connections a second (limits.tcp_accept_rate%s)", self.name, s.peer[0],
+                     s.peer[1], self.accepts.rate if reason == "rate" else self.accepts.per_source,
                      "" if reason == "rate" else ", from one source")
         else:
-            source = source_key(host)
             self.say(reason, logging.WARNING, "refused %s connection from %s:%s: %d "
-                     "connections open from %s (limits.tcp_per_source)", self.name, host,
-                     port, self.stats.count(source), source)
+                     "connections open from %s (limits.tcp_per_source)", self.name, s.peer[0],
+                     s.peer[1], self.stats.count(s.source), s.source)
 
     def drop(self, s: SipStream, reason: str, why: str) -> None:
         """Close a connection for what it sent (``framing``, ``tls``): counted, logged once a

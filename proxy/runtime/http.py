@@ -190,7 +190,8 @@ def _answering(fn: Callable[[], Answer]) -> Handler:
 async def _not_found(request: web.Request) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         return response(text(405, "method not allowed"), {"Allow": "GET, HEAD"})
-    return response(text(404, "not found; try /metrics, /health, /ready, /status or /calls"))
+    return response(text(404, "not found; try /metrics, /health, /ready, /status, /calls or "
+                         "/upstreams"))
 
 
 async def _server_header(request: web.Request, resp: web.StreamResponse) -> None:
@@ -205,11 +206,16 @@ def status_of(rt: Any) -> dict[str, Any]:
     import time
 
     from proxy.core.probe import upstream_name
+    from proxy.core.proxy.steer import upstream_states
 
     core = rt.core
     return {
-        "upstreams": [{"upstream": upstream_name(t), "up": bool(alive)}
-                      for t, alive in core.prober.up.items()],
+        # up: probed up and not held down; held_for: seconds a policy rule still holds it;
+        # admin: the state an operator set (up, drain, down)
+        "upstreams": [{"upstream": upstream_name(s.target), "groups": list(s.groups),
+                       "up": s.up, "probed_up": s.probed_up, "held_for": round(s.held_for, 1),
+                       "admin": core.admin.state(upstream_name(s.target))}
+                      for s in upstream_states(core, rt.loop.time())],
         "probing": core.prober.enabled,
         "registrations": core.location.count(),
         "learned_routes": len(core.learned),
@@ -240,9 +246,11 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
     from proxy.runtime.calls_http import calls_routes
     from proxy.runtime.metrics import CONTENT_TYPE, make_registry, render
     from proxy.runtime.tracing import TracingCollector
+    from proxy.runtime.upstream_control import upstream_routes
 
     registry = make_registry(rt.core, rt.reloads, rt.started,
-                             lambda: streams.managers(rt), getattr(rt, "gate", None))
+                             lambda: streams.managers(rt), rt.loop.time,
+                             getattr(rt, "gate", None))
     registry.register(TracingCollector(rt))  # type: ignore[arg-type]
     config = getattr(rt, "config", None)
     access = Access(getattr(config, "http_token", None))
@@ -252,6 +260,6 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
         "/health": lambda: text(200, "ok"),
         "/ready": lambda: ready_of(rt),
         "/status": lambda: as_json(200, status_of(rt)),
-    }, calls_routes(rt), access)
+    }, {**calls_routes(rt), **upstream_routes(rt)}, access)
     endpoint.start()
     return endpoint

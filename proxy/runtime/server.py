@@ -32,7 +32,7 @@ from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
-from proxy.runtime import signals, streams
+from proxy.runtime import signals, streams, upstream_control
 from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import MemoryTrim, flood_gate, raise_nofile
@@ -48,6 +48,7 @@ from proxy.transport.base import Transport
 from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager
 from proxy.transport.udp import UdpEndpoint, open_udp
+from proxy.transport.udp_gate import FloodGate
 from proxy.transport.ws import WsManager
 
 log = logging.getLogger("proxy")
@@ -74,6 +75,8 @@ class Runtime:
     trim: MemoryTrim | None = None
     #: the tracing taps (recent calls, HEP) once started; None when neither is configured
     tap: tracing_taps.Tracer | None = None
+    #: limits.udp_flood_rps: one gate for every UDP socket, made by start(); None: off
+    gate: FloodGate | None = None
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None) -> None:
@@ -116,8 +119,10 @@ class Runtime:
         # Key of flow tokens, branch MACs, digest nonces: the configured secret, else a random
         # one that start() replaces by the state store's before listening (state_key.py).
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
+        groups = named_upstreams.groups_of(config, plan)
         settings = CoreSettings(
-            upstreams=plan.targets,
+            upstreams=groups[0][1],
+            groups=groups,
             record_route=config.record_route,
             registrar_local=config.registrar == "local",
             domains=frozenset(d.lower() for d in config.domains),
@@ -146,14 +151,12 @@ class Runtime:
                               ) from exc
         self.state = StateKeeper(self.store, self.core, self.location, config.state, node,
                                  tuple(local), self._state_changed, secret, bool(config.secret))
+        upstream_control.install(self)  # stored upstream states reach the core through _drive
         self._generation = -1
         #: /ready: listening, and the state store answers (the store's owner sets store_ok)
         self.store_ok, self.listening, self.started = True, False, time.time()
         self.reloads: Counter[str] = Counter()  # policy reloads: ok | refused
         self.http: http_side.HttpEndpoint | None = None
-        #: limits.udp_flood_rps: one gate for every UDP socket (None: off)
-        self.gate = flood_gate(self.core, config.limits.udp_flood_rps,
-                               config.limits.per_source_rps)
 
     # -------------------------------------------------------------- startup / shutdown
 
@@ -171,6 +174,7 @@ class Runtime:
         tables = len({li.transport for li in cfg.listen} & {"tcp", "tls", "ws", "wss"}) or 1
         raise_nofile(tables * cfg.limits.tcp_max_connections + 64)  # a table per transport
         self.tap = await tracing_taps.install(self)  # before the first message can arrive
+        self.gate = flood_gate(self.core, cfg.limits.udp_flood_rps, cfg.limits.per_source_rps)
         for li in cfg.listen:
             if li.transport == "udp":
                 ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed,
@@ -349,6 +353,7 @@ class Runtime:
                 await self._load_routes()
                 log.info("learned routes reloaded from the store: %d (generation %d)",
                          len(self.core.learned), self._generation)
+                await self.state.upstreams.load(merge=False)  # another process's drain
         except StoreError as exc:
             log.error("state store: %s", exc)
 
@@ -440,15 +445,29 @@ class Runtime:
         for n in plan.named:
             self.sends.upstream(n.hop)
         self._carry_out(self.core.set_upstream_addresses(self.core.upstream_addrs | plan.addresses))
+        self._name_sources(plan.named, plan.found)
         return named_upstreams.Refresher(self.resolver, plan.named, self._upstream_answer,
                                          plan.found)
 
+    def _name_sources(self, named: tuple[named_upstreams.Named, ...],
+                      found: dict[int, Targets]) -> None:
+        """A route's ``source: [GROUP]`` holds for the addresses the group's named upstreams
+        resolved to (ProxyCore.set_source_addresses)."""
+        resolved: dict[str, list[str]] = {}
+        for n in named:
+            answer = found.get(n.position)
+            if answer is not None:
+                resolved.setdefault(n.upstream.host.lower(), []).extend(
+                    t.host for t in answer.targets)
+        self._carry_out(self.core.set_source_addresses(resolved))
+
     def _upstream_answer(self, named: named_upstreams.Named, answer: Targets) -> None:
         """A named upstream resolved again: its addresses are an upstream's from now on."""
-        addrs = {(t.host, t.port) for t in self.core.settings.upstreams}
+        addrs = {(t.host, t.port) for t in self.core.all_upstreams}
         for found in self.refresher.current.values():
             addrs.update((r.host, r.port) for r in found.targets)
         self._carry_out(self.core.set_upstream_addresses(addrs))
+        self._name_sources(self.refresher.named, self.refresher.current)
 
     # -------------------------------------------------------------- timers
 

@@ -76,7 +76,11 @@ def status_table(st: dict[str, Any]) -> str:
     ups = st.get("upstreams", [])
     probing = "" if st.get("probing") else " (not probed)"
     for u in ups:
-        rows.append((f"upstream {u['upstream']}", ("up" if u["up"] else "DOWN") + probing))
+        name = f"upstream {u['upstream']}"
+        target = u.get("target", "")
+        if target and target.split(":", 1)[1] not in u["upstream"]:
+            name += f" target {target}"  # a resolved address of a name (RFC 3263)
+        rows.append((name, ("up" if u["up"] else "DOWN") + probing))
     if not ups:
         rows.append(("upstreams", "(none)"))
     rows += [

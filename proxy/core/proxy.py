@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import secrets
 from collections import Counter
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from proxy.core import (
     responses,
     routing,
     txns,
+    upstream_targets,
     validate,
 )
 from proxy.core.access import PRIVATE_NETWORKS, AddressSet, RateLimiter, Refusals
@@ -46,6 +48,7 @@ from proxy.core.registrar import LocationStore
 from proxy.core.shared import Cluster
 from proxy.core.trust import Trust
 from proxy.core.types import LocalAddress, Source, Target
+from proxy.core.upstream_targets import UpstreamTarget, UpstreamTargets
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.sip.transport import MESSAGE_TRANSPORTS
@@ -83,6 +86,7 @@ class CoreSettings:
     probe_interval: float = 0.0  # upstream_probe.interval: OPTIONS to each upstream; 0 = off
     probe_timeout: float = 2.0  # upstream_probe.timeout: no answer by then = down
     per_source_rps: int = 0  # limits.per_source_rps: initial requests per second per IP; 0 = off
+    srv_seed: int | None = None  # seed of the SRV weighted draw (tests); None: from the OS
 
 
 class ProxyCore:
@@ -142,6 +146,9 @@ class ProxyCore:
         self.cluster = Cluster()
         self.metrics = Metrics()  # read by the runtime's collector at scrape time
         self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
+        #: what the upstreams named by a domain resolved to (RFC 3263, :mod:`.upstream_targets`);
+        #: its generator draws the SRV weights (seeded in tests through ``srv_seed``)
+        self.upstream_targets = UpstreamTargets(random.Random(settings.srv_seed))
         self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
 
     # ------------------------------------------------------------------ entry points
@@ -246,6 +253,17 @@ class ProxyCore:
         """The first round of upstream OPTIONS (:mod:`.probe`); later rounds are timers."""
         out = Out()
         self.prober.start(self, now, out)
+        return out.effects()
+
+    def set_upstream_targets(self, upstream: str, targets: Sequence[UpstreamTarget],
+                             now: float) -> Effects:
+        """RFC 3263: the runtime resolved the upstream whose URI (as in ``upstreams``) is
+        ``upstream`` to ``targets``, in the resolver's order; none: it has no answer now and
+        stands for itself. Each target is an upstream from now on, for routing, failover,
+        probing and the access rules (:mod:`.upstream_targets`); requests in flight keep the
+        targets they have. The core never resolves a name itself."""
+        out = Out()
+        upstream_targets.update(self, upstream, targets, now, out)
         return out.effects()
 
     def rekey(self, secret: bytes, keep_old: bool) -> None:

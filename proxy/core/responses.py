@@ -15,7 +15,15 @@ import enum
 import logging
 from typing import TYPE_CHECKING
 
-from proxy.core import cancel, forward, outbound, redirects, registrar_glue, txns
+from proxy.core import (
+    cancel,
+    forward,
+    outbound,
+    redirects,
+    registrar_glue,
+    txns,
+    upstream_targets,
+)
 from proxy.core.context import (
     Branch,
     BranchState,
@@ -44,6 +52,7 @@ class Outcome(enum.Enum):
     FLOW_RETRY = "flow retry"  # RFC 5626 7: the instance's next flow was tried
     STOPPING = "stopping"  # policy stop: waiting (at most 4*T1) for the cancelled branches
     FAILOVER = "failover"  # the next target group was started
+    NEXT_TARGET = "next target"  # RFC 3263 4.3: the next resolved target of the same name
     REDIRECTED = "redirected"  # 16.7 step 4: recursing on the 3xx's Contacts
     HELD = "held"  # a learned route is being written; the context goes on after it
     PENDING = "pending"  # other branches still have no final response
@@ -203,6 +212,8 @@ def branch_final(
             ctx.deadline = now + 4 * core.timers.t1
             core.queue.schedule(ctx)
             return Outcome.STOPPING
+    elif upstream_targets.next_target(core, ctx, br, status, msg is not None, now, out):
+        return Outcome.NEXT_TARGET
     elif action is Action.FAILOVER and ctx.may_branch:
         core.stats["policy_failover"] += 1
         if forward.next_group(core, ctx, now, out):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
-from proxy.core import outbound, reach, redirects, shared
+from proxy.core import outbound, reach, redirects, shared, upstream_targets
 from proxy.core.registrar import Binding
 from proxy.core.trust import DIALOG_PARAM, branch_lifetime, via_dest
 from proxy.core.types import Source, Target
@@ -318,8 +318,9 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,
         target = target_for_uri(uri, request_uri=None)
         return Answer(404) if target is None else Forward([[target]])
     if core.settings.upstreams:
-        # 5. Everything else: the upstreams, first one first (failover by policy).
-        return Forward([[t] for t in core.prober.usable(core.settings.upstreams)])
+        # 5. Everything else: the upstreams, first one first (failover by policy); one named
+        # by a domain by its resolved targets (RFC 3263, :mod:`.upstream_targets`).
+        return Forward([[t] for t in upstream_targets.candidates(core, core.settings.upstreams)])
     # No upstream, nobody registered: a stranger's Request-URI is never a next hop.
     return Answer(404)
 

@@ -204,11 +204,11 @@ def status_of(rt: Any) -> dict[str, Any]:
     """What ``sip-policy-proxy status`` prints (``/status``)."""
     import time
 
-    from proxy.core.probe import upstream_name
+    from proxy.core.probe import target_name, upstream_name
 
     core = rt.core
     return {
-        "upstreams": [{"upstream": upstream_name(t), "up": bool(alive)}
+        "upstreams": [{"upstream": upstream_name(t), "target": target_name(t), "up": bool(alive)}
                       for t, alive in core.prober.up.items()],
         "probing": core.prober.enabled,
         "registrations": core.location.count(),

@@ -25,7 +25,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from proxy.core.access import REFUSAL_REASONS
 from proxy.core.observe import BUCKETS
-from proxy.core.probe import upstream_name
+from proxy.core.probe import target_name, upstream_name
 
 if TYPE_CHECKING:
     from proxy.core.proxy import ProxyCore
@@ -94,9 +94,9 @@ class CoreCollector:
         yield GaugeMetricFamily(PREFIX + "dialogs", "Calls up (dialogs through the proxy)",
                                 value=len(core.dialogs))
         up = GaugeMetricFamily(PREFIX + "upstream_up", "Upstream answers OPTIONS (1) or not (0)",
-                               labels=["upstream"])
-        for t, alive in core.prober.up.items():
-            up.add_metric([upstream_name(t)], 1 if alive else 0)
+                               labels=["upstream", "target"])
+        for t, alive in core.prober.up.items():  # a named upstream: each resolved target
+            up.add_metric([upstream_name(t), target_name(t)], 1 if alive else 0)
         yield up
         yield _histogram(m.buckets, m.final_sum)
         info = GaugeMetricFamily(PREFIX + "policy_info", "The policy in force",

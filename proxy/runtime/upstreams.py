@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from proxy.config import Config, Upstream
 from proxy.core.types import Target
+from proxy.core.upstream_targets import UpstreamTarget
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.runtime.dns import RETRY
 from proxy.runtime.resolver import DEFAULT_PORT, Hop, Resolver, Targets, is_ip
@@ -117,6 +118,12 @@ async def plan(config: Config, resolver: Resolver) -> Plan:
     if errors:
         raise ConfigError(errors)
     return Plan(tuple(targets), frozenset(addresses), base.named, answers)
+
+
+def core_targets(answer: Targets) -> tuple[UpstreamTarget, ...]:
+    """What the core takes from an answer (:meth:`ProxyCore.set_upstream_targets`)."""
+    return tuple(UpstreamTarget(t.transport, t.host, t.port, t.name, t.priority, t.weight,
+                                t.service) for t in answer.targets)
 
 
 def describe(answer: Targets) -> str:

@@ -1,0 +1,213 @@
+"""Upstreams named by a domain (RFC 3263): each resolved target is an upstream of its own.
+
+The runtime resolves an upstream's name (NAPTR, SRV, A/AAAA) and hands the core what it found
+through :meth:`~proxy.core.proxy.ProxyCore.set_upstream_targets`; the core never resolves. Each
+address found becomes a :class:`~proxy.core.types.Target` of its own, with the transport NAPTR
+or the URI chose for it, so that routing, failover, probing, the access rules and the metrics
+see it as an upstream:
+
+- **order** (RFC 2782 "Usage rules", RFC 3263 4.4): for each new request, the targets of each
+  SRV set (one per NAPTR record followed, in NAPTR order) by priority, lowest first; within a
+  priority a weighted random draw among the SRV records (weight 0 first, then the running sum),
+  each record's addresses in turn. So one proxy shares a carrier's servers by weight call by
+  call, not answer by answer;
+- **failover** (RFC 3263 4.3): when a target fails (a 503, a transaction timeout without any
+  response, a transport error), the request goes to the next target of the same name before
+  anything else (:func:`next_target`), whatever the policy says (short of ``stop``); once the
+  name's targets are used up, the policy decides as for any upstream;
+- a request in flight keeps the targets it was routed with; a new answer (its TTL ran out)
+  changes the targets of the next requests only;
+- an upstream without an answer (an IP address, or a name DNS has not answered yet) stands for
+  itself, and the runtime resolves it when it sends.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from proxy.core.effects import Out
+from proxy.core.types import Target
+
+if TYPE_CHECKING:
+    from proxy.core.context import Branch, ResponseContext
+    from proxy.core.proxy import ProxyCore
+
+#: the most targets kept for one name (the runtime's resolver returns at most 32 already)
+MAX_TARGETS = 32
+
+
+class UpstreamTarget(NamedTuple):
+    """One resolved address of an upstream, as the runtime hands it over: the transport to use,
+    the IP address and port, the host it is the address of (the SRV target), that SRV record's
+    priority and weight, and ``service``, the SRV set it came from (``_sip._udp.carrier.example``;
+    "" when no SRV record was involved)."""
+
+    transport: str
+    host: str
+    port: int
+    name: str = ""
+    priority: int = 0
+    weight: int = 0
+    service: str = ""
+
+
+class _Record:
+    """One SRV record of a name: its priority, weight and the addresses of its target."""
+
+    __slots__ = ("priority", "targets", "weight")
+
+    def __init__(self, priority: int, weight: int, targets: list[Target]) -> None:
+        self.priority = priority
+        self.weight = weight
+        self.targets = targets
+
+
+def weighted_order(records: Sequence[_Record], rng: random.Random) -> list[_Record]:
+    """RFC 2782 "Usage rules": lowest priority first; within a priority, the records of weight 0
+    first, then each next record drawn with a probability proportional to its weight (a uniform
+    integer in [0, sum of the weights left], the first record whose running sum reaches it)."""
+    out: list[_Record] = []
+    for priority in sorted({r.priority for r in records}):
+        group = sorted((r for r in records if r.priority == priority), key=lambda r: r.weight > 0)
+        while group:
+            total = sum(r.weight for r in group)
+            pick = rng.randint(0, total) if total else 0
+            running = 0
+            chosen = len(group) - 1
+            for i, r in enumerate(group):
+                running += r.weight
+                if running >= pick:
+                    chosen = i
+                    break
+            out.append(group.pop(chosen))
+    return out
+
+
+class UpstreamTargets:
+    """What each named upstream resolved to (by its URI, the :attr:`Target.label` of the
+    upstream), in the form the per-request order needs."""
+
+    __slots__ = ("by_upstream", "owner", "rng")
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        #: upstream URI -> its SRV sets, each a list of records (in the resolver's order)
+        self.by_upstream: dict[str, list[list[_Record]]] = {}
+        #: every resolved target -> the URI of the upstream it is a target of
+        self.owner: dict[Target, str] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.by_upstream)
+
+    def set(self, upstream: Target, found: Sequence[UpstreamTarget]) -> None:
+        """Replace the targets of ``upstream`` by ``found`` (none: it stands for itself again,
+        resolved by the runtime at each send)."""
+        uri = upstream.label
+        for t in [t for t, u in self.owner.items() if u == uri]:
+            del self.owner[t]
+        if not found:
+            self.by_upstream.pop(uri, None)
+            return
+        sets: list[list[_Record]] = []
+        by_key: dict[tuple[str, str, int, int, int], _Record] = {}
+        services: dict[str, list[_Record]] = {}
+        for f in found[:MAX_TARGETS]:
+            t = Target(f.transport, f.host, f.port, None, None, 1.0, uri,
+                       fixed_transport=upstream.fixed_transport)
+            if t in self.owner:
+                continue  # one address once, at its first place
+            self.owner[t] = uri
+            key = (f.service, f.name.lower(), f.port, f.priority, f.weight)
+            rec = by_key.get(key)
+            if rec is None:
+                rec = by_key[key] = _Record(f.priority, f.weight, [])
+                records = services.get(f.service)
+                if records is None:
+                    records = services[f.service] = []
+                    sets.append(records)
+                records.append(rec)
+            rec.targets.append(t)
+        self.by_upstream[uri] = sets
+
+    def targets_of(self, upstream: Target) -> list[Target]:
+        """The resolved targets of ``upstream`` in the resolver's order (for probing)."""
+        return [t for records in self.by_upstream.get(upstream.label, ())
+                for r in records for t in r.targets]
+
+    def ordered(self, upstream: Target) -> list[Target] | None:
+        """The targets of ``upstream`` in the order one new request tries them (see the module
+        docstring); None when it has none (it stands for itself)."""
+        sets = self.by_upstream.get(upstream.label)
+        if sets is None:
+            return None
+        out: list[Target] = []
+        for records in sets:
+            for r in weighted_order(records, self.rng):
+                out.extend(r.targets)
+        return out
+
+
+def candidates(core: ProxyCore, upstreams: Sequence[Target]) -> list[Target]:
+    """``upstreams`` with each upstream that has resolved targets replaced by them, in the
+    order of this request; then without those the prober marked down (all of them when all
+    are down, :meth:`~proxy.core.probe.Prober.usable`)."""
+    resolved = core.upstream_targets
+    if not resolved:
+        return core.prober.usable(upstreams)
+    out: list[Target] = []
+    for u in upstreams:
+        ts = resolved.ordered(u)
+        if ts is None:
+            out.append(u)
+        else:
+            out.extend(ts)
+    return core.prober.usable(out)
+
+
+def probed(core: ProxyCore) -> list[Target]:
+    """What the prober probes: every upstream, a named one by each of its resolved targets."""
+    out: list[Target] = []
+    for u in core.settings.upstreams:
+        ts = core.upstream_targets.targets_of(u)
+        out.extend(ts or (u,))
+    return out
+
+
+def update(core: ProxyCore, upstream: str, found: Sequence[UpstreamTarget], now: float,
+           out: Out) -> None:
+    """:meth:`~proxy.core.proxy.ProxyCore.set_upstream_targets`: the upstream whose URI is
+    ``upstream`` resolved to ``found``. Its targets become upstreams for the next requests
+    (routing, the access rules by address and port, probing: a new target is probed at once
+    when probing runs); requests in flight keep theirs. An unknown URI changes nothing."""
+    known = [u for u in core.settings.upstreams if u.label == upstream]
+    if not known:
+        return
+    for u in known:
+        core.upstream_targets.set(u, found)
+    addrs = {(t.host, t.port) for t in core.settings.upstreams}
+    addrs.update((t.host, t.port) for t in core.upstream_targets.owner)
+    core.upstream_addrs = addrs
+    core.prober.replace(core, probed(core), frozenset(core.upstream_targets.owner), now, out)
+
+
+def next_target(core: ProxyCore, ctx: ResponseContext, br: Branch, status: int,
+                response: bool, now: float, out: Out) -> bool:
+    """RFC 3263 4.3: a target of a named upstream failed (a 503 received or for a transport
+    error, or a transaction timeout with no response at all: Timer B or F; not Timer C, which
+    runs only after the target answered). When the next target of the request's list is one of
+    the same name, it is started (True); otherwise the policy decides (False)."""
+    owners = core.upstream_targets.owner
+    if not owners or not ctx.groups or ctx.pending or not ctx.may_branch:
+        return False
+    if not (status == 503 or (status == 408 and not response and not br.provisional)):
+        return False
+    owner = owners.get(br.target)
+    nxt = ctx.groups[0]
+    if owner is None or not nxt or owners.get(nxt[0]) != owner:
+        return False
+    from proxy.core import forward  # forward imports routing, which imports this module
+
+    core.stats["upstream_target_failover"] += 1
+    return forward.next_group(core, ctx, now, out)

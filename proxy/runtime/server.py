@@ -112,7 +112,7 @@ class Runtime:
         red = config.redirects
         trusted = [*config.trusted_sources, *([] if red.trusted_sources else up_ips)]
         allowed = [*config.allow_targets, *([] if red.allow_targets else up_ips)]
-        guard = RedirectGuard(trusted, allowed, own)
+        guard = RedirectGuard(trusted, allowed, own, trust_upstreams=not red.trusted_sources)
         # Key of flow tokens, branch MACs, digest nonces: the configured secret, else a random
         # one that start() replaces by the state store's before listening (state_key.py).
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)

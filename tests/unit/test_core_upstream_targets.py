@@ -9,12 +9,21 @@ from collections import Counter
 
 from proxy.core import routing
 from proxy.core.probe import Probe
+from proxy.core.redirect_guard import RedirectGuard
 from proxy.core.types import Send, Source, Target
 from proxy.core.upstream_targets import UpstreamTarget, UpstreamTargets
 from proxy.policy import Action, Policy, Rule
 from proxy.sip import parse_message
 from proxy.transaction import TimerConfig
-from tests.unit.core_harness import UP2, Harness, methods, request, response_to, statuses
+from tests.unit.core_harness import (
+    UP2,
+    Harness,
+    default_policy,
+    methods,
+    request,
+    response_to,
+    statuses,
+)
 
 NAMED = Target("udp", "carrier.test", 5060, label="sip:carrier.test")
 URI = NAMED.label
@@ -265,3 +274,20 @@ def test_sends_to_targets_are_to_addresses() -> None:
     h = named(A)
     out = h.feed(request())
     assert all(isinstance(s, Send) and s.host == "127.0.0.1" for s in out)
+
+
+def redirect_from_a(trust_upstreams: bool) -> Harness:
+    guard = RedirectGuard((), ("127.0.0.9",), trust_upstreams=trust_upstreams)
+    h = named(A, B, policy=default_policy(), guard=guard)
+    h.feed(request())
+    h.feed(response_to(invites(h, PORT_A)[0], 302,
+                       extra=("Contact: <sip:bob@127.0.0.9:5090>",)), src(PORT_A))
+    return h
+
+
+def test_a_3xx_from_a_resolved_target_is_an_upstreams_by_default() -> None:
+    """``redirects.trusted_sources`` left to its default trusts the upstreams: a resolved target
+    too, by the address and port it answered from (whatever its answer is now)."""
+    assert len(invites(redirect_from_a(True), 5090)) == 1
+    # a trusted_sources list the operator wrote is taken as it is
+    assert invites(redirect_from_a(False), 5090) == []

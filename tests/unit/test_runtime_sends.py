@@ -334,13 +334,16 @@ async def test_a_response_to_a_via_naming_a_host_goes_to_its_srv(
 async def test_the_upstream_addresses_follow_the_refreshed_answer(
         zone: DnsResponder, tmp_path: Path) -> None:
     """A named upstream is resolved again when its answer expires; the new addresses are an
-    upstream's (Refresher -> core.upstream_addrs)."""
-    rt, _ = await runtime(tmp_path, zone, "sip:carrier.test")
+    upstream's and the targets of the next calls (Refresher -> core.set_upstream_targets)."""
+    rt, mock = await runtime(tmp_path, zone, "sip:carrier.test")
     try:
         zone.set("_sip._udp.carrier.test", "SRV", "10 0 5077 uas2.carrier.test.", ttl=30)
         rt.resolver.dns.clear()  # as if the TTL were over
         rt.refresher.start()
         await wait_for(lambda: ("192.0.2.2", 5077) in rt.core.upstream_addrs)
         assert ("192.0.2.1", 5071) not in rt.core.upstream_addrs
+        rt.deliver(request(), CALLER)
+        invites = [s for s in mock.sent if s.data.startswith(b"INVITE")]
+        assert [(s.transport, s.host, s.port) for s in invites] == [("udp", "192.0.2.2", 5077)]
     finally:
         rt.close()

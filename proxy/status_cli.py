@@ -77,9 +77,8 @@ def status_table(st: dict[str, Any]) -> str:
     probing = "" if st.get("probing") else " (not probed)"
     for u in ups:
         name = f"upstream {u['upstream']}"
-        target = u.get("target", "")
-        if target and target.split(":", 1)[1] not in u["upstream"]:
-            name += f" target {target}"  # a resolved address of a name (RFC 3263)
+        if u.get("resolved"):
+            name += f" target {u.get('target')}"  # a resolved address of a name (RFC 3263)
         rows.append((name, ("up" if u["up"] else "DOWN") + probing))
     if not ups:
         rows.append(("upstreams", "(none)"))

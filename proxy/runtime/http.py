@@ -208,7 +208,9 @@ def status_of(rt: Any) -> dict[str, Any]:
 
     core = rt.core
     return {
-        "upstreams": [{"upstream": upstream_name(t), "target": target_name(t), "up": bool(alive)}
+        # a named upstream (RFC 3263): one entry per resolved address ("resolved": true)
+        "upstreams": [{"upstream": upstream_name(t), "target": target_name(t),
+                       "resolved": t in core.prober.resolved, "up": bool(alive)}
                       for t, alive in core.prober.up.items()],
         "probing": core.prober.enabled,
         "registrations": core.location.count(),

@@ -16,6 +16,7 @@ at priority 10 and 20.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -163,6 +164,9 @@ async def test_probing_marks_a_silent_target_down_and_calls_skip_it(
         _, text = await aget(proxy, "/metrics")
         assert metric(text, "upstream_up", upstream="sip:carrier.test", target=t10) == 0
         assert metric(text, "upstream_up", upstream="sip:carrier.test", target=t20) == 1
+        _, body = await aget(proxy, "/status")
+        entries = {u["target"]: (u["resolved"], u["up"]) for u in json.loads(body)["upstreams"]}
+        assert entries == {t10: (True, False), t20: (True, True)}
         t0 = time.monotonic()
         caller = await sipp.uac("uac_call.xml", proxy.addr, keys={"domain": OUTSIDE},
                                 timeout=20, name="caller")

@@ -291,3 +291,14 @@ def test_a_3xx_from_a_resolved_target_is_an_upstreams_by_default() -> None:
     assert len(invites(redirect_from_a(True), 5090)) == 1
     # a trusted_sources list the operator wrote is taken as it is
     assert invites(redirect_from_a(False), 5090) == []
+
+
+def test_the_status_table_names_each_resolved_address() -> None:
+    from proxy.status_cli import status_table
+
+    table = status_table({"probing": True, "upstreams": [
+        {"upstream": URI, "target": "udp:127.0.0.1:5071", "resolved": True, "up": False},
+        {"upstream": "sip:127.0.0.1:5081", "target": "udp:127.0.0.1:5081", "resolved": False,
+         "up": True}]})
+    assert "upstream sip:carrier.test target udp:127.0.0.1:5071" in table
+    assert "upstream sip:127.0.0.1:5081 " in table and "target udp:127.0.0.1:5081" not in table

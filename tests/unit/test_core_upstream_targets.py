@@ -302,3 +302,14 @@ def test_the_status_table_names_each_resolved_address() -> None:
          "up": True}]})
     assert "upstream sip:carrier.test target udp:127.0.0.1:5071" in table
     assert "upstream sip:127.0.0.1:5081 " in table and "target udp:127.0.0.1:5081" not in table
+
+
+def test_the_call_summary_names_each_address_tried() -> None:
+    h = named(A, B)
+    fx = h.core.on_message(request(), Source("udp", "127.0.0.1", 6000), h.now)
+    h.take(fx)
+    h.take(h.core.on_message(response_to(invites(h, PORT_A)[0], 503), src(PORT_A), h.now))
+    fx = h.core.on_message(response_to(invites(h, PORT_B)[0], 486), src(PORT_B), h.now)
+    [line] = fx.logs
+    assert line.targets == ("sip:carrier.test (udp:127.0.0.1:5071)",
+                            "sip:carrier.test (udp:127.0.0.1:5072)")

@@ -154,7 +154,7 @@ def candidates(core: ProxyCore, upstreams: Sequence[Target]) -> list[Target]:
     order of this request; then without those the prober marked down (all of them when all
     are down, :meth:`~proxy.core.probe.Prober.usable`)."""
     resolved = core.upstream_targets
-    if not resolved:
+    if not resolved.by_upstream:  # no named upstream resolved: the common case, kept cheap
         return core.prober.usable(upstreams)
     out: list[Target] = []
     for u in upstreams:

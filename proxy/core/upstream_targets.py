@@ -64,24 +64,31 @@ class _Record:
         self.targets = targets
 
 
-def weighted_order(records: Sequence[_Record], rng: random.Random) -> list[_Record]:
-    """RFC 2782 "Usage rules": lowest priority first; within a priority, the records of weight 0
-    first, then each next record drawn with a probability proportional to its weight (a uniform
-    integer in [0, sum of the weights left], the first record whose running sum reaches it)."""
+def by_priority(records: Sequence[_Record]) -> list[list[_Record]]:
+    """The records in groups of one priority, lowest first; within a group the records of
+    weight 0 first (RFC 2782 "Usage rules"), the others in the order given."""
+    return [sorted((r for r in records if r.priority == p), key=lambda r: r.weight > 0)
+            for p in sorted({r.priority for r in records})]
+
+
+def weighted_draw(group: Sequence[_Record], rng: random.Random) -> list[_Record]:
+    """RFC 2782 "Usage rules" within one priority (weight 0 first, as :func:`by_priority`
+    puts them): each next record drawn with a probability proportional to its weight (a
+    uniform integer in [0, sum of the weights left], the first record whose running sum
+    reaches it)."""
+    left = list(group)
     out: list[_Record] = []
-    for priority in sorted({r.priority for r in records}):
-        group = sorted((r for r in records if r.priority == priority), key=lambda r: r.weight > 0)
-        while group:
-            total = sum(r.weight for r in group)
-            pick = rng.randint(0, total) if total else 0
-            running = 0
-            chosen = len(group) - 1
-            for i, r in enumerate(group):
-                running += r.weight
-                if running >= pick:
-                    chosen = i
-                    break
-            out.append(group.pop(chosen))
+    while left:
+        total = sum(r.weight for r in left)
+        pick = rng.randint(0, total) if total else 0
+        running = 0
+        chosen = len(left) - 1
+        for i, r in enumerate(left):
+            running += r.weight
+            if running >= pick:
+                chosen = i
+                break
+        out.append(left.pop(chosen))
     return out
 
 
@@ -93,13 +100,11 @@ class UpstreamTargets:
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
-        #: upstream URI -> its SRV sets, each a list of records (in the resolver's order)
-        self.by_upstream: dict[str, list[list[_Record]]] = {}
+        #: upstream URI -> its SRV sets (in the resolver's order), each a list of priority
+        #: groups (:func:`by_priority`)
+        self.by_upstream: dict[str, list[list[list[_Record]]]] = {}
         #: every resolved target -> the URI of the upstream it is a target of
         self.owner: dict[Target, str] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.by_upstream)
 
     def set(self, upstream: Target, found: Sequence[UpstreamTarget]) -> None:
         """Replace the targets of ``upstream`` by ``found`` (none: it stands for itself again,
@@ -129,12 +134,12 @@ class UpstreamTargets:
                     sets.append(records)
                 records.append(rec)
             rec.targets.append(t)
-        self.by_upstream[uri] = sets
+        self.by_upstream[uri] = [by_priority(records) for records in sets]
 
     def targets_of(self, upstream: Target) -> list[Target]:
-        """The resolved targets of ``upstream`` in the resolver's order (for probing)."""
-        return [t for records in self.by_upstream.get(upstream.label, ())
-                for r in records for t in r.targets]
+        """The resolved targets of ``upstream`` (for probing)."""
+        return [t for groups in self.by_upstream.get(upstream.label, ())
+                for group in groups for r in group for t in r.targets]
 
     def ordered(self, upstream: Target) -> list[Target] | None:
         """The targets of ``upstream`` in the order one new request tries them (see the module
@@ -143,9 +148,13 @@ class UpstreamTargets:
         if sets is None:
             return None
         out: list[Target] = []
-        for records in sets:
-            for r in weighted_order(records, self.rng):
-                out.extend(r.targets)
+        for groups in sets:
+            for group in groups:
+                if len(group) == 1:  # one record of its priority: nothing to draw
+                    out.extend(group[0].targets)
+                else:
+                    for r in weighted_draw(group, self.rng):
+                        out.extend(r.targets)
         return out
 
 

@@ -247,7 +247,7 @@ def test_no_answer_means_the_upstream_stands_for_its_name_again() -> None:
 def test_an_unknown_upstream_uri_changes_nothing() -> None:
     h = Harness.make(upstreams=(NAMED, UP2))
     fx = h.core.set_upstream_targets("sip:other.test", (A,), h.now)
-    assert fx.sends == [] and not h.core.upstream_targets
+    assert fx.sends == [] and not h.core.upstream_targets.by_upstream
     assert not routing.trusted_source(h.core, src(PORT_A))
 
 

@@ -175,6 +175,17 @@ def candidates(core: ProxyCore, upstreams: Sequence[Target]) -> list[Target]:
     return core.prober.usable(out)
 
 
+def configured(core: ProxyCore, target: Target) -> Target | None:
+    """The upstream of ``upstreams`` that ``target`` stands for: itself when it is one, the
+    named upstream when it is one of its resolved addresses, else None (a registered phone, a
+    redirect target). What a rule on the answering upstream (its group) needs."""
+    uri = core.upstream_targets.owner.get(target)
+    for u in core.settings.upstreams:
+        if u == target or (uri is not None and u.label == uri):
+            return u
+    return None
+
+
 def probed(core: ProxyCore) -> list[Target]:
     """What the prober probes: every upstream, a named one by each of its resolved targets."""
     out: list[Target] = []

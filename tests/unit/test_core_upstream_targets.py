@@ -313,3 +313,13 @@ def test_the_call_summary_names_each_address_tried() -> None:
     [line] = fx.logs
     assert line.targets == ("sip:carrier.test (udp:127.0.0.1:5071)",
                             "sip:carrier.test (udp:127.0.0.1:5072)")
+
+
+def test_a_resolved_address_stands_for_its_configured_upstream() -> None:
+    from proxy.core.upstream_targets import configured
+
+    h = named(A, B)
+    a = next(t for t in h.core.upstream_targets.owner if t.port == PORT_A)
+    assert configured(h.core, a) == NAMED
+    assert configured(h.core, UP2) == UP2
+    assert configured(h.core, Target("udp", "127.0.0.1", 7000)) is None

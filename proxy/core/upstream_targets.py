@@ -1,7 +1,7 @@
 """Upstreams named by a domain (RFC 3263): each resolved target is an upstream of its own.
 
 The runtime resolves an upstream's name (NAPTR, SRV, A/AAAA) and hands the core what it found
-through :meth:`~proxy.core.proxy.ProxyCore.set_upstream_targets`; the core never resolves. Each
+through :meth:`~proxy.core.core.ProxyCore.set_upstream_targets`; the core never resolves. Each
 address found becomes a :class:`~proxy.core.types.Target` of its own, with the transport NAPTR
 or the URI chose for it, so that routing, failover, probing, the access rules and the metrics
 see it as an upstream:
@@ -32,7 +32,7 @@ from proxy.core.types import Target
 
 if TYPE_CHECKING:
     from proxy.core.context import Branch, ResponseContext
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 #: the most targets kept for one name (the runtime's resolver returns at most 32 already)
 MAX_TARGETS = 32
@@ -197,7 +197,7 @@ def probed(core: ProxyCore) -> list[Target]:
 
 def update(core: ProxyCore, upstream: str, found: Sequence[UpstreamTarget], now: float,
            out: Out) -> None:
-    """:meth:`~proxy.core.proxy.ProxyCore.set_upstream_targets`: the upstream whose URI is
+    """:meth:`~proxy.core.core.ProxyCore.set_upstream_targets`: the upstream whose URI is
     ``upstream`` resolved to ``found``. Its targets become upstreams for the next requests
     (routing, the access rules by address and port, probing: a new target is probed at once
     when probing runs); requests in flight keep theirs. An unknown URI changes nothing."""
@@ -213,11 +213,12 @@ def update(core: ProxyCore, upstream: str, found: Sequence[UpstreamTarget], now:
 
 
 def next_target(core: ProxyCore, ctx: ResponseContext, br: Branch, status: int,
-                response: bool, now: float, out: Out) -> bool:
-    """RFC 3263 4.3: a target of a named upstream failed (a 503 received or for a transport
-    error, or a transaction timeout with no response at all: Timer B or F; not Timer C, which
-    runs only after the target answered). When the next target of the request's list is one of
-    the same name, it is started (True); otherwise the policy decides (False)."""
+                response: bool) -> bool:
+    """RFC 3263 4.3: whether the next target of the request's list takes over from ``br``, a
+    target of a named upstream that failed (a 503 received or for a transport error, or a
+    transaction timeout with no response at all: Timer B or F; not Timer C, which runs only
+    after the target answered), because that next target is one of the same name (the caller,
+    :func:`~proxy.core.proxy.responses.branch_final`, starts it); False: the policy decides."""
     owners = core.upstream_targets.owner
     if not owners or not ctx.groups or ctx.pending or not ctx.may_branch:
         return False
@@ -227,7 +228,5 @@ def next_target(core: ProxyCore, ctx: ResponseContext, br: Branch, status: int,
     nxt = ctx.groups[0]
     if owner is None or not nxt or owners.get(nxt[0]) != owner:
         return False
-    from proxy.core import forward  # forward imports routing, which imports this module
-
     core.stats["upstream_target_failover"] += 1
-    return forward.next_group(core, ctx, now, out)
+    return True

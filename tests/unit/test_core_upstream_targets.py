@@ -7,9 +7,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from proxy.core import routing
 from proxy.core.probe import Probe
-from proxy.core.redirect_guard import RedirectGuard
+from proxy.core.proxy import routing
+from proxy.core.proxy.redirect_guard import RedirectGuard
 from proxy.core.types import Send, Source, Target
 from proxy.core.upstream_targets import UpstreamTarget, UpstreamTargets
 from proxy.policy import Action, Policy, Rule

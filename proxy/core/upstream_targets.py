@@ -158,13 +158,10 @@ class UpstreamTargets:
         return out
 
 
-def candidates(core: ProxyCore, upstreams: Sequence[Target]) -> list[Target]:
-    """``upstreams`` with each upstream that has resolved targets replaced by them, in the
-    order of this request; then without those the prober marked down (all of them when all
-    are down, :meth:`~proxy.core.probe.Prober.usable`)."""
+def expand(core: ProxyCore, upstreams: Sequence[Target]) -> list[Target]:
+    """``upstreams`` (a group of them, in order) with each upstream that has resolved targets
+    replaced by them, in the order of this request (see the module docstring)."""
     resolved = core.upstream_targets
-    if not resolved.by_upstream:  # no named upstream resolved: the common case, kept cheap
-        return core.prober.usable(upstreams)
     out: list[Target] = []
     for u in upstreams:
         ts = resolved.ordered(u)
@@ -172,7 +169,15 @@ def candidates(core: ProxyCore, upstreams: Sequence[Target]) -> list[Target]:
             out.append(u)
         else:
             out.extend(ts)
-    return core.prober.usable(out)
+    return out
+
+
+def candidates(core: ProxyCore, upstreams: Sequence[Target]) -> list[Target]:
+    """:func:`expand`, then without the targets the prober marked down (all of them when all
+    are down, :meth:`~proxy.core.probe.Prober.usable`)."""
+    if not core.upstream_targets.by_upstream:  # no name resolved: the common case, kept cheap
+        return core.prober.usable(upstreams)
+    return core.prober.usable(expand(core, upstreams))
 
 
 def configured(core: ProxyCore, target: Target) -> Target | None:

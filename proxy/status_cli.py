@@ -79,7 +79,9 @@ def status_table(st: dict[str, Any]) -> str:
         name = f"upstream {u['upstream']}"
         if u.get("resolved"):
             name += f" target {u.get('target')}"  # a resolved address of a name (RFC 3263)
-        rows.append((name, ("up" if u["up"] else "DOWN") + probing))
+        admin = u.get("admin", "up")  # drained or down by an operator (`upstreams list`)
+        rows.append((name, ("up" if u["up"] else "DOWN") + probing
+                     + ("" if admin == "up" else f", {admin.upper()} by an operator")))
     if not ups:
         rows.append(("upstreams", "(none)"))
     rows += [

@@ -323,3 +323,17 @@ def test_a_resolved_address_stands_for_its_configured_upstream() -> None:
     assert configured(h.core, a) == NAMED
     assert configured(h.core, UP2) == UP2
     assert configured(h.core, Target("udp", "127.0.0.1", 7000)) is None
+
+
+def test_an_operators_drain_of_the_name_applies_to_every_address() -> None:
+    """`upstreams drain sip:carrier.test`: new calls skip all its addresses; down: none of
+    them is probed any more."""
+    from proxy.core.upstream_admin import AdminState
+
+    h = named(A, B, probe_interval=1.0, probe_timeout=0.5)
+    h.take(h.core.set_upstream_admin(AdminState(URI, "drain", 1.0e9, "node-a"), "here", h.now))
+    out = h.feed(request())
+    assert [s.port for s in out if s.data.startswith(b"INVITE")] == [PORT_UP2]
+    h.take(h.core.set_upstream_admin(AdminState(URI, "down", 1.0e9, "node-a"), "here", h.now))
+    out = h.take(h.core.start_probes(h.now))
+    assert [s.port for s in out if s.data.startswith(b"OPTIONS")] == [PORT_UP2]

@@ -337,3 +337,24 @@ def test_an_operators_drain_of_the_name_applies_to_every_address() -> None:
     h.take(h.core.set_upstream_admin(AdminState(URI, "down", 1.0e9, "node-a"), "here", h.now))
     out = h.take(h.core.start_probes(h.now))
     assert [s.port for s in out if s.data.startswith(b"OPTIONS")] == [PORT_UP2]
+
+
+def test_upstreams_list_shows_a_name_up_while_one_address_answers() -> None:
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from proxy.config import Config, Upstream
+    from proxy.runtime.upstream_control import listing
+
+    h = named(A, B, probe_interval=10.0, probe_timeout=1.0)
+    out = h.take(h.core.start_probes(h.now))
+    probes = {s.port: s for s in out if s.data.startswith(b"OPTIONS")}
+    h.take(h.core.on_send_failure(probes[PORT_A].token, h.now))  # A down
+    cfg = Config(Path("proxy.yaml"), (), upstreams=(Upstream(URI, "carrier.test", 5060, "udp"),
+                            Upstream(UP2.label, "127.0.0.1", PORT_UP2, "udp")))
+    rt = SimpleNamespace(core=h.core, config=cfg, state=SimpleNamespace(node="n", name="memory"))
+    rows = {r["upstream"]: r["probe"] for r in listing(rt)["upstreams"]}
+    assert rows[URI] == "up"  # B answers (not yet marked down)
+    h.take(h.core.on_send_failure(probes[PORT_B].token, h.now))
+    rows = {r["upstream"]: r["probe"] for r in listing(rt)["upstreams"]}
+    assert rows[URI] == "down"

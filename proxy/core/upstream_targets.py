@@ -6,13 +6,14 @@ address found becomes a :class:`~proxy.core.types.Target` of its own, with the t
 or the URI chose for it, so that routing, failover, probing, the access rules and the metrics
 see it as an upstream:
 
-- **order** (RFC 2782 "Usage rules", RFC 3263 4.4): for each new request, the targets of each
+- **order** (RFC 2782 "Usage rules", RFC 3263 4.3): for each new request, the targets of each
   SRV set (one per NAPTR record followed, in NAPTR order) by priority, lowest first; within a
   priority a weighted random draw among the SRV records (weight 0 first, then the running sum),
   each record's addresses in turn. So one proxy shares a carrier's servers by weight call by
   call, not answer by answer;
-- **failover** (RFC 3263 4.3): when a target fails (a 503, a transaction timeout without any
-  response, a transport error), the request goes to the next target of the same name before
+- **failover** (RFC 3263 4.3: "failure occurs if the transaction layer reports a 503 error
+  response or a transport failure ... [or] times out without ever having received any
+  response, provisional or final"), the request goes to the next target of the same name before
   anything else (:func:`next_target`), whatever the policy says (short of ``stop``); once the
   name's targets are used up, the policy decides as for any upstream;
 - a request in flight keeps the targets it was routed with; a new answer (its TTL ran out)

@@ -159,10 +159,12 @@ class UpstreamTargets:
         return out
 
 
-def expand(core: ProxyCore, upstreams: Sequence[Target]) -> list[Target]:
+def expand(core: ProxyCore, upstreams: Sequence[Target]) -> Sequence[Target]:
     """``upstreams`` (a group of them, in order) with each upstream that has resolved targets
     replaced by them, in the order of this request (see the module docstring)."""
     resolved = core.upstream_targets
+    if not resolved.by_upstream:  # no name resolved: the common case, kept cheap
+        return upstreams
     out: list[Target] = []
     for u in upstreams:
         ts = resolved.ordered(u)
@@ -173,29 +175,31 @@ def expand(core: ProxyCore, upstreams: Sequence[Target]) -> list[Target]:
     return out
 
 
-def candidates(core: ProxyCore, upstreams: Sequence[Target]) -> list[Target]:
-    """:func:`expand`, then without the targets the prober marked down (all of them when all
-    are down, :meth:`~proxy.core.probe.Prober.usable`)."""
-    if not core.upstream_targets.by_upstream:  # no name resolved: the common case, kept cheap
-        return core.prober.usable(upstreams)
-    return core.prober.usable(expand(core, upstreams))
-
-
 def configured(core: ProxyCore, target: Target) -> Target | None:
     """The upstream of ``upstreams`` that ``target`` stands for: itself when it is one, the
     named upstream when it is one of its resolved addresses, else None (a registered phone, a
     redirect target). What a rule on the answering upstream (its group) needs."""
     uri = core.upstream_targets.owner.get(target)
-    for u in core.settings.upstreams:
+    for u in core.all_upstreams:
         if u == target or (uri is not None and u.label == uri):
             return u
     return None
 
 
+def in_group(core: ProxyCore, target: Target, members: frozenset[Target]) -> bool:
+    """Whether ``target`` is an upstream of a group of ``members``: one of them, or a resolved
+    address of one of them (a rule's ``upstream`` match, a ``hold_down``)."""
+    if target in members:
+        return True
+    uri = core.upstream_targets.owner.get(target)
+    return uri is not None and any(u.label == uri for u in members)
+
+
 def probed(core: ProxyCore) -> list[Target]:
-    """What the prober probes: every upstream, a named one by each of its resolved targets."""
+    """What the prober probes: every upstream of every group, a named one by each of its
+    resolved targets."""
     out: list[Target] = []
-    for u in core.settings.upstreams:
+    for u in core.all_upstreams:
         ts = core.upstream_targets.targets_of(u)
         out.extend(ts or (u,))
     return out
@@ -207,12 +211,12 @@ def update(core: ProxyCore, upstream: str, found: Sequence[UpstreamTarget], now:
     ``upstream`` resolved to ``found``. Its targets become upstreams for the next requests
     (routing, the access rules by address and port, probing: a new target is probed at once
     when probing runs); requests in flight keep theirs. An unknown URI changes nothing."""
-    known = [u for u in core.settings.upstreams if u.label == upstream]
+    known = [u for u in core.all_upstreams if u.label == upstream]
     if not known:
         return
     for u in known:
         core.upstream_targets.set(u, found)
-    addrs = {(t.host, t.port) for t in core.settings.upstreams}
+    addrs = {(t.host, t.port) for t in core.all_upstreams}
     addrs.update((t.host, t.port) for t in core.upstream_targets.owner)
     core.upstream_addrs = addrs
     core.prober.replace(core, probed(core), frozenset(core.upstream_targets.owner), now, out)

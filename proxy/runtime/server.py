@@ -116,8 +116,10 @@ class Runtime:
         # Key of flow tokens, branch MACs, digest nonces: the configured secret, else a random
         # one that start() replaces by the state store's before listening (state_key.py).
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
+        groups = named_upstreams.groups_of(config, plan)
         settings = CoreSettings(
-            upstreams=plan.targets,
+            upstreams=groups[0][1],
+            groups=groups,
             record_route=config.record_route,
             registrar_local=config.registrar == "local",
             domains=frozenset(d.lower() for d in config.domains),
@@ -440,12 +442,26 @@ class Runtime:
         by_position = {n.position: n for n in plan.named}
         for position, answer in plan.found.items():
             self._set_targets(by_position[position], answer, self.loop.time())
+        self._name_sources(plan.named, plan.found)
         return named_upstreams.Refresher(self.resolver, plan.named, self._upstream_answer,
                                          plan.found)
+
+    def _name_sources(self, named: tuple[named_upstreams.Named, ...],
+                      found: dict[int, Targets]) -> None:
+        """A route's ``source: [GROUP]`` holds for the addresses the group's named upstreams
+        resolved to (ProxyCore.set_source_addresses)."""
+        resolved: dict[str, list[str]] = {}
+        for n in named:
+            answer = found.get(n.position)
+            if answer is not None:
+                resolved.setdefault(n.upstream.host.lower(), []).extend(
+                    t.host for t in answer.targets)
+        self._carry_out(self.core.set_source_addresses(resolved))
 
     def _upstream_answer(self, named: named_upstreams.Named, answer: Targets) -> None:
         """A named upstream resolved again (its answer expired)."""
         self._set_targets(named, answer, self.loop.time())
+        self._name_sources(self.refresher.named, self.refresher.current)
 
     def _set_targets(self, named: named_upstreams.Named, answer: Targets, now: float) -> None:
         """Hand the core what a named upstream resolved to: each address is an upstream of its

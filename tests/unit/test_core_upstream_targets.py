@@ -358,3 +358,31 @@ def test_upstreams_list_shows_a_name_up_while_one_address_answers() -> None:
     h.take(h.core.on_send_failure(probes[PORT_B].token, h.now))
     rows = {r["upstream"]: r["probe"] for r in listing(rt)["upstreams"]}
     assert rows[URI] == "down"
+
+
+def test_a_rule_sees_a_resolved_address_as_its_groups_upstream_and_holds_that_address() -> None:
+    """Groups: the rule matches ``upstream: carrier`` for an answer from an address of
+    sip:carrier.test, and its hold_down holds that address only (each resolved target is an
+    upstream for hold-down): the next call starts at the other address."""
+    from proxy.core.proxy.steer import upstream_states
+    from proxy.policy import parse_policy
+
+    policy, _ = parse_policy("""
+rules:
+  - name: carrier-busy
+    match: {status: 503, upstream: carrier}
+    action: failover
+    hold_down: 60
+""", groups=["carrier", "pbx"])
+    h = Harness.make(upstreams=(NAMED,), groups=(("carrier", (NAMED,)), ("pbx", (UP2,))),
+                     policy=policy, timers=TimerConfig(t1=0.05), srv_seed=7)
+    h.take(h.core.set_upstream_targets(URI, (A, B), h.now))
+    h.feed(request())
+    h.feed(response_to(invites(h, PORT_A)[0], 503), src(PORT_A))
+    assert len(invites(h, PORT_B)) == 1
+    a = next(t for t in h.core.upstream_targets.owner if t.port == PORT_A)
+    assert h.core.prober.held_until(a, h.now) == h.now + 60
+    held = {s.target.port: s.held_for for s in upstream_states(h.core, h.now)}
+    assert held == {PORT_A: 60.0, PORT_B: 0.0, PORT_UP2: 0.0}
+    h.sent.clear()
+    assert first_invite_port(h, 2) == PORT_B

@@ -109,7 +109,7 @@ def final_sent(core: ProxyCore, entry: ServerEntry, status: int, now: float, out
         targets = tuple(f"{t.label} ({t.transport}:{t.host}:{t.port})" if owners and t in owners
                         else t.label or f"{t.host}:{t.port}"
                         for t in (b.target for b in ctx.branches))
-        decisions = tuple((rule_name(r[2].rule), r[2].action.value, r.status)
+        decisions = tuple((rule_name(r[2].rule), r[2].verb, r.status)
                           for r in ctx.responses if r[2] is not None)
     try:
         from_, to, call_id = req.get("from") or "", req.get("to") or "", req.call_id or ""

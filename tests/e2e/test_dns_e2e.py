@@ -10,8 +10,8 @@ at priority 10 and 20.
   an upstream of its own), before the next upstream of the list, which sees nothing; when
   both targets fail, the next upstream takes the call.
 * With ``upstream_probe``, each target is probed on its own: a silent one is marked down
-  (``upstream_up{upstream="sip:carrier.test",target="udp:127.0.0.1:PORT"} 0``) and calls go
-  straight to the other.
+  (``upstream_up{group="default",target="udp:127.0.0.1:PORT",upstream="sip:carrier.test"}
+  0``) and calls go straight to the other.
 """
 
 from __future__ import annotations
@@ -162,8 +162,10 @@ async def test_probing_marks_a_silent_target_down_and_calls_skip_it(
         probe, _ = await silent.recv_sip(1.0, lambda m: m.method == "OPTIONS")
         assert probe.request_uri == f"sip:{LOOPBACK}:{p10}"  # the target, not the name
         _, text = await aget(proxy, "/metrics")
-        assert metric(text, "upstream_up", upstream="sip:carrier.test", target=t10) == 0
-        assert metric(text, "upstream_up", upstream="sip:carrier.test", target=t20) == 1
+        assert metric(text, "upstream_up", upstream="sip:carrier.test", group="default",
+                      target=t10) == 0
+        assert metric(text, "upstream_up", upstream="sip:carrier.test", group="default",
+                      target=t20) == 1
         _, body = await aget(proxy, "/status")
         entries = {u["target"]: (u["resolved"], u["up"]) for u in json.loads(body)["upstreams"]}
         assert entries == {t10: (True, False), t20: (True, True)}

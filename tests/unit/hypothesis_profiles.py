@@ -1,9 +1,10 @@
-"""Hypothesis settings profiles for the property-based suite (``test_fuzz_properties.py``).
+"""Hypothesis settings profiles for the property-based suites (``test_fuzz_properties.py``,
+``test_sip_properties.py``).
 
 * ``ci`` (the default, what ``make test`` runs): a bounded number of examples, no deadline
   (a loaded CI machine must not turn slowness into failures), derandomized so that a run is
   reproducible, no example database written into the working tree. About a minute in all.
-* ``nightly`` (``HYPOTHESIS_PROFILE=nightly``): random, 20 times the examples, with the
+* ``nightly`` (``HYPOTHESIS_PROFILE=nightly``): random, 10,000 examples a test, with the
   example database, so that every run explores new inputs.
 """
 
@@ -17,6 +18,6 @@ _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter
 
 settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True,
                           database=None, print_blob=True, suppress_health_check=_SLOW_OK)
-settings.register_profile("nightly", max_examples=2400, deadline=None,
+settings.register_profile("nightly", max_examples=10_000, deadline=None,
                           print_blob=True, suppress_health_check=_SLOW_OK)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -33,7 +33,9 @@ from proxy.sip import (
     parse_via,
     parse_via_full,
 )
-from tests.unit import hypothesis_profiles  # noqa: F401  (registers and loads the profile)
+from tests.unit import hypothesis_profiles  # registers and loads the profile
+
+pytestmark = pytest.mark.timeout(hypothesis_profiles.TIMEOUT)
 
 # ---- RFC 3261 25.1 pieces ---------------------------------------------------------------------
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.core.access import AddressSet  # noqa: E402
+from proxy.core.access.sources import AddressSet  # noqa: E402
+from proxy.core.core import CoreSettings, ProxyCore  # noqa: E402
 from proxy.core.effects import Effects  # noqa: E402
-from proxy.core.proxy import CoreSettings, ProxyCore  # noqa: E402
-from proxy.core.registrar import MemoryLocation  # noqa: E402
+from proxy.core.registrar.location import MemoryLocation  # noqa: E402
 from proxy.core.types import LocalAddress, Send, Source, Target  # noqa: E402
 from proxy.policy import load_policy  # noqa: E402
 from proxy.runtime.memory import OLD, YOUNG  # noqa: E402

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from proxy.core.digest import Credentials, compute_ha1
+from proxy.core.registrar.digest import Credentials, compute_ha1
 from proxy.diagnostics import Reporter, YMap, YNode, YScalar, check_keys, describe, read_yaml_file
 
 __all__ = ["USER_KEYS", "Credentials", "compute_ha1", "load_users"]

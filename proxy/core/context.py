@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Final, NamedTuple
 
-from proxy.core.types import Source, Target
+from proxy.core.types import Dest, Source, Target
 from proxy.policy import Decision, Policy
 from proxy.sip import SipMessage
 from proxy.transaction import ClientTransaction, ServerTransaction
@@ -45,14 +45,14 @@ class Branch:
 
     def __init__(
         self, ctx: ResponseContext, branch_id: str, target: Target, txn: ClientTransaction,
-        data: bytes, dest: tuple[str, str, int, int | None],
+        data: bytes, dest: Dest,
     ) -> None:
         self.ctx = ctx
         self.branch_id = branch_id
         self.target = target
         self.txn = txn
         self.data = data  # the request as forwarded on this branch
-        self.dest = dest  # (transport, host, port, conn_id)
+        self.dest = dest
         self.state = BranchState.PENDING
         self.provisional = False  # RFC 3261 9.1: CANCEL only after a provisional response
         self.cancel_wanted = False
@@ -70,13 +70,13 @@ class ServerEntry:
     __slots__ = ("key", "txn", "ctx", "reply", "deadline", "request", "started", "conn")
 
     def __init__(
-        self, key: str, txn: ServerTransaction, reply: tuple[str, str, int, int | None],
+        self, key: str, txn: ServerTransaction, reply: Dest,
         request: SipMessage | None = None, started: float = 0.0,
     ) -> None:
         self.key = key
         self.txn = txn
         self.ctx: ResponseContext | None = None
-        self.reply = reply  # (transport, host, port, conn_id) per RFC 3261 18.2.2 / RFC 3581
+        self.reply = reply  # RFC 3261 18.2.2 / RFC 3581
         self.deadline: float | None = None
         self.request = request  # for the metrics and the per-call log line
         self.started = started
@@ -257,6 +257,19 @@ class ResponseContext:
         self.groups = []
         if self.server.request is not None:
             self.server.request = None
+
+    def branch_started(self, br: Branch) -> None:
+        """A branch was forwarded (RFC 3261 16.6): it is pending until its final response."""
+        self.branches.append(br)
+        self.pending += 1
+
+    def branch_ended(self, br: Branch, status: int) -> None:
+        """A pending branch got its final response ``status`` (received or synthesised):
+        the only place a branch stops being pending (16.7)."""
+        br.state = BranchState.DONE
+        br.final_status = status
+        br.timer_c = None
+        self.pending -= 1
 
     def drop_response(self, msg: SipMessage) -> None:
         self.responses = [r for r in self.responses if r[1] is not msg]

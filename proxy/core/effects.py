@@ -11,9 +11,10 @@ Inside one entry point the helpers add to an :class:`Out` accumulator created fo
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from proxy.core.context import ResponseContext
+from proxy.core.registrar.location import BindingChange
 from proxy.core.types import Send
 from proxy.store.base import LearnedRoute
 
@@ -26,18 +27,36 @@ class StoreWrite(NamedTuple):
     ctx: ResponseContext
 
 
+#: levels of a :class:`LogLine` (the values of the logging module's, which the core never calls)
+DEBUG: Final = 10
+INFO: Final = 20
+WARNING: Final = 30
+ERROR: Final = 40
+
+
+class LogLine(NamedTuple):
+    """A line the core wants written to its log (``proxy.core``): the runtime writes it, as
+    ``logging`` would, with ``message % args``."""
+
+    level: int
+    message: str
+    args: tuple[object, ...] = ()
+
+
 class Effects:
     """The result of one entry point: what to send, what to store, and what to log (the
-    per-call summaries of :mod:`proxy.core.observe`, formatted and logged by the runtime).
+    per-call summaries of :mod:`proxy.core.observe.metrics`, formatted and logged by the runtime).
     A slotted class (one per entry call: the compiled build constructs it natively)."""
 
-    __slots__ = ("logs", "sends", "writes")
+    __slots__ = ("bindings", "logs", "sends", "writes")
 
     def __init__(self, sends: list[Send], writes: tuple[StoreWrite, ...] = (),
                  logs: tuple[Any, ...] = ()) -> None:
         self.sends = sends
         self.writes = writes
         self.logs = logs
+        #: binding changes for a state store (the location's journal, RFC 3261 10.3)
+        self.bindings: tuple[BindingChange, ...] = ()
 
 
 class Out:
@@ -58,6 +77,10 @@ class Out:
 
     def log(self, record: Any) -> None:
         self.logs += (record,)
+
+    def line(self, level: int, message: str, *args: object) -> None:
+        """A line for the core's log (:class:`LogLine`)."""
+        self.logs += (LogLine(level, message, args),)
 
     def effects(self) -> Effects:
         return Effects(self.sends, self.writes, self.logs)

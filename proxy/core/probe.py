@@ -19,7 +19,7 @@ from proxy.core.effects import Out
 from proxy.core.types import Send, Target
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -132,7 +132,7 @@ class Prober:
     # ---------------------------------------------------------------- the request
 
     def _send(self, core: ProxyCore, t: Target, now: float, out: Out) -> None:
-        from proxy.core import forward  # forward imports routing, which uses the prober
+        from proxy.core.proxy import forward  # forward imports routing, which uses the prober
 
         self.n += 1
         local = forward.local_for(core, t)

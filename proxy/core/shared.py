@@ -1,7 +1,7 @@
 """Durable and shared state, the core's side (sans-IO): bindings to and from the state store,
 changes made by other proxies, and the requests for a flow another proxy holds.
 
-The location service in memory (:class:`~proxy.core.registrar.MemoryLocation`) stays the only
+The location service in memory (:class:`~proxy.core.registrar.location.MemoryLocation`) stays the only
 view the hot path reads. The runtime writes what the core changed (the location's journal)
 to the store in the background, loads the stored bindings at start, and hands the changes
 another proxy published to :func:`apply_change`. Times cross the seam as wall-clock seconds
@@ -15,7 +15,7 @@ the node's SIP address with a Route naming it, whose user part is the flow token
 flow the token names, as it does for a Path it wrote itself. Tokens verify on every node:
 the nodes share one key (the configured ``secret``, or the one shared through the store).
 Whether a binding is reached over its flow or at its Contact is one rule for every node
-(:mod:`proxy.core.reach`).
+(:mod:`proxy.core.outbound.reach`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from proxy.core import reach
-from proxy.core.flowtoken import Flow
-from proxy.core.registrar import Binding
+from proxy.core.outbound import reach
+from proxy.core.outbound.flowtoken import Flow
+from proxy.core.registrar.expiry import schedule_expiry
+from proxy.core.registrar.location import Binding
 from proxy.core.types import Source, Target
 from proxy.sip.transport import WS_TRANSPORTS
 from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -119,9 +120,7 @@ def from_stored(core: ProxyCore, sb: StoredBinding) -> Binding:
 
 
 def _schedule(core: ProxyCore) -> None:
-    from proxy.core import registrar_glue
-
-    registrar_glue.schedule_expiry(core)
+    schedule_expiry(core)
 
 
 def load_bindings(core: ProxyCore, stored: list[StoredBinding], now: float) -> int:

@@ -12,23 +12,22 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from proxy.core import cancel, observe, responses
-from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
-from proxy.core.effects import Out
-from proxy.core.types import Send, Source
+from proxy.core.context import Branch, ResponseContext, ServerEntry
+from proxy.core.effects import WARNING, Out
+from proxy.core.observe import metrics as observe
+from proxy.core.types import Dest, Send, Source
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.transaction import (
     InviteServerTransaction,
     NonInviteServerTransaction,
     Retransmit,
-    SendAck,
     Terminated,
     Timeout,
     TransactionState,
 )
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -39,24 +38,14 @@ _TERMINATED: Final = TransactionState.TERMINATED
 ACCEPTED: Final = TransactionState.ACCEPTED
 
 
-def server_key(msg: SipMessage, method: str) -> str:
-    """RFC 3261 17.2.3 matching key; the RFC 2543 fallback when the branch lacks the cookie."""
-    via = msg.top_via
-    branch = via.branch
-    if branch is not None and branch.startswith("z9hG4bK") and len(branch) > 7:
-        host, port = via.sent_by()
-        return f"{branch}|{host}:{port}|{method}"
-    return f"2543|{msg.call_id}|{msg.cseq[0]}|{msg.from_tag}|{msg.get('via')}|{method}"
-
-
-def reply_dest(core: ProxyCore, msg: SipMessage, src: Source) -> tuple[str, str, int, int | None]:
+def reply_dest(core: ProxyCore, msg: SipMessage, src: Source) -> Dest:
     """RFC 3261 18.2.2 and RFC 3581: where responses to this request go."""
     if src.transport != "udp":
-        return (src.transport, src.host, src.port, src.conn_id)
+        return Dest(src.transport, src.host, src.port, src.conn_id)
     via = msg.top_via
     if core.settings.force_rport or via.rport is not None:
-        return ("udp", src.host, src.port, None)
-    return ("udp", src.host, via.port or 5060, None)
+        return Dest("udp", src.host, src.port, None)
+    return Dest("udp", src.host, via.port or 5060, None)
 
 
 def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: float) -> ServerEntry:
@@ -71,53 +60,38 @@ def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: flo
     # storm must not hold 50,000 messages for Timer J.
     entry = ServerEntry(key, txn, reply_dest(core, msg, src),
                         msg if msg.method == "INVITE" else None, now)
-    core.server[key] = entry
-    if src.conn_id is not None:
-        entry.conn = src.conn_id
-        hold_conn(core, src.conn_id)
+    core.table.add_server(entry, src.conn_id)
     return entry
-
-
-def hold_conn(core: ProxyCore, conn_id: int) -> None:
-    """One more live transaction over stream connection ``conn_id``
-    (:meth:`~proxy.core.proxy.ProxyCore.conn_in_use`: the transport keeps it open)."""
-    core.conn_txns[conn_id] = core.conn_txns.get(conn_id, 0) + 1
-
-
-def free_conn(core: ProxyCore, conn_id: int | None) -> None:
-    """A transaction over ``conn_id`` (None: over none) ended."""
-    if conn_id is None:
-        return
-    n = core.conn_txns.get(conn_id, 0) - 1
-    if n > 0:
-        core.conn_txns[conn_id] = n
-    else:
-        core.conn_txns.pop(conn_id, None)
 
 
 def drop_server(core: ProxyCore, entry: ServerEntry) -> None:
     """Remove a server transaction from the core's table (it ended, or it is refused
     statelessly before it did anything: :func:`refuse`)."""
-    if core.server.get(entry.key) is entry:
-        del core.server[entry.key]
-        free_conn(core, entry.conn)
-        entry.conn = None
+    core.table.drop_server(entry)
     entry.deadline = None
 
 
 def drop_branch(core: ProxyCore, br: Branch) -> None:
     """Remove a branch's client transaction from the core's table (it ended, or Timer C gave
     up on it after a CANCEL)."""
-    if core.client.pop(br.branch_id + "|" + br.ctx.method, None) is br:
-        free_conn(core, br.conn)
-        br.conn = None
+    core.table.drop_branch(br)
 
 
 def send_response(
     core: ProxyCore, entry: ServerEntry, status: int, data: bytes, now: float, out: Out
 ) -> None:
-    first_final = status >= 200 and entry.txn.state in UNANSWERED
-    effects = entry.txn.send_response(status, data, now)
+    """Send a response through its server transaction, which is the gatekeeper (as h11's
+    state machine is): a response the transaction refuses (a second non-2xx final on a
+    Completed transaction, a provisional after a final, anything once it ended: RFC 3261
+    17.2.2, 16.7 step 5) is never sent, but counted (``responses_refused``) and logged."""
+    txn = entry.txn
+    if not txn.accepts(status):
+        core.stats["responses_refused"] += 1
+        out.line(WARNING, "response %s not sent: its server transaction %s is %s (RFC 3261 "
+                 "17.2.2)", status, entry.key, txn.state.value)
+        return
+    first_final = status >= 200 and txn.state in UNANSWERED
+    effects = txn.send_response(status, data, now)
     t, h, p, c = entry.reply
     out.sends.append(Send(t, h, p, data, c, entry))
     server_effects(core, entry, effects, out)
@@ -151,7 +125,7 @@ def refuse(
     metric) and logged at most once per source and reason per minute.
 
     A flood of refused requests therefore costs one response each and leaves nothing in
-    ``core.server``; a refused INVITE's ACK is absorbed by its To tag (:func:`.forward.on_ack`),
+    the transaction table; a refused INVITE's ACK is absorbed by its To tag (:func:`.forward.on_ack`),
     and a retransmission of it is refused again."""
     if entry is not None:
         drop_server(core, entry)
@@ -176,7 +150,7 @@ def reject(
         dest = reply_dest(core, msg, src)
     except ParseError:
         data = make_response(msg, status, reason, to_tag=core.new_tag(), headers=headers)
-        dest = (src.transport, src.host, src.port, src.conn_id)
+        dest = Dest(src.transport, src.host, src.port, src.conn_id)
     t, h, p, c = dest
     return Send(t, h, p, data, c)
 
@@ -200,37 +174,13 @@ def server_effects(
     schedule(core, entry)
 
 
-def client_effects(
-    core: ProxyCore, br: Branch, effects: Sequence[object], msg: SipMessage | None, now: float,
-    out: Out,
-) -> None:
-    for e in effects:
-        if isinstance(e, SendAck):
-            ack = build_hop_request(br, "ACK", msg)
-            br.txn.set_ack(ack)
-            t, h, p, c = br.dest
-            out.sends.append(Send(t, h, p, ack, c))
-        elif isinstance(e, Retransmit):
-            t, h, p, c = br.dest
-            out.sends.append(Send(t, h, p, e.data, c, br))
-        elif isinstance(e, Timeout):
-            if br.state is BranchState.PENDING:
-                # RFC 5626 5.3: no answer over a flow named by a token: the flow failed (430)
-                status = 430 if br.target.by_token else 408
-                responses.branch_final(core, br, status, None, now, out)
-        elif isinstance(e, Terminated):
-            drop_branch(core, br)
-            release(core, br.ctx)
-    schedule(core, br)
-
-
 def release(core: ProxyCore, ctx: ResponseContext) -> None:
     """Break the context's reference cycles once its server transaction and every branch's
     client transaction have ended, so that reference counting frees the whole call at once
     (no garbage collector pass: full collections over a busy proxy's heap cost more than
     the calls themselves). Nothing reads ``ctx.branches`` after that."""
     entry = ctx.server
-    if core.server.get(entry.key) is entry:
+    if core.table.holds_server(entry):
         return
     for b in ctx.branches:
         if b.txn.state is not _TERMINATED:
@@ -245,33 +195,7 @@ def cancel_effects(core: ProxyCore, br: Branch, effects: Sequence[object], out: 
             t, h, p, cid = br.dest
             out.sends.append(Send(t, h, p, e.data, cid))
         elif isinstance(e, Terminated):
-            core.client.pop(br.branch_id + "|CANCEL", None)
-    schedule(core, br)
-
-
-def branch_timer(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
-    """A branch's timers: Timer C (RFC 3261 16.8), its client transaction, its CANCEL."""
-    c = br.timer_c
-    if c is not None and now >= c and br.state is BranchState.PENDING:
-        # RFC 3261 16.8: Timer C.
-        br.timer_c = None
-        core.stats["timer_c"] += 1
-        if br.cancel_txn is not None:
-            # RFC 3261 9.1: cancelled 64*T1 ago and still no final response: the client
-            # transaction is destroyed and the branch ends as if it got a 408.
-            core.stats["cancel_unanswered"] += 1
-            drop_branch(core, br)
-            responses.branch_final(core, br, 408, None, now, out)
-        elif br.provisional:
-            cancel.cancel_branch(core, br, now, out)
-        else:
-            responses.branch_final(core, br, 408, None, now, out)
-    d = br.txn.deadline
-    if d is not None and now >= d:
-        client_effects(core, br, br.txn.on_timer(now), None, now, out)
-    ct = br.cancel_txn
-    if ct is not None and ct.deadline is not None and now >= ct.deadline:
-        cancel_effects(core, br, ct.on_timer(now), out)
+            core.table.drop_cancel(br)
     schedule(core, br)
 
 

@@ -1,4 +1,5 @@
-"""Values of the sans-IO core: where a request goes (:class:`Target`).
+"""Values of the sans-IO core: where a request goes (:class:`Target`), where a transaction's
+messages go (:class:`Dest`).
 
 :class:`Source`, :class:`Send` and :class:`LocalAddress` cross the boundary between the core
 and the transport layer; they live in :mod:`proxy.sip.transport` (which both sides may import)
@@ -11,7 +12,18 @@ from typing import NamedTuple
 
 from proxy.sip.transport import LocalAddress, Send, Source
 
-__all__ = ["LocalAddress", "Send", "Source", "Target"]
+__all__ = ["Dest", "LocalAddress", "Send", "Source", "Target"]
+
+
+class Dest(NamedTuple):
+    """Where a transaction's messages go: the address responses to a request go to (RFC 3261
+    18.2.2, RFC 3581) or a branch's next hop (16.6 step 7); ``conn_id`` pins a stream
+    connection (None: any, or UDP)."""
+
+    transport: str
+    host: str
+    port: int
+    conn_id: int | None
 
 
 class Target(NamedTuple):

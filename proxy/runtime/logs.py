@@ -1,5 +1,5 @@
 """Logging set-up (``log_format: text | json``) and the log lines of the runtime: the per-call
-summary the core hands out (:class:`~proxy.core.observe.CallLog`), and at debug every message
+summary the core hands out (:class:`~proxy.core.observe.metrics.CallLog`), and at debug every message
 in and out (first line, Call-ID, peer, transport).
 
 With ``json`` every line is one JSON object: ``time``, ``level``, ``logger``, ``message``, and
@@ -17,10 +17,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.core.observe import CallLog
+from proxy.core.effects import LogLine
+from proxy.core.observe.metrics import CallLog
 from proxy.sip.transport import Send, Source
 
 calls_log = logging.getLogger("proxy.calls")
+core_log = logging.getLogger("proxy.core")  # the lines the core hands out (LogLine)
 messages_log = logging.getLogger("proxy.messages")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -127,6 +129,8 @@ def emit_calls(records: Iterable[object]) -> None:
             h = _direct_handler()
             if h is None or not _write_direct(h, rec):
                 calls_log.info("%s", rec.text(), extra={"call": rec.fields()})
+        elif isinstance(rec, LogLine):
+            core_log.log(rec.level, rec.message, *rec.args)
 
 
 def _write_direct(h: logging.StreamHandler[Any], rec: CallLog) -> bool:

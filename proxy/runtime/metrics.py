@@ -1,6 +1,6 @@
 """Prometheus metrics (prefix ``sip_policy_proxy_``) read at scrape time.
 
-The hot path only increments plain integers on the core (:class:`~proxy.core.observe.Metrics`,
+The hot path only increments plain integers on the core (:class:`~proxy.core.observe.metrics.Metrics`,
 ``ProxyCore.stats``); :class:`CoreCollector`, a custom prometheus-client collector, turns them
 into metric families when ``/metrics`` is scraped, on the event loop (the HTTP side,
 :mod:`proxy.runtime.http`, runs there), so the counters are read where they are written and
@@ -23,12 +23,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
-from proxy.core.access import REFUSAL_REASONS
-from proxy.core.observe import BUCKETS
+from proxy.core.access.sources import REFUSAL_REASONS
+from proxy.core.observe.metrics import BUCKETS
 from proxy.core.probe import upstream_name
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 PREFIX = "sip_policy_proxy_"
 __all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PREFIX", "CoreCollector", "StreamCollector",

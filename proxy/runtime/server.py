@@ -20,13 +20,13 @@ from typing import Any
 
 from proxy import __version__, build_kind
 from proxy.config import Config
-from proxy.core.access import AddressSet
+from proxy.core.access.sources import AddressSet
 from proxy.core.context import ResponseContext
-from proxy.core.digest import DigestAuth
+from proxy.core.core import CoreSettings, ProxyCore
 from proxy.core.effects import Effects, StoreWrite
-from proxy.core.proxy import CoreSettings, ProxyCore
-from proxy.core.redirect_guard import RedirectGuard
-from proxy.core.registrar import MemoryLocation
+from proxy.core.proxy.redirect_guard import RedirectGuard
+from proxy.core.registrar.digest import DigestAuth
+from proxy.core.registrar.location import MemoryLocation
 from proxy.core.types import LocalAddress, Send, Source
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
@@ -213,7 +213,7 @@ class Runtime:
             return
         log.info("stopping: no new transactions, draining %d transactions and %d calls",
                  self.core.unanswered, len(self.core.dialogs))
-        self.core.draining = True
+        self._carry_out(self.core.drain(self.loop.time()))
         self._stopping.set()
 
     async def serve(self) -> None:
@@ -284,14 +284,18 @@ class Runtime:
             if tap is not None:
                 tap.learned(fx.writes)
             self._start_writes(fx.writes)
-        if self.location.journal:
-            self.state.bindings_changed()  # write-behind: never waited for
+        if fx.bindings:
+            self.state.bindings_changed(fx.bindings)  # write-behind: never waited for
         self._arm()
 
-    def _state_changed(self) -> None:
-        """The state store changed the core's view (loaded, another node's change)."""
+    def _state_changed(self, fx: Effects | None = None) -> None:
+        """The state store changed the core's view (loaded, another node's change): carry
+        out what the core said about it."""
         self.store_ok = self.state.up
-        self._arm()
+        if fx is not None:
+            self._carry_out(fx)
+        else:
+            self._arm()
 
     def deliver(self, data: bytes, src: Source) -> None:
         """One received message: :meth:`_drive` written out (the path every message takes)."""
@@ -431,7 +435,7 @@ class Runtime:
         relay"); their names are resolved again as their answers expire."""
         for n in plan.named:
             self.sends.upstream(n.hop)
-        self.core.upstream_addrs |= plan.addresses
+        self._carry_out(self.core.set_upstream_addresses(self.core.upstream_addrs | plan.addresses))
         return named_upstreams.Refresher(self.resolver, plan.named, self._upstream_answer,
                                          plan.found)
 
@@ -440,7 +444,7 @@ class Runtime:
         addrs = {(t.host, t.port) for t in self.core.settings.upstreams}
         for found in self.refresher.current.values():
             addrs.update((r.host, r.port) for r in found.targets)
-        self.core.upstream_addrs = addrs
+        self._carry_out(self.core.set_upstream_addresses(addrs))
 
     # -------------------------------------------------------------- timers
 
@@ -475,7 +479,8 @@ class Runtime:
             self.tls.reload()
 
     def _put_policy_in_force(self, policy: Policy) -> None:
-        self.core.policy = policy  # new calls take it; a call in progress keeps its own
+        # new calls take it; a call in progress keeps its own
+        self._carry_out(self.core.set_policy(policy))
 
 
 async def _main(config: Config, policy: Policy) -> int:

@@ -40,11 +40,12 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from proxy.core import shared
-from proxy.core.registrar import BindingDelete, BindingWrite, MemoryLocation
+from proxy.core.effects import Effects
+from proxy.core.registrar.location import BindingChange, BindingDelete, BindingWrite, MemoryLocation
 from proxy.core.types import LocalAddress
 from proxy.runtime.state_key import KeyKeeper
 from proxy.runtime.state_nodes import SharedNodes
@@ -59,7 +60,7 @@ from proxy.store import (
 from proxy.store.base import Incarnation
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.state")
 
@@ -89,7 +90,7 @@ class StateKeeper(SharedNodes):
 
     def __init__(self, store: StateStore, core: ProxyCore, location: MemoryLocation,
                  spec: str, node: str, local: tuple[LocalAddress, ...],
-                 on_change: Callable[[], None], key: bytes, configured: bool) -> None:
+                 on_change: Callable[[Effects | None], None], key: bytes, configured: bool) -> None:
         self.store = store
         self.core = core
         self.location = location
@@ -122,9 +123,8 @@ class StateKeeper(SharedNodes):
         self.loop = asyncio.get_running_loop()
         self.keys = KeyKeeper(store, core, key, configured, self.name, self.memory)
         # memory: the store would only hold a second copy of the view: nothing to write
-        location.journal = None if self.memory else []
-        core.cluster.node = node
-        core.cluster.shared = self.shared
+        core.record_bindings(not self.memory)
+        core.join_cluster(node, self.shared)
 
     @property
     def name(self) -> str:
@@ -215,7 +215,7 @@ class StateKeeper(SharedNodes):
         if self.shared:
             await self._announce_once()  # before ready: a node started later sees this one
         self.up = True
-        self.on_change()
+        self.on_change(None)
         if self.shared:
             self._spawn(self._announce())
 
@@ -258,21 +258,21 @@ class StateKeeper(SharedNodes):
         """The store's view into memory: replacing it (``merge`` False: at start, or a live
         store after an outage) or adding to it (after a write-back into a reset store)."""
         now_wall = time.time()
-        self.core.wall_offset = now_wall - self.loop.time()
+        self.core.set_wall_offset(now_wall - self.loop.time())
         routes = await self.store.list_routes(now_wall)
         stored = await self.store.list_bindings(now_wall)
         now = self.loop.time()
         if merge:
             for r in routes:
                 if r.old_uri not in self.core.learned:
-                    shared.apply_route(self.core, r, now)
+                    self.on_change(self.core.apply_learned_route(r, now))
                     self.routes[r.old_uri] = r
-            loaded = shared.merge_bindings(self.core, stored, now)
+            loaded = self.core.load_bindings(stored, now, merge=True)
         else:
             self.core.load_learned(routes, now)
             self.note_routes(routes)
-            loaded = shared.load_bindings(self.core, stored, now)
-        self.on_change()
+            loaded = self.core.load_bindings(stored, now, merge=False)
+        self.on_change(None)
         if routes:
             log.info("learned routes loaded from %s: %d", self.name, len(routes))
         if stored:
@@ -285,11 +285,8 @@ class StateKeeper(SharedNodes):
 
     # -------------------------------------------------------------- writes
 
-    def bindings_changed(self) -> None:
-        """Queue the core's binding changes for the store (call after every core call)."""
-        changes = self.location.take_changes()
-        if not changes:
-            return
+    def bindings_changed(self, changes: Iterable[BindingChange]) -> None:
+        """Queue the core's binding changes (``Effects.bindings``) for the store."""
         node = self.node
         for c in changes:
             if isinstance(c, BindingWrite):
@@ -397,7 +394,7 @@ class StateKeeper(SharedNodes):
         if self._closing:
             return
         was_up, self.up = self.up, False
-        self.on_change()
+        self.on_change(None)
         if was_up or not self._reconnecting:
             log.error("state store %s unreachable (%s): relaying calls on what is in memory; "
                       "changes are kept and written when it answers again", self.name, exc)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from proxy.store import StateStore
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.state")
 

@@ -16,12 +16,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from proxy.core import shared
 from proxy.sip import host_port_text
 from proxy.store import StoreChange, StoreError
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
     from proxy.core.types import LocalAddress
     from proxy.runtime.state_key import KeyKeeper
     from proxy.store import LearnedRoute, StateStore
@@ -87,13 +86,14 @@ class SharedNodes:
             async for change in self.store.changes(ready.set):  # type: ignore[attr-defined]
                 if change.origin == self.node:
                     continue
+                fx = None
                 try:
-                    shared.apply_change(self.core, change, self.loop.time())
+                    fx = self.core.apply_store_change(change, self.loop.time())
                     self._note_route_change(change)
                     self._peer_unknown(change)
                 except Exception:  # noqa: BLE001 - a bad message must not end the watch
                     log.exception("state store %s: could not apply %s", self.name, change.op)
-                self.on_change()
+                self.on_change(fx)
         except StoreError as exc:
             if ready.is_set():
                 self._lost(exc)
@@ -123,8 +123,7 @@ class SharedNodes:
         await publish(self.node, self.addresses(), ANNOUNCE_TTL, self.keys.key_id)
         infos = await nodes()
         infos.pop(self.node, None)
-        self.core.cluster.peers = shared.parse_peers(
-            {name: info.addresses for name, info in infos.items()})
+        self.core.set_peers({name: info.addresses for name, info in infos.items()})
         self._peers_read = self.loop.time()
         self.keys.compare(infos)
 

@@ -53,6 +53,13 @@ class ServerTransaction(Transaction):
         self.last_response = data
         return self._apply(step, event, now)
 
+    def accepts(self, status: int) -> bool:
+        """Whether the state takes a response with code ``status`` (what :meth:`send_response`
+        would record): the core sends a response only if so, as h11's state machine hands out
+        bytes only for an event it accepted. A second non-2xx final after a final, a
+        provisional after a final, anything once Terminated: refused (RFC 3261 17.2.2)."""
+        return (self.state, response_event(status)) in self._TABLE
+
     def on_retransmission(self, now: float) -> list[Effect]:
         """A retransmission of the request arrived (RFC 3261 17.2.3 matched it here):
         ``[Retransmit(last_response)]`` where the state answers it, else ``[]`` (absorbed)."""

@@ -83,7 +83,7 @@ async def test_a_jssip_phone_in_chromium_registers_calls_and_is_called_over_wss(
         assert invite is not None
         rr = [v.strip() for line in invite.get_all("record-route") for v in line.split(",")]
         assert len(rr) == 2, rr
-        # each value carries its dialog mark (;d=, proxy.core.trust)
+        # each value carries its dialog mark (;d=, proxy.core.access.trust)
         assert re.fullmatch(rf"<sip:{LOOPBACK}:{sip_port};lr;d=[0-9a-f]{{16}}>", rr[0]), rr
         assert re.fullmatch(rf"<sip:[^@]+@{LOOPBACK}:{wss_port};lr;transport=wss;d=[0-9a-f]{{16}}>",
                             rr[1]), rr

@@ -137,7 +137,7 @@ async def test_phone_behind_nat_is_reached_at_the_same_address_through_either_no
     """The phone's Contact names a private address (it is behind NAT); only A's socket can
     reach its flow. No ``secret:``: the nodes share the store's key. An INVITE sent to A goes
     to where the phone registered from; one sent to B goes to A (a Route with the flow token,
-    which A verifies) and from A to that same address (one rule, proxy/core/reach.py). Before,
+    which A verifies) and from A to that same address (one rule, proxy/core/outbound/reach.py). Before,
     A sent its own calls to the private Contact."""
     async with await UdpPeer.bind(free_port()) as pbx, await UdpPeer.bind(free_port()) as phone:
         ups = [f"sip:{LOOPBACK}:{pbx.port}"]

@@ -95,7 +95,7 @@ async def test_a_ws_phone_registers_is_called_from_udp_and_calls_out_over_udp(
         assert invite.vias[0].startswith(f"SIP/2.0/{transport.upper()} {LOOPBACK}:{ws_port};")
         assert invite.request_uri == f"sip:alice@{phone.host};transport=ws"
         rr = record_routes(invite)
-        # each value carries its dialog mark (;d=, proxy.core.trust)
+        # each value carries its dialog mark (;d=, proxy.core.access.trust)
         assert re.fullmatch(rf"<sip:[^@]+@{LOOPBACK}:{ws_port};lr;transport={transport};d=[0-9a-f]{{16}}>",
                             rr[0]), rr
         # the caller's side names the caller's flow too (a UA calling a registered phone)

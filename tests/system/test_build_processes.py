@@ -79,7 +79,7 @@ def built_tree(tmp_path: Path) -> Path:
     return tree
 
 
-PROBE = ("import proxy, proxy.sip.uri as m, proxy.core.proxy as p; "
+PROBE = ("import proxy, proxy.sip.uri as m, proxy.core.core as p; "
          "print(proxy.build_kind()); print(m.__file__); print(p.__file__)")
 
 
@@ -98,7 +98,7 @@ def test_pure_env_ignores_the_extensions_present(built_tree: Path) -> None:
     pure = _probe(built_tree, pure=True)
     assert (pure.returncode, pure.stderr) == (0, "")
     assert pure.stdout.splitlines() == [
-        proxy.PURE, str(built_tree / "proxy/sip/uri.py"), str(built_tree / "proxy/core/proxy.py")]
+        proxy.PURE, str(built_tree / "proxy/sip/uri.py"), str(built_tree / "proxy/core/core.py")]
     env = _spawn_env(pure=True)
     env["PYTHONPATH"] = str(built_tree)
     version = _run([sys.executable, "-m", "proxy", "--version"], env, built_tree.parent)
@@ -114,7 +114,7 @@ def test_a_stale_in_place_build_is_not_run(built_tree: Path) -> None:
     stale = _probe(built_tree, pure=False)
     assert (stale.returncode, stale.stderr) == (0, "")
     why = f"{proxy.PURE}, not the compiled build: proxy/sip/uri.py is newer (make compiled)"
-    assert stale.stdout.splitlines() == [why, str(edited), str(built_tree / "proxy/core/proxy.py")]
+    assert stale.stdout.splitlines() == [why, str(edited), str(built_tree / "proxy/core/core.py")]
     env = _spawn_env(pure=False)
     env["PYTHONPATH"] = str(built_tree)
     version = _run([sys.executable, "-m", "proxy", "--version"], env, built_tree.parent)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.core.flowtoken import Flow
-from proxy.core.registrar import Binding, BindingWrite, MemoryLocation
+from proxy.core.outbound.flowtoken import Flow
+from proxy.core.registrar.location import Binding, BindingWrite, MemoryLocation
 from proxy.core.types import LocalAddress, Source
 from proxy.runtime.state import StateKeeper
 from proxy.store import StateStore, StoreChange, open_store
@@ -40,7 +40,7 @@ def keeper(store: StateStore, spec: str, *, node: str = "a", key: bytes = b"k" *
     core = Harness.make(registrar_local=True).core
     core.rekey(key, keep_old=False)
     assert isinstance(core.location, MemoryLocation)
-    return StateKeeper(store, core, core.location, spec, node, LOCAL, lambda: None, key,
+    return StateKeeper(store, core, core.location, spec, node, LOCAL, lambda fx: None, key,
                        configured=configured)
 
 
@@ -59,7 +59,7 @@ def register(k: StateKeeper, count: int, start: int = 0) -> None:
         b = binding(i, now)
         k.location.apply_save(b)
         journal.append(BindingWrite(b))
-    k.bindings_changed()
+    k.bindings_changed(k.location.take_changes())
 
 
 async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.core.access import AddressSet
+from proxy.core.access.sources import AddressSet
+from proxy.core.core import CoreSettings, ProxyCore
 from proxy.core.effects import Effects, StoreWrite
-from proxy.core.flowtoken import Flow
-from proxy.core.proxy import CoreSettings, ProxyCore
-from proxy.core.registrar import MemoryLocation
+from proxy.core.outbound.flowtoken import Flow
+from proxy.core.registrar.location import MemoryLocation
 from proxy.core.types import LocalAddress, Send, Source, Target
 from proxy.policy import Policy, load_policy
 from proxy.sip import SipMessage, parse_message
@@ -141,7 +141,7 @@ def own_route(h: Harness, src: Source = CALLER, *, call_id: str = "call-1@caller
     """The Route value a UA of a dialog through the proxy sends back: the proxy's own
     Record-Route URI with the flow token naming ``src``'s flow (RFC 5626 5.2) and the dialog
     mark of the dialog set up by a request with ``call_id`` and From tag ``tag`` (the defaults
-    of :func:`request`), as :func:`proxy.core.forward.record_route` writes it."""
+    of :func:`request`), as :func:`proxy.core.proxy.forward.record_route` writes it."""
     local = LOCAL[0] if src.transport == "udp" else LOCAL[1]
     token = h.core.tokens.encode(Flow(src.transport, local.host, local.port, src.host, src.port,
                                       src.conn_id))

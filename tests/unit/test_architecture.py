@@ -107,3 +107,113 @@ def test_a_forbidden_import_is_caught(tmp_path: Path) -> None:
     fake.write_text("import asyncio\nfrom proxy.core.types import Target\nfrom .. import core\n")
     found = {m for _, m in imports_of(fake, tmp_path)}
     assert {"asyncio", "proxy.core.types", "proxy.core"} <= found
+
+
+def runtime_imports(path: Path, root: Path = ROOT) -> set[str]:
+    """The modules ``path`` imports when it runs: every import (module level or inside a
+    function) but those under ``if TYPE_CHECKING:``, which only the type checker reads."""
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    lines = {n.lineno for n in ast.walk(tree)
+             if isinstance(n, ast.Import | ast.ImportFrom) and id(n) not in typing_only}
+    return {mod for line, mod in imports_of(path, root) if line in lines}
+
+
+def import_cycles(package: Path, root: Path = ROOT) -> list[list[str]]:
+    """The strongly connected components (more than one module) of the run-time import
+    graph of the modules under ``package`` (packages' ``__init__`` left out: importing
+    ``a.b`` runs ``a/__init__``, which imports nothing here)."""
+    paths = {module_name(p, root): p for p in sorted(package.rglob("*.py"))
+             if p.name != "__init__.py"}
+    graph = {m: sorted(i for i in runtime_imports(p, root) if i in paths and i != m)
+             for m, p in paths.items()}
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in order:
+            visit(v)
+    return cycles
+
+
+def test_no_module_of_the_core_imports_another_in_a_cycle() -> None:
+    """Issue 20: the core's modules form layers (docs/ARCHITECTURE.md), so each can be read
+    and tested above the ones it uses; a type-only import (``TYPE_CHECKING``) is no cycle."""
+    assert import_cycles(PROXY / "core") == []
+
+
+def test_an_import_cycle_is_caught(tmp_path: Path) -> None:
+    pkg = tmp_path / "proxy" / "core"
+    pkg.mkdir(parents=True)
+    (pkg / "a.py").write_text("from proxy.core import b\n")
+    (pkg / "b.py").write_text("def f():\n    from proxy.core.c import g\n")
+    (pkg / "c.py").write_text("import proxy.core.a\n")
+    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                              "    from proxy.core import a\n")
+    (pkg / "e.py").write_text("from proxy.core import d\n")
+    assert import_cycles(pkg, tmp_path) == [["proxy.core.a", "proxy.core.b", "proxy.core.c"]]
+
+
+def core_field_writes(path: Path, root: Path = ROOT) -> list[str]:
+    """Assignments in ``path`` to an attribute or item reached through the core object (a
+    name ``core`` or an attribute ``.core``): ``rt.core.draining = True``,
+    ``core.cluster.peers = ...``, ``self.core.upstream_addrs |= ...``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        for target in targets:
+            for part in ast.walk(target):
+                if not isinstance(part, ast.Attribute | ast.Subscript):
+                    continue
+                chain = ast.unparse(part.value).split(".")
+                if "core" in chain:
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+                    break
+    return found
+
+
+def test_no_code_outside_the_core_assigns_a_field_of_the_core() -> None:
+    """Issue 20 (aioquic's rule): every input to the core is a ProxyCore method returning
+    Effects (``drain``, ``set_policy``, ``apply_store_change`` ...); the runtime never writes
+    the core's state."""
+    writes = [w for p in sorted(PROXY.rglob("*.py")) if PROXY / "core" not in p.parents
+              for w in core_field_writes(p)]
+    assert writes == []
+
+
+def test_a_write_to_a_core_field_is_caught(tmp_path: Path) -> None:
+    bad = tmp_path / "proxy" / "runtime" / "bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("self.core.draining = True\ncore.cluster.peers = {}\nrt.core.a[1] += 2\n"
+                   "self.cores = 1\nself.core_count = 2\nx = core.policy\n")
+    assert [w.rsplit(": ", 1)[1] for w in core_field_writes(bad, tmp_path)] == [
+        "self.core.draining = True", "core.cluster.peers = {}", "rt.core.a[1] += 2"]

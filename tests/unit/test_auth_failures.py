@@ -3,15 +3,21 @@ with a fake clock: failed authentications limited per source and per user, nothi
 for a blocked source or user, bounded memory, and ``auth.algorithms`` (RFC 8760).
 
 Every expected digest response is computed here with hashlib (tests/unit/test_digest.py's
-helpers), independently of proxy.core.digest.
+helpers), independently of proxy.core.registrar.digest.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.core.auth_failures import BLOCK, MAX_FAILURES, WINDOW, FailureLimiter, source_key
-from proxy.core.digest import AuthOutcome, DigestAuth, check_algorithms
+from proxy.core.registrar.auth_failures import (
+    BLOCK,
+    MAX_FAILURES,
+    WINDOW,
+    FailureLimiter,
+    source_key,
+)
+from proxy.core.registrar.digest import AuthOutcome, DigestAuth, check_algorithms
 from tests.unit.test_digest import REALM, SECRET, T0, authorization, creds, nonce_of, register
 
 GUESSER = "198.51.100.7"

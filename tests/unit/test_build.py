@@ -53,7 +53,7 @@ def _extensions() -> list[Path]:
 def test_this_process_runs_the_expected_build() -> None:
     expect = _expected()
     assert proxy.build_kind() == KINDS[expect]
-    for name in ("proxy.sip.message", "proxy.core.proxy"):
+    for name in ("proxy.sip.message", "proxy.core.core"):
         module = importlib.import_module(name)
         assert module.__file__ is not None
         assert module.__file__.endswith(EXT_SUFFIX if expect == "compiled" else ".py"), (

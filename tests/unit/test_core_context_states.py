@@ -3,10 +3,10 @@ outcome the one decision point for a branch's final response returns."""
 
 from __future__ import annotations
 
-from proxy.core import responses
 from proxy.core.context import CONTEXT_TABLE, ContextEvent, ContextState, ResponseContext
 from proxy.core.effects import Out
-from proxy.core.responses import Outcome
+from proxy.core.proxy import responses
+from proxy.core.proxy.responses import Outcome
 from proxy.core.types import Source
 from tests.unit.core_harness import Harness, request, response_to, statuses
 
@@ -16,7 +16,7 @@ UP = Source("udp", "127.0.0.1", 5080)
 
 
 def _ctx(h: Harness) -> ResponseContext:
-    [ctx] = [e.ctx for e in h.core.server.values() if e.ctx is not None]
+    [ctx] = [e.ctx for e in h.core.table.servers() if e.ctx is not None]
     return ctx
 
 

@@ -4,9 +4,9 @@ RFC 5630: never a sips: request over UDP or TCP; Via SIP/2.0/TLS and Record-Rout
 
 from __future__ import annotations
 
-from proxy.core.access import RateLimiter
-from proxy.core.proxy import CoreSettings, ProxyCore
-from proxy.core.registrar import MemoryLocation
+from proxy.core.access.sources import RateLimiter
+from proxy.core.core import CoreSettings, ProxyCore
+from proxy.core.registrar.location import MemoryLocation
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.sip import parse_message
 from tests.unit.core_harness import UP1, Harness, default_policy, request, response_to, statuses
@@ -46,7 +46,7 @@ def test_burst_from_one_source_gets_503_and_another_source_is_served() -> None:
     assert statuses(h.to(6000, h.feed(options(1000, "127.0.0.2"), b))) == [200]
     assert h.core.refusals.counts["rate"] == 180
     # Stateless: the refused OPTIONS left no transaction behind.
-    assert len(h.core.server) == 21
+    assert h.core.table.server_count == 21
 
 
 def test_refusal_logged_once_per_source_per_minute(caplog) -> None:  # type: ignore[no-untyped-def]
@@ -70,7 +70,7 @@ def test_in_dialog_requests_responses_and_upstreams_are_never_limited() -> None:
     # a new INVITE from the same source is over the rate: 503 through a transaction
     out = h.feed(request(branch="z9hG4bKinv2", call_id="c2"), caller)
     assert statuses(h.to(6000, out)) == [503]
-    assert h.core.server  # its ACK and retransmissions are absorbed by the transaction
+    assert h.core.table.server_count  # its ACK and retransmissions are absorbed by the transaction
     # in-dialog requests (To tag) are not counted
     for i in range(5):
         h.feed(request("INFO", branch=f"z9hG4bKinfo{i}", call_id="c1", to_tag="callee1",

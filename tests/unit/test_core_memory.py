@@ -80,7 +80,7 @@ def test_a_call_still_running_keeps_its_branches(no_gc: None) -> None:
     h.feed(request(branch="z9hG4bKlive", call_id="live"))
     fwd = [s.data for s in h.sent if s.port == UP][-1]
     h.feed(response_to(fwd, 180), PBX)
-    [entry] = [e for e in h.core.server.values() if e.ctx is not None]
+    [entry] = [e for e in h.core.table.servers() if e.ctx is not None]
     assert entry.ctx is not None and len(entry.ctx.branches) == 1
     h.advance(1.0)
     assert len(entry.ctx.branches) == 1
@@ -124,7 +124,7 @@ def test_a_settled_call_holds_no_parsed_message(no_gc: None) -> None:
     for n in range(3):
         call(h, n)
     h.sent.clear()
-    entries = list(h.core.server.values())
+    entries = list(h.core.table.servers())
     assert len(entries) == 6 and h.core.active_transactions > 0  # 3 INVITEs, 3 BYEs: waiting
     assert [e.request for e in entries] == [None] * 6
     contexts = [e.ctx for e in entries if e.ctx is not None]
@@ -143,7 +143,7 @@ def test_a_call_waiting_for_a_branch_keeps_its_request(no_gc: None) -> None:
     h.feed(request(branch="z9hG4bKwait", call_id="wait"))
     fwd = [s.data for s in h.sent if s.port == UP][-1]
     h.feed(response_to(fwd, 180), PBX)
-    [ctx] = [e.ctx for e in h.core.server.values() if e.ctx is not None]
+    [ctx] = [e.ctx for e in h.core.table.servers() if e.ctx is not None]
     assert ctx.request is not None and ctx.live_request.call_id == "wait"
     h.advance(100.0)
     assert ctx.request is not None

@@ -3,7 +3,7 @@ fake clock of core_harness (no sockets)."""
 
 from __future__ import annotations
 
-from proxy.core.observe import BUCKETS, CallLog
+from proxy.core.observe.metrics import BUCKETS, CallLog
 from proxy.core.probe import Probe
 from proxy.core.types import Source
 from proxy.sip import parse_message
@@ -78,7 +78,7 @@ def test_only_the_first_final_counts_and_non_invites_get_no_call_line() -> None:
     assert h.core.metrics.requests["OPTIONS"] == 1
     # no server transaction keeps its request once its final response is sent (memory, and
     # the garbage collector's young passes: see test_core_memory)
-    entries = list(h.core.server.values())
+    entries = list(h.core.table.servers())
     assert len(entries) == 2 and [e.request for e in entries] == [None, None]
 
 
@@ -88,7 +88,7 @@ def test_only_an_invite_keeps_its_request_until_its_final() -> None:
     h = Harness.make()
     h.feed(request())
     h.feed(request("OPTIONS", "sip:127.0.0.1:5060", branch="z9hG4bKo1", call_id="o1"))
-    entries = list(h.core.server.values())
+    entries = list(h.core.table.servers())
     assert [e.txn.is_invite for e in entries] == [True, False]
     assert [e.request is not None for e in entries] == [True, False]
 
@@ -190,7 +190,7 @@ def test_a_dialog_closes_after_its_idle_bound_and_draining_keeps_relaying_it() -
     h = Harness.make(timers=TimerConfig(timer_c=200.0))
     h.feed(request())
     h.feed(response_to(last_to(h, 5080, "INVITE"), 200), PBX)
-    h.core.draining = True
+    h.core.drain(h.now)
     out = h.feed(request(branch="z9hG4bKnew", call_id="new-call"))
     assert 503 in statuses(h.to(6000, out))
     info = request("INFO", "sip:bob@127.0.0.1:5080", branch="z9hG4bKinfo", cseq=2,

@@ -36,7 +36,7 @@ def test_invite_gets_100_and_is_forwarded_to_first_upstream_with_via_and_record_
     assert len(fwd.vias) == 2
     assert fwd.max_forwards == 69
     [rr] = fwd.record_routes
-    # the dialog mark (RFC 3261 12.2.2 / 16.4, proxy.core.trust): the Call-ID, From tag, token
+    # the dialog mark (RFC 3261 12.2.2 / 16.4, proxy.core.access.trust): the Call-ID, From tag, token
     mark = h.core.trust.dialog_mark("call-1@caller", "from1", rr.uri.user or "")
     assert str(rr.uri).endswith(f"@127.0.0.1:5060;lr;d={mark}")
     # RFC 5626 5.3: the caller-facing Record-Route carries the caller's flow token.
@@ -201,7 +201,7 @@ def test_ack_for_2xx_is_forwarded_along_its_route() -> None:
 
 def test_loose_route_to_next_hop_keeps_request_uri() -> None:
     """RFC 3261 16.4 / 16.6 step 7: the next Route value is the next hop (here the second
-    upstream: a UA's in-dialog request goes to an upstream only, proxy.core.routing)."""
+    upstream: a UA's in-dialog request goes to an upstream only, proxy.core.proxy.routing)."""
     h = Harness.make()
     out = h.feed(request(
         "BYE", ruri="sip:bob@10.0.0.9:5099", to_tag="t1", branch="z9hG4bKbye",
@@ -313,7 +313,7 @@ def test_drain_waits_only_for_unanswered_requests() -> None:
 def test_draining_core_refuses_new_calls_but_relays_in_dialog_requests() -> None:
     """README "Operations": SIGTERM stops taking new transactions; calls in progress still end."""
     h = Harness.make()
-    h.core.draining = True
+    h.core.drain(h.now)
     out = h.feed(request())
     assert statuses(h.to(6000, out)) == [503]  # stateless, no 100 Trying first
     out = h.feed(request("BYE", ruri="sip:bob@127.0.0.1:5080", to_tag="t9", branch="z9hG4bKbye9",

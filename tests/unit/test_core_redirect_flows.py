@@ -3,7 +3,7 @@ Outbound flow retry (RFC 5626 7), in the sans-IO core with a fake clock."""
 
 from __future__ import annotations
 
-from proxy.core.redirect_guard import RedirectGuard
+from proxy.core.proxy.redirect_guard import RedirectGuard
 from proxy.core.types import Source, Target
 from proxy.sip import parse_message
 from tests.unit.core_harness import Harness, methods, request, response_to, statuses

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import re
 
-from proxy.core.access import AddressSet
-from proxy.core.auth_failures import MAX_FAILURES
-from proxy.core.digest import DigestAuth
+from proxy.core.access.sources import AddressSet
+from proxy.core.registrar.auth_failures import MAX_FAILURES
+from proxy.core.registrar.digest import DigestAuth
 from proxy.core.types import Source
 from proxy.sip import SipMessage
 from tests.unit.core_harness import UP1, Harness, request, response_to

@@ -1,16 +1,16 @@
 """Matching a response to its client transaction (RFC 3261 17.1.3, 16.7).
 
 The top Via of a response to a request the proxy forwarded is the proxy's own: its branch is
-read without parsing the Via (proxy.core.responses.own_branch), and only a response that
+read without parsing the Via (proxy.core.proxy.responses.own_branch), and only a response that
 matches no transaction that way has its Via parsed (then forwarded statelessly when its top
 Via is ours, 16.11, or dropped, 18.1.2).
 """
 
 from __future__ import annotations
 
-from proxy.core import responses
 from proxy.core.effects import Out
-from proxy.core.responses import own_branch
+from proxy.core.proxy import responses
+from proxy.core.proxy.responses import own_branch
 from proxy.core.types import Source
 from proxy.sip import parse_message
 from tests.unit.core_harness import Harness, request, response_to
@@ -33,7 +33,7 @@ def test_a_response_to_our_branch_is_matched_without_parsing_its_via() -> None:
     resp = parse_message(response_to(fwd, 180))
     bid = own_branch(resp)
     assert bid is not None and bid.startswith("z9hG4bK")
-    assert f"{bid}|INVITE" in h.core.client
+    assert h.core.table.match_branch(bid, "INVITE") is not None
     out = Out()
     responses.on_response(h.core, resp, PBX, h.now, out)
     assert [parse_message(s.data).status for s in out.sends] == [180]

@@ -7,13 +7,14 @@ import dataclasses
 
 import pytest
 
-from proxy.core import reach, shared
-from proxy.core.flowtoken import Flow
-from proxy.core.registrar import Binding, BindingDelete, BindingWrite, MemoryLocation
+from proxy.core import shared
+from proxy.core.outbound import reach
+from proxy.core.outbound.flowtoken import Flow
+from proxy.core.registrar.location import Binding, BindingDelete, BindingWrite, MemoryLocation
 from proxy.core.types import Source
 from proxy.sip import parse_message
 from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
-from tests.unit.core_harness import Harness, request
+from tests.unit.core_harness import CALLER, Harness, request
 
 WALL = 1_800_000_000.0  # wall clock of the store at core time 1000 (Harness.now)
 DOMAIN = frozenset({"example.com"})
@@ -21,8 +22,8 @@ DOMAIN = frozenset({"example.com"})
 
 def make() -> Harness:
     h = Harness.make(registrar_local=True, domains=DOMAIN)
-    h.core.wall_offset = WALL - h.now
-    h.core.cluster.node = "a"
+    h.core.set_wall_offset(WALL - h.now)
+    h.core.join_cluster("a", False)
     return h
 
 
@@ -46,19 +47,20 @@ def stored(aor: str = "alice@example.com", *, node: str = "b", transport: str = 
 
 
 def test_the_journal_records_registrar_changes_only_when_enabled() -> None:
+    """The binding changes of one call into the core come out in its Effects (issue 20: the
+    runtime no longer drains the location's journal)."""
     h = make()
     loc = h.core.location
     assert isinstance(loc, MemoryLocation)
-    h.feed(register())
-    assert loc.take_changes() == []  # None: recording is off by default
-    loc.journal = []
-    h.feed(register(contact="<sip:alice@127.0.0.1:7001>", cseq=2))
-    changes = loc.take_changes()
+    assert h.core.on_message(register(), CALLER, h.now).bindings == ()  # off by default
+    assert h.core.record_bindings(True).bindings == ()
+    fx = h.core.on_message(register(contact="<sip:alice@127.0.0.1:7001>", cseq=2), CALLER, h.now)
+    changes = fx.bindings
     assert [type(c) for c in changes] == [BindingWrite]
     assert isinstance(changes[0], BindingWrite)
     assert changes[0].binding.uri == "sip:alice@127.0.0.1:7001"
-    h.feed(register(contact="*", expires=0, cseq=3))
-    assert loc.take_changes() == [BindingDelete("alice@example.com", None)]
+    fx = h.core.on_message(register(contact="*", expires=0, cseq=3), CALLER, h.now)
+    assert fx.bindings == (BindingDelete("alice@example.com", None),)
     assert loc.take_changes() == []
 
 
@@ -66,12 +68,12 @@ def test_applied_changes_are_not_recorded() -> None:
     h = make()
     loc = h.core.location
     assert isinstance(loc, MemoryLocation)
-    loc.journal = []
-    shared.apply_change(h.core, StoreChange("put_binding", "b", binding=stored()), h.now)
-    assert len(loc.lookup("alice@example.com", h.now)) == 1
-    shared.apply_change(h.core, StoreChange("remove_bindings", "b", aor="alice@example.com"),
-                        h.now)
-    assert loc.lookup("alice@example.com", h.now) == []
+    h.core.record_bindings(True)
+    fx = h.core.apply_store_change(StoreChange("put_binding", "b", binding=stored()), h.now)
+    assert len(loc.lookup("alice@example.com", h.now)) == 1 and fx.bindings == ()
+    fx = h.core.apply_store_change(
+        StoreChange("remove_bindings", "b", aor="alice@example.com"), h.now)
+    assert loc.lookup("alice@example.com", h.now) == [] and fx.bindings == ()
     assert loc.take_changes() == []
 
 

@@ -7,10 +7,10 @@ A stranger is ``127.0.0.2``; the upstreams are ``127.0.0.1:5080`` and ``:5081``;
 
 from __future__ import annotations
 
-from proxy.core.flowtoken import Flow, FlowTokens
-from proxy.core.proxy import CoreSettings, ProxyCore
-from proxy.core.registrar import MemoryLocation
-from proxy.core.trust import TICK, Trust, branch_lifetime, via_dest
+from proxy.core.access.trust import TICK, Trust, branch_lifetime, via_dest
+from proxy.core.core import CoreSettings, ProxyCore
+from proxy.core.outbound.flowtoken import Flow, FlowTokens
+from proxy.core.registrar.location import MemoryLocation
 from proxy.core.types import Source
 from proxy.sip import parse_message
 from proxy.transaction import TimerConfig
@@ -331,7 +331,7 @@ def test_a_rate_limited_invite_gets_exactly_one_503_and_holds_nothing() -> None:
     out = h.feed(request(call_id="r", branch="z9hG4bKr", via_host="127.0.0.2:6666"), STRANGER)
     [resp] = h.to(6666, out)
     assert resp.status == 503 and resp.get("retry-after") == "1"
-    assert "r" not in "".join(h.core.server)
+    assert "r" not in "".join(e.key for e in h.core.table.servers())
     h.advance(64.0)
     assert [s for s in h.sent[mark + 1:] if s.port == 6666 and b"503" in s.data[:12]] == []
     ack = (request("ACK", call_id="r", branch="z9hG4bKr", via_host="127.0.0.2:6666",
@@ -349,7 +349,7 @@ def test_a_thousand_unknown_cancels_leave_no_transaction() -> None:
         out = h.feed(request("CANCEL", call_id=f"c{i}", branch=f"z9hG4bKc{i}",
                              via_host="127.0.0.2:6666"), STRANGER)
         assert statuses(h.to(6666, out)) == [481]
-    assert h.core.active_transactions == 0 and len(h.core.server) == 0
+    assert h.core.active_transactions == 0 and h.core.table.server_count == 0
     assert h.core.refusals.counts["cancel_unknown"] == 1000
 
 
@@ -364,14 +364,14 @@ def test_a_known_cancel_still_gets_200_and_487() -> None:
 
 def test_txns_refuse_is_stateless_for_the_registrar_too() -> None:
     """txns.refuse removes the server transaction the registrar created: a REGISTER from
-    outside registrar_networks without auth gets 403 once and leaves core.server empty."""
-    from proxy.core.access import AddressSet
+    outside registrar_networks without auth gets 403 once and leaves no server transaction."""
+    from proxy.core.access.sources import AddressSet
 
     h = Harness.make(registrar_local=True, registrar_networks=AddressSet(()))
     out = h.feed(request("REGISTER", ruri="sip:example.com", via_host="127.0.0.2:6666"),
                  STRANGER)
     assert statuses(h.to(6666, out)) == [403]
-    assert h.core.server == {} and h.core.active_transactions == 0
+    assert h.core.table.server_count == 0 and h.core.active_transactions == 0
 
 
 # ----------------------------------------------------------------- 6. connections in use
@@ -395,7 +395,7 @@ def test_conn_in_use_counts_live_transactions_per_connection() -> None:
     h.advance(64.0)
     assert h.core.active_transactions == 0
     assert not h.core.conn_in_use(7) and not h.core.conn_in_use(99)
-    assert h.core.conn_txns == {}
+    assert h.core.table.conns == {}
 
 
 # ----------------------------------------------------------------- 7. ACK for a 2xx (issue 19)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from proxy.core.proxy import CoreSettings, ProxyCore
-from proxy.core.registrar import MemoryLocation
+from proxy.core.core import CoreSettings, ProxyCore
+from proxy.core.registrar.location import MemoryLocation
 from proxy.core.shared import DEAD_FLOW, from_stored
 from proxy.core.types import LocalAddress, Source
 from proxy.sip import parse_message
@@ -80,7 +80,7 @@ def test_a_browser_phone_is_called_over_its_connection_with_ws_in_via_and_record
     assert (msg.get("via") or "").startswith("SIP/2.0/WS 127.0.0.1:8080;branch=")
     rr = msg.get_all("record-route")
     assert len(rr) == 2
-    # each value carries the dialog mark (;d=, proxy.core.trust) after its parameters
+    # each value carries the dialog mark (;d=, proxy.core.access.trust) after its parameters
     assert re.fullmatch(r"<sip:[\w-]+@127\.0\.0\.1:8080;lr;transport=ws;d=[0-9a-f]{16}>", rr[0])
     assert re.fullmatch(r"<sip:127\.0\.0\.1:5060;lr;d=[0-9a-f]{16}>", rr[1])
     # its answer goes back to the PBX over UDP

@@ -1,6 +1,6 @@
 """Digest authentication of the local registrar (RFC 3261 22.4, RFC 2617, RFC 8760), sans-IO.
 
-Every expected response is computed here with hashlib, independently of proxy.core.digest;
+Every expected response is computed here with hashlib, independently of proxy.core.registrar.digest;
 the clock is a number passed in.
 """
 
@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from proxy.core.digest import (
+from proxy.core.registrar.digest import (
     AuthOutcome,
     Credentials,
     DigestAuth,

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from proxy.core.flowtoken import CACHE_SIZE, MAC_SIZE, MAX_TOKEN_LENGTH, Flow, FlowTokens
+from proxy.core.outbound.flowtoken import CACHE_SIZE, MAC_SIZE, MAX_TOKEN_LENGTH, Flow, FlowTokens
 from proxy.sip import SipUri, parse_uri
 
 SECRET = "0123456789abcdef0123456789abcdef"

@@ -251,5 +251,5 @@ def test_core_answers_each_request_at_most_once_and_leaks_nothing(
     assert h.core.stats["internal_errors"] == 0
     for branch, statuses in finals.items():
         assert len(statuses) <= 1, (branch, statuses)
-    assert h.core.active_transactions == 0, (list(h.core.server), list(h.core.client))
+    assert h.core.active_transactions == 0, (list(h.core.table.servers()), h.core.table.client_count)
     assert h.core.unanswered == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import Config, Listen, Redirects, parse_upstream
-from proxy.core.redirect_guard import RedirectGuard
+from proxy.core.proxy.redirect_guard import RedirectGuard
 from proxy.sip import SipUri, parse_uri
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.core.registrar import (
+from proxy.core.registrar.location import (
     MIN_EXPIRES,
     Binding,
     MemoryLocation,

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import load_config
-from proxy.core.observe import CallLog
+from proxy.core.observe.metrics import CallLog
 from proxy.core.types import Source
 from proxy.runtime import http as http_side
 from proxy.runtime import logs
@@ -156,7 +156,7 @@ async def test_http_endpoints_answer_from_the_event_loop() -> None:
         rt.store_ok = False
         assert (await asyncio.to_thread(fetch, base + "/ready"))[0] == 503
         rt.store_ok = True
-        h.core.draining = True
+        h.core.drain(h.now)
         assert await asyncio.to_thread(fetch, base + "/ready") == (503, "draining\n")
         assert (await asyncio.to_thread(fetch, base + "/nope"))[0] == 404
     finally:

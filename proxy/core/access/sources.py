@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Final
 
-from proxy.core.redirect_guard import RedirectGuard, _parse_ip
+from proxy.core.proxy.redirect_guard import RedirectGuard, _parse_ip
 
 __all__ = ["REFUSAL_REASONS", "AddressSet", "RateLimiter", "Refusals"]
 

@@ -109,6 +109,11 @@ class LocationStore(Protocol):
 
     def bindings(self) -> list[Binding]: ...
 
+    #: changes to record for a state store (None: record nothing), taken by take_changes
+    journal: list[BindingChange] | None
+
+    def take_changes(self) -> list[BindingChange]: ...
+
 
 @dataclass(slots=True)
 class MemoryLocation:

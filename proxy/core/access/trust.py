@@ -20,7 +20,7 @@ and is fresh: at most :func:`branch_lifetime` old (64*T1 past the longest the tr
 live). The hot path (a response matching a live transaction) checks no MAC.
 
 Only a MAC proves anything: no header a stranger writes (Via, From, Contact) and no source
-address other than an upstream's or a ``trusted_relays`` one (:mod:`proxy.core.routing`) is
+address other than an upstream's or a ``trusted_relays`` one (:mod:`proxy.core.proxy.routing`) is
 trusted.
 """
 

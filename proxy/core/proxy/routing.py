@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
-from proxy.core import outbound, reach, redirects, shared
-from proxy.core.registrar import Binding
-from proxy.core.trust import DIALOG_PARAM, branch_lifetime, via_dest
+from proxy.core import shared
+from proxy.core.access.trust import DIALOG_PARAM, branch_lifetime, via_dest
+from proxy.core.outbound import flows as outbound
+from proxy.core.outbound import reach
+from proxy.core.proxy.learned import learned_uri
+from proxy.core.registrar.location import Binding
 from proxy.core.types import Source, Target
 from proxy.sip import (
     AbsoluteUri,
@@ -25,7 +28,7 @@ from proxy.sip import (
 )
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -288,7 +291,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,
     """Routing order steps 3 to 5: learned rewrites, registered bindings, the Request-URI of a
     trusted source, the upstreams."""
     uri = msg.uri
-    learned = redirects.learned_uri(core, msg.request_uri, now) if core.learned else None
+    learned = learned_uri(core, msg.request_uri, now) if core.learned else None
     if learned is not None:
         # A permanent rewrite learned from a 301 replaces the Request-URI (docs/BEHAVIOUR.md, routing).
         uri = parse_uri(learned)
@@ -330,7 +333,7 @@ def flow_target(core: ProxyCore, token: str, src: Source) -> Target | int | None
     Returns the target over that flow; None when it is the flow the request came in on (then
     routing goes on as usual); 403 for a token that does not verify; 430 for a flow that is
     known to be dead: a connection known closed, or one of an earlier start of the process
-    (the token's boot id is not this start's, :class:`~proxy.core.flowtoken.FlowTokens`).
+    (the token's boot id is not this start's, :class:`~proxy.core.outbound.flowtoken.FlowTokens`).
     The transport sends over the connection only if its peer is still the token's address.
     """
     flow = core.tokens.decode(token)
@@ -420,7 +423,7 @@ def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None
         if via is not None:
             return via
     ruri = b.uri.split("?", 1)[0]  # RFC 3261 19.1.5: no headers in a Request-URI
-    learned = redirects.learned_uri(core, ruri, now) if core.learned else None
+    learned = learned_uri(core, ruri, now) if core.learned else None
     if learned is not None:
         # This binding answered 301 before: only it goes to its new address (docs/BEHAVIOUR.md, routing).
         core.stats["learned_routes_applied"] += 1

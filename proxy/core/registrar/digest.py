@@ -21,7 +21,7 @@ What is checked, and in which order (RFC 7616 3.3, 5.x): a nonce not issued here
 (answered stale=true, RFC 7616 3.3), no longer tracked or replayed is never checked against
 the password: only a fresh, unreplayed nonce of ours has its response computed, so an old
 nonce tells a right password from a wrong one no more than a forged one does. A failed
-check counts against the source and the user (:mod:`proxy.core.auth_failures`); a blocked
+check counts against the source and the user (:mod:`proxy.core.registrar.auth_failures`); a blocked
 source or user gets 403 without a challenge and without the response being computed.
 
 Nothing here does IO or reads a clock: ``now`` (seconds, any monotonic origin) is passed in.
@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Protocol
 
-from proxy.core.auth_failures import FailureLimiter
+from proxy.core.registrar.auth_failures import FailureLimiter
 from proxy.sip import AbsoluteUri, ParseError, SipMessage, SipUri, parse_uri, unescape
+from proxy.sip.digest import parse_digest
 
 __all__ = [
     "ALGORITHMS",
@@ -65,8 +66,6 @@ _MAC_LEN: Final = 32
 _NONCE_LEN: Final = _TS_LEN + _SALT_LEN + _MAC_LEN
 _HEX: Final = frozenset("0123456789abcdef")
 _USED: Final = 1 << 40  # "nonce spent": higher than any 8-hex-digit nonce count (RFC 2617 3.2.2)
-_MAX_PARAMS: Final = 32  # a credentials value with more parameters is refused as malformed
-_TSPECIALS: Final = frozenset('()<>@,;:\\"/[]?={} \t')
 
 
 class UserCredentials(Protocol):
@@ -182,92 +181,6 @@ def may_register(user: str, aor: str) -> bool:
     userinfo = text[:at]
     part = userinfo.split(":", 1)[0]  # drop a password (RFC 3261 19.1.1)
     return bool(part) and unescape(part) == user
-
-
-def _unescape_quoted(raw: str) -> str:
-    """The content of a quoted-string (RFC 3261 25.1): a quoted-pair stands for its char."""
-    if "\\" not in raw:
-        return raw
-    out: list[str] = []
-    i = 0
-    while i < len(raw):
-        c = raw[i]
-        if c == "\\" and i + 1 < len(raw):
-            i += 1
-            c = raw[i]
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def parse_digest(value: str) -> dict[str, str] | None:
-    """Parse a Digest credentials value (RFC 3261 25.1 ``credentials``, RFC 2617 3.2.2):
-    ``Digest`` LWS dig-resp *(COMMA dig-resp), each ``name=token`` or ``name="quoted"``.
-
-    Returns the parameters with lower-case names and unquoted values, or None when the
-    scheme is not Digest or the syntax is bad (unterminated quote, a parameter without '=' or
-    value, a duplicate parameter, too many parameters). Never raises."""
-    n = len(value)
-    i = 0
-    while i < n and value[i] in " \t":
-        i += 1
-    start = i
-    while i < n and value[i] not in " \t":
-        i += 1
-    if value[start:i].lower() != "digest":
-        return None
-    params: dict[str, str] = {}
-    expect_comma = False
-    while True:
-        while i < n and value[i] in " \t":
-            i += 1
-        if i == n:
-            break
-        if expect_comma:
-            if value[i] != ",":
-                return None
-            i += 1
-            expect_comma = False
-            continue
-        if value[i] == ",":  # RFC 7230 7 style empty list elements are tolerated
-            i += 1
-            continue
-        start = i
-        while i < n and value[i] not in _TSPECIALS:
-            i += 1
-        name = value[start:i].lower()
-        if not name:
-            return None
-        while i < n and value[i] in " \t":
-            i += 1
-        if i == n or value[i] != "=":
-            return None
-        i += 1
-        while i < n and value[i] in " \t":
-            i += 1
-        if i == n:
-            return None
-        if value[i] == '"':
-            i += 1
-            start = i
-            while i < n and value[i] != '"':
-                i += 2 if value[i] == "\\" else 1
-            if i >= n:
-                return None  # unterminated quoted-string
-            param = _unescape_quoted(value[start:i])
-            i += 1
-        else:
-            start = i
-            while i < n and value[i] not in ", \t":
-                i += 1
-            param = value[start:i]
-            if not param or '"' in param:
-                return None
-        if name in params or len(params) >= _MAX_PARAMS:
-            return None
-        params[name] = param
-        expect_comma = True
-    return params
 
 
 def _uri_matches(digest_uri: str, request_uri: str) -> bool:

@@ -12,16 +12,17 @@ import logging
 import zlib
 from typing import TYPE_CHECKING
 
-from proxy.core import routing, txns
+from proxy.core import txns
+from proxy.core.access.trust import via_dest
 from proxy.core.context import Branch, Response, ResponseContext
 from proxy.core.effects import Out
-from proxy.core.trust import via_dest
-from proxy.core.types import LocalAddress, Send, Source, Target
+from proxy.core.proxy import routing
+from proxy.core.types import Dest, LocalAddress, Send, Source, Target
 from proxy.sip import SipMessage, rewrite
 from proxy.transaction import InviteClientTransaction, NonInviteClientTransaction
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -93,16 +94,12 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
         txn = InviteClientTransaction(data, reliable=reliable, now=now, timers=core.timers)
     else:
         txn = NonInviteClientTransaction(data, reliable=reliable, now=now, timers=core.timers)
-    dest = (target.transport, target.host, target.port, target.conn_id)
+    dest = Dest(target.transport, target.host, target.port, target.conn_id)
     br = Branch(ctx, bid, target, txn, data, dest)
     if method == "INVITE":
         br.timer_c = now + core.timers.timer_c  # RFC 3261 16.6 step 11
-    core.client[bid + "|" + method] = br
-    if target.conn_id is not None:
-        br.conn = target.conn_id
-        txns.hold_conn(core, target.conn_id)
-    ctx.branches.append(br)
-    ctx.pending += 1
+    core.table.add_branch(br, target.conn_id)
+    ctx.branch_started(br)
     txns.schedule(core, br)
     core.stats["branches"] += 1
     out.sends.append(Send(target.transport, target.host, target.port, data, target.conn_id, br))
@@ -254,7 +251,7 @@ def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) 
     to end (13.2.2.4) and is forwarded statelessly (16.11). The ACK for a final response the
     proxy sent statelessly (a refusal, :func:`.txns.refuse`) carries the proxy's own To tag
     and ends here too."""
-    entry = core.server.get(txns.server_key(msg, "INVITE"))
+    entry = core.table.find_server(msg, "INVITE")
     if entry is not None and entry.txn.state is not txns.ACCEPTED:
         txns.server_effects(core, entry, entry.txn.on_ack(now), out)
         return

@@ -15,14 +15,16 @@ changes nothing."""
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING
 
-from proxy.core import forward, outbound, routing, txns
+from proxy.core import txns
 from proxy.core.context import ResponseContext, ServerEntry
-from proxy.core.digest import AuthOutcome, may_register
 from proxy.core.effects import Out
-from proxy.core.registrar import (
+from proxy.core.outbound import flows as outbound
+from proxy.core.proxy import forward, routing
+from proxy.core.registrar.digest import AuthOutcome, may_register
+from proxy.core.registrar.expiry import schedule_expiry
+from proxy.core.registrar.location import (
     RegistrarError,
     binding_from_contact,
     contact_lines,
@@ -32,19 +34,9 @@ from proxy.core.types import Source
 from proxy.sip import ParseError, SipMessage, SipUri, unescape
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
-
-
-class Expiry:
-    """The location service's timer: expired bindings leave memory when it fires (README,
-    registrations), on whole seconds so that many bindings expire in one pass."""
-
-    __slots__ = ("deadline",)
-
-    def __init__(self) -> None:
-        self.deadline: float | None = None
 
 
 def _outbound_reg(msg: SipMessage) -> bool:
@@ -153,7 +145,7 @@ def registrar_auth(
 
     def holds(user: str) -> bool:
         # The source is where a phone of this user is registered from: a guesser elsewhere
-        # cannot lock that phone out (proxy.core.auth_failures).
+        # cannot lock that phone out (proxy.core.registrar.auth_failures).
         return may_register(user, uri.aor) and any(
             b.flow.host == src.host for b in core.location.lookup(uri.aor, now))
 
@@ -238,23 +230,4 @@ def learn_bindings(core: ProxyCore, ctx: ResponseContext, msg: SipMessage, now: 
                         s.registrar_max_bindings, dropped, aor)
     except (ParseError, RegistrarError) as exc:
         log.info("could not learn bindings from REGISTER 2xx: %s", exc)
-    schedule_expiry(core)
-
-
-def schedule_expiry(core: ProxyCore) -> None:
-    nxt = core.location.next_expiry()
-    if nxt is None:
-        return
-    d = float(math.ceil(nxt))
-    cur = core.expiry.deadline
-    if cur is None or d < cur:
-        core.expiry.deadline = d
-        core.queue.schedule(core.expiry)
-
-
-def expire(core: ProxyCore, now: float) -> None:
-    """The expiry timer fired: expired bindings leave the location service."""
-    core.expiry.deadline = None
-    gone = core.location.expire(now)
-    core.stats["bindings_expired"] += len(gone)
     schedule_expiry(core)

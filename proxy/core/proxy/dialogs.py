@@ -17,7 +17,7 @@ from proxy.core.types import Target
 from proxy.sip import ParseError, SipMessage, SipUri, parse_uri
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 
 def _key(call_id: str, a: str | None, b: str | None) -> str:

@@ -5,9 +5,9 @@ causing).
 What costs is counted: every request that no live transaction matches (a retransmission is
 absorbed by its transaction before this) and that nothing vouches for, To tag or not. A
 request is vouched for by its source (an upstream or a ``trusted_relays`` host, judged by the
-packet's source as everywhere in :mod:`proxy.core.access`), by a dialog mark of ours for its
-own Call-ID and tags (:mod:`proxy.core.trust`), or by a dialog the proxy holds
-(:mod:`proxy.core.dialogs`); an invented To tag vouches for nothing. Responses are never
+packet's source as everywhere in :mod:`proxy.core.access.sources`), by a dialog mark of ours for its
+own Call-ID and tags (:mod:`proxy.core.access.trust`), or by a dialog the proxy holds
+(:mod:`proxy.core.proxy.dialogs`); an invented To tag vouches for nothing. Responses are never
 limited. The 503 is sent once, statelessly (:func:`proxy.core.txns.refuse`): it creates no
 transaction, so an INVITE refused without an ACK gets one 503, not eleven retransmissions
 over 32 s (no amplification). Each refusal is counted (``core.refusals.counts["rate"]``) and
@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.core import routing, txns
+from proxy.core import txns
 from proxy.core.effects import Out
+from proxy.core.proxy import routing
 from proxy.core.types import Source
 from proxy.sip import SipMessage
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 RETRY_AFTER = ("Retry-After: 1",)
 

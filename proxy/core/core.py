@@ -21,35 +21,35 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy.core import (
-    cancel,
-    forward,
-    limits,
-    outbound,
-    redirects,
-    registrar_glue,
-    responses,
-    routing,
-    txns,
-    validate,
+from proxy.core import shared, txns
+from proxy.core.access import limits, validate
+from proxy.core.access.sources import (
+    PRIVATE_NETWORKS,
+    AddressSet,
+    RateLimiter,
+    Refusals,
 )
-from proxy.core.access import PRIVATE_NETWORKS, AddressSet, RateLimiter, Refusals
+from proxy.core.access.trust import Trust
 from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
-from proxy.core.dialogs import Dialogs
-from proxy.core.digest import DigestAuth
 from proxy.core.effects import Effects, Out
-from proxy.core.flowtoken import FlowTokens
-from proxy.core.observe import Metrics
+from proxy.core.observe.metrics import Metrics
+from proxy.core.outbound import flows as outbound
+from proxy.core.outbound.flowtoken import FlowTokens
 from proxy.core.probe import Probe, Prober
-from proxy.core.redirect_guard import RedirectGuard
-from proxy.core.registrar import LocationStore
+from proxy.core.proxy import cancel, final, forward, learned, redirects, responses, routing
+from proxy.core.proxy.dialogs import Dialogs
+from proxy.core.proxy.redirect_guard import RedirectGuard
+from proxy.core.registrar import expiry
+from proxy.core.registrar import glue as registrar_glue
+from proxy.core.registrar.digest import DigestAuth
+from proxy.core.registrar.location import LocationStore
 from proxy.core.shared import Cluster
-from proxy.core.trust import Trust
+from proxy.core.table import TransactionTable
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.sip.transport import MESSAGE_TRANSPORTS
-from proxy.store.base import LearnedRoute
+from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
 from proxy.transaction import TimerConfig, TimerQueue
 
 log = logging.getLogger("proxy.core")
@@ -103,7 +103,8 @@ class ProxyCore:
         self.location = location
         self.timers = settings.timers
         self.draining = False
-        self.stats: Counter[str] = Counter()
+        self.metrics = Metrics()  # read by the runtime's collector at scrape time
+        self.stats: Counter[str] = self.metrics.events  # one set of counters (observe)
         self.local = tuple(local)
         self.ours: set[tuple[str, int]] = {(a.host.lower(), a.port) for a in local}
         for a in local:
@@ -115,8 +116,8 @@ class ProxyCore:
         self.refusals = Refusals()
         self.limiter = RateLimiter(settings.per_source_rps)
         self.queue = TimerQueue()
-        self.server: dict[str, ServerEntry] = {}
-        self.client: dict[str, Branch] = {}
+        #: the server and client transactions (:mod:`.table`: the only code matching them)
+        self.table = TransactionTable()
         self.prefix = secrets.token_hex(3)
         self.tag_prefix = secrets.token_hex(4)
         self.n = 0  # counter of the branches and tags this proxy generates
@@ -133,14 +134,11 @@ class ProxyCore:
         #: key of the MAC of the probes' branches (:func:`.forward.signed_branch`)
         self.branch_key = _branch_key(secret)
         self.closed_conns: set[int] = set()  # stream connections known to be closed
-        #: live server and client transactions per stream connection (:meth:`conn_in_use`)
-        self.conn_txns: dict[int, int] = {}
         #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
         self.udp_flows: dict[tuple[str, int], float] = {}
-        self.expiry = registrar_glue.Expiry()
+        self.expiry = expiry.Expiry()
         #: this proxy among several sharing one state (:mod:`.shared`), set by the runtime
         self.cluster = Cluster()
-        self.metrics = Metrics()  # read by the runtime's collector at scrape time
         self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
         self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
 
@@ -179,7 +177,7 @@ class ProxyCore:
                 self.stats["responses_dropped"] += 1
                 log.info("dropped bad %s from %s:%s: %s",
                          "ACK" if msg.is_request else "response", src.host, src.port, exc.message)
-        return out.effects()
+        return self._effects(out)
 
     def on_timer(self, now: float) -> Effects:
         """Fire every timer due at ``now`` (transaction timers A..M, Timer C, the bound on a
@@ -187,9 +185,9 @@ class ProxyCore:
         out = Out()
         for item in self.queue.pop_due(now):
             if isinstance(item, Branch):
-                txns.branch_timer(self, item, now, out)
+                responses.branch_timer(self, item, now, out)
             elif item is self.expiry:
-                registrar_glue.expire(self, now)
+                expiry.expire(self, now)
             elif item is self.prober:
                 self.prober.on_timer(self, now, out)
             elif item is self.dialogs:
@@ -197,10 +195,10 @@ class ProxyCore:
             elif isinstance(item, ResponseContext):
                 item.deadline = None
                 if not item.final_sent:
-                    responses.send_best(self, item, now, out)
+                    final.send_best(self, item, now, out)
             else:
                 txns.server_effects(self, item, item.txn.on_timer(now), out)
-        return out.effects()
+        return self._effects(out)
 
     def on_send_failure(self, token: object, now: float) -> Effects:
         """A send failed (no route, connection refused or lost): RFC 3261 16.9, 17.1.4."""
@@ -210,33 +208,33 @@ class ProxyCore:
         elif isinstance(token, Branch) and token.state is BranchState.PENDING:
             self.stats["transport_errors"] += 1
             br = token
-            txns.client_effects(self, br, br.txn.on_transport_error(now), None, now, out)
+            responses.client_effects(self, br, br.txn.on_transport_error(now), None, now, out)
             if br.state is BranchState.PENDING:
                 # RFC 5626 5.3: a flow named by a token that cannot be used (closed, or its
                 # connection now has another peer) failed: 430, not a transport error (500)
                 status = 430 if br.target.by_token else 503
                 responses.branch_final(self, br, status, None, now, out)
-        return out.effects()
+        return self._effects(out)
 
     def on_persisted(self, ctx: ResponseContext, ok: bool, now: float) -> Effects:
         """The learned route of ``ctx`` was written (or the write failed): go on."""
         out = Out()
         redirects.persisted(self, ctx, ok, now, out)
-        return out.effects()
+        return self._effects(out)
 
     def on_flow_closed(self, conn_id: int, now: float) -> Effects:
         """A stream connection closed: its flows are dead at once (RFC 5626 5.3), and it is no
         longer counted for the transactions it carried (ids are never reused in a process)."""
         outbound.flow_closed(self, conn_id)
-        self.conn_txns.pop(conn_id, None)
-        return Effects([])
+        self.table.conn_closed(conn_id)
+        return self._effects(Out())
 
     def conn_in_use(self, conn_id: int) -> bool:
         """Whether a stream connection carries a binding (an RFC 5626 flow) or a live server
         or client transaction: the transport does not close it for being idle
         (``limits.tcp_idle_timeout``). Two dictionary lookups: the transactions are counted
-        per connection where they are created and where they end (:func:`.txns.hold_conn`)."""
-        return conn_id in self.conn_txns or self.location.has_conn(conn_id)
+        per connection where they are created and where they end (:mod:`.table`)."""
+        return self.table.conn_in_use(conn_id) or self.location.has_conn(conn_id)
 
     def on_keepalive(self, src: Source, now: float) -> None:
         """A keep-alive (STUN Binding, CRLFCRLF) arrived on a flow (RFC 5626 4.4)."""
@@ -246,7 +244,74 @@ class ProxyCore:
         """The first round of upstream OPTIONS (:mod:`.probe`); later rounds are timers."""
         out = Out()
         self.prober.start(self, now, out)
-        return out.effects()
+        return self._effects(out)
+
+    def _effects(self, out: Out) -> Effects:
+        """What one entry point produced, with the binding changes the location recorded
+        meanwhile (the runtime writes them to a state store: :meth:`record_bindings`)."""
+        fx = out.effects()
+        journal = self.location.journal
+        if journal:
+            fx.bindings = tuple(self.location.take_changes())
+        return fx
+
+    # ------------------------------------------------------------------ control inputs
+    # The runtime's other inputs: it never assigns a field of the core (tests/unit/
+    # test_architecture.py), it calls one of these and carries out the Effects.
+
+    def drain(self, now: float) -> Effects:
+        """Stop taking new transactions (SIGTERM): new requests outside a dialog get 503."""
+        self.draining = True
+        return self._effects(Out())
+
+    def set_policy(self, policy: Policy) -> Effects:
+        """A reloaded policy: new calls take it; a call in progress keeps its own."""
+        self.policy = policy
+        return self._effects(Out())
+
+    def set_upstream_addresses(self, addrs: set[tuple[str, int]]) -> Effects:
+        """The (host, port) pairs requests from which are an upstream's (the configured
+        upstreams and what their names resolve to, RFC 3263)."""
+        self.upstream_addrs = set(addrs)
+        return self._effects(Out())
+
+    def join_cluster(self, node: str, is_shared: bool) -> Effects:
+        """This proxy's name among the nodes of a state store, and whether they share it."""
+        self.cluster.node = node
+        self.cluster.shared = is_shared
+        return self._effects(Out())
+
+    def set_peers(self, announced: dict[str, list[str]]) -> Effects:
+        """The other nodes' announced SIP addresses (:func:`.shared.parse_peers`)."""
+        self.cluster.peers = shared.parse_peers(announced)
+        return self._effects(Out())
+
+    def set_wall_offset(self, offset: float) -> Effects:
+        """Wall clock minus the core's clock (learned routes are stored in wall time)."""
+        self.wall_offset = offset
+        return self._effects(Out())
+
+    def record_bindings(self, on: bool) -> Effects:
+        """Whether binding changes are handed out in :attr:`Effects.bindings` (a state
+        store keeps a copy of them) or not (memory is the only copy)."""
+        self.location.journal = [] if on else None
+        return self._effects(Out())
+
+    def apply_store_change(self, change: StoreChange, now: float) -> Effects:
+        """A change another proxy (or a command) made to the shared state."""
+        shared.apply_change(self, change, now)
+        return self._effects(Out())
+
+    def apply_learned_route(self, route: LearnedRoute, now: float) -> Effects:
+        shared.apply_route(self, route, now)
+        return self._effects(Out())
+
+    def load_bindings(self, stored: list[StoredBinding], now: float, *, merge: bool) -> int:
+        """The store's bindings into memory, replacing (or, ``merge``, adding to) the view;
+        how many were loaded or replaced (:func:`.shared.load_bindings`)."""
+        if merge:
+            return shared.merge_bindings(self, stored, now)
+        return shared.load_bindings(self, stored, now)
 
     def rekey(self, secret: bytes, keep_old: bool) -> None:
         """Use ``secret`` for flow tokens, branch MACs and digest nonces from now on: the key
@@ -261,7 +326,7 @@ class ProxyCore:
 
     def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> None:
         """Replace the learned-route cache (start-up, or the store changed underneath)."""
-        self.learned = redirects.learned_view(routes, now, self.wall_offset)
+        self.learned = learned.learned_view(routes, now, self.wall_offset)
 
     def next_deadline(self) -> float | None:
         return self.queue.next_deadline()
@@ -269,12 +334,12 @@ class ProxyCore:
     @property
     def active_transactions(self) -> int:
         """Every transaction the core holds, including those only absorbing retransmissions."""
-        return len(self.server) + len(self.client)
+        return len(self.table)
 
     @property
     def unanswered(self) -> int:
         """Server transactions still waiting for their final response (what a drain waits for)."""
-        return sum(1 for e in self.server.values() if e.txn.state in txns.UNANSWERED)
+        return sum(1 for e in self.table.servers() if e.txn.state in txns.UNANSWERED)
 
     def new_tag(self) -> str:
         self.n += 1
@@ -299,8 +364,7 @@ class ProxyCore:
         if method == "CANCEL":
             cancel.on_cancel(self, msg, src, now, out)
             return
-        key = txns.server_key(msg, method)
-        entry = self.server.get(key)
+        key, entry = self.table.match_server(msg, method)
         if entry is not None:
             # RFC 3261 17.2.1 / 17.2.2: a retransmission is absorbed by its transaction.
             self.stats["retransmissions_in"] += 1
@@ -391,7 +455,7 @@ class ProxyCore:
         entry.ctx = ctx
         forward.next_group(self, ctx, now, out)
         if ctx.pending == 0 and not ctx.final_sent:
-            responses.send_best(self, ctx, now, out)
+            final.send_best(self, ctx, now, out)
 
 
 def _branch_key(secret: bytes) -> bytes:

@@ -18,7 +18,7 @@ from proxy.core.context import ServerEntry
 from proxy.core.effects import Out
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -37,7 +37,7 @@ class Metrics:
     """The core's counters; every field is read (never reset) by the collector."""
 
     __slots__ = ("requests", "responses", "decisions", "redirects", "bad", "flow_retries",
-                 "buckets", "final_sum", "final_count")
+                 "buckets", "final_sum", "final_count", "events")
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()  # by method
@@ -49,6 +49,8 @@ class Metrics:
         self.buckets = [0] * (len(BUCKETS) + 1)  # not cumulative; the last one is +Inf
         self.final_sum = 0.0
         self.final_count = 0
+        #: everything else the core counts, by name (``ProxyCore.stats``: the same counter)
+        self.events: Counter[str] = Counter()
 
     def request(self, method: str) -> None:
         self.requests[method if method in KNOWN_METHODS else "other"] += 1

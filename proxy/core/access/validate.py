@@ -14,7 +14,7 @@ from proxy.core.types import Send, Source
 from proxy.sip import AbsoluteUri, ParseError, SipMessage, validate_request
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 

@@ -26,8 +26,8 @@ at.
 
 from __future__ import annotations
 
-from proxy.core.access import AddressSet
-from proxy.core.registrar import Binding
+from proxy.core.access.sources import AddressSet
+from proxy.core.registrar.location import Binding
 from proxy.sip import ParseError, SipUri, parse_uri
 
 #: addresses a Contact names only from behind a NAT (or on the proxy's own private network,

@@ -9,28 +9,23 @@ the runtime calls back ``ProxyCore.on_persisted``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from proxy.core import forward, responses, routing
 from proxy.core.context import Branch, ContextEvent, ResponseContext
 from proxy.core.effects import Out, StoreWrite
+from proxy.core.proxy import final, forward, routing
+from proxy.core.proxy.final import no_headers
 from proxy.core.types import Source, Target
 from proxy.policy import Decision
 from proxy.sip import (
-    AbsoluteUri,
     NameAddr,
     SipMessage,
     SipUri,
-    parse_message,
-    parse_name_addr_list,
-    rewrite,
-    strip_top_via,
 )
 from proxy.store.base import LearnedRoute
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -64,7 +59,7 @@ def redirect(
     core.stats["redirects_followed"] += 1
     core.metrics.redirects["followed"] += 1
     chosen.sort(key=lambda item: -item[0])
-    if all(str(_no_headers(c.uri)) in ctx.recursed for c in msg.contacts):
+    if all(str(no_headers(c.uri)) in ctx.recursed for c in msg.contacts):
         ctx.drop_response(msg)  # 16.7 step 4: a contact-less 3xx is not kept
     by_q: dict[float, list[Target]] = {}
     for q, u, _ in chosen:
@@ -145,45 +140,7 @@ def persisted(core: ProxyCore, ctx: ResponseContext, ok: bool, now: float, out: 
     if ctx.may_branch and forward.next_group(core, ctx, now, out):
         return
     if ctx.pending == 0:
-        responses.send_best(core, ctx, now, out)
-
-
-def learned_uri(core: ProxyCore, ruri: str, now: float) -> str | None:
-    """The Request-URI after learned rewrites, chains followed at most 8 hops."""
-    learned = core.learned
-    seen = {ruri}
-    current = ruri
-    for _ in range(8):
-        hit = learned.get(current)
-        if hit is None:
-            break
-        new, expires = hit
-        if expires <= now:
-            del learned[current]
-            break
-        if new in seen:
-            break  # a cycle: stop at the last new address
-        seen.add(new)
-        current = new
-    return None if current == ruri else current
-
-
-def learned_view(routes: Sequence[LearnedRoute], now: float,
-                 wall_offset: float) -> dict[str, tuple[str, float]]:
-    """The learned-route cache: old URI -> (new URI, expiry on the core's clock)."""
-    return {r.old_uri: (r.new_uri, now + (r.expires_at - (now + wall_offset))) for r in routes}
-
-
-def without_recursed(ctx: ResponseContext, msg: SipMessage) -> bytes:
-    """The 3xx to forward, without the Contacts the proxy already recursed on."""
-    edits: dict[int, str | None] = {}
-    for i, h in enumerate(msg.headers):
-        if h.name != "contact":
-            continue
-        kept = [c for c in parse_name_addr_list(h.value)
-                if str(_no_headers(c.uri)) not in ctx.recursed]
-        edits[i] = ("Contact: " + ", ".join(str(c) for c in kept)) if kept else None
-    return strip_top_via(parse_message(rewrite(msg, edits=edits)))
+        final.send_best(core, ctx, now, out)
 
 
 def _q(c: NameAddr) -> float:
@@ -192,7 +149,3 @@ def _q(c: NameAddr) -> float:
         return float(raw) if raw is not None else 1.0
     except ValueError:
         return 0.0
-
-
-def _no_headers(uri: SipUri | AbsoluteUri) -> SipUri | AbsoluteUri:
-    return uri.without_headers() if isinstance(uri, SipUri) else uri

@@ -7,29 +7,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from proxy.core import limits, responses, routing, txns
+from proxy.core import txns
+from proxy.core.access import limits
 from proxy.core.context import Branch, BranchState, ContextEvent, ResponseContext
 from proxy.core.effects import Out
+from proxy.core.proxy import final, routing
 from proxy.core.types import Send, Source
 from proxy.sip import SipMessage
 from proxy.transaction import NonInviteClientTransaction
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 
 def on_cancel(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> None:
     """RFC 3261 16.10: answer the CANCEL, then cancel every pending branch."""
-    ckey = txns.server_key(msg, "CANCEL")
-    centry = core.server.get(ckey)
+    ckey, centry = core.table.match_server(msg, "CANCEL")
     if centry is not None:
         txns.server_effects(core, centry, centry.txn.on_retransmission(now), out)
         return
-    inv = core.server.get(txns.server_key(msg, "INVITE"))
+    inv = core.table.find_server(msg, "INVITE")
     ctx = inv.ctx if inv is not None else None
     if ctx is None:
         # RFC 3261 9.2: no matching transaction, 481; a request no transaction matches counts
-        # against its source's rate (proxy.core.limits) like any other.
+        # against its source's rate (proxy.core.access.limits) like any other.
         if not routing.trusted_source(core, src) and limits.over_rate(core, msg, src, now, out):
             return
         txns.refuse(core, None, msg, src, "cancel_unknown", 481,
@@ -42,7 +43,7 @@ def on_cancel(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Ou
         return  # a final response went upstream already
     cancel_pending(core, ctx, now, out)
     if ctx.pending == 0:
-        responses.send_local(core, ctx, 487, now, out)
+        final.send_local(core, ctx, 487, now, out)
 
 
 def cancel_pending(core: ProxyCore, ctx: ResponseContext, now: float, out: Out) -> None:
@@ -61,12 +62,12 @@ def cancel_branch(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
         br.cancel_wanted = True  # RFC 3261 9.1: wait for a provisional response
         return
     data = txns.build_hop_request(br, "CANCEL", None)
-    reliable = br.dest[0] != "udp"
+    reliable = br.dest.transport != "udp"
     br.cancel_txn = NonInviteClientTransaction(data, reliable=reliable, now=now,
                                                timers=core.timers)
-    core.client[br.branch_id + "|CANCEL"] = br
+    core.table.add_cancel(br)
     # RFC 3261 9.1: no final response 64*T1 after the CANCEL: the INVITE is over (Timer C
-    # is reused for that bound; txns.branch_timer ends the branch).
+    # is reused for that bound; responses.branch_timer ends the branch).
     br.timer_c = now + 64 * core.timers.t1
     txns.schedule(core, br)
     t, h, p, c = br.dest

@@ -13,26 +13,29 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from proxy.core import cancel, forward, outbound, redirects, registrar_glue, txns
+from proxy.core import txns
+from proxy.core.access.trust import branch_lifetime, via_dest
 from proxy.core.context import (
     Branch,
     BranchState,
     ContextEvent,
     Response,
-    ResponseContext,
-    select_best,
 )
 from proxy.core.effects import Out
-from proxy.core.observe import rule_name
-from proxy.core.trust import branch_lifetime, via_dest
+from proxy.core.observe.metrics import rule_name
+from proxy.core.outbound import retry
+from proxy.core.proxy import cancel, final, forward, redirects
+from proxy.core.registrar import glue as registrar_glue
 from proxy.core.types import Send, Source
 from proxy.policy import Action
-from proxy.sip import SipMessage, make_response, strip_top_via
+from proxy.sip import SipMessage, strip_top_via
+from proxy.transaction import Retransmit, SendAck, Terminated, Timeout
 
 if TYPE_CHECKING:
-    from proxy.core.proxy import ProxyCore
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy.core")
 
@@ -80,10 +83,10 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
     (:func:`own_branch`), and only a response matching no transaction that way is parsed."""
     method = msg.cseq[1]
     bid = own_branch(msg)
-    br = core.client.get(f"{bid}|{method}") if bid is not None else None
+    br = core.table.match_branch(bid, method)
     if br is None:
         bid = msg.top_via.branch
-        br = core.client.get(f"{bid}|{method}") if bid else None
+        br = core.table.match_branch(bid, method)
     if br is None:
         if bid and method == "OPTIONS" and core.prober.on_response(core, bid, msg.status):
             return  # a probe's answer (proxy.core.probe): the upstream is up
@@ -92,11 +95,9 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
             out.send(fwd)
         return
     status = msg.status
-    if src.conn_id is not None and br.conn is None and (
-            core.client.get(br.branch_id + "|" + br.ctx.method) is br):
+    if src.conn_id is not None and br.conn is None:
         # The connection the transport opened for this branch carries its transaction.
-        br.conn = src.conn_id
-        txns.hold_conn(core, src.conn_id)
+        core.table.carried_on(br, src.conn_id)
     if method == "CANCEL" and br.ctx.method != "CANCEL":
         ctxn = br.cancel_txn
         if ctxn is not None:
@@ -104,7 +105,7 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
             txns.cancel_effects(core, br, effects, out)
         return
     deliver, effects = br.txn.on_response(status, now)
-    txns.client_effects(core, br, effects, msg, now, out)
+    client_effects(core, br, effects, msg, now, out)
     if not deliver:
         core.stats["retransmissions_in"] += 1
         return
@@ -114,6 +115,56 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
         success(core, br, msg, now, out)
     elif br.state is BranchState.PENDING:
         branch_final(core, br, status, msg, now, out, src)
+
+
+def client_effects(
+    core: ProxyCore, br: Branch, effects: Sequence[object], msg: SipMessage | None, now: float,
+    out: Out,
+) -> None:
+    for e in effects:
+        if isinstance(e, SendAck):
+            ack = txns.build_hop_request(br, "ACK", msg)
+            br.txn.set_ack(ack)
+            t, h, p, c = br.dest
+            out.sends.append(Send(t, h, p, ack, c))
+        elif isinstance(e, Retransmit):
+            t, h, p, c = br.dest
+            out.sends.append(Send(t, h, p, e.data, c, br))
+        elif isinstance(e, Timeout):
+            if br.state is BranchState.PENDING:
+                # RFC 5626 5.3: no answer over a flow named by a token: the flow failed (430)
+                status = 430 if br.target.by_token else 408
+                branch_final(core, br, status, None, now, out)
+        elif isinstance(e, Terminated):
+            txns.drop_branch(core, br)
+            txns.release(core, br.ctx)
+    txns.schedule(core, br)
+
+
+def branch_timer(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
+    """A branch's timers: Timer C (RFC 3261 16.8), its client transaction, its CANCEL."""
+    c = br.timer_c
+    if c is not None and now >= c and br.state is BranchState.PENDING:
+        # RFC 3261 16.8: Timer C.
+        br.timer_c = None
+        core.stats["timer_c"] += 1
+        if br.cancel_txn is not None:
+            # RFC 3261 9.1: cancelled 64*T1 ago and still no final response: the client
+            # transaction is destroyed and the branch ends as if it got a 408.
+            core.stats["cancel_unanswered"] += 1
+            txns.drop_branch(core, br)
+            branch_final(core, br, 408, None, now, out)
+        elif br.provisional:
+            cancel.cancel_branch(core, br, now, out)
+        else:
+            branch_final(core, br, 408, None, now, out)
+    d = br.txn.deadline
+    if d is not None and now >= d:
+        client_effects(core, br, br.txn.on_timer(now), None, now, out)
+    ct = br.cancel_txn
+    if ct is not None and ct.deadline is not None and now >= ct.deadline:
+        txns.cancel_effects(core, br, ct.on_timer(now), out)
+    txns.schedule(core, br)
 
 
 def provisional(
@@ -131,22 +182,20 @@ def provisional(
         txns.schedule(core, br)
     if status > 100 and not ctx.final_sent and not ctx.cancelled:
         # 16.7 step 5: provisional responses other than 100 are forwarded at once.
-        forward_response(core, ctx, msg, status, now, out)
+        final.forward_response(core, ctx, msg, status, now, out)
 
 
 def success(core: ProxyCore, br: Branch, msg: SipMessage, now: float, out: Out) -> None:
     """RFC 3261 16.7 step 5: every 2xx is forwarded at once; step 10: CANCEL the rest."""
     ctx = br.ctx
     if br.state is BranchState.PENDING:
-        br.state = BranchState.DONE
-        br.timer_c = None
-        ctx.pending -= 1
+        ctx.branch_ended(br, msg.status)
         txns.schedule(core, br)
     if ctx.method == "REGISTER" and not core.settings.registrar_local:
         registrar_glue.learn_bindings(core, ctx, msg, now)
     # After a non-2xx final went upstream (policy stop) nothing follows it (GOT_2XX fails).
     if ctx.fire(ContextEvent.GOT_2XX):
-        forward_response(core, ctx, msg, 200, now, out)
+        final.forward_response(core, ctx, msg, 200, now, out)
         if ctx.method == "INVITE":
             # The From tag is the request's (RFC 3261 8.2.6.2); the To tag is new.
             core.dialogs.opened(core, msg.call_id, ctx.from_tag, msg.to_tag, now, br.target)
@@ -165,10 +214,7 @@ def branch_final(
     C), 503 for a transport error (16.9). The policy of the context decides.
     """
     ctx = br.ctx
-    br.state = BranchState.DONE
-    br.final_status = status
-    br.timer_c = None
-    ctx.pending -= 1
+    ctx.branch_ended(br, status)
     txns.schedule(core, br)
     if ctx.final_sent:
         if ctx.pending == 0:
@@ -188,7 +234,7 @@ def branch_final(
     ):
         # RFC 5626 7: a 430, a transport error or a timeout on a flow -> the same instance's
         # next flow, and the failed binding is removed.
-        if outbound.retry_flow(core, ctx, br, now, out):
+        if retry.retry_flow(core, ctx, br, now, out):
             core.metrics.flow_retries += 1
             return Outcome.FLOW_RETRY
     elif action is Action.STOP:
@@ -215,65 +261,9 @@ def branch_final(
     if ctx.pending == 0 and not ctx.final_sent:
         if ctx.serial and ctx.may_branch and forward.next_group(core, ctx, now, out):
             return Outcome.NEXT_GROUP
-        send_best(core, ctx, now, out)
+        final.send_best(core, ctx, now, out)
         return Outcome.FINAL
     return Outcome.PENDING
-
-
-def send_best(core: ProxyCore, ctx: ResponseContext, now: float, out: Out) -> None:
-    """RFC 3261 16.7 step 6: the best final response goes to the caller."""
-    best = select_best(ctx.responses)
-    if best is None:
-        send_local(core, ctx, 408, now, out)
-        return
-    if ctx.from_location and all(r.msg is None or r.status == 430 for r in ctx.responses):
-        # Registered, but no binding (no flow, RFC 5626 7) could be reached.
-        send_local(core, ctx, 480, now, out)
-        return
-    final_to_caller(core, ctx, best, now, out)
-
-
-def final_to_caller(
-    core: ProxyCore, ctx: ResponseContext, r: Response, now: float, out: Out
-) -> None:
-    status = r.status
-    if r.msg is None:
-        if status == 503:  # a transport error of ours (16.9), never a 503 (16.7 step 6)
-            send_local(core, ctx, 500, now, out, reason="Next Hop Unreachable")
-        elif status == 430:  # RFC 5626 5.3: the flow a token named failed
-            send_local(core, ctx, 430, now, out, reason="Flow Failed")
-        else:
-            send_local(core, ctx, status, now, out)
-        return
-    ctx.fire(ContextEvent.FINAL_SENT)
-    if 300 <= status < 400 and ctx.recursed:
-        data = redirects.without_recursed(ctx, r.msg)
-    else:
-        data = strip_top_via(r.msg)
-    if status == 503:
-        # RFC 3261 16.7 step 6: a 503 chosen as best becomes 500.
-        eol = data.find(b"\r\n")
-        data = b"SIP/2.0 500 Server Internal Error" + data[eol:]
-        status = 500
-    txns.send_response(core, ctx.server, status, data, now, out)
-
-
-def forward_response(
-    core: ProxyCore, ctx: ResponseContext, msg: SipMessage, status: int, now: float, out: Out
-) -> None:
-    txns.send_response(core, ctx.server, status, strip_top_via(msg), now, out)
-
-
-def send_local(
-    core: ProxyCore, ctx: ResponseContext, status: int, now: float, out: Out,
-    reason: str | None = None,
-) -> None:
-    """A final response of the proxy's own for the context (408, 480, 487, 500)."""
-    ctx.fire(ContextEvent.FINAL_SENT)
-    if ctx.to_tag is None:
-        ctx.to_tag = core.new_tag()
-    data = make_response(ctx.live_request, status, reason, to_tag=ctx.to_tag)
-    txns.send_response(core, ctx.server, status, data, now, out)
 
 
 def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> Send | None:

@@ -1,0 +1,1 @@
+"""What the core counts for the runtime's metrics and logs."""

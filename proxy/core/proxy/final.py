@@ -1,0 +1,96 @@
+"""The response the caller gets from a response context (RFC 3261 16.7 steps 5 and 6): a
+provisional or 2xx forwarded at once, the best final response chosen
+(:func:`~proxy.core.context.select_best`), or a final response of the proxy's own."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxy.core import txns
+from proxy.core.context import ContextEvent, Response, ResponseContext, select_best
+from proxy.core.effects import Out
+from proxy.sip import (
+    AbsoluteUri,
+    SipMessage,
+    SipUri,
+    make_response,
+    parse_message,
+    parse_name_addr_list,
+    rewrite,
+    strip_top_via,
+)
+
+if TYPE_CHECKING:
+    from proxy.core.core import ProxyCore
+
+
+def send_best(core: ProxyCore, ctx: ResponseContext, now: float, out: Out) -> None:
+    """RFC 3261 16.7 step 6: the best final response goes to the caller."""
+    best = select_best(ctx.responses)
+    if best is None:
+        send_local(core, ctx, 408, now, out)
+        return
+    if ctx.from_location and all(r.msg is None or r.status == 430 for r in ctx.responses):
+        # Registered, but no binding (no flow, RFC 5626 7) could be reached.
+        send_local(core, ctx, 480, now, out)
+        return
+    final_to_caller(core, ctx, best, now, out)
+
+
+def final_to_caller(
+    core: ProxyCore, ctx: ResponseContext, r: Response, now: float, out: Out
+) -> None:
+    status = r.status
+    if r.msg is None:
+        if status == 503:  # a transport error of ours (16.9), never a 503 (16.7 step 6)
+            send_local(core, ctx, 500, now, out, reason="Next Hop Unreachable")
+        elif status == 430:  # RFC 5626 5.3: the flow a token named failed
+            send_local(core, ctx, 430, now, out, reason="Flow Failed")
+        else:
+            send_local(core, ctx, status, now, out)
+        return
+    ctx.fire(ContextEvent.FINAL_SENT)
+    if 300 <= status < 400 and ctx.recursed:
+        data = without_recursed(ctx, r.msg)
+    else:
+        data = strip_top_via(r.msg)
+    if status == 503:
+        # RFC 3261 16.7 step 6: a 503 chosen as best becomes 500.
+        eol = data.find(b"\r\n")
+        data = b"SIP/2.0 500 Server Internal Error" + data[eol:]
+        status = 500
+    txns.send_response(core, ctx.server, status, data, now, out)
+
+
+def forward_response(
+    core: ProxyCore, ctx: ResponseContext, msg: SipMessage, status: int, now: float, out: Out
+) -> None:
+    txns.send_response(core, ctx.server, status, strip_top_via(msg), now, out)
+
+
+def send_local(
+    core: ProxyCore, ctx: ResponseContext, status: int, now: float, out: Out,
+    reason: str | None = None,
+) -> None:
+    """A final response of the proxy's own for the context (408, 480, 487, 500)."""
+    ctx.fire(ContextEvent.FINAL_SENT)
+    if ctx.to_tag is None:
+        ctx.to_tag = core.new_tag()
+    data = make_response(ctx.live_request, status, reason, to_tag=ctx.to_tag)
+    txns.send_response(core, ctx.server, status, data, now, out)
+
+
+def without_recursed(ctx: ResponseContext, msg: SipMessage) -> bytes:
+    """The 3xx to forward, without the Contacts the proxy already recursed on."""
+    edits: dict[int, str | None] = {}
+    for i, h in enumerate(msg.headers):
+        if h.name != "contact":
+            continue
+        kept = [c for c in parse_name_addr_list(h.value)
+                if str(no_headers(c.uri)) not in ctx.recursed]
+        edits[i] = ("Contact: " + ", ".join(str(c) for c in kept)) if kept else None
+    return strip_top_via(parse_message(rewrite(msg, edits=edits)))
+
+
+def no_headers(uri: SipUri | AbsoluteUri) -> SipUri | AbsoluteUri:
+    return uri.without_headers() if isinstance(uri, SipUri) else uri

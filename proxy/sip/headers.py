@@ -132,7 +132,7 @@ def parse_params(text: str) -> Params:
     if not text:
         return NO_PARAMS
     if _COMPACT_PARAMS_RE.match(text) is not None:
-        return split_params(text[1:], "a header parameter")
+        return read_only(split_params(text[1:], "a header parameter"))
     return read_only(_scan_params(text))
 
 
@@ -266,11 +266,25 @@ def parse_name_addr(text: str) -> NameAddr:
 
 
 def _parse_name_addr(text: str) -> NameAddr:
+    # A new call's From (or a dialog's To) is a known value plus ";tag=" and a fresh token: the
+    # known part, a bracketed name-addr without parameters, is the memo's (or parsed once), the
+    # tag checked alone (RFC 3261 19.3: tag-param = "tag" EQUAL token); the grammar reads the
+    # whole text to the same value (tests/unit/test_sip_properties.py).
+    cut = text.rfind(";tag=")
+    if cut > 0 and text[cut - 1] == ">":
+        tag = text[cut + 5:]
+        if _TOKEN_RE.match(tag) is not None:
+            try:
+                known = parse_name_addr(text[:cut])
+            except ParseError:
+                return parse_name_addr_full(text)  # the grammar says why
+            if known.bracketed and not known.params:
+                return NameAddr(known.display, known.uri, read_only({"tag": tag}), True)
     m = _FAST_NAME_ADDR_RE.match(text)
     if m is None:
         return parse_name_addr_full(text)
     quoted, tokens, inner, ptext = m.groups()
-    params = split_params(ptext[1:], "a header parameter") if ptext else NO_PARAMS
+    params = read_only(split_params(ptext[1:], "a header parameter")) if ptext else NO_PARAMS
     return NameAddr(quoted or tokens, parse_uri(inner), params, True)
 
 
@@ -338,7 +352,8 @@ def parse_name_addr_list(text: str) -> list[NameAddr]:
 
 @dataclass(slots=True, init=False)
 class Via:
-    """One via-parm (RFC 3261 20.42). A value: the fields are ``Final``, ``params`` read-only."""
+    """One via-parm (RFC 3261 20.42). The fields are ``Final`` and ``params`` a Mapping (mypy
+    refuses a write); a Via is not shared between messages, so its params stay a dict."""
 
     protocol: Final[str]
     transport: Final[str]
@@ -411,6 +426,8 @@ def parse_via(text: str) -> Via:
         return Via(sent[0], sent[1], sent[2], sent[3], NO_PARAMS)
     if _COMPACT_PARAMS_RE.match(text, semi) is None:
         return parse_via_full(text)
+    # Not made read-only: a Via is not shared (each message parses its own; only the sent-by
+    # tuple is memoized), and its type, Mapping, already refuses a write to mypy.
     return Via(sent[0], sent[1], sent[2], sent[3], split_params(text[semi + 1:], "a Via parameter"))
 
 
@@ -425,7 +442,7 @@ def parse_via_full(text: str) -> Via:
     if rest:
         rest = rest.rstrip()
     return _make_via(text, name, version, transport, host, port_text,
-                     read_only(_scan_params(rest)) if rest else NO_PARAMS)
+                     _scan_params(rest) if rest else NO_PARAMS)
 
 
 def _via_head(head: str) -> tuple[str, str, str, int | None] | None:

@@ -116,20 +116,21 @@ def read_only(params: dict[str, str | None]) -> Params:
     return MappingProxyType(params) if params else NO_PARAMS
 
 
-def split_params(text: str, what: str) -> Params:
+def split_params(text: str, what: str) -> dict[str, str | None]:
     """The ``name[=value]`` items of ``text`` (``;``-separated, no leading ``;``, no
     whitespace): names lower-cased, values kept as written, a bare name maps to None, the
     last of a repeated name counts. An empty name (";;", RFC 4475 3.1.2.1) or an empty value
     ("name=") raises ParseError(400) naming ``what``. The one splitter behind header parameters
     (RFC 3261 7.3.1 generic-param, once a regex has checked their compact form) and SIP URI
-    parameters (RFC 3261 19.1.1 uri-parameters)."""
+    parameters (RFC 3261 19.1.1 uri-parameters). The caller makes it read-only
+    (:func:`read_only`) when the value holding it is shared."""
     params: dict[str, str | None] = {}
     for item in text.split(";"):
         name, eq, value = item.partition("=")
         if not name or (eq and not value):
             raise ParseError(f"empty name or value of {what}: {item[:60]!r}")
         params[name.lower()] = value if eq else None
-    return MappingProxyType(params)
+    return params
 
 
 def unescape(text: str) -> str:
@@ -252,7 +253,7 @@ def _parse_uri(text: str) -> SipUri | AbsoluteUri:
         port = int(port_text)
         if port > 65535:
             return parse_uri_full(text)  # the grammar refuses it
-    params = split_params(ptext[1:], "a uri-parameter") if ptext else NO_PARAMS
+    params = read_only(split_params(ptext[1:], "a uri-parameter")) if ptext else NO_PARAMS
     return SipUri(scheme, user, password, host.lower(), port, params, None)
 
 
@@ -312,7 +313,7 @@ def _parse_sip_uri(scheme: str, text: str, start: int) -> SipUri:
     if i < n and text[i] == ";":
         q = text.find("?", i)
         ptext = text[i + 1:q] if q >= 0 else text[i + 1:]
-        params = split_params(ptext, f"a uri-parameter in URI {text[:80]!r}")
+        params = read_only(split_params(ptext, f"a uri-parameter in URI {text[:80]!r}"))
         i = q if q >= 0 else n
     if i < n:
         # only '?' can be here (the hostport regex's look-ahead)

@@ -32,7 +32,7 @@ from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
-from proxy.runtime import signals, streams
+from proxy.runtime import signals, streams, upstream_control
 from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import MemoryTrim, raise_nofile
@@ -146,6 +146,7 @@ class Runtime:
                               ) from exc
         self.state = StateKeeper(self.store, self.core, self.location, config.state, node,
                                  tuple(local), self._state_changed, secret, bool(config.secret))
+        upstream_control.install(self)  # stored upstream states reach the core through _drive
         self._generation = -1
         #: /ready: listening, and the state store answers (the store's owner sets store_ok)
         self.store_ok, self.listening, self.started = True, False, time.time()
@@ -345,6 +346,7 @@ class Runtime:
                 await self._load_routes()
                 log.info("learned routes reloaded from the store: %d (generation %d)",
                          len(self.core.learned), self._generation)
+                await self.state.upstreams.load(merge=False)  # another process's drain
         except StoreError as exc:
             log.error("state store: %s", exc)
 

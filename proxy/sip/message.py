@@ -319,12 +319,12 @@ class SipMessage:
     @property
     def from_tag(self) -> str | None:
         """From's tag (RFC 3261 8.1.1.3); ParseError(400) as :attr:`from_`."""
-        return self.from_.params.get("tag")
+        return self.from_.tag
 
     @property
     def to_tag(self) -> str | None:
         """To's tag (RFC 3261 8.1.1.2); ParseError(400) as :attr:`to`."""
-        return self.to.params.get("tag")
+        return self.to.tag
 
     @property
     def max_forwards(self) -> int | None:

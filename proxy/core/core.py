@@ -93,7 +93,7 @@ class CoreSettings:
     guard: RedirectGuard | None = None  # None: follow every 3xx the policy says to
     secret: bytes | None = None  # flow-token key (RFC 5626 5.2); None: random per start
     max_ttl: int = 86400  # redirects.max_ttl
-    #: sources (besides the upstreams) that may route by Route or Request-URI (CONTRACT access)
+    #: sources (besides the upstreams) that may route by Route or Request-URI (README "Security defaults")
     trusted_relays: AddressSet = field(default_factory=lambda: AddressSet(()))
     #: sources whose REGISTER the local registrar serves without credentials
     registrar_networks: AddressSet = field(

@@ -310,7 +310,7 @@ async def test_a_call_to_an_upstream_named_by_a_domain_reaches_the_best_srv_targ
         invites = [s for s in mock.sent if s.data.startswith(b"INVITE")]
         assert [(s.host, s.port) for s in invites] == [("192.0.2.1", 5071)] * 2
         assert len(zone.questions) == asked
-        # requests from the SRV targets' addresses are an upstream's (CONTRACT access)
+        # requests from the SRV targets' addresses are an upstream's (README "Security defaults")
         assert ("192.0.2.2", 5072) in rt.core.upstream_addrs
     finally:
         rt.close()

@@ -2,7 +2,7 @@
 rewritten by splicing bytes (Request-URI, Via, Record-Route, Path, Max-Forwards, Route), sent
 over its own client transaction (17.1); and the stateless forwarding of an ACK for a 2xx
 (16.11). Branch ids carry a keyed MAC so that a response naming one can be told from a forged
-one without state (CONTRACT access).
+one without state (README "Security defaults").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which 3xx the proxy may follow and learn from (RFC 3261 26.1.2, 26.4.4; CONTRACT ``redirects``).
+"""Which 3xx the proxy may follow and learn from (RFC 3261 26.1.2, 26.4.4; README "Security defaults").
 
 A 3xx tells the proxy to send the request somewhere else, and a 301 the proxy learns diverts
 every later call for the old Request-URI (RFC 3261 21.3.2). RFC 3261 26.1.2 lists forged
@@ -127,7 +127,7 @@ def _shown(host: str, port: int | None) -> str:
 class RedirectGuard:
     """Decides whether a 3xx may be followed (and a 301 learned): RFC 3261 26.1.2, 26.4.4.
 
-    ``trusted_sources`` and ``allow_targets`` are the CONTRACT's ``redirects`` lists with the
+    ``trusted_sources`` and ``allow_targets`` are the ``redirects`` lists (README) with the
     defaults already applied (:attr:`proxy.config.Config.trusted_sources`,
     :attr:`~proxy.config.Config.allow_targets`). ``own_addresses`` are ``(host, port)`` pairs
     the proxy answers on (listen and advertised addresses; host an IP, bracketed or not, or

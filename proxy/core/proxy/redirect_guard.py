@@ -144,6 +144,7 @@ class RedirectGuard:
         "_trusted_ips",
         "_trusted_names",
         "_trusted_nets",
+        "trust_upstreams",
     )
 
     def __init__(
@@ -151,7 +152,11 @@ class RedirectGuard:
         trusted_sources: Iterable[str],
         allow_targets: Iterable[str],
         own_addresses: Iterable[tuple[str, int]] = (),
+        trust_upstreams: bool = False,
     ) -> None:
+        #: the default ``trusted_sources``: a 3xx from an upstream's address (by address and
+        #: port, a resolved target of a named upstream too, as it is now) may be followed
+        self.trust_upstreams = trust_upstreams
         t_names, t_ips, t_nets = self._split(trusted_sources, "trusted_sources")
         self._trusted_names = t_names
         self._trusted_ips = t_ips

@@ -42,7 +42,8 @@ def redirect(
     Contact stays in the context and is forwarded like any response.
     """
     guard = core.guard
-    if src is not None and guard is not None and not guard.source_trusted(src.host):
+    if src is not None and guard is not None and not guard.source_trusted(src.host) and not (
+            guard.trust_upstreams and (src.host, src.port) in core.upstream_addrs):
         log.warning("%s from %s:%s not followed: untrusted source (redirects.trusted_sources)",
                     status, src.host, src.port)
         core.stats["redirects_refused"] += 1

@@ -34,13 +34,6 @@ from proxy.transport.tlssession import TlsSession
 log = logging.getLogger("proxy.transport.tcp")
 
 _ids = itertools.count(1)
-#: connections the kernel completes and queues for accept(). uvloop accepts every queued
-#: connection in one turn of the loop, so this bounds that turn: a burst of 3,700 connects
-#: (bench/hostile.py attack 6, on a quiet machine, five runs each) delayed a legitimate call
-#: by 44-384 ms (median 86) with 128 against 126-405 ms (median 220) with 1,024, and a
-#: legitimate TCP connect by 4-408 ms (median 24) against 235-1,003 ms (median 583). Past
-#: it the kernel drops the SYN and the client retries.
-LISTEN_BACKLOG = 128
 _PONG = b"\r\n"  # RFC 5626 4.4.1: the answer to a CRLFCRLF ping
 
 
@@ -286,7 +279,7 @@ class TcpManager:
     async def listen(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(self.stream, host, port, reuse_address=True,
-                                          backlog=LISTEN_BACKLOG)
+                                          backlog=1024)
         self.servers.append(server)
         self._start_sweep()
 

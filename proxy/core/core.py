@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from proxy.core import shared, txns
+from proxy.core import shared, txns, upstream_targets
 from proxy.core.access import limits, validate
 from proxy.core.access.sources import (
     PRIVATE_NETWORKS,
@@ -63,6 +64,7 @@ from proxy.core.shared import Cluster
 from proxy.core.table import TransactionTable
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.core.upstream_admin import AdminState, UpstreamAdmin, set_state
+from proxy.core.upstream_targets import UpstreamTarget, UpstreamTargets
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.sip.transport import MESSAGE_TRANSPORTS
@@ -91,7 +93,7 @@ class CoreSettings:
     guard: RedirectGuard | None = None  # None: follow every 3xx the policy says to
     secret: bytes | None = None  # flow-token key (RFC 5626 5.2); None: random per start
     max_ttl: int = 86400  # redirects.max_ttl
-    #: sources (besides the upstreams) that may route by Route or Request-URI (CONTRACT access)
+    #: sources (besides the upstreams) that may route by Route or Request-URI (README "Security defaults")
     trusted_relays: AddressSet = field(default_factory=lambda: AddressSet(()))
     #: sources whose REGISTER the local registrar serves without credentials
     registrar_networks: AddressSet = field(
@@ -103,6 +105,7 @@ class CoreSettings:
     probe_interval: float = 0.0  # upstream_probe.interval: OPTIONS to each upstream; 0 = off
     probe_timeout: float = 2.0  # upstream_probe.timeout: no answer by then = down
     per_source_rps: int = 0  # limits.per_source_rps: initial requests per second per IP; 0 = off
+    srv_seed: int | None = None  # seed of the SRV weighted draw (tests); None: from the OS
 
 
 class ProxyCore:
@@ -172,6 +175,9 @@ class ProxyCore:
         self.cluster = Cluster()
         self.prober = Prober(self.all_upstreams, settings.probe_interval,
                              settings.probe_timeout)
+        #: what the upstreams named by a domain resolved to (RFC 3263, :mod:`.upstream_targets`);
+        #: its generator draws the SRV weights (seeded in tests through ``srv_seed``)
+        self.upstream_targets = UpstreamTargets(random.Random(settings.srv_seed))
         self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
         #: the operators' up / drain / down of each upstream (:mod:`.upstream_admin`)
         self.admin = UpstreamAdmin()
@@ -191,7 +197,9 @@ class ProxyCore:
         except ParseError as exc:
             self.metrics.bad["unparsable"] += 1
             answer = validate.bad_message(self, data, src, exc)
-            return Effects([] if answer is None else [answer])
+            if answer is None or limits.over_rate_unanswered(self, src, now):
+                return Effects([])
+            return Effects([answer])
         out = Out()
         try:
             if msg.is_request:
@@ -203,14 +211,14 @@ class ProxyCore:
                 responses.on_response(self, msg, src, now, out)
         except ParseError as exc:
             self.metrics.bad["malformed_header"] += 1
-            if msg.is_request and msg.method != "ACK":
-                self.stats["requests_rejected"] += 1
-                log.info("bad request from %s:%s: %s", src.host, src.port, exc.message)
-                out.send(txns.reject(self, msg, src, exc.status, reason=exc.message))
-            else:
+            if not msg.is_request or msg.method == "ACK":
                 self.stats["responses_dropped"] += 1
                 log.info("dropped bad %s from %s:%s: %s",
                          "ACK" if msg.is_request else "response", src.host, src.port, exc.message)
+            elif not limits.over_rate_unanswered(self, src, now):
+                self.stats["requests_rejected"] += 1
+                log.info("bad request from %s:%s: %s", src.host, src.port, exc.message)
+                out.send(txns.reject(self, msg, src, exc.status, reason=exc.message))
         return self._effects(out)
 
     def on_timer(self, now: float) -> Effects:
@@ -305,12 +313,6 @@ class ProxyCore:
         self.policy = policy
         return self._effects(Out())
 
-    def set_upstream_addresses(self, addrs: set[tuple[str, int]]) -> Effects:
-        """The (host, port) pairs requests from which are an upstream's (the configured
-        upstreams and what their names resolve to, RFC 3263)."""
-        self.upstream_addrs = set(addrs)
-        return self._effects(Out())
-
     def set_source_addresses(self, resolved: Mapping[str, Iterable[str]]) -> Effects:
         """The addresses the upstreams named by a domain resolved to (RFC 3263), by name
         (lower case): a route's ``source: [GROUP]`` holds for a request from any of them."""
@@ -354,6 +356,17 @@ class ProxyCore:
         if merge:
             return shared.merge_bindings(self, stored, now)
         return shared.load_bindings(self, stored, now)
+
+    def set_upstream_targets(self, upstream: str, targets: Sequence[UpstreamTarget],
+                             now: float) -> Effects:
+        """RFC 3263: the runtime resolved the upstream whose URI (as in ``upstreams``) is
+        ``upstream`` to ``targets``, in the resolver's order; none: it has no answer now and
+        stands for itself. Each target is an upstream from now on, for routing, failover,
+        probing and the access rules (:mod:`.upstream_targets`); requests in flight keep the
+        targets they have. The core never resolves a name itself."""
+        out = Out()
+        upstream_targets.update(self, upstream, targets, now, out)
+        return self._effects(out)
 
     def set_upstream_admin(self, entry: AdminState, origin: str, now: float) -> Effects:
         """An upstream's administrative state (up, drain, down), set on this node
@@ -406,7 +419,7 @@ class ProxyCore:
         rejection = validate.check_request(msg)
         if rejection is not None:
             self.metrics.bad["invalid_request"] += 1
-            if method != "ACK":
+            if method != "ACK" and not limits.over_rate_unanswered(self, src, now):
                 out.send(txns.reject(self, msg, src, rejection.status,
                                      headers=rejection.headers))
             return

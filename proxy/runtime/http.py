@@ -205,14 +205,17 @@ def status_of(rt: Any) -> dict[str, Any]:
     """What ``sip-policy-proxy status`` prints (``/status``)."""
     import time
 
-    from proxy.core.probe import upstream_name
+    from proxy.core.probe import target_name, upstream_name
     from proxy.core.proxy.steer import upstream_states
 
     core = rt.core
     return {
         # up: probed up and not held down; held_for: seconds a policy rule still holds it;
-        # admin: the state an operator set (up, drain, down)
+        # admin: the state an operator set (up, drain, down); a named upstream (RFC 3263):
+        # one entry per resolved address (target; "resolved": true)
         "upstreams": [{"upstream": upstream_name(s.target), "groups": list(s.groups),
+                       "target": target_name(s.target),
+                       "resolved": s.target in core.prober.resolved,
                        "up": s.up, "probed_up": s.probed_up, "held_for": round(s.held_for, 1),
                        "admin": core.admin.state(upstream_name(s.target))}
                       for s in upstream_states(core, rt.loop.time())],
@@ -249,7 +252,8 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
     from proxy.runtime.upstream_control import upstream_routes
 
     registry = make_registry(rt.core, rt.reloads, rt.started,
-                             lambda: streams.managers(rt), rt.loop.time)
+                             lambda: streams.managers(rt), rt.loop.time,
+                             getattr(rt, "gate", None))
     registry.register(TracingCollector(rt))  # type: ignore[arg-type]
     config = getattr(rt, "config", None)
     access = Access(getattr(config, "http_token", None))

@@ -35,7 +35,7 @@ from proxy.runtime import logs as log_lines
 from proxy.runtime import signals, streams, upstream_control
 from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
-from proxy.runtime.limits import MemoryTrim, raise_nofile
+from proxy.runtime.limits import MemoryTrim, flood_gate, raise_nofile
 from proxy.runtime.memory import GcPolicy
 from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
@@ -48,6 +48,7 @@ from proxy.transport.base import Transport
 from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager
 from proxy.transport.udp import UdpEndpoint, open_udp
+from proxy.transport.udp_gate import FloodGate
 from proxy.transport.ws import WsManager
 
 log = logging.getLogger("proxy")
@@ -74,6 +75,8 @@ class Runtime:
     trim: MemoryTrim | None = None
     #: the tracing taps (recent calls, HEP) once started; None when neither is configured
     tap: tracing_taps.Tracer | None = None
+    #: limits.udp_flood_rps: one gate for every UDP socket, made by start(); None: off
+    gate: FloodGate | None = None
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None) -> None:
@@ -112,7 +115,7 @@ class Runtime:
         red = config.redirects
         trusted = [*config.trusted_sources, *([] if red.trusted_sources else up_ips)]
         allowed = [*config.allow_targets, *([] if red.allow_targets else up_ips)]
-        guard = RedirectGuard(trusted, allowed, own)
+        guard = RedirectGuard(trusted, allowed, own, trust_upstreams=not red.trusted_sources)
         # Key of flow tokens, branch MACs, digest nonces: the configured secret, else a random
         # one that start() replaces by the state store's before listening (state_key.py).
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
@@ -138,8 +141,8 @@ class Runtime:
         )
         self.location = MemoryLocation()  # the view the hot path reads; StateKeeper persists it
         self.core = ProxyCore(settings, policy, local, self.location)
-        self.refresher = self._name_upstreams(plan)
         self.tls_names = streams.tls_names(self)
+        self.refresher = self._name_upstreams(plan)
         try:
             node = config.node or default_node(local)
             self.store = open_store(config.state, node=node)
@@ -171,9 +174,11 @@ class Runtime:
         tables = len({li.transport for li in cfg.listen} & {"tcp", "tls", "ws", "wss"}) or 1
         raise_nofile(tables * cfg.limits.tcp_max_connections + 64)  # a table per transport
         self.tap = await tracing_taps.install(self)  # before the first message can arrive
+        self.gate = flood_gate(self.core, cfg.limits.udp_flood_rps, cfg.limits.per_source_rps)
         for li in cfg.listen:
             if li.transport == "udp":
-                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed)
+                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed,
+                                    self.gate)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":
@@ -439,7 +444,9 @@ class Runtime:
         relay"); their names are resolved again as their answers expire."""
         for n in plan.named:
             self.sends.upstream(n.hop)
-        self._carry_out(self.core.set_upstream_addresses(self.core.upstream_addrs | plan.addresses))
+        by_position = {n.position: n for n in plan.named}
+        for position, answer in plan.found.items():
+            self._set_targets(by_position[position], answer, self.loop.time())
         self._name_sources(plan.named, plan.found)
         return named_upstreams.Refresher(self.resolver, plan.named, self._upstream_answer,
                                          plan.found)
@@ -457,12 +464,20 @@ class Runtime:
         self._carry_out(self.core.set_source_addresses(resolved))
 
     def _upstream_answer(self, named: named_upstreams.Named, answer: Targets) -> None:
-        """A named upstream resolved again: its addresses are an upstream's from now on."""
-        addrs = {(t.host, t.port) for t in self.core.all_upstreams}
-        for found in self.refresher.current.values():
-            addrs.update((r.host, r.port) for r in found.targets)
-        self._carry_out(self.core.set_upstream_addresses(addrs))
+        """A named upstream resolved again (its answer expired)."""
+        self._set_targets(named, answer, self.loop.time())
         self._name_sources(self.refresher.named, self.refresher.current)
+
+    def _set_targets(self, named: named_upstreams.Named, answer: Targets, now: float) -> None:
+        """Hand the core what a named upstream resolved to: each address is an upstream of its
+        own (``set_upstream_targets``; the core never resolves); a TLS one is checked against
+        the upstream's name (RFC 5922 7.2)."""
+        u = named.upstream
+        if u.transport == "tls" or any(t.transport == "tls" for t in answer.targets):
+            self.tls_names.update(((t.host, t.port), u.host) for t in answer.targets
+                                  if t.transport == "tls")
+        self._drive(self.core.set_upstream_targets, (u.uri, named_upstreams.core_targets(answer)),
+                    now, "setting the targets of upstream %s", u.uri)
 
     # -------------------------------------------------------------- timers
 

@@ -52,7 +52,10 @@ def listing(rt: Any) -> dict[str, Any]:
     is probed), its administrative state, since when and set by which node, and the
     calls up that were sent to it."""
     core = rt.core
-    probed = {t.label or f"sip:{t.host}:{t.port}": alive for t, alive in core.prober.up.items()}
+    probed: dict[str, bool] = {}
+    for t, alive in core.prober.up.items():  # a name (RFC 3263): up while one address is
+        name = t.label or f"sip:{t.host}:{t.port}"
+        probed[name] = probed.get(name, False) or alive
     calls = core.dialogs.per_upstream()
     out = []
     for group in rt.config.upstream_groups:

@@ -63,7 +63,9 @@ class ClientTransaction(Transaction):
             return False, []
         effects = self._apply(step, event, now)
         if event is not _PROVISIONAL:
-            self.request = None  # a final: Timers A and E have stopped for good
+            # a final: Timers A and E have stopped for good (and their cached effect too)
+            self.request = None
+            self._rtx_effect = None
         return step.deliver, effects
 
     def set_ack(self, ack: bytes) -> None:

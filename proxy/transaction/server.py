@@ -58,8 +58,11 @@ class ServerTransaction(Transaction):
         if step is None:
             return []
         effects = self._apply(step, event, now)
-        # Accepted (RFC 6026 7.1) never resends: the TU passes each 2xx again itself
-        self.last_response = None if self.state is _ACCEPTED else data
+        if self.state is _ACCEPTED:
+            # Accepted (RFC 6026 7.1) never resends: the TU passes each 2xx again itself
+            self.last_response = self._rtx_effect = None
+        else:
+            self.last_response = data
         return effects
 
     def accepts(self, status: int) -> bool:
@@ -84,7 +87,8 @@ class ServerTransaction(Transaction):
         Non-INVITE server: an ACK never matches one (17.2.3); ignored."""
         effects = self._handle(Event.ACK, now)
         if self.state is _CONFIRMED:
-            self.last_response = None  # Confirmed resends nothing (17.2.1): only Timer I
+            # Confirmed resends nothing (17.2.1): only Timer I runs
+            self.last_response = self._rtx_effect = None
         return effects
 
     def _retransmission(self) -> bytes | None:

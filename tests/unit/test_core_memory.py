@@ -183,7 +183,8 @@ def test_a_held_call_costs_a_bounded_number_of_bytes_and_tracked_objects() -> No
     numbers. Measured 2026-12-07 (pure build, this flow): 8,200 bytes and 39 tracked
     objects per call before, 5,030 bytes and 29 after (the harness's idle clock pours its
     far timers into the heap early: under load they wait in buckets, and bench/replay.py
-    --memory measures 10,400 bytes and 41 objects before, 6,060 and 19.5 after); the bounds
+    --hold 20000 --rate 800 measures 8,938 bytes and 37 objects before, 4,685 and 17.5
+    after); the bounds
     leave a margin over the latter and fail on the former."""
     h = Harness.make()
     held_calls(h, 0, 50)  # warm: caches, interned names, table growth

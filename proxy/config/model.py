@@ -77,7 +77,7 @@ CONFIG_KEYS = (
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
               "tcp_idle_timeout", "tcp_per_source", "tcp_message_timeout", "tls_handshake_timeout",
-              "tcp_accept_rate")
+              "tcp_accept_rate", "overload_lag_ms", "max_transactions")
 TIMER_KEYS = ("t1_ms", "t2_ms", "t4_ms", "timer_c_ms")
 TLS_KEYS = ("cert_file", "key_file", "ca_file", "verify_client")
 AUTH_KEYS = ("realm", "users_file", "algorithms")
@@ -151,6 +151,11 @@ class Limits:
     #: new connections a second per stream transport (and tcp_per_source a second from one
     #: source); over it a connection is closed at accept; 0 = no limit
     tcp_accept_rate: int = 500
+    #: overload control (proxy/runtime/overload.py): new INVITEs and REGISTERs get 503 with
+    #: Retry-After while the event loop's smoothed lag passes this (ms; 0 = off) ...
+    overload_lag_ms: int = 20
+    #: ... or while the core holds more transactions than this (0 = no bound)
+    max_transactions: int = 300_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from proxy.core import shared, txns
-from proxy.core.access import limits, validate
+from proxy.core.access import limits, overload, validate
 from proxy.core.access.sources import (
     PRIVATE_NETWORKS,
     AddressSet,
@@ -123,6 +123,9 @@ class ProxyCore:
         self.location = location
         self.timers = settings.timers
         self.draining = False
+        #: overload control (:mod:`.access.overload`): the episode, and whether one is on
+        self.overload = overload.Overload()
+        self.shedding = False
         self.metrics = Metrics()  # read by the runtime's collector at scrape time
         self.stats: Counter[str] = self.metrics.events  # one set of counters (observe)
         self.local = tuple(local)
@@ -197,7 +200,8 @@ class ProxyCore:
             if msg.is_request:
                 self.stats["requests_in"] += 1
                 self.metrics.request(msg.method)
-                self._on_request(msg, src, now, out)
+                if not (self.shedding and overload.shed(self, msg, src, now, out)):
+                    self._on_request(msg, src, now, out)
             else:
                 self.stats["responses_in"] += 1
                 responses.on_response(self, msg, src, now, out)
@@ -299,6 +303,14 @@ class ProxyCore:
         """Stop taking new transactions (SIGTERM): new requests outside a dialog get 503."""
         self.draining = True
         return self._effects(Out())
+
+    def set_overload(self, reason: str | None, now: float) -> Effects:
+        """The runtime's measure of load (:mod:`proxy.runtime.overload`): ``reason`` says
+        why the proxy is overloaded (new INVITEs and REGISTERs get 503, :mod:`.access.overload`),
+        None that it is not (any more). The episode's first and last line are in the logs."""
+        out = Out()
+        overload.set_state(self, reason, now, out)
+        return self._effects(out)
 
     def set_policy(self, policy: Policy) -> Effects:
         """A reloaded policy: new calls take it; a call in progress keeps its own."""

@@ -37,6 +37,7 @@ from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import MemoryTrim, raise_nofile
 from proxy.runtime.memory import GcPolicy
+from proxy.runtime.overload import LagTicker, LoadMeter
 from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
 from proxy.runtime.state import StateKeeper, default_node, is_shared
@@ -74,6 +75,8 @@ class Runtime:
     trim: MemoryTrim | None = None
     #: the tracing taps (recent calls, HEP) once started; None when neither is configured
     tap: tracing_taps.Tracer | None = None
+    #: the measure of load behind overload control; set by start()
+    load: LagTicker | None = None
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None) -> None:
@@ -193,6 +196,10 @@ class Runtime:
                                             self._put_policy_in_force)
         self.trim = MemoryTrim(self.loop, lambda: streams.closed_total(self))
         self.trim.start()
+        lim = cfg.limits
+        self.load = LagTicker(self.loop, LoadMeter(lim.overload_lag_ms, lim.max_transactions),
+                              lambda: self.core.active_transactions, self._overload)
+        self.load.start()
         signals.install(self.loop, self.request_stop, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
             self._policy_watch = FileWatcher(
@@ -242,6 +249,8 @@ class Runtime:
         self.sends.close()
         if self.trim is not None:
             self.trim.stop()
+        if self.load is not None:
+            self.load.stop()
         if self.http is not None:
             self.http.close()
             self.http = None
@@ -312,6 +321,11 @@ class Runtime:
             self._internal_error("handling a message from %s:%s", src.host, src.port)
             return
         self._carry_out(fx)
+
+    def _overload(self, reason: str | None, now: float) -> None:
+        """The load meter's verdict changed: new INVITEs and REGISTERs are refused (a
+        reason) or served again (None)."""
+        self._drive(self.core.set_overload, (reason,), now, "setting the overload state")
 
     def keepalive(self, src: Source) -> None:
         self.core.on_keepalive(src, self.loop.time())

@@ -152,8 +152,9 @@ class Limits:
     #: source); over it a connection is closed at accept; 0 = no limit
     tcp_accept_rate: int = 500
     #: overload control (proxy/runtime/overload.py): new INVITEs and REGISTERs get 503 with
-    #: Retry-After while the event loop's smoothed lag passes this (ms; 0 = off) ...
-    overload_lag_ms: int = 20
+    #: Retry-After while a message waits longer than this to be handled (ms, smoothed: the
+    #: UDP receive queue and the event loop's lateness; 0 = off) ...
+    overload_lag_ms: int = 50
     #: ... or while the core holds more transactions than this (0 = no bound)
     max_transactions: int = 300_000
 

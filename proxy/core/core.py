@@ -304,12 +304,13 @@ class ProxyCore:
         self.draining = True
         return self._effects(Out())
 
-    def set_overload(self, reason: str | None, now: float) -> Effects:
+    def set_overload(self, reason: str | None, share: float, now: float) -> Effects:
         """The runtime's measure of load (:mod:`proxy.runtime.overload`): ``reason`` says
-        why the proxy is overloaded (new INVITEs and REGISTERs get 503, :mod:`.access.overload`),
-        None that it is not (any more). The episode's first and last line are in the logs."""
+        why the proxy is overloaded and ``share`` which share of the new INVITEs and REGISTERs
+        get 503 (:mod:`.access.overload`); None: it is not (any more). The episode's first and
+        last line are in the logs."""
         out = Out()
-        overload.set_state(self, reason, now, out)
+        overload.set_state(self, reason, share, now, out)
         return self._effects(out)
 
     def set_policy(self, policy: Policy) -> Effects:

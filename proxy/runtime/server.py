@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from proxy import __version__, build_kind
@@ -37,7 +38,7 @@ from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import MemoryTrim, raise_nofile
 from proxy.runtime.memory import GcPolicy
-from proxy.runtime.overload import LagTicker, LoadMeter
+from proxy.runtime.overload import LagTicker, LoadMeter, UdpBacklog, udp_inodes
 from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
 from proxy.runtime.state import StateKeeper, default_node, is_shared
@@ -77,6 +78,11 @@ class Runtime:
     tap: tracing_taps.Tracer | None = None
     #: the measure of load behind overload control; set by start()
     load: LagTicker | None = None
+    #: seconds the loop spent handling messages and timers so far, and the bytes it read:
+    #: the rate at which it empties a receive queue (overload.py)
+    worked = 0.0
+    read = 0
+    received = 0
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None) -> None:
@@ -197,8 +203,10 @@ class Runtime:
         self.trim = MemoryTrim(self.loop, lambda: streams.closed_total(self))
         self.trim.start()
         lim = cfg.limits
-        self.load = LagTicker(self.loop, LoadMeter(lim.overload_lag_ms, lim.max_transactions),
-                              lambda: self.core.active_transactions, self._overload)
+        self.load = LagTicker(
+            self.loop, LoadMeter(lim.overload_lag_ms, lim.max_transactions),
+            lambda: self.core.active_transactions, lambda: (self.worked, self.read, self.received),
+            UdpBacklog(udp_inodes(ep.transport for ep in self.udp.values())), self._overload)
         self.load.start()
         signals.install(self.loop, self.request_stop, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
@@ -311,6 +319,9 @@ class Runtime:
 
     def deliver(self, data: bytes, src: Source) -> None:
         """One received message: :meth:`_drive` written out (the path every message takes)."""
+        t0 = perf_counter()
+        self.read += len(data)
+        self.received += 1
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             log_lines.message_in(data, src)
         if self.tap is not None:
@@ -319,13 +330,14 @@ class Runtime:
             fx = self.core.on_message(data, src, self.loop.time())
         except Exception:  # noqa: BLE001 - the process must survive any message
             self._internal_error("handling a message from %s:%s", src.host, src.port)
-            return
-        self._carry_out(fx)
+        else:
+            self._carry_out(fx)
+        self.worked += perf_counter() - t0
 
-    def _overload(self, reason: str | None, now: float) -> None:
-        """The load meter's verdict changed: new INVITEs and REGISTERs are refused (a
-        reason) or served again (None)."""
-        self._drive(self.core.set_overload, (reason,), now, "setting the overload state")
+    def _overload(self, reason: str | None, share: float, now: float) -> None:
+        """The load meter's verdict changed: this share of the new INVITEs and REGISTERs is
+        refused (a reason) or all are served again (None)."""
+        self._drive(self.core.set_overload, (reason, share), now, "setting the overload state")
 
     def keepalive(self, src: Source) -> None:
         self.core.on_keepalive(src, self.loop.time())
@@ -490,10 +502,12 @@ class Runtime:
         self._timer = self.loop.call_at(d, self._fire)
 
     def _fire(self) -> None:
+        t0 = perf_counter()
         now = max(self.loop.time(), self._armed_at)
         self._timer = None
         self._armed_at = float("inf")
         self._drive(self.core.on_timer, (), now, "in timers")
+        self.worked += perf_counter() - t0
 
     # -------------------------------------------------------------- policy reload
 

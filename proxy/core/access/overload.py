@@ -12,6 +12,11 @@ from an upstream (or a ``trusted_relays`` host) is served too: the PBX's own cal
 ones the proxy exists to carry. A retransmission of a request already admitted (its server
 transaction is held) is absorbed by it as usual, not refused.
 
+The runtime says which share of those requests to refuse (RFC 7339's loss-based algorithm,
+applied by the proxy itself: the share grows while the load stays over its bound and shrinks
+as it falls, :mod:`proxy.runtime.overload`); the refusals are spread evenly over the requests
+by an accumulator (a share of 0.25 refuses every fourth), no random draw.
+
 The refusal is stateless (RFC 3261 16.11 lets a proxy answer without a transaction; nothing
 retransmits it, nothing is held for Timer J or H): one response per request, counted as
 ``refusals_total{reason="overload"}``. ``Retry-After`` spreads the retries over
@@ -40,33 +45,37 @@ RETRY_AFTER: Final = tuple((f"Retry-After: {n}",) for n in (2, 3, 4, 5))
 
 
 class Overload:
-    """The episode in progress, if any: why, since when, how many requests it refused."""
+    """The episode in progress, if any: why, since when, the share of new INVITEs and
+    REGISTERs to refuse, how many it refused and admitted."""
 
-    __slots__ = ("episodes", "reason", "refused", "since")
+    __slots__ = ("admitted", "credit", "episodes", "reason", "refused", "share", "since")
 
     def __init__(self) -> None:
         self.reason: str | None = None
         self.since = 0.0
+        self.share = 0.0  # of the new INVITEs and REGISTERs refused, 0 < share <= 1
+        self.credit = 0.0  # the accumulator spreading the refusals
         self.refused = 0
+        self.admitted = 0
         self.episodes = 0
 
 
-def set_state(core: ProxyCore, reason: str | None, now: float, out: Out) -> None:
-    """Start (``reason``: what the runtime measured) or end (None) an overload episode; one
-    log line at each edge."""
+def set_state(core: ProxyCore, reason: str | None, share: float, now: float, out: Out) -> None:
+    """Start or go on with (``reason``: what the runtime measured; ``share``: of the new
+    INVITEs and REGISTERs to refuse) or end (None) an overload episode; one log line at each
+    edge."""
     ov = core.overload
     if reason is not None and ov.reason is None:
-        ov.reason, ov.since, ov.refused = reason, now, 0
+        ov.since, ov.refused, ov.admitted, ov.credit = now, 0, 0, 0.0
         ov.episodes += 1
         out.line(WARNING, "overload: %s; new INVITEs and REGISTERs get 503 with Retry-After "
-                 "until it passes", reason)
+                 "(as many as needed) until it passes", reason)
     elif reason is None and ov.reason is not None:
-        out.line(INFO, "overload over after %.1f s: %d new INVITEs and REGISTERs refused (%s)",
-                 now - ov.since, ov.refused, ov.reason)
-        ov.reason = None
-    elif reason is not None:
-        ov.reason = reason  # still overloaded, for another (or the same) measure
-    core.shedding = ov.reason is not None
+        out.line(INFO, "overload over after %.1f s: %d new INVITEs and REGISTERs refused, %d "
+                 "admitted (%s)", now - ov.since, ov.refused, ov.admitted, ov.reason)
+    ov.reason = reason
+    ov.share = min(max(share, 0.0), 1.0) if reason is not None else 0.0
+    core.shedding = reason is not None
 
 
 def shed(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> bool:
@@ -77,6 +86,11 @@ def shed(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) ->
     if core.table.find_server(msg, msg.method) is not None:
         return False  # a retransmission of a request admitted: its transaction absorbs it
     ov = core.overload
+    ov.credit += ov.share
+    if ov.credit < 1.0:
+        ov.admitted += 1
+        return False
+    ov.credit -= 1.0
     ov.refused += 1
     core.refusals.counts["overload"] += 1
     out.send(txns.reject(core, msg, src, 503, reason="Service Unavailable",

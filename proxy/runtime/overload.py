@@ -23,7 +23,9 @@ overloaded and refuses a share of the new INVITEs and REGISTERs (RFC 7339's loss
 control, applied by the proxy to itself): the share grows by :data:`UP` each tick the load is
 over a bound and not falling (a queue that drains needs no more refusals) and shrinks by :data:`DOWN` each tick it is clear of every bound by its margin
 (the wait under half its bound, the transactions under 90 % of theirs); in between it stays.
-So the proxy settles where it admits what it can carry with a short queue. The episode ends
+So the proxy settles where it admits what it can carry with a short queue. The first
+:data:`WARMUP` seconds after the start are not measured (the first calls run through cold
+code paths and caches). The episode ends
 when the share is back to 0, at least :data:`HOLD` seconds after it started (an episode is
 one pair of log lines, not a flapping stream).
 
@@ -46,8 +48,10 @@ TICK = 0.02
 ALPHA = 0.2
 #: seconds an episode lasts at least
 HOLD = 1.0
+#: seconds after the start that are not measured (first calls through cold code paths)
+WARMUP = 2.0
 #: the share of new INVITEs and REGISTERs refused grows by this a tick over a bound ...
-UP = 0.05
+UP = 0.02
 #: ... and shrinks by this a tick clear of every bound
 DOWN = 0.02
 #: a change of the share this large is told to the core
@@ -189,13 +193,14 @@ class LagTicker:
         self.size = 0.0  # bytes per message (smoothed)
         self._due = 0.0
         self._last = (0.0, 0, 0)  # work() at the last tick
-        self._first = True  # the first tick waits for the rest of the start-up: not a sample
+        self._from = 0.0  # ticks before this time are not samples (WARMUP)
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         if self.meter.on:
             self._last = self.work()
             self._due = self.loop.time() + self.tick
+            self._from = self._due + WARMUP
             self._handle = self.loop.call_at(self._due, self._fire)
 
     def wait(self, late: float) -> float:
@@ -216,9 +221,7 @@ class LagTicker:
         now = self.loop.time()
         wait = self.wait(now - self._due)
         meter = self.meter
-        if self._first:
-            self._first = False
-        elif meter.sample(wait, self.transactions(), now):
+        if now >= self._from and meter.sample(wait, self.transactions(), now):
             self.changed(meter.reason, meter.share, now)
         self._due = now + self.tick
         self._handle = self.loop.call_at(self._due, self._fire)

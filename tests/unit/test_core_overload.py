@@ -157,7 +157,7 @@ def test_the_meter_enters_on_a_sustained_wait_not_on_one_late_tick() -> None:
     t, ch = ticks(m, 0.120, 3, t)  # messages wait 120 ms, tick after tick
     assert len(ch) == 1 and ch[0][0] is not None and "wait" in ch[0][0]
     assert ch[0][1] == UP  # a small share first
-    t, ch = ticks(m, 0.120, 20, t)  # not draining: the share grows, reported by STEP
+    t, ch = ticks(m, 0.120, 60, t)  # not draining: the share grows, reported by STEP
     assert m.share == 1.0 and all(r is not None for r, _ in ch) and len(ch) >= 10
     # the queue drains: the share stays (between the margins), then shrinks to 0, over
     t, ch = ticks(m, 0.040, 20, t)

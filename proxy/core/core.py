@@ -15,11 +15,11 @@ response context (16.7, :mod:`.responses`, its state machine in :mod:`.context`)
 from __future__ import annotations
 
 import hashlib
-import logging
 import secrets
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from traceback import format_exc
 
 from proxy.core import shared, txns
 from proxy.core.access import limits, validate
@@ -31,7 +31,7 @@ from proxy.core.access.sources import (
 )
 from proxy.core.access.trust import Trust
 from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
-from proxy.core.effects import Effects, Out
+from proxy.core.effects import ERROR, INFO, Effects, LogLine, Out
 from proxy.core.observe.metrics import Metrics
 from proxy.core.outbound import flows as outbound
 from proxy.core.outbound.flowtoken import FlowTokens
@@ -51,9 +51,6 @@ from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.sip.transport import MESSAGE_TRANSPORTS
 from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
 from proxy.transaction import TimerConfig, TimerQueue
-
-log = logging.getLogger("proxy.core")
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +95,10 @@ class ProxyCore:
     ) -> None:
         if not local:
             raise ValueError("the core needs at least one local address")
+        #: the lines for the log since the last entry point returned (:meth:`note`)
+        self._lines: list[LogLine] = []
+        #: debug lines are wanted (:meth:`set_debug`): the core never asks ``logging``
+        self.debug = False
         self.settings = settings
         self.policy = policy
         self.location = location
@@ -157,7 +158,10 @@ class ProxyCore:
         except ParseError as exc:
             self.metrics.bad["unparsable"] += 1
             answer = validate.bad_message(self, data, src, exc)
-            return Effects([] if answer is None else [answer])
+            out = Out()
+            if answer is not None:
+                out.send(answer)
+            return self._effects(out)
         out = Out()
         try:
             if msg.is_request:
@@ -171,11 +175,11 @@ class ProxyCore:
             self.metrics.bad["malformed_header"] += 1
             if msg.is_request and msg.method != "ACK":
                 self.stats["requests_rejected"] += 1
-                log.info("bad request from %s:%s: %s", src.host, src.port, exc.message)
+                self.note(INFO, "bad request from %s:%s: %s", src.host, src.port, exc.message)
                 out.send(txns.reject(self, msg, src, exc.status, reason=exc.message))
             else:
                 self.stats["responses_dropped"] += 1
-                log.info("dropped bad %s from %s:%s: %s",
+                self.note(INFO, "dropped bad %s from %s:%s: %s",
                          "ACK" if msg.is_request else "response", src.host, src.port, exc.message)
         return self._effects(out)
 
@@ -253,11 +257,25 @@ class ProxyCore:
         journal = self.location.journal
         if journal:
             fx.bindings = tuple(self.location.take_changes())
+        lines = self._lines
+        if lines:
+            fx.logs += tuple(lines)
+            lines.clear()
         return fx
+
+    def note(self, level: int, message: str, *args: object) -> None:
+        """A line for the log (``proxy.core``), handed out in the Effects of this call
+        (:class:`~proxy.core.effects.LogLine`): the core itself never writes a log."""
+        self._lines.append(LogLine(level, message, args))
 
     # ------------------------------------------------------------------ control inputs
     # The runtime's other inputs: it never assigns a field of the core (tests/unit/
     # test_architecture.py), it calls one of these and carries out the Effects.
+
+    def set_debug(self, on: bool) -> Effects:
+        """Whether the runtime's log takes debug lines (the per-decision ones)."""
+        self.debug = on
+        return self._effects(Out())
 
     def drain(self, now: float) -> Effects:
         """Stop taking new transactions (SIGTERM): new requests outside a dialog get 503."""
@@ -404,7 +422,8 @@ class ProxyCore:
         except ParseError:
             raise  # a header the router needed was malformed: 400 (on_message), stateless
         except Exception:
-            log.exception("internal error routing %s %s", msg.method, msg.request_uri)
+            self.note(ERROR, "internal error routing %s %s\n%s", msg.method, msg.request_uri,
+                      format_exc())
             self.stats["internal_errors"] += 1
             out.send(txns.reject(self, msg, src, 500))
             return
@@ -426,7 +445,8 @@ class ProxyCore:
                 txns.respond(self, entry, msg, exc.status, now, out, reason=exc.message[:80])
         except Exception:
             # Never leave a server transaction without an answer (it would leak): 500.
-            log.exception("internal error routing %s %s", msg.method, msg.request_uri)
+            self.note(ERROR, "internal error routing %s %s\n%s", msg.method, msg.request_uri,
+                      format_exc())
             self.stats["internal_errors"] += 1
             if entry.ctx is None or not entry.ctx.final_sent:
                 txns.respond(self, entry, msg, 500, now, out)

@@ -11,17 +11,15 @@ signed like every branch the proxy generates; a response to it never reaches the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from proxy.core.effects import Out
+from proxy.core.effects import WARNING, Out
 from proxy.core.types import Send, Target
 
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 
 def upstream_name(t: Target) -> str:
@@ -78,14 +76,14 @@ class Prober:
         self.deadline = d
         core.queue.schedule(self)
 
-    def _mark(self, t: Target, alive: bool, why: str) -> None:
+    def _mark(self, core: ProxyCore, t: Target, alive: bool, why: str) -> None:
         if self.up.get(t) is alive:
             return
         self.up[t] = alive
         if alive:
-            log.warning("upstream %s is up (%s)", upstream_name(t), why)
+            core.note(WARNING, "upstream %s is up (%s)", upstream_name(t), why)
         else:
-            log.warning("upstream %s is down (%s)", upstream_name(t), why)
+            core.note(WARNING, "upstream %s is down (%s)", upstream_name(t), why)
 
     # ---------------------------------------------------------------- entry points
 
@@ -100,7 +98,7 @@ class Prober:
         for bid, p in list(self.pending.items()):
             if now >= p.expires:
                 del self.pending[bid]
-                self._mark(p.upstream, False, f"no answer to OPTIONS within {self.timeout:g} s")
+                self._mark(core, p.upstream, False, f"no answer to OPTIONS within {self.timeout:g} s")
             elif p.resend is not None and now >= p.resend:
                 p.gap = min(2 * p.gap, core.timers.t2)
                 p.resend = now + p.gap
@@ -119,14 +117,14 @@ class Prober:
         p = self.pending.pop(branch, None)
         if p is None:
             return False
-        self._mark(p.upstream, True, f"answered OPTIONS with {status}")
+        self._mark(core, p.upstream, True, f"answered OPTIONS with {status}")
         self._reschedule(core)
         return True
 
     def on_send_failure(self, core: ProxyCore, p: Probe) -> None:
         if self.pending.pop(p.branch, None) is None:
             return
-        self._mark(p.upstream, False, "transport error sending OPTIONS")
+        self._mark(core, p.upstream, False, "transport error sending OPTIONS")
         self._reschedule(core)
 
     # ---------------------------------------------------------------- the request

@@ -20,7 +20,6 @@ Whether a binding is reached over its flow or at its Contact is one rule for eve
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,6 @@ from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 #: the connection id of a stream flow that died with the process that held it: an outbound
 #: binding with it is a dead flow (RFC 5626 5.3, 430 handling)

@@ -8,7 +8,6 @@ table of RFC 3261 timer values): the transaction timers and Timer C (16.8).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -29,7 +28,6 @@ from proxy.transaction import (
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 #: server transaction states before a final response (compared by identity: an Enum's
 #: ``.name`` is a Python-level property, a cost on every response)
@@ -130,7 +128,7 @@ def refuse(
     if entry is not None:
         drop_server(core, entry)
     if core.refusals.note(reason, src.host, now):
-        log.warning("refused %s %s from %s:%s (%s): %s %s; counted, logged once a minute "
+        core.note(WARNING, "refused %s %s from %s:%s (%s): %s %s; counted, logged once a minute "
                     "per source", msg.method, msg.request_uri, src.host, src.port, reason,
                     status, detail)
     out.send(reject(core, msg, src, status, reason=phrase, headers=headers))

@@ -136,6 +136,7 @@ class Runtime:
         )
         self.location = MemoryLocation()  # the view the hot path reads; StateKeeper persists it
         self.core = ProxyCore(settings, policy, local, self.location)
+        self.core.set_debug(logging.getLogger("proxy.core").isEnabledFor(logging.DEBUG))
         self.refresher = self._name_upstreams(plan)
         self.tls_names = streams.tls_names(self)
         try:

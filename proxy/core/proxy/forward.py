@@ -8,14 +8,13 @@ one without state (CONTRACT access).
 from __future__ import annotations
 
 import hashlib
-import logging
 import zlib
 from typing import TYPE_CHECKING
 
 from proxy.core import txns
 from proxy.core.access.trust import via_dest
 from proxy.core.context import Branch, Response, ResponseContext
-from proxy.core.effects import Out
+from proxy.core.effects import INFO, WARNING, Out
 from proxy.core.proxy import routing
 from proxy.core.types import Dest, LocalAddress, Send, Source, Target
 from proxy.sip import SipMessage, rewrite
@@ -24,7 +23,6 @@ from proxy.transaction import InviteClientTransaction, NonInviteClientTransactio
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 #: Requests that may create a dialog, so that the proxy record-routes them (RFC 3261 16.6 step 4).
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
@@ -61,7 +59,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
     if target.transport != "tls" and needs_tls(ctx.live_request.request_uri, target):
         # RFC 3261 26.2.2, RFC 5630 3.1.3: a SIPS request goes over TLS on every hop; no
         # downgrade to UDP or TCP, whatever the target set says.
-        log.info("%s %s: no TLS path to %s:%s/%s for a sips: URI: 480", ctx.method,
+        core.note(INFO, "%s %s: no TLS path to %s:%s/%s for a sips: URI: 480", ctx.method,
                  target.request_uri or ctx.live_request.request_uri, target.host, target.port,
                  target.transport)
         core.stats["sips_without_tls"] += 1
@@ -80,7 +78,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
             data = branch_bytes(core, ctx, target, bid)
             core.stats["udp_to_tcp"] += 1
         elif len(data) > MAX_DATAGRAM:
-            log.warning("%s of %d bytes for %s:%s does not fit a UDP datagram and the next "
+            core.note(WARNING, "%s of %d bytes for %s:%s does not fit a UDP datagram and the next "
                         "hop cannot be reached over TCP: 513", ctx.method, len(data),
                         target.host, target.port)
             core.stats["too_large"] += 1
@@ -233,7 +231,7 @@ def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.Rout
             core.stats["rate_limited"] += 1
             core.refusals.note("rate", src.host, now)
         elif core.refusals.note("relay", src.host, now):
-            log.warning("dropped ACK %s from %s:%s: not of a dialog through this proxy",
+            core.note(WARNING, "dropped ACK %s from %s:%s: not of a dialog through this proxy",
                         msg.request_uri, src.host, src.port)
         return None
     core.dialogs.on_request(msg, now)
@@ -241,7 +239,7 @@ def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.Rout
     if isinstance(decision, routing.Forward) and decision.groups and decision.groups[0]:
         return decision.groups[0][0]
     if isinstance(decision, routing.Refuse) and core.refusals.note(decision.why, src.host, now):
-        log.warning("dropped ACK %s from %s:%s (%s): %s", msg.request_uri, src.host, src.port,
+        core.note(WARNING, "dropped ACK %s from %s:%s (%s): %s", msg.request_uri, src.host, src.port,
                     decision.why, decision.detail)
     return None
 

@@ -12,7 +12,6 @@ forwarded statelessly when it is ours (16.11) and dropped otherwise (18.1.2).
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ from proxy.core.context import (
     ContextEvent,
     Response,
 )
-from proxy.core.effects import Out
+from proxy.core.effects import DEBUG, WARNING, Out
 from proxy.core.observe.metrics import rule_name
 from proxy.core.outbound import retry
 from proxy.core.proxy import cancel, final, forward, redirects
@@ -37,7 +36,6 @@ from proxy.transaction import Retransmit, SendAck, Terminated, Timeout
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 
 class Outcome(enum.Enum):
@@ -224,8 +222,8 @@ def branch_final(
     ctx.responses.append(Response(status, msg, decision))
     action = decision.action
     core.metrics.decisions[(rule_name(decision.rule), action.value)] += 1
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("decision Call-ID %s: %s from %s:%s -> %s", ctx.live_request.call_id,
+    if core.debug:
+        core.note(DEBUG, "decision Call-ID %s: %s from %s:%s -> %s", ctx.live_request.call_id,
                   status, br.target.host, br.target.port, decision.describe())
     if ctx.cancelled:
         pass
@@ -288,7 +286,7 @@ def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float
         core.metrics.bad[why + "_response"] += 1
         core.stats["responses_dropped"] += 1
         if core.refusals.note(why + "_response", src.host, now):
-            log.warning("dropped %s %s from %s:%s: its top Via names this proxy with a branch "
+            core.note(WARNING, "dropped %s %s from %s:%s: its top Via names this proxy with a branch "
                         "%s; counted, logged once a minute per source", msg.status, method,
                         src.host, src.port,
                         "that is not of a transaction of this method toward its second Via"

@@ -8,11 +8,11 @@ registrar. It sends nothing.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from proxy.core import shared
 from proxy.core.access.trust import DIALOG_PARAM, branch_lifetime, via_dest
+from proxy.core.effects import INFO
 from proxy.core.outbound import flows as outbound
 from proxy.core.outbound import reach
 from proxy.core.proxy.learned import learned_uri
@@ -30,7 +30,6 @@ from proxy.sip import (
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, SUBSCRIBE, NOTIFY, REFER"
 
@@ -393,7 +392,7 @@ def binding_groups(core: ProxyCore, bindings: list[Binding], now: float) -> list
     plain: list[Binding] = []
     for b in bindings:
         if b.reg_id is not None and not outbound.flow_alive(core, b, now):
-            log.info("flow %s of %s silent for over %d s: binding removed", b.key, b.aor,
+            core.note(INFO, "flow %s of %s silent for over %d s: binding removed", b.key, b.aor,
                      2 * outbound.FLOW_TIMER + 10)
             core.location.remove(b.aor, b.key)
             continue

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from traceback import format_exc
 
@@ -46,6 +46,7 @@ from proxy.core.registrar.location import LocationStore
 from proxy.core.shared import Cluster
 from proxy.core.table import TransactionTable
 from proxy.core.types import LocalAddress, Source, Target
+from proxy.core.view import CoreView
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.sip.transport import MESSAGE_TRANSPORTS
@@ -100,10 +101,10 @@ class ProxyCore:
         #: debug lines are wanted (:meth:`set_debug`): the core never asks ``logging``
         self.debug = False
         self.settings = settings
-        self.policy = policy
+        self._policy = policy
         self.location = location
         self.timers = settings.timers
-        self.draining = False
+        self._draining = False
         self.metrics = Metrics()  # read by the runtime's collector at scrape time
         self.stats: Counter[str] = self.metrics.events  # one set of counters (observe)
         self.local = tuple(local)
@@ -112,7 +113,7 @@ class ProxyCore:
             host, _, port = a.advertised.rpartition(":")
             self.ours.add((host.strip("[]").lower(), int(port)))
         self.adv = tuple({a.advertised for a in local})
-        self.upstream_addrs = {(t.host, t.port) for t in settings.upstreams}
+        self._upstream_addrs = {(t.host, t.port) for t in settings.upstreams}
         self.has_tcp = any(a.transport == "tcp" for a in local)
         self.refusals = Refusals()
         self.limiter = RateLimiter(settings.per_source_rps)
@@ -124,9 +125,9 @@ class ProxyCore:
         self.n = 0  # counter of the branches and tags this proxy generates
         self.guard = settings.guard
         #: learned Request-URI rewrites: old URI -> (new URI, expiry on the core's clock)
-        self.learned: dict[str, tuple[str, float]] = {}
+        self._learned: dict[str, tuple[str, float]] = {}
         #: wall clock minus the core's clock, for the times a learned route is stored with
-        self.wall_offset = 0.0
+        self._wall_offset = 0.0
         secret = settings.secret or secrets.token_bytes(32)
         #: flow tokens (RFC 5626 5.2) with a boot id of this start (:mod:`.flowtoken`)
         self.tokens = FlowTokens(secret)
@@ -139,9 +140,11 @@ class ProxyCore:
         self.udp_flows: dict[tuple[str, int], float] = {}
         self.expiry = expiry.Expiry()
         #: this proxy among several sharing one state (:mod:`.shared`), set by the runtime
-        self.cluster = Cluster()
+        self._cluster = Cluster()
         self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
-        self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
+        self.dialogs = Dialogs(settings.timers.timer_c)
+        #: what the runtime and the HTTP side read (they change the core only by its methods)
+        self.view = CoreView(self)  # calls up, for metrics and the drain
 
     # ------------------------------------------------------------------ entry points
 
@@ -279,34 +282,34 @@ class ProxyCore:
 
     def drain(self, now: float) -> Effects:
         """Stop taking new transactions (SIGTERM): new requests outside a dialog get 503."""
-        self.draining = True
+        self._draining = True
         return self._effects(Out())
 
     def set_policy(self, policy: Policy) -> Effects:
         """A reloaded policy: new calls take it; a call in progress keeps its own."""
-        self.policy = policy
+        self._policy = policy
         return self._effects(Out())
 
-    def set_upstream_addresses(self, addrs: set[tuple[str, int]]) -> Effects:
+    def set_upstream_addresses(self, addrs: Set[tuple[str, int]]) -> Effects:
         """The (host, port) pairs requests from which are an upstream's (the configured
         upstreams and what their names resolve to, RFC 3263)."""
-        self.upstream_addrs = set(addrs)
+        self._upstream_addrs = set(addrs)
         return self._effects(Out())
 
     def join_cluster(self, node: str, is_shared: bool) -> Effects:
         """This proxy's name among the nodes of a state store, and whether they share it."""
-        self.cluster.node = node
-        self.cluster.shared = is_shared
+        self._cluster.node = node
+        self._cluster.shared = is_shared
         return self._effects(Out())
 
     def set_peers(self, announced: dict[str, list[str]]) -> Effects:
         """The other nodes' announced SIP addresses (:func:`.shared.parse_peers`)."""
-        self.cluster.peers = shared.parse_peers(announced)
+        self._cluster.peers = shared.parse_peers(announced)
         return self._effects(Out())
 
     def set_wall_offset(self, offset: float) -> Effects:
         """Wall clock minus the core's clock (learned routes are stored in wall time)."""
-        self.wall_offset = offset
+        self._wall_offset = offset
         return self._effects(Out())
 
     def record_bindings(self, on: bool) -> Effects:
@@ -344,7 +347,7 @@ class ProxyCore:
 
     def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> None:
         """Replace the learned-route cache (start-up, or the store changed underneath)."""
-        self.learned = learned.learned_view(routes, now, self.wall_offset)
+        self._learned = learned.learned_view(routes, now, self._wall_offset)
 
     def next_deadline(self) -> float | None:
         return self.queue.next_deadline()
@@ -413,7 +416,7 @@ class ProxyCore:
             txns.refuse(self, None, msg, src, "loop", 482, "Loop Detected", now, out,
                         "a Via of this proxy with this request's loop hash")
             return
-        if self.draining and msg.to_tag is None:
+        if self._draining and msg.to_tag is None:
             txns.refuse(self, None, msg, src, "draining", 503, "Service Unavailable", now, out,
                         "stopping: no new transactions", headers=("Retry-After: 5",))
             return
@@ -466,7 +469,7 @@ class ProxyCore:
             return
         assert isinstance(decision, routing.Forward)
         ctx = ResponseContext(
-            entry, msg, src, self.policy, decision.groups, from_location=decision.from_location,
+            entry, msg, src, self._policy, decision.groups, from_location=decision.from_location,
             serial=decision.serial, loop_hash=loop_hash,
         )
         ctx.edits = prep.edits

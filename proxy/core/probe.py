@@ -104,7 +104,7 @@ class Prober:
                 p.resend = now + p.gap
                 t = p.upstream
                 out.send(Send(t.transport, t.host, t.port, p.data, None, p))
-        if self.next_round is not None and now >= self.next_round and not core.draining:
+        if self.next_round is not None and now >= self.next_round and not core._draining:
             busy = {p.upstream for p in self.pending.values()}
             for t in self.upstreams:
                 if t not in busy:

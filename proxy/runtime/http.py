@@ -209,23 +209,23 @@ def status_of(rt: Any) -> dict[str, Any]:
     core = rt.core
     return {
         "upstreams": [{"upstream": upstream_name(t), "up": bool(alive)}
-                      for t, alive in core.prober.up.items()],
-        "probing": core.prober.enabled,
-        "registrations": core.location.count(),
-        "learned_routes": len(core.learned),
-        "transactions": core.active_transactions,
-        "dialogs": len(core.dialogs),
-        "policy_version": str(core.policy.version),
-        "policy": str(core.policy.path or "builtin"),
+                      for t, alive in core.view.upstream_up.items()],
+        "probing": core.view.probing,
+        "registrations": core.view.registrations,
+        "learned_routes": len(core.view.learned),
+        "transactions": core.view.active_transactions,
+        "dialogs": core.view.calls,
+        "policy_version": str(core.view.policy.version),
+        "policy": str(core.view.policy.path or "builtin"),
         "uptime_seconds": round(time.time() - rt.started, 3),
-        "draining": core.draining,
+        "draining": core.view.draining,
         "store_ok": bool(rt.store_ok),
     }
 
 
 def ready_of(rt: Any) -> Answer:
     """200 when listening and the state store answers; 503 while draining or without store."""
-    if rt.core.draining:
+    if rt.core.view.draining:
         return text(503, "draining")
     if not rt.listening:
         return text(503, "starting")

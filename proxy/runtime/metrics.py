@@ -57,8 +57,8 @@ class CoreCollector:
         return []  # the families are only known at scrape time (auto_describe is off)
 
     def collect(self) -> Iterator[Metric]:
-        core = self.core
-        m = core.metrics
+        view = self.core.view
+        m = view.metrics
         yield _labelled(CounterMetricFamily, "requests", "Requests received, by method",
                         ["method"], m.requests.items())
         yield _labelled(CounterMetricFamily, "responses",
@@ -78,7 +78,7 @@ class CoreCollector:
                                   value=m.flow_retries)
         yield _labelled(CounterMetricFamily, "bad_messages", "Messages refused as malformed",
                         ["reason"], m.bad.items())
-        counts = core.refusals.counts
+        counts = view.refusal_counts
         reasons = (*REFUSAL_REASONS, *(k for k in counts if k not in REFUSAL_REASONS))
         yield _labelled(CounterMetricFamily, "refusals",
                         "Requests refused (and responses dropped) by the access rules, by reason",
@@ -86,22 +86,22 @@ class CoreCollector:
         yield _labelled(CounterMetricFamily, "policy_reloads", "Policy reloads by result",
                         ["result"], ((k, self.reloads[k]) for k in ("ok", "refused")))
         yield GaugeMetricFamily(PREFIX + "learned_routes", "Learned Request-URI rewrites",
-                                value=len(core.learned))
+                                value=len(view.learned))
         yield GaugeMetricFamily(PREFIX + "registrations", "Registered bindings",
-                                value=core.location.count())
+                                value=view.registrations)
         yield GaugeMetricFamily(PREFIX + "transactions", "SIP transactions in progress",
-                                value=core.active_transactions)
+                                value=view.active_transactions)
         yield GaugeMetricFamily(PREFIX + "dialogs", "Calls up (dialogs through the proxy)",
-                                value=len(core.dialogs))
+                                value=view.calls)
         up = GaugeMetricFamily(PREFIX + "upstream_up", "Upstream answers OPTIONS (1) or not (0)",
                                labels=["upstream"])
-        for t, alive in core.prober.up.items():
+        for t, alive in view.upstream_up.items():
             up.add_metric([upstream_name(t)], 1 if alive else 0)
         yield up
         yield _histogram(m.buckets, m.final_sum)
         info = GaugeMetricFamily(PREFIX + "policy_info", "The policy in force",
                                  labels=["version"])
-        info.add_metric([str(core.policy.version)], 1)
+        info.add_metric([str(view.policy.version)], 1)
         yield info
         yield GaugeMetricFamily(PREFIX + "start_time_seconds", "Start time (Unix seconds)",
                                 value=self.started)

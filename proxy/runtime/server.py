@@ -187,7 +187,7 @@ class Runtime:
                 self.tls = self.tls or streams.tls_manager(self)
                 await self.tls.listen(li.host, li.port)
             log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
-        self.policy_reload = PolicyReloader(cfg.policy_path, self.core.policy, self.reloads,
+        self.policy_reload = PolicyReloader(cfg.policy_path, self.core.view.policy, self.reloads,
                                             self._put_policy_in_force)
         self.trim = MemoryTrim(self.loop, lambda: streams.closed_total(self))
         self.trim.start()
@@ -203,7 +203,7 @@ class Runtime:
         self.listening = True
         self.refresher.start()
         self._drive(self.core.start_probes, (), self.loop.time(), "probing the upstreams")
-        p = self.core.policy
+        p = self.core.view.policy
         log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
                 len(p.rules))
         log.log(_NOTICE, "sip-policy-proxy %s, %s", __version__, build_kind())
@@ -213,7 +213,7 @@ class Runtime:
         if signals.second_stop(self._stopping):
             return
         log.info("stopping: no new transactions, draining %d transactions and %d calls",
-                 self.core.unanswered, len(self.core.dialogs))
+                 self.core.view.unanswered, self.core.view.calls)
         self._carry_out(self.core.drain(self.loop.time()))
         self._stopping.set()
 
@@ -222,7 +222,7 @@ class Runtime:
         deadline = self.loop.time() + self.config.drain_timeout
         while self._busy() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)  # polling the drain is bounded by drain_timeout
-        left, calls = self.core.unanswered, len(self.core.dialogs)
+        left, calls = self.core.view.unanswered, self.core.view.calls
         if left or calls:
             log.warning("drain timeout: %d transactions and %d calls abandoned", left, calls)
         self.close()
@@ -233,7 +233,7 @@ class Runtime:
 
     def _busy(self) -> bool:
         """A drain waits for unanswered transactions and for calls up (dialogs)."""
-        return bool(self.core.unanswered or len(self.core.dialogs))
+        return bool(self.core.view.unanswered or self.core.view.calls)
 
     def close(self) -> None:
         self.refresher.stop()
@@ -345,7 +345,7 @@ class Runtime:
             elif gen != self._generation:
                 await self._load_routes()
                 log.info("learned routes reloaded from the store: %d (generation %d)",
-                         len(self.core.learned), self._generation)
+                         len(self.core.view.learned), self._generation)
         except StoreError as exc:
             log.error("state store: %s", exc)
 
@@ -436,13 +436,13 @@ class Runtime:
         relay"); their names are resolved again as their answers expire."""
         for n in plan.named:
             self.sends.upstream(n.hop)
-        self._carry_out(self.core.set_upstream_addresses(self.core.upstream_addrs | plan.addresses))
+        self._carry_out(self.core.set_upstream_addresses(self.core.view.upstream_addrs | plan.addresses))
         return named_upstreams.Refresher(self.resolver, plan.named, self._upstream_answer,
                                          plan.found)
 
     def _upstream_answer(self, named: named_upstreams.Named, answer: Targets) -> None:
         """A named upstream resolved again: its addresses are an upstream's from now on."""
-        addrs = {(t.host, t.port) for t in self.core.settings.upstreams}
+        addrs = {(t.host, t.port) for t in self.core.view.settings.upstreams}
         for found in self.refresher.current.values():
             addrs.update((r.host, r.port) for r in found.targets)
         self._carry_out(self.core.set_upstream_addresses(addrs))
@@ -496,7 +496,7 @@ async def _main(config: Config, policy: Policy) -> int:
         return 1
     # Frozen only now, so that what start() built (listeners, a Redis client and its pool,
     # imported lazily) is never scanned again either; no automatic full passes (memory.py).
-    collector = GcPolicy(rt.loop, load=lambda: rt.core.active_transactions)
+    collector = GcPolicy(rt.loop, load=lambda: rt.core.view.active_transactions)
     collector.start()
     try:
         await rt.serve()

@@ -153,7 +153,7 @@ def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src:
     if target.via_flow:
         out_tok = core.tokens.token(target.transport, out_local.host, out_local.port,
                                     target.host, target.port, target.conn_id,
-                                    core.cluster.token_node)
+                                    core._cluster.token_node)
         if not trusted_caller:
             in_tok = token_for(core, src, in_local)
     else:
@@ -161,7 +161,7 @@ def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src:
         if target.aor is not None and not trusted_caller:
             out_tok = core.tokens.token(target.transport, out_local.host, out_local.port,
                                         target.host, target.port, target.conn_id,
-                                        core.cluster.token_node)
+                                        core._cluster.token_node)
     call_id, tag = msg.call_id, msg.from_tag or ""
     mark = core.trust.mint_mark
     if in_local == out_local and not (in_tok and out_tok):
@@ -179,7 +179,7 @@ def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src:
 def token_for(core: ProxyCore, src: Source, local: LocalAddress) -> str:
     """The flow token (RFC 5626 5.2) of the flow ``src`` reached ``local`` over."""
     return core.tokens.token(src.transport, local.host, local.port, src.host, src.port,
-                             src.conn_id, core.cluster.token_node)
+                             src.conn_id, core._cluster.token_node)
 
 
 def tp(local: LocalAddress) -> str:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def learned_uri(core: ProxyCore, ruri: str, now: float) -> str | None:
     """The Request-URI after learned rewrites, chains followed at most 8 hops."""
-    learned = core.learned
+    learned = core._learned
     seen = {ruri}
     current = ruri
     for _ in range(8):

@@ -71,10 +71,10 @@ def redirect(
         # a forked user, or one link of a chain (A->B, then B->C), not the whole user.
         old = br.target.request_uri or ctx.live_request.request_uri
         new = str(chosen[0][1])
-        wall = now + core.wall_offset
+        wall = now + core._wall_offset
         route = LearnedRoute(old, new, f"{src.host}:{src.port}", ctx.live_request.call_id,
                              status, wall, wall + ttl)
-        core.learned[old] = (new, now + ttl)
+        core._learned[old] = (new, now + ttl)
         out.write(StoreWrite(route, ctx))
         core.metrics.redirects["learned"] += 1
         ctx.fire(ContextEvent.STORE_WRITE)  # acted on once the write is durable

@@ -253,7 +253,7 @@ def may_relay(core: ProxyCore, target: Target, uri: SipUri | AbsoluteUri) -> boo
     trusted relay (CONTRACT "TLS and access"), or a host a redirect may lead a call to
     (``redirects.allow_targets``, by default the upstreams' hosts and ``domains``: a dialog
     set up through a followed 3xx has its peer there, RFC 3261 16.5)."""
-    if (target.host, target.port) in core.upstream_addrs:
+    if (target.host, target.port) in core._upstream_addrs:
         return True
     if target.host in core.settings.trusted_relays:
         return True
@@ -277,7 +277,7 @@ def peer_source(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> bo
     if sent_by in core.ours:
         return False
     if sent_by[0] != src.host and not any(
-            host == src.host for entries in core.cluster.peers.values()
+            host == src.host for entries in core._cluster.peers.values()
             for _, host, _ in entries):
         return False
     method = msg.method
@@ -290,7 +290,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,
     """Routing order steps 3 to 5: learned rewrites, registered bindings, the Request-URI of a
     trusted source, the upstreams."""
     uri = msg.uri
-    learned = learned_uri(core, msg.request_uri, now) if core.learned else None
+    learned = learned_uri(core, msg.request_uri, now) if core._learned else None
     if learned is not None:
         # A permanent rewrite learned from a 301 replaces the Request-URI (CONTRACT).
         uri = parse_uri(learned)
@@ -338,7 +338,7 @@ def flow_target(core: ProxyCore, token: str, src: Source) -> Target | int | None
     flow = core.tokens.decode(token)
     if flow is None:
         return 403
-    if flow.node is not None and flow.node != core.cluster.node:
+    if flow.node is not None and flow.node != core._cluster.node:
         # Minted by another proxy of the shared state: that node holds the flow (RFC 5626 5).
         relay = shared.to_node(core, token, flow)
         return 430 if relay is None else relay
@@ -375,7 +375,7 @@ def is_local_uri(core: ProxyCore, uri: SipUri | AbsoluteUri) -> bool:
 def trusted_source(core: ProxyCore, src: Source) -> bool:
     """CONTRACT access: an upstream (by the packet's source address and port, or the
     connection the proxy opened to it) or a ``trusted_relays`` host; never by Via."""
-    return ((src.host, src.port) in core.upstream_addrs
+    return ((src.host, src.port) in core._upstream_addrs
             or src.host in core.settings.trusted_relays)
 
 
@@ -422,7 +422,7 @@ def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None
         if via is not None:
             return via
     ruri = b.uri.split("?", 1)[0]  # RFC 3261 19.1.5: no headers in a Request-URI
-    learned = learned_uri(core, ruri, now) if core.learned else None
+    learned = learned_uri(core, ruri, now) if core._learned else None
     if learned is not None:
         # This binding answered 301 before: only it goes to its new address (CONTRACT).
         core.stats["learned_routes_applied"] += 1

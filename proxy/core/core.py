@@ -243,9 +243,10 @@ class ProxyCore:
         per connection where they are created and where they end (:mod:`.table`)."""
         return self.table.conn_in_use(conn_id) or self.location.has_conn(conn_id)
 
-    def on_keepalive(self, src: Source, now: float) -> None:
+    def on_keepalive(self, src: Source, now: float) -> Effects:
         """A keep-alive (STUN Binding, CRLFCRLF) arrived on a flow (RFC 5626 4.4)."""
         outbound.seen(self, src, now)
+        return self._effects(Out())
 
     def start_probes(self, now: float) -> Effects:
         """The first round of upstream OPTIONS (:mod:`.probe`); later rounds are timers."""
@@ -345,9 +346,10 @@ class ProxyCore:
         if self.settings.auth is not None:
             self.settings.auth.rekey(secret)
 
-    def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> None:
+    def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> Effects:
         """Replace the learned-route cache (start-up, or the store changed underneath)."""
         self._learned = learned.learned_view(routes, now, self._wall_offset)
+        return self._effects(Out())
 
     def next_deadline(self) -> float | None:
         return self.queue.next_deadline()

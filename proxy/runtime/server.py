@@ -257,10 +257,11 @@ class Runtime:
     # -------------------------------------------------------------- message flow
 
     def _drive(self, entry: Callable[..., Effects], args: tuple[Any, ...], now: float,
-               what: str, *what_args: object) -> None:
-        """Feed the core once and carry out what it returns: the sends, the store writes, and
-        the one timer re-armed at its next deadline. The process survives any internal error
-        (logged with ``what``)."""
+               what: str, what_args: tuple[object, ...] = ()) -> None:
+        """The one path into the core: feed it once (``entry(*args, now)``, a ProxyCore
+        method) and carry out what it returns: the sends, the store writes, the log lines,
+        the binding changes and the one timer re-armed at its next deadline. The process
+        survives any internal error (logged with ``what % what_args``)."""
         try:
             fx = entry(*args, now)
         except Exception:  # noqa: BLE001 - the process must survive any message
@@ -299,20 +300,17 @@ class Runtime:
             self._arm()
 
     def deliver(self, data: bytes, src: Source) -> None:
-        """One received message: :meth:`_drive` written out (the path every message takes)."""
+        """One received message (from every transport): logged at debug, traced, and fed to
+        the core by :meth:`_drive` like every other input."""
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             log_lines.message_in(data, src)
         if self.tap is not None:
             self.tap.received(data, src, time.time())
-        try:
-            fx = self.core.on_message(data, src, self.loop.time())
-        except Exception:  # noqa: BLE001 - the process must survive any message
-            self._internal_error("handling a message from %s:%s", src.host, src.port)
-            return
-        self._carry_out(fx)
+        self._drive(self.core.on_message, (data, src), self.loop.time(),
+                    "handling a message from %s:%s", (src.host, src.port))
 
     def keepalive(self, src: Source) -> None:
-        self.core.on_keepalive(src, self.loop.time())
+        self._drive(self.core.on_keepalive, (src,), self.loop.time(), "handling a keep-alive")
 
     def flow_closed(self, conn_id: int) -> None:
         self._drive(self.core.on_flow_closed, (conn_id,), self.loop.time(),
@@ -323,7 +321,7 @@ class Runtime:
     async def _load_routes(self) -> None:
         routes = await self.store.list_routes(time.time())
         self._generation = await self.store.generation()
-        self.core.load_learned(routes, self.loop.time())
+        self._carry_out(self.core.load_learned(routes, self.loop.time()))
         self.state.note_routes(routes)
         if routes:
             log.info("learned routes loaded from %s: %d", self.config.state, len(routes))
@@ -376,16 +374,8 @@ class Runtime:
             for s in out:
                 log_lines.message_out(s)
         literals = self.sends.literals
-        udp = self.udp
         tap = self.tap
         for s in out:
-            if s.transport == "udp" and s.host in literals:  # the common case, in short
-                ep = udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
-                if ep is not None:
-                    ep.send(s)
-                    if tap is not None:
-                        tap.sent(s, time.time())
-                    continue
             if s.transport == "tls" and s.server_name is None:
                 s = streams.with_server_name(self, s)
             if s.host not in literals:  # a name (RFC 3263), or an IP seen for the first time

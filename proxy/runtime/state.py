@@ -269,7 +269,7 @@ class StateKeeper(SharedNodes):
                     self.routes[r.old_uri] = r
             loaded = self.core.load_bindings(stored, now, merge=True)
         else:
-            self.core.load_learned(routes, now)
+            self.on_change(self.core.load_learned(routes, now))
             self.note_routes(routes)
             loaded = self.core.load_bindings(stored, now, merge=False)
         self.on_change(None)

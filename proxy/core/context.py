@@ -60,7 +60,7 @@ class Branch:
         self.timer_c: float | None = None
         self.deadline: float | None = None
         self.final_status = 0
-        #: the stream connection this transaction is counted on (txns.hold_conn), if any
+        #: the stream connection this transaction is counted on (the transaction table), if any
         self.conn: int | None = None
 
 
@@ -80,7 +80,7 @@ class ServerEntry:
         self.deadline: float | None = None
         self.request = request  # for the metrics and the per-call log line
         self.started = started
-        #: the stream connection this transaction is counted on (txns.hold_conn), if any
+        #: the stream connection this transaction is counted on (the transaction table), if any
         self.conn: int | None = None
 
 

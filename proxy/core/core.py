@@ -4,12 +4,12 @@
 returns one :class:`~proxy.core.effects.Effects` (what to send, what to store). The runtime
 arms one timer at :meth:`ProxyCore.next_deadline`. Nothing here calls time, asyncio or sockets.
 
-Request path: parse -> validate (16.3, :mod:`.validate`) -> server transaction (17.2,
-:mod:`.txns`) -> route information preprocessing and target set (16.4, 16.5, :mod:`.routing`)
--> forward each branch (16.6, :mod:`.forward`). Response path: match the branch (17.1.3) ->
-response context (16.7, :mod:`.responses`, its state machine in :mod:`.context`). CANCEL:
-:mod:`.cancel` (16.10). Redirects and learned routes: :mod:`.redirects`. SIP Outbound:
-:mod:`.outbound` (RFC 5626). Registrar: :mod:`.registrar_glue`.
+Request path: parse -> validate (16.3, :mod:`~proxy.core.access.validate`) -> server transaction (17.2,
+:mod:`~proxy.core.txns`) -> route information preprocessing and target set (16.4, 16.5, :mod:`~proxy.core.proxy.routing`)
+-> forward each branch (16.6, :mod:`~proxy.core.proxy.forward`). Response path: match the branch (17.1.3) ->
+response context (16.7, :mod:`~proxy.core.proxy.responses`, its state machine in :mod:`~proxy.core.context`). CANCEL:
+:mod:`~proxy.core.proxy.cancel` (16.10). Redirects and learned routes: :mod:`~proxy.core.proxy.redirects`. SIP Outbound:
+:mod:`~proxy.core.outbound.flows` (RFC 5626). Registrar: :mod:`~proxy.core.registrar.glue`.
 """
 
 from __future__ import annotations
@@ -129,17 +129,17 @@ class ProxyCore:
         #: wall clock minus the core's clock, for the times a learned route is stored with
         self._wall_offset = 0.0
         secret = settings.secret or secrets.token_bytes(32)
-        #: flow tokens (RFC 5626 5.2) with a boot id of this start (:mod:`.flowtoken`)
+        #: flow tokens (RFC 5626 5.2) with a boot id of this start (:mod:`~proxy.core.outbound.flowtoken`)
         self.tokens = FlowTokens(secret)
-        #: dialog marks and branch MACs (:mod:`.trust`)
+        #: dialog marks and branch MACs (:mod:`~proxy.core.access.trust`)
         self.trust = Trust(secret)
-        #: key of the MAC of the probes' branches (:func:`.forward.signed_branch`)
+        #: key of the MAC of the probes' branches (:func:`~proxy.core.proxy.forward.signed_branch`)
         self.branch_key = _branch_key(secret)
         self.closed_conns: set[int] = set()  # stream connections known to be closed
         #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
         self.udp_flows: dict[tuple[str, int], float] = {}
         self.expiry = expiry.Expiry()
-        #: this proxy among several sharing one state (:mod:`.shared`), set by the runtime
+        #: this proxy among several sharing one state (:mod:`~proxy.core.shared`), set by the runtime
         self._cluster = Cluster()
         self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
         self.dialogs = Dialogs(settings.timers.timer_c)
@@ -249,7 +249,7 @@ class ProxyCore:
         return self._effects(Out())
 
     def start_probes(self, now: float) -> Effects:
-        """The first round of upstream OPTIONS (:mod:`.probe`); later rounds are timers."""
+        """The first round of upstream OPTIONS (:mod:`~proxy.core.probe`); later rounds are timers."""
         out = Out()
         self.prober.start(self, now, out)
         return self._effects(out)
@@ -304,7 +304,7 @@ class ProxyCore:
         return self._effects(Out())
 
     def set_peers(self, announced: dict[str, list[str]]) -> Effects:
-        """The other nodes' announced SIP addresses (:func:`.shared.parse_peers`)."""
+        """The other nodes' announced SIP addresses (:func:`~proxy.core.shared.parse_peers`)."""
         self._cluster.peers = shared.parse_peers(announced)
         return self._effects(Out())
 
@@ -330,12 +330,12 @@ class ProxyCore:
 
     def load_bindings(self, stored: list[StoredBinding], now: float, *, merge: bool) -> int:
         """The store's bindings into memory, replacing (or, ``merge``, adding to) the view;
-        how many were loaded or replaced (:func:`.shared.load_bindings`)."""
+        how many were loaded or replaced (:func:`~proxy.core.shared.load_bindings`)."""
         if merge:
             return shared.merge_bindings(self, stored, now)
         return shared.load_bindings(self, stored, now)
 
-    def rekey(self, secret: bytes, keep_old: bool) -> None:
+    def rekey(self, secret: bytes, keep_old: bool) -> Effects:
         """Use ``secret`` for flow tokens, branch MACs and digest nonces from now on: the key
         proxies without a configured ``secret`` share through the state store (the runtime
         agrees on it before listening, or when the store first answers). ``keep_old``: flow
@@ -345,6 +345,7 @@ class ProxyCore:
         self.branch_key = _branch_key(secret)
         if self.settings.auth is not None:
             self.settings.auth.rekey(secret)
+        return self._effects(Out())
 
     def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> Effects:
         """Replace the learned-route cache (start-up, or the store changed underneath)."""
@@ -398,9 +399,9 @@ class ProxyCore:
     def _on_new_request(self, msg: SipMessage, src: Source, key: str, now: float,
                         out: Out) -> None:
         """A request no transaction matches. What vouches for it (a trusted source, a dialog
-        mark of ours, a dialog the proxy holds: :func:`.routing.decide`), the rate limit of
+        mark of ours, a dialog the proxy holds: :func:`~proxy.core.proxy.routing.decide`), the rate limit of
         its source for anything nothing vouches for, the refusals, all decided before any
-        transaction exists and sent statelessly (:func:`.txns.refuse`); then a server
+        transaction exists and sent statelessly (:func:`~proxy.core.txns.refuse`); then a server
         transaction (17.2), 100 Trying for an INVITE (16.2) and the routing decision."""
         trusted = routing.trusted_source(self, src)
         prep = routing.preprocess_routes(self, msg)

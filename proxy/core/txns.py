@@ -123,7 +123,7 @@ def refuse(
     metric) and logged at most once per source and reason per minute.
 
     A flood of refused requests therefore costs one response each and leaves nothing in
-    the transaction table; a refused INVITE's ACK is absorbed by its To tag (:func:`.forward.on_ack`),
+    the transaction table; a refused INVITE's ACK is absorbed by its To tag (:func:`~proxy.core.proxy.forward.on_ack`),
     and a retransmission of it is refused again."""
     if entry is not None:
         drop_server(core, entry)

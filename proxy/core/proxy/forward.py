@@ -66,7 +66,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
         ctx.responses.append(Response(480, None, ctx.policy.evaluate(480, ctx.method)))
         return False
     core.n += 1
-    # The branch proves the transaction (:mod:`.trust`): signed with the time, the method and
+    # The branch proves the transaction (:mod:`~proxy.core.access.trust`): signed with the time, the method and
     # where its responses go, so that a response matching no live transaction is relayed only
     # back to the hop this request came from, and only while it can be an answer to it.
     bid = core.trust.mint_branch(f"z9hG4bK{core.prefix}{ctx.loop_hash}{core.n:x}", ctx.method,
@@ -139,11 +139,11 @@ def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src:
     target is a registered flow (``via_flow``), the caller's otherwise; and both when a UA
     that is not an upstream or a trusted relay calls a registered binding, so that each
     side's in-dialog requests reach the other over its flow (the proxy relays a UA's
-    in-dialog request by its Request-URI only to an upstream, :func:`.routing.decide`). A
+    in-dialog request by its Request-URI only to an upstream, :func:`~proxy.core.proxy.routing.decide`). A
     request of the dialog that comes from the flow its token names is routed as usual; one
     from the other side goes over that flow, whatever its Request-URI says.
 
-    Each value carries the dialog mark (``;d=``, :mod:`.trust`): a MAC over this request's
+    Each value carries the dialog mark (``;d=``, :mod:`~proxy.core.access.trust`): a MAC over this request's
     Call-ID, its From tag and the value's token, which an in-dialog request must bring back
     for its own Call-ID and tags to be loose-routed (RFC 3261 12.2.2, 16.4).
     """
@@ -207,7 +207,7 @@ def local_for_source(core: ProxyCore, src: Source) -> LocalAddress:
 
 def signed_branch(core: ProxyCore, base: str) -> str:
     """A branch of a request that no response is relayed for (an upstream probe,
-    :mod:`.probe`): ``base`` and a keyed MAC of it (BLAKE2s, 40 bits)."""
+    :mod:`~proxy.core.probe`): ``base`` and a keyed MAC of it (BLAKE2s, 40 bits)."""
     mac = hashlib.blake2s(base.encode(), key=core.branch_key, digest_size=5).hexdigest()
     return f"{base}.{mac}"
 
@@ -218,10 +218,10 @@ def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.Rout
 
     An ACK names its next hop only when it comes from a trusted source (an upstream, a
     trusted relay), or is proven to be of a dialog through this proxy (a Route value of ours
-    whose dialog mark verifies for its Call-ID and tags, :mod:`.trust`), or is of a dialog the
-    proxy holds (:mod:`.dialogs`: the UAS did not copy Record-Route into its 2xx, RFC 3261
+    whose dialog mark verifies for its Call-ID and tags, :mod:`~proxy.core.access.trust`), or is of a dialog the
+    proxy holds (:mod:`~proxy.core.proxy.dialogs`: the UAS did not copy Record-Route into its 2xx, RFC 3261
     12.1.1, so the ACK has no Route). A UA's ACK goes to an upstream or a registered binding
-    only (:func:`.routing.decide`); a stranger's is dropped, counted against its source's
+    only (:func:`~proxy.core.proxy.routing.decide`); a stranger's is dropped, counted against its source's
     rate (no open relay)."""
     trusted = routing.trusted_source(core, src)
     proven = not trusted and routing.prove(core, msg, prep)
@@ -247,7 +247,7 @@ def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.Rout
 def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> None:
     """RFC 3261 17.2.1: the ACK for a non-2xx final ends at this hop; the ACK for a 2xx is end
     to end (13.2.2.4) and is forwarded statelessly (16.11). The ACK for a final response the
-    proxy sent statelessly (a refusal, :func:`.txns.refuse`) carries the proxy's own To tag
+    proxy sent statelessly (a refusal, :func:`~proxy.core.txns.refuse`) carries the proxy's own To tag
     and ends here too."""
     entry = core.table.find_server(msg, "INVITE")
     if entry is not None and entry.txn.state is not txns.ACCEPTED:

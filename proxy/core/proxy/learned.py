@@ -1,5 +1,5 @@
-"""Learned routes: Request-URI rewrites learned from redirects (:mod:`.redirects`), held on the
-core's clock and read by the router (:mod:`.routing`)."""
+"""Learned routes: Request-URI rewrites learned from redirects (:mod:`~proxy.core.proxy.redirects`), held on the
+core's clock and read by the router (:mod:`~proxy.core.proxy.routing`)."""
 
 from __future__ import annotations
 

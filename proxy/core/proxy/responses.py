@@ -54,11 +54,11 @@ class Outcome(enum.Enum):
 
 def own_branch(msg: SipMessage) -> str | None:
     """The branch of the top Via when it reads as this proxy writes its own (``;branch=
-    z9hG4bK...`` as written by :mod:`.forward`, up to the first comma: the first value of a
+    z9hG4bK...`` as written by :mod:`~proxy.core.proxy.forward`, up to the first comma: the first value of a
     line that joins several; a comma in a quoted string of another's Via only spoils the
     key), found without parsing the Via;
     None otherwise. Only a lookup key: a response is matched only if a client transaction
-    has that branch (unguessable, signed: :mod:`.trust`), and anything else is matched
+    has that branch (unguessable, signed: :mod:`~proxy.core.access.trust`), and anything else is matched
     through the fully parsed Via."""
     value = msg.get("via")
     if value is None:
@@ -267,8 +267,8 @@ def branch_final(
 def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> Send | None:
     """RFC 3261 16.7 / 16.11, RFC 6026 7.2: a 1xx or 2xx matching no live client transaction
     is forwarded statelessly to its second Via only when its top Via is this proxy's and its
-    branch proves a transaction (:mod:`.trust`): minted by this proxy for the response's CSeq
-    method and for the hop the second Via names, at most :func:`.trust.branch_lifetime` ago.
+    branch proves a transaction (:mod:`~proxy.core.access.trust`): minted by this proxy for the response's CSeq
+    method and for the hop the second Via names, at most :func:`~proxy.core.access.trust.branch_lifetime` ago.
     Anything else is dropped (RFC 3261 18.1.2), counted (``bad_messages_total`` reason
     ``forged_response`` or ``stale_response``) and logged once a minute per source: relaying
     it would make the proxy a reflector toward whatever host the second Via names."""

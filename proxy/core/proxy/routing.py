@@ -134,7 +134,7 @@ def preprocess_routes(core: ProxyCore, msg: SipMessage) -> RoutePrep:
 def prove(core: ProxyCore, msg: SipMessage, prep: RoutePrep) -> bool:
     """Whether ``msg`` is an in-dialog request (a To tag, RFC 3261 12.2) of a dialog that this
     proxy record-routed: a Route value of ours it carries has a dialog mark minted for its own
-    Call-ID and one of its tags (:mod:`.trust`). Sets ``prep.vouched`` to the flow token of a
+    Call-ID and one of its tags (:mod:`~proxy.core.access.trust`). Sets ``prep.vouched`` to the flow token of a
     value that verified: the only token such a request may use (RFC 5626 5.3)."""
     marks = prep.marks
     if not marks:
@@ -158,7 +158,7 @@ def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: 
     vouches for the request: ``trusted`` (its packet came from an upstream or a trusted relay,
     :func:`trusted_source`), ``proven`` (an in-dialog request with a dialog mark of ours for its
     Call-ID and tags, :func:`prove`), ``held`` (the key of a dialog the proxy holds that it did
-    not record-route, :mod:`.dialogs`).
+    not record-route, :mod:`~proxy.core.proxy.dialogs`).
 
     A flow token (RFC 5626 5.3) is honoured only from a trusted source (or another proxy of
     the shared state) or for a proven request (then only a token whose mark verified); any
@@ -265,7 +265,7 @@ def peer_source(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> bo
     """Whether ``msg`` was forwarded by another proxy of the shared state (RFC 5626 5: it hands
     this node the requests for the flows this node holds, with their tokens): its top Via
     names the address the packet came from (or an announced node's) and not this proxy, and
-    carries a branch that only a proxy with this one's key mints (:mod:`.trust`), fresh, for
+    carries a branch that only a proxy with this one's key mints (:mod:`~proxy.core.access.trust`), fresh, for
     this method and for the hop below it. A Via of a node copied from a request the proxy
     forwarded (a UA sees them) does not pass from the UA's own address. Checked only for a
     request with a flow token of ours that nothing else vouches for."""

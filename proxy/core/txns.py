@@ -90,8 +90,7 @@ def send_response(
         return
     first_final = status >= 200 and txn.state in UNANSWERED
     effects = txn.send_response(status, data, now)
-    t, h, p, c = entry.reply
-    out.sends.append(Send(t, h, p, data, c, entry))
+    out.sends.append(entry.reply.send(data, entry))
     server_effects(core, entry, effects, out)
     if first_final:
         observe.final_sent(core, entry, status, now, out)
@@ -149,8 +148,7 @@ def reject(
     except ParseError:
         data = make_response(msg, status, reason, to_tag=core.new_tag(), headers=headers)
         dest = Dest(src.transport, src.host, src.port, src.conn_id)
-    t, h, p, c = dest
-    return Send(t, h, p, data, c)
+    return dest.send(data)
 
 
 def server_effects(
@@ -158,8 +156,7 @@ def server_effects(
 ) -> None:
     for e in effects:
         if isinstance(e, Retransmit):
-            t, h, p, c = entry.reply
-            out.sends.append(Send(t, h, p, e.data, c))
+            out.sends.append(entry.reply.send(e.data))
         elif isinstance(e, Terminated):
             drop_server(core, entry)
             ctx = entry.ctx
@@ -190,8 +187,7 @@ def cancel_effects(core: ProxyCore, br: Branch, effects: Sequence[object], out: 
     """The CANCEL client transaction of a branch (RFC 3261 9.1)."""
     for e in effects:
         if isinstance(e, Retransmit):
-            t, h, p, cid = br.dest
-            out.sends.append(Send(t, h, p, e.data, cid))
+            out.sends.append(br.dest.send(e.data))
         elif isinstance(e, Terminated):
             core.table.drop_cancel(br)
     schedule(core, br)

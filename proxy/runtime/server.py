@@ -51,6 +51,12 @@ from proxy.transport.udp import UdpEndpoint, open_udp
 from proxy.transport.ws import WsManager
 
 log = logging.getLogger("proxy")
+#: what the runtime was doing when an entry point of the core raised (the log line says it)
+_DOING = {"on_message": "handling a message", "on_timer": "in timers",
+          "on_keepalive": "handling a keep-alive", "on_flow_closed": "handling a closed flow",
+          "on_persisted": "after storing a learned route",
+          "on_send_failure": "handling a transport failure",
+          "start_probes": "probing the upstreams"}
 #: Start-up lines (listening, ready) show at every log level: scripts wait for them.
 _NOTICE = logging.CRITICAL + 1
 logging.addLevelName(_NOTICE, "NOTICE")
@@ -202,7 +208,7 @@ class Runtime:
                     host_port_text(cfg.http[0], self.http.port))
         self.listening = True
         self.refresher.start()
-        self._drive(self.core.start_probes, (), self.loop.time(), "probing the upstreams")
+        self._drive(self.core.start_probes, self.loop.time())
         p = self.core.view.policy
         log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
                 len(p.rules))
@@ -256,22 +262,24 @@ class Runtime:
 
     # -------------------------------------------------------------- message flow
 
-    def _drive(self, entry: Callable[..., Effects], args: tuple[Any, ...], now: float,
-               what: str, what_args: tuple[object, ...] = ()) -> None:
-        """The one path into the core: feed it once (``entry(*args, now)``, a ProxyCore
-        method) and carry out what it returns: the sends, the store writes, the log lines,
-        the binding changes and the one timer re-armed at its next deadline. The process
-        survives any internal error (logged with ``what % what_args``)."""
+    def _drive(self, entry: Callable[..., Effects], *args: Any) -> None:
+        """The one path into the core: feed it once (``entry(*args)``: a ProxyCore method,
+        ``now`` its last argument) and carry out what it returns: the sends, the store
+        writes, the log lines, the binding changes and the one timer re-armed at its next
+        deadline. The process survives any internal error (logged, counted)."""
         try:
-            fx = entry(*args, now)
+            fx = entry(*args)
         except Exception:  # noqa: BLE001 - the process must survive any message
-            self._internal_error(what, *what_args)
+            self._internal_error(entry, args)
             return
         self._carry_out(fx)
 
-    def _internal_error(self, what: str, *what_args: object) -> None:
+    def _internal_error(self, entry: Callable[..., Effects], args: tuple[Any, ...]) -> None:
         self.errors += 1
-        log.exception("internal error " + what, *what_args)
+        name = getattr(entry, "__name__", "?")
+        src = next((a for a in args if isinstance(a, Source)), None)
+        where = "" if src is None else f" from {src.host}:{src.port}"
+        log.exception("internal error %s%s", _DOING.get(name, name), where)
         self._arm()  # the timers go on whatever one call did
 
     def _carry_out(self, fx: Effects) -> None:
@@ -306,15 +314,13 @@ class Runtime:
             log_lines.message_in(data, src)
         if self.tap is not None:
             self.tap.received(data, src, time.time())
-        self._drive(self.core.on_message, (data, src), self.loop.time(),
-                    "handling a message from %s:%s", (src.host, src.port))
+        self._drive(self.core.on_message, data, src, self.loop.time())
 
     def keepalive(self, src: Source) -> None:
-        self._drive(self.core.on_keepalive, (src,), self.loop.time(), "handling a keep-alive")
+        self._drive(self.core.on_keepalive, src, self.loop.time())
 
     def flow_closed(self, conn_id: int) -> None:
-        self._drive(self.core.on_flow_closed, (conn_id,), self.loop.time(),
-                    "handling a closed flow")
+        self._drive(self.core.on_flow_closed, conn_id, self.loop.time())
 
     # -------------------------------------------------------------- learned routes
 
@@ -361,12 +367,10 @@ class Runtime:
                 self._generation = await self.store.generation()
             except StoreError as exc:
                 log.error("state store: %s", exc)
-        self._drive(self.core.on_persisted, (ctx, ok), self.loop.time(),
-                    "after storing a learned route")
+        self._drive(self.core.on_persisted, ctx, ok, self.loop.time())
 
     def failed(self, token: object) -> None:
-        self._drive(self.core.on_send_failure, (token,), self.loop.time(),
-                    "handling a transport failure")
+        self._drive(self.core.on_send_failure, token, self.loop.time())
 
     def dispatch(self, out: list[Send]) -> None:
         now = self.loop.time()
@@ -374,7 +378,9 @@ class Runtime:
             for s in out:
                 log_lines.message_out(s)
         literals = self.sends.literals
+        udp = self.udp
         tap = self.tap
+        inet, inet6 = socket.AF_INET, socket.AF_INET6
         for s in out:
             if s.transport == "tls" and s.server_name is None:
                 s = streams.with_server_name(self, s)
@@ -389,7 +395,21 @@ class Runtime:
                         continue
                     assert isinstance(r, Send)
                     s = r
-            transport = self._transport_for(s)
+            # The transport that carries s: the UDP socket of its address family, TCP, TLS,
+            # or the WebSocket manager holding the browser's connection.
+            kind = s.transport
+            transport: Transport | None
+            if kind == "udp":
+                transport = udp.get(inet6 if ":" in s.host else inet)
+            elif kind == "tcp":
+                transport = self.tcp
+            elif kind == "tls":
+                self.tls = self.tls or streams.tls_manager(self)  # client side only
+                transport = self.tls
+            elif kind == "ws":
+                transport = self.ws
+            else:
+                transport = self.wss if kind == "wss" else None
             if transport is not None:
                 transport.send(s)
                 if tap is not None:
@@ -398,22 +418,6 @@ class Runtime:
                 log.info("no %s transport for %s:%s", s.transport, s.host, s.port)
                 if s.token is not None:
                     self.loop.call_soon(self.failed, s.token)
-
-    def _transport_for(self, s: Send) -> Transport | None:
-        """The transport that carries ``s``: the UDP socket of its address family, TCP, TLS,
-        or the WebSocket manager holding the browser's connection."""
-        if s.transport == "udp":
-            return self.udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
-        if s.transport == "tcp":
-            return self.tcp
-        if s.transport == "tls":
-            self.tls = self.tls or streams.tls_manager(self)  # client side only
-            return self.tls
-        if s.transport == "ws":
-            return self.ws
-        if s.transport == "wss":
-            return self.wss
-        return None
 
     def _unreachable(self, s: Send, why: str) -> None:
         log.info("cannot send to %s:%s: %s", s.host, s.port, why)
@@ -452,7 +456,7 @@ class Runtime:
         now = max(self.loop.time(), self._armed_at)
         self._timer = None
         self._armed_at = float("inf")
-        self._drive(self.core.on_timer, (), now, "in timers")
+        self._drive(self.core.on_timer, now)
 
     # -------------------------------------------------------------- policy reload
 

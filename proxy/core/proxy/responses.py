@@ -123,11 +123,9 @@ def client_effects(
         if isinstance(e, SendAck):
             ack = txns.build_hop_request(br, "ACK", msg)
             br.txn.set_ack(ack)
-            t, h, p, c = br.dest
-            out.sends.append(Send(t, h, p, ack, c))
+            out.sends.append(br.dest.send(ack))
         elif isinstance(e, Retransmit):
-            t, h, p, c = br.dest
-            out.sends.append(Send(t, h, p, e.data, c, br))
+            out.sends.append(br.dest.send(e.data, br))
         elif isinstance(e, Timeout):
             if br.state is BranchState.PENDING:
                 # RFC 5626 5.3: no answer over a flow named by a token: the flow failed (430)

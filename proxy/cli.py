@@ -30,6 +30,7 @@ from proxy.policy_check import explain_chain, explain_route, parse_instant, run_
 from proxy.status_cli import add_parser as add_status_parser
 from proxy.store import LearnedRoute, StateStore, StoredBinding, StoreError, open_store
 from proxy.trace_cli import add_parser as add_trace_parser
+from proxy.upstreams_cli import add_parser as add_upstreams_parser
 
 __all__ = ["explain_chain", "main", "version_text"]
 
@@ -157,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     _routes_parser(sub, leaf_config, config_help)
     add_status_parser(sub, DEFAULT_CONFIG)
     add_trace_parser(sub, DEFAULT_CONFIG)
+    add_upstreams_parser(sub, DEFAULT_CONFIG)
     _registrations_parser(sub, leaf_config, config_help)
     return parser
 

@@ -111,6 +111,15 @@ WIDTH = 26  # characters between two columns
 TIME_WIDTH = 12
 
 
+def times(timings: Mapping[str, Any]) -> str:
+    """``trying +0.0002 s, forwarded +0.0003 s, ringing +0.1 s, final +2.3 s, ...`` (what
+    happened, in the order it happens)."""
+    shown = [f"{k} +{v:.6f} s" for k in ("trying", "forwarded", "ringing", "answered", "final",
+                                          "ended")
+             if isinstance(v := timings.get(k), int | float)]
+    return ", ".join(shown) or "-"
+
+
 def text(call: Mapping[str, Any]) -> str:
     """The ladder for a terminal: the call's header lines, then one line per row."""
     ladder = build(call)
@@ -120,6 +129,7 @@ def text(call: Mapping[str, Any]) -> str:
              f"Started: {call.get('started', '')}   Status: "
              f"{call.get('status') if call.get('status') is not None else 'in progress'}",
              f"Tried:   {', '.join(printable(str(t)) for t in call.get('tried') or []) or '-'}",
+             f"Times:   {times(call.get('timings') or {})}",
              ""]
     ncol = len(ladder.columns)
     lines.append(_row_text([c.title for c in ladder.columns], ncol))

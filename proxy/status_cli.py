@@ -76,7 +76,9 @@ def status_table(st: dict[str, Any]) -> str:
     ups = st.get("upstreams", [])
     probing = "" if st.get("probing") else " (not probed)"
     for u in ups:
-        rows.append((f"upstream {u['upstream']}", ("up" if u["up"] else "DOWN") + probing))
+        admin = u.get("admin", "up")  # drained or down by an operator (`upstreams list`)
+        rows.append((f"upstream {u['upstream']}", ("up" if u["up"] else "DOWN") + probing
+                     + ("" if admin == "up" else f", {admin.upper()} by an operator")))
     if not ups:
         rows.append(("upstreams", "(none)"))
     rows += [

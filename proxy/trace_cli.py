@@ -40,7 +40,7 @@ def add_parser(sub: Any, default_config: str) -> None:
     trace.set_defaults(func=cmd_trace)
 
 
-def _endpoint(args: argparse.Namespace) -> tuple[str, int, str | None] | None:
+def endpoint(args: argparse.Namespace) -> tuple[str, int, str | None] | None:
     """(host, port, token) from the options, else from the configuration; None: an error
     already printed."""
     token: str | None = args.token
@@ -88,7 +88,7 @@ def fetch_call(host: str, port: int, call_id: str, token: str | None,
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    where = _endpoint(args)
+    where = endpoint(args)
     if where is None:
         return 1
     host, port, token = where

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from proxy.store import LearnedRoute, StateStore, StoreChange, StoredBinding, StoreError, open_store
+from proxy.store import (
+    LearnedRoute,
+    StateStore,
+    StoreChange,
+    StoredBinding,
+    StoreError,
+    UpstreamState,
+    open_store,
+)
 from proxy.store.redis import RedisStore
 from tests.redis_harness import RedisClusterServers, RedisServer
 
@@ -261,12 +269,29 @@ class StoreContract(OpenStore):
             lambda: store.put_binding(binding()),
             lambda: store.remove_binding(binding().aor, binding().key),
             lambda: store.remove_bindings(binding().aor),
+            lambda: store.put_upstream_state(UpstreamState("sip:10.0.0.20:5060", "drain", T0)),
         ]
         seen = [await store.generation()]
         for write in writes:
             await write()
             seen.append(await store.generation())
         assert all(b > a for a, b in itertools.pairwise(seen)), seen
+
+    # -- upstream states (README "Runtime control of upstreams") ------------------------------
+
+    async def test_upstream_states_round_trip_sorted_and_replaced(self, store: StateStore) -> None:
+        assert await store.list_upstream_states() == []
+        b = UpstreamState("sip:10.0.0.21:5060;transport=tcp", "down", T0, "node-b")
+        a = UpstreamState("sip:10.0.0.20:5060", "drain", T0 + 0.5, "node-a")
+        await store.put_upstream_state(b)
+        await store.put_upstream_state(a)
+        assert await store.list_upstream_states() == [a, b]
+        back = UpstreamState("sip:10.0.0.20:5060", "up", T0 + 60, "node-b")
+        await store.put_upstream_state(back)
+        assert await store.list_upstream_states() == [back, b]
+        # never expires, never purged
+        assert await store.purge_expired(T0 + 10**9) == 0
+        assert await store.list_upstream_states() == [back, b]
 
     async def test_reads_and_expiry_housekeeping_leave_generation_alone(self, store: StateStore) -> None:
         await store.put_route(route(expires_at=T0 + 1))

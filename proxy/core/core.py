@@ -46,6 +46,7 @@ from proxy.core.registrar.location import LocationStore
 from proxy.core.shared import Cluster
 from proxy.core.table import TransactionTable
 from proxy.core.types import LocalAddress, Source, Target
+from proxy.core.upstream_admin import AdminState, UpstreamAdmin, set_state
 from proxy.core.view import CoreView
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
@@ -142,9 +143,11 @@ class ProxyCore:
         #: this proxy among several sharing one state (:mod:`~proxy.core.shared`), set by the runtime
         self._cluster = Cluster()
         self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
-        self.dialogs = Dialogs(settings.timers.timer_c)
+        self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
+        #: the operators' up / drain / down of each upstream (:mod:`~proxy.core.upstream_admin`)
+        self.admin = UpstreamAdmin()
         #: what the runtime and the HTTP side read (they change the core only by its methods)
-        self.view = CoreView(self)  # calls up, for metrics and the drain
+        self.view = CoreView(self)
 
     # ------------------------------------------------------------------ entry points
 
@@ -334,6 +337,16 @@ class ProxyCore:
         if merge:
             return shared.merge_bindings(self, stored, now)
         return shared.load_bindings(self, stored, now)
+
+    def set_upstream_admin(self, entry: AdminState, origin: str, now: float) -> Effects:
+        """An upstream's administrative state (up, drain, down), set on this node
+        (``origin`` "here") or read from the state store ("store"): new calls skip a drained
+        or down upstream from now on, calls in progress go on (:mod:`.upstream_admin`). A
+        change is reported in ``Effects.logs`` (:class:`~.upstream_admin.AdminChange`).
+        Raises ValueError for a state other than up, drain, down."""
+        out = Out()
+        set_state(self, entry, origin, now, out)
+        return self._effects(out)
 
     def rekey(self, secret: bytes, keep_old: bool) -> Effects:
         """Use ``secret`` for flow tokens, branch MACs and digest nonces from now on: the key

@@ -107,10 +107,17 @@ class Prober:
         if self.next_round is not None and now >= self.next_round and not core._draining:
             busy = {p.upstream for p in self.pending.values()}
             for t in self.upstreams:
-                if t not in busy:
+                if t not in busy and core.admin.probed(t):
                     self._send(core, t, now, out)
             self.next_round = now + self.interval
         self._reschedule(core)
+
+    def probe_soon(self, core: ProxyCore, now: float) -> None:
+        """An upstream came back from ``down`` (:mod:`.upstream_admin`): the next round now,
+        at the next timer."""
+        if self.enabled and not core._draining:
+            self.next_round = now
+            self._reschedule(core)
 
     def on_response(self, core: ProxyCore, branch: str, status: int) -> bool:
         """A response to one of our probes (True), whatever its status: the upstream is up."""

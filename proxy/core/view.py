@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from proxy.core.core import CoreSettings, ProxyCore
     from proxy.core.observe.metrics import Metrics
     from proxy.core.types import Target
+    from proxy.core.upstream_admin import AdminState
     from proxy.policy import Policy
 
 
@@ -75,6 +76,19 @@ class CoreView:
     @property
     def upstream_up(self) -> Mapping[Target, bool]:
         return MappingProxyType(self._core.prober.up)
+
+    @property
+    def admin_states(self) -> Mapping[str, AdminState]:
+        """The upstreams an operator set a state for (:mod:`.upstream_admin`), by name."""
+        return MappingProxyType(self._core.admin.states)
+
+    def calls_per_upstream(self) -> dict[str, int]:
+        """Calls up, by the upstream they were sent to."""
+        return self._core.dialogs.per_upstream()
+
+    def admin_state(self, upstream: str) -> str:
+        """The operators' state of an upstream: up, drain or down (:mod:`.upstream_admin`)."""
+        return self._core.admin.state(upstream)
 
     @property
     def refusal_counts(self) -> Mapping[str, int]:

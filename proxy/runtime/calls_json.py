@@ -6,9 +6,10 @@
       messages: N}]
 
 ``/calls/CALL-ID`` adds ``messages: [{time, offset, direction: in|out, peer, transport,
-first_line, raw, size, truncated}]`` and ``marks: [{message, time, kind, text}]``, the
-policy decisions and learned routes placed on the message where they happened. ``status`` is
-the final status the caller got for the first INVITE (null while it is in progress).
+first_line, raw, size, truncated}]``, ``marks: [{message, time, offset, kind, text}]``, the
+policy decisions and learned routes placed on the message where they happened, and
+``timings`` (:func:`timings`). ``status`` is the final status the caller got for the first
+INVITE (null while it is in progress).
 
 A decision (``rule, action, status``, from the core's per-call summary) is placed on the
 response with that status that the proxy received from a branch (not from the caller), the
@@ -110,7 +111,42 @@ def detail(trace: CallTrace) -> dict[str, Any]:
     } for t, inbound, transport, host, port, raw, size in trace.messages]
     out["messages_dropped"] = trace.dropped
     out["marks"] = marks(trace)
+    for m in out["marks"]:
+        at = m["message"]
+        m["offset"] = None if at is None else out["messages"][at]["offset"]
+    out["timings"] = timings(trace)
     return out
+
+
+def timings(trace: CallTrace) -> dict[str, float | None]:
+    """Seconds from the caller's INVITE, as the messages kept show them: to the first
+    response the caller got (``trying``, the proxy's 100), the first ringing one (``ringing``:
+    an 18x, the post-dial delay), the final one (``final``) and a 2xx (``answered``), to the
+    first INVITE sent on (``forwarded``: the proxy's routing and policy time) and to the first
+    BYE (``ended``); ``final_core``: INVITE to final as the core timed it (the
+    ``final_response_seconds`` histogram). None: it did not happen, or is not among the
+    messages kept."""
+    msgs = trace.messages
+    found: dict[str, float | None] = dict.fromkeys(
+        ("trying", "ringing", "final", "answered", "forwarded", "ended"))
+    caller = peer_of(msgs[0]) if msgs else ""
+    for t, inbound, _, host, port, raw, _ in msgs:
+        offset = round(t - trace.started, 6)
+        status = status_of(raw)
+        if status is None:
+            key = ("forwarded" if not inbound and raw.startswith(b"INVITE ") else
+                   "ended" if raw.startswith(b"BYE ") else None)
+        elif inbound or host_port_text(host, port) != caller:
+            continue
+        else:
+            key = "trying" if status == 100 else "ringing" if status < 200 else None
+            if status >= 200 and found["final"] is None:
+                found["final"] = offset
+                key = "answered" if status < 300 else None
+        if key is not None and found[key] is None:
+            found[key] = offset
+    found["final_core"] = round(trace.summaries[0].seconds, 6) if trace.summaries else None
+    return found
 
 
 def marks(trace: CallTrace) -> list[dict[str, Any]]:

@@ -190,7 +190,8 @@ def _answering(fn: Callable[[], Answer]) -> Handler:
 async def _not_found(request: web.Request) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         return response(text(405, "method not allowed"), {"Allow": "GET, HEAD"})
-    return response(text(404, "not found; try /metrics, /health, /ready, /status or /calls"))
+    return response(text(404, "not found; try /metrics, /health, /ready, /status, /calls or "
+                         "/upstreams"))
 
 
 async def _server_header(request: web.Request, resp: web.StreamResponse) -> None:
@@ -208,7 +209,8 @@ def status_of(rt: Any) -> dict[str, Any]:
 
     core = rt.core
     return {
-        "upstreams": [{"upstream": upstream_name(t), "up": bool(alive)}
+        "upstreams": [{"upstream": upstream_name(t), "up": bool(alive),
+                       "admin": core.view.admin_state(upstream_name(t))}
                       for t, alive in core.view.upstream_up.items()],
         "probing": core.view.probing,
         "registrations": core.view.registrations,
@@ -240,6 +242,7 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
     from proxy.runtime.calls_http import calls_routes
     from proxy.runtime.metrics import CONTENT_TYPE, make_registry, render
     from proxy.runtime.tracing import TracingCollector
+    from proxy.runtime.upstream_control import upstream_routes
 
     registry = make_registry(rt.core, rt.reloads, rt.started,
                              lambda: streams.managers(rt))
@@ -252,6 +255,6 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
         "/health": lambda: text(200, "ok"),
         "/ready": lambda: ready_of(rt),
         "/status": lambda: as_json(200, status_of(rt)),
-    }, calls_routes(rt), access)
+    }, {**calls_routes(rt), **upstream_routes(rt)}, access)
     endpoint.start()
     return endpoint

@@ -4,8 +4,10 @@ With a token, ``/calls`` and everything under it (raw SIP messages: phone number
 credentials) and every request other than GET or HEAD (the control POSTs) need
 ``Authorization: Bearer TOKEN``; HTTP Basic with the token as the password (any user name) is
 taken too, so that a browser can open the ladder page (it asks for it). The metrics, the
-health checks and ``/status`` stay open. Without a token everything is open (``check`` warns
-when the HTTP side listens beyond the loopback).
+health checks and ``/status`` stay open. Without a token everything is open to reading
+(``check`` warns when the HTTP side listens beyond the loopback), and a request that changes
+something (any method other than GET/HEAD: ``POST /upstreams/drain``) is taken from the
+loopback only: a 403 for anyone else.
 
 The comparison is made on SHA-256 digests with :func:`hmac.compare_digest`: its time depends
 on neither the token nor the length of what was sent. A refusal (401, or a connection past the
@@ -18,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import logging
 import time
 from collections import Counter
@@ -29,13 +32,28 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 log = logging.getLogger("proxy")
 REALM = "sip-policy-proxy"
-REASONS = ("unauthorized", "connections")
+REASONS = ("unauthorized", "connections", "not_loopback")
 OPEN_METHODS = frozenset({"GET", "HEAD"})
 
 
 def needs_token(method: str, path: str) -> bool:
     """``/calls*`` and every request other than GET/HEAD."""
     return method not in OPEN_METHODS or path == "/calls" or path.startswith("/calls/")
+
+
+def loopback(remote: str | None) -> bool:
+    """Whether a peer is this host's own loopback address: 127.0.0.1 or ::1 (also as
+    ::ffff:127.0.0.1). Another 127.x source is taken for a stranger (the tests' one is
+    127.0.0.2); a client on this host connecting to a loopback listener speaks from
+    127.0.0.1."""
+    if not remote:
+        return False
+    try:
+        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip) in ("127.0.0.1", "::1")
 
 
 def presented(header: str | None) -> bytes | None:
@@ -95,6 +113,14 @@ class Access:
             ])
             return web.Response(status=401, body=b"401: a valid http_token is required\n",
                                 headers=headers)
+        if self._digest is None and request.method not in OPEN_METHODS \
+                and not loopback(request.remote):
+            self.refused("not_loopback", f"{request.method} {request.path[:80]!r} from "
+                         f"{request.remote or '?'}: without http_token only the loopback may "
+                         "change anything")
+            return web.Response(status=403, body=b"403: set http_token to allow this from "
+                                b"beyond the loopback\n",
+                                headers={"Content-Type": "text/plain; charset=utf-8"})
         return await handler(request)
 
     def refused(self, reason: str, what: str) -> None:

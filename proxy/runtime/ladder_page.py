@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from proxy.ladder import PROXY, Arrow, Ladder, Mark, build, printable
+from proxy.ladder import PROXY, Arrow, Ladder, Mark, build, printable, times
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 COL = 250  # pixels between two columns
@@ -46,6 +46,7 @@ def page(call: Mapping[str, Any]) -> str:
             ("To", call.get("to", "")), ("Started", call.get("started", "")),
             ("Status", "in progress" if status is None else status),
             ("Tried", ", ".join(str(t) for t in call.get("tried") or []) or "-"),
+            ("Times", times(call.get("timings") or {})),
             ("Decisions", "; ".join(f"{d['rule']}: {d['action']} ({d['status']})"
                                     for d in call.get("decisions") or []) or "-")]
     rows = "".join(f'<tr><td class="k">{escape(k)}</td><td>{_esc(v)}</td></tr>'

@@ -19,10 +19,12 @@ from typing import Any
 
 from proxy.core.effects import LogLine
 from proxy.core.observe.metrics import CallLog
+from proxy.core.upstream_admin import AdminChange
 from proxy.sip.transport import Send, Source
 
 calls_log = logging.getLogger("proxy.calls")
 core_log = logging.getLogger("proxy.core")  # the lines the core hands out (LogLine)
+upstreams_log = logging.getLogger("proxy.upstreams")
 messages_log = logging.getLogger("proxy.messages")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -131,6 +133,18 @@ def emit_calls(records: Iterable[object]) -> None:
                 calls_log.info("%s", rec.text(), extra={"call": rec.fields()})
         elif isinstance(rec, LogLine):
             core_log.log(rec.level, rec.message, *rec.args)
+        elif isinstance(rec, AdminChange):
+            admin_change(rec)
+
+
+def admin_change(rec: AdminChange) -> None:
+    """One line per change of an upstream's administrative state (README "Runtime control
+    of upstreams")."""
+    what = {"drain": "drained: no new calls, calls up go on", "down": "down: no new calls, "
+            "not probed", "up": "up: back in service, probing decides"}[rec.state]
+    where = (f"set on this node ({rec.node})" if rec.origin == "here"
+             else f"set by node {rec.node or '?'}, read from the state store")
+    upstreams_log.warning("upstream %s %s (was %s; %s)", rec.upstream, what, rec.before, where)
 
 
 def _write_direct(h: logging.StreamHandler[Any], rec: CallLog) -> bool:

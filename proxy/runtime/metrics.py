@@ -26,6 +26,7 @@ from prometheus_client.process_collector import ProcessCollector
 from proxy.core.access.sources import REFUSAL_REASONS
 from proxy.core.observe.metrics import BUCKETS
 from proxy.core.probe import upstream_name
+from proxy.core.upstream_admin import STATES as ADMIN_STATES
 
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
@@ -98,6 +99,7 @@ class CoreCollector:
         for t, alive in view.upstream_up.items():
             up.add_metric([upstream_name(t)], 1 if alive else 0)
         yield up
+        yield _admin_states(view)
         yield _histogram(m.buckets, m.final_sum)
         info = GaugeMetricFamily(PREFIX + "policy_info", "The policy in force",
                                  labels=["version"])
@@ -105,6 +107,21 @@ class CoreCollector:
         yield info
         yield GaugeMetricFamily(PREFIX + "start_time_seconds", "Start time (Unix seconds)",
                                 value=self.started)
+
+
+def _admin_states(view: Any) -> Metric:
+    """``upstream_admin_state{upstream,state}``: 1 for the state an operator set (up,
+    drain, down; up when never set), 0 for the two others."""
+    fam = GaugeMetricFamily(PREFIX + "upstream_admin_state",
+                            "An operator's state of each upstream: 1 for the current one",
+                            labels=["upstream", "state"])
+    names = [upstream_name(t) for t in view.settings.upstreams]
+    names += [n for n in sorted(view.admin_states) if n not in names]
+    for name in names:
+        current = view.admin_state(name)
+        for state in ADMIN_STATES:
+            fam.add_metric([name, state], 1 if state == current else 0)
+    return fam
 
 
 #: what the stream collector reports, each with a sample from the start (0 until it happens)

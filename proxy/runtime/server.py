@@ -32,7 +32,7 @@ from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
-from proxy.runtime import signals, streams
+from proxy.runtime import signals, streams, upstream_control
 from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import MemoryTrim, raise_nofile
@@ -56,7 +56,8 @@ _DOING = {"on_message": "handling a message", "on_timer": "in timers",
           "on_keepalive": "handling a keep-alive", "on_flow_closed": "handling a closed flow",
           "on_persisted": "after storing a learned route",
           "on_send_failure": "handling a transport failure",
-          "start_probes": "probing the upstreams"}
+          "start_probes": "probing the upstreams",
+          "set_upstream_admin": "setting the state of an upstream"}
 #: Start-up lines (listening, ready) show at every log level: scripts wait for them.
 _NOTICE = logging.CRITICAL + 1
 logging.addLevelName(_NOTICE, "NOTICE")
@@ -153,6 +154,7 @@ class Runtime:
                               ) from exc
         self.state = StateKeeper(self.store, self.core, self.location, config.state, node,
                                  tuple(local), self._state_changed, secret, bool(config.secret))
+        upstream_control.install(self)  # stored upstream states reach the core through _drive
         self._generation = -1
         #: /ready: listening, and the state store answers (the store's owner sets store_ok)
         self.store_ok, self.listening, self.started = True, False, time.time()
@@ -350,6 +352,7 @@ class Runtime:
                 await self._load_routes()
                 log.info("learned routes reloaded from the store: %d (generation %d)",
                          len(self.core.view.learned), self._generation)
+                await self.state.upstreams.load(merge=False)  # another process's drain
         except StoreError as exc:
             log.error("state store: %s", exc)
 

@@ -49,6 +49,7 @@ from proxy.core.registrar.location import BindingChange, BindingDelete, BindingW
 from proxy.core.types import LocalAddress
 from proxy.runtime.state_key import KeyKeeper
 from proxy.runtime.state_nodes import SharedNodes
+from proxy.runtime.state_upstreams import UpstreamStates
 from proxy.store import (
     CorruptStoreError,
     LearnedRoute,
@@ -56,6 +57,7 @@ from proxy.store import (
     StateStore,
     StoreChange,
     StoreError,
+    UpstreamState,
 )
 from proxy.store.base import Incarnation
 
@@ -122,6 +124,8 @@ class StateKeeper(SharedNodes):
         self._peers_read = float("-inf")  # when the announcements were last read
         self.loop = asyncio.get_running_loop()
         self.keys = KeyKeeper(store, core, key, configured, self.name, self.memory)
+        #: the upstreams' administrative states (:mod:`proxy.runtime.state_upstreams`)
+        self.upstreams = UpstreamStates(store, core, node, self.name, self.memory)
         # memory: the store would only hold a second copy of the view: nothing to write
         core.record_bindings(not self.memory)
         core.join_cluster(node, self.shared)
@@ -230,6 +234,10 @@ class StateKeeper(SharedNodes):
         async with self._flushing:
             bindings, routes = self._resync()
             await self._flush_locked()
+        states = await self.upstreams.write_back()
+        if states:
+            log.warning("state store %s: %d upstream states this node set written back",
+                        self.name, states)
         await self._load(merge=True)
         log.warning("state store %s: %d registrations and %d learned routes this node holds "
                     "written back", self.name, bindings, routes)
@@ -272,6 +280,7 @@ class StateKeeper(SharedNodes):
             self.on_change(self.core.load_learned(routes, now))
             self.note_routes(routes)
             loaded = self.core.load_bindings(stored, now, merge=False)
+        await self.upstreams.load(merge=merge)
         self.on_change(None)
         if routes:
             log.info("learned routes loaded from %s: %d", self.name, len(routes))
@@ -323,6 +332,15 @@ class StateKeeper(SharedNodes):
             return True
         except StoreError as exc:
             self._enqueue(change)
+            self._lost(exc)
+            return False
+
+    async def put_upstream_state(self, s: UpstreamState) -> bool:
+        """An upstream state set on this node (the core has it already): write it now; False
+        when the store is away (it is written first thing once the store answers)."""
+        try:
+            return await self.upstreams.set(s, self.up)
+        except StoreError as exc:
             self._lost(exc)
             return False
 

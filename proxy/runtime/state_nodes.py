@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
     from proxy.core.types import LocalAddress
     from proxy.runtime.state_key import KeyKeeper
+    from proxy.runtime.state_upstreams import UpstreamStates
     from proxy.store import LearnedRoute, StateStore
 
 log = logging.getLogger("proxy.state")
@@ -41,6 +42,7 @@ class SharedNodes:
     node: str
     local: tuple[LocalAddress, ...]
     keys: KeyKeeper
+    upstreams: UpstreamStates
     loop: asyncio.AbstractEventLoop
     routes: dict[str, LearnedRoute]
     on_change: Any
@@ -89,6 +91,8 @@ class SharedNodes:
                 fx = None
                 try:
                     fx = self.core.apply_store_change(change, self.loop.time())
+                    if change.op == "put_upstream_state" and change.upstream is not None:
+                        self.upstreams.changed(change.upstream)
                     self._note_route_change(change)
                     self._peer_unknown(change)
                 except Exception:  # noqa: BLE001 - a bad message must not end the watch

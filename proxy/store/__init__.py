@@ -14,6 +14,7 @@ from proxy.store.base import (
     StoreChange,
     StoredBinding,
     StoreError,
+    UpstreamState,
 )
 from proxy.store.open import open_store
 
@@ -25,5 +26,6 @@ __all__ = [
     "StoreChange",
     "StoreError",
     "StoredBinding",
+    "UpstreamState",
     "open_store",
 ]

@@ -37,7 +37,9 @@ transaction for many changes, so that a burst of registrations (or the writes pe
 SIGTERM) costs round trips and fsyncs by the batch, not by the change.
 
 And a store keeps the key that proxies without a configured ``secret`` share
-(:meth:`StateStore.shared_key`): the first creates it, the others read it.
+(:meth:`StateStore.shared_key`): the first creates it, the others read it; and the
+administrative state of each upstream an operator set (:class:`UpstreamState`, ``sip-policy-proxy
+upstreams drain|down|up``), which never expires.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ __all__ = [
     "StateStore",
     "StoreError",
     "StoredBinding",
+    "UpstreamState",
+    "UPSTREAM_STATES",
 ]
 
 ROUTE_STATUSES = (301, 302)
@@ -140,13 +144,49 @@ class StoredBinding:
         return self.expires_at <= now
 
 
+#: the administrative states of an upstream (README "Runtime control of upstreams")
+UPSTREAM_STATES = ("up", "drain", "down")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamState:
+    """An upstream's administrative state as an operator set it: ``up``, ``drain`` (no new
+    calls, calls in progress go on) or ``down``; ``since`` the wall-clock time it was set,
+    ``node`` the proxy that set it. Keyed by ``upstream``, its URI as configured."""
+
+    upstream: str
+    state: str
+    since: float  # unix time
+    node: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.upstream:
+            raise ValueError("an upstream state needs the upstream")
+        if self.state not in UPSTREAM_STATES:
+            raise ValueError(f"not an upstream state: {self.state!r} (up, drain or down)")
+
+    def as_dict(self) -> dict[str, object]:
+        """As JSON stores it (Redis)."""
+        return {"upstream": self.upstream, "state": self.state, "since": self.since,
+                "node": self.node}
+
+    @classmethod
+    def from_dict(cls, d: object) -> UpstreamState:
+        """From :meth:`as_dict`'s form; ValueError (KeyError, TypeError) when it is not."""
+        if not isinstance(d, dict):
+            raise ValueError("an upstream state is a JSON object")
+        return cls(str(d["upstream"]), str(d["state"]), float(d["since"]),
+                   str(d.get("node") or ""))
+
+
 @dataclass(frozen=True, slots=True)
 class StoreChange:
     """One write, as a shared store (Redis) tells the other proxies about it.
 
     ``op`` is the name of the write method (``put_route``, ``remove_route``, ``clear_routes``,
-    ``put_binding``, ``remove_binding``, ``remove_bindings``); ``origin`` the ``node`` of the
-    writer (a proxy skips its own changes); the other fields are that method's arguments.
+    ``put_binding``, ``remove_binding``, ``remove_bindings``, ``put_upstream_state``);
+    ``origin`` the ``node`` of the writer (a proxy skips its own changes); the other fields
+    are that method's arguments.
     """
 
     op: str
@@ -156,6 +196,7 @@ class StoreChange:
     aor: str | None = None
     key: str | None = None
     old_uri: str | None = None
+    upstream: UpstreamState | None = None
 
 
 #: the :class:`StoreChange` ops :meth:`StateStore.write_batch` takes
@@ -274,6 +315,14 @@ class StateStore(Protocol):
     async def incarnation(self) -> Incarnation:
         """The store's epoch and generation; a store found without an epoch (reset since it
         was opened) gets its schema and a new epoch here."""
+        ...
+
+    async def put_upstream_state(self, s: UpstreamState) -> None:
+        """Remember ``s`` (replacing the state of the same upstream); bumps the generation."""
+        ...
+
+    async def list_upstream_states(self) -> list[UpstreamState]:
+        """Every upstream state set so far, sorted by upstream."""
         ...
 
     async def shared_key(self, candidate: bytes | None) -> bytes | None:

@@ -16,6 +16,7 @@ from proxy.store.base import (
     StoreChange,
     StoredBinding,
     StoreError,
+    UpstreamState,
     check_batch,
 )
 
@@ -25,7 +26,7 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """In-process state: routes by ``old_uri``, bindings by ``aor`` then ``key``."""
 
-    __slots__ = ("_bindings", "_epoch", "_generation", "_key", "_open", "_routes")
+    __slots__ = ("_bindings", "_epoch", "_generation", "_key", "_open", "_routes", "_upstreams")
 
     def __init__(self) -> None:
         self._routes: dict[str, LearnedRoute] = {}
@@ -34,6 +35,7 @@ class MemoryStore:
         self._open = False
         self._epoch = secrets.token_hex(8)
         self._key: bytes | None = None
+        self._upstreams: dict[str, UpstreamState] = {}
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -140,6 +142,15 @@ class MemoryStore:
     async def incarnation(self) -> Incarnation:
         self._check()
         return Incarnation(self._epoch, self._generation)
+
+    async def put_upstream_state(self, s: UpstreamState) -> None:
+        self._check()
+        self._upstreams[s.upstream] = s
+        self._generation += 1
+
+    async def list_upstream_states(self) -> list[UpstreamState]:
+        self._check()
+        return [self._upstreams[k] for k in sorted(self._upstreams)]
 
     async def shared_key(self, candidate: bytes | None) -> bytes | None:
         self._check()

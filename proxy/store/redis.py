@@ -19,6 +19,8 @@ Layout (every key under one prefix, ``spp:`` by default):
 * ``spp:reg:<aor>``: the bindings of one address-of-record, a hash of binding key -> JSON
   object; the key expires with the latest of its bindings (``PEXPIREAT NX`` then ``GT``), and
   a binding that expired before its siblings is skipped (and deleted) when read;
+* ``spp:upstream:<uri>``: the administrative state (up, drain, down) an operator set for
+  one upstream, a JSON object, kept until set again;
 * ``spp:node:<name>``: the SIP addresses of a running proxy (``node:``) and the id of its
   key (a hash, never the key), refreshed with a TTL, so that another node can send it the
   requests for the flows it holds, and say so when their keys differ;
@@ -60,6 +62,7 @@ from proxy.store.base import (
     StoreChange,
     StoredBinding,
     StoreError,
+    UpstreamState,
     check_batch,
 )
 
@@ -179,6 +182,8 @@ def binding_from_json(d: Any) -> StoredBinding:
 
 def change_to_json(c: StoreChange) -> str:
     d: dict[str, Any] = {"op": c.op, "origin": c.origin}
+    if c.upstream is not None:
+        d["upstream"] = c.upstream.as_dict()
     if c.route is not None:
         d["route"] = route_to_json(c.route)
     if c.binding is not None:
@@ -203,6 +208,7 @@ def change_from_json(text: str | bytes) -> StoreChange | None:
             route=route_from_json(d["route"]) if "route" in d else None,
             binding=binding_from_json(d["binding"]) if "binding" in d else None,
             aor=d.get("aor"), key=d.get("key"), old_uri=d.get("old_uri"),
+            upstream=UpstreamState.from_dict(d["upstream"]) if "upstream" in d else None,
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -433,6 +439,20 @@ class RedisStore:
             raw = await c.get(key)
             return None if raw is None else bytes.fromhex(raw)
         return await self._guard("shared_key", run())
+
+    async def put_upstream_state(self, s: UpstreamState) -> None:
+        async def run() -> None:
+            await self._c().set(self._prefix + "upstream:" + s.upstream,
+                                json.dumps(s.as_dict()))
+            await self._wrote(StoreChange("put_upstream_state", self.node, upstream=s))
+        await self._guard("put_upstream_state", run())
+
+    async def list_upstream_states(self) -> list[UpstreamState]:
+        async def run() -> list[UpstreamState]:
+            found = [UpstreamState.from_dict(json.loads(raw))
+                     for _, raw in await self._read_all("upstream", "get") if raw is not None]
+            return sorted(found, key=lambda u: u.upstream)
+        return await self._guard("list_upstream_states", run(), listing=True)
 
     async def _wrote(self, change: StoreChange) -> None:
         c = self._c()

@@ -49,6 +49,7 @@ from proxy.store.base import (
     StoreChange,
     StoredBinding,
     StoreError,
+    UpstreamState,
     check_batch,
 )
 
@@ -95,6 +96,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 3: the store's epoch and the key shared by proxies without a configured secret.
     ("CREATE TABLE identity (name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL) "
      "WITHOUT ROWID",),
+    # 4: the administrative state of each upstream (up, drain, down) an operator set.
+    ("CREATE TABLE upstreams (upstream TEXT NOT NULL PRIMARY KEY, state TEXT NOT NULL, "
+     "since REAL NOT NULL, node TEXT NOT NULL) WITHOUT ROWID",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -231,6 +235,12 @@ class SqliteStore:
 
     async def shared_key(self, candidate: bytes | None) -> bytes | None:
         return await self._run("shared_key", _shared_key, candidate)
+
+    async def put_upstream_state(self, s: UpstreamState) -> None:
+        await self._run("put_upstream_state", _put_upstream_state, s)
+
+    async def list_upstream_states(self) -> list[UpstreamState]:
+        return await self._run("list_upstream_states", _list_upstream_states)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -499,6 +509,18 @@ def _shared_key(conn: sqlite3.Connection, candidate: bytes | None) -> bytes | No
             conn.execute(_NEW_IDENTITY, ("flow_key", candidate.hex()))
     row = conn.execute(_IDENTITY, ("flow_key",)).fetchone()
     return None if row is None else bytes.fromhex(str(row[0]))
+
+
+def _put_upstream_state(conn: sqlite3.Connection, s: UpstreamState) -> None:
+    with _transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO upstreams (upstream, state, since, node) "
+                     "VALUES (?, ?, ?, ?)", (s.upstream, s.state, s.since, s.node))
+
+
+def _list_upstream_states(conn: sqlite3.Connection) -> list[UpstreamState]:
+    rows = conn.execute("SELECT upstream, state, since, node FROM upstreams ORDER BY upstream")
+    return [UpstreamState(str(u), str(st), float(since), str(node))
+            for u, st, since, node in rows]
 
 
 def _remove_binding(conn: sqlite3.Connection, aor: str, key: str) -> None:

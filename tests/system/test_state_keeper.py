@@ -24,8 +24,9 @@ import pytest
 from proxy.core.outbound.flowtoken import Flow
 from proxy.core.registrar.location import Binding, BindingWrite, MemoryLocation
 from proxy.core.types import LocalAddress, Source
+from proxy.core.upstream_admin import AdminState
 from proxy.runtime.state import StateKeeper
-from proxy.store import StateStore, StoreChange, open_store
+from proxy.store import StateStore, StoreChange, UpstreamState, open_store
 from proxy.store.redis import RedisStore
 from proxy.store.sqlite import SqliteStore
 from tests.redis_harness import RedisServer
@@ -167,6 +168,67 @@ async def test_redis_reset_is_written_back_but_a_removal_in_a_live_store_holds(
         assert keys == {f"spp:reg:u{i}@example.com" for i in range(1, 5)}
     finally:
         await a.close()
+
+
+# -- upstream states (README "Runtime control of upstreams") -----------------------------------
+
+
+def set_here(k: StateKeeper, upstream: str, state: str, since: float) -> UpstreamState:
+    """What the runtime does for ``upstreams STATE URI``: the core first, then the store."""
+    s = UpstreamState(upstream, state, since, k.node)
+    k.core.set_upstream_admin(AdminState(upstream, state, since, k.node), "here", 0.0)
+    return s
+
+
+async def test_upstream_states_reach_the_other_node_and_are_written_back_into_a_reset_redis(
+        tmp_path: Path, request: pytest.FixtureRequest,
+        caplog: pytest.LogCaptureFixture) -> None:
+    server: RedisServer = request.getfixturevalue("redis_server")
+    server.cli("flushall")
+    a = keeper(open_store(server.url, node="a"), server.url, node="a")
+    b = keeper(open_store(server.url, node="b"), server.url, node="b")
+    await a.start()
+    await b.start()
+    try:
+        t = time.time()
+        assert await a.put_upstream_state(set_here(a, "sip:10.0.0.20:5060", "drain", t))
+        assert await b.put_upstream_state(set_here(b, "sip:10.0.0.21:5060", "down", t + 1))
+        await until(lambda: b.core.admin.state("sip:10.0.0.20:5060") == "drain")
+        await until(lambda: a.core.admin.state("sip:10.0.0.21:5060") == "down")
+        with caplog.at_level(logging.INFO, "proxy.state"):
+            server.cli("flushall")  # Redis restarted without its data
+            await until(lambda: sum("upstream states this node set written back"
+                                    in r.getMessage() for r in caplog.records) == 2)
+        async with RedisStore(server.url) as fresh:
+            stored = {s.upstream: (s.state, s.node) for s in await fresh.list_upstream_states()}
+        # each node wrote back what it set (memory is the truth for that), not the other's
+        assert stored == {"sip:10.0.0.20:5060": ("drain", "a"),
+                          "sip:10.0.0.21:5060": ("down", "b")}
+        assert a.core.admin.state("sip:10.0.0.21:5060") == "down"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_an_upstream_state_set_while_the_store_is_away_is_written_when_it_answers(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    server: RedisServer = request.getfixturevalue("own_redis")
+    k = keeper(open_store(server.url, node="a"), server.url, node="a")
+    await k.start()
+    try:
+        server.kill()
+        await until(lambda: not k.up)
+        s = set_here(k, "sip:10.0.0.20:5060", "drain", time.time())
+        assert await k.put_upstream_state(s) is False  # kept, the call goes on
+        assert k.core.admin.state("sip:10.0.0.20:5060") == "drain"  # obeyed at once
+        server.start()  # without its data: a reset store, the state is written back into it
+        await until(lambda: k.up and not k.upstreams.pending, timeout=15)
+        async with RedisStore(server.url) as fresh:
+            assert await fresh.list_upstream_states() == [s]
+        # the reload after the outage did not undo it
+        assert k.core.admin.state("sip:10.0.0.20:5060") == "drain"
+    finally:
+        await k.close()
 
 
 # -- the shared key ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.store import SchemaVersionError, StoreChange
+from proxy.store import SchemaVersionError, StoreChange, UpstreamState
 from proxy.store.redis import NodeInfo, RedisStore
 from proxy.store.sqlite import SqliteStore
 from tests.redis_harness import RedisServer
@@ -127,7 +127,7 @@ async def test_redis_every_write_is_published_with_its_origin(shared: RedisStore
     async def listen() -> None:
         async for change in shared.changes(subscribed.set):
             seen.append(change)
-            if len(seen) == 3:
+            if len(seen) == 4:
                 return
 
     task = asyncio.create_task(listen())
@@ -137,11 +137,14 @@ async def test_redis_every_write_is_published_with_its_origin(shared: RedisStore
         await writer.put_binding(binding())
         await writer.remove_binding(binding().aor, binding().key)
         await writer.put_route(route())
+        await writer.put_upstream_state(UpstreamState("sip:10.0.0.20:5060", "drain", T0, "w"))
     await asyncio.wait_for(task, 5)
     ops = [(c.op, c.origin) for c in seen]  # type: ignore[attr-defined]
     assert ops == [("put_binding", "writer"), ("remove_binding", "writer"),
-                   ("put_route", "writer")]
+                   ("put_route", "writer"), ("put_upstream_state", "writer")]
     assert seen[0].binding == binding()  # type: ignore[attr-defined]
+    assert seen[3].upstream == UpstreamState(  # type: ignore[attr-defined]
+        "sip:10.0.0.20:5060", "drain", T0, "w")
 
 
 async def test_redis_node_addresses_are_published_with_a_ttl(shared: RedisStore) -> None:

@@ -400,6 +400,28 @@ def test_each_decision_is_placed_on_the_response_that_caused_it() -> None:
                for f, m in zip(firsts[at503:], call["messages"][at503:], strict=True))
 
 
+def test_the_timings_of_a_call_are_read_from_its_messages() -> None:
+    """INVITE at 100.01 (the caller's), the proxy's 100 and INVITE 1 ms apart each, the 503
+    10 ms later, the second INVITE, the 603 and the 603 to the caller (traced_call's clock)."""
+    call = traced_detail()
+    t = call["timings"]
+    offsets = [m["offset"] for m in call["messages"]]
+    firsts = [m["first_line"] for m in call["messages"]]
+    assert t["trying"] == offsets[firsts.index("SIP/2.0 100 Trying")]
+    assert t["forwarded"] == offsets[next(i for i, f in enumerate(firsts)
+                                          if f.startswith("INVITE") and i > 0)]
+    to_caller = [i for i, m in enumerate(call["messages"])
+                 if m["first_line"].startswith("SIP/2.0 603") and m["direction"] == "out"]
+    assert t["final"] == offsets[to_caller[0]] > t["forwarded"] > 0
+    assert t["ringing"] is None and t["answered"] is None and t["ended"] is None
+    assert t["final_core"] is not None and t["final_core"] >= 0
+    marks = {m["text"]: m for m in call["marks"]}
+    assert marks["global-failure: stop (603)"]["offset"] == offsets[
+        marks["global-failure: stop (603)"]["message"]]
+    assert f"final +{t['final']:.6f} s" in text(call)
+    assert f"final +{t['final']:.6f} s" in page(call)
+
+
 def test_a_learned_route_is_marked_on_its_3xx() -> None:
     capture = Capture(100, 10**6, 0, None)
     index = CallIndex(capture, max_calls=10)

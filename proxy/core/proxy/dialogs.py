@@ -27,7 +27,7 @@ def _key(call_id: str, a: str | None, b: str | None) -> str:
 class Dialogs:
     """Open dialogs by key, with the time of their last sign of life."""
 
-    __slots__ = ("open", "ends", "idle", "deadline")
+    __slots__ = ("open", "ends", "idle", "deadline", "upstreams")
 
     def __init__(self, idle: float) -> None:
         self.open: dict[str, float] = {}
@@ -36,6 +36,9 @@ class Dialogs:
         self.ends: dict[str, tuple[tuple[str, int], Target]] = {}
         self.idle = idle
         self.deadline: float | None = None  # the next idle sweep (the core's timer queue)
+        #: dialog key -> the name of the upstream the call was sent to (calls in flight per
+        #: upstream, ``sip-policy-proxy upstreams list``)
+        self.upstreams: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.open)
@@ -46,6 +49,8 @@ class Dialogs:
         ``callee`` is the branch's target, remembered when it is a registered binding."""
         key = _key(call_id, from_tag, to_tag)
         self.open[key] = now
+        if callee is not None and callee in core.prober.up:
+            self.upstreams[key] = callee.label or f"sip:{callee.host}:{callee.port}"
         if callee is not None and callee.aor is not None and callee.request_uri:
             try:
                 uri = parse_uri(callee.request_uri)
@@ -68,6 +73,13 @@ class Dialogs:
                 return key
         return None
 
+    def per_upstream(self) -> dict[str, int]:
+        """Calls up by the upstream they were sent to (counted when asked)."""
+        counts: dict[str, int] = {}
+        for name in self.upstreams.values():
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def end(self, key: str) -> tuple[tuple[str, int], Target] | None:
         """The registered binding dialog ``key`` was set up with: its Contact's (host, port)
         and the target that reaches it (over its flow)."""
@@ -81,6 +93,7 @@ class Dialogs:
         if msg.method == "BYE":
             del self.open[key]
             self.ends.pop(key, None)
+            self.upstreams.pop(key, None)
         else:
             self.open[key] = now
 
@@ -90,5 +103,7 @@ class Dialogs:
         self.open = {k: t for k, t in self.open.items() if t > bound}
         if self.ends:
             self.ends = {k: e for k, e in self.ends.items() if k in self.open}
+        if self.upstreams:
+            self.upstreams = {k: u for k, u in self.upstreams.items() if k in self.open}
         self.deadline = min(self.open.values()) + self.idle if self.open else None
         core.queue.schedule(self)

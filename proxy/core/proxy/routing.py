@@ -320,8 +320,13 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,
         target = target_for_uri(uri, request_uri=None)
         return Answer(404) if target is None else Forward([[target]])
     if core.settings.upstreams:
-        # 5. Everything else: the upstreams, first one first (failover by policy).
-        return Forward([[t] for t in core.prober.usable(core.settings.upstreams)])
+        # 5. Everything else: the upstreams, first one first (failover by policy), without
+        # those drained or down by an operator (:mod:`.upstream_admin`); none left: 503
+        # (RFC 3261 21.5.4), as when every one failed.
+        admitted = core.admin.admitted(core.settings.upstreams)
+        if not admitted:
+            return Answer(503, "Upstreams Out Of Service")
+        return Forward([[t] for t in core.prober.usable(admitted)])
     # No upstream, nobody registered: a stranger's Request-URI is never a next hop.
     return Answer(404)
 

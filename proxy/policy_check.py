@@ -69,6 +69,12 @@ def explain_route(
                           topo.groups_of(source) if source else frozenset())
     when = wall if wall is not None else time.time()
     route = policy.route(request, when)
+    if route.name is None and request.source_groups:
+        # From an upstream, no route: to its Request-URI (as the proxy routes it).
+        decision = policy.evaluate(status, method, request, AnswerView(None), when)
+        return [f"route: (none) -> its Request-URI {ruri} (from an upstream of "
+                f"{', '.join(sorted(request.source_groups))}; no route matched)",
+                f"{decision.describe()} -> {_consequence(config, decision, status, '', ruri)}"]
     group = route.group_or(topo.default)
     decision = policy.evaluate(status, method, request, AnswerView(group), when)
     return [_route_line(config, route, group),

@@ -76,9 +76,13 @@ def status_table(st: dict[str, Any]) -> str:
     ups = st.get("upstreams", [])
     probing = "" if st.get("probing") else " (not probed)"
     for u in ups:
+        groups = f" ({', '.join(u['groups'])})" if u.get("groups") else ""
+        held = u.get("held_for") or 0
+        state = f"DOWN (held down {held:g} s more by the policy)" if held else (
+            ("up" if u["up"] else "DOWN") + probing)
         admin = u.get("admin", "up")  # drained or down by an operator (`upstreams list`)
-        rows.append((f"upstream {u['upstream']}", ("up" if u["up"] else "DOWN") + probing
-                     + ("" if admin == "up" else f", {admin.upper()} by an operator")))
+        rows.append((f"upstream {u['upstream']}{groups}",
+                     state + ("" if admin == "up" else f", {admin.upper()} by an operator")))
     if not ups:
         rows.append(("upstreams", "(none)"))
     rows += [

@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Final, NamedTuple
 
 from proxy.core.types import Dest, Source, Target
-from proxy.policy import Decision, Policy
+from proxy.policy import Decision, Policy, RequestView, Route
 from proxy.sip import SipMessage
 from proxy.transaction import ClientTransaction, ServerTransaction
 
@@ -41,6 +41,9 @@ class Branch:
         "deadline",
         "final_status",
         "conn",
+        "group",
+        "upstream",
+        "superseded",
     )
 
     def __init__(
@@ -62,6 +65,12 @@ class Branch:
         self.final_status = 0
         #: the stream connection this transaction is counted on (the transaction table), if any
         self.conn: int | None = None
+        #: the upstream group this branch went to and the upstream (as configured) it is
+        #: of; None for any other target (a registered phone, a redirect target)
+        self.group: str | None = None
+        self.upstream: Target | None = None
+        #: CANCELled by a route's ``no_answer`` timer: its final response decides nothing
+        self.superseded = False
 
 
 class ServerEntry:
@@ -178,6 +187,12 @@ class ResponseContext:
         "flow_attempts",
         "path",
         "from_tag",
+        "group",
+        "route",
+        "view",
+        "diversion",
+        "reply",
+        "timer",
     )
 
     def __init__(
@@ -210,6 +225,16 @@ class ResponseContext:
         #: REGISTER to an upstream registrar: (flow token of the UA's flow, ";ob" or "") for
         #: the Path value each branch inserts (RFC 3327 5.1, RFC 5626 5.1)
         self.path: tuple[str, str] | None = None
+        #: the upstream group the context forwards to now (a route's, a failover's ``to``);
+        #: None when its targets are not an upstream group (bindings, a Request-URI)
+        self.group: str | None = None
+        self.route: Route | None = None  # the policy route that picked the first group
+        self.view: RequestView | None = None  # the request as the policy sees it, if needed
+        #: a Diversion line (RFC 5806) every later branch carries (failover ``diversion``)
+        self.diversion: str | None = None
+        #: a ``reply`` rule decided: (status, reason) the caller gets once branches end
+        self.reply: tuple[int, str | None] | None = None
+        self.timer: NoAnswerTimer | None = None  # the route's ``no_answer`` timer, if armed
 
     def fire(self, event: ContextEvent) -> bool:
         """Apply ``event`` by :data:`CONTEXT_TABLE`; False when it does not apply here."""
@@ -255,6 +280,9 @@ class ResponseContext:
         self.request = None
         self.responses = []
         self.groups = []
+        self.view = None
+        if self.timer is not None:
+            self.timer.deadline = None  # stale in the timer queue: never fires
         if self.server.request is not None:
             self.server.request = None
 
@@ -273,6 +301,19 @@ class ResponseContext:
 
     def drop_response(self, msg: SipMessage) -> None:
         self.responses = [r for r in self.responses if r[1] is not msg]
+
+
+class NoAnswerTimer:
+    """A route's ``no_answer``: at ``deadline`` (the core's clock), when the context still
+    forwards to ``group`` and no 2xx arrived, its branches are CANCELled (RFC 3261 16.10) and
+    the call goes on with the group ``NoAnswer.to`` (:func:`proxy.core.proxy.steer.no_answer`)."""
+
+    __slots__ = ("ctx", "group", "deadline")
+
+    def __init__(self, ctx: ResponseContext, group: str, deadline: float) -> None:
+        self.ctx = ctx
+        self.group = group
+        self.deadline: float | None = deadline
 
 
 def select_best(responses: list[Response]) -> Response | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import Counter
-from collections.abc import Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from traceback import format_exc
 
@@ -30,13 +30,29 @@ from proxy.core.access.sources import (
     Refusals,
 )
 from proxy.core.access.trust import Trust
-from proxy.core.context import Branch, BranchState, ResponseContext, ServerEntry
+from proxy.core.context import (
+    Branch,
+    BranchState,
+    NoAnswerTimer,
+    ResponseContext,
+    ServerEntry,
+)
 from proxy.core.effects import ERROR, INFO, Effects, LogLine, Out
 from proxy.core.observe.metrics import Metrics
 from proxy.core.outbound import flows as outbound
 from proxy.core.outbound.flowtoken import FlowTokens
 from proxy.core.probe import Probe, Prober
-from proxy.core.proxy import cancel, final, forward, learned, redirects, responses, routing
+from proxy.core.proxy import (
+    cancel,
+    final,
+    forward,
+    learned,
+    redirects,
+    responses,
+    routes,
+    routing,
+    steer,
+)
 from proxy.core.proxy.dialogs import Dialogs
 from proxy.core.proxy.redirect_guard import RedirectGuard
 from proxy.core.registrar import expiry
@@ -60,6 +76,9 @@ class CoreSettings:
     """What the core needs from proxy.yaml, already resolved."""
 
     upstreams: tuple[Target, ...] = ()
+    #: every upstream group in order, the first the default: ``((name, targets), ...)``;
+    #: () is the one group ``default`` of ``upstreams``
+    groups: tuple[tuple[str, tuple[Target, ...]], ...] = ()
     record_route: bool = True
     registrar_local: bool = False
     domains: frozenset[str] = frozenset()
@@ -114,7 +133,18 @@ class ProxyCore:
             host, _, port = a.advertised.rpartition(":")
             self.ours.add((host.strip("[]").lower(), int(port)))
         self.adv = tuple({a.advertised for a in local})
-        self._upstream_addrs = {(t.host, t.port) for t in settings.upstreams}
+        groups = settings.groups or (("default", settings.upstreams),)
+        #: upstream groups by name, in order (routes, failover ``to``, README "Routes")
+        self.groups: dict[str, tuple[Target, ...]] = dict(groups)
+        self.default_group = groups[0][0]
+        self.members = {name: frozenset(ts) for name, ts in groups}
+        #: every upstream of every group, once, in order: probed, and upstreams for the
+        #: access rules (a request from one is trusted, one may be relayed to)
+        self.all_upstreams = tuple(dict.fromkeys(t for _, ts in groups for t in ts))
+        #: by host (lower case): the groups with an upstream there (a route's ``source``);
+        #: an upstream named by a domain adds its addresses (:func:`.steer.name_sources`)
+        self.source_groups: dict[str, frozenset[str]] = routes.source_groups(self, {})
+        self._upstream_addrs = {(t.host, t.port) for t in self.all_upstreams}
         self.has_tcp = any(a.transport == "tcp" for a in local)
         self.refusals = Refusals()
         self.limiter = RateLimiter(settings.per_source_rps)
@@ -142,7 +172,8 @@ class ProxyCore:
         self.expiry = expiry.Expiry()
         #: this proxy among several sharing one state (:mod:`~proxy.core.shared`), set by the runtime
         self._cluster = Cluster()
-        self.prober = Prober(settings.upstreams, settings.probe_interval, settings.probe_timeout)
+        self.prober = Prober(self.all_upstreams, settings.probe_interval,
+                             settings.probe_timeout)
         self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
         #: the operators' up / drain / down of each upstream (:mod:`~proxy.core.upstream_admin`)
         self.admin = UpstreamAdmin()
@@ -202,6 +233,8 @@ class ProxyCore:
                 self.prober.on_timer(self, now, out)
             elif item is self.dialogs:
                 self.dialogs.on_timer(self, now)
+            elif isinstance(item, NoAnswerTimer):
+                steer.no_answer(self, item, now, out)
             elif isinstance(item, ResponseContext):
                 item.deadline = None
                 if not item.final_sent:
@@ -298,6 +331,12 @@ class ProxyCore:
         """The (host, port) pairs requests from which are an upstream's (the configured
         upstreams and what their names resolve to, RFC 3263)."""
         self._upstream_addrs = set(addrs)
+        return self._effects(Out())
+
+    def set_source_addresses(self, resolved: Mapping[str, Iterable[str]]) -> Effects:
+        """The addresses the upstreams named by a domain resolved to (RFC 3263), by name
+        (lower case): a route's ``source: [GROUP]`` holds for a request from any of them."""
+        steer.name_sources(self, resolved)
         return self._effects(Out())
 
     def join_cluster(self, node: str, is_shared: bool) -> Effects:
@@ -492,6 +531,7 @@ class ProxyCore:
         ctx.append = prep.append
         ctx.path = registrar_glue.upstream_path(self, msg, src)
         entry.ctx = ctx
+        steer.begin(self, ctx, decision.routed, now)
         forward.next_group(self, ctx, now, out)
         if ctx.pending == 0 and not ctx.final_sent:
             final.send_best(self, ctx, now, out)

@@ -2,7 +2,8 @@
 
 Any response (a 404 or 501 too) means the upstream is alive; silence for ``timeout`` seconds
 or a transport error means it is down; the first answer brings it back up. Routing skips the
-upstreams that are down (:meth:`Prober.usable`), and tries all of them when all are down.
+upstreams that are down, or held down by a policy rule's ``hold_down`` (:meth:`Prober.hold`,
+:meth:`Prober.available`), and tries all of them when all are.
 
 The :class:`Prober` sits in the core's timer queue like a transaction (``deadline``); over
 UDP a probe is retransmitted at T1, 2*T1, ... (capped at T2) until its timeout. Its branch is
@@ -45,7 +46,7 @@ class Prober:
     """The probing state of every upstream (RFC 3261 11: OPTIONS as a liveness check)."""
 
     __slots__ = ("upstreams", "interval", "timeout", "up", "pending", "next_round",
-                 "deadline", "n")
+                 "deadline", "n", "held")
 
     def __init__(self, upstreams: Sequence[Target], interval: float, timeout: float) -> None:
         self.upstreams = tuple(upstreams)
@@ -57,15 +58,38 @@ class Prober:
         self.next_round: float | None = None
         self.deadline: float | None = None
         self.n = 0
+        #: upstreams held down by a policy rule (``hold_down``): until when, on the core's
+        #: clock (:meth:`hold`); an entry past its time no longer counts
+        self.held: dict[Target, float] = {}
 
     @property
     def enabled(self) -> bool:
         return self.interval > 0 and bool(self.upstreams)
 
-    def usable(self, targets: Sequence[Target]) -> list[Target]:
-        """``targets`` without the upstreams that are down; all of them when all are down."""
-        alive = [t for t in targets if self.up.get(t, True)]
+    def available(self, targets: Sequence[Target], now: float) -> list[Target]:
+        """``targets`` without the upstreams probed down or held down at ``now``; all of
+        them when none is left (a group all down is tried anyway)."""
+        held = self.held
+        alive = [t for t in targets if self.up.get(t, True)
+                 and (not held or held.get(t, 0.0) <= now)]
         return alive or list(targets)
+
+    def hold(self, core: ProxyCore, t: Target, seconds: float, now: float) -> None:
+        """A policy rule's ``hold_down``: leave ``t`` out of every group for ``seconds`` from
+        ``now`` (the core's clock); a later hold of the same upstream extends it, never
+        shortens it. Bounded: one entry per upstream of the configuration."""
+        until = now + seconds
+        if until > self.held.get(t, 0.0):
+            self.held[t] = until
+            core.note(WARNING, "upstream %s held down for %g s by the policy",
+                      upstream_name(t), seconds)
+
+    def held_until(self, t: Target, now: float) -> float | None:
+        """Until when ``t`` is held down, None when it is not (at ``now``)."""
+        until = self.held.get(t)
+        if until is None or until <= now:
+            return None
+        return until
 
     def _reschedule(self, core: ProxyCore) -> None:
         d = self.next_round

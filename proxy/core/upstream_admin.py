@@ -5,7 +5,7 @@ An operator sets an upstream's administrative state (``sip-policy-proxy upstream
 or ``POST /upstreams/drain``); it is independent of what probing finds:
 
 - ``drain``: no new initial request goes to it (:meth:`UpstreamAdmin.admitted`, applied where
-  the target set is built, :meth:`~proxy.core.probe.Prober.usable`); everything of the calls
+  the target set is built, :func:`~proxy.core.proxy.routes.usable`); everything of the calls
   in progress goes on: in-dialog requests follow their Route set or Request-URI (RFC 3261
   16.4, 12.2), responses their branch (17.1.3), and the upstream stays an upstream for the
   access rules (its BYE is trusted). It is still probed.

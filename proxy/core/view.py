@@ -9,9 +9,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from proxy.core.proxy import steer
+
 if TYPE_CHECKING:
     from proxy.core.core import CoreSettings, ProxyCore
     from proxy.core.observe.metrics import Metrics
+    from proxy.core.proxy.steer import UpstreamState
     from proxy.core.types import Target
     from proxy.core.upstream_admin import AdminState
     from proxy.policy import Policy
@@ -85,6 +88,15 @@ class CoreView:
     def calls_per_upstream(self) -> dict[str, int]:
         """Calls up, by the upstream they were sent to."""
         return self._core.dialogs.per_upstream()
+
+    @property
+    def all_upstreams(self) -> tuple[Target, ...]:
+        """Every upstream of every group, once, in order."""
+        return self._core.all_upstreams
+
+    def upstream_states(self, now: float) -> list[UpstreamState]:
+        """Every upstream with its groups, probe result and hold-down at ``now``."""
+        return steer.upstream_states(self._core, now)
 
     def admin_state(self, upstream: str) -> str:
         """The operators' state of an upstream: up, drain or down (:mod:`.upstream_admin`)."""

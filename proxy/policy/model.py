@@ -225,11 +225,13 @@ class Policy:
     What the core reads, besides :meth:`route` and :meth:`evaluate`, to build only the views
     the policy looks at: ``needs_request`` (a rule matches on the request), ``request_headers``
     (the request headers routes match on), ``response_headers`` (the response headers rules
-    match on), ``uses_time`` (a route or rule matches on time: pass ``wall``).
+    match on), ``uses_time`` (a route or rule matches on time: pass ``wall``), ``conditional``
+    (a rule matches on more than status and method: pass the views).
     """
 
     __slots__ = ("rules", "version", "path", "routes", "tests", "needs_request",
-                 "request_headers", "response_headers", "uses_time", "_tables", "_chains")
+                 "request_headers", "response_headers", "uses_time", "conditional", "_tables",
+                 "_chains")
 
     def __init__(
         self,
@@ -250,6 +252,8 @@ class Policy:
         self.request_headers = _unique(n for c in route_conditions for n in c.header_names())
         self.response_headers = _unique(n for c in rule_conditions for n in c.header_names())
         self.uses_time = any(c.time is not None for c in [*rule_conditions, *route_conditions])
+        #: some rule matches on more than status and method: :meth:`evaluate` reads the views
+        self.conditional = bool(rule_conditions)
         self._tables: dict[str | None, _Table] = {}
         self._chains: dict[str | None, _Chains] = {}
         self._build(bool(rule_conditions))

@@ -1,7 +1,7 @@
 """Routes: which upstream group a new initial request goes to (``routes:`` of a policy file).
 
-The first route whose matches hold picks the group; when none does, the call goes to the
-first group of ``upstreams`` in proxy.yaml (:data:`DEFAULT_ROUTE`, whose ``group`` is None
+The first route whose matches hold picks the group (a route without ``method`` never takes
+a REGISTER); when none does, the call goes to the first group of ``upstreams`` in proxy.yaml (:data:`DEFAULT_ROUTE`, whose ``group`` is None
 because the policy does not know the configuration's groups). A route may carry
 ``no_answer``: when no 2xx arrived within ``after`` seconds of the request reaching the
 route's group, its branches are CANCELled (RFC 3261 16.10) and the call goes on with the
@@ -50,7 +50,13 @@ class Route:
     column: int = 0
 
     def matches(self, request: RequestView, wall: float | None) -> bool:
-        if self.methods is not None and request.method not in self.methods:
+        """Whether the route takes ``request``. A route without ``method`` takes every
+        method but REGISTER: registrations stay with the first group (where the registrar
+        is) unless a route names REGISTER."""
+        if self.methods is None:
+            if request.method == "REGISTER":
+                return False
+        elif request.method not in self.methods:
             return False
         return self.when is None or self.when.holds(request, None, wall)
 

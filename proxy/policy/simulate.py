@@ -4,7 +4,10 @@ with it, ``explain`` shows one step of it.
 
 What it models (RFC 3261 16.6-16.7 as the core implements them):
 
-* the route picks the first group (:meth:`Policy.route`); its upstreams are tried one at a
+* the route picks the first group (:meth:`Policy.route`); a request from an upstream (its
+  source is an upstream's address) that no route matches goes to its Request-URI, as a
+  request from an upstream always did (:data:`REQUEST_URI_TARGET`, a branch outside the
+  groups); its upstreams are tried one at a
   time, first one first, each at most once per call (16.5), leaving out the ones held down
   (all of a group held down: all are tried);
 * each answer is the final response of the branch in turn; its decision (:meth:`Policy.evaluate`,
@@ -34,13 +37,15 @@ from proxy.policy.match import AnswerView, RequestView
 from proxy.policy.model import Action, Decision, Policy
 from proxy.policy.route import Route
 
-__all__ = ["NO_ANSWER_RULE", "Outcome", "Step", "Topology", "check_test", "simulate",
-           "user_part"]
+__all__ = ["NO_ANSWER_RULE", "REDIRECT_TARGET", "REQUEST_URI_TARGET", "Outcome", "Step",
+           "Topology", "check_test", "simulate", "user_part"]
 
 #: The rule name a ``no_answer`` step reads as.
 NO_ANSWER_RULE = "no_answer"
 #: Where the next answer comes from after a redirect (a Contact of the 3xx, no group).
 REDIRECT_TARGET = "(a Contact of the 3xx)"
+#: Where a request from an upstream that no route matches goes (its ``group`` too).
+REQUEST_URI_TARGET = "(its Request-URI)"
 
 
 class Topology:
@@ -143,13 +148,20 @@ class _Call:
         self.wall = request.wall
         self.clock = request.wall if request.wall is not None else 0.0
         route = policy.route(self.view, request.wall)
-        self.outcome = Outcome(route, route.group_or(topology.default), held=dict(held or {}))
-        self.group: str | None = self.outcome.group
-        self.timer_group: str | None = self.outcome.group if route.no_answer else None
         self.tried: set[str] = set()
-        self.queue: list[str] = self._targets(self.outcome.group)
         self.responses: list[tuple[int, bool]] = []  # (status, synthesised)
         self.done = False
+        if route.name is None and self.view.source_groups:
+            # From an upstream, no route: to its Request-URI (the routing order's step 4).
+            self.outcome = Outcome(route, REQUEST_URI_TARGET, held=dict(held or {}))
+            self.group: str | None = None
+            self.timer_group: str | None = None
+            self.queue: list[str] = [REQUEST_URI_TARGET]
+            return
+        self.outcome = Outcome(route, route.group_or(topology.default), held=dict(held or {}))
+        self.group = self.outcome.group
+        self.timer_group = self.outcome.group if route.no_answer else None
+        self.queue = self._targets(self.outcome.group)
 
     def _targets(self, group: str) -> list[str]:
         members = [u for u in self.topology.members(group) if u not in self.tried]
@@ -165,7 +177,7 @@ class _Call:
             return
         target = self.queue.pop(0)
         self.tried.add(target)
-        group = self.group if target != REDIRECT_TARGET else None
+        group = self.group if target not in (REDIRECT_TARGET, REQUEST_URI_TARGET) else None
         if answer.kind == "no_answer":
             self._no_answer(number, group, target, answer)
             return
@@ -231,6 +243,8 @@ class _Call:
         final = self.outcome.final
         if final is not None:
             return f"the call ended with {final}"
+        if self.group is None:
+            return "its Request-URI answered"
         return f"group {self.group} has no upstream left"
 
     def finish(self) -> Outcome:

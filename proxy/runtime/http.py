@@ -209,9 +209,12 @@ def status_of(rt: Any) -> dict[str, Any]:
 
     core = rt.core
     return {
-        "upstreams": [{"upstream": upstream_name(t), "up": bool(alive),
-                       "admin": core.view.admin_state(upstream_name(t))}
-                      for t, alive in core.view.upstream_up.items()],
+        # up: probed up and not held down; held_for: seconds a policy rule still holds it;
+        # admin: the state an operator set (up, drain, down)
+        "upstreams": [{"upstream": upstream_name(s.target), "groups": list(s.groups),
+                       "up": s.up, "probed_up": s.probed_up, "held_for": round(s.held_for, 1),
+                       "admin": core.view.admin_state(upstream_name(s.target))}
+                      for s in core.view.upstream_states(rt.loop.time())],
         "probing": core.view.probing,
         "registrations": core.view.registrations,
         "learned_routes": len(core.view.learned),
@@ -245,7 +248,7 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
     from proxy.runtime.upstream_control import upstream_routes
 
     registry = make_registry(rt.core, rt.reloads, rt.started,
-                             lambda: streams.managers(rt))
+                             lambda: streams.managers(rt), rt.loop.time)
     registry.register(TracingCollector(rt))  # type: ignore[arg-type]
     config = getattr(rt, "config", None)
     access = Access(getattr(config, "http_token", None))

@@ -9,6 +9,7 @@ no lock is taken per message. Process metrics come from the library's ProcessCol
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -49,10 +50,12 @@ METRIC_NAMES = (
 class CoreCollector:
     """Reads the core's counters (and the runtime's reload counts) at scrape time."""
 
-    def __init__(self, core: ProxyCore, reloads: Counter[str], started: float) -> None:
+    def __init__(self, core: ProxyCore, reloads: Counter[str], started: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.core = core
         self.reloads = reloads
         self.started = started
+        self.clock = clock  # the core's clock (the event loop's): hold-downs end on it
 
     def describe(self) -> list[Metric]:
         return []  # the families are only known at scrape time (auto_describe is off)
@@ -94,10 +97,13 @@ class CoreCollector:
                                 value=view.active_transactions)
         yield GaugeMetricFamily(PREFIX + "dialogs", "Calls up (dialogs through the proxy)",
                                 value=view.calls)
-        up = GaugeMetricFamily(PREFIX + "upstream_up", "Upstream answers OPTIONS (1) or not (0)",
-                               labels=["upstream"])
-        for t, alive in view.upstream_up.items():
-            up.add_metric([upstream_name(t)], 1 if alive else 0)
+        up = GaugeMetricFamily(PREFIX + "upstream_up", "Upstream answers OPTIONS and is not "
+                               "held down by a policy rule (1) or not (0), per group",
+                               labels=["upstream", "group"])
+        for state in view.upstream_states(self.clock()):
+            name = upstream_name(state.target)
+            for group in state.groups:
+                up.add_metric([name, group], 1 if state.up else 0)
         yield up
         yield _admin_states(view)
         yield _histogram(m.buckets, m.final_sum)
@@ -115,7 +121,7 @@ def _admin_states(view: Any) -> Metric:
     fam = GaugeMetricFamily(PREFIX + "upstream_admin_state",
                             "An operator's state of each upstream: 1 for the current one",
                             labels=["upstream", "state"])
-    names = [upstream_name(t) for t in view.settings.upstreams]
+    names = [upstream_name(t) for t in view.all_upstreams]
     names += [n for n in sorted(view.admin_states) if n not in names]
     for name in names:
         current = view.admin_state(name)
@@ -192,9 +198,11 @@ def _histogram(buckets: list[int], total: float) -> HistogramMetricFamily:
 
 
 def make_registry(core: ProxyCore, reloads: Counter[str], started: float,
-                  streams: Callable[[], Iterable[Any]] = tuple) -> CollectorRegistry:
+                  streams: Callable[[], Iterable[Any]] = tuple,
+                  clock: Callable[[], float] = time.monotonic) -> CollectorRegistry:
+    """``clock``: the core's clock (the event loop's ``time``)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(CoreCollector(core, reloads, started))  # type: ignore[arg-type]
+    registry.register(CoreCollector(core, reloads, started, clock))  # type: ignore[arg-type]
     registry.register(StreamCollector(streams))  # type: ignore[arg-type]
     ProcessCollector(registry=registry)
     return registry

@@ -123,8 +123,10 @@ class Runtime:
         # Key of flow tokens, branch MACs, digest nonces: the configured secret, else a random
         # one that start() replaces by the state store's before listening (state_key.py).
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
+        groups = named_upstreams.groups_of(config, plan)
         settings = CoreSettings(
-            upstreams=plan.targets,
+            upstreams=groups[0][1],
+            groups=groups,
             record_route=config.record_route,
             registrar_local=config.registrar == "local",
             domains=frozenset(d.lower() for d in config.domains),
@@ -434,15 +436,29 @@ class Runtime:
         for n in plan.named:
             self.sends.upstream(n.hop)
         self._carry_out(self.core.set_upstream_addresses(self.core.view.upstream_addrs | plan.addresses))
+        self._name_sources(plan.named, plan.found)
         return named_upstreams.Refresher(self.resolver, plan.named, self._upstream_answer,
                                          plan.found)
 
+    def _name_sources(self, named: tuple[named_upstreams.Named, ...],
+                      found: dict[int, Targets]) -> None:
+        """A route's ``source: [GROUP]`` holds for the addresses the group's named upstreams
+        resolved to (ProxyCore.set_source_addresses)."""
+        resolved: dict[str, list[str]] = {}
+        for n in named:
+            answer = found.get(n.position)
+            if answer is not None:
+                resolved.setdefault(n.upstream.host.lower(), []).extend(
+                    t.host for t in answer.targets)
+        self._carry_out(self.core.set_source_addresses(resolved))
+
     def _upstream_answer(self, named: named_upstreams.Named, answer: Targets) -> None:
         """A named upstream resolved again: its addresses are an upstream's from now on."""
-        addrs = {(t.host, t.port) for t in self.core.view.settings.upstreams}
+        addrs = {(t.host, t.port) for t in self.core.view.all_upstreams}
         for found in self.refresher.current.values():
             addrs.update((r.host, r.port) for r in found.targets)
         self._carry_out(self.core.set_upstream_addresses(addrs))
+        self._name_sources(self.refresher.named, self.refresher.current)
 
     # -------------------------------------------------------------- timers
 

@@ -36,7 +36,7 @@ def _exempt(rt: Runtime) -> Callable[[str], bool]:
     """Hosts whose connections are held neither to ``limits.tcp_per_source`` nor to
     ``tcp_idle_timeout``: the upstreams' addresses and ``trusted_relays`` (the sources
     ``per_source_rps`` does not limit either)."""
-    upstreams = frozenset(t.host for t in rt.core.view.settings.upstreams)
+    upstreams = frozenset(t.host for t in rt.core.view.all_upstreams)
     relays = rt.core.view.settings.trusted_relays
     return lambda host: host in upstreams or host in relays
 
@@ -94,7 +94,7 @@ def tls_names(rt: Runtime) -> dict[tuple[str, int], str]:
     """Resolved address of each TLS upstream -> the host name its certificate must match
     (RFC 5922 7.2: the name of the URI, not the address it resolved to)."""
     names: dict[tuple[str, int], str] = {}
-    for u, t in zip(rt.config.upstreams, rt.core.view.settings.upstreams, strict=True):
+    for u, t in zip(rt.config.all_upstreams, rt.upstream_plan.targets, strict=True):
         if u.transport == "tls":
             names[(t.host, t.port)] = u.host
     return names

@@ -47,8 +47,8 @@ def iso(t: float) -> str:
 
 def listing(rt: Any) -> dict[str, Any]:
     """What ``GET /upstreams`` answers: each upstream of each group (in config order), its
-    probe state (up, down, off: probing is off, not probed: down by an operator or outside
-    the probed group), its administrative state, since when and set by which node, and the
+    probe state (up, down, off: probing is off, not probed: down by an operator; every group
+    is probed), its administrative state, since when and set by which node, and the
     calls up that were sent to it."""
     view = rt.core.view
     probed = {t.label or f"sip:{t.host}:{t.port}": alive for t, alive in view.upstream_up.items()}

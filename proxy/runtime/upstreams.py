@@ -50,7 +50,8 @@ class Named(NamedTuple):
 
 
 class Plan(NamedTuple):
-    """The core's upstream targets (in config order), the addresses they stand for, the
+    """The core's upstream targets (of every group, each once, in config order:
+    ``Config.all_upstreams``), the addresses they stand for, the
     upstreams named by a domain and what their names resolved to (by position)."""
 
     targets: tuple[Target, ...]
@@ -81,13 +82,21 @@ def unresolved(config: Config) -> Plan:
     targets: list[Target] = []
     named: list[Named] = []
     addresses: set[tuple[str, int]] = set()
-    for i, u in enumerate(config.upstreams):
+    for i, u in enumerate(config.all_upstreams):
         targets.append(_target(u, u.transport, u.port))
         if is_ip(u.host):
             addresses.add((u.host, u.port))
         else:
             named.append(Named(i, u, hop_of(u)))
     return Plan(tuple(targets), frozenset(addresses), tuple(named), {})
+
+
+def groups_of(config: Config, plan: Plan) -> tuple[tuple[str, tuple[Target, ...]], ...]:
+    """Each upstream group of ``config`` with the plan's targets of its upstreams."""
+    index = {(u.host.lower(), u.port, u.transport): i
+             for i, u in enumerate(config.all_upstreams)}
+    return tuple((g.name, tuple(plan.targets[index[(u.host.lower(), u.port, u.transport)]]
+                                for u in g.upstreams)) for g in config.upstream_groups)
 
 
 async def plan(config: Config, resolver: Resolver) -> Plan:

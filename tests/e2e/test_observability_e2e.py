@@ -84,7 +84,7 @@ async def test_metrics_health_and_ready_after_a_603_call(
     assert (metric(text, "policy_decisions_total", rule="global-failure", action="stop")
             or 0) >= 1
     assert metric(text, "final_response_seconds_count") == 1
-    assert metric(text, "upstream_up", upstream=proxy.config["upstreams"][0]) == 1
+    assert metric(text, "upstream_up", upstream=proxy.config["upstreams"][0], group="default") == 1
     assert metric(text, "transactions") is not None and metric(text, "dialogs") == 0
     assert "process_resident_memory_bytes" in text
     # the per-call line, in text
@@ -164,8 +164,8 @@ async def silent_upstream_skipped(proxy_factory: Callable[..., ProxyProcess], si
         assert res.successful == 1, res.describe()
         assert took < 2.0, took
         _, text = await aget(proxy, "/metrics")
-        assert metric(text, "upstream_up", upstream=silent_uri) == 0
-        assert metric(text, "upstream_up", upstream=pbx_uri) == 1
+        assert metric(text, "upstream_up", group="default", upstream=silent_uri) == 0
+        assert metric(text, "upstream_up", group="default", upstream=pbx_uri) == 1
         while True:
             try:
                 got.append(silent.recv(65535))
@@ -229,7 +229,7 @@ async def test_status_prints_the_table(
         capture_output=True, text=True, timeout=20, cwd=REPO)
     assert out.returncode == 0, out.stderr
     table = out.stdout
-    assert re.search(rf"upstream {re.escape(up)} +up \(not probed\)", table), table
+    assert re.search(rf"upstream {re.escape(up)} \(default\) +up \(not probed\)", table), table
     for row in ("registrations", "learned routes", "transactions in progress", "calls up",
                 "policy version", "uptime"):
         assert re.search(rf"^{row} +\S", table, re.MULTILINE), (row, table)

@@ -226,3 +226,18 @@ def test_explain_usage_errors(setup: Path, args: list[str], message: str,
     assert main(["explain", *args]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.endswith(message)
+
+
+def test_status_shows_each_upstreams_groups_and_a_hold_down() -> None:
+    import re
+
+    from proxy.status_cli import status_table
+
+    table = status_table({"probing": True, "upstreams": [
+        {"upstream": "sip:10.0.0.20:5060", "groups": ["pbx"], "up": False, "probed_up": True,
+         "held_for": 42.0},
+        {"upstream": "sip:10.0.0.30:5060", "groups": ["voicemail", "pbx"], "up": True,
+         "probed_up": True, "held_for": 0}]})
+    assert re.search(r"upstream sip:10\.0\.0\.20:5060 \(pbx\) +DOWN \(held down 42 s more "
+                     r"by the policy\)", table), table
+    assert re.search(r"upstream sip:10\.0\.0\.30:5060 \(voicemail, pbx\) +up\n", table), table

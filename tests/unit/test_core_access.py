@@ -194,9 +194,8 @@ def test_request_too_large_for_a_datagram_without_tcp_gets_513_at_once() -> None
 
 def test_udp_flow_target_is_never_switched_to_tcp() -> None:
     """A UA's UDP flow (RFC 5626) is the only way to reach it: a large request stays on it."""
-    h = Harness.make()
     t = Target("udp", "127.0.0.1", 7777, "sip:x@127.0.0.1:7777", via_flow=True)
-    h.core.settings = h.core.settings.__class__(upstreams=(t,))
+    h = Harness.make(upstreams=(t,))
     out = h.feed(request(body="v=0\r\n" + "a=x\r\n" * 300))
     [s] = sent_to(h, 7777, out)
     assert s.transport == "udp"

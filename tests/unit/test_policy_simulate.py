@@ -19,6 +19,7 @@ from proxy.policy import (
     simulate,
     user_part,
 )
+from proxy.policy.simulate import REQUEST_URI_TARGET
 
 TOPOLOGY = Topology([
     ("pbx", [("sip:10.0.0.20", "10.0.0.20"), ("sip:10.0.0.21", "10.0.0.21")]),
@@ -234,3 +235,33 @@ def test_check_test_reports_a_simulation_error() -> None:
     test = _test(_answers(486, "no_answer"), CaseExpect(status=200))
     assert check_test(POLICY, TOPOLOGY, test) == (
         "expected a no_answer timer for answer 2, got none in group voicemail (route office)")
+
+
+def test_a_request_from_an_upstream_that_no_route_matches_goes_to_its_request_uri() -> None:
+    """As the proxy routes it (README "Routes"): an upstream's request is routed by a route
+    that matches, else by its Request-URI (the routing order's step 4), not to the first
+    group; its branch has no group."""
+    policy, _ = parse_policy("rules:\n  - {name: busy, match: {status: 486, upstream: pbx},"
+                             " action: failover, to: voicemail}\nroutes:\n  - name: in\n"
+                             "    match: {ruri_user: '9.*'}\n    group: pbx\n")
+    out = simulate(policy, TOPOLOGY, CaseRequest(ruri="sip:1@x", source="10.0.0.30"),
+                   [CaseAnswer(486)])
+    assert out.route.name is None and out.group == REQUEST_URI_TARGET
+    assert out.steps[0].target == REQUEST_URI_TARGET and out.steps[0].group is None
+    assert out.last is not None and out.last.rule is None and out.final == 486
+    routed = simulate(policy, TOPOLOGY, CaseRequest(ruri="sip:91@x", source="10.0.0.30"), [])
+    assert routed.route.name == "in" and routed.group == "pbx"
+    stranger = simulate(policy, TOPOLOGY, CaseRequest(ruri="sip:1@x", source="10.9.9.9"), [])
+    assert stranger.group == "pbx"
+
+
+def test_a_route_without_method_leaves_register_to_the_first_group() -> None:
+    policy, _ = parse_policy("rules: []\nroutes:\n  - {name: all, group: voicemail}\n"
+                             "  - {name: reg, match: {method: REGISTER, ruri_user: 'r.*'},"
+                             " group: carrier}\n")
+    invite = simulate(policy, TOPOLOGY, CaseRequest("INVITE", "sip:1@x"), [])
+    register = simulate(policy, TOPOLOGY, CaseRequest("REGISTER", "sip:1@x"), [])
+    named = simulate(policy, TOPOLOGY, CaseRequest("REGISTER", "sip:r1@x"), [])
+    assert (invite.route.name, invite.group) == ("all", "voicemail")
+    assert (register.route.name, register.group) == (None, "pbx")
+    assert (named.route.name, named.group) == ("reg", "carrier")

@@ -105,7 +105,7 @@ def final_sent(core: ProxyCore, entry: ServerEntry, status: int, now: float, out
     if ctx is not None:
         targets = tuple(b.target.label or f"{b.target.host}:{b.target.port}"
                         for b in ctx.branches)
-        decisions = tuple((rule_name(r[2].rule), r[2].action.value, r.status)
+        decisions = tuple((rule_name(r[2].rule), r[2].verb, r.status)
                           for r in ctx.responses if r[2] is not None)
     try:
         from_, to, call_id = req.get("from") or "", req.get("to") or "", req.call_id or ""

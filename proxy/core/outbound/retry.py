@@ -41,10 +41,10 @@ def retry_flow(core: ProxyCore, ctx: ResponseContext, br: Branch, now: float, ou
         nt = routing.target_for_binding(core, b, now)
         if nt is None:
             continue
-        label = f"{nt.request_uri or ''}@{nt.host}:{nt.port}/{nt.transport}"
-        if label in ctx.tried:
+        key = forward.label(nt)
+        if key in ctx.tried:
             continue
-        ctx.tried.add(label)
+        ctx.tried.add(key)
         ctx.flow_attempts[t.instance] = tried + 1
         forward.fork(core, ctx, nt, now, out)
         return True

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 def send_best(core: ProxyCore, ctx: ResponseContext, now: float, out: Out) -> None:
     """RFC 3261 16.7 step 6: the best final response goes to the caller."""
+    if ctx.reply is not None:
+        # A reply rule decided (README "Policy files"): its status instead of the best.
+        status, reason = ctx.reply
+        send_local(core, ctx, status, now, out, reason=reason)
+        return
     best = select_best(ctx.responses)
     if best is None:
         send_local(core, ctx, 408, now, out)

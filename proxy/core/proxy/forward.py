@@ -32,16 +32,21 @@ UDP_SIZE_LIMIT = 1300
 MAX_DATAGRAM = 65507  # largest UDP payload over IPv4 (65535 - 8 - 20)
 
 
+def label(target: Target) -> str:
+    """What makes two targets the same one (RFC 3261 16.5: each at most once per context)."""
+    return f"{target.request_uri or ''}@{target.host}:{target.port}/{target.transport}"
+
+
 def next_group(core: ProxyCore, ctx: ResponseContext, now: float, out: Out) -> bool:
     """Start the next group of targets; False when none is left."""
     while ctx.groups:
         group = ctx.groups.pop(0)
         started = False
         for target in group:
-            label = f"{target.request_uri or ''}@{target.host}:{target.port}/{target.transport}"
-            if label in ctx.tried:
+            key = label(target)
+            if key in ctx.tried:
                 continue  # RFC 3261 16.5: each target at most once per response context
-            ctx.tried.add(label)
+            ctx.tried.add(key)
             started = fork(core, ctx, target, now, out) or started
         if started:
             return True
@@ -65,6 +70,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
         core.stats["sips_without_tls"] += 1
         ctx.responses.append(Response(480, None, ctx.policy.evaluate(480, ctx.method)))
         return False
+    origin = target  # as configured: the upstream a hold-down names
     core.n += 1
     # The branch proves the transaction (:mod:`~proxy.core.access.trust`): signed with the time, the method and
     # where its responses go, so that a response matching no live transaction is relayed only
@@ -94,6 +100,10 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
         txn = NonInviteClientTransaction(data, reliable=reliable, now=now, timers=core.timers)
     dest = Dest(target.transport, target.host, target.port, target.conn_id)
     br = Branch(ctx, bid, target, txn, data, dest)
+    group = ctx.group
+    if group is not None and origin in core.members[group]:
+        br.group = group  # a branch to an upstream of the context's group (a rule's upstream)
+        br.upstream = origin
     if method == "INVITE":
         br.timer_c = now + core.timers.timer_c  # RFC 3261 16.6 step 11
     core.table.add_branch(br, target.conn_id)
@@ -124,6 +134,8 @@ def branch_bytes(core: ProxyCore, ctx: ResponseContext, target: Target, bid: str
         # registrar reaches it (this branch's transport and address).
         token, ob = ctx.path
         insert.append(f"Path: <sip:{token}@{local.advertised};lr{ob}{tp(local)}>")
+    if ctx.diversion is not None:
+        insert.append(ctx.diversion)  # RFC 5806 4: above any Diversion already there
     if target.route is not None:
         insert.append(f"Route: {target.route}")  # through the node holding the flow
     start = f"{method} {target.request_uri} SIP/2.0" if target.request_uri else None

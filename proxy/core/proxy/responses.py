@@ -22,11 +22,12 @@ from proxy.core.context import (
     BranchState,
     ContextEvent,
     Response,
+    ResponseContext,
 )
 from proxy.core.effects import DEBUG, WARNING, Out
 from proxy.core.observe.metrics import rule_name
 from proxy.core.outbound import retry
-from proxy.core.proxy import cancel, final, forward, redirects
+from proxy.core.proxy import cancel, final, forward, redirects, steer
 from proxy.core.registrar import glue as registrar_glue
 from proxy.core.types import Send, Source
 from proxy.policy import Action
@@ -216,10 +217,34 @@ def branch_final(
         if ctx.pending == 0:
             ctx.settle()
         return Outcome.LATE
-    decision = ctx.policy.evaluate(status, ctx.method)
+    if br.superseded:
+        # CANCELled by a route's no_answer timer (RFC 3261 16.10): the call went on with
+        # another group; this answer decides nothing and is not chosen (16.7 step 6).
+        core.stats["superseded_finals"] += 1
+    else:
+        acted = _act(core, ctx, br, status, msg, now, out, src)
+        if acted is not None:
+            return acted
+    if ctx.holding:
+        return Outcome.HELD  # the learned route is being written; branches start after it
+    if ctx.pending == 0 and not ctx.final_sent:
+        if ctx.serial and ctx.may_branch and forward.next_group(core, ctx, now, out):
+            return Outcome.NEXT_GROUP
+        final.send_best(core, ctx, now, out)
+        return Outcome.FINAL
+    return Outcome.PENDING
+
+
+def _act(
+    core: ProxyCore, ctx: ResponseContext, br: Branch, status: int, msg: SipMessage | None,
+    now: float, out: Out, src: Source | None,
+) -> Outcome | None:
+    """The policy's decision for a branch's final response and what it starts (16.7 steps
+    4 and 5); None when the context goes on to choose its final response (step 6)."""
+    decision = steer.decide(core, ctx, br, status, msg, now)
     ctx.responses.append(Response(status, msg, decision))
     action = decision.action
-    core.metrics.decisions[(rule_name(decision.rule), action.value)] += 1
+    core.metrics.decisions[(rule_name(decision.rule), decision.verb)] += 1
     if core.debug:
         core.note(DEBUG, "decision Call-ID %s: %s from %s:%s -> %s", ctx.live_request.call_id,
                   status, br.target.host, br.target.port, decision.describe())
@@ -238,8 +263,12 @@ def branch_final(
         # new one. The 6xx is the final response once the cancelled branches end (step 6),
         # or after 4*T1 at the latest: a branch that never sent a provisional response
         # cannot be cancelled yet and must not hold the caller's answer back.
+        # A reply rule: the caller gets its status instead (final.send_best), once the
+        # branches end.
+        if decision.reply:
+            ctx.reply = (decision.reply, decision.reason)
         ctx.fire(ContextEvent.POLICY_STOP)
-        core.stats["policy_stop"] += 1
+        core.stats["policy_reply" if decision.reply else "policy_stop"] += 1
         cancel.cancel_pending(core, ctx, now, out)
         if ctx.pending:
             ctx.deadline = now + 4 * core.timers.t1
@@ -247,19 +276,12 @@ def branch_final(
             return Outcome.STOPPING
     elif action is Action.FAILOVER and ctx.may_branch:
         core.stats["policy_failover"] += 1
-        if forward.next_group(core, ctx, now, out):
+        if steer.failover(core, ctx, decision, now, out):
             return Outcome.FAILOVER
     elif action is Action.REDIRECT and msg is not None and ctx.may_branch and status < 400:
         if redirects.redirect(core, ctx, br, status, msg, decision, src, now, out):
             return Outcome.HELD if ctx.holding else Outcome.REDIRECTED
-    if ctx.holding:
-        return Outcome.HELD  # the learned route is being written; branches start after it
-    if ctx.pending == 0 and not ctx.final_sent:
-        if ctx.serial and ctx.may_branch and forward.next_group(core, ctx, now, out):
-            return Outcome.NEXT_GROUP
-        final.send_best(core, ctx, now, out)
-        return Outcome.FINAL
-    return Outcome.PENDING
+    return None
 
 
 def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> Send | None:

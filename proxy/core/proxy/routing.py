@@ -15,6 +15,7 @@ from proxy.core.access.trust import DIALOG_PARAM, branch_lifetime, via_dest
 from proxy.core.effects import INFO
 from proxy.core.outbound import flows as outbound
 from proxy.core.outbound import reach
+from proxy.core.proxy import routes
 from proxy.core.proxy.learned import learned_uri
 from proxy.core.registrar.location import Binding
 from proxy.core.types import Source, Target
@@ -56,13 +57,14 @@ class RoutePrep:
 class Forward:
     """A target set (RFC 3261 16.5): groups forked in parallel, one group after the other."""
 
-    __slots__ = ("from_location", "groups", "serial")
+    __slots__ = ("from_location", "groups", "routed", "serial")
 
     def __init__(self, groups: list[list[Target]], serial: bool = False,
-                 from_location: bool = False) -> None:
+                 from_location: bool = False, routed: routes.Routed | None = None) -> None:
         self.groups = groups
         self.serial = serial  # q-value forking: the next group when a group ends
         self.from_location = from_location
+        self.routed = routed  # to an upstream group, by the policy's routes
 
 
 class Answer(NamedTuple):
@@ -225,7 +227,7 @@ def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: 
     if msg.method == "REGISTER" and core.settings.registrar_local:
         # 2. The local registrar (RFC 3261 10.3).
         return LocalRegister()
-    return _by_request_uri(core, msg, trusted, now)
+    return _by_request_uri(core, msg, src, trusted, now)
 
 
 def _held(core: ProxyCore, msg: SipMessage, prep: RoutePrep, held: str) -> RouteDecision:
@@ -285,10 +287,11 @@ def peer_source(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> bo
                                    branch_lifetime(method, core.timers)) is None
 
 
-def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,
+def _by_request_uri(core: ProxyCore, msg: SipMessage, src: Source, trusted: bool,
                     now: float) -> RouteDecision:
-    """Routing order steps 3 to 5: learned rewrites, registered bindings, the Request-URI of a
-    trusted source, the upstreams."""
+    """Routing order steps 3 to 5: learned rewrites, registered bindings, a route of the
+    policy that matches (an initial request), the Request-URI of a trusted source, the
+    upstream group of the policy's route (none matches: the first group)."""
     uri = msg.uri
     learned = learned_uri(core, msg.request_uri, now) if core._learned else None
     if learned is not None:
@@ -312,6 +315,13 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,
         target = target_for_uri(uri, request_uri=learned)
         assert target is not None
         return Forward([[target]])
+    initial = msg.to_tag is None
+    if initial and core._policy.routes:
+        # A route of the policy that matches names the group, whoever sent the request (a
+        # carrier's call routed by its source to the PBX; README "Routes").
+        routed = routes.route(core, msg, src, now, match_routes=True)
+        if routed is not None:
+            return _to_group(routed)
     if is_local and (core.settings.registrar_local or trusted):
         # The proxy is responsible for this URI and nobody is registered for it.
         return Answer(480 if aor is not None and core.location.known(aor) else 404)
@@ -319,16 +329,29 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, trusted: bool,
         # 4. From an upstream (or a trusted relay): to its Request-URI.
         target = target_for_uri(uri, request_uri=None)
         return Answer(404) if target is None else Forward([[target]])
-    if core.settings.upstreams:
-        # 5. Everything else: the upstreams, first one first (failover by policy), without
-        # those drained or down by an operator (:mod:`.upstream_admin`); none left: 503
-        # (RFC 3261 21.5.4), as when every one failed.
-        admitted = core.admin.admitted(core.settings.upstreams)
-        if not admitted:
+    if core.all_upstreams:
+        # 5. Everything else: the first upstream group (no route of the policy matched,
+        # or an in-dialog request), first one first (failover by policy), without those
+        # drained or down by an operator (:mod:`.upstream_admin`); none left: 503 (RFC 3261
+        # 21.5.4), as when every one failed.
+        if initial:
+            routed = routes.route(core, msg, src, now, match_routes=False)
+            if routed is not None:
+                return _to_group(routed)
+        targets = routes.usable(core, core.groups[core.default_group], now)
+        if not targets:
             return Answer(503, "Upstreams Out Of Service")
-        return Forward([[t] for t in core.prober.usable(admitted)])
+        return Forward([[t] for t in targets])
     # No upstream, nobody registered: a stranger's Request-URI is never a next hop.
     return Answer(404)
+
+
+def _to_group(routed: routes.Routed) -> RouteDecision:
+    """The target set of a routed group; 503 when an operator drained or downed all of its
+    upstreams (no new call goes there, :mod:`.upstream_admin`)."""
+    if not routed.targets:
+        return Answer(503, "Upstreams Out Of Service")
+    return Forward([[t] for t in routed.targets], routed=routed)
 
 
 def flow_target(core: ProxyCore, token: str, src: Source) -> Target | int | None:

@@ -95,7 +95,7 @@ class ServerEntry:
 
 class ContextState(Enum):
     """Where a response context stands (RFC 3261 16.7). ``*_STORE``: a learned route is being
-    written; the context's final response waits for it (CONTRACT routing)."""
+    written; the context's final response waits for it (docs/BEHAVIOUR.md, routing)."""
 
     __hash__ = object.__hash__  # identity hashing: cheap table lookups (see transaction states)
 

@@ -15,13 +15,14 @@ response context (16.7, :mod:`~proxy.core.proxy.responses`, its state machine in
 from __future__ import annotations
 
 import hashlib
+import random
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from traceback import format_exc
 
-from proxy.core import shared, txns
+from proxy.core import shared, txns, upstream_targets
 from proxy.core.access import limits, validate
 from proxy.core.access.sources import (
     PRIVATE_NETWORKS,
@@ -63,6 +64,7 @@ from proxy.core.shared import Cluster
 from proxy.core.table import TransactionTable
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.core.upstream_admin import AdminState, UpstreamAdmin, set_state
+from proxy.core.upstream_targets import UpstreamTarget, UpstreamTargets
 from proxy.core.view import CoreView
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
@@ -89,7 +91,7 @@ class CoreSettings:
     guard: RedirectGuard | None = None  # None: follow every 3xx the policy says to
     secret: bytes | None = None  # flow-token key (RFC 5626 5.2); None: random per start
     max_ttl: int = 86400  # redirects.max_ttl
-    #: sources (besides the upstreams) that may route by Route or Request-URI (CONTRACT access)
+    #: sources (besides the upstreams) that may route by Route or Request-URI (README "Security defaults")
     trusted_relays: AddressSet = field(default_factory=lambda: AddressSet(()))
     #: sources whose REGISTER the local registrar serves without credentials
     registrar_networks: AddressSet = field(
@@ -101,6 +103,7 @@ class CoreSettings:
     probe_interval: float = 0.0  # upstream_probe.interval: OPTIONS to each upstream; 0 = off
     probe_timeout: float = 2.0  # upstream_probe.timeout: no answer by then = down
     per_source_rps: int = 0  # limits.per_source_rps: initial requests per second per IP; 0 = off
+    srv_seed: int | None = None  # seed of the SRV weighted draw (tests); None: from the OS
 
 
 class ProxyCore:
@@ -174,6 +177,9 @@ class ProxyCore:
         self._cluster = Cluster()
         self.prober = Prober(self.all_upstreams, settings.probe_interval,
                              settings.probe_timeout)
+        #: what the upstreams named by a domain resolved to (RFC 3263, :mod:`.upstream_targets`);
+        #: its generator draws the SRV weights (seeded in tests through ``srv_seed``)
+        self.upstream_targets = UpstreamTargets(random.Random(settings.srv_seed))
         self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
         #: the operators' up / drain / down of each upstream (:mod:`~proxy.core.upstream_admin`)
         self.admin = UpstreamAdmin()
@@ -327,12 +333,6 @@ class ProxyCore:
         self._policy = policy
         return self._effects(Out())
 
-    def set_upstream_addresses(self, addrs: Set[tuple[str, int]]) -> Effects:
-        """The (host, port) pairs requests from which are an upstream's (the configured
-        upstreams and what their names resolve to, RFC 3263)."""
-        self._upstream_addrs = set(addrs)
-        return self._effects(Out())
-
     def set_source_addresses(self, resolved: Mapping[str, Iterable[str]]) -> Effects:
         """The addresses the upstreams named by a domain resolved to (RFC 3263), by name
         (lower case): a route's ``source: [GROUP]`` holds for a request from any of them."""
@@ -376,6 +376,17 @@ class ProxyCore:
         if merge:
             return shared.merge_bindings(self, stored, now)
         return shared.load_bindings(self, stored, now)
+
+    def set_upstream_targets(self, upstream: str, targets: Sequence[UpstreamTarget],
+                             now: float) -> Effects:
+        """RFC 3263: the runtime resolved the upstream whose URI (as in ``upstreams``) is
+        ``upstream`` to ``targets``, in the resolver's order; none: it has no answer now and
+        stands for itself. Each target is an upstream from now on, for routing, failover,
+        probing and the access rules (:mod:`.upstream_targets`); requests in flight keep the
+        targets they have. The core never resolves a name itself."""
+        out = Out()
+        upstream_targets.update(self, upstream, targets, now, out)
+        return self._effects(out)
 
     def set_upstream_admin(self, entry: AdminState, origin: str, now: float) -> Effects:
         """An upstream's administrative state (up, drain, down), set on this node

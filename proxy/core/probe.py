@@ -27,6 +27,13 @@ def upstream_name(t: Target) -> str:
     return t.label or f"sip:{t.host}:{t.port}"
 
 
+def target_name(t: Target) -> str:
+    """Where probes and requests for ``t`` go: ``udp:192.0.2.10:5060`` (the ``target`` label of
+    ``upstream_up``: one of the resolved addresses of an upstream named by a domain)."""
+    host = f"[{t.host}]" if ":" in t.host else t.host
+    return f"{t.transport}:{host}:{t.port}"
+
+
 class Probe:
     """One OPTIONS in flight to one upstream (the token of its :class:`Send`)."""
 
@@ -46,7 +53,7 @@ class Prober:
     """The probing state of every upstream (RFC 3261 11: OPTIONS as a liveness check)."""
 
     __slots__ = ("upstreams", "interval", "timeout", "up", "pending", "next_round",
-                 "deadline", "n", "held")
+                 "deadline", "n", "held", "resolved")
 
     def __init__(self, upstreams: Sequence[Target], interval: float, timeout: float) -> None:
         self.upstreams = tuple(upstreams)
@@ -58,6 +65,8 @@ class Prober:
         self.next_round: float | None = None
         self.deadline: float | None = None
         self.n = 0
+        #: the upstreams that are resolved addresses of a named one (logged with their address)
+        self.resolved: frozenset[Target] = frozenset()
         #: upstreams held down by a policy rule (``hold_down``): until when, on the core's
         #: clock (:meth:`hold`); an entry past its time no longer counts
         self.held: dict[Target, float] = {}
@@ -104,10 +113,32 @@ class Prober:
         if self.up.get(t) is alive:
             return
         self.up[t] = alive
-        if alive:
-            core.note(WARNING, "upstream %s is up (%s)", upstream_name(t), why)
-        else:
-            core.note(WARNING, "upstream %s is down (%s)", upstream_name(t), why)
+        name = upstream_name(t)
+        if t in self.resolved:
+            name += f" target {target_name(t)}"
+        core.note(WARNING, "upstream %s is %s (%s)", name, "up" if alive else "down", why)
+
+    def replace(self, core: ProxyCore, upstreams: Sequence[Target], resolved: frozenset[Target],
+                now: float, out: Out) -> None:
+        """Probe ``upstreams`` from now on (what a named upstream resolves to changed;
+        ``resolved``: those that are resolved addresses). One still there keeps its state; a new
+        one counts as up until its probe says otherwise, and is probed at once when probing
+        runs; one gone is forgotten, with its probe in flight."""
+        new = tuple(upstreams)
+        self.resolved = resolved
+        if new == self.upstreams:
+            return
+        old = self.up
+        self.upstreams = new
+        self.up = {t: old.get(t, True) for t in new}
+        for bid in [b for b, p in self.pending.items() if p.upstream not in self.up]:
+            del self.pending[bid]
+        if self.interval > 0 and self.next_round is not None and not core._draining:
+            busy = {p.upstream for p in self.pending.values()}
+            for t in new:
+                if t not in old and t not in busy and core.admin.probed(t):
+                    self._send(core, t, now, out)
+        self._reschedule(core)
 
     # ---------------------------------------------------------------- entry points
 

@@ -7,7 +7,7 @@ to the store in the background, loads the stored bindings at start, and hands th
 another proxy published to :func:`apply_change`. Times cross the seam as wall-clock seconds
 (the store's) and are turned into the core's clock with ``core._wall_offset``.
 
-Several proxies as one (CONTRACT "Durable and shared state"; RFC 5626 5, several edge
+Several proxies as one (README "Durable and shared state"; RFC 5626 5, several edge
 proxies): a binding whose flow is held by another node (its TCP/TLS connection, or a UDP
 flow behind NAT, or any SIP Outbound flow) is reached through that node: the request goes to
 the node's SIP address with a Route naming it, whose user part is the flow token (RFC 5626

@@ -94,6 +94,11 @@ class CoreView:
         """Every upstream of every group, once, in order."""
         return self._core.all_upstreams
 
+    @property
+    def resolved_targets(self) -> frozenset[Target]:
+        """The upstreams that are addresses a named upstream resolved to (RFC 3263)."""
+        return self._core.prober.resolved
+
     def upstream_states(self, now: float) -> list[UpstreamState]:
         """Every upstream with its groups, probe result and hold-down at ``now``."""
         return steer.upstream_states(self._core, now)

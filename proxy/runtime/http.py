@@ -205,13 +205,16 @@ def status_of(rt: Any) -> dict[str, Any]:
     """What ``sip-policy-proxy status`` prints (``/status``)."""
     import time
 
-    from proxy.core.probe import upstream_name
+    from proxy.core.probe import target_name, upstream_name
 
     core = rt.core
     return {
         # up: probed up and not held down; held_for: seconds a policy rule still holds it;
-        # admin: the state an operator set (up, drain, down)
+        # admin: the state an operator set (up, drain, down); a named upstream (RFC 3263):
+        # one entry per resolved address (target; "resolved": true)
         "upstreams": [{"upstream": upstream_name(s.target), "groups": list(s.groups),
+                       "target": target_name(s.target),
+                       "resolved": s.target in core.view.resolved_targets,
                        "up": s.up, "probed_up": s.probed_up, "held_for": round(s.held_for, 1),
                        "admin": core.view.admin_state(upstream_name(s.target))}
                       for s in core.view.upstream_states(rt.loop.time())],

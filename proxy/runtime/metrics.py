@@ -26,7 +26,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from proxy.core.access.sources import REFUSAL_REASONS
 from proxy.core.observe.metrics import BUCKETS
-from proxy.core.probe import upstream_name
+from proxy.core.probe import target_name, upstream_name
 from proxy.core.upstream_admin import STATES as ADMIN_STATES
 
 if TYPE_CHECKING:
@@ -98,12 +98,13 @@ class CoreCollector:
         yield GaugeMetricFamily(PREFIX + "dialogs", "Calls up (dialogs through the proxy)",
                                 value=view.calls)
         up = GaugeMetricFamily(PREFIX + "upstream_up", "Upstream answers OPTIONS and is not "
-                               "held down by a policy rule (1) or not (0), per group",
-                               labels=["upstream", "group"])
+                               "held down by a policy rule (1) or not (0), per group; an "
+                               "upstream named by a domain per resolved address (target)",
+                               labels=["upstream", "group", "target"])
         for state in view.upstream_states(self.clock()):
-            name = upstream_name(state.target)
+            name, target = upstream_name(state.target), target_name(state.target)
             for group in state.groups:
-                up.add_metric([name, group], 1 if state.up else 0)
+                up.add_metric([name, group, target], 1 if state.up else 0)
         yield up
         yield _admin_states(view)
         yield _histogram(m.buckets, m.final_sum)

@@ -57,7 +57,8 @@ _DOING = {"on_message": "handling a message", "on_timer": "in timers",
           "on_persisted": "after storing a learned route",
           "on_send_failure": "handling a transport failure",
           "start_probes": "probing the upstreams",
-          "set_upstream_admin": "setting the state of an upstream"}
+          "set_upstream_admin": "setting the state of an upstream",
+          "set_upstream_targets": "setting the targets of an upstream"}
 #: Start-up lines (listening, ready) show at every log level: scripts wait for them.
 _NOTICE = logging.CRITICAL + 1
 logging.addLevelName(_NOTICE, "NOTICE")
@@ -119,7 +120,7 @@ class Runtime:
         red = config.redirects
         trusted = [*config.trusted_sources, *([] if red.trusted_sources else up_ips)]
         allowed = [*config.allow_targets, *([] if red.allow_targets else up_ips)]
-        guard = RedirectGuard(trusted, allowed, own)
+        guard = RedirectGuard(trusted, allowed, own, trust_upstreams=not red.trusted_sources)
         # Key of flow tokens, branch MACs, digest nonces: the configured secret, else a random
         # one that start() replaces by the state store's before listening (state_key.py).
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
@@ -146,8 +147,8 @@ class Runtime:
         self.location = MemoryLocation()  # the view the hot path reads; StateKeeper persists it
         self.core = ProxyCore(settings, policy, local, self.location)
         self.core.set_debug(logging.getLogger("proxy.core").isEnabledFor(logging.DEBUG))
-        self.refresher = self._name_upstreams(plan)
         self.tls_names = streams.tls_names(self)
+        self.refresher = self._name_upstreams(plan)
         try:
             node = config.node or default_node(local)
             self.store = open_store(config.state, node=node)
@@ -435,7 +436,9 @@ class Runtime:
         relay"); their names are resolved again as their answers expire."""
         for n in plan.named:
             self.sends.upstream(n.hop)
-        self._carry_out(self.core.set_upstream_addresses(self.core.view.upstream_addrs | plan.addresses))
+        by_position = {n.position: n for n in plan.named}
+        for position, answer in plan.found.items():
+            self._set_targets(by_position[position], answer, self.loop.time())
         self._name_sources(plan.named, plan.found)
         return named_upstreams.Refresher(self.resolver, plan.named, self._upstream_answer,
                                          plan.found)
@@ -453,12 +456,20 @@ class Runtime:
         self._carry_out(self.core.set_source_addresses(resolved))
 
     def _upstream_answer(self, named: named_upstreams.Named, answer: Targets) -> None:
-        """A named upstream resolved again: its addresses are an upstream's from now on."""
-        addrs = {(t.host, t.port) for t in self.core.view.all_upstreams}
-        for found in self.refresher.current.values():
-            addrs.update((r.host, r.port) for r in found.targets)
-        self._carry_out(self.core.set_upstream_addresses(addrs))
+        """A named upstream resolved again (its answer expired)."""
+        self._set_targets(named, answer, self.loop.time())
         self._name_sources(self.refresher.named, self.refresher.current)
+
+    def _set_targets(self, named: named_upstreams.Named, answer: Targets, now: float) -> None:
+        """Hand the core what a named upstream resolved to: each address is an upstream of its
+        own (``set_upstream_targets``; the core never resolves); a TLS one is checked against
+        the upstream's name (RFC 5922 7.2)."""
+        u = named.upstream
+        if u.transport == "tls" or any(t.transport == "tls" for t in answer.targets):
+            self.tls_names.update(((t.host, t.port), u.host) for t in answer.targets
+                                  if t.transport == "tls")
+        self._drive(self.core.set_upstream_targets, u.uri, named_upstreams.core_targets(answer),
+                    now)
 
     # -------------------------------------------------------------- timers
 

@@ -51,7 +51,10 @@ def listing(rt: Any) -> dict[str, Any]:
     is probed), its administrative state, since when and set by which node, and the
     calls up that were sent to it."""
     view = rt.core.view
-    probed = {t.label or f"sip:{t.host}:{t.port}": alive for t, alive in view.upstream_up.items()}
+    probed: dict[str, bool] = {}
+    for t, alive in view.upstream_up.items():  # a name (RFC 3263): up while one address is
+        name = t.label or f"sip:{t.host}:{t.port}"
+        probed[name] = probed.get(name, False) or alive
     calls = view.calls_per_upstream()
     out = []
     for group in rt.config.upstream_groups:

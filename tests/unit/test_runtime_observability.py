@@ -76,7 +76,8 @@ def test_every_named_metric_is_exported_after_a_603_call() -> None:
     assert value(found, "registrations") == 0
     assert value(found, "transactions") >= 1
     assert value(found, "dialogs") == 0
-    assert value(found, "upstream_up", upstream="sip:127.0.0.1:5080", group="default") == 1
+    assert value(found, "upstream_up", upstream="sip:127.0.0.1:5080", group="default",
+                 target="udp:127.0.0.1:5080") == 1
     assert value(found, "final_response_seconds_count") == 1
     assert value(found, "final_response_seconds_bucket", le="0.25") == 1
     assert value(found, "final_response_seconds_bucket", le="0.1") == 0
@@ -110,7 +111,8 @@ def test_dialogs_and_upstream_down_show_in_the_gauges() -> None:
     h.feed(response_to(inv.data, 200), Source("udp", "127.0.0.1", 5081))
     found = scraped(h)
     assert value(found, "dialogs") == 1
-    assert value(found, "upstream_up", upstream="sip:127.0.0.1:5080", group="default") == 0
+    assert value(found, "upstream_up", upstream="sip:127.0.0.1:5080", group="default",
+                 target="udp:127.0.0.1:5080") == 0
 
 
 def test_policy_reloads_count_ok_and_refused(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Who may make the proxy do what: address sets and refusal bookkeeping (CONTRACT "TLS and
-access"; RFC 3261 26.1.2 and 26.4.4 leave the defence against abuse to the element).
+"""Who may make the proxy do what: address sets and refusal bookkeeping (README "Security
+defaults"; RFC 3261 26.1.2 and 26.4.4 leave the defence against abuse to the element).
 
 Every decision here is taken on the address a packet came from (``Source.host``, the IP the
 socket reported), never on what the message's headers claim (Via, From, Contact).
@@ -65,7 +65,7 @@ class AddressSet:
         return found
 
 
-#: The CONTRACT default of ``registrar_networks``: loopback and private ranges.
+#: The default of ``registrar_networks`` (README "proxy.yaml"): loopback and private ranges.
 PRIVATE_NETWORKS = (
     "127.0.0.0/8", "::1", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
 )

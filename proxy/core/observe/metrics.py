@@ -103,8 +103,10 @@ def final_sent(core: ProxyCore, entry: ServerEntry, status: int, now: float, out
     targets: tuple[str, ...] = ()
     decisions: tuple[tuple[str, str, int], ...] = ()
     if ctx is not None:
-        targets = tuple(b.target.label or f"{b.target.host}:{b.target.port}"
-                        for b in ctx.branches)
+        owners = core.upstream_targets.owner  # the resolved addresses of named upstreams
+        targets = tuple(f"{t.label} ({t.transport}:{t.host}:{t.port})" if owners and t in owners
+                        else t.label or f"{t.host}:{t.port}"
+                        for t in (b.target for b in ctx.branches))
         decisions = tuple((rule_name(r[2].rule), r[2].verb, r.status)
                           for r in ctx.responses if r[2] is not None)
     try:

@@ -2,7 +2,7 @@
 rewritten by splicing bytes (Request-URI, Via, Record-Route, Path, Max-Forwards, Route), sent
 over its own client transaction (17.1); and the stateless forwarding of an ACK for a 2xx
 (16.11). Branch ids carry a keyed MAC so that a response naming one can be told from a forged
-one without state (CONTRACT access).
+one without state (README "Security defaults").
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import hashlib
 import zlib
 from typing import TYPE_CHECKING
 
-from proxy.core import txns
+from proxy.core import txns, upstream_targets
 from proxy.core.access.trust import via_dest
 from proxy.core.context import Branch, Response, ResponseContext
 from proxy.core.effects import INFO, WARNING, Out
@@ -101,7 +101,8 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
     dest = Dest(target.transport, target.host, target.port, target.conn_id)
     br = Branch(ctx, bid, target, txn, data, dest)
     group = ctx.group
-    if group is not None and origin in core.members[group]:
+    if group is not None and (origin in core.members[group] or upstream_targets.in_group(
+            core, origin, core.members[group])):  # a resolved address of a named upstream
         br.group = group  # a branch to an upstream of the context's group (a rule's upstream)
         br.upstream = origin
     if method == "INVITE":

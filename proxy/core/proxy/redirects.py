@@ -1,4 +1,4 @@
-"""Redirects (RFC 3261 16.5 recursion, 16.7 step 4) and learned routes (CONTRACT routing).
+"""Redirects (RFC 3261 16.5 recursion, 16.7 step 4) and learned routes (docs/BEHAVIOUR.md, routing).
 
 A followed 3xx puts its Contacts in front of the target set; a permanent one (or a 302 with
 an expiry) is also learned as a Request-URI rewrite. A learned route must be durable before
@@ -40,8 +40,10 @@ def redirect(
     Contact stays in the context and is forwarded like any response.
     """
     guard = core.guard
-    if src is not None and guard is not None and not guard.source_trusted(src.host):
-        core.note(WARNING, "%s from %s:%s not followed: untrusted source (redirects.trusted_sources)",
+    if src is not None and guard is not None and not guard.source_trusted(src.host) and not (
+            guard.trust_upstreams and (src.host, src.port) in core._upstream_addrs):
+        core.note(WARNING, "%s from %s:%s not followed: untrusted source "
+                  "(redirects.trusted_sources)",
                     status, src.host, src.port)
         core.stats["redirects_refused"] += 1
         core.metrics.redirects["refused"] += 1
@@ -67,7 +69,7 @@ def redirect(
     ctx.groups[0:0] = [by_q[q] for q in sorted(by_q, reverse=True)]
     ttl = learn_ttl(core, status, msg, chosen[0][2], decision)
     if ttl > 0 and src is not None:
-        # The rewrite of the URI this branch was sent to (CONTRACT routing): one binding of
+        # The rewrite of the URI this branch was sent to (docs/BEHAVIOUR.md, routing): one binding of
         # a forked user, or one link of a chain (A->B, then B->C), not the whole user.
         old = br.target.request_uri or ctx.live_request.request_uri
         new = str(chosen[0][1])
@@ -96,8 +98,7 @@ def _usable_contacts(
         u = c.uri
         if not isinstance(u, SipUri) or (sips and u.scheme != "sips"):
             continue
-        u = u.copy()
-        u.headers = None
+        u = u.without_headers()
         text = str(u)
         if text in ctx.recursed:
             continue

@@ -15,7 +15,7 @@ import enum
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from proxy.core import txns
+from proxy.core import txns, upstream_targets
 from proxy.core.access.trust import branch_lifetime, via_dest
 from proxy.core.context import (
     Branch,
@@ -46,6 +46,7 @@ class Outcome(enum.Enum):
     FLOW_RETRY = "flow retry"  # RFC 5626 7: the instance's next flow was tried
     STOPPING = "stopping"  # policy stop: waiting (at most 4*T1) for the cancelled branches
     FAILOVER = "failover"  # the next target group was started
+    NEXT_TARGET = "next target"  # RFC 3263 4.3: the next resolved target of the same name
     REDIRECTED = "redirected"  # 16.7 step 4: recursing on the 3xx's Contacts
     HELD = "held"  # a learned route is being written; the context goes on after it
     PENDING = "pending"  # other branches still have no final response
@@ -274,6 +275,9 @@ def _act(
             ctx.deadline = now + 4 * core.timers.t1
             core.queue.schedule(ctx)
             return Outcome.STOPPING
+    elif upstream_targets.next_target(core, ctx, br, status, msg is not None) and (
+            forward.next_group(core, ctx, now, out)):
+        return Outcome.NEXT_TARGET
     elif action is Action.FAILOVER and ctx.may_branch:
         core.stats["policy_failover"] += 1
         if steer.failover(core, ctx, decision, now, out):

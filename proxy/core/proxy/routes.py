@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from proxy.core.types import Source, Target
+from proxy.core.upstream_targets import expand
 from proxy.policy import DEFAULT_ROUTE, Policy, RequestView, Route, user_part
 from proxy.sip import SipMessage
 
@@ -105,4 +106,6 @@ def usable(core: ProxyCore, members: Sequence[Target], now: float) -> list[Targe
     (none left: none, :mod:`proxy.core.upstream_admin`), then without those probed down or
     held down by a rule (none left: all of the admitted ones are tried)."""
     admitted = core.admin.admitted(members)
-    return core.prober.available(admitted, now) if admitted else []
+    # an upstream named by a domain by each of its resolved addresses, in this request's
+    # order (RFC 3263, RFC 2782: :mod:`proxy.core.upstream_targets`)
+    return core.prober.available(expand(core, admitted), now) if admitted else []

@@ -1,5 +1,5 @@
 """Route information preprocessing (RFC 3261 16.4) and the target set (16.5) in the
-CONTRACT's routing order, with the access rules (who may name the next hop).
+routing order of docs/BEHAVIOUR.md, routing, with the access rules (who may name the next hop).
 
 :func:`decide` maps a request, its :class:`RoutePrep` and the location / learned-route view to
 one :class:`RouteDecision`: a target set to forward to, an answer, a refusal, or the local
@@ -156,7 +156,7 @@ def prove(core: ProxyCore, msg: SipMessage, prep: RoutePrep) -> bool:
 
 def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: float,
            trusted: bool, proven: bool, held: str | None) -> RouteDecision:
-    """The target set in the CONTRACT's routing order (RFC 3261 16.5, 16.6 step 7), by what
+    """The target set in the routing order (docs/BEHAVIOUR.md; RFC 3261 16.5, 16.6 step 7), by what
     vouches for the request: ``trusted`` (its packet came from an upstream or a trusted relay,
     :func:`trusted_source`), ``proven`` (an in-dialog request with a dialog mark of ours for its
     Call-ID and tags, :func:`prove`), ``held`` (the key of a dialog the proxy holds that it did
@@ -252,7 +252,7 @@ def _held(core: ProxyCore, msg: SipMessage, prep: RoutePrep, held: str) -> Route
 def may_relay(core: ProxyCore, target: Target, uri: SipUri | AbsoluteUri) -> bool:
     """Whether a request that no trusted source sent may go to ``target`` (``uri``, the
     Request-URI or Route that names it): an upstream (its resolved address and port), a
-    trusted relay (CONTRACT "TLS and access"), or a host a redirect may lead a call to
+    trusted relay (README "Security defaults"), or a host a redirect may lead a call to
     (``redirects.allow_targets``, by default the upstreams' hosts and ``domains``: a dialog
     set up through a followed 3xx has its peer there, RFC 3261 16.5)."""
     if (target.host, target.port) in core._upstream_addrs:
@@ -295,7 +295,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, src: Source, trusted: bool
     uri = msg.uri
     learned = learned_uri(core, msg.request_uri, now) if core._learned else None
     if learned is not None:
-        # A permanent rewrite learned from a 301 replaces the Request-URI (CONTRACT).
+        # A permanent rewrite learned from a 301 replaces the Request-URI (docs/BEHAVIOUR.md, routing).
         uri = parse_uri(learned)
         core.stats["learned_routes_applied"] += 1
     is_local = is_local_uri(core, uri)
@@ -401,7 +401,7 @@ def is_local_uri(core: ProxyCore, uri: SipUri | AbsoluteUri) -> bool:
 
 
 def trusted_source(core: ProxyCore, src: Source) -> bool:
-    """CONTRACT access: an upstream (by the packet's source address and port, or the
+    """README "Security defaults": an upstream (by the packet's source address and port, or the
     connection the proxy opened to it) or a ``trusted_relays`` host; never by Via."""
     return ((src.host, src.port) in core._upstream_addrs
             or src.host in core.settings.trusted_relays)
@@ -452,7 +452,7 @@ def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None
     ruri = b.uri.split("?", 1)[0]  # RFC 3261 19.1.5: no headers in a Request-URI
     learned = learned_uri(core, ruri, now) if core._learned else None
     if learned is not None:
-        # This binding answered 301 before: only it goes to its new address (CONTRACT).
+        # This binding answered 301 before: only it goes to its new address (docs/BEHAVIOUR.md, routing).
         core.stats["learned_routes_applied"] += 1
         try:
             t = target_for_uri(parse_uri(learned), request_uri=learned, q=b.q)

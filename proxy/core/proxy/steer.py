@@ -158,12 +158,14 @@ class UpstreamState:
 
 
 def upstream_states(core: ProxyCore, now: float) -> list[UpstreamState]:
-    """Every upstream of every group at ``now`` (the core's clock), in order."""
+    """Every upstream of every group at ``now`` (the core's clock), in order; one named by a
+    domain by each of the addresses it resolved to (RFC 3263, :mod:`.upstream_targets`)."""
     states: list[UpstreamState] = []
     prober = core.prober
-    for t in core.all_upstreams:
-        groups = tuple(name for name, members in core.members.items() if t in members)
-        until = prober.held_until(t, now)
-        states.append(UpstreamState(t, groups, prober.up.get(t, True),
-                                    0.0 if until is None else until - now))
+    for u in core.all_upstreams:
+        groups = tuple(name for name, members in core.members.items() if u in members)
+        for t in core.upstream_targets.targets_of(u) or (u,):
+            until = prober.held_until(t, now)
+            states.append(UpstreamState(t, groups, prober.up.get(t, True),
+                                        0.0 if until is None else until - now))
     return states

@@ -1,7 +1,7 @@
 """The core's registrar glue: the local registrar (RFC 3261 10.3) with its access rules and
 digest authentication (22.4, RFC 8760), Path / Outbound for an upstream registrar
 (RFC 3327, RFC 5626 5.1, 6), bindings learned from an upstream's 2xx, and the expiry timer of
-the location service (CONTRACT registrar).
+the location service (README "Registrations and digest authentication").
 
 Who may change which bindings (RFC 3261 10.3 steps 2-3 leave the authorization to the
 registrar): a REGISTER from ``registrar_networks`` may register any address-of-record; any
@@ -128,7 +128,7 @@ def room_for(core: ProxyCore, user: str | None, now: float) -> int:
 def registrar_auth(
     core: ProxyCore, entry: ServerEntry, msg: SipMessage, src: Source, now: float, out: Out
 ) -> str | None:
-    """CONTRACT registrar: from outside ``registrar_networks`` a REGISTER needs valid
+    """README, registrations: from outside ``registrar_networks`` a REGISTER needs valid
     digest credentials (RFC 3261 22.4, RFC 8760) of the user whose AOR it registers.
     Returns the authenticated user (go on), or None: answered (401 with a challenge, or
     403). Every refusal is counted by reason and logged once a minute per source."""

@@ -202,7 +202,7 @@ class ProxyCore:
             self.metrics.bad["unparsable"] += 1
             answer = validate.bad_message(self, data, src, exc)
             out = Out()
-            if answer is not None:
+            if answer is not None and not limits.over_rate_unanswered(self, src, now):
                 out.send(answer)
             return self._effects(out)
         out = Out()
@@ -216,14 +216,14 @@ class ProxyCore:
                 responses.on_response(self, msg, src, now, out)
         except ParseError as exc:
             self.metrics.bad["malformed_header"] += 1
-            if msg.is_request and msg.method != "ACK":
-                self.stats["requests_rejected"] += 1
-                self.note(INFO, "bad request from %s:%s: %s", src.host, src.port, exc.message)
-                out.send(txns.reject(self, msg, src, exc.status, reason=exc.message))
-            else:
+            if not msg.is_request or msg.method == "ACK":
                 self.stats["responses_dropped"] += 1
                 self.note(INFO, "dropped bad %s from %s:%s: %s",
                          "ACK" if msg.is_request else "response", src.host, src.port, exc.message)
+            elif not limits.over_rate_unanswered(self, src, now):
+                self.stats["requests_rejected"] += 1
+                self.note(INFO, "bad request from %s:%s: %s", src.host, src.port, exc.message)
+                out.send(txns.reject(self, msg, src, exc.status, reason=exc.message))
         return self._effects(out)
 
     def on_timer(self, now: float) -> Effects:
@@ -441,7 +441,7 @@ class ProxyCore:
         rejection = validate.check_request(msg)
         if rejection is not None:
             self.metrics.bad["invalid_request"] += 1
-            if method != "ACK":
+            if method != "ACK" and not limits.over_rate_unanswered(self, src, now):
                 out.send(txns.reject(self, msg, src, rejection.status,
                                      headers=rejection.headers))
             return

@@ -251,7 +251,8 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
     from proxy.runtime.upstream_control import upstream_routes
 
     registry = make_registry(rt.core, rt.reloads, rt.started,
-                             lambda: streams.managers(rt), rt.loop.time)
+                             lambda: streams.managers(rt), rt.loop.time,
+                             getattr(rt, "gate", None))
     registry.register(TracingCollector(rt))  # type: ignore[arg-type]
     config = getattr(rt, "config", None)
     access = Access(getattr(config, "http_token", None))

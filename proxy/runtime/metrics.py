@@ -31,6 +31,7 @@ from proxy.core.upstream_admin import STATES as ADMIN_STATES
 
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
+    from proxy.transport.udp_gate import FloodGate
 
 PREFIX = "sip_policy_proxy_"
 __all__ = ["CONTENT_TYPE", "METRIC_NAMES", "PREFIX", "CoreCollector", "StreamCollector",
@@ -43,7 +44,7 @@ METRIC_NAMES = (
     "learned_routes", "registrations", "transactions", "dialogs", "upstream_up",
     "final_response_seconds", "policy_reloads", "bad_messages", "refusals", "policy_info",
     "start_time_seconds", "connections", "connections_refused", "connections_closed",
-    "connection_sends_failed",
+    "connection_sends_failed", "flood_episodes",
 )
 
 
@@ -51,11 +52,13 @@ class CoreCollector:
     """Reads the core's counters (and the runtime's reload counts) at scrape time."""
 
     def __init__(self, core: ProxyCore, reloads: Counter[str], started: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 gate: FloodGate | None = None) -> None:
         self.core = core
         self.reloads = reloads
         self.started = started
         self.clock = clock  # the core's clock (the event loop's): hold-downs end on it
+        self.gate = gate  # limits.udp_flood_rps: its drops are refusals too (reason "flood")
 
     def describe(self) -> list[Metric]:
         return []  # the families are only known at scrape time (auto_describe is off)
@@ -82,11 +85,17 @@ class CoreCollector:
                                   value=m.flow_retries)
         yield _labelled(CounterMetricFamily, "bad_messages", "Messages refused as malformed",
                         ["reason"], m.bad.items())
-        counts = view.refusal_counts
+        counts = Counter(view.refusal_counts)
+        gate = self.gate
+        counts["flood"] = gate.dropped if gate is not None else 0
         reasons = (*REFUSAL_REASONS, *(k for k in counts if k not in REFUSAL_REASONS))
         yield _labelled(CounterMetricFamily, "refusals",
                         "Requests refused (and responses dropped) by the access rules, by reason",
                         ["reason"], ((r, counts[r]) for r in reasons))
+        yield CounterMetricFamily(PREFIX + "flood_episodes",
+                                  "Sources whose datagrams the UDP flood gate started dropping "
+                                  "(limits.udp_flood_rps)",
+                                  value=gate.episodes if gate is not None else 0)
         yield _labelled(CounterMetricFamily, "policy_reloads", "Policy reloads by result",
                         ["result"], ((k, self.reloads[k]) for k in ("ok", "refused")))
         yield GaugeMetricFamily(PREFIX + "learned_routes", "Learned Request-URI rewrites",
@@ -200,10 +209,11 @@ def _histogram(buckets: list[int], total: float) -> HistogramMetricFamily:
 
 def make_registry(core: ProxyCore, reloads: Counter[str], started: float,
                   streams: Callable[[], Iterable[Any]] = tuple,
-                  clock: Callable[[], float] = time.monotonic) -> CollectorRegistry:
-    """``clock``: the core's clock (the event loop's ``time``)."""
+                  clock: Callable[[], float] = time.monotonic,
+                  gate: FloodGate | None = None) -> CollectorRegistry:
+    """``clock``: the core's clock (the event loop's ``time``); ``gate``: the UDP flood gate."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(CoreCollector(core, reloads, started, clock))  # type: ignore[arg-type]
+    registry.register(CoreCollector(core, reloads, started, clock, gate))  # type: ignore[arg-type]
     registry.register(StreamCollector(streams))  # type: ignore[arg-type]
     ProcessCollector(registry=registry)
     return registry

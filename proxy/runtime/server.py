@@ -35,7 +35,7 @@ from proxy.runtime import logs as log_lines
 from proxy.runtime import signals, streams, upstream_control
 from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
-from proxy.runtime.limits import MemoryTrim, raise_nofile
+from proxy.runtime.limits import MemoryTrim, flood_gate, raise_nofile
 from proxy.runtime.memory import GcPolicy
 from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
@@ -48,6 +48,7 @@ from proxy.transport.base import Transport
 from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager
 from proxy.transport.udp import UdpEndpoint, open_udp
+from proxy.transport.udp_gate import FloodGate
 from proxy.transport.ws import WsManager
 
 log = logging.getLogger("proxy")
@@ -82,6 +83,8 @@ class Runtime:
     trim: MemoryTrim | None = None
     #: the tracing taps (recent calls, HEP) once started; None when neither is configured
     tap: tracing_taps.Tracer | None = None
+    #: limits.udp_flood_rps: one gate for every UDP socket, made by start(); None: off
+    gate: FloodGate | None = None
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None) -> None:
@@ -180,9 +183,11 @@ class Runtime:
         tables = len({li.transport for li in cfg.listen} & {"tcp", "tls", "ws", "wss"}) or 1
         raise_nofile(tables * cfg.limits.tcp_max_connections + 64)  # a table per transport
         self.tap = await tracing_taps.install(self)  # before the first message can arrive
+        self.gate = flood_gate(self.core, cfg.limits.udp_flood_rps, cfg.limits.per_source_rps)
         for li in cfg.listen:
             if li.transport == "udp":
-                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed)
+                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed,
+                                    self.gate)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":

@@ -89,6 +89,21 @@ def test_every_named_metric_is_exported_after_a_603_call() -> None:
         assert any(n.startswith(PREFIX + m) for n in names), m
 
 
+def test_datagrams_the_flood_gate_dropped_are_refusals_of_reason_flood() -> None:
+    """limits.udp_flood_rps: what the gate dropped before parsing is in refusals_total
+    {reason="flood"} (datagrams) and flood_episodes_total (sources it started dropping)."""
+    from proxy.transport.udp_gate import FloodGate
+
+    h = Harness.make()
+    gate = FloodGate(10)
+    for _ in range(25):
+        gate.admit("127.0.0.2", 6000, 1.0)
+    found = samples(render(make_registry(h.core, Counter(), 1.7e9, gate=gate)).decode())
+    assert value(found, "refusals_total", reason="flood") == 15
+    assert value(found, "flood_episodes_total") == 1
+    assert value(scraped(h), "refusals_total", reason="flood") == 0  # no gate: 0, still there
+
+
 def test_refusals_are_counted_by_reason() -> None:
     """Every refusal is counted: a stranger's preloaded Route to another host (no open relay)
     shows as refusals_total{reason="relay"}."""

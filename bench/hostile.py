@@ -101,6 +101,16 @@ def free_port() -> int:
     raise BenchError("no free port")
 
 
+def proxy_env() -> dict[str, str]:
+    """The proxy's environment: this checkout first on its path. The proxy runs in its
+    results folder (its configuration's relative paths), where ``-m proxy`` would otherwise
+    import whatever checkout the interpreter's environment has installed, not this one (and
+    the ``build:`` line, asked from here, would describe another build than the one run)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def proc_kib(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -184,7 +194,7 @@ class Proxy:
         self.proc = subprocess.Popen(
             [self.python, "-m", "proxy", "run", "--config", str(cfg)], cwd=self.workdir,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, env=proxy_env())
         self._pump = threading.Thread(target=self._copy, args=(self.proc, self.log), daemon=True)
         self._pump.start()
         if not self.ready.wait(30) or self.proc.poll() is not None:
@@ -1100,15 +1110,17 @@ ATTACK_FUNCS: dict[str, tuple[Attack, dict[str, float] | None, dict[str, int] | 
 #: otherwise read as memory not given back (up to some 20 MB, bounded)
 RING_FILL = 8000
 FILLER = "127.0.0.9"
+#: the fillers' addresses, 500 CANCELs a second each: under limits.udp_flood_rps (1,000)
+FILLERS = [f"127.0.0.{9 + i}" for i in range(8)]
 
 
 def fill_ring(proxy: Proxy) -> None:
-    """8,000 CANCELs of no transaction from 127.0.0.9, each answered 481 statelessly: 16,000
-    messages in the ring, nothing else held."""
+    """8,000 CANCELs of no transaction from 127.0.0.9 to .16, each answered 481 statelessly:
+    16,000 messages in the ring, nothing else held."""
     spec = {"template": template("CANCEL", "sip:fill@example.com", to_tag=None,
                                  call_prefix="fill", from_uri=f"sip:fill@{FILLER}")
             .replace(STRANGER, FILLER),
-            "count": RING_FILL, "rate": 4000, "drain": 1.0, "sources": [FILLER],
+            "count": RING_FILL, "rate": 4000, "drain": 1.0, "sources": FILLERS,
             "dst": list(proxy.addr)}
     run_role("flood", spec, timeout=60)
 
@@ -1129,7 +1141,13 @@ def run_attack(aid: str, args: argparse.Namespace, proxy: Proxy, pbx: Pbx) -> At
         fill_ring(proxy)
         pbx.cmd(cmd="reset")
         ctx = Ctx(args, proxy, pbx, foreign, result)
+        before = proxy.metrics()
         func(ctx)
+        gated = ctx.metric_delta(before, "refusals_total", reason="flood")
+        if gated:
+            episodes = ctx.metric_delta(before, "flood_episodes_total")
+            ctx.say(f"flood gate (limits.udp_flood_rps): {gated:,} datagrams dropped before "
+                    f"they were parsed, {episodes} episode(s)")
         if limits:
             ctx.say("configuration: limits " + ", ".join(f"{k} {v}" for k, v in limits.items()))
         if aid == "10":
@@ -1194,7 +1212,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def machine_line(python: str) -> str:
     try:
         build = subprocess.run([python, "-m", "proxy", "--version"], capture_output=True,
-                               text=True, timeout=30, cwd=REPO).stdout.strip()
+                               text=True, timeout=30, cwd=REPO, env=proxy_env()).stdout.strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
         build = f"unknown ({exc})"
     load = os.getloadavg()

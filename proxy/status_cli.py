@@ -77,6 +77,8 @@ def status_table(st: dict[str, Any]) -> str:
     probing = "" if st.get("probing") else " (not probed)"
     for u in ups:
         groups = f" ({', '.join(u['groups'])})" if u.get("groups") else ""
+        if u.get("resolved"):
+            groups += f" target {u.get('target')}"  # a resolved address of a name (RFC 3263)
         held = u.get("held_for") or 0
         state = f"DOWN (held down {held:g} s more by the policy)" if held else (
             ("up" if u["up"] else "DOWN") + probing)

@@ -20,7 +20,7 @@ from proxy.store.base import LearnedRoute
 
 
 class StoreWrite(NamedTuple):
-    """A learned route (CONTRACT routing, RFC 3261 16.5 recursion) the runtime must make
+    """A learned route (docs/BEHAVIOUR.md, routing; RFC 3261 16.5 recursion) the runtime must make
     durable; it then calls ``ProxyCore.on_persisted(ctx, ok, now)`` and the context goes on."""
 
     route: LearnedRoute

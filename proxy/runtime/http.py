@@ -205,33 +205,35 @@ def status_of(rt: Any) -> dict[str, Any]:
     """What ``sip-policy-proxy status`` prints (``/status``)."""
     import time
 
-    from proxy.core.probe import upstream_name
-    from proxy.core.proxy.steer import upstream_states
+    from proxy.core.probe import target_name, upstream_name
 
     core = rt.core
     return {
         # up: probed up and not held down; held_for: seconds a policy rule still holds it;
-        # admin: the state an operator set (up, drain, down)
+        # admin: the state an operator set (up, drain, down); a named upstream (RFC 3263):
+        # one entry per resolved address (target; "resolved": true)
         "upstreams": [{"upstream": upstream_name(s.target), "groups": list(s.groups),
+                       "target": target_name(s.target),
+                       "resolved": s.target in core.view.resolved_targets,
                        "up": s.up, "probed_up": s.probed_up, "held_for": round(s.held_for, 1),
-                       "admin": core.admin.state(upstream_name(s.target))}
-                      for s in upstream_states(core, rt.loop.time())],
-        "probing": core.prober.enabled,
-        "registrations": core.location.count(),
-        "learned_routes": len(core.learned),
-        "transactions": core.active_transactions,
-        "dialogs": len(core.dialogs),
-        "policy_version": str(core.policy.version),
-        "policy": str(core.policy.path or "builtin"),
+                       "admin": core.view.admin_state(upstream_name(s.target))}
+                      for s in core.view.upstream_states(rt.loop.time())],
+        "probing": core.view.probing,
+        "registrations": core.view.registrations,
+        "learned_routes": len(core.view.learned),
+        "transactions": core.view.active_transactions,
+        "dialogs": core.view.calls,
+        "policy_version": str(core.view.policy.version),
+        "policy": str(core.view.policy.path or "builtin"),
         "uptime_seconds": round(time.time() - rt.started, 3),
-        "draining": core.draining,
+        "draining": core.view.draining,
         "store_ok": bool(rt.store_ok),
     }
 
 
 def ready_of(rt: Any) -> Answer:
     """200 when listening and the state store answers; 503 while draining or without store."""
-    if rt.core.draining:
+    if rt.core.view.draining:
         return text(503, "draining")
     if not rt.listening:
         return text(503, "starting")
@@ -249,7 +251,8 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
     from proxy.runtime.upstream_control import upstream_routes
 
     registry = make_registry(rt.core, rt.reloads, rt.started,
-                             lambda: streams.managers(rt), rt.loop.time)
+                             lambda: streams.managers(rt), rt.loop.time,
+                             getattr(rt, "gate", None))
     registry.register(TracingCollector(rt))  # type: ignore[arg-type]
     config = getattr(rt, "config", None)
     access = Access(getattr(config, "http_token", None))

@@ -1,6 +1,7 @@
 """Process resources of the stream transports: the file-descriptor soft limit set at start
 (every TCP/TLS connection is a descriptor, so ``limits.tcp_max_connections`` needs as many),
-and the heap that closed connections leave behind (:class:`MemoryTrim`)."""
+and the heap that closed connections leave behind (:class:`MemoryTrim`); and the UDP flood
+gate of ``limits.udp_flood_rps`` (:func:`flood_gate`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,32 @@ import ctypes.util
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from proxy.transport.udp_gate import FloodGate
+
+if TYPE_CHECKING:
+    from proxy.core.core import ProxyCore
 
 log = logging.getLogger("proxy")
+
+
+def flood_gate(core: ProxyCore, udp_flood_rps: int, per_source_rps: int) -> FloodGate | None:
+    """The gate in front of every UDP socket (:mod:`proxy.transport.udp_gate`), or None when
+    ``limits.udp_flood_rps`` is 0. Its rate is never below twice ``per_source_rps``: the gate
+    counts every datagram, the rate limit only the requests that cost. Exempt: the hosts of
+    the upstreams (every port: the core still trusts only the upstream's own port) and the
+    ``trusted_relays``, read when a source crosses the rate (the upstreams' addresses change
+    with DNS)."""
+    if udp_flood_rps <= 0:
+        return None
+    view = core.view
+    relays = view.settings.trusted_relays
+
+    def exempt(host: str, port: int) -> bool:
+        return host in relays or any(h == host for h, _ in view.upstream_addrs)
+
+    return FloodGate(max(udp_flood_rps, 2 * per_source_rps), exempt=exempt)
 
 
 def raise_nofile(wanted: int) -> int:

@@ -39,6 +39,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 log = logging.getLogger("proxy")
 
@@ -230,3 +231,16 @@ class LagTicker:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+def install(rt: Any) -> LagTicker:
+    """Start the load meter of a runtime (``limits.overload_lag_ms``, ``max_transactions``):
+    its verdicts reach the core through ``ProxyCore.set_overload`` like every input."""
+    lim = rt.config.limits
+    ticker = LagTicker(
+        rt.loop, LoadMeter(lim.overload_lag_ms, lim.max_transactions),
+        lambda: rt.core.view.active_transactions, lambda: (rt.worked, rt.read, rt.received),
+        UdpBacklog(udp_inodes(ep.transport for ep in rt.udp.values())),
+        lambda reason, share, now: rt._drive(rt.core.set_overload, reason, share, now))
+    ticker.start()
+    return ticker

@@ -55,7 +55,8 @@ class Hop(NamedTuple):
 
 class Resolved(NamedTuple):
     """One address to try: transport, IP, port; ``name`` is the host it is the address of
-    (the SRV target, or the URI's host), with the SRV record's priority and weight."""
+    (the SRV target, or the URI's host), with the SRV record's priority and weight, and
+    ``service`` the SRV name the record is of ("" without SRV)."""
 
     transport: str
     host: str
@@ -63,6 +64,7 @@ class Resolved(NamedTuple):
     name: str
     priority: int = 0
     weight: int = 0
+    service: str = ""
 
 
 class Targets(NamedTuple):
@@ -218,7 +220,7 @@ class _Run:
         if self.resolver.dns.resolver is None:
             return
         answers = await asyncio.gather(*(self._ask(name, "SRV") for name, _ in names))
-        for (_, transport), answer in zip(names, answers, strict=True):
+        for (service, transport), answer in zip(names, answers, strict=True):
             if answer is None:
                 self.srv_failed = True  # not "no SRV records": no A/AAAA fallback (4.2)
                 continue
@@ -228,10 +230,11 @@ class _Run:
                 if len(self.out) >= self.limit:
                     return
                 if r.target not in ("", "."):  # ".": the service is decidedly not offered
-                    await self.addresses(r.target, r.port, transport, r.priority, r.weight)
+                    await self.addresses(r.target, r.port, transport, r.priority, r.weight,
+                                         service)
 
     async def addresses(self, name: str, port: int, transport: str, priority: int = 0,
-                        weight: int = 0) -> None:
+                        weight: int = 0, service: str = "") -> None:
         """A/AAAA of ``name`` (the families the proxy has, in its order); without configured
         servers, the system's lookup (``/etc/hosts``, then DNS: getaddrinfo, off the loop)."""
         resolver = self.resolver
@@ -248,7 +251,7 @@ class _Run:
         for ip in found:
             if len(self.out) >= self.limit:
                 return
-            self.out.append(Resolved(transport, ip, port, name, priority, weight))
+            self.out.append(Resolved(transport, ip, port, name, priority, weight, service))
 
 
 def advertised(host: str, port: int, advertise: str | None) -> str:

@@ -33,12 +33,13 @@ from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
+from proxy.runtime import overload as overload_meter
 from proxy.runtime import signals, streams, upstream_control
 from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
-from proxy.runtime.limits import MemoryTrim, raise_nofile
+from proxy.runtime.limits import MemoryTrim, flood_gate, raise_nofile
 from proxy.runtime.memory import GcPolicy
-from proxy.runtime.overload import LagTicker, LoadMeter, UdpBacklog, udp_inodes
+from proxy.runtime.overload import LagTicker
 from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
 from proxy.runtime.state import StateKeeper, default_node, is_shared
@@ -50,9 +51,18 @@ from proxy.transport.base import Transport
 from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager
 from proxy.transport.udp import UdpEndpoint, open_udp
+from proxy.transport.udp_gate import FloodGate
 from proxy.transport.ws import WsManager
 
 log = logging.getLogger("proxy")
+#: what the runtime was doing when an entry point of the core raised (the log line says it)
+_DOING = {"on_message": "handling a message", "on_timer": "in timers",
+          "on_keepalive": "handling a keep-alive", "on_flow_closed": "handling a closed flow",
+          "on_persisted": "after storing a learned route",
+          "on_send_failure": "handling a transport failure",
+          "start_probes": "probing the upstreams",
+          "set_upstream_admin": "setting the state of an upstream",
+          "set_upstream_targets": "setting the targets of an upstream"}
 #: Start-up lines (listening, ready) show at every log level: scripts wait for them.
 _NOTICE = logging.CRITICAL + 1
 logging.addLevelName(_NOTICE, "NOTICE")
@@ -76,13 +86,11 @@ class Runtime:
     trim: MemoryTrim | None = None
     #: the tracing taps (recent calls, HEP) once started; None when neither is configured
     tap: tracing_taps.Tracer | None = None
-    #: the measure of load behind overload control; set by start()
-    load: LagTicker | None = None
-    #: seconds the loop spent handling messages and timers so far, and the bytes it read:
-    #: the rate at which it empties a receive queue (overload.py)
-    worked = 0.0
-    read = 0
-    received = 0
+    #: limits.udp_flood_rps: one gate for every UDP socket, made by start(); None: off
+    gate: FloodGate | None = None
+    load: LagTicker | None = None  # the measure of load of overload control (start())
+    #: seconds spent handling messages and timers, bytes and messages read (overload.py)
+    worked, read, received = 0.0, 0, 0
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None) -> None:
@@ -121,7 +129,7 @@ class Runtime:
         red = config.redirects
         trusted = [*config.trusted_sources, *([] if red.trusted_sources else up_ips)]
         allowed = [*config.allow_targets, *([] if red.allow_targets else up_ips)]
-        guard = RedirectGuard(trusted, allowed, own)
+        guard = RedirectGuard(trusted, allowed, own, trust_upstreams=not red.trusted_sources)
         # Key of flow tokens, branch MACs, digest nonces: the configured secret, else a random
         # one that start() replaces by the state store's before listening (state_key.py).
         secret = config.secret.encode() if config.secret else secrets.token_bytes(32)
@@ -147,8 +155,9 @@ class Runtime:
         )
         self.location = MemoryLocation()  # the view the hot path reads; StateKeeper persists it
         self.core = ProxyCore(settings, policy, local, self.location)
-        self.refresher = self._name_upstreams(plan)
+        self.core.set_debug(logging.getLogger("proxy.core").isEnabledFor(logging.DEBUG))
         self.tls_names = streams.tls_names(self)
+        self.refresher = self._name_upstreams(plan)
         try:
             node = config.node or default_node(local)
             self.store = open_store(config.state, node=node)
@@ -180,9 +189,11 @@ class Runtime:
         tables = len({li.transport for li in cfg.listen} & {"tcp", "tls", "ws", "wss"}) or 1
         raise_nofile(tables * cfg.limits.tcp_max_connections + 64)  # a table per transport
         self.tap = await tracing_taps.install(self)  # before the first message can arrive
+        self.gate = flood_gate(self.core, cfg.limits.udp_flood_rps, cfg.limits.per_source_rps)
         for li in cfg.listen:
             if li.transport == "udp":
-                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed)
+                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed,
+                                    self.gate)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":
@@ -198,16 +209,11 @@ class Runtime:
                 self.tls = self.tls or streams.tls_manager(self)
                 await self.tls.listen(li.host, li.port)
             log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
-        self.policy_reload = PolicyReloader(cfg.policy_path, self.core.policy, self.reloads,
+        self.policy_reload = PolicyReloader(cfg.policy_path, self.core.view.policy, self.reloads,
                                             self._put_policy_in_force)
         self.trim = MemoryTrim(self.loop, lambda: streams.closed_total(self))
         self.trim.start()
-        lim = cfg.limits
-        self.load = LagTicker(
-            self.loop, LoadMeter(lim.overload_lag_ms, lim.max_transactions),
-            lambda: self.core.active_transactions, lambda: (self.worked, self.read, self.received),
-            UdpBacklog(udp_inodes(ep.transport for ep in self.udp.values())), self._overload)
-        self.load.start()
+        self.load = overload_meter.install(self)  # limits.overload_lag_ms, max_transactions
         signals.install(self.loop, self.request_stop, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
             self._policy_watch = FileWatcher(
@@ -219,8 +225,8 @@ class Runtime:
                     host_port_text(cfg.http[0], self.http.port))
         self.listening = True
         self.refresher.start()
-        self._drive(self.core.start_probes, (), self.loop.time(), "probing the upstreams")
-        p = self.core.policy
+        self._drive(self.core.start_probes, self.loop.time())
+        p = self.core.view.policy
         log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
                 len(p.rules))
         log.log(_NOTICE, "sip-policy-proxy %s, %s", __version__, build_kind())
@@ -230,7 +236,7 @@ class Runtime:
         if signals.second_stop(self._stopping):
             return
         log.info("stopping: no new transactions, draining %d transactions and %d calls",
-                 self.core.unanswered, len(self.core.dialogs))
+                 self.core.view.unanswered, self.core.view.calls)
         self._carry_out(self.core.drain(self.loop.time()))
         self._stopping.set()
 
@@ -239,7 +245,7 @@ class Runtime:
         deadline = self.loop.time() + self.config.drain_timeout
         while self._busy() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)  # polling the drain is bounded by drain_timeout
-        left, calls = self.core.unanswered, len(self.core.dialogs)
+        left, calls = self.core.view.unanswered, self.core.view.calls
         if left or calls:
             log.warning("drain timeout: %d transactions and %d calls abandoned", left, calls)
         self.close()
@@ -250,7 +256,7 @@ class Runtime:
 
     def _busy(self) -> bool:
         """A drain waits for unanswered transactions and for calls up (dialogs)."""
-        return bool(self.core.unanswered or len(self.core.dialogs))
+        return bool(self.core.view.unanswered or self.core.view.calls)
 
     def close(self) -> None:
         self.refresher.stop()
@@ -275,21 +281,24 @@ class Runtime:
 
     # -------------------------------------------------------------- message flow
 
-    def _drive(self, entry: Callable[..., Effects], args: tuple[Any, ...], now: float,
-               what: str, *what_args: object) -> None:
-        """Feed the core once and carry out what it returns: the sends, the store writes, and
-        the one timer re-armed at its next deadline. The process survives any internal error
-        (logged with ``what``)."""
+    def _drive(self, entry: Callable[..., Effects], *args: Any) -> None:
+        """The one path into the core: feed it once (``entry(*args)``: a ProxyCore method,
+        ``now`` its last argument) and carry out what it returns: the sends, the store
+        writes, the log lines, the binding changes and the one timer re-armed at its next
+        deadline. The process survives any internal error (logged, counted)."""
         try:
-            fx = entry(*args, now)
+            fx = entry(*args)
         except Exception:  # noqa: BLE001 - the process must survive any message
-            self._internal_error(what, *what_args)
+            self._internal_error(entry, args)
             return
         self._carry_out(fx)
 
-    def _internal_error(self, what: str, *what_args: object) -> None:
+    def _internal_error(self, entry: Callable[..., Effects], args: tuple[Any, ...]) -> None:
         self.errors += 1
-        log.exception("internal error " + what, *what_args)
+        name = getattr(entry, "__name__", "?")
+        src = next((a for a in args if isinstance(a, Source)), None)
+        where = "" if src is None else f" from {src.host}:{src.port}"
+        log.exception("internal error %s%s", _DOING.get(name, name), where)
         self._arm()  # the timers go on whatever one call did
 
     def _carry_out(self, fx: Effects) -> None:
@@ -318,7 +327,8 @@ class Runtime:
             self._arm()
 
     def deliver(self, data: bytes, src: Source) -> None:
-        """One received message: :meth:`_drive` written out (the path every message takes)."""
+        """One received message (from every transport): logged at debug, traced, and fed to
+        the core by :meth:`_drive` like every other input."""
         t0 = perf_counter()
         self.read += len(data)
         self.received += 1
@@ -326,32 +336,21 @@ class Runtime:
             log_lines.message_in(data, src)
         if self.tap is not None:
             self.tap.received(data, src, time.time())
-        try:
-            fx = self.core.on_message(data, src, self.loop.time())
-        except Exception:  # noqa: BLE001 - the process must survive any message
-            self._internal_error("handling a message from %s:%s", src.host, src.port)
-        else:
-            self._carry_out(fx)
+        self._drive(self.core.on_message, data, src, self.loop.time())
         self.worked += perf_counter() - t0
 
-    def _overload(self, reason: str | None, share: float, now: float) -> None:
-        """The load meter's verdict changed: this share of the new INVITEs and REGISTERs is
-        refused (a reason) or all are served again (None)."""
-        self._drive(self.core.set_overload, (reason, share), now, "setting the overload state")
-
     def keepalive(self, src: Source) -> None:
-        self.core.on_keepalive(src, self.loop.time())
+        self._drive(self.core.on_keepalive, src, self.loop.time())
 
     def flow_closed(self, conn_id: int) -> None:
-        self._drive(self.core.on_flow_closed, (conn_id,), self.loop.time(),
-                    "handling a closed flow")
+        self._drive(self.core.on_flow_closed, conn_id, self.loop.time())
 
     # -------------------------------------------------------------- learned routes
 
     async def _load_routes(self) -> None:
         routes = await self.store.list_routes(time.time())
         self._generation = await self.store.generation()
-        self.core.load_learned(routes, self.loop.time())
+        self._carry_out(self.core.load_learned(routes, self.loop.time()))
         self.state.note_routes(routes)
         if routes:
             log.info("learned routes loaded from %s: %d", self.config.state, len(routes))
@@ -373,7 +372,7 @@ class Runtime:
             elif gen != self._generation:
                 await self._load_routes()
                 log.info("learned routes reloaded from the store: %d (generation %d)",
-                         len(self.core.learned), self._generation)
+                         len(self.core.view.learned), self._generation)
                 await self.state.upstreams.load(merge=False)  # another process's drain
         except StoreError as exc:
             log.error("state store: %s", exc)
@@ -392,12 +391,10 @@ class Runtime:
                 self._generation = await self.store.generation()
             except StoreError as exc:
                 log.error("state store: %s", exc)
-        self._drive(self.core.on_persisted, (ctx, ok), self.loop.time(),
-                    "after storing a learned route")
+        self._drive(self.core.on_persisted, ctx, ok, self.loop.time())
 
     def failed(self, token: object) -> None:
-        self._drive(self.core.on_send_failure, (token,), self.loop.time(),
-                    "handling a transport failure")
+        self._drive(self.core.on_send_failure, token, self.loop.time())
 
     def dispatch(self, out: list[Send]) -> None:
         now = self.loop.time()
@@ -407,14 +404,8 @@ class Runtime:
         literals = self.sends.literals
         udp = self.udp
         tap = self.tap
+        inet, inet6 = socket.AF_INET, socket.AF_INET6
         for s in out:
-            if s.transport == "udp" and s.host in literals:  # the common case, in short
-                ep = udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
-                if ep is not None:
-                    ep.send(s)
-                    if tap is not None:
-                        tap.sent(s, time.time())
-                    continue
             if s.transport == "tls" and s.server_name is None:
                 s = streams.with_server_name(self, s)
             if s.host not in literals:  # a name (RFC 3263), or an IP seen for the first time
@@ -428,7 +419,21 @@ class Runtime:
                         continue
                     assert isinstance(r, Send)
                     s = r
-            transport = self._transport_for(s)
+            # The transport that carries s: the UDP socket of its address family, TCP, TLS,
+            # or the WebSocket manager holding the browser's connection.
+            kind = s.transport
+            transport: Transport | None
+            if kind == "udp":
+                transport = udp.get(inet6 if ":" in s.host else inet)
+            elif kind == "tcp":
+                transport = self.tcp
+            elif kind == "tls":
+                self.tls = self.tls or streams.tls_manager(self)  # client side only
+                transport = self.tls
+            elif kind == "ws":
+                transport = self.ws
+            else:
+                transport = self.wss if kind == "wss" else None
             if transport is not None:
                 transport.send(s)
                 if tap is not None:
@@ -437,22 +442,6 @@ class Runtime:
                 log.info("no %s transport for %s:%s", s.transport, s.host, s.port)
                 if s.token is not None:
                     self.loop.call_soon(self.failed, s.token)
-
-    def _transport_for(self, s: Send) -> Transport | None:
-        """The transport that carries ``s``: the UDP socket of its address family, TCP, TLS,
-        or the WebSocket manager holding the browser's connection."""
-        if s.transport == "udp":
-            return self.udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
-        if s.transport == "tcp":
-            return self.tcp
-        if s.transport == "tls":
-            self.tls = self.tls or streams.tls_manager(self)  # client side only
-            return self.tls
-        if s.transport == "ws":
-            return self.ws
-        if s.transport == "wss":
-            return self.wss
-        return None
 
     def _unreachable(self, s: Send, why: str) -> None:
         log.info("cannot send to %s:%s: %s", s.host, s.port, why)
@@ -465,7 +454,9 @@ class Runtime:
         relay"); their names are resolved again as their answers expire."""
         for n in plan.named:
             self.sends.upstream(n.hop)
-        self._carry_out(self.core.set_upstream_addresses(self.core.upstream_addrs | plan.addresses))
+        by_position = {n.position: n for n in plan.named}
+        for position, answer in plan.found.items():
+            self._set_targets(by_position[position], answer, self.loop.time())
         self._name_sources(plan.named, plan.found)
         return named_upstreams.Refresher(self.resolver, plan.named, self._upstream_answer,
                                          plan.found)
@@ -483,12 +474,20 @@ class Runtime:
         self._carry_out(self.core.set_source_addresses(resolved))
 
     def _upstream_answer(self, named: named_upstreams.Named, answer: Targets) -> None:
-        """A named upstream resolved again: its addresses are an upstream's from now on."""
-        addrs = {(t.host, t.port) for t in self.core.all_upstreams}
-        for found in self.refresher.current.values():
-            addrs.update((r.host, r.port) for r in found.targets)
-        self._carry_out(self.core.set_upstream_addresses(addrs))
+        """A named upstream resolved again (its answer expired)."""
+        self._set_targets(named, answer, self.loop.time())
         self._name_sources(self.refresher.named, self.refresher.current)
+
+    def _set_targets(self, named: named_upstreams.Named, answer: Targets, now: float) -> None:
+        """Hand the core what a named upstream resolved to: each address is an upstream of its
+        own (``set_upstream_targets``; the core never resolves); a TLS one is checked against
+        the upstream's name (RFC 5922 7.2)."""
+        u = named.upstream
+        if u.transport == "tls" or any(t.transport == "tls" for t in answer.targets):
+            self.tls_names.update(((t.host, t.port), u.host) for t in answer.targets
+                                  if t.transport == "tls")
+        self._drive(self.core.set_upstream_targets, u.uri, named_upstreams.core_targets(answer),
+                    now)
 
     # -------------------------------------------------------------- timers
 
@@ -506,7 +505,7 @@ class Runtime:
         now = max(self.loop.time(), self._armed_at)
         self._timer = None
         self._armed_at = float("inf")
-        self._drive(self.core.on_timer, (), now, "in timers")
+        self._drive(self.core.on_timer, now)
         self.worked += perf_counter() - t0
 
     # -------------------------------------------------------------- policy reload
@@ -541,7 +540,7 @@ async def _main(config: Config, policy: Policy) -> int:
         return 1
     # Frozen only now, so that what start() built (listeners, a Redis client and its pool,
     # imported lazily) is never scanned again either; no automatic full passes (memory.py).
-    collector = GcPolicy(rt.loop, load=lambda: rt.core.active_transactions)
+    collector = GcPolicy(rt.loop, load=lambda: rt.core.view.active_transactions)
     collector.start()
     try:
         await rt.serve()

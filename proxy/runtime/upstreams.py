@@ -4,21 +4,21 @@ and again whenever the answer expires.
 At start-up (:func:`plan`, before the core is built) each named upstream is resolved once:
 
 - its transport, when its URI names none, is the one of its first target (NAPTR and SRV
-  choose it among the proxy's transports, RFC 3263 4.1); the core writes it into the Via;
-- the core's target for it keeps the name (and the URI's port, else the transport's default):
-  the runtime resolves it at each send (:mod:`proxy.runtime.sends`), by SRV when the URI named
-  no port, so a request goes to the best SRV target of the moment;
-- every address found joins the upstreams' addresses (a request from them is an upstream's,
-  docs/BEHAVIOUR.md "No open relay, no reflector"; a 3xx from them may be followed).
+  choose it among the proxy's transports, RFC 3263 4.1);
+- the core's upstream for it keeps the name (and the URI's port, else the transport's
+  default); the runtime hands the core every address found (:func:`core_targets`,
+  ``ProxyCore.set_upstream_targets``), and each is an upstream of its own there (order by SRV
+  priority and weight per call, failover to the next address of the name, probing, the access
+  rules: :mod:`proxy.core.upstream_targets`). Only a name without an answer is sent to as a
+  name, resolved at the send (:mod:`proxy.runtime.sends`).
 
 A name with no record at all (NXDOMAIN or no NAPTR, SRV, A or AAAA) is refused as before, by
-a config error (as an unresolvable name always was); a name whose server does not answer is not: the proxy
-starts and asks again at the first send.
+a config error (as an unresolvable name always was); a name whose server does not answer is
+not: the proxy starts and asks again at the first send.
 
 :class:`Refresher` resolves the named upstreams again when their answer expires and hands the
-new :class:`~proxy.runtime.resolver.Targets` to a callback, which updates the upstreams'
-addresses. Failover goes by the ``upstreams`` list, not from one SRV target to the next
-(README "Not done yet").
+new :class:`~proxy.runtime.resolver.Targets` to a callback, which hands them to the core (a
+failure keeps the last answer).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from proxy.config import Config, Upstream
 from proxy.core.types import Target
+from proxy.core.upstream_targets import UpstreamTarget
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.runtime.dns import RETRY
 from proxy.runtime.resolver import DEFAULT_PORT, Hop, Resolver, Targets, is_ip
@@ -126,6 +127,12 @@ async def plan(config: Config, resolver: Resolver) -> Plan:
     if errors:
         raise ConfigError(errors)
     return Plan(tuple(targets), frozenset(addresses), base.named, answers)
+
+
+def core_targets(answer: Targets) -> tuple[UpstreamTarget, ...]:
+    """What the core takes from an answer (:meth:`ProxyCore.set_upstream_targets`)."""
+    return tuple(UpstreamTarget(t.transport, t.host, t.port, t.name, t.priority, t.weight,
+                                t.service) for t in answer.targets)
 
 
 def describe(answer: Targets) -> str:

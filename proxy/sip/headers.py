@@ -18,6 +18,14 @@ ABNF beside the code (RFC 3261 25.1)::
 
 Header values reach these functions unfolded (continuation lines joined by one space).
 Every function raises ParseError(400) on malformed input.
+
+Each parser has one gate: the usual compact shape (no LWS around the separators, no quoted
+parameter values) is read by one regex and the one parameter splitter
+(:func:`~proxy.sip.uri.split_params`); whatever the regex does not match goes to the full
+grammar (:func:`parse_via_full`, :func:`parse_name_addr_full`), which alone decides what is an
+error and gives the same value for what both read (tests/unit/test_sip_properties.py feeds
+both the same generated values). Recurring texts are parsed once: a bounded
+:class:`~proxy.sip.memo.Memo` of immutable values (``Final`` fields, read-only parameters).
 """
 
 from __future__ import annotations
@@ -27,14 +35,17 @@ from dataclasses import dataclass
 from typing import Final
 
 from .errors import ParseError
+from .memo import Memo
 from .uri import (
+    NO_PARAMS,
     AbsoluteUri,
+    Params,
     SipUri,
     format_params,
     host_port,
-    is_plain_sip_uri,
     parse_uri,
-    remember,
+    parse_uri_full,
+    read_only,
     split_params,
 )
 
@@ -44,11 +55,12 @@ __all__ = [
     "is_token",
     "parse_cseq",
     "parse_name_addr",
+    "parse_name_addr_full",
     "parse_name_addr_list",
     "parse_params",
     "parse_via",
+    "parse_via_full",
     "parse_via_list",
-    "plain_name_addr_tag",
     "split_header_values",
 ]
 
@@ -68,24 +80,23 @@ _VIA_RE: Final = re.compile(
     r"(\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)"
     r"(?:[ \t]*:[ \t]*([0-9]{1,5}))?"
 )
-# Fast path of parse_name_addr for the common shapes: [ quoted-string / tokens ] <URI> followed
-# by compact ";name[=value]" params (no LWS, no quoted values).  Anything else takes the slow
-# path, which alone decides what is an error.
+# The compact form of header parameters: ";name[=value]" items, no LWS, no quoted values, no
+# ',' (RFC 3261 7.3.1 generic-param). The gate of every fast path below: what it matches,
+# split_params reads; anything else goes to the full grammar (_scan_params).
+_COMPACT_PARAMS: Final = r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\"\x00-\x20\x7f,]+)?)"
+_COMPACT_PARAMS_RE: Final = re.compile(_COMPACT_PARAMS + r"+\Z")
+# The common name-addr: [ quoted-string / tokens ] <URI> then compact parameters.
 _FAST_NAME_ADDR_RE: Final = re.compile(
     r'(?:("(?:[^"\\]|\\.)*")|([A-Za-z0-9\-.!%*_+`\'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`\'~]+)*))?'
     r"[ \t]*<([^<>\x00-\x20\x7f\"]+)>"
-    r"((?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\"\x00-\x20\x7f,]+)?)*)\Z",
+    rf"({_COMPACT_PARAMS}*)\Z",
     re.DOTALL,
 )
-# The usual compact Via: sent-protocol SP sent-by then ";name[=value]" params, no LWS/quotes.
-_FAST_VIA_RE: Final = re.compile(
+# The common sent-protocol SP sent-by of a Via (what precedes its first ';').
+_FAST_VIA_HEAD_RE: Final = re.compile(
     rf"({_TOKEN})/({_TOKEN})/({_TOKEN}) "
-    r"(\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)(?::([0-9]{1,5}))?"
-    r"((?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\"\x00-\x20\x7f,]+)?)*)\Z"
+    r"(\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)(?::([0-9]{1,5}))?\Z"
 )
-# The parameters of such a Via, checked apart from its sent-by (see parse_via).
-_VIA_PARAMS_RE: Final = re.compile(r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\"\x00-\x20\x7f,]+)?)+\Z")
-_VIA_HEAD_MEMO: Final[dict[str, tuple[str, str, str, int | None] | None]] = {}
 _KNOWN_TRANSPORTS: Final = frozenset({"UDP", "TCP", "TLS", "SCTP", "TLS-SCTP", "WS", "WSS", "DTLS"})
 _MAX_CSEQ: Final = 2**32 - 1
 # Methods met on every call: tokens, so a CSeq naming one needs no regex to check it.
@@ -112,19 +123,23 @@ def _end_quoted(s: str, i: int) -> int:
     raise ParseError("unterminated quoted string")
 
 
-def parse_params(text: str) -> dict[str, str | None]:
+def parse_params(text: str) -> Params:
     """Parse ``*( SEMI generic-param )``; ``text`` is what follows the element the parameters
     belong to ('' or starting with SWS ';').  Names are lower-cased, values kept as written
     (quoted values keep their quotes).  Empty names (";;", RFC 4475 3.1.2.1) and empty values
-    ("name=") raise ParseError(400)."""
-    params: dict[str, str | None] = {}
+    ("name=") raise ParseError(400).  The compact form by the one splitter, any other by the
+    grammar (the same value either way)."""
     if not text:
-        return params
-    if '"' not in text and " " not in text and "\t" not in text:
-        # fast path: the usual compact form ";branch=z9hG4bK...;rport"
-        if text[0] != ";":
-            raise ParseError(f"junk before parameters: {text[:60]!r}")
-        return split_params(text[1:], params, is_token, "a parameter")
+        return NO_PARAMS
+    if _COMPACT_PARAMS_RE.match(text) is not None:
+        return read_only(split_params(text[1:], "a header parameter"))
+    return read_only(_scan_params(text))
+
+
+def _scan_params(text: str) -> dict[str, str | None]:
+    """``*( SEMI generic-param )`` by the RFC 3261 25.1 grammar, character by character: SWS
+    around ';' and '=', quoted-string values (RFC 4475 3.1.1.1)."""
+    params: dict[str, str | None] = {}
     n = len(text)
     i = 0
     while True:
@@ -210,45 +225,71 @@ class NameAddr:
     """name-addr / addr-spec with its header parameters (RFC 3261 20.10, 20.20, 20.39, 25.1).
 
     ``display`` is as written (quotes kept); ``params`` are the header parameters after the URI
-    (tag, expires, q, +sip.instance, reg-id, ...), names lower-cased, values as written."""
+    (tag, expires, q, +sip.instance, reg-id, ...), names lower-cased, values as written.
+    A value (shared through the memo): the fields are ``Final``, ``params`` is read-only."""
 
-    display: str | None
-    uri: SipUri | AbsoluteUri
-    params: dict[str, str | None]
-    bracketed: bool
+    display: Final[str | None]
+    uri: Final[SipUri | AbsoluteUri]
+    params: Final[Params]
+    bracketed: Final[bool]
+    #: the tag parameter (RFC 3261 19.3), read once here: From/To tags are read many times a
+    #: message (dialog and transaction matching), an attribute costs less than a lookup
+    tag: Final[str | None]
 
     # init=False and an __init__ of our own: the compiled build constructs it natively (the
     # dataclass-made __init__ runs as interpreted code, 0.6 us a call).
-    def __init__(self, display: str | None, uri: SipUri | AbsoluteUri,
-                 params: dict[str, str | None], bracketed: bool) -> None:
+    def __init__(self, display: str | None, uri: SipUri | AbsoluteUri, params: Params,
+                 bracketed: bool) -> None:
         self.display = display
         self.uri = uri
         self.params = params
         self.bracketed = bracketed
+        self.tag = params.get("tag") if params else None
 
     def __str__(self) -> str:
         head = self.display + " " if self.display else ""
         return head + "<" + str(self.uri) + ">" + format_params(self.params)
 
-    @property
-    def tag(self) -> str | None:
-        return self.params.get("tag")
 
-
-_NAME_ADDR_MEMO: Final[dict[str, NameAddr]] = {}
-_TAG_MEMO: Final[dict[str, tuple[str | None] | None]] = {}
+_NAME_ADDRS: Final[Memo[NameAddr]] = Memo()
 
 
 def parse_name_addr(text: str) -> NameAddr:
-    """:func:`_parse_name_addr`, each distinct text once (a Route naming this proxy recurs
-    on every in-dialog request); the result is shared: never change it (see
-    :mod:`proxy.sip.uri` for the memo's bound)."""
-    na = _NAME_ADDR_MEMO.get(text)
-    return na if na is not None else remember(_NAME_ADDR_MEMO, text, _parse_name_addr(text))
+    """Parse one name-addr or addr-spec with its parameters (RFC 3261 20.10, 25.1): From, To,
+    Contact, Route, Record-Route. Each distinct text once (a Route naming this proxy, a call's
+    From and To recur in each of its messages); the usual shape by one regex, any other by
+    :func:`parse_name_addr_full`, which gives the same value and alone refuses."""
+    na = _NAME_ADDRS.get(text)
+    if na is None:
+        na = _NAME_ADDRS.put(text, _parse_name_addr(text))
+    return na
 
 
 def _parse_name_addr(text: str) -> NameAddr:
-    """Parse one name-addr or addr-spec with its parameters (RFC 3261 20.10, 25.1).
+    # A new call's From (or a dialog's To) is a known value plus ";tag=" and a fresh token: the
+    # known part, a bracketed name-addr without parameters, is the memo's (or parsed once), the
+    # tag checked alone (RFC 3261 19.3: tag-param = "tag" EQUAL token); the grammar reads the
+    # whole text to the same value (tests/unit/test_sip_properties.py).
+    cut = text.rfind(";tag=")
+    if cut > 0 and text[cut - 1] == ">":
+        tag = text[cut + 5:]
+        if _TOKEN_RE.match(tag) is not None:
+            try:
+                known = parse_name_addr(text[:cut])
+            except ParseError:
+                return parse_name_addr_full(text)  # the grammar says why
+            if known.bracketed and not known.params:
+                return NameAddr(known.display, known.uri, read_only({"tag": tag}), True)
+    m = _FAST_NAME_ADDR_RE.match(text)
+    if m is None:
+        return parse_name_addr_full(text)
+    quoted, tokens, inner, ptext = m.groups()
+    params = read_only(split_params(ptext[1:], "a header parameter")) if ptext else NO_PARAMS
+    return NameAddr(quoted or tokens, parse_uri(inner), params, True)
+
+
+def parse_name_addr_full(text: str) -> NameAddr:
+    """:func:`parse_name_addr` by the grammar, without the memo or the one-regex shortcut.
 
     ParseError(400) for: an unterminated quoted display name (RFC 4475 3.1.2.6 quotbal), LWS
     inside <...> (3.1.2.14 badaspec), a non-token unquoted display name such as
@@ -257,17 +298,6 @@ def _parse_name_addr(text: str) -> NameAddr:
     (RFC 4475 3.1.1.6 lwsdisp).  Without <>, every ';' parameter is a header parameter
     (RFC 3261 20.10)."""
     s = text.strip()
-    m = _FAST_NAME_ADDR_RE.match(s)
-    if m is not None:
-        quoted, tokens, inner, ptext = m.groups()
-        params: dict[str, str | None] = {}
-        if ptext:
-            for item in ptext[1:].split(";"):
-                name, eq, value = item.partition("=")
-                params[name.lower()] = value if eq else None
-        return NameAddr(quoted or tokens, parse_uri(inner), params, True)
-    if "<" not in s and ";" not in s and "," not in s and "?" not in s and '"' not in s and s:
-        return NameAddr(None, parse_uri(s), {}, False)  # plain addr-spec
     if not s:
         raise ParseError("empty name-addr")
     c0 = s[0]
@@ -297,57 +327,18 @@ def _parse_name_addr(text: str) -> NameAddr:
             utext = s if semi < 0 else s[:semi].rstrip()
             if "," in utext or "?" in utext:
                 raise ParseError(f"URI with ',' or '?' must be enclosed in <>: {s[:80]!r}")
-            uri = parse_uri(utext)
-            return NameAddr(None, uri, parse_params(s[semi:]) if semi >= 0 else {}, False)
+            uri = parse_uri_full(utext)
+            params = read_only(_scan_params(s[semi:])) if semi >= 0 else NO_PARAMS
+            return NameAddr(None, uri, params, False)
     gt = s.find(">", lt + 1)
     if gt < 0:
         raise ParseError(f"'<' without '>' in name-addr: {s[:80]!r}")
     inner = s[lt + 1:gt]
     if not inner or inner[0] in _WS or inner[-1] in _WS:
         raise ParseError(f"LWS inside <> of name-addr: {s[:80]!r}")
-    uri = parse_uri(inner)
+    uri = parse_uri_full(inner)
     rest = s[gt + 1:]
-    return NameAddr(display, uri, parse_params(rest) if rest else {}, True)
-
-
-def plain_name_addr_tag(text: str) -> tuple[str | None] | None:
-    """``(tag,)``, the tag parameter of a From or To value of the usual shape
-    (``Name <sip:user@host:port>;tag=x``, RFC 3261 19.3), checked as :func:`parse_name_addr`
-    checks it but without building it; None when the value has another shape (then
-    :func:`parse_name_addr` decides: it accepts it or raises ParseError). Each distinct text
-    is examined once (a call's From and To recur in each of its messages)."""
-    if text in _TAG_MEMO:
-        return _TAG_MEMO[text]
-    # A new call's From (or a dialog's To) is an old text plus ";tag=" and a fresh token: the
-    # old part is looked up (or examined once), the tag checked alone.  A prefix of the usual
-    # shape ending in '>' (no parameters) followed by one token parameter is of the usual
-    # shape, with that tag; anything else goes the whole way.
-    cut = text.rfind(";tag=")
-    if cut > 0 and text[cut - 1] == ">":
-        tag = text[cut + 5:]
-        if _TOKEN_RE.match(tag) is not None:
-            prefix = text[:cut]
-            if prefix in _TAG_MEMO:
-                known = _TAG_MEMO[prefix]
-            else:
-                known = remember(_TAG_MEMO, prefix, _plain_tag(prefix))
-            if known is not None:
-                return remember(_TAG_MEMO, text, (tag,))
-    return remember(_TAG_MEMO, text, _plain_tag(text))
-
-
-def _plain_tag(text: str) -> tuple[str | None] | None:
-    m = _FAST_NAME_ADDR_RE.match(text.strip())
-    if m is None or not is_plain_sip_uri(m.group(3)):
-        return None
-    tag: str | None = None
-    ptext = m.group(4)
-    if ptext:
-        for item in ptext[1:].split(";"):
-            name, eq, value = item.partition("=")
-            if name.lower() == "tag":
-                tag = value if eq else None  # the last one counts, as in the params dict
-    return (tag,)
+    return NameAddr(display, uri, read_only(_scan_params(rest)) if rest else NO_PARAMS, True)
 
 
 def parse_name_addr_list(text: str) -> list[NameAddr]:
@@ -361,18 +352,19 @@ def parse_name_addr_list(text: str) -> list[NameAddr]:
 
 @dataclass(slots=True, init=False)
 class Via:
-    """One via-parm (RFC 3261 20.42)."""
+    """One via-parm (RFC 3261 20.42). The fields are ``Final`` and ``params`` a Mapping (mypy
+    refuses a write); a Via is not shared between messages, so its params stay a dict."""
 
-    protocol: str
-    transport: str
-    host: str
-    port: int | None
-    params: dict[str, str | None]
+    protocol: Final[str]
+    transport: Final[str]
+    host: Final[str]
+    port: Final[int | None]
+    params: Final[Params]
 
     # init=False and an __init__ of our own: the compiled build constructs it natively (the
     # dataclass-made __init__ runs as interpreted code, 0.6 us a call).
     def __init__(self, protocol: str, transport: str, host: str, port: int | None,
-                 params: dict[str, str | None]) -> None:
+                 params: Params) -> None:
         self.protocol = protocol
         self.transport = transport
         self.host = host
@@ -412,33 +404,36 @@ class Via:
         return out + format_params(self.params)
 
 
+_VIA_HEADS: Final[Memo[tuple[str, str, str, int | None]]] = Memo()
+
+
 def parse_via(text: str) -> Via:
     """Parse one via-parm (RFC 3261 20.42), with SWS around '/' ':' ';' '=' (RFC 4475 3.1.1.1).
 
     The usual compact shape is read in two parts: its sent-protocol and sent-by, the same in
-    every message of a sender, examined once (a bounded memo, see :mod:`proxy.sip.uri`), and
-    its parameters (a fresh branch each time), checked alone."""
+    every message of a sender, examined once (a bounded memo), and its parameters (a fresh
+    branch each time) by the one splitter once the compact-parameter regex matched them. Any
+    other shape goes to :func:`parse_via_full`, which gives the same value and alone refuses."""
     semi = text.find(";")
-    if semi > 0:
-        head = text[:semi]
-        sent = _VIA_HEAD_MEMO[head] if head in _VIA_HEAD_MEMO else remember(
-            _VIA_HEAD_MEMO, head, _via_head(head))
-        ptext = text[semi:]
-        if sent is not None and _VIA_PARAMS_RE.match(ptext) is not None:
-            params: dict[str, str | None] = {}
-            for item in ptext[1:].split(";"):
-                pname, eq, pvalue = item.partition("=")
-                params[pname.lower()] = pvalue if eq else None
-            return Via(sent[0], sent[1], sent[2], sent[3], params)
-    fast = _FAST_VIA_RE.match(text)
-    if fast is not None:
-        name, version, transport, host, port_text, ptext = fast.groups()
-        params = {}
-        if ptext:
-            for item in ptext[1:].split(";"):
-                pname, eq, pvalue = item.partition("=")
-                params[pname.lower()] = pvalue if eq else None
-        return _make_via(text, name, version, transport, host, port_text, params)
+    head = text if semi < 0 else text[:semi]
+    sent = _VIA_HEADS.get(head)
+    if sent is None:
+        sent = _via_head(head)
+        if sent is None:
+            return parse_via_full(text)
+        _VIA_HEADS.put(head, sent)
+    if semi < 0:
+        return Via(sent[0], sent[1], sent[2], sent[3], NO_PARAMS)
+    if _COMPACT_PARAMS_RE.match(text, semi) is None:
+        return parse_via_full(text)
+    # Not made read-only: a Via is not shared (each message parses its own; only the sent-by
+    # tuple is memoized), and its type, Mapping, already refuses a write to mypy.
+    return Via(sent[0], sent[1], sent[2], sent[3], split_params(text[semi + 1:], "a Via parameter"))
+
+
+def parse_via_full(text: str) -> Via:
+    """:func:`parse_via` by the grammar (LWS, quoted parameter values), without the memo or the
+    compact shortcut."""
     m = _VIA_RE.match(text)
     if m is None:
         raise ParseError(f"bad Via: {text[:80]!r}")
@@ -447,25 +442,24 @@ def parse_via(text: str) -> Via:
     if rest:
         rest = rest.rstrip()
     return _make_via(text, name, version, transport, host, port_text,
-                     parse_params(rest) if rest else {})
+                     _scan_params(rest) if rest else NO_PARAMS)
 
 
 def _via_head(head: str) -> tuple[str, str, str, int | None] | None:
     """(protocol, transport, host, port) of a compact sent-protocol SP sent-by; None when it
     has another shape or a port out of range (then the whole Via goes the long way)."""
-    fast = _FAST_VIA_RE.match(head)
-    if fast is None or fast.group(6):
+    fast = _FAST_VIA_HEAD_RE.match(head)
+    if fast is None:
         return None
-    name, version, transport, host, port_text, _ = fast.groups()
-    try:
-        via = _make_via(head, name, version, transport, host, port_text, {})
-    except ParseError:
+    name, version, transport, host, port_text = fast.groups()
+    if port_text is not None and int(port_text) > 65535:
         return None
+    via = _make_via(head, name, version, transport, host, port_text, NO_PARAMS)
     return (via.protocol, via.transport, via.host, via.port)
 
 
 def _make_via(text: str, name: str, version: str, transport: str, host: str,
-              port_text: str | None, params: dict[str, str | None]) -> Via:
+              port_text: str | None, params: Params) -> Via:
     port: int | None = None
     if port_text is not None:
         port = int(port_text)

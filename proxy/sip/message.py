@@ -1,4 +1,4 @@
-"""SIP message parsing (RFC 3261 7, 18.3, 20) and stream framing; no IO.
+"""SIP message parsing (RFC 3261 7, 18.3, 20); no IO.
 
 The eager work of :func:`parse_message` is kept to what every message needs: the start line,
 the split of the header section into lines (unfolding continuation lines, RFC 3261 7.3.1),
@@ -34,9 +34,9 @@ from .headers import (
     parse_name_addr,
     parse_via,
     parse_via_list,
-    plain_name_addr_tag,
     split_header_values,
 )
+from .memo import Memo
 from .uri import AbsoluteUri, SipUri, parse_uri
 
 __all__ = ["COMPACT", "Header", "SipMessage", "canonical_name", "parse_message"]
@@ -98,10 +98,9 @@ class Header:
 
 
 # field-name as written (up to ':') -> canonical name; bounded so hostile input cannot grow it.
-_NAME_CACHE: Final[dict[str, str]] = {}
+_FIELD_NAMES: Final[Memo[str]] = Memo()
 # name given by a caller of get()/count() -> canonical name (no validation).
-_LOOKUP_CACHE: Final[dict[str, str]] = {}
-_CACHE_LIMIT: Final = 4096
+_LOOKUP_NAMES: Final[Memo[str]] = Memo()
 
 
 def _canon_field_name(raw_name: str) -> str:
@@ -109,20 +108,15 @@ def _canon_field_name(raw_name: str) -> str:
     if not is_token(name):
         raise ParseError(f"bad header field name: {raw_name[:60]!r}")
     lower = name.lower()
-    canon = COMPACT.get(lower, lower)
-    if len(_NAME_CACHE) < _CACHE_LIMIT:
-        _NAME_CACHE[raw_name] = canon
-    return canon
+    return _FIELD_NAMES.put(raw_name, COMPACT.get(lower, lower))
 
 
 def canonical_name(name: str) -> str:
     """Header name in any case, full or compact -> canonical full lower-case name."""
-    canon = _LOOKUP_CACHE.get(name)
+    canon = _LOOKUP_NAMES.get(name)
     if canon is None:
         lower = name.strip().lower()
-        canon = COMPACT.get(lower, lower)
-        if len(_LOOKUP_CACHE) < _CACHE_LIMIT:
-            _LOOKUP_CACHE[name] = canon
+        canon = _LOOKUP_NAMES.put(name, COMPACT.get(lower, lower))
     return canon
 
 
@@ -141,9 +135,6 @@ class SipMessage:
         "_mf",
         "_mf_done",
         "_record_routes",
-        "_from_tag",
-        "_to_tag",
-        "_tags_done",
         "_route_lines",
         "_routes",
         "_to",
@@ -201,9 +192,6 @@ class SipMessage:
         self._uri: SipUri | AbsoluteUri | None = None
         self._routes: list[NameAddr] | None = None
         self._route_lines: list[tuple[int, list[NameAddr]]] | None = None
-        self._from_tag: str | None = None
-        self._to_tag: str | None = None
-        self._tags_done = 0  # bit 1: _from_tag is known, bit 2: _to_tag is
         self._record_routes: list[NameAddr] | None = None
         self._contacts: list[NameAddr] | None = None
         self._contact_star = False
@@ -330,36 +318,13 @@ class SipMessage:
 
     @property
     def from_tag(self) -> str | None:
-        """From's tag (RFC 3261 8.1.1.3); the From value is checked as :attr:`from_` checks
-        it (ParseError(400)), but built only when its shape is not the usual one."""
-        if not self._tags_done & 1:
-            na = self._from
-            self._from_tag = na.params.get("tag") if na is not None else self._tag("from")
-            self._tags_done |= 1
-        return self._from_tag
+        """From's tag (RFC 3261 8.1.1.3); ParseError(400) as :attr:`from_`."""
+        return self.from_.tag
 
     @property
     def to_tag(self) -> str | None:
-        """To's tag (RFC 3261 8.1.1.2), as :attr:`from_tag`."""
-        if not self._tags_done & 2:
-            na = self._to
-            self._to_tag = na.params.get("tag") if na is not None else self._tag("to")
-            self._tags_done |= 2
-        return self._to_tag
-
-    def _tag(self, canon: str) -> str | None:
-        value = self._get(canon)
-        if value is None:
-            raise ParseError(f"missing {'From' if canon == 'from' else 'To'} header field")
-        fast = plain_name_addr_tag(value)
-        if fast is not None:
-            return fast[0]
-        na = parse_name_addr(value)  # another shape: parsed, kept (or refused: 400)
-        if canon == "from":
-            self._from = na
-        else:
-            self._to = na
-        return na.params.get("tag")
+        """To's tag (RFC 3261 8.1.1.2); ParseError(400) as :attr:`to`."""
+        return self.to.tag
 
     @property
     def max_forwards(self) -> int | None:
@@ -562,7 +527,7 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
 
     # ---- header fields (RFC 3261 7.3) ----
     headers: list[Header] = []
-    name_cache = _NAME_CACHE
+    field_names = _FIELD_NAMES
     cl_index = -1
     pos = sl_end + 2
     for k in range(1, nsep):
@@ -584,7 +549,7 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
             if colon < 0:
                 raise ParseError(f"header line without ':': {line[:60]!r}")
             raw_name = line[:colon]
-            name = name_cache.get(raw_name) or _canon_field_name(raw_name)
+            name = field_names.get(raw_name) or _canon_field_name(raw_name)
             if name == "content-length":
                 if cl_index >= 0:
                     raise ParseError("several Content-Length header fields")

@@ -20,25 +20,40 @@ implicitly, and never recursively (RFC 4475 3.1.1.3); :func:`unescape` is there 
 compare users.  A user part may hold ';' (RFC 4475 3.1.1.9 semiuri): the userinfo ends at the
 first '@'.
 
-Parsed URIs are values: nothing changes one after parsing. :func:`parse_uri` therefore parses
-each distinct text once and hands the same object out again (:data:`MEMO_SIZE` texts at most,
-forgotten all at once when full, so that hostile input cannot grow it): the values that recur
-on every call (a callee's Request-URI, the proxy's own Record-Route) cost a dict lookup.
+Parsed URIs are values: their fields are ``Final`` (mypy refuses an assignment, the compiled
+build refuses it at run time) and their parameters a read-only mapping. :func:`parse_uri`
+therefore parses each distinct text once and hands the same object out again (a bounded
+:class:`~proxy.sip.memo.Memo`): the values that recur on every call (a callee's Request-URI,
+the proxy's own Record-Route) cost a dict lookup.
+
+One gate: :func:`parse_uri` reads the common shape with one regex (:data:`_FAST_SIP_RE`);
+whatever it does not match, or matches with a port out of range, goes to
+:func:`parse_uri_full`, the step-by-step RFC 3261 25.1 grammar, which alone decides what is
+an error (tests/unit/test_sip_properties.py feeds both the same generated URIs).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from types import MappingProxyType
+from typing import Final
 from urllib.parse import unquote
 
 from .errors import ParseError
+from .memo import Memo
 
 __all__ = [
-    "MEMO_SIZE", "AbsoluteUri", "SipUri", "is_plain_sip_uri", "parse_uri", "remember", "unescape",
+    "NO_PARAMS", "AbsoluteUri", "Params", "SipUri", "parse_uri", "parse_uri_full", "read_only",
+    "split_params", "unescape",
 ]
+
+#: Parameters as the parsed values hold them: read-only (RFC 3261 7.3.1 generic-param,
+#: 19.1.1 uri-parameters: names lower-cased, values as written, a bare name maps to None).
+Params = Mapping[str, str | None]
+#: The parameters of a value that has none (one shared read-only empty mapping).
+NO_PARAMS: Final[Params] = MappingProxyType({})
 
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
 _SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
@@ -91,35 +106,31 @@ def host_port_text(host: str, port: int | None) -> str:
     return shown if port is None else f"{shown}:{port}"
 
 
-def format_params(params: dict[str, str | None]) -> str:
-    """``;name=value;flag`` from a parameter dict (the inverse of :func:`split_params`)."""
+def format_params(params: Params) -> str:
+    """``;name=value;flag`` from parameters (the inverse of :func:`split_params`)."""
     return "".join(";" + k if v is None else ";" + k + "=" + v for k, v in params.items())
 
 
-def _nonempty(name: str) -> bool:
-    return bool(name)
+def read_only(params: dict[str, str | None]) -> Params:
+    """``params`` as the parsed values hold them: a read-only view (nobody keeps the dict)."""
+    return MappingProxyType(params) if params else NO_PARAMS
 
 
-def split_params(
-    text: str, into: dict[str, str | None], name_ok: Callable[[str], bool], what: str
-) -> dict[str, str | None]:
-    """Add the ``name[=value]`` items of ``text`` (``;``-separated, no leading ``;``, no
-    whitespace) to ``into``: names lower-cased, values kept as written, a bare name maps to
-    None. An empty value ("name=") or a name ``name_ok`` refuses raises ParseError(400)
-    naming ``what``. The one loop behind both header parameters (RFC 3261 7.3.1
-    generic-param) and SIP URI parameters (RFC 3261 19.1.1 uri-parameters)."""
+def split_params(text: str, what: str) -> dict[str, str | None]:
+    """The ``name[=value]`` items of ``text`` (``;``-separated, no leading ``;``, no
+    whitespace): names lower-cased, values kept as written, a bare name maps to None, the
+    last of a repeated name counts. An empty name (";;", RFC 4475 3.1.2.1) or an empty value
+    ("name=") raises ParseError(400) naming ``what``. The one splitter behind header parameters
+    (RFC 3261 7.3.1 generic-param, once a regex has checked their compact form) and SIP URI
+    parameters (RFC 3261 19.1.1 uri-parameters). The caller makes it read-only
+    (:func:`read_only`) when the value holding it is shared."""
+    params: dict[str, str | None] = {}
     for item in text.split(";"):
-        eq = item.find("=")
-        if eq < 0:
-            name, value = item, None
-        else:
-            name, value = item[:eq], item[eq + 1:]
-            if not value:
-                raise ParseError(f"empty value of {what}: {item[:60]!r}")
-        if not name_ok(name):
-            raise ParseError(f"bad name of {what}: {name[:60]!r}")
-        into[name.lower()] = value
-    return into
+        name, eq, value = item.partition("=")
+        if not name or (eq and not value):
+            raise ParseError(f"empty name or value of {what}: {item[:60]!r}")
+        params[name.lower()] = value if eq else None
+    return params
 
 
 def unescape(text: str) -> str:
@@ -136,20 +147,21 @@ def unescape(text: str) -> str:
 @dataclass(slots=True, init=False)
 class SipUri:
     """A sip: or sips: URI (RFC 3261 19.1.1).  Every part is kept as written except the
-    scheme and the host, which are lower-cased (both are case-insensitive, RFC 3261 19.1.4)."""
+    scheme and the host, which are lower-cased (both are case-insensitive, RFC 3261 19.1.4).
+    A value: the fields are ``Final`` and ``params`` is read-only (see the module docstring)."""
 
-    scheme: str
-    user: str | None
-    password: str | None
-    host: str
-    port: int | None
-    params: dict[str, str | None]
-    headers: str | None
+    scheme: Final[str]
+    user: Final[str | None]
+    password: Final[str | None]
+    host: Final[str]
+    port: Final[int | None]
+    params: Final[Params]
+    headers: Final[str | None]
 
     # init=False and an __init__ of our own: the compiled build constructs it natively (the
     # dataclass-made __init__ runs as interpreted code, 0.6 us a call).
     def __init__(self, scheme: str, user: str | None, password: str | None, host: str,
-                 port: int | None, params: dict[str, str | None], headers: str | None) -> None:
+                 port: int | None, params: Params, headers: str | None) -> None:
         self.scheme = scheme
         self.user = user
         self.password = password
@@ -188,47 +200,33 @@ class SipUri:
         """(host without IPv6 brackets, port); default port 5060, 5061 for sips (RFC 3263 4.2)."""
         return host_port(self.host, self.port, self.scheme == "sips")
 
-    def copy(self) -> SipUri:
-        return SipUri(self.scheme, self.user, self.password, self.host, self.port,
-                      dict(self.params), self.headers)
+    def without_headers(self) -> SipUri:
+        """This URI without its ?headers component (itself when it has none): the target of
+        a redirect (RFC 3261 19.1.5, 16.5)."""
+        if self.headers is None:
+            return self
+        return SipUri(self.scheme, self.user, self.password, self.host, self.port, self.params,
+                      None)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class AbsoluteUri:
     """Any URI of another scheme (tel:, urn:, im:, http:, ...): RFC 3261 25.1 absoluteURI.
 
     ``raw`` is the whole URI as written; ``scheme`` is lower-cased."""
 
-    scheme: str
-    raw: str
+    scheme: Final[str]
+    raw: Final[str]
+
+    def __init__(self, scheme: str, raw: str) -> None:
+        self.scheme = scheme
+        self.raw = raw
 
     def __str__(self) -> str:
         return self.raw
 
 
-def is_plain_sip_uri(text: str) -> bool:
-    """True when :func:`parse_uri` takes ``text`` by its fast path and accepts it: a sip: or
-    sips: URI of the common shape (no ?headers, no escaping oddities), its port in range."""
-    m = _FAST_SIP_RE.match(text)
-    if m is None:
-        return False
-    port = m.group(5)
-    return port is None or int(port) <= 65535
-
-
-#: texts a memo of this module keeps at most (the memo is cleared when it is full)
-MEMO_SIZE: Final = 4096
-_URI_MEMO: Final[dict[str, SipUri | AbsoluteUri]] = {}
-_V = TypeVar("_V")
-
-
-def remember(memo: dict[str, _V], text: str, value: _V) -> _V:
-    """Keep ``value`` as what ``text`` parses to, in a memo of at most :data:`MEMO_SIZE`
-    texts, all forgotten at once when it is full (an outsider chooses the texts)."""
-    if len(memo) >= MEMO_SIZE:
-        memo.clear()
-    memo[text] = value
-    return value
+_URIS: Final[Memo[SipUri | AbsoluteUri]] = Memo()
 
 
 def parse_uri(text: str) -> SipUri | AbsoluteUri:
@@ -236,27 +234,33 @@ def parse_uri(text: str) -> SipUri | AbsoluteUri:
 
     Raises ParseError(400) on: no scheme, LWS or '<>"' inside the URI, an empty or malformed
     host, an IPv6 address without brackets (RFC 5118 4.2), a bad port, an empty parameter.
-    The result is shared with every other caller that parses the same text: never change it.
+    Each distinct text is parsed once (a bounded memo of immutable values); the common shape
+    by one regex, anything else by :func:`parse_uri_full`, which gives the same value.
     """
-    uri = _URI_MEMO.get(text)
-    return uri if uri is not None else remember(_URI_MEMO, text, _parse_uri(text))
+    uri = _URIS.get(text)
+    if uri is None:
+        uri = _URIS.put(text, _parse_uri(text))
+    return uri
 
 
 def _parse_uri(text: str) -> SipUri | AbsoluteUri:
     m = _FAST_SIP_RE.match(text)
-    if m is not None:
-        scheme, user, password, host, port_text, ptext = m.groups()
-        port: int | None = None
-        if port_text is not None:
-            port = int(port_text)
-            if port > 65535:
-                raise ParseError(f"port out of range in URI: {text[:80]!r}")
-        params: dict[str, str | None] = {}
-        if ptext:
-            for item in ptext[1:].split(";"):
-                name, eq, value = item.partition("=")
-                params[name.lower()] = value if eq else None
-        return SipUri(scheme, user, password, host.lower(), port, params, None)
+    if m is None:
+        return parse_uri_full(text)
+    scheme, user, password, host, port_text, ptext = m.groups()
+    port: int | None = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            return parse_uri_full(text)  # the grammar refuses it
+    params = read_only(split_params(ptext[1:], "a uri-parameter")) if ptext else NO_PARAMS
+    return SipUri(scheme, user, password, host.lower(), port, params, None)
+
+
+def parse_uri_full(text: str) -> SipUri | AbsoluteUri:
+    """:func:`parse_uri` by the RFC 3261 25.1 grammar step by step, without the memo or the
+    one-regex shortcut: the reference the shortcut is tested against, and the path of every
+    URI of another shape."""
     colon = text.find(":")
     if colon <= 0:
         raise ParseError(f"URI without a scheme: {text[:80]!r}")
@@ -304,12 +308,12 @@ def _parse_sip_uri(scheme: str, text: str, start: int) -> SipUri:
             raise ParseError(f"port out of range in URI: {text[:80]!r}")
     i = m.end()
     n = len(text)
-    params: dict[str, str | None] = {}
+    params = NO_PARAMS
     headers: str | None = None
     if i < n and text[i] == ";":
         q = text.find("?", i)
         ptext = text[i + 1:q] if q >= 0 else text[i + 1:]
-        split_params(ptext, params, _nonempty, f"uri-parameter in URI {text[:80]!r}")
+        params = read_only(split_params(ptext, f"a uri-parameter in URI {text[:80]!r}"))
         i = q if q >= 0 else n
     if i < n:
         # only '?' can be here (the hostport regex's look-ahead)

@@ -57,11 +57,13 @@ def source_key(host: str) -> str:
 class RateLimitedLog:
     """One log line per kind and interval; the ones held back are counted into the next."""
 
-    __slots__ = ("_held", "_last", "interval", "log")
+    __slots__ = ("_held", "_last", "every", "interval", "log")
 
-    def __init__(self, log: logging.Logger, interval: float = LOG_INTERVAL) -> None:
+    def __init__(self, log: logging.Logger, interval: float = LOG_INTERVAL,
+                 every: str = "once a minute") -> None:
         self.log = log
         self.interval = interval
+        self.every = every  # how often, in words, for the end of each line
         self._last: dict[str, float] = {}
         self._held: Counter[str] = Counter()
 
@@ -75,7 +77,7 @@ class RateLimitedLog:
         if held:
             msg += " (%d more like it since the last line)"
             args = (*args, held)
-        self.log.log(level, msg + "; logged once a minute", *args)
+        self.log.log(level, msg + "; logged " + self.every, *args)
 
 
 class ConnStats:

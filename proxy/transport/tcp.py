@@ -325,6 +325,11 @@ class TcpManager:
             self.say(reason, logging.WARNING, "refused %s connection from %s:%s: %d "
                      "connections open (limits.tcp_max_connections)", self.name, s.peer[0],
                      s.peer[1], len(self.conns))
+        elif reason in ("rate", "source_rate"):
+            self.say(reason, logging.WARNING, "refused %s connection from %s:%s: over %g new "
+                     "connections a second (limits.tcp_accept_rate%s)", self.name, s.peer[0],
+                     s.peer[1], self.accepts.rate if reason == "rate" else self.accepts.per_source,
+                     "" if reason == "rate" else ", from one source")
         else:
             self.say(reason, logging.WARNING, "refused %s connection from %s:%s: %d "
                      "connections open from %s (limits.tcp_per_source)", self.name, s.peer[0],

@@ -1,15 +1,27 @@
-"""UDP transport (RFC 3261 18.1.1 / 18.2.1): one datagram is one message."""
+"""UDP transport (RFC 3261 18.1.1 / 18.2.1): one datagram is one message.
+
+Every datagram first meets the flood gate (:mod:`proxy.transport.udp_gate`,
+``limits.udp_flood_rps``): a source far over the rate is dropped before its datagrams are
+parsed, so that one flood cannot fill the socket's queue in front of everyone else.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from time import monotonic
 
 from proxy.transport.base import Deliver, Failed, Send, Source
+from proxy.transport.conns import RateLimitedLog
 from proxy.transport.stun import binding_response, is_stun
+from proxy.transport.udp_gate import DROP, STARTED, FloodGate
 
 log = logging.getLogger("proxy.transport.udp")
+
+#: at most one line a second for the episodes that start, and one for those that end (a
+#: flood from many sources is summed up in the next line)
+EPISODE_LOG_INTERVAL = 1.0
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
@@ -21,17 +33,28 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
     def __init__(
         self, deliver: Deliver, keepalive: Callable[[Source], None] | None = None,
-        failed: Failed | None = None,
+        failed: Failed | None = None, gate: FloodGate | None = None,
     ) -> None:
         self._deliver = deliver
         self._keepalive = keepalive
         self._failed = failed
+        self._gate = gate if gate else None
+        self.say = RateLimitedLog(log, EPISODE_LOG_INTERVAL, "at most once a second")
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        gate = self._gate
+        if gate is not None:
+            verdict = gate.admit(addr[0], addr[1], monotonic())
+            if verdict:
+                if verdict == DROP:
+                    return
+                self._episode(gate, verdict, addr[0])
+                if verdict == STARTED:
+                    return
         if len(data) > 4 and data[0] > 1:  # not a keep-alive: a SIP message (or garbage)
             self._deliver(data, Source("udp", addr[0], addr[1]))
             return
@@ -49,6 +72,18 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                 self._keepalive(Source("udp", addr[0], addr[1]))
             return
         self._deliver(data, Source("udp", addr[0], addr[1]))
+
+    def _episode(self, gate: FloodGate, verdict: int, host: str) -> None:
+        """One line when a source's datagrams start being dropped, one when that ends."""
+        if verdict == STARTED:
+            self.say("flood", logging.WARNING, "dropping the datagrams of %s before they are "
+                     "parsed: more than %d within %g s (limits.udp_flood_rps), until it sends "
+                     "no more than that for %g s", gate.key(host), gate.rate, gate.window,
+                     gate.window)
+        else:
+            key, since, last, dropped = gate.ended
+            self.say("flood_end", logging.WARNING, "datagrams of %s admitted again: %d "
+                     "dropped over %.1f s", key, dropped, last + gate.window - since)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable) arrive here, detached from the datagram that caused
@@ -68,11 +103,11 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 async def open_udp(
     host: str, port: int, deliver: Deliver, keepalive: Callable[[Source], None] | None = None,
-    failed: Failed | None = None,
+    failed: Failed | None = None, gate: FloodGate | None = None,
 ) -> UdpEndpoint:
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_datagram_endpoint(
-        lambda: UdpEndpoint(deliver, keepalive, failed), local_addr=(host, port)
+        lambda: UdpEndpoint(deliver, keepalive, failed, gate), local_addr=(host, port)
     )
     sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
     if sock is not None:

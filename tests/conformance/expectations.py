@@ -59,7 +59,7 @@ EXPECTATIONS: tuple[Expect, ...] = (
            "escapes). It parses; it has a To tag and no Route of this proxy proving a dialog "
            "through it, and the sender is neither an upstream nor a trusted relay: 481, once "
            "and statelessly (RFC 3261 12.2.2; no open relay through its Route to "
-           "services.example.com, CONTRACT access). tests/unit/test_core_conformance.py shows a trusted relay's copy "
+           "services.example.com, README, Security defaults). tests/unit/test_core_conformance.py shows a trusted relay's copy "
            "loose-routed there (RFC 3261 16.4), unknown headers unchanged"),
     _r4475("intmeth", True, True, FORWARD, None,
            "RFC 4475 3.1.1.2: unknown method with unusual but legal characters; a proxy forwards "
@@ -87,7 +87,7 @@ EXPECTATIONS: tuple[Expect, ...] = (
     _r4475("mpart01", True, True, RESPOND, 403,
            "RFC 4475 3.1.1.11: multipart body with NUL/CR/LF octets framed by Content-Length: "
            "it parses. Its Route names sip:127.0.0.1:5080, another host, and the sender is a "
-           "stranger: 403, no open relay (CONTRACT access); "
+           "stranger: 403, no open relay (README, Security defaults); "
            "tests/unit/test_core_conformance.py shows a trusted relay's copy forwarded with "
            "its body byte-exact"),
     _r4475("unreason", False, True, DROP, None,

@@ -5,14 +5,19 @@ at priority 10 and 20.
 
 * Calls reach the priority-10 target, on its SRV port; the priority-20 one sees nothing
   (RFC 2782: lower priority first); the proxy asked dnsmasq NAPTR, then SRV, then A.
-* When the priority-10 target answers 503, or is not there at all (no answer: Timer B, 408),
-  the policy's ``failover`` takes the next upstream of the list, as for any upstream. Failing
-  over between the SRV targets of one name is the core's part (each target an upstream of its
-  own) and not done by this version.
+* When the priority-10 target answers 503, or is not there at all (no answer: Timer B), the
+  call goes to the priority-20 target of the same name (RFC 3263 4.3: each resolved target is
+  an upstream of its own), before the next upstream of the list, which sees nothing; when
+  both targets fail, the next upstream takes the call.
+* With ``upstream_probe``, each target is probed on its own: a silent one is marked down
+  (``upstream_up{group="default",target="udp:127.0.0.1:PORT",upstream="sip:carrier.test"}
+  0``) and calls go straight to the other.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +25,7 @@ import pytest
 
 from tests.dns_servers import Dnsmasq
 from tests.e2e.harness import LOOPBACK, ProxyProcess, Sipp, assert_calls, free_port
+from tests.e2e.test_observability_e2e import aget, metric
 from tests.e2e.test_policy_e2e import rejecting_pbx, requests
 from tests.e2e.wire import RecordingUpstream, UdpPeer
 
@@ -69,14 +75,15 @@ async def test_calls_to_a_carrier_domain_reach_its_best_srv_target(
 
 
 @pytest.mark.parametrize("first", ["503", "silent"])
-async def test_when_the_best_target_fails_the_next_upstream_takes_the_call(
+async def test_when_the_best_target_fails_the_next_target_of_the_name_takes_the_call(
     proxy_factory: Callable[..., ProxyProcess], sipp: Sipp, tmp_path: Path, first: str
 ) -> None:
-    """The priority-10 target answers 503, or nothing listens there (Timer B: 408); the policy
-    fails over to the next upstream of the list (``failover``), which answers."""
+    """The priority-10 target answers 503, or nothing answers there (Timer B); the same call
+    (one Call-ID) goes to the priority-20 target, not to the next upstream of the list."""
     p10, p20, p_next = free_port(), free_port(), free_port()
     dns = carrier_dns(tmp_path, p10, p20)
     silent: UdpPeer | None = None
+    nxt = await RecordingUpstream.start(p_next, invite_status=200)
     try:
         proxy = proxy_factory(upstreams=["sip:carrier.test", f"sip:{LOOPBACK}:{p_next}"],
                               extra={"dns": {"servers": [dns.server]}},
@@ -87,25 +94,91 @@ async def test_when_the_best_target_fails_the_next_upstream_takes_the_call(
                                    timeout=20, name="pbx10")
         else:
             silent = await UdpPeer.bind(p10)  # takes the INVITE, never answers
+        pbx20 = await sipp.uas("uas_answer.xml", port=p20, calls=1, timeout=30, name="pbx20")
+        caller = await sipp.uac("uac_call.xml", proxy.addr, keys={"domain": OUTSIDE},
+                                timeout=30, name="caller")
+        caller_res = await caller.wait()
+        res20 = await pbx20.wait(35)
+        proxy.assert_alive()
+        assert_calls(caller_res, 1)
+        assert_calls(res20, 1)
+        inv20 = requests(res20, "received", "INVITE")[0].msg
+        if pbx10 is not None:
+            res10 = await pbx10.wait(25)
+            assert_calls(res10, 1)  # INVITE, 503, ACK
+            inv10 = requests(res10, "received", "INVITE")[0].msg
+        else:
+            assert silent is not None
+            inv10, _ = await silent.recv_sip(1.0, lambda m: m.method == "INVITE")
+        assert inv10.call_id == inv20.call_id
+        assert nxt.records == [], "the next upstream got a message before the second target"
+    finally:
+        if silent is not None:
+            silent.close()
+        await nxt.close()
+        dns.stop()
+
+
+async def test_when_both_targets_fail_the_next_upstream_takes_the_call(
+    proxy_factory: Callable[..., ProxyProcess], sipp: Sipp, tmp_path: Path
+) -> None:
+    p10, p20, p_next = free_port(), free_port(), free_port()
+    dns = carrier_dns(tmp_path, p10, p20)
+    try:
+        proxy = proxy_factory(upstreams=["sip:carrier.test", f"sip:{LOOPBACK}:{p_next}"],
+                              extra={"dns": {"servers": [dns.server]}})
+        scenario = str(rejecting_pbx(tmp_path, 503))
+        pbx10 = await sipp.uas(scenario, port=p10, calls=1, timeout=20, name="pbx10")
+        pbx20 = await sipp.uas(scenario, port=p20, calls=1, timeout=20, name="pbx20")
         nxt = await sipp.uas("uas_answer.xml", port=p_next, calls=1, timeout=30, name="next")
         caller = await sipp.uac("uac_call.xml", proxy.addr, keys={"domain": OUTSIDE},
                                 timeout=30, name="caller")
         caller_res = await caller.wait()
-        nxt_res = await nxt.wait(35)
         proxy.assert_alive()
         assert_calls(caller_res, 1)
-        assert_calls(nxt_res, 1)
-        inv_next = requests(nxt_res, "received", "INVITE")[0].msg
-        if pbx10 is not None:
-            pbx10_res = await pbx10.wait(25)
-            assert_calls(pbx10_res, 1)  # INVITE, 503, ACK
-            inv10 = requests(pbx10_res, "received", "INVITE")[0].msg
-        else:
-            assert silent is not None
-            got, _ = await silent.recv_sip(1.0, lambda m: m.method == "INVITE")
-            inv10 = got
-        assert inv10.call_id == inv_next.call_id
+        ids = set()
+        for pbx in (pbx10, pbx20, nxt):
+            res = await pbx.wait(25)
+            assert_calls(res, 1)
+            ids.add(requests(res, "received", "INVITE")[0].msg.call_id)
+        assert len(ids) == 1  # one call, three targets in order
     finally:
-        if silent is not None:
-            silent.close()
+        dns.stop()
+
+
+async def test_probing_marks_a_silent_target_down_and_calls_skip_it(
+    proxy_factory: Callable[..., ProxyProcess], sipp: Sipp, tmp_path: Path
+) -> None:
+    p10, p20 = free_port(), free_port()
+    dns = carrier_dns(tmp_path, p10, p20)
+    silent = await UdpPeer.bind(p10)  # the priority-10 target: takes OPTIONS, never answers
+    try:
+        await sipp.uas("uas_answer_options.xml", port=p20, name="pbx20")  # answers OPTIONS
+        proxy = proxy_factory(upstreams=["sip:carrier.test"], extra={
+            "dns": {"servers": [dns.server]}, "http": f"{LOOPBACK}:{free_port(udp=False)}",
+            "upstream_probe": {"interval": 1, "timeout": 1}})
+        t10, t20 = f"udp:{LOOPBACK}:{p10}", f"udp:{LOOPBACK}:{p20}"
+        await proxy.await_log(f"upstream sip:carrier.test target {t10} is down", timeout=8)
+        probe, _ = await silent.recv_sip(1.0, lambda m: m.method == "OPTIONS")
+        assert probe.request_uri == f"sip:{LOOPBACK}:{p10}"  # the target, not the name
+        _, text = await aget(proxy, "/metrics")
+        assert metric(text, "upstream_up", upstream="sip:carrier.test", group="default",
+                      target=t10) == 0
+        assert metric(text, "upstream_up", upstream="sip:carrier.test", group="default",
+                      target=t20) == 1
+        _, body = await aget(proxy, "/status")
+        entries = {u["target"]: (u["resolved"], u["up"]) for u in json.loads(body)["upstreams"]}
+        assert entries == {t10: (True, False), t20: (True, True)}
+        t0 = time.monotonic()
+        caller = await sipp.uac("uac_call.xml", proxy.addr, keys={"domain": OUTSIDE},
+                                timeout=20, name="caller")
+        res = await caller.wait()
+        took = time.monotonic() - t0
+        assert_calls(res, 1)
+        assert took < 2.0, took  # straight to the live target, no Timer B on the dead one
+        got = await silent.quiet(0.2)
+        assert not any(d.sip is not None and d.sip.method == "INVITE" for d in got)
+        proxy.assert_alive()
+    finally:
+        silent.close()
         dns.stop()

@@ -84,7 +84,9 @@ async def test_metrics_health_and_ready_after_a_603_call(
     assert (metric(text, "policy_decisions_total", rule="global-failure", action="stop")
             or 0) >= 1
     assert metric(text, "final_response_seconds_count") == 1
-    assert metric(text, "upstream_up", upstream=proxy.config["upstreams"][0], group="default") == 1
+    up = proxy.config["upstreams"][0]
+    assert metric(text, "upstream_up", upstream=up, group="default",
+                  target="udp:" + up.split(":", 1)[1]) == 1
     assert metric(text, "transactions") is not None and metric(text, "dialogs") == 0
     assert "process_resident_memory_bytes" in text
     # the per-call line, in text
@@ -164,8 +166,10 @@ async def silent_upstream_skipped(proxy_factory: Callable[..., ProxyProcess], si
         assert res.successful == 1, res.describe()
         assert took < 2.0, took
         _, text = await aget(proxy, "/metrics")
-        assert metric(text, "upstream_up", group="default", upstream=silent_uri) == 0
-        assert metric(text, "upstream_up", group="default", upstream=pbx_uri) == 1
+        assert metric(text, "upstream_up", upstream=silent_uri, group="default",
+                      target="udp:" + silent_uri[4:]) == 0
+        assert metric(text, "upstream_up", upstream=pbx_uri, group="default",
+                      target="udp:" + pbx_uri[4:]) == 1
         while True:
             try:
                 got.append(silent.recv(65535))

@@ -27,6 +27,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.limits.tcp_per_source == 32
     assert cfg.limits.tcp_message_timeout == 10.0
     assert cfg.limits.tls_handshake_timeout == 5.0
+    assert cfg.limits.udp_flood_rps == 1000
     assert (cfg.limits.overload_lag_ms, cfg.limits.max_transactions) == (50, 300_000)
 
 
@@ -34,6 +35,13 @@ def test_overload_bounds(tmp_path: Path) -> None:
     cfg = load(tmp_path, "listen: [udp:127.0.0.1:5060]\n"
                "limits: {overload_lag_ms: 0, max_transactions: 5000}\n")
     assert (cfg.limits.overload_lag_ms, cfg.limits.max_transactions) == (0, 5000)
+
+
+def test_udp_flood_rps(tmp_path: Path) -> None:
+    """limits.udp_flood_rps: the flood gate's datagrams a second per source; 0 turns it off."""
+    for value in (0, 250, 50000):
+        cfg = load(tmp_path, f"listen: [udp:127.0.0.1:5060]\nlimits: {{udp_flood_rps: {value}}}\n")
+        assert cfg.limits.udp_flood_rps == value
 
 
 def test_values(tmp_path: Path) -> None:
@@ -53,6 +61,8 @@ def test_values(tmp_path: Path) -> None:
     ("limits: {overload_lag_ms: -5}", "limits: overload_lag_ms must be between 0 and 10000"),
     ("limits: {max_transactions: many}", "limits: max_transactions must be"),
     ("limits: {tcp_max_connections: 0}", "limits: tcp_max_connections must be between 1"),
+    ("limits: {udp_flood_rps: -5}", "limits: udp_flood_rps must be between 0 and 10000000"),
+    ("limits: {udp_flood_rps: lots}", "limits: udp_flood_rps must be an integer"),
     ("limits: {tcp_idle_timeout: 0}", "limits: tcp_idle_timeout must be between 1 and 86400"),
     ("limits: {tcp_per_source: 0}", "limits: tcp_per_source must be between 1 and 1000000"),
     ("limits: {tcp_message_timeout: 0.1}",

@@ -1,4 +1,4 @@
-"""No open relay, no reflection, no silent oversized forwards (CONTRACT "TLS and access";
+"""No open relay, no reflection, no silent oversized forwards (README "Security defaults";
 RFC 3261 16.4, 16.5, 18.1.1, 26.1), in the sans-IO core with a fake clock.
 
 A stranger is any source that is neither an upstream (by its packet's address and port) nor
@@ -31,7 +31,7 @@ def sent_to(h: Harness, port: int, out: list) -> list:
 
 
 def test_preloaded_route_to_another_host_from_a_stranger_gets_403() -> None:
-    """CONTRACT access: an initial request whose Route names another host is refused (403),
+    """README "Security defaults": an initial request whose Route names another host is refused (403),
     counted, and nothing goes to that host; INVITE and MESSAGE alike."""
     h = Harness.make()
     for i, method in enumerate(("INVITE", "MESSAGE")):
@@ -202,7 +202,7 @@ def test_udp_flow_target_is_never_switched_to_tcp() -> None:
 
 
 def test_301_on_one_fork_branch_rewrites_only_that_binding() -> None:
-    """CONTRACT routing: a 301 teaches the rewrite of the URI its own branch was sent to. With
+    """docs/BEHAVIOUR.md, routing: a 301 teaches the rewrite of the URI its own branch was sent to. With
     two phones forked in parallel, phone 1's 301 moves phone 1 only: phone 2 rings on the next
     call too."""
     h = make()
@@ -233,6 +233,6 @@ def test_redirect_chain_is_learned_link_by_link() -> None:
     h.feed(response_to(inv_b, 301, extra=("Contact: <sip:c@127.0.0.1:5072>",)),
            Source("udp", "127.0.0.1", 5071))
     commit_writes(h)
-    learned = {k: v[0] for k, v in h.core.learned.items()}
+    learned = {k: v[0] for k, v in h.core.view.learned.items()}
     assert learned == {"sip:bob@example.com": "sip:b@127.0.0.1:5071",
                        "sip:b@127.0.0.1:5071": "sip:c@127.0.0.1:5072"}

@@ -15,7 +15,7 @@ SENDER = Source("udp", "192.0.2.2", 5060)
 
 
 def forwarded(name: str) -> tuple[bytes, bytes, str]:
-    """The message as the core forwards it for a trusted relay (CONTRACT access: only an
+    """The message as the core forwards it for a trusted relay (README "Security defaults": only an
     upstream or a trusted_relays source may preload a Route to another host)."""
     data = (KIT / f"{name}.dat").read_bytes()
     h = Harness.make(trusted_relays=(SENDER.host,))
@@ -39,7 +39,7 @@ def test_wsinv_is_loose_routed_with_unknown_headers_unchanged() -> None:
 
 
 def test_wsinv_from_a_stranger_is_refused_not_relayed() -> None:
-    """CONTRACT access: the same preloaded Route from a source that is neither an upstream
+    """README "Security defaults": the same preloaded Route from a source that is neither an upstream
     nor a trusted relay is refused, and nothing is sent towards the Route's host. wsinv has a
     To tag and no Route of this proxy: an in-dialog request of no dialog through it, 481
     once and statelessly (RFC 3261 12.2.2; issue 18, it was 100 then 403)."""

@@ -160,3 +160,51 @@ def test_a_tls_connection_is_a_flow_like_tcp() -> None:
     out = pbx_invite(h, "z9hG4bKpbx2")
     assert [s for s in out if s.port == 7001] == []
     assert statuses(h.to(5080, out))[-1] in (404, 480)
+
+
+# ------------------------------------------- what per_source_rps counts (issue 18, "what costs")
+
+
+def test_an_ipv6_host_counts_per_64_and_an_ipv4_host_per_address() -> None:
+    """A host is given a /64 (RFC 4291 2.5.1): 20 addresses of one /64 share one bucket."""
+    rl = RateLimiter(20)
+    allowed = [rl.allow(f"2001:db8:5:6::{i:x}", 10.0) for i in range(1, 41)]
+    assert sum(allowed) == 20 and not any(allowed[20:])
+    assert not rl.allow("2001:db8:5:6:abcd::1", 10.0)  # anywhere in that /64
+    assert rl.allow("2001:db8:5:7::1", 10.0)  # the next /64 is another host
+    assert len(rl) == 2
+    assert sum(rl.allow(f"192.0.2.{i}", 10.0) for i in range(1, 41)) == 40  # IPv4: per address
+
+
+def test_unknown_cancels_are_counted_and_refused_503_over_the_rate() -> None:
+    h = Harness.make(per_source_rps=5)
+    stranger = Source("udp", "127.0.0.2", 6666)
+    got = [statuses(h.to(6666, h.feed(request("CANCEL", call_id=f"c{i}", branch=f"z9hG4bKc{i}",
+                                               via_host="127.0.0.2:6666"), stranger)))
+           for i in range(20)]
+    assert got == [[481]] * 5 + [[503]] * 15
+    assert h.core.refusals.counts["rate"] == 15 and h.core.active_transactions == 0
+
+
+def test_malformed_requests_are_counted_and_dropped_unanswered_over_the_rate() -> None:
+    """A request refused before routing (unparsable: 400; invalid: 483 for Max-Forwards 0)
+    costs an answer: it counts against its source, and over the rate it is dropped without one
+    (a refusal costs less than the request); an upstream's are never counted."""
+    h = Harness.make(per_source_rps=5)
+    stranger = Source("udp", "127.0.0.2", 6666)
+    broken = (b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:6666;branch=z9hG4bKb"
+              b"\r\nCSeq: x\r\nContent-Length: 0\r\n\r\n")
+    answered = [h.to(6666, h.feed(broken, stranger)) for _ in range(10)]
+    assert [len(a) for a in answered] == [1] * 5 + [0] * 5
+    assert answered[0][0].status == 400
+    assert h.core.refusals.counts["rate"] == 5
+    h2 = Harness.make(per_source_rps=5)
+    hops = [statuses(h2.to(6666, h2.feed(
+        request("OPTIONS", call_id=f"m{i}", branch=f"z9hG4bKm{i}", via_host="127.0.0.2:6666",
+                max_forwards=0), stranger))) for i in range(10)]
+    assert hops == [[483]] * 5 + [[]] * 5
+    assert h2.core.refusals.counts["rate"] == 5
+    pbx = Source("udp", "127.0.0.1", 5080)
+    for _ in range(10):
+        assert len(h2.to(5080, h2.feed(broken.replace(b"127.0.0.2:6666", b"127.0.0.1:5080"),
+                                       pbx))) == 1

@@ -239,7 +239,7 @@ def test_timer_c_cancels_a_ringing_branch() -> None:
 
 
 def test_registrar_local_binds_and_routes_pbx_call_to_phone() -> None:
-    """RFC 3261 10.3 (REGISTER), CONTRACT routing step 3 (registered AOR)."""
+    """RFC 3261 10.3 (REGISTER), docs/BEHAVIOUR.md, routing (registered AOR)."""
     h = Harness.make(registrar_local=True, domains=frozenset({"example.com"}))
     phone = Source("udp", "127.0.0.1", 7000)
     out = h.feed(request(
@@ -255,7 +255,7 @@ def test_registrar_local_binds_and_routes_pbx_call_to_phone() -> None:
 
 
 def test_unknown_user_in_our_domain_gets_404() -> None:
-    """CONTRACT: a request for a domain of ours with no registration -> 404."""
+    """docs/BEHAVIOUR.md, routing: a request for a domain of ours with no registration -> 404."""
     h = Harness.make(registrar_local=True, domains=frozenset({"example.com"}))
     out = h.feed(request(branch="z9hG4bKpbx2", via_host="127.0.0.1:5080"), PBX)
     assert statuses(h.to(5080, out)) == [100, 404]
@@ -311,7 +311,7 @@ def test_drain_waits_only_for_unanswered_requests() -> None:
 
 
 def test_draining_core_refuses_new_calls_but_relays_in_dialog_requests() -> None:
-    """CONTRACT: SIGTERM stops taking new transactions; calls in progress still end."""
+    """README "Operations": SIGTERM stops taking new transactions; calls in progress still end."""
     h = Harness.make()
     h.core.drain(h.now)
     out = h.feed(request())

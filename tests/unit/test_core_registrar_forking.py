@@ -190,7 +190,7 @@ def test_one_flow_per_instance_most_recent_first() -> None:
 
 
 def test_all_bindings_unreachable_gives_480() -> None:
-    """CONTRACT: registered, but no binding reachable -> 480."""
+    """docs/BEHAVIOUR.md, routing: registered, but no binding reachable -> 480."""
     h = make()
     register(h, PHONE1, "<sip:bob@127.0.0.1:7001>")
     out = pbx_invite(h)

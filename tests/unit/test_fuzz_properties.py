@@ -21,13 +21,16 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.core.types import Source
 from proxy.sip import FramingError, ParseError, StreamFramer, parse_message
-from tests.unit import hypothesis_profiles  # noqa: F401  (registers and loads the profile)
+from tests.unit import hypothesis_profiles  # registers and loads the profile
 from tests.unit.core_harness import Harness, request, response_to
+
+pytestmark = pytest.mark.timeout(hypothesis_profiles.TIMEOUT)
 
 DATA = Path(__file__).resolve().parents[1] / "conformance" / "data"
 TORTURE = [p.read_bytes() for p in sorted((DATA / "rfc4475").glob("*.dat"))]

@@ -1,4 +1,4 @@
-"""RedirectGuard: which 3xx may be followed and learned (RFC 3261 26.1.2, 26.4.4; CONTRACT).
+"""RedirectGuard: which 3xx may be followed and learned (RFC 3261 26.1.2, 26.4.4; README "Security defaults").
 
 A forged 301 diverts calls for good, so every way a Contact can name a place it should not
 (a host outside allow_targets, loopback and friends, the proxy itself, numeric spellings,
@@ -330,7 +330,7 @@ def test_invalid_entries_are_refused_at_construction(entry: str) -> None:
 
 
 def test_built_from_the_config_defaults() -> None:
-    """The CONTRACT defaults: trusted = the upstreams' hosts, targets = those and `domains`."""
+    """The defaults (README "Security defaults"): trusted = the upstreams' hosts, targets = those and `domains`."""
     ups = []
     for text in ("sip:10.0.0.1:5080", "sip:pbx.example.net"):
         up = parse_upstream(text)

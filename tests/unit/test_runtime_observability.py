@@ -76,7 +76,8 @@ def test_every_named_metric_is_exported_after_a_603_call() -> None:
     assert value(found, "registrations") == 0
     assert value(found, "transactions") >= 1
     assert value(found, "dialogs") == 0
-    assert value(found, "upstream_up", upstream="sip:127.0.0.1:5080", group="default") == 1
+    assert value(found, "upstream_up", upstream="sip:127.0.0.1:5080", group="default",
+                 target="udp:127.0.0.1:5080") == 1
     assert value(found, "final_response_seconds_count") == 1
     assert value(found, "final_response_seconds_bucket", le="0.25") == 1
     assert value(found, "final_response_seconds_bucket", le="0.1") == 0
@@ -86,6 +87,21 @@ def test_every_named_metric_is_exported_after_a_603_call() -> None:
     names = {n for n, _ in found if n.startswith(PREFIX)}
     for m in METRIC_NAMES:
         assert any(n.startswith(PREFIX + m) for n in names), m
+
+
+def test_datagrams_the_flood_gate_dropped_are_refusals_of_reason_flood() -> None:
+    """limits.udp_flood_rps: what the gate dropped before parsing is in refusals_total
+    {reason="flood"} (datagrams) and flood_episodes_total (sources it started dropping)."""
+    from proxy.transport.udp_gate import FloodGate
+
+    h = Harness.make()
+    gate = FloodGate(10)
+    for _ in range(25):
+        gate.admit("127.0.0.2", 6000, 1.0)
+    found = samples(render(make_registry(h.core, Counter(), 1.7e9, gate=gate)).decode())
+    assert value(found, "refusals_total", reason="flood") == 15
+    assert value(found, "flood_episodes_total") == 1
+    assert value(scraped(h), "refusals_total", reason="flood") == 0  # no gate: 0, still there
 
 
 def test_refusals_are_counted_by_reason() -> None:
@@ -110,7 +126,8 @@ def test_dialogs_and_upstream_down_show_in_the_gauges() -> None:
     h.feed(response_to(inv.data, 200), Source("udp", "127.0.0.1", 5081))
     found = scraped(h)
     assert value(found, "dialogs") == 1
-    assert value(found, "upstream_up", upstream="sip:127.0.0.1:5080", group="default") == 0
+    assert value(found, "upstream_up", upstream="sip:127.0.0.1:5080", group="default",
+                 target="udp:127.0.0.1:5080") == 0
 
 
 def test_policy_reloads_count_ok_and_refused(tmp_path: Path) -> None:

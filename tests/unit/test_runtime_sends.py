@@ -5,6 +5,7 @@ on loopback (tests/dns_servers.py), with mock transports in place of the SIP soc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -309,8 +310,8 @@ async def test_a_call_to_an_upstream_named_by_a_domain_reaches_the_best_srv_targ
         invites = [s for s in mock.sent if s.data.startswith(b"INVITE")]
         assert [(s.host, s.port) for s in invites] == [("192.0.2.1", 5071)] * 2
         assert len(zone.questions) == asked
-        # requests from the SRV targets' addresses are an upstream's (CONTRACT access)
-        assert ("192.0.2.2", 5072) in rt.core.upstream_addrs
+        # requests from the SRV targets' addresses are an upstream's (README "Security defaults")
+        assert ("192.0.2.2", 5072) in rt.core.view.upstream_addrs
     finally:
         rt.close()
 
@@ -334,13 +335,45 @@ async def test_a_response_to_a_via_naming_a_host_goes_to_its_srv(
 async def test_the_upstream_addresses_follow_the_refreshed_answer(
         zone: DnsResponder, tmp_path: Path) -> None:
     """A named upstream is resolved again when its answer expires; the new addresses are an
-    upstream's (Refresher -> core.upstream_addrs)."""
-    rt, _ = await runtime(tmp_path, zone, "sip:carrier.test")
+    upstream's and the targets of the next calls (Refresher -> core.set_upstream_targets)."""
+    rt, mock = await runtime(tmp_path, zone, "sip:carrier.test")
     try:
         zone.set("_sip._udp.carrier.test", "SRV", "10 0 5077 uas2.carrier.test.", ttl=30)
         rt.resolver.dns.clear()  # as if the TTL were over
         rt.refresher.start()
-        await wait_for(lambda: ("192.0.2.2", 5077) in rt.core.upstream_addrs)
-        assert ("192.0.2.1", 5071) not in rt.core.upstream_addrs
+        await wait_for(lambda: ("192.0.2.2", 5077) in rt.core.view.upstream_addrs)
+        assert ("192.0.2.1", 5071) not in rt.core.view.upstream_addrs
+        rt.deliver(request(), CALLER)
+        invites = [s for s in mock.sent if s.data.startswith(b"INVITE")]
+        assert [(s.transport, s.host, s.port) for s in invites] == [("udp", "192.0.2.2", 5077)]
     finally:
+        rt.close()
+
+
+async def test_a_tls_target_of_a_named_upstream_is_checked_against_the_upstreams_name(
+        zone: DnsResponder, tmp_path: Path) -> None:
+    """sips:secure.test by SRV (_sips._tcp): the core sends to the target's address over TLS,
+    and the certificate is checked against secure.test, the URI's domain (RFC 5922 7.2), not
+    against the SRV target's name or the address."""
+    from proxy.config import TlsSettings
+    from tests.unit.tls_pki import make_pki
+
+    zone.add("_sips._tcp.secure.test", "SRV", "10 0 5061 uas1.carrier.test.", ttl=30)
+    pki = make_pki(tmp_path)
+    cfg = config(tmp_path, zone, "sips:secure.test",
+                 listen=(Listen("udp", "127.0.0.1", 5060), Listen("tls", "127.0.0.1", 5061)))
+    cfg = dataclasses.replace(cfg, tls=TlsSettings(pki["cert"], pki["key"]))
+    resolver = resolver_for(cfg, asyncio.get_running_loop().time)
+    rt = Runtime(cfg, BUILTIN_POLICY, resolver=resolver,
+                 upstreams=await upstreams.plan(cfg, resolver))
+    tls = MockTransport()
+    rt.tls = tls  # type: ignore[assignment]
+    try:
+        rt.deliver(request(), CALLER)
+        await wait_for(lambda: any(s.data.startswith(b"INVITE") for s in tls.sent))
+        [inv] = [s for s in tls.sent if s.data.startswith(b"INVITE")]
+        assert (inv.transport, inv.host, inv.port, inv.server_name) == (
+            "tls", "192.0.2.1", 5061, "secure.test")
+    finally:
+        rt.tls = None
         rt.close()

@@ -150,11 +150,12 @@ def test_headers_inside_uri() -> None:
     assert uri.headers == "Route=%3Csip:sip.example.com%3E" and uri.params == {}
 
 
-def test_copy_is_independent() -> None:
-    """copy() duplicates the params dict so callers can edit the copy."""
-    uri = sip("sip:bob@example.com;lr")
-    dup = uri.copy()
-    dup.params["transport"] = "tcp"
-    dup.host = "other.example.com"
-    assert uri.params == {"lr": None} and uri.host == "example.com"
-    assert dup == sip("sip:bob@other.example.com;lr;transport=tcp")
+def test_without_headers_is_a_new_value_and_leaves_the_uri_alone() -> None:
+    """RFC 3261 19.1.5: a redirect target drops its ?headers; the parsed URI, a shared value,
+    is not changed (its parameters are read-only)."""
+    uri = sip("sip:bob@example.com;lr?Subject=x")
+    bare = uri.without_headers()
+    assert uri.headers == "Subject=x" and bare.headers is None
+    assert bare == sip("sip:bob@example.com;lr") and bare.without_headers() is bare
+    with pytest.raises(TypeError):
+        uri.params["transport"] = "tcp"  # type: ignore[index]

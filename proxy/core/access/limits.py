@@ -3,7 +3,11 @@
 causing).
 
 What costs is counted: every request that no live transaction matches (a retransmission is
-absorbed by its transaction before this) and that nothing vouches for, To tag or not. A
+absorbed by its transaction before this) and that nothing vouches for, To tag or not: a
+CANCEL of no transaction (:mod:`proxy.core.cancel`), an ACK of no dialog
+(:mod:`proxy.core.forward`), and a request the proxy would answer 400 (or 416, 420, 483 ...)
+without parsing further (:func:`over_rate_unanswered`) too. A source is an IPv4 address or an
+IPv6 /64 (:class:`proxy.core.access.RateLimiter`). A
 request is vouched for by its source (an upstream or a ``trusted_relays`` host, judged by the
 packet's source as everywhere in :mod:`proxy.core.access.sources`), by a dialog mark of ours for its
 own Call-ID and tags (:mod:`proxy.core.access.trust`), or by a dialog the proxy holds
@@ -19,13 +23,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from proxy.core import txns
-from proxy.core.effects import Out
+from proxy.core.effects import WARNING, Out
 from proxy.core.proxy import routing
 from proxy.core.types import Source
 from proxy.sip import SipMessage
 
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
+
 
 RETRY_AFTER = ("Retry-After: 1",)
 
@@ -45,4 +50,20 @@ def over_rate(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Ou
     txns.refuse(core, None, msg, src, "rate", 503, "Service Unavailable", now, out,
                 f"over {int(limiter.rate)} requests per second from this source",
                 headers=RETRY_AFTER)
+    return True
+
+
+def over_rate_unanswered(core: ProxyCore, src: Source, now: float) -> bool:
+    """For a request the proxy would refuse before any routing (malformed, invalid): True when
+    its source, which nothing vouches for, is over its rate; it is then dropped without an
+    answer (a refusal must cost less than the request), counted and logged like the others.
+    (A request found malformed only while it was routed has been counted once already: it
+    pays twice.)"""
+    limiter = core.limiter
+    if not limiter or routing.trusted_source(core, src) or limiter.allow(src.host, now):
+        return False
+    core.stats["rate_limited"] += 1
+    if core.refusals.note("rate", src.host, now):
+        core.note(WARNING, "dropped a malformed request from %s:%s: over %d requests per "
+                  "second from this source (rate)", src.host, src.port, int(limiter.rate))
     return True

@@ -1,5 +1,5 @@
-"""Who may make the proxy do what: address sets and refusal bookkeeping (CONTRACT "TLS and
-access"; RFC 3261 26.1.2 and 26.4.4 leave the defence against abuse to the element).
+"""Who may make the proxy do what: address sets and refusal bookkeeping (README "Security
+defaults"; RFC 3261 26.1.2 and 26.4.4 leave the defence against abuse to the element).
 
 Every decision here is taken on the address a packet came from (``Source.host``, the IP the
 socket reported), never on what the message's headers claim (Via, From, Contact).
@@ -8,8 +8,9 @@ socket reported), never on what the message's headers claim (Via, From, Contact)
   ``trusted_relays`` and ``registrar_networks``; membership of an IP is cached.
 * :class:`Refusals`: counts every refusal by reason and tells the caller whether to log it:
   at most one line per source and reason per minute, so that a flood cannot flood the log.
-* :class:`RateLimiter`: a token bucket per source IP (``limits.per_source_rps``) for the
-  initial requests a source may make per second; bounded in memory.
+* :class:`RateLimiter`: a token bucket per source (an IPv4 address, an IPv6 /64;
+  ``limits.per_source_rps``) for the initial requests a source may make per second; bounded
+  in memory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from proxy.core.proxy.redirect_guard import RedirectGuard, _parse_ip
+from proxy.core.registrar.auth_failures import source_key
 
 __all__ = ["REFUSAL_REASONS", "AddressSet", "RateLimiter", "Refusals"]
 
@@ -65,7 +67,7 @@ class AddressSet:
         return found
 
 
-#: The CONTRACT default of ``registrar_networks``: loopback and private ranges.
+#: The default of ``registrar_networks`` (README "proxy.yaml"): loopback and private ranges.
 PRIVATE_NETWORKS = (
     "127.0.0.0/8", "::1", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
 )
@@ -116,8 +118,10 @@ class Refusals:
 
 
 class RateLimiter:
-    """A token bucket per source IP: ``rate`` initial requests per second, bursts of ``rate``.
+    """A token bucket per source: ``rate`` initial requests per second, bursts of ``rate``.
 
+    A source is an IPv4 address, or the /64 of an IPv6 address (a host is given a /64,
+    RFC 4291 2.5.1: counting single addresses would give it 2^64 buckets).
     :meth:`allow` takes one token from the bucket of ``host`` at ``now`` (seconds, the caller's
     clock) and says whether there was one. ``rate`` 0 allows everything. Memory is bounded:
     past ``max_sources`` buckets, the ones full again (idle for a second or more, so
@@ -126,15 +130,16 @@ class RateLimiter:
     through).
     """
 
-    __slots__ = ("_buckets", "burst", "max_sources", "rate")
+    __slots__ = ("_buckets", "_keys", "burst", "max_sources", "rate")
 
     def __init__(self, rate: float, *, burst: float | None = None,
                  max_sources: int = 65536) -> None:
         self.rate = float(rate)
         self.burst = float(burst if burst is not None else max(rate, 1))
         self.max_sources = max_sources
-        #: host -> (tokens left, time of the last update)
+        #: source -> (tokens left, time of the last update)
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._keys: dict[str, str] = {}  # IPv6 address -> its /64 (cleared when full)
 
     def __bool__(self) -> bool:
         return self.rate > 0
@@ -145,6 +150,13 @@ class RateLimiter:
     def allow(self, host: str, now: float) -> bool:
         if self.rate <= 0:
             return True
+        if ":" in host:
+            key = self._keys.get(host)
+            if key is None:
+                if len(self._keys) >= _MAX_REMEMBERED:
+                    self._keys.clear()
+                key = self._keys[host] = source_key(host)
+            host = key
         entry = self._buckets.get(host)
         if entry is None:
             if len(self._buckets) >= self.max_sources:

@@ -9,7 +9,6 @@ handed to the runtime in :class:`~proxy.core.effects.Effects`; the runtime forma
 
 from __future__ import annotations
 
-import logging
 from bisect import bisect_left
 from collections import Counter
 from typing import TYPE_CHECKING, NamedTuple
@@ -20,7 +19,6 @@ from proxy.core.effects import Out
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 #: Upper bounds (seconds) of the ``final_response_seconds`` buckets (INVITE to final).
 BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -105,8 +103,10 @@ def final_sent(core: ProxyCore, entry: ServerEntry, status: int, now: float, out
     targets: tuple[str, ...] = ()
     decisions: tuple[tuple[str, str, int], ...] = ()
     if ctx is not None:
-        targets = tuple(b.target.label or f"{b.target.host}:{b.target.port}"
-                        for b in ctx.branches)
+        owners = core.upstream_targets.owner  # the resolved addresses of named upstreams
+        targets = tuple(f"{t.label} ({t.transport}:{t.host}:{t.port})" if owners and t in owners
+                        else t.label or f"{t.host}:{t.port}"
+                        for t in (b.target for b in ctx.branches))
         decisions = tuple((rule_name(r[2].rule), r[2].verb, r.status)
                           for r in ctx.responses if r[2] is not None)
     try:

@@ -98,7 +98,4 @@ def without_recursed(ctx: ResponseContext, msg: SipMessage) -> bytes:
 
 
 def no_headers(uri: SipUri | AbsoluteUri) -> SipUri | AbsoluteUri:
-    if isinstance(uri, SipUri) and uri.headers is not None:
-        uri = uri.copy()
-        uri.headers = None
-    return uri
+    return uri.without_headers() if isinstance(uri, SipUri) else uri

@@ -1,4 +1,4 @@
-"""Which 3xx the proxy may follow and learn from (RFC 3261 26.1.2, 26.4.4; CONTRACT ``redirects``).
+"""Which 3xx the proxy may follow and learn from (RFC 3261 26.1.2, 26.4.4; README "Security defaults").
 
 A 3xx tells the proxy to send the request somewhere else, and a 301 the proxy learns diverts
 every later call for the old Request-URI (RFC 3261 21.3.2). RFC 3261 26.1.2 lists forged
@@ -127,7 +127,7 @@ def _shown(host: str, port: int | None) -> str:
 class RedirectGuard:
     """Decides whether a 3xx may be followed (and a 301 learned): RFC 3261 26.1.2, 26.4.4.
 
-    ``trusted_sources`` and ``allow_targets`` are the CONTRACT's ``redirects`` lists with the
+    ``trusted_sources`` and ``allow_targets`` are the ``redirects`` lists (README) with the
     defaults already applied (:attr:`proxy.config.Config.trusted_sources`,
     :attr:`~proxy.config.Config.allow_targets`). ``own_addresses`` are ``(host, port)`` pairs
     the proxy answers on (listen and advertised addresses; host an IP, bracketed or not, or
@@ -144,6 +144,7 @@ class RedirectGuard:
         "_trusted_ips",
         "_trusted_names",
         "_trusted_nets",
+        "trust_upstreams",
     )
 
     def __init__(
@@ -151,7 +152,11 @@ class RedirectGuard:
         trusted_sources: Iterable[str],
         allow_targets: Iterable[str],
         own_addresses: Iterable[tuple[str, int]] = (),
+        trust_upstreams: bool = False,
     ) -> None:
+        #: the default ``trusted_sources``: a 3xx from an upstream's address (by address and
+        #: port, a resolved target of a named upstream too, as it is now) may be followed
+        self.trust_upstreams = trust_upstreams
         t_names, t_ips, t_nets = self._split(trusted_sources, "trusted_sources")
         self._trusted_names = t_names
         self._trusted_ips = t_ips

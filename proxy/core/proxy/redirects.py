@@ -1,4 +1,4 @@
-"""Redirects (RFC 3261 16.5 recursion, 16.7 step 4) and learned routes (CONTRACT routing).
+"""Redirects (RFC 3261 16.5 recursion, 16.7 step 4) and learned routes (docs/BEHAVIOUR.md, routing).
 
 A followed 3xx puts its Contacts in front of the target set; a permanent one (or a 302 with
 an expiry) is also learned as a Request-URI rewrite. A learned route must be durable before
@@ -8,11 +8,10 @@ the runtime calls back ``ProxyCore.on_persisted``.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from proxy.core.context import Branch, ContextEvent, ResponseContext
-from proxy.core.effects import Out, StoreWrite
+from proxy.core.effects import ERROR, INFO, WARNING, Out, StoreWrite
 from proxy.core.proxy import final, forward, routing
 from proxy.core.proxy.final import no_headers
 from proxy.core.types import Source, Target
@@ -27,7 +26,6 @@ from proxy.store.base import LearnedRoute
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 
 def redirect(
@@ -42,14 +40,16 @@ def redirect(
     Contact stays in the context and is forwarded like any response.
     """
     guard = core.guard
-    if src is not None and guard is not None and not guard.source_trusted(src.host):
-        log.warning("%s from %s:%s not followed: untrusted source (redirects.trusted_sources)",
+    if src is not None and guard is not None and not guard.source_trusted(src.host) and not (
+            guard.trust_upstreams and (src.host, src.port) in core._upstream_addrs):
+        core.note(WARNING, "%s from %s:%s not followed: untrusted source "
+                  "(redirects.trusted_sources)",
                     status, src.host, src.port)
         core.stats["redirects_refused"] += 1
         core.metrics.redirects["refused"] += 1
         return False
     if ctx.redirects >= decision.max_redirects:
-        log.info("%s not followed: max_redirects %d reached (Call-ID %s)", status,
+        core.note(INFO, "%s not followed: max_redirects %d reached (Call-ID %s)", status,
                  decision.max_redirects, ctx.live_request.call_id)
         return False
     chosen = _usable_contacts(core, ctx, msg)
@@ -69,18 +69,18 @@ def redirect(
     ctx.groups[0:0] = [by_q[q] for q in sorted(by_q, reverse=True)]
     ttl = learn_ttl(core, status, msg, chosen[0][2], decision)
     if ttl > 0 and src is not None:
-        # The rewrite of the URI this branch was sent to (CONTRACT routing): one binding of
+        # The rewrite of the URI this branch was sent to (docs/BEHAVIOUR.md, routing): one binding of
         # a forked user, or one link of a chain (A->B, then B->C), not the whole user.
         old = br.target.request_uri or ctx.live_request.request_uri
         new = str(chosen[0][1])
-        wall = now + core.wall_offset
+        wall = now + core._wall_offset
         route = LearnedRoute(old, new, f"{src.host}:{src.port}", ctx.live_request.call_id,
                              status, wall, wall + ttl)
-        core.learned[old] = (new, now + ttl)
+        core._learned[old] = (new, now + ttl)
         out.write(StoreWrite(route, ctx))
         core.metrics.redirects["learned"] += 1
         ctx.fire(ContextEvent.STORE_WRITE)  # acted on once the write is durable
-        log.info("learned %s -> %s for %d s from %s:%s (%s)", old, new, ttl, src.host,
+        core.note(INFO, "learned %s -> %s for %d s from %s:%s (%s)", old, new, ttl, src.host,
                  src.port, status)
         return True
     return forward.next_group(core, ctx, now, out)
@@ -98,14 +98,13 @@ def _usable_contacts(
         u = c.uri
         if not isinstance(u, SipUri) or (sips and u.scheme != "sips"):
             continue
-        u = u.copy()
-        u.headers = None
+        u = u.without_headers()
         text = str(u)
         if text in ctx.recursed:
             continue
         reason = guard.check_target(u) if guard is not None else None
         if reason is not None:
-            log.warning("redirect to %s refused: %s", text, reason)
+            core.note(WARNING, "redirect to %s refused: %s", text, reason)
             core.stats["redirects_refused"] += 1
             core.metrics.redirects["refused"] += 1
             continue
@@ -134,7 +133,7 @@ def persisted(core: ProxyCore, ctx: ResponseContext, ok: bool, now: float, out: 
     """The learned route of ``ctx`` was written (or the write failed): go on."""
     ctx.fire(ContextEvent.STORED)
     if not ok:
-        log.error("learned route for %s could not be stored; following it anyway",
+        core.note(ERROR, "learned route for %s could not be stored; following it anyway",
                   ctx.live_request.request_uri)
     if ctx.final_sent:
         return

@@ -2,7 +2,7 @@
 groups and richer rules"): :func:`route` picks the first route that holds for the request's
 Request-URI, From and To users, its packet's source (the address, never a header, and the
 groups with an upstream there), its headers and the time (the core's clock plus
-``core.wall_offset``: sans-IO, no clock read), and the route's group's usable upstreams
+``core._wall_offset``: sans-IO, no clock read), and the route's group's usable upstreams
 (drained or downed by an operator left out; then probed or held down left out, all of those
 down: all). :mod:`.steer` applies the rest of the policy.
 """
@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from proxy.core.types import Source, Target
+from proxy.core.upstream_targets import expand
 from proxy.policy import DEFAULT_ROUTE, Policy, RequestView, Route, user_part
 from proxy.sip import SipMessage
 
@@ -75,7 +76,7 @@ def source_groups(core: ProxyCore, resolved: Mapping[str, Iterable[str]]
 
 def wall(core: ProxyCore, now: float) -> float:
     """The wall time (Unix seconds) at the core's ``now``."""
-    return now + core.wall_offset
+    return now + core._wall_offset
 
 
 def route(core: ProxyCore, msg: SipMessage, src: Source, now: float, *,
@@ -83,7 +84,7 @@ def route(core: ProxyCore, msg: SipMessage, src: Source, now: float, *,
     """Where a new initial request goes. ``match_routes``: the first route of the policy that
     holds, None when none does (the caller goes on with its routing order); otherwise the
     first group (no route matched). None too when the group has no upstream."""
-    policy = core.policy
+    policy = core._policy
     view: RequestView | None = None
     if match_routes or policy.needs_request:
         view = request_view(core, policy, msg, src)
@@ -105,4 +106,6 @@ def usable(core: ProxyCore, members: Sequence[Target], now: float) -> list[Targe
     (none left: none, :mod:`proxy.core.upstream_admin`), then without those probed down or
     held down by a rule (none left: all of the admitted ones are tried)."""
     admitted = core.admin.admitted(members)
-    return core.prober.available(admitted, now) if admitted else []
+    # an upstream named by a domain by each of its resolved addresses, in this request's
+    # order (RFC 3263, RFC 2782: :mod:`proxy.core.upstream_targets`)
+    return core.prober.available(expand(core, admitted), now) if admitted else []

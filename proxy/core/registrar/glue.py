@@ -1,7 +1,7 @@
 """The core's registrar glue: the local registrar (RFC 3261 10.3) with its access rules and
 digest authentication (22.4, RFC 8760), Path / Outbound for an upstream registrar
 (RFC 3327, RFC 5626 5.1, 6), bindings learned from an upstream's 2xx, and the expiry timer of
-the location service (CONTRACT registrar).
+the location service (README "Registrations and digest authentication").
 
 Who may change which bindings (RFC 3261 10.3 steps 2-3 leave the authorization to the
 registrar): a REGISTER from ``registrar_networks`` may register any address-of-record; any
@@ -14,12 +14,11 @@ changes nothing."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from proxy.core import txns
 from proxy.core.context import ResponseContext, ServerEntry
-from proxy.core.effects import Out
+from proxy.core.effects import INFO, WARNING, Out
 from proxy.core.outbound import flows as outbound
 from proxy.core.proxy import forward, routing
 from proxy.core.registrar.digest import AuthOutcome, may_register
@@ -36,7 +35,6 @@ from proxy.sip import ParseError, SipMessage, SipUri, unescape
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 
 def _outbound_reg(msg: SipMessage) -> bool:
@@ -63,7 +61,7 @@ def local_register(
                                room=room_for(core, user, now))
     except RegistrarError as exc:
         if exc.status == 403 and core.refusals.note("registrar_limit", src.host, now):
-            log.warning("REGISTER for %s from %s:%s refused: %s", msg.get("to"), src.host,
+            core.note(WARNING, "REGISTER for %s from %s:%s refused: %s", msg.get("to"), src.host,
                         src.port, exc.reason)
         txns.respond(core, entry, msg, exc.status, now, out, reason=exc.reason,
                      headers=exc.headers)
@@ -130,7 +128,7 @@ def room_for(core: ProxyCore, user: str | None, now: float) -> int:
 def registrar_auth(
     core: ProxyCore, entry: ServerEntry, msg: SipMessage, src: Source, now: float, out: Out
 ) -> str | None:
-    """CONTRACT registrar: from outside ``registrar_networks`` a REGISTER needs valid
+    """README, registrations: from outside ``registrar_networks`` a REGISTER needs valid
     digest credentials (RFC 3261 22.4, RFC 8760) of the user whose AOR it registers.
     Returns the authenticated user (go on), or None: answered (401 with a challenge, or
     403). Every refusal is counted by reason and logged once a minute per source."""
@@ -225,9 +223,9 @@ def learn_bindings(core: ProxyCore, ctx: ResponseContext, msg: SipMessage, now: 
             room -= 1
             location.save(b)
         if dropped and core.refusals.note("registrar_limit", ctx.source.host, now):
-            log.warning("registrar_max_bindings (%d) reached: %d binding(s) of %s from the "
+            core.note(WARNING, "registrar_max_bindings (%d) reached: %d binding(s) of %s from the "
                         "registrar's 2xx not kept; counted, logged once a minute",
                         s.registrar_max_bindings, dropped, aor)
     except (ParseError, RegistrarError) as exc:
-        log.info("could not learn bindings from REGISTER 2xx: %s", exc)
+        core.note(INFO, "could not learn bindings from REGISTER 2xx: %s", exc)
     schedule_expiry(core)

@@ -37,7 +37,7 @@ class Binding:
     registered_at: float
     instance: str | None = None
     reg_id: int | None = None
-    #: the proxy of a shared state whose socket holds the flow; None: this one (CONTRACT
+    #: the proxy of a shared state whose socket holds the flow; None: this one (README
     #: "Durable and shared state", RFC 5626 5 with several edge proxies)
     node: str | None = None
 

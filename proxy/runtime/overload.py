@@ -23,9 +23,9 @@ overloaded and refuses a share of the new INVITEs and REGISTERs (RFC 7339's loss
 control, applied by the proxy to itself): the share grows by :data:`UP` each tick the load is
 over a bound and not falling (a queue that drains needs no more refusals) and shrinks by :data:`DOWN` each tick it is clear of every bound by its margin
 (the wait under half its bound, the transactions under 90 % of theirs); in between it stays.
-So the proxy settles where it admits what it can carry with a short queue. The first
-:data:`WARMUP` seconds after the start are not measured (the first calls run through cold
-code paths and caches). The episode ends
+So the proxy settles where it admits what it can carry with a short queue. The wait is not
+measured in the first :data:`WARMUP` seconds after the start (the first calls run through
+cold code paths and caches); the transactions are. The episode ends
 when the share is back to 0, at least :data:`HOLD` seconds after it started (an episode is
 one pair of log lines, not a flapping stream).
 
@@ -194,7 +194,7 @@ class LagTicker:
         self.size = 0.0  # bytes per message (smoothed)
         self._due = 0.0
         self._last = (0.0, 0, 0)  # work() at the last tick
-        self._from = 0.0  # ticks before this time are not samples (WARMUP)
+        self._from = 0.0  # before this time the wait is not measured (WARMUP)
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -221,8 +221,10 @@ class LagTicker:
     def _fire(self) -> None:
         now = self.loop.time()
         wait = self.wait(now - self._due)
+        if now < self._from:
+            wait = 0.0  # cold code paths: the wait is not measured yet (the count is)
         meter = self.meter
-        if now >= self._from and meter.sample(wait, self.transactions(), now):
+        if meter.sample(wait, self.transactions(), now):
             self.changed(meter.reason, meter.share, now)
         self._due = now + self.tick
         self._handle = self.loop.call_at(self._due, self._fire)

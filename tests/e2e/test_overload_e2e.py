@@ -48,7 +48,7 @@ async def test_past_max_transactions_new_calls_get_503_and_admitted_calls_comple
     refused = int(result.counters["refused(C)"])
     completed = int(result.counters["completed(C)"])
     assert refused + completed == CALLS, result.describe()
-    assert completed >= 20 and refused >= CALLS // 2, result.describe()
+    assert completed >= 20 and refused >= CALLS // 3, result.describe()
     start = await proxy.await_log("overload: ", since=mark)
     assert "transactions held (bound 40)" in start
     end = await proxy.await_log("overload over after", timeout=20, since=mark)

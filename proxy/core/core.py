@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from traceback import format_exc
 
 from proxy.core import shared, txns, upstream_targets
-from proxy.core.access import limits, validate
+from proxy.core.access import limits, overload, validate
 from proxy.core.access.sources import (
     PRIVATE_NETWORKS,
     AddressSet,
@@ -128,6 +128,7 @@ class ProxyCore:
         self.location = location
         self.timers = settings.timers
         self._draining = False
+        self.overload, self.shedding = overload.Overload(), False  # (:mod:`.access.overload`)
         self.metrics = Metrics()  # read by the runtime's collector at scrape time
         self.stats: Counter[str] = self.metrics.events  # one set of counters (observe)
         self.local = tuple(local)
@@ -210,7 +211,8 @@ class ProxyCore:
             if msg.is_request:
                 self.stats["requests_in"] += 1
                 self.metrics.request(msg.method)
-                self._on_request(msg, src, now, out)
+                if not (self.shedding and overload.shed(self, msg, src, now, out)):
+                    self._on_request(msg, src, now, out)
             else:
                 self.stats["responses_in"] += 1
                 responses.on_response(self, msg, src, now, out)
@@ -327,6 +329,13 @@ class ProxyCore:
         """Stop taking new transactions (SIGTERM): new requests outside a dialog get 503."""
         self._draining = True
         return self._effects(Out())
+
+    def set_overload(self, reason: str | None, share: float, now: float) -> Effects:
+        """Overloaded for ``reason`` (None: no more): a ``share`` of new INVITEs and REGISTERs
+        gets 503 (:mod:`.access.overload`, measured by :mod:`proxy.runtime.overload`)."""
+        out = Out()
+        overload.set_state(self, reason, share, now, out)
+        return self._effects(out)
 
     def set_policy(self, policy: Policy) -> Effects:
         """A reloaded policy: new calls take it; a call in progress keeps its own."""

@@ -108,6 +108,12 @@ class CoreView:
         return self._core.admin.state(upstream)
 
     @property
+    def overloaded(self) -> bool:
+        """Whether an overload episode is on (new INVITEs and REGISTERs get 503 in the share
+        the runtime set, :mod:`proxy.core.access.overload`)."""
+        return self._core.shedding
+
+    @property
     def refusal_counts(self) -> Mapping[str, int]:
         return Counter(self._core.refusals.counts)  # a copy: a missing reason reads 0
 

@@ -44,7 +44,7 @@ METRIC_NAMES = (
     "learned_routes", "registrations", "transactions", "dialogs", "upstream_up",
     "final_response_seconds", "policy_reloads", "bad_messages", "refusals", "policy_info",
     "start_time_seconds", "connections", "connections_refused", "connections_closed",
-    "connection_sends_failed", "flood_episodes",
+    "connection_sends_failed", "flood_episodes", "overload",
 )
 
 
@@ -102,6 +102,9 @@ class CoreCollector:
                                 value=len(view.learned))
         yield GaugeMetricFamily(PREFIX + "registrations", "Registered bindings",
                                 value=view.registrations)
+        yield GaugeMetricFamily(PREFIX + "overload", "1 while new INVITEs and REGISTERs are "
+                                "refused for overload (limits.overload_lag_ms, max_transactions)",
+                                value=int(view.overloaded))
         yield GaugeMetricFamily(PREFIX + "transactions", "SIP transactions in progress",
                                 value=view.active_transactions)
         yield GaugeMetricFamily(PREFIX + "dialogs", "Calls up (dialogs through the proxy)",

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from proxy import __version__, build_kind
@@ -32,11 +33,13 @@ from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
+from proxy.runtime import overload as overload_meter
 from proxy.runtime import signals, streams, upstream_control
 from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import MemoryTrim, flood_gate, raise_nofile
 from proxy.runtime.memory import GcPolicy
+from proxy.runtime.overload import LagTicker
 from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
 from proxy.runtime.state import StateKeeper, default_node, is_shared
@@ -85,6 +88,9 @@ class Runtime:
     tap: tracing_taps.Tracer | None = None
     #: limits.udp_flood_rps: one gate for every UDP socket, made by start(); None: off
     gate: FloodGate | None = None
+    load: LagTicker | None = None  # the measure of load of overload control (start())
+    #: seconds spent handling messages and timers, bytes and messages read (overload.py)
+    worked, read, received = 0.0, 0, 0
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None) -> None:
@@ -207,6 +213,7 @@ class Runtime:
                                             self._put_policy_in_force)
         self.trim = MemoryTrim(self.loop, lambda: streams.closed_total(self))
         self.trim.start()
+        self.load = overload_meter.install(self)  # limits.overload_lag_ms, max_transactions
         signals.install(self.loop, self.request_stop, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
             self._policy_watch = FileWatcher(
@@ -256,6 +263,8 @@ class Runtime:
         self.sends.close()
         if self.trim is not None:
             self.trim.stop()
+        if self.load is not None:
+            self.load.stop()
         if self.http is not None:
             self.http.close()
             self.http = None
@@ -320,11 +329,15 @@ class Runtime:
     def deliver(self, data: bytes, src: Source) -> None:
         """One received message (from every transport): logged at debug, traced, and fed to
         the core by :meth:`_drive` like every other input."""
+        t0 = perf_counter()
+        self.read += len(data)
+        self.received += 1
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             log_lines.message_in(data, src)
         if self.tap is not None:
             self.tap.received(data, src, time.time())
         self._drive(self.core.on_message, data, src, self.loop.time())
+        self.worked += perf_counter() - t0
 
     def keepalive(self, src: Source) -> None:
         self._drive(self.core.on_keepalive, src, self.loop.time())
@@ -488,10 +501,12 @@ class Runtime:
         self._timer = self.loop.call_at(d, self._fire)
 
     def _fire(self) -> None:
+        t0 = perf_counter()
         now = max(self.loop.time(), self._armed_at)
         self._timer = None
         self._armed_at = float("inf")
         self._drive(self.core.on_timer, now)
+        self.worked += perf_counter() - t0
 
     # -------------------------------------------------------------- policy reload
 

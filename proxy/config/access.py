@@ -1,8 +1,8 @@
 """The access keys of ``proxy.yaml`` that :mod:`proxy.config.loader` reads with these helpers:
 ``limits.per_source_rps``, ``limits.tcp_max_connections``, ``limits.tcp_idle_timeout``,
 ``limits.tcp_per_source``, ``limits.tcp_message_timeout``, ``limits.tls_handshake_timeout``,
-``limits.tcp_accept_rate``, ``limits.udp_flood_rps``, ``tls.verify_client`` and
-``ws_allowed_origins``."""
+``limits.tcp_accept_rate``, ``limits.udp_flood_rps``, ``limits.overload_lag_ms``,
+``limits.max_transactions``, ``tls.verify_client`` and ``ws_allowed_origins``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{
 def access_limits(report: Reporter, found: dict[str, YNode]) -> dict[str, Any]:
     """``limits.per_source_rps``, ``tcp_max_connections``, ``tcp_idle_timeout``,
     ``tcp_per_source``, ``tcp_message_timeout``, ``tls_handshake_timeout``,
-    ``tcp_accept_rate``, ``udp_flood_rps``."""
+    ``tcp_accept_rate``, ``udp_flood_rps``, ``overload_lag_ms``, ``max_transactions``."""
     out: dict[str, Any] = {}
     if (v := found.get("per_source_rps")) is not None:
         rps = get_int(report, v, "limits: per_source_rps", 0, 1_000_000)
@@ -52,6 +52,14 @@ def access_limits(report: Reporter, found: dict[str, YNode]) -> dict[str, Any]:
         rate = get_int(report, v, "limits: udp_flood_rps", 0, 10_000_000)
         if rate is not None:
             out["udp_flood_rps"] = rate
+    if (v := found.get("overload_lag_ms")) is not None:
+        lag = get_int(report, v, "limits: overload_lag_ms", 0, 10_000)
+        if lag is not None:
+            out["overload_lag_ms"] = lag
+    if (v := found.get("max_transactions")) is not None:
+        most = get_int(report, v, "limits: max_transactions", 0, 100_000_000)
+        if most is not None:
+            out["max_transactions"] = most
     return out
 
 

@@ -54,6 +54,8 @@ EXAMPLES: dict[str, str] = {
     "limits: tls_handshake_timeout": "limits: {tls_handshake_timeout: 5}",
     "limits: tcp_accept_rate": "limits: {tcp_accept_rate: 500}",
     "limits: udp_flood_rps": "limits: {udp_flood_rps: 1000}",
+    "limits: overload_lag_ms": "limits: {overload_lag_ms: 50}",
+    "limits: max_transactions": "limits: {max_transactions: 300000}",
     "timers": "timers: {t1_ms: 500, timer_c_ms: 180000}",
     "timers: t1_ms": "timers: {t1_ms: 500}",
     "timers: t2_ms": "timers: {t2_ms: 4000}",

@@ -77,7 +77,8 @@ CONFIG_KEYS = (
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
               "tcp_idle_timeout", "tcp_per_source", "tcp_message_timeout", "tls_handshake_timeout",
-              "tcp_accept_rate", "udp_flood_rps")
+              "tcp_accept_rate", "udp_flood_rps",
+              "overload_lag_ms", "max_transactions")
 TIMER_KEYS = ("t1_ms", "t2_ms", "t4_ms", "timer_c_ms")
 TLS_KEYS = ("cert_file", "key_file", "ca_file", "verify_client")
 AUTH_KEYS = ("realm", "users_file", "algorithms")
@@ -155,6 +156,12 @@ class Limits:
     #: before they are parsed, until it sends no more for a second (never below twice
     #: per_source_rps; the upstreams and trusted_relays are exempt); 0 = off
     udp_flood_rps: int = 1000
+    #: overload control (proxy/runtime/overload.py): new INVITEs and REGISTERs get 503 with
+    #: Retry-After while a message waits longer than this to be handled (ms, smoothed: the
+    #: UDP receive queue and the event loop's lateness; 0 = off) ...
+    overload_lag_ms: int = 50
+    #: ... or while the core holds more transactions than this (0 = no bound)
+    max_transactions: int = 300_000
 
 
 @dataclass(frozen=True, slots=True)

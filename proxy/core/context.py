@@ -73,7 +73,7 @@ class Branch:
         self.timer_c: float | None = None
         self.deadline: float | None = None
         self.final_status = 0
-        #: the stream connection this transaction is counted on (txns.hold_conn), if any
+        #: the stream connection this transaction is counted on (the transaction table), if any
         self.conn: int | None = None
         #: the upstream group this branch went to and the upstream (as configured) it is
         #: of; None for any other target (a registered phone, a redirect target)
@@ -99,7 +99,7 @@ class ServerEntry:
         self.deadline: float | None = None
         self.request = request  # for the metrics and the per-call log line
         self.started = started
-        #: the stream connection this transaction is counted on (txns.hold_conn), if any
+        #: the stream connection this transaction is counted on (the transaction table), if any
         self.conn: int | None = None
 
 

@@ -4,26 +4,26 @@
 returns one :class:`~proxy.core.effects.Effects` (what to send, what to store). The runtime
 arms one timer at :meth:`ProxyCore.next_deadline`. Nothing here calls time, asyncio or sockets.
 
-Request path: parse -> validate (16.3, :mod:`.validate`) -> server transaction (17.2,
-:mod:`.txns`) -> route information preprocessing and target set (16.4, 16.5, :mod:`.routing`)
--> forward each branch (16.6, :mod:`.forward`). Response path: match the branch (17.1.3) ->
-response context (16.7, :mod:`.responses`, its state machine in :mod:`.context`). CANCEL:
-:mod:`.cancel` (16.10). Redirects and learned routes: :mod:`.redirects`. SIP Outbound:
-:mod:`.outbound` (RFC 5626). Registrar: :mod:`.registrar_glue`.
+Request path: parse -> validate (16.3, :mod:`~proxy.core.access.validate`) -> server transaction (17.2,
+:mod:`~proxy.core.txns`) -> route information preprocessing and target set (16.4, 16.5, :mod:`~proxy.core.proxy.routing`)
+-> forward each branch (16.6, :mod:`~proxy.core.proxy.forward`). Response path: match the branch (17.1.3) ->
+response context (16.7, :mod:`~proxy.core.proxy.responses`, its state machine in :mod:`~proxy.core.context`). CANCEL:
+:mod:`~proxy.core.proxy.cancel` (16.10). Redirects and learned routes: :mod:`~proxy.core.proxy.redirects`. SIP Outbound:
+:mod:`~proxy.core.outbound.flows` (RFC 5626). Registrar: :mod:`~proxy.core.registrar.glue`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import random
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from traceback import format_exc
 
 from proxy.core import shared, txns, upstream_targets
-from proxy.core.access import limits, validate
+from proxy.core.access import limits, overload, validate
 from proxy.core.access.sources import (
     PRIVATE_NETWORKS,
     AddressSet,
@@ -38,7 +38,7 @@ from proxy.core.context import (
     ResponseContext,
     ServerEntry,
 )
-from proxy.core.effects import Effects, Out
+from proxy.core.effects import ERROR, INFO, Effects, LogLine, Out
 from proxy.core.observe.metrics import Metrics
 from proxy.core.outbound import flows as outbound
 from proxy.core.outbound.flowtoken import FlowTokens
@@ -65,14 +65,12 @@ from proxy.core.table import TransactionTable
 from proxy.core.types import LocalAddress, Source, Target
 from proxy.core.upstream_admin import AdminState, UpstreamAdmin, set_state
 from proxy.core.upstream_targets import UpstreamTarget, UpstreamTargets
+from proxy.core.view import CoreView
 from proxy.policy import Policy
 from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.sip.transport import MESSAGE_TRANSPORTS
 from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
 from proxy.transaction import TimerConfig, TimerQueue
-
-log = logging.getLogger("proxy.core")
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +119,16 @@ class ProxyCore:
     ) -> None:
         if not local:
             raise ValueError("the core needs at least one local address")
+        #: the lines for the log since the last entry point returned (:meth:`note`)
+        self._lines: list[LogLine] = []
+        #: debug lines are wanted (:meth:`set_debug`): the core never asks ``logging``
+        self.debug = False
         self.settings = settings
-        self.policy = policy
+        self._policy = policy
         self.location = location
         self.timers = settings.timers
-        self.draining = False
+        self._draining = False
+        self.overload, self.shedding = overload.Overload(), False  # (:mod:`.access.overload`)
         self.metrics = Metrics()  # read by the runtime's collector at scrape time
         self.stats: Counter[str] = self.metrics.events  # one set of counters (observe)
         self.local = tuple(local)
@@ -145,7 +148,7 @@ class ProxyCore:
         #: by host (lower case): the groups with an upstream there (a route's ``source``);
         #: an upstream named by a domain adds its addresses (:func:`.steer.name_sources`)
         self.source_groups: dict[str, frozenset[str]] = routes.source_groups(self, {})
-        self.upstream_addrs = {(t.host, t.port) for t in self.all_upstreams}
+        self._upstream_addrs = {(t.host, t.port) for t in self.all_upstreams}
         self.has_tcp = any(a.transport == "tcp" for a in local)
         self.refusals = Refusals()
         self.limiter = RateLimiter(settings.per_source_rps)
@@ -157,30 +160,32 @@ class ProxyCore:
         self.n = 0  # counter of the branches and tags this proxy generates
         self.guard = settings.guard
         #: learned Request-URI rewrites: old URI -> (new URI, expiry on the core's clock)
-        self.learned: dict[str, tuple[str, float]] = {}
+        self._learned: dict[str, tuple[str, float]] = {}
         #: wall clock minus the core's clock, for the times a learned route is stored with
-        self.wall_offset = 0.0
+        self._wall_offset = 0.0
         secret = settings.secret or secrets.token_bytes(32)
-        #: flow tokens (RFC 5626 5.2) with a boot id of this start (:mod:`.flowtoken`)
+        #: flow tokens (RFC 5626 5.2) with a boot id of this start (:mod:`~proxy.core.outbound.flowtoken`)
         self.tokens = FlowTokens(secret)
-        #: dialog marks and branch MACs (:mod:`.trust`)
+        #: dialog marks and branch MACs (:mod:`~proxy.core.access.trust`)
         self.trust = Trust(secret)
-        #: key of the MAC of the probes' branches (:func:`.forward.signed_branch`)
+        #: key of the MAC of the probes' branches (:func:`~proxy.core.proxy.forward.signed_branch`)
         self.branch_key = _branch_key(secret)
         self.closed_conns: set[int] = set()  # stream connections known to be closed
         #: last sign of life (any message or keep-alive) of each UDP outbound flow (RFC 5626 4.4.1)
         self.udp_flows: dict[tuple[str, int], float] = {}
         self.expiry = expiry.Expiry()
-        #: this proxy among several sharing one state (:mod:`.shared`), set by the runtime
-        self.cluster = Cluster()
+        #: this proxy among several sharing one state (:mod:`~proxy.core.shared`), set by the runtime
+        self._cluster = Cluster()
         self.prober = Prober(self.all_upstreams, settings.probe_interval,
                              settings.probe_timeout)
         #: what the upstreams named by a domain resolved to (RFC 3263, :mod:`.upstream_targets`);
         #: its generator draws the SRV weights (seeded in tests through ``srv_seed``)
         self.upstream_targets = UpstreamTargets(random.Random(settings.srv_seed))
         self.dialogs = Dialogs(settings.timers.timer_c)  # calls up, for metrics and the drain
-        #: the operators' up / drain / down of each upstream (:mod:`.upstream_admin`)
+        #: the operators' up / drain / down of each upstream (:mod:`~proxy.core.upstream_admin`)
         self.admin = UpstreamAdmin()
+        #: what the runtime and the HTTP side read (they change the core only by its methods)
+        self.view = CoreView(self)
 
     # ------------------------------------------------------------------ entry points
 
@@ -197,15 +202,17 @@ class ProxyCore:
         except ParseError as exc:
             self.metrics.bad["unparsable"] += 1
             answer = validate.bad_message(self, data, src, exc)
-            if answer is None or limits.over_rate_unanswered(self, src, now):
-                return Effects([])
-            return Effects([answer])
+            out = Out()
+            if answer is not None and not limits.over_rate_unanswered(self, src, now):
+                out.send(answer)
+            return self._effects(out)
         out = Out()
         try:
             if msg.is_request:
                 self.stats["requests_in"] += 1
                 self.metrics.request(msg.method)
-                self._on_request(msg, src, now, out)
+                if not (self.shedding and overload.shed(self, msg, src, now, out)):
+                    self._on_request(msg, src, now, out)
             else:
                 self.stats["responses_in"] += 1
                 responses.on_response(self, msg, src, now, out)
@@ -213,11 +220,11 @@ class ProxyCore:
             self.metrics.bad["malformed_header"] += 1
             if not msg.is_request or msg.method == "ACK":
                 self.stats["responses_dropped"] += 1
-                log.info("dropped bad %s from %s:%s: %s",
+                self.note(INFO, "dropped bad %s from %s:%s: %s",
                          "ACK" if msg.is_request else "response", src.host, src.port, exc.message)
             elif not limits.over_rate_unanswered(self, src, now):
                 self.stats["requests_rejected"] += 1
-                log.info("bad request from %s:%s: %s", src.host, src.port, exc.message)
+                self.note(INFO, "bad request from %s:%s: %s", src.host, src.port, exc.message)
                 out.send(txns.reject(self, msg, src, exc.status, reason=exc.message))
         return self._effects(out)
 
@@ -280,12 +287,13 @@ class ProxyCore:
         per connection where they are created and where they end (:mod:`.table`)."""
         return self.table.conn_in_use(conn_id) or self.location.has_conn(conn_id)
 
-    def on_keepalive(self, src: Source, now: float) -> None:
+    def on_keepalive(self, src: Source, now: float) -> Effects:
         """A keep-alive (STUN Binding, CRLFCRLF) arrived on a flow (RFC 5626 4.4)."""
         outbound.seen(self, src, now)
+        return self._effects(Out())
 
     def start_probes(self, now: float) -> Effects:
-        """The first round of upstream OPTIONS (:mod:`.probe`); later rounds are timers."""
+        """The first round of upstream OPTIONS (:mod:`~proxy.core.probe`); later rounds are timers."""
         out = Out()
         self.prober.start(self, now, out)
         return self._effects(out)
@@ -297,20 +305,41 @@ class ProxyCore:
         journal = self.location.journal
         if journal:
             fx.bindings = tuple(self.location.take_changes())
+        lines = self._lines
+        if lines:
+            fx.logs += tuple(lines)
+            lines.clear()
         return fx
+
+    def note(self, level: int, message: str, *args: object) -> None:
+        """A line for the log (``proxy.core``), handed out in the Effects of this call
+        (:class:`~proxy.core.effects.LogLine`): the core itself never writes a log."""
+        self._lines.append(LogLine(level, message, args))
 
     # ------------------------------------------------------------------ control inputs
     # The runtime's other inputs: it never assigns a field of the core (tests/unit/
     # test_architecture.py), it calls one of these and carries out the Effects.
 
+    def set_debug(self, on: bool) -> Effects:
+        """Whether the runtime's log takes debug lines (the per-decision ones)."""
+        self.debug = on
+        return self._effects(Out())
+
     def drain(self, now: float) -> Effects:
         """Stop taking new transactions (SIGTERM): new requests outside a dialog get 503."""
-        self.draining = True
+        self._draining = True
         return self._effects(Out())
+
+    def set_overload(self, reason: str | None, share: float, now: float) -> Effects:
+        """Overloaded for ``reason`` (None: no more): a ``share`` of new INVITEs and REGISTERs
+        gets 503 (:mod:`.access.overload`, measured by :mod:`proxy.runtime.overload`)."""
+        out = Out()
+        overload.set_state(self, reason, share, now, out)
+        return self._effects(out)
 
     def set_policy(self, policy: Policy) -> Effects:
         """A reloaded policy: new calls take it; a call in progress keeps its own."""
-        self.policy = policy
+        self._policy = policy
         return self._effects(Out())
 
     def set_source_addresses(self, resolved: Mapping[str, Iterable[str]]) -> Effects:
@@ -321,18 +350,18 @@ class ProxyCore:
 
     def join_cluster(self, node: str, is_shared: bool) -> Effects:
         """This proxy's name among the nodes of a state store, and whether they share it."""
-        self.cluster.node = node
-        self.cluster.shared = is_shared
+        self._cluster.node = node
+        self._cluster.shared = is_shared
         return self._effects(Out())
 
     def set_peers(self, announced: dict[str, list[str]]) -> Effects:
-        """The other nodes' announced SIP addresses (:func:`.shared.parse_peers`)."""
-        self.cluster.peers = shared.parse_peers(announced)
+        """The other nodes' announced SIP addresses (:func:`~proxy.core.shared.parse_peers`)."""
+        self._cluster.peers = shared.parse_peers(announced)
         return self._effects(Out())
 
     def set_wall_offset(self, offset: float) -> Effects:
         """Wall clock minus the core's clock (learned routes are stored in wall time)."""
-        self.wall_offset = offset
+        self._wall_offset = offset
         return self._effects(Out())
 
     def record_bindings(self, on: bool) -> Effects:
@@ -352,7 +381,7 @@ class ProxyCore:
 
     def load_bindings(self, stored: list[StoredBinding], now: float, *, merge: bool) -> int:
         """The store's bindings into memory, replacing (or, ``merge``, adding to) the view;
-        how many were loaded or replaced (:func:`.shared.load_bindings`)."""
+        how many were loaded or replaced (:func:`~proxy.core.shared.load_bindings`)."""
         if merge:
             return shared.merge_bindings(self, stored, now)
         return shared.load_bindings(self, stored, now)
@@ -378,7 +407,7 @@ class ProxyCore:
         set_state(self, entry, origin, now, out)
         return self._effects(out)
 
-    def rekey(self, secret: bytes, keep_old: bool) -> None:
+    def rekey(self, secret: bytes, keep_old: bool) -> Effects:
         """Use ``secret`` for flow tokens, branch MACs and digest nonces from now on: the key
         proxies without a configured ``secret`` share through the state store (the runtime
         agrees on it before listening, or when the store first answers). ``keep_old``: flow
@@ -388,10 +417,12 @@ class ProxyCore:
         self.branch_key = _branch_key(secret)
         if self.settings.auth is not None:
             self.settings.auth.rekey(secret)
+        return self._effects(Out())
 
-    def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> None:
+    def load_learned(self, routes: Sequence[LearnedRoute], now: float) -> Effects:
         """Replace the learned-route cache (start-up, or the store changed underneath)."""
-        self.learned = learned.learned_view(routes, now, self.wall_offset)
+        self._learned = learned.learned_view(routes, now, self._wall_offset)
+        return self._effects(Out())
 
     def next_deadline(self) -> float | None:
         return self.queue.next_deadline()
@@ -440,9 +471,9 @@ class ProxyCore:
     def _on_new_request(self, msg: SipMessage, src: Source, key: str, now: float,
                         out: Out) -> None:
         """A request no transaction matches. What vouches for it (a trusted source, a dialog
-        mark of ours, a dialog the proxy holds: :func:`.routing.decide`), the rate limit of
+        mark of ours, a dialog the proxy holds: :func:`~proxy.core.proxy.routing.decide`), the rate limit of
         its source for anything nothing vouches for, the refusals, all decided before any
-        transaction exists and sent statelessly (:func:`.txns.refuse`); then a server
+        transaction exists and sent statelessly (:func:`~proxy.core.txns.refuse`); then a server
         transaction (17.2), 100 Trying for an INVITE (16.2) and the routing decision."""
         trusted = routing.trusted_source(self, src)
         prep = routing.preprocess_routes(self, msg)
@@ -460,7 +491,7 @@ class ProxyCore:
             txns.refuse(self, None, msg, src, "loop", 482, "Loop Detected", now, out,
                         "a Via of this proxy with this request's loop hash")
             return
-        if self.draining and msg.to_tag is None:
+        if self._draining and msg.to_tag is None:
             txns.refuse(self, None, msg, src, "draining", 503, "Service Unavailable", now, out,
                         "stopping: no new transactions", headers=("Retry-After: 5",))
             return
@@ -469,7 +500,8 @@ class ProxyCore:
         except ParseError:
             raise  # a header the router needed was malformed: 400 (on_message), stateless
         except Exception:
-            log.exception("internal error routing %s %s", msg.method, msg.request_uri)
+            self.note(ERROR, "internal error routing %s %s\n%s", msg.method, msg.request_uri,
+                      format_exc())
             self.stats["internal_errors"] += 1
             out.send(txns.reject(self, msg, src, 500))
             return
@@ -491,7 +523,8 @@ class ProxyCore:
                 txns.respond(self, entry, msg, exc.status, now, out, reason=exc.message[:80])
         except Exception:
             # Never leave a server transaction without an answer (it would leak): 500.
-            log.exception("internal error routing %s %s", msg.method, msg.request_uri)
+            self.note(ERROR, "internal error routing %s %s\n%s", msg.method, msg.request_uri,
+                      format_exc())
             self.stats["internal_errors"] += 1
             if entry.ctx is None or not entry.ctx.final_sent:
                 txns.respond(self, entry, msg, 500, now, out)
@@ -511,7 +544,7 @@ class ProxyCore:
             return
         assert isinstance(decision, routing.Forward)
         ctx = ResponseContext(
-            entry, msg, src, self.policy, decision.groups, from_location=decision.from_location,
+            entry, msg, src, self._policy, decision.groups, from_location=decision.from_location,
             serial=decision.serial, loop_hash=loop_hash,
         )
         ctx.edits = prep.edits

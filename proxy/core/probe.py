@@ -12,17 +12,15 @@ signed like every branch the proxy generates; a response to it never reaches the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from proxy.core.effects import Out
+from proxy.core.effects import WARNING, Out
 from proxy.core.types import Send, Target
 
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 
 def upstream_name(t: Target) -> str:
@@ -85,15 +83,15 @@ class Prober:
                  and (not held or held.get(t, 0.0) <= now)]
         return alive or list(targets)
 
-    def hold(self, t: Target, seconds: float, now: float) -> None:
+    def hold(self, core: ProxyCore, t: Target, seconds: float, now: float) -> None:
         """A policy rule's ``hold_down``: leave ``t`` out of every group for ``seconds`` from
         ``now`` (the core's clock); a later hold of the same upstream extends it, never
         shortens it. Bounded: one entry per upstream of the configuration."""
         until = now + seconds
         if until > self.held.get(t, 0.0):
             self.held[t] = until
-            log.warning("upstream %s held down for %g s by the policy", upstream_name(t),
-                        seconds)
+            core.note(WARNING, "upstream %s held down for %g s by the policy",
+                      upstream_name(t), seconds)
 
     def held_until(self, t: Target, now: float) -> float | None:
         """Until when ``t`` is held down, None when it is not (at ``now``)."""
@@ -111,14 +109,14 @@ class Prober:
         self.deadline = d
         core.queue.schedule(self)
 
-    def _mark(self, t: Target, alive: bool, why: str) -> None:
+    def _mark(self, core: ProxyCore, t: Target, alive: bool, why: str) -> None:
         if self.up.get(t) is alive:
             return
         self.up[t] = alive
         name = upstream_name(t)
         if t in self.resolved:
             name += f" target {target_name(t)}"
-        log.warning("upstream %s is %s (%s)", name, "up" if alive else "down", why)
+        core.note(WARNING, "upstream %s is %s (%s)", name, "up" if alive else "down", why)
 
     def replace(self, core: ProxyCore, upstreams: Sequence[Target], resolved: frozenset[Target],
                 now: float, out: Out) -> None:
@@ -135,7 +133,7 @@ class Prober:
         self.up = {t: old.get(t, True) for t in new}
         for bid in [b for b, p in self.pending.items() if p.upstream not in self.up]:
             del self.pending[bid]
-        if self.interval > 0 and self.next_round is not None and not core.draining:
+        if self.interval > 0 and self.next_round is not None and not core._draining:
             busy = {p.upstream for p in self.pending.values()}
             for t in new:
                 if t not in old and t not in busy and core.admin.probed(t):
@@ -155,13 +153,13 @@ class Prober:
         for bid, p in list(self.pending.items()):
             if now >= p.expires:
                 del self.pending[bid]
-                self._mark(p.upstream, False, f"no answer to OPTIONS within {self.timeout:g} s")
+                self._mark(core, p.upstream, False, f"no answer to OPTIONS within {self.timeout:g} s")
             elif p.resend is not None and now >= p.resend:
                 p.gap = min(2 * p.gap, core.timers.t2)
                 p.resend = now + p.gap
                 t = p.upstream
                 out.send(Send(t.transport, t.host, t.port, p.data, None, p))
-        if self.next_round is not None and now >= self.next_round and not core.draining:
+        if self.next_round is not None and now >= self.next_round and not core._draining:
             busy = {p.upstream for p in self.pending.values()}
             for t in self.upstreams:
                 if t not in busy and core.admin.probed(t):
@@ -172,7 +170,7 @@ class Prober:
     def probe_soon(self, core: ProxyCore, now: float) -> None:
         """An upstream came back from ``down`` (:mod:`.upstream_admin`): the next round now,
         at the next timer."""
-        if self.enabled and not core.draining:
+        if self.enabled and not core._draining:
             self.next_round = now
             self._reschedule(core)
 
@@ -181,14 +179,14 @@ class Prober:
         p = self.pending.pop(branch, None)
         if p is None:
             return False
-        self._mark(p.upstream, True, f"answered OPTIONS with {status}")
+        self._mark(core, p.upstream, True, f"answered OPTIONS with {status}")
         self._reschedule(core)
         return True
 
     def on_send_failure(self, core: ProxyCore, p: Probe) -> None:
         if self.pending.pop(p.branch, None) is None:
             return
-        self._mark(p.upstream, False, "transport error sending OPTIONS")
+        self._mark(core, p.upstream, False, "transport error sending OPTIONS")
         self._reschedule(core)
 
     # ---------------------------------------------------------------- the request

@@ -5,7 +5,7 @@ The location service in memory (:class:`~proxy.core.registrar.location.MemoryLoc
 view the hot path reads. The runtime writes what the core changed (the location's journal)
 to the store in the background, loads the stored bindings at start, and hands the changes
 another proxy published to :func:`apply_change`. Times cross the seam as wall-clock seconds
-(the store's) and are turned into the core's clock with ``core.wall_offset``.
+(the store's) and are turned into the core's clock with ``core._wall_offset``.
 
 Several proxies as one (README "Durable and shared state"; RFC 5626 5, several edge
 proxies): a binding whose flow is held by another node (its TCP/TLS connection, or a UDP
@@ -20,7 +20,6 @@ Whether a binding is reached over its flow or at its Contact is one rule for eve
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,6 @@ from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 #: the connection id of a stream flow that died with the process that held it: an outbound
 #: binding with it is a dead flow (RFC 5626 5.3, 430 handling)
@@ -87,13 +85,13 @@ def parse_peers(announced: dict[str, list[str]]) -> dict[str, list[tuple[str, st
 
 def to_stored(core: ProxyCore, b: Binding) -> StoredBinding:
     """``b`` as persisted: wall-clock times, the flow without its connection id, the node."""
-    off = core.wall_offset
+    off = core._wall_offset
     f = b.flow
     return StoredBinding(
         aor=b.aor, key=b.key, contact=b.contact, uri=b.uri, expires_at=b.expires_at + off,
         q=b.q, call_id=b.call_id, cseq=b.cseq, flow_transport=f.transport, flow_host=f.host,
         flow_port=f.port, registered_at=b.registered_at + off, instance=b.instance,
-        reg_id=b.reg_id, node=b.node or core.cluster.node,
+        reg_id=b.reg_id, node=b.node or core._cluster.node,
     )
 
 
@@ -105,8 +103,8 @@ def from_stored(core: ProxyCore, sb: StoredBinding) -> Binding:
     over TCP/TLS (or any binding over WebSocket, RFC 7118 5.3) lost its connection with it
     and is a dead flow; a plain one is reached over a new connection to its Contact (RFC 3261
     18.1.1)."""
-    off = core.wall_offset
-    node = sb.node if sb.node and sb.node != core.cluster.node else None
+    off = core._wall_offset
+    node = sb.node if sb.node and sb.node != core._cluster.node else None
     conn_id: int | None = None
     on_flow = sb.reg_id is not None or sb.flow_transport in WS_TRANSPORTS
     if node is None and on_flow and sb.flow_transport != "udp":
@@ -138,7 +136,7 @@ def load_bindings(core: ProxyCore, stored: list[StoredBinding], now: float) -> i
     for k, sb in wanted.items():
         mine = held.get(k)
         if (mine is not None and mine.node is None and mine.call_id == sb.call_id
-                and mine.cseq == sb.cseq and (sb.node in ("", core.cluster.node))):
+                and mine.cseq == sb.cseq and (sb.node in ("", core._cluster.node))):
             continue
         b = from_stored(core, sb)
         if b.expires_at > now:
@@ -158,7 +156,7 @@ def merge_bindings(core: ProxyCore, stored: list[StoredBinding], now: float) -> 
     changed = 0
     for sb in stored:
         mine = held.get((sb.aor, sb.key))
-        if (mine is not None and mine.node is None) or sb.node == core.cluster.node:
+        if (mine is not None and mine.node is None) or sb.node == core._cluster.node:
             continue  # this node's: memory wins
         b = from_stored(core, sb)
         if b.expires_at > now:
@@ -188,15 +186,15 @@ def apply_change(core: ProxyCore, change: StoreChange, now: float) -> None:
     elif op == "put_route" and change.route is not None:
         apply_route(core, change.route, now)
     elif op == "remove_route" and change.old_uri is not None:
-        core.learned.pop(change.old_uri, None)
+        core._learned.pop(change.old_uri, None)
     elif op == "clear_routes":
-        core.learned.clear()
+        core._learned.clear()
 
 
 def apply_route(core: ProxyCore, r: LearnedRoute, now: float) -> None:
-    expires = r.expires_at - core.wall_offset
+    expires = r.expires_at - core._wall_offset
     if expires > now:
-        core.learned[r.old_uri] = (r.new_uri, expires)
+        core._learned[r.old_uri] = (r.new_uri, expires)
 
 
 def held_elsewhere(b: Binding) -> bool:
@@ -218,7 +216,7 @@ def to_node(core: ProxyCore, token: str, flow: Flow) -> Target | None:
     reached this one, e.g. through DNS): on to that node, with the same token in a Route.
     None when the node is not known (gone): its flows are dead with it."""
     assert flow.node is not None
-    hop = core.cluster.address(flow.node, between_nodes(flow.transport))
+    hop = core._cluster.address(flow.node, between_nodes(flow.transport))
     if hop is None:
         return None
     transport, host, port = hop
@@ -233,10 +231,10 @@ def via_node(core: ProxyCore, b: Binding) -> Target | None:
     is not known (then the caller falls back to the binding itself)."""
     assert b.node is not None
     f = b.flow
-    hop = core.cluster.address(b.node, between_nodes(f.transport))
+    hop = core._cluster.address(b.node, between_nodes(f.transport))
     if hop is None:
         return None
-    there = core.cluster.address(b.node, f.transport) or hop
+    there = core._cluster.address(b.node, f.transport) or hop
     token = core.tokens.encode(Flow(f.transport, there[1], there[2], f.host, f.port, None,
                                     b.node))
     transport, host, port = hop

@@ -8,7 +8,6 @@ table of RFC 3261 timer values): the transaction timers and Timer C (16.8).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -29,7 +28,6 @@ from proxy.transaction import (
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 #: server transaction states before a final response (compared by identity: an Enum's
 #: ``.name`` is a Python-level property, a cost on every response)
@@ -93,8 +91,7 @@ def send_response(
         return
     first_final = status >= 200 and txn.state in UNANSWERED
     effects = txn.send_response(status, data, now)
-    t, h, p, c = entry.reply
-    out.sends.append(Send(t, h, p, data, c, entry))
+    out.sends.append(entry.reply.send(data, entry))
     server_effects(core, entry, effects, out)
     if first_final:
         observe.final_sent(core, entry, status, now, out)
@@ -126,12 +123,12 @@ def refuse(
     metric) and logged at most once per source and reason per minute.
 
     A flood of refused requests therefore costs one response each and leaves nothing in
-    the transaction table; a refused INVITE's ACK is absorbed by its To tag (:func:`.forward.on_ack`),
+    the transaction table; a refused INVITE's ACK is absorbed by its To tag (:func:`~proxy.core.proxy.forward.on_ack`),
     and a retransmission of it is refused again."""
     if entry is not None:
         drop_server(core, entry)
     if core.refusals.note(reason, src.host, now):
-        log.warning("refused %s %s from %s:%s (%s): %s %s; counted, logged once a minute "
+        core.note(WARNING, "refused %s %s from %s:%s (%s): %s %s; counted, logged once a minute "
                     "per source", msg.method, msg.request_uri, src.host, src.port, reason,
                     status, detail)
     out.send(reject(core, msg, src, status, reason=phrase, headers=headers))
@@ -152,8 +149,7 @@ def reject(
     except ParseError:
         data = make_response(msg, status, reason, to_tag=core.new_tag(), headers=headers)
         dest = Dest(src.transport, src.host, src.port, src.conn_id)
-    t, h, p, c = dest
-    return Send(t, h, p, data, c)
+    return dest.send(data)
 
 
 def server_effects(
@@ -161,8 +157,7 @@ def server_effects(
 ) -> None:
     for e in effects:
         if isinstance(e, Retransmit):
-            t, h, p, c = entry.reply
-            out.sends.append(Send(t, h, p, e.data, c))
+            out.sends.append(entry.reply.send(e.data))
         elif isinstance(e, Terminated):
             drop_server(core, entry)
             ctx = entry.ctx
@@ -193,8 +188,7 @@ def cancel_effects(core: ProxyCore, br: Branch, effects: Sequence[object], out: 
     """The CANCEL client transaction of a branch (RFC 3261 9.1)."""
     for e in effects:
         if isinstance(e, Retransmit):
-            t, h, p, cid = br.dest
-            out.sends.append(Send(t, h, p, e.data, cid))
+            out.sends.append(br.dest.send(e.data))
         elif isinstance(e, Terminated):
             core.table.drop_cancel(br)
     schedule(core, br)

@@ -15,15 +15,34 @@ from proxy.sip.transport import LocalAddress, Send, Source
 __all__ = ["Dest", "LocalAddress", "Send", "Source", "Target"]
 
 
-class Dest(NamedTuple):
+class Dest:
     """Where a transaction's messages go: the address responses to a request go to (RFC 3261
     18.2.2, RFC 3581) or a branch's next hop (16.6 step 7); ``conn_id`` pins a stream
-    connection (None: any, or UDP)."""
+    connection (None: any, or UDP). A slotted class with its own ``__init__``, not a
+    NamedTuple: the compiled build constructs it natively (one per transaction)."""
 
-    transport: str
-    host: str
-    port: int
-    conn_id: int | None
+    __slots__ = ("transport", "host", "port", "conn_id")
+
+    def __init__(self, transport: str, host: str, port: int, conn_id: int | None) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.conn_id = conn_id
+
+    def send(self, data: bytes, token: object = None) -> Send:
+        """``data`` to this destination (``token``: what a failure is reported with)."""
+        return Send(self.transport, self.host, self.port, data, self.conn_id, token)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Dest) and (
+            self.transport, self.host, self.port, self.conn_id) == (
+            other.transport, other.host, other.port, other.conn_id)
+
+    def __hash__(self) -> int:
+        return hash((self.transport, self.host, self.port, self.conn_id))
+
+    def __repr__(self) -> str:
+        return f"Dest({self.transport!r}, {self.host!r}, {self.port!r}, {self.conn_id!r})"
 
 
 class Target(NamedTuple):

@@ -218,7 +218,7 @@ def update(core: ProxyCore, upstream: str, found: Sequence[UpstreamTarget], now:
         core.upstream_targets.set(u, found)
     addrs = {(t.host, t.port) for t in core.all_upstreams}
     addrs.update((t.host, t.port) for t in core.upstream_targets.owner)
-    core.upstream_addrs = addrs
+    core._upstream_addrs = addrs
     core.prober.replace(core, probed(core), frozenset(core.upstream_targets.owner), now, out)
 
 

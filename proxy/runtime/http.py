@@ -206,7 +206,6 @@ def status_of(rt: Any) -> dict[str, Any]:
     import time
 
     from proxy.core.probe import target_name, upstream_name
-    from proxy.core.proxy.steer import upstream_states
 
     core = rt.core
     return {
@@ -215,26 +214,26 @@ def status_of(rt: Any) -> dict[str, Any]:
         # one entry per resolved address (target; "resolved": true)
         "upstreams": [{"upstream": upstream_name(s.target), "groups": list(s.groups),
                        "target": target_name(s.target),
-                       "resolved": s.target in core.prober.resolved,
+                       "resolved": s.target in core.view.resolved_targets,
                        "up": s.up, "probed_up": s.probed_up, "held_for": round(s.held_for, 1),
-                       "admin": core.admin.state(upstream_name(s.target))}
-                      for s in upstream_states(core, rt.loop.time())],
-        "probing": core.prober.enabled,
-        "registrations": core.location.count(),
-        "learned_routes": len(core.learned),
-        "transactions": core.active_transactions,
-        "dialogs": len(core.dialogs),
-        "policy_version": str(core.policy.version),
-        "policy": str(core.policy.path or "builtin"),
+                       "admin": core.view.admin_state(upstream_name(s.target))}
+                      for s in core.view.upstream_states(rt.loop.time())],
+        "probing": core.view.probing,
+        "registrations": core.view.registrations,
+        "learned_routes": len(core.view.learned),
+        "transactions": core.view.active_transactions,
+        "dialogs": core.view.calls,
+        "policy_version": str(core.view.policy.version),
+        "policy": str(core.view.policy.path or "builtin"),
         "uptime_seconds": round(time.time() - rt.started, 3),
-        "draining": core.draining,
+        "draining": core.view.draining,
         "store_ok": bool(rt.store_ok),
     }
 
 
 def ready_of(rt: Any) -> Answer:
     """200 when listening and the state store answers; 503 while draining or without store."""
-    if rt.core.draining:
+    if rt.core.view.draining:
         return text(503, "draining")
     if not rt.listening:
         return text(503, "starting")

@@ -30,10 +30,11 @@ def flood_gate(core: ProxyCore, udp_flood_rps: int, per_source_rps: int) -> Floo
     with DNS)."""
     if udp_flood_rps <= 0:
         return None
-    relays = core.settings.trusted_relays
+    view = core.view
+    relays = view.settings.trusted_relays
 
     def exempt(host: str, port: int) -> bool:
-        return host in relays or any(h == host for h, _ in core.upstream_addrs)
+        return host in relays or any(h == host for h, _ in view.upstream_addrs)
 
     return FloodGate(max(udp_flood_rps, 2 * per_source_rps), exempt=exempt)
 

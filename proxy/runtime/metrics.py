@@ -27,7 +27,6 @@ from prometheus_client.process_collector import ProcessCollector
 from proxy.core.access.sources import REFUSAL_REASONS
 from proxy.core.observe.metrics import BUCKETS
 from proxy.core.probe import target_name, upstream_name
-from proxy.core.proxy.steer import upstream_states
 from proxy.core.upstream_admin import STATES as ADMIN_STATES
 
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ METRIC_NAMES = (
     "learned_routes", "registrations", "transactions", "dialogs", "upstream_up",
     "final_response_seconds", "policy_reloads", "bad_messages", "refusals", "policy_info",
     "start_time_seconds", "connections", "connections_refused", "connections_closed",
-    "connection_sends_failed", "flood_episodes",
+    "connection_sends_failed", "flood_episodes", "overload",
 )
 
 
@@ -65,8 +64,8 @@ class CoreCollector:
         return []  # the families are only known at scrape time (auto_describe is off)
 
     def collect(self) -> Iterator[Metric]:
-        core = self.core
-        m = core.metrics
+        view = self.core.view
+        m = view.metrics
         yield _labelled(CounterMetricFamily, "requests", "Requests received, by method",
                         ["method"], m.requests.items())
         yield _labelled(CounterMetricFamily, "responses",
@@ -86,7 +85,7 @@ class CoreCollector:
                                   value=m.flow_retries)
         yield _labelled(CounterMetricFamily, "bad_messages", "Messages refused as malformed",
                         ["reason"], m.bad.items())
-        counts = Counter(core.refusals.counts)
+        counts = Counter(view.refusal_counts)
         gate = self.gate
         counts["flood"] = gate.dropped if gate is not None else 0
         reasons = (*REFUSAL_REASONS, *(k for k in counts if k not in REFUSAL_REASONS))
@@ -100,42 +99,45 @@ class CoreCollector:
         yield _labelled(CounterMetricFamily, "policy_reloads", "Policy reloads by result",
                         ["result"], ((k, self.reloads[k]) for k in ("ok", "refused")))
         yield GaugeMetricFamily(PREFIX + "learned_routes", "Learned Request-URI rewrites",
-                                value=len(core.learned))
+                                value=len(view.learned))
         yield GaugeMetricFamily(PREFIX + "registrations", "Registered bindings",
-                                value=core.location.count())
+                                value=view.registrations)
+        yield GaugeMetricFamily(PREFIX + "overload", "1 while new INVITEs and REGISTERs are "
+                                "refused for overload (limits.overload_lag_ms, max_transactions)",
+                                value=int(view.overloaded))
         yield GaugeMetricFamily(PREFIX + "transactions", "SIP transactions in progress",
-                                value=core.active_transactions)
+                                value=view.active_transactions)
         yield GaugeMetricFamily(PREFIX + "dialogs", "Calls up (dialogs through the proxy)",
-                                value=len(core.dialogs))
+                                value=view.calls)
         up = GaugeMetricFamily(PREFIX + "upstream_up", "Upstream answers OPTIONS and is not "
                                "held down by a policy rule (1) or not (0), per group; an "
                                "upstream named by a domain per resolved address (target)",
                                labels=["upstream", "group", "target"])
-        for state in upstream_states(core, self.clock()):
+        for state in view.upstream_states(self.clock()):
             name, target = upstream_name(state.target), target_name(state.target)
             for group in state.groups:
                 up.add_metric([name, group, target], 1 if state.up else 0)
         yield up
-        yield _admin_states(core)
+        yield _admin_states(view)
         yield _histogram(m.buckets, m.final_sum)
         info = GaugeMetricFamily(PREFIX + "policy_info", "The policy in force",
                                  labels=["version"])
-        info.add_metric([str(core.policy.version)], 1)
+        info.add_metric([str(view.policy.version)], 1)
         yield info
         yield GaugeMetricFamily(PREFIX + "start_time_seconds", "Start time (Unix seconds)",
                                 value=self.started)
 
 
-def _admin_states(core: Any) -> Metric:
+def _admin_states(view: Any) -> Metric:
     """``upstream_admin_state{upstream,state}``: 1 for the state an operator set (up,
     drain, down; up when never set), 0 for the two others."""
     fam = GaugeMetricFamily(PREFIX + "upstream_admin_state",
                             "An operator's state of each upstream: 1 for the current one",
                             labels=["upstream", "state"])
-    names = [upstream_name(t) for t in core.all_upstreams]
-    names += [n for n in sorted(core.admin.states) if n not in names]
+    names = [upstream_name(t) for t in view.all_upstreams]
+    names += [n for n in sorted(view.admin_states) if n not in names]
     for name in names:
-        current = core.admin.state(name)
+        current = view.admin_state(name)
         for state in ADMIN_STATES:
             fam.add_metric([name, state], 1 if state == current else 0)
     return fam

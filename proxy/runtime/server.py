@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from proxy import __version__, build_kind
@@ -32,11 +33,13 @@ from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
+from proxy.runtime import overload as overload_meter
 from proxy.runtime import signals, streams, upstream_control
 from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import MemoryTrim, flood_gate, raise_nofile
 from proxy.runtime.memory import GcPolicy
+from proxy.runtime.overload import LagTicker
 from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
 from proxy.runtime.state import StateKeeper, default_node, is_shared
@@ -52,6 +55,14 @@ from proxy.transport.udp_gate import FloodGate
 from proxy.transport.ws import WsManager
 
 log = logging.getLogger("proxy")
+#: what the runtime was doing when an entry point of the core raised (the log line says it)
+_DOING = {"on_message": "handling a message", "on_timer": "in timers",
+          "on_keepalive": "handling a keep-alive", "on_flow_closed": "handling a closed flow",
+          "on_persisted": "after storing a learned route",
+          "on_send_failure": "handling a transport failure",
+          "start_probes": "probing the upstreams",
+          "set_upstream_admin": "setting the state of an upstream",
+          "set_upstream_targets": "setting the targets of an upstream"}
 #: Start-up lines (listening, ready) show at every log level: scripts wait for them.
 _NOTICE = logging.CRITICAL + 1
 logging.addLevelName(_NOTICE, "NOTICE")
@@ -77,6 +88,9 @@ class Runtime:
     tap: tracing_taps.Tracer | None = None
     #: limits.udp_flood_rps: one gate for every UDP socket, made by start(); None: off
     gate: FloodGate | None = None
+    load: LagTicker | None = None  # the measure of load of overload control (start())
+    #: seconds spent handling messages and timers, bytes and messages read (overload.py)
+    worked, read, received = 0.0, 0, 0
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None) -> None:
@@ -141,6 +155,7 @@ class Runtime:
         )
         self.location = MemoryLocation()  # the view the hot path reads; StateKeeper persists it
         self.core = ProxyCore(settings, policy, local, self.location)
+        self.core.set_debug(logging.getLogger("proxy.core").isEnabledFor(logging.DEBUG))
         self.tls_names = streams.tls_names(self)
         self.refresher = self._name_upstreams(plan)
         try:
@@ -194,10 +209,11 @@ class Runtime:
                 self.tls = self.tls or streams.tls_manager(self)
                 await self.tls.listen(li.host, li.port)
             log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
-        self.policy_reload = PolicyReloader(cfg.policy_path, self.core.policy, self.reloads,
+        self.policy_reload = PolicyReloader(cfg.policy_path, self.core.view.policy, self.reloads,
                                             self._put_policy_in_force)
         self.trim = MemoryTrim(self.loop, lambda: streams.closed_total(self))
         self.trim.start()
+        self.load = overload_meter.install(self)  # limits.overload_lag_ms, max_transactions
         signals.install(self.loop, self.request_stop, self.reload)
         if cfg.watch_policy and cfg.policy_path is not None:
             self._policy_watch = FileWatcher(
@@ -209,8 +225,8 @@ class Runtime:
                     host_port_text(cfg.http[0], self.http.port))
         self.listening = True
         self.refresher.start()
-        self._drive(self.core.start_probes, (), self.loop.time(), "probing the upstreams")
-        p = self.core.policy
+        self._drive(self.core.start_probes, self.loop.time())
+        p = self.core.view.policy
         log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
                 len(p.rules))
         log.log(_NOTICE, "sip-policy-proxy %s, %s", __version__, build_kind())
@@ -220,7 +236,7 @@ class Runtime:
         if signals.second_stop(self._stopping):
             return
         log.info("stopping: no new transactions, draining %d transactions and %d calls",
-                 self.core.unanswered, len(self.core.dialogs))
+                 self.core.view.unanswered, self.core.view.calls)
         self._carry_out(self.core.drain(self.loop.time()))
         self._stopping.set()
 
@@ -229,7 +245,7 @@ class Runtime:
         deadline = self.loop.time() + self.config.drain_timeout
         while self._busy() and self.loop.time() < deadline:
             await asyncio.sleep(0.05)  # polling the drain is bounded by drain_timeout
-        left, calls = self.core.unanswered, len(self.core.dialogs)
+        left, calls = self.core.view.unanswered, self.core.view.calls
         if left or calls:
             log.warning("drain timeout: %d transactions and %d calls abandoned", left, calls)
         self.close()
@@ -240,13 +256,15 @@ class Runtime:
 
     def _busy(self) -> bool:
         """A drain waits for unanswered transactions and for calls up (dialogs)."""
-        return bool(self.core.unanswered or len(self.core.dialogs))
+        return bool(self.core.view.unanswered or self.core.view.calls)
 
     def close(self) -> None:
         self.refresher.stop()
         self.sends.close()
         if self.trim is not None:
             self.trim.stop()
+        if self.load is not None:
+            self.load.stop()
         if self.http is not None:
             self.http.close()
             self.http = None
@@ -263,21 +281,24 @@ class Runtime:
 
     # -------------------------------------------------------------- message flow
 
-    def _drive(self, entry: Callable[..., Effects], args: tuple[Any, ...], now: float,
-               what: str, *what_args: object) -> None:
-        """Feed the core once and carry out what it returns: the sends, the store writes, and
-        the one timer re-armed at its next deadline. The process survives any internal error
-        (logged with ``what``)."""
+    def _drive(self, entry: Callable[..., Effects], *args: Any) -> None:
+        """The one path into the core: feed it once (``entry(*args)``: a ProxyCore method,
+        ``now`` its last argument) and carry out what it returns: the sends, the store
+        writes, the log lines, the binding changes and the one timer re-armed at its next
+        deadline. The process survives any internal error (logged, counted)."""
         try:
-            fx = entry(*args, now)
+            fx = entry(*args)
         except Exception:  # noqa: BLE001 - the process must survive any message
-            self._internal_error(what, *what_args)
+            self._internal_error(entry, args)
             return
         self._carry_out(fx)
 
-    def _internal_error(self, what: str, *what_args: object) -> None:
+    def _internal_error(self, entry: Callable[..., Effects], args: tuple[Any, ...]) -> None:
         self.errors += 1
-        log.exception("internal error " + what, *what_args)
+        name = getattr(entry, "__name__", "?")
+        src = next((a for a in args if isinstance(a, Source)), None)
+        where = "" if src is None else f" from {src.host}:{src.port}"
+        log.exception("internal error %s%s", _DOING.get(name, name), where)
         self._arm()  # the timers go on whatever one call did
 
     def _carry_out(self, fx: Effects) -> None:
@@ -306,31 +327,30 @@ class Runtime:
             self._arm()
 
     def deliver(self, data: bytes, src: Source) -> None:
-        """One received message: :meth:`_drive` written out (the path every message takes)."""
+        """One received message (from every transport): logged at debug, traced, and fed to
+        the core by :meth:`_drive` like every other input."""
+        t0 = perf_counter()
+        self.read += len(data)
+        self.received += 1
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             log_lines.message_in(data, src)
         if self.tap is not None:
             self.tap.received(data, src, time.time())
-        try:
-            fx = self.core.on_message(data, src, self.loop.time())
-        except Exception:  # noqa: BLE001 - the process must survive any message
-            self._internal_error("handling a message from %s:%s", src.host, src.port)
-            return
-        self._carry_out(fx)
+        self._drive(self.core.on_message, data, src, self.loop.time())
+        self.worked += perf_counter() - t0
 
     def keepalive(self, src: Source) -> None:
-        self.core.on_keepalive(src, self.loop.time())
+        self._drive(self.core.on_keepalive, src, self.loop.time())
 
     def flow_closed(self, conn_id: int) -> None:
-        self._drive(self.core.on_flow_closed, (conn_id,), self.loop.time(),
-                    "handling a closed flow")
+        self._drive(self.core.on_flow_closed, conn_id, self.loop.time())
 
     # -------------------------------------------------------------- learned routes
 
     async def _load_routes(self) -> None:
         routes = await self.store.list_routes(time.time())
         self._generation = await self.store.generation()
-        self.core.load_learned(routes, self.loop.time())
+        self._carry_out(self.core.load_learned(routes, self.loop.time()))
         self.state.note_routes(routes)
         if routes:
             log.info("learned routes loaded from %s: %d", self.config.state, len(routes))
@@ -352,7 +372,7 @@ class Runtime:
             elif gen != self._generation:
                 await self._load_routes()
                 log.info("learned routes reloaded from the store: %d (generation %d)",
-                         len(self.core.learned), self._generation)
+                         len(self.core.view.learned), self._generation)
                 await self.state.upstreams.load(merge=False)  # another process's drain
         except StoreError as exc:
             log.error("state store: %s", exc)
@@ -371,12 +391,10 @@ class Runtime:
                 self._generation = await self.store.generation()
             except StoreError as exc:
                 log.error("state store: %s", exc)
-        self._drive(self.core.on_persisted, (ctx, ok), self.loop.time(),
-                    "after storing a learned route")
+        self._drive(self.core.on_persisted, ctx, ok, self.loop.time())
 
     def failed(self, token: object) -> None:
-        self._drive(self.core.on_send_failure, (token,), self.loop.time(),
-                    "handling a transport failure")
+        self._drive(self.core.on_send_failure, token, self.loop.time())
 
     def dispatch(self, out: list[Send]) -> None:
         now = self.loop.time()
@@ -386,14 +404,8 @@ class Runtime:
         literals = self.sends.literals
         udp = self.udp
         tap = self.tap
+        inet, inet6 = socket.AF_INET, socket.AF_INET6
         for s in out:
-            if s.transport == "udp" and s.host in literals:  # the common case, in short
-                ep = udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
-                if ep is not None:
-                    ep.send(s)
-                    if tap is not None:
-                        tap.sent(s, time.time())
-                    continue
             if s.transport == "tls" and s.server_name is None:
                 s = streams.with_server_name(self, s)
             if s.host not in literals:  # a name (RFC 3263), or an IP seen for the first time
@@ -407,7 +419,21 @@ class Runtime:
                         continue
                     assert isinstance(r, Send)
                     s = r
-            transport = self._transport_for(s)
+            # The transport that carries s: the UDP socket of its address family, TCP, TLS,
+            # or the WebSocket manager holding the browser's connection.
+            kind = s.transport
+            transport: Transport | None
+            if kind == "udp":
+                transport = udp.get(inet6 if ":" in s.host else inet)
+            elif kind == "tcp":
+                transport = self.tcp
+            elif kind == "tls":
+                self.tls = self.tls or streams.tls_manager(self)  # client side only
+                transport = self.tls
+            elif kind == "ws":
+                transport = self.ws
+            else:
+                transport = self.wss if kind == "wss" else None
             if transport is not None:
                 transport.send(s)
                 if tap is not None:
@@ -416,22 +442,6 @@ class Runtime:
                 log.info("no %s transport for %s:%s", s.transport, s.host, s.port)
                 if s.token is not None:
                     self.loop.call_soon(self.failed, s.token)
-
-    def _transport_for(self, s: Send) -> Transport | None:
-        """The transport that carries ``s``: the UDP socket of its address family, TCP, TLS,
-        or the WebSocket manager holding the browser's connection."""
-        if s.transport == "udp":
-            return self.udp.get(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
-        if s.transport == "tcp":
-            return self.tcp
-        if s.transport == "tls":
-            self.tls = self.tls or streams.tls_manager(self)  # client side only
-            return self.tls
-        if s.transport == "ws":
-            return self.ws
-        if s.transport == "wss":
-            return self.wss
-        return None
 
     def _unreachable(self, s: Send, why: str) -> None:
         log.info("cannot send to %s:%s: %s", s.host, s.port, why)
@@ -476,8 +486,8 @@ class Runtime:
         if u.transport == "tls" or any(t.transport == "tls" for t in answer.targets):
             self.tls_names.update(((t.host, t.port), u.host) for t in answer.targets
                                   if t.transport == "tls")
-        self._drive(self.core.set_upstream_targets, (u.uri, named_upstreams.core_targets(answer)),
-                    now, "setting the targets of upstream %s", u.uri)
+        self._drive(self.core.set_upstream_targets, u.uri, named_upstreams.core_targets(answer),
+                    now)
 
     # -------------------------------------------------------------- timers
 
@@ -491,10 +501,12 @@ class Runtime:
         self._timer = self.loop.call_at(d, self._fire)
 
     def _fire(self) -> None:
+        t0 = perf_counter()
         now = max(self.loop.time(), self._armed_at)
         self._timer = None
         self._armed_at = float("inf")
-        self._drive(self.core.on_timer, (), now, "in timers")
+        self._drive(self.core.on_timer, now)
+        self.worked += perf_counter() - t0
 
     # -------------------------------------------------------------- policy reload
 
@@ -528,7 +540,7 @@ async def _main(config: Config, policy: Policy) -> int:
         return 1
     # Frozen only now, so that what start() built (listeners, a Redis client and its pool,
     # imported lazily) is never scanned again either; no automatic full passes (memory.py).
-    collector = GcPolicy(rt.loop, load=lambda: rt.core.active_transactions)
+    collector = GcPolicy(rt.loop, load=lambda: rt.core.view.active_transactions)
     collector.start()
     try:
         await rt.serve()

@@ -272,12 +272,12 @@ class StateKeeper(SharedNodes):
         now = self.loop.time()
         if merge:
             for r in routes:
-                if r.old_uri not in self.core.learned:
+                if r.old_uri not in self.core.view.learned:
                     self.on_change(self.core.apply_learned_route(r, now))
                     self.routes[r.old_uri] = r
             loaded = self.core.load_bindings(stored, now, merge=True)
         else:
-            self.core.load_learned(routes, now)
+            self.on_change(self.core.load_learned(routes, now))
             self.note_routes(routes)
             loaded = self.core.load_bindings(stored, now, merge=False)
         await self.upstreams.load(merge=merge)
@@ -381,7 +381,7 @@ class StateKeeper(SharedNodes):
         now = self.loop.time()
         own = [b for b in self.location.bindings() if b.node is None and b.expires_at > now]
         routes = [r for old, r in self.routes.items()
-                  if (hit := self.core.learned.get(old)) is not None and hit[0] == r.new_uri
+                  if (hit := self.core.view.learned.get(old)) is not None and hit[0] == r.new_uri
                   and hit[1] > now]
         self._queue.clear()
         self._overflow = False

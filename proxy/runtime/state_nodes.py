@@ -143,7 +143,7 @@ class SharedNodes:
         """A binding held by a node this one has not heard of (it started since the last
         announcement was read): read the announcements now (at most once a second)."""
         b = change.binding
-        if (b is None or not b.node or b.node == self.node or b.node in self.core.cluster.peers
+        if (b is None or not b.node or b.node == self.node or b.node in self.core.view.peers
                 or self.loop.time() - self._peers_read < 1.0):
             return
         self._peers_read = self.loop.time()

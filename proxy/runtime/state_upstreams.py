@@ -89,7 +89,7 @@ class UpstreamStates:
 
     def _take(self, s: UpstreamState) -> bool:
         """Apply a stored state unless memory has it already or set it since."""
-        mine = self.core.admin.states.get(s.upstream)
+        mine = self.core.view.admin_states.get(s.upstream)
         if mine is not None and (mine.state, mine.since, mine.node) == (s.state, s.since, s.node):
             return False
         if s.upstream in self.pending:
@@ -105,7 +105,7 @@ class UpstreamStates:
         await self.flush()
         taken = 0
         for s in await self.store.list_upstream_states():
-            mine = self.core.admin.states.get(s.upstream)
+            mine = self.core.view.admin_states.get(s.upstream)
             if merge and mine is not None and (mine.node == self.node or mine.since >= s.since):
                 continue
             taken += self._take(s)
@@ -117,7 +117,7 @@ class UpstreamStates:
         """Into a reset store: the states this node set (raises StoreError)."""
         if self.memory:
             return 0
-        own = [to_stored(a) for a in self.core.admin.states.values() if a.node == self.node]
+        own = [to_stored(a) for a in self.core.view.admin_states.values() if a.node == self.node]
         for s in own:
             self.pending.setdefault(s.upstream, s)
         await self.flush()

@@ -36,8 +36,8 @@ def _exempt(rt: Runtime) -> Callable[[str], bool]:
     """Hosts whose connections are held neither to ``limits.tcp_per_source`` nor to
     ``tcp_idle_timeout``: the upstreams' addresses and ``trusted_relays`` (the sources
     ``per_source_rps`` does not limit either)."""
-    upstreams = frozenset(t.host for t in rt.core.all_upstreams)
-    relays = rt.core.settings.trusted_relays
+    upstreams = frozenset(t.host for t in rt.core.view.all_upstreams)
+    relays = rt.core.view.settings.trusted_relays
     return lambda host: host in upstreams or host in relays
 
 

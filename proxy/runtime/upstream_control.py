@@ -36,8 +36,7 @@ def install(rt: Any) -> None:
     log line of each change, carried out)."""
 
     def apply(s: UpstreamState, origin: str) -> None:
-        rt._drive(rt.core.set_upstream_admin, (to_admin(s), origin), rt.loop.time(),
-                  "applying the state of upstream %s", s.upstream)
+        rt._drive(rt.core.set_upstream_admin, to_admin(s), origin, rt.loop.time())
 
     rt.state.upstreams.apply = apply
 
@@ -51,18 +50,18 @@ def listing(rt: Any) -> dict[str, Any]:
     probe state (up, down, off: probing is off, not probed: down by an operator; every group
     is probed), its administrative state, since when and set by which node, and the
     calls up that were sent to it."""
-    core = rt.core
+    view = rt.core.view
     probed: dict[str, bool] = {}
-    for t, alive in core.prober.up.items():  # a name (RFC 3263): up while one address is
+    for t, alive in view.upstream_up.items():  # a name (RFC 3263): up while one address is
         name = t.label or f"sip:{t.host}:{t.port}"
         probed[name] = probed.get(name, False) or alive
-    calls = core.dialogs.per_upstream()
+    calls = view.calls_per_upstream()
     out = []
     for group in rt.config.upstream_groups:
         for u in group.upstreams:
-            entry = core.admin.states.get(u.uri)
+            entry = view.admin_states.get(u.uri)
             admin = "up" if entry is None else entry.state
-            if not core.prober.enabled:
+            if not view.probing:
                 probe = "off"
             elif admin == "down" or u.uri not in probed:
                 probe = "not probed"
@@ -127,10 +126,9 @@ async def _named(request: web.Request) -> str | None:
 
 async def set_state(rt: Any, upstream: Upstream, state: str) -> dict[str, Any]:
     """Set ``upstream`` to ``state`` on this node and in the store; the answer of a POST."""
-    before = rt.core.admin.state(upstream.uri)
+    before = rt.core.view.admin_state(upstream.uri)
     s = UpstreamState(upstream.uri, state, time.time(), rt.state.node)
-    rt._drive(rt.core.set_upstream_admin, (to_admin(s), "here"), rt.loop.time(),
-              "setting the state of upstream %s", upstream.uri)
+    rt._drive(rt.core.set_upstream_admin, to_admin(s), "here", rt.loop.time())
     stored = await rt.state.put_upstream_state(s)
     if stored and not rt.state.shared and not rt.state.memory:
         try:  # our own write: the sqlite poll need not reload for it

@@ -180,7 +180,8 @@ async def test_no_answer_cancels_the_pbx_and_voicemail_answers(
 async def upstream_up(proxy: ProxyProcess, port: int) -> float | None:
     status, text = await aget(proxy, "/metrics")
     assert status == 200, text
-    return metric(text, "upstream_up", group="pbx", upstream=up(port))
+    return metric(text, "upstream_up", group="pbx", upstream=up(port),
+                  target=f"udp:{LOOPBACK}:{port}")
 
 
 async def test_503_retry_after_holds_the_pbx_down_for_that_long_and_no_longer(

@@ -16,6 +16,7 @@ from proxy.core.outbound.flowtoken import Flow
 from proxy.core.registrar.location import MemoryLocation
 from proxy.core.types import LocalAddress, Send, Source, Target
 from proxy.policy import Policy, load_policy
+from proxy.runtime.logs import emit_calls
 from proxy.sip import SipMessage, parse_message
 from proxy.transaction import TimerConfig
 
@@ -110,6 +111,7 @@ class Harness:
         """Record what one entry point returned, as the runtime would carry it out."""
         self.sent.extend(fx.sends)
         self.writes.extend(fx.writes)
+        emit_calls(fx.logs)  # the core's log lines, written as the runtime writes them
         return fx.sends
 
     def take_writes(self) -> list[StoreWrite]:

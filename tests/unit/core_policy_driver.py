@@ -128,7 +128,7 @@ def answer_branch(h: Harness, ctx: ResponseContext, answer: CaseAnswer, policy: 
 def run_on_core(config: Config, policy: Policy, test: PolicyTest, **settings: object) -> CoreRun:
     h = harness_for(config, policy, **settings)
     request = test.request
-    h.core.wall_offset = (request.wall - h.now) if request.wall is not None else 1.7e9
+    h.core.set_wall_offset((request.wall - h.now) if request.wall is not None else 1.7e9)
     src = source_of(h, request)
     run = CoreRun()
     h.feed(request_bytes(request, src, "agree-1"), src)

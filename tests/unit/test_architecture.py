@@ -1,7 +1,8 @@
 """The layering rules of docs/ARCHITECTURE.md, checked on the source (ast, nothing imported).
 
-- The sans-IO packages (proxy/sip, proxy/transaction, proxy/core, proxy/policy) do no IO and
-  read no clock: no asyncio, socket, ssl, selectors or ``time`` module, and neither
+- The sans-IO packages (proxy/sip, proxy/transaction, proxy/core, proxy/policy) do no IO,
+  read no clock and write no log: no asyncio, socket, ssl, selectors, ``time`` or
+  ``logging`` module, and neither
   proxy.transport nor proxy.runtime.
 - proxy/transport never imports proxy.core or proxy.runtime: the values it shares with the
   core live in proxy.sip.transport.
@@ -20,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PROXY = ROOT / "proxy"
 
 SANS_IO = ("sip", "transaction", "core", "policy")
-IO_MODULES = frozenset({"asyncio", "socket", "ssl", "selectors", "time"})
+#: ``logging`` too: the core hands the lines it wants written out in Effects (LogLine)
+IO_MODULES = frozenset({"asyncio", "socket", "ssl", "selectors", "time", "logging"})
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -217,3 +219,46 @@ def test_a_write_to_a_core_field_is_caught(tmp_path: Path) -> None:
                    "self.cores = 1\nself.core_count = 2\nx = core.policy\n")
     assert [w.rsplit(": ", 1)[1] for w in core_field_writes(bad, tmp_path)] == [
         "self.core.draining = True", "core.cluster.peers = {}", "rt.core.a[1] += 2"]
+
+
+def core_entry_points() -> set[str]:
+    """What code outside the core may use of a ProxyCore: its public methods (each an input
+    returning Effects, or a question like ``conn_in_use``) and ``view`` (read-only values)."""
+    tree = ast.parse((PROXY / "core" / "core.py").read_text())
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ProxyCore"]
+    methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)
+               and not n.name.startswith("_")
+               and not any(ast.unparse(d) == "property" for d in n.decorator_list)}
+    return methods | {"view"}
+
+
+def core_reads(path: Path, allowed: set[str], root: Path = ROOT) -> list[str]:
+    """Uses in ``path`` of an attribute of the core object (``x.core.NAME``, ``core.NAME``)
+    other than ``allowed``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr not in allowed:
+            base = node.value
+            if (isinstance(base, ast.Name) and base.id == "core") or (
+                    isinstance(base, ast.Attribute) and base.attr == "core"):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_runtime_reads_the_core_only_through_its_view() -> None:
+    """The core's state is its own: outside proxy/core it is read through ``core.view``
+    (proxy/core/view.py) and changed only by the core's methods."""
+    allowed = core_entry_points()
+    assert {"on_message", "drain", "set_policy", "apply_store_change", "view"} <= allowed
+    reads = [r for p in sorted(PROXY.rglob("*.py")) if PROXY / "core" not in p.parents
+             for r in core_reads(p, allowed)]
+    assert reads == []
+
+
+def test_a_read_past_the_view_is_caught(tmp_path: Path) -> None:
+    bad = tmp_path / "proxy" / "runtime" / "bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("n = len(rt.core.dialogs)\nv = core.view.calls\nfx = self.core.drain(1.0)\n"
+                   "p = core._policy\n")
+    assert {r.rsplit(": ", 1)[1] for r in core_reads(bad, core_entry_points(), tmp_path)} == {
+        "rt.core.dialogs", "core._policy"}

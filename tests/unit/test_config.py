@@ -689,7 +689,7 @@ ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, dom
         ("limits: {max_body: 5}", ("5:10: limits: unknown key 'max_body'; allowed keys: "
          "max_message_size, max_headers, per_source_rps, tcp_max_connections, "
          "tcp_idle_timeout, tcp_per_source, tcp_message_timeout, tls_handshake_timeout, "
-         "tcp_accept_rate, udp_flood_rps")),
+         "tcp_accept_rate, udp_flood_rps, overload_lag_ms, max_transactions")),
         ("limits: 65535", f"5:9: limits must be a mapping, got the integer 65535{eg('limits')}"),
         ("timers: {t1: 500}", ("5:10: timers: unknown key 't1' (did you mean 't1_ms'?); allowed "
          "keys: t1_ms, t2_ms, t4_ms, timer_c_ms")),

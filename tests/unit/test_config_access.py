@@ -28,6 +28,13 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.limits.tcp_message_timeout == 10.0
     assert cfg.limits.tls_handshake_timeout == 5.0
     assert cfg.limits.udp_flood_rps == 1000
+    assert (cfg.limits.overload_lag_ms, cfg.limits.max_transactions) == (50, 300_000)
+
+
+def test_overload_bounds(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "listen: [udp:127.0.0.1:5060]\n"
+               "limits: {overload_lag_ms: 0, max_transactions: 5000}\n")
+    assert (cfg.limits.overload_lag_ms, cfg.limits.max_transactions) == (0, 5000)
 
 
 def test_udp_flood_rps(tmp_path: Path) -> None:
@@ -51,6 +58,8 @@ def test_values(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("limits: {per_source_rps: -1}", "limits: per_source_rps must be between 0 and 1000000"),
+    ("limits: {overload_lag_ms: -5}", "limits: overload_lag_ms must be between 0 and 10000"),
+    ("limits: {max_transactions: many}", "limits: max_transactions must be"),
     ("limits: {tcp_max_connections: 0}", "limits: tcp_max_connections must be between 1"),
     ("limits: {udp_flood_rps: -5}", "limits: udp_flood_rps must be between 0 and 10000000"),
     ("limits: {udp_flood_rps: lots}", "limits: udp_flood_rps must be an integer"),

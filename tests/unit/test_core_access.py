@@ -233,6 +233,6 @@ def test_redirect_chain_is_learned_link_by_link() -> None:
     h.feed(response_to(inv_b, 301, extra=("Contact: <sip:c@127.0.0.1:5072>",)),
            Source("udp", "127.0.0.1", 5071))
     commit_writes(h)
-    learned = {k: v[0] for k, v in h.core.learned.items()}
+    learned = {k: v[0] for k, v in h.core.view.learned.items()}
     assert learned == {"sip:bob@example.com": "sip:b@127.0.0.1:5071",
                        "sip:b@127.0.0.1:5071": "sip:c@127.0.0.1:5072"}

@@ -154,20 +154,20 @@ def test_time_of_day_comes_from_the_cores_clock_and_a_window_for_another_time_do
 ) -> None:
     """tmrec: the wall time is the core's clock plus wall_offset (sans-IO, no clock read)."""
     h = make(TIMES)
-    h.core.wall_offset = _wall("2026-03-04T10:00:00+01:00") - h.now  # Wednesday 10:00
+    h.core.set_wall_offset(_wall("2026-03-04T10:00:00+01:00") - h.now)  # Wednesday 10:00
     call(h)
     assert len(invites_to(h, PBX1)) == 1
-    h.core.wall_offset = _wall("2026-03-04T19:00:00+01:00") - h.now  # Wednesday 19:00
+    h.core.set_wall_offset(_wall("2026-03-04T19:00:00+01:00") - h.now)  # Wednesday 19:00
     call(h, call_id="c2@phone")
     assert len(invites_to(h, VM)) == 1
     # a 486 at 14:00 is not the lunch rule's: the caller hears 486
-    h.core.wall_offset = _wall("2026-03-04T14:00:00+01:00") - h.now
+    h.core.set_wall_offset(_wall("2026-03-04T14:00:00+01:00") - h.now)
     call(h, call_id="c3@phone", src=Source("udp", "203.0.113.6", 6000))
     t, data = last_invite(h)
     answer(h, t, data, 486)
     assert [s for s, _ in finals(h, Source("udp", "203.0.113.6", 6000))] == [486]
     # the same 486 at 12:15 is: on to voicemail with reason time-of-day
-    h.core.wall_offset = _wall("2026-03-04T12:15:00+01:00") - h.now
+    h.core.set_wall_offset(_wall("2026-03-04T12:15:00+01:00") - h.now)
     call(h, call_id="c4@phone", src=Source("udp", "203.0.113.7", 6000))
     t, data = last_invite(h)
     answer(h, t, data, 486)
@@ -305,8 +305,8 @@ def test_a_hold_down_without_retry_after_is_the_rules_seconds_and_at_most_an_hou
 
 def test_all_held_down_is_tried_anyway() -> None:
     h = make(VOICEMAIL)
-    h.core.prober.hold(PBX1, 60, h.now)
-    h.core.prober.hold(PBX2, 60, h.now)
+    h.core.prober.hold(h.core, PBX1, 60, h.now)
+    h.core.prober.hold(h.core, PBX2, 60, h.now)
     call(h)
     assert len(invites_to(h, PBX1)) == 1
 
@@ -366,7 +366,7 @@ def test_every_groups_upstreams_are_probed_and_trusted() -> None:
     h.take(h.core.start_probes(h.now))
     probed = {(s.host, s.port) for s in h.sent if s.data.startswith(b"OPTIONS ")}
     assert probed == {(t.host, t.port) for t in (PBX1, PBX2, VM, CARRIER)}
-    assert (VM.host, VM.port) in h.core.upstream_addrs
+    assert (VM.host, VM.port) in h.core.view.upstream_addrs
     vm_src = Source("udp", VM.host, VM.port)
     h.feed(request(ruri="sip:mwi@203.0.113.80:5070", via_host="10.0.0.30:5060",
                    call_id="n1@vm", branch="z9hG4bKn1", method="NOTIFY"), vm_src)

@@ -115,7 +115,7 @@ def test_untrusted_source_is_not_followed() -> None:
     h.feed(request())
     out = redirected(h)
     assert statuses(h.to(6000, out)) == [301]
-    assert h.writes == [] and h.core.learned == {}
+    assert h.writes == [] and h.core.view.learned == {}
 
 
 def test_target_not_allowed_is_not_followed() -> None:
@@ -125,7 +125,7 @@ def test_target_not_allowed_is_not_followed() -> None:
     h.feed(request())
     out = redirected(h, contact="<sip:evil@198.51.100.7:5060>")
     assert statuses(h.to(6000, out)) == [301]
-    assert h.core.learned == {}
+    assert h.core.view.learned == {}
 
 
 def test_uri_headers_are_stripped_and_sips_never_goes_to_sip() -> None:

@@ -173,8 +173,8 @@ def test_a_phone_behind_nat_is_reached_at_the_same_source_through_another_node()
     """Node b holds the phone (behind NAT); node a sends the INVITE to b with a token naming
     the phone's source, which is where b sends it (as b would for a call arriving at b)."""
     h = make()
-    h.core.cluster.shared = True
-    h.core.cluster.peers = shared.parse_peers({"b": ["udp:127.0.0.3:5070"]})
+    h.core.join_cluster("a", True)
+    h.core.set_peers({"b": ["udp:127.0.0.3:5070"]})
     sb = dataclasses.replace(stored(contact_host="192.168.77.10:5060"), flow_host="127.0.0.2",
                              flow_port=41000)
     shared.load_bindings(h.core, [sb], h.now)
@@ -194,7 +194,7 @@ def test_a_phone_at_its_contact_is_reached_there_from_every_node() -> None:
     listens): the Contact, directly, whichever node holds the binding."""
     for node in ("a", "b"):
         h = make()
-        h.core.cluster.peers = shared.parse_peers({"b": ["udp:127.0.0.3:5070"]})
+        h.core.set_peers({"b": ["udp:127.0.0.3:5070"]})
         sb = dataclasses.replace(stored(contact_host="127.0.0.2:5062", node=node),
                                  flow_host="127.0.0.2", flow_port=41000)
         shared.load_bindings(h.core, [sb], h.now)
@@ -224,7 +224,7 @@ def test_rekey_mints_with_the_new_key_and_keeps_the_old_tokens_when_asked() -> N
 
 def test_a_binding_held_by_another_node_is_reached_through_it() -> None:
     h = make()
-    h.core.cluster.peers = shared.parse_peers({"b": ["udp:127.0.0.2:5070",
+    h.core.set_peers({"b": ["udp:127.0.0.2:5070",
                                                      "tcp:127.0.0.2:5070"]})
     shared.load_bindings(h.core, [stored(transport="tcp")], h.now)
     out = h.feed(request("INVITE", "sip:alice@example.com"), Source("udp", "127.0.0.1", 5080))
@@ -244,7 +244,7 @@ def test_a_browser_held_by_another_node_is_reached_through_it_over_tcp() -> None
     INVITE to b over TCP (nodes open no WebSocket to each other) with a token naming the ws
     flow at b, never to the browser's .invalid Contact."""
     h = make()
-    h.core.cluster.peers = shared.parse_peers({"b": ["udp:127.0.0.2:5070", "tcp:127.0.0.2:5070",
+    h.core.set_peers({"b": ["udp:127.0.0.2:5070", "tcp:127.0.0.2:5070",
                                                      "ws:127.0.0.2:8080"]})
     shared.load_bindings(h.core, [stored(transport="ws", contact_host="k2.invalid")], h.now)
     out = h.feed(request("INVITE", "sip:alice@example.com"), Source("udp", "127.0.0.1", 5080))
@@ -282,9 +282,9 @@ def test_route_changes_of_other_nodes_reach_the_learned_view() -> None:
     h = make()
     r = LearnedRoute("sip:a@x", "sip:a@y", "127.0.0.1:5080", "c", 301, WALL, WALL + 60)
     shared.apply_change(h.core, StoreChange("put_route", "b", route=r), h.now)
-    assert h.core.learned == {"sip:a@x": ("sip:a@y", h.now + 60)}
+    assert h.core.view.learned == {"sip:a@x": ("sip:a@y", h.now + 60)}
     shared.apply_change(h.core, StoreChange("remove_route", "b", old_uri="sip:a@x"), h.now)
-    assert h.core.learned == {}
+    assert h.core.view.learned == {}
 
 
 def test_flow_tokens_name_the_node_only_when_the_state_is_shared() -> None:
@@ -295,23 +295,23 @@ def test_flow_tokens_name_the_node_only_when_the_state_is_shared() -> None:
     named = dataclasses.replace(flow, node="edge-2")
     v2 = h.core.tokens.encode(named)
     assert len(v2) > len(v1) and h.core.tokens.decode(v2) == named
-    assert h.core.cluster.token_node is None
-    h.core.cluster.shared = True
-    assert h.core.cluster.token_node == "a"
+    assert h.core._cluster.token_node is None
+    h.core.join_cluster("a", True)
+    assert h.core._cluster.token_node == "a"
 
 
 def test_a_token_of_another_node_goes_on_to_that_node() -> None:
     """A Path token edge-b wrote reached edge-a (through DNS): a sends it on to b, Route and
     token unchanged; when b is unknown (gone), its flows are dead: 430."""
     h = make()
-    h.core.cluster.shared = True
+    h.core.join_cluster("a", True)
     token = h.core.tokens.encode(Flow("udp", "127.0.0.2", 5070, "192.0.2.9", 40000, None, "b"))
     invite = request("INVITE", "sip:alice@192.0.2.9:40000",
                      extra=(f"Route: <sip:{token}@127.0.0.1:5060;lr>",))
     out = h.feed(invite, Source("udp", "127.0.0.1", 5080))
     # refused before any transaction: 430 once, statelessly (issue 18)
     assert [s.status for s in map(lambda s: parse_message(s.data), out)] == [430]
-    h.core.cluster.peers = shared.parse_peers({"b": ["udp:127.0.0.2:5070"]})
+    h.core.set_peers({"b": ["udp:127.0.0.2:5070"]})
     out = h.feed(invite.replace(b"z9hG4bKcaller1", b"z9hG4bKcaller2"),
                  Source("udp", "127.0.0.1", 5080))
     to_b = [s for s in out if (s.host, s.port) == ("127.0.0.2", 5070)]

@@ -311,7 +311,7 @@ async def test_a_call_to_an_upstream_named_by_a_domain_reaches_the_best_srv_targ
         assert [(s.host, s.port) for s in invites] == [("192.0.2.1", 5071)] * 2
         assert len(zone.questions) == asked
         # requests from the SRV targets' addresses are an upstream's (README "Security defaults")
-        assert ("192.0.2.2", 5072) in rt.core.upstream_addrs
+        assert ("192.0.2.2", 5072) in rt.core.view.upstream_addrs
     finally:
         rt.close()
 
@@ -341,8 +341,8 @@ async def test_the_upstream_addresses_follow_the_refreshed_answer(
         zone.set("_sip._udp.carrier.test", "SRV", "10 0 5077 uas2.carrier.test.", ttl=30)
         rt.resolver.dns.clear()  # as if the TTL were over
         rt.refresher.start()
-        await wait_for(lambda: ("192.0.2.2", 5077) in rt.core.upstream_addrs)
-        assert ("192.0.2.1", 5071) not in rt.core.upstream_addrs
+        await wait_for(lambda: ("192.0.2.2", 5077) in rt.core.view.upstream_addrs)
+        assert ("192.0.2.1", 5071) not in rt.core.view.upstream_addrs
         rt.deliver(request(), CALLER)
         invites = [s for s in mock.sent if s.data.startswith(b"INVITE")]
         assert [(s.transport, s.host, s.port) for s in invites] == [("udp", "192.0.2.2", 5077)]

@@ -20,11 +20,10 @@ logged at most once per source per minute.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from proxy.core import txns
-from proxy.core.effects import Out
+from proxy.core.effects import WARNING, Out
 from proxy.core.proxy import routing
 from proxy.core.types import Source
 from proxy.sip import SipMessage
@@ -32,7 +31,6 @@ from proxy.sip import SipMessage
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 RETRY_AFTER = ("Retry-After: 1",)
 
@@ -66,6 +64,6 @@ def over_rate_unanswered(core: ProxyCore, src: Source, now: float) -> bool:
         return False
     core.stats["rate_limited"] += 1
     if core.refusals.note("rate", src.host, now):
-        log.warning("dropped a malformed request from %s:%s: over %d requests per second "
-                    "from this source (rate)", src.host, src.port, int(limiter.rate))
+        core.note(WARNING, "dropped a malformed request from %s:%s: over %d requests per "
+                  "second from this source (rate)", src.host, src.port, int(limiter.rate))
     return True

@@ -81,10 +81,11 @@ PRIVATE_NETWORKS = (
 #: closed connection or an earlier start, 430), ``flow_token`` (a flow token that does not
 #: verify, 403), ``forged_response`` / ``stale_response`` (a response naming this proxy's Via
 #: whose branch proves no transaction, dropped), ``registrar`` and ``registrar_limit`` (the
-#: local registrar's 403s).
+#: local registrar's 403s), ``overload`` (:mod:`proxy.core.access.overload`).
 REFUSAL_REASONS: Final = (
     "rate", "relay", "unproven", "cancel_unknown", "loop", "draining", "flow_failed",
     "flow_token", "forged_response", "stale_response", "registrar", "registrar_limit",
+    "overload",
 )
 
 

@@ -6,17 +6,16 @@ Messages too broken to parse are answered from their salvaged headers (RFC 4475 
 
 from __future__ import annotations
 
-import logging
 import zlib
 from typing import TYPE_CHECKING, Final, NamedTuple
 
+from proxy.core.effects import INFO
 from proxy.core.types import Send, Source
 from proxy.sip import AbsoluteUri, ParseError, SipMessage, validate_request
 
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 ROUTE_SCHEMES = frozenset({"sip", "sips", "tel"})
 
@@ -78,10 +77,10 @@ def bad_message(core: ProxyCore, data: bytes, src: Source, exc: ParseError) -> S
     response."""
     if data[:4] == b"SIP/" or not data.strip():
         core.stats["responses_dropped"] += 1
-        log.info("dropped unparsable response from %s:%s: %s", src.host, src.port, exc.message)
+        core.note(INFO, "dropped unparsable response from %s:%s: %s", src.host, src.port, exc.message)
         return None
     core.stats["requests_rejected"] += 1
-    log.info("bad request from %s:%s: %s", src.host, src.port, exc.message)
+    core.note(INFO, "bad request from %s:%s: %s", src.host, src.port, exc.message)
     salvaged = salvage_response(data, exc.status, exc.message)
     if salvaged is None:
         return None

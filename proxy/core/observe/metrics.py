@@ -9,7 +9,6 @@ handed to the runtime in :class:`~proxy.core.effects.Effects`; the runtime forma
 
 from __future__ import annotations
 
-import logging
 from bisect import bisect_left
 from collections import Counter
 from typing import TYPE_CHECKING, NamedTuple
@@ -20,7 +19,6 @@ from proxy.core.effects import Out
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 #: Upper bounds (seconds) of the ``final_response_seconds`` buckets (INVITE to final).
 BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

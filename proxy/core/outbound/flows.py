@@ -3,9 +3,9 @@ the next flow: :mod:`.retry`)."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
+from proxy.core.effects import INFO
 from proxy.core.registrar.location import Binding
 from proxy.core.shared import DEAD_FLOW
 from proxy.core.types import Source
@@ -13,7 +13,6 @@ from proxy.core.types import Source
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 FLOW_TIMER = 120  # seconds between keep-alives asked of outbound UAs (RFC 5626 4.4.1)
 DEFAULT_FLOW_ATTEMPTS = 3  # flows tried per instance when the policy names no max_attempts
@@ -46,4 +45,4 @@ def flow_closed(core: ProxyCore, conn_id: int) -> None:
     core.closed_conns.add(conn_id)
     gone = core.location.remove_flow(conn_id)
     for b in gone:
-        log.info("flow %s of %s closed: binding removed", b.key, b.aor)
+        core.note(INFO, "flow %s of %s closed: binding removed", b.key, b.aor)

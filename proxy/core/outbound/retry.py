@@ -3,11 +3,10 @@ instance's next live flow is tried."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from proxy.core.context import Branch, ResponseContext
-from proxy.core.effects import Out
+from proxy.core.effects import INFO, Out
 from proxy.core.outbound.flows import DEFAULT_FLOW_ATTEMPTS, flow_alive
 from proxy.core.proxy import forward, routing
 from proxy.policy import Action
@@ -15,7 +14,6 @@ from proxy.policy import Action
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 
 def retry_flow(core: ProxyCore, ctx: ResponseContext, br: Branch, now: float, out: Out) -> bool:
@@ -25,7 +23,7 @@ def retry_flow(core: ProxyCore, ctx: ResponseContext, br: Branch, now: float, ou
     assert t.aor is not None and t.instance is not None and t.binding_key is not None
     core.location.remove(t.aor, t.binding_key)
     core.stats["flows_failed"] += 1
-    log.info("flow %s of %s failed (%s): binding removed", t.binding_key, t.aor,
+    core.note(INFO, "flow %s of %s failed (%s): binding removed", t.binding_key, t.aor,
              br.final_status)
     if not ctx.may_branch:
         return False

@@ -12,7 +12,7 @@ from proxy.core.access import limits
 from proxy.core.context import Branch, BranchState, ContextEvent, ResponseContext
 from proxy.core.effects import Out
 from proxy.core.proxy import final, routing
-from proxy.core.types import Send, Source
+from proxy.core.types import Source
 from proxy.sip import SipMessage
 from proxy.transaction import NonInviteClientTransaction
 
@@ -70,5 +70,4 @@ def cancel_branch(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
     # is reused for that bound; responses.branch_timer ends the branch).
     br.timer_c = now + 64 * core.timers.t1
     txns.schedule(core, br)
-    t, h, p, c = br.dest
-    out.sends.append(Send(t, h, p, data, c))
+    out.sends.append(br.dest.send(data))

@@ -5,8 +5,8 @@ through the proxy closes it, and so does an idle bound (no in-dialog request for
 ``idle`` seconds, Timer C's value). It is the ``dialogs`` gauge ("calls up") and what a
 SIGTERM drain waits for; and a dialog held here vouches for its in-dialog requests when the
 UAS did not copy Record-Route into its 2xx (RFC 3261 12.1.1): such requests carry no Route
-of ours to prove them (:mod:`.trust`), and go only to an upstream or to the registered
-binding the dialog was set up with (:attr:`Dialogs.ends`, :func:`.routing.decide`).
+of ours to prove them (:mod:`~proxy.core.access.trust`), and go only to an upstream or to the registered
+binding the dialog was set up with (:attr:`Dialogs.ends`, :func:`~proxy.core.proxy.routing.decide`).
 """
 
 from __future__ import annotations

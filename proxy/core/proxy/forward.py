@@ -8,14 +8,13 @@ one without state (README "Security defaults").
 from __future__ import annotations
 
 import hashlib
-import logging
 import zlib
 from typing import TYPE_CHECKING
 
 from proxy.core import txns, upstream_targets
 from proxy.core.access.trust import via_dest
 from proxy.core.context import Branch, Response, ResponseContext
-from proxy.core.effects import Out
+from proxy.core.effects import INFO, WARNING, Out
 from proxy.core.proxy import routing
 from proxy.core.types import LocalAddress, Send, Source, Target
 from proxy.sip import SipMessage, rewrite
@@ -24,7 +23,6 @@ from proxy.transaction import InviteClientTransaction, NonInviteClientTransactio
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 #: Requests that may create a dialog, so that the proxy record-routes them (RFC 3261 16.6 step 4).
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
@@ -66,7 +64,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
     if target.transport != "tls" and needs_tls(ctx.live_request.request_uri, target):
         # RFC 3261 26.2.2, RFC 5630 3.1.3: a SIPS request goes over TLS on every hop; no
         # downgrade to UDP or TCP, whatever the target set says.
-        log.info("%s %s: no TLS path to %s:%s/%s for a sips: URI: 480", ctx.method,
+        core.note(INFO, "%s %s: no TLS path to %s:%s/%s for a sips: URI: 480", ctx.method,
                  target.request_uri or ctx.live_request.request_uri, target.host, target.port,
                  target.transport)
         core.stats["sips_without_tls"] += 1
@@ -74,7 +72,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
         return False
     origin = target  # as configured: the upstream a hold-down names
     core.n += 1
-    # The branch proves the transaction (:mod:`.trust`): signed with the time, the method and
+    # The branch proves the transaction (:mod:`~proxy.core.access.trust`): signed with the time, the method and
     # where its responses go, so that a response matching no live transaction is relayed only
     # back to the hop this request came from, and only while it can be an answer to it.
     bid = core.trust.mint_branch(f"z9hG4bK{core.prefix}{ctx.loop_hash}{core.n:x}", ctx.method,
@@ -86,7 +84,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
             data = branch_bytes(core, ctx, target, bid)
             core.stats["udp_to_tcp"] += 1
         elif len(data) > MAX_DATAGRAM:
-            log.warning("%s of %d bytes for %s:%s does not fit a UDP datagram and the next "
+            core.note(WARNING, "%s of %d bytes for %s:%s does not fit a UDP datagram and the next "
                         "hop cannot be reached over TCP: 513", ctx.method, len(data),
                         target.host, target.port)
             core.stats["too_large"] += 1
@@ -154,11 +152,11 @@ def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src:
     target is a registered flow (``via_flow``), the caller's otherwise; and both when a UA
     that is not an upstream or a trusted relay calls a registered binding, so that each
     side's in-dialog requests reach the other over its flow (the proxy relays a UA's
-    in-dialog request by its Request-URI only to an upstream, :func:`.routing.decide`). A
+    in-dialog request by its Request-URI only to an upstream, :func:`~proxy.core.proxy.routing.decide`). A
     request of the dialog that comes from the flow its token names is routed as usual; one
     from the other side goes over that flow, whatever its Request-URI says.
 
-    Each value carries the dialog mark (``;d=``, :mod:`.trust`): a MAC over this request's
+    Each value carries the dialog mark (``;d=``, :mod:`~proxy.core.access.trust`): a MAC over this request's
     Call-ID, its From tag and the value's token, which an in-dialog request must bring back
     for its own Call-ID and tags to be loose-routed (RFC 3261 12.2.2, 16.4).
     """
@@ -168,7 +166,7 @@ def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src:
     if target.via_flow:
         out_tok = core.tokens.token(target.transport, out_local.host, out_local.port,
                                     target.host, target.port, target.conn_id,
-                                    core.cluster.token_node)
+                                    core._cluster.token_node)
         if not trusted_caller:
             in_tok = token_for(core, src, in_local)
     else:
@@ -176,7 +174,7 @@ def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src:
         if target.aor is not None and not trusted_caller:
             out_tok = core.tokens.token(target.transport, out_local.host, out_local.port,
                                         target.host, target.port, target.conn_id,
-                                        core.cluster.token_node)
+                                        core._cluster.token_node)
     call_id, tag = msg.call_id, msg.from_tag or ""
     mark = core.trust.mint_mark
     if in_local == out_local and not (in_tok and out_tok):
@@ -194,7 +192,7 @@ def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src:
 def token_for(core: ProxyCore, src: Source, local: LocalAddress) -> str:
     """The flow token (RFC 5626 5.2) of the flow ``src`` reached ``local`` over."""
     return core.tokens.token(src.transport, local.host, local.port, src.host, src.port,
-                             src.conn_id, core.cluster.token_node)
+                             src.conn_id, core._cluster.token_node)
 
 
 def tp(local: LocalAddress) -> str:
@@ -222,7 +220,7 @@ def local_for_source(core: ProxyCore, src: Source) -> LocalAddress:
 
 def signed_branch(core: ProxyCore, base: str) -> str:
     """A branch of a request that no response is relayed for (an upstream probe,
-    :mod:`.probe`): ``base`` and a keyed MAC of it (BLAKE2s, 40 bits)."""
+    :mod:`~proxy.core.probe`): ``base`` and a keyed MAC of it (BLAKE2s, 40 bits)."""
     mac = hashlib.blake2s(base.encode(), key=core.branch_key, digest_size=5).hexdigest()
     return f"{base}.{mac}"
 
@@ -233,10 +231,10 @@ def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.Rout
 
     An ACK names its next hop only when it comes from a trusted source (an upstream, a
     trusted relay), or is proven to be of a dialog through this proxy (a Route value of ours
-    whose dialog mark verifies for its Call-ID and tags, :mod:`.trust`), or is of a dialog the
-    proxy holds (:mod:`.dialogs`: the UAS did not copy Record-Route into its 2xx, RFC 3261
+    whose dialog mark verifies for its Call-ID and tags, :mod:`~proxy.core.access.trust`), or is of a dialog the
+    proxy holds (:mod:`~proxy.core.proxy.dialogs`: the UAS did not copy Record-Route into its 2xx, RFC 3261
     12.1.1, so the ACK has no Route). A UA's ACK goes to an upstream or a registered binding
-    only (:func:`.routing.decide`); a stranger's is dropped, counted against its source's
+    only (:func:`~proxy.core.proxy.routing.decide`); a stranger's is dropped, counted against its source's
     rate (no open relay)."""
     trusted = routing.trusted_source(core, src)
     proven = not trusted and routing.prove(core, msg, prep)
@@ -246,7 +244,7 @@ def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.Rout
             core.stats["rate_limited"] += 1
             core.refusals.note("rate", src.host, now)
         elif core.refusals.note("relay", src.host, now):
-            log.warning("dropped ACK %s from %s:%s: not of a dialog through this proxy",
+            core.note(WARNING, "dropped ACK %s from %s:%s: not of a dialog through this proxy",
                         msg.request_uri, src.host, src.port)
         return None
     core.dialogs.on_request(msg, now)
@@ -254,7 +252,7 @@ def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.Rout
     if isinstance(decision, routing.Forward) and decision.groups and decision.groups[0]:
         return decision.groups[0][0]
     if isinstance(decision, routing.Refuse) and core.refusals.note(decision.why, src.host, now):
-        log.warning("dropped ACK %s from %s:%s (%s): %s", msg.request_uri, src.host, src.port,
+        core.note(WARNING, "dropped ACK %s from %s:%s (%s): %s", msg.request_uri, src.host, src.port,
                     decision.why, decision.detail)
     return None
 
@@ -262,7 +260,7 @@ def ack_target(core: ProxyCore, msg: SipMessage, src: Source, prep: routing.Rout
 def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> None:
     """RFC 3261 17.2.1: the ACK for a non-2xx final ends at this hop; the ACK for a 2xx is end
     to end (13.2.2.4) and is forwarded statelessly (16.11). The ACK for a final response the
-    proxy sent statelessly (a refusal, :func:`.txns.refuse`) carries the proxy's own To tag
+    proxy sent statelessly (a refusal, :func:`~proxy.core.txns.refuse`) carries the proxy's own To tag
     and ends here too."""
     entry = core.table.find_server(msg, "INVITE")
     if entry is not None and entry.txn.state is not txns.ACCEPTED:

@@ -1,5 +1,5 @@
-"""Learned routes: Request-URI rewrites learned from redirects (:mod:`.redirects`), held on the
-core's clock and read by the router (:mod:`.routing`)."""
+"""Learned routes: Request-URI rewrites learned from redirects (:mod:`~proxy.core.proxy.redirects`), held on the
+core's clock and read by the router (:mod:`~proxy.core.proxy.routing`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def learned_uri(core: ProxyCore, ruri: str, now: float) -> str | None:
     """The Request-URI after learned rewrites, chains followed at most 8 hops."""
-    learned = core.learned
+    learned = core._learned
     seen = {ruri}
     current = ruri
     for _ in range(8):

@@ -8,11 +8,10 @@ the runtime calls back ``ProxyCore.on_persisted``.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from proxy.core.context import Branch, ContextEvent, ResponseContext
-from proxy.core.effects import Out, StoreWrite
+from proxy.core.effects import ERROR, INFO, WARNING, Out, StoreWrite
 from proxy.core.proxy import final, forward, routing
 from proxy.core.proxy.final import no_headers
 from proxy.core.types import Source, Target
@@ -27,7 +26,6 @@ from proxy.store.base import LearnedRoute
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 
 def redirect(
@@ -43,14 +41,15 @@ def redirect(
     """
     guard = core.guard
     if src is not None and guard is not None and not guard.source_trusted(src.host) and not (
-            guard.trust_upstreams and (src.host, src.port) in core.upstream_addrs):
-        log.warning("%s from %s:%s not followed: untrusted source (redirects.trusted_sources)",
+            guard.trust_upstreams and (src.host, src.port) in core._upstream_addrs):
+        core.note(WARNING, "%s from %s:%s not followed: untrusted source "
+                  "(redirects.trusted_sources)",
                     status, src.host, src.port)
         core.stats["redirects_refused"] += 1
         core.metrics.redirects["refused"] += 1
         return False
     if ctx.redirects >= decision.max_redirects:
-        log.info("%s not followed: max_redirects %d reached (Call-ID %s)", status,
+        core.note(INFO, "%s not followed: max_redirects %d reached (Call-ID %s)", status,
                  decision.max_redirects, ctx.live_request.call_id)
         return False
     chosen = _usable_contacts(core, ctx, msg)
@@ -74,14 +73,14 @@ def redirect(
         # a forked user, or one link of a chain (A->B, then B->C), not the whole user.
         old = br.target.request_uri or ctx.live_request.request_uri
         new = str(chosen[0][1])
-        wall = now + core.wall_offset
+        wall = now + core._wall_offset
         route = LearnedRoute(old, new, f"{src.host}:{src.port}", ctx.live_request.call_id,
                              status, wall, wall + ttl)
-        core.learned[old] = (new, now + ttl)
+        core._learned[old] = (new, now + ttl)
         out.write(StoreWrite(route, ctx))
         core.metrics.redirects["learned"] += 1
         ctx.fire(ContextEvent.STORE_WRITE)  # acted on once the write is durable
-        log.info("learned %s -> %s for %d s from %s:%s (%s)", old, new, ttl, src.host,
+        core.note(INFO, "learned %s -> %s for %d s from %s:%s (%s)", old, new, ttl, src.host,
                  src.port, status)
         return True
     return forward.next_group(core, ctx, now, out)
@@ -105,7 +104,7 @@ def _usable_contacts(
             continue
         reason = guard.check_target(u) if guard is not None else None
         if reason is not None:
-            log.warning("redirect to %s refused: %s", text, reason)
+            core.note(WARNING, "redirect to %s refused: %s", text, reason)
             core.stats["redirects_refused"] += 1
             core.metrics.redirects["refused"] += 1
             continue
@@ -134,7 +133,7 @@ def persisted(core: ProxyCore, ctx: ResponseContext, ok: bool, now: float, out: 
     """The learned route of ``ctx`` was written (or the write failed): go on."""
     ctx.fire(ContextEvent.STORED)
     if not ok:
-        log.error("learned route for %s could not be stored; following it anyway",
+        core.note(ERROR, "learned route for %s could not be stored; following it anyway",
                   ctx.live_request.request_uri)
     if ctx.final_sent:
         return

@@ -12,7 +12,6 @@ forwarded statelessly when it is ours (16.11) and dropped otherwise (18.1.2).
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ from proxy.core.context import (
     Response,
     ResponseContext,
 )
-from proxy.core.effects import Out
+from proxy.core.effects import DEBUG, WARNING, Out
 from proxy.core.observe.metrics import rule_name
 from proxy.core.outbound import retry
 from proxy.core.proxy import cancel, final, forward, redirects, steer
@@ -38,7 +37,6 @@ from proxy.transaction import Retransmit, SendAck, Terminated, Timeout
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 
 class Outcome(enum.Enum):
@@ -58,11 +56,11 @@ class Outcome(enum.Enum):
 
 def own_branch(msg: SipMessage) -> str | None:
     """The branch of the top Via when it reads as this proxy writes its own (``;branch=
-    z9hG4bK...`` as written by :mod:`.forward`, up to the first comma: the first value of a
+    z9hG4bK...`` as written by :mod:`~proxy.core.proxy.forward`, up to the first comma: the first value of a
     line that joins several; a comma in a quoted string of another's Via only spoils the
     key), found without parsing the Via;
     None otherwise. Only a lookup key: a response is matched only if a client transaction
-    has that branch (unguessable, signed: :mod:`.trust`), and anything else is matched
+    has that branch (unguessable, signed: :mod:`~proxy.core.access.trust`), and anything else is matched
     through the fully parsed Via."""
     value = msg.get("via")
     if value is None:
@@ -127,11 +125,9 @@ def client_effects(
         if isinstance(e, SendAck):
             ack = txns.build_hop_request(br, "ACK", msg)
             br.txn.set_ack(ack)
-            t, h, p, c = br.dest
-            out.sends.append(Send(t, h, p, ack, c))
+            out.sends.append(br.dest.send(ack))
         elif isinstance(e, Retransmit):
-            t, h, p, c = br.dest
-            out.sends.append(Send(t, h, p, e.data, c, br))
+            out.sends.append(br.dest.send(e.data, br))
         elif isinstance(e, Timeout):
             if br.state is BranchState.PENDING:
                 # RFC 5626 5.3: no answer over a flow named by a token: the flow failed (430)
@@ -252,8 +248,8 @@ def _act(
     ctx.responses.append(Response(status, msg, decision))
     action = decision.action
     core.metrics.decisions[(rule_name(decision.rule), decision.verb)] += 1
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("decision Call-ID %s: %s from %s:%s -> %s", ctx.live_request.call_id,
+    if core.debug:
+        core.note(DEBUG, "decision Call-ID %s: %s from %s:%s -> %s", ctx.live_request.call_id,
                   status, br.target.host, br.target.port, decision.describe())
     if ctx.cancelled:
         pass
@@ -297,8 +293,8 @@ def _act(
 def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> Send | None:
     """RFC 3261 16.7 / 16.11, RFC 6026 7.2: a 1xx or 2xx matching no live client transaction
     is forwarded statelessly to its second Via only when its top Via is this proxy's and its
-    branch proves a transaction (:mod:`.trust`): minted by this proxy for the response's CSeq
-    method and for the hop the second Via names, at most :func:`.trust.branch_lifetime` ago.
+    branch proves a transaction (:mod:`~proxy.core.access.trust`): minted by this proxy for the response's CSeq
+    method and for the hop the second Via names, at most :func:`~proxy.core.access.trust.branch_lifetime` ago.
     Anything else is dropped (RFC 3261 18.1.2), counted (``bad_messages_total`` reason
     ``forged_response`` or ``stale_response``) and logged once a minute per source: relaying
     it would make the proxy a reflector toward whatever host the second Via names."""
@@ -316,7 +312,7 @@ def stateless_response(core: ProxyCore, msg: SipMessage, src: Source, now: float
         core.metrics.bad[why + "_response"] += 1
         core.stats["responses_dropped"] += 1
         if core.refusals.note(why + "_response", src.host, now):
-            log.warning("dropped %s %s from %s:%s: its top Via names this proxy with a branch "
+            core.note(WARNING, "dropped %s %s from %s:%s: its top Via names this proxy with a branch "
                         "%s; counted, logged once a minute per source", msg.status, method,
                         src.host, src.port,
                         "that is not of a transaction of this method toward its second Via"

@@ -2,7 +2,7 @@
 groups and richer rules"): :func:`route` picks the first route that holds for the request's
 Request-URI, From and To users, its packet's source (the address, never a header, and the
 groups with an upstream there), its headers and the time (the core's clock plus
-``core.wall_offset``: sans-IO, no clock read), and the route's group's usable upstreams
+``core._wall_offset``: sans-IO, no clock read), and the route's group's usable upstreams
 (drained or downed by an operator left out; then probed or held down left out, all of those
 down: all). :mod:`.steer` applies the rest of the policy.
 """
@@ -76,7 +76,7 @@ def source_groups(core: ProxyCore, resolved: Mapping[str, Iterable[str]]
 
 def wall(core: ProxyCore, now: float) -> float:
     """The wall time (Unix seconds) at the core's ``now``."""
-    return now + core.wall_offset
+    return now + core._wall_offset
 
 
 def route(core: ProxyCore, msg: SipMessage, src: Source, now: float, *,
@@ -84,7 +84,7 @@ def route(core: ProxyCore, msg: SipMessage, src: Source, now: float, *,
     """Where a new initial request goes. ``match_routes``: the first route of the policy that
     holds, None when none does (the caller goes on with its routing order); otherwise the
     first group (no route matched). None too when the group has no upstream."""
-    policy = core.policy
+    policy = core._policy
     view: RequestView | None = None
     if match_routes or policy.needs_request:
         view = request_view(core, policy, msg, src)

@@ -8,11 +8,11 @@ registrar. It sends nothing.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from proxy.core import shared
 from proxy.core.access.trust import DIALOG_PARAM, branch_lifetime, via_dest
+from proxy.core.effects import INFO
 from proxy.core.outbound import flows as outbound
 from proxy.core.outbound import reach
 from proxy.core.proxy import routes
@@ -31,7 +31,6 @@ from proxy.sip import (
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, MESSAGE, SUBSCRIBE, NOTIFY, REFER"
 
@@ -137,7 +136,7 @@ def preprocess_routes(core: ProxyCore, msg: SipMessage) -> RoutePrep:
 def prove(core: ProxyCore, msg: SipMessage, prep: RoutePrep) -> bool:
     """Whether ``msg`` is an in-dialog request (a To tag, RFC 3261 12.2) of a dialog that this
     proxy record-routed: a Route value of ours it carries has a dialog mark minted for its own
-    Call-ID and one of its tags (:mod:`.trust`). Sets ``prep.vouched`` to the flow token of a
+    Call-ID and one of its tags (:mod:`~proxy.core.access.trust`). Sets ``prep.vouched`` to the flow token of a
     value that verified: the only token such a request may use (RFC 5626 5.3)."""
     marks = prep.marks
     if not marks:
@@ -161,7 +160,7 @@ def decide(core: ProxyCore, msg: SipMessage, src: Source, prep: RoutePrep, now: 
     vouches for the request: ``trusted`` (its packet came from an upstream or a trusted relay,
     :func:`trusted_source`), ``proven`` (an in-dialog request with a dialog mark of ours for its
     Call-ID and tags, :func:`prove`), ``held`` (the key of a dialog the proxy holds that it did
-    not record-route, :mod:`.dialogs`).
+    not record-route, :mod:`~proxy.core.proxy.dialogs`).
 
     A flow token (RFC 5626 5.3) is honoured only from a trusted source (or another proxy of
     the shared state) or for a proven request (then only a token whose mark verified); any
@@ -256,7 +255,7 @@ def may_relay(core: ProxyCore, target: Target, uri: SipUri | AbsoluteUri) -> boo
     trusted relay (README "Security defaults"), or a host a redirect may lead a call to
     (``redirects.allow_targets``, by default the upstreams' hosts and ``domains``: a dialog
     set up through a followed 3xx has its peer there, RFC 3261 16.5)."""
-    if (target.host, target.port) in core.upstream_addrs:
+    if (target.host, target.port) in core._upstream_addrs:
         return True
     if target.host in core.settings.trusted_relays:
         return True
@@ -268,7 +267,7 @@ def peer_source(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> bo
     """Whether ``msg`` was forwarded by another proxy of the shared state (RFC 5626 5: it hands
     this node the requests for the flows this node holds, with their tokens): its top Via
     names the address the packet came from (or an announced node's) and not this proxy, and
-    carries a branch that only a proxy with this one's key mints (:mod:`.trust`), fresh, for
+    carries a branch that only a proxy with this one's key mints (:mod:`~proxy.core.access.trust`), fresh, for
     this method and for the hop below it. A Via of a node copied from a request the proxy
     forwarded (a UA sees them) does not pass from the UA's own address. Checked only for a
     request with a flow token of ours that nothing else vouches for."""
@@ -280,7 +279,7 @@ def peer_source(core: ProxyCore, msg: SipMessage, src: Source, now: float) -> bo
     if sent_by in core.ours:
         return False
     if sent_by[0] != src.host and not any(
-            host == src.host for entries in core.cluster.peers.values()
+            host == src.host for entries in core._cluster.peers.values()
             for _, host, _ in entries):
         return False
     method = msg.method
@@ -294,7 +293,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, src: Source, trusted: bool
     policy that matches (an initial request), the Request-URI of a trusted source, the
     upstream group of the policy's route (none matches: the first group)."""
     uri = msg.uri
-    learned = learned_uri(core, msg.request_uri, now) if core.learned else None
+    learned = learned_uri(core, msg.request_uri, now) if core._learned else None
     if learned is not None:
         # A permanent rewrite learned from a 301 replaces the Request-URI (docs/BEHAVIOUR.md, routing).
         uri = parse_uri(learned)
@@ -317,7 +316,7 @@ def _by_request_uri(core: ProxyCore, msg: SipMessage, src: Source, trusted: bool
         assert target is not None
         return Forward([[target]])
     initial = msg.to_tag is None
-    if initial and core.policy.routes:
+    if initial and core._policy.routes:
         # A route of the policy that matches names the group, whoever sent the request (a
         # carrier's call routed by its source to the PBX; README "Routes").
         routed = routes.route(core, msg, src, now, match_routes=True)
@@ -367,7 +366,7 @@ def flow_target(core: ProxyCore, token: str, src: Source) -> Target | int | None
     flow = core.tokens.decode(token)
     if flow is None:
         return 403
-    if flow.node is not None and flow.node != core.cluster.node:
+    if flow.node is not None and flow.node != core._cluster.node:
         # Minted by another proxy of the shared state: that node holds the flow (RFC 5626 5).
         relay = shared.to_node(core, token, flow)
         return 430 if relay is None else relay
@@ -404,7 +403,7 @@ def is_local_uri(core: ProxyCore, uri: SipUri | AbsoluteUri) -> bool:
 def trusted_source(core: ProxyCore, src: Source) -> bool:
     """README "Security defaults": an upstream (by the packet's source address and port, or the
     connection the proxy opened to it) or a ``trusted_relays`` host; never by Via."""
-    return ((src.host, src.port) in core.upstream_addrs
+    return ((src.host, src.port) in core._upstream_addrs
             or src.host in core.settings.trusted_relays)
 
 
@@ -421,7 +420,7 @@ def binding_groups(core: ProxyCore, bindings: list[Binding], now: float) -> list
     plain: list[Binding] = []
     for b in bindings:
         if b.reg_id is not None and not outbound.flow_alive(core, b, now):
-            log.info("flow %s of %s silent for over %d s: binding removed", b.key, b.aor,
+            core.note(INFO, "flow %s of %s silent for over %d s: binding removed", b.key, b.aor,
                      2 * outbound.FLOW_TIMER + 10)
             core.location.remove(b.aor, b.key)
             continue
@@ -451,7 +450,7 @@ def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None
         if via is not None:
             return via
     ruri = b.uri.split("?", 1)[0]  # RFC 3261 19.1.5: no headers in a Request-URI
-    learned = learned_uri(core, ruri, now) if core.learned else None
+    learned = learned_uri(core, ruri, now) if core._learned else None
     if learned is not None:
         # This binding answered 301 before: only it goes to its new address (docs/BEHAVIOUR.md, routing).
         core.stats["learned_routes_applied"] += 1

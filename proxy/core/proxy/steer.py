@@ -5,7 +5,7 @@ rules"), exactly as :mod:`proxy.policy.simulate` models them (a policy file's ``
 run through this core agree with ``check``: tests/unit/test_core_policy_agree.py).
 
 Sans-IO: the wall time a route or rule matches on is the core's clock plus
-``core.wall_offset`` (the runtime's difference between the two); no clock is read here.
+``core._wall_offset`` (the runtime's difference between the two); no clock is read here.
 
 - :mod:`.routes` picks the group of a new initial request (:meth:`Policy.route`);
   :func:`begin` arms its route's ``no_answer`` timer.
@@ -84,7 +84,7 @@ def decide(core: ProxyCore, ctx: ResponseContext, br: Branch, status: int,
     if decision.hold_down and br.upstream is not None:
         seconds = decision.hold_for(msg.get("retry-after") if msg is not None else None)
         if seconds > 0:
-            core.prober.hold(br.upstream, seconds, now)
+            core.prober.hold(core, br.upstream, seconds, now)
             core.stats["policy_hold_down"] += 1
     return decision
 

@@ -14,12 +14,11 @@ changes nothing."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from proxy.core import txns
 from proxy.core.context import ResponseContext, ServerEntry
-from proxy.core.effects import Out
+from proxy.core.effects import INFO, WARNING, Out
 from proxy.core.outbound import flows as outbound
 from proxy.core.proxy import forward, routing
 from proxy.core.registrar.digest import AuthOutcome, may_register
@@ -36,7 +35,6 @@ from proxy.sip import ParseError, SipMessage, SipUri, unescape
 if TYPE_CHECKING:
     from proxy.core.core import ProxyCore
 
-log = logging.getLogger("proxy.core")
 
 
 def _outbound_reg(msg: SipMessage) -> bool:
@@ -63,7 +61,7 @@ def local_register(
                                room=room_for(core, user, now))
     except RegistrarError as exc:
         if exc.status == 403 and core.refusals.note("registrar_limit", src.host, now):
-            log.warning("REGISTER for %s from %s:%s refused: %s", msg.get("to"), src.host,
+            core.note(WARNING, "REGISTER for %s from %s:%s refused: %s", msg.get("to"), src.host,
                         src.port, exc.reason)
         txns.respond(core, entry, msg, exc.status, now, out, reason=exc.reason,
                      headers=exc.headers)
@@ -225,9 +223,9 @@ def learn_bindings(core: ProxyCore, ctx: ResponseContext, msg: SipMessage, now: 
             room -= 1
             location.save(b)
         if dropped and core.refusals.note("registrar_limit", ctx.source.host, now):
-            log.warning("registrar_max_bindings (%d) reached: %d binding(s) of %s from the "
+            core.note(WARNING, "registrar_max_bindings (%d) reached: %d binding(s) of %s from the "
                         "registrar's 2xx not kept; counted, logged once a minute",
                         s.registrar_max_bindings, dropped, aor)
     except (ParseError, RegistrarError) as exc:
-        log.info("could not learn bindings from REGISTER 2xx: %s", exc)
+        core.note(INFO, "could not learn bindings from REGISTER 2xx: %s", exc)
     schedule_expiry(core)

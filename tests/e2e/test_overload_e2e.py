@@ -1,0 +1,75 @@
+"""Overload control on a running proxy driven past its bound by real load (README
+"Overload control"): ``limits.max_transactions`` small, sipp placing calls faster than the
+transactions expire. The excess INVITEs get ``503`` with ``Retry-After`` (RFC 3261 21.5.4)
+and reach nobody; the calls admitted complete, their in-dialog BYEs served while the proxy
+refuses new calls; one log line starts the episode and one ends it with the count.
+
+T1 is 50 ms here so that a transaction is held 64*T1 = 3.2 s (RFC 3261 17.1.2.2 Timer F,
+17.2.1 Timer L): the episode ends a few seconds after the load stops.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import ProxyProcess, Sipp, free_port, traced
+
+pytestmark = pytest.mark.e2e
+ProxyFactory = Callable[..., ProxyProcess]
+OVERLOAD_UAC = Path(__file__).resolve().parents[2] / "bench" / "uac_rr_overload.xml"
+CALLS = 300
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+
+
+def stamp(line: str) -> float:
+    m = _STAMP.match(line)
+    assert m is not None, line
+    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+async def test_past_max_transactions_new_calls_get_503_and_admitted_calls_complete(
+        proxy_factory: ProxyFactory, sipp: Sipp) -> None:
+    pbx_port = free_port()
+    proxy = proxy_factory(upstreams=[f"sip:127.0.0.1:{pbx_port}"], timers={"t1_ms": 50},
+                          limits={"max_transactions": 40, "overload_lag_ms": 0})
+    pbx = await sipp.uas("uas_answer.xml", port=pbx_port, timeout=60, name="pbx")
+    mark = proxy.mark()
+    # 300 calls at 100/s, each admitted one up for 1.5 s: its BYE comes while new calls
+    # are still being refused
+    caller = await sipp.uac(str(OVERLOAD_UAC), proxy.addr, calls=CALLS, rate=100, limit=CALLS,
+                            duration_ms=1500, timeout=60, name="caller")
+    result = await caller.wait()
+    assert result.returncode == 0 and not result.timed_out, result.describe()
+    refused = int(result.counters["refused(C)"])
+    completed = int(result.counters["completed(C)"])
+    assert refused + completed == CALLS, result.describe()
+    assert completed >= 20 and refused >= CALLS // 3, result.describe()
+    start = await proxy.await_log("overload: ", since=mark)
+    assert "transactions held (bound 40)" in start
+    end = await proxy.await_log("overload over after", timeout=20, since=mark)
+    assert re.search(rf"\b{refused} new INVITEs and REGISTERs refused", end), end
+    assert len([ln for ln in proxy.lines()[mark:] if "overload" in ln]) == 2
+    # every 503 carries Retry-After; nothing refused reached the PBX
+    got = traced(result)
+    unavailable = [t.msg for t in got if t.direction == "received" and t.msg.status == 503]
+    assert len(unavailable) >= refused
+    assert all(m.get("retry-after") in ("2", "3", "4", "5") for m in unavailable)
+    await pbx.stop(grace=3.0)
+    at_pbx = traced(pbx)
+    invites = {t.msg.call_id for t in at_pbx if t.direction == "received"
+               and t.msg.method == "INVITE"}
+    assert len(invites) == completed
+    assert not invites & {m.call_id for m in unavailable}
+    # BYEs of admitted calls reached the PBX during the episode, and were answered
+    during = [t for t in at_pbx if t.direction == "received" and t.msg.method == "BYE"
+              and stamp(start) < t.at < stamp(end)]
+    assert during, (stamp(start), stamp(end))
+    byes_ok = {t.msg.call_id for t in got if t.direction == "received" and t.msg.status == 200
+               and t.msg.cseq[1] == "BYE"}
+    assert {t.msg.call_id for t in during} <= byes_ok
+    proxy.assert_alive()

@@ -12,16 +12,10 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Final, NamedTuple
 
-from proxy.core.types import Source, Target
+from proxy.core.types import Dest, Source, Target
 from proxy.policy import Decision, Policy, RequestView, Route
 from proxy.sip import SipMessage
 from proxy.transaction import ClientTransaction, ServerTransaction
-
-#: where a transaction's messages go, as :class:`proxy.core.types.Dest` names it
-#: (transport, host, port, conn_id), kept as a plain tuple: the cyclic collector stops
-#: tracking a tuple of atoms, so the address of every call in flight costs its full passes
-#: nothing (``proxy.runtime.memory``); a NamedTuple is always tracked
-Addr = tuple[str, str, int, "int | None"]
 
 
 class BranchState(Enum):
@@ -54,7 +48,7 @@ class Branch:
 
     def __init__(
         self, ctx: ResponseContext, branch_id: str, target: Target, txn: ClientTransaction,
-        data: bytes, dest: Addr,
+        data: bytes, dest: Dest,
     ) -> None:
         self.ctx = ctx
         self.branch_id = branch_id
@@ -89,7 +83,7 @@ class ServerEntry:
     __slots__ = ("key", "txn", "ctx", "reply", "deadline", "request", "started", "conn")
 
     def __init__(
-        self, key: str, txn: ServerTransaction, reply: Addr,
+        self, key: str, txn: ServerTransaction, reply: Dest,
         request: SipMessage | None = None, started: float = 0.0,
     ) -> None:
         self.key = key

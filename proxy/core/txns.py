@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from proxy.core.context import Addr, Branch, ResponseContext, ServerEntry
+from proxy.core.context import Branch, ResponseContext, ServerEntry
 from proxy.core.effects import WARNING, Out
 from proxy.core.observe import metrics as observe
 from proxy.core.types import Dest, Send, Source
@@ -36,15 +36,14 @@ _TERMINATED: Final = TransactionState.TERMINATED
 ACCEPTED: Final = TransactionState.ACCEPTED
 
 
-def reply_dest(core: ProxyCore, msg: SipMessage, src: Source) -> Addr:
-    """RFC 3261 18.2.2 and RFC 3581: where responses to this request go (transport, host,
-    port, conn_id as :class:`Dest` names them; a plain tuple: :data:`Addr`)."""
+def reply_dest(core: ProxyCore, msg: SipMessage, src: Source) -> Dest:
+    """RFC 3261 18.2.2 and RFC 3581: where responses to this request go."""
     if src.transport != "udp":
-        return (src.transport, src.host, src.port, src.conn_id)
+        return Dest(src.transport, src.host, src.port, src.conn_id)
     via = msg.top_via
     if core.settings.force_rport or via.rport is not None:
-        return ("udp", src.host, src.port, None)
-    return ("udp", src.host, via.port or 5060, None)
+        return Dest("udp", src.host, src.port, None)
+    return Dest("udp", src.host, via.port or 5060, None)
 
 
 def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: float) -> ServerEntry:

@@ -180,11 +180,11 @@ def test_a_held_call_costs_a_bounded_number_of_bytes_and_tracked_objects() -> No
     no response (Accepted absorbs INVITE retransmissions, the TU sends each further 2xx);
     only a non-INVITE server transaction in Completed keeps its final, for a retransmitted
     request. A settled context shares empty containers; a queued far timer is a tuple of
-    numbers, an address a plain tuple. Measured 2026-12-07 (pure build, this flow): 8,200
-    bytes and 39 tracked objects per call before, 4,990 bytes and 25 after (the harness's
+    numbers. Measured 2026-12-07 (pure build, this flow): 8,200 bytes and 39 tracked
+    objects per call before, 4,960 bytes and 29 after (the harness's
     idle clock pours its far timers into the heap early: under load they wait in buckets,
     and bench/replay.py --hold 20000 --rate 800 measures 8,938 bytes and 37 objects before,
-    4,634 and 13.8 after); the bounds
+    4,602 and 17.8 after); the bounds
     leave a margin over the latter and fail on the former."""
     h = Harness.make()
     held_calls(h, 0, 50)  # warm: caches, interned names, table growth
@@ -207,7 +207,7 @@ def test_a_held_call_costs_a_bounded_number_of_bytes_and_tracked_objects() -> No
     assert h.core.active_transactions == 4 * HELD  # INVITE and BYE, server and client
     per_call = grown / HELD
     assert per_call < 6_500, f"{per_call:.0f} bytes per held call"
-    assert per_call_objects < 30, f"{per_call_objects:.1f} tracked objects per held call"
+    assert per_call_objects < 34, f"{per_call_objects:.1f} tracked objects per held call"
     assert all(not c for c in SETTLED_EMPTY)  # nothing grew the shared empty containers
 
 

@@ -62,7 +62,7 @@ def cancel_branch(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
         br.cancel_wanted = True  # RFC 3261 9.1: wait for a provisional response
         return
     data = txns.build_hop_request(br, "CANCEL", None)
-    reliable = br.dest[0] != "udp"
+    reliable = br.dest.transport != "udp"
     br.cancel_txn = NonInviteClientTransaction(data, reliable=reliable, now=now,
                                                timers=core.timers)
     core.table.add_cancel(br)

@@ -56,6 +56,10 @@ REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SIPP = "/usr/bin/sipp"
 READY_LINE = "sip-policy-proxy ready"
+#: seconds a proxy has to say it is ready: about 1 s on an idle machine; the bound is for a
+#: machine whose two cores also build the compiled extensions or run other suites (seen: over
+#: 10 s for the pure build there)
+READY_TIMEOUT = 30.0
 
 # The policy every e2e proxy runs unless a test gives its own (first match wins): the shipped
 # policies/default.yaml's actions on the statuses the tests use, plus retry_flows on 430.
@@ -258,7 +262,7 @@ class ProxyProcess:
         *,
         port: int | None = None,
         policy_text: str | None = DEFAULT_POLICY,
-        ready_timeout: float = 10.0,
+        ready_timeout: float = READY_TIMEOUT,
         command: Sequence[str] | None = None,
         **config: Any,
     ) -> ProxyProcess:
@@ -278,7 +282,8 @@ class ProxyProcess:
         self.start(ready_timeout, command)
         return self
 
-    def start(self, ready_timeout: float = 10.0, command: Sequence[str] | None = None) -> None:
+    def start(self, ready_timeout: float = READY_TIMEOUT,
+              command: Sequence[str] | None = None) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env.setdefault("PYTHONUNBUFFERED", "1")

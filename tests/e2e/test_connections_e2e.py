@@ -279,7 +279,9 @@ async def test_rss_returns_after_many_half_open_tls_handshakes(
             peak = max(peak, rss_kib(pid))
             await asyncio.sleep(0.1)  # RSS sampled while the handshakes are held
         peak = max(peak, rss_kib(pid))
-        assert peak - idle > 30_000, (idle, peak)  # the attack did cost memory (KiB)
+        # The attack did cost memory (KiB): some 10 KB to 25 KB a handshake answered, how
+        # many of the 2,000 are answered before the first times out depends on the machine.
+        assert peak - idle > 10_000, (idle, peak)
         await proxy.await_log("whose TLS handshake did not end in 1 s", timeout=10)
         end = loop.time() + 20
         while rss_kib(pid) > 1.2 * idle and loop.time() < end:

@@ -6,6 +6,14 @@ feeds ProxyCore the messages sipp's uac_rr.xml and uas_rr.xml exchange through t
 core spends its time per call without sipp, the kernel or the event loop in the picture.
 
     .venv/bin/python bench/replay.py --calls 20000 --profile 25
+
+``--hold N`` measures what calls in flight cost instead: N calls placed at ``--rate`` and
+all still held by their transactions' last timers (Timers J, K, L, M), start-up frozen as
+the runtime freezes it; it prints the bytes (tracemalloc) and the objects the cyclic
+collector tracks per held call, and the pause of one full collection with them held
+(proxy.runtime.memory).
+
+    .venv/bin/python bench/replay.py --hold 25600 --rate 800
 """
 
 from __future__ import annotations
@@ -155,12 +163,49 @@ def run(timed: Timed, first: int, calls: int, rate: int) -> None:
         timed.seconds += time.thread_time() - t0
 
 
+def hold(calls: int, rate: int) -> None:
+    """Place ``calls`` calls and keep them held; print what they cost (see the docstring)."""
+    import tracemalloc
+
+    timed = Timed(make_core())
+    run(timed, 0, 200, rate)  # warm up, then let the warm-up calls expire
+    core = timed.core
+    deadline = core.next_deadline()
+    while deadline is not None and deadline <= 1100.0:
+        core.on_timer(deadline)
+        deadline = core.next_deadline()
+    gc.collect()
+    gc.freeze()
+    tracked = len(gc.get_objects())
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    run(timed, 200 * rate, calls, rate)  # from 1200.0 on, the clock moves 1/rate per call, timers fire as due
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    objects = len(gc.get_objects()) - tracked
+    pauses = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        gc.collect()
+        pauses.append(time.perf_counter() - t0)
+    pause = sorted(pauses)[1]  # the median of three
+    print(f"{calls} calls at {rate}/s, {core.active_transactions} transactions held: "
+          f"{grown / calls:.0f} bytes and {objects / calls:.1f} tracked objects per call "
+          f"(tracemalloc, gc.get_objects); a full collection over them: {1000 * pause:.0f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--rate", type=int, default=600, help="calls/s of simulated time")
     ap.add_argument("--profile", type=int, default=0, help="print the top N functions")
+    ap.add_argument("--hold", type=int, default=0,
+                    help="measure N calls held instead (bytes, tracked objects, full pass)")
     args = ap.parse_args()
+    if args.hold:
+        hold(args.hold, args.rate)
+        return
     core = Timed(make_core())
     run(core, 0, 200, args.rate)  # warm up
     core.seconds = 0.0

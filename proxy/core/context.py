@@ -54,7 +54,11 @@ class Branch:
         self.branch_id = branch_id
         self.target = target
         self.txn = txn
-        self.data = data  # the request as forwarded on this branch
+        #: the request as forwarded on this branch, for its CANCEL and its ACK to a non-2xx
+        #: (RFC 3261 9.1, 17.1.1.3); None once its final response arrived and was ACKed
+        #: (:func:`proxy.core.proxy.responses.client_effects`): a call waiting for Timers
+        #: D, K and M keeps no copy of it
+        self.data: bytes | None = data
         self.dest = dest
         self.state = BranchState.PENDING
         self.provisional = False  # RFC 3261 9.1: CANCEL only after a provisional response
@@ -278,8 +282,14 @@ class ResponseContext:
         instead of parsed messages (memory, and the young collections of the garbage
         collector scan far fewer objects, ``proxy.runtime.memory``)."""
         self.request = None
-        self.responses = []
-        self.groups = []
+        # What only a live context reads or grows (new branches, 16.7 steps 4 to 6), swapped
+        # for shared empty ones: nothing adds to them once the final went upstream.
+        self.responses = _NO_RESPONSES
+        self.groups = _NO_GROUPS
+        self.tried = self.recursed = _NO_KEYS
+        self.edits = _NO_EDITS
+        self.append = _NO_LINES
+        self.flow_attempts = _NO_ATTEMPTS
         self.view = None
         if self.timer is not None:
             self.timer.deadline = None  # stale in the timer queue: never fires
@@ -314,6 +324,17 @@ class NoAnswerTimer:
         self.ctx = ctx
         self.group = group
         self.deadline: float | None = deadline
+
+
+#: the shared empty containers of every settled context (:meth:`ResponseContext.settle`);
+#: tests/unit/test_core_memory.py checks that nothing ever adds to them
+_NO_RESPONSES: Final[list[Response]] = []
+_NO_GROUPS: Final[list[list[Target]]] = []
+_NO_KEYS: Final[set[str]] = set()
+_NO_EDITS: Final[dict[int, str | None]] = {}
+_NO_LINES: Final[list[str]] = []
+_NO_ATTEMPTS: Final[dict[str, int]] = {}
+SETTLED_EMPTY: Final = (_NO_RESPONSES, _NO_GROUPS, _NO_KEYS, _NO_EDITS, _NO_LINES, _NO_ATTEMPTS)
 
 
 def select_best(responses: list[Response]) -> Response | None:

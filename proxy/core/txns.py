@@ -210,6 +210,8 @@ def schedule(core: ProxyCore, item: Branch | ServerEntry) -> None:
 
 def build_hop_request(br: Branch, method: str, response: SipMessage | None) -> bytes:
     """CANCEL (RFC 3261 9.1) or ACK for a non-2xx final (17.1.1.3) on one branch."""
+    if br.data is None:
+        raise RuntimeError(f"branch {br.branch_id} let go of its request after its final")
     sent = parse_message(br.data, max_size=1 << 30, max_headers=1 << 16, datagram=True)
     ruri = sent.request_uri
     lines = [f"{method} {ruri} SIP/2.0"]

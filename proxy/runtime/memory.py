@@ -33,13 +33,20 @@ So:
   young generations grow until a pass scans tens of thousands of objects (at 800 calls/s for
   100 s: pauses of 50 to 350 ms every 2 s or so once the first calls expired, a p99 of
   156 ms); a pass every quarter second scans only what a quarter second left alive;
-* and the full pass waits for a quiet moment: it scans every object of every call in flight
-  (some 35 per call still held by its transactions' last timers), and at 800 calls/s held
-  for 32 s that is 900,000 objects and a 930 ms stall (bench/replay.py measure), long
-  enough for every UDP peer to retransmit. So when more than :data:`QUIET_TRANSACTIONS`
-  transactions are held the pass is put off, by :data:`RETRY_INTERVAL` at a time, and
-  logged once per interval; it runs when the load dips (over the calls of 4,000
-  transactions the same replay's pass took 12 ms).
+* and the full pass waits for a quiet moment, but not for ever: it scans every object of
+  every call in flight, and a finished call waiting for its last timers (Timers J, K, L, M)
+  holds 17.8 objects the collector tracks (bench/replay.py --hold 20000 --rate 800, pure
+  build, 2026-12-07; 37 before transactions let go of what they never resend, settled
+  contexts shared empty containers and far timers became tuples of numbers: the pause of a
+  full pass over those 20,000 calls, 64,000 transactions, went from 771 ms to about
+  260 ms, and bytes per call from 8,938 to 4,602). So when more than
+  :data:`QUIET_TRANSACTIONS` transactions are held (about 80 ms of pause) the pass is put
+  off, by
+  :data:`RETRY_INTERVAL` at a time, and logged once per interval; it runs when the load dips,
+  and after :data:`MAX_PUT_OFF` seconds of waiting it runs whatever the load (logged with
+  its pause): a proxy that is never quiet still finds a leaking cycle within the hour, at
+  the price of one pause an hour (a quarter of a second at 800 calls/s, under T1: no peer
+  retransmits for it).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import logging
 import time
 from collections.abc import Callable
 
-__all__ = ["FULL_INTERVAL", "QUIET_TRANSACTIONS", "RETRY_INTERVAL", "YOUNG_INTERVAL", "GcPolicy"]
+__all__ = ["FULL_INTERVAL", "MAX_PUT_OFF", "QUIET_TRANSACTIONS", "RETRY_INTERVAL", "YOUNG_INTERVAL", "GcPolicy"]
 
 log = logging.getLogger("proxy.runtime")
 
@@ -63,8 +70,11 @@ OLD = 1 << 30
 YOUNG_INTERVAL = 0.25
 #: seconds between two full passes
 FULL_INTERVAL = 600.0
-#: a full pass runs only while the core holds at most this many transactions
-QUIET_TRANSACTIONS = 4_000
+#: a full pass runs early only while the core holds at most this many transactions
+#: (at 17.8 tracked objects per call of 3.2 transactions: some 80 ms of pause)
+QUIET_TRANSACTIONS = 20_000
+#: seconds a pass is put off by load at most: then it runs whatever the load
+MAX_PUT_OFF = 3_600.0
 #: seconds between two tries of a pass put off by load
 RETRY_INTERVAL = 30.0
 
@@ -83,7 +93,8 @@ class GcPolicy:
         self.young_passes = 0
         self._handle: asyncio.TimerHandle | None = None
         self._young: asyncio.TimerHandle | None = None
-        self._waiting_since: float | None = None
+        self._waiting_since: float | None = None  # when the last put-off line was logged
+        self._due_since: float | None = None  # when the pass put off now was first due
 
     def start(self) -> None:
         gc.collect()
@@ -99,13 +110,19 @@ class GcPolicy:
         self._young = self.loop.call_later(YOUNG_INTERVAL, self.young_pass)
 
     def due(self) -> int | None:
-        """The full pass if the proxy is quiet enough (its count of unreachable objects), or
-        None when it is put off (and retried in :data:`RETRY_INTERVAL` seconds)."""
+        """The full pass if the proxy is quiet enough or the pass has waited
+        :data:`MAX_PUT_OFF` seconds (its count of unreachable objects), or None when it is
+        put off (and retried in :data:`RETRY_INTERVAL` seconds)."""
         held = self.load()
-        if held <= QUIET_TRANSACTIONS:
-            self._waiting_since = None
-            return self.full_pass()
         now = self.loop.time()
+        if self._due_since is None:
+            self._due_since = now
+        if held <= QUIET_TRANSACTIONS or now - self._due_since >= MAX_PUT_OFF:
+            if held > QUIET_TRANSACTIONS:
+                log.info("garbage collection: full pass put off for %.0f s, runs with %d "
+                         "transactions held", now - self._due_since, held)
+            self._waiting_since = self._due_since = None
+            return self.full_pass()
         if self._waiting_since is None or now - self._waiting_since >= self.interval:
             log.info("garbage collection: full pass put off, %d transactions held (it runs "
                      "at %d or fewer)", held, QUIET_TRANSACTIONS)

@@ -14,10 +14,13 @@ from .states import (
     INVITE_CLIENT_TIMERS,
     NON_INVITE_CLIENT_TABLE,
     NON_INVITE_CLIENT_TIMERS,
+    Event,
     TransactionState,
     response_event,
 )
 from .timers import TimerConfig
+
+_PROVISIONAL = Event.RESP_1XX
 
 __all__ = ["ClientTransaction", "InviteClientTransaction", "NonInviteClientTransaction"]
 
@@ -27,8 +30,11 @@ class ClientTransaction(Transaction):
 
     __slots__ = ("ack", "request")
 
-    request: bytes
-    """The request as sent, resent verbatim by Timers A/E."""
+    request: bytes | None
+    """The request as sent, resent verbatim by Timers A/E; ``None`` once a final response
+    arrived: from Completed and Accepted on nothing resends it (RFC 3261 17.1.1.2 and
+    17.1.2.2: Timers A and E stop; Timers D, K and M only absorb responses), so a branch
+    waiting for them holds no copy of it."""
     ack: bytes | None
     """Client INVITE: the ACK the core built for the non-2xx final (see :meth:`set_ack`)."""
 
@@ -55,7 +61,12 @@ class ClientTransaction(Transaction):
         step = self._TABLE.get((self.state, event))
         if step is None:
             return False, []
-        return step.deliver, self._apply(step, event, now)
+        effects = self._apply(step, event, now)
+        if event is not _PROVISIONAL:
+            # a final: Timers A and E have stopped for good (and their cached effect too)
+            self.request = None
+            self._rtx_effect = None
+        return step.deliver, effects
 
     def set_ack(self, ack: bytes) -> None:
         """Client INVITE: remember the ACK the core sent after :class:`SendAck`, so that the

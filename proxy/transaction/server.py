@@ -21,6 +21,9 @@ from .states import (
 )
 from .timers import TimerConfig
 
+_ACCEPTED = TransactionState.ACCEPTED
+_CONFIRMED = TransactionState.CONFIRMED
+
 __all__ = ["InviteServerTransaction", "NonInviteServerTransaction", "ServerTransaction"]
 
 
@@ -30,7 +33,11 @@ class ServerTransaction(Transaction):
     __slots__ = ("last_response",)
 
     last_response: bytes | None
-    """The last response passed to :meth:`send_response` that the state accepted."""
+    """The last response passed to :meth:`send_response` that the state accepted, while the
+    transaction may still resend it: ``None`` from Accepted and Confirmed on (RFC 6026 7.1: a
+    retransmitted INVITE is absorbed there and the TU sends every further 2xx; RFC 3261
+    17.2.1: Confirmed only absorbs ACKs), so that a call waiting for Timers L and I holds
+    no copy of its final response."""
 
     def __init__(
         self, state: TransactionState, reliable: bool, now: float, timers: TimerConfig, /
@@ -50,8 +57,13 @@ class ServerTransaction(Transaction):
         step = self._TABLE.get((self.state, event))
         if step is None:
             return []
-        self.last_response = data
-        return self._apply(step, event, now)
+        effects = self._apply(step, event, now)
+        if self.state is _ACCEPTED:
+            # Accepted (RFC 6026 7.1) never resends: the TU passes each 2xx again itself
+            self.last_response = self._rtx_effect = None
+        else:
+            self.last_response = data
+        return effects
 
     def accepts(self, status: int) -> bool:
         """Whether the state takes a response with code ``status`` (what :meth:`send_response`
@@ -73,7 +85,11 @@ class ServerTransaction(Transaction):
         Proceeding) the transaction ignores it: the ACK to a 2xx belongs to the TU (RFC 6026
         7.1), and normally carries a new branch anyway, so the core forwards it end to end.
         Non-INVITE server: an ACK never matches one (17.2.3); ignored."""
-        return self._handle(Event.ACK, now)
+        effects = self._handle(Event.ACK, now)
+        if self.state is _CONFIRMED:
+            # Confirmed resends nothing (17.2.1): only Timer I runs
+            self.last_response = self._rtx_effect = None
+        return effects
 
     def _retransmission(self) -> bytes | None:
         return self.last_response

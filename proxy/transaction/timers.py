@@ -180,10 +180,14 @@ class TimerQueue:
     bucket is poured into the heap when the heap has nothing due before it (a two-level timing wheel, as Kamailio's
     tm and the kernel keep). The heap holds about a second of deadlines.
 
-    A queued entry holds its item through a one-element ``slot`` list, emptied the moment the
+    A heap entry holds its item through a one-element ``slot`` list, emptied the moment the
     entry goes stale: a stale entry never keeps its item alive (a branch's 3-minute Timer C
     entry would otherwise hold the whole call, messages and all, for 3 minutes instead of
-    32 seconds).
+    32 seconds). A far entry is the item itself in its bucket (``seq -> item``), and its
+    line in ``_live`` a tuple of numbers (``(deadline, None, bucket, seq)``): no container
+    per entry, so the cyclic garbage collector, which skips a tuple of atoms once it has seen
+    it, scans nothing per queued item but the item (the 32-second timers of every call in
+    flight wait there: ``proxy.runtime.memory``). Its slot is made when its bucket is poured.
 
     Entries are validated on the way out: an entry is live only if its slot still holds the
     item and ``item.deadline`` still equals its deadline. Hence an item is returned at most
@@ -196,14 +200,14 @@ class TimerQueue:
 
     def __init__(self) -> None:
         self._heap: list[_Entry] = []
-        #: id(item) -> (deadline, slot, bucket number or -1 for the heap, seq) of its latest
-        #: entry
-        self._live: dict[int, tuple[float, list[Any], int, int]] = {}
+        #: id(item) -> (deadline, slot or None for a far entry, bucket number or -1 for the
+        #: heap, seq) of its latest entry
+        self._live: dict[int, tuple[float, list[Any] | None, int, int]] = {}
         self._seq = itertools.count()
-        #: bucket number (deadline // BUCKET) -> its entries by seq; every one of them is at
+        #: bucket number (deadline // BUCKET) -> its items by seq; every one of them is at
         #: or after ``_edge``, and an entry made stale by :meth:`schedule` leaves its bucket
         #: at once (a stale far entry is never kept: Timer C's 3 minutes, for every call)
-        self._far: dict[int, dict[int, _Entry]] = {}
+        self._far: dict[int, dict[int, Any]] = {}
         self._far_keys: list[int] = []  # a heap of the bucket numbers in ``_far``
         self._far_count = 0
         self._edge = -math.inf
@@ -217,8 +221,10 @@ class TimerQueue:
         if current is not None:
             if current[0] == deadline:
                 return  # already queued for exactly this deadline
-            current[1][0] = None  # that entry is stale now: it lets go of the item
-            if current[2] >= 0:
+            old_slot = current[1]
+            if old_slot is not None:
+                old_slot[0] = None  # that heap entry is stale now: it lets go of the item
+            else:
                 old_bucket = self._far.get(current[2])  # None: poured into the heap since
                 if old_bucket is not None and old_bucket.pop(current[3], None) is not None:
                     self._far_count -= 1
@@ -226,22 +232,21 @@ class TimerQueue:
             if current is not None:
                 del live[key]
             return
-        slot = [item]
         seq = next(self._seq)
-        entry = (deadline, seq, slot)
         if deadline < self._edge:
-            heappush(self._heap, entry)
+            slot = [item]
+            heappush(self._heap, (deadline, seq, slot))
             live[key] = (deadline, slot, -1, seq)
         else:
             b = int(deadline // BUCKET)
             bucket = self._far.get(b)
             if bucket is None:
-                self._far[b] = {seq: entry}
+                self._far[b] = {seq: item}
                 heappush(self._far_keys, b)
             else:
-                bucket[seq] = entry
+                bucket[seq] = item
             self._far_count += 1
-            live[key] = (deadline, slot, b, seq)
+            live[key] = (deadline, None, b, seq)
         heap = self._heap
         if len(heap) > max(_COMPACT_MIN, 2 * (len(live) - self._far_count)):
             self._compact()
@@ -291,15 +296,22 @@ class TimerQueue:
         return len(self._heap) + self._far_count
 
     def _pour(self) -> None:
-        """Move the earliest bucket's live entries into the heap."""
+        """Move the earliest bucket's live items into the heap (each with its slot now)."""
         b = heappop(self._far_keys)
         bucket = self._far.pop(b)
         self._far_count -= len(bucket)
         self._edge = (b + 1) * BUCKET
         heap = self._heap
-        for entry in bucket.values():
-            if self._keep(entry):
-                heappush(heap, entry)
+        live = self._live
+        for seq, item in bucket.items():
+            key = id(item)
+            deadline = live[key][0]
+            if item.deadline != deadline:  # moved without being rescheduled: drop it
+                del live[key]
+                continue
+            slot = [item]
+            heappush(heap, (deadline, seq, slot))
+            live[key] = (deadline, slot, -1, seq)
 
     def _keep(self, entry: _Entry) -> bool:
         """Whether ``entry`` is live; a stale one lets go of its item."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from proxy.runtime.memory import (
+    MAX_PUT_OFF,
     OLD,
     QUIET_TRANSACTIONS,
     RETRY_INTERVAL,
@@ -124,3 +125,32 @@ async def test_young_passes_run_by_the_clock(restore_gc: None, monkeypatch: pyte
     finally:
         policy.stop()
     assert policy._young is None and policy._handle is None
+
+
+async def test_a_pass_put_off_for_max_put_off_runs_whatever_the_load(
+    restore_gc: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proxy that is never quiet still runs the full pass: once it has been put off for
+    MAX_PUT_OFF seconds it runs with the load as it is, logged with what it waited."""
+    loop = asyncio.get_running_loop()
+    policy = GcPolicy(loop, interval=600, load=lambda: QUIET_TRANSACTIONS * 10)
+    policy.start()
+    clock = [1000.0]  # whole seconds: the sums below are exact
+    monkeypatch.setattr(policy.loop, "time", lambda: clock[0])
+    try:
+        gc.disable()
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        del a, b
+        assert policy.due() is None
+        clock[0] += MAX_PUT_OFF - 1
+        assert policy.due() is None and policy.passes == 0
+        clock[0] += 1
+        with caplog.at_level(logging.INFO, logger="proxy.runtime"):
+            found = policy.due()
+        assert found is not None and found >= 2 and policy.passes == 1
+        assert f"put off for {MAX_PUT_OFF:.0f} s, runs with" in caplog.text
+        clock[0] += 600
+        assert policy.due() is None  # the next one waits afresh
+    finally:
+        policy.stop()

@@ -551,3 +551,23 @@ def test_client_transactions_use_slots_and_return_fresh_effect_lists() -> None:
     empty = txn.on_timer(1.6)
     empty.append(Terminated())
     assert txn.on_timer(1.7) == []
+
+
+# ---------------------------------------------------------------- what the last states keep
+
+
+@pytest.mark.parametrize(("make", "status"), [(ict, 200), (ict, 486), (nict, 200), (nict, 404)])
+def test_a_final_lets_go_of_the_request(
+    make: Callable[..., InviteClientTransaction | NonInviteClientTransaction], status: int,
+) -> None:
+    """RFC 3261 17.1.1.2 / 17.1.2.2, RFC 6026 7.2: from Completed and Accepted on nothing
+    resends the request (Timers A and E have stopped; D, K and M only absorb), so the
+    transaction keeps no copy of it, not even in the Retransmit it built for Timer A/E."""
+    txn = make(now=0.0)
+    assert run_timers(txn, until=0.5)[0][1][0].data in (INVITE, OPTIONS)
+    assert txn.request is not None
+    txn.on_response(100, 0.6)
+    assert txn.request is not None  # a provisional: E still runs (17.1.2.2)
+    txn.on_response(status, 1.0)
+    assert txn.request is None and txn._rtx_effect is None
+    assert txn.state in (S.COMPLETED, S.ACCEPTED)

@@ -93,7 +93,7 @@ def test_2xx_moves_to_accepted_and_starts_timer_l() -> None:
     assert txn.send_response(200, OK_200, 3.0) == []
     assert txn.state is S.ACCEPTED
     assert txn.deadline == 35.0
-    assert txn.last_response == OK_200
+    assert txn.last_response is None  # nothing resends it: the call keeps no copy
 
 
 def test_timer_l_fires_at_64_t1_and_terminates_accepted() -> None:
@@ -129,7 +129,7 @@ def test_2xx_retransmissions_in_accepted_are_sent_and_keep_timer_l() -> None:
     txn.send_response(200, OK_200, 3.0)
     assert txn.send_response(200, OK_200_AGAIN, 7.0) == []
     assert txn.state is S.ACCEPTED
-    assert txn.last_response == OK_200_AGAIN
+    assert txn.last_response is None
     assert txn.deadline == 35.0
 
 
@@ -139,7 +139,7 @@ def test_non_2xx_and_provisionals_after_2xx_are_not_recorded() -> None:
     txn.send_response(200, OK_200, 3.0)
     assert txn.send_response(486, BUSY_486, 4.0) == []
     assert txn.send_response(180, RINGING_180, 4.0) == []
-    assert txn.last_response == OK_200
+    assert txn.last_response is None
     assert txn.state is S.ACCEPTED
     assert txn.deadline == 35.0
 
@@ -418,3 +418,24 @@ def test_ack_never_moves_a_non_invite_server_transaction() -> None:
     assert txn.on_ack(1.5) == []
     assert txn.state is S.COMPLETED
     assert txn.deadline == 33.0
+
+
+def test_accepted_and_confirmed_keep_no_response() -> None:
+    """RFC 6026 7.1 (Accepted absorbs INVITE retransmissions; the TU passes each 2xx) and
+    RFC 3261 17.2.1 (Confirmed only absorbs ACKs): neither resends a response, so neither
+    keeps one, not even in the Retransmit built for a retransmitted INVITE or Timer G; a
+    non-INVITE Completed keeps its final for a retransmitted request (17.2.2)."""
+    accepted = ist()
+    accepted.send_response(180, RINGING_180, 1.0)
+    assert accepted.on_retransmission(1.5) == [Retransmit(RINGING_180)]
+    accepted.send_response(200, OK_200, 2.0)
+    assert accepted.last_response is None and accepted._rtx_effect is None
+    confirmed = ist()
+    confirmed.send_response(486, BUSY_486, 1.0)
+    assert confirmed.on_timer(1.5) == [Retransmit(BUSY_486)]  # Timer G
+    confirmed.on_ack(2.0)
+    assert confirmed.state is S.CONFIRMED
+    assert confirmed.last_response is None and confirmed._rtx_effect is None
+    completed = nist()
+    completed.send_response(200, OK_200, 1.0)
+    assert completed.on_retransmission(2.0) == [Retransmit(OK_200)]

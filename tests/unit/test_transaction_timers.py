@@ -272,8 +272,8 @@ def test_a_stale_entry_does_not_keep_its_item_alive() -> None:
     q.schedule(moved)
     cancelled.deadline = None
     q.schedule(cancelled)
-    queued = [*q._heap, *(e for bucket in q._far.values() for e in bucket.values())]
-    refs = {id(e[2][0]) for e in queued if e[2][0] is not None}
+    refs = {id(e[2][0]) for e in q._heap if e[2][0] is not None}
+    refs |= {id(item) for bucket in q._far.values() for item in bucket.values()}
     # far entries made stale leave their bucket at once: only the two live ones are held
     assert refs == {id(moved), id(kept)} and q.entries() == 2 and len(q) == 2
     assert q.pop_due(32.0) == [moved] and q.next_deadline() == 180.0

@@ -136,6 +136,8 @@ def client_effects(
         elif isinstance(e, Terminated):
             txns.drop_branch(core, br)
             txns.release(core, br.ctx)
+    if br.txn.request is None:
+        br.data = None  # a final arrived (its ACK is built): nothing reads the request again
     txns.schedule(core, br)
 
 

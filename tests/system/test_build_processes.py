@@ -94,7 +94,7 @@ def test_pure_env_ignores_the_extensions_present(built_tree: Path) -> None:
     assert (compiled.returncode, compiled.stderr) == (0, "")
     assert compiled.stdout.splitlines() == [
         proxy.COMPILED, str(built_tree / f"proxy/sip/uri{EXT_SUFFIX}"),
-        str(built_tree / f"proxy/core/proxy{EXT_SUFFIX}")]
+        str(built_tree / f"proxy/core/core{EXT_SUFFIX}")]
     pure = _probe(built_tree, pure=True)
     assert (pure.returncode, pure.stderr) == (0, "")
     assert pure.stdout.splitlines() == [

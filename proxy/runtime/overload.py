@@ -214,7 +214,7 @@ class LagTicker:
             n = count - count0
             self.cost += 0.2 * ((worked - worked0) / n - self.cost)
             self.size += 0.2 * ((read - read0) / n - self.size)
-        if self.cost <= 0:
+        if self.cost <= 0 or not self.meter.lag_bound:  # lag off: no /proc/net/udp read
             return late
         return late + self.backlog() / datagram_memory(self.size) * self.cost
 

@@ -16,7 +16,7 @@ import sys
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from proxy.config.syntax import split_hostport
 from proxy.ladder import text
@@ -70,12 +70,17 @@ def endpoint(args: argparse.Namespace) -> tuple[str, int, str | None] | None:
     return host, port, token if token is not None else config.http_token
 
 
-def fetch_call(host: str, port: int, call_id: str, token: str | None,
-               timeout: float) -> tuple[int, Any]:
-    """(HTTP status, parsed JSON or the error text) of ``GET /calls/CALL-ID``."""
-    url = f"http://{host_port_text(host, port)}/calls/{quote(call_id, safe='', encoding='latin-1')}"
+def request(host: str, port: int, path: str, token: str | None, timeout: float,
+            form: dict[str, str] | None = None) -> tuple[int, Any]:
+    """(HTTP status, parsed JSON or the text) of a GET, or of a POST of ``form``."""
+    url = f"http://{host_port_text(host, port)}{path}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    req = urllib.request.Request(url, headers=headers)
+    data = None
+    if form is not None:
+        data = urlencode(form).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    req = urllib.request.Request(url, data=data, headers=headers,
+                                 method="POST" if form is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -85,6 +90,13 @@ def fetch_call(host: str, port: int, call_id: str, token: str | None,
             return exc.code, json.loads(body)
         except ValueError:
             return exc.code, body.strip()
+
+
+def fetch_call(host: str, port: int, call_id: str, token: str | None,
+               timeout: float) -> tuple[int, Any]:
+    """(HTTP status, parsed JSON or the error text) of ``GET /calls/CALL-ID``."""
+    return request(host, port, f"/calls/{quote(call_id, safe='', encoding='latin-1')}", token,
+                   timeout)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:

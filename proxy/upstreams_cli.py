@@ -14,12 +14,10 @@ import argparse
 import json
 import sys
 import urllib.error
-import urllib.request
 from typing import Any
-from urllib.parse import urlencode
 
 from proxy.sip import host_port_text
-from proxy.trace_cli import endpoint
+from proxy.trace_cli import endpoint, request
 
 ACTIONS = {
     "drain": "no new calls go to it; calls up go on until they end (in-dialog requests and "
@@ -62,28 +60,6 @@ def add_parser(sub: Any, default_config: str) -> None:
                                "state store obeys.")
         p.add_argument("uri", metavar="URI",
                        help="the upstream as written in proxy.yaml (or its host[:port])")
-
-
-def request(host: str, port: int, path: str, token: str | None, timeout: float,
-            form: dict[str, str] | None = None) -> tuple[int, Any]:
-    """(HTTP status, parsed JSON or the text) of a GET, or of a POST of ``form``."""
-    url = f"http://{host_port_text(host, port)}{path}"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    data = None
-    if form is not None:
-        data = urlencode(form).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    req = urllib.request.Request(url, data=data, headers=headers,
-                                 method="POST" if form is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode("utf-8", "replace")
-        try:
-            return exc.code, json.loads(body)
-        except ValueError:
-            return exc.code, body.strip()
 
 
 def table(found: dict[str, Any]) -> str:

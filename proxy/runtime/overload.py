@@ -6,28 +6,35 @@ it. Over UDP that wait is mostly in the socket's receive queue, not in the proce
 event loop reads a bounded batch of datagrams per turn (libuv: 32), so its timers stay
 nearly on time while requests wait seconds in the kernel, get retransmitted, and the
 retransmissions fill the queue further (the collapse, RFC 6357 section 2). So each tick
-(every :data:`TICK` seconds) the meter adds two waits:
+(every :data:`TICK` seconds) the meter reads the **wait**: the age of the oldest datagram in
+the receive queue of each UDP socket (the kernel stamps each datagram on arrival,
+``SO_TIMESTAMPNS``; the tick peeks at the head of the queue, ``MSG_PEEK``: one system call,
+nothing read: :class:`QueueAge`), or the tick's own lateness when that is more (the loop held
+by long work: a large batch of timers, a stall, a stream transport's burst).
 
-* the **queue**: the datagrams waiting in the receive queues of the proxy's UDP sockets
-  (Linux: ``rx_queue`` of ``/proc/net/udp`` and ``udp6``, by the sockets' inodes:
-  :class:`UdpBacklog`; in bytes of kernel memory, :func:`datagram_memory`) times what one
-  takes to handle (the runtime adds up the messages and bytes it reads and the time it
-  spends handling messages and timers);
-* the **lateness** of the tick's own timer: the loop held by long work (a large batch of
-  timers, a stall, a stream transport's burst).
+An earlier meter estimated the wait from ``rx_queue`` of ``/proc/net/udp`` (kernel memory,
+some 1,280 bytes a datagram) times a smoothed cost per message (which also carried the
+timers' work), plus the tick's lateness, smoothed over 100 ms: every factor an estimate, and
+any queue over the bound started an episode, a queue that drains by itself included (a burst,
+a collector pass). It refused 2,500 of 9,600 calls at a rate the proxy served with a p99 of
+28 ms. Now the wait is measured, not estimated, and an episode starts only on a **standing
+queue that does not drain** (the idea of CoDel, RFC 8289: the least wait over the last
+:data:`WINDOW` ticks, 100 ms, is over ``overload_lag_ms``, and at the rate it changed over
+them, it would still be over it :data:`HORIZON` seconds later). A proxy that carries its load
+empties its queue between bursts, and drains the backlog of a stall: neither starts an
+episode.
 
-The sum is smoothed (an exponentially weighted mean over about :data:`ALPHA`:sup:`-1`
-ticks, so that one garbage collection pass or one burst does not start an episode). Past
-``overload_lag_ms``, or with more than ``max_transactions`` transactions held, the proxy is
-overloaded and refuses a share of the new INVITEs and REGISTERs (RFC 7339's loss-based
-control, applied by the proxy to itself): the share grows by :data:`UP` each tick the load is
-over a bound and not falling (a queue that drains needs no more refusals) and shrinks by :data:`DOWN` each tick it is clear of every bound by its margin
-(the wait under half its bound, the transactions under 90 % of theirs); in between it stays.
-So the proxy settles where it admits what it can carry with a short queue. The wait is not
-measured in the first :data:`WARMUP` seconds after the start (the first calls run through
-cold code paths and caches); the transactions are. The episode ends
-when the share is back to 0, at least :data:`HOLD` seconds after it started (an episode is
-one pair of log lines, not a flapping stream).
+During an episode the share of new INVITEs and REGISTERs refused (RFC 7339's loss-based
+control, applied by the proxy to itself) is steered each tick towards a wait of half the
+bound: it grows with the rate the wait grows at (that rate is how far the load exceeds what
+the proxy can carry: a wait growing 1 s per second is twice the load) and with how far the
+wait is over the target, and it shrinks as the wait falls and while it is under the target;
+at most :data:`MAX_UP` more and :data:`MAX_DOWN` less a tick. The transactions bound
+(``max_transactions``) adds :data:`MAX_DOWN` a tick while more are held, takes it back under
+90 % of the bound. The wait is not measured in the first :data:`WARMUP` seconds after the start
+(the first calls run through cold code paths and caches); the transactions are. The episode
+ends when the share is back to 0, at least :data:`HOLD` seconds after it started (an episode
+is one pair of log lines, not a flapping stream).
 
 :class:`LoadMeter` is the decision without the loop (a fake clock drives it in the unit
 tests); :class:`LagTicker` is its timer on the loop.
@@ -38,6 +45,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import struct
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -45,18 +56,26 @@ log = logging.getLogger("proxy")
 
 #: seconds between two ticks
 TICK = 0.02
-#: weight of the newest tick in the smoothed wait (about 5 ticks: 100 ms)
-ALPHA = 0.2
+#: ticks a standing queue is looked for over (CoDel's interval: 100 ms)
+WINDOW = 5
+#: seconds: a wait over the bound that would drain under it within this starts no episode
+HORIZON = 1.0
 #: seconds an episode lasts at least
 HOLD = 1.0
 #: seconds after the start that are not measured (first calls through cold code paths)
 WARMUP = 2.0
-#: the share of new INVITEs and REGISTERs refused grows by this a tick over a bound ...
-UP = 0.02
-#: ... and shrinks by this a tick clear of every bound
-DOWN = 0.02
+#: the share of new INVITEs and REGISTERs refused grows by at most this a tick ...
+MAX_UP = 0.1
+#: ... and shrinks by at most this a tick (half a second from all to none)
+MAX_DOWN = 0.04
 #: a change of the share this large is told to the core
 STEP = 0.05
+#: the share follows half the rate the wait grows at (per tick, in seconds a second) ...
+SLOPE_GAIN = 0.5
+#: ... and this much for each bound the wait is over its target, half the bound
+ERROR_GAIN = 0.02
+#: under the target, the share shrinks by up to this a tick (an empty queue: 0.5 a second)
+DOWN_GAIN = 0.01
 
 
 class LoadMeter:
@@ -64,14 +83,15 @@ class LoadMeter:
     proxy is overloaded (:attr:`reason`) and which share of the new INVITEs and REGISTERs it
     refuses (:attr:`share`)."""
 
-    __slots__ = ("hold", "lag", "lag_bound", "max_transactions", "reason", "reported",
-                 "share", "since")
+    __slots__ = ("hold", "lag", "lag_bound", "max_transactions", "reason", "recent",
+                 "reported", "share", "since")
 
     def __init__(self, lag_ms: int, max_transactions: int, hold: float = HOLD) -> None:
         self.lag_bound = lag_ms / 1000.0  # 0: the wait is not a measure of overload
         self.max_transactions = max_transactions  # 0: no bound
         self.hold = hold
-        self.lag = 0.0  # the smoothed wait, seconds
+        self.recent: deque[float] = deque(maxlen=WINDOW)  # the last ticks' waits, seconds
+        self.lag = 0.0  # the standing wait: the least of the recent ones
         self.reason: str | None = None  # why overloaded, None when not
         self.share = 0.0  # of the new INVITEs and REGISTERs refused
         self.reported = 0.0  # the share last reported (a change of STEP is reported)
@@ -82,92 +102,127 @@ class LoadMeter:
         """Whether any bound is set (else no tick is needed)."""
         return self.lag_bound > 0 or self.max_transactions > 0
 
+    def slope(self) -> float:
+        """How fast the wait grew over the window, seconds a second (about the load over
+        what the proxy carries while it is busy: 1.0 is twice that): the mean of its last
+        two ticks against the mean of its first two (one tick's jitter counts half)."""
+        r = self.recent
+        n = len(r)
+        if n < 4:
+            return (r[-1] - r[0]) / ((n - 1) * TICK) if n > 1 else 0.0
+        return (r[-1] + r[-2] - r[0] - r[1]) / (2 * (n - 2) * TICK)
+
     def sample(self, wait: float, transactions: int, now: float) -> bool:
-        """One tick: a message waits ``wait`` seconds (the queue and the tick's lateness),
-        ``transactions`` are held. True when the state or the share changed enough to tell
-        the core (:attr:`reason`, :attr:`share`)."""
-        before = self.lag
-        self.lag += ALPHA * (max(wait, 0.0) - self.lag)
-        why = self._over(transactions)
-        if why is not None:
-            if self.reason is None:
-                self.reason, self.since, self.share = why, now, UP
-                self.reported = self.share
-                return True
-            if self.lag >= before:  # not draining yet: refuse more
-                self.share = min(1.0, self.share + UP)
-        elif self.reason is not None and self._under(transactions):
-            self.share = max(0.0, self.share - DOWN)
-            if self.share == 0.0 and now - self.since >= self.hold:
-                self.reason = None
-                self.reported = 0.0
-                return True
-        if self.reason is not None and abs(self.share - self.reported) >= STEP - 1e-9:
+        """One tick: the oldest message waiting has waited ``wait`` seconds, ``transactions``
+        are held. True when the state or the share changed enough to tell the core
+        (:attr:`reason`, :attr:`share`)."""
+        self.recent.append(max(wait, 0.0))
+        self.lag = min(self.recent) if len(self.recent) == WINDOW else 0.0
+        if self.reason is None:
+            why = self._over(transactions)
+            if why is None:
+                return False
+            self.reason, self.since = why, now
+            self.share = max(self._step(transactions), STEP)
+            self.reported = self.share
+            return True
+        self.share = min(1.0, max(0.0, self.share + self._step(transactions)))
+        if self.share == 0.0 and now - self.since >= self.hold:
+            self.reason = None
+            self.reported = 0.0
+            return True
+        if abs(self.share - self.reported) >= STEP - 1e-9 or (self.share == 0.0 < self.reported):
             self.reported = self.share
             return True
         return False
 
+    def _step(self, transactions: int) -> float:
+        """How much the share changes this tick (may be negative)."""
+        step = -MAX_DOWN  # no wait measured: the transactions alone say
+        bound = self.lag_bound
+        if bound > 0 and len(self.recent) == WINDOW:
+            wait, target, slope = self.recent[-1], bound / 2, self.slope()
+            if wait > target:  # over the target: follow the load (the slope) and the excess
+                step = (SLOPE_GAIN * slope / (1.0 + max(slope, 0.0))
+                        + ERROR_GAIN * (wait - target) / bound)
+            else:  # under it: admit more, the faster the emptier the queue
+                step = -DOWN_GAIN * (target - wait) / target
+        most = self.max_transactions
+        if most > 0:
+            if transactions > most:
+                step = max(step, 0.0) + MAX_DOWN
+            elif transactions > most * 0.9:
+                step = max(step, 0.0)
+        return min(MAX_UP, max(-MAX_DOWN, step))
+
     def _over(self, transactions: int) -> str | None:
-        if self.lag_bound > 0 and self.lag > self.lag_bound:
+        """Why an episode starts now: a standing wait over the bound that does not drain
+        within :data:`HORIZON`, or more transactions than the bound."""
+        bound = self.lag_bound
+        if bound > 0 and self.lag > bound and self.recent[-1] + self.slope() * HORIZON > bound:
             return (f"messages wait {1000 * self.lag:.0f} ms to be handled "
-                    f"(bound {1000 * self.lag_bound:.0f} ms)")
+                    f"(bound {1000 * bound:.0f} ms)")
         most = self.max_transactions
         if most > 0 and transactions > most:
             return f"{transactions} transactions held (bound {most})"
         return None
 
-    def _under(self, transactions: int) -> bool:
-        """Clear of every bound by its margin: the share may shrink."""
-        return not ((self.lag_bound > 0 and self.lag > self.lag_bound / 2)
-                    or (self.max_transactions > 0 and transactions > self.max_transactions * 0.9))
+
+#: SO_TIMESTAMPNS (Linux; Python's socket module does not name it)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_STAMP = struct.Struct("qq")
 
 
-def datagram_memory(size: float) -> float:
-    """What one queued datagram of ``size`` bytes counts in ``rx_queue`` (the kernel counts
-    a buffer's true size: measured on loopback, 1,280 bytes up to some 700 bytes of payload,
-    2,120 for 1,200): an estimate, the queue's length in datagrams being what matters."""
-    return max(1280.0, 1.8 * size)
+class QueueAge:
+    """How long the oldest datagram waiting in the receive queue of any of these sockets
+    has waited (seconds, 0 when every queue is empty): the kernel stamps each datagram on
+    arrival (``SO_TIMESTAMPNS``, turned on here for these sockets) and each call peeks at
+    the head of each queue (``MSG_PEEK``: nothing is read). Where that cannot be done (no
+    such option, not Linux), always 0: the tick's lateness alone measures the wait."""
+
+    def __init__(self, fds: Iterable[int]) -> None:
+        self.socks: list[socket.socket] = []
+        for fd in fds:
+            try:
+                s = socket.socket(fileno=os.dup(fd))  # the same socket: its queue and options
+                s.setblocking(False)
+                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError as exc:
+                log.info("overload control: cannot time the UDP receive queue (%s): the event "
+                         "loop's lateness alone measures the wait", exc)
+                continue
+            self.socks.append(s)
+        self.space = socket.CMSG_SPACE(_STAMP.size)
+
+    def __call__(self) -> float:
+        oldest = 0.0
+        now = time.time()  # the stamps are on the real-time clock
+        for s in self.socks:
+            try:
+                _, anc, _, _ = s.recvmsg(1, self.space, _PEEK)
+            except OSError:  # BlockingIOError: empty; anything else: nothing to tell
+                continue
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+                    sec, ns = _STAMP.unpack_from(data)
+                    oldest = max(oldest, now - (sec + ns * 1e-9))
+        return min(oldest, 60.0)  # a clock step is no wait
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+        self.socks = []
 
 
-class UdpBacklog:
-    """The bytes waiting in the receive queues of the sockets with these inodes (Linux:
-    ``/proc/net/udp`` and ``udp6``); 0 where the files cannot be read (the queue is then not
-    part of the measure, only the loop's lateness)."""
-
-    FILES = ("/proc/net/udp", "/proc/net/udp6")
-
-    def __init__(self, inodes: Iterable[int]) -> None:
-        self.inodes = {str(i) for i in inodes}
-        self.readable = bool(self.inodes)
-
-    def __call__(self) -> int:
-        if not self.readable:
-            return 0
-        total = 0
-        try:
-            for name in self.FILES:
-                with open(name, encoding="ascii") as f:
-                    next(f, None)  # the header
-                    for line in f:
-                        fields = line.split()
-                        if len(fields) > 9 and fields[9] in self.inodes:
-                            total += int(fields[4].partition(":")[2], 16)
-        except (OSError, ValueError) as exc:
-            log.info("overload control: cannot read the UDP receive queues (%s): the event "
-                     "loop's lateness alone measures the wait", exc)
-            self.readable = False
-            return 0
-        return total
-
-
-def udp_inodes(transports: Iterable[asyncio.BaseTransport | None]) -> list[int]:
-    """The inodes of the sockets under these transports (their lines in /proc/net/udp)."""
+def socket_fds(transports: Iterable[asyncio.BaseTransport | None]) -> list[int]:
+    """The file descriptors of the sockets under these transports."""
     out = []
     for t in transports:
         sock = t.get_extra_info("socket") if t is not None else None
         if sock is not None:
             try:
-                out.append(os.fstat(sock.fileno()).st_ino)
+                out.append(sock.fileno())
             except OSError:
                 pass
     return out
@@ -175,48 +230,35 @@ def udp_inodes(transports: Iterable[asyncio.BaseTransport | None]) -> list[int]:
 
 class LagTicker:
     """The tick on the event loop: feeds :class:`LoadMeter` and calls ``changed(reason,
-    share, now)`` when the state or the share changes. ``work()`` is what the runtime
-    handled so far: (seconds spent handling messages and timers, bytes read, messages)."""
+    share, now)`` when the state or the share changes. ``queue()`` is the age of the oldest
+    datagram waiting (:class:`QueueAge`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, meter: LoadMeter,
-                 transactions: Callable[[], int], work: Callable[[], tuple[float, int, int]],
-                 backlog: Callable[[], int],
+                 transactions: Callable[[], int], queue: Callable[[], float],
                  changed: Callable[[str | None, float, float], None],
                  tick: float = TICK) -> None:
         self.loop = loop
         self.meter = meter
         self.transactions = transactions
-        self.work = work
-        self.backlog = backlog
+        self.queue = queue
         self.changed = changed
         self.tick = tick
-        self.cost = 0.0  # seconds of work per message (smoothed)
-        self.size = 0.0  # bytes per message (smoothed)
         self._due = 0.0
-        self._last = (0.0, 0, 0)  # work() at the last tick
         self._from = 0.0  # before this time the wait is not measured (WARMUP)
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         if self.meter.on:
-            self._last = self.work()
             self._due = self.loop.time() + self.tick
             self._from = self._due + WARMUP
             self._handle = self.loop.call_at(self._due, self._fire)
 
     def wait(self, late: float) -> float:
-        """How long a message arriving now waits: the tick's lateness plus the queue (the
-        datagrams queued times the time one takes to handle)."""
-        worked, read, count = self.work()
-        worked0, read0, count0 = self._last
-        self._last = (worked, read, count)
-        if count - count0 >= 8:  # enough messages in the tick to tell a cost
-            n = count - count0
-            self.cost += 0.2 * ((worked - worked0) / n - self.cost)
-            self.size += 0.2 * ((read - read0) / n - self.size)
-        if self.cost <= 0 or not self.meter.lag_bound:  # lag off: no /proc/net/udp read
+        """How long a message arriving now waits at least: the oldest datagram queued has
+        waited this long, or the tick was this late."""
+        if not self.meter.lag_bound:  # the wait is off: no system call
             return late
-        return late + self.backlog() / datagram_memory(self.size) * self.cost
+        return max(late, self.queue())
 
     def _fire(self) -> None:
         now = self.loop.time()
@@ -239,10 +281,12 @@ def install(rt: Any) -> LagTicker:
     """Start the load meter of a runtime (``limits.overload_lag_ms``, ``max_transactions``):
     its verdicts reach the core through ``ProxyCore.set_overload`` like every input."""
     lim = rt.config.limits
+    meter = LoadMeter(lim.overload_lag_ms, lim.max_transactions)
+    queue: Callable[[], float] = (
+        QueueAge(socket_fds(ep.transport for ep in rt.udp.values())) if meter.lag_bound
+        else (lambda: 0.0))
     ticker = LagTicker(
-        rt.loop, LoadMeter(lim.overload_lag_ms, lim.max_transactions),
-        lambda: rt.core.view.active_transactions, lambda: (rt.worked, rt.read, rt.received),
-        UdpBacklog(udp_inodes(ep.transport for ep in rt.udp.values())),
+        rt.loop, meter, lambda: rt.core.view.active_transactions, queue,
         lambda reason, share, now: rt._drive(rt.core.set_overload, reason, share, now))
     ticker.start()
     return ticker

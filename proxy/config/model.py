@@ -157,9 +157,9 @@ class Limits:
     #: per_source_rps; the upstreams and trusted_relays are exempt); 0 = off
     udp_flood_rps: int = 1000
     #: overload control (proxy/runtime/overload.py): new INVITEs and REGISTERs get 503 with
-    #: Retry-After while a message waits longer than this to be handled (ms, smoothed: the
-    #: UDP receive queue and the event loop's lateness; 0 = off) ...
-    overload_lag_ms: int = 0  # off until the controller is tuned (README "Not done yet")
+    #: Retry-After while the oldest datagram in the UDP receive queue (or the event loop's
+    #: lateness) stays over this for 100 ms and does not drain (ms; 0 = off) ...
+    overload_lag_ms: int = 50
     #: ... or while the core holds more transactions than this (0 = no bound)
     max_transactions: int = 300_000
 

@@ -157,6 +157,7 @@ class ProxyCore:
         self.table = TransactionTable()
         self.prefix = secrets.token_hex(3)
         self.tag_prefix = secrets.token_hex(4)
+        self.overload.mark_refusals(self.tag_prefix)
         self.n = 0  # counter of the branches and tags this proxy generates
         self.guard = settings.guard
         #: learned Request-URI rewrites: old URI -> (new URI, expiry on the core's clock)
@@ -194,6 +195,8 @@ class ProxyCore:
         s = self.settings
         if self.udp_flows and src.transport == "udp":
             outbound.seen(self, src, now)
+        if self.overload.episodes and data[:4] == b"ACK " and self.overload.mark in data:
+            return self._effects(overload.absorb_ack(self))  # the ACK of a refusal, unparsed
         try:
             msg = parse_message(
                 data, max_size=s.max_message_size, max_headers=s.max_headers,

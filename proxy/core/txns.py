@@ -135,18 +135,20 @@ def refuse(
 
 def reject(
     core: ProxyCore, msg: SipMessage, src: Source, status: int, *,
-    reason: str | None = None, headers: Sequence[str] = (),
+    reason: str | None = None, headers: Sequence[str] = (), to_tag: str | None = None,
 ) -> Send:
-    """A stateless error response to a request that fails validation (RFC 3261 16.3)."""
+    """A stateless error response to a request that fails validation (RFC 3261 16.3);
+    ``to_tag``: the To tag (else a new one of the proxy's)."""
     core.stats[f"rejected_{status}"] += 1
     core.metrics.responses[status] += 1
     if reason is not None and len(reason) > 80:
         reason = reason[:80]
+    tag = to_tag or core.new_tag()
     try:
-        data = make_response(msg, status, reason, to_tag=core.new_tag(), headers=headers)
+        data = make_response(msg, status, reason, to_tag=tag, headers=headers)
         dest = reply_dest(core, msg, src)
     except ParseError:
-        data = make_response(msg, status, reason, to_tag=core.new_tag(), headers=headers)
+        data = make_response(msg, status, reason, to_tag=tag, headers=headers)
         dest = Dest(src.transport, src.host, src.port, src.conn_id)
     return dest.send(data)
 

@@ -28,7 +28,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.limits.tcp_message_timeout == 10.0
     assert cfg.limits.tls_handshake_timeout == 5.0
     assert cfg.limits.udp_flood_rps == 1000
-    assert (cfg.limits.overload_lag_ms, cfg.limits.max_transactions) == (0, 300_000)
+    assert (cfg.limits.overload_lag_ms, cfg.limits.max_transactions) == (50, 300_000)
 
 
 def test_overload_bounds(tmp_path: Path) -> None:

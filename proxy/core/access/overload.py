@@ -19,7 +19,12 @@ by an accumulator (a share of 0.25 refuses every fourth), no random draw.
 
 The refusal is stateless (RFC 3261 16.11 lets a proxy answer without a transaction; nothing
 retransmits it, nothing is held for Timer J or H): one response per request, counted as
-``refusals_total{reason="overload"}``. ``Retry-After`` spreads the retries over
+``refusals_total{reason="overload"}``. Its To tag is the proxy's with a mark of its own
+(:meth:`Overload.tag`), so that the caller's ACK of the 503 (RFC 3261 17.1.1.3: it ends at
+this hop, 17.2.1) is recognised in the datagram's bytes and absorbed before it is parsed
+(:func:`absorb_ack`): a refusal costs the INVITE's parse and one response, not a second
+parse. An ACK that is not found so (the tag written ``tag = ...``) is absorbed as before, by
+the proxy's tag, after the parse. ``Retry-After`` spreads the retries over
 :data:`RETRY_AFTER` seconds (RFC 6357 section 3.3: senders told the same delay come back
 together). One log line when an episode starts and one when it ends, with how many requests
 were refused (:func:`set_state`), handed out as :class:`~proxy.core.effects.LogLine`.
@@ -48,9 +53,12 @@ class Overload:
     """The episode in progress, if any: why, since when, the share of new INVITEs and
     REGISTERs to refuse, how many it refused and admitted."""
 
-    __slots__ = ("admitted", "credit", "episodes", "reason", "refused", "share", "since")
+    __slots__ = ("admitted", "credit", "episodes", "mark", "prefix", "reason", "refused",
+                 "share", "since")
 
     def __init__(self) -> None:
+        self.prefix = "o"  # of the To tags of the refusals (:meth:`mark_refusals`)
+        self.mark = b"tag=o"  # what an ACK of a refusal holds
         self.reason: str | None = None
         self.since = 0.0
         self.share = 0.0  # of the new INVITEs and REGISTERs refused, 0 < share <= 1
@@ -58,6 +66,25 @@ class Overload:
         self.refused = 0
         self.admitted = 0
         self.episodes = 0
+
+    def mark_refusals(self, tag_prefix: str) -> None:
+        """The To tags of the refusals: the proxy's ``tag_prefix``, then ``o`` (the proxy's
+        other tags go on in hex digits: no other tag of its starts so)."""
+        self.prefix = f"{tag_prefix}o"
+        self.mark = f"tag={self.prefix}".encode("ascii")
+
+    def tag(self) -> str:
+        """The To tag of the next refusal."""
+        return f"{self.prefix}{self.refused:x}"
+
+
+def absorb_ack(core: ProxyCore) -> Out:
+    """An ACK of a refusal (its bytes hold :attr:`Overload.mark`): it ends here (RFC 3261
+    17.2.1; no transaction was made), counted like every request and nothing else."""
+    core.stats["requests_in"] += 1
+    core.metrics.request("ACK")
+    core.stats["acks_absorbed"] += 1
+    return Out()
 
 
 def set_state(core: ProxyCore, reason: str | None, share: float, now: float, out: Out) -> None:
@@ -94,5 +121,5 @@ def shed(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) ->
     ov.refused += 1
     core.refusals.counts["overload"] += 1
     out.send(txns.reject(core, msg, src, 503, reason="Service Unavailable",
-                         headers=RETRY_AFTER[ov.refused & 3]))
+                         headers=RETRY_AFTER[ov.refused & 3], to_tag=ov.tag()))
     return True

@@ -70,8 +70,8 @@ MAX_UP = 0.1
 MAX_DOWN = 0.04
 #: a change of the share this large is told to the core
 STEP = 0.05
-#: the share follows half the rate the wait grows at (per tick, in seconds a second) ...
-SLOPE_GAIN = 0.5
+#: the share follows a fifth of the rate the wait grows at (per tick, in seconds a second) ...
+SLOPE_GAIN = 0.2
 #: ... and this much for each bound the wait is over its target, half the bound
 ERROR_GAIN = 0.02
 #: under the target, the share shrinks by up to this a tick (an empty queue: 0.5 a second)

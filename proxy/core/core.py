@@ -128,7 +128,6 @@ class ProxyCore:
         self.location = location
         self.timers = settings.timers
         self._draining = False
-        self.overload, self.shedding = overload.Overload(), False  # (:mod:`.access.overload`)
         self.metrics = Metrics()  # read by the runtime's collector at scrape time
         self.stats: Counter[str] = self.metrics.events  # one set of counters (observe)
         self.local = tuple(local)
@@ -157,7 +156,7 @@ class ProxyCore:
         self.table = TransactionTable()
         self.prefix = secrets.token_hex(3)
         self.tag_prefix = secrets.token_hex(4)
-        self.overload.mark_refusals(self.tag_prefix)
+        self.overload, self.shedding = overload.Overload(self.tag_prefix), False  # (.access.overload)
         self.n = 0  # counter of the branches and tags this proxy generates
         self.guard = settings.guard
         #: learned Request-URI rewrites: old URI -> (new URI, expiry on the core's clock)
@@ -336,9 +335,7 @@ class ProxyCore:
     def set_overload(self, reason: str | None, share: float, now: float) -> Effects:
         """Overloaded for ``reason`` (None: no more): a ``share`` of new INVITEs and REGISTERs
         gets 503 (:mod:`.access.overload`, measured by :mod:`proxy.runtime.overload`)."""
-        out = Out()
-        overload.set_state(self, reason, share, now, out)
-        return self._effects(out)
+        return self._effects(overload.set_state(self, reason, share, now, Out()))
 
     def set_policy(self, policy: Policy) -> Effects:
         """A reloaded policy: new calls take it; a call in progress keeps its own."""

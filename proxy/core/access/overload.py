@@ -56,9 +56,12 @@ class Overload:
     __slots__ = ("admitted", "credit", "episodes", "mark", "prefix", "reason", "refused",
                  "share", "since")
 
-    def __init__(self) -> None:
-        self.prefix = "o"  # of the To tags of the refusals (:meth:`mark_refusals`)
-        self.mark = b"tag=o"  # what an ACK of a refusal holds
+    def __init__(self, tag_prefix: str = "") -> None:
+        #: the To tags of the refusals: the proxy's ``tag_prefix``, then ``o`` (its other
+        #: tags go on in hex digits: none of them starts so) ...
+        self.prefix = f"{tag_prefix}o"
+        #: ... and so what the bytes of an ACK of a refusal hold
+        self.mark = f"tag={self.prefix}".encode("ascii")
         self.reason: str | None = None
         self.since = 0.0
         self.share = 0.0  # of the new INVITEs and REGISTERs refused, 0 < share <= 1
@@ -66,12 +69,6 @@ class Overload:
         self.refused = 0
         self.admitted = 0
         self.episodes = 0
-
-    def mark_refusals(self, tag_prefix: str) -> None:
-        """The To tags of the refusals: the proxy's ``tag_prefix``, then ``o`` (the proxy's
-        other tags go on in hex digits: no other tag of its starts so)."""
-        self.prefix = f"{tag_prefix}o"
-        self.mark = f"tag={self.prefix}".encode("ascii")
 
     def tag(self) -> str:
         """The To tag of the next refusal."""
@@ -87,10 +84,10 @@ def absorb_ack(core: ProxyCore) -> Out:
     return Out()
 
 
-def set_state(core: ProxyCore, reason: str | None, share: float, now: float, out: Out) -> None:
+def set_state(core: ProxyCore, reason: str | None, share: float, now: float, out: Out) -> Out:
     """Start or go on with (``reason``: what the runtime measured; ``share``: of the new
     INVITEs and REGISTERs to refuse) or end (None) an overload episode; one log line at each
-    edge."""
+    edge; returns ``out``."""
     ov = core.overload
     if reason is not None and ov.reason is None:
         ov.since, ov.refused, ov.admitted, ov.credit = now, 0, 0, 0.0
@@ -103,6 +100,7 @@ def set_state(core: ProxyCore, reason: str | None, share: float, now: float, out
     ov.reason = reason
     ov.share = min(max(share, 0.0), 1.0) if reason is not None else 0.0
     core.shedding = reason is not None
+    return out
 
 
 def shed(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> bool:

@@ -275,6 +275,9 @@ class LagTicker:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        close = getattr(self.queue, "close", None)
+        if close is not None:
+            close()  # the duplicated descriptors of QueueAge
 
 
 def install(rt: Any) -> LagTicker:

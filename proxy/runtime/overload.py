@@ -25,8 +25,8 @@ empties its queue between bursts, and drains the backlog of a stall: neither sta
 episode.
 
 During an episode the share of new INVITEs and REGISTERs refused (RFC 7339's loss-based
-control, applied by the proxy to itself) is steered each tick towards a wait of half the
-bound: it grows with the rate the wait grows at (that rate is how far the load exceeds what
+control, applied by the proxy to itself) is steered each tick towards a wait of a quarter
+of the bound (:data:`TARGET`; a call's INVITE and its 200 both wait): it grows with the rate the wait grows at (that rate is how far the load exceeds what
 the proxy can carry: a wait growing 1 s per second is twice the load) and with how far the
 wait is over the target, and it shrinks as the wait falls and while it is under the target;
 at most :data:`MAX_UP` more and :data:`MAX_DOWN` less a tick. The transactions bound
@@ -72,8 +72,10 @@ MAX_DOWN = 0.04
 STEP = 0.05
 #: the share follows a fifth of the rate the wait grows at (per tick, in seconds a second) ...
 SLOPE_GAIN = 0.2
-#: ... and this much for each bound the wait is over its target, half the bound
-ERROR_GAIN = 0.02
+#: ... and this much for each bound the wait is over its target ...
+ERROR_GAIN = 0.04
+#: ... this share of the bound (a call's INVITE and 200 both wait: 2 x 12.5 ms at 50 ms)
+TARGET = 0.25
 #: under the target, the share shrinks by up to this a tick (an empty queue: 0.5 a second)
 DOWN_GAIN = 0.01
 
@@ -141,7 +143,7 @@ class LoadMeter:
         step = -MAX_DOWN  # no wait measured: the transactions alone say
         bound = self.lag_bound
         if bound > 0 and len(self.recent) == WINDOW:
-            wait, target, slope = self.recent[-1], bound / 2, self.slope()
+            wait, target, slope = self.recent[-1], bound * TARGET, self.slope()
             if wait > target:  # over the target: follow the load (the slope) and the excess
                 step = (SLOPE_GAIN * slope / (1.0 + max(slope, 0.0))
                         + ERROR_GAIN * (wait - target) / bound)

@@ -229,16 +229,17 @@ def test_the_share_settles_where_the_wait_holds_at_its_target() -> None:
 
 
 def test_a_draining_queue_lowers_the_share() -> None:
-    """Over the bound but falling fast: the share comes down (no more refusals than it
-    takes), at most MAX_DOWN a tick."""
+    """Over the bound but falling fast: once the window shows the drain, the share comes
+    down (no more refusals than it takes), MAX_DOWN a tick, while the wait is still over the
+    bound."""
     m = LoadMeter(lag_ms=50, max_transactions=0, hold=0.0)
     t, _ = ticks(m, 0.1, 10, 0.0, grow=0.01)  # growing past the bound: an episode
+    assert m.reason is not None and 0 < m.share
+    t, _ = ticks(m, 0.2, 1, t)
+    t, _ = ticks(m, 0.2, 4, t, grow=-0.025)  # falling 1.25 s a second: the window fills
     share = m.share
-    assert m.reason is not None and 0 < share
-    t, _ = ticks(m, 0.2, 1, t, grow=0.0)
-    share = m.share
-    t, _ = ticks(m, 0.2, 8, t, grow=-0.015)  # falling 0.75 s a second
-    assert m.recent[-1] > 0.05 and share - 8 * MAX_DOWN - 1e-9 <= m.share < share
+    t, _ = ticks(m, 0.1, 2, t, grow=-0.025)
+    assert m.recent[-1] > 0.05 and abs(m.share - (share - 2 * MAX_DOWN)) < 1e-9
 
 
 def test_the_meter_bounds_the_transactions_with_hysteresis() -> None:

@@ -173,6 +173,9 @@ class Runtime:
                               ) from exc
         self.state = StateKeeper(self.store, self.core, self.location, config.state, node,
                                  announced, self._state_changed, secret, bool(config.secret))
+        if worker is not None:  # the other workers are nodes known from the start
+            self.state.siblings = worker.siblings
+            self.core.set_peers(worker.siblings)
         upstream_control.install(self)  # stored upstream states reach the core through _drive
         self._generation = -1
         #: /ready: listening, and the state store answers (the store's owner sets store_ok)

@@ -108,33 +108,57 @@ class WorkerEndpoint(UdpEndpoint):
             self.own.transport.close()
 
 
-class Worker:
-    """One worker, in its process: its index, its own UDP sockets and the pipe that tells the
-    supervisor it is ready."""
+def internal(host: str) -> str:
+    """Where the workers reach each other's own port: the listener's address, loopback for a
+    wildcard one."""
+    if host == "0.0.0.0":
+        return "127.0.0.1"
+    return "::1" if host == "::" else host
 
-    def __init__(self, index: int, count: int, ready_fd: int | None = None) -> None:
+
+def bind_own(config: Config) -> dict[int, socket.socket]:
+    """One worker's own UDP sockets, bound by the supervisor (a restarted worker gets the same
+    ports, and every worker knows the others' from the start): an ephemeral port beside
+    each UDP listener, or one on the host of the first listener when none is of UDP (the
+    address the other workers reach it at). Keyed by position in ``config.listen`` (-1)."""
+    own: dict[int, socket.socket] = {}
+    spots = [(i, li) for i, li in enumerate(config.listen) if li.transport == "udp"]
+    for i, li in spots or [(-1, config.listen[0])]:
+        fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
+        sock = socket.socket(fam, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind((li.host, 0))
+        own[i] = sock
+    return own
+
+
+def node_name(config: Config, index: int) -> str:
+    """Worker ``index``'s name in the shared state: ``NODE/wI``."""
+    base = config.node or f"{socket.gethostname()}:{config.listen[0].port}"
+    return f"{base}/w{index}"
+
+
+class Worker:
+    """One worker, in its process: its index, its own UDP sockets, the other workers' own
+    addresses (node name -> ``udp:HOST:PORT``) and the pipe that tells the supervisor it is
+    ready."""
+
+    def __init__(self, index: int, count: int, ready_fd: int | None = None,
+                 own: dict[int, socket.socket] | None = None,
+                 siblings: dict[str, list[str]] | None = None) -> None:
         self.index, self.count, self.ready_fd = index, count, ready_fd
         #: position in config.listen (-1: none of UDP) -> its own UDP socket, bound
-        self.own: dict[int, socket.socket] = {}
+        self.own: dict[int, socket.socket] = own or {}
+        self.ports = {i: int(sock.getsockname()[1]) for i, sock in self.own.items()}
+        #: the other workers as peers of the shared state, known before any announcement
+        self.siblings = siblings or {}
 
     @property
     def name(self) -> str:
         return f"worker {self.index}"
 
-    def bind(self, config: Config) -> None:
-        """Bind this worker's own UDP sockets: an ephemeral port beside each UDP listener,
-        or one on the host of the first listener when none is of UDP (the address other
-        workers reach it at)."""
-        spots = [(i, li) for i, li in enumerate(config.listen) if li.transport == "udp"]
-        for i, li in spots or [(-1, config.listen[0])]:
-            fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
-            sock = socket.socket(fam, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            sock.bind((li.host, 0))
-            self.own[i] = sock
-
     def port(self, position: int) -> int:
-        return int(self.own[position].getsockname()[1])
+        return self.ports[position]
 
     def local(self, listen: tuple[Listen, ...], local: list[LocalAddress]
               ) -> tuple[list[LocalAddress], tuple[LocalAddress, ...]]:
@@ -145,15 +169,15 @@ class Worker:
         mine: list[LocalAddress] = []
         for i, (li, a) in enumerate(zip(listen, local, strict=True)):
             if i in self.own:
+                port = self.port(i)
                 host = a.advertised.rpartition(":")[0]
-                a = a._replace(sent_by=f"{host}:{self.port(i)}")
-                mine.append(LocalAddress("udp", li.host, self.port(i), a.sent_by))
+                a = a._replace(sent_by=f"{host}:{port}")
+                mine.append(LocalAddress("udp", li.host, port,
+                                         host_port_text(internal(li.host), port)))
             out.append(a)
         if -1 in self.own:
-            li, a = listen[0], local[0]
-            host = a.advertised.rpartition(":")[0]
-            port = self.port(-1)
-            mine.append(LocalAddress("udp", li.host, port, f"{host}:{port}"))
+            li, port = listen[0], self.port(-1)
+            mine.append(LocalAddress("udp", li.host, port, host_port_text(internal(li.host), port)))
         return out + mine, tuple(mine)
 
     async def open_udp(self, rt: Runtime, position: int, li: Listen) -> UdpEndpoint:
@@ -199,11 +223,10 @@ async def started(rt: Runtime, worker: Worker) -> None:
 def worker_config(config: Config, index: int) -> Config:
     """What worker ``index`` runs: its node name (``NODE/wI``: a node of the shared state
     of its own) and its HTTP port (the http port plus its index)."""
-    base = config.node or f"{socket.gethostname()}:{config.listen[0].port}"
     http = config.http
     if http is not None:
         http = (http[0], http[1] + index)
-    return dataclasses.replace(config, node=f"{base}/w{index}", http=http)
+    return dataclasses.replace(config, node=node_name(config, index), http=http)
 
 
 def shared_secret(config: Config) -> Config:
@@ -241,6 +264,10 @@ class Supervisor:
         self.slots = [_Slot(i) for i in range(config.workers)]
         self.stopping = False
         self.all_ready = False
+        #: each worker's own UDP sockets, bound once for all its lives (:func:`bind_own`)
+        self.own = [bind_own(config) for _ in self.slots]
+        self.addresses = {node_name(config, i): _addresses(config, own)
+                          for i, own in enumerate(self.own)}
 
     def main(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -394,9 +421,13 @@ class Supervisor:
             code = 1
             try:
                 self._in_child(parent)
-                worker = Worker(slot.index, len(self.slots), w)
+                for i, own in enumerate(self.own):
+                    if i != slot.index:
+                        for sock in own.values():
+                            sock.close()
                 config = worker_config(self.config, slot.index)
-                worker.bind(config)
+                siblings = {n: a for n, a in self.addresses.items() if n != config.node}
+                worker = Worker(slot.index, len(self.slots), w, self.own[slot.index], siblings)
                 code = self.run_worker(config, self.policy, worker)
             except BaseException:  # noqa: BLE001 - the child must never return into the supervisor
                 logging.getLogger("proxy").exception("worker %d failed", slot.index)
@@ -424,6 +455,15 @@ class Supervisor:
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+
+def _addresses(config: Config, own: dict[int, socket.socket]) -> list[str]:
+    """A worker's own addresses as the nodes of a shared state announce theirs."""
+    out = []
+    for i, sock in own.items():
+        li = config.listen[max(i, 0)]
+        out.append(f"udp:{host_port_text(internal(li.host), int(sock.getsockname()[1]))}")
+    return out
 
 
 def _die_with_parent() -> None:

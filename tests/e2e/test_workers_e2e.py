@@ -34,6 +34,7 @@ from tests.e2e.wire import (
     new_call_id,
     via_sent_by,
 )
+from tests.redis_harness import RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -155,16 +156,24 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
     await pbx.stop(grace=3.0)
 
 
-async def test_a_flow_held_by_the_other_worker_gets_430(
-    proxy_factory: Callable[..., ProxyProcess],
+@pytest.mark.parametrize("state", ["memory", "redis"])
+async def test_a_flow_held_by_the_other_worker(
+    proxy_factory: Callable[..., ProxyProcess], request: pytest.FixtureRequest, state: str,
 ) -> None:
     """A caller over TCP: the worker that accepted its connection puts a flow token naming it
     in the Record-Route (RFC 5626 5.2). An in-dialog request from the PBX carrying that
-    token, sent to the other worker's own port, gets 430 Flow Failed (RFC 5626 5.3: the
-    connection is not this process's); sent to the holder's, it goes over the connection."""
+    token, sent to the other worker's own port: with ``state: memory:`` it gets 430 Flow
+    Failed (RFC 5626 5.3: the connection is not this process's); with Redis the token names
+    the holding worker (a node of the shared state), which gets it and sends it over the
+    connection. Sent to the holder's port, it goes over the connection."""
+    extra: dict[str, object] = {}
+    if state == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.cli("flushall")
+        extra["state"] = server.url
     pbx = await UdpPeer.bind()
     try:
-        proxy, _ = start(proxy_factory, pbx.port)
+        proxy, _ = start(proxy_factory, pbx.port, **extra)
         stream = await SipStream.connect(LOOPBACK, proxy.port)
         call_id = new_call_id()
         lport = stream.local[1]
@@ -192,8 +201,18 @@ async def test_a_flow_held_by_the_other_worker_gets_430(
                 extra_headers=[f"Route: {', '.join(route)}"])
 
         await pbx.send(bye("z9hG4bK-w-elsewhere"), (LOOPBACK, other_port))
-        refused, _ = await pbx.recv_sip(5, lambda m: m.status is not None and m.status > 100)
-        assert refused.status == 430, refused.start_line
+        if state == "memory":
+            refused, _ = await pbx.recv_sip(5, lambda m: m.status is not None and m.status > 100)
+            assert refused.status == 430, refused.start_line
+        else:
+            relayed = await stream.recv_sip(5, lambda m: m.method == "BYE")
+            assert relayed.call_id == call_id
+            vias = [via_sent_by(v)[2] for v in relayed.vias]
+            assert vias[:2] == [proxy.port, other_port], vias  # through both workers
+            await stream.send(build_response(relayed, 200, "OK", to_tag=None))
+            done, _ = await pbx.recv_sip(5, lambda m: m.status == 200 and m.method is None
+                                         and (m.cseq or (0, ""))[1] == "BYE")
+            assert done.call_id == call_id
         await pbx.send(bye("z9hG4bK-w-holder"), (LOOPBACK, holder_port))
         relayed = await stream.recv_sip(5, lambda m: m.method == "BYE")
         assert relayed.call_id == call_id

@@ -458,9 +458,9 @@ def workers_hint(output: str, workers: int | None) -> str:
     """What to say when the proxy refused the `workers:` key that --workers wrote."""
     if workers is None or "workers" not in output:
         return ""
-    return (f"\n--workers wrote `workers: {workers}` into the generated proxy.yaml and this "
-            "proxy refuses the key: it has no workers setting yet (one process per proxy: "
-            "use --proxies N to run N of them); run without --workers")
+    return (f"\n--workers wrote `workers: {workers}` into the generated proxy.yaml and the "
+            "proxy refused it (the message above says why; an older proxy has no workers "
+            "setting: use --proxies N to run N of them, or run without --workers)")
 
 
 def check_workers(python: str, workdir: Path, counts: list[int]) -> None:

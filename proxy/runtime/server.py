@@ -28,7 +28,7 @@ from proxy.core.effects import Effects, StoreWrite
 from proxy.core.proxy.redirect_guard import RedirectGuard
 from proxy.core.registrar.digest import DigestAuth
 from proxy.core.registrar.location import MemoryLocation
-from proxy.core.types import LocalAddress, Send, Source
+from proxy.core.types import Send, Source
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
@@ -40,7 +40,7 @@ from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import MemoryTrim, flood_gate, raise_nofile
 from proxy.runtime.memory import GcPolicy
 from proxy.runtime.overload import LagTicker
-from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
+from proxy.runtime.resolver import Resolver, Targets, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
 from proxy.runtime.state import StateKeeper, default_node, is_shared
 from proxy.runtime.watchers import FileWatcher, PolicyReloader
@@ -51,7 +51,7 @@ from proxy.transaction import TimerConfig
 from proxy.transport.base import Transport
 from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager
-from proxy.transport.udp import UdpEndpoint, open_udp
+from proxy.transport.udp import UdpEndpoint
 from proxy.transport.udp_gate import FloodGate
 from proxy.transport.ws import WsManager
 
@@ -98,8 +98,7 @@ class Runtime:
                  worker: Worker | None = None) -> None:
         """``upstreams``: resolved at start-up (:func:`_main`); else at their first send.
         ``worker``: this process is one of ``workers: N`` (:mod:`proxy.runtime.workers`)."""
-        self.config = config
-        self.worker = worker
+        self.config, self.worker = config, worker
         self.loop = asyncio.get_running_loop()
         self.resolver = resolver or resolver_for(config, self.loop.time)
         self.sends = SendResolver(self.resolver, self.dispatch, self._unreachable)
@@ -117,14 +116,7 @@ class Runtime:
         t = config.timers
         timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, timer_c=t.timer_c)
         self.upstream_plan = plan = upstreams or named_upstreams.unresolved(config)
-        local = [
-            LocalAddress(li.transport, li.host, li.port,
-                         advertised(li.host, li.port, config.advertise))
-            for li in config.listen
-        ]
-        announced = tuple(local)
-        if worker is not None:  # its own UDP port in its Via; it announces only its own
-            local, announced = worker.local(config.listen, local)
+        local, announced = workers.local_addresses(config, worker)  # Via, Record-Route
         # Redirect safety (RFC 3261 26.1.2). The defaults name the upstreams by host;
         # a 3xx arrives from an address, so their resolved addresses join the defaults. A list
         # the operator wrote is taken as it is.
@@ -173,9 +165,6 @@ class Runtime:
                               ) from exc
         self.state = StateKeeper(self.store, self.core, self.location, config.state, node,
                                  announced, self._state_changed, secret, bool(config.secret))
-        if worker is not None:  # the other workers are nodes known from the start
-            self.state.siblings = worker.siblings
-            self.core.set_peers(worker.siblings)
         upstream_control.install(self)  # stored upstream states reach the core through _drive
         self._generation = -1
         #: /ready: listening, and the state store answers (the store's owner sets store_ok)
@@ -187,6 +176,7 @@ class Runtime:
 
     async def start(self) -> None:
         cfg = self.config
+        workers.install(self)  # the other workers are nodes known from the start
         try:
             # Loads the state and agrees on the key (core.rekey) before anything is minted;
             # a Redis store that is down is retried in the background.
@@ -203,11 +193,7 @@ class Runtime:
         shared = self.worker is not None  # SO_REUSEPORT: the workers share each address
         for position, li in enumerate(cfg.listen):
             if li.transport == "udp":
-                if self.worker is not None:
-                    ep = await self.worker.open_udp(self, position, li)
-                else:
-                    ep = await open_udp(li.host, li.port, self.deliver, self.keepalive,
-                                        self.failed, self.gate)
+                ep = await workers.open_udp(self, position, li)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":
@@ -244,10 +230,7 @@ class Runtime:
         log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
                 len(p.rules))
         log.log(_NOTICE, "sip-policy-proxy %s, %s", __version__, build_kind())
-        if self.worker is not None:  # the supervisor says ready once every worker is
-            await workers.started(self, self.worker)
-        else:
-            log.log(_NOTICE, "sip-policy-proxy ready")
+        await workers.started(self)  # "sip-policy-proxy ready" (workers: the supervisor's)
 
     def request_stop(self) -> None:
         if signals.second_stop(self._stopping):

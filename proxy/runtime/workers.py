@@ -52,7 +52,8 @@ from typing import TYPE_CHECKING, Any
 from proxy.config import Config, Listen
 from proxy.core.types import LocalAddress, Send
 from proxy.sip import host_port_text
-from proxy.transport.udp import UdpEndpoint, open_udp
+from proxy.transport.udp import UdpEndpoint
+from proxy.transport.udp import open_udp as open_endpoint
 
 if TYPE_CHECKING:
     from proxy.diagnostics import Diagnostic
@@ -185,10 +186,10 @@ class Worker:
         def endpoint() -> UdpEndpoint:
             return WorkerEndpoint(rt.deliver, rt.keepalive, rt.failed, rt.gate)
 
-        shared = await open_udp(li.host, li.port, rt.deliver, rt.keepalive, rt.failed, rt.gate,
+        shared = await open_endpoint(li.host, li.port, rt.deliver, rt.keepalive, rt.failed, rt.gate,
                                 reuse_port=True, endpoint=endpoint)
         assert isinstance(shared, WorkerEndpoint)
-        shared.own = await open_udp(li.host, 0, rt.deliver, rt.keepalive, rt.failed, rt.gate,
+        shared.own = await open_endpoint(li.host, 0, rt.deliver, rt.keepalive, rt.failed, rt.gate,
                                     sock=self.own.pop(position))
         return shared
 
@@ -197,7 +198,7 @@ class Worker:
         sock = self.own.pop(-1, None)
         if sock is None:
             return None
-        return await open_udp("", 0, rt.deliver, rt.keepalive, rt.failed, rt.gate, sock=sock)
+        return await open_endpoint("", 0, rt.deliver, rt.keepalive, rt.failed, rt.gate, sock=sock)
 
     def ready(self) -> None:
         """Tell the supervisor this worker serves."""
@@ -208,9 +209,42 @@ class Worker:
             self.ready_fd = None
 
 
-async def started(rt: Runtime, worker: Worker) -> None:
-    """A worker's runtime is listening: its own UDP socket when no listener is of UDP (the
-    address the other workers reach it at, and its UDP sends), then ready."""
+def local_addresses(config: Config, worker: Worker | None
+                    ) -> tuple[list[LocalAddress], tuple[LocalAddress, ...]]:
+    """The core's local addresses (one per listener, as written in Via and Record-Route) and
+    those the node announces to the others of a shared state; a worker's are
+    :meth:`Worker.local`'s."""
+    from proxy.runtime.resolver import advertised
+
+    local = [LocalAddress(li.transport, li.host, li.port,
+                          advertised(li.host, li.port, config.advertise))
+             for li in config.listen]
+    return (local, tuple(local)) if worker is None else worker.local(config.listen, local)
+
+
+def install(rt: Runtime) -> None:
+    """A worker's runtime knows the other workers as nodes of the shared state at once."""
+    if rt.worker is not None:
+        rt.state.siblings = rt.worker.siblings
+        rt.core.set_peers(rt.worker.siblings)
+
+
+async def open_udp(rt: Runtime, position: int, li: Listen) -> UdpEndpoint:
+    """The UDP socket of listener ``position``: a worker's shared one with its own beside it
+    (:meth:`Worker.open_udp`), or a lone proxy's."""
+    if rt.worker is not None:
+        return await rt.worker.open_udp(rt, position, li)
+    return await open_endpoint(li.host, li.port, rt.deliver, rt.keepalive, rt.failed, rt.gate)
+
+
+async def started(rt: Runtime) -> None:
+    """The runtime is listening: a lone proxy says it is ready; a worker opens its own UDP
+    socket when no listener is of UDP (the address the other workers reach it at, and its
+    UDP sends), then tells the supervisor, which says ready once every worker is."""
+    worker = rt.worker
+    if worker is None:
+        logging.getLogger("proxy").log(_NOTICE, "sip-policy-proxy ready")
+        return
     own = await worker.open_own(rt)
     if own is not None and own.transport is not None:
         host = own.transport.get_extra_info("sockname")[0]

@@ -9,8 +9,10 @@ same UDP and TCP address (SO_REUSEPORT), sipp callers and a sipp PBX over loopba
 * SIGTERM to the supervisor drains every worker (calls up end with their BYE) and the
   supervisor exits 0.
 * A request whose flow token names a TCP connection held by the other worker gets 430 Flow
-  Failed (RFC 5626 5.3) with ``state: memory:``; the worker that holds it sends it over the
-  connection.
+  Failed (RFC 5626 5.3) with ``state: memory:``, and is passed to the holding worker with a
+  Redis state; the worker that holds it sends it over the connection.
+* SIGHUP reloads the policy in both workers; a shared port that cannot be bound stops the
+  supervisor with exit 1.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ import asyncio
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import LOOPBACK, ProxyProcess, Sipp, free_port
+from tests.e2e.harness import LOOPBACK, REPO, ProxyProcess, Sipp, free_port
 from tests.e2e.wire import (
     SipMessage,
     SipStream,
@@ -132,12 +138,12 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
     pbx_port = free_port()
     proxy, http = start(proxy_factory, pbx_port)
     pbx = await sipp.uas("uas_answer.xml", port=pbx_port, timeout=60, name="pbx")
-    caller = await sipp.uac("uac_call.xml", proxy.addr, calls=10, rate=50, keys={"domain": DOMAIN},
+    caller = await sipp.uac("uac_call.xml", proxy.addr, calls=16, rate=50, keys={"domain": DOMAIN},
                             duration_ms=3000, timeout=60,
                             extra=["-t", "un", "-max_socket", "100"], name="caller")
 
     async def all_up() -> None:
-        while invites(http, 0) + invites(http, 1) < 10:
+        while invites(http, 0) + invites(http, 1) < 16:
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(all_up(), 15)
@@ -147,7 +153,7 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
     proxy.send_signal(signal.SIGTERM)
     res = await caller.wait()
     # calls up at the SIGTERM end with their BYE through the draining workers
-    assert res.successful == 10 and res.failed == 0, res.describe()
+    assert res.successful == 16 and res.failed == 0, res.describe()
     rc = await asyncio.to_thread(proxy.stop, 15.0)
     assert rc == 0, proxy.tail()
     lines = proxy.lines()[mark:]
@@ -219,3 +225,45 @@ async def test_a_flow_held_by_the_other_worker(
         await stream.close()
     finally:
         pbx.close()
+
+
+async def test_sighup_reloads_the_policy_in_every_worker(
+    proxy_factory: Callable[..., ProxyProcess],
+) -> None:
+    proxy, _ = start(proxy_factory, free_port(), watch_policy=False)
+    policy = proxy.workdir / "policy.yaml"
+    policy.write_text(policy.read_text() + "  - name: added-by-the-test\n"
+                      "    match: {status: 499}\n    action: forward\n")
+    mark = proxy.mark()
+    proxy.send_signal(signal.SIGHUP)
+    await proxy.await_log("SIGHUP: reloading the workers", since=mark)
+
+    async def reloaded() -> None:
+        while sum("policy reloaded:" in line for line in proxy.lines()[mark:]) < 2:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(reloaded(), 10)
+    assert sum("policy reloaded:" in line for line in proxy.lines()[mark:]) == 2
+
+
+def test_a_worker_that_cannot_listen_stops_the_proxy_with_exit_1(tmp_path: Path) -> None:
+    """The shared port is taken by a socket without SO_REUSEPORT: no worker can bind it, and
+    the supervisor exits 1 rather than restart them for ever."""
+    port = free_port()
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind((LOOPBACK, port))
+    try:
+        (tmp_path / "proxy.yaml").write_text(
+            f"listen: [udp:{LOOPBACK}:{port}]\nworkers: 2\nupstream_probe: {{interval: 0}}\n")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        done = subprocess.run([sys.executable, "-m", "proxy", "run", "--config",
+                               str(tmp_path / "proxy.yaml")], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+    finally:
+        taken.close()
+    assert done.returncode == 1, done.stderr
+    assert "cannot listen" in done.stderr
+    assert "a worker could not start: stopping the others" in done.stderr
+    assert "sip-policy-proxy ready" not in done.stderr

@@ -242,7 +242,7 @@ def test_workers_are_written_into_the_generated_config(tmp_path: Path) -> None:
 def test_a_refused_workers_key_is_named() -> None:
     said = "proxy.yaml:14:1: unknown key 'workers'; allowed keys: listen, upstreams"
     hint = run.workers_hint(said, 2)
-    assert "`workers: 2`" in hint and "refuses the key" in hint and "--workers" in hint
+    assert "`workers: 2`" in hint and "refused it" in hint and "--workers" in hint
     assert run.workers_hint("proxy.yaml:3:1: bad listen", 2) == ""
     assert run.workers_hint(said, None) == ""
 

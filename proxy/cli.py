@@ -46,7 +46,10 @@ RUN_DESCRIPTION = (
     "stays) and the TLS certificates. SIGTERM or SIGINT drains: new requests get 503 with "
     "Retry-After, calls up go on until their BYE, for at most drain_timeout seconds, then exit "
     "0; a second signal exits at once. Exit 1 when the configuration or the policy is invalid "
-    "(FILE:LINE:COLUMN lines on stderr) or a socket cannot be bound.")
+    "(FILE:LINE:COLUMN lines on stderr) or a socket cannot be bound. With workers above 1 "
+    "(workers: N in the configuration, or --workers), a supervisor forks N processes on the "
+    "same addresses, says 'sip-policy-proxy ready (N workers)' once all are, passes the "
+    "signals on and restarts a worker that dies.")
 CHECK_DESCRIPTION = (
     f"Validate a configuration and the policy file it names (--config, default "
     f"./{DEFAULT_CONFIG}), or one policy file alone (--policy), without starting anything: "

@@ -97,3 +97,6 @@ class LocalAddress(NamedTuple):
     host: str  # IP as bound, IPv6 without brackets
     port: int
     advertised: str  # "host:port" or "[v6]:port" written into Via / Record-Route
+    #: the Via sent-by when it is not ``advertised``: a worker's own UDP port, so that the
+    #: responses to what it forwards come back to it (RFC 3261 18.2.2; README "Workers")
+    sent_by: str = ""

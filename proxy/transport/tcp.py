@@ -29,20 +29,24 @@ from collections.abc import Callable
 from proxy.sip import FramingError, StreamFramer
 from proxy.transport.base import Deliver, Failed, Send, Source
 from proxy.transport.conns import AcceptRate, ConnStats, RateLimitedLog, source_key
+from proxy.transport.tlspool import HandshakePool, Step
 from proxy.transport.tlssession import TlsSession
 
 log = logging.getLogger("proxy.transport.tcp")
 
 _ids = itertools.count(1)
 _PONG = b"\r\n"  # RFC 5626 4.4.1: the answer to a CRLFCRLF ping
+#: bytes a TLS client may send while a step of its handshake is out in the pool (a client
+#: certificate chain fits; a handshake is a few KB)
+HANDSHAKE_BUFFER = 65536
 
 
 class SipStream(asyncio.Protocol):
     """One TCP (or TLS) connection carrying SIP messages in both directions."""
 
-    __slots__ = ("aliases", "closed", "conn_id", "delivered", "framer", "last_sip", "manager",
-                 "opened", "outgoing", "partial_since", "peer", "ready", "refused", "source",
-                 "src", "tls", "transport", "trusted", "waiter")
+    __slots__ = ("aliases", "closed", "conn_id", "delivered", "framer", "hs_wait", "last_sip",
+                 "manager", "opened", "outgoing", "partial_since", "peer", "ready", "refused",
+                 "source", "src", "tls", "transport", "trusted", "waiter")
 
     def __init__(self, manager: TcpManager, outgoing: bool = False,
                  tls: TlsSession | None = None) -> None:
@@ -65,6 +69,9 @@ class SipStream(asyncio.Protocol):
         self.opened = now
         self.last_sip = now  # last complete SIP message, either way (keep-alives excluded)
         self.partial_since = 0.0  # first byte of a message not complete yet; 0: none
+        #: a handshake step is out in the pool (:mod:`proxy.transport.tlspool`): the bytes
+        #: that came meanwhile; None: no step out, the loop may touch :attr:`tls`
+        self.hs_wait: bytearray | None = None
         #: outgoing: resolved when the connection is ready (TLS: its handshake is over)
         self.waiter: asyncio.Future[None] | None = (
             asyncio.get_running_loop().create_future() if outgoing else None)
@@ -121,12 +128,65 @@ class SipStream(asyncio.Protocol):
             return
         tls = self.tls
         if tls is not None:
+            if self.hs_wait is not None or (not tls.done and tls.server_side):
+                self._handshake_step(tls, data)
+                return
             data = self._decrypt(tls, data)
             if not data:
                 return
         self._received(data)
         if tls is not None and tls.eof:
             self.close()
+
+    def _handshake_step(self, tls: TlsSession, data: bytes) -> None:
+        """Server side, handshake not over: the bytes go to the handshake pool (the loop does
+        no handshake work), or wait for the step that is out."""
+        waiting = self.hs_wait
+        if waiting is not None:
+            if len(waiting) + len(data) > HANDSHAKE_BUFFER:
+                self.manager.drop(self, "tls", f"TLS: over {HANDSHAKE_BUFFER} bytes sent "
+                                  "during the handshake")
+                return
+            waiting += data
+            return
+        m = self.manager
+        pool = m.handshake_pool()
+        if pool is None:  # no pool: on the loop (tests, or the pool turned off)
+            plain = self._decrypt(tls, data)
+            if plain:
+                self._received(plain)
+            if tls.eof:
+                self.close()
+            return
+        if not pool.submit(self, tls, data):
+            m.drop(self, "busy", f"TLS: {pool.max_queued} handshakes waiting for a thread")
+            return
+        self.hs_wait = bytearray()
+
+    def handshaken(self, step: Step) -> None:
+        """The pool is done with a step (on the loop's thread): write what the handshake
+        produced, bring the link up once it is over, then go on with the bytes that came
+        meanwhile."""
+        waiting, self.hs_wait = self.hs_wait, None
+        tls = self.tls
+        assert tls is not None
+        if self.closed or self.transport is None:
+            tls.release()  # closed while the step was out: its TLS state goes now
+            return
+        if step.error is not None:
+            self.manager.drop(self, "tls", f"TLS: {step.error}")
+            return
+        if step.out:
+            self.transport.write(step.out)
+        if tls.done and not self.ready:
+            self._link_up()
+        if step.plain:
+            self._received(step.plain)
+        if tls.eof and not self.closed:
+            self.close()  # close_notify: the peer is done
+            return
+        if waiting and not self.closed:
+            self.data_received(bytes(waiting))
 
     def _received(self, data: bytes) -> None:
         """SIP over a byte stream: cut by Content-Length (RFC 3261 18.3)."""
@@ -206,7 +266,7 @@ class SipStream(asyncio.Protocol):
         if transport is None or self.closed:
             return
         self.closed = True
-        if self.tls is not None:
+        if self.tls is not None and self.hs_wait is None:  # not while a step is out
             bye = self.tls.goodbye()
             if bye:
                 transport.write(bye)
@@ -214,7 +274,7 @@ class SipStream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.tls is not None:
+        if self.tls is not None and self.hs_wait is None:  # else once the step is back
             self.tls.release()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -242,6 +302,7 @@ class TcpManager:
         per_source: int = 32, idle_timeout: float | None = None,
         in_use: Callable[[int], bool] | None = None,
         exempt: Callable[[str], bool] | None = None, accept_rate: float = 0.0,
+        handshake_threads: int = 1,
     ) -> None:
         self.deliver = deliver
         self.failed = failed
@@ -253,6 +314,10 @@ class TcpManager:
         self.per_source = per_source
         self.idle_timeout = idle_timeout
         self.handshake_timeout: float | None = None  # TLS only
+        #: threads for the server side of TLS handshakes (:mod:`proxy.transport.tlspool`),
+        #: started at the first handshake; 0: handshakes run on the loop
+        self.handshake_threads = handshake_threads
+        self._pool: HandshakePool | None = None
         self.in_use = in_use
         #: hosts whose connections are not held to per_source nor closed for being idle: the
         #: upstreams and trusted_relays (configured peers; a trunk's connection carries calls
@@ -271,6 +336,14 @@ class TcpManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweep: asyncio.TimerHandle | None = None
         self._shut = False
+
+    def handshake_pool(self) -> HandshakePool | None:
+        """The threads that run TLS handshakes (started on first use); None when off."""
+        pool = self._pool
+        if pool is None and self.handshake_threads > 0 and not self._shut:
+            pool = self._pool = HandshakePool(asyncio.get_running_loop(),
+                                              self.handshake_threads)
+        return pool
 
     def stream(self, outgoing: bool = False, server_name: str | None = None) -> SipStream:
         """A new connection's protocol (TLS adds its session)."""
@@ -479,3 +552,6 @@ class TcpManager:
             conn.close()
         for task in self._tasks:
             task.cancel()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

@@ -158,7 +158,7 @@ class SipStream(asyncio.Protocol):
             if tls.eof:
                 self.close()
             return
-        if not pool.submit(self, tls, data):
+        if not pool.submit(self, tls, data, self.source, self.trusted):
             m.drop(self, "busy", f"TLS: {pool.max_queued} handshakes waiting for a thread")
             return
         self.hs_wait = bytearray()

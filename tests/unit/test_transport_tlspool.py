@@ -238,3 +238,50 @@ async def test_too_many_bytes_while_a_step_is_out_close_the_connection(
         await until(lambda: conn_gone.queued == 0)
     finally:
         m.close()
+
+
+class _FakeConn:
+    def __init__(self, done: list[str]) -> None:
+        self.closed = False
+        self.done = done
+
+    def handshaken(self, step: Step) -> None:
+        self.done.append(step.data.decode())
+
+
+class _FakeTls:
+    """Records the order the worker runs steps in; the first waits for the gate."""
+
+    def __init__(self, ran: list[str], gate: threading.Event) -> None:
+        self.ran, self.gate = ran, gate
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        self.gate.wait(5)
+        self.ran.append(data.decode())
+        return b"", b""
+
+
+async def test_the_pool_serves_sources_in_turn_and_trusted_peers_first() -> None:
+    """Round robin over sources: a source with five handshakes waiting does not hold up
+    another source's one for all five; a trusted peer's step (an upstream) goes first."""
+    ran: list[str] = []
+    done: list[str] = []
+    gate = threading.Event()
+    pool = HandshakePool(asyncio.get_running_loop(), 1)
+    try:
+        tls = _FakeTls(ran, gate)
+        for i in range(1, 6):
+            assert pool.submit(_FakeConn(done), tls, f"a{i}".encode(), "192.0.2.1")  # type: ignore[arg-type]
+        assert pool.submit(_FakeConn(done), tls, b"b1", "192.0.2.2")  # type: ignore[arg-type]
+        assert pool.submit(_FakeConn(done), tls, b"t1", "192.0.2.9", first=True)  # type: ignore[arg-type]
+        closed = _FakeConn(done)
+        assert pool.submit(closed, tls, b"c1", "192.0.2.3")  # type: ignore[arg-type]
+        closed.closed = True  # gone before its turn: handed back without running
+        assert pool.queued == 8
+        gate.set()
+        await until(lambda: len(done) == 8)
+        # a1 and a2 were out (one running, one next) before the others came
+        assert ran == ["a1", "a2", "t1", "a3", "b1", "a4", "a5"]
+        assert "c1" in done and pool.queued == 0 and pool.steps == 8
+    finally:
+        pool.close()

@@ -13,7 +13,13 @@ What a connection must do to keep its slot (``limits.tcp_max_connections``,
 ``tcp_per_source``, ``tcp_idle_timeout``, ``tcp_message_timeout``, the TLS handshake
 timeout) is in :mod:`proxy.transport.conns`. TLS (:mod:`proxy.transport.tls`) is this same
 machinery with a :class:`~proxy.transport.tlssession.TlsSession` between the socket and the
-framer.
+framer; the server side of its handshake runs in a thread of :mod:`proxy.transport.tlspool`,
+never on the event loop.
+
+One turn of the event loop reads at most :attr:`TcpManager.per_turn` stream messages; a
+connection that has more to read then waits for the next turn, its reading paused and its
+bytes kept in order, so that a burst from hundreds of connections is served in slices with
+the loop's other work (a UDP call, timers) between them.
 """
 
 from __future__ import annotations

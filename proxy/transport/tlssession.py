@@ -14,6 +14,9 @@ that did start holds some 45 KB of OpenSSL state until it ends; that memory is f
 connection closes (:meth:`TlsSession.release`) and given back to the system by
 :class:`proxy.runtime.limits.MemoryTrim`.
 
+The server side's handshake steps run in a thread (:mod:`proxy.transport.tlspool`): while one
+is out, only that thread touches the session.
+
 No IO here: :meth:`TlsSession.receive` takes the bytes read from the socket and returns the
 plaintext they carried and the TLS records to write back; :meth:`TlsSession.wrap` turns
 plaintext into records. Every ``ssl.SSLError`` (a failed handshake, a bad certificate, a

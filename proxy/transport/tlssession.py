@@ -26,8 +26,14 @@ corrupt record) reaches the caller, which closes the connection.
 from __future__ import annotations
 
 import ssl
+import threading
 
-__all__ = ["TlsSession"]
+__all__ = ["CONTEXT_LOCK", "TlsSession"]
+
+#: held while a session is made from a context (``SSL_new`` copies the context's certificate
+#: and key) and while the live contexts are reloaded (SIGHUP: ``load_cert_chain`` releases
+#: the GIL while it replaces them): a handshake thread never copies a half-replaced key
+CONTEXT_LOCK = threading.Lock()
 
 _READ = 65536
 
@@ -51,8 +57,9 @@ class TlsSession:
 
     def _start(self) -> ssl.SSLObject:
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._obj = self.ctx.wrap_bio(self._in, self._out, server_side=self.server_side,
-                                      server_hostname=self.server_hostname)
+        with CONTEXT_LOCK:
+            self._obj = self.ctx.wrap_bio(self._in, self._out, server_side=self.server_side,
+                                          server_hostname=self.server_hostname)
         return self._obj
 
     def hello(self) -> bytes:

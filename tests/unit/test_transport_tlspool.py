@@ -285,3 +285,28 @@ async def test_the_pool_serves_sources_in_turn_and_trusted_peers_first() -> None
         assert "c1" in done and pool.queued == 0 and pool.steps == 8
     finally:
         pool.close()
+
+
+async def test_no_session_is_made_while_the_contexts_are_reloaded(pki: dict[str, Path]) -> None:
+    """A reload (SIGHUP) replaces the live contexts' key and certificate with the GIL
+    released; a handshake thread makes no session from them meanwhile (CONTEXT_LOCK), and
+    goes on once the reload is over."""
+    from proxy.transport.tlssession import CONTEXT_LOCK
+
+    m = manager(pki, [])
+    await m.listen("127.0.0.1", 0)
+    try:
+        c = Client(m, STRANGER, pki)
+        with CONTEXT_LOCK:  # what reload() holds while it loads the files
+            await c.send(c.flight())
+            await until(lambda: m._pool is not None and m._pool.queued == 1)
+            with pytest.raises(TimeoutError):
+                await c.read(0.3)  # the step waits for the lock: no ServerHello
+            assert conn_from(m, STRANGER).tls._obj is None  # type: ignore[union-attr]
+        assert (await c.read())[:1] == b"\x16"
+        assert m.reload()  # takes the lock itself, and the next handshake still works
+        r, w = await asyncio.open_connection("127.0.0.1", port_of(m),
+                                             ssl=client_ctx(pki, False), server_hostname="localhost")
+        w.close()
+    finally:
+        m.close()

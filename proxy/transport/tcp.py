@@ -144,8 +144,9 @@ class SipStream(asyncio.Protocol):
             data = self._decrypt(tls, data)
             if not data:
                 return
-            if tls.eof:  # the last bytes: no waiting, then close
-                self._received(data)
+            if tls.eof:  # the last bytes: read now, after any that wait, then close
+                self._take(data)
+                self.take_held()
                 self.close()
                 return
         self._take(data)
@@ -221,6 +222,7 @@ class SipStream(asyncio.Protocol):
         if step.plain:
             self._take(step.plain)
         if tls.eof and not self.closed:
+            self.take_held()
             self.close()  # close_notify: the peer is done
             return
         if waiting and not self.closed:

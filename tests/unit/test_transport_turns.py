@@ -132,3 +132,46 @@ async def test_a_sweep_closes_a_bounded_number_and_the_next_one_comes_at_once() 
         assert all(t.closing for _, t in conns) and m.stats.closed == {"idle": 8}
     finally:
         m.close()
+
+
+class _PlainTls:
+    """A TLS session whose handshake is over: records are the plaintext; ``eof`` once the
+    peer's close_notify came (set by the test)."""
+
+    server_side = True
+    done = True
+
+    def __init__(self) -> None:
+        self.eof = False
+        self.close_after = False
+
+    def receive(self, data: bytes) -> tuple[bytes, bytes]:
+        self.eof = self.close_after
+        return data, b""
+
+    def goodbye(self) -> bytes:
+        return b""
+
+    def release(self) -> None:
+        pass
+
+
+async def test_bytes_that_wait_are_read_before_the_last_ones_of_a_closing_tls_peer() -> None:
+    """close_notify with the last message: the bytes that waited for the next turn are read
+    first, then the last ones, then the connection closes (order kept, nothing lost)."""
+    got: list[bytes] = []
+    m = TcpManager(lambda d, s: got.append(d), lambda t: None)
+    m.per_turn = 1
+    try:
+        a, _ = _conn(m, "192.0.2.1", 1000)
+        tls = _PlainTls()
+        b = SipStream(m, False, tls)  # type: ignore[arg-type]
+        tb = _Transport("192.0.2.2", 1000)
+        b.connection_made(tb)  # type: ignore[arg-type]
+        a.data_received(_msg(1))
+        b.data_received(_msg(2))  # waits
+        tls.close_after = True
+        b.data_received(_msg(3))  # the last, with the peer's close_notify
+        assert got == [_msg(1), _msg(2), _msg(3)] and tb.closing and b.held is None
+    finally:
+        m.close()

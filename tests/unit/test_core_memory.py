@@ -213,12 +213,16 @@ def test_a_held_call_costs_a_bounded_number_of_bytes_and_tracked_objects() -> No
 
 def test_far_timers_hold_no_container_per_call() -> None:
     """A queued far timer (the 32-second Timers J, L, M of each call) is the item in its
-    bucket and a tuple of numbers the collector stops tracking once it has seen it."""
+    bucket and, in the queue's index, the item's own deadline: no tuple, no container, no
+    number allocated for it."""
     h = Harness.make()
     held_calls(h, 0, 5)
     gc.collect()
     lines = list(h.core.queue._live.values())
     assert len(lines) >= 4 * 5
-    far = [line for line in lines if line[1] is None]
+    far = [line for line in lines if isinstance(line, float)]
     assert len(far) >= 3 * 5  # J, L, M of every call: 32 s away
-    assert not any(gc.is_tracked(line) for line in far)
+    items = {id(i): i for bucket in h.core.queue._far.values() for i in bucket.values()}
+    for key, line in h.core.queue._live.items():
+        if isinstance(line, float):
+            assert line is items[key].deadline  # the item's float, not a copy

@@ -291,6 +291,7 @@ class ResponseContext:
         self.append = _NO_LINES
         self.flow_attempts = _NO_ATTEMPTS
         self.view = None
+        self.loop_hash = ""  # only a new branch's id reads it (16.6 step 8)
         if self.timer is not None:
             self.timer.deadline = None  # stale in the timer queue: never fires
         if self.server.request is not None:

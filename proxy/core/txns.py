@@ -198,7 +198,7 @@ def release(core: ProxyCore, ctx: ResponseContext) -> None:
     for b in ctx.branches:
         if b.txn.state is not _TERMINATED:
             return
-    ctx.branches = []
+    ctx.branches = ()
 
 
 def cancel_effects(core: ProxyCore, br: Branch, effects: Sequence[object], out: Out) -> None:

@@ -167,8 +167,20 @@ $(BROWSER_STAMP): $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json |
 	npm ci --prefix $(BROWSER_DIR) --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Without PYTEST_ARGS, the whole suite in two runs: the unit and conformance tests on both
+# cores (pytest-xdist: they run in one process each and bind no fixed port), then the system
+# and e2e tests one at a time (real servers, sipp and a browser on timers). Either failing
+# fails the target. With PYTEST_ARGS, one run of what they name.
+TEST_ENV := SIP_POLICY_PROXY_EXPECT=$(TEST_BUILD) $(if $(filter pure,$(TEST_BUILD)),SIP_POLICY_PROXY_PURE=1 )
+SERIAL_TESTS := tests/system tests/e2e
+
 test: sysdeps browser-deps venv compiled
-	SIP_POLICY_PROXY_EXPECT=$(TEST_BUILD) $(if $(filter pure,$(TEST_BUILD)),SIP_POLICY_PROXY_PURE=1 )$(VPY) -m pytest -q $(PYTEST_ARGS)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(TEST_ENV)$(VPY) -m pytest -q -n 2 tests/unit tests/conformance
+	$(TEST_ENV)$(VPY) -m pytest -q $(SERIAL_TESTS)
+else
+	$(TEST_ENV)$(VPY) -m pytest -q $(PYTEST_ARGS)
+endif
 
 test-pure: sysdeps browser-deps venv
 	SIP_POLICY_PROXY_EXPECT=pure SIP_POLICY_PROXY_PURE=1 $(VPY) -m pytest -q $(PYTEST_ARGS)

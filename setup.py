@@ -16,6 +16,7 @@ import shutil
 import sys
 import sysconfig
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,10 @@ def compiled_extensions() -> list[Extension]:
     options = ["--config-file=", "--ignore-missing-imports"]
     try:
         # One shared library for all modules (separate=False): measured faster to build than
-        # a library per module (separate=True), even with two compilers in parallel.
-        extensions: list[Extension] = mypycify([*options, *sources()], group_name=GROUP)
+        # a library per module (separate=True), even with two compilers in parallel. Its C in
+        # one file per module (multi_file), which OptionalBuildExt compiles in parallel.
+        extensions: list[Extension] = mypycify([*options, *sources()], group_name=GROUP,
+                                               multi_file=True)
     except (Exception, SystemExit) as exc:  # mypyc exits on its own errors
         warn(f"mypyc failed ({exc!r})")
         return []
@@ -92,6 +95,26 @@ class OptionalBuildExt(build_ext):
         super().finalize_options()
         if self.parallel is None:  # the module stubs build beside the shared library
             self.parallel = os.cpu_count() or 1
+
+    def build_extension(self, ext: Extension) -> None:
+        # setuptools compiles the C files of one extension one after the other; the shared
+        # library's are many (multi_file): compile them on every core.
+        compiler = self.compiler
+        serial = compiler.compile
+        jobs = self.parallel if isinstance(self.parallel, int) else 1
+
+        def compile_all(sources: list[str], *args: Any, **kwargs: Any) -> list[str]:
+            if jobs < 2 or len(sources) < 2:
+                return serial(sources, *args, **kwargs)
+            with ThreadPoolExecutor(jobs) as pool:
+                parts = list(pool.map(lambda src: serial([src], *args, **kwargs), sources))
+            return [obj for part in parts for obj in part]
+
+        compiler.compile = compile_all  # type: ignore[method-assign]
+        try:
+            super().build_extension(ext)
+        finally:
+            compiler.compile = serial  # type: ignore[method-assign]
 
     def run(self) -> None:
         inplace = self.inplace

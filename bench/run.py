@@ -458,9 +458,9 @@ def workers_hint(output: str, workers: int | None) -> str:
     """What to say when the proxy refused the `workers:` key that --workers wrote."""
     if workers is None or "workers" not in output:
         return ""
-    return (f"\n--workers wrote `workers: {workers}` into the generated proxy.yaml and this "
-            "proxy refuses the key: it has no workers setting yet (one process per proxy: "
-            "use --proxies N to run N of them); run without --workers")
+    return (f"\n--workers wrote `workers: {workers}` into the generated proxy.yaml and the "
+            "proxy refused it (the message above says why; an older proxy has no workers "
+            "setting: use --proxies N to run N of them, or run without --workers)")
 
 
 def check_workers(python: str, workdir: Path, counts: list[int]) -> None:
@@ -716,6 +716,8 @@ class Options:
     capture: Capture | None = None  # tcpdump for the latency; None: sipp's figures only
     uac_overload_xml: Path | None = None  # the overload steps' UAC (503 is a final answer)
     quiet_wait: float = 40.0  # longest wait for the target to go quiet before an extra step
+    #: --per-call-sockets: the UAC's -t un (a UDP socket, so a source port, per call)
+    uac_transport: tuple[str, ...] = ()
 
 
 def split_rate(rate: int, n: int) -> list[int]:
@@ -729,6 +731,7 @@ def rtt_freq(calls: int) -> int:
     return max(d for d in range(1, min(calls, 200) + 1) if calls % d == 0)
 
 
+PER_CALL_SOCKETS = 10_000  # sipp -max_socket with --per-call-sockets (below the fd limit)
 OVERLOAD_GRACE_S = 15  # an overload step's UACs are stopped this long after the step's end
 
 
@@ -792,7 +795,7 @@ def sipp_pairs(target: Target, rate: int, opts: Options, stepdir: Path,
                    "-default_behaviors", "all,-abortunexp", "-nostdin",
                    "-r", str(pair_rate), "-m", str(calls),
                    "-trace_stat", "-stf", str(stepdir / f"uac{sfx}.csv"), "-fd", "1",
-                   "-trace_rtt", "-rtt_freq", str(rtt_freq(calls)),
+                   "-trace_rtt", "-rtt_freq", str(rtt_freq(calls)), *opts.uac_transport,
                    *via, f"{LOOPBACK}:{uas_port}", "-s", "service"]
         pairs.append(Pair(uas_cmd, uac_cmd, uas_port, sfx))
     return pairs
@@ -1041,6 +1044,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true", help="do not write results.png")
     p.add_argument("--no-capture", action="store_true",
                    help="no tcpdump: latency from sipp's -trace_rtt alone (whole 4 ms ticks)")
+    p.add_argument("--per-call-sockets", action="store_true",
+                   help="the sipp UAC sends each call from a socket (a source port) of its "
+                        "own (-t un): the kernel spreads the calls among the proxy's workers "
+                        "by source address, so --workers compares nothing without it; needs "
+                        "--no-capture (the capture follows the UAC's one port)")
     p.add_argument("--python", default=None,
                    help="interpreter with the project installed (default: .venv/bin/python)")
     p.add_argument("--proxy-config", type=Path, default=None,
@@ -1148,6 +1156,9 @@ def run_all(args: argparse.Namespace, outdir: Path, rates: list[int]) -> list[Se
     if args.repeat < 1:
         raise BenchError("--repeat needs a count >= 1")
     overload = overload_factors(args.overload)
+    if args.per_call_sockets and not args.no_capture:
+        raise BenchError("--per-call-sockets needs --no-capture: the capture follows the UAC's "
+                         "one port")
     python = check_tools(args, names)
     if args.workers is not None and "proxy" in names:
         check_workers(python, outdir / "workers-check", worker_counts)
@@ -1159,7 +1170,9 @@ def run_all(args: argparse.Namespace, outdir: Path, rates: list[int]) -> list[Se
                    uas_xml=BENCH_DIR / "uas_rr.xml", uas_ports=ports[1], uac_ports=ports[2],
                    duration=args.duration, settle=args.settle, control_port=args.control_port,
                    capture=capture, uac_overload_xml=BENCH_DIR / "uac_rr_overload.xml",
-                   quiet_wait=args.quiet_wait)
+                   quiet_wait=args.quiet_wait, uac_transport=(
+                       ("-t", "un", "-max_socket", str(PER_CALL_SOCKETS))
+                       if args.per_call_sockets else ()))
     redis = RedisServer(outdir / "redis") if args.redis and "proxy" in names else None
     all_series: list[Series] = []
     try:

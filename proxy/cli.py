@@ -46,7 +46,10 @@ RUN_DESCRIPTION = (
     "stays) and the TLS certificates. SIGTERM or SIGINT drains: new requests get 503 with "
     "Retry-After, calls up go on until their BYE, for at most drain_timeout seconds, then exit "
     "0; a second signal exits at once. Exit 1 when the configuration or the policy is invalid "
-    "(FILE:LINE:COLUMN lines on stderr) or a socket cannot be bound.")
+    "(FILE:LINE:COLUMN lines on stderr) or a socket cannot be bound. With workers above 1 "
+    "(workers: N in the configuration, or --workers), a supervisor forks N processes on the "
+    "same addresses, says 'sip-policy-proxy ready (N workers)' once all are, passes the "
+    "signals on and restarts a worker that dies.")
 CHECK_DESCRIPTION = (
     f"Validate a configuration and the policy file it names (--config, default "
     f"./{DEFAULT_CONFIG}), or one policy file alone (--policy), without starting anything: "
@@ -117,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"the configuration file (default: ./{DEFAULT_CONFIG})")
     run.add_argument("--log-level", choices=LOG_LEVELS, default=None,
                      help="override log_level of the configuration")
+    run.add_argument("--workers", type=_workers, default=None, metavar="N",
+                     help="override workers of the configuration: N processes on the same "
+                     "addresses, or 'auto' (one per core)")
     run.set_defaults(func=_cmd_run)
 
     check = sub.add_parser("check", help="validate a configuration (and its policy) or a policy",
@@ -283,10 +289,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config, policy, warnings = loaded
     if args.log_level is not None:
         config = dataclasses.replace(config, log_level=args.log_level)
+    if args.workers is not None:
+        config = dataclasses.replace(config, workers=args.workers)
     from proxy.runtime.server import run_server  # the only owner of the event loop
 
+    if config.workers > 1:  # a supervisor forking the workers (README "Workers")
+        from proxy.runtime.workers import supervise
+
+        return supervise(config, policy, warnings,
+                         lambda cfg, pol, worker: run_server(cfg, pol, None, worker))
     code: int = run_server(config, policy, warnings)
     return code
+
+
+def _workers(text: str) -> int:
+    """``--workers N`` (1..256) or ``auto``."""
+    from proxy.config.workers import MAX_WORKERS, cores
+
+    if text.strip().lower() == "auto":
+        return min(cores(), MAX_WORKERS)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1..{MAX_WORKERS} or auto, got {text!r}")
+    return int(text)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

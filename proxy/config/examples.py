@@ -83,6 +83,7 @@ EXAMPLES: dict[str, str] = {
     "hep: id": "hep: {to: udp:10.0.0.5:9060, id: 2001}",
     "trace_calls": "trace_calls: 1000",
     "http_token": 'http_token: "0f3c9a7e5d1b48a2c6e4f8a0b2d4c6e8"',
+    "workers": "workers: 4",
     "the configuration": "listen: [udp:127.0.0.1:5060]",
 }
 

@@ -50,7 +50,7 @@ __all__ = [
     "parse_upstream",
 ]
 
-from proxy.config import examples, observability, tracing, trust
+from proxy.config import examples, observability, tracing, trust, workers
 from proxy.config.access import access_limits, verify_client, ws_origins
 from proxy.config.model import (
     AUTH_KEYS,
@@ -256,6 +256,7 @@ class _Builder:
             "hep": ("hep", lambda node: tracing.hep(r, node)),
             "trace_calls": ("trace_calls", lambda node: tracing.trace_calls(r, node)),
             "http_token": ("http_token", lambda node: tracing.http_token(r, node)),
+            "workers": ("workers", lambda node: workers.count(r, node)),
         }
 
     def _cross_checks(
@@ -265,6 +266,7 @@ class _Builder:
         r = self.report
         trust.registrar_defaults(r, self.tree, found, given, values)
         tracing.cross_check(r, found, values)
+        workers.cross_check(r, found, values)
         declared = given.get("upstreams")
         parsed = any(g.upstreams for g in values.get("upstream_groups", ()))
         if not parsed and not (isinstance(declared, YSeq | YMap) and declared.items):

@@ -73,6 +73,7 @@ CONFIG_KEYS = (
     "hep",
     "trace_calls",
     "http_token",
+    "workers",
 )
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
@@ -270,6 +271,8 @@ class Config:
     hep: HepTarget | None = None  # None: no HEP export
     trace_calls: int = DEFAULT_TRACE_CALLS  # recent calls kept for /calls (0: off)
     http_token: str | None = None  # bearer token for /calls* and every POST; None: open
+    #: processes serving the listen addresses together (SO_REUSEPORT; README "Workers")
+    workers: int = 1
     # Every upstream group in order, the first the default; () when built from `upstreams`
     # alone: it is then the one group `default` of those upstreams (__post_init__).
     upstream_groups: tuple[UpstreamGroup, ...] = ()

@@ -201,7 +201,8 @@ class Prober:
         tp = "" if t.transport == "udp" else f";transport={t.transport}"
         lines = [
             f"OPTIONS sip:{host}:{t.port}{tp} SIP/2.0",
-            f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}",
+            f"Via: SIP/2.0/{local.transport.upper()} {local.sent_by or local.advertised}"
+            f";branch={bid}",
             "Max-Forwards: 70",
             f"From: <sip:probe@{local.advertised}>;tag={core.new_tag()}",
             f"To: <sip:{host}:{t.port}>",

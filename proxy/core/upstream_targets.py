@@ -72,25 +72,33 @@ def by_priority(records: Sequence[_Record]) -> list[list[_Record]]:
             for p in sorted({r.priority for r in records})]
 
 
-def weighted_draw(group: Sequence[_Record], rng: random.Random) -> list[_Record]:
-    """RFC 2782 "Usage rules" within one priority (weight 0 first, as :func:`by_priority`
-    puts them): each next record drawn with a probability proportional to its weight (a
-    uniform integer in [0, sum of the weights left], the first record whose running sum
-    reaches it)."""
-    left = list(group)
-    out: list[_Record] = []
+def weighted_order(weights: Sequence[int], rng: random.Random) -> list[int]:
+    """RFC 2782 "Usage rules" within one priority, on the weights alone (records of weight 0
+    first, as the callers put them): the indices of ``weights`` in the order drawn, each next
+    one with a probability proportional to its weight (a uniform integer in [0, sum of the
+    weights left], the first whose running sum reaches it). The one copy of the draw: the
+    resolver's SRV order (:func:`proxy.runtime.resolver.srv_order`) uses it too."""
+    left = list(range(len(weights)))
+    out: list[int] = []
     while left:
-        total = sum(r.weight for r in left)
+        total = 0
+        for i in left:
+            total += weights[i]
         pick = rng.randint(0, total) if total else 0
         running = 0
         chosen = len(left) - 1
-        for i, r in enumerate(left):
-            running += r.weight
+        for n, i in enumerate(left):
+            running += weights[i]
             if running >= pick:
-                chosen = i
+                chosen = n
                 break
         out.append(left.pop(chosen))
     return out
+
+
+def weighted_draw(group: Sequence[_Record], rng: random.Random) -> list[_Record]:
+    """The records of one priority group in RFC 2782's weighted order (:func:`weighted_order`)."""
+    return [group[i] for i in weighted_order([r.weight for r in group], rng)]
 
 
 class UpstreamTargets:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from proxy.config import Config
+from proxy.core.upstream_targets import weighted_order
 from proxy.runtime.dns import MAX_RECORDS, Answer, DnsClient, DnsFailure, Naptr, Srv
 from proxy.sip import format_host
 
@@ -87,22 +88,11 @@ def is_ip(host: str) -> bool:
 
 def srv_order(records: tuple[Srv, ...] | list[Srv], rng: random.Random) -> list[Srv]:
     """RFC 2782 "Usage rules": lowest priority first; within a priority, records of weight 0
-    first, then each next record drawn with a probability proportional to its weight (a
-    uniform number in [0, sum of weights], the first record whose running sum reaches it)."""
+    first, then the weighted draw (:func:`proxy.core.upstream_targets.weighted_order`)."""
     out: list[Srv] = []
     for priority in sorted({r.priority for r in records}):
         group = sorted((r for r in records if r.priority == priority), key=lambda r: r.weight > 0)
-        while group:
-            total = sum(r.weight for r in group)
-            pick = rng.randint(0, total) if total else 0
-            running = 0
-            chosen = len(group) - 1
-            for i, r in enumerate(group):
-                running += r.weight
-                if running >= pick:
-                    chosen = i
-                    break
-            out.append(group.pop(chosen))
+        out.extend(group[i] for i in weighted_order([r.weight for r in group], rng))
     return out
 
 

@@ -28,29 +28,30 @@ from proxy.core.effects import Effects, StoreWrite
 from proxy.core.proxy.redirect_guard import RedirectGuard
 from proxy.core.registrar.digest import DigestAuth
 from proxy.core.registrar.location import MemoryLocation
-from proxy.core.types import LocalAddress, Send, Source
+from proxy.core.types import Send, Source
 from proxy.diagnostics import ConfigError, Diagnostic
 from proxy.policy import Policy, load_policy
 from proxy.runtime import http as http_side
 from proxy.runtime import logs as log_lines
 from proxy.runtime import overload as overload_meter
-from proxy.runtime import signals, streams, upstream_control
+from proxy.runtime import signals, streams, upstream_control, workers
 from proxy.runtime import tracing as tracing_taps
 from proxy.runtime import upstreams as named_upstreams
 from proxy.runtime.limits import MemoryTrim, flood_gate, raise_nofile
 from proxy.runtime.memory import GcPolicy
 from proxy.runtime.overload import LagTicker
-from proxy.runtime.resolver import Resolver, Targets, advertised, resolver_for
+from proxy.runtime.resolver import Resolver, Targets, resolver_for
 from proxy.runtime.sends import MISS, SendResolver
 from proxy.runtime.state import StateKeeper, default_node, is_shared
 from proxy.runtime.watchers import FileWatcher, PolicyReloader
+from proxy.runtime.workers import Worker
 from proxy.sip import host_port_text
 from proxy.store import LearnedRoute, StoreError, open_store
 from proxy.transaction import TimerConfig
 from proxy.transport.base import Transport
 from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager
-from proxy.transport.udp import UdpEndpoint, open_udp
+from proxy.transport.udp import UdpEndpoint
 from proxy.transport.udp_gate import FloodGate
 from proxy.transport.ws import WsManager
 
@@ -93,9 +94,11 @@ class Runtime:
     worked, read, received = 0.0, 0, 0
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
-                 upstreams: named_upstreams.Plan | None = None) -> None:
-        """``upstreams``: resolved at start-up (:func:`_main`); else at their first send."""
-        self.config = config
+                 upstreams: named_upstreams.Plan | None = None,
+                 worker: Worker | None = None) -> None:
+        """``upstreams``: resolved at start-up (:func:`_main`); else at their first send.
+        ``worker``: this process is one of ``workers: N`` (:mod:`proxy.runtime.workers`)."""
+        self.config, self.worker = config, worker
         self.loop = asyncio.get_running_loop()
         self.resolver = resolver or resolver_for(config, self.loop.time)
         self.sends = SendResolver(self.resolver, self.dispatch, self._unreachable)
@@ -113,11 +116,7 @@ class Runtime:
         t = config.timers
         timers = TimerConfig(t1=t.t1, t2=t.t2, t4=t.t4, timer_c=t.timer_c)
         self.upstream_plan = plan = upstreams or named_upstreams.unresolved(config)
-        local = [
-            LocalAddress(li.transport, li.host, li.port,
-                         advertised(li.host, li.port, config.advertise))
-            for li in config.listen
-        ]
+        local, announced = workers.local_addresses(config, worker)  # Via, Record-Route
         # Redirect safety (RFC 3261 26.1.2). The defaults name the upstreams by host;
         # a 3xx arrives from an address, so their resolved addresses join the defaults. A list
         # the operator wrote is taken as it is.
@@ -165,7 +164,7 @@ class Runtime:
             raise ConfigError([Diagnostic(str(config.path), 1, 1, f"state {config.state}: {exc}")]
                               ) from exc
         self.state = StateKeeper(self.store, self.core, self.location, config.state, node,
-                                 tuple(local), self._state_changed, secret, bool(config.secret))
+                                 announced, self._state_changed, secret, bool(config.secret))
         upstream_control.install(self)  # stored upstream states reach the core through _drive
         self._generation = -1
         #: /ready: listening, and the state store answers (the store's owner sets store_ok)
@@ -177,6 +176,7 @@ class Runtime:
 
     async def start(self) -> None:
         cfg = self.config
+        workers.install(self)  # the other workers are nodes known from the start
         try:
             # Loads the state and agrees on the key (core.rekey) before anything is minted;
             # a Redis store that is down is retried in the background.
@@ -190,24 +190,24 @@ class Runtime:
         raise_nofile(tables * cfg.limits.tcp_max_connections + 64)  # a table per transport
         self.tap = await tracing_taps.install(self)  # before the first message can arrive
         self.gate = flood_gate(self.core, cfg.limits.udp_flood_rps, cfg.limits.per_source_rps)
-        for li in cfg.listen:
+        shared = self.worker is not None  # SO_REUSEPORT: the workers share each address
+        for position, li in enumerate(cfg.listen):
             if li.transport == "udp":
-                ep = await open_udp(li.host, li.port, self.deliver, self.keepalive, self.failed,
-                                    self.gate)
+                ep = await workers.open_udp(self, position, li)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":
                 self.tcp = self.tcp or streams.tcp_manager(self)
-                await self.tcp.listen(li.host, li.port)
+                await self.tcp.listen(li.host, li.port, reuse_port=shared)
             elif li.transport == "ws":
                 self.ws = self.ws or streams.ws_manager(self, "ws")
-                await self.ws.listen(li.host, li.port)
+                await self.ws.listen(li.host, li.port, reuse_port=shared)
             elif li.transport == "wss":
                 self.wss = self.wss or streams.ws_manager(self, "wss")
-                await self.wss.listen(li.host, li.port)
+                await self.wss.listen(li.host, li.port, reuse_port=shared)
             else:
                 self.tls = self.tls or streams.tls_manager(self)
-                await self.tls.listen(li.host, li.port)
+                await self.tls.listen(li.host, li.port, reuse_port=shared)
             log.log(_NOTICE, "listening on %s:%s", li.transport, host_port_text(li.host, li.port))
         self.policy_reload = PolicyReloader(cfg.policy_path, self.core.view.policy, self.reloads,
                                             self._put_policy_in_force)
@@ -230,7 +230,7 @@ class Runtime:
         log.log(_NOTICE, "policy %s version %s (%d rules)", p.path or "builtin", p.version,
                 len(p.rules))
         log.log(_NOTICE, "sip-policy-proxy %s, %s", __version__, build_kind())
-        log.log(_NOTICE, "sip-policy-proxy ready")
+        await workers.started(self)  # "sip-policy-proxy ready" (workers: the supervisor's)
 
     def request_stop(self) -> None:
         if signals.second_stop(self._stopping):
@@ -528,10 +528,10 @@ class Runtime:
         self._carry_out(self.core.set_policy(policy))
 
 
-async def _main(config: Config, policy: Policy) -> int:
+async def _main(config: Config, policy: Policy, worker: Worker | None = None) -> int:
     resolver = resolver_for(config, asyncio.get_running_loop().time)
     plan = await named_upstreams.plan(config, resolver)  # RFC 3263, before the core is built
-    rt = Runtime(config, policy, resolver=resolver, upstreams=plan)
+    rt = Runtime(config, policy, resolver=resolver, upstreams=plan, worker=worker)
     try:
         await rt.start()
     except OSError as exc:
@@ -549,8 +549,10 @@ async def _main(config: Config, policy: Policy) -> int:
     return 0
 
 
-def run_server(config: Config, policy: Policy | None = None, warnings: list[Diagnostic] | None = None) -> int:
-    """Run the proxy in the foreground until SIGTERM/SIGINT; returns the exit status."""
+def run_server(config: Config, policy: Policy | None = None, warnings: list[Diagnostic] | None = None,
+               worker: Worker | None = None) -> int:
+    """Run the proxy in the foreground until SIGTERM/SIGINT; returns the exit status.
+    ``worker``: as one of ``workers: N``, forked by :func:`proxy.runtime.workers.supervise`."""
     log_lines.setup(config.log_level, config.log_format)
     for w in warnings or ():
         log.warning("%s", w)
@@ -574,7 +576,7 @@ def run_server(config: Config, policy: Policy | None = None, warnings: list[Diag
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     try:
-        return runner(_main(config, policy))
+        return runner(_main(config, policy, worker))
     except ConfigError as exc:
         for d in exc.diagnostics:
             log.error("%s", d)

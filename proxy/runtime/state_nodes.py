@@ -48,6 +48,9 @@ class SharedNodes:
     on_change: Any
     _tasks: set[asyncio.Task[None]]
     _peers_read: float
+    #: nodes known without an announcement: the other workers of this proxy (README
+    #: "Workers"), whose addresses the supervisor bound before any of them started
+    siblings: dict[str, list[str]] = {}  # noqa: RUF012 - never changed in place
 
     @property
     def name(self) -> str:
@@ -127,7 +130,9 @@ class SharedNodes:
         await publish(self.node, self.addresses(), ANNOUNCE_TTL, self.keys.key_id)
         infos = await nodes()
         infos.pop(self.node, None)
-        self.core.set_peers({name: info.addresses for name, info in infos.items()})
+        peers = dict(self.siblings)
+        peers.update((name, info.addresses) for name, info in infos.items())
+        self.core.set_peers(peers)
         self._peers_read = self.loop.time()
         self.keys.compare(infos)
 

@@ -12,15 +12,33 @@ Standard library only, no IO.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Final, NamedTuple
 
-__all__ = ["MESSAGE_TRANSPORTS", "WS_TRANSPORTS", "LocalAddress", "Send", "Source"]
+__all__ = ["MESSAGE_TRANSPORTS", "WS_TRANSPORTS", "LocalAddress", "Send", "Source", "source_key"]
 
 #: SIP over WebSocket (RFC 7118), plain and over TLS
 WS_TRANSPORTS: Final = frozenset(("ws", "wss"))
 #: transports that carry one SIP message per datagram or WebSocket message, so that its
 #: length is known without Content-Length (RFC 3261 18.3 is for byte streams; RFC 7118 5)
 MESSAGE_TRANSPORTS: Final = frozenset(("udp", "ws", "wss"))
+
+
+def source_key(host: str) -> str:
+    """What a source address counts under, for every per-source bound (the UDP flood gate,
+    ``limits.per_source_rps``, ``limits.tcp_per_source``, failed authentications): an IPv4
+    address itself (an IPv4-mapped IPv6 peer of a dual-stack socket is that IPv4 address), or
+    the /64 of an IPv6 address (a host is given a /64, RFC 4291 2.5.1; counting single
+    addresses would let one host be 2^64 sources). Brackets and a zone index are ignored."""
+    if ":" not in host:
+        return host
+    try:
+        ip = ipaddress.IPv6Address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
 
 
 class Source(NamedTuple):
@@ -79,3 +97,6 @@ class LocalAddress(NamedTuple):
     host: str  # IP as bound, IPv6 without brackets
     port: int
     advertised: str  # "host:port" or "[v6]:port" written into Via / Record-Route
+    #: the Via sent-by when it is not ``advertised``: a worker's own UDP port, so that the
+    #: responses to what it forwards come back to it (RFC 3261 18.2.2; README "Workers")
+    sent_by: str = ""

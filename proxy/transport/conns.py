@@ -27,31 +27,16 @@ Each refusal and each close for one of these reasons is counted by reason
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections import Counter
+
+from proxy.sip.transport import source_key
 
 __all__ = ["LOG_INTERVAL", "ConnStats", "RateLimitedLog", "source_key"]
 
 #: seconds between two log lines of one kind (refusals, closes of one reason)
 LOG_INTERVAL = 60.0
-
-
-def source_key(host: str) -> str:
-    """The source a connection counts against for ``limits.tcp_per_source``: the IPv4 address
-    (an IPv4-mapped IPv6 peer of a dual-stack listener is that IPv4 address), or the /64 of an
-    IPv6 address (a host is given a /64, RFC 4291 2.5.1; counting single addresses would let
-    one host open 2^64 sources)."""
-    if ":" not in host:
-        return host
-    try:
-        ip = ipaddress.IPv6Address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
 
 
 class RateLimitedLog:

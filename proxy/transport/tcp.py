@@ -276,10 +276,12 @@ class TcpManager:
         """A new connection's protocol (TLS adds its session)."""
         return SipStream(self, outgoing)
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Listen on ``host:port``; ``reuse_port``: with SO_REUSEPORT, the kernel spreading
+        new connections among the processes listening there (README "Workers")."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(self.stream, host, port, reuse_address=True,
-                                          backlog=1024)
+                                          reuse_port=reuse_port or None, backlog=1024)
         self.servers.append(server)
         self._start_sweep()
 

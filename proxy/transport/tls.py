@@ -122,10 +122,10 @@ class TlsManager(TcpManager):
             conn.aliases.append(key)
             self.by_peer[key] = conn
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         if self.server_ctx is None:
             raise OSError(f"tls listen {host}:{port}: no certificate configured")
-        await super().listen(host, port)
+        await super().listen(host, port, reuse_port=reuse_port)
 
     def reload(self) -> bool:
         """Re-read the certificate, key and CA files into the live contexts (SIGHUP); on an

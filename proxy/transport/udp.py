@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from time import monotonic
 
@@ -103,16 +104,24 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 async def open_udp(
     host: str, port: int, deliver: Deliver, keepalive: Callable[[Source], None] | None = None,
-    failed: Failed | None = None, gate: FloodGate | None = None,
+    failed: Failed | None = None, gate: FloodGate | None = None, *, reuse_port: bool = False,
+    sock: socket.socket | None = None,
+    endpoint: Callable[[], UdpEndpoint] | None = None,
 ) -> UdpEndpoint:
+    """A UDP endpoint bound to ``host:port``; ``reuse_port``: with SO_REUSEPORT, so that the
+    processes of one proxy (README "Workers") share the address and the kernel spreads the
+    datagrams among them (by a hash of the source and destination addresses). ``sock``: a
+    socket bound already (``host`` and ``port`` are then not used); ``endpoint``: makes the
+    protocol (default: a :class:`UdpEndpoint` of the arguments)."""
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(
-        lambda: UdpEndpoint(deliver, keepalive, failed, gate), local_addr=(host, port)
-    )
+    make = endpoint or (lambda: UdpEndpoint(deliver, keepalive, failed, gate))
+    if sock is not None:
+        _, protocol = await loop.create_datagram_endpoint(make, sock=sock)
+    else:
+        _, protocol = await loop.create_datagram_endpoint(
+            make, local_addr=(host, port), reuse_port=reuse_port or None)
     sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
     if sock is not None:
-        import socket
-
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)

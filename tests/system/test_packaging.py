@@ -276,13 +276,18 @@ def test_make_test_installs_system_packages_then_runs_the_whole_suite() -> None:
     for package in ("sip-tester", "redis-server", "docker-compose"):
         assert package in out
     assert "DEBIAN_FRONTEND=noninteractive apt-get update" in out
-    last = out.strip().splitlines()[-1]
+    runs = out.strip().splitlines()[-2:]
     # Against the compiled build, or pure when no C compiler is found (README "Compiled
     # build"); either way the tests are told which build to expect (tests/unit/test_build.py).
-    match = re.fullmatch(r"SIP_POLICY_PROXY_EXPECT=(compiled|pure) (SIP_POLICY_PROXY_PURE=1 )?"
-                         r"\S*\.venv/bin/python -m pytest -q\s*", last)
-    assert match, last
-    assert (match.group(1) == "pure") == (match.group(2) is not None), last
+    # Two runs: the unit and conformance tests on both cores, then the rest one at a time
+    # (tests/unit/test_build.py checks that together they name every test directory).
+    prefix = (r"SIP_POLICY_PROXY_EXPECT=(compiled|pure) (SIP_POLICY_PROXY_PURE=1 )?"
+              r"\S*\.venv/bin/python -m pytest -q ")
+    parallel = re.fullmatch(prefix + r"-n 2 tests/unit tests/conformance\s*", runs[0])
+    serial = re.fullmatch(prefix + r"tests/system tests/e2e\s*", runs[1])
+    assert parallel and serial, runs
+    for match in (parallel, serial):
+        assert (match.group(1) == "pure") == (match.group(2) is not None), runs
 
 
 def test_make_test_pure_runs_the_whole_suite_pure() -> None:

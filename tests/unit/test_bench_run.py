@@ -6,6 +6,7 @@ counts of callgrind files. No sipp or proxy runs here: the inputs are files such
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -242,7 +243,7 @@ def test_workers_are_written_into_the_generated_config(tmp_path: Path) -> None:
 def test_a_refused_workers_key_is_named() -> None:
     said = "proxy.yaml:14:1: unknown key 'workers'; allowed keys: listen, upstreams"
     hint = run.workers_hint(said, 2)
-    assert "`workers: 2`" in hint and "refuses the key" in hint and "--workers" in hint
+    assert "`workers: 2`" in hint and "refused it" in hint and "--workers" in hint
     assert run.workers_hint("proxy.yaml:3:1: bad listen", 2) == ""
     assert run.workers_hint(said, None) == ""
 
@@ -328,3 +329,27 @@ def test_a_file_that_is_not_callgrinds_is_refused(tmp_path: Path) -> None:
     bad.write_text("hello\n")
     with pytest.raises(ValueError, match="no summary"):
         instr.read_callgrind(bad)
+
+
+def test_per_call_sockets_give_the_uac_a_source_port_per_call(tmp_path: Path) -> None:
+    """The kernel spreads a worker group's datagrams by source: --per-call-sockets makes the
+    UAC send each call from its own socket (sipp -t un), and only the UAC."""
+    ports = [run.free_udp_ports(41000 + 10 * i, 1, set()) for i in range(3)]
+    target = run.Target([ports[0]])
+    target.name = "proxy w2"
+    opts = run.Options(sipp="sipp", uac_xml=Path("uac.xml"), uas_xml=Path("uas.xml"),
+                       uas_ports=[ports[1]], uac_ports=[ports[2]], duration=1, settle=0.0,
+                       control_port=42000, uac_transport=("-t", "un", "-max_socket", "10000"))
+    (pair,) = run.sipp_pairs(target, 10, opts, tmp_path)
+    uac = " ".join(pair.uac_cmd)
+    assert " -t un -max_socket 10000 " in uac
+    assert "-t" not in pair.uas_cmd
+    plain = dataclasses.replace(opts, uac_transport=())
+    (pair,) = run.sipp_pairs(target, 10, plain, tmp_path)
+    assert "-t" not in pair.uac_cmd
+
+
+def test_per_call_sockets_need_no_capture(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--per-call-sockets", "--results", str(tmp_path)]) == 2
+    assert "--per-call-sockets needs --no-capture" in capsys.readouterr().err

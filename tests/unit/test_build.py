@@ -92,3 +92,22 @@ def test_version_names_the_build(capsys: pytest.CaptureFixture[str]) -> None:
     assert re.fullmatch(r"sip-policy-proxy \S+ \((compiled: mypyc|pure Python)\)\n", out), out
     kind = proxy.build_kind()
     assert out == VERSION_LINES["compiled" if kind == proxy.COMPILED else "pure"] + "\n"
+
+
+# --------------------------------------------------------------------------- make test
+
+
+def test_make_test_runs_every_test_directory() -> None:
+    """`make test` runs the suite in two runs (the parallel one and the serial one): a test
+    directory named by neither would never run."""
+    makefile = (REPO / "Makefile").read_text()
+    parallel = re.search(r"pytest -q -n 2 ([^\n]+)", makefile)
+    serial = re.search(r"^SERIAL_TESTS := ([^\n]+)", makefile, re.MULTILINE)
+    assert parallel is not None and serial is not None
+    named = set(parallel.group(1).split()) | set(serial.group(1).split())
+    with_tests = {f"tests/{p.parent.relative_to(REPO / 'tests').parts[0]}"
+                  for p in (REPO / "tests").rglob("test_*.py")
+                  if p.parent != REPO / "tests" and "node_modules" not in p.parts}
+    assert with_tests, "no test found"
+    assert with_tests <= named, f"not run by make test: {sorted(with_tests - named)}"
+    assert not list((REPO / "tests").glob("test_*.py")), "a test at the top of tests/"

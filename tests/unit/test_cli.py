@@ -544,7 +544,7 @@ def test_run_with_a_broken_config_exits_1_before_starting(
         "registrar_max_contacts, registrar_max_bindings, path, advertise, force_rport, limits, "
         "timers, log_level, "
         "drain_timeout, watch_policy, secret, tls, http, log_format, upstream_probe, dns, ws_allowed_origins, "
-        "hep, trace_calls, http_token\n"
+        "hep, trace_calls, http_token, workers\n"
     )
 
 
@@ -588,3 +588,35 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert all(cmd in out for cmd in ("run", "check", "explain"))
+
+
+def test_run_with_workers_starts_the_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``workers`` above 1 (the file, or ``run --workers`` over it) hands the configuration
+    to the supervisor (README "Workers"); 1 runs the server itself."""
+    lone: list[Config] = []
+    supervised: list[Config] = []
+
+    def run_server(config: Config, *_: object) -> int:
+        lone.append(config)
+        return 0
+
+    def supervise(config: Config, *_: object) -> int:
+        supervised.append(config)
+        return 5
+
+    server = types.ModuleType("proxy.runtime.server")
+    server.run_server = run_server  # type: ignore[attr-defined]
+    workers = types.ModuleType("proxy.runtime.workers")
+    workers.supervise = supervise  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "proxy.runtime.server", server)
+    monkeypatch.setitem(sys.modules, "proxy.runtime.workers", workers)
+    path = _write(tmp_path, "proxy.yaml", "listen: [udp:127.0.0.1:5060]\nworkers: 2\n")
+    assert main(["run", "--config", str(path)]) == 5
+    assert main(["run", "--config", str(path), "--workers", "3"]) == 5
+    assert [c.workers for c in supervised] == [2, 3]
+    assert main(["run", "--config", str(path), "--workers", "1"]) == 0
+    assert [c.workers for c in lone] == [1]
+    assert main(["run", "--config", str(path), "--workers", "0"]) == 2
+    assert "--workers: expected 1..256 or auto, got '0'" in capsys.readouterr().err

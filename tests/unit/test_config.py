@@ -622,7 +622,7 @@ ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, dom
            "registrar_max_bindings, path, advertise, "
            "force_rport, limits, timers, log_level, drain_timeout, watch_policy, secret, tls, "
            "http, log_format, upstream_probe, dns, ws_allowed_origins, "
-           "hep, trace_calls, http_token")
+           "hep, trace_calls, http_token, workers")
 
 
 @pytest.mark.parametrize(
@@ -630,7 +630,7 @@ ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, dom
     [
         ("upstream: [sip:10.0.0.1]", ("5:1: unknown key 'upstream' (did you mean 'upstreams'?); "
          f"allowed keys: {ALLOWED}")),
-        ("workers: 4", f"5:1: unknown key 'workers'; allowed keys: {ALLOWED}"),
+        ("banana: 4", f"5:1: unknown key 'banana'; allowed keys: {ALLOWED}"),
         ("trusted_relay: []", ("5:1: unknown key 'trusted_relay' (did you mean "
          f"'trusted_relays'?); allowed keys: {ALLOWED}")),
         ("registrar_network: []", ("5:1: unknown key 'registrar_network' (did you mean "

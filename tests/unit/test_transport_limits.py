@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.core.registrar.auth_failures import source_key as auth_source_key
 from proxy.sip.transport import Send, Source
 from proxy.transport.conns import RateLimitedLog, source_key
 from proxy.transport.tcp import SipStream, TcpManager
@@ -71,9 +72,14 @@ def conn_of(m: TcpManager, w: asyncio.StreamWriter) -> SipStream:
     ("2001:db8:1:2::ffff", "2001:db8:1:2::/64"),
     ("::ffff:192.0.2.7", "192.0.2.7"),  # a dual-stack listener's IPv4 peer
     ("fe80::1%eth0", "fe80::/64"),
+    ("[2001:db8:1:2::9]", "2001:db8:1:2::/64"),  # as a Via or a URI writes it
+    ("not-an-address", "not-an-address"),
 ])
 def test_a_source_is_an_ipv4_address_or_an_ipv6_slash_64(host: str, key: str) -> None:
     assert source_key(host) == key
+    # one rule for every per-source bound: the core's rate limits and failed authentications
+    # count a source as the transports do
+    assert auth_source_key(host) == key
 
 
 def test_a_rate_limited_log_says_how_many_lines_it_held_back(

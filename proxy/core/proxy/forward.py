@@ -126,7 +126,8 @@ def branch_bytes(core: ProxyCore, ctx: ResponseContext, target: Target, bid: str
     """The request as sent on one branch (RFC 3261 16.6 steps 2 to 8), by splicing."""
     msg = ctx.live_request
     local = local_for(core, target)
-    insert = [f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"]
+    insert = [f"Via: SIP/2.0/{local.transport.upper()} {local.sent_by or local.advertised}"
+              f";branch={bid}"]
     method = ctx.method
     if core.settings.record_route and method in DIALOG_METHODS and msg.to_tag is None:
         insert.extend(record_route(core, msg, local, ctx.source, target))
@@ -283,7 +284,8 @@ def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) 
     bid = f"z9hG4bK{core.prefix}s{digest:08x}"
     data = rewrite(
         msg,
-        insert_top=[f"Via: SIP/2.0/{local.transport.upper()} {local.advertised};branch={bid}"],
+        insert_top=[f"Via: SIP/2.0/{local.transport.upper()} "
+                    f"{local.sent_by or local.advertised};branch={bid}"],
         edits=prep.edits, append=prep.append,
     )
     out.sends.append(Send(target.transport, target.host, target.port, data, target.conn_id))

@@ -25,8 +25,9 @@ Nothing here reads a clock: ``now`` (seconds, any monotonic origin) is passed in
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Final, TypeAlias
+
+from proxy.sip.transport import source_key
 
 __all__ = ["BLOCK", "MAX_FAILURES", "WINDOW", "FailureLimiter", "source_key"]
 
@@ -37,19 +38,6 @@ _MAX_ENTRIES: Final = 65536
 
 #: count, start of the counting window, blocked until (0.0: not blocked)
 _Tally: TypeAlias = tuple[int, float, float]
-
-
-def source_key(host: str) -> str:
-    """The key a source address counts under: the address, or its /64 for IPv6."""
-    if ":" not in host:
-        return host
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 class FailureLimiter:

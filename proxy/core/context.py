@@ -211,7 +211,9 @@ class ResponseContext:
         self.method = request.method
         self.policy = policy  # snapshot: a reload does not change a call in progress
         self.groups = groups  # targets not tried yet, each group forked in parallel
-        self.branches: list[Branch] = []
+        #: a tuple, not a list: a call holds it until its last timer, and one branch is the
+        #: usual count (a 1-tuple is half a 1-list's bytes)
+        self.branches: tuple[Branch, ...] = ()
         self.pending = 0  # branches without a final response
         self.responses: list[Response] = []
         self.state = ContextState.PROCEEDING
@@ -291,6 +293,7 @@ class ResponseContext:
         self.append = _NO_LINES
         self.flow_attempts = _NO_ATTEMPTS
         self.view = None
+        self.loop_hash = ""  # only a new branch's id reads it (16.6 step 8)
         if self.timer is not None:
             self.timer.deadline = None  # stale in the timer queue: never fires
         if self.server.request is not None:
@@ -298,7 +301,7 @@ class ResponseContext:
 
     def branch_started(self, br: Branch) -> None:
         """A branch was forwarded (RFC 3261 16.6): it is pending until its final response."""
-        self.branches.append(br)
+        self.branches += (br,)
         self.pending += 1
 
     def branch_ended(self, br: Branch, status: int) -> None:

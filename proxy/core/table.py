@@ -4,7 +4,9 @@ transaction matching keys and reads or writes the tables of server and client tr
 Server transactions are matched by RFC 3261 17.2.3 (the top Via's branch with its sent-by
 and the method; the RFC 2543 fallback of 17.2.3 when the branch lacks the magic cookie).
 Client transactions are matched by 17.1.3: the branch this proxy wrote in its Via and the
-CSeq method; a branch's CANCEL (9.1) is the same branch with the method CANCEL. The table
+CSeq method; a branch's CANCEL (9.1) is the same branch with the method CANCEL. The branch
+alone is the key (this proxy mints each one once: its branch id is the string the key is,
+no second string per call) and the method is checked on the branch found. The table
 also counts the live transactions on each stream connection, so that the transport keeps a
 connection that still carries one (``limits.tcp_idle_timeout``).
 """
@@ -32,19 +34,18 @@ def server_key(msg: SipMessage, method: str) -> str:
     return f"2543|{msg.call_id}|{msg.cseq[0]}|{msg.from_tag}|{msg.get('via')}|{method}"
 
 
-def _client_key(branch_id: str, method: str) -> str:
-    return f"{branch_id}|{method}"
-
-
 class TransactionTable:
     """The server and client transactions the core holds, and the stream connections they
     are counted on."""
 
-    __slots__ = ("_server", "_client", "_conns")
+    __slots__ = ("_server", "_client", "_cancel", "_conns")
 
     def __init__(self) -> None:
         self._server: dict[str, ServerEntry] = {}
+        #: branch id -> the branch whose client transaction it names
         self._client: dict[str, Branch] = {}
+        #: branch id -> the branch whose CANCEL transaction (RFC 3261 9.1) it names
+        self._cancel: dict[str, Branch] = {}
         #: live server and client transactions per stream connection
         self._conns: dict[int, int] = {}
 
@@ -85,17 +86,24 @@ class TransactionTable:
         CANCEL) a response with this top Via branch and CSeq method belongs to."""
         if not branch_id:
             return None
-        return self._client.get(_client_key(branch_id, method))
+        if method == "CANCEL":
+            br = self._cancel.get(branch_id)
+            if br is not None:
+                return br
+        br = self._client.get(branch_id)
+        if br is not None and br.ctx.method == method:
+            return br
+        return None
 
     def add_branch(self, br: Branch, conn_id: int | None) -> None:
         """A branch's client transaction (RFC 3261 16.6 step 10)."""
-        self._client[_client_key(br.branch_id, br.ctx.method)] = br
+        self._client[br.branch_id] = br
         if conn_id is not None:
             br.conn = conn_id
             self._hold(conn_id)
 
     def holds_branch(self, br: Branch) -> bool:
-        return self._client.get(_client_key(br.branch_id, br.ctx.method)) is br
+        return self._client.get(br.branch_id) is br
 
     def carried_on(self, br: Branch, conn_id: int) -> None:
         """The stream connection the transport opened for ``br`` carries its transaction."""
@@ -105,22 +113,26 @@ class TransactionTable:
 
     def drop_branch(self, br: Branch) -> None:
         """The branch's client transaction ended, or Timer C gave up on it after a CANCEL."""
-        if self._client.pop(_client_key(br.branch_id, br.ctx.method), None) is br:
+        client = self._client
+        if client.get(br.branch_id) is br:
+            del client[br.branch_id]
             self._free(br.conn)
             br.conn = None
 
     def add_cancel(self, br: Branch) -> None:
         """The CANCEL client transaction of ``br`` (RFC 3261 9.1): its branch, method CANCEL."""
-        self._client[_client_key(br.branch_id, "CANCEL")] = br
+        self._cancel[br.branch_id] = br
 
     def drop_cancel(self, br: Branch) -> None:
-        self._client.pop(_client_key(br.branch_id, "CANCEL"), None)
+        cancel = self._cancel
+        if cancel.get(br.branch_id) is br:
+            del cancel[br.branch_id]
 
     # ------------------------------------------------------------------ counts
 
     def __len__(self) -> int:
         """Every transaction held, including those only absorbing retransmissions."""
-        return len(self._server) + len(self._client)
+        return len(self._server) + len(self._client) + len(self._cancel)
 
     @property
     def server_count(self) -> int:
@@ -128,7 +140,7 @@ class TransactionTable:
 
     @property
     def client_count(self) -> int:
-        return len(self._client)
+        return len(self._client) + len(self._cancel)
 
     def conn_in_use(self, conn_id: int) -> bool:
         """Whether a live transaction is counted on stream connection ``conn_id``."""

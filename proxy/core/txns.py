@@ -36,14 +36,32 @@ _TERMINATED: Final = TransactionState.TERMINATED
 ACCEPTED: Final = TransactionState.ACCEPTED
 
 
+_DESTS: Final[dict[tuple[str, str, int, int | None], Dest]] = {}
+_DESTS_MAX: Final = 4096
+
+
+def shared_dest(transport: str, host: str, port: int, conn_id: int | None) -> Dest:
+    """The :class:`Dest` of these four values, one shared object per address: every
+    transaction with a peer (a caller's responses, a branch to an upstream) holds the same
+    one, not a copy per call. Bounded as the parser's memos are (emptied when full); a
+    Dest is never changed once made."""
+    key = (transport, host, port, conn_id)
+    d = _DESTS.get(key)
+    if d is None:
+        if len(_DESTS) >= _DESTS_MAX:
+            _DESTS.clear()
+        d = _DESTS[key] = Dest(transport, host, port, conn_id)
+    return d
+
+
 def reply_dest(core: ProxyCore, msg: SipMessage, src: Source) -> Dest:
     """RFC 3261 18.2.2 and RFC 3581: where responses to this request go."""
     if src.transport != "udp":
-        return Dest(src.transport, src.host, src.port, src.conn_id)
+        return shared_dest(src.transport, src.host, src.port, src.conn_id)
     via = msg.top_via
     if core.settings.force_rport or via.rport is not None:
-        return Dest("udp", src.host, src.port, None)
-    return Dest("udp", src.host, via.port or 5060, None)
+        return shared_dest("udp", src.host, src.port, None)
+    return shared_dest("udp", src.host, via.port or 5060, None)
 
 
 def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: float) -> ServerEntry:
@@ -146,11 +164,11 @@ def reject(
     tag = to_tag or core.new_tag()
     try:
         data = make_response(msg, status, reason, to_tag=tag, headers=headers)
-        dest = reply_dest(core, msg, src)
+        to = reply_dest(core, msg, src)
     except ParseError:
         data = make_response(msg, status, reason, to_tag=tag, headers=headers)
-        dest = Dest(src.transport, src.host, src.port, src.conn_id)
-    return dest.send(data)
+        to = Dest(src.transport, src.host, src.port, src.conn_id)
+    return to.send(data)
 
 
 def server_effects(
@@ -182,7 +200,7 @@ def release(core: ProxyCore, ctx: ResponseContext) -> None:
     for b in ctx.branches:
         if b.txn.state is not _TERMINATED:
             return
-    ctx.branches = []
+    ctx.branches = ()
 
 
 def cancel_effects(core: ProxyCore, br: Branch, effects: Sequence[object], out: Out) -> None:

@@ -8,7 +8,7 @@ and are re-exported here so that core modules keep importing them from one place
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from proxy.sip.transport import LocalAddress, Send, Source
 
@@ -24,10 +24,12 @@ class Dest:
     __slots__ = ("transport", "host", "port", "conn_id")
 
     def __init__(self, transport: str, host: str, port: int, conn_id: int | None) -> None:
-        self.transport = transport
-        self.host = host
-        self.port = port
-        self.conn_id = conn_id
+        # Final: one Dest is shared by every transaction to the same address
+        # (txns.shared_dest), so nothing may change one (mypy refuses an assignment).
+        self.transport: Final = transport
+        self.host: Final = host
+        self.port: Final = port
+        self.conn_id: Final = conn_id
 
     def send(self, data: bytes, token: object = None) -> Send:
         """``data`` to this destination (``token``: what a failure is reported with)."""

@@ -35,11 +35,12 @@ So:
   156 ms); a pass every quarter second scans only what a quarter second left alive;
 * and the full pass waits for a quiet moment, but not for ever: it scans every object of
   every call in flight, and a finished call waiting for its last timers (Timers J, K, L, M)
-  holds 17.8 objects the collector tracks (bench/replay.py --hold 20000 --rate 800, pure
+  holds 12.7 objects the collector tracks (bench/replay.py --hold 20000 --rate 800, pure
   build, 2026-12-07; 37 before transactions let go of what they never resend, settled
-  contexts shared empty containers and far timers became tuples of numbers: the pause of a
-  full pass over those 20,000 calls, 64,000 transactions, went from 771 ms to about
-  260 ms, and bytes per call from 8,938 to 4,602). So when more than
+  contexts shared empty containers and far timers became tuples of numbers, 17.8 after
+  that: the pause of a full pass over those 20,000 calls, 64,000 transactions, went from
+  771 ms to about 260 ms, and bytes per call from 8,938 to 4,602, then 3,252 once far
+  timers became bare deadlines and peers' addresses were shared). So when more than
   :data:`QUIET_TRANSACTIONS` transactions are held (about 80 ms of pause) the pass is put
   off, by
   :data:`RETRY_INTERVAL` at a time, and logged once per interval; it runs when the load dips,
@@ -71,7 +72,7 @@ YOUNG_INTERVAL = 0.25
 #: seconds between two full passes
 FULL_INTERVAL = 600.0
 #: a full pass runs early only while the core holds at most this many transactions
-#: (at 17.8 tracked objects per call of 3.2 transactions: some 80 ms of pause)
+#: (at 12.7 tracked objects per call of 3.2 transactions: some 60 ms of pause)
 QUIET_TRANSACTIONS = 20_000
 #: seconds a pass is put off by load at most: then it runs whatever the load
 MAX_PUT_OFF = 3_600.0

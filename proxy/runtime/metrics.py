@@ -145,9 +145,11 @@ def _admin_states(view: Any) -> Metric:
 
 #: what the stream collector reports, each with a sample from the start (0 until it happens)
 STREAM_TRANSPORTS = ("tcp", "tls", "ws", "wss")
-#: at accept (limit, per_source), or at a WebSocket upgrade (origin, subprotocol, upgrade)
-REFUSED = ("limit", "per_source", "origin", "subprotocol", "upgrade")
-CLOSED = ("idle", "incomplete", "handshake", "tls", "framing", "too_large")
+#: at accept (limit, per_source, rate and source_rate: limits.tcp_accept_rate), or at a
+#: WebSocket upgrade (origin, subprotocol, upgrade)
+REFUSED = ("limit", "per_source", "rate", "source_rate", "origin", "subprotocol", "upgrade")
+#: busy: the TLS handshake pool had no room (proxy/transport/tlspool.py)
+CLOSED = ("idle", "incomplete", "handshake", "tls", "framing", "too_large", "busy")
 UNSENT = ("closed", "other_peer")
 
 

@@ -68,10 +68,12 @@ COMPACT: dict[str, str] = {
 _MAX_MF: Final = 255
 _MAX_DELTA: Final = 2**32 - 1
 _VERSION_RE: Final = re.compile(r"SIP/[0-9]+\.[0-9]+\Z", re.IGNORECASE)
-_KNOWN_METHODS: Final = frozenset({
+#: each known method to its one shared string: a parsed request names its method by it, not
+#: by a slice of the datagram (every call in flight keeps its request's method)
+_KNOWN_METHODS: Final[dict[str, str]] = {m: m for m in (
     "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
-})
+)}
 
 
 class Header:
@@ -520,7 +522,10 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
                 raise ParseError(f"unsupported SIP version {version[:20]!r}", 505)
             else:
                 raise ParseError(f"bad SIP-Version {version[:20]!r}")
-        if method not in _KNOWN_METHODS and not is_token(method):
+        known = _KNOWN_METHODS.get(method)
+        if known is not None:
+            method = known
+        elif not is_token(method):
             raise ParseError(f"bad Method {method[:40]!r}")
         if not ruri or ruri[0] == "<" or ":" not in ruri:
             raise ParseError(f"bad Request-URI {ruri[:80]!r}")

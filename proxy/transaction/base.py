@@ -3,6 +3,8 @@
 A transaction holds at most two timers (see :mod:`proxy.transaction.states`): a retransmission
 timer (A/E/G) and an ending timer (B/D/F/H/I/J/K/L/M). ``deadline`` is always the earlier of the
 two, kept in a plain slot so a :class:`~proxy.transaction.timers.TimerQueue` reads it cheaply.
+Which timer each one is follows from the state (``_RUNNING``), so a transaction keeps only
+when each fires: every one of them holds a call's slots while it waits out its last timer.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from typing import ClassVar, Final
 
 from .effects import SEND_ACK, TERMINATED, TIMEOUT_B, TIMEOUT_F, TIMEOUT_H, Effect, Retransmit
-from .states import Action, EntryTimers, Event, Step, Table, TransactionState
+from .states import Action, EntryTimers, Event, RunningTimers, Step, Table, TransactionState
 from .timers import TimerConfig
 
 __all__ = ["Transaction"]
@@ -30,11 +32,8 @@ class Transaction:
 
     __slots__ = (
         "_end_at",
-        "_end_timer",
         "_rtx_at",
-        "_rtx_effect",
         "_rtx_interval",
-        "_rtx_timer",
         "deadline",
         "reliable",
         "state",
@@ -44,6 +43,7 @@ class Transaction:
     is_invite: ClassVar[bool]
     _TABLE: ClassVar[Table]
     _TIMERS: ClassVar[EntryTimers]
+    _RUNNING: ClassVar[RunningTimers]
 
     state: TransactionState
     reliable: bool
@@ -60,12 +60,9 @@ class Transaction:
         self.state = state
         self.reliable = reliable
         self.timers = timers
-        self._rtx_timer = Event.TIMER_A
-        self._end_timer = Event.TIMER_B
         self._rtx_at: float | None = None
         self._end_at: float | None = None
         self._rtx_interval = 0.0
-        self._rtx_effect: Retransmit | None = None
         self.deadline = None
         self._start_timers(state, now)
 
@@ -79,10 +76,14 @@ class Transaction:
         from ``now``, as the RFC resets it "when it fires": no burst after a stall."""
         end_at = self._end_at
         if end_at is not None and end_at <= now:
-            return self._handle(self._end_timer, now)
+            end = self._RUNNING[self.state][1]
+            assert end is not None  # an ending time is set only while its timer runs
+            return self._handle(end, now)
         rtx_at = self._rtx_at
         if rtx_at is not None and rtx_at <= now:
-            return self._handle(self._rtx_timer, now)
+            rtx = self._RUNNING[self.state][0]
+            assert rtx is not None
+            return self._handle(rtx, now)
         return []
 
     def on_transport_error(self, now: float) -> list[Effect]:
@@ -150,13 +151,11 @@ class Transaction:
         if rtx is None or reliable:
             self._rtx_at = None
         else:
-            self._rtx_timer = rtx
             self._rtx_interval = interval = timers.t1
             self._rtx_at = now + interval
         if end is None:
             self._end_at = None
         else:
-            self._end_timer = end
             value = timers.durations[(_LETTER[end], reliable)]
             self._end_at = now + value if value is not None else None
         self._update_deadline()
@@ -173,14 +172,12 @@ class Transaction:
 
     def _retransmit(self) -> Retransmit | None:
         """The ``Retransmit`` effect for what this transaction resends (request for a client,
-        last response for a server), built once and reused while those bytes stay the same."""
+        last response for a server), made when a retransmission is due: not kept, since a
+        retransmission is the exception and every transaction would hold its slot."""
         data = self._retransmission()
         if data is None:
             return None
-        effect = self._rtx_effect
-        if effect is None or effect.data is not data:
-            effect = self._rtx_effect = Retransmit(data)
-        return effect
+        return Retransmit(data)
 
     def _retransmission(self) -> bytes | None:
         """What a retransmission resends: the request (client) or last response (server)."""

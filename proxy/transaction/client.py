@@ -10,8 +10,10 @@ from __future__ import annotations
 from .base import Transaction
 from .effects import SEND_ACK, Effect, Retransmit
 from .states import (
+    INVITE_CLIENT_RUNNING,
     INVITE_CLIENT_TABLE,
     INVITE_CLIENT_TIMERS,
+    NON_INVITE_CLIENT_RUNNING,
     NON_INVITE_CLIENT_TABLE,
     NON_INVITE_CLIENT_TIMERS,
     Event,
@@ -63,9 +65,8 @@ class ClientTransaction(Transaction):
             return False, []
         effects = self._apply(step, event, now)
         if event is not _PROVISIONAL:
-            # a final: Timers A and E have stopped for good (and their cached effect too)
+            # a final: Timers A and E have stopped for good
             self.request = None
-            self._rtx_effect = None
         return step.deliver, effects
 
     def set_ack(self, ack: bytes) -> None:
@@ -95,6 +96,7 @@ class InviteClientTransaction(ClientTransaction):
     is_invite = True
     _TABLE = INVITE_CLIENT_TABLE
     _TIMERS = INVITE_CLIENT_TIMERS
+    _RUNNING = INVITE_CLIENT_RUNNING
 
     def __init__(self, request: bytes, *, reliable: bool, now: float, timers: TimerConfig) -> None:
         ClientTransaction.__init__(self, TransactionState.CALLING, request, reliable, now, timers)
@@ -127,6 +129,7 @@ class NonInviteClientTransaction(ClientTransaction):
     is_invite = False
     _TABLE = NON_INVITE_CLIENT_TABLE
     _TIMERS = NON_INVITE_CLIENT_TIMERS
+    _RUNNING = NON_INVITE_CLIENT_RUNNING
 
     def __init__(self, request: bytes, *, reliable: bool, now: float, timers: TimerConfig) -> None:
         ClientTransaction.__init__(self, TransactionState.TRYING, request, reliable, now, timers)

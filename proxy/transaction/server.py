@@ -11,8 +11,10 @@ from __future__ import annotations
 from .base import Transaction
 from .effects import Effect
 from .states import (
+    INVITE_SERVER_RUNNING,
     INVITE_SERVER_TABLE,
     INVITE_SERVER_TIMERS,
+    NON_INVITE_SERVER_RUNNING,
     NON_INVITE_SERVER_TABLE,
     NON_INVITE_SERVER_TIMERS,
     Event,
@@ -60,7 +62,7 @@ class ServerTransaction(Transaction):
         effects = self._apply(step, event, now)
         if self.state is _ACCEPTED:
             # Accepted (RFC 6026 7.1) never resends: the TU passes each 2xx again itself
-            self.last_response = self._rtx_effect = None
+            self.last_response = None
         else:
             self.last_response = data
         return effects
@@ -88,7 +90,7 @@ class ServerTransaction(Transaction):
         effects = self._handle(Event.ACK, now)
         if self.state is _CONFIRMED:
             # Confirmed resends nothing (17.2.1): only Timer I runs
-            self.last_response = self._rtx_effect = None
+            self.last_response = None
         return effects
 
     def _retransmission(self) -> bytes | None:
@@ -111,6 +113,7 @@ class InviteServerTransaction(ServerTransaction):
     is_invite = True
     _TABLE = INVITE_SERVER_TABLE
     _TIMERS = INVITE_SERVER_TIMERS
+    _RUNNING = INVITE_SERVER_RUNNING
 
     def __init__(self, *, reliable: bool, now: float, timers: TimerConfig) -> None:
         ServerTransaction.__init__(self, TransactionState.PROCEEDING, reliable, now, timers)
@@ -129,6 +132,7 @@ class NonInviteServerTransaction(ServerTransaction):
     is_invite = False
     _TABLE = NON_INVITE_SERVER_TABLE
     _TIMERS = NON_INVITE_SERVER_TIMERS
+    _RUNNING = NON_INVITE_SERVER_RUNNING
 
     def __init__(self, *, reliable: bool, now: float, timers: TimerConfig) -> None:
         ServerTransaction.__init__(self, TransactionState.TRYING, reliable, now, timers)

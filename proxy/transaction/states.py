@@ -9,6 +9,9 @@ Each machine is two tables, read like the RFC figures:
   timer)``; ``None`` stops that slot. A state absent from the mapping keeps the timers that are
   running (the non-INVITE client keeps Timers E and F from Trying into Proceeding). Entering
   Terminated always stops every timer.
+* ``*_RUNNING``: which timers run in each live state, derived from the two above (a state
+  absent from ``*_TIMERS`` runs those of the states that lead to it): a transaction reads
+  there which timer is due instead of keeping the timer's name.
 
 A transaction runs at most two timers at once: a retransmission timer (A, E, G; unreliable
 transports only) and an ending timer (B, D, F, H, I, J, K, L, M) that always leads to
@@ -23,16 +26,21 @@ from collections.abc import Mapping
 from typing import Final, NamedTuple, TypeAlias
 
 __all__ = [
+    "INVITE_CLIENT_RUNNING",
     "INVITE_CLIENT_TABLE",
     "INVITE_CLIENT_TIMERS",
+    "INVITE_SERVER_RUNNING",
     "INVITE_SERVER_TABLE",
     "INVITE_SERVER_TIMERS",
+    "NON_INVITE_CLIENT_RUNNING",
     "NON_INVITE_CLIENT_TABLE",
     "NON_INVITE_CLIENT_TIMERS",
+    "NON_INVITE_SERVER_RUNNING",
     "NON_INVITE_SERVER_TABLE",
     "NON_INVITE_SERVER_TIMERS",
     "Action",
     "Event",
+    "RunningTimers",
     "Step",
     "TransactionState",
     "response_event",
@@ -121,6 +129,7 @@ class Step(NamedTuple):
 
 Table: TypeAlias = Mapping[tuple[TransactionState, Event], Step]
 EntryTimers: TypeAlias = Mapping[TransactionState, tuple[Event | None, Event | None]]
+RunningTimers: TypeAlias = Mapping[TransactionState, tuple[Event | None, Event | None]]
 
 _S: Final = TransactionState
 _E: Final = Event
@@ -241,3 +250,28 @@ NON_INVITE_SERVER_TIMERS: Final[EntryTimers] = {
     _S.TRYING: (None, None),
     _S.COMPLETED: (None, _E.TIMER_J),
 }
+
+
+def _running(table: Table, entry: EntryTimers) -> RunningTimers:
+    """The timers each live state runs: its entry timers, or, for a state that starts none
+    of its own, those of every state leading to it (which must agree)."""
+    running = dict(entry)
+    grown = True
+    while grown:
+        grown = False
+        for (state, _), step in table.items():
+            nxt = step.next_state
+            if nxt not in running and nxt is not _S.TERMINATED and state in running:
+                running[nxt] = running[state]
+                grown = True
+    for (state, _), step in table.items():
+        nxt = step.next_state
+        if nxt not in entry and nxt is not _S.TERMINATED and running[nxt] != running[state]:
+            raise ValueError(f"{nxt} is entered with different timers running")
+    return running
+
+
+INVITE_CLIENT_RUNNING: Final = _running(INVITE_CLIENT_TABLE, INVITE_CLIENT_TIMERS)
+NON_INVITE_CLIENT_RUNNING: Final = _running(NON_INVITE_CLIENT_TABLE, NON_INVITE_CLIENT_TIMERS)
+INVITE_SERVER_RUNNING: Final = _running(INVITE_SERVER_TABLE, INVITE_SERVER_TIMERS)
+NON_INVITE_SERVER_RUNNING: Final = _running(NON_INVITE_SERVER_TABLE, NON_INVITE_SERVER_TIMERS)

@@ -183,11 +183,12 @@ class TimerQueue:
     A heap entry holds its item through a one-element ``slot`` list, emptied the moment the
     entry goes stale: a stale entry never keeps its item alive (a branch's 3-minute Timer C
     entry would otherwise hold the whole call, messages and all, for 3 minutes instead of
-    32 seconds). A far entry is the item itself in its bucket (``seq -> item``), and its
-    line in ``_live`` a tuple of numbers (``(deadline, None, bucket, seq)``): no container
-    per entry, so the cyclic garbage collector, which skips a tuple of atoms once it has seen
-    it, scans nothing per queued item but the item (the 32-second timers of every call in
-    flight wait there: ``proxy.runtime.memory``). Its slot is made when its bucket is poured.
+    32 seconds). A far entry is the item itself in its bucket (``id(item) -> item``), and
+    its line in ``_live`` is its deadline, the very float the item holds (its bucket is
+    that deadline's): nothing is allocated per far entry but the two dict slots, no
+    container the cyclic garbage collector scans, and the 32-second timers of every call
+    in flight wait there (``proxy.runtime.memory``). Its heap entry, slot and sequence
+    number are made when its bucket is poured.
 
     Entries are validated on the way out: an entry is live only if its slot still holds the
     item and ``item.deadline`` still equals its deadline. Hence an item is returned at most
@@ -200,11 +201,11 @@ class TimerQueue:
 
     def __init__(self) -> None:
         self._heap: list[_Entry] = []
-        #: id(item) -> (deadline, slot or None for a far entry, bucket number or -1 for the
-        #: heap, seq) of its latest entry
-        self._live: dict[int, tuple[float, list[Any] | None, int, int]] = {}
+        #: id(item) -> its latest entry: the heap entry itself, or for a far entry its
+        #: deadline alone (its bucket is ``int(deadline // BUCKET)``)
+        self._live: dict[int, _Entry | float] = {}
         self._seq = itertools.count()
-        #: bucket number (deadline // BUCKET) -> its items by seq; every one of them is at
+        #: bucket number (deadline // BUCKET) -> its items by id; every one of them is at
         #: or after ``_edge``, and an entry made stale by :meth:`schedule` leaves its bucket
         #: at once (a stale far entry is never kept: Timer C's 3 minutes, for every call)
         self._far: dict[int, dict[int, Any]] = {}
@@ -219,34 +220,38 @@ class TimerQueue:
         live = self._live
         current = live.get(key)
         if current is not None:
-            if current[0] == deadline:
-                return  # already queued for exactly this deadline
-            old_slot = current[1]
-            if old_slot is not None:
-                old_slot[0] = None  # that heap entry is stale now: it lets go of the item
+            if isinstance(current, tuple):
+                if current[0] == deadline:
+                    return  # already queued for exactly this deadline
+                current[2][0] = None  # that heap entry is stale now: it lets go of the item
             else:
-                old_bucket = self._far.get(current[2])  # None: poured into the heap since
-                if old_bucket is not None and old_bucket.pop(current[3], None) is not None:
-                    self._far_count -= 1
+                if current == deadline:
+                    return
+                # a far entry is in the bucket of its deadline until that bucket is poured
+                # (which replaces its line by the heap entry): it leaves the bucket at once
+                del self._far[int(current // BUCKET)][key]
+                self._far_count -= 1
         if deadline is None:
             if current is not None:
                 del live[key]
             return
-        seq = next(self._seq)
         if deadline < self._edge:
-            slot = [item]
-            heappush(self._heap, (deadline, seq, slot))
-            live[key] = (deadline, slot, -1, seq)
+            entry = (deadline, next(self._seq), [item])
+            heappush(self._heap, entry)
+            live[key] = entry
         else:
             b = int(deadline // BUCKET)
             bucket = self._far.get(b)
             if bucket is None:
-                self._far[b] = {seq: item}
+                self._far[b] = {key: item}
                 heappush(self._far_keys, b)
             else:
-                bucket[seq] = item
+                bucket[key] = item
             self._far_count += 1
-            live[key] = (deadline, None, b, seq)
+            if current is not None:
+                # the index keeps the key it was first given: one int for both dicts
+                del live[key]
+            live[key] = deadline  # the item's own float: nothing allocated per far entry
         heap = self._heap
         if len(heap) > max(_COMPACT_MIN, 2 * (len(live) - self._far_count)):
             self._compact()
@@ -296,22 +301,25 @@ class TimerQueue:
         return len(self._heap) + self._far_count
 
     def _pour(self) -> None:
-        """Move the earliest bucket's live items into the heap (each with its slot now)."""
+        """Move the earliest bucket's live items into the heap (each with its slot now), in
+        the order they were scheduled (their sequence numbers are given here: ties between
+        equal deadlines, which share a bucket, keep that order)."""
         b = heappop(self._far_keys)
         bucket = self._far.pop(b)
         self._far_count -= len(bucket)
         self._edge = (b + 1) * BUCKET
         heap = self._heap
         live = self._live
-        for seq, item in bucket.items():
-            key = id(item)
-            deadline = live[key][0]
+        seq = self._seq
+        for key, item in bucket.items():
+            deadline = live[key]
+            assert not isinstance(deadline, tuple)
             if item.deadline != deadline:  # moved without being rescheduled: drop it
                 del live[key]
                 continue
-            slot = [item]
-            heappush(heap, (deadline, seq, slot))
-            live[key] = (deadline, slot, -1, seq)
+            entry = (deadline, next(seq), [item])
+            heappush(heap, entry)
+            live[key] = entry
 
     def _keep(self, entry: _Entry) -> bool:
         """Whether ``entry`` is live; a stale one lets go of its item."""

@@ -73,12 +73,14 @@ class ConnStats:
 
     def __init__(self) -> None:
         self.per_source: dict[str, int] = {}
-        #: refused at accept: ``limit`` (tcp_max_connections), ``per_source``; at a WebSocket
-        #: upgrade: ``origin``, ``subprotocol``, ``upgrade``
+        #: refused at accept: ``limit`` (tcp_max_connections), ``per_source``, ``rate`` and
+        #: ``source_rate`` (tcp_accept_rate); at a WebSocket upgrade: ``origin``,
+        #: ``subprotocol``, ``upgrade``
         self.refused: Counter[str] = Counter()
         #: closed by the proxy: ``idle``, ``incomplete`` (tcp_message_timeout), ``handshake``
         #: (TLS handshake or WebSocket upgrade timeout), ``tls`` (failed handshake or record),
-        #: ``framing``, ``too_large`` (a WebSocket message over max_message_size)
+        #: ``framing``, ``too_large`` (a WebSocket message over max_message_size), ``busy``
+        #: (no room in the TLS handshake pool, :mod:`proxy.transport.tlspool`)
         self.closed: Counter[str] = Counter()
 
     def count(self, key: str) -> int:

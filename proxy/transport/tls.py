@@ -30,7 +30,7 @@ from typing import Any
 from proxy.sip import ParseError, parse_message
 from proxy.transport.base import Source
 from proxy.transport.tcp import SipStream, TcpManager
-from proxy.transport.tlssession import TlsSession
+from proxy.transport.tlssession import CONTEXT_LOCK, TlsSession
 
 log = logging.getLogger("proxy.transport.tls")
 
@@ -135,9 +135,10 @@ class TlsManager(TcpManager):
             # Check the files on a scratch context first: a half-loaded context is worse
             # than the old one.
             _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, ca)
-            for ctx in (self.server_ctx, self.client_ctx):
-                if ctx is not None:
-                    _load(ctx, cert, key, ca)
+            with CONTEXT_LOCK:  # no handshake thread makes a session from them meanwhile
+                for ctx in (self.server_ctx, self.client_ctx):
+                    if ctx is not None:
+                        _load(ctx, cert, key, ca)
         except (OSError, ssl.SSLError) as exc:
             log.error("tls certificates not reloaded (the old ones stay): %s", exc)
             return False

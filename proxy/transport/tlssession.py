@@ -14,6 +14,9 @@ that did start holds some 45 KB of OpenSSL state until it ends; that memory is f
 connection closes (:meth:`TlsSession.release`) and given back to the system by
 :class:`proxy.runtime.limits.MemoryTrim`.
 
+The server side's handshake steps run in a thread (:mod:`proxy.transport.tlspool`): while one
+is out, only that thread touches the session.
+
 No IO here: :meth:`TlsSession.receive` takes the bytes read from the socket and returns the
 plaintext they carried and the TLS records to write back; :meth:`TlsSession.wrap` turns
 plaintext into records. Every ``ssl.SSLError`` (a failed handshake, a bad certificate, a
@@ -23,8 +26,14 @@ corrupt record) reaches the caller, which closes the connection.
 from __future__ import annotations
 
 import ssl
+import threading
 
-__all__ = ["TlsSession"]
+__all__ = ["CONTEXT_LOCK", "TlsSession"]
+
+#: held while a session is made from a context (``SSL_new`` copies the context's certificate
+#: and key) and while the live contexts are reloaded (SIGHUP: ``load_cert_chain`` releases
+#: the GIL while it replaces them): a handshake thread never copies a half-replaced key
+CONTEXT_LOCK = threading.Lock()
 
 _READ = 65536
 
@@ -48,8 +57,9 @@ class TlsSession:
 
     def _start(self) -> ssl.SSLObject:
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._obj = self.ctx.wrap_bio(self._in, self._out, server_side=self.server_side,
-                                      server_hostname=self.server_hostname)
+        with CONTEXT_LOCK:
+            self._obj = self.ctx.wrap_bio(self._in, self._out, server_side=self.server_side,
+                                          server_hostname=self.server_hostname)
         return self._obj
 
     def hello(self) -> bytes:

@@ -429,13 +429,13 @@ def test_accepted_and_confirmed_keep_no_response() -> None:
     accepted.send_response(180, RINGING_180, 1.0)
     assert accepted.on_retransmission(1.5) == [Retransmit(RINGING_180)]
     accepted.send_response(200, OK_200, 2.0)
-    assert accepted.last_response is None and accepted._rtx_effect is None
+    assert accepted.last_response is None
     confirmed = ist()
     confirmed.send_response(486, BUSY_486, 1.0)
     assert confirmed.on_timer(1.5) == [Retransmit(BUSY_486)]  # Timer G
     confirmed.on_ack(2.0)
     assert confirmed.state is S.CONFIRMED
-    assert confirmed.last_response is None and confirmed._rtx_effect is None
+    assert confirmed.last_response is None
     completed = nist()
     completed.send_response(200, OK_200, 1.0)
     assert completed.on_retransmission(2.0) == [Retransmit(OK_200)]

@@ -458,9 +458,9 @@ async def test_the_metrics_show_the_table_and_every_refusal_and_close_by_reason(
         assert found[(prefix + "connections_closed_total", "tls", "handshake")] == 0
         assert found[(prefix + "connection_sends_failed_total", "tls", "closed")] == 1
         assert {k[2] for k in found if k[0].endswith("closed_total")} == {
-            "idle", "incomplete", "handshake", "tls", "framing", "too_large"}
+            "idle", "incomplete", "handshake", "tls", "framing", "too_large", "busy"}
         assert {k[2] for k in found if k[0].endswith("refused_total")} == {
-            "limit", "per_source", "origin", "subprotocol", "upgrade"}
+            "limit", "per_source", "rate", "source_rate", "origin", "subprotocol", "upgrade"}
         assert {k[1] for k in found} == {"tcp", "tls", "ws", "wss"}
         r1.feed_eof()
     finally:

@@ -16,7 +16,7 @@ from proxy.core.access.trust import via_dest
 from proxy.core.context import Branch, Response, ResponseContext
 from proxy.core.effects import INFO, WARNING, Out
 from proxy.core.proxy import routing
-from proxy.core.types import Dest, LocalAddress, Send, Source, Target
+from proxy.core.types import LocalAddress, Send, Source, Target
 from proxy.sip import SipMessage, rewrite
 from proxy.transaction import InviteClientTransaction, NonInviteClientTransaction
 
@@ -98,7 +98,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
         txn = InviteClientTransaction(data, reliable=reliable, now=now, timers=core.timers)
     else:
         txn = NonInviteClientTransaction(data, reliable=reliable, now=now, timers=core.timers)
-    dest = Dest(target.transport, target.host, target.port, target.conn_id)
+    dest = txns.shared_dest(target.transport, target.host, target.port, target.conn_id)
     br = Branch(ctx, bid, target, txn, data, dest)
     group = ctx.group
     if group is not None and (origin in core.members[group] or upstream_targets.in_group(

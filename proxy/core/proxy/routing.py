@@ -8,7 +8,7 @@ registrar. It sends nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeAlias
 
 from proxy.core import shared
 from proxy.core.access.trust import DIALOG_PARAM, branch_lifetime, via_dest
@@ -473,12 +473,37 @@ def target_for_binding(core: ProxyCore, b: Binding, now: float) -> Target | None
     return None if t is None else t._replace(aor=b.aor, instance=b.instance, binding_key=b.key)
 
 
+#: id(uri) -> (uri, its target) for a next hop named by a URI alone (a Route, the
+#: Request-URI of an in-dialog request): the parser hands out one URI per text, so each
+#: branch to the same hop (every BYE to a callee's Contact) holds one shared Target, not a
+#: copy per call. The URI is kept with it, so its id is not reused while it is here; bounded
+#: as the parser's memos are (emptied when full).
+_HOPS: Final[dict[int, tuple[SipUri | AbsoluteUri, Target | None]]] = {}
+_HOPS_MAX: Final = 4096
+
+
 def target_for_uri(
     uri: SipUri | AbsoluteUri, *, request_uri: str | None, q: float = 1.0
 ) -> Target | None:
     """RFC 3263 in its simplest form: transport param, host and port. A host name is left
     to the transport layer, which resolves it (A/AAAA) without blocking; a name that does
     not resolve is a transport error on the branch (RFC 3261 16.9)."""
+    if request_uri is not None or q != 1.0:
+        return _target_for_uri(uri, request_uri, q)
+    key = id(uri)
+    hit = _HOPS.get(key)
+    if hit is not None and hit[0] is uri:
+        return hit[1]
+    target = _target_for_uri(uri, None, 1.0)
+    if len(_HOPS) >= _HOPS_MAX:
+        _HOPS.clear()
+    _HOPS[key] = (uri, target)
+    return target
+
+
+def _target_for_uri(
+    uri: SipUri | AbsoluteUri, request_uri: str | None, q: float
+) -> Target | None:
     if not isinstance(uri, SipUri):
         return None
     host, port = uri.host_port()

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from time import perf_counter
 from typing import Any
 
 from proxy import __version__, build_kind
@@ -90,8 +89,6 @@ class Runtime:
     #: limits.udp_flood_rps: one gate for every UDP socket, made by start(); None: off
     gate: FloodGate | None = None
     load: LagTicker | None = None  # the measure of load of overload control (start())
-    #: seconds spent handling messages and timers, bytes and messages read (overload.py)
-    worked, read, received = 0.0, 0, 0
 
     def __init__(self, config: Config, policy: Policy, *, resolver: Resolver | None = None,
                  upstreams: named_upstreams.Plan | None = None,
@@ -329,15 +326,11 @@ class Runtime:
     def deliver(self, data: bytes, src: Source) -> None:
         """One received message (from every transport): logged at debug, traced, and fed to
         the core by :meth:`_drive` like every other input."""
-        t0 = perf_counter()
-        self.read += len(data)
-        self.received += 1
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             log_lines.message_in(data, src)
         if self.tap is not None:
             self.tap.received(data, src, time.time())
         self._drive(self.core.on_message, data, src, self.loop.time())
-        self.worked += perf_counter() - t0
 
     def keepalive(self, src: Source) -> None:
         self._drive(self.core.on_keepalive, src, self.loop.time())
@@ -501,12 +494,10 @@ class Runtime:
         self._timer = self.loop.call_at(d, self._fire)
 
     def _fire(self) -> None:
-        t0 = perf_counter()
         now = max(self.loop.time(), self._armed_at)
         self._timer = None
         self._armed_at = float("inf")
         self._drive(self.core.on_timer, now)
-        self.worked += perf_counter() - t0
 
     # -------------------------------------------------------------- policy reload
 

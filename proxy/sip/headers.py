@@ -34,6 +34,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from .chars import HPARAM_VALUE, TOKEN, compact_params, is_digits, is_token
 from .errors import ParseError
 from .memo import Memo
 from .uri import (
@@ -65,7 +66,6 @@ __all__ = [
 ]
 
 _TOKEN: Final = r"[A-Za-z0-9\-.!%*_+`'~]+"
-_TOKEN_RE: Final = re.compile(_TOKEN + r"\Z")
 _WS: Final = " \t"
 _TOKEN_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
@@ -81,10 +81,10 @@ _VIA_RE: Final = re.compile(
     r"(?:[ \t]*:[ \t]*([0-9]{1,5}))?"
 )
 # The compact form of header parameters: ";name[=value]" items, no LWS, no quoted values, no
-# ',' (RFC 3261 7.3.1 generic-param). The gate of every fast path below: what it matches,
-# split_params reads; anything else goes to the full grammar (_scan_params).
+# ',' (RFC 3261 7.3.1 generic-param). The gate of every fast path below: what it matches
+# (by a scan, chars.compact_params, which accepts what this regex matches), split_params
+# reads; anything else goes to the full grammar (_scan_params).
 _COMPACT_PARAMS: Final = r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\"\x00-\x20\x7f,]+)?)"
-_COMPACT_PARAMS_RE: Final = re.compile(_COMPACT_PARAMS + r"+\Z")
 # The common name-addr: [ quoted-string / tokens ] <URI> then compact parameters.
 _FAST_NAME_ADDR_RE: Final = re.compile(
     r'(?:("(?:[^"\\]|\\.)*")|([A-Za-z0-9\-.!%*_+`\'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`\'~]+)*))?'
@@ -101,11 +101,6 @@ _KNOWN_TRANSPORTS: Final = frozenset({"UDP", "TCP", "TLS", "SCTP", "TLS-SCTP", "
 _MAX_CSEQ: Final = 2**32 - 1
 # Methods met on every call: tokens, so a CSeq naming one needs no regex to check it.
 _CSEQ_METHODS: Final = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER"})
-
-
-def is_token(text: str) -> bool:
-    """True if ``text`` is a non-empty RFC 3261 25.1 token."""
-    return _TOKEN_RE.match(text) is not None
 
 
 def _end_quoted(s: str, i: int) -> int:
@@ -131,7 +126,7 @@ def parse_params(text: str) -> Params:
     grammar (the same value either way)."""
     if not text:
         return NO_PARAMS
-    if _COMPACT_PARAMS_RE.match(text) is not None:
+    if compact_params(text, 0, TOKEN, HPARAM_VALUE):
         return read_only(split_params(text[1:], "a header parameter"))
     return read_only(_scan_params(text))
 
@@ -273,13 +268,22 @@ def _parse_name_addr(text: str) -> NameAddr:
     cut = text.rfind(";tag=")
     if cut > 0 and text[cut - 1] == ">":
         tag = text[cut + 5:]
-        if _TOKEN_RE.match(tag) is not None:
+        if is_token(tag):
             try:
                 known = parse_name_addr(text[:cut])
             except ParseError:
                 return parse_name_addr_full(text)  # the grammar says why
             if known.bracketed and not known.params:
                 return NameAddr(known.display, known.uri, read_only({"tag": tag}), True)
+    # "<URI>" alone (a Route, a Record-Route): a URI that parses holds none of the characters
+    # the regex below refuses inside <> (controls, SP, '<', '>', '"'), so the regex would read
+    # the same value; one that does not parse goes on to the regex and the grammar.
+    last = len(text) - 1
+    if last > 1 and text[0] == "<" and text[last] == ">":
+        try:
+            return NameAddr(None, parse_uri(text[1:last]), NO_PARAMS, True)
+        except ParseError:
+            pass
     m = _FAST_NAME_ADDR_RE.match(text)
     if m is None:
         return parse_name_addr_full(text)
@@ -389,7 +393,7 @@ class Via:
         value = self.params["rport"]
         if value is None:
             return True
-        if not (value.isascii() and value.isdigit()) or len(value) > 5 or int(value) > 65535:
+        if not is_digits(value) or len(value) > 5 or int(value) > 65535:
             raise ParseError(f"bad rport value: {value[:20]!r}")
         return int(value)
 
@@ -424,7 +428,7 @@ def parse_via(text: str) -> Via:
         _VIA_HEADS.put(head, sent)
     if semi < 0:
         return Via(sent[0], sent[1], sent[2], sent[3], NO_PARAMS)
-    if _COMPACT_PARAMS_RE.match(text, semi) is None:
+    if not compact_params(text, semi, TOKEN, HPARAM_VALUE):
         return parse_via_full(text)
     # Not made read-only: a Via is not shared (each message parses its own; only the sent-by
     # tuple is memoized), and its type, Mapping, already refuses a write to mypy.
@@ -486,12 +490,20 @@ def parse_via_list(text: str) -> list[Via]:
 def parse_cseq(text: str) -> tuple[int, str]:
     """CSeq = 1*DIGIT LWS Method (RFC 3261 20.16); the number must be < 2**32 (RFC 3261 8.1.1.5,
     RFC 4475 3.1.2.4 scalar02)."""
+    sp = text.find(" ")
+    if sp > 0:  # the usual "1 INVITE": one SP, a method of every call (no regex, no split)
+        num = text[:sp]
+        method = text[sp + 1:]
+        if method in _CSEQ_METHODS and is_digits(num) and len(num) <= 10:
+            number = int(num)
+            if number <= _MAX_CSEQ:
+                return number, method
     parts = text.split()
     if len(parts) != 2:
         raise ParseError(f"bad CSeq: {text[:60]!r}")
     num, method = parts
-    if not (num.isascii() and num.isdigit()) or len(num) > 10 or int(num) > _MAX_CSEQ:
+    if not is_digits(num) or len(num) > 10 or int(num) > _MAX_CSEQ:
         raise ParseError(f"bad CSeq number: {num[:30]!r}")
-    if method not in _CSEQ_METHODS and not _TOKEN_RE.match(method):
+    if method not in _CSEQ_METHODS and not is_token(method):
         raise ParseError(f"bad CSeq method: {method[:30]!r}")
     return int(num), method

@@ -477,15 +477,17 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
         else:
             head = data.decode("latin-1") + "\r\n"
             terminated = False
-    lines = head.split("\r\n")
-    lines.pop()  # '' after the final CRLF
-    nsep = len(lines)
+    # RFC 3261 7: every line ends in CRLF. One count of CR, LF and CRLF over the head instead of
+    # a test per line; a bare one in the start line is refused before the start line is read,
+    # one in a header line after it (as a line-by-line scan would: 505 vs 400 keep their order).
+    sl_end = head.find("\r\n")
+    ncrlf = head.count("\r\n")
+    bare = head.count("\r") != ncrlf or head.count("\n") != ncrlf
+    first = head[:sl_end]
+    if bare and ("\r" in first or "\n" in first):
+        raise ParseError("bare CR or LF in the header section")
 
     # ---- start line (RFC 3261 7.1, 7.2) ----
-    first = lines[0]
-    if "\r" in first or "\n" in first:
-        raise ParseError("bare CR or LF in the header section")
-    sl_end = len(first)
     method = ruri = reason = ""
     status = 0
     sp1 = first.find(" ")
@@ -535,31 +537,33 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
     field_names = _FIELD_NAMES
     cl_index = -1
     pos = sl_end + 2
-    for k in range(1, nsep):
-        line = lines[k]
-        if "\r" in line or "\n" in line:  # one left after the split on CRLF is bare
-            raise ParseError("bare CR or LF in the header section")
-        end = pos + len(line) + 2
-        c0 = line[:1]
-        if c0 == " " or c0 == "\t":
+    if bare:
+        raise ParseError("bare CR or LF in the header section")
+    hlen = len(head)
+    while pos < hlen:
+        eol = head.find("\r\n", pos)  # the head ends with CRLF: always found
+        end = eol + 2
+        if head[pos] == " " or head[pos] == "\t":
             # continuation line (RFC 3261 7.3.1): joined to the previous value by one space
             if not headers:
                 raise ParseError("continuation line before the first header field")
             prev = headers[-1]
-            cont = line.strip()
+            cont = head[pos:eol].strip()
             value = prev.value + " " + cont if prev.value and cont else prev.value or cont
             headers[-1] = Header(prev.name, value, prev.start, end)
         else:
-            colon = line.find(":")
+            colon = head.find(":", pos, eol)
             if colon < 0:
-                raise ParseError(f"header line without ':': {line[:60]!r}")
-            raw_name = line[:colon]
+                raise ParseError(f"header line without ':': {head[pos:min(eol, pos + 60)]!r}")
+            raw_name = head[pos:colon]
             name = field_names.get(raw_name) or _canon_field_name(raw_name)
             if name == "content-length":
                 if cl_index >= 0:
                     raise ParseError("several Content-Length header fields")
                 cl_index = len(headers)
-            headers.append(Header(name, line[colon + 1:].strip(), pos, end))
+            # HCOLON = *(SP / HTAB) ":" SWS: one SP after ':' is the usual shape (one slice)
+            vstart = colon + 2 if head[colon + 1] == " " else colon + 1
+            headers.append(Header(name, head[vstart:eol].strip(), pos, end))
         pos = end
     if len(headers) > max_headers:
         raise ParseError(f"more than {max_headers} header fields")

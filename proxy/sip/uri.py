@@ -41,6 +41,7 @@ from types import MappingProxyType
 from typing import Final
 from urllib.parse import unquote
 
+from .chars import PCHAR, compact_params
 from .errors import ParseError
 from .memo import Memo
 
@@ -244,6 +245,21 @@ def parse_uri(text: str) -> SipUri | AbsoluteUri:
 
 
 def _parse_uri(text: str) -> SipUri | AbsoluteUri:
+    # A URI whose parameters change while what precedes them recurs (a Record-Route's dialog
+    # mark, a Contact's ob/gr): the part before the first ';' is a URI of its own, parsed once
+    # (the memo), and the parameters, when they have the compact shape (PCHAR names and
+    # values: no '@', '?', '=' in a value, LWS or '<>"'), cannot change what the part before
+    # reads to: the value is the one the regex or the grammar gives for the whole text.
+    semi = text.find(";")
+    if semi > 0 and compact_params(text, semi, PCHAR, PCHAR):
+        try:
+            head = parse_uri(text[:semi])
+        except ParseError:
+            return parse_uri_full(text)  # the grammar says why
+        if isinstance(head, SipUri) and head.headers is None:
+            params = read_only(split_params(text[semi + 1:], "a uri-parameter"))
+            return SipUri(head.scheme, head.user, head.password, head.host, head.port, params,
+                          None)
     m = _FAST_SIP_RE.match(text)
     if m is None:
         return parse_uri_full(text)

@@ -200,6 +200,13 @@ def agree(public: Parser, full: Parser, text: str) -> None:
 @example("sip:alice@example.com:5070;transport=udp")
 @example("sip:a@b:99999")
 @example("sips:[2001:DB8::1];LR")
+@example("sip:tok@127.0.0.1:5060;lr;d=3f2a")  # the head parsed once, the parameters apart
+@example("sip:a;b@example.com;lr")  # ';' in the user part: not a parameter
+@example("sip:a?b@example.com;lr")
+@example("SIP:x@[::1]:5061;maddr=[::2]")
+@example("sip:a@b:99999;lr")
+@example("sip:a@b?h=1;lr")
+@example("tel:+1;lr")
 def test_uri_fast_path_equals_the_grammar(text: str) -> None:
     """RFC 3261 19.1.1, 25.1 (RFC 5118 for IPv6 references)."""
     agree(parse_uri, parse_uri_full, text)
@@ -209,6 +216,12 @@ def test_uri_fast_path_equals_the_grammar(text: str) -> None:
 @example('"Alice \\"A\\"" <sips:alice@example.com;transport=tls>;tag=1;+sip.instance="<x>"')
 @example("Bob<sip:bob@example.com>;expires=60;q=0.5")
 @example("sip:bob@example.com;tag=b2")
+@example("<sip:tok@127.0.0.1:5060;lr;d=3f2a>")  # a Route: "<URI>" alone
+@example("<sip:a@b> >")
+@example("<sip:a@b>>")
+@example("< sip:a@b>")
+@example("<urn:service:sos>")
+@example("<>")
 def test_name_addr_fast_path_equals_the_grammar(text: str) -> None:
     """RFC 3261 20.10, 25.1 name-addr / addr-spec with generic-params."""
     agree(parse_name_addr, parse_name_addr_full, text)

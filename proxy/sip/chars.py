@@ -1,0 +1,105 @@
+"""Character classes of the RFC 3261 25.1 grammar, read by scanning instead of a regex.
+
+In the compiled build a regex is a call into the interpreter's ``re`` (a method call, a match
+object, its groups), about a thousand instructions before the first character is read; a
+scan of ``ord(text[i])`` against a 128-entry table is a few instructions a character, and the
+texts these read (a token, a tag, the parameters of a Via or a URI) are short.  Each scanner
+accepts exactly what the regex it stands for matches (tests/unit/test_sip_chars.py checks them
+against those regexes with hypothesis).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["HPARAM_VALUE", "PCHAR", "TOKEN", "compact_params", "is_digits", "is_token"]
+
+#: token = 1*( alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
+TOKEN: Final = 1
+#: a uri-parameter name or value character as the compact URI shape allows it:
+#: paramchar = param-unreserved / unreserved / escaped, with '%' (RFC 3261 19.1.1, 25.1)
+PCHAR: Final = 2
+#: a header parameter value of the compact shape: no SP, control, DEL, ';', '"' or ','
+#: (and any character from 0x80 up)
+HPARAM_VALUE: Final = 4
+
+_ALPHANUM: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def _table() -> bytes:
+    table = bytearray(128)
+    for c in _ALPHANUM + "-.!%*_+`'~":
+        table[ord(c)] |= TOKEN
+    for c in _ALPHANUM + "-_.!~*'()%[]/:&+$":
+        table[ord(c)] |= PCHAR
+    for code in range(0x21, 0x7F):
+        if chr(code) not in ';",':
+            table[code] |= HPARAM_VALUE
+    return bytes(table)
+
+
+_CLASSES: Final = _table()
+
+
+def is_token(text: str) -> bool:
+    """True if ``text`` is a non-empty RFC 3261 25.1 token."""
+    n = len(text)
+    if n == 0:
+        return False
+    classes = _CLASSES
+    for i in range(n):
+        c = ord(text[i])
+        if c >= 128 or not classes[c] & TOKEN:
+            return False
+    return True
+
+
+def is_digits(text: str) -> bool:
+    """True if ``text`` is 1*DIGIT: ASCII digits only (``str.isdigit`` also takes '²')."""
+    n = len(text)
+    if n == 0:
+        return False
+    for i in range(n):
+        c = ord(text[i])
+        if c < 48 or c > 57:
+            return False
+    return True
+
+
+def compact_params(text: str, start: int, name_class: int, value_class: int) -> bool:
+    """True if ``text[start:]`` is one or more ``";" name [ "=" value ]`` items, ``name`` of
+    1+ characters of ``name_class``, ``value`` of 1+ characters of ``value_class`` (characters
+    from 0x80 up count as HPARAM_VALUE only): the compact parameter shape, no LWS, no quoted
+    value (RFC 3261 7.3.1 generic-param, 19.1.1 uri-parameters)."""
+    n = len(text)
+    i = start
+    if i >= n:
+        return False
+    classes = _CLASSES
+    high_ok = value_class == HPARAM_VALUE
+    while i < n:
+        if ord(text[i]) != 59:  # ';'
+            return False
+        i += 1
+        begin = i
+        while i < n:
+            c = ord(text[i])
+            if c >= 128 or not classes[c] & name_class:
+                break
+            i += 1
+        if i == begin:
+            return False
+        if i < n and ord(text[i]) == 61:  # '='
+            i += 1
+            begin = i
+            while i < n:
+                c = ord(text[i])
+                if c >= 128:
+                    if not high_ok:
+                        break
+                elif not classes[c] & value_class:
+                    break
+                i += 1
+            if i == begin:
+                return False
+    return True

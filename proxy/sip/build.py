@@ -164,7 +164,8 @@ def rewrite(msg: SipMessage, *, start_line: str | None = None,
     pos = top_end
     if edits:
         nh = len(hdrs)
-        for idx in sorted(edits):
+        order: list[int] = sorted(edits) if len(edits) > 1 else list(edits)
+        for idx in order:
             if not 0 <= idx < nh:
                 raise IndexError(f"no header field at index {idx}")
             h = hdrs[idx]
@@ -202,13 +203,28 @@ def strip_top_via(msg: SipMessage) -> bytes:
             break
     else:
         raise ParseError("response without Via")
-    if "," in h.value:
-        items = split_header_values(h.value)
-        if len(items) > 1:
+    value = h.value
+    comma = value.find(",")
+    if comma >= 0:
+        rest = _after_first_value(value, comma)
+        if rest:
             first = msg.raw[h.start:h.end].decode("latin-1")
             name = first[:first.index(":")]
-            return rewrite(msg, edits={idx: name + ": " + ", ".join(items[1:])})
+            return rewrite(msg, edits={idx: name + ": " + rest})
     return rewrite(msg, edits={idx: None})
+
+
+def _after_first_value(value: str, comma: int) -> str:
+    """The values after the first of a Via line holding a ',' at ``comma``, joined by ", "
+    ('' when it holds one value): two values without quoted string or '<' (the usual response
+    through one proxy) by one slice, any other line by :func:`split_header_values`."""
+    if '"' not in value and "<" not in value and value.find(",", comma + 1) < 0:
+        head = value[:comma].strip()
+        rest = value[comma + 1:].strip()
+        if head and rest:
+            return rest  # what ", ".join(split_header_values(value)[1:]) gives
+    items = split_header_values(value)
+    return ", ".join(items[1:])
 
 
 def make_response(request: SipMessage, status: int, reason: str | None = None, *,

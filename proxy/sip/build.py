@@ -12,7 +12,7 @@ UTF-8 when they hold characters latin-1 cannot encode.  A line holding CR or LF 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from .errors import ParseError
@@ -102,7 +102,7 @@ _CLASS_REASONS: Final = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "C
                   5: "Server Error", 6: "Global Failure"}
 _TAG_RE: Final = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
 _CRLF: Final = b"\r\n"
-_NO_EDITS: Final[Mapping[int, str | None]] = {}
+_NO_EDITS: Final[dict[int, str | None]] = {}  # never written: rewrite copies before it edits
 
 
 def reason_phrase(status: int) -> str:
@@ -126,7 +126,7 @@ def _raw_line(raw: bytes, h: Header) -> bytes:
 
 
 def rewrite(msg: SipMessage, *, start_line: str | None = None,
-            insert_top: Sequence[str] = (), edits: Mapping[int, str | None] = _NO_EDITS,
+            insert_top: Sequence[str] = (), edits: dict[int, str | None] = _NO_EDITS,
             append: Sequence[str] = (), body: bytes | None = None) -> bytes:
     """Build a new message from ``msg.raw`` by splicing (RFC 3261 16.6 steps 2-8).
 
@@ -164,7 +164,9 @@ def rewrite(msg: SipMessage, *, start_line: str | None = None,
     pos = top_end
     if edits:
         nh = len(hdrs)
-        order: list[int] = sorted(edits) if len(edits) > 1 else list(edits)
+        order = list(edits)
+        if len(order) > 1:
+            order.sort()
         for idx in order:
             if not 0 <= idx < nh:
                 raise IndexError(f"no header field at index {idx}")
@@ -209,7 +211,7 @@ def strip_top_via(msg: SipMessage) -> bytes:
         rest = _after_first_value(value, comma)
         if rest:
             first = msg.raw[h.start:h.end].decode("latin-1")
-            name = first[:first.index(":")]
+            name = first[:first.find(":")]  # the field name as written (the line has a ':')
             return rewrite(msg, edits={idx: name + ": " + rest})
     return rewrite(msg, edits={idx: None})
 

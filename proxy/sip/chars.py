@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["HPARAM_VALUE", "PCHAR", "TOKEN", "compact_params", "is_digits", "is_token"]
+__all__ = [
+    "HPARAM_VALUE", "PCHAR", "TOKEN", "is_digits", "is_token", "split_compact",
+]
 
 #: token = 1*( alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
 TOKEN: Final = 1
@@ -66,29 +68,41 @@ def is_digits(text: str) -> bool:
     return True
 
 
-def compact_params(text: str, start: int, name_class: int, value_class: int) -> bool:
-    """True if ``text[start:]`` is one or more ``";" name [ "=" value ]`` items, ``name`` of
-    1+ characters of ``name_class``, ``value`` of 1+ characters of ``value_class`` (characters
-    from 0x80 up count as HPARAM_VALUE only): the compact parameter shape, no LWS, no quoted
-    value (RFC 3261 7.3.1 generic-param, 19.1.1 uri-parameters)."""
+def split_compact(text: str, start: int, name_class: int,
+                  value_class: int) -> dict[str, str | None] | None:
+    """The parameters of ``text[start:]`` when it is one or more ``";" name [ "=" value ]``
+    items, ``name`` of 1+ characters of ``name_class``, ``value`` of 1+ characters of
+    ``value_class`` (characters from 0x80 up count as HPARAM_VALUE only): the compact
+    parameter shape, no LWS, no quoted value (RFC 3261 7.3.1 generic-param, 19.1.1
+    uri-parameters).  Given as ``uri.split_params`` gives them: names lower-cased, values as
+    written, a bare name maps to None, the last of a repeated name counts.  None when the text
+    has another shape (then the caller takes its long way).  One scan checks and splits."""
     n = len(text)
     i = start
     if i >= n:
-        return False
+        return None
     classes = _CLASSES
     high_ok = value_class == HPARAM_VALUE
+    params: dict[str, str | None] = {}
     while i < n:
         if ord(text[i]) != 59:  # ';'
-            return False
+            return None
         i += 1
         begin = i
+        upper = False
         while i < n:
             c = ord(text[i])
             if c >= 128 or not classes[c] & name_class:
                 break
+            if 65 <= c <= 90:
+                upper = True
             i += 1
         if i == begin:
-            return False
+            return None
+        name = text[begin:i]
+        if upper:
+            name = name.lower()
+        value: str | None = None
         if i < n and ord(text[i]) == 61:  # '='
             i += 1
             begin = i
@@ -101,5 +115,7 @@ def compact_params(text: str, start: int, name_class: int, value_class: int) -> 
                     break
                 i += 1
             if i == begin:
-                return False
-    return True
+                return None
+            value = text[begin:i]
+        params[name] = value
+    return params

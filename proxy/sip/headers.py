@@ -20,9 +20,10 @@ Header values reach these functions unfolded (continuation lines joined by one s
 Every function raises ParseError(400) on malformed input.
 
 Each parser has one gate: the usual compact shape (no LWS around the separators, no quoted
-parameter values) is read by one regex and the one parameter splitter
-(:func:`~proxy.sip.uri.split_params`); whatever the regex does not match goes to the full
-grammar (:func:`parse_via_full`, :func:`parse_name_addr_full`), which alone decides what is an
+parameter values) is read by one regex and the parameter splitter
+(:func:`~proxy.sip.uri.split_params`), or, for the parameters alone, by one scan that checks
+and splits them (:func:`~proxy.sip.chars.split_compact`); whatever does not have that shape
+goes to the full grammar (:func:`parse_via_full`, :func:`parse_name_addr_full`), which alone decides what is an
 error and gives the same value for what both read (tests/unit/test_sip_properties.py feeds
 both the same generated values). Recurring texts are parsed once: a bounded
 :class:`~proxy.sip.memo.Memo` of immutable values (``Final`` fields, read-only parameters).
@@ -34,7 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from .chars import HPARAM_VALUE, TOKEN, compact_params, is_digits, is_token
+from .chars import HPARAM_VALUE, TOKEN, is_digits, is_token, split_compact
 from .errors import ParseError
 from .memo import Memo
 from .uri import (
@@ -82,8 +83,8 @@ _VIA_RE: Final = re.compile(
 )
 # The compact form of header parameters: ";name[=value]" items, no LWS, no quoted values, no
 # ',' (RFC 3261 7.3.1 generic-param). The gate of every fast path below: what it matches
-# (by a scan, chars.compact_params, which accepts what this regex matches), split_params
-# reads; anything else goes to the full grammar (_scan_params).
+# (by one scan, chars.split_compact, which accepts what this regex matches and splits it as
+# split_params does); anything else goes to the full grammar (_scan_params).
 _COMPACT_PARAMS: Final = r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[^;\"\x00-\x20\x7f,]+)?)"
 # The common name-addr: [ quoted-string / tokens ] <URI> then compact parameters.
 _FAST_NAME_ADDR_RE: Final = re.compile(
@@ -126,8 +127,9 @@ def parse_params(text: str) -> Params:
     grammar (the same value either way)."""
     if not text:
         return NO_PARAMS
-    if compact_params(text, 0, TOKEN, HPARAM_VALUE):
-        return read_only(split_params(text[1:], "a header parameter"))
+    compact = split_compact(text, 0, TOKEN, HPARAM_VALUE)
+    if compact is not None:
+        return read_only(compact)
     return read_only(_scan_params(text))
 
 
@@ -428,11 +430,12 @@ def parse_via(text: str) -> Via:
         _VIA_HEADS.put(head, sent)
     if semi < 0:
         return Via(sent[0], sent[1], sent[2], sent[3], NO_PARAMS)
-    if not compact_params(text, semi, TOKEN, HPARAM_VALUE):
+    params = split_compact(text, semi, TOKEN, HPARAM_VALUE)
+    if params is None:
         return parse_via_full(text)
     # Not made read-only: a Via is not shared (each message parses its own; only the sent-by
     # tuple is memoized), and its type, Mapping, already refuses a write to mypy.
-    return Via(sent[0], sent[1], sent[2], sent[3], split_params(text[semi + 1:], "a Via parameter"))
+    return Via(sent[0], sent[1], sent[2], sent[3], params)
 
 
 def parse_via_full(text: str) -> Via:
@@ -487,9 +490,20 @@ def parse_via_list(text: str) -> list[Via]:
     return [parse_via(v) for v in values]
 
 
+_CSEQS: Final[Memo[tuple[int, str]]] = Memo()
+
+
 def parse_cseq(text: str) -> tuple[int, str]:
     """CSeq = 1*DIGIT LWS Method (RFC 3261 20.16); the number must be < 2**32 (RFC 3261 8.1.1.5,
-    RFC 4475 3.1.2.4 scalar02)."""
+    RFC 4475 3.1.2.4 scalar02). Each distinct text once (a transaction's CSeq recurs in each
+    of its messages)."""
+    cseq = _CSEQS.get(text)
+    if cseq is None:
+        cseq = _CSEQS.put(text, _parse_cseq(text))
+    return cseq
+
+
+def _parse_cseq(text: str) -> tuple[int, str]:
     sp = text.find(" ")
     if sp > 0:  # the usual "1 INVITE": one SP, a method of every call (no regex, no split)
         num = text[:sp]

@@ -41,7 +41,7 @@ from types import MappingProxyType
 from typing import Final
 from urllib.parse import unquote
 
-from .chars import PCHAR, compact_params
+from .chars import PCHAR, split_compact
 from .errors import ParseError
 from .memo import Memo
 
@@ -251,15 +251,15 @@ def _parse_uri(text: str) -> SipUri | AbsoluteUri:
     # values: no '@', '?', '=' in a value, LWS or '<>"'), cannot change what the part before
     # reads to: the value is the one the regex or the grammar gives for the whole text.
     semi = text.find(";")
-    if semi > 0 and compact_params(text, semi, PCHAR, PCHAR):
+    compact = split_compact(text, semi, PCHAR, PCHAR) if semi > 0 else None
+    if compact is not None:
         try:
             head = parse_uri(text[:semi])
         except ParseError:
             return parse_uri_full(text)  # the grammar says why
         if isinstance(head, SipUri) and head.headers is None:
-            params = read_only(split_params(text[semi + 1:], "a uri-parameter"))
-            return SipUri(head.scheme, head.user, head.password, head.host, head.port, params,
-                          None)
+            return SipUri(head.scheme, head.user, head.password, head.host, head.port,
+                          read_only(compact), None)
     m = _FAST_SIP_RE.match(text)
     if m is None:
         return parse_uri_full(text)

@@ -1,5 +1,5 @@
 """The scanners of :mod:`proxy.sip.chars` accept exactly what the RFC 3261 25.1 regexes they
-stand for match (hypothesis): token, 1*DIGIT, and the compact parameter shapes of a header
+stand for match, and split what they accept as ``split_params`` does (hypothesis): token, 1*DIGIT, and the compact parameter shapes of a header
 (generic-param, 7.3.1) and of a SIP URI (uri-parameters, 19.1.1)."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.sip.chars import HPARAM_VALUE, PCHAR, TOKEN, compact_params, is_digits, is_token
+from proxy.sip.chars import HPARAM_VALUE, PCHAR, TOKEN, is_digits, is_token, split_compact
+from proxy.sip.uri import split_params
 from tests.unit import hypothesis_profiles  # registers and loads the profile
 
 pytestmark = pytest.mark.timeout(hypothesis_profiles.TIMEOUT)
@@ -49,6 +50,13 @@ def test_is_digits_is_ascii_digits(text: str) -> None:
     assert is_digits(text) == (DIGITS_RE.match(text) is not None)
 
 
+def _expected(regex: re.Pattern[str], text: str, start: int) -> dict[str, str | None] | None:
+    """None when ``regex`` does not match at ``start``, else what split_params gives."""
+    if regex.match(text, start) is None:
+        return None
+    return split_params(text[start + 1:], "a parameter")
+
+
 @given(st.one_of(texts, params), st.integers(0, 3))
 @example(";branch=z9hG4bK-1;rport", 0)
 @example(";a=b=c", 0)
@@ -58,8 +66,7 @@ def test_is_digits_is_ascii_digits(text: str) -> None:
 @example(";x=\xe9", 0)
 def test_compact_header_params_is_the_regex(text: str, start: int) -> None:
     """RFC 3261 7.3.1 generic-param, compact: no LWS, no quoted value, no ','."""
-    expected = HEADER_PARAMS_RE.match(text, start) is not None if start <= len(text) else False
-    assert compact_params(text, start, TOKEN, HPARAM_VALUE) == expected
+    assert split_compact(text, start, TOKEN, HPARAM_VALUE) == _expected(HEADER_PARAMS_RE, text, start)
 
 
 @given(st.one_of(texts, params), st.integers(0, 3))
@@ -68,7 +75,7 @@ def test_compact_header_params_is_the_regex(text: str, start: int) -> None:
 @example(";maddr=[::1]", 0)
 @example(";x=\xe9", 0)
 @example(";x@y", 0)
+@example(";LR;Transport=UDP;lr", 0)
 def test_compact_uri_params_is_the_regex(text: str, start: int) -> None:
     """RFC 3261 19.1.1 uri-parameters as the compact URI shape writes them."""
-    expected = URI_PARAMS_RE.match(text, start) is not None if start <= len(text) else False
-    assert compact_params(text, start, PCHAR, PCHAR) == expected
+    assert split_compact(text, start, PCHAR, PCHAR) == _expected(URI_PARAMS_RE, text, start)

@@ -164,7 +164,7 @@ def rewrite(msg: SipMessage, *, start_line: str | None = None,
     pos = top_end
     if edits:
         nh = len(hdrs)
-        order = list(edits)
+        order = [idx for idx in edits]  # native iteration of the dict (list() is generic)
         if len(order) > 1:
             order.sort()
         for idx in order:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
-    "HPARAM_VALUE", "PCHAR", "TOKEN", "is_digits", "is_token", "split_compact",
+    "HPARAM_VALUE", "PCHAR", "TOKEN", "digits_value", "is_digits", "is_token", "split_compact",
 ]
 
 #: token = 1*( alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
@@ -66,6 +66,22 @@ def is_digits(text: str) -> bool:
         if c < 48 or c > 57:
             return False
     return True
+
+
+def digits_value(text: str) -> int:
+    """The value of ``text`` when it is 1*DIGIT of at most 10 ASCII digits (every count SIP
+    bounds: Content-Length, CSeq, Max-Forwards, a status code), else -1. ``int()`` of a str
+    is a call into the interpreter's number parser; ten digits are ten multiply-adds."""
+    n = len(text)
+    if n == 0 or n > 10:
+        return -1
+    value = 0
+    for i in range(n):
+        c = ord(text[i])
+        if c < 48 or c > 57:
+            return -1
+        value = value * 10 + (c - 48)
+    return value
 
 
 def split_compact(text: str, start: int, name_class: int,

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from .chars import HPARAM_VALUE, TOKEN, is_digits, is_token, split_compact
+from .chars import HPARAM_VALUE, TOKEN, digits_value, is_digits, is_token, split_compact
 from .errors import ParseError
 from .memo import Memo
 from .uri import (
@@ -508,9 +508,9 @@ def _parse_cseq(text: str) -> tuple[int, str]:
     if sp > 0:  # the usual "1 INVITE": one SP, a method of every call (no regex, no split)
         num = text[:sp]
         method = text[sp + 1:]
-        if method in _CSEQ_METHODS and is_digits(num) and len(num) <= 10:
-            number = int(num)
-            if number <= _MAX_CSEQ:
+        if method in _CSEQ_METHODS:
+            number = digits_value(num)
+            if 0 <= number <= _MAX_CSEQ:
                 return number, method
     parts = text.split()
     if len(parts) != 2:

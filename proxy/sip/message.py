@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from .chars import is_digits
+from .chars import digits_value, is_digits
 from .errors import ParseError
 from .headers import (
     NameAddr,
@@ -339,9 +339,9 @@ class SipMessage:
             value = self._get("max-forwards")
             mf: int | None = None
             if value is not None:
-                if not is_digits(value) or len(value) > 10:
+                mf = digits_value(value)
+                if mf < 0:
                     raise ParseError(f"bad Max-Forwards: {value[:20]!r}")
-                mf = int(value)
                 if mf > _MAX_MF:
                     raise ParseError(f"Max-Forwards over 255: {value[:20]!r}")
             self._mf = mf
@@ -431,6 +431,11 @@ class SipMessage:
         return min(int(value), _MAX_DELTA)
 
 
+def _solid(c: int) -> bool:
+    """Not a character str.strip() removes, for a latin-1 code point ``c``."""
+    return c > 32 and c != 0x85 and c != 0xA0
+
+
 def _empty(canon: str) -> list[str]:
     raise ParseError(f"empty {canon} header field")
 
@@ -502,9 +507,9 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
         else:
             code = first[sp1 + 1:sp2]
             reason = first[sp2 + 1:]
-        if len(code) != 3 or not is_digits(code) or not "1" <= code[0] <= "6":
+        status = digits_value(code) if len(code) == 3 else -1
+        if not 100 <= status <= 699:  # 3DIGIT, the first 1..6 (RFC 3261 7.2, 21)
             raise ParseError(f"bad status code: {code[:20]!r}")
-        status = int(code)
         if version != "SIP/2.0":
             if version.upper() != "SIP/2.0":
                 raise ParseError(f"unsupported SIP version {version[:20]!r}", 505)
@@ -560,9 +565,15 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
                 if cl_index >= 0:
                     raise ParseError("several Content-Length header fields")
                 cl_index = len(headers)
-            # HCOLON = *(SP / HTAB) ":" SWS: one SP after ':' is the usual shape (one slice)
+            # HCOLON = *(SP / HTAB) ":" SWS: one SP after ':' then no white space at either end
+            # is the usual shape (one slice, no strip); str.strip() takes what isspace() says
+            # is white space, which in latin-1 is <= SP, 0x85 and 0xA0.
             vstart = colon + 2 if head[colon + 1] == " " else colon + 1
-            headers.append(Header(name, head[vstart:eol].strip(), pos, end))
+            if vstart < eol and _solid(ord(head[vstart])) and _solid(ord(head[eol - 1])):
+                value = head[vstart:eol]
+            else:
+                value = head[vstart:eol].strip()
+            headers.append(Header(name, value, pos, end))
         pos = end
     if len(headers) > max_headers:
         raise ParseError(f"more than {max_headers} header fields")
@@ -573,9 +584,10 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
     # ---- framing (RFC 3261 18.3, 20.14) ----
     if cl_index >= 0:
         value = headers[cl_index].value
-        if not is_digits(value) or len(value) > 10:
+        length = digits_value(value)
+        if length < 0:
             raise ParseError(f"bad Content-Length {value[:20]!r}")
-        end = header_end + int(value)
+        end = header_end + length
         if end > n:
             raise ParseError(f"Content-Length {value} exceeds the {n - header_end} body octets")
         body = data[header_end:end]

@@ -10,7 +10,16 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.sip.chars import HPARAM_VALUE, PCHAR, TOKEN, is_digits, is_token, split_compact
+from proxy.sip import parse_message
+from proxy.sip.chars import (
+    HPARAM_VALUE,
+    PCHAR,
+    TOKEN,
+    digits_value,
+    is_digits,
+    is_token,
+    split_compact,
+)
 from proxy.sip.uri import split_params
 from tests.unit import hypothesis_profiles  # registers and loads the profile
 
@@ -79,3 +88,29 @@ def test_compact_header_params_is_the_regex(text: str, start: int) -> None:
 def test_compact_uri_params_is_the_regex(text: str, start: int) -> None:
     """RFC 3261 19.1.1 uri-parameters as the compact URI shape writes them."""
     assert split_compact(text, start, PCHAR, PCHAR) == _expected(URI_PARAMS_RE, text, start)
+
+
+@given(texts)
+@example("0")
+@example("0000000070")
+@example("4294967295")
+@example("12345678901")
+@example("1²")
+def test_digits_value_is_int_of_up_to_ten_ascii_digits(text: str) -> None:
+    """1*DIGIT, bounded to 10 digits (Content-Length, CSeq, Max-Forwards, status code)."""
+    expected = int(text) if DIGITS_RE.match(text) and len(text) <= 10 else -1
+    assert digits_value(text) == expected
+
+
+@given(st.sampled_from(["", " ", "\t", "\xa0", "\x85", "\x1c", "\x01", "  "]),
+       st.sampled_from(["x", "a b", "\x01", "\xe9", "", "\xa0"]),
+       st.sampled_from(["", " ", "\t", "\xa0", "\x85", "\x1f", "\x01"]))
+def test_header_values_are_stripped_as_str_strip(lead: str, core: str, tail: str) -> None:
+    """RFC 3261 7.3.1: the value of a header field, without the white space around it (the
+    parser skips str.strip() when both ends are solid; the result must be the same)."""
+    value = lead + core + tail
+    data = ("OPTIONS sip:a@b SIP/2.0\r\nX-Test:" + value + "\r\nSubject: " + value
+            + "\r\n\r\n").encode("latin-1")
+    msg = parse_message(data)
+    assert msg.get("x-test") == value.strip()
+    assert msg.get("subject") == value.strip()

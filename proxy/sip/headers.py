@@ -256,7 +256,7 @@ def parse_name_addr(text: str) -> NameAddr:
     Contact, Route, Record-Route. Each distinct text once (a Route naming this proxy, a call's
     From and To recur in each of its messages); the usual shape by one regex, any other by
     :func:`parse_name_addr_full`, which gives the same value and alone refuses."""
-    na = _NAME_ADDRS.get(text)
+    na = _NAME_ADDRS.table.get(text)
     if na is None:
         na = _NAME_ADDRS.put(text, _parse_name_addr(text))
     return na
@@ -422,7 +422,7 @@ def parse_via(text: str) -> Via:
     other shape goes to :func:`parse_via_full`, which gives the same value and alone refuses."""
     semi = text.find(";")
     head = text if semi < 0 else text[:semi]
-    sent = _VIA_HEADS.get(head)
+    sent = _VIA_HEADS.table.get(head)
     if sent is None:
         sent = _via_head(head)
         if sent is None:
@@ -497,7 +497,7 @@ def parse_cseq(text: str) -> tuple[int, str]:
     """CSeq = 1*DIGIT LWS Method (RFC 3261 20.16); the number must be < 2**32 (RFC 3261 8.1.1.5,
     RFC 4475 3.1.2.4 scalar02). Each distinct text once (a transaction's CSeq recurs in each
     of its messages)."""
-    cseq = _CSEQS.get(text)
+    cseq = _CSEQS.table.get(text)
     if cseq is None:
         cseq = _CSEQS.put(text, _parse_cseq(text))
     return cseq

@@ -28,30 +28,33 @@ class Memo(Generic[_V]):
     """A bounded map from a header text to the immutable value it parses to (see the module
     docstring for the rule)."""
 
-    __slots__ = ("_table", "size")
+    __slots__ = ("size", "table")
 
     def __init__(self, size: int = MEMO_SIZE) -> None:
-        self._table: dict[str, _V] = {}
+        #: the texts kept and their values: read by the hot paths (``memo.table.get(text)``
+        #: is a dict lookup, where ``memo.get(text)`` is a call through the compiled build's
+        #: export table first); written only by :meth:`put` and :meth:`clear`
+        self.table: Final[dict[str, _V]] = {}
         self.size: Final = size
 
     def get(self, text: str) -> _V | None:
         """The value ``text`` parsed to, or None when it is not kept."""
-        return self._table.get(text)
+        return self.table.get(text)
 
     def put(self, text: str, value: _V) -> _V:
         """Keep ``value`` as what ``text`` parses to (emptying the memo first when full);
         returns ``value``."""
-        table = self._table
+        table = self.table
         if len(table) >= self.size:
             table.clear()
         table[text] = value
         return value
 
     def __len__(self) -> int:
-        return len(self._table)
+        return len(self.table)
 
     def __contains__(self, text: str) -> bool:
-        return text in self._table
+        return text in self.table
 
     def clear(self) -> None:
-        self._table.clear()
+        self.table.clear()

@@ -116,7 +116,7 @@ def _canon_field_name(raw_name: str) -> str:
 
 def canonical_name(name: str) -> str:
     """Header name in any case, full or compact -> canonical full lower-case name."""
-    canon = _LOOKUP_NAMES.get(name)
+    canon = _LOOKUP_NAMES.table.get(name)
     if canon is None:
         lower = name.strip().lower()
         canon = _LOOKUP_NAMES.put(name, COMPACT.get(lower, lower))
@@ -539,7 +539,7 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
 
     # ---- header fields (RFC 3261 7.3) ----
     headers: list[Header] = []
-    field_names = _FIELD_NAMES
+    field_names = _FIELD_NAMES.table
     cl_index = -1
     pos = sl_end + 2
     while pos < hlen:

@@ -238,7 +238,7 @@ def parse_uri(text: str) -> SipUri | AbsoluteUri:
     Each distinct text is parsed once (a bounded memo of immutable values); the common shape
     by one regex, anything else by :func:`parse_uri_full`, which gives the same value.
     """
-    uri = _URIS.get(text)
+    uri = _URIS.table.get(text)
     if uri is None:
         uri = _URIS.put(text, _parse_uri(text))
     return uri

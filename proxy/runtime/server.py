@@ -51,8 +51,8 @@ from proxy.transport.base import Transport
 from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager
 from proxy.transport.udp import UdpEndpoint
-from proxy.transport.udp_order import NewRequests
 from proxy.transport.udp_gate import FloodGate
+from proxy.transport.udp_order import NewRequests
 from proxy.transport.ws import WsManager
 
 log = logging.getLogger("proxy")

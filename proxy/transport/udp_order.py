@@ -18,8 +18,9 @@ them with 503 (RFC 3261 21.5.4, Retry-After) when they are handled. A re-INVITE 
 like a new INVITE (telling them apart needs the To tag: a parse); it is never refused
 (the core admits requests within a dialog).
 
-At most :data:`MAX_HELD` are held: past that the oldest is handled at once (the order
-stays that of arrival; memory stays bounded whatever a flood sends). On only with overload
+At most :data:`MAX_HELD` are held, of :data:`MAX_HELD_BYTES` in all: past either the oldest
+is handled at once (the order stays that of arrival; memory stays bounded, at the size of the
+socket's own receive buffer, whatever a flood sends). On only with overload
 control (``limits.overload_lag_ms``).
 """
 
@@ -37,25 +38,30 @@ NEW = (b"INVITE ", b"REGISTER ", b"CANCEL ")
 BATCH = 16
 #: new requests held at most (past it the oldest is handled at once)
 MAX_HELD = 4096
+#: bytes of new requests held at most (the size of the socket's receive buffer, udp.py)
+MAX_HELD_BYTES = 4 * 1024 * 1024
 
 
 class NewRequests:
     """The new requests read from one UDP socket and not handled yet (oldest first)."""
 
-    __slots__ = ("deliver", "held", "loop", "scheduled")
+    __slots__ = ("deliver", "held", "loop", "scheduled", "size")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  deliver: Callable[[bytes, Source], None]) -> None:
         self.loop = loop
         self.deliver = deliver
         self.held: deque[tuple[bytes, Source, float]] = deque()
+        self.size = 0  # bytes held
         self.scheduled = False
 
     def hold(self, data: bytes, src: Source) -> None:
         """Hold a new request for after the other messages of this loop turn."""
         held = self.held
-        if len(held) >= MAX_HELD:  # the oldest goes first, now: arrival order is kept
-            old, old_src, _ = held.popleft()
+        self.size += len(data)
+        while held and (len(held) >= MAX_HELD or self.size > MAX_HELD_BYTES):
+            old, old_src, _ = held.popleft()  # the oldest goes first, now: arrival order kept
+            self.size -= len(old)
             self.deliver(old, old_src)
         held.append((data, src, self.loop.time()))
         if not self.scheduled:
@@ -70,6 +76,7 @@ class NewRequests:
         deliver = self.deliver
         for _ in range(min(BATCH, len(held))):
             data, src, _ = held.popleft()
+            self.size -= len(data)
             deliver(data, src)
         if held and not self.scheduled:
             self.scheduled = True
@@ -81,4 +88,4 @@ class NewRequests:
         return self.loop.time() - held[0][2] if held else 0.0
 
 
-__all__ = ["BATCH", "MAX_HELD", "NEW", "NewRequests"]
+__all__ = ["BATCH", "MAX_HELD", "MAX_HELD_BYTES", "NEW", "NewRequests"]

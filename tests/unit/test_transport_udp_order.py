@@ -10,7 +10,7 @@ from typing import Any
 
 from proxy.transport.base import Source
 from proxy.transport.udp import UdpEndpoint, open_udp
-from proxy.transport.udp_order import BATCH, MAX_HELD, NewRequests
+from proxy.transport.udp_order import BATCH, MAX_HELD, MAX_HELD_BYTES, NewRequests
 
 
 class FakeLoop:
@@ -77,6 +77,22 @@ def test_past_the_bound_the_oldest_is_handled_at_once_in_order() -> None:
     while loop.soon:
         loop.turn()
     assert got == [b"R%d" % i for i in range(MAX_HELD + 3)]  # arrival order kept
+
+
+def test_past_the_byte_bound_the_oldest_is_handled_at_once() -> None:
+    """A flood of large datagrams holds no more than the socket's own buffer."""
+    loop = FakeLoop()
+    held, got = held_with(loop)
+    big = 60_000
+    n = MAX_HELD_BYTES // big
+    for i in range(n + 2):
+        held.hold(b"INVITE %d " % i + b"x" * big, SRC)
+    assert held.size <= MAX_HELD_BYTES
+    assert held.size == sum(len(d) for d, _, _ in held.held)
+    assert [g.split(b" ")[1] for g in got] == [b"0", b"1", b"2"][:len(got)] and got
+    while loop.soon:
+        loop.turn()
+    assert held.size == 0 and len(got) == n + 2
 
 
 def msg(first: str, call: str) -> bytes:

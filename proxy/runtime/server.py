@@ -194,7 +194,7 @@ class Runtime:
             if li.transport == "udp":
                 ep = await workers.open_udp(self, position, li)
                 if cfg.limits.overload_lag_ms:  # calls in progress first (udp_order.py)
-                    ep.order = NewRequests(self.loop, self.deliver)
+                    ep.order = NewRequests(self.loop, self.deliver_held)
                     self.held.append(ep.order)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
@@ -328,14 +328,22 @@ class Runtime:
         else:
             self._arm()
 
-    def deliver(self, data: bytes, src: Source) -> None:
+    def deliver(self, data: bytes, src: Source, stale: bool = False) -> None:
         """One received message (from every transport): logged at debug, traced, and fed to
-        the core by :meth:`_drive` like every other input."""
+        the core by :meth:`_drive` like every other input (``stale``: :meth:`deliver_held`)."""
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             log_lines.message_in(data, src)
         if self.tap is not None:
             self.tap.received(data, src, time.time())
-        self._drive(self.core.on_message, data, src, self.loop.time())
+        self._drive(self.core.on_message, data, src, self.loop.time(), stale)
+
+    def deliver_held(self, data: bytes, src: Source, waited: float) -> None:
+        """A new request held for after the calls in progress (``proxy.transport.udp_order``)
+        that waited ``waited`` seconds since it was read: during an overload episode, past the
+        bound, the core refuses it if it may (``stale``: ``.core.access.overload.shed``)."""
+        load = self.load
+        self.deliver(data, src, load is not None and load.meter.reason is not None
+                     and waited > load.meter.lag_bound > 0)
 
     def keepalive(self, src: Source) -> None:
         self._drive(self.core.on_keepalive, src, self.loop.time())

@@ -14,7 +14,8 @@ a turn, in the order they arrived; responses, ACKs, BYEs and every other request
 call are handled as they are read. The socket's queue then stays short, and what waits is
 the new requests, in :class:`NewRequests`: overload control measures their wait (the
 oldest one's, :meth:`NewRequests.age`) beside the socket queue's, and refuses its share of
-them with 503 (RFC 3261 21.5.4, Retry-After) when they are handled. A re-INVITE is held
+them with 503 (RFC 3261 21.5.4, Retry-After) when they are handled, and during an episode
+every one that waited past the bound (``deliver`` is told each one's wait). A re-INVITE is held
 like a new INVITE (telling them apart needs the To tag: a parse); it is never refused
 (the core admits requests within a dialog).
 
@@ -48,7 +49,9 @@ class NewRequests:
     __slots__ = ("deliver", "held", "loop", "scheduled", "size")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 deliver: Callable[[bytes, Source], None]) -> None:
+                 deliver: Callable[[bytes, Source, float], None]) -> None:
+        """``deliver(data, src, waited)``: handle a held request that waited ``waited``
+        seconds since it was read."""
         self.loop = loop
         self.deliver = deliver
         self.held: deque[tuple[bytes, Source, float]] = deque()
@@ -60,9 +63,9 @@ class NewRequests:
         held = self.held
         self.size += len(data)
         while held and (len(held) >= MAX_HELD or self.size > MAX_HELD_BYTES):
-            old, old_src, _ = held.popleft()  # the oldest goes first, now: arrival order kept
+            old, old_src, at = held.popleft()  # the oldest goes first, now: arrival order kept
             self.size -= len(old)
-            self.deliver(old, old_src)
+            self.deliver(old, old_src, self.loop.time() - at)
         held.append((data, src, self.loop.time()))
         if not self.scheduled:
             self.scheduled = True
@@ -74,10 +77,11 @@ class NewRequests:
         self.scheduled = False
         held = self.held
         deliver = self.deliver
+        now = self.loop.time()
         for _ in range(min(BATCH, len(held))):
-            data, src, _ = held.popleft()
+            data, src, at = held.popleft()
             self.size -= len(data)
-            deliver(data, src)
+            deliver(data, src, now - at)
         if held and not self.scheduled:
             self.scheduled = True
             self.loop.call_soon(self.run)

@@ -37,7 +37,7 @@ SRC = Source("udp", "127.0.0.1", 5062)
 
 def held_with(loop: FakeLoop) -> tuple[NewRequests, list[bytes]]:
     got: list[bytes] = []
-    return NewRequests(loop, lambda data, src: got.append(data)), got  # type: ignore[arg-type]
+    return NewRequests(loop, lambda data, src, waited: got.append(data)), got  # type: ignore[arg-type]
 
 
 def test_held_requests_are_handled_a_batch_a_turn_oldest_first() -> None:
@@ -65,6 +65,20 @@ def test_the_age_is_that_of_the_oldest_held() -> None:
     assert abs(held.age() - 0.040) < 1e-9
     loop.turn()
     assert held.age() == 0.0
+
+
+def test_each_held_request_is_handed_with_its_wait() -> None:
+    """The runtime refuses, during an overload episode, a new request that waited past the
+    bound (Runtime.deliver_held): each is handed with the time since it was read."""
+    loop = FakeLoop()
+    waits: list[float] = []
+    held = NewRequests(loop, lambda data, src, waited: waits.append(waited))  # type: ignore[arg-type]
+    held.hold(b"INVITE a", SRC)
+    loop.now += 0.060
+    held.hold(b"INVITE b", SRC)
+    loop.now += 0.005
+    loop.turn()
+    assert [round(w, 3) for w in waits] == [0.065, 0.005]
 
 
 def test_past_the_bound_the_oldest_is_handled_at_once_in_order() -> None:
@@ -115,7 +129,7 @@ async def burst_through(order: bool) -> list[bytes]:
         msg("ACK sip:f@x SIP/2.0", "f"),
     ]
 
-    def deliver(data: bytes, src: Source) -> None:
+    def deliver(data: bytes, src: Source, waited: float = 0.0) -> None:
         got.append(data)
         if len(got) == len(burst):
             done.set()

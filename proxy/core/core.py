@@ -189,8 +189,9 @@ class ProxyCore:
 
     # ------------------------------------------------------------------ entry points
 
-    def on_message(self, data: bytes, src: Source, now: float) -> Effects:
-        """Handle one framed message (a datagram, or one message cut from a stream)."""
+    def on_message(self, data: bytes, src: Source, now: float, stale: bool = False) -> Effects:
+        """Handle one framed message (a datagram, or one cut from a stream); ``stale``: it
+        waited past the overload bound in an episode (:func:`.access.overload.shed`)."""
         s = self.settings
         if self.udp_flows and src.transport == "udp":
             outbound.seen(self, src, now)
@@ -213,7 +214,7 @@ class ProxyCore:
             if msg.is_request:
                 self.stats["requests_in"] += 1
                 self.metrics.request(msg.method)
-                if not (self.shedding and overload.shed(self, msg, src, now, out)):
+                if not (self.shedding and overload.shed(self, msg, src, now, out, stale)):
                     self._on_request(msg, src, now, out)
             else:
                 self.stats["responses_in"] += 1

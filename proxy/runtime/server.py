@@ -52,6 +52,7 @@ from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager
 from proxy.transport.udp import UdpEndpoint
 from proxy.transport.udp_gate import FloodGate
+from proxy.transport.udp_order import NewRequests
 from proxy.transport.ws import WsManager
 
 log = logging.getLogger("proxy")
@@ -101,6 +102,7 @@ class Runtime:
         self.sends = SendResolver(self.resolver, self.dispatch, self._unreachable)
         self._tasks: set[asyncio.Task[None]] = set()
         self.udp: dict[int, UdpEndpoint] = {}  # by address family
+        self.held: list[NewRequests] = []  # the listeners' new requests not handled yet
         self.tcp: TcpManager | None = None
         self.tls: TlsManager | None = None  # listeners and/or connections to sips: next hops
         self.ws: WsManager | None = None  # ws: listeners (RFC 7118)
@@ -191,6 +193,9 @@ class Runtime:
         for position, li in enumerate(cfg.listen):
             if li.transport == "udp":
                 ep = await workers.open_udp(self, position, li)
+                if cfg.limits.overload_lag_ms:  # calls in progress first (udp_order.py)
+                    ep.order = NewRequests(self.loop, self.deliver_held)
+                    self.held.append(ep.order)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":
@@ -323,14 +328,22 @@ class Runtime:
         else:
             self._arm()
 
-    def deliver(self, data: bytes, src: Source) -> None:
+    def deliver(self, data: bytes, src: Source, stale: bool = False) -> None:
         """One received message (from every transport): logged at debug, traced, and fed to
-        the core by :meth:`_drive` like every other input."""
+        the core by :meth:`_drive` like every other input (``stale``: :meth:`deliver_held`)."""
         if log_lines.messages_log.isEnabledFor(logging.DEBUG):
             log_lines.message_in(data, src)
         if self.tap is not None:
             self.tap.received(data, src, time.time())
-        self._drive(self.core.on_message, data, src, self.loop.time())
+        self._drive(self.core.on_message, data, src, self.loop.time(), stale)
+
+    def deliver_held(self, data: bytes, src: Source, waited: float) -> None:
+        """A new request held for after the calls in progress (``proxy.transport.udp_order``)
+        that waited ``waited`` seconds since it was read: during an overload episode, past the
+        bound, the core refuses it if it may (``stale``: ``.core.access.overload.shed``)."""
+        load = self.load
+        self.deliver(data, src, load is not None and load.meter.reason is not None
+                     and waited > load.meter.lag_bound > 0)
 
     def keepalive(self, src: Source) -> None:
         self._drive(self.core.on_keepalive, src, self.loop.time())
@@ -533,10 +546,12 @@ async def _main(config: Config, policy: Policy, worker: Worker | None = None) ->
     # imported lazily) is never scanned again either; no automatic full passes (memory.py).
     collector = GcPolicy(rt.loop, load=lambda: rt.core.view.active_transactions)
     collector.start()
+    log_lines.attach(rt.loop)  # call lines written a batch at a time (logs.BatchingHandler)
     try:
         await rt.serve()
     finally:
         collector.stop()
+        log_lines.detach()
     return 0
 
 

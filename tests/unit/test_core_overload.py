@@ -14,6 +14,7 @@ from proxy.core.types import Source
 from proxy.runtime.overload import MAX_DOWN, MAX_UP, STEP, TICK, LoadMeter, QueueAge
 from proxy.sip import parse_message
 from tests.unit.core_harness import (
+    CALLER,
     Harness,
     methods,
     request,
@@ -114,6 +115,33 @@ def test_calls_admitted_before_go_on_acks_byes_cancels_and_responses_are_served(
     assert h.core.refusals.counts["overload"] == 0
 
 
+def test_a_stale_new_request_is_refused_whatever_the_share() -> None:
+    """CoDel's drop from the front (RFC 8289 5): during an episode a new INVITE that waited
+    in the proxy past the bound (the runtime says ``stale``) is refused even when the share
+    admits it; a stale request within a dialog, an upstream's, or any request outside an
+    episode is served."""
+    h = Harness.make()
+    overloaded(h, share=0.0)  # an episode that refuses no share
+    fresh = h.feed(request(branch="z9hG4bKf1", call_id="f-1"))
+    assert 503 not in statuses(h.to(6000, fresh))
+    stale = h.take(h.core.on_message(request(branch="z9hG4bKst1", call_id="st-1"), CALLER,
+                                     h.now, True))
+    assert statuses(h.to(6000, stale)) == [503] and h.to(5080, stale) == []
+    assert h.core.overload.stale == 1 and h.core.refusals.counts["overload"] == 1
+    in_dialog = h.take(h.core.on_message(
+        request(branch="z9hG4bKst2", call_id="f-1", cseq=2, to_tag="callee1"), CALLER, h.now,
+        True))
+    assert 503 not in statuses(h.to(6000, in_dialog))
+    pbx = h.take(h.core.on_message(
+        request(ruri="sip:carol@127.0.0.1:5081", branch="z9hG4bKst3", call_id="st-3",
+                via_host="127.0.0.1:5080"), PBX, h.now, True))
+    assert 503 not in statuses(h.to(5080, pbx))
+    overloaded(h, None)
+    after = h.take(h.core.on_message(request(branch="z9hG4bKst4", call_id="st-4"), CALLER,
+                                     h.now, True))
+    assert 503 not in statuses(h.to(6000, after)) and h.core.overload.stale == 1
+
+
 def test_other_methods_and_the_upstreams_own_requests_are_served() -> None:
     h = Harness.make()
     overloaded(h)
@@ -137,8 +165,8 @@ def test_one_log_line_at_each_edge_of_an_episode_with_the_count() -> None:
     h.now += 2.5
     [end] = overloaded(h, None)
     text = end.message % end.args
-    assert end.level == INFO and "2.5 s" in text and "1 new INVITEs and REGISTERs refused, 2 " \
-        "admitted" in text, text
+    assert end.level == INFO and "2.5 s" in text and "1 new INVITEs and REGISTERs refused (0 " \
+        "of them for having waited past the bound), 2 admitted" in text, text
     assert overloaded(h, None) == []
     assert h.core.overload.episodes == 1 and not h.core.shedding
     # over: served again

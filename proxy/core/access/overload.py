@@ -54,7 +54,7 @@ class Overload:
     REGISTERs to refuse, how many it refused and admitted."""
 
     __slots__ = ("admitted", "credit", "episodes", "mark", "prefix", "reason", "refused",
-                 "share", "since")
+                 "share", "since", "stale")
 
     def __init__(self, tag_prefix: str = "") -> None:
         #: the To tags of the refusals: the proxy's ``tag_prefix``, then ``o`` (its other
@@ -67,6 +67,7 @@ class Overload:
         self.share = 0.0  # of the new INVITEs and REGISTERs refused, 0 < share <= 1
         self.credit = 0.0  # the accumulator spreading the refusals
         self.refused = 0
+        self.stale = 0  # of the refused: for having waited past the bound
         self.admitted = 0
         self.episodes = 0
 
@@ -90,32 +91,40 @@ def set_state(core: ProxyCore, reason: str | None, share: float, now: float, out
     edge; returns ``out``."""
     ov = core.overload
     if reason is not None and ov.reason is None:
-        ov.since, ov.refused, ov.admitted, ov.credit = now, 0, 0, 0.0
+        ov.since, ov.refused, ov.admitted, ov.credit, ov.stale = now, 0, 0, 0.0, 0
         ov.episodes += 1
         out.line(WARNING, "overload: %s; new INVITEs and REGISTERs get 503 with Retry-After "
                  "(as many as needed) until it passes", reason)
     elif reason is None and ov.reason is not None:
-        out.line(INFO, "overload over after %.1f s: %d new INVITEs and REGISTERs refused, %d "
-                 "admitted (%s)", now - ov.since, ov.refused, ov.admitted, ov.reason)
+        out.line(INFO, "overload over after %.1f s: %d new INVITEs and REGISTERs refused (%d "
+                 "of them for having waited past the bound), %d admitted (%s)", now - ov.since,
+                 ov.refused, ov.stale, ov.admitted, ov.reason)
     ov.reason = reason
     ov.share = min(max(share, 0.0), 1.0) if reason is not None else 0.0
     core.shedding = reason is not None
     return out
 
 
-def shed(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) -> bool:
+def shed(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out,
+         stale: bool = False) -> bool:
     """Refuse ``msg`` (a request, the proxy overloaded) if it is a new INVITE or REGISTER
-    from a source not trusted; True when refused (a stateless 503 in ``out``)."""
+    from a source not trusted: its share of them, and every one that is ``stale`` (it
+    waited in the proxy past the bound: CoDel's drop from the front, RFC 8289 5; admitting
+    it would give a call whose set-up already took longer than the bound allows, and its
+    place to a fresher one); True when refused (a stateless 503 in ``out``)."""
     if msg.method not in SHED or msg.to_tag is not None or routing.trusted_source(core, src):
         return False
     if core.table.find_server(msg, msg.method) is not None:
         return False  # a retransmission of a request admitted: its transaction absorbs it
     ov = core.overload
-    ov.credit += ov.share
-    if ov.credit < 1.0:
-        ov.admitted += 1
-        return False
-    ov.credit -= 1.0
+    if stale:
+        ov.stale += 1
+    else:
+        ov.credit += ov.share
+        if ov.credit < 1.0:
+            ov.admitted += 1
+            return False
+        ov.credit -= 1.0
     ov.refused += 1
     core.refusals.counts["overload"] += 1
     out.send(txns.reject(core, msg, src, 503, reason="Service Unavailable",

@@ -58,7 +58,7 @@ def final_to_caller(
     if 300 <= status < 400 and ctx.recursed:
         data = without_recursed(ctx, r.msg)
     else:
-        data = strip_top_via(r.msg)
+        data = without_own_via(r.msg)
     if status == 503:
         # RFC 3261 16.7 step 6: a 503 chosen as best becomes 500.
         eol = data.find(b"\r\n")
@@ -70,7 +70,39 @@ def final_to_caller(
 def forward_response(
     core: ProxyCore, ctx: ResponseContext, msg: SipMessage, status: int, now: float, out: Out
 ) -> None:
-    txns.send_response(core, ctx.server, status, strip_top_via(msg), now, out)
+    txns.send_response(core, ctx.server, status, without_own_via(msg), now, out)
+
+
+def without_own_via(msg: SipMessage) -> bytes:
+    """The response without its first Via value (RFC 3261 16.7 step 3): the bytes
+    :func:`~proxy.sip.strip_top_via` returns, cut straight from ``msg.raw`` in the common
+    case (a message whose header section :func:`~proxy.sip.rewrite` would copy untouched
+    around the edit: the start line ends in CRLF, a Content-Length, nothing after the last
+    header but the blank line; a top Via line without quotes or angle brackets, whose values
+    split at each comma); :func:`~proxy.sip.strip_top_via` itself otherwise."""
+    hdrs = msg.headers
+    h = None
+    for x in hdrs:
+        if x.name == "via":
+            h = x
+            break
+    raw = msg.raw
+    sl_end = msg.start_line_end
+    if (h is None or msg.content_length_index < 0 or not hdrs
+            or msg.header_end != hdrs[-1].end + 2 or raw[sl_end:sl_end + 2] != b"\r\n"):
+        return strip_top_via(msg)
+    value = h.value
+    if "," not in value:
+        return raw[:h.start] + raw[h.end:]
+    if '"' in value or "<" in value or not value.isascii():
+        return strip_top_via(msg)
+    items = [p.strip() for p in value.split(",")]
+    for item in items:
+        if not item:
+            return strip_top_via(msg)  # an empty element: its ParseError
+    first = raw[h.start:h.end].decode("latin-1")
+    line = first[:first.index(":")] + ": " + ", ".join(items[1:])
+    return raw[:h.start] + line.encode("latin-1") + b"\r\n" + raw[h.end:]
 
 
 def send_local(

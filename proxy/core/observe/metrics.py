@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from proxy.core.context import ServerEntry
 from proxy.core.effects import Out
@@ -59,22 +59,43 @@ class Metrics:
         self.final_count += 1
 
 
-class CallLog(NamedTuple):
-    """The summary of one finished INVITE server transaction (one log line at info)."""
+class CallLog:
+    """The summary of one finished INVITE server transaction (one log line at info).
 
-    call_id: str
-    from_: str
-    to: str
-    targets: tuple[str, ...]  # where branches went, in order
-    decisions: tuple[tuple[str, str, int], ...]  # (rule, action, status) per final response
-    status: int  # the final status sent to the caller
-    seconds: float  # INVITE to final response
+    A plain slotted class, not a NamedTuple: the compiled build constructs it natively (a
+    NamedTuple goes through its Python-level ``__new__``), once per call."""
+
+    __slots__ = ("call_id", "decisions", "from_", "seconds", "status", "targets", "to")
+
+    def __init__(self, call_id: str, from_: str, to: str, targets: tuple[str, ...],
+                 decisions: tuple[tuple[str, str, int], ...], status: int,
+                 seconds: float) -> None:
+        self.call_id = call_id
+        self.from_ = from_
+        self.to = to
+        self.targets = targets  # where branches went, in order
+        self.decisions = decisions  # (rule, action, status) per final response
+        self.status = status  # the final status sent to the caller
+        self.seconds = seconds  # INVITE to final response
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.call_id, self.from_, self.to, self.targets, self.decisions, self.status,
+                self.seconds)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CallLog) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "CallLog" + repr(self._key())
 
     def text(self) -> str:
         tried = ",".join(self.targets) or "-"
         decided = ",".join(f"{r}:{a}({s})" for r, a, s in self.decisions) or "-"
         return (f"call Call-ID={self.call_id} From={self.from_} To={self.to} tried={tried} "
-                f"decisions={decided} status={self.status} time={self.seconds:.3f}s")
+                f"decisions={decided} status={self.status} time={format(self.seconds, '.3f')}s")
 
     def fields(self) -> dict[str, object]:
         return {

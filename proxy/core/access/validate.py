@@ -54,7 +54,7 @@ def loop_hash(msg: SipMessage) -> str:
         msg.request_uri, msg.from_tag or "", msg.to_tag or "", msg.call_id, str(msg.cseq[0]),
         "|".join(msg.get_all("route")), "|".join(msg.get_all("proxy-require")),
     ))
-    return f"{zlib.crc32(key.encode('latin-1', 'replace')):08x}"
+    return format(zlib.crc32(key.encode("latin-1", "replace")), "08x")
 
 
 def looped(core: ProxyCore, msg: SipMessage, hash_: str) -> bool:

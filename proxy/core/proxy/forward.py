@@ -75,7 +75,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
     # The branch proves the transaction (:mod:`~proxy.core.access.trust`): signed with the time, the method and
     # where its responses go, so that a response matching no live transaction is relayed only
     # back to the hop this request came from, and only while it can be an answer to it.
-    bid = core.trust.mint_branch(f"z9hG4bK{core.prefix}{ctx.loop_hash}{core.n:x}", ctx.method,
+    bid = core.trust.mint_branch(f"z9hG4bK{core.prefix}{ctx.loop_hash}{hex(core.n)[2:]}", ctx.method,
                                  via_dest(ctx.live_request.top_via), now)
     data = branch_bytes(core, ctx, target, bid)
     if target.transport == "udp" and len(data) > UDP_SIZE_LIMIT:
@@ -109,7 +109,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
         br.timer_c = now + core.timers.timer_c  # RFC 3261 16.6 step 11
     core.table.add_branch(br, target.conn_id)
     ctx.branch_started(br)
-    txns.schedule(core, br)
+    txns.schedule_branch(core, br)
     core.stats["branches"] += 1
     out.sends.append(Send(target.transport, target.host, target.port, data, target.conn_id, br))
     return True
@@ -281,7 +281,7 @@ def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) 
     local = local_for(core, target)
     top = msg.top_via
     digest = zlib.crc32(f"{top.branch}|{top.host}|{top.port}".encode("latin-1", "replace"))
-    bid = f"z9hG4bK{core.prefix}s{digest:08x}"
+    bid = "z9hG4bK" + core.prefix + "s" + format(digest, "08x")
     data = rewrite(
         msg,
         insert_top=[f"Via: SIP/2.0/{local.transport.upper()} "

@@ -38,6 +38,10 @@ class TimerConfig:
     durations: dict[tuple[str, bool], float | None] = field(
         init=False, repr=False, compare=False, hash=False)
     """:meth:`duration` of every timer on both kinds of transport, computed once."""
+    by_letter: tuple[dict[str, float | None], dict[str, float | None]] = field(
+        init=False, repr=False, compare=False, hash=False)
+    """:attr:`durations` by timer letter, unreliable ones first then reliable ones: the
+    transactions' lookup, with no key tuple built per lookup."""
 
     def __post_init__(self) -> None:
         for name in ("t1", "t2", "t4", "timer_c"):
@@ -53,6 +57,8 @@ class TimerConfig:
         table = {(name, reliable): self._duration(name, reliable)
                  for name in TIMER_NAMES for reliable in (False, True)}
         object.__setattr__(self, "durations", table)
+        object.__setattr__(self, "by_letter", tuple(
+            {name: table[(name, reliable)] for name in TIMER_NAMES} for reliable in (False, True)))
 
     # Retransmission timers: initial interval (unreliable transports only).
     @property

@@ -31,6 +31,10 @@ CASES = [
     [f'Via: {OURS}, SIP/2.0/UDP h;branch=z9hG4bKq;x="a,b"'],
     [f"Via: {OURS}"],
     [f"Via: {OURS},\r\n {THEIRS}"],  # folded
+    [f"Via: {OURS} , {THEIRS} "],
+    [f"Via: {OURS},{THEIRS}, SIP/2.0/UDP h;branch=z9hG4bKz"],
+    [f"Via: {OURS}, <{THEIRS}>"],
+    ["Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKabc;x=\xe9, " + THEIRS],
 ]
 
 

@@ -78,8 +78,8 @@ def without_own_via(msg: SipMessage) -> bytes:
     :func:`~proxy.sip.strip_top_via` returns, cut straight from ``msg.raw`` in the common
     case (a message whose header section :func:`~proxy.sip.rewrite` would copy untouched
     around the edit: the start line ends in CRLF, a Content-Length, nothing after the last
-    header but the blank line; a top Via line without quotes or angle brackets, whose values
-    split at each comma); :func:`~proxy.sip.strip_top_via` itself otherwise."""
+    header but the blank line; a top Via line of one value, or of two without quotes or
+    angle brackets); :func:`~proxy.sip.strip_top_via` itself otherwise."""
     hdrs = msg.headers
     h = None
     for x in hdrs:
@@ -89,20 +89,24 @@ def without_own_via(msg: SipMessage) -> bytes:
     raw = msg.raw
     sl_end = msg.start_line_end
     if (h is None or msg.content_length_index < 0 or not hdrs
-            or msg.header_end != hdrs[-1].end + 2 or raw[sl_end:sl_end + 2] != b"\r\n"):
+            or msg.header_end != hdrs[-1].end + 2 or not raw.startswith(b"\r\n", sl_end)):
         return strip_top_via(msg)
     value = h.value
-    if "," not in value:
+    comma = value.find(",")
+    if comma < 0:
         return raw[:h.start] + raw[h.end:]
-    if '"' in value or "<" in value or not value.isascii():
+    # Via values joined on one line (sipp's [last_Via:]): the line keeps the rest, as
+    # strip_top_via writes it (its name as written, ": ", the one value left, stripped)
+    rest = value[comma + 1:].strip()
+    colon = raw.find(b":", h.start, h.end)
+    if (not rest or "," in rest or '"' in value or "<" in value or colon < 0
+            or not value[:comma].strip()):
+        return strip_top_via(msg)  # several values left, quoting, or its ParseError
+    try:
+        tail = rest.encode("latin-1")
+    except UnicodeEncodeError:
         return strip_top_via(msg)
-    items = [p.strip() for p in value.split(",")]
-    for item in items:
-        if not item:
-            return strip_top_via(msg)  # an empty element: its ParseError
-    first = raw[h.start:h.end].decode("latin-1")
-    line = first[:first.index(":")] + ": " + ", ".join(items[1:])
-    return raw[:h.start] + line.encode("latin-1") + b"\r\n" + raw[h.end:]
+    return b"".join((raw[:colon], b": ", tail, b"\r\n", raw[h.end:]))
 
 
 def send_local(

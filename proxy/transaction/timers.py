@@ -7,7 +7,6 @@ Sans-IO: nothing here reads a clock. Every deadline is an absolute ``now``-based
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
@@ -209,12 +208,12 @@ class TimerQueue:
         self._heap: list[_Entry] = []
         #: id(item) -> its latest entry: the heap entry itself, or for a far entry its
         #: deadline alone (its bucket is ``int(deadline // BUCKET)``)
-        self._live: dict[int, _Entry | float] = {}
-        self._seq = itertools.count()
+        self._live: dict[object, _Entry | float] = {}
+        self._seq = 0  # the sequence number of the last heap entry made
         #: bucket number (deadline // BUCKET) -> its items by id; every one of them is at
         #: or after ``_edge``, and an entry made stale by :meth:`schedule` leaves its bucket
         #: at once (a stale far entry is never kept: Timer C's 3 minutes, for every call)
-        self._far: dict[int, dict[int, Any]] = {}
+        self._far: dict[int, dict[object, Any]] = {}
         self._far_keys: list[int] = []  # a heap of the bucket numbers in ``_far``
         self._far_count = 0
         self._edge = -math.inf
@@ -222,7 +221,7 @@ class TimerQueue:
     def schedule(self, item: Timed) -> None:
         """Queue ``item`` at ``item.deadline``; ``None`` cancels whatever was queued for it."""
         deadline = item.deadline
-        key = id(item)
+        key: object = id(item)  # boxed once (the compiled build boxes an int at every use)
         live = self._live
         current = live.get(key)
         if current is not None:
@@ -242,7 +241,8 @@ class TimerQueue:
                 del live[key]
             return
         if deadline < self._edge:
-            entry = (deadline, next(self._seq), [item])
+            self._seq = seq = self._seq + 1
+            entry = (deadline, seq, [item])
             heappush(self._heap, entry)
             live[key] = entry
         else:
@@ -323,9 +323,11 @@ class TimerQueue:
             if item.deadline != deadline:  # moved without being rescheduled: drop it
                 del live[key]
                 continue
-            entry = (deadline, next(seq), [item])
+            seq += 1
+            entry = (deadline, seq, [item])
             heappush(heap, entry)
             live[key] = entry
+        self._seq = seq
 
     def _keep(self, entry: _Entry) -> bool:
         """Whether ``entry`` is live; a stale one lets go of its item."""

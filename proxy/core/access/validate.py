@@ -50,9 +50,18 @@ def check_request(msg: SipMessage) -> Rejection | None:
 
 def loop_hash(msg: SipMessage) -> str:
     """RFC 3261 16.6 step 8: the loop-detection part of the branch."""
+    # the Route and Proxy-Require lines as ``get_all`` gives them, in one pass over the headers
+    routes: list[str] = []
+    required: list[str] = []
+    for h in msg.headers:
+        name = h.name
+        if name == "route":
+            routes.append(h.value)
+        elif name == "proxy-require":
+            required.append(h.value)
     key = "\0".join((
         msg.request_uri, msg.from_tag or "", msg.to_tag or "", msg.call_id, str(msg.cseq[0]),
-        "|".join(msg.get_all("route")), "|".join(msg.get_all("proxy-require")),
+        "|".join(routes), "|".join(required),
     ))
     return format(zlib.crc32(key.encode("latin-1", "replace")), "08x")
 

@@ -101,13 +101,13 @@ def send_response(
     Completed transaction, a provisional after a final, anything once it ended: RFC 3261
     17.2.2, 16.7 step 5) is never sent, but counted (``responses_refused``) and logged."""
     txn = entry.txn
-    if not txn.accepts(status):
+    first_final = status >= 200 and txn.state in UNANSWERED
+    effects = txn.respond(status, data, now)  # None: refused, nothing changed
+    if effects is None:
         core.stats["responses_refused"] += 1
         out.line(WARNING, "response %s not sent: its server transaction %s is %s (RFC 3261 "
                  "17.2.2)", status, entry.key, txn.state.value)
         return
-    first_final = status >= 200 and txn.state in UNANSWERED
-    effects = txn.send_response(status, data, now)
     out.sends.append(entry.reply.send(data, entry))
     server_effects(core, entry, effects, out)
     if first_final:

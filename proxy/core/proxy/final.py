@@ -89,7 +89,8 @@ def without_own_via(msg: SipMessage) -> bytes:
     raw = msg.raw
     sl_end = msg.start_line_end
     if (h is None or msg.content_length_index < 0 or not hdrs
-            or msg.header_end != hdrs[-1].end + 2 or not raw.startswith(b"\r\n", sl_end)):
+            or msg.header_end != hdrs[-1].end + 2 or len(raw) < sl_end + 2
+            or raw[sl_end] != 13 or raw[sl_end + 1] != 10):  # the start line ends in CRLF
         return strip_top_via(msg)
     value = h.value
     comma = value.find(",")
@@ -98,10 +99,12 @@ def without_own_via(msg: SipMessage) -> bytes:
     # Via values joined on one line (sipp's [last_Via:]): the line keeps the rest, as
     # strip_top_via writes it (its name as written, ": ", the one value left, stripped)
     rest = value[comma + 1:].strip()
-    colon = raw.find(b":", h.start, h.end)
+    start = h.start
+    colon = raw[start:start + 16].decode("latin-1").find(":")  # after the name as written
     if (not rest or "," in rest or '"' in value or "<" in value or colon < 0
             or not value[:comma].strip()):
-        return strip_top_via(msg)  # several values left, quoting, or its ParseError
+        return strip_top_via(msg)  # several values left, quoting, a long name, a ParseError
+    colon += start
     try:
         tail = rest.encode("latin-1")
     except UnicodeEncodeError:

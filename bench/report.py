@@ -538,6 +538,30 @@ def at_best(st: Step) -> str:
             f"at {st.rate}/s")
 
 
+def ceiling(rate: float | None, cpu_us: float | None, sipp_pct: float | None,
+            procs: int, cores: int | None = None) -> float | None:
+    """The highest rate the CPU allows a target of ``procs`` processes, from what it and
+    sipp cost per call at one of its steps: all of ``cores`` busy with the target and sipp
+    (``cores`` / (target + sipp CPU per call)), and a process never more than one core
+    (``procs`` / target CPU per call). None when a figure is missing."""
+    cores = cores or os.cpu_count() or 1
+    if not rate or not cpu_us or sipp_pct is None:
+        return None
+    sipp_us = sipp_pct / 100 * 1e6 / rate
+    return min(cores * 1e6 / (cpu_us + sipp_us), procs * 1e6 / cpu_us)
+
+
+def ceiling_text(n_rate: float | None, n_cpu: float | None, n_sipp: float | None, procs: int,
+                 o_rate: float | None, o_cpu: float | None, o_sipp: float | None) -> str:
+    """'the CPU allows N: ... calls/s, one: ... (ratio at most R)' (:func:`ceiling`)."""
+    n, one = ceiling(n_rate, n_cpu, n_sipp, procs), ceiling(o_rate, o_cpu, o_sipp, 1)
+    if n is None or one is None:
+        return ""
+    return (f"; what {os.cpu_count()} cores shared with sipp allow at 100 % busy (CPU per "
+            f"call of the target and of sipp at its highest clean rate): {procs} processes "
+            f"{n:.0f}, one {one:.0f} calls/s, a ratio of at most {n / one:.2f}")
+
+
 def scale_lines(series: list[Series]) -> list[str]:
     """N proxies or N workers against one process with one worker, in the same run; with the
     context switches and sipp's CPU at each one's highest clean rate (two cores shared with
@@ -551,10 +575,14 @@ def scale_lines(series: list[Series]) -> list[str]:
                     and sc == (scale[0], 1, 1)), None)
         if one is None or one.best is None or s.best is None:
             continue
+        n = max(scale[1], scale[2])
         lines.append(f"ratio {s.target}/{one.target}: highest clean rate "
                      f"{ratio(s.best.rate, one.best.rate)}; CPU per call "
                      f"{ratio(s.best.cpu_per_call_us, one.best.cpu_per_call_us)}; "
-                     f"{s.target} {at_best(s.best)}; {one.target} {at_best(one.best)}")
+                     f"{s.target} {at_best(s.best)}; {one.target} {at_best(one.best)}"
+                     + ceiling_text(s.best.rate, s.best.cpu_per_call_us,
+                                    s.best.sipp_cpu_percent, n, one.best.rate,
+                                    one.best.cpu_per_call_us, one.best.sipp_cpu_percent))
     return lines
 
 

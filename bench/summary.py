@@ -25,6 +25,7 @@ from report import (  # noqa: E402  (bench/ is not a package)
     SameRate,
     Series,
     Step,
+    ceiling_text,
     fmt,
     latency_notes,
     memory_at,
@@ -284,7 +285,11 @@ def median_scale_lines(figs: list[RunFigures]) -> list[str]:
             f"highest clean rates: context switches {fmt(median(f.ctx_per_s for f in mine), '.0f')}"
             f" vs {fmt(median(f.ctx_per_s for f in ones), '.0f')}/s, sipp "
             f"{fmt(median(f.sipp_pct for f in mine), '.0f')}% vs "
-            f"{fmt(median(f.sipp_pct for f in ones), '.0f')}% of a core")
+            f"{fmt(median(f.sipp_pct for f in ones), '.0f')}% of a core"
+            + ceiling_text(median(f.rate for f in mine), median(f.cpu_us for f in mine),
+                           median(f.sipp_pct for f in mine), max(scale[1], scale[2]),
+                           median(f.rate for f in ones), median(f.cpu_us for f in ones),
+                           median(f.sipp_pct for f in ones)))
     return lines
 
 

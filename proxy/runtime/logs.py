@@ -8,10 +8,12 @@ for a call line its fields under ``call``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -78,6 +80,120 @@ class TextFormatter(logging.Formatter):
         return f"{self._prefix},{int((created - second) * 1000):03d}"
 
 
+#: seconds a line at info or below may wait to be written with the lines after it
+FLUSH_DELAY = 0.05
+#: bytes of lines written by one write at most: PIPE_BUF, the size of a write to a pipe that
+#: the kernel never interleaves with another process's (the workers share one stderr)
+CHUNK = 4096
+
+
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler: writes its lines in one ``write`` per :data:`FLUSH_DELAY` instead of
+    one per line, once :meth:`attach` gave it the event loop.
+
+    A busy proxy writes one call line per call; written and flushed one by one, they were a
+    system call and a wake-up of the reader (journald, a pipe) each: 2 % of the proxy's CPU in
+    the kernel at 1,600 calls/s (perf), and the reader's too. Lines keep their order (every
+    line goes through the one buffer), are cut into writes of at most :data:`CHUNK` bytes at
+    line ends (so that several workers' lines never interleave within a line), and a line
+    above info (notice, warning, error) is written at once with those before it. Without a
+    loop (start-up, the CLI, shutdown), from another thread, or past :data:`CHUNK` bytes
+    waiting, lines are written at once, as :class:`logging.StreamHandler` does."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._size = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From now on lines at info or below wait up to :data:`FLUSH_DELAY` on ``loop``."""
+        self._loop = loop
+        self._thread = threading.get_ident()
+
+    def detach(self) -> None:
+        """Back to a write per line, what waits written now (the loop is stopping)."""
+        with self.lock:  # type: ignore[union-attr]
+            self._loop = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._write_out()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - as logging does
+            self.handleError(record)
+            return
+        self.write_line(line, record.levelno > logging.INFO)
+
+    def write_line(self, line: str, urgent: bool = False) -> None:
+        """Queue one formatted line (no terminator); written now when ``urgent``."""
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line)
+            self._size += len(line) + 1
+            loop = self._loop
+            if (urgent or loop is None or self._size >= CHUNK
+                    or threading.get_ident() != self._thread or loop.is_closed()):
+                self._write_out()
+            elif self._timer is None:
+                self._timer = loop.call_later(FLUSH_DELAY, self._timed)
+
+    def _timed(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_out()
+            super().flush()
+
+    def _write_out(self) -> None:
+        """Write what waits (the lock held), in writes of at most :data:`CHUNK` bytes."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._size = 0
+        term = self.terminator
+        try:
+            stream = self.stream
+            chunk: list[str] = []
+            size = 0
+            for line in pending:
+                if chunk and size + len(line) + 1 > CHUNK:
+                    stream.write(term.join(chunk) + term)
+                    stream.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line) + 1
+            stream.write(term.join(chunk) + term)
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a log line never fails the proxy
+            sys.stderr.write(f"--- logging: {len(pending)} lines not written\n")
+
+
+def attach(loop: asyncio.AbstractEventLoop) -> None:
+    """Batch the installed handler's writes on ``loop`` (:class:`BatchingHandler`)."""
+    if isinstance(_installed, BatchingHandler):
+        _installed.attach(loop)
+
+
+def detach() -> None:
+    """Write what the installed handler holds, and write each line at once from now on."""
+    if isinstance(_installed, BatchingHandler):
+        _installed.detach()
+
+
+def flush() -> None:
+    """Write what the installed handler holds (before the process exits)."""
+    if _installed is not None:
+        _installed.flush()
+
+
 def setup(level: str, fmt: str = "text") -> None:
     """Configure the root logger on stderr with ``level`` and ``fmt`` (text | json)."""
     # No line names a thread, a process or a source line: do not collect them per record
@@ -87,7 +203,9 @@ def setup(level: str, fmt: str = "text") -> None:
     logging.logMultiprocessing = False
     logging._srcfile = None  # type: ignore[attr-defined]
     global _installed
-    handler = logging.StreamHandler(sys.stderr)
+    if isinstance(_installed, BatchingHandler):
+        _installed.detach()
+    handler = BatchingHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -158,6 +276,9 @@ def _write_direct(h: logging.StreamHandler[Any], rec: CallLog) -> bool:
                           ensure_ascii=False, default=str)
     else:
         return False
+    if isinstance(h, BatchingHandler):
+        h.write_line(line)
+        return True
     h.acquire()
     try:
         h.stream.write(line + h.terminator)

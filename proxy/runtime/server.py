@@ -533,10 +533,12 @@ async def _main(config: Config, policy: Policy, worker: Worker | None = None) ->
     # imported lazily) is never scanned again either; no automatic full passes (memory.py).
     collector = GcPolicy(rt.loop, load=lambda: rt.core.view.active_transactions)
     collector.start()
+    log_lines.attach(rt.loop)  # call lines written a batch at a time (logs.BatchingHandler)
     try:
         await rt.serve()
     finally:
         collector.stop()
+        log_lines.detach()
     return 0
 
 

@@ -40,5 +40,7 @@ def second_stop(stopping: asyncio.Event, exit_now: Callable[[int], object] = os.
     if not stopping.is_set():
         return False
     log.warning("second stop signal: exiting now")
+    for h in logging.getLogger().handlers:
+        h.flush()  # lines batched for a write (logs.BatchingHandler) are not lost
     exit_now(0)
     return True

@@ -467,6 +467,8 @@ class Supervisor:
                 logging.getLogger("proxy").exception("worker %d failed", slot.index)
             finally:
                 with contextlib.suppress(Exception):
+                    for h in logging.getLogger().handlers:
+                        h.flush()  # what the batching handler holds (logs.BatchingHandler)
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(code)

@@ -255,9 +255,27 @@ def test_scale_lines_compare_workers_with_one_and_show_context_switches() -> Non
         st.ctx_voluntary, st.ctx_nonvoluntary, st.sipp_cpu_s = 800, 200, 4.0
     two.best.ctx_voluntary = 48000
     lines = summ.scale_lines([one, two])
-    assert lines == [
+    assert len(lines) == 1
+    assert lines[0].startswith(
         "ratio proxy w2/proxy w1: highest clean rate 1.17; CPU per call 1.10; proxy w2 ctxsw "
-        "6025/s, sipp 50% at 2800/s; proxy w1 ctxsw 125/s, sipp 50% at 2400/s"]
+        "6025/s, sipp 50% at 2800/s; proxy w1 ctxsw 125/s, sipp 50% at 2400/s; what ")
+    assert "a ratio of at most" in lines[0]
+
+
+def test_the_cpu_ceiling_of_n_workers_on_cores_shared_with_sipp() -> None:
+    """One process is held to one core; N processes to the cores left by sipp."""
+    ceiling = bench_modules.load("report").ceiling
+
+    # one worker: 300 µs a call, sipp 50 % of a core at 2,400/s (208 µs a call): one core
+    # is the limit, 3,333/s; two workers at 330 µs: both cores shared with sipp (179 µs a
+    # call at 2,800/s): 2e6 / 508.6 = 3,933/s
+    one = ceiling(2400, 300.0, 50.0, 1, cores=2)
+    two = ceiling(2800, 330.0, 50.0, 2, cores=2)
+    assert one is not None and two is not None
+    assert round(one) == 3333 and round(two) == 3933
+    assert round(two / one, 2) == 1.18
+    assert ceiling(2400, 300.0, 50.0, 2, cores=4) == 2 * 1e6 / 300  # enough cores: N cores
+    assert ceiling(0, 300.0, 50.0, 1) is None and ceiling(2400, None, 50.0, 1) is None
     assert summ.scale_of("proxy x2 w2+redis") == ("+redis", 2, 2)
     assert summ.scale_of("kamailio") is None
 

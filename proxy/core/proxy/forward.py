@@ -285,7 +285,7 @@ def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) 
     local = local_for(core, target)
     top = msg.top_via
     digest = zlib.crc32(f"{top.branch}|{top.host}|{top.port}".encode("latin-1", "replace"))
-    bid = "z9hG4bK" + core.prefix + "s" + format(digest, "08x")
+    bid = "z9hG4bK" + core.prefix + "s" + hex(digest | 0x100000000)[3:]  # 8 digits, padded
     data = rewrite(
         msg,
         insert_top=[f"Via: SIP/2.0/{local.transport.upper()} "

@@ -62,7 +62,11 @@ def own_branch(msg: SipMessage) -> str | None:
     None otherwise. Only a lookup key: a response is matched only if a client transaction
     has that branch (unguessable, signed: :mod:`~proxy.core.access.trust`), and anything else is matched
     through the fully parsed Via."""
-    value = msg.get("via")
+    value = None
+    for h in msg.headers:  # msg.get("via") without canonicalising the name each time
+        if h.name == "via":
+            value = h.value
+            break
     if value is None:
         return None
     comma = value.find(",")

@@ -180,10 +180,13 @@ class QueueAge:
     """How long the oldest datagram waiting in the receive queue of any of these sockets
     has waited (seconds, 0 when every queue is empty): the kernel stamps each datagram on
     arrival (``SO_TIMESTAMPNS``, turned on here for these sockets) and each call peeks at
-    the head of each queue (``MSG_PEEK``: nothing is read). Where that cannot be done (no
+    the head of each queue (``MSG_PEEK``: nothing is read); or the oldest new request read
+    but held for after the calls in progress (``held``: :mod:`proxy.transport.udp_order`),
+    when that is more. Where that cannot be done (no
     such option, not Linux), always 0: the tick's lateness alone measures the wait."""
 
-    def __init__(self, fds: Iterable[int]) -> None:
+    def __init__(self, fds: Iterable[int], held: Iterable[Any] = ()) -> None:
+        self.held = list(held)  # NewRequests (proxy.transport.udp_order): their age counts
         self.socks: list[socket.socket] = []
         for fd in fds:
             try:
@@ -209,6 +212,8 @@ class QueueAge:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
                     sec, ns = _STAMP.unpack_from(data)
                     oldest = max(oldest, now - (sec + ns * 1e-9))
+        for h in self.held:
+            oldest = max(oldest, h.age())
         return min(oldest, 60.0)  # a clock step is no wait
 
     def close(self) -> None:
@@ -288,8 +293,8 @@ def install(rt: Any) -> LagTicker:
     lim = rt.config.limits
     meter = LoadMeter(lim.overload_lag_ms, lim.max_transactions)
     queue: Callable[[], float] = (
-        QueueAge(socket_fds(ep.transport for ep in rt.udp.values())) if meter.lag_bound
-        else (lambda: 0.0))
+        QueueAge(socket_fds(ep.transport for ep in rt.udp.values()), rt.held)
+        if meter.lag_bound else (lambda: 0.0))
     ticker = LagTicker(
         rt.loop, meter, lambda: rt.core.view.active_transactions, queue,
         lambda reason, share, now: rt._drive(rt.core.set_overload, reason, share, now))

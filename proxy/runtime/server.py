@@ -52,6 +52,7 @@ from proxy.transport.tcp import TcpManager
 from proxy.transport.tls import TlsManager
 from proxy.transport.udp import UdpEndpoint
 from proxy.transport.udp_gate import FloodGate
+from proxy.transport.udp_order import NewRequests
 from proxy.transport.ws import WsManager
 
 log = logging.getLogger("proxy")
@@ -101,6 +102,7 @@ class Runtime:
         self.sends = SendResolver(self.resolver, self.dispatch, self._unreachable)
         self._tasks: set[asyncio.Task[None]] = set()
         self.udp: dict[int, UdpEndpoint] = {}  # by address family
+        self.held: list[NewRequests] = []  # the listeners' new requests not handled yet
         self.tcp: TcpManager | None = None
         self.tls: TlsManager | None = None  # listeners and/or connections to sips: next hops
         self.ws: WsManager | None = None  # ws: listeners (RFC 7118)
@@ -191,6 +193,9 @@ class Runtime:
         for position, li in enumerate(cfg.listen):
             if li.transport == "udp":
                 ep = await workers.open_udp(self, position, li)
+                if cfg.limits.overload_lag_ms:  # calls in progress first (udp_order.py)
+                    ep.order = NewRequests(self.loop, self.deliver)
+                    self.held.append(ep.order)
                 fam = socket.AF_INET6 if ":" in li.host else socket.AF_INET
                 self.udp.setdefault(fam, ep)
             elif li.transport == "tcp":

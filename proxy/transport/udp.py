@@ -17,6 +17,7 @@ from proxy.transport.base import Deliver, Failed, Send, Source
 from proxy.transport.conns import RateLimitedLog
 from proxy.transport.stun import binding_response, is_stun
 from proxy.transport.udp_gate import DROP, STARTED, FloodGate
+from proxy.transport.udp_order import NEW, NewRequests
 
 log = logging.getLogger("proxy.transport.udp")
 
@@ -42,6 +43,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._gate = gate if gate else None
         self.say = RateLimitedLog(log, EPISODE_LOG_INTERVAL, "at most once a second")
         self.transport: asyncio.DatagramTransport | None = None
+        #: with overload control: new requests handled after the calls in progress
+        #: (:mod:`proxy.transport.udp_order`)
+        self.order: NewRequests | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -57,7 +61,11 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                 if verdict == STARTED:
                     return
         if len(data) > 4 and data[0] > 1:  # not a keep-alive: a SIP message (or garbage)
-            self._deliver(data, Source("udp", addr[0], addr[1]))
+            order = self.order
+            if order is not None and data.startswith(NEW):
+                order.hold(data, Source("udp", addr[0], addr[1]))
+            else:
+                self._deliver(data, Source("udp", addr[0], addr[1]))
             return
         # CRLF keep-alives (RFC 5626 4.4.1 allows STUN on UDP; bare CRLFs are common) are ignored.
         if len(data) <= 4 and not data.strip():

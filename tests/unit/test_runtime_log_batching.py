@@ -13,6 +13,7 @@ import pytest
 
 from proxy.runtime import logs
 from proxy.runtime.logs import CHUNK, FLUSH_DELAY, BatchingHandler
+from tests.unit.test_runtime_observability import installed_logging  # noqa: F401 - a fixture
 
 
 class Recorder:
@@ -135,31 +136,22 @@ def test_detach_writes_what_waits() -> None:
     asyncio.run(main())
 
 
-def test_installed_handler_batches_call_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("installed_logging")
+def test_installed_handler_batches_call_lines() -> None:
     """The call line the core hands out (emit_calls' direct path) goes through the batch."""
-    monkeypatch.setattr(logs, "_installed", None)
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    try:
-        logs.setup("info")
-        assert isinstance(logs._installed, BatchingHandler)
-        rec = Recorder()
-        logs._installed.setStream(rec)  # type: ignore[arg-type]
+    logs.setup("info")
+    assert isinstance(logs._installed, BatchingHandler)
+    rec = Recorder()
+    logs._installed.setStream(rec)  # type: ignore[arg-type]
 
-        async def main() -> None:
-            logs.attach(asyncio.get_running_loop())
-            logs.calls_log.info("call x")
-            logging.getLogger("proxy").info("an info line")
-            assert rec.writes == []
-            await until(lambda: rec.writes)
-            assert [ln.split(" ", 2)[2] for ln in rec.lines()] == [
-                "INFO proxy.calls: call x", "INFO proxy: an info line"]
-            logs.detach()
+    async def main() -> None:
+        logs.attach(asyncio.get_running_loop())
+        logs.calls_log.info("call x")
+        logging.getLogger("proxy").info("an info line")
+        assert rec.writes == []
+        await until(lambda: rec.writes)
+        assert [ln.split(" ", 2)[2] for ln in rec.lines()] == [
+            "INFO proxy.calls: call x", "INFO proxy: an info line"]
+        logs.detach()
 
-        asyncio.run(main())
-    finally:
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in saved[0]:
-            root.addHandler(h)
-        root.setLevel(saved[1])
+    asyncio.run(main())

@@ -440,7 +440,7 @@ class ProxyCore:
 
     def new_tag(self) -> str:
         self.n += 1
-        return f"{self.tag_prefix}{self.n:x}"
+        return self.tag_prefix + hex(self.n)[2:]  # not f"{n:x}": a str.format call compiled
 
     # ------------------------------------------------------------------ requests
 

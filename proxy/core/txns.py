@@ -101,13 +101,13 @@ def send_response(
     Completed transaction, a provisional after a final, anything once it ended: RFC 3261
     17.2.2, 16.7 step 5) is never sent, but counted (``responses_refused``) and logged."""
     txn = entry.txn
-    if not txn.accepts(status):
+    first_final = status >= 200 and txn.state in UNANSWERED
+    effects = txn.respond(status, data, now)  # None: refused, nothing changed
+    if effects is None:
         core.stats["responses_refused"] += 1
         out.line(WARNING, "response %s not sent: its server transaction %s is %s (RFC 3261 "
                  "17.2.2)", status, entry.key, txn.state.value)
         return
-    first_final = status >= 200 and txn.state in UNANSWERED
-    effects = txn.send_response(status, data, now)
     out.sends.append(entry.reply.send(data, entry))
     server_effects(core, entry, effects, out)
     if first_final:
@@ -186,7 +186,7 @@ def server_effects(
             return
         elif isinstance(e, Timeout):
             core.stats["timer_h"] += 1
-    schedule(core, entry)
+    schedule_server(core, entry)
 
 
 def release(core: ProxyCore, ctx: ResponseContext) -> None:
@@ -210,22 +210,43 @@ def cancel_effects(core: ProxyCore, br: Branch, effects: Sequence[object], out: 
             out.sends.append(br.dest.send(e.data))
         elif isinstance(e, Terminated):
             core.table.drop_cancel(br)
-    schedule(core, br)
+    schedule_branch(core, br)
 
 
 def schedule(core: ProxyCore, item: Branch | ServerEntry) -> None:
-    old = item.deadline
-    d = item.txn.deadline
+    """Queue ``item`` at its next deadline (:func:`schedule_branch`, :func:`schedule_server`)."""
     if isinstance(item, Branch):
-        c = item.timer_c
-        if c is not None and (d is None or c < d):
-            d = c
-        ct = item.cancel_txn
-        if ct is not None and ct.deadline is not None and (d is None or ct.deadline < d):
-            d = ct.deadline
-    item.deadline = d
+        schedule_branch(core, item)
+    else:
+        schedule_server(core, item)
+
+
+def schedule_branch(core: ProxyCore, br: Branch) -> None:
+    """A branch's next deadline: the earliest of its client transaction's timers, Timer C
+    (RFC 3261 16.8) and its CANCEL's timers; queued when it moved (typed: the compiled
+    build reads and writes the slots natively)."""
+    old = br.deadline
+    d = br.txn.deadline
+    c = br.timer_c
+    if c is not None and (d is None or c < d):
+        d = c
+    ct = br.cancel_txn
+    if ct is not None:
+        cd = ct.deadline
+        if cd is not None and (d is None or cd < d):
+            d = cd
+    br.deadline = d
     if d is not None and d != old:
-        core.queue.schedule(item)
+        core.queue.schedule(br)
+
+
+def schedule_server(core: ProxyCore, entry: ServerEntry) -> None:
+    """A server transaction's next deadline, queued when it moved."""
+    old = entry.deadline
+    d = entry.txn.deadline
+    entry.deadline = d
+    if d is not None and d != old:
+        core.queue.schedule(entry)
 
 
 def build_hop_request(br: Branch, method: str, response: SipMessage | None) -> bytes:

@@ -156,7 +156,7 @@ class Transaction:
         if end is None:
             self._end_at = None
         else:
-            value = timers.durations[(_LETTER[end], reliable)]
+            value = timers.by_letter[1 if reliable else 0][_LETTER[end]]
             self._end_at = now + value if value is not None else None
         self._update_deadline()
 

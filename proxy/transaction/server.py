@@ -55,10 +55,17 @@ class ServerTransaction(Transaction):
         final, anything once Terminated) is not recorded and changes nothing (RFC 3261 17.2.2:
         "discarded"); the core should not send it (RFC 3261 16.7 step 5). A 2xx after a 2xx
         (RFC 6026 7.1) is recorded and keeps the transaction in Accepted."""
+        effects = self.respond(status, data, now)
+        return [] if effects is None else effects
+
+    def respond(self, status: int, data: bytes, now: float) -> list[Effect] | None:
+        """:meth:`send_response`, with None for a response the state does not take (what
+        :meth:`accepts` tells): one table lookup where ``accepts`` then ``send_response``
+        take two."""
         event = response_event(status)
         step = self._TABLE.get((self.state, event))
         if step is None:
-            return []
+            return None
         effects = self._apply(step, event, now)
         if self.state is _ACCEPTED:
             # Accepted (RFC 6026 7.1) never resends: the TU passes each 2xx again itself

@@ -22,7 +22,6 @@ restart its timers.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from typing import Final, NamedTuple, TypeAlias
 
 __all__ = [
@@ -127,9 +126,9 @@ class Step(NamedTuple):
     action: Action
 
 
-Table: TypeAlias = Mapping[tuple[TransactionState, Event], Step]
-EntryTimers: TypeAlias = Mapping[TransactionState, tuple[Event | None, Event | None]]
-RunningTimers: TypeAlias = Mapping[TransactionState, tuple[Event | None, Event | None]]
+Table: TypeAlias = dict[tuple[TransactionState, Event], Step]
+EntryTimers: TypeAlias = dict[TransactionState, tuple[Event | None, Event | None]]
+RunningTimers: TypeAlias = dict[TransactionState, tuple[Event | None, Event | None]]
 
 _S: Final = TransactionState
 _E: Final = Event

@@ -7,7 +7,6 @@ Sans-IO: nothing here reads a clock. Every deadline is an absolute ``now``-based
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
@@ -38,6 +37,10 @@ class TimerConfig:
     durations: dict[tuple[str, bool], float | None] = field(
         init=False, repr=False, compare=False, hash=False)
     """:meth:`duration` of every timer on both kinds of transport, computed once."""
+    by_letter: tuple[dict[str, float | None], dict[str, float | None]] = field(
+        init=False, repr=False, compare=False, hash=False)
+    """:attr:`durations` by timer letter, unreliable ones first then reliable ones: the
+    transactions' lookup, with no key tuple built per lookup."""
 
     def __post_init__(self) -> None:
         for name in ("t1", "t2", "t4", "timer_c"):
@@ -53,6 +56,8 @@ class TimerConfig:
         table = {(name, reliable): self._duration(name, reliable)
                  for name in TIMER_NAMES for reliable in (False, True)}
         object.__setattr__(self, "durations", table)
+        object.__setattr__(self, "by_letter", tuple(
+            {name: table[(name, reliable)] for name in TIMER_NAMES} for reliable in (False, True)))
 
     # Retransmission timers: initial interval (unreliable transports only).
     @property
@@ -203,12 +208,12 @@ class TimerQueue:
         self._heap: list[_Entry] = []
         #: id(item) -> its latest entry: the heap entry itself, or for a far entry its
         #: deadline alone (its bucket is ``int(deadline // BUCKET)``)
-        self._live: dict[int, _Entry | float] = {}
-        self._seq = itertools.count()
+        self._live: dict[object, _Entry | float] = {}
+        self._seq = 0  # the sequence number of the last heap entry made
         #: bucket number (deadline // BUCKET) -> its items by id; every one of them is at
         #: or after ``_edge``, and an entry made stale by :meth:`schedule` leaves its bucket
         #: at once (a stale far entry is never kept: Timer C's 3 minutes, for every call)
-        self._far: dict[int, dict[int, Any]] = {}
+        self._far: dict[int, dict[object, Any]] = {}
         self._far_keys: list[int] = []  # a heap of the bucket numbers in ``_far``
         self._far_count = 0
         self._edge = -math.inf
@@ -216,7 +221,7 @@ class TimerQueue:
     def schedule(self, item: Timed) -> None:
         """Queue ``item`` at ``item.deadline``; ``None`` cancels whatever was queued for it."""
         deadline = item.deadline
-        key = id(item)
+        key: object = id(item)  # boxed once (the compiled build boxes an int at every use)
         live = self._live
         current = live.get(key)
         if current is not None:
@@ -236,7 +241,8 @@ class TimerQueue:
                 del live[key]
             return
         if deadline < self._edge:
-            entry = (deadline, next(self._seq), [item])
+            self._seq = seq = self._seq + 1
+            entry = (deadline, seq, [item])
             heappush(self._heap, entry)
             live[key] = entry
         else:
@@ -317,9 +323,11 @@ class TimerQueue:
             if item.deadline != deadline:  # moved without being rescheduled: drop it
                 del live[key]
                 continue
-            entry = (deadline, next(seq), [item])
+            seq += 1
+            entry = (deadline, seq, [item])
             heappush(heap, entry)
             live[key] = entry
+        self._seq = seq
 
     def _keep(self, entry: _Entry) -> bool:
         """Whether ``entry`` is live; a stale one lets go of its item."""

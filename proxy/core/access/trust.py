@@ -150,7 +150,7 @@ class Trust:
             self._tick = tick
             self._tick_hex = f"{tick:x}"
         t = self._tick_hex
-        return base + "." + t + self._branch_mac(base, t, method, dest)
+        return f"{base}.{t}{self._branch_mac(base, t, method, dest)}"  # one string built
 
     def check_branch(self, branch: str | None, method: str, dest: str, now: float,
                      lifetime: float) -> str | None:

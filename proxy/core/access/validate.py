@@ -50,11 +50,22 @@ def check_request(msg: SipMessage) -> Rejection | None:
 
 def loop_hash(msg: SipMessage) -> str:
     """RFC 3261 16.6 step 8: the loop-detection part of the branch."""
+    # the Route and Proxy-Require lines as ``get_all`` gives them, in one pass over the headers
+    routes: list[str] = []
+    required: list[str] = []
+    for h in msg.headers:
+        name = h.name
+        if name == "route":
+            routes.append(h.value)
+        elif name == "proxy-require":
+            required.append(h.value)
     key = "\0".join((
         msg.request_uri, msg.from_tag or "", msg.to_tag or "", msg.call_id, str(msg.cseq[0]),
-        "|".join(msg.get_all("route")), "|".join(msg.get_all("proxy-require")),
+        "|".join(routes), "|".join(required),
     ))
-    return f"{zlib.crc32(key.encode('latin-1', 'replace')):08x}"
+    # eight hex digits: "0x1" and the 32-bit CRC's digits, padded by the 33rd bit (not
+    # format(crc, "08x"): int.__format__ parses its spec, several times the cost)
+    return hex(zlib.crc32(key.encode("latin-1", "replace")) | 0x100000000)[3:]
 
 
 def looped(core: ProxyCore, msg: SipMessage, hash_: str) -> bool:

@@ -69,5 +69,5 @@ def cancel_branch(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
     # RFC 3261 9.1: no final response 64*T1 after the CANCEL: the INVITE is over (Timer C
     # is reused for that bound; responses.branch_timer ends the branch).
     br.timer_c = now + 64 * core.timers.t1
-    txns.schedule(core, br)
+    txns.schedule_branch(core, br)
     out.sends.append(br.dest.send(data))

@@ -66,12 +66,12 @@ class Dialogs:
         """The key of the open dialog an in-dialog request belongs to (either direction)."""
         if not self.open:
             return None
-        call_id = msg.call_id
-        for key in (_key(call_id, msg.from_tag, msg.to_tag),
-                    _key(call_id, msg.to_tag, msg.from_tag)):
-            if key in self.open:
-                return key
-        return None
+        call_id, from_tag, to_tag = msg.call_id, msg.from_tag, msg.to_tag
+        key = _key(call_id, from_tag, to_tag)  # from the caller's side
+        if key in self.open:
+            return key
+        key = _key(call_id, to_tag, from_tag)  # the callee's side: built only if needed
+        return key if key in self.open else None
 
     def per_upstream(self) -> dict[str, int]:
         """Calls up by the upstream they were sent to (counted when asked)."""

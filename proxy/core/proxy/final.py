@@ -58,7 +58,7 @@ def final_to_caller(
     if 300 <= status < 400 and ctx.recursed:
         data = without_recursed(ctx, r.msg)
     else:
-        data = strip_top_via(r.msg)
+        data = without_own_via(r.msg)
     if status == 503:
         # RFC 3261 16.7 step 6: a 503 chosen as best becomes 500.
         eol = data.find(b"\r\n")
@@ -70,7 +70,46 @@ def final_to_caller(
 def forward_response(
     core: ProxyCore, ctx: ResponseContext, msg: SipMessage, status: int, now: float, out: Out
 ) -> None:
-    txns.send_response(core, ctx.server, status, strip_top_via(msg), now, out)
+    txns.send_response(core, ctx.server, status, without_own_via(msg), now, out)
+
+
+def without_own_via(msg: SipMessage) -> bytes:
+    """The response without its first Via value (RFC 3261 16.7 step 3): the bytes
+    :func:`~proxy.sip.strip_top_via` returns, cut straight from ``msg.raw`` in the common
+    case (a message whose header section :func:`~proxy.sip.rewrite` would copy untouched
+    around the edit: the start line ends in CRLF, a Content-Length, nothing after the last
+    header but the blank line; a top Via line of one value, or of two without quotes or
+    angle brackets); :func:`~proxy.sip.strip_top_via` itself otherwise."""
+    hdrs = msg.headers
+    h = None
+    for x in hdrs:
+        if x.name == "via":
+            h = x
+            break
+    raw = msg.raw
+    sl_end = msg.start_line_end
+    if (h is None or msg.content_length_index < 0 or not hdrs
+            or msg.header_end != hdrs[-1].end + 2 or len(raw) < sl_end + 2
+            or raw[sl_end] != 13 or raw[sl_end + 1] != 10):  # the start line ends in CRLF
+        return strip_top_via(msg)
+    value = h.value
+    comma = value.find(",")
+    if comma < 0:
+        return raw[:h.start] + raw[h.end:]
+    # Via values joined on one line (sipp's [last_Via:]): the line keeps the rest, as
+    # strip_top_via writes it (its name as written, ": ", the one value left, stripped)
+    rest = value[comma + 1:].strip()
+    start = h.start
+    colon = raw[start:start + 16].decode("latin-1").find(":")  # after the name as written
+    if (not rest or "," in rest or '"' in value or "<" in value or colon < 0
+            or not value[:comma].strip()):
+        return strip_top_via(msg)  # several values left, quoting, a long name, a ParseError
+    colon += start
+    try:
+        tail = rest.encode("latin-1")
+    except UnicodeEncodeError:
+        return strip_top_via(msg)
+    return b"".join((raw[:colon], b": ", tail, b"\r\n", raw[h.end:]))
 
 
 def send_local(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.core import txns, upstream_targets
 from proxy.core.access.trust import via_dest
@@ -30,6 +30,7 @@ DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 #: MTU being unknown (1500 - 200 bytes).
 UDP_SIZE_LIMIT = 1300
 MAX_DATAGRAM = 65507  # largest UDP payload over IPv4 (65535 - 8 - 20)
+_S: Final = ("s", "S")
 
 
 def label(target: Target) -> str:
@@ -75,7 +76,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
     # The branch proves the transaction (:mod:`~proxy.core.access.trust`): signed with the time, the method and
     # where its responses go, so that a response matching no live transaction is relayed only
     # back to the hop this request came from, and only while it can be an answer to it.
-    bid = core.trust.mint_branch(f"z9hG4bK{core.prefix}{ctx.loop_hash}{core.n:x}", ctx.method,
+    bid = core.trust.mint_branch(f"z9hG4bK{core.prefix}{ctx.loop_hash}{hex(core.n)[2:]}", ctx.method,
                                  via_dest(ctx.live_request.top_via), now)
     data = branch_bytes(core, ctx, target, bid)
     if target.transport == "udp" and len(data) > UDP_SIZE_LIMIT:
@@ -109,7 +110,7 @@ def fork(core: ProxyCore, ctx: ResponseContext, target: Target, now: float, out:
         br.timer_c = now + core.timers.timer_c  # RFC 3261 16.6 step 11
     core.table.add_branch(br, target.conn_id)
     ctx.branch_started(br)
-    txns.schedule(core, br)
+    txns.schedule_branch(core, br)
     core.stats["branches"] += 1
     out.sends.append(Send(target.transport, target.host, target.port, data, target.conn_id, br))
     return True
@@ -119,7 +120,10 @@ def needs_tls(request_uri: str, target: Target) -> bool:
     """Whether a request for ``target`` may only leave over TLS: its Request-URI (the
     target's, or the request's own) or the next hop (a Route, an upstream) is a sips: URI."""
     ruri = target.request_uri or request_uri
-    return ruri[:5].lower() == "sips:" or target.label[:5].lower() == "sips:"
+    label = target.label
+    # a sips: URI has an "s" where a sip: one has its ":": most are told by that one character
+    return ((ruri[3:4] in _S and ruri[:5].lower() == "sips:")
+            or (label[3:4] in _S and label[:5].lower() == "sips:"))
 
 
 def branch_bytes(core: ProxyCore, ctx: ResponseContext, target: Target, bid: str) -> bytes:
@@ -177,17 +181,17 @@ def record_route(core: ProxyCore, msg: SipMessage, out_local: LocalAddress, src:
                                         target.host, target.port, target.conn_id,
                                         core._cluster.token_node)
     call_id, tag = msg.call_id, msg.from_tag or ""
-    mark = core.trust.mint_mark
+    trust = core.trust
     if in_local == out_local and not (in_tok and out_tok):
         user = out_tok or in_tok
         return [f"Record-Route: <sip:{user}{'@' if user else ''}{out_local.advertised};lr"
-                f"{tp(out_local)};d={mark(call_id, tag, user)}>"]
+                f"{tp(out_local)};d={trust.mint_mark(call_id, tag, user)}>"]
     out_user = out_tok + "@" if out_tok else ""
     in_user = in_tok + "@" if in_tok else ""
     return [f"Record-Route: <sip:{out_user}{out_local.advertised};lr{tp(out_local)}"
-            f";d={mark(call_id, tag, out_tok)}>",
+            f";d={trust.mint_mark(call_id, tag, out_tok)}>",
             f"Record-Route: <sip:{in_user}{in_local.advertised};lr{tp(in_local)}"
-            f";d={mark(call_id, tag, in_tok)}>"]
+            f";d={trust.mint_mark(call_id, tag, in_tok)}>"]
 
 
 def token_for(core: ProxyCore, src: Source, local: LocalAddress) -> str:
@@ -281,7 +285,7 @@ def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) 
     local = local_for(core, target)
     top = msg.top_via
     digest = zlib.crc32(f"{top.branch}|{top.host}|{top.port}".encode("latin-1", "replace"))
-    bid = f"z9hG4bK{core.prefix}s{digest:08x}"
+    bid = "z9hG4bK" + core.prefix + "s" + hex(digest | 0x100000000)[3:]  # 8 digits, padded
     data = rewrite(
         msg,
         insert_top=[f"Via: SIP/2.0/{local.transport.upper()} "

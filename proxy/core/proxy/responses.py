@@ -62,7 +62,11 @@ def own_branch(msg: SipMessage) -> str | None:
     None otherwise. Only a lookup key: a response is matched only if a client transaction
     has that branch (unguessable, signed: :mod:`~proxy.core.access.trust`), and anything else is matched
     through the fully parsed Via."""
-    value = msg.get("via")
+    value = None
+    for h in msg.headers:  # msg.get("via") without canonicalising the name each time
+        if h.name == "via":
+            value = h.value
+            break
     if value is None:
         return None
     comma = value.find(",")
@@ -105,22 +109,27 @@ def on_response(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: 
             txns.cancel_effects(core, br, effects, out)
         return
     deliver, effects = br.txn.on_response(status, now)
-    client_effects(core, br, effects, msg, now, out)
+    # the branch is queued once, after what the response led to (Timer C reset, the
+    # branch ended): not once by its transaction's effects and again by what followed
+    client_effects(core, br, effects, msg, now, out, False)
     if not deliver:
         core.stats["retransmissions_in"] += 1
-        return
-    if status < 200:
+    elif status < 200:
         provisional(core, br, msg, status, now, out)
     elif status < 300:
         success(core, br, msg, now, out)
     elif br.state is BranchState.PENDING:
         branch_final(core, br, status, msg, now, out, src)
+    txns.schedule_branch(core, br)
 
 
 def client_effects(
     core: ProxyCore, br: Branch, effects: Sequence[object], msg: SipMessage | None, now: float,
-    out: Out,
+    out: Out, reschedule: bool = True,
 ) -> None:
+    """What the branch's client transaction asked for (an ACK, a retransmission, a timeout,
+    its end); then the branch is queued at its next deadline (unless ``reschedule`` is
+    False: the caller queues it once it is done with it)."""
     for e in effects:
         if isinstance(e, SendAck):
             ack = txns.build_hop_request(br, "ACK", msg)
@@ -138,7 +147,8 @@ def client_effects(
             txns.release(core, br.ctx)
     if br.txn.request is None:
         br.data = None  # a final arrived (its ACK is built): nothing reads the request again
-    txns.schedule(core, br)
+    if reschedule:
+        txns.schedule_branch(core, br)
 
 
 def branch_timer(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
@@ -164,7 +174,7 @@ def branch_timer(core: ProxyCore, br: Branch, now: float, out: Out) -> None:
     ct = br.cancel_txn
     if ct is not None and ct.deadline is not None and now >= ct.deadline:
         txns.cancel_effects(core, br, ct.on_timer(now), out)
-    txns.schedule(core, br)
+    txns.schedule_branch(core, br)
 
 
 def provisional(
@@ -179,7 +189,7 @@ def provisional(
         cancel.cancel_branch(core, br, now, out)
     elif status > 100 and br.timer_c is not None:
         br.timer_c = now + core.timers.timer_c  # RFC 3261 16.7 step 2: reset Timer C
-        txns.schedule(core, br)
+        txns.schedule_branch(core, br)
     if status > 100 and not ctx.final_sent and not ctx.cancelled:
         # 16.7 step 5: provisional responses other than 100 are forwarded at once.
         final.forward_response(core, ctx, msg, status, now, out)
@@ -190,7 +200,7 @@ def success(core: ProxyCore, br: Branch, msg: SipMessage, now: float, out: Out) 
     ctx = br.ctx
     if br.state is BranchState.PENDING:
         ctx.branch_ended(br, msg.status)
-        txns.schedule(core, br)
+        txns.schedule_branch(core, br)
     if ctx.method == "REGISTER" and not core.settings.registrar_local:
         registrar_glue.learn_bindings(core, ctx, msg, now)
     # After a non-2xx final went upstream (policy stop) nothing follows it (GOT_2XX fails).
@@ -215,7 +225,7 @@ def branch_final(
     """
     ctx = br.ctx
     ctx.branch_ended(br, status)
-    txns.schedule(core, br)
+    txns.schedule_branch(core, br)
     if ctx.final_sent:
         if ctx.pending == 0:
             ctx.settle()

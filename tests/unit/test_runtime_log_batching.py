@@ -40,8 +40,8 @@ def handler() -> tuple[BatchingHandler, Recorder]:
     return h, rec
 
 
-def record(msg: str, level: int = logging.INFO) -> logging.LogRecord:
-    return logging.LogRecord("proxy.calls", level, __file__, 1, msg, None, None)
+def record(msg: str, level: int = logging.INFO, name: str = "proxy.calls") -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, None, None)
 
 
 async def until(cond: Any, timeout: float = 5.0) -> None:
@@ -70,6 +70,19 @@ def test_with_the_loop_info_lines_wait_and_go_in_one_write() -> None:
         await until(lambda: rec.writes)
         assert asyncio.get_running_loop().time() - start >= FLUSH_DELAY * 0.9
         assert rec.writes == ["".join(f"INFO call {i}\n" for i in range(20))]
+        h.detach()
+
+    asyncio.run(main())
+
+
+def test_another_loggers_line_is_written_at_once_after_the_call_lines_before_it() -> None:
+    """Only the call lines wait: a test or an operator reading the log sees the rest at once."""
+    async def main() -> None:
+        h, rec = handler()
+        h.attach(asyncio.get_running_loop())
+        h.emit(record("call a"))
+        h.emit(record("learned a route", name="proxy.core"))
+        assert rec.lines() == ["INFO call a", "INFO learned a route"]
         h.detach()
 
     asyncio.run(main())
@@ -147,11 +160,12 @@ def test_installed_handler_batches_call_lines() -> None:
     async def main() -> None:
         logs.attach(asyncio.get_running_loop())
         logs.calls_log.info("call x")
-        logging.getLogger("proxy").info("an info line")
+        logs.calls_log.info("call y")
         assert rec.writes == []
         await until(lambda: rec.writes)
         assert [ln.split(" ", 2)[2] for ln in rec.lines()] == [
-            "INFO proxy.calls: call x", "INFO proxy: an info line"]
+            "INFO proxy.calls: call x", "INFO proxy.calls: call y"]
+        assert len(rec.writes) == 1
         logs.detach()
 
     asyncio.run(main())

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ProxyProcess, Sipp, free_port, traced
+from tests.e2e.harness import ProxyProcess, Sipp, Traced, free_port, traced
 
 pytestmark = pytest.mark.e2e
 ProxyFactory = Callable[..., ProxyProcess]
@@ -104,4 +105,55 @@ async def test_a_pause_the_proxy_drains_by_itself_refuses_nothing(
     assert int(result.counters["refused(C)"]) == 0, result.describe()
     assert not [ln for ln in proxy.lines()[mark:] if "overload" in ln], proxy.tail()
     await pbx.stop(grace=3.0)
+    proxy.assert_alive()
+
+
+def inversions(caller: list[Traced], pbx: list[Traced], since: float, until: float) -> int:
+    """Pairs (INVITE, BYE) the caller sent in [since, until), the INVITE first, that reached
+    the PBX the other way round (first copies only)."""
+    sent: dict[tuple[str, str], float] = {}
+    for t in caller:
+        if t.direction == "sent" and t.msg.method in ("INVITE", "BYE"):
+            sent.setdefault((t.msg.method, t.msg.call_id), t.at)
+    got: dict[tuple[str, str], float] = {}
+    for t in pbx:
+        if t.direction == "received" and t.msg.method in ("INVITE", "BYE"):
+            got.setdefault((t.msg.method, t.msg.call_id), t.at)
+    queued = [(at, key) for key, at in sent.items() if since <= at < until and key in got]
+    invites = [(at, got[key]) for at, key in queued if key[0] == "INVITE"]
+    byes = [(at, got[key]) for at, key in queued if key[0] == "BYE"]
+    return sum(1 for i_sent, i_got in invites for b_sent, b_got in byes
+               if i_sent < b_sent and b_got < i_got)
+
+
+@pytest.mark.parametrize("lag_ms", [50, 0])
+async def test_a_backlog_is_handled_calls_in_progress_first(
+        proxy_factory: ProxyFactory, sipp: Sipp, lag_ms: int) -> None:
+    """README "Overload control": with it on, new INVITEs read from the socket are handled
+    after the other messages of the same loop turn (proxy/transport/udp_order.py). The proxy
+    stopped for 300 ms under load finds INVITEs and BYEs queued in arrival order; with the
+    order on, BYEs sent after an INVITE reach the PBX before it; with overload control off
+    (``overload_lag_ms: 0``) the socket's order holds: never."""
+    pbx_port = free_port()
+    proxy = proxy_factory(upstreams=[f"sip:127.0.0.1:{pbx_port}"],
+                          limits={"overload_lag_ms": lag_ms})
+    pbx = await sipp.uas("uas_answer.xml", port=pbx_port, timeout=60, name="pbx")
+    calls = 400
+    caller = await sipp.uac(str(OVERLOAD_UAC), proxy.addr, calls=calls, rate=100, limit=calls,
+                            duration_ms=200, timeout=60, name="caller")
+    await asyncio.sleep(2.5)  # calls flowing, each up for 200 ms: BYEs among the INVITEs
+    proxy.send_signal(signal.SIGSTOP)
+    since = time.time()  # sipp's traces are on the wall clock
+    await asyncio.sleep(0.3)
+    proxy.send_signal(signal.SIGCONT)
+    until = time.time()
+    result = await caller.wait()
+    assert result.returncode == 0 and not result.timed_out, result.describe()
+    assert int(result.counters["completed(C)"]) == calls, result.describe()
+    await pbx.stop(grace=3.0)
+    swapped = inversions(traced(result), traced(pbx), since, until)
+    if lag_ms:
+        assert swapped > 0, "no BYE overtook an INVITE queued before it"
+    else:
+        assert swapped == 0, f"{swapped} BYEs overtook INVITEs with the order off"
     proxy.assert_alive()

@@ -10,7 +10,12 @@ against those regexes with hypothesis).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    # Native 64-bit ints in the compiled build (index and character arithmetic in C, no
+    # tagged-int calls); annotations only, so the pure-Python build needs no mypy_extensions.
+    from mypy_extensions import i64
 
 __all__ = [
     "HPARAM_VALUE", "PCHAR", "TOKEN", "digits_value", "is_digits", "is_token", "split_compact",
@@ -45,26 +50,30 @@ _CLASSES: Final = _table()
 
 def is_token(text: str) -> bool:
     """True if ``text`` is a non-empty RFC 3261 25.1 token."""
-    n = len(text)
+    n: i64 = len(text)
     if n == 0:
         return False
     classes = _CLASSES
-    for i in range(n):
-        c = ord(text[i])
+    i: i64 = 0
+    while i < n:
+        c: i64 = ord(text[i])
         if c >= 128 or not classes[c] & TOKEN:
             return False
+        i += 1
     return True
 
 
 def is_digits(text: str) -> bool:
     """True if ``text`` is 1*DIGIT: ASCII digits only (``str.isdigit`` also takes '²')."""
-    n = len(text)
+    n: i64 = len(text)
     if n == 0:
         return False
-    for i in range(n):
-        c = ord(text[i])
+    i: i64 = 0
+    while i < n:
+        c: i64 = ord(text[i])
         if c < 48 or c > 57:
             return False
+        i += 1
     return True
 
 
@@ -72,15 +81,17 @@ def digits_value(text: str) -> int:
     """The value of ``text`` when it is 1*DIGIT of at most 10 ASCII digits (every count SIP
     bounds: Content-Length, CSeq, Max-Forwards, a status code), else -1. ``int()`` of a str
     is a call into the interpreter's number parser; ten digits are ten multiply-adds."""
-    n = len(text)
+    n: i64 = len(text)
     if n == 0 or n > 10:
         return -1
-    value = 0
-    for i in range(n):
-        c = ord(text[i])
+    value: i64 = 0
+    i: i64 = 0
+    while i < n:
+        c: i64 = ord(text[i])
         if c < 48 or c > 57:
             return -1
         value = value * 10 + (c - 48)
+        i += 1
     return value
 
 
@@ -93,13 +104,15 @@ def split_compact(text: str, start: int, name_class: int,
     uri-parameters).  Given as ``uri.split_params`` gives them: names lower-cased, values as
     written, a bare name maps to None, the last of a repeated name counts.  None when the text
     has another shape (then the caller takes its long way).  One scan checks and splits."""
-    n = len(text)
-    i = start
+    n: i64 = len(text)
+    i: i64 = start
     if i >= n:
         return None
     classes = _CLASSES
     high_ok = value_class == HPARAM_VALUE
     params: dict[str, str | None] = {}
+    begin: i64
+    c: i64
     while i < n:
         if ord(text[i]) != 59:  # ';'
             return None

@@ -106,6 +106,34 @@ _FIELD_NAMES: Final[Memo[str]] = Memo()
 _LOOKUP_NAMES: Final[Memo[str]] = Memo()
 
 
+# The field names as the usual peers spell them (RFC 3261 7.3, 7.3.3: full Title-Case or
+# compact), by their first character: parse_message reads them in place (no slice, no hash of
+# a new string) and gives the name _canon_field_name gives the same spelling; any other
+# spelling (another case, SP before ':') takes the memo and _canon_field_name.
+_SPELLINGS: Final = (
+    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Type",
+    "Content-Length", "Record-Route", "Route", "Subject", "User-Agent", "Server", "Allow",
+    "Supported", "Require", "Proxy-Require", "Expires", "Authorization",
+    "Proxy-Authorization", "WWW-Authenticate", "Proxy-Authenticate", "Accept", "Event",
+    "Date", "Timestamp", "Reason", "Session-Expires", "Min-SE", "P-Asserted-Identity",
+    "Privacy", "Allow-Events", "Content-Disposition", "Accept-Encoding", "Accept-Language",
+    "Content-Encoding", "Organization", "Warning", "Path", "Unsupported", "Min-Expires",
+    "Retry-After", "RSeq", "RAck",
+    *COMPACT,
+)
+
+
+def _by_first_char() -> tuple[tuple[tuple[str, str], ...], ...]:
+    table: list[list[tuple[str, str]]] = [[] for _ in range(128)]
+    for spelling in _SPELLINGS:
+        lower = spelling.lower()
+        table[ord(spelling[0])].append((spelling, COMPACT.get(lower, lower)))
+    return tuple(tuple(row) for row in table)
+
+
+_KNOWN_FIELDS: Final = _by_first_char()
+
+
 def _canon_field_name(raw_name: str) -> str:
     name = raw_name.rstrip(" \t")  # HCOLON allows SP/HTAB before ':' (RFC 4475 wsinv)
     if not is_token(name):
@@ -556,11 +584,26 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
             value = prev.value + " " + cont if prev.value and cont else prev.value or cont
             headers[-1] = Header(prev.name, value, prev.start, end)
         else:
-            colon = head.find(":", pos, eol)
+            # a usual spelling followed by ':' is read in place (no spelling holds ':', so
+            # that ':' is the line's first); a find bounded to the spelling's length compares
+            # without a slice
+            colon = -1
+            name = ""
+            c0 = ord(head[pos])
+            if c0 < 128:
+                for spelling, canon in _KNOWN_FIELDS[c0]:
+                    k = pos + len(spelling)
+                    if k < eol and ord(head[k]) == 58 and head.find(spelling, pos, k) == pos:
+                        colon = k
+                        name = canon
+                        break
             if colon < 0:
-                raise ParseError(f"header line without ':': {head[pos:min(eol, pos + 60)]!r}")
-            raw_name = head[pos:colon]
-            name = field_names.get(raw_name) or _canon_field_name(raw_name)
+                colon = head.find(":", pos, eol)
+                if colon < 0:
+                    raise ParseError(
+                        f"header line without ':': {head[pos:min(eol, pos + 60)]!r}")
+                raw_name = head[pos:colon]
+                name = field_names.get(raw_name) or _canon_field_name(raw_name)
             if name == "content-length":
                 if cl_index >= 0:
                     raise ParseError("several Content-Length header fields")

@@ -1,0 +1,104 @@
+"""parse_message's fast ways give what the plain reading of RFC 3261 7.3 gives (hypothesis).
+
+A usual field-name spelling (``Via``, ``Call-ID``, ``v`` ...) is matched in place, without a
+slice and a dict lookup; every other spelling (another case, SP/HTAB before ':', a longer name
+that starts like a usual one) is sliced and canonicalised. The property: for every generated
+header section, the fields (canonical name, value, offsets) are those a straightforward model
+of RFC 3261 7.3 gives (field-name HCOLON field-value CRLF; 7.3.1 continuation lines joined
+by one space; 7.3.3 compact forms), and a section the model refuses is refused with the same
+message.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from proxy.sip import ParseError, parse_message
+from proxy.sip.chars import digits_value, is_token
+from proxy.sip.message import _SPELLINGS, COMPACT
+from tests.unit import hypothesis_profiles  # registers and loads the profile
+
+pytestmark = pytest.mark.timeout(hypothesis_profiles.TIMEOUT)
+
+START = "OPTIONS sip:a@example.com SIP/2.0\r\n"
+
+_near = st.sampled_from(_SPELLINGS).flatmap(lambda s: st.sampled_from([
+    s, s.lower(), s.upper(), s.swapcase(), s + " ", s + "\t", s + "x", s[:-1], s + "-X", s + "@",
+]))
+_other = st.text(st.sampled_from(list("aZ-.!x ~@")), min_size=0, max_size=8)
+_names = st.one_of(_near, _near, _other)
+_values = st.text(st.sampled_from(list("ab 1;=<>:@\t\"\xe9\x85\xa0")), max_size=12)
+_lines = st.one_of(
+    st.tuples(_names, _values).map(lambda nv: nv[0] + ":" + nv[1]),
+    _values.map(lambda v: " " + v),  # a continuation line
+    _names,  # a line without ':' (most of the time)
+).filter(bool)  # an empty line ends the header section
+sections = st.lists(_lines, max_size=6)
+
+
+def model(lines: list[str]) -> list[tuple[str, str, int, int]] | str:
+    """(name, value, start, end) of each field by RFC 3261 7.3, or the error message."""
+    fields: list[tuple[str, str, int, int]] = []
+    pos = len(START)
+    content_length = False
+    for line in lines:
+        end = pos + len(line) + 2
+        if line[:1] in (" ", "\t"):
+            if not fields:
+                return "continuation line before the first header field"
+            name, value, start, _ = fields[-1]
+            cont = line.strip()
+            value = value + " " + cont if value and cont else value or cont
+            fields[-1] = (name, value, start, end)
+        else:
+            colon = line.find(":")
+            if colon < 0:
+                return f"header line without ':': {line[:60]!r}"
+            raw = line[:colon]
+            if not is_token(raw.rstrip(" \t")):
+                return f"bad header field name: {raw[:60]!r}"
+            lower = raw.rstrip(" \t").lower()
+            name = COMPACT.get(lower, lower)
+            if name == "content-length":
+                if content_length:
+                    return "several Content-Length header fields"
+                content_length = True
+            fields.append((name, line[colon + 1:].strip(), pos, end))
+        pos = end
+    for name, value, _, _ in fields:  # RFC 3261 18.3: no body here
+        if name == "content-length":
+            if digits_value(value) < 0:
+                return f"bad Content-Length {value[:20]!r}"
+            if digits_value(value) > 0:
+                return f"Content-Length {value} exceeds the 0 body octets"
+    return fields
+
+
+@given(sections)
+@example(["Via: SIP/2.0/UDP h;branch=z9hG4bK1", "Call-ID: x", "v: SIP/2.0/UDP h2"])
+@example(["Via : a", "VIA: b", "Via\t: c", "Viax: d", "Vi: e"])
+@example(["Content-Length: 0", "l: 0"])
+@example(["CSeq: 1 OPTIONS", "CSeqx: 1", "Contact: <sip:a@b>", " ;q=1"])
+@example(["To: a", "To:"])
+def test_fields_are_those_of_the_plain_reading(lines: list[str]) -> None:
+    """RFC 3261 7.3, 7.3.1, 7.3.3 (and 20.14: one Content-Length)."""
+    data = (START + "".join(line + "\r\n" for line in lines) + "\r\n").encode("latin-1")
+    expected = model(lines)
+    try:
+        msg = parse_message(data)
+    except ParseError as exc:
+        assert exc.message == expected
+        return
+    assert [(h.name, h.value, h.start, h.end) for h in msg.headers] == expected
+
+
+def test_every_usual_spelling_is_its_canonical_name() -> None:
+    """RFC 3261 7.3.3: each spelling matched in place names the field as any other spelling
+    of the same name does (the compact form its full name)."""
+    for spelling in _SPELLINGS:
+        names = [parse_message((START + line + ": 0\r\n\r\n").encode()).headers[0].name
+                 for line in (spelling, spelling.swapcase() + " ")]
+        lower = spelling.lower()
+        assert names == [COMPACT.get(lower, lower)] * 2

@@ -57,8 +57,10 @@ def is_token(text: str) -> bool:
     i: i64 = 0
     while i < n:
         c: i64 = ord(text[i])
-        if c >= 128 or not classes[c] & TOKEN:
-            return False
+        # letters and digits (most of any token) without the table: compares of a C int
+        if not (97 <= c <= 122 or 48 <= c <= 57 or 65 <= c <= 90):
+            if c >= 128 or not classes[c] & TOKEN:
+                return False
         i += 1
     return True
 
@@ -103,7 +105,9 @@ def split_compact(text: str, start: int, name_class: int,
     parameter shape, no LWS, no quoted value (RFC 3261 7.3.1 generic-param, 19.1.1
     uri-parameters).  Given as ``uri.split_params`` gives them: names lower-cased, values as
     written, a bare name maps to None, the last of a repeated name counts.  None when the text
-    has another shape (then the caller takes its long way).  One scan checks and splits."""
+    has another shape (then the caller takes its long way).  One scan checks and splits.
+    Letters and digits are of every class (TOKEN, PCHAR, HPARAM_VALUE): the scan takes them
+    without the table."""
     n: i64 = len(text)
     i: i64 = start
     if i >= n:
@@ -121,10 +125,16 @@ def split_compact(text: str, start: int, name_class: int,
         upper = False
         while i < n:
             c = ord(text[i])
-            if c >= 128 or not classes[c] & name_class:
-                break
+            # letters and digits are of every class: no table for them
+            if 97 <= c <= 122 or 48 <= c <= 57:
+                i += 1
+                continue
             if 65 <= c <= 90:
                 upper = True
+                i += 1
+                continue
+            if c >= 128 or not classes[c] & name_class:
+                break
             i += 1
         if i == begin:
             return None
@@ -137,6 +147,9 @@ def split_compact(text: str, start: int, name_class: int,
             begin = i
             while i < n:
                 c = ord(text[i])
+                if 97 <= c <= 122 or 48 <= c <= 57 or 65 <= c <= 90:
+                    i += 1
+                    continue
                 if c >= 128:
                     if not high_ok:
                         break

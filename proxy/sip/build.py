@@ -102,6 +102,9 @@ _CLASS_REASONS: Final = {1: "Provisional", 2: "Success", 3: "Redirection", 4: "C
                   5: "Server Error", 6: "Global Failure"}
 _TAG_RE: Final = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
 _CRLF: Final = b"\r\n"
+#: a response's status line with the default reason, by status code (make_response)
+_STATUS_LINES: Final[dict[int, bytes]] = {}
+_NO_BODY: Final = b"Content-Length: 0\r\n"
 _NO_EDITS: Final[dict[int, str | None]] = {}  # never written: rewrite copies before it edits
 
 
@@ -242,32 +245,47 @@ def make_response(request: SipMessage, status: int, reason: str | None = None, *
     if not 100 <= status <= 699:
         raise ValueError(f"status code out of range: {status}")
     if reason is None:
-        reason = reason_phrase(status)
+        status_line = _STATUS_LINES.get(status)
+        if status_line is None:  # at most one a status code (100..699)
+            status_line = _line("SIP/2.0 " + str(status) + " " + reason_phrase(status))
+            _STATUS_LINES[status] = status_line
+    else:
+        status_line = _line("SIP/2.0 " + str(status) + " " + reason)
     raw = request.raw
-    out = [_line("SIP/2.0 " + str(status) + " " + reason)]
-    first: dict[str, Header] = {}
-    for h in request.headers:
+    out = [status_line]
+    h_from: Header | None = None
+    h_to: Header | None = None
+    h_call_id: Header | None = None
+    h_cseq: Header | None = None
+    for h in request.headers:  # the Vias in order; the first of each other field
         name = h.name
         if name == "via":
             out.append(_raw_line(raw, h))
-        elif name in ("from", "to", "call-id", "cseq") and name not in first:
-            first[name] = h
-    h_from = first.get("from")
+        elif name == "from":
+            if h_from is None:
+                h_from = h
+        elif name == "to":
+            if h_to is None:
+                h_to = h
+        elif name == "call-id":
+            if h_call_id is None:
+                h_call_id = h
+        elif name == "cseq" and h_cseq is None:
+            h_cseq = h
     if h_from is not None:
         out.append(_raw_line(raw, h_from))
-    h_to = first.get("to")
     if h_to is not None:
         if to_tag is not None and not _has_tag(request, h_to):
             out.append(_line("To: " + h_to.value + ";tag=" + to_tag))
         else:
             out.append(_raw_line(raw, h_to))
-    for name in ("call-id", "cseq"):
-        field = first.get(name)
-        if field is not None:
-            out.append(_raw_line(raw, field))
+    if h_call_id is not None:
+        out.append(_raw_line(raw, h_call_id))
+    if h_cseq is not None:
+        out.append(_raw_line(raw, h_cseq))
     for text in headers:
         out.append(_line(text))
-    out.append(_line("Content-Length: " + str(len(body))))
+    out.append(_line("Content-Length: " + str(len(body))) if body else _NO_BODY)
     out.append(_CRLF)
     out.append(body)
     return b"".join(out)

@@ -263,3 +263,25 @@ def test_reasons_table() -> None:
     assert parse_message(make_response(parse_message(REQUEST), 499)).reason == "Client Error"
     with pytest.raises(ValueError):
         make_response(parse_message(REQUEST), 700)
+
+
+def test_make_response_bytes_are_the_plain_assembly() -> None:
+    """RFC 3261 8.2.6.2: the status line (the default reason kept once a status code), every
+    Via in order, the first From, To, Call-ID and CSeq as written, then Content-Length; the
+    same bytes on the first and on a later response."""
+    req = parse_message(INVITE.replace(b"Call-ID: c1@192.0.2.1\r\n",
+                                       b"Call-ID: c1@192.0.2.1\r\nv: SIP/2.0/TCP h2\r\n"
+                                       b"CSeq: 9 INVITE\r\nFrom: <sip:x@y>\r\n"))
+    expected = (b"SIP/2.0 183 Session Progress\r\n"
+                b"v: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1;rport\r\n"
+                b"v: SIP/2.0/TCP h2\r\n"
+                b"From: Alice <sip:alice@example.com>;tag=a1\r\n"
+                b"To: Bob <sip:bob@example.com>\r\n"
+                b"Call-ID: c1@192.0.2.1\r\n"
+                b"CSeq: 9 INVITE\r\n"
+                b"Content-Length: 0\r\n\r\n")
+    assert make_response(req, 183) == expected
+    assert make_response(req, 183) == expected
+    assert make_response(req, 183, "Session Progress") == expected
+    assert make_response(req, 183, "Early", body=b"x") == expected.replace(
+        b"183 Session Progress", b"183 Early").replace(b"Length: 0\r\n\r\n", b"Length: 1\r\n\r\nx")

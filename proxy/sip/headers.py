@@ -189,6 +189,14 @@ def split_header_values(text: str) -> list[str]:
             if not item:
                 raise ParseError(f"empty element in header value list: {text[:80]!r}")
         return items
+    if "," not in text and '"' not in text:
+        # one item (a Route, a Record-Route): the scan below would only check that each '<'
+        # it meets has a '>' after it, which holds when the last '<' has one after it
+        last = len(text) - 1
+        if last >= 0 and text[last] != ">" and text.rfind("<") > text.rfind(">"):
+            raise ParseError(f"unbalanced '<' in header value: {text[:80]!r}")
+        item = text.strip()
+        return [item] if item else []
     items = []
     n = len(text)
     i = 0

@@ -1,4 +1,5 @@
-"""parse_message's fast ways give what the plain reading of RFC 3261 7.3 gives (hypothesis).
+"""The fast ways of parse_message and split_header_values give what the plain reading of
+RFC 3261 7.3 gives (hypothesis).
 
 A usual field-name spelling (``Via``, ``Call-ID``, ``v`` ...) is matched in place, without a
 slice and a dict lookup; every other spelling (another case, SP/HTAB before ':', a longer name
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from proxy.sip import ParseError, parse_message
 from proxy.sip.chars import digits_value, is_token
+from proxy.sip.headers import split_header_values
 from proxy.sip.message import _SPELLINGS, COMPACT
 from tests.unit import hypothesis_profiles  # registers and loads the profile
 
@@ -115,3 +117,52 @@ def test_every_usual_spelling_is_its_canonical_name() -> None:
                  for line in (spelling, spelling.swapcase() + " ")]
         lower = spelling.lower()
         assert names == [COMPACT.get(lower, lower)] * 2
+
+
+def scan_values(text: str) -> list[str] | str:
+    """RFC 3261 7.3.1 comma-separated values read character by character (a comma inside a
+    quoted-string, with its quoted-pairs, or inside <...> separates nothing), or the error."""
+    items = []
+    i = start = 0
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < len(text) and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            if j >= len(text):
+                return "unterminated quoted string"
+            i = j + 1
+            continue
+        if c == "<":
+            gt = text.find(">", i + 1)
+            if gt < 0:
+                return f"unbalanced '<' in header value: {text[:80]!r}"
+            i = gt + 1
+            continue
+        if c == ",":
+            items.append(text[start:i].strip())
+            start = i + 1
+        i += 1
+    items.append(text[start:].strip())
+    if items == [""]:
+        return []
+    if "" in items:
+        return f"empty element in header value list: {text[:80]!r}"
+    return items
+
+
+@given(st.text(st.sampled_from(list('<>",; a\\\t')), max_size=14))
+@example("<sip:a@b;lr>")
+@example("<sip:a@b;lr")
+@example("<a>b<c")
+@example("<a<b>")
+@example(" <sip:x> ;q=1 ")
+def test_header_values_split_as_the_scan_does(text: str) -> None:
+    """split_header_values (its shortcuts for one value with or without <>, and its scan)
+    gives what the character-by-character reading of RFC 3261 7.3.1 gives."""
+    try:
+        got: list[str] | str = split_header_values(text)
+    except ParseError as exc:
+        got = exc.message
+    assert got == scan_values(text)

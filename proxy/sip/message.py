@@ -159,6 +159,7 @@ class SipMessage:
     """
 
     __slots__ = (
+        "_call_id",
         "_contact_star",
         "_contacts",
         "_cseq",
@@ -215,6 +216,7 @@ class SipMessage:
         self.body = body
         self.start_line_end = start_line_end
         self.content_length_index = content_length_index
+        self._call_id: str | None = None
         self._vias: list[Via] | None = None
         self._top_via: Via | None = None
         self._cseq: tuple[int, str] | None = None
@@ -312,9 +314,13 @@ class SipMessage:
 
     @property
     def call_id(self) -> str:
-        value = self._get("call-id")
-        if not value:
-            raise ParseError("missing or empty Call-ID header field")
+        """Call-ID (RFC 3261 20.8); ParseError(400) when missing or empty (each time)."""
+        value = self._call_id
+        if value is None:
+            value = self._get("call-id")
+            if not value:
+                raise ParseError("missing or empty Call-ID header field")
+            self._call_id = value
         return value
 
     @property
@@ -575,7 +581,8 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
         if head.find("\n", pos) != eol + 1:
             raise ParseError("bare CR or LF in the header section")
         end = eol + 2
-        if head[pos] == " " or head[pos] == "\t":
+        c0 = ord(head[pos])  # (character compares as ints: no 1-char str each)
+        if c0 == 32 or c0 == 9:  # SP / HTAB
             # continuation line (RFC 3261 7.3.1): joined to the previous value by one space
             if not headers:
                 raise ParseError("continuation line before the first header field")
@@ -589,7 +596,6 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
             # without a slice
             colon = -1
             name = ""
-            c0 = ord(head[pos])
             if c0 < 128:
                 for spelling, canon in _KNOWN_FIELDS[c0]:
                     k = pos + len(spelling)
@@ -611,7 +617,7 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
             # HCOLON = *(SP / HTAB) ":" SWS: one SP after ':' then no white space at either end
             # is the usual shape (one slice, no strip); str.strip() takes what isspace() says
             # is white space, which in latin-1 is <= SP, 0x85 and 0xA0.
-            vstart = colon + 2 if head[colon + 1] == " " else colon + 1
+            vstart = colon + 2 if ord(head[colon + 1]) == 32 else colon + 1
             if vstart < eol and _solid(ord(head[vstart])) and _solid(ord(head[eol - 1])):
                 value = head[vstart:eol]
             else:

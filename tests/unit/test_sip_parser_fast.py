@@ -166,3 +166,17 @@ def test_header_values_split_as_the_scan_does(text: str) -> None:
     except ParseError as exc:
         got = exc.message
     assert got == scan_values(text)
+
+
+def test_call_id_is_read_once_and_a_missing_one_refused_each_time() -> None:
+    """RFC 3261 20.8: the Call-ID kept after the first read; none, or an empty one, is a 400
+    on every read (nothing is kept)."""
+    msg = parse_message((START + "Call-ID: abc@h\r\n\r\n").encode())
+    assert msg.call_id == "abc@h"
+    assert msg.call_id is msg.call_id
+    for section in ("", "Call-ID:\r\n"):
+        bad = parse_message((START + section + "\r\n").encode())
+        for _ in range(2):
+            with pytest.raises(ParseError) as info:
+                bad.call_id  # noqa: B018
+            assert info.value.status == 400

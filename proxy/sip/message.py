@@ -40,7 +40,7 @@ from .headers import (
 from .memo import Memo
 from .uri import AbsoluteUri, SipUri, parse_uri
 
-__all__ = ["COMPACT", "Header", "SipMessage", "canonical_name", "parse_message"]
+__all__ = ["COMPACT", "FIELD_BITS", "Header", "SipMessage", "canonical_name", "parse_message"]
 
 # RFC 3261 7.3.3 and the registries of later RFCs: compact form -> full lower-case name.
 COMPACT: dict[str, str] = {
@@ -123,11 +123,20 @@ _SPELLINGS: Final = (
 )
 
 
-def _by_first_char() -> tuple[tuple[tuple[str, str], ...], ...]:
-    table: list[list[tuple[str, str]]] = [[] for _ in range(128)]
+#: one bit for each field whose presence or repetition a request's validation checks
+#: (RFC 3261 8.1.1: required; 7.3.1: one value only): parse_message notes them as it reads
+#: (``SipMessage.field_bits``, ``repeated_bits``), so that proxy.sip.validate needs no pass
+FIELD_BITS: Final[dict[str, int]] = {name: 1 << i for i, name in enumerate((
+    "via", "to", "from", "call-id", "cseq", "max-forwards", "content-length", "content-type",
+    "expires"))}
+
+
+def _by_first_char() -> tuple[tuple[tuple[str, str, int], ...], ...]:
+    table: list[list[tuple[str, str, int]]] = [[] for _ in range(128)]
     for spelling in _SPELLINGS:
         lower = spelling.lower()
-        table[ord(spelling[0])].append((spelling, COMPACT.get(lower, lower)))
+        name = COMPACT.get(lower, lower)
+        table[ord(spelling[0])].append((spelling, name, FIELD_BITS.get(name, 0)))
     return tuple(tuple(row) for row in table)
 
 
@@ -175,12 +184,14 @@ class SipMessage:
         "_vias",
         "body",
         "content_length_index",
+        "field_bits",
         "header_end",
         "headers",
         "is_request",
         "method",
         "raw",
         "reason",
+        "repeated_bits",
         "request_uri",
         "start_line_end",
         "status",
@@ -199,11 +210,13 @@ class SipMessage:
     body: bytes
     start_line_end: int  # offset of the CRLF that ends the start line
     content_length_index: int  # index in headers of Content-Length, -1 when absent
+    field_bits: int  # FIELD_BITS of the fields present
+    repeated_bits: int  # FIELD_BITS of the fields present more than once
 
     def __init__(self, raw: bytes, is_request: bool, method: str, request_uri: str,
                  status: int, reason: str, version: str, headers: list[Header],
                  header_end: int, body: bytes, start_line_end: int,
-                 content_length_index: int) -> None:
+                 content_length_index: int, field_bits: int, repeated_bits: int) -> None:
         self.raw = raw
         self.is_request = is_request
         self.method = method
@@ -216,6 +229,8 @@ class SipMessage:
         self.body = body
         self.start_line_end = start_line_end
         self.content_length_index = content_length_index
+        self.field_bits = field_bits
+        self.repeated_bits = repeated_bits
         self._call_id: str | None = None
         self._vias: list[Via] | None = None
         self._top_via: Via | None = None
@@ -575,6 +590,7 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
     headers: list[Header] = []
     field_names = _FIELD_NAMES.table
     cl_index = -1
+    seen = repeated = 0  # FIELD_BITS of the fields met, and of those met again
     pos = sl_end + 2
     while pos < hlen:
         eol = head.find("\r", pos)  # the head ends with CRLF: always found
@@ -596,12 +612,14 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
             # without a slice
             colon = -1
             name = ""
+            bit = 0
             if c0 < 128:
-                for spelling, canon in _KNOWN_FIELDS[c0]:
+                for spelling, canon, known_bit in _KNOWN_FIELDS[c0]:
                     k = pos + len(spelling)
                     if k < eol and ord(head[k]) == 58 and head.find(spelling, pos, k) == pos:
                         colon = k
                         name = canon
+                        bit = known_bit
                         break
             if colon < 0:
                 colon = head.find(":", pos, eol)
@@ -610,6 +628,10 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
                         f"header line without ':': {head[pos:min(eol, pos + 60)]!r}")
                 raw_name = head[pos:colon]
                 name = field_names.get(raw_name) or _canon_field_name(raw_name)
+                bit = FIELD_BITS.get(name, 0)
+            if bit:
+                repeated |= seen & bit
+                seen |= bit
             if name == "content-length":
                 if cl_index >= 0:
                     raise ParseError("several Content-Length header fields")
@@ -647,4 +669,4 @@ def parse_message(data: bytes, *, max_size: int = 65535, max_headers: int = 256,
         body = data[header_end:]
         raw = data
     return SipMessage(raw, is_request, method, ruri, status, reason, version, headers,
-                      header_end, body, sl_end, cl_index)
+                      header_end, body, sl_end, cl_index, seen, repeated)

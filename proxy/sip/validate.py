@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from .errors import ParseError
-from .message import SipMessage
+from .message import FIELD_BITS, SipMessage
 from .uri import SipUri
 
 __all__ = ["KNOWN_METHODS", "REQUIRED_HEADERS", "SINGLE_HEADERS", "validate_request"]
@@ -26,7 +26,7 @@ _SINGLE_ORDER: Final = ("to", "from", "call-id", "cseq", "max-forwards", "conten
 _DISPLAY: Final = {"to": "To", "from": "From", "call-id": "Call-ID", "cseq": "CSeq", "via": "Via",
             "max-forwards": "Max-Forwards", "content-length": "Content-Length",
             "content-type": "Content-Type", "expires": "Expires"}
-_BIT: Final = {name: 1 << i for i, name in enumerate(("via", *_SINGLE_ORDER))}
+_BIT: Final = FIELD_BITS  # noted by parse_message: SipMessage.field_bits, repeated_bits
 _REQUIRED_BITS: Final = sum(_BIT[name] for name in REQUIRED_HEADERS)
 _SINGLE_BITS: Final = sum(_BIT[name] for name in _SINGLE_ORDER)
 # Methods of RFC 3261 and the extensions a proxy commonly meets; a CSeq mismatch on any other
@@ -58,13 +58,8 @@ def validate_request(msg: SipMessage) -> None:
     """
     if not msg.is_request:
         raise ValueError("validate_request() needs a request")
-    seen = repeated = 0  # one pass, one bit per field of REQUIRED_HEADERS / SINGLE_HEADERS
-    for h in msg.headers:
-        bit = _BIT.get(h.name, 0)
-        if bit:
-            if seen & bit:
-                repeated |= bit
-            seen |= bit
+    seen = msg.field_bits  # one bit per field of REQUIRED_HEADERS / SINGLE_HEADERS
+    repeated = msg.repeated_bits
     if seen & _REQUIRED_BITS != _REQUIRED_BITS:
         missing = [_DISPLAY[name] for name in REQUIRED_HEADERS if not seen & _BIT[name]]
         raise ParseError("missing header field(s): " + ", ".join(missing))

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from proxy.sip import ParseError, parse_message
 from proxy.sip.chars import digits_value, is_token
 from proxy.sip.headers import split_header_values
-from proxy.sip.message import _SPELLINGS, COMPACT
+from proxy.sip.message import _SPELLINGS, COMPACT, FIELD_BITS
+from proxy.sip.validate import REQUIRED_HEADERS, SINGLE_HEADERS
 from tests.unit import hypothesis_profiles  # registers and loads the profile
 
 pytestmark = pytest.mark.timeout(hypothesis_profiles.TIMEOUT)
@@ -92,6 +93,7 @@ def model(section: str) -> list[tuple[str, str, int, int]] | str:
 @example(["Via: SIP/2.0/UDP h;branch=z9hG4bK1", "Call-ID: x", "v: SIP/2.0/UDP h2"])
 @example(["Via : a", "VIA: b", "Via\t: c", "Viax: d", "Vi: e"])
 @example(["Content-Length: 0", "l: 0"])
+@example(["To: a", "t: b", "TO : c", "Via: x", "v: y", "Expires: 1"])
 @example(["CSeq: 1 OPTIONS", "CSeqx: 1", "Contact: <sip:a@b>", " ;q=1"])
 @example(["To: a", "To:"])
 @example(["Via: a\nb", "x"])
@@ -107,6 +109,20 @@ def test_fields_are_those_of_the_plain_reading(lines: list[str]) -> None:
         assert exc.message == expected
         return
     assert [(h.name, h.value, h.start, h.end) for h in msg.headers] == expected
+    # the fields a request's validation counts (RFC 3261 8.1.1, 7.3.1), noted as read
+    seen = repeated = 0
+    for h in msg.headers:
+        bit = FIELD_BITS.get(h.name, 0)
+        repeated |= seen & bit
+        seen |= bit
+    assert (msg.field_bits, msg.repeated_bits) == (seen, repeated)
+
+
+def test_field_bits_are_the_fields_validation_counts() -> None:
+    """proxy.sip.validate reads the bits parse_message noted: one for each required field
+    (RFC 3261 8.1.1) and each single-valued one (7.3.1), no other."""
+    assert set(FIELD_BITS) == set(REQUIRED_HEADERS) | SINGLE_HEADERS
+    assert sorted(FIELD_BITS.values()) == [1 << i for i in range(len(FIELD_BITS))]
 
 
 def test_every_usual_spelling_is_its_canonical_name() -> None:

@@ -8,7 +8,6 @@ in one :class:`~proxy.transaction.TimerQueue`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from enum import Enum
 from typing import Final, NamedTuple
 
@@ -130,8 +129,9 @@ _LIVE: Final = (_C.PROCEEDING, _C.WAITING_STORE, _C.STOPPING, _C.STOPPING_STORE,
          _C.CANCELLING_STORE)
 
 #: ``(state, event) -> next state``; a missing key: the event changes nothing (a 2xx after a
-#: non-2xx final is not forwarded; a store write that ends after the final is ignored).
-CONTEXT_TABLE: Final[Mapping[tuple[ContextState, ContextEvent], ContextState]] = {
+#: non-2xx final is not forwarded; a store write that ends after the final is ignored). A
+#: dict, not a Mapping, to the compiler: :meth:`ResponseContext.fire` looks it up natively.
+CONTEXT_TABLE: Final[dict[tuple[ContextState, ContextEvent], ContextState]] = {
     (_C.PROCEEDING, _V.STORE_WRITE): _C.WAITING_STORE,
     (_C.WAITING_STORE, _V.STORE_WRITE): _C.WAITING_STORE,
     (_C.WAITING_STORE, _V.STORED): _C.PROCEEDING,

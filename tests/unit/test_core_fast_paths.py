@@ -5,6 +5,8 @@
 - :func:`proxy.core.access.validate.loop_hash`: the loop-detection part of the branch (RFC 3261
   16.6 step 8) is the CRC of the seven parts joined by NUL, as it always was (it is on the
   wire, in every branch this proxy writes).
+- :func:`proxy.core.proxy.forward.on_ack`: the branch of a 2xx's ACK forwarded statelessly.
+- :func:`proxy.transaction.timers.bucket_of`: a deadline's far bucket in the timer queue.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from hypothesis import strategies as st
 from proxy.core import txns
 from proxy.core.access.validate import loop_hash
 from proxy.sip import SipMessage, make_response, parse_message
+from proxy.transaction.timers import BUCKET, bucket_of
 from tests.unit import hypothesis_profiles  # registers and loads the profile
+from tests.unit.core_harness import Harness, own_route, request
 
 pytestmark = pytest.mark.timeout(hypothesis_profiles.TIMEOUT)
 
@@ -107,3 +111,33 @@ def test_loop_hash_agrees_on_generated_requests(
         text = text.replace("To: <sip:bob@example.com>", f"To: <sip:bob@example.com>;tag={to_tag}")
     msg = parsed(text)
     assert loop_hash(msg) == slow_loop_hash(msg)
+
+
+def test_stateless_ack_branch_is_the_crc_of_the_callers_branch_and_sent_by() -> None:
+    """RFC 3261 16.11: the ACK for a 2xx, forwarded statelessly, gets a branch derived from
+    its own top Via (the same on a retransmission, RFC 3261 16.11 and 17.2.3): "z9hG4bK",
+    the proxy's prefix, "s" and the CRC-32 of branch|host|port in eight hex digits."""
+    h = Harness.make()
+    out = h.feed(request("ACK", ruri="sip:bob@127.0.0.1:5080", branch="z9hG4bKack2",
+                         to_tag="callee1", extra=(f"Route: {own_route(h)}",)))
+    [ack] = h.to(5080, out)
+    crc = zlib.crc32(b"z9hG4bKack2|127.0.0.1|6000")
+    assert ack.vias[0].branch == f"z9hG4bK{h.core.prefix}s{crc:08x}"
+    assert str(ack.vias[0]).startswith("SIP/2.0/UDP 127.0.0.1:5060;branch=")
+    again = h.feed(request("ACK", ruri="sip:bob@127.0.0.1:5080", branch="z9hG4bKack2",
+                           to_tag="callee1", extra=(f"Route: {own_route(h)}",)))
+    [ack2] = h.to(5080, again)
+    assert ack2.raw == ack.raw
+
+
+@given(st.floats(min_value=-1e9, max_value=1e12, allow_nan=False, allow_infinity=False))
+def test_bucket_of_is_the_floor_division_by_the_bucket(deadline: float) -> None:
+    """The timer queue's far bucket (:func:`proxy.transaction.timers.bucket_of`) is
+    ``int(deadline // BUCKET)`` without the division, for every finite deadline."""
+    assert bucket_of(deadline) == int(deadline // BUCKET)
+
+
+@pytest.mark.parametrize("deadline", [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 2.999999, -2.000001,
+                                      12345.0, 1e-300, -1e-300])
+def test_bucket_of_at_the_edges(deadline: float) -> None:
+    assert bucket_of(deadline) == int(deadline // BUCKET)

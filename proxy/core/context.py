@@ -8,7 +8,6 @@ in one :class:`~proxy.transaction.TimerQueue`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from enum import Enum
 from typing import Final, NamedTuple
 
@@ -130,8 +129,9 @@ _LIVE: Final = (_C.PROCEEDING, _C.WAITING_STORE, _C.STOPPING, _C.STOPPING_STORE,
          _C.CANCELLING_STORE)
 
 #: ``(state, event) -> next state``; a missing key: the event changes nothing (a 2xx after a
-#: non-2xx final is not forwarded; a store write that ends after the final is ignored).
-CONTEXT_TABLE: Final[Mapping[tuple[ContextState, ContextEvent], ContextState]] = {
+#: non-2xx final is not forwarded; a store write that ends after the final is ignored). A
+#: dict, not a Mapping, to the compiler: :meth:`ResponseContext.fire` looks it up natively.
+CONTEXT_TABLE: Final[dict[tuple[ContextState, ContextEvent], ContextState]] = {
     (_C.PROCEEDING, _V.STORE_WRITE): _C.WAITING_STORE,
     (_C.WAITING_STORE, _V.STORE_WRITE): _C.WAITING_STORE,
     (_C.WAITING_STORE, _V.STORED): _C.PROCEEDING,
@@ -226,8 +226,11 @@ class ResponseContext:
         self.edits: dict[int, str | None] = {}  # header edits shared by every branch (16.6)
         self.append: list[str] = []
         self.deadline: float | None = None  # bound on waiting for cancelled branches (stop)
-        self.recursed: set[str] = set()  # URIs taken from 3xx Contacts (16.7 step 4)
-        self.flow_attempts: dict[str, int] = {}  # per +sip.instance (RFC 5626 7)
+        #: URIs taken from 3xx Contacts (16.7 step 4) and attempts per +sip.instance (RFC
+        #: 5626 7): the shared empty ones until the first is added (:meth:`recurse`,
+        #: :meth:`flow_attempted`), which most calls never do
+        self.recursed: set[str] = _NO_KEYS
+        self.flow_attempts: dict[str, int] = _NO_ATTEMPTS
         #: REGISTER to an upstream registrar: (flow token of the UA's flow, ";ob" or "") for
         #: the Path value each branch inserts (RFC 3327 5.1, RFC 5626 5.1)
         self.path: tuple[str, str] | None = None
@@ -298,6 +301,18 @@ class ResponseContext:
             self.timer.deadline = None  # stale in the timer queue: never fires
         if self.server.request is not None:
             self.server.request = None
+
+    def recurse(self, uri: str) -> None:
+        """``uri``, from a 3xx Contact, is recursed on (RFC 3261 16.7 step 4)."""
+        if self.recursed is _NO_KEYS:
+            self.recursed = set()
+        self.recursed.add(uri)
+
+    def flow_attempted(self, instance: str, attempts: int) -> None:
+        """The flows of ``instance`` tried so far (RFC 5626 7)."""
+        if self.flow_attempts is _NO_ATTEMPTS:
+            self.flow_attempts = {}
+        self.flow_attempts[instance] = attempts
 
     def branch_started(self, br: Branch) -> None:
         """A branch was forwarded (RFC 3261 16.6): it is pending until its final response."""

@@ -59,15 +59,17 @@ class Effects:
         self.bindings: tuple[BindingChange, ...] = ()
 
 
-class Out:
-    """The accumulator of one entry point; :meth:`effects` freezes it into the returned value."""
+class Out(Effects):
+    """The accumulator of one entry point, and the :class:`Effects` it returns: one object
+    per entry call, not an accumulator copied into a second one (:meth:`effects` is the
+    accumulator itself; nothing adds to it once its entry point returned)."""
 
-    __slots__ = ("sends", "writes", "logs")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self.sends: list[Send] = []
-        self.writes: tuple[StoreWrite, ...] = ()  # rare: a new tuple per write, none per message
-        self.logs: tuple[Any, ...] = ()  # one per finished INVITE transaction
+        # writes: rare, a new tuple per write, none per message; logs: one per finished
+        # INVITE transaction
+        Effects.__init__(self, [])
 
     def send(self, s: Send) -> None:
         self.sends.append(s)
@@ -83,4 +85,4 @@ class Out:
         self.logs += (LogLine(level, message, args),)
 
     def effects(self) -> Effects:
-        return Effects(self.sends, self.writes, self.logs)
+        return self

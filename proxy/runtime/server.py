@@ -339,11 +339,12 @@ class Runtime:
 
     def deliver_held(self, data: bytes, src: Source, waited: float) -> None:
         """A new request held for after the calls in progress (``proxy.transport.udp_order``)
-        that waited ``waited`` seconds since it was read: during an overload episode, past the
-        bound, the core refuses it if it may (``stale``: ``.core.access.overload.shed``)."""
+        that waited ``waited`` seconds since it was read: during an overload episode, when
+        that and its wait in the socket's queue before it was read (the last tick's measure)
+        pass the bound, the core refuses it if it may (``stale``:
+        ``.core.access.overload.shed``)."""
         load = self.load
-        self.deliver(data, src, load is not None and load.meter.reason is not None
-                     and waited > load.meter.lag_bound > 0)
+        self.deliver(data, src, load is not None and load.stale(waited))
 
     def keepalive(self, src: Source) -> None:
         self._drive(self.core.on_keepalive, src, self.loop.time())

@@ -3,8 +3,8 @@
 A transaction holds at most two timers (see :mod:`proxy.transaction.states`): a retransmission
 timer (A/E/G) and an ending timer (B/D/F/H/I/J/K/L/M). ``deadline`` is always the earlier of the
 two, kept in a plain slot so a :class:`~proxy.transaction.timers.TimerQueue` reads it cheaply.
-Which timer each one is follows from the state (``_RUNNING``), so a transaction keeps only
-when each fires: every one of them holds a call's slots while it waits out its last timer.
+Which timer each one is follows from the state (:attr:`Machine.running`), so a transaction
+keeps only when each fires: every one of them holds a call's slots while it waits out its last timer.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .effects import SEND_ACK, TERMINATED, TIMEOUT_B, TIMEOUT_F, TIMEOUT_H, Effe
 from .states import Action, EntryTimers, Event, RunningTimers, Step, Table, TransactionState
 from .timers import TimerConfig
 
-__all__ = ["Transaction"]
+__all__ = ["Machine", "Transaction"]
 
 _TIMEOUTS: Final[dict[Event, Effect]] = {
     Event.TIMER_B: TIMEOUT_B,
@@ -25,6 +25,19 @@ _TIMEOUTS: Final[dict[Event, Effect]] = {
 _TERMINATED_STATE: Final = TransactionState.TERMINATED
 # The letter of each timer event ("B" for TIMER_B), read without Enum.value's descriptor.
 _LETTER: Final[dict[Event, str]] = {e: e.value for e in Event if e.name.startswith("TIMER_")}
+
+
+class Machine:
+    """The tables of one of the four transaction machines (:mod:`.states`) as one native
+    object, which a transaction reaches through :meth:`Transaction._machine`: a method the
+    compiled build calls natively, where a class attribute is looked up by name."""
+
+    __slots__ = ("running", "table", "timers")
+
+    def __init__(self, table: Table, timers: EntryTimers, running: RunningTimers) -> None:
+        self.table = table  # (state, event) -> step
+        self.timers = timers  # the timers each state starts on entry
+        self.running = running  # the (retransmission, ending) timers running in each state
 
 
 class Transaction:
@@ -41,9 +54,6 @@ class Transaction:
     )
 
     is_invite: ClassVar[bool]
-    _TABLE: ClassVar[Table]
-    _TIMERS: ClassVar[EntryTimers]
-    _RUNNING: ClassVar[RunningTimers]
 
     state: TransactionState
     reliable: bool
@@ -66,6 +76,10 @@ class Transaction:
         self.deadline = None
         self._start_timers(state, now)
 
+    def _machine(self) -> Machine:
+        """The tables of this kind of transaction."""
+        raise NotImplementedError
+
     # -- entry points -------------------------------------------------------------------------
 
     def on_timer(self, now: float) -> list[Effect]:
@@ -76,12 +90,12 @@ class Transaction:
         from ``now``, as the RFC resets it "when it fires": no burst after a stall."""
         end_at = self._end_at
         if end_at is not None and end_at <= now:
-            end = self._RUNNING[self.state][1]
+            end = self._machine().running[self.state][1]
             assert end is not None  # an ending time is set only while its timer runs
             return self._handle(end, now)
         rtx_at = self._rtx_at
         if rtx_at is not None and rtx_at <= now:
-            rtx = self._RUNNING[self.state][0]
+            rtx = self._machine().running[self.state][0]
             assert rtx is not None
             return self._handle(rtx, now)
         return []
@@ -94,7 +108,7 @@ class Transaction:
     # -- engine ---------------------------------------------------------------------------------
 
     def _handle(self, event: Event, now: float) -> list[Effect]:
-        step = self._TABLE.get((self.state, event))
+        step = self._machine().table.get((self.state, event))
         if step is None:
             return []
         return self._apply(step, event, now)
@@ -140,9 +154,9 @@ class Transaction:
             self._update_deadline()
 
     def _start_timers(self, state: TransactionState, now: float) -> None:
-        """Entry actions: start the timers ``_TIMERS`` lists for ``state`` (or keep the running
-        ones when the state is not listed)."""
-        entry = self._TIMERS.get(state)
+        """Entry actions: start the timers :attr:`Machine.timers` lists for ``state`` (or keep
+        the running ones when the state is not listed)."""
+        entry = self._machine().timers.get(state)
         if entry is None:
             return
         rtx, end = entry

@@ -7,7 +7,9 @@ out the effects that come back. No parsing: the transaction sees only status cod
 
 from __future__ import annotations
 
-from .base import Transaction
+from typing import Final
+
+from .base import Machine, Transaction
 from .effects import SEND_ACK, Effect, Retransmit
 from .states import (
     INVITE_CLIENT_RUNNING,
@@ -23,6 +25,9 @@ from .states import (
 from .timers import TimerConfig
 
 _PROVISIONAL = Event.RESP_1XX
+_INVITE_CLIENT: Final = Machine(INVITE_CLIENT_TABLE, INVITE_CLIENT_TIMERS, INVITE_CLIENT_RUNNING)
+_NON_INVITE_CLIENT: Final = Machine(NON_INVITE_CLIENT_TABLE, NON_INVITE_CLIENT_TIMERS,
+                                    NON_INVITE_CLIENT_RUNNING)
 
 __all__ = ["ClientTransaction", "InviteClientTransaction", "NonInviteClientTransaction"]
 
@@ -60,7 +65,7 @@ class ClientTransaction(Transaction):
         does not take are absorbed: ``(False, [])``, or ``(False, [Retransmit(ack)])`` for a
         retransmitted non-2xx final to an INVITE."""
         event = response_event(status)
-        step = self._TABLE.get((self.state, event))
+        step = self._machine().table.get((self.state, event))
         if step is None:
             return False, []
         effects = self._apply(step, event, now)
@@ -94,9 +99,9 @@ class InviteClientTransaction(ClientTransaction):
 
     __slots__ = ()
     is_invite = True
-    _TABLE = INVITE_CLIENT_TABLE
-    _TIMERS = INVITE_CLIENT_TIMERS
-    _RUNNING = INVITE_CLIENT_RUNNING
+
+    def _machine(self) -> Machine:
+        return _INVITE_CLIENT
 
     def __init__(self, request: bytes, *, reliable: bool, now: float, timers: TimerConfig) -> None:
         ClientTransaction.__init__(self, TransactionState.CALLING, request, reliable, now, timers)
@@ -127,9 +132,9 @@ class NonInviteClientTransaction(ClientTransaction):
 
     __slots__ = ()
     is_invite = False
-    _TABLE = NON_INVITE_CLIENT_TABLE
-    _TIMERS = NON_INVITE_CLIENT_TIMERS
-    _RUNNING = NON_INVITE_CLIENT_RUNNING
+
+    def _machine(self) -> Machine:
+        return _NON_INVITE_CLIENT
 
     def __init__(self, request: bytes, *, reliable: bool, now: float, timers: TimerConfig) -> None:
         ClientTransaction.__init__(self, TransactionState.TRYING, request, reliable, now, timers)

@@ -8,7 +8,9 @@ like any other provisional response.
 
 from __future__ import annotations
 
-from .base import Transaction
+from typing import Final
+
+from .base import Machine, Transaction
 from .effects import Effect
 from .states import (
     INVITE_SERVER_RUNNING,
@@ -24,6 +26,9 @@ from .states import (
 from .timers import TimerConfig
 
 _ACCEPTED = TransactionState.ACCEPTED
+_INVITE_SERVER: Final = Machine(INVITE_SERVER_TABLE, INVITE_SERVER_TIMERS, INVITE_SERVER_RUNNING)
+_NON_INVITE_SERVER: Final = Machine(NON_INVITE_SERVER_TABLE, NON_INVITE_SERVER_TIMERS,
+                                    NON_INVITE_SERVER_RUNNING)
 _CONFIRMED = TransactionState.CONFIRMED
 
 __all__ = ["InviteServerTransaction", "NonInviteServerTransaction", "ServerTransaction"]
@@ -63,7 +68,7 @@ class ServerTransaction(Transaction):
         :meth:`accepts` tells): one table lookup where ``accepts`` then ``send_response``
         take two."""
         event = response_event(status)
-        step = self._TABLE.get((self.state, event))
+        step = self._machine().table.get((self.state, event))
         if step is None:
             return None
         effects = self._apply(step, event, now)
@@ -79,7 +84,7 @@ class ServerTransaction(Transaction):
         would record): the core sends a response only if so, as h11's state machine hands out
         bytes only for an event it accepted. A second non-2xx final after a final, a
         provisional after a final, anything once Terminated: refused (RFC 3261 17.2.2)."""
-        return (self.state, response_event(status)) in self._TABLE
+        return (self.state, response_event(status)) in self._machine().table
 
     def on_retransmission(self, now: float) -> list[Effect]:
         """A retransmission of the request arrived (RFC 3261 17.2.3 matched it here):
@@ -118,9 +123,9 @@ class InviteServerTransaction(ServerTransaction):
 
     __slots__ = ()
     is_invite = True
-    _TABLE = INVITE_SERVER_TABLE
-    _TIMERS = INVITE_SERVER_TIMERS
-    _RUNNING = INVITE_SERVER_RUNNING
+
+    def _machine(self) -> Machine:
+        return _INVITE_SERVER
 
     def __init__(self, *, reliable: bool, now: float, timers: TimerConfig) -> None:
         ServerTransaction.__init__(self, TransactionState.PROCEEDING, reliable, now, timers)
@@ -137,9 +142,9 @@ class NonInviteServerTransaction(ServerTransaction):
 
     __slots__ = ()
     is_invite = False
-    _TABLE = NON_INVITE_SERVER_TABLE
-    _TIMERS = NON_INVITE_SERVER_TIMERS
-    _RUNNING = NON_INVITE_SERVER_RUNNING
+
+    def _machine(self) -> Machine:
+        return _NON_INVITE_SERVER
 
     def __init__(self, *, reliable: bool, now: float, timers: TimerConfig) -> None:
         ServerTransaction.__init__(self, TransactionState.TRYING, reliable, now, timers)

@@ -161,7 +161,15 @@ _COMPACT_MIN: Final = 256
 """Below this many queued entries the queue never bothers compacting."""
 
 BUCKET: Final = 1.0
-"""Seconds of deadlines per far bucket of the :class:`TimerQueue`."""
+"""Seconds of deadlines per far bucket of the :class:`TimerQueue` (one: :func:`bucket_of`)."""
+
+
+def bucket_of(deadline: float) -> int:
+    """The far bucket of a finite ``deadline``: ``int(deadline // BUCKET)``, the floor of
+    the deadline for the one-second :data:`BUCKET`, without a float division (``int()``
+    truncates towards zero: one less for a negative deadline between two integers)."""
+    b = int(deadline)
+    return b - 1 if b > deadline else b
 
 _Entry = tuple[float, int, list[Any]]
 
@@ -207,7 +215,7 @@ class TimerQueue:
     def __init__(self) -> None:
         self._heap: list[_Entry] = []
         #: id(item) -> its latest entry: the heap entry itself, or for a far entry its
-        #: deadline alone (its bucket is ``int(deadline // BUCKET)``)
+        #: deadline alone (its bucket: ``bucket_of(deadline)``)
         self._live: dict[object, _Entry | float] = {}
         self._seq = 0  # the sequence number of the last heap entry made
         #: bucket number (deadline // BUCKET) -> its items by id; every one of them is at
@@ -234,7 +242,7 @@ class TimerQueue:
                     return
                 # a far entry is in the bucket of its deadline until that bucket is poured
                 # (which replaces its line by the heap entry): it leaves the bucket at once
-                del self._far[int(current // BUCKET)][key]
+                del self._far[bucket_of(current)][key]
                 self._far_count -= 1
         if deadline is None:
             if current is not None:
@@ -246,7 +254,7 @@ class TimerQueue:
             heappush(self._heap, entry)
             live[key] = entry
         else:
-            b = int(deadline // BUCKET)
+            b = bucket_of(deadline)
             bucket = self._far.get(b)
             if bucket is None:
                 self._far[b] = {key: item}

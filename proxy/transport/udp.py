@@ -24,6 +24,9 @@ log = logging.getLogger("proxy.transport.udp")
 #: at most one line a second for the episodes that start, and one for those that end (a
 #: flood from many sources is summed up in the next line)
 EPISODE_LOG_INTERVAL = 1.0
+#: ``Source``'s tuple made directly (``_tuple(Source, ("udp", host, port, None))``): the
+#: NamedTuple's own ``__new__`` is interpreted, and runs for every datagram
+_tuple = tuple.__new__
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
@@ -63,9 +66,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         if len(data) > 4 and data[0] > 1:  # not a keep-alive: a SIP message (or garbage)
             order = self.order
             if order is not None and data.startswith(NEW):
-                order.hold(data, Source("udp", addr[0], addr[1]))
+                order.hold(data, _tuple(Source, ("udp", addr[0], addr[1], None)))
             else:
-                self._deliver(data, Source("udp", addr[0], addr[1]))
+                self._deliver(data, _tuple(Source, ("udp", addr[0], addr[1], None)))
             return
         # CRLF keep-alives (RFC 5626 4.4.1 allows STUN on UDP; bare CRLFs are common) are ignored.
         if len(data) <= 4 and not data.strip():

@@ -35,8 +35,14 @@ from proxy.transport.base import Source
 
 #: the requests that start something new, held for after the messages of calls in progress
 NEW = (b"INVITE ", b"REGISTER ", b"CANCEL ")
-#: held new requests handled per loop turn at most (then the loop reads its sockets again)
-BATCH = 16
+#: held new requests handled per loop turn at most (then the loop reads its sockets again).
+#: Fewer than a read brings in under overload (libuv reads up to 32 datagrams a turn; at
+#: twice the clean rate about a quarter are new INVITEs), so that the backlog builds here,
+#: where the messages of calls in progress pass it, not in the socket's queue, where they
+#: wait behind it: at 16 a turn the socket's queue held it, and the calls admitted as an
+#: overload began waited there twice (INVITE and 200: 300 calls over 100 ms in the
+#: benchmark's 2x step); at 4, none did (2026-12-07)
+BATCH = 4
 #: new requests held at most (past it the oldest is handled at once)
 MAX_HELD = 4096
 #: bytes of new requests held at most (the size of the socket's receive buffer, udp.py)

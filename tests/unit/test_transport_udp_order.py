@@ -43,14 +43,17 @@ def held_with(loop: FakeLoop) -> tuple[NewRequests, list[bytes]]:
 def test_held_requests_are_handled_a_batch_a_turn_oldest_first() -> None:
     loop = FakeLoop()
     held, got = held_with(loop)
-    for i in range(BATCH + 5):
+    n = 2 * BATCH + 1
+    for i in range(n):
         held.hold(b"INVITE %d" % i, SRC)
     assert got == [] and len(loop.soon) == 1  # one run scheduled, whatever the count
     loop.turn()
     assert got == [b"INVITE %d" % i for i in range(BATCH)]
-    assert len(loop.soon) == 1  # the rest on the next turn, after the sockets are read
+    assert len(loop.soon) == 1  # the rest on the next turns, after the sockets are read
     loop.turn()
-    assert got == [b"INVITE %d" % i for i in range(BATCH + 5)]
+    assert got == [b"INVITE %d" % i for i in range(2 * BATCH)]
+    loop.turn()
+    assert got == [b"INVITE %d" % i for i in range(n)]
     assert loop.soon == []
 
 

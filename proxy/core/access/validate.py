@@ -6,8 +6,8 @@ Messages too broken to parse are answered from their salvaged headers (RFC 4475 
 
 from __future__ import annotations
 
-import zlib
 from typing import TYPE_CHECKING, Final, NamedTuple
+from zlib import crc32
 
 from proxy.core.effects import INFO
 from proxy.core.types import Send, Source
@@ -50,22 +50,30 @@ def check_request(msg: SipMessage) -> Rejection | None:
 
 def loop_hash(msg: SipMessage) -> str:
     """RFC 3261 16.6 step 8: the loop-detection part of the branch."""
-    # the Route and Proxy-Require lines as ``get_all`` gives them, in one pass over the headers
-    routes: list[str] = []
-    required: list[str] = []
+    # the Route and Proxy-Require lines as ``get_all`` gives them, in one pass over the
+    # headers; a list only when there is one (an INVITE from a UA has neither)
+    routes: list[str] | None = None
+    required: list[str] | None = None
     for h in msg.headers:
         name = h.name
         if name == "route":
-            routes.append(h.value)
+            if routes is None:
+                routes = [h.value]
+            else:
+                routes.append(h.value)
         elif name == "proxy-require":
-            required.append(h.value)
-    key = "\0".join((
-        msg.request_uri, msg.from_tag or "", msg.to_tag or "", msg.call_id, str(msg.cseq[0]),
-        "|".join(routes), "|".join(required),
-    ))
+            if required is None:
+                required = [h.value]
+            else:
+                required.append(h.value)
+    route = "" if routes is None else "|".join(routes)
+    require = "" if required is None else "|".join(required)
+    # one string built (not a tuple joined): the same key as "\0".join of the seven parts
+    key = (f"{msg.request_uri}\0{msg.from_tag or ''}\0{msg.to_tag or ''}\0{msg.call_id}\0"
+           f"{msg.cseq[0]}\0{route}\0{require}")
     # eight hex digits: "0x1" and the 32-bit CRC's digits, padded by the 33rd bit (not
     # format(crc, "08x"): int.__format__ parses its spec, several times the cost)
-    return hex(zlib.crc32(key.encode("latin-1", "replace")) | 0x100000000)[3:]
+    return hex(crc32(key.encode("latin-1", "replace")) | 0x100000000)[3:]
 
 
 def looped(core: ProxyCore, msg: SipMessage, hash_: str) -> bool:

@@ -45,7 +45,7 @@ def retry_flow(core: ProxyCore, ctx: ResponseContext, br: Branch, now: float, ou
         if key in ctx.tried:
             continue
         ctx.tried.add(key)
-        ctx.flow_attempts[t.instance] = tried + 1
+        ctx.flow_attempted(t.instance, tried + 1)
         forward.fork(core, ctx, nt, now, out)
         return True
     return False

@@ -8,8 +8,8 @@ one without state (README "Security defaults").
 from __future__ import annotations
 
 import hashlib
-import zlib
 from typing import TYPE_CHECKING, Final
+from zlib import crc32
 
 from proxy.core import txns, upstream_targets
 from proxy.core.access.trust import via_dest
@@ -284,12 +284,12 @@ def on_ack(core: ProxyCore, msg: SipMessage, src: Source, now: float, out: Out) 
         return
     local = local_for(core, target)
     top = msg.top_via
-    digest = zlib.crc32(f"{top.branch}|{top.host}|{top.port}".encode("latin-1", "replace"))
-    bid = "z9hG4bK" + core.prefix + "s" + hex(digest | 0x100000000)[3:]  # 8 digits, padded
+    digest = crc32(f"{top.branch}|{top.host}|{top.port}".encode("latin-1", "replace"))
+    # the branch: "z9hG4bK", the prefix, "s" and the CRC's 8 digits, padded (one string built)
     data = rewrite(
         msg,
-        insert_top=[f"Via: SIP/2.0/{local.transport.upper()} "
-                    f"{local.sent_by or local.advertised};branch={bid}"],
+        insert_top=[f"Via: SIP/2.0/{local.transport.upper()} {local.sent_by or local.advertised}"
+                    f";branch=z9hG4bK{core.prefix}s{hex(digest | 0x100000000)[3:]}"],
         edits=prep.edits, append=prep.append,
     )
     out.sends.append(Send(target.transport, target.host, target.port, data, target.conn_id))

@@ -108,7 +108,7 @@ def _usable_contacts(
             core.stats["redirects_refused"] += 1
             core.metrics.redirects["refused"] += 1
             continue
-        ctx.recursed.add(text)
+        ctx.recurse(text)
         chosen.append((_q(c), u, c))
     return chosen
 

@@ -171,7 +171,8 @@ class SipMessage:
         "_call_id",
         "_contact_star",
         "_contacts",
-        "_cseq",
+        "_cseq_method",
+        "_cseq_number",
         "_from",
         "_mf",
         "_mf_done",
@@ -234,7 +235,10 @@ class SipMessage:
         self._call_id: str | None = None
         self._vias: list[Via] | None = None
         self._top_via: Via | None = None
-        self._cseq: tuple[int, str] | None = None
+        # the CSeq once read, as two fields: the property returns them without a tuple
+        # object to make, keep or take apart (mypyc returns a tuple[int, str] unboxed)
+        self._cseq_method: str | None = None
+        self._cseq_number = 0
         self._from: NameAddr | None = None
         self._to: NameAddr | None = None
         self._uri: SipUri | AbsoluteUri | None = None
@@ -340,13 +344,15 @@ class SipMessage:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        cseq = self._cseq
-        if cseq is None:
+        method = self._cseq_method
+        if method is None:
             value = self._get("cseq")
             if value is None:
                 raise ParseError("missing CSeq header field")
-            cseq = self._cseq = parse_cseq(value)
-        return cseq
+            number, method = parse_cseq(value)
+            self._cseq_number = number
+            self._cseq_method = method
+        return self._cseq_number, method
 
     @property
     def from_(self) -> NameAddr:

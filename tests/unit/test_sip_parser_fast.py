@@ -196,3 +196,15 @@ def test_call_id_is_read_once_and_a_missing_one_refused_each_time() -> None:
             with pytest.raises(ParseError) as info:
                 bad.call_id  # noqa: B018
             assert info.value.status == 400
+
+
+def test_cseq_is_read_once_and_a_missing_one_refused_each_time() -> None:
+    """RFC 3261 20.16: the CSeq kept after the first read; none is a 400 on every read."""
+    msg = parse_message((START + "CSeq: 7 OPTIONS\r\n\r\n").encode())
+    assert msg.cseq == (7, "OPTIONS")
+    assert msg.cseq == (7, "OPTIONS")
+    bad = parse_message((START + "\r\n").encode())
+    for _ in range(2):
+        with pytest.raises(ParseError) as info:
+            bad.cseq  # noqa: B018
+        assert info.value.status == 400

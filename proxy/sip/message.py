@@ -304,7 +304,11 @@ class SipMessage:
             vias = []
             for h in self.headers:
                 if h.name == "via":
-                    vias.extend(parse_via_list(h.value))
+                    value = h.value
+                    if "," in value:
+                        vias.extend(parse_via_list(value))
+                    else:  # one via-parm: what parse_via_list gives, without its list
+                        vias.append(parse_via(value))
             self._vias = vias
         return vias
 

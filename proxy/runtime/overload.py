@@ -32,10 +32,13 @@ is cleared at the cost of a refusal each, not carried as calls.
 
 During an episode the share of new INVITEs and REGISTERs refused (RFC 7339's loss-based
 control, applied by the proxy to itself) is steered each tick towards a wait of a quarter
-of the bound (:data:`TARGET`; a call's INVITE and its 200 both wait): it grows with the rate the wait grows at (that rate is how far the load exceeds what
-the proxy can carry: a wait growing 1 s per second is twice the load) and with how far the
-wait is over the target, and it shrinks as the wait falls and while it is under the target;
-at most :data:`MAX_UP` more and :data:`MAX_DOWN` less a tick. The transactions bound
+of the bound (:data:`TARGET`; a call's INVITE and its 200 both wait): it grows with the
+rate the wait grows at (that rate is how far the load exceeds what the proxy can carry: a
+wait growing 1 s per second is twice the load) and with how far the wait that stood over the
+last :data:`RISING` ticks is over the target (a spike of a tick or two, a collector pass or
+a burst, is no load: it raised the share 10 points a tick and let it down 1, and a proxy at
+half a core refused two calls in three), and it shrinks as the wait falls and while it is
+under the target; at most :data:`MAX_UP` more and :data:`MAX_DOWN` less a tick. The transactions bound
 (``max_transactions``) adds :data:`MAX_DOWN` a tick while more are held, takes it back under
 90 % of the bound. The wait is not measured in the first :data:`WARMUP` seconds after the start
 (the first calls run through cold code paths and caches); the transactions are. The episode

@@ -67,7 +67,7 @@ from proxy.core.upstream_admin import AdminState, UpstreamAdmin, set_state
 from proxy.core.upstream_targets import UpstreamTarget, UpstreamTargets
 from proxy.core.view import CoreView
 from proxy.policy import Policy
-from proxy.sip import ParseError, SipMessage, parse_message
+from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.sip.transport import MESSAGE_TRANSPORTS
 from proxy.store.base import LearnedRoute, StoreChange, StoredBinding
 from proxy.transaction import TimerConfig, TimerQueue
@@ -515,7 +515,7 @@ class ProxyCore:
         entry = txns.new_server(self, key, msg, src, now)
         if msg.method == "INVITE":
             # RFC 3261 16.2: a stateful proxy answers an INVITE with 100 at once.
-            txns.send_response(self, entry, 100, txns.trying(msg), now, out)
+            txns.send_response(self, entry, 100, make_response(msg, 100), now, out)
         try:
             self._route(entry, msg, src, prep, decision, loop_hash, now, out)
         except ParseError as exc:

@@ -15,7 +15,7 @@ from proxy.core.context import Branch, ResponseContext, ServerEntry
 from proxy.core.effects import WARNING, Out
 from proxy.core.observe import metrics as observe
 from proxy.core.types import Dest, Send, Source
-from proxy.sip import Header, ParseError, SipMessage, make_response, parse_message
+from proxy.sip import ParseError, SipMessage, make_response, parse_message
 from proxy.transaction import (
     InviteServerTransaction,
     NonInviteServerTransaction,
@@ -62,49 +62,6 @@ def reply_dest(core: ProxyCore, msg: SipMessage, src: Source) -> Dest:
     if core.settings.force_rport or via.rport is not None:
         return shared_dest("udp", src.host, src.port, None)
     return shared_dest("udp", src.host, via.port or 5060, None)
-
-
-_TRYING: Final = b"SIP/2.0 100 Trying\r\n"
-_NO_BODY: Final = b"Content-Length: 0\r\n\r\n"
-_CRLF: Final = b"\r\n"
-
-
-def trying(msg: SipMessage) -> bytes:
-    """The 100 Trying to a request (RFC 3261 16.2, 8.2.6.1): the bytes
-    ``make_response(msg, 100)`` builds (every Via line, then the first From, To, Call-ID
-    and CSeq lines, copied as written; an empty body), cut from ``msg.raw`` in one pass
-    over the headers with no intermediate strings."""
-    raw = msg.raw
-    out = [_TRYING]
-    h_from: Header | None = None
-    h_to: Header | None = None
-    h_call: Header | None = None
-    h_cseq: Header | None = None
-    for h in msg.headers:
-        name = h.name
-        if name == "via":
-            out.append(_raw_line(raw, h.start, h.end))
-        elif name == "from":
-            if h_from is None:
-                h_from = h
-        elif name == "to":
-            if h_to is None:
-                h_to = h
-        elif name == "call-id":
-            if h_call is None:
-                h_call = h
-        elif name == "cseq" and h_cseq is None:
-            h_cseq = h
-    for first in (h_from, h_to, h_call, h_cseq):
-        if first is not None:
-            out.append(_raw_line(raw, first.start, first.end))
-    out.append(_NO_BODY)
-    return b"".join(out)
-
-
-def _raw_line(raw: bytes, start: int, end: int) -> bytes:
-    seg = raw[start:end]
-    return seg if seg.endswith(_CRLF) else seg + _CRLF
 
 
 def new_server(core: ProxyCore, key: str, msg: SipMessage, src: Source, now: float) -> ServerEntry:

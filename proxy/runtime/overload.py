@@ -21,8 +21,8 @@ a collector pass). It refused 2,500 of 9,600 calls at a rate the proxy served wi
 queue that does not drain** (the idea of CoDel, RFC 8289: the least wait over the last
 :data:`WINDOW` ticks, 100 ms, is over ``overload_lag_ms``, and at the rate it changed over
 them, it would still be over it :data:`HORIZON` seconds later; or, sooner, the wait of
-each of the last :data:`RISING` ticks is over the bound and longer than the one before: a
-queue that grows tick after tick is a load past what the proxy carries). A proxy that
+each of the last :data:`RISING` ticks is over the bound and the last is longer than the
+first: a queue that grows over them is a load past what the proxy carries). A proxy that
 carries its load empties its queue between bursts, and drains the backlog of a stall (its
 wait only falls after it): neither starts an episode. Once an episode is on, every new
 request that waited past the bound (in the socket's queue, as the last tick measured it,
@@ -70,8 +70,9 @@ log = logging.getLogger("proxy")
 TICK = 0.02
 #: ticks a standing queue is looked for over (CoDel's interval: 100 ms)
 WINDOW = 5
-#: ticks of a wait over the bound, each longer than the one before, that start an episode
-#: before the window is over (at twice the load the proxy carries, 60 ms sooner)
+#: ticks of a wait over the bound, the last longer than the first, that start an episode
+#: before the window is over (at twice the load the proxy carries, 40 ms sooner); also the
+#: ticks the share's wait must stand over (a spike of fewer is no load)
 RISING = 3
 #: seconds: a wait over the bound that would drain under it within this starts no episode
 HORIZON = 1.0
@@ -161,20 +162,23 @@ class LoadMeter:
         """The least of the last :data:`RISING` waits when each is over ``bound`` and the
         last is longer than the first of them (the queue grows), else 0."""
         r = self.recent
-        n = len(r)
-        if n < RISING or r[-1] <= r[n - RISING]:
+        if len(r) < RISING or r[-1] <= r[-RISING]:
             return 0.0
-        least = min(r[i] for i in range(n - RISING, n))
+        least = self._standing()
         return least if least > bound else 0.0
+
+    def _standing(self) -> float:
+        """The least of the last :data:`RISING` waits (the window holds at least that many)."""
+        r = self.recent
+        return min(r[i] for i in range(-RISING, 0))
 
     def _step(self, transactions: int) -> float:
         """How much the share changes this tick (may be negative)."""
         step = -MAX_DOWN  # no wait measured: the transactions alone say
         bound = self.lag_bound
         if bound > 0 and len(self.recent) == WINDOW:
-            r = self.recent
-            wait, target, slope = r[-1], bound * TARGET, self.slope()
-            standing = min(r[-1], r[-2], r[-3])  # RISING ticks: a spike of one or two is not load
+            wait, target, slope = self.recent[-1], bound * TARGET, self.slope()
+            standing = self._standing()  # a spike of fewer ticks is no load
             if standing > target:  # over the target: follow the load (the slope) and the excess
                 step = (SLOPE_GAIN * slope / (1.0 + max(slope, 0.0))
                         + ERROR_GAIN * (standing - target) / bound)
@@ -193,7 +197,7 @@ class LoadMeter:
     def _over(self, transactions: int) -> str | None:
         """Why an episode starts now: a wait over the bound that does not drain within
         :data:`HORIZON`, standing over the whole window or growing over its last
-        :data:`RISING` ticks (each over the bound and longer than the one before: a load past
+        :data:`RISING` ticks (each over the bound, the last longer than the first: a load past
         what the proxy carries, never the backlog of a stall, which only drains); or more
         transactions than the bound."""
         bound = self.lag_bound

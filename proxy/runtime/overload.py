@@ -26,7 +26,8 @@ first: a queue that grows over them is a load past what the proxy carries). A pr
 carries its load empties its queue between bursts, and drains the backlog of a stall (its
 wait only falls after it): neither starts an episode. Once an episode is on, every new
 request that waited past the bound (in the socket's queue, as the last tick measured it,
-and held after the calls in progress, :mod:`proxy.transport.udp_order`) is refused:
+and held after the calls in progress, :mod:`proxy.transport.udp_order`, an order each tick
+turns on while it measures a queue, a wait over :data:`ORDER` of the bound) is refused:
 CoDel's drop from the front, so that the backlog that built up before the episode started
 is cleared at the cost of a refusal each, not carried as calls.
 
@@ -94,6 +95,10 @@ ERROR_GAIN = 0.04
 TARGET = 0.25
 #: under the target, the share shrinks by up to this a tick (an empty queue: 0.5 a second)
 DOWN_GAIN = 0.01
+#: a tick's wait over this share of the bound turns on the order of the UDP listeners (calls
+#: in progress first, :mod:`proxy.transport.udp_order`) until a tick measures less (5 ms at
+#: the default 50 ms); an episode keeps it on
+ORDER = 0.1
 
 
 class LoadMeter:
@@ -290,8 +295,13 @@ class LagTicker:
     def __init__(self, loop: asyncio.AbstractEventLoop, meter: LoadMeter,
                  transactions: Callable[[], int], queue: Callable[[], float],
                  changed: Callable[[str | None, float, float], None],
-                 tick: float = TICK) -> None:
+                 tick: float = TICK, orders: Iterable[Any] = ()) -> None:
+        """``orders``: the UDP listeners' orders (``udp_order.NewRequests``), turned on
+        while a tick measures a queue (a wait over :data:`ORDER` of the bound) or an
+        episode is on, off otherwise."""
         self.loop = loop
+        self.orders = list(orders)
+        self.ordered = False  # whether the orders are on
         self.meter = meter
         self.transactions = transactions
         self.queue = queue
@@ -322,6 +332,11 @@ class LagTicker:
         meter = self.meter
         if meter.sample(wait, self.transactions(), now):
             self.changed(meter.reason, meter.share, now)
+        ordered = meter.reason is not None or wait > meter.lag_bound * ORDER
+        if ordered != self.ordered and self.orders:
+            self.ordered = ordered
+            for order in self.orders:
+                order.want(ordered)
         self._due = now + self.tick
         self._handle = self.loop.call_at(self._due, self._fire)
 
@@ -353,6 +368,7 @@ def install(rt: Any) -> LagTicker:
         if meter.lag_bound else (lambda: 0.0))
     ticker = LagTicker(
         rt.loop, meter, lambda: rt.core.view.active_transactions, queue,
-        lambda reason, share, now: rt._drive(rt.core.set_overload, reason, share, now))
+        lambda reason, share, now: rt._drive(rt.core.set_overload, reason, share, now),
+        orders=rt.held if meter.lag_bound else ())
     ticker.start()
     return ticker

@@ -65,7 +65,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                     return
         if len(data) > 4 and data[0] > 1:  # not a keep-alive: a SIP message (or garbage)
             order = self.order
-            if order is not None and data.startswith(NEW):
+            if order is not None and order.active and data.startswith(NEW):
                 order.hold(data, _tuple(Source, ("udp", addr[0], addr[1], None)))
             else:
                 self._deliver(data, _tuple(Source, ("udp", addr[0], addr[1], None)))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 from proxy.core.effects import INFO, WARNING, LogLine
 from proxy.core.types import Source
 from proxy.runtime.overload import (
     MAX_DOWN,
     MAX_UP,
+    ORDER,
     RISING,
     STEP,
     TICK,
@@ -302,6 +304,64 @@ def test_a_held_request_is_stale_by_its_wait_in_the_socket_and_after_it() -> Non
                     lambda: 0.0, lambda *a: None)  # type: ignore[arg-type]
     off.meter.reason = "11 transactions held (bound 10)"
     assert not off.stale(5.0)  # the wait is no measure: no bound to pass
+
+
+class _Order:
+    """A listener's order (udp_order.NewRequests) as the ticker sees it."""
+
+    def __init__(self) -> None:
+        self.wanted: list[bool] = []
+
+    def want(self, on: bool) -> None:
+        self.wanted.append(on)
+
+
+class _TimerLoop:
+    def __init__(self) -> None:
+        self.now = 10.0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, cb: Any) -> None:
+        return None
+
+
+def test_the_udp_order_is_on_while_a_tick_finds_a_queue_or_an_episode() -> None:
+    """proxy/transport/udp_order.py: new requests are held after the calls in progress only
+    while there is a queue to pass: a tick that measures a wait over ORDER of the bound
+    turns the listeners' order on, one under it off (told once per change); an episode
+    keeps it on whatever the wait."""
+    loop = _TimerLoop()
+    meter = LoadMeter(lag_ms=50, max_transactions=0)
+    queue = _Queue(0.0)
+    order = _Order()
+    ticker = LagTicker(loop, meter, lambda: 0, queue, lambda *a: None,  # type: ignore[arg-type]
+                       orders=[order])
+    ticker._from = 0.0  # past the warm-up
+
+    def tick(wait: float) -> None:
+        loop.now += TICK
+        ticker._due = loop.now  # on time: the queue alone is the wait
+        queue.sockets = wait
+        ticker._fire()
+
+    tick(0.001)
+    tick(0.050 * ORDER * 0.9)
+    assert order.wanted == []  # no queue: the order stays off, nothing told
+    tick(0.050 * ORDER * 1.1)
+    assert order.wanted == [True]
+    tick(0.020)
+    assert order.wanted == [True]  # told once
+    tick(0.002)
+    assert order.wanted == [True, False]
+    meter.reason = "messages wait 60 ms to be handled (bound 50 ms)"
+    meter.share = 0.5
+    tick(0.0)
+    assert order.wanted == [True, False, True]  # an episode keeps it on, queue or not
+    off = LagTicker(loop, LoadMeter(lag_ms=0, max_transactions=10), lambda: 0,  # type: ignore[arg-type]
+                    lambda: 0.0, lambda *a: None)
+    assert off.orders == []  # no wait bound: no order (install passes none)
 
 
 def test_the_share_settles_where_the_wait_holds_at_its_target() -> None:

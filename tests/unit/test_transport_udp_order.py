@@ -117,7 +117,7 @@ def msg(first: str, call: str) -> bytes:
             f"Call-ID: {call}\r\nCSeq: 1 X\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-async def burst_through(order: bool) -> list[bytes]:
+async def burst_through(order: bool, active: bool = True) -> list[bytes]:
     """Send a burst to a bound endpoint before its loop reads it; what it delivered, in order."""
     loop = asyncio.get_running_loop()
     got: list[bytes] = []
@@ -140,7 +140,7 @@ async def burst_through(order: bool) -> list[bytes]:
     ep: Any = await open_udp("127.0.0.1", 0, deliver)
     assert isinstance(ep, UdpEndpoint) and ep.transport is not None
     if order:
-        ep.order = NewRequests(loop, deliver)
+        ep.order = NewRequests(loop, deliver, active=active)
     port = ep.transport.get_extra_info("sockname")[1]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for m in burst:  # all queued in the kernel before the loop runs again
@@ -151,14 +151,14 @@ async def burst_through(order: bool) -> list[bytes]:
             for m in got]
 
 
-def run_uvloop(order: bool) -> list[bytes]:
+def run_uvloop(order: bool, active: bool = True) -> list[bytes]:
     """On uvloop, as the proxy runs: it reads up to 32 datagrams of a socket a loop turn (the
     asyncio loop reads one, so nothing could be handled out of order there)."""
     import uvloop
 
     loop = uvloop.new_event_loop()
     try:
-        return loop.run_until_complete(burst_through(order))
+        return loop.run_until_complete(burst_through(order, active))
     finally:
         loop.close()
 
@@ -174,3 +174,34 @@ def test_a_burst_is_handled_calls_in_progress_first() -> None:
 def test_without_overload_control_the_arrival_order_is_kept() -> None:
     got = run_uvloop(order=False)
     assert [g.split(b" ")[-1] for g in got] == [b"a", b"b", b"c", b"d", b"a", b"e", b"f"]
+
+
+def test_with_the_order_off_for_want_of_a_queue_the_arrival_order_is_kept() -> None:
+    """Overload control on, but no queue measured (``NewRequests.active`` off, the default
+    until a tick turns it on): each request is handled as it is read."""
+    got = run_uvloop(order=True, active=False)
+    assert [g.split(b" ")[-1] for g in got] == [b"a", b"b", b"c", b"d", b"a", b"e", b"f"]
+
+
+def test_the_order_turned_off_stays_on_until_the_held_requests_are_handled() -> None:
+    """A CANCEL read after the order is turned off must not pass the INVITE still held
+    (RFC 3261 9.2: a CANCEL for no transaction gets 481): the listener holds new requests
+    until the last held one is handled, then hands them on at once."""
+    loop = FakeLoop()
+    held, got = held_with(loop)
+    assert not held.active  # off until a tick finds a queue
+    held.want(True)
+    assert held.active
+    for i in range(BATCH + 1):
+        held.hold(b"INVITE %d" % i, SRC)
+    held.want(False)
+    assert held.active  # BATCH + 1 still held
+    loop.turn()
+    assert held.active and len(got) == BATCH
+    held.hold(b"CANCEL %d" % BATCH, SRC)  # the listener still holds: behind its INVITE
+    loop.turn()
+    assert got[-2:] == [b"INVITE %d" % BATCH, b"CANCEL %d" % BATCH]
+    assert not held.active  # nothing held, nothing wanted
+    held.want(True)
+    held.want(False)
+    assert not held.active  # nothing was held meanwhile: off at once

@@ -298,10 +298,11 @@ class LagTicker:
                  tick: float = TICK, orders: Iterable[Any] = ()) -> None:
         """``orders``: the UDP listeners' orders (``udp_order.NewRequests``), turned on
         while a tick measures a queue (a wait over :data:`ORDER` of the bound) or an
-        episode is on, off otherwise."""
+        episode is on, off otherwise, and told whether an episode is on (it handles fewer
+        held requests a turn then)."""
         self.loop = loop
         self.orders = list(orders)
-        self.ordered = False  # whether the orders are on
+        self.ordered = (False, False)  # whether the orders are on, and in an episode
         self.meter = meter
         self.transactions = transactions
         self.queue = queue
@@ -332,11 +333,12 @@ class LagTicker:
         meter = self.meter
         if meter.sample(wait, self.transactions(), now):
             self.changed(meter.reason, meter.share, now)
-        ordered = meter.reason is not None or wait > meter.lag_bound * ORDER
-        if ordered != self.ordered and self.orders:
-            self.ordered = ordered
+        episode = meter.reason is not None
+        ordered = episode or wait > meter.lag_bound * ORDER
+        if (ordered, episode) != self.ordered and self.orders:
+            self.ordered = (ordered, episode)
             for order in self.orders:
-                order.want(ordered)
+                order.want(ordered, episode)
         self._due = now + self.tick
         self._handle = self.loop.call_at(self._due, self._fire)
 

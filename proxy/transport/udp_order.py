@@ -9,8 +9,8 @@ the proxy and its 200's wait each had a p99 near 80 ms, and the admitted calls' 
 
 Reading a datagram costs a small part of handling it. So a listener's new requests
 (INVITE, REGISTER, and CANCEL, which must stay behind the INVITE it cancels) are read at
-once but *handled* after the other messages the same loop turn read, at most :data:`BATCH`
-a turn, in the order they arrived; responses, ACKs, BYEs and every other request within a
+once but *handled* after the other messages the same loop turn read, in the order they
+arrived (during an overload episode at most :data:`BATCH` a turn); responses, ACKs, BYEs and every other request within a
 call are handled as they are read. The socket's queue then stays short, and what waits is
 the new requests, in :class:`NewRequests`: overload control measures their wait (the
 oldest one's, :meth:`NewRequests.age`) beside the socket queue's, and refuses its share of
@@ -43,14 +43,22 @@ from proxy.transport.base import Source
 
 #: the requests that start something new, held for after the messages of calls in progress
 NEW = (b"INVITE ", b"REGISTER ", b"CANCEL ")
-#: held new requests handled per loop turn at most (then the loop reads its sockets again).
+#: held new requests handled per loop turn at most during an overload episode (then the loop
+#: reads its sockets again; outside one, all of them: a limit there was a throttle of its own,
+#: below).
 #: Fewer than a read brings in under overload (libuv reads up to 32 datagrams a turn; at
 #: twice the clean rate about a quarter are new INVITEs), so that the backlog builds here,
 #: where the messages of calls in progress pass it, not in the socket's queue, where they
 #: wait behind it: at 16 a turn the socket's queue held it, and the calls admitted as an
 #: overload began waited there twice (INVITE and 200: 300 calls over 100 ms in the
-#: benchmark's 2x step); at 4, none did (2026-12-07)
+#: benchmark's 2x step); at 4, none did (2026-12-07). Outside an episode the limit throttled
+#: a proxy that carried its load: at full load a turn reads 32 datagrams, a sixth of them new
+#: INVITEs, more than 4; the rest waited, an episode started and its 503s were retransmitted
+#: (3,200 calls/s, clean with overload control off at a p99 of 81 ms, had 10,126
+#: retransmissions and a p99 of 3.5 s with it on, 2026-12-07)
 BATCH = 4
+#: held new requests handled per loop turn outside an episode: all of them
+ALL = 1 << 30
 #: new requests held at most (past it the oldest is handled at once)
 MAX_HELD = 4096
 #: bytes of new requests held at most (the size of the socket's receive buffer, udp.py)
@@ -60,7 +68,7 @@ MAX_HELD_BYTES = 4 * 1024 * 1024
 class NewRequests:
     """The new requests read from one UDP socket and not handled yet (oldest first)."""
 
-    __slots__ = ("active", "deliver", "held", "loop", "scheduled", "size", "wanted")
+    __slots__ = ("active", "batch", "deliver", "held", "loop", "scheduled", "size", "wanted")
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  deliver: Callable[[bytes, Source, float], None], active: bool = False) -> None:
@@ -76,12 +84,15 @@ class NewRequests:
         #: the order is wanted, and after that until the last request held is handled
         self.active = active
         self.wanted = active
+        self.batch = ALL  # held requests handled a turn (BATCH during an episode)
 
-    def want(self, on: bool) -> None:
+    def want(self, on: bool, episode: bool = False) -> None:
         """Turn the order on (a queue to pass) or off: off once nothing is held (the
-        requests held are still handled first, in the order they arrived)."""
+        requests held are still handled first, in the order they arrived). ``episode``:
+        an overload episode is on, :data:`BATCH` held requests a turn; else all."""
         self.wanted = on
         self.active = on or bool(self.held)
+        self.batch = BATCH if episode else ALL
 
     def hold(self, data: bytes, src: Source) -> None:
         """Hold a new request for after the other messages of this loop turn."""
@@ -97,13 +108,13 @@ class NewRequests:
             self.loop.call_soon(self.run)
 
     def run(self) -> None:
-        """Handle up to :data:`BATCH` held requests; the rest on the next loop turn, after
-        the sockets were read again."""
+        """Handle the held requests, up to :data:`BATCH` during an episode (the rest on the
+        next loop turn, after the sockets were read again)."""
         self.scheduled = False
         held = self.held
         deliver = self.deliver
         now = self.loop.time()
-        for _ in range(min(BATCH, len(held))):
+        for _ in range(min(self.batch, len(held))):
             data, src, at = held.popleft()
             self.size -= len(data)
             deliver(data, src, now - at)
@@ -120,4 +131,4 @@ class NewRequests:
         return self.loop.time() - held[0][2] if held else 0.0
 
 
-__all__ = ["BATCH", "MAX_HELD", "MAX_HELD_BYTES", "NEW", "NewRequests"]
+__all__ = ["ALL", "BATCH", "MAX_HELD", "MAX_HELD_BYTES", "NEW", "NewRequests"]

@@ -41,8 +41,11 @@ def held_with(loop: FakeLoop) -> tuple[NewRequests, list[bytes]]:
 
 
 def test_held_requests_are_handled_a_batch_a_turn_oldest_first() -> None:
+    """During an overload episode: BATCH a turn, so the backlog waits here, not in the
+    socket's queue in front of the calls in progress."""
     loop = FakeLoop()
     held, got = held_with(loop)
+    held.want(True, episode=True)
     n = 2 * BATCH + 1
     for i in range(n):
         held.hold(b"INVITE %d" % i, SRC)
@@ -55,6 +58,28 @@ def test_held_requests_are_handled_a_batch_a_turn_oldest_first() -> None:
     loop.turn()
     assert got == [b"INVITE %d" % i for i in range(n)]
     assert loop.soon == []
+
+
+def test_outside_an_episode_every_held_request_is_handled_in_the_turn() -> None:
+    """Outside an episode the order only puts the new requests after the calls in progress
+    of the same turn: a limit a turn would throttle a proxy that carries its load (a turn
+    at full load reads 32 datagrams, more than BATCH of them new INVITEs)."""
+    loop = FakeLoop()
+    held, got = held_with(loop)
+    held.want(True)
+    n = 4 * BATCH
+    for i in range(n):
+        held.hold(b"INVITE %d" % i, SRC)
+    loop.turn()
+    assert got == [b"INVITE %d" % i for i in range(n)] and loop.soon == []
+    held.want(True, episode=True)  # an episode starts: BATCH a turn
+    for i in range(n):
+        held.hold(b"REGISTER %d" % i, SRC)
+    loop.turn()
+    assert len(got) == n + BATCH
+    held.want(True, episode=False)  # it ends: the rest in the next turn
+    loop.turn()
+    assert len(got) == 2 * n and loop.soon == []
 
 
 def test_the_age_is_that_of_the_oldest_held() -> None:
@@ -190,14 +215,14 @@ def test_the_order_turned_off_stays_on_until_the_held_requests_are_handled() -> 
     loop = FakeLoop()
     held, got = held_with(loop)
     assert not held.active  # off until a tick finds a queue
-    held.want(True)
+    held.want(True, episode=True)
     assert held.active
     for i in range(BATCH + 1):
         held.hold(b"INVITE %d" % i, SRC)
-    held.want(False)
-    assert held.active  # BATCH + 1 still held
     loop.turn()
-    assert held.active and len(got) == BATCH
+    assert held.active and len(got) == BATCH  # one INVITE still held
+    held.want(False)
+    assert held.active  # the queue is gone, but an INVITE is still held
     held.hold(b"CANCEL %d" % BATCH, SRC)  # the listener still holds: behind its INVITE
     loop.turn()
     assert got[-2:] == [b"INVITE %d" % BATCH, b"CANCEL %d" % BATCH]

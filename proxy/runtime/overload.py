@@ -298,11 +298,11 @@ class LagTicker:
                  tick: float = TICK, orders: Iterable[Any] = ()) -> None:
         """``orders``: the UDP listeners' orders (``udp_order.NewRequests``), turned on
         while a tick measures a queue (a wait over :data:`ORDER` of the bound) or an
-        episode is on, off otherwise, and told whether an episode is on (it handles fewer
-        held requests a turn then)."""
+        episode is on, off otherwise, and told of a backlog (an episode, or a wait over
+        :data:`TARGET` of the bound: they handle fewer held requests a turn then)."""
         self.loop = loop
         self.orders = list(orders)
-        self.ordered = (False, False)  # whether the orders are on, and in an episode
+        self.ordered = (False, False)  # whether the orders are on, and told of a backlog
         self.meter = meter
         self.transactions = transactions
         self.queue = queue
@@ -334,11 +334,12 @@ class LagTicker:
         if meter.sample(wait, self.transactions(), now):
             self.changed(meter.reason, meter.share, now)
         episode = meter.reason is not None
-        ordered = episode or wait > meter.lag_bound * ORDER
-        if (ordered, episode) != self.ordered and self.orders:
-            self.ordered = (ordered, episode)
+        backlog = episode or wait > meter.lag_bound * TARGET
+        ordered = backlog or wait > meter.lag_bound * ORDER
+        if (ordered, backlog) != self.ordered and self.orders:
+            self.ordered = (ordered, backlog)
             for order in self.orders:
-                order.want(ordered, episode)
+                order.want(ordered, backlog)
         self._due = now + self.tick
         self._handle = self.loop.call_at(self._due, self._fire)
 

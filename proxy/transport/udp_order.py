@@ -10,7 +10,7 @@ the proxy and its 200's wait each had a p99 near 80 ms, and the admitted calls' 
 Reading a datagram costs a small part of handling it. So a listener's new requests
 (INVITE, REGISTER, and CANCEL, which must stay behind the INVITE it cancels) are read at
 once but *handled* after the other messages the same loop turn read, in the order they
-arrived (during an overload episode at most :data:`BATCH` a turn); responses, ACKs, BYEs and every other request within a
+arrived (while a backlog builds, at most :data:`BATCH` a turn: :meth:`NewRequests.want`); responses, ACKs, BYEs and every other request within a
 call are handled as they are read. The socket's queue then stays short, and what waits is
 the new requests, in :class:`NewRequests`: overload control measures their wait (the
 oldest one's, :meth:`NewRequests.age`) beside the socket queue's, and refuses its share of
@@ -43,21 +43,21 @@ from proxy.transport.base import Source
 
 #: the requests that start something new, held for after the messages of calls in progress
 NEW = (b"INVITE ", b"REGISTER ", b"CANCEL ")
-#: held new requests handled per loop turn at most during an overload episode (then the loop
-#: reads its sockets again; outside one, all of them: a limit there was a throttle of its own,
-#: below).
+#: held new requests handled per loop turn at most while a backlog builds (an overload
+#: episode, or a wait over the meter's target; then the loop reads its sockets again; else
+#: all of them: a limit there was a throttle of its own, below).
 #: Fewer than a read brings in under overload (libuv reads up to 32 datagrams a turn; at
 #: twice the clean rate about a quarter are new INVITEs), so that the backlog builds here,
 #: where the messages of calls in progress pass it, not in the socket's queue, where they
 #: wait behind it: at 16 a turn the socket's queue held it, and the calls admitted as an
 #: overload began waited there twice (INVITE and 200: 300 calls over 100 ms in the
-#: benchmark's 2x step); at 4, none did (2026-12-07). Outside an episode the limit throttled
+#: benchmark's 2x step); at 4, none did (2026-12-07). With no backlog the limit throttled
 #: a proxy that carried its load: at full load a turn reads 32 datagrams, a sixth of them new
 #: INVITEs, more than 4; the rest waited, an episode started and its 503s were retransmitted
 #: (3,200 calls/s, clean with overload control off at a p99 of 81 ms, had 10,126
 #: retransmissions and a p99 of 3.5 s with it on, 2026-12-07)
 BATCH = 4
-#: held new requests handled per loop turn outside an episode: all of them
+#: held new requests handled per loop turn with no backlog: all of them
 ALL = 1 << 30
 #: new requests held at most (past it the oldest is handled at once)
 MAX_HELD = 4096
@@ -84,15 +84,17 @@ class NewRequests:
         #: the order is wanted, and after that until the last request held is handled
         self.active = active
         self.wanted = active
-        self.batch = ALL  # held requests handled a turn (BATCH during an episode)
+        self.batch = ALL  # held requests handled a turn (BATCH while a backlog builds)
 
-    def want(self, on: bool, episode: bool = False) -> None:
+    def want(self, on: bool, backlog: bool = False) -> None:
         """Turn the order on (a queue to pass) or off: off once nothing is held (the
-        requests held are still handled first, in the order they arrived). ``episode``:
-        an overload episode is on, :data:`BATCH` held requests a turn; else all."""
+        requests held are still handled first, in the order they arrived). ``backlog``: a
+        backlog builds (an overload episode, or a wait over the load meter's target):
+        :data:`BATCH` held requests a turn, so that it builds here, not in the socket's
+        queue in front of the calls in progress; else all of them each turn."""
         self.wanted = on
         self.active = on or bool(self.held)
-        self.batch = BATCH if episode else ALL
+        self.batch = BATCH if backlog else ALL
 
     def hold(self, data: bytes, src: Source) -> None:
         """Hold a new request for after the other messages of this loop turn."""
@@ -108,8 +110,8 @@ class NewRequests:
             self.loop.call_soon(self.run)
 
     def run(self) -> None:
-        """Handle the held requests, up to :data:`BATCH` during an episode (the rest on the
-        next loop turn, after the sockets were read again)."""
+        """Handle the held requests, up to :data:`BATCH` while a backlog builds (the rest on
+        the next loop turn, after the sockets were read again)."""
         self.scheduled = False
         held = self.held
         deliver = self.deliver

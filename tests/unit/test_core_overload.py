@@ -18,6 +18,7 @@ from proxy.runtime.overload import (
     ORDER,
     RISING,
     STEP,
+    TARGET,
     TICK,
     WINDOW,
     LagTicker,
@@ -312,8 +313,8 @@ class _Order:
     def __init__(self) -> None:
         self.wanted: list[tuple[bool, bool]] = []
 
-    def want(self, on: bool, episode: bool = False) -> None:
-        self.wanted.append((on, episode))
+    def want(self, on: bool, backlog: bool = False) -> None:
+        self.wanted.append((on, backlog))
 
 
 class _TimerLoop:
@@ -331,8 +332,8 @@ def test_the_udp_order_is_on_while_a_tick_finds_a_queue_or_an_episode() -> None:
     """proxy/transport/udp_order.py: new requests are held after the calls in progress only
     while there is a queue to pass: a tick that measures a wait over ORDER of the bound
     turns the listeners' order on, one under it off (told once per change); an episode
-    keeps it on whatever the wait, and is told to the orders (they handle fewer held requests
-    a turn then)."""
+    keeps it on whatever the wait. A wait over TARGET of the bound, or an episode, is told to
+    the orders as a backlog (they handle fewer held requests a turn then)."""
     loop = _TimerLoop()
     meter = LoadMeter(lag_ms=50, max_transactions=0)
     queue = _Queue(0.0)
@@ -352,15 +353,17 @@ def test_the_udp_order_is_on_while_a_tick_finds_a_queue_or_an_episode() -> None:
     assert order.wanted == []  # no queue: the order stays off, nothing told
     tick(0.050 * ORDER * 1.1)
     assert order.wanted == [(True, False)]
-    tick(0.020)
+    tick(0.050 * TARGET * 0.9)
     assert order.wanted == [(True, False)]  # told once
+    tick(0.050 * TARGET * 1.1)  # over the target: a backlog builds
+    assert order.wanted == [(True, False), (True, True)]
     tick(0.002)
-    assert order.wanted == [(True, False), (False, False)]
+    assert order.wanted == [(True, False), (True, True), (False, False)]
     meter.reason = "messages wait 60 ms to be handled (bound 50 ms)"
     meter.share = 0.5
     tick(0.0)
-    # an episode keeps it on, queue or not, and says so (BATCH held requests a turn)
-    assert order.wanted == [(True, False), (False, False), (True, True)]
+    # an episode keeps it on, queue or not, as a backlog (BATCH held requests a turn)
+    assert order.wanted[-1] == (True, True) and len(order.wanted) == 4
     off = LagTicker(loop, LoadMeter(lag_ms=0, max_transactions=10), lambda: 0,  # type: ignore[arg-type]
                     lambda: 0.0, lambda *a: None)
     assert off.orders == []  # no wait bound: no order (install passes none)

@@ -41,11 +41,12 @@ def held_with(loop: FakeLoop) -> tuple[NewRequests, list[bytes]]:
 
 
 def test_held_requests_are_handled_a_batch_a_turn_oldest_first() -> None:
-    """During an overload episode: BATCH a turn, so the backlog waits here, not in the
-    socket's queue in front of the calls in progress."""
+    """While a backlog builds (an overload episode, or a wait over the meter's target):
+    BATCH a turn, so that it waits here, not in the socket's queue in front of the calls in
+    progress."""
     loop = FakeLoop()
     held, got = held_with(loop)
-    held.want(True, episode=True)
+    held.want(True, backlog=True)
     n = 2 * BATCH + 1
     for i in range(n):
         held.hold(b"INVITE %d" % i, SRC)
@@ -60,8 +61,8 @@ def test_held_requests_are_handled_a_batch_a_turn_oldest_first() -> None:
     assert loop.soon == []
 
 
-def test_outside_an_episode_every_held_request_is_handled_in_the_turn() -> None:
-    """Outside an episode the order only puts the new requests after the calls in progress
+def test_with_no_backlog_every_held_request_is_handled_in_the_turn() -> None:
+    """With no backlog building the order only puts the new requests after the calls in progress
     of the same turn: a limit a turn would throttle a proxy that carries its load (a turn
     at full load reads 32 datagrams, more than BATCH of them new INVITEs)."""
     loop = FakeLoop()
@@ -72,12 +73,12 @@ def test_outside_an_episode_every_held_request_is_handled_in_the_turn() -> None:
         held.hold(b"INVITE %d" % i, SRC)
     loop.turn()
     assert got == [b"INVITE %d" % i for i in range(n)] and loop.soon == []
-    held.want(True, episode=True)  # an episode starts: BATCH a turn
+    held.want(True, backlog=True)  # a backlog builds: BATCH a turn
     for i in range(n):
         held.hold(b"REGISTER %d" % i, SRC)
     loop.turn()
     assert len(got) == n + BATCH
-    held.want(True, episode=False)  # it ends: the rest in the next turn
+    held.want(True, backlog=False)  # it is gone: the rest in the next turn
     loop.turn()
     assert len(got) == 2 * n and loop.soon == []
 
@@ -215,7 +216,7 @@ def test_the_order_turned_off_stays_on_until_the_held_requests_are_handled() -> 
     loop = FakeLoop()
     held, got = held_with(loop)
     assert not held.active  # off until a tick finds a queue
-    held.want(True, episode=True)
+    held.want(True, backlog=True)
     assert held.active
     for i in range(BATCH + 1):
         held.hold(b"INVITE %d" % i, SRC)

@@ -10,8 +10,8 @@ the proxy and its 200's wait each had a p99 near 80 ms, and the admitted calls' 
 Reading a datagram costs a small part of handling it. So a listener's new requests
 (INVITE, REGISTER, and CANCEL, which must stay behind the INVITE it cancels) are read at
 once but *handled* after the other messages the same loop turn read, in the order they
-arrived (while a backlog builds, at most :data:`BATCH` a turn: :meth:`NewRequests.want`); responses, ACKs, BYEs and every other request within a
-call are handled as they are read. The socket's queue then stays short, and what waits is
+arrived (while a backlog builds, at most :data:`BATCH` a turn: :meth:`NewRequests.want`);
+responses, ACKs, BYEs and every other request within a call are handled as they are read. The socket's queue then stays short, and what waits is
 the new requests, in :class:`NewRequests`: overload control measures their wait (the
 oldest one's, :meth:`NewRequests.age`) beside the socket queue's, and refuses its share of
 them with 503 (RFC 3261 21.5.4, Retry-After) when they are handled, and during an episode
@@ -45,7 +45,7 @@ from proxy.transport.base import Source
 NEW = (b"INVITE ", b"REGISTER ", b"CANCEL ")
 #: held new requests handled per loop turn at most while a backlog builds (an overload
 #: episode, or a wait over the meter's target; then the loop reads its sockets again; else
-#: all of them: a limit there was a throttle of its own, below).
+#: :data:`MOST`: a limit under what a turn reads was a throttle of its own, below).
 #: Fewer than a read brings in under overload (libuv reads up to 32 datagrams a turn; at
 #: twice the clean rate about a quarter are new INVITEs), so that the backlog builds here,
 #: where the messages of calls in progress pass it, not in the socket's queue, where they
@@ -57,8 +57,9 @@ NEW = (b"INVITE ", b"REGISTER ", b"CANCEL ")
 #: (3,200 calls/s, clean with overload control off at a p99 of 81 ms, had 10,126
 #: retransmissions and a p99 of 3.5 s with it on, 2026-12-07)
 BATCH = 4
-#: held new requests handled per loop turn with no backlog: all of them
-ALL = 1 << 30
+#: held new requests handled per loop turn with no backlog: twice what a turn reads (libuv:
+#: 32 datagrams), so no throttle, and still a bounded turn (one message never blocks the loop)
+MOST = 64
 #: new requests held at most (past it the oldest is handled at once)
 MAX_HELD = 4096
 #: bytes of new requests held at most (the size of the socket's receive buffer, udp.py)
@@ -84,17 +85,17 @@ class NewRequests:
         #: the order is wanted, and after that until the last request held is handled
         self.active = active
         self.wanted = active
-        self.batch = ALL  # held requests handled a turn (BATCH while a backlog builds)
+        self.batch = MOST  # held requests handled a turn (BATCH while a backlog builds)
 
     def want(self, on: bool, backlog: bool = False) -> None:
         """Turn the order on (a queue to pass) or off: off once nothing is held (the
         requests held are still handled first, in the order they arrived). ``backlog``: a
         backlog builds (an overload episode, or a wait over the load meter's target):
         :data:`BATCH` held requests a turn, so that it builds here, not in the socket's
-        queue in front of the calls in progress; else all of them each turn."""
+        queue in front of the calls in progress; else :data:`MOST`."""
         self.wanted = on
         self.active = on or bool(self.held)
-        self.batch = BATCH if backlog else ALL
+        self.batch = BATCH if backlog else MOST
 
     def hold(self, data: bytes, src: Source) -> None:
         """Hold a new request for after the other messages of this loop turn."""
@@ -133,4 +134,4 @@ class NewRequests:
         return self.loop.time() - held[0][2] if held else 0.0
 
 
-__all__ = ["ALL", "BATCH", "MAX_HELD", "MAX_HELD_BYTES", "NEW", "NewRequests"]
+__all__ = ["BATCH", "MOST", "MAX_HELD", "MAX_HELD_BYTES", "NEW", "NewRequests"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from proxy.transport.base import Source
 from proxy.transport.udp import UdpEndpoint, open_udp
-from proxy.transport.udp_order import BATCH, MAX_HELD, MAX_HELD_BYTES, NewRequests
+from proxy.transport.udp_order import BATCH, MAX_HELD, MAX_HELD_BYTES, MOST, NewRequests
 
 
 class FakeLoop:
@@ -61,10 +61,11 @@ def test_held_requests_are_handled_a_batch_a_turn_oldest_first() -> None:
     assert loop.soon == []
 
 
-def test_with_no_backlog_every_held_request_is_handled_in_the_turn() -> None:
+def test_with_no_backlog_the_held_requests_of_a_turn_are_handled_in_it() -> None:
     """With no backlog building the order only puts the new requests after the calls in progress
-    of the same turn: a limit a turn would throttle a proxy that carries its load (a turn
-    at full load reads 32 datagrams, more than BATCH of them new INVITEs)."""
+    of the same turn: a limit under a turn's read would throttle a proxy that carries its
+    load (a turn at full load reads 32 datagrams, more than BATCH of them new INVITEs); MOST,
+    twice that, only bounds a turn."""
     loop = FakeLoop()
     held, got = held_with(loop)
     held.want(True)
@@ -81,6 +82,12 @@ def test_with_no_backlog_every_held_request_is_handled_in_the_turn() -> None:
     held.want(True, backlog=False)  # it is gone: the rest in the next turn
     loop.turn()
     assert len(got) == 2 * n and loop.soon == []
+    for i in range(MOST + 1):  # more than two turns' reads: MOST now, the rest next turn
+        held.hold(b"INVITE %d" % i, SRC)
+    loop.turn()
+    assert len(got) == 2 * n + MOST and len(loop.soon) == 1
+    loop.turn()
+    assert len(got) == 2 * n + MOST + 1
 
 
 def test_the_age_is_that_of_the_oldest_held() -> None:

@@ -372,6 +372,6 @@ def install(rt: Any) -> LagTicker:
     ticker = LagTicker(
         rt.loop, meter, lambda: rt.core.view.active_transactions, queue,
         lambda reason, share, now: rt._drive(rt.core.set_overload, reason, share, now),
-        orders=rt.held if meter.lag_bound else ())
+        orders=rt.held)  # the listeners' orders: only with a wait bound (Runtime.start)
     ticker.start()
     return ticker

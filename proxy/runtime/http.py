@@ -254,6 +254,9 @@ def start(rt: Any, host: str, port: int) -> HttpEndpoint:
                              lambda: streams.managers(rt), rt.loop.time,
                              getattr(rt, "gate", None))
     registry.register(TracingCollector(rt))  # type: ignore[arg-type]
+    handoff = getattr(getattr(rt, "worker", None), "handoff", None)
+    if handoff is not None:  # workers: N (proxy.runtime.handoff)
+        registry.register(handoff.collector())  # type: ignore[arg-type]
     config = getattr(rt, "config", None)
     access = Access(getattr(config, "http_token", None))
     registry.register(access.collector())  # type: ignore[arg-type]

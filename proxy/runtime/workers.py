@@ -3,10 +3,16 @@
 A **supervisor** (:func:`supervise`, the process ``sip-policy-proxy run`` started) forks N
 **workers**. Each worker is a whole proxy (:func:`proxy.runtime.server.run_server`) that binds
 every listen address of the configuration with SO_REUSEPORT, so the kernel spreads the UDP
-datagrams (by a hash of their source and destination addresses) and the new TCP, TLS and
-WebSocket connections among them; phones and the PBX see one address.
+datagrams (at random, one by one: :mod:`proxy.runtime.handoff`) and the new TCP, TLS and
+WebSocket connections (by a hash of their addresses) among them; phones and the PBX see one
+address.
 
-What keeps a transaction on the worker that holds it:
+What keeps a call on one worker:
+
+* The hand-off (:mod:`proxy.runtime.handoff`): a worker that reads a request of another
+  worker's Call-ID, or a response whose top Via names another worker's own port, passes it
+  on to that worker over a socketpair the supervisor made (:func:`~proxy.runtime.handoff.
+  channels`), with the source address the kernel gave.
 
 * Each worker also binds a UDP socket of its own (an ephemeral port on the host of each UDP
   listener) and writes that port into the Via of what it forwards (``LocalAddress.sent_by``):
@@ -16,9 +22,8 @@ What keeps a transaction on the worker that holds it:
   a new transaction and may reach any worker (RFC 3261 16.12).
 * Except towards a peer this worker has heard on the shared socket: a request to it leaves
   from the shared socket (:class:`WorkerEndpoint`). A phone behind a NAT that only lets in
-  what comes from the address it registered to is reached so; and that peer's datagrams to
-  the shared address hash to this same worker (one 4-tuple, one socket), so its answers come
-  back here whichever address it answers to.
+  what comes from the address it registered to is reached so; its answers come back to this
+  worker whichever address it answers to (by the Via's own port, through the hand-off).
 * Responses leave from the shared socket, the one the request came to (RFC 3581 4).
 * A TCP, TLS or WebSocket connection is held by the worker that accepted (or opened) it.
   Each worker is a node of the shared state (``node`` + ``/wI``) and announces its own UDP
@@ -51,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.config import Config, Listen
 from proxy.core.types import LocalAddress, Send
+from proxy.runtime.handoff import HandOff, channels, gate_share, spread
 from proxy.sip import host_port_text
 from proxy.transport.udp import UdpEndpoint
 from proxy.transport.udp import open_udp as open_endpoint
@@ -89,13 +95,20 @@ class WorkerEndpoint(UdpEndpoint):
         self.heard: dict[tuple[str, int], None] = {}
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        self._heard(addr)
+        super().datagram_received(data, addr)
+
+    def handed(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        self._heard(addr)  # read by another worker (proxy.runtime.handoff)
+        super().handed(data, addr)
+
+    def _heard(self, addr: tuple) -> None:  # type: ignore[type-arg]
         heard = self.heard
         key = (addr[0], addr[1])
         if key not in heard:
             if len(heard) >= PEERS_KEPT:
                 del heard[next(iter(heard))]
             heard[key] = None
-        super().datagram_received(data, addr)
 
     def send(self, s: Send) -> None:
         own = self.own
@@ -146,13 +159,16 @@ class Worker:
 
     def __init__(self, index: int, count: int, ready_fd: int | None = None,
                  own: dict[int, socket.socket] | None = None,
-                 siblings: dict[str, list[str]] | None = None) -> None:
+                 siblings: dict[str, list[str]] | None = None,
+                 handoff: HandOff | None = None) -> None:
         self.index, self.count, self.ready_fd = index, count, ready_fd
         #: position in config.listen (-1: none of UDP) -> its own UDP socket, bound
         self.own: dict[int, socket.socket] = own or {}
         self.ports = {i: int(sock.getsockname()[1]) for i, sock in self.own.items()}
         #: the other workers as peers of the shared state, known before any announcement
         self.siblings = siblings or {}
+        #: the datagrams another worker handles go to it (proxy.runtime.handoff)
+        self.handoff = handoff
 
     @property
     def name(self) -> str:
@@ -191,6 +207,12 @@ class Worker:
         assert isinstance(shared, WorkerEndpoint)
         shared.own = await open_endpoint(li.host, 0, rt.deliver, rt.keepalive, rt.failed, rt.gate,
                                     sock=self.own.pop(position))
+        handoff = self.handoff
+        if handoff is not None and shared.transport is not None:
+            if not handoff.receivers and rt.gate:  # the first UDP listener
+                rt.gate.rate = gate_share(rt.gate.rate, self.count)
+            shared.pass_on = handoff.listener(position, shared)
+            spread(shared.transport.get_extra_info("socket"), self.count)
         return shared
 
     async def open_own(self, rt: Runtime) -> UdpEndpoint | None:
@@ -246,6 +268,8 @@ async def started(rt: Runtime) -> None:
         logging.getLogger("proxy").log(_NOTICE, "sip-policy-proxy ready")
         return
     own = await worker.open_own(rt)
+    if worker.handoff is not None:
+        worker.handoff.start(rt.loop)
     if own is not None and own.transport is not None:
         host = own.transport.get_extra_info("sockname")[0]
         rt.udp.setdefault(socket.AF_INET6 if ":" in host else socket.AF_INET, own)
@@ -302,6 +326,11 @@ class Supervisor:
         self.own = [bind_own(config) for _ in self.slots]
         self.addresses = {node_name(config, i): _addresses(config, own)
                           for i, own in enumerate(self.own)}
+        #: with a UDP listener, each worker's hand-off socketpair (proxy.runtime.handoff)
+        udp = any(li.transport == "udp" for li in config.listen)
+        self.channels = channels(len(self.slots)) if udp else []
+        self.own_ports = {int(sock.getsockname()[1]): i for i, own in enumerate(self.own)
+                          for sock in own.values()}
 
     def main(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -461,7 +490,8 @@ class Supervisor:
                             sock.close()
                 config = worker_config(self.config, slot.index)
                 siblings = {n: a for n, a in self.addresses.items() if n != config.node}
-                worker = Worker(slot.index, len(self.slots), w, self.own[slot.index], siblings)
+                worker = Worker(slot.index, len(self.slots), w, self.own[slot.index], siblings,
+                                self._handoff(slot.index))
                 code = self.run_worker(config, self.policy, worker)
             except BaseException:  # noqa: BLE001 - the child must never return into the supervisor
                 logging.getLogger("proxy").exception("worker %d failed", slot.index)
@@ -474,6 +504,19 @@ class Supervisor:
                 os._exit(code)
         os.close(w)
         slot.pid, slot.ready_fd, slot.started, slot.ready = pid, r, time.monotonic(), False
+
+    def _handoff(self, index: int) -> HandOff | None:
+        """Worker ``index``'s end of the hand-off (in its process: the other workers'
+        inboxes and its own outbox closed)."""
+        if not self.channels:
+            return None
+        for i, (outbox, inbox) in enumerate(self.channels):
+            if i == index:
+                outbox.close()
+            else:
+                inbox.close()
+        outboxes = [None if i == index else out for i, (out, _) in enumerate(self.channels)]
+        return HandOff(index, self.channels[index][1], outboxes, self.own_ports)
 
     def _in_child(self, parent: int) -> None:
         """A worker's process: its own process group (a terminal's Ctrl-C reaches the

@@ -49,6 +49,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         #: with overload control: new requests handled after the calls in progress
         #: (:mod:`proxy.transport.udp_order`)
         self.order: NewRequests | None = None
+        #: with workers: True for a SIP message it handed on to the worker that handles it
+        #: (``proxy.runtime.handoff``), after the flood gate
+        self.pass_on: Callable[[bytes, tuple[str, int]], bool] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -64,11 +67,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                 if verdict == STARTED:
                     return
         if len(data) > 4 and data[0] > 1:  # not a keep-alive: a SIP message (or garbage)
-            order = self.order
-            if order is not None and order.active and data.startswith(NEW):
-                order.hold(data, _tuple(Source, ("udp", addr[0], addr[1], None)))
-            else:
-                self._deliver(data, _tuple(Source, ("udp", addr[0], addr[1], None)))
+            pass_on = self.pass_on
+            if pass_on is None or not pass_on(data, addr):
+                self.handed(data, addr)
             return
         # CRLF keep-alives (RFC 5626 4.4.1 allows STUN on UDP; bare CRLFs are common) are ignored.
         if len(data) <= 4 and not data.strip():
@@ -84,6 +85,15 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                 self._keepalive(Source("udp", addr[0], addr[1]))
             return
         self._deliver(data, Source("udp", addr[0], addr[1]))
+
+    def handed(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        """A SIP message this endpoint handles: read from its socket, or handed on by the
+        worker that read it (``proxy.runtime.handoff``)."""
+        order = self.order
+        if order is not None and order.active and data.startswith(NEW):
+            order.hold(data, _tuple(Source, ("udp", addr[0], addr[1], None)))
+        else:
+            self._deliver(data, _tuple(Source, ("udp", addr[0], addr[1], None)))
 
     def _episode(self, gate: FloodGate, verdict: int, host: str) -> None:
         """One line when a source's datagrams start being dropped, one when that ends."""

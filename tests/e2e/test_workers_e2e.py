@@ -4,6 +4,11 @@ same UDP and TCP address (SO_REUSEPORT), sipp callers and a sipp PBX over loopba
 * Calls from many source ports (sipp ``-t un``: a socket per call; ``-t tn``: a connection per
   call) all complete, and both workers took some (each worker's /metrics, on the http port
   plus its index).
+* Calls from ONE source port (a PBX trunk's socket) are spread over both workers too
+  (proxy.runtime.handoff): the kernel picks a worker at random, the worker that reads a
+  request another holds hands it on; retransmissions and the CANCEL of an INVITE reach the
+  worker of its Call-ID, whose own port the PBX sees in the Via, and the PBX gets each INVITE
+  once.
 * A worker killed with SIGKILL is restarted by the supervisor (logged) and calls go on through
   both workers.
 * SIGTERM to the supervisor drains every worker (calls up end with their BYE) and the
@@ -30,11 +35,13 @@ from pathlib import Path
 
 import pytest
 
+from proxy.runtime.handoff import owner
 from tests.e2e.harness import LOOPBACK, REPO, ProxyProcess, Sipp, free_port
 from tests.e2e.wire import (
     SipMessage,
     SipStream,
     UdpPeer,
+    build_ack,
     build_request,
     build_response,
     new_call_id,
@@ -71,12 +78,18 @@ def via_port(msg: SipMessage) -> int | None:
     return None if top is None else via_sent_by(top)[2]
 
 
-def invites(http: int, index: int) -> int:
-    """INVITEs received by worker ``index`` (its /metrics on the http port plus its index)."""
+def metric(http: int, index: int, name: str, label: str) -> int:
+    """Counter ``name{label}`` of worker ``index`` (its /metrics on the http port plus its
+    index)."""
     with urllib.request.urlopen(f"http://{LOOPBACK}:{http + index}/metrics", timeout=5) as r:
         text = r.read().decode()
-    m = re.search(r'^sip_policy_proxy_requests_total\{method="INVITE"\} (\S+)$', text, re.M)
+    m = re.search(rf'^sip_policy_proxy_{name}_total\{{{re.escape(label)}\}} (\S+)$', text, re.M)
     return int(float(m[1])) if m else 0
+
+
+def invites(http: int, index: int) -> int:
+    """INVITEs received by worker ``index``."""
+    return metric(http, index, "requests", 'method="INVITE"')
 
 
 async def calls(sipp: Sipp, proxy: ProxyProcess, n: int, transport: str = "udp",
@@ -110,6 +123,93 @@ async def test_calls_from_many_ports_complete_and_both_workers_take_some(
             if m.direction == "received" and m.sip is not None and m.sip.method == "INVITE"}
     assert vias == own, (vias, own)
     proxy.assert_alive()
+
+
+async def test_calls_from_one_source_port_are_spread_over_both_workers(
+    proxy_factory: Callable[..., ProxyProcess], sipp: Sipp,
+) -> None:
+    """One sipp socket places every call (as a PBX trunk does): the kernel's hash alone
+    would give them all to one worker; both take some, each call completes, and the PBX
+    gets each INVITE once."""
+    pbx_port = free_port()
+    proxy, http = start(proxy_factory, pbx_port)
+    pbx = await sipp.uas("uas_answer.xml", port=pbx_port, timeout=60, name="pbx")
+    caller = await sipp.uac("uac_call.xml", proxy.addr, calls=40, rate=40,
+                            keys={"domain": DOMAIN}, timeout=60, name="caller")
+    res = await caller.wait()
+    assert res.returncode == 0 and res.successful == 40 and res.failed == 0, res.describe()
+    pbx_res = await pbx.stop(grace=3.0)
+    assert pbx_res.successful == 40 and pbx_res.failed == 0, pbx_res.describe()
+    got = [m.sip.call_id for m in pbx_res.messages()
+           if m.direction == "received" and m.sip is not None and m.sip.method == "INVITE"]
+    assert len(got) == len(set(got)) == 40
+    taken = [invites(http, 0), invites(http, 1)]
+    assert sum(taken) == 40 and min(taken) > 0, taken
+    passed = [metric(http, i, "handoffs", 'result="passed"') for i in (0, 1)]
+    handed = [metric(http, i, "handoffs", 'result="taken"') for i in (0, 1)]
+    assert min(passed) > 0 and sum(passed) == sum(handed), (passed, handed)
+    proxy.assert_alive()
+
+
+async def test_retransmissions_and_cancel_reach_the_worker_holding_the_invite(
+    proxy_factory: Callable[..., ProxyProcess],
+) -> None:
+    """From one source port: an INVITE, five retransmissions of it and its CANCEL, each read
+    by a worker the kernel picks at random. The worker of the Call-ID holds the transaction
+    (its own port is in the Via the PBX sees) and absorbs the retransmissions, answering each
+    with the last provisional response (RFC 3261 17.2.1); the PBX gets the INVITE once and
+    the CANCEL with the INVITE's branch (RFC 3261 9.1, 16.10); the 487 reaches the caller and
+    its ACK the PBX. Calls of both workers' Call-IDs."""
+    caller = await UdpPeer.bind()
+    pbx = await UdpPeer.bind()
+    try:
+        proxy, http = start(proxy_factory, pbx.port)
+        own = {index: port for index, (_, port) in workers(proxy).items()}
+        ports = {port: index for index, port in own.items()}
+        for n in range(4):
+            call_id = new_call_id(f"spread{n}")
+            while owner(b"INVITE sip:x SIP/2.0\r\nCall-ID: %s\r\n\r\n" % call_id.encode(), 2,
+                        ports) != n % 2:
+                call_id = new_call_id(f"spread{n}")
+            uri = f"sip:bob@{DOMAIN}"
+            invite = build_request("INVITE", uri, via_host=LOOPBACK, via_port=caller.port,
+                                   call_id=call_id, from_uri=f"sip:alice@{DOMAIN}",
+                                   from_tag=f"c{n}", branch=f"z9hG4bK-spread-{n}")
+            await caller.send(invite, proxy.addr)
+            await caller.recv_sip(5, lambda m: m.status == 100)  # RFC 3261 16.2
+            got, addr = await pbx.recv_sip(5, lambda m, c=call_id: m.method == "INVITE"
+                                           and m.call_id == c)
+            assert via_port(got) == own[n % 2], (via_port(got), own)
+            await pbx.send(build_response(got, 180, "Ringing", to_tag=f"p{n}"), addr)
+            await caller.recv_sip(5, lambda m: m.status == 180)
+            for _ in range(5):
+                await caller.send(invite, proxy.addr)
+                again, _ = await caller.recv_sip(5, lambda m: m.status is not None)
+                assert again.status == 180 and again.call_id == call_id, again.start_line
+            cancel = build_request("CANCEL", uri, via_host=LOOPBACK, via_port=caller.port,
+                                   call_id=call_id, from_uri=f"sip:alice@{DOMAIN}",
+                                   from_tag=f"c{n}", branch=f"z9hG4bK-spread-{n}")
+            await caller.send(cancel, proxy.addr)
+            ok, _ = await caller.recv_sip(5, lambda m: m.status == 200)
+            assert (ok.cseq or (0, ""))[1] == "CANCEL"
+            cancelled, _ = await pbx.recv_sip(5, lambda m: m.method == "CANCEL")
+            assert cancelled.call_id == call_id and cancelled.top_via == got.top_via
+            await pbx.send(build_response(cancelled, 200, "OK", to_tag=f"p{n}"), addr)
+            await pbx.send(build_response(got, 487, "Request Terminated", to_tag=f"p{n}"), addr)
+            final, _ = await caller.recv_sip(5, lambda m: m.status == 487)
+            await caller.send(build_ack(uri, final), proxy.addr)
+            ack, _ = await pbx.recv_sip(5, lambda m: m.method == "ACK")
+            assert ack.call_id == call_id
+            # the PBX got this INVITE once: nothing else of the call is on its way
+            extra = [d.sip for d in await pbx.quiet(0.3) if d.sip is not None]
+            assert not [m for m in extra if m.method == "INVITE"], extra
+        assert sum(invites(http, i) for i in (0, 1)) >= 4
+        passed = [metric(http, i, "handoffs", 'result="passed"') for i in (0, 1)]
+        assert sum(passed) > 0, passed
+        proxy.assert_alive()
+    finally:
+        caller.close()
+        pbx.close()
 
 
 async def test_a_killed_worker_is_restarted_and_calls_go_on(

@@ -1046,9 +1046,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="no tcpdump: latency from sipp's -trace_rtt alone (whole 4 ms ticks)")
     p.add_argument("--per-call-sockets", action="store_true",
                    help="the sipp UAC sends each call from a socket (a source port) of its "
-                        "own (-t un): the kernel spreads the calls among the proxy's workers "
-                        "by source address, so --workers compares nothing without it; needs "
-                        "--no-capture (the capture follows the UAC's one port)")
+                        "own (-t un), as many phones would (the workers share one port's "
+                        "calls as well, README \"Workers\"); needs --no-capture (the capture "
+                        "follows the UAC's one port)")
     p.add_argument("--python", default=None,
                    help="interpreter with the project installed (default: .venv/bin/python)")
     p.add_argument("--proxy-config", type=Path, default=None,

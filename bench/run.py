@@ -362,17 +362,18 @@ class ProxyTarget(Target):
 
     def __init__(self, ports: list[int] | int, uas_ports: list[int] | int, python: str,
                  workdir: Path, config: Path | None, state: str = "memory:",
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, spread: str | None = None) -> None:
         ports = [ports] if isinstance(ports, int) else ports
         uas_ports = [uas_ports] if isinstance(uas_ports, int) else uas_ports
         super().__init__(ports)
         self.uas_ports, self.python, self.workdir, self.config = uas_ports, python, workdir, config
         self.state = state
         self.workers = workers  # None: no `workers:` key in the config (the proxy's default)
+        self.spread = spread  # --workers-spread: `workers_spread:` (None: the default)
         self.pumps: list[LogPump] = []
         self.name = "proxy" if len(ports) == 1 else f"proxy x{len(ports)}"
         if workers is not None:
-            self.name += f" w{workers}"
+            self.name += f" w{workers}" + (" call" if spread == "call" else "")
         if state != "memory:":
             self.name += "+redis" if state.startswith("redis") else "+state"
 
@@ -406,6 +407,8 @@ class ProxyTarget(Target):
             "upstream_probe: {interval: 0}\n"
             + ("" if self.workers is None else
                f"# --workers: processes behind the one address\nworkers: {self.workers}\n")
+            + ("" if self.spread is None or self.workers is None else
+               f"workers_spread: {self.spread}\n")
         )
         return cfg
 
@@ -1044,11 +1047,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true", help="do not write results.png")
     p.add_argument("--no-capture", action="store_true",
                    help="no tcpdump: latency from sipp's -trace_rtt alone (whole 4 ms ticks)")
+    p.add_argument("--workers-spread", choices=("source", "call"), default=None,
+                   help="with --workers: write `workers_spread:` (README \"Workers\"); call: "
+                        "the workers share the calls of sipp's one UAC port")
     p.add_argument("--per-call-sockets", action="store_true",
                    help="the sipp UAC sends each call from a socket (a source port) of its "
-                        "own (-t un), as many phones would (the workers share one port's "
-                        "calls as well, README \"Workers\"); needs --no-capture (the capture "
-                        "follows the UAC's one port)")
+                        "own (-t un): the kernel spreads the calls among the proxy's workers "
+                        "by source address, so --workers compares nothing without it (or "
+                        "--workers-spread call); needs --no-capture (the capture follows the "
+                        "UAC's one port)")
     p.add_argument("--python", default=None,
                    help="interpreter with the project installed (default: .venv/bin/python)")
     p.add_argument("--proxy-config", type=Path, default=None,
@@ -1113,7 +1120,7 @@ def make_target(name: str, n: int, args: argparse.Namespace, ports: tuple[list[i
         if state != "memory:":
             folder += "-shared-state"
         return ProxyTarget(targets[:n], uases[:n], python, outdir / folder, args.proxy_config,
-                           state, workers)
+                           state, workers, args.workers_spread)
     if name == "kamailio":
         return KamailioTarget(targets[0], uases[0], args.kamailio_cfg, args.kamailio_children,
                               outdir / "kamailio", args.kamailio_mem)

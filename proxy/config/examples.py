@@ -84,6 +84,7 @@ EXAMPLES: dict[str, str] = {
     "trace_calls": "trace_calls: 1000",
     "http_token": 'http_token: "0f3c9a7e5d1b48a2c6e4f8a0b2d4c6e8"',
     "workers": "workers: 4",
+    "workers_spread": "workers_spread: call",
     "the configuration": "listen: [udp:127.0.0.1:5060]",
 }
 

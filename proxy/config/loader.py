@@ -68,6 +68,7 @@ from proxy.config.model import (
     STATE_FORMS,
     TIMER_KEYS,
     TLS_KEYS,
+    WORKER_SPREADS,
     AuthSettings,
     Config,
     Limits,
@@ -257,6 +258,7 @@ class _Builder:
             "trace_calls": ("trace_calls", lambda node: tracing.trace_calls(r, node)),
             "http_token": ("http_token", lambda node: tracing.http_token(r, node)),
             "workers": ("workers", lambda node: workers.count(r, node)),
+            "workers_spread": ("workers_spread", choice("workers_spread", WORKER_SPREADS)),
         }
 
     def _cross_checks(

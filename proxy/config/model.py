@@ -74,6 +74,7 @@ CONFIG_KEYS = (
     "trace_calls",
     "http_token",
     "workers",
+    "workers_spread",
 )
 REDIRECT_KEYS = ("trusted_sources", "allow_targets", "max_ttl")
 LIMIT_KEYS = ("max_message_size", "max_headers", "per_source_rps", "tcp_max_connections",
@@ -84,6 +85,7 @@ TIMER_KEYS = ("t1_ms", "t2_ms", "t4_ms", "timer_c_ms")
 TLS_KEYS = ("cert_file", "key_file", "ca_file", "verify_client")
 AUTH_KEYS = ("realm", "users_file", "algorithms")
 LOG_FORMATS = ("text", "json")
+WORKER_SPREADS = ("source", "call")
 PROBE_KEYS = ("interval", "timeout")
 DNS_KEYS = ("servers",)
 HEP_KEYS = ("to", "id")
@@ -273,6 +275,9 @@ class Config:
     http_token: str | None = None  # bearer token for /calls* and every POST; None: open
     #: processes serving the listen addresses together (SO_REUSEPORT; README "Workers")
     workers: int = 1
+    #: how UDP datagrams reach the workers: ``source`` (the kernel's hash of the addresses)
+    #: or ``call`` (at random, handed on to the worker of the call: proxy.runtime.handoff)
+    workers_spread: str = "source"
     # Every upstream group in order, the first the default; () when built from `upstreams`
     # alone: it is then the one group `default` of those upstreams (__post_init__).
     upstream_groups: tuple[UpstreamGroup, ...] = ()

@@ -37,6 +37,9 @@ def cross_check(report: Reporter, found: dict[str, YNode], values: dict[str, Any
     """With more than one worker: the state must be one the workers can share (README
     "Workers"), and the HTTP ports of the workers (``http`` port + index) must exist."""
     n = values.get("workers", 1)
+    if values.get("workers_spread") == "call" and n <= 1 and "workers_spread" in found:
+        report.warning(found["workers_spread"], "workers_spread: call has no effect with one "
+                       "worker (workers: N spreads the calls among N processes)")
     if n <= 1 or "workers" not in found:
         return
     at = found["workers"]

@@ -2,7 +2,7 @@
 
 With SO_REUSEPORT alone the kernel picks the worker of a datagram by a hash of its addresses,
 so every datagram of one source (a PBX trunk's one socket, a sipp UAC) reaches the same worker
-while the others idle. So each worker attaches to its listener's SO_REUSEPORT group a classic
+while the others idle. With ``workers_spread: call`` each worker attaches to its listener's SO_REUSEPORT group a classic
 BPF program that picks the socket of each datagram at random (:func:`spread`,
 ``SO_ATTACH_REUSEPORT_CBPF``, Linux 4.5; the kernel hashes as before if the program's answer
 is no socket of the group, as while a worker restarts), and a worker that reads a datagram

@@ -326,9 +326,11 @@ class Supervisor:
         self.own = [bind_own(config) for _ in self.slots]
         self.addresses = {node_name(config, i): _addresses(config, own)
                           for i, own in enumerate(self.own)}
-        #: with a UDP listener, each worker's hand-off socketpair (proxy.runtime.handoff)
+        #: with ``workers_spread: call`` and a UDP listener, each worker's hand-off
+        #: socketpair (proxy.runtime.handoff)
         udp = any(li.transport == "udp" for li in config.listen)
-        self.channels = channels(len(self.slots)) if udp else []
+        self.channels = channels(len(self.slots)) if udp and config.workers_spread == "call" \
+            else []
         self.own_ports = {int(sock.getsockname()[1]): i for i, own in enumerate(self.own)
                           for sock in own.values()}
 

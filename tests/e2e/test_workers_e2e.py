@@ -4,11 +4,11 @@ same UDP and TCP address (SO_REUSEPORT), sipp callers and a sipp PBX over loopba
 * Calls from many source ports (sipp ``-t un``: a socket per call; ``-t tn``: a connection per
   call) all complete, and both workers took some (each worker's /metrics, on the http port
   plus its index).
-* Calls from ONE source port (a PBX trunk's socket) are spread over both workers too
-  (proxy.runtime.handoff): the kernel picks a worker at random, the worker that reads a
-  request another holds hands it on; retransmissions and the CANCEL of an INVITE reach the
-  worker of its Call-ID, whose own port the PBX sees in the Via, and the PBX gets each INVITE
-  once.
+* With ``workers_spread: call``, calls from ONE source port (a PBX trunk's socket) are
+  spread over both workers too (proxy.runtime.handoff): the kernel picks a worker at random,
+  the worker that reads a request another holds hands it on; retransmissions and the CANCEL
+  of an INVITE reach the worker of its Call-ID, whose own port the PBX sees in the Via, and
+  the PBX gets each INVITE once. Without it (the default) nothing is handed on.
 * A worker killed with SIGKILL is restarted by the supervisor (logged) and calls go on through
   both workers.
 * SIGTERM to the supervisor drains every worker (calls up end with their BYE) and the
@@ -87,6 +87,11 @@ def metric(http: int, index: int, name: str, label: str) -> int:
     return int(float(m[1])) if m else 0
 
 
+def handoffs_shown(http: int, index: int) -> bool:
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{http + index}/metrics", timeout=5) as r:
+        return "sip_policy_proxy_handoffs_total" in r.read().decode()
+
+
 def invites(http: int, index: int) -> int:
     """INVITEs received by worker ``index``."""
     return metric(http, index, "requests", 'method="INVITE"')
@@ -116,6 +121,8 @@ async def test_calls_from_many_ports_complete_and_both_workers_take_some(
     assert pbx_res.successful == 40 and pbx_res.failed == 0, pbx_res.describe()
     taken = [invites(http, 0), invites(http, 1)]
     assert sum(taken) == 40 and min(taken) > 0, taken
+    # the default spread (by source) hands nothing on: no hand-off exists
+    assert not any(handoffs_shown(http, i) for i in (0, 1))
     # the PBX saw each worker's own port in the Via (RFC 3261 18.2.2), the shared address in
     # the Record-Route
     own = {port for _, port in workers(proxy).values()}
@@ -128,11 +135,11 @@ async def test_calls_from_many_ports_complete_and_both_workers_take_some(
 async def test_calls_from_one_source_port_are_spread_over_both_workers(
     proxy_factory: Callable[..., ProxyProcess], sipp: Sipp,
 ) -> None:
-    """One sipp socket places every call (as a PBX trunk does): the kernel's hash alone
-    would give them all to one worker; both take some, each call completes, and the PBX
-    gets each INVITE once."""
+    """``workers_spread: call``: one sipp socket places every call (as a PBX trunk does):
+    the kernel's hash alone would give them all to one worker; both take some, each call
+    completes, and the PBX gets each INVITE once."""
     pbx_port = free_port()
-    proxy, http = start(proxy_factory, pbx_port)
+    proxy, http = start(proxy_factory, pbx_port, workers_spread="call")
     pbx = await sipp.uas("uas_answer.xml", port=pbx_port, timeout=60, name="pbx")
     caller = await sipp.uac("uac_call.xml", proxy.addr, calls=40, rate=40,
                             keys={"domain": DOMAIN}, timeout=60, name="caller")
@@ -145,6 +152,7 @@ async def test_calls_from_one_source_port_are_spread_over_both_workers(
     assert len(got) == len(set(got)) == 40
     taken = [invites(http, 0), invites(http, 1)]
     assert sum(taken) == 40 and min(taken) > 0, taken
+    assert all(handoffs_shown(http, i) for i in (0, 1))
     passed = [metric(http, i, "handoffs", 'result="passed"') for i in (0, 1)]
     handed = [metric(http, i, "handoffs", 'result="taken"') for i in (0, 1)]
     assert min(passed) > 0 and sum(passed) == sum(handed), (passed, handed)
@@ -154,8 +162,8 @@ async def test_calls_from_one_source_port_are_spread_over_both_workers(
 async def test_retransmissions_and_cancel_reach_the_worker_holding_the_invite(
     proxy_factory: Callable[..., ProxyProcess],
 ) -> None:
-    """From one source port: an INVITE, five retransmissions of it and its CANCEL, each read
-    by a worker the kernel picks at random. The worker of the Call-ID holds the transaction
+    """``workers_spread: call``, from one source port: an INVITE, five retransmissions of it
+    and its CANCEL, each read by a worker the kernel picks at random. The worker of the Call-ID holds the transaction
     (its own port is in the Via the PBX sees) and absorbs the retransmissions, answering each
     with the last provisional response (RFC 3261 17.2.1); the PBX gets the INVITE once and
     the CANCEL with the INVITE's branch (RFC 3261 9.1, 16.10); the 487 reaches the caller and
@@ -163,7 +171,7 @@ async def test_retransmissions_and_cancel_reach_the_worker_holding_the_invite(
     caller = await UdpPeer.bind()
     pbx = await UdpPeer.bind()
     try:
-        proxy, http = start(proxy_factory, pbx.port)
+        proxy, http = start(proxy_factory, pbx.port, workers_spread="call")
         own = {index: port for index, (_, port) in workers(proxy).items()}
         ports = {port: index for index, port in own.items()}
         for n in range(4):

@@ -87,10 +87,32 @@ def test_memory_with_a_local_registrar_warns(tmp_path: Path) -> None:
 def test_redis_with_a_local_registrar_does_not_warn(tmp_path: Path) -> None:
     said = warnings(tmp_path, LISTEN + REDIS + "registrar: local\n"
                     "upstreams: [sip:127.0.0.1:5070]\nworkers: 2\n")
-    assert not [w for w in said if "workers" in w], said
+    assert not [w for w in said if "workers" in str(w)], said
 
 
 def test_http_ports_of_every_worker_must_exist(tmp_path: Path) -> None:
     found = errors(tmp_path, LISTEN + REDIS + 'http: "127.0.0.1:65535"\nworkers: 2\n')
     assert found == ["proxy.yaml:3:7: http port 65535: worker 1 would serve HTTP on port "
                      "65536, above 65535 (each worker serves on the http port plus its index)"]
+
+
+def test_the_spread_is_by_source_unless_told_call(tmp_path: Path) -> None:
+    config, _ = load_config(write(tmp_path, LISTEN + REDIS + "workers: 2\n"))
+    assert config.workers_spread == "source"
+    config, said = load_config(write(tmp_path, LISTEN + REDIS + "workers: 2\n"
+                                     "workers_spread: call\n"))
+    assert config.workers_spread == "call"
+    assert not [w for w in said if "workers" in str(w)], said
+
+
+def test_a_bad_spread_is_a_positioned_error(tmp_path: Path) -> None:
+    assert errors(tmp_path, LISTEN + "workers_spread: random\n") == [
+        "proxy.yaml:2:17: workers_spread must be one of source, call; got 'random'; "
+        "e.g. workers_spread: call"]
+
+
+def test_the_call_spread_with_one_worker_warns(tmp_path: Path) -> None:
+    said = warnings(tmp_path, LISTEN + "workers_spread: call\n")
+    assert [w for w in said if "workers" in w] == [
+        "proxy.yaml:2:17: warning: workers_spread: call has no effect with one worker "
+        "(workers: N spreads the calls among N processes)"]

@@ -27,6 +27,12 @@ each worker reads about 1/N of a source's datagrams, so each counts against 1/N 
 (:func:`gate_share`). A worker that is down (restarting) gets nothing handed on until the
 socketpair's buffer is full; past that a datagram is dropped, logged once a second and
 counted (``sip_policy_proxy_handoffs_total{result="dropped"}``): the sender retransmits.
+
+**Cost.** About (N-1)/N of the requests (1.5 a call with two workers) are read by one worker
+and handled by another: some 7 µs of CPU each (both ends, a socketpair microbenchmark) and,
+mostly, a second process woken. On a 2-core machine shared with sipp, two workers so spread
+took 1.4 to 1.9 times one worker's CPU per call and reached no higher a clean rate
+(``bench/run.py --workers 1,2``, 2026-12-07); hence not the default (``source``).
 """
 
 from __future__ import annotations

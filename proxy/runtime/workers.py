@@ -3,16 +3,16 @@
 A **supervisor** (:func:`supervise`, the process ``sip-policy-proxy run`` started) forks N
 **workers**. Each worker is a whole proxy (:func:`proxy.runtime.server.run_server`) that binds
 every listen address of the configuration with SO_REUSEPORT, so the kernel spreads the UDP
-datagrams (at random, one by one: :mod:`proxy.runtime.handoff`) and the new TCP, TLS and
-WebSocket connections (by a hash of their addresses) among them; phones and the PBX see one
-address.
+datagrams (by a hash of their source and destination addresses; with ``workers_spread:
+call`` at random, one by one: :mod:`proxy.runtime.handoff`) and the new TCP, TLS and
+WebSocket connections among them; phones and the PBX see one address.
 
-What keeps a call on one worker:
+What keeps a transaction on the worker that holds it:
 
-* The hand-off (:mod:`proxy.runtime.handoff`): a worker that reads a request of another
-  worker's Call-ID, or a response whose top Via names another worker's own port, passes it
-  on to that worker over a socketpair the supervisor made (:func:`~proxy.runtime.handoff.
-  channels`), with the source address the kernel gave.
+* With ``workers_spread: call``, the hand-off (:mod:`proxy.runtime.handoff`): a worker that
+  reads a request of another worker's Call-ID, or a response whose top Via names another
+  worker's own port, passes it on to that worker over a socketpair the supervisor made
+  (:func:`~proxy.runtime.handoff.channels`), with the source address the kernel gave.
 
 * Each worker also binds a UDP socket of its own (an ephemeral port on the host of each UDP
   listener) and writes that port into the Via of what it forwards (``LocalAddress.sent_by``):
@@ -22,8 +22,10 @@ What keeps a call on one worker:
   a new transaction and may reach any worker (RFC 3261 16.12).
 * Except towards a peer this worker has heard on the shared socket: a request to it leaves
   from the shared socket (:class:`WorkerEndpoint`). A phone behind a NAT that only lets in
-  what comes from the address it registered to is reached so; its answers come back to this
-  worker whichever address it answers to (by the Via's own port, through the hand-off).
+  what comes from the address it registered to is reached so; and that peer's datagrams to
+  the shared address hash to this same worker (one 4-tuple, one socket; with the call spread:
+  by the Via's own port, through the hand-off), so its answers come back here whichever
+  address it answers to.
 * Responses leave from the shared socket, the one the request came to (RFC 3581 4).
 * A TCP, TLS or WebSocket connection is held by the worker that accepted (or opened) it.
   Each worker is a node of the shared state (``node`` + ``/wI``) and announces its own UDP

@@ -31,7 +31,8 @@ counted (``sip_policy_proxy_handoffs_total{result="dropped"}``): the sender retr
 **Cost.** About (N-1)/N of the requests (1.5 a call with two workers) are read by one worker
 and handled by another: some 7 µs of CPU each (both ends, a socketpair microbenchmark) and,
 mostly, a second process woken. On a 2-core machine shared with sipp, two workers so spread
-took 1.4 to 1.9 times one worker's CPU per call and reached no higher a clean rate
+took 1.2 to 1.3 times one worker's CPU per call (clean to 2,800 calls/s against 2,400), and
+1.7 to 1.9 times with a packet capture running too (clean to 2,000 against 2,400 and 3,200)
 (``bench/run.py --workers 1,2``, 2026-12-07); hence not the default (``source``).
 """
 

@@ -544,7 +544,7 @@ def test_run_with_a_broken_config_exits_1_before_starting(
         "registrar_max_contacts, registrar_max_bindings, path, advertise, force_rport, limits, "
         "timers, log_level, "
         "drain_timeout, watch_policy, secret, tls, http, log_format, upstream_probe, dns, ws_allowed_origins, "
-        "hep, trace_calls, http_token, workers\n"
+        "hep, trace_calls, http_token, workers, workers_spread\n"
     )
 
 

@@ -622,7 +622,7 @@ ALLOWED = ("listen, upstreams, policy, state, node, record_route, registrar, dom
            "registrar_max_bindings, path, advertise, "
            "force_rport, limits, timers, log_level, drain_timeout, watch_policy, secret, tls, "
            "http, log_format, upstream_probe, dns, ws_allowed_origins, "
-           "hep, trace_calls, http_token, workers")
+           "hep, trace_calls, http_token, workers, workers_spread")
 
 
 @pytest.mark.parametrize(

@@ -333,6 +333,7 @@ class Supervisor:
         udp = any(li.transport == "udp" for li in config.listen)
         self.channels = channels(len(self.slots)) if udp and config.workers_spread == "call" \
             else []
+        #: every worker's own port -> the worker (read here: a worker closes the others')
         self.own_ports = {int(sock.getsockname()[1]): i for i, own in enumerate(self.own)
                           for sock in own.values()}
 

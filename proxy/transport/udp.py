@@ -49,8 +49,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         #: with overload control: new requests handled after the calls in progress
         #: (:mod:`proxy.transport.udp_order`)
         self.order: NewRequests | None = None
-        #: with workers: True for a SIP message it handed on to the worker that handles it
-        #: (``proxy.runtime.handoff``), after the flood gate
+        #: with ``workers_spread: call``: True for a SIP message it handed on to the worker
+        #: that handles it (``proxy.runtime.handoff``), after the flood gate
         self.pass_on: Callable[[bytes, tuple[str, int]], bool] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

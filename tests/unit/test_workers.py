@@ -73,6 +73,21 @@ def test_a_peer_heard_on_the_shared_socket_gets_requests_from_it() -> None:
     assert ot.sent == [(INVITE, ("192.0.2.7", 40001))]
 
 
+def test_a_peer_whose_datagram_another_worker_read_is_heard_here_too() -> None:
+    """``workers_spread: call``: a REGISTER read by another worker and handed on here
+    (proxy.runtime.handoff) makes its source a peer heard on the shared socket by this worker,
+    the one that handles it: requests to it leave from the shared socket, and it is
+    delivered as a datagram read here would be."""
+    delivered: list[tuple[bytes, Any]] = []
+    shared, st, ot = endpoints()
+    shared._deliver = lambda data, src: delivered.append((data, src))
+    register = b"REGISTER sip:example.com SIP/2.0\r\n\r\n"
+    shared.handed(register, ("192.0.2.8", 40000))
+    assert [(d, (s.host, s.port)) for d, s in delivered] == [(register, ("192.0.2.8", 40000))]
+    shared.send(Send("udp", "192.0.2.8", 40000, INVITE))
+    assert st.sent == [(INVITE, ("192.0.2.8", 40000))] and ot.sent == []
+
+
 def test_heard_peers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     from proxy.runtime import workers
 

@@ -50,6 +50,7 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from proxy.runtime.metrics import PREFIX
+from proxy.sip.capture import call_id_of
 from proxy.transport.conns import RateLimitedLog
 
 log = logging.getLogger("proxy.workers")
@@ -69,8 +70,6 @@ MAX_HANDED = 65_535 + 128
 
 _RESPONSE = b"SIP/2.0 "
 _END = b"\r\n\r\n"
-_CALL_ID_FAST = b"\r\nCall-ID: "
-_CALL_ID = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 #: the port of a top Via over UDP (RFC 3261 20.42; LWS around the slashes, 25.1)
 _VIA_PORT = re.compile(
     rb"\n(?:via|v)[ \t]*:[ \t]*sip[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*udp[ \t]+"
@@ -110,27 +109,17 @@ def spread(sock: _Socket, count: int) -> bool:
 def owner(data: bytes, count: int, ports: dict[int, int]) -> int:
     """The worker (0 to ``count`` - 1) that handles SIP message ``data`` (module docstring),
     or -1 when it names none (the worker that read it handles it). ``ports``: each worker's
-    own UDP port -> its index."""
-    end = data.find(_END)
-    if end < 0:
-        end = len(data)
+    own UDP port -> its index. The Call-ID is the tracing's byte search
+    (:func:`proxy.sip.capture.call_id_of`, compiled)."""
     if data.startswith(_RESPONSE):
-        m = _VIA_PORT.search(data, 0, end)
+        end = data.find(_END)
+        m = _VIA_PORT.search(data, 0, end if end >= 0 else len(data))
         if m is not None:
             worker = ports.get(int(m.group(1)))
             if worker is not None:
                 return worker
-    i = data.find(_CALL_ID_FAST, 0, end)
-    if i >= 0:
-        i += len(_CALL_ID_FAST)
-        j = data.find(b"\r", i, end + 1)
-        call_id = data[i:j if j >= 0 else end]
-    else:
-        m = _CALL_ID.search(data, 0, end)
-        if m is None:
-            return -1
-        call_id = m.group(1)
-    return zlib.crc32(call_id.strip()) % count
+    call_id = call_id_of(data)
+    return -1 if call_id is None else zlib.crc32(call_id) % count
 
 
 class Receiver(Protocol):
